@@ -1,0 +1,623 @@
+//! `agentq.toml`: finding it, parsing it, and turning it into settings with every default filled in.
+//!
+//! The file is parsed with unknown keys denied, so a typo is an error that names its line rather than
+//! a setting silently ignored. Durations are written the way people say them (`"10m"`, `"1h 30m"`,
+//! `"250ms"`, or a bare number of seconds) and sizes likewise (`"10MiB"`, `"512KB"`, or bytes).
+//! Everything relative in the file is relative to the folder that holds it: that folder is the
+//! project root, with the state folder `.agentq/`, the prompt folders `.queue/<worker>/` and the
+//! result folders `.output/<worker>/` inside it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+pub const CONFIG_FILE: &str = "agentq.toml";
+pub const STATE_DIR: &str = ".agentq";
+
+/// Names that cannot be a worker's: they are folders or targets of their own.
+const RESERVED_NAMES: &[&str] = &["pool", "rejected"];
+
+/// What `agentq init` writes: short enough to read, with every knob a user reaches for first.
+pub const INIT_TEMPLATE: &str = r#"# agentq configuration. Every setting not written here has a default; see README.md.
+
+[defaults]
+timeout = "10m"          # wall-clock limit of one attempt
+max_attempts = 3         # attempts before a task is dead
+# backoff = "5s"         # first retry delay; doubles each attempt, with jitter
+# max_backoff = "10m"    # ceiling of the retry delay
+# kill_timeout = "5s"    # grace between SIGTERM and SIGKILL when an agent is stopped
+# max_prompt_size = "10MiB"
+
+# One [[worker]] per named worker. Each runs its tasks one at a time, in priority order, and takes
+# prompt files dropped into .queue/<name>/. Results land in .output/<name>/.
+[[worker]]
+name = "main"
+agent = "command"        # "command": any program, prompt on stdin, stdout is the result
+command = ["cat"]        # replace with your agent, e.g. ["python3", "agent.py"]
+cwd = "."
+# env = { KEY = "value" }
+# timeout = "30m"        # overrides [defaults] for this worker
+"#;
+
+/// A length of time as written in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+/// A number of bytes as written in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+/// Parses `"10m"`, `"1h 30m"`, `"250ms"` or `"45"` (seconds).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let trimmed = text.trim();
+    if let Ok(secs) = trimmed.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(trimmed).map_err(|_| {
+        format!("invalid duration {text:?}: write a number and a unit, e.g. \"250ms\", \"30s\", \"10m\", \"1h 30m\"")
+    })
+}
+
+/// Parses `"10MiB"`, `"512 KB"`, `"1G"` or `"4096"` (bytes). K/M/G are powers of 1024 when written
+/// with `i` and powers of 1000 otherwise, as the units say.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let bad = || {
+        format!("invalid size {text:?}: write a number and a unit, e.g. \"512KiB\", \"10MiB\", \"1GB\"")
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "ki" | "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mi" | "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gi" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    Ok((number * factor as f64) as u64)
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"10m\" or a number of seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Dur, E> {
+                u64::try_from(v)
+                    .map(|s| Dur(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Dur, E> {
+                parse_duration(v).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"10MiB\" or a number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    intake: RawIntake,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default, rename = "worker")]
+    workers: Vec<Spanned<RawWorker>>,
+}
+
+/// Settings a worker inherits unless it sets its own.
+#[derive(Default, Clone)]
+struct RawLimits {
+    timeout: Option<Dur>,
+    max_attempts: Option<Spanned<u32>>,
+    backoff: Option<Dur>,
+    max_backoff: Option<Dur>,
+    kill_timeout: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    timeout: Option<Dur>,
+    max_attempts: Option<Spanned<u32>>,
+    backoff: Option<Dur>,
+    max_backoff: Option<Dur>,
+    kill_timeout: Option<Dur>,
+    worker: Option<Spanned<String>>,
+    max_prompt_size: Option<Size>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIntake {
+    settle: Option<Dur>,
+    poll: Option<bool>,
+    poll_interval: Option<Dur>,
+    rescan_interval: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    lease: Option<Dur>,
+    output_cap: Option<Size>,
+    stderr_cap: Option<Size>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    name: Spanned<String>,
+    agent: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout: Option<Dur>,
+    max_attempts: Option<Spanned<u32>>,
+    backoff: Option<Dur>,
+    max_backoff: Option<Dur>,
+    kill_timeout: Option<Dur>,
+}
+
+/// The limit fields of `[defaults]` and of a `[[worker]]` are the same; serde cannot flatten them
+/// into both while also denying unknown keys, so they are gathered here.
+macro_rules! limits_of {
+    ($raw:expr) => {
+        RawLimits {
+            timeout: $raw.timeout,
+            max_attempts: $raw.max_attempts.clone(),
+            backoff: $raw.backoff,
+            max_backoff: $raw.max_backoff,
+            kill_timeout: $raw.kill_timeout,
+        }
+    };
+}
+
+/// The program a worker runs for each task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Agent {
+    /// Any program: the prompt on its stdin, its stdout the result, exit code 0 success.
+    Command { argv: Vec<String> },
+    /// Claude Code. Accepted in the config so files written for it parse; run in a later version.
+    Claude,
+}
+
+impl Agent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Agent::Command { .. } => "command",
+            Agent::Claude => "claude",
+        }
+    }
+}
+
+/// Retry and stop limits of a worker, with defaults filled in.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub kill_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub name: String,
+    pub agent: Agent,
+    /// Absolute: resolved against the project root.
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct IntakeSettings {
+    /// A prompt file is taken only once it has not changed for this long, so a file still being
+    /// written is not read half-way.
+    pub settle: Duration,
+    /// Scan folders on a timer instead of waiting for file-system events.
+    pub poll: bool,
+    pub poll_interval: Duration,
+    /// With events, a full rescan this often anyway, in case events were dropped.
+    pub rescan_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonSettings {
+    /// How long a claim holds without a heartbeat; heartbeats come every third of it.
+    pub lease: Duration,
+    /// The most of an agent's stdout kept as the result.
+    pub output_cap: u64,
+    /// The most of the end of an agent's stderr kept.
+    pub stderr_cap: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The agentq.toml this came from.
+    pub path: PathBuf,
+    /// The folder holding it: everything relative is relative to this.
+    pub root: PathBuf,
+    pub default_worker: Option<String>,
+    pub max_prompt_size: u64,
+    pub intake: IntakeSettings,
+    pub daemon: DaemonSettings,
+    pub workers: Vec<WorkerConfig>,
+}
+
+impl Config {
+    /// Finds `agentq.toml` in `start` or the nearest folder above it that has one.
+    pub fn discover(start: &Path) -> Result<Config> {
+        let mut dir = Some(start);
+        while let Some(d) = dir {
+            let candidate = d.join(CONFIG_FILE);
+            if candidate.is_file() {
+                return Config::load(&candidate);
+            }
+            dir = d.parent();
+        }
+        Err(Error::ConfigNotFound {
+            start: start.to_path_buf(),
+        })
+    }
+
+    /// Loads the config at `path`: with `--config`, or after discovery.
+    pub fn load(path: &Path) -> Result<Config> {
+        let path = std::path::absolute(path).map_err(|e| Error::io("resolving", path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+        Config::parse(&path, &text)
+    }
+
+    /// Parses the text of a config file that lives at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
+            Error::Config {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+        let root = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+
+        let base = limits_of!(raw.defaults);
+        let max_prompt_size = raw
+            .defaults
+            .max_prompt_size
+            .map(|s| s.0)
+            .unwrap_or(10 << 20);
+        if max_prompt_size == 0 {
+            return Err(at(None, "[defaults] max_prompt_size must be above 0".into()));
+        }
+
+        let mut workers: Vec<WorkerConfig> = Vec::new();
+        for spanned in &raw.workers {
+            let w = spanned.get_ref();
+            let name = w.name.get_ref().clone();
+            validate_name(&name).map_err(|m| at(Some(w.name.span()), m))?;
+            if workers.iter().any(|o| o.name == name) {
+                return Err(at(
+                    Some(w.name.span()),
+                    format!("worker {name:?} is defined twice; worker names must be unique"),
+                ));
+            }
+            let agent_kind = w.agent.as_ref().map(|a| a.get_ref().as_str()).unwrap_or("claude");
+            let agent = match agent_kind {
+                "command" => {
+                    let argv = w.command.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+                    if argv.is_empty() || argv[0].trim().is_empty() {
+                        let span = w.command.as_ref().map(|c| c.span()).unwrap_or(spanned.span());
+                        return Err(at(
+                            Some(span),
+                            format!(
+                                "worker {name:?} has agent = \"command\" but no command: write e.g. command = [\"python3\", \"agent.py\"]"
+                            ),
+                        ));
+                    }
+                    Agent::Command { argv }
+                }
+                "claude" => Agent::Claude,
+                other => {
+                    return Err(at(
+                        w.agent.as_ref().map(|a| a.span()),
+                        format!("unknown agent {other:?}: expected \"command\" or \"claude\""),
+                    ));
+                }
+            };
+            let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+            let cwd = if cwd.is_absolute() { cwd } else { root.join(cwd) };
+            let limits = resolve_limits(&limits_of!(w), &base).map_err(|(span, m)| at(span, m))?;
+            workers.push(WorkerConfig {
+                name,
+                agent,
+                cwd,
+                env: w.env.clone(),
+                limits,
+            });
+        }
+        // Defaults that name no worker are still checked, so a typo there is caught before submit.
+        resolve_limits(&RawLimits::default(), &base).map_err(|(span, m)| at(span, m))?;
+
+        let default_worker = match &raw.defaults.worker {
+            Some(w) if !workers.iter().any(|x| &x.name == w.get_ref()) => {
+                return Err(at(
+                    Some(w.span()),
+                    format!("[defaults] worker = {:?} names no [[worker]] in this file", w.get_ref()),
+                ));
+            }
+            Some(w) => Some(w.get_ref().clone()),
+            None => None,
+        };
+
+        let lease = raw.daemon.lease.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+        if lease < Duration::from_millis(300) {
+            return Err(at(None, "[daemon] lease must be at least 300ms".into()));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            root,
+            default_worker,
+            max_prompt_size,
+            intake: IntakeSettings {
+                settle: raw.intake.settle.map(|d| d.0).unwrap_or(Duration::from_millis(200)),
+                poll: raw.intake.poll.unwrap_or(false),
+                poll_interval: raw.intake.poll_interval.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+                rescan_interval: raw
+                    .intake
+                    .rescan_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
+            },
+            daemon: DaemonSettings {
+                lease,
+                output_cap: raw.daemon.output_cap.map(|s| s.0).unwrap_or(16 << 20),
+                stderr_cap: raw.daemon.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
+            },
+            workers,
+        })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir().join("agentq.db")
+    }
+
+    pub fn queue_dir(&self, worker: &str) -> PathBuf {
+        self.root.join(".queue").join(worker)
+    }
+
+    pub fn output_dir(&self, worker: &str) -> PathBuf {
+        self.root.join(".output").join(worker)
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&WorkerConfig> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// The worker a task goes to when `--worker` is not given: `[defaults] worker`, or the only one.
+    pub fn resolve_worker(&self, asked: Option<&str>) -> Result<&WorkerConfig> {
+        let names = || {
+            self.workers
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match asked.or(self.default_worker.as_deref()) {
+            Some(name) => self.worker(name).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no worker named {name:?} in {} (workers: {})",
+                    self.path.display(),
+                    names()
+                ))
+            }),
+            None => match self.workers.as_slice() {
+                [only] => Ok(only),
+                [] => Err(Error::Usage(format!(
+                    "{} defines no [[worker]]; add one (see `agentq init`)",
+                    self.path.display()
+                ))),
+                _ => Err(Error::Usage(format!(
+                    "several workers ({}): pick one with --worker, or set [defaults] worker",
+                    names()
+                ))),
+            },
+        }
+    }
+}
+
+type SpanError = (Option<std::ops::Range<usize>>, String);
+
+fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limits, SpanError> {
+    let pick = |a: Option<Dur>, b: Option<Dur>, default: Duration| a.or(b).map(|d| d.0).unwrap_or(default);
+    let attempts = own.max_attempts.as_ref().or(base.max_attempts.as_ref());
+    let max_attempts = attempts.map(|a| *a.get_ref()).unwrap_or(3);
+    if max_attempts == 0 {
+        return Err((
+            attempts.map(|a| a.span()),
+            "max_attempts must be at least 1".into(),
+        ));
+    }
+    let limits = Limits {
+        timeout: pick(own.timeout, base.timeout, Duration::from_secs(600)),
+        max_attempts,
+        backoff: pick(own.backoff, base.backoff, Duration::from_secs(5)),
+        max_backoff: pick(own.max_backoff, base.max_backoff, Duration::from_secs(600)),
+        kill_timeout: pick(own.kill_timeout, base.kill_timeout, Duration::from_secs(5)),
+    };
+    if limits.timeout.is_zero() {
+        return Err((None, "timeout must be above 0".into()));
+    }
+    Ok(limits)
+}
+
+/// Worker names become folder names and URL segments, so they are kept to a safe alphabet.
+pub fn validate_name(name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('-') {
+        return Err(format!(
+            "invalid worker name {name:?}: use 1 to 64 letters, digits, '-' or '_' (not starting with '-')"
+        ));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!("worker name {name:?} is reserved; pick another"));
+    }
+    Ok(())
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/p/agentq.toml"), text)
+    }
+
+    fn err_text(text: &str) -> String {
+        parse(text).err().expect("expected an error").to_string()
+    }
+
+    #[test]
+    fn a_one_worker_config_is_a_few_lines() {
+        let c = parse("[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = [\"cat\"]\n").unwrap();
+        let w = &c.workers[0];
+        assert_eq!(w.agent, Agent::Command { argv: vec!["cat".into()] });
+        assert_eq!(w.cwd, PathBuf::from("/p/."));
+        assert_eq!(w.limits.timeout, Duration::from_secs(600));
+        assert_eq!(w.limits.max_attempts, 3);
+        assert_eq!(c.max_prompt_size, 10 << 20);
+        assert_eq!(c.resolve_worker(None).unwrap().name, "w");
+    }
+
+    #[test]
+    fn the_init_template_parses() {
+        let c = parse(INIT_TEMPLATE).unwrap();
+        assert_eq!(c.workers.len(), 1);
+        assert_eq!(c.workers[0].limits.timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn worker_settings_override_defaults() {
+        let c = parse(
+            "[defaults]\ntimeout = \"10m\"\nmax_attempts = 5\n[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\ntimeout = \"90s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.workers[0].limits.timeout, Duration::from_secs(90));
+        assert_eq!(c.workers[0].limits.max_attempts, 5);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_what_was_expected() {
+        let e = err_text("[defaults]\ntimeout = \"10 minutez\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("invalid duration"), "{e}");
+
+        let e = err_text("[defaults]\ntimeuot = \"10m\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("timeuot"), "{e}");
+
+        let e = err_text("[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n");
+        assert!(e.starts_with("/p/agentq.toml:6:"), "{e}");
+        assert!(e.contains("defined twice"), "{e}");
+
+        let e = err_text("[[worker]]\nname = \"a b\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+
+        let e = err_text("[[worker]]\nname = \"a\"\nagent = \"command\"\n");
+        assert!(e.contains("no command"), "{e}");
+
+        let e = err_text("[[worker]]\nname = \"a\"\nagent = \"robot\"\n");
+        assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
+        assert!(e.contains("expected \"command\" or \"claude\""), "{e}");
+
+        let e = err_text("[defaults]\nmax_attempts = 0\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+
+        let e = err_text("[defaults]\nworker = \"ghost\"\n");
+        assert!(e.contains("ghost"), "{e}");
+
+        let e = err_text("[[worker]\n");
+        assert!(e.starts_with("/p/agentq.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("512 KB").unwrap(), 512_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn choosing_a_worker() {
+        let c = parse("[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n[[worker]]\nname = \"b\"\nagent = \"command\"\ncommand = [\"x\"]\n").unwrap();
+        assert!(c.resolve_worker(None).unwrap_err().to_string().contains("--worker"));
+        assert_eq!(c.resolve_worker(Some("b")).unwrap().name, "b");
+        assert!(c.resolve_worker(Some("z")).unwrap_err().to_string().contains("workers: a, b"));
+    }
+}

@@ -1,0 +1,239 @@
+//! The task state machine and retry policy: plain code, no I/O, so every rule is unit-tested here.
+//!
+//! ```text
+//!            submit              claim                 exit 0
+//!   (new) ─────────▶ queued ──────────▶ running ─────────────────▶ succeeded
+//!                     ▲  ▲                │  │ attempt failed, retryable,
+//!                     │  └── backoff ─────┘  │ attempts < max_attempts
+//!                     │   (not_before)       │
+//!         retry       │      lease expired / │ attempt failed and not retryable ─▶ failed
+//!   failed|dead|──────┘      shutdown:       │ attempts exhausted ──────────────▶ dead
+//!   cancelled                back to queued, └ cancel ───────────────────────────▶ cancelled
+//!                            attempt not spent
+//! ```
+//!
+//! `succeeded`, `failed`, `dead` and `cancelled` are terminal: only `agentq retry` (for the last
+//! three) moves a task out of them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Dead,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+        TaskState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Dead => "dead",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskState::Queued | TaskState::Running)
+    }
+
+    /// Whether `agentq cancel` applies: only to work not yet finished.
+    pub fn check_cancel(self) -> Result<(), &'static str> {
+        if self.is_terminal() {
+            Err("it has already ended; nothing to cancel")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether `agentq retry` applies: to work that ended without success.
+    pub fn check_retry(self) -> Result<(), &'static str> {
+        match self {
+            TaskState::Failed | TaskState::Dead | TaskState::Cancelled => Ok(()),
+            TaskState::Succeeded => Err("it succeeded; submit the prompt again to run it again"),
+            TaskState::Queued | TaskState::Running => Err("it has not ended yet"),
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TaskState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown state {s:?}: expected one of queued, running, succeeded, failed, cancelled, dead"
+                )
+            })
+    }
+}
+
+/// How one attempt of a task ended, as the runner saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptEnd {
+    Succeeded,
+    /// `retryable` is false where running again cannot help (the agent could not be started, the
+    /// task's input was refused).
+    Failed { reason: String, retryable: bool },
+}
+
+/// What happens to a task after an attempt, decided from the attempt's end and the task's counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    Retry { delay: Duration },
+    Failed,
+    Dead,
+}
+
+impl Next {
+    pub fn state(&self) -> TaskState {
+        match self {
+            Next::Succeeded => TaskState::Succeeded,
+            Next::Retry { .. } => TaskState::Queued,
+            Next::Failed => TaskState::Failed,
+            Next::Dead => TaskState::Dead,
+        }
+    }
+}
+
+/// Retry delays: exponential from `base`, capped at `max`, with "equal jitter" (a random half on top
+/// of a fixed half) so that tasks failing together do not come back together, yet never retry sooner
+/// than half the planned delay.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before attempt `failed_attempts + 1`, where `jitter` is drawn uniformly from [0, 1).
+    pub fn delay(&self, failed_attempts: u32, jitter: f64) -> Duration {
+        let doublings = failed_attempts.saturating_sub(1).min(32);
+        let planned = self
+            .base
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(self.max)
+            .min(self.max);
+        let half = planned / 2;
+        half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// The decision after an attempt. `attempts` counts the attempt that just ended.
+pub fn after_attempt(
+    end: &AttemptEnd,
+    attempts: u32,
+    max_attempts: u32,
+    backoff: Backoff,
+    jitter: f64,
+) -> Next {
+    match end {
+        AttemptEnd::Succeeded => Next::Succeeded,
+        AttemptEnd::Failed {
+            retryable: false, ..
+        } => Next::Failed,
+        AttemptEnd::Failed { .. } if attempts >= max_attempts => Next::Dead,
+        AttemptEnd::Failed { .. } => Next::Retry {
+            delay: backoff.delay(attempts, jitter),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Backoff = Backoff {
+        base: Duration::from_secs(2),
+        max: Duration::from_secs(60),
+    };
+
+    fn failed(retryable: bool) -> AttemptEnd {
+        AttemptEnd::Failed {
+            reason: "exit code 1".into(),
+            retryable,
+        }
+    }
+
+    #[test]
+    fn success_ends_the_task() {
+        assert_eq!(after_attempt(&AttemptEnd::Succeeded, 3, 3, B, 0.5), Next::Succeeded);
+    }
+
+    #[test]
+    fn a_failure_is_retried_until_max_attempts_then_dead() {
+        assert!(matches!(after_attempt(&failed(true), 1, 3, B, 0.0), Next::Retry { .. }));
+        assert!(matches!(after_attempt(&failed(true), 2, 3, B, 0.0), Next::Retry { .. }));
+        assert_eq!(after_attempt(&failed(true), 3, 3, B, 0.0), Next::Dead);
+        assert_eq!(after_attempt(&failed(true), 1, 1, B, 0.0), Next::Dead);
+    }
+
+    #[test]
+    fn a_failure_that_cannot_be_helped_is_not_retried() {
+        assert_eq!(after_attempt(&failed(false), 1, 3, B, 0.0), Next::Failed);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        // With jitter 0 a delay is half the planned one, with jitter near 1 nearly all of it.
+        assert_eq!(B.delay(1, 0.0), Duration::from_secs(1));
+        assert_eq!(B.delay(1, 1.0), Duration::from_secs(2));
+        assert_eq!(B.delay(2, 0.0), Duration::from_secs(2));
+        assert_eq!(B.delay(3, 1.0), Duration::from_secs(8));
+        assert_eq!(B.delay(10, 1.0), Duration::from_secs(60));
+        assert_eq!(B.delay(10_000, 1.0), Duration::from_secs(60));
+        for attempt in 1..20 {
+            let lo = B.delay(attempt, 0.0);
+            let hi = B.delay(attempt, 0.999);
+            assert!(lo <= hi && hi <= B.max && lo * 2 >= hi.min(B.max) - Duration::from_millis(1));
+            assert!(B.delay(attempt + 1, 0.0) >= lo, "never shrinks");
+        }
+    }
+
+    #[test]
+    fn cancel_and_retry_apply_to_the_right_states() {
+        assert!(TaskState::Queued.check_cancel().is_ok());
+        assert!(TaskState::Running.check_cancel().is_ok());
+        assert!(TaskState::Dead.check_cancel().is_err());
+        assert!(TaskState::Dead.check_retry().is_ok());
+        assert!(TaskState::Failed.check_retry().is_ok());
+        assert!(TaskState::Cancelled.check_retry().is_ok());
+        assert!(TaskState::Succeeded.check_retry().is_err());
+        assert!(TaskState::Running.check_retry().is_err());
+    }
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for s in TaskState::ALL {
+            assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
+        }
+        assert!("done".parse::<TaskState>().is_err());
+    }
+}

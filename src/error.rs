@@ -1,0 +1,121 @@
+//! The one error type of the library.
+//!
+//! Every variant names what was being done and on what (a path, a task id, a worker), so that the
+//! message printed once by `main` is enough to act on. Exit codes are chosen in one place,
+//! [`Error::exit_code`], so scripts can tell a usage mistake from a task that failed.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}:{line}:{column}: {message}")]
+    Config {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    #[error("{path}: {message}")]
+    ConfigFile { path: PathBuf, message: String },
+
+    #[error(
+        "no agentq.toml in {start} or any folder above it; run `agentq init` to create one, or pass --config PATH"
+    )]
+    ConfigNotFound { start: PathBuf },
+
+    #[error("{about} {path}: {source}")]
+    Io {
+        about: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("database {path}: {about}: {source}")]
+    Database {
+        about: &'static str,
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+
+    #[error(
+        "database {path} has schema version {found}, newer than this agentq understands ({known}); upgrade agentq"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("no task {id}")]
+    NoSuchTask { id: i64 },
+
+    #[error("task {id} is {state}: {what}")]
+    WrongState {
+        id: i64,
+        state: String,
+        what: &'static str,
+    },
+
+    #[error("{}", match pid {
+        Some(pid) => format!("agentq run is already running for {} (pid {pid}); stop it first, or use another folder", state_dir.display()),
+        None => format!("agentq run is already running for {}; stop it first, or use another folder", state_dir.display()),
+    })]
+    AlreadyRunning {
+        state_dir: PathBuf,
+        pid: Option<i32>,
+    },
+
+    #[error("task {id} ended {state}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    TaskNotSucceeded {
+        id: i64,
+        state: String,
+        reason: Option<String>,
+    },
+
+    #[error("timed out after {after:?} waiting for task(s) {ids}")]
+    WaitTimeout {
+        ids: String,
+        after: std::time::Duration,
+    },
+
+    #[error("{about}: {source}")]
+    Watch {
+        about: &'static str,
+        source: notify::Error,
+    },
+
+    #[error("background work failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    pub fn io(about: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            about,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The process exit code for this error: 1 for a task that did not succeed (what `wait` reports),
+    /// 2 for a mistake in what was asked (usage, config), 3 for an environment problem (I/O, database,
+    /// another daemon).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::TaskNotSucceeded { .. } | Error::WaitTimeout { .. } => 1,
+            Error::Config { .. }
+            | Error::ConfigFile { .. }
+            | Error::ConfigNotFound { .. }
+            | Error::Usage(_)
+            | Error::NoSuchTask { .. }
+            | Error::WrongState { .. } => 2,
+            _ => 3,
+        }
+    }
+}

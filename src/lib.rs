@@ -1,0 +1,4 @@
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod store;

@@ -1,0 +1,228 @@
+//! The durable queue: the one source of truth for tasks and their history.
+//!
+//! [`Store`] is the interface the daemon and the CLI use; [`sqlite::SqliteStore`] is the embedded
+//! implementation, and a PostgreSQL one will implement the same trait. Nothing backend-specific
+//! crosses it: times are milliseconds since the Unix epoch passed in by the caller (so backends agree
+//! on the clock and tests control it), ids are integers, and every state change is one transaction
+//! that also appends its event, so the history can never disagree with the state.
+//!
+//! Fencing: a claim hands out a random token. Heartbeat, finish and release name the token, and
+//! change nothing unless the task is still `running` under that same token. Whoever lost a claim (its
+//! lease expired and the task was recovered, or it was cancelled) learns it from a `false` return and
+//! can never overwrite the newer owner's result.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::domain::TaskState;
+use crate::error::Result;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub worker: String,
+    pub prompt: String,
+    pub priority: i64,
+    pub max_attempts: u32,
+    /// Overrides the worker's timeout for this task.
+    pub timeout_ms: Option<u64>,
+    pub not_before: Millis,
+    /// Where it came from: `cli`, `file:<name>`, ...
+    pub source: String,
+    /// A key that makes submission idempotent: a second submit with the same key returns the
+    /// first task's id instead of making another (prompt-file intake uses it across crashes).
+    pub dedup_key: Option<String>,
+    pub now: Millis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    New(i64),
+    /// A task with the same dedup key already exists.
+    Duplicate(i64),
+}
+
+impl Submitted {
+    pub fn id(self) -> i64 {
+        match self {
+            Submitted::New(id) | Submitted::Duplicate(id) => id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Task {
+    pub id: i64,
+    pub worker: String,
+    pub prompt: String,
+    pub priority: i64,
+    pub state: TaskState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub not_before: Millis,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub owner: Option<String>,
+    pub lease_expires: Option<Millis>,
+    pub exit_code: Option<i32>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub stderr_tail: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub source: String,
+}
+
+/// One row of a listing: a task without its large fields.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskSummary {
+    pub id: i64,
+    pub worker: String,
+    pub state: TaskState,
+    pub priority: i64,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+    /// The first line of the prompt, at most 80 characters.
+    pub prompt_preview: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub worker: Option<String>,
+    /// Newest first, at most this many.
+    pub limit: Option<u32>,
+}
+
+/// Proof of a claim: the task and the token that fences it.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub task: Task,
+    pub token: String,
+}
+
+impl Claim {
+    pub fn fence(&self) -> Fence {
+        Fence {
+            id: self.task.id,
+            token: self.token.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub id: i64,
+    pub token: String,
+}
+
+/// The result of an attempt, and where the task goes next.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    /// `Succeeded`, `Failed`, `Dead`, or `Queued` for a retry at `not_before`.
+    pub state: TaskState,
+    pub not_before: Option<Millis>,
+    pub exit_code: Option<i32>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub stderr_tail: Option<String>,
+    pub duration_ms: i64,
+    pub now: Millis,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub ts: Millis,
+    pub task_id: Option<i64>,
+    pub worker: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub task_id: Option<i64>,
+    pub worker: Option<String>,
+    pub kind: String,
+    pub message: String,
+    pub now: Millis,
+}
+
+/// How many tasks a worker has in each state.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerCounts {
+    pub worker: String,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub dead: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Adds a task in state `queued`, or returns the existing one with the same dedup key.
+    async fn submit(&self, task: &NewTask) -> Result<Submitted>;
+
+    /// Atomically takes `worker`'s next task: the highest priority, oldest first, among queued
+    /// tasks due by `now`, and only while none of that worker's tasks is running (a worker runs one
+    /// task at a time, whichever daemon runs it). Counts an attempt.
+    async fn claim(&self, worker: &str, owner: &str, now: Millis, lease: Duration) -> Result<Option<Claim>>;
+
+    /// Extends a claim's lease. `false`: the claim is no longer held.
+    async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool>;
+
+    /// Records an attempt's result. `false`: the claim is no longer held and nothing was written.
+    async fn finish(&self, fence: &Fence, finish: &Finish) -> Result<bool>;
+
+    /// Gives a claimed task back to the queue without spending its attempt (shutdown).
+    async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool>;
+
+    /// Puts back in the queue every running task whose lease has expired by `now`, without spending
+    /// the interrupted attempt. Returns their ids.
+    async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>>;
+
+    /// Puts back every running task not held by `owner`. Only for a store that one daemon has to
+    /// itself (SQLite behind the state-folder lock), where any other owner is known to be gone.
+    async fn recover_all_but(&self, owner: &str, now: Millis) -> Result<Vec<i64>>;
+
+    /// Cancels a queued or running task; returns the state it was in. A running task's claim is
+    /// voided, so its runner learns of it at its next heartbeat or wake-up.
+    async fn cancel(&self, id: i64, now: Millis) -> Result<TaskState>;
+
+    /// Queues a failed, dead or cancelled task again with its attempts reset.
+    async fn retry(&self, id: i64, now: Millis) -> Result<()>;
+
+    async fn get(&self, id: i64) -> Result<Option<Task>>;
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>>;
+    /// A task's history, oldest first.
+    async fn events_of(&self, task_id: i64) -> Result<Vec<Event>>;
+    async fn record_event(&self, event: &NewEvent) -> Result<()>;
+    async fn counts(&self) -> Result<Vec<WorkerCounts>>;
+
+    /// When `worker`'s earliest queued task becomes due, if it has any queued.
+    async fn next_due(&self, worker: &str) -> Result<Option<Millis>>;
+    /// When the earliest lease of any running task expires.
+    async fn next_lease_expiry(&self) -> Result<Option<Millis>>;
+}

@@ -1,0 +1,746 @@
+//! The embedded store: one SQLite file, `.agentq/agentq.db`.
+//!
+//! WAL journal, so readers (`agentq status` while the daemon works) never block the writer; every
+//! write in a `BEGIN IMMEDIATE` transaction, so two processes that both mean to write take the
+//! write lock up front instead of failing mid-transaction; a busy timeout, so fifty `agentq submit`
+//! processes at once queue up on that lock instead of failing. `synchronous = FULL`: a submit that
+//! returned is on disk.
+//!
+//! rusqlite is blocking, so each call runs on tokio's blocking pool holding the one connection.
+//! Migrations are numbered SQL files applied in order and tracked in `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::RngExt;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::{
+    Claim, Event, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted, Task, TaskFilter,
+    TaskSummary, WorkerCounts,
+};
+use crate::domain::TaskState;
+use crate::error::{Error, Result};
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
+     not_before, created_at, updated_at, started_at, finished_at, owner, lease_expires, exit_code, \
+     output, error, stderr_tail, duration_ms, source";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// What a store operation can fail with inside its transaction: SQL, or a rule of the queue.
+enum OpError {
+    Sql(rusqlite::Error),
+    Rule(Error),
+}
+
+impl From<rusqlite::Error> for OpError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpError::Sql(e)
+    }
+}
+
+type Op<T> = std::result::Result<T, OpError>;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let db = |about: &'static str| {
+            move |source| Error::Database {
+                about,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let mut conn = Connection::open(path).map_err(db("opening"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db("setting busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db("setting synchronous"))?;
+        migrate(&mut conn, path)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `op` on the blocking pool with the connection.
+    async fn call<T, F>(&self, about: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Op<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection usable: SQLite rolls back an
+            // unfinished transaction when it is dropped.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            op(&mut guard).map_err(|e| match e {
+                OpError::Sql(source) => Error::Database {
+                    about,
+                    path,
+                    source,
+                },
+                OpError::Rule(e) => e,
+            })
+        })
+        .await?
+    }
+
+    /// Runs `op` in a `BEGIN IMMEDIATE` transaction, committed if it returns `Ok`.
+    async fn write<T, F>(&self, about: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction) -> Op<T> + Send + 'static,
+    {
+        self.call(about, move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = op(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let db = |about: &'static str| {
+        move |source| Error::Database {
+            about,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let known = MIGRATIONS.len() as i64;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("starting migration"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("reading schema version"))?;
+    if version > known {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(db("applying migration"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(db("recording schema version"))?;
+    }
+    tx.commit().map_err(db("committing migration"))
+}
+
+fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
+    Ok(Task {
+        id: r.get(0)?,
+        worker: r.get(1)?,
+        prompt: r.get(2)?,
+        priority: r.get(3)?,
+        state: state_from(r, 4)?,
+        attempts: r.get::<_, i64>(5)? as u32,
+        max_attempts: r.get::<_, i64>(6)? as u32,
+        timeout_ms: r.get::<_, Option<i64>>(7)?.map(|t| t as u64),
+        not_before: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+        started_at: r.get(11)?,
+        finished_at: r.get(12)?,
+        owner: r.get(13)?,
+        lease_expires: r.get(14)?,
+        exit_code: r.get(15)?,
+        output: r.get(16)?,
+        error: r.get(17)?,
+        stderr_tail: r.get(18)?,
+        duration_ms: r.get(19)?,
+        source: r.get(20)?,
+    })
+}
+
+fn state_from(r: &Row, idx: usize) -> rusqlite::Result<TaskState> {
+    let text: String = r.get(idx)?;
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn event(tx: &rusqlite::Transaction, now: Millis, task_id: Option<i64>, worker: Option<&str>, kind: &str, message: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO events (ts, task_id, worker, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now, task_id, worker, kind, message],
+    )?;
+    Ok(())
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+fn state_of(tx: &rusqlite::Transaction, id: i64) -> Op<(TaskState, String)> {
+    let row = tx
+        .query_row("SELECT state, worker FROM tasks WHERE id = ?1", [id], |r| {
+            Ok((state_from(r, 0)?, r.get::<_, String>(1)?))
+        })
+        .optional()?;
+    row.ok_or(OpError::Rule(Error::NoSuchTask { id }))
+}
+
+/// Returns running tasks matching `condition` to the queue, with their interrupted attempt given back.
+fn recover_where(tx: &rusqlite::Transaction, condition: &str, arg: &dyn rusqlite::ToSql, now: Millis, why: &str) -> Op<Vec<i64>> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT id, worker, owner FROM tasks WHERE state = 'running' AND {condition}"
+    ))?;
+    let rows = stmt
+        .query_map([arg], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (id, worker, owner) in &rows {
+        tx.execute(
+            "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), owner = NULL, \
+             claim_token = NULL, lease_expires = NULL, not_before = ?2, updated_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        let owner = owner.as_deref().unwrap_or("?");
+        event(tx, now, Some(*id), Some(worker), "recovered", &format!("{why} (was held by {owner}); queued again"))?;
+    }
+    Ok(rows.into_iter().map(|(id, _, _)| id).collect())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, t: &NewTask) -> Result<Submitted> {
+        let t = t.clone();
+        self.write("submitting a task", move |tx| {
+            if let Some(key) = &t.dedup_key {
+                let existing: Option<i64> = tx
+                    .query_row("SELECT id FROM tasks WHERE dedup_key = ?1", [key], |r| r.get(0))
+                    .optional()?;
+                if let Some(id) = existing {
+                    return Ok(Submitted::Duplicate(id));
+                }
+            }
+            tx.execute(
+                "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
+                 not_before, created_at, updated_at, source, dedup_key) \
+                 VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+                params![
+                    t.worker,
+                    t.prompt,
+                    t.priority,
+                    t.max_attempts as i64,
+                    t.timeout_ms.map(|v| v as i64),
+                    t.not_before,
+                    t.now,
+                    t.source,
+                    t.dedup_key
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            event(tx, t.now, Some(id), Some(&t.worker), "submitted", &format!("from {}, priority {}, {} bytes", t.source, t.priority, t.prompt.len()))?;
+            Ok(Submitted::New(id))
+        })
+        .await
+    }
+
+    async fn claim(&self, worker: &str, owner: &str, now: Millis, lease: Duration) -> Result<Option<Claim>> {
+        let (worker, owner) = (worker.to_string(), owner.to_string());
+        let expires = now + lease.as_millis() as Millis;
+        self.write("claiming a task", move |tx| {
+            let token = new_token();
+            let task = tx
+                .query_row(
+                    &format!(
+                        "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = ?2, \
+                         claim_token = ?3, lease_expires = ?4, started_at = ?5, updated_at = ?5 \
+                         WHERE id = (SELECT id FROM tasks WHERE worker = ?1 AND state = 'queued' \
+                                     AND not_before <= ?5 ORDER BY priority DESC, id ASC LIMIT 1) \
+                           AND NOT EXISTS (SELECT 1 FROM tasks WHERE worker = ?1 AND state = 'running') \
+                         RETURNING {TASK_COLUMNS}"
+                    ),
+                    params![worker, owner, token, expires, now],
+                    task_from_row,
+                )
+                .optional()?;
+            let Some(task) = task else { return Ok(None) };
+            event(tx, now, Some(task.id), Some(&worker), "started", &format!("attempt {} of {} by {owner}", task.attempts, task.max_attempts))?;
+            Ok(Some(Claim { task, token }))
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool> {
+        let fence = fence.clone();
+        let expires = now + lease.as_millis() as Millis;
+        self.write("renewing a lease", move |tx| {
+            let n = tx.execute(
+                "UPDATE tasks SET lease_expires = ?3 WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
+                params![fence.id, fence.token, expires],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn finish(&self, fence: &Fence, f: &Finish) -> Result<bool> {
+        let (fence, f) = (fence.clone(), f.clone());
+        self.write("recording a result", move |tx| {
+            let terminal = f.state.is_terminal();
+            let n = tx.execute(
+                "UPDATE tasks SET state = ?3, not_before = coalesce(?4, not_before), exit_code = ?5, \
+                 output = ?6, error = ?7, stderr_tail = ?8, duration_ms = ?9, \
+                 finished_at = CASE WHEN ?10 THEN ?11 ELSE NULL END, owner = NULL, claim_token = NULL, \
+                 lease_expires = NULL, updated_at = ?11 \
+                 WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
+                params![
+                    fence.id,
+                    fence.token,
+                    f.state.as_str(),
+                    f.not_before,
+                    f.exit_code,
+                    f.output,
+                    f.error,
+                    f.stderr_tail,
+                    f.duration_ms,
+                    terminal,
+                    f.now
+                ],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let (attempts, worker): (i64, String) = tx.query_row(
+                "SELECT attempts, worker FROM tasks WHERE id = ?1",
+                [fence.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let reason = f.error.as_deref().unwrap_or("");
+            let (kind, message) = match f.state {
+                TaskState::Succeeded => ("succeeded", format!("attempt {attempts} succeeded in {} ms", f.duration_ms)),
+                TaskState::Queued => (
+                    "retry_scheduled",
+                    format!(
+                        "attempt {attempts} failed: {reason}; retry in {} ms",
+                        f.not_before.unwrap_or(f.now) - f.now
+                    ),
+                ),
+                TaskState::Dead => ("dead", format!("attempt {attempts} failed: {reason}; no attempts left")),
+                _ => (f.state.as_str(), format!("attempt {attempts} failed: {reason}; not retryable")),
+            };
+            event(tx, f.now, Some(fence.id), Some(&worker), kind, &message)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
+        let (fence, reason) = (fence.clone(), reason.to_string());
+        self.write("releasing a task", move |tx| {
+            let worker: Option<String> = tx
+                .query_row(
+                    "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), owner = NULL, \
+                     claim_token = NULL, lease_expires = NULL, updated_at = ?3 \
+                     WHERE id = ?1 AND claim_token = ?2 AND state = 'running' RETURNING worker",
+                    params![fence.id, fence.token, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(worker) = worker else { return Ok(false) };
+            event(tx, now, Some(fence.id), Some(&worker), "released", &format!("{reason}; queued again, attempt not counted"))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>> {
+        self.write("recovering expired leases", move |tx| {
+            recover_where(tx, "lease_expires < ?1", &now, now, "lease expired")
+        })
+        .await
+    }
+
+    async fn recover_all_but(&self, owner: &str, now: Millis) -> Result<Vec<i64>> {
+        let owner = owner.to_string();
+        self.write("recovering tasks of a previous daemon", move |tx| {
+            recover_where(tx, "coalesce(owner, '') <> ?1", &owner, now, "its daemon is gone")
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: i64, now: Millis) -> Result<TaskState> {
+        self.write("cancelling a task", move |tx| {
+            let (state, worker) = state_of(tx, id)?;
+            state.check_cancel().map_err(|what| {
+                OpError::Rule(Error::WrongState { id, state: state.to_string(), what })
+            })?;
+            tx.execute(
+                "UPDATE tasks SET state = 'cancelled', owner = NULL, claim_token = NULL, \
+                 lease_expires = NULL, finished_at = ?2, updated_at = ?2, \
+                 error = coalesce(error, 'cancelled') WHERE id = ?1",
+                params![id, now],
+            )?;
+            event(tx, now, Some(id), Some(&worker), "cancelled", &format!("cancelled while {state}"))?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn retry(&self, id: i64, now: Millis) -> Result<()> {
+        self.write("retrying a task", move |tx| {
+            let (state, worker) = state_of(tx, id)?;
+            state.check_retry().map_err(|what| {
+                OpError::Rule(Error::WrongState { id, state: state.to_string(), what })
+            })?;
+            tx.execute(
+                "UPDATE tasks SET state = 'queued', attempts = 0, not_before = ?2, finished_at = NULL, \
+                 updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            event(tx, now, Some(id), Some(&worker), "retried", &format!("was {state}; queued again with attempts reset"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<Task>> {
+        self.call("reading a task", move |conn| {
+            Ok(conn
+                .query_row(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"), [id], task_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
+        let filter = filter.clone();
+        self.call("listing tasks", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, worker, state, priority, attempts, max_attempts, created_at, finished_at, \
+                 duration_ms, error, substr(prompt, 1, 400) FROM tasks \
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR worker = ?2) \
+                 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    filter.state.map(|s| s.as_str()),
+                    filter.worker,
+                    filter.limit.map(i64::from).unwrap_or(-1)
+                ],
+                |r| {
+                    let prompt: String = r.get(10)?;
+                    Ok(TaskSummary {
+                        id: r.get(0)?,
+                        worker: r.get(1)?,
+                        state: state_from(r, 2)?,
+                        priority: r.get(3)?,
+                        attempts: r.get::<_, i64>(4)? as u32,
+                        max_attempts: r.get::<_, i64>(5)? as u32,
+                        created_at: r.get(6)?,
+                        finished_at: r.get(7)?,
+                        duration_ms: r.get(8)?,
+                        error: r.get(9)?,
+                        prompt_preview: preview(&prompt),
+                    })
+                },
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn events_of(&self, task_id: i64) -> Result<Vec<Event>> {
+        self.call("reading events", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, ts, task_id, worker, kind, message FROM events WHERE task_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([task_id], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    ts: r.get(1)?,
+                    task_id: r.get(2)?,
+                    worker: r.get(3)?,
+                    kind: r.get(4)?,
+                    message: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn record_event(&self, e: &NewEvent) -> Result<()> {
+        let e = e.clone();
+        self.write("recording an event", move |tx| {
+            event(tx, e.now, e.task_id, e.worker.as_deref(), &e.kind, &e.message)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<WorkerCounts>> {
+        self.call("counting tasks", move |conn| {
+            let mut stmt = conn.prepare("SELECT worker, state, count(*) FROM tasks GROUP BY worker, state ORDER BY worker")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, state_from(r, 1)?, r.get::<_, i64>(2)? as u64)))?;
+            let mut out: Vec<WorkerCounts> = Vec::new();
+            for row in rows {
+                let (worker, state, n) = row?;
+                if out.last().map(|c| c.worker != worker).unwrap_or(true) {
+                    out.push(WorkerCounts { worker: worker.clone(), ..Default::default() });
+                }
+                let c = out.last_mut().expect("pushed above");
+                *match state {
+                    TaskState::Queued => &mut c.queued,
+                    TaskState::Running => &mut c.running,
+                    TaskState::Succeeded => &mut c.succeeded,
+                    TaskState::Failed => &mut c.failed,
+                    TaskState::Cancelled => &mut c.cancelled,
+                    TaskState::Dead => &mut c.dead,
+                } += n;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn next_due(&self, worker: &str) -> Result<Option<Millis>> {
+        let worker = worker.to_string();
+        self.call("finding the next due task", move |conn| {
+            Ok(conn.query_row(
+                "SELECT min(not_before) FROM tasks WHERE worker = ?1 AND state = 'queued'",
+                [worker],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn next_lease_expiry(&self) -> Result<Option<Millis>> {
+        self.call("finding the next lease expiry", move |conn| {
+            Ok(conn.query_row("SELECT min(lease_expires) FROM tasks WHERE state = 'running'", [], |r| r.get(0))?)
+        })
+        .await
+    }
+}
+
+/// The first line of a prompt, cut to 80 characters.
+fn preview(prompt: &str) -> String {
+    let line = prompt.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    if line.chars().count() > 80 {
+        let cut: String = line.chars().take(79).collect();
+        format!("{cut}…")
+    } else {
+        line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("agentq.db")).unwrap();
+        (dir, s)
+    }
+
+    fn task(worker: &str, prompt: &str, priority: i64, now: Millis) -> NewTask {
+        NewTask {
+            worker: worker.into(),
+            prompt: prompt.into(),
+            priority,
+            max_attempts: 3,
+            timeout_ms: None,
+            not_before: now,
+            source: "test".into(),
+            dedup_key: None,
+            now,
+        }
+    }
+
+    fn done(state: TaskState, now: Millis) -> Finish {
+        Finish {
+            state,
+            not_before: None,
+            exit_code: Some(0),
+            output: Some("ok".into()),
+            error: None,
+            stderr_tail: None,
+            duration_ms: 5,
+            now,
+        }
+    }
+
+    #[tokio::test]
+    async fn highest_priority_first_then_fifo() {
+        let (_d, s) = store();
+        let a = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+        let b = s.submit(&task("w", "b", 5, 2)).await.unwrap().id();
+        let c = s.submit(&task("w", "c", 0, 3)).await.unwrap().id();
+        let d = s.submit(&task("w", "d", 5, 4)).await.unwrap().id();
+        let mut order = vec![];
+        for now in 10..14 {
+            let claim = s.claim("w", "me", now, LEASE).await.unwrap().unwrap();
+            order.push(claim.task.id);
+            assert!(s.finish(&claim.fence(), &done(TaskState::Succeeded, now)).await.unwrap());
+        }
+        assert_eq!(order, vec![b, d, a, c]);
+        assert!(s.claim("w", "me", 20, LEASE).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_worker_runs_one_task_at_a_time_and_workers_are_independent() {
+        let (_d, s) = store();
+        s.submit(&task("w", "a", 0, 1)).await.unwrap();
+        s.submit(&task("w", "b", 0, 1)).await.unwrap();
+        s.submit(&task("v", "c", 0, 1)).await.unwrap();
+        let first = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+        assert!(s.claim("w", "other", 2, LEASE).await.unwrap().is_none(), "w is busy");
+        assert!(s.claim("v", "me", 2, LEASE).await.unwrap().is_some(), "v is not");
+        s.finish(&first.fence(), &done(TaskState::Succeeded, 3)).await.unwrap();
+        assert!(s.claim("w", "me", 4, LEASE).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn not_before_holds_a_task_back() {
+        let (_d, s) = store();
+        let mut t = task("w", "later", 0, 1);
+        t.not_before = 100;
+        s.submit(&t).await.unwrap();
+        assert!(s.claim("w", "me", 99, LEASE).await.unwrap().is_none());
+        assert_eq!(s.next_due("w").await.unwrap(), Some(100));
+        assert!(s.claim("w", "me", 100, LEASE).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_stale_claim_cannot_record_a_result() {
+        let (_d, s) = store();
+        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+        let stale = s.claim("w", "old", 10, Duration::from_millis(100)).await.unwrap().unwrap();
+        // The old owner stops heartbeating; its lease runs out and the task is recovered.
+        assert_eq!(s.recover_expired(50).await.unwrap(), Vec::<i64>::new());
+        assert_eq!(s.next_lease_expiry().await.unwrap(), Some(110));
+        assert_eq!(s.recover_expired(200).await.unwrap(), vec![id]);
+        let fresh = s.claim("w", "new", 201, LEASE).await.unwrap().unwrap();
+        assert_eq!(fresh.task.attempts, 1, "the interrupted attempt was given back");
+
+        assert!(!s.heartbeat(&stale.fence(), 202, LEASE).await.unwrap());
+        assert!(!s.finish(&stale.fence(), &done(TaskState::Failed, 203)).await.unwrap());
+        assert!(!s.release(&stale.fence(), "x", 203).await.unwrap());
+        assert!(s.heartbeat(&fresh.fence(), 204, LEASE).await.unwrap());
+        assert!(s.finish(&fresh.fence(), &done(TaskState::Succeeded, 205)).await.unwrap());
+        assert!(!s.finish(&fresh.fence(), &done(TaskState::Failed, 206)).await.unwrap(), "only once");
+
+        let t = s.get(id).await.unwrap().unwrap();
+        assert_eq!(t.state, TaskState::Succeeded);
+        let kinds: Vec<String> = s.events_of(id).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["submitted", "started", "recovered", "started", "succeeded"]);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_keep_a_lease() {
+        let (_d, s) = store();
+        s.submit(&task("w", "a", 0, 1)).await.unwrap();
+        let c = s.claim("w", "me", 10, Duration::from_millis(100)).await.unwrap().unwrap();
+        assert!(s.heartbeat(&c.fence(), 90, Duration::from_millis(100)).await.unwrap());
+        assert!(s.recover_expired(150).await.unwrap().is_empty());
+        assert_eq!(s.recover_expired(191).await.unwrap(), vec![c.task.id]);
+    }
+
+    #[tokio::test]
+    async fn recover_all_but_spares_the_current_owner() {
+        let (_d, s) = store();
+        s.submit(&task("a", "x", 0, 1)).await.unwrap();
+        s.submit(&task("b", "y", 0, 1)).await.unwrap();
+        let mine = s.claim("a", "me", 2, LEASE).await.unwrap().unwrap();
+        let theirs = s.claim("b", "gone", 2, LEASE).await.unwrap().unwrap();
+        assert_eq!(s.recover_all_but("me", 3).await.unwrap(), vec![theirs.task.id]);
+        assert!(s.heartbeat(&mine.fence(), 4, LEASE).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn dedup_key_makes_submit_idempotent() {
+        let (_d, s) = store();
+        let mut t = task("w", "a", 0, 1);
+        t.dedup_key = Some("k".into());
+        let first = s.submit(&t).await.unwrap();
+        assert!(matches!(first, Submitted::New(_)));
+        assert_eq!(s.submit(&t).await.unwrap(), Submitted::Duplicate(first.id()));
+        assert_eq!(s.list(&TaskFilter::default()).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn cancel_and_retry() {
+        let (_d, s) = store();
+        let q = s.submit(&task("w", "queued", 0, 1)).await.unwrap().id();
+        let r = s.submit(&task("v", "running", 0, 1)).await.unwrap().id();
+        let claim = s.claim("v", "me", 2, LEASE).await.unwrap().unwrap();
+        assert_eq!(s.cancel(q, 3).await.unwrap(), TaskState::Queued);
+        assert_eq!(s.cancel(r, 3).await.unwrap(), TaskState::Running);
+        assert!(!s.heartbeat(&claim.fence(), 4, LEASE).await.unwrap(), "the runner learns of it");
+        assert!(matches!(s.cancel(q, 4).await, Err(Error::WrongState { .. })));
+        assert!(matches!(s.cancel(999, 4).await, Err(Error::NoSuchTask { id: 999 })));
+
+        s.retry(q, 5).await.unwrap();
+        let t = s.get(q).await.unwrap().unwrap();
+        assert_eq!((t.state, t.attempts), (TaskState::Queued, 0));
+        assert!(matches!(s.retry(q, 6).await, Err(Error::WrongState { .. })));
+    }
+
+    #[tokio::test]
+    async fn finish_with_retry_keeps_the_reason_and_counts() {
+        let (_d, s) = store();
+        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+        let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+        let mut f = done(TaskState::Queued, 3);
+        f.not_before = Some(1003);
+        f.error = Some("exit code 1".into());
+        s.finish(&c.fence(), &f).await.unwrap();
+        let t = s.get(id).await.unwrap().unwrap();
+        assert_eq!((t.state, t.attempts, t.not_before), (TaskState::Queued, 1, 1003));
+        assert_eq!(t.finished_at, None);
+        let counts = s.counts().await.unwrap();
+        assert_eq!(counts[0].queued, 1);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.db");
+        let id = {
+            let s = SqliteStore::open(&path).unwrap();
+            s.submit(&task("w", "kept", 0, 1)).await.unwrap().id()
+        };
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get(id).await.unwrap().unwrap().prompt, "kept");
+        drop(s);
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(SqliteStore::open(&path), Err(Error::SchemaTooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn previews_are_one_short_line() {
+        assert_eq!(preview("\n  hello\nworld"), "hello");
+        assert_eq!(preview(&"x".repeat(100)).chars().count(), 80);
+    }
+}
