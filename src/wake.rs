@@ -1,0 +1,83 @@
+//! The doorbell: how `agentq submit` in another process wakes the daemon within milliseconds.
+//!
+//! The daemon binds a Unix datagram socket at `.agentq/wake.sock`; a client that changed the queue
+//! sends one datagram naming the worker concerned (or empty for "everyone"). Sending never blocks and
+//! never fails loudly: with no daemon listening there is nobody to wake, and the task waits in the
+//! store for the next `agentq run`. The database stays the source of truth; a lost datagram only
+//! delays a task until the daemon's next scheduled look, never loses it.
+
+use std::os::unix::net::UnixDatagram as StdDatagram;
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixDatagram;
+
+const SOCKET: &str = "wake.sock";
+
+pub struct Doorbell {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+/// Who a ring is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ring {
+    Worker(String),
+    Everyone,
+}
+
+impl Doorbell {
+    /// Binds the socket. The caller holds the state lock, so a socket file already there is a
+    /// leftover of a dead daemon and is replaced.
+    pub fn bind(state_dir: &Path) -> std::io::Result<Doorbell> {
+        let path = state_dir.join(SOCKET);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let socket = UnixDatagram::bind(&path)?;
+        Ok(Doorbell { socket, path })
+    }
+
+    pub async fn next(&self) -> std::io::Result<Ring> {
+        let mut buf = [0u8; 256];
+        let n = self.socket.recv(&mut buf).await?;
+        Ok(match std::str::from_utf8(&buf[..n]) {
+            Ok(name) if !name.is_empty() => Ring::Worker(name.to_string()),
+            _ => Ring::Everyone,
+        })
+    }
+}
+
+impl Drop for Doorbell {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Wakes the daemon of `state_dir` for `worker` (all workers when `None`), if one is listening.
+pub fn ring(state_dir: &Path, worker: Option<&str>) {
+    let Ok(socket) = StdDatagram::unbound() else {
+        return;
+    };
+    let _ = socket.set_nonblocking(true);
+    let _ = socket.send_to(worker.unwrap_or("").as_bytes(), state_dir.join(SOCKET));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ring_reaches_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let bell = Doorbell::bind(dir.path()).unwrap();
+        ring(dir.path(), Some("sentinela"));
+        ring(dir.path(), None);
+        assert_eq!(bell.next().await.unwrap(), Ring::Worker("sentinela".into()));
+        assert_eq!(bell.next().await.unwrap(), Ring::Everyone);
+        drop(bell);
+        assert!(!dir.path().join(SOCKET).exists());
+        ring(dir.path(), Some("nobody listens")); // and nothing happens
+    }
+}
