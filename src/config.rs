@@ -180,6 +180,7 @@ struct RawIntake {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     lease: Option<Dur>,
+    shutdown_grace: Option<Dur>,
     output_cap: Option<Size>,
     stderr_cap: Option<Size>,
 }
@@ -268,6 +269,9 @@ pub struct IntakeSettings {
 pub struct DaemonSettings {
     /// How long a claim holds without a heartbeat; heartbeats come every third of it.
     pub lease: Duration,
+    /// After the first stop signal, how long running tasks may go on before they are stopped and
+    /// queued again.
+    pub shutdown_grace: Duration,
     /// The most of an agent's stdout kept as the result.
     pub output_cap: u64,
     /// The most of the end of an agent's stderr kept.
@@ -417,6 +421,7 @@ impl Config {
             },
             daemon: DaemonSettings {
                 lease,
+                shutdown_grace: raw.daemon.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
                 output_cap: raw.daemon.output_cap.map(|s| s.0).unwrap_or(16 << 20),
                 stderr_cap: raw.daemon.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
             },

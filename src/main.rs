@@ -1,1 +1,49 @@
-fn main() {}
+//! The `agentq` binary: parse the command line, set up logging, run, and turn an error into one
+//! message and an exit code. Everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use agentq::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Run(_));
+    init_logging(cli.log_format, if daemon { "info" } else { "warn" });
+
+    let runtime = if daemon {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        // A one-shot command needs no thread pool of its own: it starts faster without one.
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentq: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(agentq::commands::dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentq: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// Logs go to stderr, so stdout carries only data. `AGENTQ_LOG` (e.g. `debug`, `agentq=trace`)
+/// overrides the level.
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_env("AGENTQ_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+}

@@ -1,0 +1,150 @@
+//! The command line: what each command takes. What each one does is in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::TaskState;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agentq",
+    version,
+    about = "Run coding-agent CLIs as reliable, always-on workers, fed from a durable queue.",
+    after_help = "Start with `agentq init`, then `agentq run`. Tasks come from `agentq submit` or from \
+                  *.prompt files dropped into .queue/<worker>/; results go to .output/<worker>/."
+)]
+pub struct Cli {
+    /// The agentq.toml to use [default: ./agentq.toml or the nearest one above]
+    #[arg(long, global = true, env = "AGENTQ_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// How logs are written to stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a commented agentq.toml here and create the private state folder .agentq/
+    Init(InitArgs),
+    /// Run the supervisor in the foreground until Ctrl-C or SIGTERM
+    Run(RunArgs),
+    /// Queue a task; prints its id
+    Submit(SubmitArgs),
+    /// Workers, what they are doing, and queue totals
+    Status(JsonArgs),
+    /// List tasks, newest first
+    Tasks(TasksArgs),
+    /// Everything about one task: state, result, output, stderr, history
+    Show(IdArgs),
+    /// Print a task's result text; exits 1 unless it succeeded
+    Result(IdArgs),
+    /// Wait for tasks to end; exits 1 if any did not succeed
+    Wait(WaitArgs),
+    /// Cancel queued or running tasks (a running agent is stopped)
+    Cancel(IdsArgs),
+    /// Queue failed, dead or cancelled tasks again, with their attempts reset
+    Retry(IdsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JsonArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Overwrite an existing agentq.toml
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The prompt, or - to read it from stdin
+    #[arg(value_name = "PROMPT | -")]
+    pub prompt: Option<String>,
+    /// The worker to run it [default: [defaults] worker, or the only worker]
+    #[arg(long, short)]
+    pub worker: Option<String>,
+    /// Higher runs first; equal priorities run in submission order
+    #[arg(long, short, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i64,
+    /// Wall-clock limit of each attempt, e.g. 30s, 10m [default: the worker's]
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Attempts before the task is dead [default: the worker's]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+    /// Wait for the task to end, print its result, and exit 1 if it did not succeed
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TasksArgs {
+    /// Only tasks in this state
+    #[arg(long, short, value_parser = parse_state)]
+    pub state: Option<TaskState>,
+    /// Only this worker's tasks
+    #[arg(long, short)]
+    pub worker: Option<String>,
+    /// At most this many, newest first (0: all)
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct IdArgs {
+    pub id: i64,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct IdsArgs {
+    #[arg(required = true)]
+    pub ids: Vec<i64>,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    #[arg(required = true)]
+    pub ids: Vec<i64>,
+    /// Give up after this long (exit 1) [default: wait forever]
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+fn parse_state(s: &str) -> Result<TaskState, String> {
+    s.parse()
+}

@@ -1,0 +1,550 @@
+//! What each command does. Every command that prints data prints it as text for people or, with
+//! `--json`, as one JSON document on stdout; messages for people go to stderr.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::{Cli, Command, IdArgs, IdsArgs, InitArgs, SubmitArgs, TasksArgs, WaitArgs};
+use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
+use crate::daemon::{self, Shutdown};
+use crate::domain::TaskState;
+use crate::error::{Error, Result};
+use crate::output::TaskRecord;
+use crate::state;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Millis, NewTask, Store, Task, TaskFilter, now_ms};
+use crate::wake;
+
+pub async fn dispatch(cli: Cli) -> Result<()> {
+    let explicit = cli.config.as_deref();
+    match cli.command {
+        Command::Init(args) => init(explicit, args).await,
+        Command::Run(_) => {
+            let config = load_config(explicit)?;
+            let shutdown = Shutdown::on_signals(config.daemon.shutdown_grace)
+                .map_err(|e| Error::io("listening for signals in", &config.root, e))?;
+            daemon::run(config, shutdown).await
+        }
+        Command::Submit(args) => submit(explicit, args).await,
+        Command::Status(args) => status(explicit, args.json).await,
+        Command::Tasks(args) => tasks(explicit, args).await,
+        Command::Show(args) => show(explicit, args).await,
+        Command::Result(args) => result(explicit, args).await,
+        Command::Wait(args) => wait_cmd(explicit, args).await,
+        Command::Cancel(args) => cancel(explicit, args).await,
+        Command::Retry(args) => retry(explicit, args).await,
+    }
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<Config> {
+    match explicit {
+        Some(path) => Config::load(path),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| Error::io("reading current folder", ".", e))?;
+            Config::discover(&cwd)
+        }
+    }
+}
+
+fn open_store(config: &Config) -> Result<SqliteStore> {
+    state::ensure_dir(&config.state_dir())?;
+    SqliteStore::open(&config.db_path())
+}
+
+fn print_json(value: &impl Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("our types serialise"));
+}
+
+async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_dir()
+            .map_err(|e| Error::io("reading current folder", ".", e))?
+            .join(CONFIG_FILE),
+    };
+    let existed = path.exists();
+    if !existed || args.force {
+        crate::output::write_atomic(&path, INIT_TEMPLATE.as_bytes())
+            .map_err(|e| Error::io("writing", &path, e))?;
+    }
+    // Validates what is there, whether just written or kept.
+    let config = Config::load(&path)?;
+    open_store(&config)?;
+    let created = !existed || args.force;
+    if args.out.json {
+        print_json(&json!({
+            "config": config.path,
+            "state_dir": config.state_dir(),
+            "created": created,
+        }));
+    } else if created {
+        println!(
+            "Wrote {} and created {}/.\nNext: edit the [[worker]] command, then `agentq run`.",
+            config.path.display(),
+            STATE_DIR
+        );
+    } else {
+        println!(
+            "{} already exists; left as it is (--force overwrites it). State folder: {}",
+            config.path.display(),
+            config.state_dir().display()
+        );
+    }
+    Ok(())
+}
+
+fn read_prompt(arg: Option<String>, cap: u64) -> Result<String> {
+    let prompt = match arg.as_deref() {
+        None => {
+            return Err(Error::Usage(
+                "give the prompt as an argument, or - to read it from stdin".into(),
+            ));
+        }
+        Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .take(cap + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io("reading prompt from", "stdin", e))?;
+            String::from_utf8(bytes).map_err(|e| {
+                Error::Usage(format!(
+                    "the prompt on stdin is not UTF-8 text (bad byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ))
+            })?
+        }
+        Some(text) => text.to_string(),
+    };
+    if prompt.len() as u64 > cap {
+        return Err(Error::Usage(format!(
+            "the prompt is over max_prompt_size ({cap} bytes); raise [defaults] max_prompt_size or shorten it"
+        )));
+    }
+    if prompt.trim().is_empty() {
+        return Err(Error::Usage("the prompt is empty".into()));
+    }
+    Ok(prompt)
+}
+
+async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let worker = config.resolve_worker(args.worker.as_deref())?;
+    let prompt = read_prompt(args.prompt, config.max_prompt_size)?;
+    let store = open_store(&config)?;
+    let now = now_ms();
+    let id = store
+        .submit(&NewTask {
+            worker: worker.name.clone(),
+            prompt,
+            priority: args.priority,
+            max_attempts: args.max_attempts.unwrap_or(worker.limits.max_attempts),
+            timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
+            not_before: now,
+            source: "cli".into(),
+            dedup_key: None,
+            now,
+        })
+        .await?
+        .id();
+    wake::ring(&config.state_dir(), Some(&worker.name));
+    if !args.wait {
+        if args.out.json {
+            print_json(&json!({ "id": id, "worker": worker.name }));
+        } else {
+            println!("{id}");
+        }
+        return Ok(());
+    }
+    let task = wait_for(&store, id, None).await?;
+    print_result(&task, args.out.json)
+}
+
+/// Polls until the task ends. Polling is the client's cost, not the daemon's: it starts fast and
+/// slows to four looks a second.
+async fn wait_for(store: &dyn Store, id: i64, deadline: Option<Instant>) -> Result<Task> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
+        if task.state.is_terminal() {
+            return Ok(task);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::WaitTimeout {
+                ids: id.to_string(),
+                after: Duration::ZERO,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+fn not_succeeded(task: &Task) -> Error {
+    Error::TaskNotSucceeded {
+        id: task.id,
+        state: task.state.to_string(),
+        reason: task.error.clone(),
+    }
+}
+
+fn print_result(task: &Task, json: bool) -> Result<()> {
+    if json {
+        print_json(&json!({
+            "id": task.id,
+            "state": task.state,
+            "output": task.output,
+            "exit_code": task.exit_code,
+            "error": task.error,
+        }));
+    } else if let Some(out) = &task.output {
+        print!("{out}");
+        if !out.is_empty() && !out.ends_with('\n') {
+            println!();
+        }
+    }
+    match task.state {
+        TaskState::Succeeded => Ok(()),
+        _ => Err(not_succeeded(task)),
+    }
+}
+
+#[derive(Serialize)]
+struct WorkerStatus {
+    name: String,
+    agent: String,
+    /// idle, running, stopped (no daemon), or unknown (tasks of a worker not in the config)
+    state: String,
+    task: Option<i64>,
+    queued: u64,
+    running: u64,
+    succeeded: u64,
+    failed: u64,
+    dead: u64,
+    cancelled: u64,
+}
+
+async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let pid = state::holder(&config.state_dir())?;
+    let counts = store.counts().await?;
+    let running = store
+        .list(&TaskFilter {
+            state: Some(TaskState::Running),
+            ..Default::default()
+        })
+        .await?;
+    let mut names: Vec<(String, String)> = config
+        .workers
+        .iter()
+        .map(|w| (w.name.clone(), w.agent.kind().to_string()))
+        .collect();
+    for c in &counts {
+        if !names.iter().any(|(n, _)| n == &c.worker) {
+            names.push((c.worker.clone(), "-".into()));
+        }
+    }
+    let workers: Vec<WorkerStatus> = names
+        .into_iter()
+        .map(|(name, agent)| {
+            let c = counts.iter().find(|c| c.worker == name).cloned().unwrap_or_default();
+            let task = running.iter().find(|t| t.worker == name).map(|t| t.id);
+            let state = match (pid, config.worker(&name), task) {
+                (_, None, _) => "not in config",
+                (None, _, _) => "stopped",
+                (Some(_), _, Some(_)) => "running",
+                (Some(_), _, None) => "idle",
+            };
+            WorkerStatus {
+                name,
+                agent,
+                state: state.into(),
+                task,
+                queued: c.queued,
+                running: c.running,
+                succeeded: c.succeeded,
+                failed: c.failed,
+                dead: c.dead,
+                cancelled: c.cancelled,
+            }
+        })
+        .collect();
+    let total = |f: fn(&WorkerStatus) -> u64| workers.iter().map(f).sum::<u64>();
+    let totals = json!({
+        "queued": total(|w| w.queued),
+        "running": total(|w| w.running),
+        "succeeded": total(|w| w.succeeded),
+        "failed": total(|w| w.failed),
+        "dead": total(|w| w.dead),
+        "cancelled": total(|w| w.cancelled),
+    });
+    if json {
+        print_json(&json!({
+            "daemon": { "running": pid.is_some(), "pid": pid },
+            "config": config.path,
+            "workers": workers,
+            "totals": totals,
+        }));
+        return Ok(());
+    }
+    match pid {
+        Some(pid) => println!("daemon: running (pid {pid})  {}", config.root.display()),
+        None => println!("daemon: not running (start it with `agentq run`)  {}", config.root.display()),
+    }
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.agent.clone(),
+                w.state.clone(),
+                w.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                w.queued.to_string(),
+                w.succeeded.to_string(),
+                w.failed.to_string(),
+                w.dead.to_string(),
+                w.cancelled.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["WORKER", "AGENT", "STATE", "TASK", "QUEUED", "DONE", "FAILED", "DEAD", "CANCELLED"], &rows);
+    println!(
+        "total: {} queued, {} running, {} succeeded, {} failed, {} dead, {} cancelled",
+        totals["queued"], totals["running"], totals["succeeded"], totals["failed"], totals["dead"], totals["cancelled"]
+    );
+    Ok(())
+}
+
+async fn tasks(explicit: Option<&Path>, args: TasksArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let filter = TaskFilter {
+        state: args.state,
+        worker: args.worker,
+        limit: (args.limit > 0).then_some(args.limit),
+    };
+    let list = store.list(&filter).await?;
+    if args.out.json {
+        print_json(&list);
+        return Ok(());
+    }
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.worker.clone(),
+                t.state.to_string(),
+                t.priority.to_string(),
+                format!("{}/{}", t.attempts, t.max_attempts),
+                ago(now, t.created_at),
+                t.duration_ms.map(fmt_ms).unwrap_or_else(|| "-".into()),
+                t.prompt_preview.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "WORKER", "STATE", "PRI", "TRIES", "AGE", "TOOK", "PROMPT"], &rows);
+    if filter.limit.is_some_and(|l| list.len() as u32 == l) {
+        eprintln!("(the latest {}; --limit 0 shows all)", list.len());
+    }
+    Ok(())
+}
+
+async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let id = args.id;
+    let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
+    let events = store.events_of(id).await?;
+    if args.out.json {
+        print_json(&TaskRecord { task: &task, events: &events });
+        return Ok(());
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!("task {}  {}", task.id, task.state);
+    println!("worker:      {}", task.worker);
+    println!("source:      {}", task.source);
+    println!("priority:    {}", task.priority);
+    println!("attempts:    {} of {}", task.attempts, task.max_attempts);
+    println!("created:     {}", when(task.created_at));
+    println!("started:     {}", opt(task.started_at.map(when)));
+    println!("finished:    {}", opt(task.finished_at.map(when)));
+    if task.state == TaskState::Queued && task.not_before > now_ms() {
+        println!("not before:  {}", when(task.not_before));
+    }
+    if let Some(owner) = &task.owner {
+        println!("held by:     {owner}");
+    }
+    println!("duration:    {}", opt(task.duration_ms.map(fmt_ms)));
+    println!("exit code:   {}", opt(task.exit_code.map(|c| c.to_string())));
+    println!("error:       {}", opt(task.error.clone()));
+    section("prompt", &task.prompt);
+    section("output", task.output.as_deref().unwrap_or(""));
+    section("stderr (end)", task.stderr_tail.as_deref().unwrap_or(""));
+    println!("\n--- events");
+    for e in &events {
+        println!("{}  {:<16} {}", when(e.ts), e.kind, e.message);
+    }
+    Ok(())
+}
+
+fn section(title: &str, body: &str) {
+    println!("\n--- {title}");
+    if body.is_empty() {
+        println!("(none)");
+    } else {
+        print!("{body}");
+        if !body.ends_with('\n') {
+            println!();
+        }
+    }
+}
+
+async fn result(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let id = args.id;
+    let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
+    if !task.state.is_terminal() {
+        return Err(Error::WrongState {
+            id,
+            state: task.state.to_string(),
+            what: "it has no result yet; `agentq wait ID` waits for it",
+        });
+    }
+    print_result(&task, args.out.json)
+}
+
+async fn wait_cmd(explicit: Option<&Path>, args: WaitArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    let mut ended = Vec::new();
+    for &id in &args.ids {
+        match wait_for(&store, id, deadline).await {
+            Ok(task) => ended.push(task),
+            Err(Error::WaitTimeout { .. }) => {
+                let pending: Vec<String> = args.ids.iter().filter(|i| !ended.iter().any(|t: &Task| t.id == **i)).map(|i| i.to_string()).collect();
+                return Err(Error::WaitTimeout {
+                    ids: pending.join(", "),
+                    after: args.timeout.unwrap_or_default(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if args.out.json {
+        let list: Vec<_> = ended
+            .iter()
+            .map(|t| json!({ "id": t.id, "state": t.state, "error": t.error }))
+            .collect();
+        print_json(&list);
+    } else {
+        for t in &ended {
+            match &t.error {
+                Some(e) if t.state != TaskState::Succeeded => println!("{} {}: {e}", t.id, t.state),
+                _ => println!("{} {}", t.id, t.state),
+            }
+        }
+    }
+    match ended.iter().find(|t| t.state != TaskState::Succeeded) {
+        Some(t) => Err(not_succeeded(t)),
+        None => Ok(()),
+    }
+}
+
+async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let mut done = Vec::new();
+    for &id in &args.ids {
+        let was = store.cancel(id, now_ms()).await?;
+        if was == TaskState::Running {
+            // The runner checks its claim when rung, and stops the agent.
+            let worker = store.get(id).await?.map(|t| t.worker);
+            wake::ring(&config.state_dir(), worker.as_deref());
+        }
+        if !args.out.json {
+            println!("{id} cancelled (was {was})");
+        }
+        done.push(json!({ "id": id, "was": was, "state": TaskState::Cancelled }));
+    }
+    if args.out.json {
+        print_json(&done);
+    }
+    Ok(())
+}
+
+async fn retry(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let mut done = Vec::new();
+    for &id in &args.ids {
+        store.retry(id, now_ms()).await?;
+        let worker = store.get(id).await?.map(|t| t.worker);
+        wake::ring(&config.state_dir(), worker.as_deref());
+        if !args.out.json {
+            println!("{id} queued again");
+        }
+        done.push(json!({ "id": id, "state": TaskState::Queued }));
+    }
+    if args.out.json {
+        print_json(&done);
+    }
+    Ok(())
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        let mut out = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn when(ms: Millis) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn fmt_ms(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        humantime::format_duration(Duration::from_secs((ms / 1000) as u64)).to_string()
+    }
+}
+
+fn ago(now: Millis, then: Millis) -> String {
+    let secs = ((now - then).max(0) / 1000) as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}

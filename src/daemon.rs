@@ -1,0 +1,224 @@
+//! `agentq run`: the supervisor, in the foreground.
+//!
+//! Start-up: take the state folder's lock (one daemon per folder), open the store, put back in the
+//! queue whatever a previous daemon left running (it is gone: we hold its lock), then start one
+//! [`Runner`] per worker, the prompt-file intake, the lease keeper and the doorbell listener.
+//!
+//! Shutdown comes in two steps, given by [`Shutdown`]: `stopping` (first SIGINT/SIGTERM) ends
+//! claiming and intake, while running tasks may finish; `hurry` (a second signal, or
+//! `shutdown_grace` later) stops their agents, and their tasks go back to the queue without
+//! spending an attempt. `run` returns when every runner has returned.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Agent, Config};
+use crate::error::{Error, Result};
+use crate::state::{self, StateLock};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, now_ms};
+use crate::wake::{Doorbell, Ring};
+use crate::worker::Runner;
+
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Stop claiming and taking files.
+    pub stopping: CancellationToken,
+    /// Stop running agents now.
+    pub hurry: CancellationToken,
+}
+
+impl Shutdown {
+    /// Wires SIGINT and SIGTERM: the first starts stopping, the second (or `grace` later) hurries.
+    pub fn on_signals(grace: Duration) -> std::io::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let shutdown = Shutdown::default();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            s.stopping.cancel();
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = tokio::time::sleep(grace) => {}
+            }
+            s.hurry.cancel();
+        });
+        Ok(shutdown)
+    }
+}
+
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
+    let config = Arc::new(config);
+    if config.workers.is_empty() {
+        return Err(Error::Usage(format!(
+            "{} defines no [[worker]]; add one (see `agentq init`)",
+            config.path.display()
+        )));
+    }
+    if let Some(w) = config.workers.iter().find(|w| w.agent == Agent::Claude) {
+        return Err(Error::Usage(format!(
+            "worker {:?} uses agent = \"claude\", which this version cannot run yet; use agent = \"command\" with command = [...] (in {})",
+            w.name,
+            config.path.display()
+        )));
+    }
+    let state_dir = config.state_dir();
+    state::ensure_dir(&state_dir)?;
+    let _lock = StateLock::acquire(&state_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.db_path())?);
+    let owner = owner_id();
+
+    let recovered = store.recover_all_but(&owner, now_ms()).await?;
+    if !recovered.is_empty() {
+        warn!("queued again {} task(s) a previous daemon left running: {recovered:?}", recovered.len());
+    }
+    for w in &config.workers {
+        let dir = config.output_dir(&w.name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating output folder", &dir, e))?;
+    }
+
+    let wakes: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
+        config
+            .workers
+            .iter()
+            .map(|w| (w.name.clone(), Arc::new(Notify::new())))
+            .collect(),
+    );
+    let ring_all = {
+        let wakes = wakes.clone();
+        move || wakes.values().for_each(|n| n.notify_one())
+    };
+    let leased = Arc::new(Notify::new());
+    let mut tasks: JoinSet<()> = JoinSet::new();
+
+    for w in &config.workers {
+        let runner = Runner {
+            worker: w.clone(),
+            config: config.clone(),
+            store: store.clone(),
+            owner: owner.clone(),
+            wake: wakes[&w.name].clone(),
+            leased: leased.clone(),
+            stopping: shutdown.stopping.clone(),
+            hurry: shutdown.hurry.clone(),
+        };
+        tasks.spawn(runner.run());
+    }
+
+    {
+        let wakes = wakes.clone();
+        let on_task: crate::intake::OnTask = Arc::new(move |worker: &str| {
+            if let Some(n) = wakes.get(worker) {
+                n.notify_one();
+            }
+        });
+        let (config, store, stopping) = (config.clone(), store.clone(), shutdown.stopping.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::intake::run(config, store, on_task, stopping).await {
+                error!("prompt-file intake stopped: {e}; tasks can still be submitted with `agentq submit`");
+            }
+        });
+    }
+
+    tasks.spawn(keep_leases(store.clone(), leased, shutdown.stopping.clone(), ring_all.clone()));
+
+    match Doorbell::bind(&state_dir) {
+        Ok(bell) => {
+            let (wakes, stopping) = (wakes.clone(), shutdown.stopping.clone());
+            let ring_all = ring_all.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        ring = bell.next() => match ring {
+                            Ok(Ring::Worker(w)) => match wakes.get(&w) {
+                                Some(n) => n.notify_one(),
+                                None => ring_all(),
+                            },
+                            Ok(Ring::Everyone) => ring_all(),
+                            Err(e) => {
+                                warn!("wake-up socket failed: {e}");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        },
+                        _ = stopping.cancelled() => return,
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            warn!("cannot listen for wake-ups in {} ({e}); tasks submitted from other processes start within 1s", state_dir.display());
+            let stopping = shutdown.stopping.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => ring_all(),
+                        _ = stopping.cancelled() => return,
+                    }
+                }
+            });
+        }
+    }
+
+    let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();
+    info!(pid = std::process::id(), "agentq running in {} with workers {}", config.root.display(), names.join(", "));
+
+    shutdown.stopping.cancelled().await;
+    info!("stopping: no new tasks will start; running tasks may finish (signal again to stop them now)");
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            error!("a daemon task failed: {e}");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Sleeps until the earliest lease runs out, then puts expired tasks back in the queue. With no
+/// task running it waits to be told of a claim, with no timer.
+async fn keep_leases(store: Arc<dyn Store>, leased: Arc<Notify>, stopping: CancellationToken, ring_all: impl Fn()) {
+    loop {
+        let next = match store.next_lease_expiry().await {
+            Ok(next) => next,
+            Err(e) => {
+                warn!("cannot read leases: {e}");
+                Some(now_ms() + 1000)
+            }
+        };
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = leased.notified(), if next.is_none() => continue,
+            _ = tokio::time::sleep(Duration::from_millis(next.map(|t| (t - now_ms() + 1).max(0) as u64).unwrap_or(0))), if next.is_some() => {}
+        }
+        match store.recover_expired(now_ms()).await {
+            Ok(ids) if !ids.is_empty() => {
+                warn!("leases expired; queued again: {ids:?}");
+                ring_all();
+            }
+            Ok(_) => {}
+            Err(e) => warn!("cannot recover expired leases: {e}"),
+        }
+    }
+}
+
+/// Who holds claims: host, pid and a random part, so a restarted daemon with a reused pid is
+/// still someone else.
+fn owner_id() -> String {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let nonce: u32 = rand::rng().random();
+    format!("{host}:{}:{nonce:08x}", std::process::id())
+}

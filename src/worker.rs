@@ -1,0 +1,257 @@
+//! One named worker's runner: claim the next task, run it, record the result, repeat.
+//!
+//! The runner keeps no queue of its own; it asks the store for the next task every time, so what
+//! the store says is what runs. With nothing due it sleeps until it is woken (a submit rang the
+//! doorbell, intake took a file) or until the earliest retry becomes due, and uses no CPU meanwhile.
+//! While an attempt runs, a heartbeat renews the claim's lease every third of its length; a heartbeat
+//! that finds the claim gone (the task was cancelled, or its lease expired and it was recovered)
+//! stops the agent at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::agent::{self, Outcome};
+use crate::config::{Agent, Config, WorkerConfig};
+use crate::domain::{AttemptEnd, Backoff, Next, after_attempt};
+use crate::store::{Claim, Fence, Finish, NewEvent, Store, now_ms};
+
+pub struct Runner {
+    pub worker: WorkerConfig,
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub owner: String,
+    /// Rung when this worker may have new work, or when its running task may have been cancelled.
+    pub wake: Arc<Notify>,
+    /// Told when a claim (and so a lease) starts, for the lease keeper.
+    pub leased: Arc<Notify>,
+    /// Stop claiming new tasks.
+    pub stopping: CancellationToken,
+    /// Stop running agents now.
+    pub hurry: CancellationToken,
+}
+
+impl Runner {
+    pub async fn run(self) {
+        let name = self.worker.name.clone();
+        let mut pause = Duration::from_millis(100);
+        while !self.stopping.is_cancelled() {
+            match self.store.claim(&name, &self.owner, now_ms(), self.config.daemon.lease).await {
+                Ok(Some(claim)) => {
+                    pause = Duration::from_millis(100);
+                    self.leased.notify_one();
+                    self.attempt(claim).await;
+                }
+                Ok(None) => self.idle().await,
+                Err(e) => {
+                    error!(worker = %name, "cannot claim a task: {e}; trying again in {pause:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.stopping.cancelled() => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Waits for a ring, for the next retry to become due, or for shutdown.
+    async fn idle(&self) {
+        let due = self.store.next_due(&self.worker.name).await.ok().flatten();
+        let nap = due.map(|t| {
+            let ms = t - now_ms();
+            // Due already yet not claimable: another owner holds this worker's running task.
+            if ms <= 0 {
+                self.config.daemon.lease / 3
+            } else {
+                Duration::from_millis(ms as u64)
+            }
+        });
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = async { tokio::time::sleep(nap.unwrap_or_default()).await }, if nap.is_some() => {}
+            _ = self.stopping.cancelled() => {}
+        }
+    }
+
+    async fn attempt(&self, claim: Claim) {
+        let task = &claim.task;
+        let fence = claim.fence();
+        let name = &self.worker.name;
+        let Agent::Command { argv } = &self.worker.agent else {
+            unreachable!("the daemon refuses to start workers whose agent it cannot run")
+        };
+        let timeout = task
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.worker.limits.timeout);
+        let mut env = self.worker.env.clone();
+        env.insert("AGENTQ_TASK_ID".into(), task.id.to_string());
+        env.insert("AGENTQ_WORKER".into(), name.clone());
+        env.insert("AGENTQ_ATTEMPT".into(), task.attempts.to_string());
+        let spec = agent::Spec {
+            argv: argv.clone(),
+            cwd: self.worker.cwd.clone(),
+            env,
+            prompt: task.prompt.clone(),
+            timeout,
+            kill_timeout: self.worker.limits.kill_timeout,
+            output_cap: self.config.daemon.output_cap as usize,
+            stderr_cap: self.config.daemon.stderr_cap as usize,
+        };
+        info!(worker = %name, task = task.id, attempt = task.attempts, "started");
+
+        let lost = CancellationToken::new();
+        let keeper = tokio::spawn(keep_lease(
+            self.store.clone(),
+            fence.clone(),
+            self.config.daemon.lease,
+            self.wake.clone(),
+            lost.clone(),
+        ));
+        let stop = {
+            let (lost, hurry) = (lost.clone(), self.hurry.clone());
+            async move {
+                tokio::select! {
+                    _ = lost.cancelled() => {}
+                    _ = hurry.cancelled() => {}
+                }
+            }
+        };
+        let run = agent::run(spec, stop).await;
+        keeper.abort();
+
+        let end = match &run.outcome {
+            Outcome::Interrupted if lost.is_cancelled() => {
+                info!(worker = %name, task = task.id, "stopped: the task was cancelled or taken over");
+                self.note(task.id, "stopped", "agent stopped: this runner no longer holds the task").await;
+                return;
+            }
+            Outcome::Interrupted => {
+                match self.store.release(&fence, "daemon shutting down", now_ms()).await {
+                    Ok(true) => info!(worker = %name, task = task.id, "interrupted by shutdown; queued again"),
+                    Ok(false) => {}
+                    Err(e) => warn!(worker = %name, task = task.id, "could not release the task: {e}; it is recovered at the next start"),
+                }
+                return;
+            }
+            Outcome::Exited(0) => AttemptEnd::Succeeded,
+            Outcome::Exited(code) => failure(format!("exit code {code}"), true),
+            Outcome::Signalled(signal) => failure(format!("crashed (signal {signal}{})", signal_name(*signal)), true),
+            Outcome::TimedOut => failure(format!("timeout after {}", humantime::format_duration(timeout)), true),
+            Outcome::SpawnFailed { error, retryable } => failure(error.clone(), *retryable),
+        };
+        if run.stdout_truncated {
+            let msg = format!("output cut at output_cap ({} bytes)", self.config.daemon.output_cap);
+            self.note(task.id, "output_truncated", &msg).await;
+        }
+        let backoff = Backoff {
+            base: self.worker.limits.backoff,
+            max: self.worker.limits.max_backoff,
+        };
+        let next = after_attempt(&end, task.attempts, task.max_attempts, backoff, rand::rng().random::<f64>());
+        let now = now_ms();
+        let finish = Finish {
+            state: next.state(),
+            not_before: match next {
+                Next::Retry { delay } => Some(now + delay.as_millis() as i64),
+                _ => None,
+            },
+            exit_code: match run.outcome {
+                Outcome::Exited(code) => Some(code),
+                _ => None,
+            },
+            output: Some(run.stdout),
+            error: match &end {
+                AttemptEnd::Failed { reason, .. } => Some(reason.clone()),
+                AttemptEnd::Succeeded => None,
+            },
+            stderr_tail: (!run.stderr_tail.is_empty()).then_some(run.stderr_tail),
+            duration_ms: run.duration.as_millis() as i64,
+            now,
+        };
+        match self.store.finish(&fence, &finish).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(worker = %name, task = task.id, "result not recorded: the task was cancelled or taken over meanwhile");
+                return;
+            }
+            Err(e) => {
+                // The lease runs out and the task runs again: at-least-once, never lost.
+                error!(worker = %name, task = task.id, "could not record the result: {e}");
+                return;
+            }
+        }
+        let reason = finish.error.as_deref().unwrap_or("");
+        match &next {
+            Next::Succeeded => info!(worker = %name, task = task.id, duration_ms = finish.duration_ms, "succeeded"),
+            Next::Retry { delay } => warn!(worker = %name, task = task.id, "attempt {} failed: {reason}; retry in {}", task.attempts, humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))),
+            Next::Dead => warn!(worker = %name, task = task.id, "dead after {} attempts: {reason}", task.attempts),
+            Next::Failed => warn!(worker = %name, task = task.id, "failed: {reason}"),
+        }
+        if finish.state.is_terminal() {
+            self.write_outputs(task.id).await;
+        }
+    }
+
+    async fn write_outputs(&self, id: i64) {
+        let (task, events) = match (self.store.get(id).await, self.store.events_of(id).await) {
+            (Ok(Some(task)), Ok(events)) => (task, events),
+            (Err(e), _) | (_, Err(e)) => return warn!(task = id, "cannot read the task back to write its output files: {e}"),
+            (Ok(None), _) => return,
+        };
+        let dir = self.config.output_dir(&task.worker);
+        let written = tokio::task::spawn_blocking(move || crate::output::write_task(&dir, &task, &events)).await;
+        match written {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(task = id, "cannot write output files: {e}"),
+            Err(e) => warn!(task = id, "writing output files failed: {e}"),
+        }
+    }
+
+    async fn note(&self, task_id: i64, kind: &str, message: &str) {
+        let event = NewEvent {
+            task_id: Some(task_id),
+            worker: Some(self.worker.name.clone()),
+            kind: kind.into(),
+            message: message.into(),
+            now: now_ms(),
+        };
+        if let Err(e) = self.store.record_event(&event).await {
+            warn!(task = task_id, "cannot record event {kind}: {e}");
+        }
+    }
+}
+
+fn failure(reason: String, retryable: bool) -> AttemptEnd {
+    AttemptEnd::Failed { reason, retryable }
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| format!(", {}", s.as_str()))
+        .unwrap_or_default()
+}
+
+/// Renews the lease every third of its length, and at once when the worker is rung (a cancel
+/// rings it). Cancels `lost` when the claim is gone.
+async fn keep_lease(store: Arc<dyn Store>, fence: Fence, lease: Duration, wake: Arc<Notify>, lost: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {}
+            _ = wake.notified() => {}
+        }
+        match store.heartbeat(&fence, now_ms(), lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => warn!(task = fence.id, "heartbeat failed: {e}"),
+        }
+    }
+}
