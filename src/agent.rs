@@ -41,7 +41,10 @@ pub enum Outcome {
     /// The caller's stop future fired first; the caller knows why.
     Interrupted,
     /// The process could not be started at all.
-    SpawnFailed { error: String, retryable: bool },
+    SpawnFailed {
+        error: String,
+        retryable: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -181,7 +184,11 @@ fn kill_group(group: Option<Pid>) {
 
 /// Reads up to `cap` bytes, then drains the rest so the writer never blocks. Returns the text
 /// (invalid UTF-8 replaced) and whether anything was dropped.
-async fn read_head(mut pipe: impl AsyncRead + Unpin, cap: usize, cut: CancellationToken) -> (String, bool) {
+async fn read_head(
+    mut pipe: impl AsyncRead + Unpin,
+    cap: usize,
+    cut: CancellationToken,
+) -> (String, bool) {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = vec![0u8; 64 * 1024];
@@ -266,8 +273,16 @@ mod tests {
 
     #[tokio::test]
     async fn exit_codes_and_signals() {
-        assert_eq!(run(spec("exit 3"), std::future::pending()).await.outcome, Outcome::Exited(3));
-        assert_eq!(run(spec("kill -9 $$"), std::future::pending()).await.outcome, Outcome::Signalled(9));
+        assert_eq!(
+            run(spec("exit 3"), std::future::pending()).await.outcome,
+            Outcome::Exited(3)
+        );
+        assert_eq!(
+            run(spec("kill -9 $$"), std::future::pending())
+                .await
+                .outcome,
+            Outcome::Signalled(9)
+        );
     }
 
     #[tokio::test]
@@ -302,7 +317,11 @@ mod tests {
         let a = run(s, std::future::pending()).await;
         assert_eq!(a.outcome, Outcome::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(5));
-        let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // Killed processes are reaped by init; give that a bounded moment.
         let deadline = Instant::now() + Duration::from_secs(5);
         while alive(grandchild) && Instant::now() < deadline {
@@ -314,15 +333,27 @@ mod tests {
     #[tokio::test]
     async fn a_leftover_holding_stdout_does_not_hang_the_task() {
         let started = Instant::now();
-        let a = run(spec("echo result; (sleep 30) & exit 0"), std::future::pending()).await;
+        let a = run(
+            spec("echo result; (sleep 30) & exit 0"),
+            std::future::pending(),
+        )
+        .await;
         assert_eq!(a.outcome, Outcome::Exited(0));
         assert_eq!(a.stdout, "result\n");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn stop_interrupts() {
-        let a = run(spec("sleep 30"), tokio::time::sleep(Duration::from_millis(100))).await;
+        let a = run(
+            spec("sleep 30"),
+            tokio::time::sleep(Duration::from_millis(100)),
+        )
+        .await;
         assert_eq!(a.outcome, Outcome::Interrupted);
     }
 }

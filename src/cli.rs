@@ -47,6 +47,8 @@ pub enum Command {
     Tasks(TasksArgs),
     /// Everything about one task: state, result, output, stderr, history
     Show(IdArgs),
+    /// The event log: what happened to tasks, and files set aside by intake
+    Events(EventsArgs),
     /// Print a task's result text; exits 1 unless it succeeded
     Result(IdArgs),
     /// Wait for tasks to end; exits 1 if any did not succeed
@@ -109,6 +111,25 @@ pub struct TasksArgs {
     #[arg(long, short)]
     pub worker: Option<String>,
     /// At most this many, newest first (0: all)
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Only this task's events
+    #[arg(long, short)]
+    pub task: Option<i64>,
+    /// Only this worker's events
+    #[arg(long, short)]
+    pub worker: Option<String>,
+    /// Only events of this kind (submitted, started, succeeded, retry_scheduled, dead, failed,
+    /// cancelled, retried, recovered, released, rejected, ...)
+    #[arg(long, short)]
+    pub kind: Option<String>,
+    /// The latest this many (0: all)
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     #[command(flatten)]

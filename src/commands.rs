@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{Cli, Command, IdArgs, IdsArgs, InitArgs, SubmitArgs, TasksArgs, WaitArgs};
+use crate::cli::{
+    Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, SubmitArgs, TasksArgs, WaitArgs,
+};
 use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
 use crate::daemon::{self, Shutdown};
 use crate::domain::TaskState;
@@ -16,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::output::TaskRecord;
 use crate::state;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Millis, NewTask, Store, Task, TaskFilter, now_ms};
+use crate::store::{EventFilter, Millis, NewTask, Store, Task, TaskFilter, now_ms};
 use crate::wake;
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
@@ -33,6 +35,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status(args) => status(explicit, args.json).await,
         Command::Tasks(args) => tasks(explicit, args).await,
         Command::Show(args) => show(explicit, args).await,
+        Command::Events(args) => events(explicit, args).await,
         Command::Result(args) => result(explicit, args).await,
         Command::Wait(args) => wait_cmd(explicit, args).await,
         Command::Cancel(args) => cancel(explicit, args).await,
@@ -44,7 +47,8 @@ fn load_config(explicit: Option<&Path>) -> Result<Config> {
     match explicit {
         Some(path) => Config::load(path),
         None => {
-            let cwd = std::env::current_dir().map_err(|e| Error::io("reading current folder", ".", e))?;
+            let cwd =
+                std::env::current_dir().map_err(|e| Error::io("reading current folder", ".", e))?;
             Config::discover(&cwd)
         }
     }
@@ -56,7 +60,10 @@ fn open_store(config: &Config) -> Result<SqliteStore> {
 }
 
 fn print_json(value: &impl Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("our types serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("our types serialise")
+    );
 }
 
 async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
@@ -251,7 +258,11 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
     let workers: Vec<WorkerStatus> = names
         .into_iter()
         .map(|(name, agent)| {
-            let c = counts.iter().find(|c| c.worker == name).cloned().unwrap_or_default();
+            let c = counts
+                .iter()
+                .find(|c| c.worker == name)
+                .cloned()
+                .unwrap_or_default();
             let task = running.iter().find(|t| t.worker == name).map(|t| t.id);
             let state = match (pid, config.worker(&name), task) {
                 (_, None, _) => "not in config",
@@ -293,7 +304,10 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
     }
     match pid {
         Some(pid) => println!("daemon: running (pid {pid})  {}", config.root.display()),
-        None => println!("daemon: not running (start it with `agentq run`)  {}", config.root.display()),
+        None => println!(
+            "daemon: not running (start it with `agentq run`)  {}",
+            config.root.display()
+        ),
     }
     let rows: Vec<Vec<String>> = workers
         .iter()
@@ -311,10 +325,28 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print_table(&["WORKER", "AGENT", "STATE", "TASK", "QUEUED", "DONE", "FAILED", "DEAD", "CANCELLED"], &rows);
+    print_table(
+        &[
+            "WORKER",
+            "AGENT",
+            "STATE",
+            "TASK",
+            "QUEUED",
+            "DONE",
+            "FAILED",
+            "DEAD",
+            "CANCELLED",
+        ],
+        &rows,
+    );
     println!(
         "total: {} queued, {} running, {} succeeded, {} failed, {} dead, {} cancelled",
-        totals["queued"], totals["running"], totals["succeeded"], totals["failed"], totals["dead"], totals["cancelled"]
+        totals["queued"],
+        totals["running"],
+        totals["succeeded"],
+        totals["failed"],
+        totals["dead"],
+        totals["cancelled"]
     );
     Ok(())
 }
@@ -348,7 +380,12 @@ async fn tasks(explicit: Option<&Path>, args: TasksArgs) -> Result<()> {
             ]
         })
         .collect();
-    print_table(&["ID", "WORKER", "STATE", "PRI", "TRIES", "AGE", "TOOK", "PROMPT"], &rows);
+    print_table(
+        &[
+            "ID", "WORKER", "STATE", "PRI", "TRIES", "AGE", "TOOK", "PROMPT",
+        ],
+        &rows,
+    );
     if filter.limit.is_some_and(|l| list.len() as u32 == l) {
         eprintln!("(the latest {}; --limit 0 shows all)", list.len());
     }
@@ -362,7 +399,10 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
     let events = store.events_of(id).await?;
     if args.out.json {
-        print_json(&TaskRecord { task: &task, events: &events });
+        print_json(&TaskRecord {
+            task: &task,
+            events: &events,
+        });
         return Ok(());
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -381,7 +421,10 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
         println!("held by:     {owner}");
     }
     println!("duration:    {}", opt(task.duration_ms.map(fmt_ms)));
-    println!("exit code:   {}", opt(task.exit_code.map(|c| c.to_string())));
+    println!(
+        "exit code:   {}",
+        opt(task.exit_code.map(|c| c.to_string()))
+    );
     println!("error:       {}", opt(task.error.clone()));
     section("prompt", &task.prompt);
     section("output", task.output.as_deref().unwrap_or(""));
@@ -389,6 +432,37 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     println!("\n--- events");
     for e in &events {
         println!("{}  {:<16} {}", when(e.ts), e.kind, e.message);
+    }
+    Ok(())
+}
+
+async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let list = store
+        .events(&EventFilter {
+            task_id: args.task,
+            worker: args.worker,
+            kind: args.kind,
+            limit: (args.limit > 0).then_some(args.limit),
+        })
+        .await?;
+    if args.out.json {
+        print_json(&list);
+        return Ok(());
+    }
+    for e in &list {
+        let task = e
+            .task_id
+            .map(|t| format!("task {t}"))
+            .unwrap_or_else(|| "-".into());
+        let worker = e.worker.as_deref().unwrap_or("-");
+        println!(
+            "{}  {worker:<12} {task:<10} {:<16} {}",
+            when(e.ts),
+            e.kind,
+            e.message
+        );
     }
     Ok(())
 }
@@ -429,7 +503,12 @@ async fn wait_cmd(explicit: Option<&Path>, args: WaitArgs) -> Result<()> {
         match wait_for(&store, id, deadline).await {
             Ok(task) => ended.push(task),
             Err(Error::WaitTimeout { .. }) => {
-                let pending: Vec<String> = args.ids.iter().filter(|i| !ended.iter().any(|t: &Task| t.id == **i)).map(|i| i.to_string()).collect();
+                let pending: Vec<String> = args
+                    .ids
+                    .iter()
+                    .filter(|i| !ended.iter().any(|t: &Task| t.id == **i))
+                    .map(|i| i.to_string())
+                    .collect();
                 return Err(Error::WaitTimeout {
                     ids: pending.join(", "),
                     after: args.timeout.unwrap_or_default(),

@@ -69,7 +69,9 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 /// with `i` and powers of 1000 otherwise, as the units say.
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let bad = || {
-        format!("invalid size {text:?}: write a number and a unit, e.g. \"512KiB\", \"10MiB\", \"1GB\"")
+        format!(
+            "invalid size {text:?}: write a number and a unit, e.g. \"512KiB\", \"10MiB\", \"1GB\""
+        )
     };
     let trimmed = text.trim();
     let split = trimmed
@@ -325,7 +327,8 @@ impl Config {
                 message,
             }
         };
-        let raw: RawFile = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| at(e.span(), plain_words(e.message())))?;
         let root = path
             .parent()
             .map(Path::to_path_buf)
@@ -338,7 +341,10 @@ impl Config {
             .map(|s| s.0)
             .unwrap_or(10 << 20);
         if max_prompt_size == 0 {
-            return Err(at(None, "[defaults] max_prompt_size must be above 0".into()));
+            return Err(at(
+                None,
+                "[defaults] max_prompt_size must be above 0".into(),
+            ));
         }
 
         let mut workers: Vec<WorkerConfig> = Vec::new();
@@ -352,12 +358,24 @@ impl Config {
                     format!("worker {name:?} is defined twice; worker names must be unique"),
                 ));
             }
-            let agent_kind = w.agent.as_ref().map(|a| a.get_ref().as_str()).unwrap_or("claude");
+            let agent_kind = w
+                .agent
+                .as_ref()
+                .map(|a| a.get_ref().as_str())
+                .unwrap_or("claude");
             let agent = match agent_kind {
                 "command" => {
-                    let argv = w.command.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+                    let argv = w
+                        .command
+                        .as_ref()
+                        .map(|c| c.get_ref().clone())
+                        .unwrap_or_default();
                     if argv.is_empty() || argv[0].trim().is_empty() {
-                        let span = w.command.as_ref().map(|c| c.span()).unwrap_or(spanned.span());
+                        let span = w
+                            .command
+                            .as_ref()
+                            .map(|c| c.span())
+                            .unwrap_or(spanned.span());
                         return Err(at(
                             Some(span),
                             format!(
@@ -376,7 +394,11 @@ impl Config {
                 }
             };
             let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
-            let cwd = if cwd.is_absolute() { cwd } else { root.join(cwd) };
+            let cwd = if cwd.is_absolute() {
+                cwd
+            } else {
+                root.join(cwd)
+            };
             let limits = resolve_limits(&limits_of!(w), &base).map_err(|(span, m)| at(span, m))?;
             workers.push(WorkerConfig {
                 name,
@@ -393,14 +415,21 @@ impl Config {
             Some(w) if !workers.iter().any(|x| &x.name == w.get_ref()) => {
                 return Err(at(
                     Some(w.span()),
-                    format!("[defaults] worker = {:?} names no [[worker]] in this file", w.get_ref()),
+                    format!(
+                        "[defaults] worker = {:?} names no [[worker]] in this file",
+                        w.get_ref()
+                    ),
                 ));
             }
             Some(w) => Some(w.get_ref().clone()),
             None => None,
         };
 
-        let lease = raw.daemon.lease.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+        let lease = raw
+            .daemon
+            .lease
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30));
         if lease < Duration::from_millis(300) {
             return Err(at(None, "[daemon] lease must be at least 300ms".into()));
         }
@@ -410,9 +439,17 @@ impl Config {
             default_worker,
             max_prompt_size,
             intake: IntakeSettings {
-                settle: raw.intake.settle.map(|d| d.0).unwrap_or(Duration::from_millis(200)),
+                settle: raw
+                    .intake
+                    .settle
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_millis(200)),
                 poll: raw.intake.poll.unwrap_or(false),
-                poll_interval: raw.intake.poll_interval.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+                poll_interval: raw
+                    .intake
+                    .poll_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(1)),
                 rescan_interval: raw
                     .intake
                     .rescan_interval
@@ -421,7 +458,11 @@ impl Config {
             },
             daemon: DaemonSettings {
                 lease,
-                shutdown_grace: raw.daemon.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+                shutdown_grace: raw
+                    .daemon
+                    .shutdown_grace
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
                 output_cap: raw.daemon.output_cap.map(|s| s.0).unwrap_or(16 << 20),
                 stderr_cap: raw.daemon.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
             },
@@ -484,7 +525,8 @@ impl Config {
 type SpanError = (Option<std::ops::Range<usize>>, String);
 
 fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limits, SpanError> {
-    let pick = |a: Option<Dur>, b: Option<Dur>, default: Duration| a.or(b).map(|d| d.0).unwrap_or(default);
+    let pick =
+        |a: Option<Dur>, b: Option<Dur>, default: Duration| a.or(b).map(|d| d.0).unwrap_or(default);
     let attempts = own.max_attempts.as_ref().or(base.max_attempts.as_ref());
     let max_attempts = attempts.map(|a| *a.get_ref()).unwrap_or(3);
     if max_attempts == 0 {
@@ -522,12 +564,34 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// serde names Rust types in its messages ("expected u32"); people read words.
+fn plain_words(message: &str) -> String {
+    let mut m = message.trim().to_string();
+    for (rust, words) in [
+        ("u32", "a whole number, e.g. 3"),
+        ("u64", "a whole number"),
+        ("i64", "a whole number"),
+        ("a boolean", "true or false"),
+        ("a sequence", "a list, e.g. [\"python3\", \"agent.py\"]"),
+        ("struct RawWorker", "a [[worker]] table"),
+        ("a string", "a quoted string"),
+    ] {
+        m = m.replace(&format!("expected {rust}"), &format!("expected {words}"));
+    }
+    m
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -540,14 +604,20 @@ mod tests {
     }
 
     fn err_text(text: &str) -> String {
-        parse(text).err().expect("expected an error").to_string()
+        parse(text).expect_err("expected an error").to_string()
     }
 
     #[test]
     fn a_one_worker_config_is_a_few_lines() {
-        let c = parse("[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = [\"cat\"]\n").unwrap();
+        let c =
+            parse("[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = [\"cat\"]\n").unwrap();
         let w = &c.workers[0];
-        assert_eq!(w.agent, Agent::Command { argv: vec!["cat".into()] });
+        assert_eq!(
+            w.agent,
+            Agent::Command {
+                argv: vec!["cat".into()]
+            }
+        );
         assert_eq!(w.cwd, PathBuf::from("/p/."));
         assert_eq!(w.limits.timeout, Duration::from_secs(600));
         assert_eq!(w.limits.max_attempts, 3);
@@ -582,7 +652,9 @@ mod tests {
         assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
         assert!(e.contains("timeuot"), "{e}");
 
-        let e = err_text("[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n");
+        let e = err_text(
+            "[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n",
+        );
         assert!(e.starts_with("/p/agentq.toml:6:"), "{e}");
         assert!(e.contains("defined twice"), "{e}");
 
@@ -621,8 +693,18 @@ mod tests {
     #[test]
     fn choosing_a_worker() {
         let c = parse("[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n[[worker]]\nname = \"b\"\nagent = \"command\"\ncommand = [\"x\"]\n").unwrap();
-        assert!(c.resolve_worker(None).unwrap_err().to_string().contains("--worker"));
+        assert!(
+            c.resolve_worker(None)
+                .unwrap_err()
+                .to_string()
+                .contains("--worker")
+        );
         assert_eq!(c.resolve_worker(Some("b")).unwrap().name, "b");
-        assert!(c.resolve_worker(Some("z")).unwrap_err().to_string().contains("workers: a, b"));
+        assert!(
+            c.resolve_worker(Some("z"))
+                .unwrap_err()
+                .to_string()
+                .contains("workers: a, b")
+        );
     }
 }

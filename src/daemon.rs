@@ -83,7 +83,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
     let recovered = store.recover_all_but(&owner, now_ms()).await?;
     if !recovered.is_empty() {
-        warn!("queued again {} task(s) a previous daemon left running: {recovered:?}", recovered.len());
+        warn!(
+            "queued again {} task(s) a previous daemon left running: {recovered:?}",
+            recovered.len()
+        );
     }
     for w in &config.workers {
         let dir = config.output_dir(&w.name);
@@ -133,7 +136,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         });
     }
 
-    tasks.spawn(keep_leases(store.clone(), leased, shutdown.stopping.clone(), ring_all.clone()));
+    tasks.spawn(keep_leases(
+        store.clone(),
+        leased,
+        shutdown.stopping.clone(),
+        ring_all.clone(),
+    ));
 
     match Doorbell::bind(&state_dir) {
         Ok(bell) => {
@@ -159,7 +167,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             });
         }
         Err(e) => {
-            warn!("cannot listen for wake-ups in {} ({e}); tasks submitted from other processes start within 1s", state_dir.display());
+            warn!(
+                "cannot listen for wake-ups in {} ({e}); tasks submitted from other processes start within 1s",
+                state_dir.display()
+            );
             let stopping = shutdown.stopping.clone();
             tasks.spawn(async move {
                 loop {
@@ -173,10 +184,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     }
 
     let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();
-    info!(pid = std::process::id(), "agentq running in {} with workers {}", config.root.display(), names.join(", "));
+    info!(
+        pid = std::process::id(),
+        "agentq running in {} with workers {}",
+        config.root.display(),
+        names.join(", ")
+    );
 
     shutdown.stopping.cancelled().await;
-    info!("stopping: no new tasks will start; running tasks may finish (signal again to stop them now)");
+    info!(
+        "stopping: no new tasks will start; running tasks may finish (signal again to stop them now)"
+    );
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
             error!("a daemon task failed: {e}");
@@ -188,7 +206,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
 /// Sleeps until the earliest lease runs out, then puts expired tasks back in the queue. With no
 /// task running it waits to be told of a claim, with no timer.
-async fn keep_leases(store: Arc<dyn Store>, leased: Arc<Notify>, stopping: CancellationToken, ring_all: impl Fn()) {
+async fn keep_leases(
+    store: Arc<dyn Store>,
+    leased: Arc<Notify>,
+    stopping: CancellationToken,
+    ring_all: impl Fn(),
+) {
     loop {
         let next = match store.next_lease_expiry().await {
             Ok(next) => next,

@@ -100,7 +100,10 @@ pub enum AttemptEnd {
     Succeeded,
     /// `retryable` is false where running again cannot help (the agent could not be started, the
     /// task's input was refused).
-    Failed { reason: String, retryable: bool },
+    Failed {
+        reason: String,
+        retryable: bool,
+    },
 }
 
 /// What happens to a task after an attempt, decided from the attempt's end and the task's counts.
@@ -184,13 +187,22 @@ mod tests {
 
     #[test]
     fn success_ends_the_task() {
-        assert_eq!(after_attempt(&AttemptEnd::Succeeded, 3, 3, B, 0.5), Next::Succeeded);
+        assert_eq!(
+            after_attempt(&AttemptEnd::Succeeded, 3, 3, B, 0.5),
+            Next::Succeeded
+        );
     }
 
     #[test]
     fn a_failure_is_retried_until_max_attempts_then_dead() {
-        assert!(matches!(after_attempt(&failed(true), 1, 3, B, 0.0), Next::Retry { .. }));
-        assert!(matches!(after_attempt(&failed(true), 2, 3, B, 0.0), Next::Retry { .. }));
+        assert!(matches!(
+            after_attempt(&failed(true), 1, 3, B, 0.0),
+            Next::Retry { .. }
+        ));
+        assert!(matches!(
+            after_attempt(&failed(true), 2, 3, B, 0.0),
+            Next::Retry { .. }
+        ));
         assert_eq!(after_attempt(&failed(true), 3, 3, B, 0.0), Next::Dead);
         assert_eq!(after_attempt(&failed(true), 1, 1, B, 0.0), Next::Dead);
     }

@@ -44,7 +44,10 @@ const SUFFIX: &str = ".prompt";
 /// What a look at one file found.
 #[derive(Debug, PartialEq)]
 pub enum Inspection {
-    Ready { prompt: String, dedup_key: String },
+    Ready {
+        prompt: String,
+        dedup_key: String,
+    },
     /// Not settled yet: look again after this long.
     Later(Duration),
     Reject(String),
@@ -138,13 +141,20 @@ pub fn inspect(worker: &str, path: &Path, settle: Duration, max_size: u64) -> In
 
 fn changed_since(file: &File, before: &std::fs::Metadata) -> bool {
     match file.metadata() {
-        Ok(now) => now.len() != before.len() || now.mtime_nsec() != before.mtime_nsec() || now.mtime() != before.mtime(),
+        Ok(now) => {
+            now.len() != before.len()
+                || now.mtime_nsec() != before.mtime_nsec()
+                || now.mtime() != before.mtime()
+        }
         Err(_) => true,
     }
 }
 
 fn dedup_key(worker: &str, path: &Path, meta: &std::fs::Metadata, content: &[u8]) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let mut h = Sha256::new();
     h.update(format!(
         "file\0{worker}\0{name}\0{}\0{}\0{}.{}\0",
@@ -181,10 +191,15 @@ pub fn list_prompts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub fn set_aside(path: &Path, reason: &str) -> std::io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new(".")).join(REJECTED_DIR);
     std::fs::create_dir_all(&dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut target = dir.join(&name);
     let mut n = 1;
-    while target.symlink_metadata().is_ok() || with_suffix(&target, ".reason").symlink_metadata().is_ok() {
+    while target.symlink_metadata().is_ok()
+        || with_suffix(&target, ".reason").symlink_metadata().is_ok()
+    {
         target = dir.join(format!("{name}.{n}"));
         n += 1;
     }
@@ -204,6 +219,8 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Network file systems do not deliver inotify events for changes made by other hosts.
+// f_type is i64 on glibc x86-64 but another width elsewhere, hence the cast.
+#[allow(clippy::unnecessary_cast)]
 fn is_network_fs(dir: &Path) -> bool {
     use nix::sys::statfs::{NFS_SUPER_MAGIC, SMB_SUPER_MAGIC, statfs};
     const CIFS: i64 = 0xFF53_4D42;
@@ -225,7 +242,12 @@ fn is_network_fs(dir: &Path) -> bool {
 pub type OnTask = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Watches every worker's folder until `shutdown`.
-pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, on_task: OnTask, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    on_task: OnTask,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let workers: Vec<(String, PathBuf)> = config
         .workers
         .iter()
@@ -244,7 +266,10 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, on_task: OnTask, sh
         match start_watcher(&workers, tx) {
             Ok(w) => Some(w),
             Err(e) => {
-                warn!("file-system events unavailable ({e}); scanning prompt folders every {:?}", config.intake.poll_interval);
+                warn!(
+                    "file-system events unavailable ({e}); scanning prompt folders every {:?}",
+                    config.intake.poll_interval
+                );
                 polled.extend(workers.iter().map(|(w, _)| w.clone()));
                 None
             }
@@ -252,7 +277,12 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, on_task: OnTask, sh
     };
     for (worker, dir) in &workers {
         if !polled.contains(worker) && is_network_fs(dir) {
-            info!(worker, "{} is on a network file system; scanning it every {:?}", dir.display(), config.intake.poll_interval);
+            info!(
+                worker,
+                "{} is on a network file system; scanning it every {:?}",
+                dir.display(),
+                config.intake.poll_interval
+            );
             polled.insert(worker.clone());
         }
     }
@@ -267,7 +297,11 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, on_task: OnTask, sh
     let mut due: HashMap<String, Instant> = workers.iter().map(|(w, _)| (w.clone(), now)).collect();
     loop {
         let now = Instant::now();
-        let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(w, _)| w.clone()).collect();
+        let ready: Vec<String> = due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(w, _)| w.clone())
+            .collect();
         for worker in ready {
             let dir = config.queue_dir(&worker);
             let later = scanner.scan(&worker, &dir).await;
@@ -279,7 +313,11 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, on_task: OnTask, sh
             let next = later.map(|l| l.min(regular)).unwrap_or(regular);
             due.insert(worker, Instant::now() + next);
         }
-        let wake_at = due.values().min().copied().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+        let wake_at = due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep_until(wake_at.into()) => {}
@@ -298,7 +336,10 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, on_task: OnTask, sh
     }
 }
 
-fn start_watcher(workers: &[(String, PathBuf)], tx: mpsc::UnboundedSender<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
+fn start_watcher(
+    workers: &[(String, PathBuf)],
+    tx: mpsc::UnboundedSender<PathBuf>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
             for path in event.paths {
@@ -341,19 +382,22 @@ impl Scanner {
         };
         let mut later: Option<Duration> = None;
         for path in paths {
-            let mtime = std::fs::symlink_metadata(&path).map(|m| m.mtime()).unwrap_or(0);
+            let mtime = std::fs::symlink_metadata(&path)
+                .map(|m| m.mtime())
+                .unwrap_or(0);
             if self.given_up.contains(&(path.clone(), mtime)) {
                 continue;
             }
             let (settle, cap) = (self.config.intake.settle, self.config.max_prompt_size);
             let (w, p) = (worker.to_string(), path.clone());
-            let found = match tokio::task::spawn_blocking(move || inspect(&w, &p, settle, cap)).await {
-                Ok(found) => found,
-                Err(e) => {
-                    warn!(worker, "examining {} failed: {e}", path.display());
-                    continue;
-                }
-            };
+            let found =
+                match tokio::task::spawn_blocking(move || inspect(&w, &p, settle, cap)).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        warn!(worker, "examining {} failed: {e}", path.display());
+                        continue;
+                    }
+                };
             match found {
                 Inspection::Vanished => {}
                 Inspection::Later(wait) => later = Some(later.map_or(wait, |l| l.min(wait))),
@@ -369,9 +413,22 @@ impl Scanner {
         later
     }
 
-    async fn take(&self, worker: &str, path: &Path, prompt: String, dedup_key: String) -> Result<()> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let limits = &self.config.worker(worker).expect("intake runs for configured workers").limits;
+    async fn take(
+        &self,
+        worker: &str,
+        path: &Path,
+        prompt: String,
+        dedup_key: String,
+    ) -> Result<()> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let limits = &self
+            .config
+            .worker(worker)
+            .expect("intake runs for configured workers")
+            .limits;
         let now = now_ms();
         let submitted = self
             .store
@@ -392,7 +449,11 @@ impl Scanner {
                 info!(worker, task = id, "took {name}");
                 (self.on_task)(worker);
             }
-            Submitted::Duplicate(id) => debug!(worker, task = id, "{name} was already taken as task {id}; removing it"),
+            Submitted::Duplicate(id) => debug!(
+                worker,
+                task = id,
+                "{name} was already taken as task {id}; removing it"
+            ),
         }
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
@@ -402,7 +463,10 @@ impl Scanner {
     }
 
     async fn reject(&mut self, worker: &str, path: &Path, mtime: i64, reason: &str) {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let moved = {
             let (path, reason) = (path.to_path_buf(), reason.to_string());
             tokio::task::spawn_blocking(move || set_aside(&path, &reason)).await
@@ -410,11 +474,18 @@ impl Scanner {
         let message = match moved {
             Ok(Ok(target)) => {
                 let shown = target.strip_prefix(&self.config.root).unwrap_or(&target);
-                warn!(worker, "rejected {name}: {reason} (moved to {})", shown.display());
+                warn!(
+                    worker,
+                    "rejected {name}: {reason} (moved to {})",
+                    shown.display()
+                );
                 format!("{name}: {reason}; moved to {}", shown.display())
             }
             Ok(Err(e)) => {
-                warn!(worker, "rejected {name}: {reason}; could not move it aside: {e}");
+                warn!(
+                    worker,
+                    "rejected {name}: {reason}; could not move it aside: {e}"
+                );
                 self.given_up.insert((path.to_path_buf(), mtime));
                 format!("{name}: {reason}; could not move it aside: {e}")
             }
@@ -457,11 +528,26 @@ mod tests {
     fn a_good_file_is_ready_and_its_key_is_stable() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "a.prompt", "\u{feff}Fix the bug\n".as_bytes());
-        let Inspection::Ready { prompt, dedup_key } = inspect("w", &p, NOW, 100) else { panic!() };
+        let Inspection::Ready { prompt, dedup_key } = inspect("w", &p, NOW, 100) else {
+            panic!()
+        };
         assert_eq!(prompt, "Fix the bug\n");
-        let Inspection::Ready { dedup_key: again, .. } = inspect("w", &p, NOW, 100) else { panic!() };
-        assert_eq!(dedup_key, again, "the same file gives the same key after a crash");
-        let Inspection::Ready { dedup_key: other, .. } = inspect("v", &p, NOW, 100) else { panic!() };
+        let Inspection::Ready {
+            dedup_key: again, ..
+        } = inspect("w", &p, NOW, 100)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            dedup_key, again,
+            "the same file gives the same key after a crash"
+        );
+        let Inspection::Ready {
+            dedup_key: other, ..
+        } = inspect("v", &p, NOW, 100)
+        else {
+            panic!()
+        };
         assert_ne!(dedup_key, other);
     }
 
@@ -469,7 +555,10 @@ mod tests {
     fn a_file_being_written_waits() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "a.prompt", b"half");
-        assert!(matches!(inspect("w", &p, Duration::from_secs(60), 100), Inspection::Later(_)));
+        assert!(matches!(
+            inspect("w", &p, Duration::from_secs(60), 100),
+            Inspection::Later(_)
+        ));
     }
 
     #[test]
@@ -477,16 +566,39 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
         assert!(rejected(inspect("w", &write(dir, "e.prompt", b""), NOW, 100)).contains("empty"));
-        assert!(rejected(inspect("w", &write(dir, "s.prompt", b" \n\t"), NOW, 100)).contains("empty"));
-        assert!(rejected(inspect("w", &write(dir, "b.prompt", b"ok\xff\xfe"), NOW, 100)).contains("offset 2"));
-        assert!(rejected(inspect("w", &write(dir, "big.prompt", &[b'x'; 101]), NOW, 100)).contains("101 bytes"));
+        assert!(
+            rejected(inspect("w", &write(dir, "s.prompt", b" \n\t"), NOW, 100)).contains("empty")
+        );
+        assert!(
+            rejected(inspect(
+                "w",
+                &write(dir, "b.prompt", b"ok\xff\xfe"),
+                NOW,
+                100
+            ))
+            .contains("offset 2")
+        );
+        assert!(
+            rejected(inspect(
+                "w",
+                &write(dir, "big.prompt", &[b'x'; 101]),
+                NOW,
+                100
+            ))
+            .contains("101 bytes")
+        );
         std::fs::create_dir(dir.join("d.prompt")).unwrap();
         assert!(rejected(inspect("w", &dir.join("d.prompt"), NOW, 100)).contains("directory"));
         std::os::unix::fs::symlink(dir.join("big.prompt"), dir.join("l.prompt")).unwrap();
         assert!(rejected(inspect("w", &dir.join("l.prompt"), NOW, 100)).contains("symbolic link"));
         nix::unistd::mkfifo(&dir.join("f.prompt"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        assert!(rejected(inspect("w", &dir.join("f.prompt"), NOW, 100)).contains("not a regular file"));
-        assert_eq!(inspect("w", &dir.join("gone.prompt"), NOW, 100), Inspection::Vanished);
+        assert!(
+            rejected(inspect("w", &dir.join("f.prompt"), NOW, 100)).contains("not a regular file")
+        );
+        assert_eq!(
+            inspect("w", &dir.join("gone.prompt"), NOW, 100),
+            Inspection::Vanished
+        );
     }
 
     #[test]
@@ -510,8 +622,18 @@ mod tests {
         write(dir, ".hidden.prompt", b"3");
         write(dir, "notes.txt", b"4");
         let t = std::time::SystemTime::now();
-        File::options().write(true).open(&old).unwrap().set_modified(t - Duration::from_secs(10)).unwrap();
-        File::options().write(true).open(&new).unwrap().set_modified(t).unwrap();
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(t - Duration::from_secs(10))
+            .unwrap();
+        File::options()
+            .write(true)
+            .open(&new)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
         assert_eq!(list_prompts(dir).unwrap(), vec![old, new]);
     }
 

@@ -1,13 +1,27 @@
-pub mod config;
-pub mod domain;
-pub mod error;
-pub mod store;
+//! agentq: coding-agent CLIs as reliable, always-on workers, fed from a durable queue.
+//!
+//! # Theory of operation
+//!
+//! The queue lives in a [`store::Store`] (SQLite in `.agentq/agentq.db` by default) and nowhere
+//! else. Clients (`agentq submit`, prompt-file [`intake`]) add tasks to it and ring the daemon's
+//! [`wake`] doorbell. The [`daemon`] runs one [`worker::Runner`] per named worker; each runner
+//! claims its worker's next task (a fenced lease, renewed by heartbeat), runs the [`agent`] process
+//! for it, and records the result only if its claim still holds. The rules for what happens after
+//! an attempt — retry with backoff, `dead`, `failed` — are pure functions in [`domain`]. Finished
+//! tasks are also written as files by [`output`].
+//!
+//! ARCHITECTURE.md, at the root of the repository, maps the modules and states the invariants.
+
 pub mod agent;
-pub mod state;
-pub mod wake;
-pub mod daemon;
-pub mod intake;
-pub mod output;
-pub mod worker;
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod domain;
+pub mod error;
+pub mod intake;
+pub mod output;
+pub mod state;
+pub mod store;
+pub mod wake;
+pub mod worker;

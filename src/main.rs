@@ -14,10 +14,14 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, if daemon { "info" } else { "warn" });
 
     let runtime = if daemon {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     } else {
         // A one-shot command needs no thread pool of its own: it starts faster without one.
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(rt) => rt,
@@ -38,12 +42,15 @@ fn main() -> ExitCode {
 /// Logs go to stderr, so stdout carries only data. `AGENTQ_LOG` (e.g. `debug`, `agentq=trace`)
 /// overrides the level.
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_env("AGENTQ_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("AGENTQ_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }

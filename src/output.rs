@@ -15,7 +15,10 @@ use crate::store::{Event, Task};
 /// Writes `bytes` to `path` so that `path` is never seen half-written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -43,7 +46,8 @@ pub fn write_task(dir: &Path, task: &Task, events: &[Event]) -> std::io::Result<
     let text = task.output.as_deref().unwrap_or("");
     let txt = dir.join(format!("task_{}.txt", task.id));
     write_atomic(&txt, text.as_bytes())?;
-    let record = serde_json::to_vec_pretty(&TaskRecord { task, events }).map_err(std::io::Error::other)?;
+    let record =
+        serde_json::to_vec_pretty(&TaskRecord { task, events }).map_err(std::io::Error::other)?;
     write_atomic(&dir.join(format!("task_{}.json", task.id)), &record)?;
     write_atomic(&dir.join("latest.txt"), text.as_bytes())?;
     Ok(txt)

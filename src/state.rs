@@ -57,7 +57,8 @@ impl StateLock {
             };
         }
         // For people reading the folder; the lock itself is the authority.
-        file.set_len(0).map_err(|e| Error::io("writing", &path, e))?;
+        file.set_len(0)
+            .map_err(|e| Error::io("writing", &path, e))?;
         writeln!(file, "{}", std::process::id()).map_err(|e| Error::io("writing", &path, e))?;
         Ok(StateLock { _file: file, path })
     }
@@ -78,7 +79,11 @@ pub fn holder(state_dir: &Path) -> Result<Option<i32>> {
     // SAFETY: fcntl with F_GETLK fills in the valid `flock` struct it is given.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
     if rc == -1 {
-        return Err(Error::io("querying lock", &path, std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "querying lock",
+            &path,
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
 }

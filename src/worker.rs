@@ -40,7 +40,11 @@ impl Runner {
         let name = self.worker.name.clone();
         let mut pause = Duration::from_millis(100);
         while !self.stopping.is_cancelled() {
-            match self.store.claim(&name, &self.owner, now_ms(), self.config.daemon.lease).await {
+            match self
+                .store
+                .claim(&name, &self.owner, now_ms(), self.config.daemon.lease)
+                .await
+            {
                 Ok(Some(claim)) => {
                     pause = Duration::from_millis(100);
                     self.leased.notify_one();
@@ -128,32 +132,60 @@ impl Runner {
         let end = match &run.outcome {
             Outcome::Interrupted if lost.is_cancelled() => {
                 info!(worker = %name, task = task.id, "stopped: the task was cancelled or taken over");
-                self.note(task.id, "stopped", "agent stopped: this runner no longer holds the task").await;
+                self.note(
+                    task.id,
+                    "stopped",
+                    "agent stopped: this runner no longer holds the task",
+                )
+                .await;
                 return;
             }
             Outcome::Interrupted => {
-                match self.store.release(&fence, "daemon shutting down", now_ms()).await {
-                    Ok(true) => info!(worker = %name, task = task.id, "interrupted by shutdown; queued again"),
+                match self
+                    .store
+                    .release(&fence, "daemon shutting down", now_ms())
+                    .await
+                {
+                    Ok(true) => {
+                        info!(worker = %name, task = task.id, "interrupted by shutdown; queued again")
+                    }
                     Ok(false) => {}
-                    Err(e) => warn!(worker = %name, task = task.id, "could not release the task: {e}; it is recovered at the next start"),
+                    Err(e) => {
+                        warn!(worker = %name, task = task.id, "could not release the task: {e}; it is recovered at the next start")
+                    }
                 }
                 return;
             }
             Outcome::Exited(0) => AttemptEnd::Succeeded,
             Outcome::Exited(code) => failure(format!("exit code {code}"), true),
-            Outcome::Signalled(signal) => failure(format!("crashed (signal {signal}{})", signal_name(*signal)), true),
-            Outcome::TimedOut => failure(format!("timeout after {}", humantime::format_duration(timeout)), true),
+            Outcome::Signalled(signal) => failure(
+                format!("crashed (signal {signal}{})", signal_name(*signal)),
+                true,
+            ),
+            Outcome::TimedOut => failure(
+                format!("timeout after {}", humantime::format_duration(timeout)),
+                true,
+            ),
             Outcome::SpawnFailed { error, retryable } => failure(error.clone(), *retryable),
         };
         if run.stdout_truncated {
-            let msg = format!("output cut at output_cap ({} bytes)", self.config.daemon.output_cap);
+            let msg = format!(
+                "output cut at output_cap ({} bytes)",
+                self.config.daemon.output_cap
+            );
             self.note(task.id, "output_truncated", &msg).await;
         }
         let backoff = Backoff {
             base: self.worker.limits.backoff,
             max: self.worker.limits.max_backoff,
         };
-        let next = after_attempt(&end, task.attempts, task.max_attempts, backoff, rand::rng().random::<f64>());
+        let next = after_attempt(
+            &end,
+            task.attempts,
+            task.max_attempts,
+            backoff,
+            rand::rng().random::<f64>(),
+        );
         let now = now_ms();
         let finish = Finish {
             state: next.state(),
@@ -188,9 +220,15 @@ impl Runner {
         }
         let reason = finish.error.as_deref().unwrap_or("");
         match &next {
-            Next::Succeeded => info!(worker = %name, task = task.id, duration_ms = finish.duration_ms, "succeeded"),
-            Next::Retry { delay } => warn!(worker = %name, task = task.id, "attempt {} failed: {reason}; retry in {}", task.attempts, humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))),
-            Next::Dead => warn!(worker = %name, task = task.id, "dead after {} attempts: {reason}", task.attempts),
+            Next::Succeeded => {
+                info!(worker = %name, task = task.id, duration_ms = finish.duration_ms, "succeeded")
+            }
+            Next::Retry { delay } => {
+                warn!(worker = %name, task = task.id, "attempt {} failed: {reason}; retry in {}", task.attempts, humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)))
+            }
+            Next::Dead => {
+                warn!(worker = %name, task = task.id, "dead after {} attempts: {reason}", task.attempts)
+            }
             Next::Failed => warn!(worker = %name, task = task.id, "failed: {reason}"),
         }
         if finish.state.is_terminal() {
@@ -201,11 +239,18 @@ impl Runner {
     async fn write_outputs(&self, id: i64) {
         let (task, events) = match (self.store.get(id).await, self.store.events_of(id).await) {
             (Ok(Some(task)), Ok(events)) => (task, events),
-            (Err(e), _) | (_, Err(e)) => return warn!(task = id, "cannot read the task back to write its output files: {e}"),
+            (Err(e), _) | (_, Err(e)) => {
+                return warn!(
+                    task = id,
+                    "cannot read the task back to write its output files: {e}"
+                );
+            }
             (Ok(None), _) => return,
         };
         let dir = self.config.output_dir(&task.worker);
-        let written = tokio::task::spawn_blocking(move || crate::output::write_task(&dir, &task, &events)).await;
+        let written =
+            tokio::task::spawn_blocking(move || crate::output::write_task(&dir, &task, &events))
+                .await;
         match written {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(task = id, "cannot write output files: {e}"),
@@ -239,7 +284,13 @@ fn signal_name(signal: i32) -> String {
 
 /// Renews the lease every third of its length, and at once when the worker is rung (a cancel
 /// rings it). Cancels `lost` when the claim is gone.
-async fn keep_lease(store: Arc<dyn Store>, fence: Fence, lease: Duration, wake: Arc<Notify>, lost: CancellationToken) {
+async fn keep_lease(
+    store: Arc<dyn Store>,
+    fence: Fence,
+    lease: Duration,
+    wake: Arc<Notify>,
+    lost: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(lease / 3) => {}

@@ -168,6 +168,15 @@ pub struct NewEvent {
     pub now: Millis,
 }
 
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub task_id: Option<i64>,
+    pub worker: Option<String>,
+    pub kind: Option<String>,
+    /// The latest this many, returned oldest first.
+    pub limit: Option<u32>,
+}
+
 /// How many tasks a worker has in each state.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WorkerCounts {
@@ -188,7 +197,13 @@ pub trait Store: Send + Sync {
     /// Atomically takes `worker`'s next task: the highest priority, oldest first, among queued
     /// tasks due by `now`, and only while none of that worker's tasks is running (a worker runs one
     /// task at a time, whichever daemon runs it). Counts an attempt.
-    async fn claim(&self, worker: &str, owner: &str, now: Millis, lease: Duration) -> Result<Option<Claim>>;
+    async fn claim(
+        &self,
+        worker: &str,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<Option<Claim>>;
 
     /// Extends a claim's lease. `false`: the claim is no longer held.
     async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool>;
@@ -218,6 +233,8 @@ pub trait Store: Send + Sync {
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>>;
     /// A task's history, oldest first.
     async fn events_of(&self, task_id: i64) -> Result<Vec<Event>>;
+    /// The event log, filtered: the latest `limit` events, oldest first.
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
     async fn record_event(&self, event: &NewEvent) -> Result<()>;
     async fn counts(&self) -> Result<Vec<WorkerCounts>>;
 

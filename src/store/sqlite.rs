@@ -18,8 +18,8 @@ use rand::RngExt;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Claim, Event, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted, Task, TaskFilter,
-    TaskSummary, WorkerCounts,
+    Claim, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted, Task,
+    TaskFilter, TaskSummary, WorkerCounts,
 };
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
@@ -63,7 +63,8 @@ impl SqliteStore {
             }
         };
         let mut conn = Connection::open(path).map_err(db("opening"))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db("setting busy timeout"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(db("setting busy timeout"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -182,7 +183,14 @@ fn state_from(r: &Row, idx: usize) -> rusqlite::Result<TaskState> {
     })
 }
 
-fn event(tx: &rusqlite::Transaction, now: Millis, task_id: Option<i64>, worker: Option<&str>, kind: &str, message: &str) -> rusqlite::Result<()> {
+fn event(
+    tx: &rusqlite::Transaction,
+    now: Millis,
+    task_id: Option<i64>,
+    worker: Option<&str>,
+    kind: &str,
+    message: &str,
+) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO events (ts, task_id, worker, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![now, task_id, worker, kind, message],
@@ -205,13 +213,23 @@ fn state_of(tx: &rusqlite::Transaction, id: i64) -> Op<(TaskState, String)> {
 }
 
 /// Returns running tasks matching `condition` to the queue, with their interrupted attempt given back.
-fn recover_where(tx: &rusqlite::Transaction, condition: &str, arg: &dyn rusqlite::ToSql, now: Millis, why: &str) -> Op<Vec<i64>> {
+fn recover_where(
+    tx: &rusqlite::Transaction,
+    condition: &str,
+    arg: &dyn rusqlite::ToSql,
+    now: Millis,
+    why: &str,
+) -> Op<Vec<i64>> {
     let mut stmt = tx.prepare(&format!(
         "SELECT id, worker, owner FROM tasks WHERE state = 'running' AND {condition}"
     ))?;
     let rows = stmt
         .query_map([arg], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (id, worker, owner) in &rows {
@@ -221,7 +239,14 @@ fn recover_where(tx: &rusqlite::Transaction, condition: &str, arg: &dyn rusqlite
             params![id, now],
         )?;
         let owner = owner.as_deref().unwrap_or("?");
-        event(tx, now, Some(*id), Some(worker), "recovered", &format!("{why} (was held by {owner}); queued again"))?;
+        event(
+            tx,
+            now,
+            Some(*id),
+            Some(worker),
+            "recovered",
+            &format!("{why} (was held by {owner}); queued again"),
+        )?;
     }
     Ok(rows.into_iter().map(|(id, _, _)| id).collect())
 }
@@ -262,7 +287,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, owner: &str, now: Millis, lease: Duration) -> Result<Option<Claim>> {
+    async fn claim(
+        &self,
+        worker: &str,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<Option<Claim>> {
         let (worker, owner) = (worker.to_string(), owner.to_string());
         let expires = now + lease.as_millis() as Millis;
         self.write("claiming a task", move |tx| {
@@ -381,7 +412,13 @@ impl Store for SqliteStore {
     async fn recover_all_but(&self, owner: &str, now: Millis) -> Result<Vec<i64>> {
         let owner = owner.to_string();
         self.write("recovering tasks of a previous daemon", move |tx| {
-            recover_where(tx, "coalesce(owner, '') <> ?1", &owner, now, "its daemon is gone")
+            recover_where(
+                tx,
+                "coalesce(owner, '') <> ?1",
+                &owner,
+                now,
+                "its daemon is gone",
+            )
         })
         .await
     }
@@ -390,7 +427,11 @@ impl Store for SqliteStore {
         self.write("cancelling a task", move |tx| {
             let (state, worker) = state_of(tx, id)?;
             state.check_cancel().map_err(|what| {
-                OpError::Rule(Error::WrongState { id, state: state.to_string(), what })
+                OpError::Rule(Error::WrongState {
+                    id,
+                    state: state.to_string(),
+                    what,
+                })
             })?;
             tx.execute(
                 "UPDATE tasks SET state = 'cancelled', owner = NULL, claim_token = NULL, \
@@ -398,7 +439,14 @@ impl Store for SqliteStore {
                  error = coalesce(error, 'cancelled') WHERE id = ?1",
                 params![id, now],
             )?;
-            event(tx, now, Some(id), Some(&worker), "cancelled", &format!("cancelled while {state}"))?;
+            event(
+                tx,
+                now,
+                Some(id),
+                Some(&worker),
+                "cancelled",
+                &format!("cancelled while {state}"),
+            )?;
             Ok(state)
         })
         .await
@@ -424,7 +472,11 @@ impl Store for SqliteStore {
     async fn get(&self, id: i64) -> Result<Option<Task>> {
         self.call("reading a task", move |conn| {
             Ok(conn
-                .query_row(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"), [id], task_from_row)
+                .query_row(
+                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                    [id],
+                    task_from_row,
+                )
                 .optional()?)
         })
         .await
@@ -468,11 +520,23 @@ impl Store for SqliteStore {
     }
 
     async fn events_of(&self, task_id: i64) -> Result<Vec<Event>> {
+        self.events(&EventFilter {
+            task_id: Some(task_id),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let f = filter.clone();
         self.call("reading events", move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, ts, task_id, worker, kind, message FROM events WHERE task_id = ?1 ORDER BY id",
+                "SELECT id, ts, task_id, worker, kind, message FROM (\
+                   SELECT * FROM events WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR worker = ?2) \
+                   AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4) ORDER BY id",
             )?;
-            let rows = stmt.query_map([task_id], |r| {
+            let limit = f.limit.map(i64::from).unwrap_or(-1);
+            let rows = stmt.query_map(params![f.task_id, f.worker, f.kind, limit], |r| {
                 Ok(Event {
                     id: r.get(0)?,
                     ts: r.get(1)?,
@@ -490,7 +554,14 @@ impl Store for SqliteStore {
     async fn record_event(&self, e: &NewEvent) -> Result<()> {
         let e = e.clone();
         self.write("recording an event", move |tx| {
-            event(tx, e.now, e.task_id, e.worker.as_deref(), &e.kind, &e.message)?;
+            event(
+                tx,
+                e.now,
+                e.task_id,
+                e.worker.as_deref(),
+                &e.kind,
+                &e.message,
+            )?;
             Ok(())
         })
         .await
@@ -498,13 +569,24 @@ impl Store for SqliteStore {
 
     async fn counts(&self) -> Result<Vec<WorkerCounts>> {
         self.call("counting tasks", move |conn| {
-            let mut stmt = conn.prepare("SELECT worker, state, count(*) FROM tasks GROUP BY worker, state ORDER BY worker")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, state_from(r, 1)?, r.get::<_, i64>(2)? as u64)))?;
+            let mut stmt = conn.prepare(
+                "SELECT worker, state, count(*) FROM tasks GROUP BY worker, state ORDER BY worker",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    state_from(r, 1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?;
             let mut out: Vec<WorkerCounts> = Vec::new();
             for row in rows {
                 let (worker, state, n) = row?;
                 if out.last().map(|c| c.worker != worker).unwrap_or(true) {
-                    out.push(WorkerCounts { worker: worker.clone(), ..Default::default() });
+                    out.push(WorkerCounts {
+                        worker: worker.clone(),
+                        ..Default::default()
+                    });
                 }
                 let c = out.last_mut().expect("pushed above");
                 *match state {
@@ -535,7 +617,11 @@ impl Store for SqliteStore {
 
     async fn next_lease_expiry(&self) -> Result<Option<Millis>> {
         self.call("finding the next lease expiry", move |conn| {
-            Ok(conn.query_row("SELECT min(lease_expires) FROM tasks WHERE state = 'running'", [], |r| r.get(0))?)
+            Ok(conn.query_row(
+                "SELECT min(lease_expires) FROM tasks WHERE state = 'running'",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .await
     }
@@ -543,7 +629,11 @@ impl Store for SqliteStore {
 
 /// The first line of a prompt, cut to 80 characters.
 fn preview(prompt: &str) -> String {
-    let line = prompt.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = prompt
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if line.chars().count() > 80 {
         let cut: String = line.chars().take(79).collect();
         format!("{cut}…")
@@ -602,7 +692,11 @@ mod tests {
         for now in 10..14 {
             let claim = s.claim("w", "me", now, LEASE).await.unwrap().unwrap();
             order.push(claim.task.id);
-            assert!(s.finish(&claim.fence(), &done(TaskState::Succeeded, now)).await.unwrap());
+            assert!(
+                s.finish(&claim.fence(), &done(TaskState::Succeeded, now))
+                    .await
+                    .unwrap()
+            );
         }
         assert_eq!(order, vec![b, d, a, c]);
         assert!(s.claim("w", "me", 20, LEASE).await.unwrap().is_none());
@@ -615,9 +709,17 @@ mod tests {
         s.submit(&task("w", "b", 0, 1)).await.unwrap();
         s.submit(&task("v", "c", 0, 1)).await.unwrap();
         let first = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
-        assert!(s.claim("w", "other", 2, LEASE).await.unwrap().is_none(), "w is busy");
-        assert!(s.claim("v", "me", 2, LEASE).await.unwrap().is_some(), "v is not");
-        s.finish(&first.fence(), &done(TaskState::Succeeded, 3)).await.unwrap();
+        assert!(
+            s.claim("w", "other", 2, LEASE).await.unwrap().is_none(),
+            "w is busy"
+        );
+        assert!(
+            s.claim("v", "me", 2, LEASE).await.unwrap().is_some(),
+            "v is not"
+        );
+        s.finish(&first.fence(), &done(TaskState::Succeeded, 3))
+            .await
+            .unwrap();
         assert!(s.claim("w", "me", 4, LEASE).await.unwrap().is_some());
     }
 
@@ -636,33 +738,70 @@ mod tests {
     async fn a_stale_claim_cannot_record_a_result() {
         let (_d, s) = store();
         let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-        let stale = s.claim("w", "old", 10, Duration::from_millis(100)).await.unwrap().unwrap();
+        let stale = s
+            .claim("w", "old", 10, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .unwrap();
         // The old owner stops heartbeating; its lease runs out and the task is recovered.
         assert_eq!(s.recover_expired(50).await.unwrap(), Vec::<i64>::new());
         assert_eq!(s.next_lease_expiry().await.unwrap(), Some(110));
         assert_eq!(s.recover_expired(200).await.unwrap(), vec![id]);
         let fresh = s.claim("w", "new", 201, LEASE).await.unwrap().unwrap();
-        assert_eq!(fresh.task.attempts, 1, "the interrupted attempt was given back");
+        assert_eq!(
+            fresh.task.attempts, 1,
+            "the interrupted attempt was given back"
+        );
 
         assert!(!s.heartbeat(&stale.fence(), 202, LEASE).await.unwrap());
-        assert!(!s.finish(&stale.fence(), &done(TaskState::Failed, 203)).await.unwrap());
+        assert!(
+            !s.finish(&stale.fence(), &done(TaskState::Failed, 203))
+                .await
+                .unwrap()
+        );
         assert!(!s.release(&stale.fence(), "x", 203).await.unwrap());
         assert!(s.heartbeat(&fresh.fence(), 204, LEASE).await.unwrap());
-        assert!(s.finish(&fresh.fence(), &done(TaskState::Succeeded, 205)).await.unwrap());
-        assert!(!s.finish(&fresh.fence(), &done(TaskState::Failed, 206)).await.unwrap(), "only once");
+        assert!(
+            s.finish(&fresh.fence(), &done(TaskState::Succeeded, 205))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.finish(&fresh.fence(), &done(TaskState::Failed, 206))
+                .await
+                .unwrap(),
+            "only once"
+        );
 
         let t = s.get(id).await.unwrap().unwrap();
         assert_eq!(t.state, TaskState::Succeeded);
-        let kinds: Vec<String> = s.events_of(id).await.unwrap().into_iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, ["submitted", "started", "recovered", "started", "succeeded"]);
+        let kinds: Vec<String> = s
+            .events_of(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["submitted", "started", "recovered", "started", "succeeded"]
+        );
     }
 
     #[tokio::test]
     async fn heartbeats_keep_a_lease() {
         let (_d, s) = store();
         s.submit(&task("w", "a", 0, 1)).await.unwrap();
-        let c = s.claim("w", "me", 10, Duration::from_millis(100)).await.unwrap().unwrap();
-        assert!(s.heartbeat(&c.fence(), 90, Duration::from_millis(100)).await.unwrap());
+        let c = s
+            .claim("w", "me", 10, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            s.heartbeat(&c.fence(), 90, Duration::from_millis(100))
+                .await
+                .unwrap()
+        );
         assert!(s.recover_expired(150).await.unwrap().is_empty());
         assert_eq!(s.recover_expired(191).await.unwrap(), vec![c.task.id]);
     }
@@ -674,7 +813,10 @@ mod tests {
         s.submit(&task("b", "y", 0, 1)).await.unwrap();
         let mine = s.claim("a", "me", 2, LEASE).await.unwrap().unwrap();
         let theirs = s.claim("b", "gone", 2, LEASE).await.unwrap().unwrap();
-        assert_eq!(s.recover_all_but("me", 3).await.unwrap(), vec![theirs.task.id]);
+        assert_eq!(
+            s.recover_all_but("me", 3).await.unwrap(),
+            vec![theirs.task.id]
+        );
         assert!(s.heartbeat(&mine.fence(), 4, LEASE).await.unwrap());
     }
 
@@ -685,7 +827,10 @@ mod tests {
         t.dedup_key = Some("k".into());
         let first = s.submit(&t).await.unwrap();
         assert!(matches!(first, Submitted::New(_)));
-        assert_eq!(s.submit(&t).await.unwrap(), Submitted::Duplicate(first.id()));
+        assert_eq!(
+            s.submit(&t).await.unwrap(),
+            Submitted::Duplicate(first.id())
+        );
         assert_eq!(s.list(&TaskFilter::default()).await.unwrap().len(), 1);
     }
 
@@ -697,9 +842,18 @@ mod tests {
         let claim = s.claim("v", "me", 2, LEASE).await.unwrap().unwrap();
         assert_eq!(s.cancel(q, 3).await.unwrap(), TaskState::Queued);
         assert_eq!(s.cancel(r, 3).await.unwrap(), TaskState::Running);
-        assert!(!s.heartbeat(&claim.fence(), 4, LEASE).await.unwrap(), "the runner learns of it");
-        assert!(matches!(s.cancel(q, 4).await, Err(Error::WrongState { .. })));
-        assert!(matches!(s.cancel(999, 4).await, Err(Error::NoSuchTask { id: 999 })));
+        assert!(
+            !s.heartbeat(&claim.fence(), 4, LEASE).await.unwrap(),
+            "the runner learns of it"
+        );
+        assert!(matches!(
+            s.cancel(q, 4).await,
+            Err(Error::WrongState { .. })
+        ));
+        assert!(matches!(
+            s.cancel(999, 4).await,
+            Err(Error::NoSuchTask { id: 999 })
+        ));
 
         s.retry(q, 5).await.unwrap();
         let t = s.get(q).await.unwrap().unwrap();
@@ -717,7 +871,10 @@ mod tests {
         f.error = Some("exit code 1".into());
         s.finish(&c.fence(), &f).await.unwrap();
         let t = s.get(id).await.unwrap().unwrap();
-        assert_eq!((t.state, t.attempts, t.not_before), (TaskState::Queued, 1, 1003));
+        assert_eq!(
+            (t.state, t.attempts, t.not_before),
+            (TaskState::Queued, 1, 1003)
+        );
         assert_eq!(t.finished_at, None);
         let counts = s.counts().await.unwrap();
         assert_eq!(counts[0].queued, 1);
@@ -734,8 +891,14 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get(id).await.unwrap().unwrap().prompt, "kept");
         drop(s);
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(SqliteStore::open(&path), Err(Error::SchemaTooNew { found: 99, .. })));
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(Error::SchemaTooNew { found: 99, .. })
+        ));
     }
 
     #[test]

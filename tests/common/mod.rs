@@ -1,0 +1,242 @@
+//! A project in a temporary folder, driven through the real `agentq` binary.
+//!
+//! Waits are bounded polls (`wait_until`), never bare sleeps; a daemon started here is stopped when
+//! its handle drops, so a failing test leaves no process behind.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentq");
+
+/// An agent that records each run in `runs.log` (task id and prompt on one line) and answers
+/// "done: <prompt>".
+pub const RECORDING_AGENT: &str = r#"["sh", "-c", "p=$(cat); printf '%s %s\n' \"$AGENTQ_TASK_ID\" \"$p\" >> runs.log; printf 'done: %s' \"$p\""]"#;
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A project whose agentq.toml is `config`.
+    pub fn new(config: &str) -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("agentq-test")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("agentq.toml"), config).unwrap();
+        Project { dir }
+    }
+
+    /// A project with the given workers, each running `agent` (a TOML array), with fast retries.
+    pub fn with_workers(names: &[&str], agent: &str, extra: &str) -> Project {
+        let mut config =
+            format!("[defaults]\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"\n{extra}\n");
+        for name in names {
+            config.push_str(&format!(
+                "[[worker]]\nname = \"{name}\"\nagent = \"command\"\ncommand = {agent}\n"
+            ));
+        }
+        Project::new(&config)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("AGENTQ_LOG")
+            .env_remove("AGENTQ_CONFIG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "agentq {args:?} failed: {}\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    /// Submits a prompt; returns the task id.
+    pub fn submit(&self, worker: &str, prompt: &str) -> i64 {
+        self.ok(&["submit", "--worker", worker, prompt])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn task(&self, id: i64) -> Value {
+        self.json(&["show", &id.to_string()])
+    }
+
+    pub fn state(&self, id: i64) -> String {
+        self.task(id)["state"].as_str().unwrap().to_string()
+    }
+
+    pub fn totals(&self) -> Value {
+        self.json(&["status"])["totals"].clone()
+    }
+
+    /// Starts `agentq run` and waits until it says it is running.
+    pub fn start(&self) -> Daemon {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let log = self.path(&format!(
+            "daemon-{}.log",
+            STARTS.fetch_add(1, Ordering::SeqCst)
+        ));
+        let child = self
+            .cmd(&["run"])
+            .env("AGENTQ_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child, log };
+        wait_until(Duration::from_secs(20), "the daemon to start", || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "the daemon exited at start with {status}:\n{}",
+                    daemon.log()
+                );
+            }
+            daemon.log().contains("agentq running")
+        });
+        daemon
+    }
+
+    /// Lines of `runs.log` written by the recording agent.
+    pub fn runs(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("runs.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Writes a file atomically (temporary name, then rename), as a careful producer would.
+    pub fn drop_file(&self, rel: &str, bytes: &[u8]) {
+        let target = self.path(rel);
+        let tmp = target.with_file_name(format!(
+            ".{}.tmp",
+            target.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::File::create(&tmp)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+        std::fs::rename(tmp, target).unwrap();
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// SIGKILL: the daemon dies without any chance to clean up.
+    pub fn kill9(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait(Duration::from_secs(10));
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}

@@ -1,0 +1,609 @@
+//! End-to-end: the real binary, real SQLite files, real agent processes, in temporary folders.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn init_writes_a_working_config_and_a_private_state_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = Project { dir };
+    std::fs::remove_file(project.path("agentq.toml")).ok();
+    let out = project.ok(&["init"]);
+    assert!(out.contains("agentq.toml"), "{out}");
+    let mode = std::fs::metadata(project.path(".agentq"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(project.path(".agentq/agentq.db").exists());
+
+    // The template's `cat` worker runs as it is.
+    let daemon = project.start();
+    let out = project.ok(&["submit", "--wait", "echo me"]);
+    assert_eq!(out, "echo me\n");
+    assert!(daemon.stop().success());
+
+    // A second init keeps the file; --force rewrites it.
+    std::fs::write(
+        project.path("agentq.toml"),
+        format!("{}\n# mine\n", read(&project.path("agentq.toml"))),
+    )
+    .unwrap();
+    assert!(project.ok(&["init"]).contains("already exists"));
+    assert!(read(&project.path("agentq.toml")).contains("# mine"));
+    project.ok(&["init", "--force"]);
+    assert!(!read(&project.path("agentq.toml")).contains("# mine"));
+}
+
+#[test]
+fn commands_find_the_config_in_a_parent_folder_or_by_flag() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    std::fs::create_dir_all(p.path("deep/er")).unwrap();
+    let out = p
+        .cmd(&["status", "--json"])
+        .current_dir(p.path("deep/er"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = p.path("agentq.toml");
+    let out = p
+        .cmd(&["--config", config.to_str().unwrap(), "status"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = p
+        .cmd(&["status"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("agentq init"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_expectation() {
+    let p = Project::new("[defaults]\ntimeout = \"10m\"\nmax_attempts = \"three\"\n");
+    let out = p.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("agentq.toml:3:"), "{err}");
+    assert!(err.contains("expected a whole number"), "{err}");
+}
+
+#[test]
+fn hundred_prompt_files_across_three_workers_are_each_done_exactly_once() {
+    let p = Project::with_workers(&["alpha", "beta", "gamma"], RECORDING_AGENT, "");
+    let workers = ["alpha", "beta", "gamma"];
+    std::fs::create_dir_all(p.path(".queue/alpha")).unwrap();
+    // Some files wait before the daemon starts; the rest arrive while it runs, written directly
+    // (not renamed into place), so intake must wait for them to settle.
+    for i in 0..30 {
+        let w = workers[i % 3];
+        std::fs::create_dir_all(p.path(&format!(".queue/{w}"))).unwrap();
+        std::fs::write(
+            p.path(&format!(".queue/{w}/{i:03}.prompt")),
+            format!("prompt {i}"),
+        )
+        .unwrap();
+    }
+    let daemon = p.start();
+    for i in 30..100 {
+        let w = workers[i % 3];
+        std::fs::write(
+            p.path(&format!(".queue/{w}/{i:03}.prompt")),
+            format!("prompt {i}"),
+        )
+        .unwrap();
+    }
+    wait_until(LONG, "100 tasks to succeed", || {
+        p.totals()["succeeded"] == 100
+    });
+
+    let runs = p.runs();
+    assert_eq!(runs.len(), 100, "each prompt ran once: {runs:?}");
+    let prompts: HashSet<&str> = runs.iter().map(|l| l.split_once(' ').unwrap().1).collect();
+    assert_eq!(prompts.len(), 100);
+
+    let tasks = p.json(&["tasks", "--limit", "0"]);
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 100, "no file was taken twice");
+    let mut by_worker: BTreeMap<String, Vec<(i64, usize)>> = BTreeMap::new();
+    for t in tasks {
+        let id = t["id"].as_i64().unwrap();
+        let worker = t["worker"].as_str().unwrap().to_string();
+        let n: usize = t["prompt_preview"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("prompt ")
+            .parse()
+            .unwrap();
+        assert_eq!(workers[n % 3], worker);
+        let out = read(&p.path(&format!(".output/{worker}/task_{id}.txt")));
+        assert_eq!(out, format!("done: prompt {n}"));
+        let record: serde_json::Value =
+            serde_json::from_str(&read(&p.path(&format!(".output/{worker}/task_{id}.json"))))
+                .unwrap();
+        assert_eq!(record["state"], "succeeded");
+        assert_eq!(record["source"], format!("file:{n:03}.prompt"));
+        by_worker.entry(worker).or_default().push((id, n));
+    }
+    for (worker, mut list) in by_worker {
+        // Oldest file first: task ids follow the order the files were written in.
+        list.sort();
+        let order: Vec<usize> = list.iter().map(|(_, n)| *n).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "{worker} took its files out of order");
+        assert!(p.path(&format!(".output/{worker}/latest.txt")).exists());
+        let left: Vec<_> = std::fs::read_dir(p.path(&format!(".queue/{worker}")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != "rejected")
+            .collect();
+        assert!(left.is_empty(), "{worker} left {left:?}");
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn bad_prompt_files_are_set_aside_with_reasons_while_good_ones_succeed() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "max_prompt_size = \"1KiB\"");
+    let q = p.path(".queue/w");
+    std::fs::create_dir_all(&q).unwrap();
+    let daemon = p.start();
+    p.drop_file(".queue/w/good1.prompt", b"first good");
+    p.drop_file(".queue/w/empty.prompt", b"");
+    p.drop_file(".queue/w/blank.prompt", b"  \n\n\t ");
+    p.drop_file(".queue/w/latin1.prompt", b"caf\xe9");
+    p.drop_file(".queue/w/huge.prompt", &[b'x'; 2000]);
+    p.drop_file(".queue/w/good2.prompt", b"second good");
+    std::fs::write(p.path("target.txt"), "outside").unwrap();
+    std::os::unix::fs::symlink(p.path("target.txt"), q.join("link.prompt")).unwrap();
+    std::fs::create_dir(q.join("folder.prompt")).unwrap();
+    nix::unistd::mkfifo(&q.join("pipe.prompt"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    p.drop_file(".queue/w/locked.prompt", b"locked away");
+    std::fs::set_permissions(
+        q.join("locked.prompt"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    p.drop_file(".queue/w/good3.prompt", b"third good");
+    let root = nix::unistd::geteuid().is_root();
+
+    let expected: &[(&str, &str)] = &[
+        ("empty.prompt", "empty"),
+        ("blank.prompt", "empty"),
+        ("latin1.prompt", "not valid UTF-8"),
+        ("huge.prompt", "over max_prompt_size"),
+        ("link.prompt", "symbolic link"),
+        ("folder.prompt", "directory"),
+        ("pipe.prompt", "not a regular file"),
+    ];
+    let good = if root { 4 } else { 3 }; // root can read a mode-0 file
+    wait_until(LONG, "good files done and bad ones set aside", || {
+        p.totals()["succeeded"] == good
+            && expected
+                .iter()
+                .all(|(n, _)| q.join("rejected").join(format!("{n}.reason")).exists())
+    });
+    for (name, why) in expected {
+        let reason = read(&q.join("rejected").join(format!("{name}.reason")));
+        assert!(
+            reason.starts_with(&format!("{name}: ")) && reason.contains(why),
+            "{name}: {reason}"
+        );
+        assert!(
+            q.join("rejected").join(name).symlink_metadata().is_ok(),
+            "{name} was kept, not deleted"
+        );
+    }
+    if !root {
+        assert!(read(&q.join("rejected/locked.prompt.reason")).contains("unreadable"));
+    }
+    // Set aside as it was: the link still points where it did, the bytes are untouched.
+    assert_eq!(
+        std::fs::read_link(q.join("rejected/link.prompt")).unwrap(),
+        p.path("target.txt")
+    );
+    assert_eq!(
+        std::fs::read(q.join("rejected/latin1.prompt")).unwrap(),
+        b"caf\xe9"
+    );
+
+    let events = p.json(&["events", "--kind", "rejected"]);
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        expected.len() + usize::from(!root)
+    );
+    let runs = p.runs();
+    for good in ["first good", "second good", "third good"] {
+        assert!(
+            runs.iter().any(|l| l.ends_with(good)),
+            "{good} ran: {runs:?}"
+        );
+    }
+    assert!(
+        p.json(&["status"])["daemon"]["running"].as_bool().unwrap(),
+        "the daemon goes on"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn fifty_concurrent_submits_against_a_running_daemon_lose_nothing() {
+    let p = Project::with_workers(&["a", "b"], RECORDING_AGENT, "");
+    let daemon = p.start();
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            p.cmd(&[
+                "submit",
+                "--worker",
+                if i % 2 == 0 { "a" } else { "b" },
+                &format!("concurrent {i}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "submit failed: {}", text(&out.stderr));
+        ids.push(text(&out.stdout).trim().parse::<i64>().unwrap());
+    }
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 50);
+    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
+    args.extend(ids.iter().map(|i| i.to_string()));
+    let out = p.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(p.runs().len(), 50);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_failing_agent_is_retried_with_backoff_then_dead_and_can_be_retried() {
+    let p = Project::with_workers(
+        &["w"],
+        r#"["sh", "-c", "cat > /dev/null; echo attempt >> runs.log; echo broken >&2; exit 7"]"#,
+        "max_attempts = 3",
+    );
+    let daemon = p.start();
+    let id = p.submit("w", "doomed");
+    let out = p.run(&["wait", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("dead: exit code 7"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let t = p.task(id);
+    assert_eq!(t["state"], "dead");
+    assert_eq!(t["attempts"], 3);
+    assert_eq!(t["exit_code"], 7);
+    assert_eq!(t["stderr_tail"], "broken\n");
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "started",
+            "retry_scheduled",
+            "started",
+            "retry_scheduled",
+            "started",
+            "dead"
+        ]
+    );
+    assert_eq!(p.runs().len(), 3);
+    assert!(p.path(&format!(".output/w/task_{id}.json")).exists());
+    let result = p.run(&["result", &id.to_string()]);
+    assert_eq!(result.status.code(), Some(1));
+
+    p.ok(&["retry", &id.to_string()]);
+    let out = p.run(&["wait", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(p.runs().len(), 6, "a retried task gets its attempts back");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn an_agent_that_cannot_start_fails_without_retries() {
+    let p = Project::with_workers(&["w"], r#"["/nonexistent/agent"]"#, "");
+    let daemon = p.start();
+    let id = p.submit("w", "x");
+    assert_eq!(p.run(&["wait", &id.to_string()]).status.code(), Some(1));
+    let t = p.task(id);
+    assert_eq!(
+        (t["state"].as_str(), t["attempts"].as_i64()),
+        (Some("failed"), Some(1))
+    );
+    assert!(t["error"].as_str().unwrap().contains("/nonexistent/agent"));
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_second_run_is_refused_and_names_the_holder() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let daemon = p.start();
+    let out = p.run(&["run"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("already running") && err.contains(&format!("pid {}", daemon.pid())),
+        "{err}"
+    );
+    assert_eq!(p.json(&["status"])["daemon"]["pid"], daemon.pid());
+    assert!(daemon.stop().success());
+    assert_eq!(p.json(&["status"])["daemon"]["running"], false);
+}
+
+#[test]
+fn tasks_wait_in_the_store_until_a_daemon_runs_them_by_priority_then_fifo() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let low = p.submit("w", "low");
+    let high1 = p
+        .ok(&["submit", "-w", "w", "-p", "5", "high one"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    let mid = p
+        .ok(&["submit", "-w", "w", "-p", "1", "mid"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    let high2 = p
+        .ok(&["submit", "-w", "w", "-p", "5", "high two"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    let neg = p
+        .ok(&["submit", "-w", "w", "-p", "-3", "negative"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    assert_eq!(p.state(low), "queued");
+    let daemon = p.start();
+    p.ok(&["wait", &low.to_string(), &neg.to_string()]);
+    let order: Vec<i64> = p
+        .runs()
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().0.parse().unwrap())
+        .collect();
+    assert_eq!(order, [high1, high2, mid, low, neg]);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn submit_wait_prints_the_result_and_a_megabyte_prompt_travels_on_stdin() {
+    let p = Project::with_workers(&["w"], r#"["sh", "-c", "wc -c | tr -d ' '"]"#, "");
+    let daemon = p.start();
+    let mut child = p
+        .cmd(&["submit", "--wait", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prompt = "y".repeat(1 << 20);
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), prompt.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), (1 << 20).to_string());
+
+    let out = p.run(&["submit", "   "]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("empty"));
+    let out = p.run(&["submit", "--worker", "nobody", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("workers: w"));
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn cancelling_a_running_task_stops_its_agent() {
+    let p = Project::with_workers(
+        &["w"],
+        r#"["sh", "-c", "echo $$ > agent.pid; exec sleep 60"]"#,
+        "",
+    );
+    let daemon = p.start();
+    let id = p.submit("w", "long");
+    wait_until(LONG, "the agent to start", || {
+        p.path("agent.pid").exists() && !read(&p.path("agent.pid")).trim().is_empty()
+    });
+    let pid: i32 = read(&p.path("agent.pid")).trim().parse().unwrap();
+    assert!(p.ok(&["cancel", &id.to_string()]).contains("was running"));
+    wait_until(Duration::from_secs(10), "the agent to be stopped", || {
+        !alive(pid)
+    });
+    assert_eq!(p.state(id), "cancelled");
+    wait_until(Duration::from_secs(10), "the stop to be recorded", || {
+        p.json(&["events", "--task", &id.to_string()])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "stopped")
+    });
+    // A cancelled task does not come back by itself, and the worker goes on with the next one.
+    std::fs::remove_file(p.path("agent.pid")).unwrap();
+    let next = p.submit("w", "next");
+    wait_until(LONG, "the next task to start", || {
+        p.state(next) == "running"
+    });
+    assert_eq!(p.state(id), "cancelled");
+    p.ok(&["cancel", &next.to_string()]);
+    let out = p.run(&["cancel", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "cancelling twice is an error");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_puts_running_tasks_back_without_spending_an_attempt() {
+    let p = Project::with_workers(
+        &["w"],
+        r#"["sh", "-c", "echo $$ > agent.pid; exec sleep 60"]"#,
+        "[daemon]\nshutdown_grace = \"300ms\"",
+    );
+    let daemon = p.start();
+    let id = p.submit("w", "long");
+    wait_until(LONG, "the agent to start", || {
+        p.state(id) == "running" && p.path("agent.pid").exists()
+    });
+    let pid: i32 = read(&p.path("agent.pid")).trim().parse().unwrap();
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    assert!(!alive(pid), "the agent was stopped with the daemon");
+    let t = p.task(id);
+    assert_eq!(
+        (t["state"].as_str(), t["attempts"].as_i64()),
+        (Some("queued"), Some(0))
+    );
+}
+
+#[test]
+fn after_kill_9_the_next_daemon_recovers_the_running_task() {
+    // The agent takes a while, so the daemon dies mid-task.
+    let p = Project::with_workers(
+        &["w"],
+        r#"["sh", "-c", "cat > /dev/null; echo run >> runs.log; sleep 1; echo finished"]"#,
+        "",
+    );
+    let daemon = p.start();
+    let id = p.submit("w", "survive");
+    wait_until(LONG, "the task to start", || p.state(id) == "running");
+    daemon.kill9();
+    assert_eq!(p.state(id), "running", "nobody has recorded anything yet");
+
+    let daemon = p.start();
+    p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+    let t = p.task(id);
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "succeeded").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"recovered"), "{kinds:?}");
+    assert_eq!(t["attempts"], 1, "the interrupted attempt was not counted");
+    assert_eq!(t["output"], "finished\n");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_prompt_file_taken_but_not_removed_before_a_crash_is_not_taken_twice() {
+    // Simulates the crash window: the file is in the store (same dedup key) and still on disk.
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "[intake]\nsettle = \"50ms\"");
+    let daemon = p.start();
+    p.drop_file(".queue/w/once.prompt", b"only once");
+    wait_until(LONG, "the task", || p.totals()["succeeded"] == 1);
+    assert!(daemon.stop().success());
+
+    // Put the very same file back: same inode is impossible to recreate, so instead check that the
+    // store refuses a second task for an identical key by replaying intake on a hard link kept from
+    // before removal.
+    p.drop_file(".queue/w/twice.prompt", b"hard linked");
+    std::fs::hard_link(p.path(".queue/w/twice.prompt"), p.path("keep.lnk")).unwrap();
+    let daemon = p.start();
+    wait_until(LONG, "the second task", || p.totals()["succeeded"] == 2);
+    assert!(daemon.stop().success());
+    // The same inode, name, time and content reappear, as after a crash between submit and remove.
+    std::fs::hard_link(p.path("keep.lnk"), p.path(".queue/w/twice.prompt")).unwrap();
+    let daemon = p.start();
+    wait_until(LONG, "the file to be removed as already taken", || {
+        !p.path(".queue/w/twice.prompt").exists()
+    });
+    assert_eq!(p.totals()["succeeded"], 2);
+    assert_eq!(p.runs().len(), 2);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn every_data_command_speaks_json_and_help_is_everywhere() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let id = p.submit("w", "x");
+    for args in [
+        vec!["status"],
+        vec!["tasks"],
+        vec!["show", "1"],
+        vec!["events"],
+    ] {
+        p.json(&args);
+    }
+    assert_eq!(p.json(&["submit", "-w", "w", "y"])["worker"], "w");
+    assert_eq!(
+        p.json(&["cancel", &id.to_string()])[0]["state"],
+        "cancelled"
+    );
+    assert_eq!(p.json(&["retry", &id.to_string()])[0]["state"], "queued");
+    for cmd in [
+        "init", "run", "submit", "status", "tasks", "show", "events", "result", "wait", "cancel",
+        "retry",
+    ] {
+        let out = p.run(&[cmd, "--help"]);
+        assert!(
+            out.status.success() && text(&out.stdout).contains("Usage"),
+            "{cmd} --help"
+        );
+    }
+    let out = p.run(&["result", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "no result yet");
+}
+
+#[test]
+fn a_running_daemon_and_a_logged_run_in_json() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let child = p
+        .cmd(&["--log-format", "json", "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = p.submit("w", "logged");
+    p.ok(&["wait", "--timeout", "30s", &id.to_string()]);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines = text(&out.stderr);
+    assert!(lines.lines().count() >= 3);
+    for line in lines.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string());
+    }
+}
