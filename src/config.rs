@@ -358,11 +358,13 @@ impl Config {
                     format!("worker {name:?} is defined twice; worker names must be unique"),
                 ));
             }
-            let agent_kind = w
-                .agent
-                .as_ref()
-                .map(|a| a.get_ref().as_str())
-                .unwrap_or("claude");
+            // A worker that names a command but no agent means that command; with neither it is
+            // a Claude Code worker, the default agent.
+            let agent_kind = match (&w.agent, &w.command) {
+                (Some(a), _) => a.get_ref().as_str(),
+                (None, Some(_)) => "command",
+                (None, None) => "claude",
+            };
             let agent = match agent_kind {
                 "command" => {
                     let argv = w
@@ -630,6 +632,14 @@ mod tests {
         let c = parse(INIT_TEMPLATE).unwrap();
         assert_eq!(c.workers.len(), 1);
         assert_eq!(c.workers[0].limits.timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_command_without_an_agent_is_a_command_agent() {
+        let c = parse("[[worker]]\nname = \"a\"\ncommand = [\"x\"]\n[[worker]]\nname = \"b\"\n")
+            .unwrap();
+        assert_eq!(c.workers[0].agent.kind(), "command");
+        assert_eq!(c.workers[1].agent, Agent::Claude);
     }
 
     #[test]

@@ -88,6 +88,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             recovered.len()
         );
     }
+    for c in store.counts().await? {
+        if config.worker(&c.worker).is_none() && c.queued + c.running > 0 {
+            warn!(
+                "{} task(s) are queued for worker {:?}, which {} no longer defines; they wait until it does (or `agentq cancel` them)",
+                c.queued + c.running,
+                c.worker,
+                config.path.display()
+            );
+        }
+    }
     for w in &config.workers {
         let dir = config.output_dir(&w.name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating output folder", &dir, e))?;
@@ -107,20 +117,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let leased = Arc::new(Notify::new());
     let mut tasks: JoinSet<()> = JoinSet::new();
 
-    for w in &config.workers {
-        let runner = Runner {
-            worker: w.clone(),
-            config: config.clone(),
-            store: store.clone(),
-            owner: owner.clone(),
-            wake: wakes[&w.name].clone(),
-            leased: leased.clone(),
-            stopping: shutdown.stopping.clone(),
-            hurry: shutdown.hurry.clone(),
-        };
-        tasks.spawn(runner.run());
-    }
-
     {
         let wakes = wakes.clone();
         let on_task: crate::intake::OnTask = Arc::new(move |worker: &str| {
@@ -138,7 +134,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
     tasks.spawn(keep_leases(
         store.clone(),
-        leased,
+        leased.clone(),
         shutdown.stopping.clone(),
         ring_all.clone(),
     ));
@@ -181,6 +177,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
                 }
             });
         }
+    }
+
+    // Runners start last: their first claim comes after the doorbell listens, so a task
+    // submitted at any moment is either seen by that claim or rings a bell that is heard.
+    for w in &config.workers {
+        let runner = Runner {
+            worker: w.clone(),
+            config: config.clone(),
+            store: store.clone(),
+            owner: owner.clone(),
+            wake: wakes[&w.name].clone(),
+            leased: leased.clone(),
+            stopping: shutdown.stopping.clone(),
+            hurry: shutdown.hurry.clone(),
+        };
+        tasks.spawn(runner.run());
     }
 
     let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();

@@ -1,16 +1,18 @@
 //! Prompt-file intake: `.queue/<worker>/*.prompt` files become tasks, each exactly once.
 //!
 //! How a file is taken:
-//! 1. It must have settled: unchanged for `intake.settle`, so a file still being written is left
-//!    for later (writers that want no delay write another name and rename it to `*.prompt`).
-//! 2. It is opened without following links, checked to be the regular file that was listed, read,
-//!    and checked again after reading: if it changed meanwhile it is left for later.
-//! 3. It is submitted with a dedup key made of the worker, its name, its inode, its modification
-//!    time and a SHA-256 of its content. Then it is removed.
+//! 1. It must have settled: its size, times and inode unchanged, as this daemon saw them, for
+//!    `intake.settle`. The daemon's own clock decides, so a skewed file server cannot fool it.
+//!    (Producers that want no delay and no doubt write another name and rename it to `*.prompt`.)
+//! 2. It is renamed into `.queue/<worker>/.taking/<token>.<name>`, where `token` is random. The
+//!    rename is atomic: from here on the name `<name>.prompt` is free, and a new file dropped under
+//!    it is a new task, never mistaken for this one.
+//! 3. It is read, checked (UTF-8, not empty, not too large), and submitted with the dedup key
+//!    `file:<worker>:<token>`. Then the taken file is removed.
 //!
-//! A crash between 3's submit and its removal leaves the file in place; the next scan computes the
-//! same key, the store answers "already have it", and the file is only removed. A new file dropped
-//! later under the same name has another inode or time, so it is a new task even with equal text.
+//! A crash anywhere leaves the file either in the folder (not yet taken) or in `.taking/`; each scan
+//! finishes what is in `.taking/` first. Submitting again with the same token returns the task the
+//! first submit made, so a crash between submit and removal costs only a removal: exactly once.
 //!
 //! A file that cannot be a task (empty, not UTF-8, too large, unreadable, a link, a folder, a pipe)
 //! is moved to `.queue/<worker>/rejected/` with `<name>.reason` beside it and an event. Nothing is
@@ -21,7 +23,6 @@
 //! with `intake.poll = true`) folders are scanned every `intake.poll_interval` instead.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -29,142 +30,163 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
+use rand::RngExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{NewEvent, NewTask, Store, Submitted, now_ms};
 
 pub const REJECTED_DIR: &str = "rejected";
+pub const TAKING_DIR: &str = ".taking";
 const SUFFIX: &str = ".prompt";
 
-/// What a look at one file found.
-#[derive(Debug, PartialEq)]
-pub enum Inspection {
-    Ready {
-        prompt: String,
-        dedup_key: String,
-    },
-    /// Not settled yet: look again after this long.
-    Later(Duration),
-    Reject(String),
-    /// Gone between listing and reading: someone else took it.
-    Vanished,
+/// What a file looked like when last seen: if this stays the same for `settle`, it has settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
 }
 
-/// Examines one listed `*.prompt` entry. Blocking: call on a blocking thread.
-pub fn inspect(worker: &str, path: &Path, settle: Duration, max_size: u64) -> Inspection {
-    let vanished_or = |e: std::io::Error, what: &str| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Inspection::Vanished
-        } else {
-            Inspection::Reject(format!("{what}: {e}"))
+impl Fingerprint {
+    fn of(m: &std::fs::Metadata) -> Fingerprint {
+        Fingerprint {
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
         }
-    };
-    let listed = match std::fs::symlink_metadata(path) {
+    }
+}
+
+/// The verdict on a listed `*.prompt` entry, before it is taken.
+#[derive(Debug, PartialEq)]
+pub enum Look {
+    /// Settled: take it.
+    Take(Fingerprint),
+    /// First seen like this now (new, or changed since last seen): the settle time starts over.
+    Changed(Fingerprint),
+    /// Unchanged, but not yet for the settle time: look again after this long.
+    Later(Duration),
+    Reject(String),
+    /// Gone between listing and looking.
+    Gone,
+}
+
+/// Looks at one listed entry. `seen` is when and how this daemon first saw it unchanged.
+/// Blocking: call on a blocking thread.
+pub fn look(
+    path: &Path,
+    seen: Option<(Fingerprint, Instant)>,
+    settle: Duration,
+    max_size: u64,
+) -> Look {
+    let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) => return vanished_or(e, "cannot be examined"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Look::Gone,
+        Err(e) => return Look::Reject(format!("cannot be examined: {e}")),
     };
-    let kind = listed.file_type();
+    let kind = meta.file_type();
     if kind.is_symlink() {
-        return Inspection::Reject("is a symbolic link; prompt files must be regular files".into());
+        return Look::Reject("is a symbolic link; prompt files must be regular files".into());
     }
     if kind.is_dir() {
-        return Inspection::Reject("is a directory, not a prompt file".into());
+        return Look::Reject("is a directory, not a prompt file".into());
     }
     if !kind.is_file() {
-        return Inspection::Reject("is not a regular file (a pipe, socket or device)".into());
+        return Look::Reject("is not a regular file (a pipe, socket or device)".into());
     }
-    let age = listed
-        .modified()
-        .ok()
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .unwrap_or(Duration::ZERO);
-    if age < settle {
-        return Inspection::Later(settle - age);
-    }
-    if listed.len() > max_size {
-        return Inspection::Reject(format!(
+    if meta.len() > max_size {
+        return Look::Reject(format!(
             "is {} bytes, over max_prompt_size ({max_size} bytes)",
-            listed.len()
+            meta.len()
         ));
     }
-    // O_NOFOLLOW: a link swapped in after the check above is refused, not followed.
-    // O_NONBLOCK: a pipe swapped in cannot block the read.
-    let mut file = match std::fs::OpenOptions::new()
+    let now = Fingerprint::of(&meta);
+    match seen {
+        Some((before, since)) if before == now => match settle.checked_sub(since.elapsed()) {
+            Some(left) if !left.is_zero() => Look::Later(left),
+            _ => Look::Take(now),
+        },
+        _ => Look::Changed(now),
+    }
+}
+
+/// What reading a taken file found.
+#[derive(Debug, PartialEq)]
+pub enum Content {
+    Prompt(String),
+    Reject(String),
+    /// A passing failure (too many open files, I/O error): leave it and try again later.
+    Retry(String),
+    Gone,
+}
+
+/// Reads and checks a file already moved into `.taking/`. Blocking.
+pub fn read_taken(path: &Path, max_size: u64) -> Content {
+    // O_NOFOLLOW and O_NONBLOCK: whatever is there now, a link is not followed and a pipe cannot
+    // block the read.
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
+        .open(path);
+    let mut file = match file {
         Ok(f) => f,
-        Err(e) => return vanished_or(e, "is unreadable"),
+        Err(e) => {
+            return match e.kind() {
+                std::io::ErrorKind::NotFound => Content::Gone,
+                std::io::ErrorKind::PermissionDenied => {
+                    Content::Reject(format!("is unreadable: {e}"))
+                }
+                _ if e.raw_os_error() == Some(libc::ELOOP) => {
+                    Content::Reject("is a symbolic link; prompt files must be regular files".into())
+                }
+                _ => Content::Retry(format!("cannot be opened: {e}")),
+            };
+        }
     };
-    let opened = match file.metadata() {
-        Ok(m) => m,
-        Err(e) => return Inspection::Reject(format!("is unreadable: {e}")),
-    };
-    if !opened.is_file() || (opened.dev(), opened.ino()) != (listed.dev(), listed.ino()) {
-        return Inspection::Later(settle.max(Duration::from_millis(50)));
+    match file.metadata() {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Content::Reject("is not a regular file".into()),
+        Err(e) => return Content::Retry(format!("cannot be examined: {e}")),
     }
-    let mut bytes = Vec::with_capacity(opened.len() as usize);
+    let mut bytes = Vec::new();
     if let Err(e) = (&mut file).take(max_size + 1).read_to_end(&mut bytes) {
-        return Inspection::Reject(format!("is unreadable: {e}"));
-    }
-    if changed_since(&file, &opened) {
-        return Inspection::Later(settle.max(Duration::from_millis(50)));
+        return Content::Retry(format!("cannot be read: {e}"));
     }
     if bytes.len() as u64 > max_size {
-        return Inspection::Reject(format!("is over max_prompt_size ({max_size} bytes)"));
+        return Content::Reject(format!("is over max_prompt_size ({max_size} bytes)"));
     }
-    let key = dedup_key(worker, path, &opened, &bytes);
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            return Inspection::Reject(format!(
+            return Content::Reject(format!(
                 "is not valid UTF-8 text (bad byte at offset {}); save it as UTF-8",
                 e.utf8_error().valid_up_to()
             ));
         }
     };
-    let prompt = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
+    let prompt = text.strip_prefix('\u{feff}').unwrap_or(&text);
     if prompt.trim().is_empty() {
-        return Inspection::Reject("is empty (or only white space): a prompt needs text".into());
+        return Content::Reject("is empty (or only white space): a prompt needs text".into());
     }
-    Inspection::Ready {
-        prompt,
-        dedup_key: key,
-    }
+    Content::Prompt(prompt.to_string())
 }
 
-fn changed_since(file: &File, before: &std::fs::Metadata) -> bool {
-    match file.metadata() {
-        Ok(now) => {
-            now.len() != before.len()
-                || now.mtime_nsec() != before.mtime_nsec()
-                || now.mtime() != before.mtime()
-        }
-        Err(_) => true,
-    }
+/// `<token>.<name>` in `.taking/` back to its token and original name.
+fn split_taken(file_name: &str) -> Option<(&str, &str)> {
+    let (token, name) = file_name.split_once('.')?;
+    (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()) && !name.is_empty())
+        .then_some((token, name))
 }
 
-fn dedup_key(worker: &str, path: &Path, meta: &std::fs::Metadata, content: &[u8]) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(format!(
-        "file\0{worker}\0{name}\0{}\0{}\0{}.{}\0",
-        meta.dev(),
-        meta.ino(),
-        meta.mtime(),
-        meta.mtime_nsec()
-    ));
-    h.update(Sha256::digest(content));
-    format!("file:{}", hex::encode(h.finalize()))
+fn new_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
 }
 
 /// Lists `*.prompt` entries, oldest first. Hidden files are skipped: they are the usual names of
@@ -187,15 +209,11 @@ pub fn list_prompts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(found.into_iter().map(|(_, _, p)| p).collect())
 }
 
-/// Moves a bad file to `rejected/` with its reason beside it. Returns the new path.
-pub fn set_aside(path: &Path, reason: &str) -> std::io::Result<PathBuf> {
-    let dir = path.parent().unwrap_or(Path::new(".")).join(REJECTED_DIR);
+/// Moves a bad file to `<queue>/rejected/<name>` with its reason beside it. Returns the new path.
+pub fn set_aside(path: &Path, queue: &Path, name: &str, reason: &str) -> std::io::Result<PathBuf> {
+    let dir = queue.join(REJECTED_DIR);
     std::fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut target = dir.join(&name);
+    let mut target = dir.join(name);
     let mut n = 1;
     while target.symlink_metadata().is_ok()
         || with_suffix(&target, ".reason").symlink_metadata().is_ok()
@@ -248,13 +266,16 @@ pub async fn run(
     on_task: OnTask,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let workers: Vec<(String, PathBuf)> = config
-        .workers
-        .iter()
-        .map(|w| (w.name.clone(), config.queue_dir(&w.name)))
-        .collect();
-    for (_, dir) in &workers {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating queue folder", dir, e))?;
+    // A folder that cannot be made (say, a file is in its way) costs that worker its intake only.
+    let mut workers: Vec<(String, PathBuf)> = Vec::new();
+    for w in &config.workers {
+        let dir = config.queue_dir(&w.name);
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => workers.push((w.name.clone(), dir)),
+            Err(e) => {
+                error!(worker = %w.name, "no prompt-file intake for this worker: cannot create {}: {e}", dir.display())
+            }
+        }
     }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
@@ -291,6 +312,7 @@ pub async fn run(
         config: config.clone(),
         store,
         on_task,
+        seen: HashMap::new(),
         given_up: HashSet::new(),
     };
     let now = Instant::now();
@@ -357,73 +379,130 @@ struct Scanner {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     on_task: OnTask,
-    /// Files that could be neither taken nor set aside (say, a read-only folder): not retried on
-    /// every scan, so a stuck file cannot flood the log. Keyed by path and modification time.
-    given_up: HashSet<(PathBuf, i64)>,
+    /// When and how each not-yet-settled file was first seen unchanged.
+    seen: HashMap<PathBuf, (Fingerprint, Instant)>,
+    /// Files that could be neither taken nor set aside (a read-only folder, say): not tried again
+    /// until they change, so a stuck file cannot flood the log.
+    given_up: HashSet<(PathBuf, Fingerprint)>,
 }
 
+/// How soon a folder should be scanned again for work left over.
+const RETRY_SOON: Duration = Duration::from_secs(1);
+
 impl Scanner {
-    /// Takes every ready file of one folder. Returns when to look again for files not yet settled.
+    /// Finishes what is in `.taking/`, then takes every settled file. Returns when to look again.
     async fn scan(&mut self, worker: &str, dir: &Path) -> Option<Duration> {
+        let mut later: Option<Duration> = None;
+        let mut soon = |d: Duration| later = Some(later.map_or(d, |l: Duration| l.min(d)));
+
+        let taking = dir.join(TAKING_DIR);
+        for (path, token, name) in blocking(move || list_taking(&taking))
+            .await
+            .unwrap_or_default()
+        {
+            if !self.finish(worker, dir, &path, &token, &name).await {
+                soon(RETRY_SOON);
+            }
+        }
+
         let listing = {
             let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || list_prompts(&dir)).await
+            blocking(move || list_prompts(&dir)).await
         };
         let paths = match listing {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
                 warn!(worker, "cannot list {}: {e}", dir.display());
-                return None;
+                return Some(self.config.intake.rescan_interval);
             }
-            Err(e) => {
-                warn!(worker, "listing {} failed: {e}", dir.display());
-                return None;
-            }
+            None => return Some(RETRY_SOON),
         };
-        let mut later: Option<Duration> = None;
+        // Forget sightings of this folder's files that are gone; other folders' are not ours.
+        self.seen
+            .retain(|p, _| p.parent() != Some(dir) || paths.contains(p));
         for path in paths {
-            let mtime = std::fs::symlink_metadata(&path)
-                .map(|m| m.mtime())
-                .unwrap_or(0);
-            if self.given_up.contains(&(path.clone(), mtime)) {
-                continue;
+            if !self.given_up.is_empty() {
+                let gave_up = std::fs::symlink_metadata(&path)
+                    .is_ok_and(|m| self.given_up.contains(&(path.clone(), Fingerprint::of(&m))));
+                if gave_up {
+                    continue;
+                }
             }
             let (settle, cap) = (self.config.intake.settle, self.config.max_prompt_size);
-            let (w, p) = (worker.to_string(), path.clone());
-            let found =
-                match tokio::task::spawn_blocking(move || inspect(&w, &p, settle, cap)).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        warn!(worker, "examining {} failed: {e}", path.display());
-                        continue;
-                    }
-                };
+            let seen = self.seen.get(&path).copied();
+            let p = path.clone();
+            let Some(found) = blocking(move || look(&p, seen, settle, cap)).await else {
+                continue;
+            };
+            let name = file_name(&path);
             match found {
-                Inspection::Vanished => {}
-                Inspection::Later(wait) => later = Some(later.map_or(wait, |l| l.min(wait))),
-                Inspection::Ready { prompt, dedup_key } => {
-                    if let Err(e) = self.take(worker, &path, prompt, dedup_key).await {
-                        warn!(worker, "could not take {}: {e}", path.display());
-                        self.given_up.insert((path, mtime));
+                Look::Gone => {}
+                Look::Changed(fingerprint) => {
+                    self.seen
+                        .insert(path.clone(), (fingerprint, Instant::now()));
+                    soon(settle);
+                }
+                Look::Later(wait) => soon(wait),
+                Look::Reject(reason) => self.reject(worker, dir, &path, &name, &reason, None).await,
+                Look::Take(fingerprint) => {
+                    self.seen.remove(&path);
+                    let token = new_token();
+                    let taken = dir.join(TAKING_DIR).join(format!("{token}.{name}"));
+                    let (from, to) = (path.clone(), taken.clone());
+                    let moved = blocking(move || {
+                        std::fs::create_dir_all(to.parent().expect("in .taking"))?;
+                        std::fs::rename(&from, &to)
+                    })
+                    .await;
+                    match moved {
+                        Some(Ok(())) => {
+                            if !self.finish(worker, dir, &taken, &token, &name).await {
+                                soon(RETRY_SOON);
+                            }
+                        }
+                        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Some(Err(e)) => {
+                            warn!(
+                                worker,
+                                "cannot take {name}: {e}; leaving it until it changes"
+                            );
+                            self.given_up.insert((path, fingerprint));
+                        }
+                        None => soon(RETRY_SOON),
                     }
                 }
-                Inspection::Reject(reason) => self.reject(worker, &path, mtime, &reason).await,
             }
         }
         later
     }
 
-    async fn take(
-        &self,
+    /// Reads, submits and removes a file in `.taking/`. Returns false if it must be tried again.
+    async fn finish(
+        &mut self,
         worker: &str,
-        path: &Path,
-        prompt: String,
-        dedup_key: String,
-    ) -> Result<()> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        dir: &Path,
+        taken: &Path,
+        token: &str,
+        name: &str,
+    ) -> bool {
+        let cap = self.config.max_prompt_size;
+        let p = taken.to_path_buf();
+        let Some(content) = blocking(move || read_taken(&p, cap)).await else {
+            return false;
+        };
+        let prompt = match content {
+            Content::Prompt(prompt) => prompt,
+            Content::Gone => return true,
+            Content::Reject(reason) => {
+                self.reject(worker, dir, taken, name, &reason, Some(token))
+                    .await;
+                return true;
+            }
+            Content::Retry(why) => {
+                warn!(worker, "{name} {why}; trying again");
+                return false;
+            }
+        };
         let limits = &self
             .config
             .worker(worker)
@@ -440,39 +519,60 @@ impl Scanner {
                 timeout_ms: None,
                 not_before: now,
                 source: format!("file:{name}"),
-                dedup_key: Some(dedup_key),
+                dedup_key: Some(format!("file:{worker}:{token}")),
                 now,
             })
-            .await?;
+            .await;
         match submitted {
-            Submitted::New(id) => {
+            Ok(Submitted::New(id)) => {
                 info!(worker, task = id, "took {name}");
                 (self.on_task)(worker);
             }
-            Submitted::Duplicate(id) => debug!(
-                worker,
-                task = id,
-                "{name} was already taken as task {id}; removing it"
-            ),
+            Ok(Submitted::Duplicate(id)) => {
+                debug!(
+                    worker,
+                    task = id,
+                    "{name} was already taken as task {id}; removing it"
+                )
+            }
+            Err(e) => {
+                warn!(worker, "cannot queue {name}: {e}; trying again");
+                return false;
+            }
         }
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("removing taken prompt file", path, e)),
+        let p = taken.to_path_buf();
+        match blocking(move || std::fs::remove_file(&p)).await {
+            Some(Ok(())) => true,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => true,
+            // Queued already; the next scan finds the same token, gets Duplicate, and removes it.
+            Some(Err(e)) => {
+                warn!(worker, "cannot remove {}: {e}", taken.display());
+                false
+            }
+            None => false,
         }
     }
 
-    async fn reject(&mut self, worker: &str, path: &Path, mtime: i64, reason: &str) {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    async fn reject(
+        &mut self,
+        worker: &str,
+        dir: &Path,
+        path: &Path,
+        name: &str,
+        reason: &str,
+        token: Option<&str>,
+    ) {
         let moved = {
-            let (path, reason) = (path.to_path_buf(), reason.to_string());
-            tokio::task::spawn_blocking(move || set_aside(&path, &reason)).await
+            let (path, dir, name, reason) = (
+                path.to_path_buf(),
+                dir.to_path_buf(),
+                name.to_string(),
+                reason.to_string(),
+            );
+            blocking(move || set_aside(&path, &dir, &name, &reason)).await
         };
         let message = match moved {
-            Ok(Ok(target)) => {
+            Some(Ok(target)) => {
                 let shown = target.strip_prefix(&self.config.root).unwrap_or(&target);
                 warn!(
                     worker,
@@ -481,15 +581,23 @@ impl Scanner {
                 );
                 format!("{name}: {reason}; moved to {}", shown.display())
             }
-            Ok(Err(e)) => {
+            other => {
+                let e = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the move was interrupted".into(),
+                };
                 warn!(
                     worker,
                     "rejected {name}: {reason}; could not move it aside: {e}"
                 );
-                self.given_up.insert((path.to_path_buf(), mtime));
+                if token.is_none()
+                    && let Ok(meta) = std::fs::symlink_metadata(path)
+                {
+                    self.given_up
+                        .insert((path.to_path_buf(), Fingerprint::of(&meta)));
+                }
                 format!("{name}: {reason}; could not move it aside: {e}")
             }
-            Err(e) => format!("{name}: {reason}; {e}"),
         };
         let event = NewEvent {
             task_id: None,
@@ -504,12 +612,43 @@ impl Scanner {
     }
 }
 
+/// Runs file-system work off the async threads (a slow disk or a hung mount must not stall the
+/// daemon). `None` if the blocking task itself failed.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Files in `.taking/`: taken by a scan that did not finish them. Oldest first.
+fn list_taking(dir: &Path) -> Vec<(PathBuf, String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(SystemTime, PathBuf, String, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            let (token, name) = split_taken(&file_name)?;
+            let mtime = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            Some((mtime, e.path(), token.to_string(), name.to_string()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p, t, n)| (p, t, n)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-
-    const NOW: Duration = Duration::ZERO;
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let p = dir.join(name);
@@ -517,99 +656,111 @@ mod tests {
         p
     }
 
-    fn rejected(found: Inspection) -> String {
+    /// Looks twice, the second time as if `settle` had passed since the first.
+    fn settled(path: &Path, cap: u64) -> Look {
+        let settle = Duration::from_millis(1);
+        match look(path, None, settle, cap) {
+            Look::Changed(_) => {}
+            other => return other,
+        }
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        let first = (
+            Fingerprint::of(&meta),
+            Instant::now() - Duration::from_secs(1),
+        );
+        look(path, Some(first), settle, cap)
+    }
+
+    fn rejected(found: Look) -> String {
         match found {
-            Inspection::Reject(r) => r,
+            Look::Reject(r) => r,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn content_rejected(found: Content) -> String {
+        match found {
+            Content::Reject(r) => r,
             other => panic!("expected a rejection, got {other:?}"),
         }
     }
 
     #[test]
-    fn a_good_file_is_ready_and_its_key_is_stable() {
-        let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "a.prompt", "\u{feff}Fix the bug\n".as_bytes());
-        let Inspection::Ready { prompt, dedup_key } = inspect("w", &p, NOW, 100) else {
-            panic!()
-        };
-        assert_eq!(prompt, "Fix the bug\n");
-        let Inspection::Ready {
-            dedup_key: again, ..
-        } = inspect("w", &p, NOW, 100)
-        else {
-            panic!()
-        };
-        assert_eq!(
-            dedup_key, again,
-            "the same file gives the same key after a crash"
-        );
-        let Inspection::Ready {
-            dedup_key: other, ..
-        } = inspect("v", &p, NOW, 100)
-        else {
-            panic!()
-        };
-        assert_ne!(dedup_key, other);
-    }
-
-    #[test]
-    fn a_file_being_written_waits() {
+    fn a_file_is_taken_only_once_it_stays_unchanged_for_the_settle_time() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "a.prompt", b"half");
-        assert!(matches!(
-            inspect("w", &p, Duration::from_secs(60), 100),
-            Inspection::Later(_)
-        ));
+        let settle = Duration::from_secs(60);
+        assert!(
+            matches!(look(&p, None, settle, 100), Look::Changed(_)),
+            "first sight"
+        );
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let seen = (Fingerprint::of(&meta), Instant::now());
+        assert!(matches!(look(&p, Some(seen), settle, 100), Look::Later(left) if left < settle));
+        std::fs::write(&p, b"half and more").unwrap();
+        assert!(
+            matches!(look(&p, Some(seen), settle, 100), Look::Changed(_)),
+            "a change starts over"
+        );
+        assert!(matches!(settled(&p, 100), Look::Take(_)));
     }
 
     #[test]
-    fn bad_files_are_rejected_with_a_reason() {
+    fn a_taken_file_is_read_and_checked() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        assert!(rejected(inspect("w", &write(dir, "e.prompt", b""), NOW, 100)).contains("empty"));
+        assert_eq!(
+            read_taken(&write(dir, "a", "\u{feff}Fix the bug\n".as_bytes()), 100),
+            Content::Prompt("Fix the bug\n".into())
+        );
+        assert!(content_rejected(read_taken(&write(dir, "e", b""), 100)).contains("empty"));
+        assert!(content_rejected(read_taken(&write(dir, "s", b" \n\t"), 100)).contains("empty"));
         assert!(
-            rejected(inspect("w", &write(dir, "s.prompt", b" \n\t"), NOW, 100)).contains("empty")
+            content_rejected(read_taken(&write(dir, "b", b"ok\xff\xfe"), 100)).contains("offset 2")
         );
         assert!(
-            rejected(inspect(
-                "w",
-                &write(dir, "b.prompt", b"ok\xff\xfe"),
-                NOW,
-                100
-            ))
-            .contains("offset 2")
+            content_rejected(read_taken(&write(dir, "g", &[b'x'; 101]), 100))
+                .contains("over max_prompt_size")
         );
+        assert_eq!(read_taken(&dir.join("gone"), 100), Content::Gone);
+    }
+
+    #[test]
+    fn entries_that_are_not_files_are_rejected_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
         assert!(
-            rejected(inspect(
-                "w",
-                &write(dir, "big.prompt", &[b'x'; 101]),
-                NOW,
-                100
-            ))
-            .contains("101 bytes")
+            rejected(settled(&write(dir, "big.prompt", &[b'x'; 101]), 100)).contains("101 bytes")
         );
         std::fs::create_dir(dir.join("d.prompt")).unwrap();
-        assert!(rejected(inspect("w", &dir.join("d.prompt"), NOW, 100)).contains("directory"));
+        assert!(
+            rejected(look(&dir.join("d.prompt"), None, Duration::ZERO, 100)).contains("directory")
+        );
         std::os::unix::fs::symlink(dir.join("big.prompt"), dir.join("l.prompt")).unwrap();
-        assert!(rejected(inspect("w", &dir.join("l.prompt"), NOW, 100)).contains("symbolic link"));
+        assert!(
+            rejected(look(&dir.join("l.prompt"), None, Duration::ZERO, 100))
+                .contains("symbolic link")
+        );
         nix::unistd::mkfifo(&dir.join("f.prompt"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert!(
-            rejected(inspect("w", &dir.join("f.prompt"), NOW, 100)).contains("not a regular file")
+            rejected(look(&dir.join("f.prompt"), None, Duration::ZERO, 100))
+                .contains("not a regular file")
         );
         assert_eq!(
-            inspect("w", &dir.join("gone.prompt"), NOW, 100),
-            Inspection::Vanished
+            look(&dir.join("gone.prompt"), None, Duration::ZERO, 100),
+            Look::Gone
         );
     }
 
     #[test]
     fn unreadable_files_are_rejected_when_not_root() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "u.prompt", b"secret");
+        let p = write(d.path(), "u", b"secret");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
-        match inspect("w", &p, NOW, 100) {
+        match read_taken(&p, 100) {
             // root reads anything: nothing to test as root.
-            Inspection::Ready { .. } => assert!(nix::unistd::geteuid().is_root()),
-            found => assert!(rejected(found).contains("unreadable")),
+            Content::Prompt(_) => assert!(nix::unistd::geteuid().is_root()),
+            found => assert!(content_rejected(found).contains("unreadable")),
         }
     }
 
@@ -622,27 +773,45 @@ mod tests {
         write(dir, ".hidden.prompt", b"3");
         write(dir, "notes.txt", b"4");
         let t = std::time::SystemTime::now();
-        File::options()
-            .write(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(t - Duration::from_secs(10))
-            .unwrap();
-        File::options()
-            .write(true)
-            .open(&new)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
+        let set = |p: &Path, t| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        set(&old, t - Duration::from_secs(10));
+        set(&new, t);
         assert_eq!(list_prompts(dir).unwrap(), vec![old, new]);
+    }
+
+    #[test]
+    fn taken_names_keep_token_and_original_name() {
+        let token = new_token();
+        let joined = format!("{token}.my.task.prompt");
+        assert_eq!(
+            split_taken(&joined),
+            Some((token.as_str(), "my.task.prompt"))
+        );
+        assert_eq!(split_taken("notatoken.x.prompt"), None);
+        assert_ne!(new_token(), token);
     }
 
     #[test]
     fn set_aside_never_overwrites() {
         let d = tempfile::tempdir().unwrap();
-        let first = set_aside(&write(d.path(), "x.prompt", b""), "is empty").unwrap();
-        let second = set_aside(&write(d.path(), "x.prompt", b""), "is empty again").unwrap();
+        let q = d.path();
+        let first = set_aside(&write(q, "x.prompt", b""), q, "x.prompt", "is empty").unwrap();
+        let second = set_aside(
+            &write(q, "tok.x.prompt", b""),
+            q,
+            "x.prompt",
+            "is empty again",
+        )
+        .unwrap();
         assert_ne!(first, second);
+        assert_eq!(first, q.join("rejected/x.prompt"));
         let reason = std::fs::read_to_string(with_suffix(&second, ".reason")).unwrap();
         assert!(reason.starts_with("x.prompt: is empty again\n"), "{reason}");
         assert!(with_suffix(&first, ".reason").exists());

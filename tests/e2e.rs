@@ -157,9 +157,13 @@ fn hundred_prompt_files_across_three_workers_are_each_done_exactly_once() {
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
-            .filter(|n| n != "rejected")
+            .filter(|n| n != "rejected" && n != ".taking")
             .collect();
         assert!(left.is_empty(), "{worker} left {left:?}");
+        let taking = std::fs::read_dir(p.path(&format!(".queue/{worker}/.taking")))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(taking, 0, "{worker} left files in .taking/");
     }
     assert!(daemon.stop().success());
 }
@@ -522,30 +526,59 @@ fn after_kill_9_the_next_daemon_recovers_the_running_task() {
 }
 
 #[test]
-fn a_prompt_file_taken_but_not_removed_before_a_crash_is_not_taken_twice() {
-    // Simulates the crash window: the file is in the store (same dedup key) and still on disk.
+fn prompt_files_caught_mid_take_by_a_crash_are_finished_exactly_once() {
     let p = Project::with_workers(&["w"], RECORDING_AGENT, "[intake]\nsettle = \"50ms\"");
     let daemon = p.start();
-    p.drop_file(".queue/w/once.prompt", b"only once");
-    wait_until(LONG, "the task", || p.totals()["succeeded"] == 1);
+    p.drop_file(".queue/w/first.prompt", b"first");
+    wait_until(LONG, "the first task", || p.totals()["succeeded"] == 1);
     assert!(daemon.stop().success());
 
-    // Put the very same file back: same inode is impossible to recreate, so instead check that the
-    // store refuses a second task for an identical key by replaying intake on a hard link kept from
-    // before removal.
-    p.drop_file(".queue/w/twice.prompt", b"hard linked");
-    std::fs::hard_link(p.path(".queue/w/twice.prompt"), p.path("keep.lnk")).unwrap();
+    // The token the first file was taken under, as the store recorded it.
+    let db = rusqlite::Connection::open(p.path(".agentq/agentq.db")).unwrap();
+    let key: String = db
+        .query_row("SELECT dedup_key FROM tasks WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    let token = key.rsplit(':').next().unwrap().to_string();
+    assert_eq!(token.len(), 32, "{key}");
+
+    // Crash after submit, before removal: the file is still in .taking/ under its token.
+    let taking = p.path(".queue/w/.taking");
+    std::fs::create_dir_all(&taking).unwrap();
+    std::fs::write(taking.join(format!("{token}.first.prompt")), "first").unwrap();
+    // Crash after the rename, before submit: a token the store has never seen.
+    let fresh = "0123456789abcdef0123456789abcdef";
+    std::fs::write(taking.join(format!("{fresh}.second.prompt")), "second").unwrap();
+
     let daemon = p.start();
     wait_until(LONG, "the second task", || p.totals()["succeeded"] == 2);
-    assert!(daemon.stop().success());
-    // The same inode, name, time and content reappear, as after a crash between submit and remove.
-    std::fs::hard_link(p.path("keep.lnk"), p.path(".queue/w/twice.prompt")).unwrap();
-    let daemon = p.start();
-    wait_until(LONG, "the file to be removed as already taken", || {
-        !p.path(".queue/w/twice.prompt").exists()
+    wait_until(LONG, ".taking/ to be emptied", || {
+        std::fs::read_dir(&taking).unwrap().count() == 0
     });
-    assert_eq!(p.totals()["succeeded"], 2);
-    assert_eq!(p.runs().len(), 2);
+    assert_eq!(p.runs().len(), 2, "{:?}", p.runs());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn the_same_file_dropped_again_is_a_new_task() {
+    // As `cp -p` does daily: same name, same content, same modification time. A file system may
+    // even hand out the freed inode again. It is still a new task.
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "[intake]\nsettle = \"50ms\"");
+    let daemon = p.start();
+    let mtime = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for round in 1..=3 {
+        std::fs::write(p.path("daily.tmp"), "daily report").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(p.path("daily.tmp"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::rename(p.path("daily.tmp"), p.path(".queue/w/daily.prompt")).unwrap();
+        wait_until(LONG, "the drop to be taken", || {
+            p.totals()["succeeded"] == round
+        });
+    }
+    assert_eq!(p.runs().len(), 3);
     assert!(daemon.stop().success());
 }
 
@@ -605,5 +638,51 @@ fn a_running_daemon_and_a_logged_run_in_json() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["level"].is_string());
+    }
+}
+
+#[test]
+fn with_polling_instead_of_events_files_are_still_taken() {
+    // What a network drive gets: no file-system events, a scan every poll_interval.
+    let p = Project::with_workers(
+        &["a", "b"],
+        RECORDING_AGENT,
+        "[intake]\npoll = true\npoll_interval = \"100ms\"\nsettle = \"50ms\"",
+    );
+    let daemon = p.start();
+    for i in 0..10 {
+        let w = if i % 2 == 0 { "a" } else { "b" };
+        std::fs::write(
+            p.path(&format!(".queue/{w}/{i}.prompt")),
+            format!("polled {i}"),
+        )
+        .unwrap();
+    }
+    wait_until(LONG, "10 polled files done", || {
+        p.totals()["succeeded"] == 10
+    });
+    assert_eq!(p.runs().len(), 10);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn processes_racing_to_create_the_database_all_succeed() {
+    // A fresh folder: the first commands to run create the database and its schema together.
+    for round in 0..5 {
+        let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+        let children: Vec<_> = (0..6)
+            .map(|i| {
+                p.cmd(&["submit", "-w", "w", &format!("race {round}.{i}")])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
+        }
+        assert_eq!(p.totals()["queued"], 6);
     }
 }

@@ -65,8 +65,7 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(db("opening"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(db("setting busy timeout"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db("enabling WAL"))?;
+        enable_wal(&conn).map_err(db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db("setting synchronous"))?;
         migrate(&mut conn, path)?;
@@ -117,6 +116,24 @@ impl SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+/// Switches a database to WAL. On a new file this needs the database to itself, and SQLite answers
+/// "locked" at once, without its busy handler, while another process is still creating the schema:
+/// so the switch is retried for as long as the busy timeout would have waited.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 

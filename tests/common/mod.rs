@@ -153,6 +153,27 @@ impl Project {
     }
 }
 
+impl Drop for Project {
+    /// A failing test shows what its daemons logged.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("daemon-") && name.ends_with(".log") {
+                eprintln!(
+                    "----- {name}\n{}",
+                    std::fs::read_to_string(entry.path()).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
