@@ -1,11 +1,12 @@
-//! Running one attempt of an agent process, and stopping it so that nothing it started survives.
+//! Running one attempt of an agent process, and stopping it with everything it started.
 //!
 //! The prompt goes to the agent's stdin (never argv: argv is size-capped and visible in `ps`), its
 //! stdout is the result (kept up to a cap, the rest drained so the agent never blocks on a full
 //! pipe), and the end of its stderr is kept for diagnosis. The agent runs in its own process group;
 //! stopping it is SIGTERM to the group, `kill_timeout` of grace, then SIGKILL to the group. When the
 //! agent itself exits, whatever it left running in its group is killed too, so a grandchild holding
-//! the output pipe open can neither hang the task nor outlive it.
+//! the output pipe open can neither hang the task nor outlive it. (A process that leaves the group
+//! with `setsid` escapes the group kill; its pipes are still cut off after a moment.)
 
 use std::collections::BTreeMap;
 use std::future::Future;

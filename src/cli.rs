@@ -90,7 +90,7 @@ pub struct SubmitArgs {
     #[arg(long, short, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
     /// Wall-clock limit of each attempt, e.g. 30s, 10m [default: the worker's]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_positive_duration)]
     pub timeout: Option<std::time::Duration>,
     /// Attempts before the task is dead [default: the worker's]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -164,6 +164,13 @@ pub struct WaitArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration(s)
+}
+
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match crate::config::parse_duration(s)? {
+        d if d.is_zero() => Err("must be above zero".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_state(s: &str) -> Result<TaskState, String> {

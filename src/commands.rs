@@ -540,42 +540,85 @@ async fn wait_cmd(explicit: Option<&Path>, args: WaitArgs) -> Result<()> {
 async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
-    let mut done = Vec::new();
-    for &id in &args.ids {
-        let was = store.cancel(id, now_ms()).await?;
-        if was == TaskState::Running {
-            // The runner checks its claim when rung, and stops the agent.
-            let worker = store.get(id).await?.map(|t| t.worker);
-            wake::ring(&config.state_dir(), worker.as_deref());
+    for_each_id("cancel", &args, |id| {
+        let (store, state_dir) = (&store, config.state_dir());
+        async move {
+            let was = store.cancel(id, now_ms()).await?;
+            if was == TaskState::Running {
+                // The runner checks its claim when rung, and stops the agent.
+                let worker = store.get(id).await?.map(|t| t.worker);
+                wake::ring(&state_dir, worker.as_deref());
+            }
+            Ok((
+                format!("{id} cancelled (was {was})"),
+                json!({ "id": id, "was": was, "state": TaskState::Cancelled }),
+            ))
         }
-        if !args.out.json {
-            println!("{id} cancelled (was {was})");
-        }
-        done.push(json!({ "id": id, "was": was, "state": TaskState::Cancelled }));
-    }
-    if args.out.json {
-        print_json(&done);
-    }
-    Ok(())
+    })
+    .await
 }
 
 async fn retry(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
-    let mut done = Vec::new();
-    for &id in &args.ids {
-        store.retry(id, now_ms()).await?;
-        let worker = store.get(id).await?.map(|t| t.worker);
-        wake::ring(&config.state_dir(), worker.as_deref());
-        if !args.out.json {
-            println!("{id} queued again");
+    for_each_id("retry", &args, |id| {
+        let (store, state_dir) = (&store, config.state_dir());
+        async move {
+            store.retry(id, now_ms()).await?;
+            let worker = store.get(id).await?.map(|t| t.worker);
+            wake::ring(&state_dir, worker.as_deref());
+            Ok((
+                format!("{id} queued again"),
+                json!({ "id": id, "state": TaskState::Queued }),
+            ))
         }
-        done.push(json!({ "id": id, "state": TaskState::Queued }));
+    })
+    .await
+}
+
+/// Applies `act` to every id, even after one fails, and reports each: a line of text, or one JSON
+/// array with an `error` entry for each failure. Fails at the end if any id failed.
+async fn for_each_id<F, Fut>(verb: &'static str, args: &IdsArgs, act: F) -> Result<()>
+where
+    F: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<(String, serde_json::Value)>>,
+{
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for &id in &args.ids {
+        match act(id).await {
+            Ok((line, value)) => {
+                if !args.out.json {
+                    println!("{line}");
+                }
+                report.push(value);
+            }
+            Err(e @ (Error::NoSuchTask { .. } | Error::WrongState { .. })) => {
+                if !args.out.json {
+                    eprintln!("agentq: {e}");
+                }
+                report.push(json!({ "id": id, "error": e.to_string() }));
+                failures.push(id);
+            }
+            // The store itself failed: the rest would fail the same way.
+            Err(e) => return Err(e),
+        }
     }
     if args.out.json {
-        print_json(&done);
+        print_json(&report);
     }
-    Ok(())
+    match failures.as_slice() {
+        [] => Ok(()),
+        ids => Err(Error::Usage(format!(
+            "could not {verb} {} of {} task(s): {}",
+            ids.len(),
+            args.ids.len(),
+            ids.iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {

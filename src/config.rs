@@ -427,6 +427,29 @@ impl Config {
             None => None,
         };
 
+        // Scan periods of zero would make intake scan in a busy loop.
+        for (key, value, floor) in [
+            (
+                "[intake] poll_interval",
+                raw.intake.poll_interval,
+                Duration::from_millis(10),
+            ),
+            (
+                "[intake] rescan_interval",
+                raw.intake.rescan_interval,
+                Duration::from_millis(100),
+            ),
+        ] {
+            if value.is_some_and(|v| v.0 < floor) {
+                return Err(at(
+                    None,
+                    format!(
+                        "{key} must be at least {}",
+                        humantime::format_duration(floor)
+                    ),
+                ));
+            }
+        }
         let lease = raw
             .daemon
             .lease
@@ -683,6 +706,9 @@ mod tests {
 
         let e = err_text("[defaults]\nworker = \"ghost\"\n");
         assert!(e.contains("ghost"), "{e}");
+
+        let e = err_text("[intake]\npoll_interval = \"0s\"\n");
+        assert!(e.contains("poll_interval must be at least 10ms"), "{e}");
 
         let e = err_text("[[worker]\n");
         assert!(e.starts_with("/p/agentq.toml:1:"), "{e}");

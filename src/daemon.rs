@@ -243,7 +243,14 @@ async fn keep_leases(
                 ring_all();
             }
             Ok(_) => {}
-            Err(e) => warn!("cannot recover expired leases: {e}"),
+            Err(e) => {
+                // The expiry stays in the past until this succeeds: pause rather than spin.
+                warn!("cannot recover expired leases: {e}; trying again in 1s");
+                tokio::select! {
+                    _ = stopping.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
 }

@@ -104,11 +104,13 @@ impl Error {
     }
 
     /// The process exit code for this error: 1 for a task that did not succeed (what `wait` reports),
-    /// 2 for a mistake in what was asked (usage, config), 3 for an environment problem (I/O, database,
-    /// another daemon).
+    /// 2 for a mistake in what was asked (usage, config, unknown task), 3 for an environment problem
+    /// (I/O, database, another daemon), 124 for a wait that timed out.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::TaskNotSucceeded { .. } | Error::WaitTimeout { .. } => 1,
+            Error::TaskNotSucceeded { .. } => 1,
+            // As timeout(1) does: a script can tell "gave up waiting" from "the task failed".
+            Error::WaitTimeout { .. } => 124,
             Error::Config { .. }
             | Error::ConfigFile { .. }
             | Error::ConfigNotFound { .. }

@@ -65,7 +65,14 @@ impl Runner {
 
     /// Waits for a ring, for the next retry to become due, or for shutdown.
     async fn idle(&self) {
-        let due = self.store.next_due(&self.worker.name).await.ok().flatten();
+        let due = match self.store.next_due(&self.worker.name).await {
+            Ok(due) => due,
+            Err(e) => {
+                // Without the time of the next retry, look again soon rather than never.
+                warn!(worker = %self.worker.name, "cannot read the queue: {e}");
+                Some(now_ms() + (self.config.daemon.lease / 3).as_millis() as i64)
+            }
+        };
         let nap = due.map(|t| {
             let ms = t - now_ms();
             // Due already yet not claimable: another owner holds this worker's running task.

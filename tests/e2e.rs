@@ -612,6 +612,30 @@ fn every_data_command_speaks_json_and_help_is_everywhere() {
     }
     let out = p.run(&["result", &id.to_string()]);
     assert_eq!(out.status.code(), Some(2), "no result yet");
+
+    // Several ids: every one is acted on, each failure is reported, and the exit says so.
+    let other = p.submit("w", "z");
+    let out = p.run(&[
+        "cancel",
+        "--json",
+        &id.to_string(),
+        "999",
+        &other.to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(report[0]["state"], "cancelled");
+    assert!(report[1]["error"].as_str().unwrap().contains("no task 999"));
+    assert_eq!(report[2]["state"], "cancelled");
+    assert_eq!(p.state(other), "cancelled");
+
+    let out = p.run(&[
+        "wait",
+        "--timeout",
+        "100ms",
+        &p.submit("w", "never runs").to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(124), "no daemon runs it");
 }
 
 #[test]

@@ -7,6 +7,7 @@ CREATE TABLE tasks (
     state         TEXT    NOT NULL CHECK (state IN ('queued','running','succeeded','failed','cancelled','dead')),
     attempts      INTEGER NOT NULL DEFAULT 0,
     max_attempts  INTEGER NOT NULL,
+    interruptions INTEGER NOT NULL DEFAULT 0,  -- attempts cut short by the death of their daemon
     timeout_ms    INTEGER,
     not_before    INTEGER NOT NULL,
     created_at    INTEGER NOT NULL,

@@ -86,6 +86,8 @@ pub struct Task {
     pub stderr_tail: Option<String>,
     pub duration_ms: Option<i64>,
     pub source: String,
+    /// Attempts cut short by the death of their daemon (not counted in `attempts`).
+    pub interruptions: u32,
 }
 
 /// One row of a listing: a task without its large fields.
@@ -215,7 +217,8 @@ pub trait Store: Send + Sync {
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool>;
 
     /// Puts back in the queue every running task whose lease has expired by `now`, without spending
-    /// the interrupted attempt. Returns their ids.
+    /// the interrupted attempt (a task interrupted more than `max_attempts` times is `dead`).
+    /// Returns their ids.
     async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>>;
 
     /// Puts back every running task not held by `owner`. Only for a store that one daemon has to

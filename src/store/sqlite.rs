@@ -30,7 +30,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
      not_before, created_at, updated_at, started_at, finished_at, owner, lease_expires, exit_code, \
-     output, error, stderr_tail, duration_ms, source";
+     output, error, stderr_tail, duration_ms, source, interruptions";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -190,6 +190,7 @@ fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
         stderr_tail: r.get(18)?,
         duration_ms: r.get(19)?,
         source: r.get(20)?,
+        interruptions: r.get::<_, i64>(21)? as u32,
     })
 }
 
@@ -229,7 +230,9 @@ fn state_of(tx: &rusqlite::Transaction, id: i64) -> Op<(TaskState, String)> {
     row.ok_or(OpError::Rule(Error::NoSuchTask { id }))
 }
 
-/// Returns running tasks matching `condition` to the queue, with their interrupted attempt given back.
+/// Returns running tasks matching `condition` to the queue, with their interrupted attempt given
+/// back. A task whose daemon has died under it more than `max_attempts` times is `dead` instead:
+/// it may be what kills the daemon, and it must not do so forever.
 fn recover_where(
     tx: &rusqlite::Transaction,
     condition: &str,
@@ -238,7 +241,8 @@ fn recover_where(
     why: &str,
 ) -> Op<Vec<i64>> {
     let mut stmt = tx.prepare(&format!(
-        "SELECT id, worker, owner FROM tasks WHERE state = 'running' AND {condition}"
+        "SELECT id, worker, owner, interruptions + 1, max_attempts FROM tasks \
+         WHERE state = 'running' AND {condition}"
     ))?;
     let rows = stmt
         .query_map([arg], |r| {
@@ -246,26 +250,48 @@ fn recover_where(
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (id, worker, owner) in &rows {
-        tx.execute(
-            "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), owner = NULL, \
-             claim_token = NULL, lease_expires = NULL, not_before = ?2, updated_at = ?2 WHERE id = ?1",
-            params![id, now],
-        )?;
+    for (id, worker, owner, interruptions, max_attempts) in &rows {
         let owner = owner.as_deref().unwrap_or("?");
+        if interruptions > max_attempts {
+            let error = format!(
+                "interrupted {interruptions} times: its daemon died while running it each time"
+            );
+            tx.execute(
+                "UPDATE tasks SET state = 'dead', interruptions = ?2, error = ?3, owner = NULL, \
+                 claim_token = NULL, lease_expires = NULL, finished_at = ?4, updated_at = ?4 WHERE id = ?1",
+                params![id, interruptions, error, now],
+            )?;
+            event(
+                tx,
+                now,
+                Some(*id),
+                Some(worker),
+                "dead",
+                &format!("{why} (was held by {owner}); {error}"),
+            )?;
+            continue;
+        }
+        tx.execute(
+            "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), interruptions = ?3, \
+             owner = NULL, claim_token = NULL, lease_expires = NULL, not_before = ?2, updated_at = ?2 \
+             WHERE id = ?1",
+            params![id, now, interruptions],
+        )?;
         event(
             tx,
             now,
             Some(*id),
             Some(worker),
             "recovered",
-            &format!("{why} (was held by {owner}); queued again"),
+            &format!("{why} (was held by {owner}); queued again, attempt not counted"),
         )?;
     }
-    Ok(rows.into_iter().map(|(id, _, _)| id).collect())
+    Ok(rows.into_iter().map(|(id, ..)| id).collect())
 }
 
 #[async_trait]
@@ -453,7 +479,7 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE tasks SET state = 'cancelled', owner = NULL, claim_token = NULL, \
                  lease_expires = NULL, finished_at = ?2, updated_at = ?2, \
-                 error = coalesce(error, 'cancelled') WHERE id = ?1",
+                 error = 'cancelled' WHERE id = ?1",
                 params![id, now],
             )?;
             event(
@@ -476,8 +502,9 @@ impl Store for SqliteStore {
                 OpError::Rule(Error::WrongState { id, state: state.to_string(), what })
             })?;
             tx.execute(
-                "UPDATE tasks SET state = 'queued', attempts = 0, not_before = ?2, finished_at = NULL, \
-                 updated_at = ?2 WHERE id = ?1",
+                "UPDATE tasks SET state = 'queued', attempts = 0, interruptions = 0, not_before = ?2, \
+                 finished_at = NULL, exit_code = NULL, output = NULL, error = NULL, stderr_tail = NULL, \
+                 duration_ms = NULL, updated_at = ?2 WHERE id = ?1",
                 params![id, now],
             )?;
             event(tx, now, Some(id), Some(&worker), "retried", &format!("was {state}; queued again with attempts reset"))?;
@@ -803,6 +830,31 @@ mod tests {
             kinds,
             ["submitted", "started", "recovered", "started", "succeeded"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_keeps_killing_its_daemon_ends_dead() {
+        let (_d, s) = store();
+        let id = s.submit(&task("w", "poison", 0, 1)).await.unwrap().id();
+        for round in 1..=3 {
+            let c = s
+                .claim("w", "doomed", 10 * round, LEASE)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.task.attempts, 1, "interruptions do not spend attempts");
+            assert_eq!(
+                s.recover_all_but("next", 10 * round + 1).await.unwrap(),
+                vec![id]
+            );
+        }
+        s.claim("w", "doomed", 50, LEASE).await.unwrap().unwrap();
+        s.recover_all_but("next", 51).await.unwrap();
+        let t = s.get(id).await.unwrap().unwrap();
+        assert_eq!((t.state, t.interruptions), (TaskState::Dead, 4));
+        assert!(t.error.unwrap().contains("interrupted 4 times"));
+        s.retry(id, 60).await.unwrap();
+        assert_eq!(s.get(id).await.unwrap().unwrap().interruptions, 0);
     }
 
     #[tokio::test]
