@@ -65,6 +65,24 @@ const PIPE_LINGER: Duration = Duration::from_millis(500);
 /// Runs the attempt to its end, or until `stop` completes.
 pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     let started = Instant::now();
+    let not_started = |error: String, retryable: bool| Attempt {
+        outcome: Outcome::SpawnFailed { error, retryable },
+        stdout: String::new(),
+        stdout_truncated: false,
+        stderr_tail: String::new(),
+        duration: started.elapsed(),
+        pid: None,
+    };
+    // Spawning in a missing folder fails with the same error as a missing program; say which.
+    if !spec.cwd.is_dir() {
+        return not_started(
+            format!(
+                "the working folder {} does not exist (worker cwd)",
+                spec.cwd.display()
+            ),
+            false,
+        );
+    }
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .current_dir(&spec.cwd)
@@ -81,19 +99,10 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
             );
-            let error = format!(
-                "could not start {:?} in {}: {e}",
-                spec.argv[0],
-                spec.cwd.display()
+            return not_started(
+                format!("could not start {:?}: {e}", spec.argv[0]),
+                retryable,
             );
-            return Attempt {
-                outcome: Outcome::SpawnFailed { error, retryable },
-                stdout: String::new(),
-                stdout_truncated: false,
-                stderr_tail: String::new(),
-                duration: started.elapsed(),
-                pid: None,
-            };
         }
     };
     let pid = child.id();
@@ -284,6 +293,22 @@ mod tests {
                 .outcome,
             Outcome::Signalled(9)
         );
+    }
+
+    #[tokio::test]
+    async fn a_missing_working_folder_is_named_as_such() {
+        let mut s = spec("true");
+        s.cwd = PathBuf::from("/nonexistent/folder");
+        match run(s, std::future::pending()).await.outcome {
+            Outcome::SpawnFailed { error, retryable } => {
+                assert!(!retryable);
+                assert!(
+                    error.contains("working folder /nonexistent/folder"),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

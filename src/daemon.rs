@@ -99,6 +99,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         }
     }
     for w in &config.workers {
+        if !w.cwd.is_dir() {
+            warn!(worker = %w.name, "its working folder {} does not exist; its tasks will fail until it does", w.cwd.display());
+        }
         let dir = config.output_dir(&w.name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating output folder", &dir, e))?;
     }
@@ -149,7 +152,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
                         ring = bell.next() => match ring {
                             Ok(Ring::Worker(w)) => match wakes.get(&w) {
                                 Some(n) => n.notify_one(),
-                                None => ring_all(),
+                                None => warn!(
+                                    "a task was queued for worker {w:?}, which this daemon does not run; \
+                                     restart `agentq run` to pick up changes to agentq.toml"
+                                ),
                             },
                             Ok(Ring::Everyone) => ring_all(),
                             Err(e) => {

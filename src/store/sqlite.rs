@@ -146,6 +146,14 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         }
     };
     let known = MIGRATIONS.len() as i64;
+    // Every command opens the store: read the version without a lock, and take the write lock only
+    // when a migration is due (then check again under it, as another process may have done it).
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("reading schema version"))?;
+    if current == known {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db("starting migration"))?;
