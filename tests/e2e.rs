@@ -432,17 +432,10 @@ fn submit_wait_prints_the_result_and_a_megabyte_prompt_travels_on_stdin() {
 
 #[test]
 fn cancelling_a_running_task_stops_its_agent() {
-    let p = Project::with_workers(
-        &["w"],
-        r#"["sh", "-c", "echo $$ > agent.pid; exec sleep 60"]"#,
-        "",
-    );
+    let p = Project::with_workers(&["w"], SLEEPING_AGENT, "");
     let daemon = p.start();
     let id = p.submit("w", "long");
-    wait_until(LONG, "the agent to start", || {
-        p.path("agent.pid").exists() && !read(&p.path("agent.pid")).trim().is_empty()
-    });
-    let pid: i32 = read(&p.path("agent.pid")).trim().parse().unwrap();
+    let pid = p.sleeping_agent_pid();
     assert!(p.ok(&["cancel", &id.to_string()]).contains("was running"));
     wait_until(Duration::from_secs(10), "the agent to be stopped", || {
         !alive(pid)
@@ -456,7 +449,6 @@ fn cancelling_a_running_task_stops_its_agent() {
             .any(|e| e["kind"] == "stopped")
     });
     // A cancelled task does not come back by itself, and the worker goes on with the next one.
-    std::fs::remove_file(p.path("agent.pid")).unwrap();
     let next = p.submit("w", "next");
     wait_until(LONG, "the next task to start", || {
         p.state(next) == "running"
@@ -472,15 +464,13 @@ fn cancelling_a_running_task_stops_its_agent() {
 fn sigterm_stops_cleanly_and_puts_running_tasks_back_without_spending_an_attempt() {
     let p = Project::with_workers(
         &["w"],
-        r#"["sh", "-c", "echo $$ > agent.pid; exec sleep 60"]"#,
+        SLEEPING_AGENT,
         "[daemon]\nshutdown_grace = \"300ms\"",
     );
     let daemon = p.start();
     let id = p.submit("w", "long");
-    wait_until(LONG, "the agent to start", || {
-        p.state(id) == "running" && p.path("agent.pid").exists()
-    });
-    let pid: i32 = read(&p.path("agent.pid")).trim().parse().unwrap();
+    let pid = p.sleeping_agent_pid();
+    assert_eq!(p.state(id), "running");
     let status = daemon.stop();
     assert!(status.success(), "{status}");
     assert!(!alive(pid), "the agent was stopped with the daemon");

@@ -19,6 +19,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_agentq");
 /// "done: <prompt>".
 pub const RECORDING_AGENT: &str = r#"["sh", "-c", "p=$(cat); printf '%s %s\n' \"$AGENTQ_TASK_ID\" \"$p\" >> runs.log; printf 'done: %s' \"$p\""]"#;
 
+/// An agent that writes its pid to `agent.pid` and then sleeps for a minute.
+pub const SLEEPING_AGENT: &str =
+    r#"["sh", "-c", "echo $$ > agent.pid.tmp; mv agent.pid.tmp agent.pid; exec sleep 60"]"#;
+
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
@@ -127,6 +131,18 @@ impl Project {
             daemon.log().contains("agentq running")
         });
         daemon
+    }
+
+    /// Waits for `SLEEPING_AGENT` to start and returns its pid (then removes `agent.pid`, so the
+    /// next call waits for the next agent).
+    pub fn sleeping_agent_pid(&self) -> i32 {
+        let file = self.path("agent.pid");
+        wait_until(Duration::from_secs(60), "the agent to start", || {
+            file.exists()
+        });
+        let pid = read(&file).trim().parse().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        pid
     }
 
     /// Lines of `runs.log` written by the recording agent.
