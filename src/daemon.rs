@@ -103,8 +103,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             warn!(worker = %w.name, "its working folder {} does not exist; its tasks will fail until it does", w.cwd.display());
         }
         let dir = config.output_dir(&w.name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating output folder", &dir, e))?;
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            error!(worker = %w.name, "cannot create {}: {e}; results stay in the store only", dir.display());
+        }
     }
+    let intake_folders = crate::intake::prepare(&config);
 
     let wakes: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
         config
@@ -128,11 +131,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             }
         });
         let (config, store, stopping) = (config.clone(), store.clone(), shutdown.stopping.clone());
-        tasks.spawn(async move {
-            if let Err(e) = crate::intake::run(config, store, on_task, stopping).await {
-                error!("prompt-file intake stopped: {e}; tasks can still be submitted with `agentq submit`");
-            }
-        });
+        tasks.spawn(crate::intake::run(
+            config,
+            intake_folders,
+            store,
+            on_task,
+            stopping,
+        ));
     }
 
     tasks.spawn(keep_leases(

@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::error::Result;
 use crate::store::{NewEvent, NewTask, Store, Submitted, now_ms};
 
 pub const REJECTED_DIR: &str = "rejected";
@@ -259,25 +258,33 @@ fn is_network_fs(dir: &Path) -> bool {
 /// Called for each task intake creates, so the worker's runner wakes.
 pub type OnTask = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Watches every worker's folder until `shutdown`.
-pub async fn run(
-    config: Arc<Config>,
-    store: Arc<dyn Store>,
-    on_task: OnTask,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    // A folder that cannot be made (say, a file is in its way) costs that worker its intake only.
-    let mut workers: Vec<(String, PathBuf)> = Vec::new();
+/// Creates every worker's prompt folder; returns the workers whose folder is ready. Called before
+/// the daemon says it is running, so a file dropped from then on has a folder to land in. A folder
+/// that cannot be made (a file in its way, say) costs that worker its intake only.
+pub fn prepare(config: &Config) -> Vec<(String, PathBuf)> {
+    let mut ready = Vec::new();
     for w in &config.workers {
         let dir = config.queue_dir(&w.name);
         match std::fs::create_dir_all(&dir) {
-            Ok(()) => workers.push((w.name.clone(), dir)),
-            Err(e) => {
-                error!(worker = %w.name, "no prompt-file intake for this worker: cannot create {}: {e}", dir.display())
-            }
+            Ok(()) => ready.push((w.name.clone(), dir)),
+            Err(e) => error!(
+                worker = %w.name,
+                "no prompt-file intake for this worker: cannot create {}: {e}",
+                dir.display()
+            ),
         }
     }
+    ready
+}
 
+/// Watches the prepared folders until `shutdown`.
+pub async fn run(
+    config: Arc<Config>,
+    workers: Vec<(String, PathBuf)>,
+    store: Arc<dyn Store>,
+    on_task: OnTask,
+    shutdown: CancellationToken,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut polled: HashSet<String> = HashSet::new();
     let _watcher = if config.intake.poll {
@@ -341,7 +348,7 @@ pub async fn run(
             .copied()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake_at.into()) => {}
             Some(path) = rx.recv() => {
                 let mut paths = vec![path];
