@@ -36,22 +36,26 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
-    /// Wires SIGINT and SIGTERM: the first starts stopping, the second (or `grace` later) hurries.
+    /// Wires SIGINT, SIGTERM and SIGHUP (a closed terminal): the first starts stopping, the
+    /// second (or `grace` later) hurries.
     pub fn on_signals(grace: Duration) -> std::io::Result<Shutdown> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let shutdown = Shutdown::default();
         let s = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
             s.stopping.cancel();
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
                 _ = tokio::time::sleep(grace) => {}
             }
             s.hurry.cancel();

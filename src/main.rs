@@ -11,6 +11,15 @@ use agentq::cli::{Cli, Command, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.command, Command::Run(_));
+    if !daemon {
+        // Like other Unix tools, end quietly when the reader of our output goes away
+        // (`agentq tasks | head`); Rust's default turns that into a panic. The daemon keeps
+        // ignoring SIGPIPE: a closed log pipe must not kill it.
+        // SAFETY: setting a signal's disposition to its default before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging(cli.log_format, if daemon { "info" } else { "warn" });
 
     let runtime = if daemon {

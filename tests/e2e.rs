@@ -700,3 +700,39 @@ fn processes_racing_to_create_the_database_all_succeed() {
         assert_eq!(p.totals()["queued"], 6);
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    for i in 0..200 {
+        p.submit("w", &format!("task {i}"));
+    }
+    let mut child = p
+        .cmd(&["tasks", "--limit", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once, as `| head -0` would
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_hangup_stops_the_daemon_gracefully() {
+    let p = Project::with_workers(
+        &["w"],
+        SLEEPING_AGENT,
+        "[daemon]\nshutdown_grace = \"200ms\"",
+    );
+    let mut daemon = p.start();
+    let id = p.submit("w", "long");
+    p.sleeping_agent_pid();
+    daemon.signal(Signal::SIGHUP);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    assert_eq!(p.state(id), "queued", "released, not left running");
+}
