@@ -79,6 +79,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             config.path.display()
         )));
     }
+    // Intake's open-for-writing check takes a file lease for an instant; a writer opening the file
+    // in that instant makes the kernel send SIGIO, whose default action would end the daemon.
+    let _sigio = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io())
+        .map_err(|e| Error::io("handling SIGIO in", &config.root, e))?;
     let state_dir = config.state_dir();
     state::ensure_dir(&state_dir)?;
     let _lock = StateLock::acquire(&state_dir)?;

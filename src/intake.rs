@@ -109,10 +109,43 @@ pub fn look(
     match seen {
         Some((before, since)) if before == now => match settle.checked_sub(since.elapsed()) {
             Some(left) if !left.is_zero() => Look::Later(left),
+            // Quiet for the settle time, but a writer may only have paused: if one still holds
+            // the file open, wait for it to close (its close is an event, so no time is lost).
+            _ if held_open_for_writing(path) => Look::Later(settle.max(Duration::from_millis(100))),
             _ => Look::Take(now),
         },
         _ => Look::Changed(now),
     }
+}
+
+/// Whether some process has `path` open for writing, where the system can tell: Linux refuses a
+/// read lease (`F_SETLEASE`, `F_RDLCK`) with EAGAIN exactly then. The lease is dropped at once.
+/// Where leases are not to be had (another owner's file, NFS, another OS) the answer is `false`
+/// and the settle time alone decides. The daemon handles SIGIO, the signal a lease holder gets
+/// when a writer opens the file in the moment the lease is held.
+#[cfg(target_os = "linux")]
+pub fn held_open_for_writing(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0 {
+        // SAFETY: as above. Closing `file` would release the lease as well.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return false;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn held_open_for_writing(_path: &Path) -> bool {
+    false
 }
 
 /// What reading a taken file found.
@@ -710,6 +743,25 @@ mod tests {
             "a change starts over"
         );
         assert!(matches!(settled(&p, 100), Look::Take(_)));
+    }
+
+    #[test]
+    fn a_file_held_open_for_writing_is_not_taken_until_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("slow.prompt");
+        let mut writer = std::fs::File::create(&p).unwrap();
+        std::io::Write::write_all(&mut writer, b"part one").unwrap();
+        assert!(held_open_for_writing(&p));
+        assert!(
+            matches!(settled(&p, 100), Look::Later(_)),
+            "quiet, but still open"
+        );
+        drop(writer);
+        assert!(!held_open_for_writing(&p));
+        assert!(matches!(settled(&p, 100), Look::Take(_)));
+        let reader = std::fs::File::open(&p).unwrap();
+        assert!(!held_open_for_writing(&p), "readers do not count");
+        drop(reader);
     }
 
     #[test]

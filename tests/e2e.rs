@@ -736,3 +736,23 @@ fn a_hangup_stops_the_daemon_gracefully() {
     assert!(daemon.wait(Duration::from_secs(30)).success());
     assert_eq!(p.state(id), "queued", "released, not left running");
 }
+
+#[test]
+fn a_writer_that_pauses_longer_than_the_settle_time_is_waited_for() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "[intake]\nsettle = \"50ms\"");
+    let daemon = p.start();
+    let path = p.path(".queue/w/typed.prompt");
+    let mut writer = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut writer, b"part one").unwrap();
+    // Quiet for many settle times, but still open: not taken. (A negative check needs a pause.)
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(path.exists(), "taken while its writer still had it open");
+    assert_eq!(p.totals()["queued"], 0);
+    std::io::Write::write_all(&mut writer, b", part two").unwrap();
+    drop(writer);
+    wait_until(LONG, "the finished file to be done", || {
+        p.totals()["succeeded"] == 1
+    });
+    assert_eq!(p.runs(), ["1 part one, part two"]);
+    assert!(daemon.stop().success());
+}
