@@ -126,12 +126,14 @@ pub fn look(
 #[cfg(target_os = "linux")]
 pub fn held_open_for_writing(path: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
-        return false;
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        // Someone else (a file server exporting the folder, say) holds a lease: it is in use.
+        Err(e) => return e.raw_os_error() == Some(libc::EWOULDBLOCK),
     };
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
@@ -298,7 +300,8 @@ pub fn prepare(config: &Config) -> Vec<(String, PathBuf)> {
     let mut ready = Vec::new();
     for w in &config.workers {
         let dir = config.queue_dir(&w.name);
-        match std::fs::create_dir_all(&dir) {
+        // `.taking/` too: something in its way stops this worker's intake loudly, not file by file.
+        match std::fs::create_dir_all(dir.join(TAKING_DIR)) {
             Ok(()) => ready.push((w.name.clone(), dir)),
             Err(e) => error!(
                 worker = %w.name,
@@ -318,7 +321,7 @@ pub async fn run(
     on_task: OnTask,
     shutdown: CancellationToken,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Wake>();
     let mut polled: HashSet<String> = HashSet::new();
     let _watcher = if config.intake.poll {
         polled.extend(workers.iter().map(|(w, _)| w.clone()));
@@ -353,7 +356,7 @@ pub async fn run(
         store,
         on_task,
         seen: HashMap::new(),
-        given_up: HashSet::new(),
+        given_up: HashMap::new(),
     };
     let now = Instant::now();
     let mut due: HashMap<String, Instant> = workers.iter().map(|(w, _)| (w.clone(), now)).collect();
@@ -383,13 +386,17 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake_at.into()) => {}
-            Some(path) = rx.recv() => {
-                let mut paths = vec![path];
-                while let Ok(p) = rx.try_recv() {
-                    paths.push(p);
+            Some(wake) = rx.recv() => {
+                let mut wakes = vec![wake];
+                while let Ok(w) = rx.try_recv() {
+                    wakes.push(w);
                 }
                 for (worker, dir) in &workers {
-                    if paths.iter().any(|p| p.starts_with(dir) && p.parent() == Some(dir.as_path())) {
+                    let concerned = wakes.iter().any(|w| match w {
+                        Wake::All => true,
+                        Wake::Path(p) => p.parent() == Some(dir.as_path()),
+                    });
+                    if concerned {
                         due.insert(worker.clone(), Instant::now());
                     }
                 }
@@ -400,13 +407,23 @@ pub async fn run(
 
 fn start_watcher(
     workers: &[(String, PathBuf)],
-    tx: mpsc::UnboundedSender<PathBuf>,
+    tx: mpsc::UnboundedSender<Wake>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            for path in event.paths {
-                let _ = tx.send(path);
-            }
+        let wakes: Vec<Wake> = match res {
+            Ok(event) if event.need_rescan() => vec![Wake::All],
+            Ok(event) if wakes_a_scan(&event.kind) => event
+                .paths
+                .into_iter()
+                .filter(|p| is_prompt_name(p))
+                .map(Wake::Path)
+                .collect(),
+            Ok(_) => Vec::new(),
+            // The watcher lost track (its queue overflowed, say): look everywhere.
+            Err(_) => vec![Wake::All],
+        };
+        for wake in wakes {
+            let _ = tx.send(wake);
         }
     })?;
     for (_, dir) in workers {
@@ -415,33 +432,84 @@ fn start_watcher(
     Ok(watcher)
 }
 
+/// What the watcher asks of the scan loop.
+#[derive(Debug, PartialEq)]
+enum Wake {
+    Path(PathBuf),
+    All,
+}
+
+/// Whether an event can mean a prompt file appeared or changed. Opening, reading, and closing
+/// without writing cannot; intake itself opens folders and files on every scan, so letting those
+/// through would make each scan trigger the next.
+fn wakes_a_scan(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Remove(_) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
+    }
+}
+
+/// `*.prompt` and not hidden: the names intake takes.
+fn is_prompt_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(SUFFIX) && !n.starts_with('.'))
+}
+
 struct Scanner {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     on_task: OnTask,
     /// When and how each not-yet-settled file was first seen unchanged.
     seen: HashMap<PathBuf, (Fingerprint, Instant)>,
-    /// Files that could be neither taken nor set aside (a read-only folder, say): not tried again
-    /// until they change, so a stuck file cannot flood the log.
-    given_up: HashSet<(PathBuf, Fingerprint)>,
+    /// Files that could be neither taken nor set aside (a read-only folder, a full disk): left
+    /// alone until they change or `GIVE_UP_FOR` has passed, so a stuck file cannot flood the log.
+    given_up: HashMap<(PathBuf, Fingerprint), Instant>,
 }
 
 /// How soon a folder should be scanned again for work left over.
 const RETRY_SOON: Duration = Duration::from_secs(1);
+const GIVE_UP_FOR: Duration = Duration::from_secs(30);
+
+/// How finishing a taken file went.
+enum Finished {
+    Done,
+    /// Try again soon (the store was busy, say).
+    Again,
+    /// Try again only after `GIVE_UP_FOR` (the file cannot be read right now).
+    Stuck,
+}
 
 impl Scanner {
     /// Finishes what is in `.taking/`, then takes every settled file. Returns when to look again.
     async fn scan(&mut self, worker: &str, dir: &Path) -> Option<Duration> {
         let mut later: Option<Duration> = None;
         let mut soon = |d: Duration| later = Some(later.map_or(d, |l: Duration| l.min(d)));
+        self.given_up
+            .retain(|_, since| since.elapsed() < GIVE_UP_FOR);
 
         let taking = dir.join(TAKING_DIR);
-        for (path, token, name) in blocking(move || list_taking(&taking))
+        let left = blocking(move || list_taking(&taking))
             .await
-            .unwrap_or_default()
-        {
-            if !self.finish(worker, dir, &path, &token, &name).await {
-                soon(RETRY_SOON);
+            .unwrap_or_default();
+        for entry in left {
+            if self.gave_up_on(&entry.path) {
+                continue;
+            }
+            let Some((token, name)) = entry.parsed else {
+                let reason =
+                    "was found in .taking/ under a name agentq does not give; set aside unread";
+                self.reject(worker, dir, &entry.path, &entry.file_name, reason)
+                    .await;
+                continue;
+            };
+            match self.finish(worker, dir, &entry.path, &token, &name).await {
+                Finished::Done => {}
+                Finished::Again => soon(RETRY_SOON),
+                Finished::Stuck => self.give_up(&entry.path),
             }
         }
 
@@ -458,15 +526,12 @@ impl Scanner {
             None => return Some(RETRY_SOON),
         };
         // Forget sightings of this folder's files that are gone; other folders' are not ours.
+        let listed: HashSet<&PathBuf> = paths.iter().collect();
         self.seen
-            .retain(|p, _| p.parent() != Some(dir) || paths.contains(p));
+            .retain(|p, _| p.parent() != Some(dir) || listed.contains(p));
         for path in paths {
-            if !self.given_up.is_empty() {
-                let gave_up = std::fs::symlink_metadata(&path)
-                    .is_ok_and(|m| self.given_up.contains(&(path.clone(), Fingerprint::of(&m))));
-                if gave_up {
-                    continue;
-                }
+            if self.gave_up_on(&path) {
+                continue;
             }
             let (settle, cap) = (self.config.intake.settle, self.config.max_prompt_size);
             let seen = self.seen.get(&path).copied();
@@ -480,14 +545,17 @@ impl Scanner {
                 Look::Changed(fingerprint) => {
                     self.seen
                         .insert(path.clone(), (fingerprint, Instant::now()));
-                    soon(settle);
+                    // A floor, so that settle = 0 and a file that keeps changing cannot spin.
+                    soon(settle.max(Duration::from_millis(10)));
                 }
                 Look::Later(wait) => soon(wait),
-                Look::Reject(reason) => self.reject(worker, dir, &path, &name, &reason, None).await,
-                Look::Take(fingerprint) => {
+                Look::Reject(reason) => self.reject(worker, dir, &path, &name, &reason).await,
+                Look::Take(_) => {
                     self.seen.remove(&path);
                     let token = new_token();
-                    let taken = dir.join(TAKING_DIR).join(format!("{token}.{name}"));
+                    let taken = dir
+                        .join(TAKING_DIR)
+                        .join(format!("{token}.{}", fit_name(&name)));
                     let (from, to) = (path.clone(), taken.clone());
                     let moved = blocking(move || {
                         std::fs::create_dir_all(to.parent().expect("in .taking"))?;
@@ -495,18 +563,19 @@ impl Scanner {
                     })
                     .await;
                     match moved {
-                        Some(Ok(())) => {
-                            if !self.finish(worker, dir, &taken, &token, &name).await {
-                                soon(RETRY_SOON);
-                            }
-                        }
+                        Some(Ok(())) => match self.finish(worker, dir, &taken, &token, &name).await
+                        {
+                            Finished::Done => {}
+                            Finished::Again => soon(RETRY_SOON),
+                            Finished::Stuck => self.give_up(&taken),
+                        },
                         Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Some(Err(e)) => {
                             warn!(
                                 worker,
-                                "cannot take {name}: {e}; leaving it until it changes"
+                                "cannot take {name}: {e}; trying again in {GIVE_UP_FOR:?} or when it changes"
                             );
-                            self.given_up.insert((path, fingerprint));
+                            self.give_up(&path);
                         }
                         None => soon(RETRY_SOON),
                     }
@@ -516,7 +585,7 @@ impl Scanner {
         later
     }
 
-    /// Reads, submits and removes a file in `.taking/`. Returns false if it must be tried again.
+    /// Reads, submits and removes a file in `.taking/`.
     async fn finish(
         &mut self,
         worker: &str,
@@ -524,23 +593,22 @@ impl Scanner {
         taken: &Path,
         token: &str,
         name: &str,
-    ) -> bool {
+    ) -> Finished {
         let cap = self.config.max_prompt_size;
         let p = taken.to_path_buf();
         let Some(content) = blocking(move || read_taken(&p, cap)).await else {
-            return false;
+            return Finished::Again;
         };
         let prompt = match content {
             Content::Prompt(prompt) => prompt,
-            Content::Gone => return true,
+            Content::Gone => return Finished::Done,
             Content::Reject(reason) => {
-                self.reject(worker, dir, taken, name, &reason, Some(token))
-                    .await;
-                return true;
+                self.reject(worker, dir, taken, name, &reason).await;
+                return Finished::Done;
             }
             Content::Retry(why) => {
-                warn!(worker, "{name} {why}; trying again");
-                return false;
+                warn!(worker, "{name} {why}; trying again in {GIVE_UP_FOR:?}");
+                return Finished::Stuck;
             }
         };
         let limits = &self
@@ -577,31 +645,27 @@ impl Scanner {
             }
             Err(e) => {
                 warn!(worker, "cannot queue {name}: {e}; trying again");
-                return false;
+                return Finished::Again;
             }
         }
         let p = taken.to_path_buf();
         match blocking(move || std::fs::remove_file(&p)).await {
-            Some(Ok(())) => true,
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => true,
-            // Queued already; the next scan finds the same token, gets Duplicate, and removes it.
+            Some(Ok(())) => Finished::Done,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Finished::Done,
+            // Queued already; a later scan finds the same token, gets Duplicate, and removes it.
             Some(Err(e)) => {
-                warn!(worker, "cannot remove {}: {e}", taken.display());
-                false
+                warn!(
+                    worker,
+                    "cannot remove {}: {e}; trying again in {GIVE_UP_FOR:?}",
+                    taken.display()
+                );
+                Finished::Stuck
             }
-            None => false,
+            None => Finished::Again,
         }
     }
 
-    async fn reject(
-        &mut self,
-        worker: &str,
-        dir: &Path,
-        path: &Path,
-        name: &str,
-        reason: &str,
-        token: Option<&str>,
-    ) {
+    async fn reject(&mut self, worker: &str, dir: &Path, path: &Path, name: &str, reason: &str) {
         let moved = {
             let (path, dir, name, reason) = (
                 path.to_path_buf(),
@@ -628,14 +692,9 @@ impl Scanner {
                 };
                 warn!(
                     worker,
-                    "rejected {name}: {reason}; could not move it aside: {e}"
+                    "rejected {name}: {reason}; could not move it aside: {e}; trying again in {GIVE_UP_FOR:?}"
                 );
-                if token.is_none()
-                    && let Ok(meta) = std::fs::symlink_metadata(path)
-                {
-                    self.given_up
-                        .insert((path.to_path_buf(), Fingerprint::of(&meta)));
-                }
+                self.give_up(path);
                 format!("{name}: {reason}; could not move it aside: {e}")
             }
         };
@@ -650,6 +709,36 @@ impl Scanner {
             warn!(worker, "could not record rejection of {name}: {e}");
         }
     }
+
+    fn give_up(&mut self, path: &Path) {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            self.given_up
+                .insert((path.to_path_buf(), Fingerprint::of(&meta)), Instant::now());
+        }
+    }
+
+    fn gave_up_on(&self, path: &Path) -> bool {
+        !self.given_up.is_empty()
+            && std::fs::symlink_metadata(path).is_ok_and(|m| {
+                self.given_up
+                    .contains_key(&(path.to_path_buf(), Fingerprint::of(&m)))
+            })
+    }
+}
+
+/// The original name as kept in `.taking/`: short enough that `<token>.` fits before it within the
+/// usual 255-byte limit of a file name (cut on a character boundary; a task's source and a
+/// rejection then show the cut name).
+fn fit_name(name: &str) -> &str {
+    const ROOM: usize = 255 - 33;
+    if name.len() <= ROOM {
+        return name;
+    }
+    let mut end = ROOM;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// Runs file-system work off the async threads (a slow disk or a hung mount must not stall the
@@ -664,25 +753,43 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Files in `.taking/`: taken by a scan that did not finish them. Oldest first.
-fn list_taking(dir: &Path) -> Vec<(PathBuf, String, String)> {
+/// An entry of `.taking/`: a file a scan took but did not finish.
+struct Taken {
+    path: PathBuf,
+    file_name: String,
+    /// Token and original name, if the name is one intake gives.
+    parsed: Option<(String, String)>,
+}
+
+/// The entries of `.taking/`, oldest first.
+fn list_taking(dir: &Path) -> Vec<Taken> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut found: Vec<(SystemTime, PathBuf, String, String)> = entries
+    let mut found: Vec<(SystemTime, Taken)> = entries
         .flatten()
-        .filter_map(|e| {
+        .map(|e| {
             let file_name = e.file_name().to_string_lossy().into_owned();
-            let (token, name) = split_taken(&file_name)?;
+            let parsed = split_taken(&file_name).map(|(t, n)| (t.to_string(), n.to_string()));
             let mtime = e
                 .metadata()
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
-            Some((mtime, e.path(), token.to_string(), name.to_string()))
+            (
+                mtime,
+                Taken {
+                    path: e.path(),
+                    file_name,
+                    parsed,
+                },
+            )
         })
         .collect();
-    found.sort();
-    found.into_iter().map(|(_, p, t, n)| (p, t, n)).collect()
+    found.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.1.file_name.cmp(&b.1.file_name))
+    });
+    found.into_iter().map(|(_, t)| t).collect()
 }
 
 #[cfg(test)]
@@ -855,6 +962,41 @@ mod tests {
         );
         assert_eq!(split_taken("notatoken.x.prompt"), None);
         assert_ne!(new_token(), token);
+    }
+
+    #[test]
+    fn only_events_that_can_bring_prompt_files_wake_a_scan() {
+        use notify::EventKind;
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode,
+        };
+        assert!(wakes_a_scan(&EventKind::Create(CreateKind::File)));
+        assert!(wakes_a_scan(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(wakes_a_scan(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        // Intake's own opens and reads must not trigger another scan.
+        assert!(!wakes_a_scan(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!wakes_a_scan(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!wakes_a_scan(&EventKind::Remove(RemoveKind::File)));
+        assert!(is_prompt_name(Path::new("/q/w/a.prompt")));
+        assert!(!is_prompt_name(Path::new("/q/w/.taking")));
+        assert!(!is_prompt_name(Path::new("/q/w/.a.prompt")));
+        assert!(!is_prompt_name(Path::new("/q/w/a.prompt.tmp")));
+    }
+
+    #[test]
+    fn long_names_fit_in_taking() {
+        let long = format!("{}é.prompt", "n".repeat(250));
+        let fit = fit_name(&long);
+        assert!(fit.len() + 33 <= 255 && long.starts_with(fit));
+        assert_eq!(fit_name("short.prompt"), "short.prompt");
     }
 
     #[test]

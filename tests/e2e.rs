@@ -756,3 +756,68 @@ fn a_writer_that_pauses_longer_than_the_settle_time_is_waited_for() {
     assert_eq!(p.runs(), ["1 part one, part two"]);
     assert!(daemon.stop().success());
 }
+
+/// CPU ticks (1/100 s) the process has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = read(std::path::Path::new(&format!("/proc/{pid}/stat")));
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn after_taking_files_and_while_one_is_held_open_the_daemon_stays_idle() {
+    // A scan that triggers the next one (through the watcher seeing intake's own opens) spins a
+    // core: about 150 ticks in 1.5 s. An idle daemon uses next to none; 30 leaves room for a
+    // noisy machine while still catching a spin.
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "[intake]\nsettle = \"50ms\"");
+    let daemon = p.start();
+    p.drop_file(".queue/w/one.prompt", b"one");
+    wait_until(LONG, "the task", || p.totals()["succeeded"] == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(daemon.pid());
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle = cpu_ticks(daemon.pid()) - before;
+    assert!(idle < 30, "{idle} ticks in 1.5 s after taking a file");
+
+    let mut writer = std::fs::File::create(p.path(".queue/w/held.prompt")).unwrap();
+    std::io::Write::write_all(&mut writer, b"held").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(daemon.pid());
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = cpu_ticks(daemon.pid()) - before;
+    assert!(
+        held < 30,
+        "{held} ticks in 1.5 s while a settled file is held open"
+    );
+    drop(writer);
+    wait_until(LONG, "the held file, once closed", || {
+        p.totals()["succeeded"] == 2
+    });
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn long_names_and_strangers_in_taking_are_handled() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "[intake]\nsettle = \"50ms\"");
+    let long = format!("{}.prompt", "n".repeat(240));
+    std::fs::create_dir_all(p.path(".queue/w/.taking")).unwrap();
+    std::fs::write(
+        p.path(".queue/w/.taking/not-ours.prompt"),
+        "who put this here",
+    )
+    .unwrap();
+    let daemon = p.start();
+    p.drop_file(&format!(".queue/w/{long}"), b"a long name");
+    wait_until(LONG, "the long-named file", || p.totals()["succeeded"] == 1);
+    wait_until(LONG, "the stranger set aside", || {
+        p.path(".queue/w/rejected/not-ours.prompt.reason").exists()
+    });
+    assert!(read(&p.path(".queue/w/rejected/not-ours.prompt.reason")).contains("does not give"));
+    assert_eq!(p.runs(), ["1 a long name"]);
+    assert!(daemon.stop().success());
+}
