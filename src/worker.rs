@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::agent::{self, Outcome};
 use crate::config::{Agent, Config, WorkerConfig};
 use crate::domain::{AttemptEnd, Backoff, Next, after_attempt};
-use crate::store::{Claim, Fence, Finish, NewEvent, Store, now_ms};
+use crate::store::{Claim, EndHook, Event, Fence, Finish, NewEvent, Store, Task, now_ms};
 
 pub struct Runner {
     pub worker: WorkerConfig,
@@ -213,7 +213,21 @@ impl Runner {
             duration_ms: run.duration.as_millis() as i64,
             now,
         };
-        match self.store.finish(&fence, &finish).await {
+        // Output files are written inside the transaction that records the end, so anyone who sees
+        // the task ended finds its files.
+        let on_end: Option<EndHook> = finish.state.is_terminal().then(|| {
+            let dir = self.config.output_dir(name);
+            Box::new(move |task: &Task, events: &[Event]| {
+                if let Err(e) = crate::output::write_task(&dir, task, events) {
+                    warn!(
+                        task = task.id,
+                        "cannot write output files in {}: {e}",
+                        dir.display()
+                    );
+                }
+            }) as EndHook
+        });
+        match self.store.finish(&fence, &finish, on_end).await {
             Ok(true) => {}
             Ok(false) => {
                 warn!(worker = %name, task = task.id, "result not recorded: the task was cancelled or taken over meanwhile");
@@ -237,31 +251,6 @@ impl Runner {
                 warn!(worker = %name, task = task.id, "dead after {} attempts: {reason}", task.attempts)
             }
             Next::Failed => warn!(worker = %name, task = task.id, "failed: {reason}"),
-        }
-        if finish.state.is_terminal() {
-            self.write_outputs(task.id).await;
-        }
-    }
-
-    async fn write_outputs(&self, id: i64) {
-        let (task, events) = match (self.store.get(id).await, self.store.events_of(id).await) {
-            (Ok(Some(task)), Ok(events)) => (task, events),
-            (Err(e), _) | (_, Err(e)) => {
-                return warn!(
-                    task = id,
-                    "cannot read the task back to write its output files: {e}"
-                );
-            }
-            (Ok(None), _) => return,
-        };
-        let dir = self.config.output_dir(&task.worker);
-        let written =
-            tokio::task::spawn_blocking(move || crate::output::write_task(&dir, &task, &events))
-                .await;
-        match written {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(task = id, "cannot write output files: {e}"),
-            Err(e) => warn!(task = id, "writing output files failed: {e}"),
         }
     }
 

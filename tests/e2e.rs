@@ -821,3 +821,27 @@ fn long_names_and_strangers_in_taking_are_handled() {
     assert_eq!(p.runs(), ["1 a long name"]);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn when_wait_returns_the_output_files_are_there() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let daemon = p.start();
+    for i in 0..20 {
+        let id = p.submit("w", &format!("n{i}"));
+        p.ok(&["wait", &id.to_string()]);
+        // No waiting here: the end and the files are committed together.
+        assert_eq!(
+            read(&p.path(&format!(".output/w/task_{id}.txt"))),
+            format!("done: n{i}")
+        );
+        let record: serde_json::Value =
+            serde_json::from_str(&read(&p.path(&format!(".output/w/task_{id}.json")))).unwrap();
+        assert_eq!(record["state"], "succeeded");
+        assert_eq!(
+            record["events"].as_array().unwrap().last().unwrap()["kind"],
+            "succeeded"
+        );
+        assert_eq!(read(&p.path(".output/w/latest.txt")), format!("done: n{i}"));
+    }
+    assert!(daemon.stop().success());
+}

@@ -151,6 +151,13 @@ pub struct Finish {
     pub now: Millis,
 }
 
+/// Runs inside `finish`'s transaction when a task ends: after the result is written and before it
+/// is committed, with the task and its history exactly as they will be committed. Whoever sees the
+/// task ended therefore also sees what the hook did (the runner writes the output files with it, so
+/// `agentq wait N && cat .output/w/task_N.txt` never races). It reports its own errors: a failed
+/// hook must not undo a result.
+pub type EndHook = Box<dyn FnOnce(&Task, &[Event]) + Send + 'static>;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
     pub id: i64,
@@ -211,7 +218,10 @@ pub trait Store: Send + Sync {
     async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool>;
 
     /// Records an attempt's result. `false`: the claim is no longer held and nothing was written.
-    async fn finish(&self, fence: &Fence, finish: &Finish) -> Result<bool>;
+    /// When the task ends (any state but `queued`), `on_end` runs inside the same transaction; see
+    /// [`EndHook`].
+    async fn finish(&self, fence: &Fence, finish: &Finish, on_end: Option<EndHook>)
+    -> Result<bool>;
 
     /// Gives a claimed task back to the queue without spending its attempt (shutdown).
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool>;

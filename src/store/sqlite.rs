@@ -18,8 +18,8 @@ use rand::RngExt;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Claim, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted, Task,
-    TaskFilter, TaskSummary, WorkerCounts,
+    Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
+    Task, TaskFilter, TaskSummary, WorkerCounts,
 };
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
@@ -302,6 +302,27 @@ fn recover_where(
     Ok(rows.into_iter().map(|(id, ..)| id).collect())
 }
 
+/// The event log, filtered: the latest `limit` events, oldest first.
+fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Event>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, ts, task_id, worker, kind, message FROM (\
+           SELECT * FROM events WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR worker = ?2) \
+           AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4) ORDER BY id",
+    )?;
+    let limit = f.limit.map(i64::from).unwrap_or(-1);
+    let rows = stmt.query_map(params![f.task_id, f.worker, f.kind, limit], |r| {
+        Ok(Event {
+            id: r.get(0)?,
+            ts: r.get(1)?,
+            task_id: r.get(2)?,
+            worker: r.get(3)?,
+            kind: r.get(4)?,
+            message: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, t: &NewTask) -> Result<Submitted> {
@@ -383,7 +404,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish(&self, fence: &Fence, f: &Finish) -> Result<bool> {
+    async fn finish(&self, fence: &Fence, f: &Finish, on_end: Option<EndHook>) -> Result<bool> {
         let (fence, f) = (fence.clone(), f.clone());
         self.write("recording a result", move |tx| {
             let terminal = f.state.is_terminal();
@@ -429,6 +450,21 @@ impl Store for SqliteStore {
                 _ => (f.state.as_str(), format!("attempt {attempts} failed: {reason}; not retryable")),
             };
             event(tx, f.now, Some(fence.id), Some(&worker), kind, &message)?;
+            if let (true, Some(hook)) = (terminal, on_end) {
+                let task = tx.query_row(
+                    &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                    [fence.id],
+                    task_from_row,
+                )?;
+                let events = query_events(
+                    tx,
+                    &EventFilter {
+                        task_id: Some(fence.id),
+                        ..Default::default()
+                    },
+                )?;
+                hook(&task, &events);
+            }
             Ok(true)
         })
         .await
@@ -581,26 +617,8 @@ impl Store for SqliteStore {
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let f = filter.clone();
-        self.call("reading events", move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, ts, task_id, worker, kind, message FROM (\
-                   SELECT * FROM events WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR worker = ?2) \
-                   AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4) ORDER BY id",
-            )?;
-            let limit = f.limit.map(i64::from).unwrap_or(-1);
-            let rows = stmt.query_map(params![f.task_id, f.worker, f.kind, limit], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    ts: r.get(1)?,
-                    task_id: r.get(2)?,
-                    worker: r.get(3)?,
-                    kind: r.get(4)?,
-                    message: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
+        self.call("reading events", move |conn| Ok(query_events(conn, &f)?))
+            .await
     }
 
     async fn record_event(&self, e: &NewEvent) -> Result<()> {
@@ -745,7 +763,7 @@ mod tests {
             let claim = s.claim("w", "me", now, LEASE).await.unwrap().unwrap();
             order.push(claim.task.id);
             assert!(
-                s.finish(&claim.fence(), &done(TaskState::Succeeded, now))
+                s.finish(&claim.fence(), &done(TaskState::Succeeded, now), None)
                     .await
                     .unwrap()
             );
@@ -769,7 +787,7 @@ mod tests {
             s.claim("v", "me", 2, LEASE).await.unwrap().is_some(),
             "v is not"
         );
-        s.finish(&first.fence(), &done(TaskState::Succeeded, 3))
+        s.finish(&first.fence(), &done(TaskState::Succeeded, 3), None)
             .await
             .unwrap();
         assert!(s.claim("w", "me", 4, LEASE).await.unwrap().is_some());
@@ -807,19 +825,19 @@ mod tests {
 
         assert!(!s.heartbeat(&stale.fence(), 202, LEASE).await.unwrap());
         assert!(
-            !s.finish(&stale.fence(), &done(TaskState::Failed, 203))
+            !s.finish(&stale.fence(), &done(TaskState::Failed, 203), None)
                 .await
                 .unwrap()
         );
         assert!(!s.release(&stale.fence(), "x", 203).await.unwrap());
         assert!(s.heartbeat(&fresh.fence(), 204, LEASE).await.unwrap());
         assert!(
-            s.finish(&fresh.fence(), &done(TaskState::Succeeded, 205))
+            s.finish(&fresh.fence(), &done(TaskState::Succeeded, 205), None)
                 .await
                 .unwrap()
         );
         assert!(
-            !s.finish(&fresh.fence(), &done(TaskState::Failed, 206))
+            !s.finish(&fresh.fence(), &done(TaskState::Failed, 206), None)
                 .await
                 .unwrap(),
             "only once"
@@ -863,6 +881,50 @@ mod tests {
         assert!(t.error.unwrap().contains("interrupted 4 times"));
         s.retry(id, 60).await.unwrap();
         assert_eq!(s.get(id).await.unwrap().unwrap().interruptions, 0);
+    }
+
+    #[tokio::test]
+    async fn the_end_hook_sees_the_committed_view_and_only_at_the_end() {
+        let (_d, s) = store();
+        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook = |seen: &std::sync::Arc<std::sync::Mutex<Vec<(TaskState, usize)>>>| -> EndHook {
+            let seen = seen.clone();
+            Box::new(move |t: &Task, events: &[Event]| {
+                seen.lock().unwrap().push((t.state, events.len()))
+            })
+        };
+        let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+        let mut retry = done(TaskState::Queued, 3);
+        retry.not_before = Some(3);
+        s.finish(&c.fence(), &retry, Some(hook(&seen)))
+            .await
+            .unwrap();
+        assert!(seen.lock().unwrap().is_empty(), "a retry is not an end");
+        let c = s.claim("w", "me", 4, LEASE).await.unwrap().unwrap();
+        s.finish(
+            &c.fence(),
+            &done(TaskState::Succeeded, 5),
+            Some(hook(&seen)),
+        )
+        .await
+        .unwrap();
+        // submitted, started, retry_scheduled, started, succeeded
+        assert_eq!(*seen.lock().unwrap(), vec![(TaskState::Succeeded, 5)]);
+        assert!(
+            !s.finish(&c.fence(), &done(TaskState::Failed, 6), Some(hook(&seen)))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "a fenced-out finish runs no hook"
+        );
+        assert_eq!(
+            s.get(id).await.unwrap().unwrap().state,
+            TaskState::Succeeded
+        );
     }
 
     #[tokio::test]
@@ -946,7 +1008,7 @@ mod tests {
         let mut f = done(TaskState::Queued, 3);
         f.not_before = Some(1003);
         f.error = Some("exit code 1".into());
-        s.finish(&c.fence(), &f).await.unwrap();
+        s.finish(&c.fence(), &f, None).await.unwrap();
         let t = s.get(id).await.unwrap().unwrap();
         assert_eq!(
             (t.state, t.attempts, t.not_before),
