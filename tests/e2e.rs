@@ -373,26 +373,10 @@ fn a_second_run_is_refused_and_names_the_holder() {
 fn tasks_wait_in_the_store_until_a_daemon_runs_them_by_priority_then_fifo() {
     let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
     let low = p.submit("w", "low");
-    let high1 = p
-        .ok(&["submit", "-w", "w", "-p", "5", "high one"])
-        .trim()
-        .parse::<i64>()
-        .unwrap();
-    let mid = p
-        .ok(&["submit", "-w", "w", "-p", "1", "mid"])
-        .trim()
-        .parse::<i64>()
-        .unwrap();
-    let high2 = p
-        .ok(&["submit", "-w", "w", "-p", "5", "high two"])
-        .trim()
-        .parse::<i64>()
-        .unwrap();
-    let neg = p
-        .ok(&["submit", "-w", "w", "-p", "-3", "negative"])
-        .trim()
-        .parse::<i64>()
-        .unwrap();
+    let high1 = p.submit_at("w", 5, "high one");
+    let mid = p.submit_at("w", 1, "mid");
+    let high2 = p.submit_at("w", 5, "high two");
+    let neg = p.submit_at("w", -3, "negative");
     assert_eq!(p.state(low), "queued");
     let daemon = p.start();
     p.ok(&["wait", &low.to_string(), &neg.to_string()]);

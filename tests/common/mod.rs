@@ -93,6 +93,22 @@ impl Project {
             .unwrap()
     }
 
+    /// Submits a prompt at a priority; returns the task id.
+    pub fn submit_at(&self, worker: &str, priority: i64, prompt: &str) -> i64 {
+        let priority = priority.to_string();
+        self.ok(&[
+            "submit",
+            "--worker",
+            worker,
+            "--priority",
+            &priority,
+            prompt,
+        ])
+        .trim()
+        .parse()
+        .unwrap()
+    }
+
     pub fn task(&self, id: i64) -> Value {
         self.json(&["show", &id.to_string()])
     }
