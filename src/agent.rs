@@ -26,6 +26,8 @@ pub struct Spec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// Inherited variables the agent must not see.
+    pub env_remove: Vec<String>,
     pub prompt: String,
     pub timeout: Duration,
     pub kill_timeout: Duration,
@@ -84,6 +86,9 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         );
     }
     let mut cmd = Command::new(&spec.argv[0]);
+    for key in &spec.env_remove {
+        cmd.env_remove(key);
+    }
     cmd.args(&spec.argv[1..])
         .current_dir(&spec.cwd)
         .envs(&spec.env)
@@ -245,6 +250,7 @@ mod tests {
             argv: vec!["sh".into(), "-c".into(), script.into()],
             cwd: std::env::temp_dir(),
             env: BTreeMap::new(),
+            env_remove: Vec::new(),
             prompt: "hello".into(),
             timeout: Duration::from_secs(10),
             kill_timeout: Duration::from_millis(500),

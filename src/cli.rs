@@ -57,6 +57,22 @@ pub enum Command {
     Cancel(IdsArgs),
     /// Queue failed, dead or cancelled tasks again, with their attempts reset
     Retry(IdsArgs),
+    /// Act on a worker
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerCommand {
+    /// Start the worker's next task in a new Claude conversation
+    ResetSession(WorkerNameArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub out: JsonArgs,
 }
 
 #[derive(Args, Debug)]

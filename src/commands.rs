@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::cli::{
     Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, SubmitArgs, TasksArgs, WaitArgs,
+    WorkerCommand, WorkerNameArgs,
 };
 use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
 use crate::daemon::{self, Shutdown};
@@ -40,6 +41,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Wait(args) => wait_cmd(explicit, args).await,
         Command::Cancel(args) => cancel(explicit, args).await,
         Command::Retry(args) => retry(explicit, args).await,
+        Command::Worker(WorkerCommand::ResetSession(args)) => reset_session(explicit, args).await,
     }
 }
 
@@ -619,6 +621,32 @@ where
                 .join(", ")
         ))),
     }
+}
+
+async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let worker = config.resolve_worker(Some(&args.name))?;
+    if worker.agent.kind() != "claude" {
+        return Err(Error::Usage(format!(
+            "worker {:?} runs agent = \"{}\", which keeps no conversation",
+            worker.name,
+            worker.agent.kind()
+        )));
+    }
+    let store = open_store(&config)?;
+    let had = store
+        .reset_worker_session(
+            &worker.name,
+            "asked by `agentq worker reset-session`",
+            now_ms(),
+        )
+        .await?;
+    if args.out.json {
+        print_json(&json!({ "worker": worker.name, "had_session": had }));
+    } else {
+        println!("{}: the next task starts a new conversation", worker.name);
+    }
+    Ok(())
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {

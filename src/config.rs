@@ -167,6 +167,7 @@ struct RawDefaults {
     kill_timeout: Option<Dur>,
     worker: Option<Spanned<String>>,
     max_prompt_size: Option<Size>,
+    claude_bin: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -201,6 +202,54 @@ struct RawWorker {
     backoff: Option<Dur>,
     max_backoff: Option<Dur>,
     kill_timeout: Option<Dur>,
+    // The settings of `agent = "claude"` workers (inline: serde cannot flatten them and still
+    // deny unknown keys).
+    claude_bin: Option<PathBuf>,
+    mode: Option<Spanned<String>>,
+    model: Option<String>,
+    permission_mode: Option<String>,
+    allowed_tools: Option<Vec<String>>,
+    disallowed_tools: Option<Vec<String>>,
+    append_system_prompt: Option<String>,
+    max_turns: Option<u32>,
+    max_budget_usd: Option<f64>,
+    add_dirs: Option<Vec<PathBuf>>,
+    extra_args: Option<Vec<String>>,
+    dangerously_skip_permissions: Option<bool>,
+    session: Option<Spanned<String>>,
+    rotate_after_tasks: Option<u32>,
+    rotate_after_tokens: Option<u64>,
+}
+
+impl RawWorker {
+    /// The Claude settings set, for refusing them on a worker that is not a Claude worker.
+    fn claude_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut note = |set: bool, key: &'static str| {
+            if set {
+                keys.push(key);
+            }
+        };
+        note(self.claude_bin.is_some(), "claude_bin");
+        note(self.mode.is_some(), "mode");
+        note(self.model.is_some(), "model");
+        note(self.permission_mode.is_some(), "permission_mode");
+        note(self.allowed_tools.is_some(), "allowed_tools");
+        note(self.disallowed_tools.is_some(), "disallowed_tools");
+        note(self.append_system_prompt.is_some(), "append_system_prompt");
+        note(self.max_turns.is_some(), "max_turns");
+        note(self.max_budget_usd.is_some(), "max_budget_usd");
+        note(self.add_dirs.is_some(), "add_dirs");
+        note(self.extra_args.is_some(), "extra_args");
+        note(
+            self.dangerously_skip_permissions.is_some(),
+            "dangerously_skip_permissions",
+        );
+        note(self.session.is_some(), "session");
+        note(self.rotate_after_tasks.is_some(), "rotate_after_tasks");
+        note(self.rotate_after_tokens.is_some(), "rotate_after_tokens");
+        keys
+    }
 }
 
 /// The limit fields of `[defaults]` and of a `[[worker]]` are the same; serde cannot flatten them
@@ -218,19 +267,19 @@ macro_rules! limits_of {
 }
 
 /// The program a worker runs for each task.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Agent {
     /// Any program: the prompt on its stdin, its stdout the result, exit code 0 success.
     Command { argv: Vec<String> },
-    /// Claude Code. Accepted in the config so files written for it parse; run in a later version.
-    Claude,
+    /// Claude Code.
+    Claude(Box<crate::claude::Settings>),
 }
 
 impl Agent {
     pub fn kind(&self) -> &'static str {
         match self {
             Agent::Command { .. } => "command",
-            Agent::Claude => "claude",
+            Agent::Claude(_) => "claude",
         }
     }
 }
@@ -366,6 +415,15 @@ impl Config {
                 (None, None) => "claude",
             };
             let agent = match agent_kind {
+                "command" if !w.claude_keys().is_empty() => {
+                    return Err(at(
+                        Some(spanned.span()),
+                        format!(
+                            "worker {name:?} has agent = \"command\" but sets {}, which only a Claude worker has",
+                            w.claude_keys().join(", ")
+                        ),
+                    ));
+                }
                 "command" => {
                     let argv = w
                         .command
@@ -387,7 +445,10 @@ impl Config {
                     }
                     Agent::Command { argv }
                 }
-                "claude" => Agent::Claude,
+                "claude" => Agent::Claude(Box::new(
+                    claude_settings(w, raw.defaults.claude_bin.as_ref(), &root)
+                        .map_err(|(span, m)| at(span, m))?,
+                )),
                 other => {
                     return Err(at(
                         w.agent.as_ref().map(|a| a.span()),
@@ -549,6 +610,76 @@ impl Config {
 
 type SpanError = (Option<std::ops::Range<usize>>, String);
 
+fn claude_settings(
+    w: &RawWorker,
+    default_bin: Option<&PathBuf>,
+    root: &Path,
+) -> std::result::Result<crate::claude::Settings, SpanError> {
+    use crate::claude::{Mode, SessionPolicy, Settings};
+    let mode = match w.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("exec", _)) => Mode::Exec,
+        Some(("persistent", _)) => Mode::Persistent,
+        Some((other, span)) => {
+            return Err((
+                Some(span),
+                format!("unknown mode {other:?}: expected \"exec\" or \"persistent\""),
+            ));
+        }
+    };
+    let session = match w.session.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("resume", _)) => SessionPolicy::Resume,
+        Some(("fresh", _)) => SessionPolicy::Fresh,
+        Some(("rotate", span)) => {
+            if w.rotate_after_tasks.is_none() && w.rotate_after_tokens.is_none() {
+                return Err((
+                    Some(span),
+                    "session = \"rotate\" needs rotate_after_tasks or rotate_after_tokens".into(),
+                ));
+            }
+            SessionPolicy::Rotate {
+                after_tasks: w.rotate_after_tasks,
+                after_tokens: w.rotate_after_tokens,
+            }
+        }
+        Some((other, span)) => {
+            return Err((
+                Some(span),
+                format!("unknown session {other:?}: expected \"resume\", \"fresh\" or \"rotate\""),
+            ));
+        }
+    };
+    let relative = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            root.join(p)
+        }
+    };
+    // A bare name ("claude-beta") is looked up on PATH; a path is relative to the config's folder.
+    let bin = w.claude_bin.as_ref().or(default_bin).map(|b| {
+        if b.components().count() > 1 {
+            relative(b)
+        } else {
+            b.clone()
+        }
+    });
+    Ok(Settings {
+        bin,
+        mode,
+        model: w.model.clone(),
+        permission_mode: w.permission_mode.clone(),
+        allowed_tools: w.allowed_tools.clone().unwrap_or_default(),
+        disallowed_tools: w.disallowed_tools.clone().unwrap_or_default(),
+        append_system_prompt: w.append_system_prompt.clone(),
+        max_turns: w.max_turns,
+        max_budget_usd: w.max_budget_usd,
+        add_dirs: w.add_dirs.iter().flatten().map(relative).collect(),
+        extra_args: w.extra_args.clone().unwrap_or_default(),
+        skip_permissions: w.dangerously_skip_permissions.unwrap_or(false),
+        session,
+    })
+}
+
 fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limits, SpanError> {
     let pick =
         |a: Option<Dur>, b: Option<Dur>, default: Duration| a.or(b).map(|d| d.0).unwrap_or(default);
@@ -662,7 +793,47 @@ mod tests {
         let c = parse("[[worker]]\nname = \"a\"\ncommand = [\"x\"]\n[[worker]]\nname = \"b\"\n")
             .unwrap();
         assert_eq!(c.workers[0].agent.kind(), "command");
-        assert_eq!(c.workers[1].agent, Agent::Claude);
+        assert_eq!(c.workers[1].agent.kind(), "claude");
+    }
+
+    #[test]
+    fn claude_workers_take_their_settings() {
+        let c = parse(
+            "[defaults]\nclaude_bin = \"tools/claude\"\n[[worker]]\nname = \"c\"\nmodel = \"opus\"\nsession = \"rotate\"\nrotate_after_tasks = 5\nadd_dirs = [\"data\"]\nallowed_tools = [\"Read\"]\n",
+        )
+        .unwrap();
+        let Agent::Claude(s) = &c.workers[0].agent else {
+            panic!()
+        };
+        assert_eq!(s.bin, Some(PathBuf::from("/p/tools/claude")));
+        assert_eq!(s.model.as_deref(), Some("opus"));
+        assert_eq!(s.add_dirs, vec![PathBuf::from("/p/data")]);
+        assert_eq!(
+            s.session,
+            crate::claude::SessionPolicy::Rotate {
+                after_tasks: Some(5),
+                after_tokens: None
+            }
+        );
+        assert!(!s.skip_permissions, "never a default");
+
+        let e = err_text("[[worker]]\nname = \"c\"\nsession = \"rotate\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:3:") && e.contains("rotate_after_tasks"),
+            "{e}"
+        );
+        let e = err_text("[[worker]]\nname = \"c\"\nmode = \"daemon\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:3:") && e.contains("\"exec\" or \"persistent\""),
+            "{e}"
+        );
+        let e = err_text(
+            "[[worker]]\nname = \"x\"\nagent = \"command\"\ncommand = [\"cat\"]\nmodel = \"opus\"\n",
+        );
+        assert!(
+            e.contains("sets model, which only a Claude worker has"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -72,12 +72,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             config.path.display()
         )));
     }
-    if let Some(w) = config.workers.iter().find(|w| w.agent == Agent::Claude) {
-        return Err(Error::Usage(format!(
-            "worker {:?} uses agent = \"claude\", which this version cannot run yet; use agent = \"command\" with command = [...] (in {})",
-            w.name,
-            config.path.display()
-        )));
+    for w in &config.workers {
+        let Agent::Claude(settings) = &w.agent else {
+            continue;
+        };
+        if settings.mode == crate::claude::Mode::Persistent {
+            return Err(Error::Usage(format!(
+                "worker {:?} uses mode = \"persistent\", which this version cannot run yet; use mode = \"exec\" (in {})",
+                w.name,
+                config.path.display()
+            )));
+        }
+        if settings.skip_permissions {
+            warn!(worker = %w.name, "runs claude with --dangerously-skip-permissions: it may run any tool without asking");
+        }
     }
     // Intake's open-for-writing check takes a file lease for an instant; a writer opening the file
     // in that instant makes the kernel send SIGIO, whose default action would end the daemon.

@@ -7,6 +7,7 @@
 //! that finds the claim gone (the task was cancelled, or its lease expired and it was recovered)
 //! stops the agent at once.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::agent::{self, Outcome};
+use crate::claude;
 use crate::config::{Agent, Config, WorkerConfig};
 use crate::domain::{AttemptEnd, Backoff, Next, after_attempt};
-use crate::store::{Claim, EndHook, Event, Fence, Finish, NewEvent, Store, Task, now_ms};
+use crate::store::{Claim, EndHook, Event, Fence, Finish, NewEvent, Store, Task, Usage, now_ms};
 
 pub struct Runner {
     pub worker: WorkerConfig,
@@ -93,27 +95,6 @@ impl Runner {
         let task = &claim.task;
         let fence = claim.fence();
         let name = &self.worker.name;
-        let Agent::Command { argv } = &self.worker.agent else {
-            unreachable!("the daemon refuses to start workers whose agent it cannot run")
-        };
-        let timeout = task
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(self.worker.limits.timeout);
-        let mut env = self.worker.env.clone();
-        env.insert("AGENTQ_TASK_ID".into(), task.id.to_string());
-        env.insert("AGENTQ_WORKER".into(), name.clone());
-        env.insert("AGENTQ_ATTEMPT".into(), task.attempts.to_string());
-        let spec = agent::Spec {
-            argv: argv.clone(),
-            cwd: self.worker.cwd.clone(),
-            env,
-            prompt: task.prompt.clone(),
-            timeout,
-            kill_timeout: self.worker.limits.kill_timeout,
-            output_cap: self.config.daemon.output_cap as usize,
-            stderr_cap: self.config.daemon.stderr_cap as usize,
-        };
         info!(worker = %name, task = task.id, attempt = task.attempts, "started");
 
         let lost = CancellationToken::new();
@@ -124,20 +105,18 @@ impl Runner {
             self.wake.clone(),
             lost.clone(),
         ));
-        let stop = {
-            let (lost, hurry) = (lost.clone(), self.hurry.clone());
-            async move {
-                tokio::select! {
-                    _ = lost.cancelled() => {}
-                    _ = hurry.cancelled() => {}
-                }
-            }
+        let stop = Stop {
+            lost: lost.clone(),
+            hurry: self.hurry.clone(),
         };
-        let run = agent::run(spec, stop).await;
+        let ran = match &self.worker.agent {
+            Agent::Command { argv } => self.run_command(argv, task, &stop).await,
+            Agent::Claude(settings) => self.run_claude(settings, task, &stop).await,
+        };
         keeper.abort();
 
-        let end = match &run.outcome {
-            Outcome::Interrupted if lost.is_cancelled() => {
+        let end = match ran.end {
+            Ended::Interrupted if lost.is_cancelled() => {
                 info!(worker = %name, task = task.id, "stopped: the task was cancelled or taken over");
                 self.note(
                     task.id,
@@ -147,7 +126,7 @@ impl Runner {
                 .await;
                 return;
             }
-            Outcome::Interrupted => {
+            Ended::Interrupted => {
                 match self
                     .store
                     .release(&fence, "daemon shutting down", now_ms())
@@ -163,19 +142,9 @@ impl Runner {
                 }
                 return;
             }
-            Outcome::Exited(0) => AttemptEnd::Succeeded,
-            Outcome::Exited(code) => failure(format!("exit code {code}"), true),
-            Outcome::Signalled(signal) => failure(
-                format!("crashed (signal {signal}{})", signal_name(*signal)),
-                true,
-            ),
-            Outcome::TimedOut => failure(
-                format!("timeout after {}", humantime::format_duration(timeout)),
-                true,
-            ),
-            Outcome::SpawnFailed { error, retryable } => failure(error.clone(), *retryable),
+            Ended::Attempt(end) => end,
         };
-        if run.stdout_truncated {
+        if ran.attempt.stdout_truncated {
             let msg = format!(
                 "output cut at output_cap ({} bytes)",
                 self.config.daemon.output_cap
@@ -200,17 +169,18 @@ impl Runner {
                 Next::Retry { delay } => Some(now + delay.as_millis() as i64),
                 _ => None,
             },
-            exit_code: match run.outcome {
+            exit_code: match ran.attempt.outcome {
                 Outcome::Exited(code) => Some(code),
                 _ => None,
             },
-            output: Some(run.stdout),
+            output: Some(ran.output),
             error: match &end {
                 AttemptEnd::Failed { reason, .. } => Some(reason.clone()),
                 AttemptEnd::Succeeded => None,
             },
-            stderr_tail: (!run.stderr_tail.is_empty()).then_some(run.stderr_tail),
-            duration_ms: run.duration.as_millis() as i64,
+            stderr_tail: (!ran.attempt.stderr_tail.is_empty()).then_some(ran.attempt.stderr_tail),
+            duration_ms: ran.attempt.duration.as_millis() as i64,
+            usage: ran.usage,
             now,
         };
         // Output files are written inside the transaction that records the end, so anyone who sees
@@ -244,13 +214,173 @@ impl Runner {
             Next::Succeeded => {
                 info!(worker = %name, task = task.id, duration_ms = finish.duration_ms, "succeeded")
             }
-            Next::Retry { delay } => {
-                warn!(worker = %name, task = task.id, "attempt {} failed: {reason}; retry in {}", task.attempts, humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)))
-            }
+            Next::Retry { delay } => warn!(
+                worker = %name, task = task.id,
+                "attempt {} failed: {reason}; retry in {}",
+                task.attempts,
+                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+            ),
             Next::Dead => {
                 warn!(worker = %name, task = task.id, "dead after {} attempts: {reason}", task.attempts)
             }
             Next::Failed => warn!(worker = %name, task = task.id, "failed: {reason}"),
+        }
+    }
+
+    /// The parts of a spec every agent shares.
+    fn spec(&self, task: &Task, argv: Vec<String>, env_remove: Vec<String>) -> agent::Spec {
+        let mut env = self.worker.env.clone();
+        env.insert("AGENTQ_TASK_ID".into(), task.id.to_string());
+        env.insert("AGENTQ_WORKER".into(), self.worker.name.clone());
+        env.insert("AGENTQ_ATTEMPT".into(), task.attempts.to_string());
+        agent::Spec {
+            argv,
+            cwd: self.worker.cwd.clone(),
+            env,
+            env_remove,
+            prompt: task.prompt.clone(),
+            timeout: task
+                .timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(self.worker.limits.timeout),
+            kill_timeout: self.worker.limits.kill_timeout,
+            output_cap: self.config.daemon.output_cap as usize,
+            stderr_cap: self.config.daemon.stderr_cap as usize,
+        }
+    }
+
+    async fn run_command(&self, argv: &[String], task: &Task, stop: &Stop) -> Ran {
+        let spec = self.spec(task, argv.to_vec(), Vec::new());
+        let timeout = spec.timeout;
+        let attempt = agent::run(spec, stop.future()).await;
+        Ran {
+            end: generic_end(&attempt.outcome, timeout),
+            output: attempt.stdout.clone(),
+            usage: Usage::default(),
+            attempt,
+        }
+    }
+
+    /// One Claude task in exec mode: join the worker's conversation (or start one, with an id stored
+    /// before the process starts), run, and record the conversation the result reports. A resume
+    /// that finds the conversation gone starts a new one and runs again, within the same attempt.
+    async fn run_claude(&self, settings: &claude::Settings, task: &Task, stop: &Stop) -> Ran {
+        let name = &self.worker.name;
+        let cwd = self.worker.cwd.to_string_lossy().into_owned();
+        let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
+        let parent_env: BTreeMap<String, String> = std::env::vars().collect();
+        let env_remove = claude::inherited_markers(&parent_env, &self.worker.env);
+        let mut current = match self.store.worker_session(name).await {
+            Ok(current) => current,
+            Err(e) => {
+                warn!(worker = %name, "cannot read the worker's session: {e}; starting a new one");
+                None
+            }
+        };
+        let mut reset_once = false;
+        loop {
+            let join = claude::choose(settings.session, current.as_ref(), &cwd)
+                .unwrap_or_else(|| claude::Join::Start(new_session_id()));
+            if let claude::Join::Start(id) = &join {
+                let fresh = claude::SessionState {
+                    id: id.clone(),
+                    cwd: cwd.clone(),
+                    tasks: 0,
+                    input_tokens: 0,
+                };
+                if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
+                    warn!(worker = %name, "cannot store the new session id: {e}");
+                }
+                current = Some(fresh);
+            }
+            let spec = self.spec(
+                task,
+                claude::exec_argv(&bin, settings, &join),
+                env_remove.clone(),
+            );
+            let timeout = spec.timeout;
+            let attempt = agent::run(spec, stop.future()).await;
+            let result = claude::ClaudeResult::from_exec_stdout(&attempt.stdout);
+            let Outcome::Exited(code) = attempt.outcome else {
+                return Ran {
+                    end: generic_end(&attempt.outcome, timeout),
+                    output: result
+                        .map(|r| r.text)
+                        .unwrap_or_else(|| attempt.stdout.clone()),
+                    usage: Usage {
+                        session_id: Some(join.id().to_string()),
+                        ..Usage::default()
+                    },
+                    attempt,
+                };
+            };
+            let Some(result) = result else {
+                if matches!(join, claude::Join::Resume(_))
+                    && !reset_once
+                    && claude::conversation_gone(&attempt.stderr_tail, &attempt.stdout)
+                {
+                    reset_once = true;
+                    let why = format!("conversation {} is gone (task {})", join.id(), task.id);
+                    warn!(worker = %name, task = task.id, "{why}; starting a new one and running the task again");
+                    if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await {
+                        warn!(worker = %name, "cannot reset the session: {e}");
+                    }
+                    current = None;
+                    continue;
+                }
+                let last = attempt
+                    .stderr_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no result on stdout");
+                return Ran {
+                    end: Ended::Attempt(failure(
+                        format!("claude exited with code {code}: {}", last.trim()),
+                        true,
+                    )),
+                    output: attempt.stdout.clone(),
+                    usage: Usage {
+                        session_id: Some(join.id().to_string()),
+                        ..Usage::default()
+                    },
+                    attempt,
+                };
+            };
+            // The id the result reports is the one to resume next (the CLI has changed ids before).
+            let reported = result
+                .session_id
+                .clone()
+                .unwrap_or_else(|| join.id().to_string());
+            let previous = current.take().filter(|s| s.id == join.id());
+            let after = claude::SessionState {
+                id: reported.clone(),
+                cwd: cwd.clone(),
+                tasks: previous.as_ref().map_or(0, |s| s.tasks) + 1,
+                input_tokens: previous.as_ref().map_or(0, |s| s.input_tokens)
+                    + result.input_tokens.unwrap_or(0),
+            };
+            if let Err(e) = self.store.save_worker_session(name, &after, now_ms()).await {
+                warn!(worker = %name, "cannot store the session: {e}");
+            }
+            let end = if result.is_error || code != 0 {
+                let (reason, retryable) = result.failure();
+                failure(reason, retryable)
+            } else {
+                AttemptEnd::Succeeded
+            };
+            return Ran {
+                end: Ended::Attempt(end),
+                output: result.text.clone(),
+                usage: Usage {
+                    session_id: Some(reported),
+                    cost_usd: result.total_cost_usd,
+                    input_tokens: result.input_tokens.map(|t| t as i64),
+                    output_tokens: result.output_tokens.map(|t| t as i64),
+                    num_turns: result.num_turns.map(|t| t as i64),
+                },
+                attempt,
+            };
         }
     }
 
@@ -266,6 +396,75 @@ impl Runner {
             warn!(task = task_id, "cannot record event {kind}: {e}");
         }
     }
+}
+
+/// The cancellation signals an attempt listens to.
+struct Stop {
+    /// The claim is gone (cancelled, or taken over).
+    lost: CancellationToken,
+    /// The daemon is shutting down and its grace is over.
+    hurry: CancellationToken,
+}
+
+impl Stop {
+    fn future(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let (lost, hurry) = (self.lost.clone(), self.hurry.clone());
+        async move {
+            tokio::select! {
+                _ = lost.cancelled() => {}
+                _ = hurry.cancelled() => {}
+            }
+        }
+    }
+}
+
+/// How an attempt went, whatever the agent.
+struct Ran {
+    end: Ended,
+    /// The result text.
+    output: String,
+    usage: Usage,
+    attempt: agent::Attempt,
+}
+
+enum Ended {
+    /// Stopped from outside: the claim was lost, or the daemon is shutting down.
+    Interrupted,
+    Attempt(AttemptEnd),
+}
+
+/// How an attempt ended, from how its process ended (the agent's own output aside).
+fn generic_end(outcome: &Outcome, timeout: Duration) -> Ended {
+    Ended::Attempt(match outcome {
+        Outcome::Interrupted => return Ended::Interrupted,
+        Outcome::Exited(0) => AttemptEnd::Succeeded,
+        Outcome::Exited(code) => failure(format!("exit code {code}"), true),
+        Outcome::Signalled(signal) => failure(
+            format!("crashed (signal {signal}{})", signal_name(*signal)),
+            true,
+        ),
+        Outcome::TimedOut => failure(
+            format!("timeout after {}", humantime::format_duration(timeout)),
+            true,
+        ),
+        Outcome::SpawnFailed { error, retryable } => failure(error.clone(), *retryable),
+    })
+}
+
+/// A new conversation id: a random (version 4) UUID, as `--session-id` requires.
+fn new_session_id() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn failure(reason: String, retryable: bool) -> AttemptEnd {

@@ -52,29 +52,31 @@ impl FakeServer {
         let state = Arc::new(State::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
-        let thread = std::thread::Builder::new().name("fake-anthropic".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime for the fake server");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                let accept = async {
-                    loop {
-                        if let Ok((stream, _)) = listener.accept().await {
-                            tokio::spawn(serve(stream, st.clone()));
+        let thread = std::thread::Builder::new()
+            .name("fake-anthropic".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the fake server");
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).expect("listener");
+                    let accept = async {
+                        loop {
+                            if let Ok((stream, _)) = listener.accept().await {
+                                tokio::spawn(serve(stream, st.clone()));
+                            }
                         }
+                    };
+                    tokio::select! {
+                        _ = accept => {}
+                        _ = rx => {}
                     }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = rx => {}
-                }
-            });
-            // Connections still open (a hung answer) are dropped with the runtime.
-            rt.shutdown_timeout(Duration::from_millis(100));
-        })?;
+                });
+                // Connections still open (a hung answer) are dropped with the runtime.
+                rt.shutdown_timeout(Duration::from_millis(100));
+            })?;
         Ok(FakeServer {
             addr,
             state,
@@ -132,7 +134,8 @@ async fn serve(stream: TcpStream, state: Arc<State>) {
             reason(status),
             body.len()
         );
-        if write.write_all(head.as_bytes()).await.is_err() || write.write_all(&body).await.is_err() {
+        if write.write_all(head.as_bytes()).await.is_err() || write.write_all(&body).await.is_err()
+        {
             return;
         }
     }
@@ -181,7 +184,8 @@ fn reason(status: u16) -> &'static str {
 type Answer = (u16, &'static str, Vec<u8>, Option<Duration>);
 
 fn answer(request: &Request, state: &State) -> Answer {
-    let json_answer = |status: u16, v: Value| (status, "application/json", v.to_string().into_bytes(), None);
+    let json_answer =
+        |status: u16, v: Value| (status, "application/json", v.to_string().into_bytes(), None);
     if request.method == "GET" {
         return json_answer(200, json!({}));
     }
@@ -193,7 +197,10 @@ fn answer(request: &Request, state: &State) -> Answer {
             state.messages.fetch_add(1, Ordering::SeqCst);
             messages(&body, state)
         }
-        _ => json_answer(404, json!({ "type": "error", "error": { "type": "not_found_error", "message": "no such endpoint" } })),
+        _ => json_answer(
+            404,
+            json!({ "type": "error", "error": { "type": "not_found_error", "message": "no such endpoint" } }),
+        ),
     }
 }
 
@@ -213,7 +220,11 @@ pub fn prompts(body: &Value) -> Vec<String> {
                 .collect(),
             _ => Vec::new(),
         };
-        out.extend(texts.into_iter().filter(|t| !t.trim_start().starts_with("<system-reminder>")));
+        out.extend(
+            texts
+                .into_iter()
+                .filter(|t| !t.trim_start().starts_with("<system-reminder>")),
+        );
     }
     out
 }
@@ -223,7 +234,9 @@ fn directives(prompt: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = prompt;
     while let Some(start) = rest.find("[[") {
-        let Some(end) = rest[start..].find("]]") else { break };
+        let Some(end) = rest[start..].find("]]") else {
+            break;
+        };
         let inner = rest[start + 2..start + end].trim();
         let (name, args) = inner.split_once(' ').unwrap_or((inner, ""));
         out.push((name.to_string(), args.trim().to_string()));
@@ -257,7 +270,10 @@ fn messages(body: &Value, state: &State) -> Answer {
             "status" => {
                 let mut words = args.split_whitespace();
                 let status: u16 = words.next().and_then(|s| s.parse().ok()).unwrap_or(500);
-                let times: Option<u32> = words.next().and_then(|w| w.strip_prefix('x')).and_then(|n| n.parse().ok());
+                let times: Option<u32> = words
+                    .next()
+                    .and_then(|w| w.strip_prefix('x'))
+                    .and_then(|n| n.parse().ok());
                 let key = format!("status {args}");
                 let mut failures = state.failures.lock().unwrap_or_else(|p| p.into_inner());
                 let count = failures.entry(key).or_insert(0);
@@ -269,7 +285,12 @@ fn messages(body: &Value, state: &State) -> Answer {
                         _ => "api_error",
                     };
                     let err = json!({ "type": "error", "error": { "type": kind, "message": format!("fake {status}") } });
-                    return (status, "application/json", err.to_string().into_bytes(), delay);
+                    return (
+                        status,
+                        "application/json",
+                        err.to_string().into_bytes(),
+                        delay,
+                    );
                 }
             }
             _ => {}
@@ -278,7 +299,14 @@ fn messages(body: &Value, state: &State) -> Answer {
     let text = text.unwrap_or_else(|| {
         let shown: Vec<String> = all
             .iter()
-            .map(|p| p.lines().next().unwrap_or("").chars().take(60).collect::<String>())
+            .map(|p| {
+                p.lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(60)
+                    .collect::<String>()
+            })
             .collect();
         format!("seen {}: {}", all.len(), shown.join(" | "))
     });
@@ -287,11 +315,26 @@ fn messages(body: &Value, state: &State) -> Answer {
     let output_tokens = 1 + (text.len() / 4) as u64;
     if body["stream"] == true {
         let events = [
-            ("message_start", json!({ "type": "message_start", "message": { "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": { "input_tokens": input_tokens, "output_tokens": 1 } } })),
-            ("content_block_start", json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })),
-            ("content_block_delta", json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } })),
-            ("content_block_stop", json!({ "type": "content_block_stop", "index": 0 })),
-            ("message_delta", json!({ "type": "message_delta", "delta": { "stop_reason": "end_turn", "stop_sequence": null }, "usage": { "output_tokens": output_tokens } })),
+            (
+                "message_start",
+                json!({ "type": "message_start", "message": { "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": { "input_tokens": input_tokens, "output_tokens": 1 } } }),
+            ),
+            (
+                "content_block_start",
+                json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
+            ),
+            (
+                "content_block_delta",
+                json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } }),
+            ),
+            (
+                "content_block_stop",
+                json!({ "type": "content_block_stop", "index": 0 }),
+            ),
+            (
+                "message_delta",
+                json!({ "type": "message_delta", "delta": { "stop_reason": "end_turn", "stop_sequence": null }, "usage": { "output_tokens": output_tokens } }),
+            ),
             ("message_stop", json!({ "type": "message_stop" })),
         ];
         let mut out = String::new();
@@ -313,7 +356,10 @@ mod tests {
     fn directives_are_found() {
         assert_eq!(
             directives("do it [[delay 2s]] and [[status 529 x2]]"),
-            vec![("delay".into(), "2s".into()), ("status".into(), "529 x2".into())]
+            vec![
+                ("delay".into(), "2s".into()),
+                ("status".into(), "529 x2".into())
+            ]
         );
         assert_eq!(parse_delay("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_delay("1.5s"), Some(Duration::from_millis(1500)));

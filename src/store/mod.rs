@@ -88,6 +88,19 @@ pub struct Task {
     pub source: String,
     /// Attempts cut short by the death of their daemon (not counted in `attempts`).
     pub interruptions: u32,
+    /// What the agent reported about its last attempt (Claude workers).
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// What an agent reports about one attempt: its conversation and what it cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub session_id: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub num_turns: Option<i64>,
 }
 
 /// One row of a listing: a task without its large fields.
@@ -148,6 +161,7 @@ pub struct Finish {
     pub error: Option<String>,
     pub stderr_tail: Option<String>,
     pub duration_ms: i64,
+    pub usage: Usage,
     pub now: Millis,
 }
 
@@ -250,6 +264,19 @@ pub trait Store: Send + Sync {
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
     async fn record_event(&self, event: &NewEvent) -> Result<()>;
     async fn counts(&self) -> Result<Vec<WorkerCounts>>;
+
+    /// The conversation a worker is in, if it has one.
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::claude::SessionState>>;
+    /// Records the conversation a worker is in (before its process starts, and after each result).
+    async fn save_worker_session(
+        &self,
+        worker: &str,
+        session: &crate::claude::SessionState,
+        now: Millis,
+    ) -> Result<()>;
+    /// Forgets a worker's conversation, so its next task starts a new one. Returns whether it had
+    /// one; records a `session_reset` event with `why`.
+    async fn reset_worker_session(&self, worker: &str, why: &str, now: Millis) -> Result<bool>;
 
     /// When `worker`'s earliest queued task becomes due, if it has any queued.
     async fn next_due(&self, worker: &str) -> Result<Option<Millis>>;

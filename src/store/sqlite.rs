@@ -24,13 +24,17 @@ use super::{
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_claude.sql"),
+];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
      not_before, created_at, updated_at, started_at, finished_at, owner, lease_expires, exit_code, \
-     output, error, stderr_tail, duration_ms, source, interruptions";
+     output, error, stderr_tail, duration_ms, source, interruptions, session_id, cost_usd, input_tokens, \
+     output_tokens, num_turns";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -199,6 +203,13 @@ fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
         duration_ms: r.get(19)?,
         source: r.get(20)?,
         interruptions: r.get::<_, i64>(21)? as u32,
+        usage: super::Usage {
+            session_id: r.get(22)?,
+            cost_usd: r.get(23)?,
+            input_tokens: r.get(24)?,
+            output_tokens: r.get(25)?,
+            num_turns: r.get(26)?,
+        },
     })
 }
 
@@ -412,7 +423,8 @@ impl Store for SqliteStore {
                 "UPDATE tasks SET state = ?3, not_before = coalesce(?4, not_before), exit_code = ?5, \
                  output = ?6, error = ?7, stderr_tail = ?8, duration_ms = ?9, \
                  finished_at = CASE WHEN ?10 THEN ?11 ELSE NULL END, owner = NULL, claim_token = NULL, \
-                 lease_expires = NULL, updated_at = ?11 \
+                 lease_expires = NULL, updated_at = ?11, session_id = coalesce(?12, session_id), \
+                 cost_usd = ?13, input_tokens = ?14, output_tokens = ?15, num_turns = ?16 \
                  WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
                 params![
                     fence.id,
@@ -425,7 +437,12 @@ impl Store for SqliteStore {
                     f.stderr_tail,
                     f.duration_ms,
                     terminal,
-                    f.now
+                    f.now,
+                    f.usage.session_id,
+                    f.usage.cost_usd,
+                    f.usage.input_tokens,
+                    f.usage.output_tokens,
+                    f.usage.num_turns
                 ],
             )?;
             if n == 0 {
@@ -673,6 +690,71 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::claude::SessionState>> {
+        let worker = worker.to_string();
+        self.call("reading a worker's session", move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT session_id, cwd, tasks, input_tokens FROM worker_sessions WHERE worker = ?1",
+                    [worker],
+                    |r| {
+                        Ok(crate::claude::SessionState {
+                            id: r.get(0)?,
+                            cwd: r.get(1)?,
+                            tasks: r.get::<_, i64>(2)? as u32,
+                            input_tokens: r.get::<_, i64>(3)? as u64,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn save_worker_session(
+        &self,
+        worker: &str,
+        session: &crate::claude::SessionState,
+        now: Millis,
+    ) -> Result<()> {
+        let (worker, s) = (worker.to_string(), session.clone());
+        self.write("saving a worker's session", move |tx| {
+            tx.execute(
+                "INSERT INTO worker_sessions (worker, session_id, cwd, tasks, input_tokens, started_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
+                 ON CONFLICT (worker) DO UPDATE SET \
+                   started_at = CASE WHEN session_id = excluded.session_id THEN started_at ELSE excluded.started_at END, \
+                   session_id = excluded.session_id, cwd = excluded.cwd, tasks = excluded.tasks, \
+                   input_tokens = excluded.input_tokens, updated_at = excluded.updated_at",
+                params![worker, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reset_worker_session(&self, worker: &str, why: &str, now: Millis) -> Result<bool> {
+        let (worker, why) = (worker.to_string(), why.to_string());
+        self.write("resetting a worker's session", move |tx| {
+            let old: Option<String> = tx
+                .query_row(
+                    "DELETE FROM worker_sessions WHERE worker = ?1 RETURNING session_id",
+                    [&worker],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let message = match &old {
+                Some(id) => {
+                    format!("{why}; conversation {id} left, the next task starts a new one")
+                }
+                None => format!("{why}; the next task starts a new conversation"),
+            };
+            event(tx, now, None, Some(&worker), "session_reset", &message)?;
+            Ok(old.is_some())
+        })
+        .await
+    }
+
     async fn next_due(&self, worker: &str) -> Result<Option<Millis>> {
         let worker = worker.to_string();
         self.call("finding the next due task", move |conn| {
@@ -747,6 +829,7 @@ mod tests {
             error: None,
             stderr_tail: None,
             duration_ms: 5,
+            usage: Default::default(),
             now,
         }
     }
@@ -1038,6 +1121,39 @@ mod tests {
             SqliteStore::open(&path),
             Err(Error::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn worker_sessions_are_kept_replaced_and_reset() {
+        let (_d, s) = store();
+        assert_eq!(s.worker_session("w").await.unwrap(), None);
+        let mut st = crate::claude::SessionState {
+            id: "a".into(),
+            cwd: "/w".into(),
+            tasks: 0,
+            input_tokens: 0,
+        };
+        s.save_worker_session("w", &st, 1).await.unwrap();
+        st.tasks = 2;
+        st.input_tokens = 50;
+        s.save_worker_session("w", &st, 2).await.unwrap();
+        assert_eq!(s.worker_session("w").await.unwrap(), Some(st));
+        assert!(s.reset_worker_session("w", "asked", 3).await.unwrap());
+        assert_eq!(s.worker_session("w").await.unwrap(), None);
+        assert!(!s.reset_worker_session("w", "asked", 4).await.unwrap());
+        let ev = s
+            .events(&EventFilter {
+                kind: Some("session_reset".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ev.len(), 2);
+        assert!(
+            ev[0].message.contains("conversation a left"),
+            "{}",
+            ev[0].message
+        );
     }
 
     #[test]

@@ -85,6 +85,44 @@ impl Project {
         serde_json::from_str(&self.ok(&all)).unwrap()
     }
 
+    /// A project with one Claude worker named `c`, running the real CLI against `fake`, with a
+    /// HOME of its own (where Claude keeps its conversations). `extra` is added to the worker.
+    pub fn with_claude(fake: &fake_anthropic::FakeServer, extra: &str) -> Project {
+        let p = Project::new("");
+        let home = p.path("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let config = format!(
+            r#"[defaults]
+backoff = "10ms"
+max_backoff = "50ms"
+
+[[worker]]
+name = "c"
+agent = "claude"
+claude_bin = "{bin}"
+{extra}
+[worker.env]
+ANTHROPIC_BASE_URL = "{url}"
+ANTHROPIC_API_KEY = "test-key"
+HOME = "{home}"
+DISABLE_AUTOUPDATER = "1"
+DISABLE_TELEMETRY = "1"
+CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1"
+CLAUDE_CODE_MAX_RETRIES = "0"
+"#,
+            bin = claude_bin().display(),
+            url = fake.url(),
+            home = home.display(),
+        );
+        std::fs::write(p.path("agentq.toml"), config).unwrap();
+        p
+    }
+
+    /// A task's result text.
+    pub fn output(&self, id: i64) -> String {
+        self.task(id)["output"].as_str().unwrap_or("").to_string()
+    }
+
     /// Submits a prompt; returns the task id.
     pub fn submit(&self, worker: &str, prompt: &str) -> i64 {
         self.ok(&["submit", "--worker", worker, prompt])
@@ -259,6 +297,20 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The claude CLI the tests run: the one scripts/test installs (or `AGENTQ_TEST_CLAUDE_BIN`).
+pub fn claude_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("AGENTQ_TEST_CLAUDE_BIN") {
+        return bin.into();
+    }
+    let local =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/claude-code/node_modules/.bin/claude");
+    assert!(
+        local.exists(),
+        "the claude CLI these tests run is not installed: run scripts/test once (it installs the pinned version into .tools/claude-code)"
+    );
+    local
 }
 
 pub fn text(bytes: &[u8]) -> String {

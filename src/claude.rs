@@ -1,0 +1,482 @@
+//! Claude Code as an agent: the command line, the result, the session, the environment.
+//!
+//! Everything here is plain code over values; the runner (`worker.rs`) does the I/O. Facts about
+//! the CLI this relies on were checked against the pinned version (see the README's test command):
+//! - the prompt is read from stdin with `-p`; nothing else may be positional, since a stray
+//!   positional argument silently *replaces* the stdin prompt. Every value therefore travels as one
+//!   `--flag=value` argument, which also keeps a value starting with `-` from being read as a flag;
+//! - `--session-id <uuid>` starts a conversation under an id the caller chose, `--resume <id>`
+//!   continues it, and a resume of an unknown id fails with `No conversation found with session ID`;
+//! - `--output-format json` prints one result object; its fields are read tolerantly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// How a worker runs Claude.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One `claude -p --output-format json` process per task.
+    Exec,
+    /// One long-lived stream-json process per worker.
+    Persistent,
+}
+
+/// Which conversation a task continues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionPolicy {
+    /// One conversation for all the worker's tasks.
+    Resume,
+    /// A new conversation for every task.
+    Fresh,
+    /// A new conversation after so many tasks or input tokens.
+    Rotate {
+        after_tasks: Option<u32>,
+        after_tokens: Option<u64>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// From config; `AGENTQ_CLAUDE_BIN` overrides it, and `claude` on PATH is the default.
+    pub bin: Option<PathBuf>,
+    pub mode: Mode,
+    pub model: Option<String>,
+    pub permission_mode: Option<String>,
+    pub allowed_tools: Vec<String>,
+    pub disallowed_tools: Vec<String>,
+    pub append_system_prompt: Option<String>,
+    pub max_turns: Option<u32>,
+    pub max_budget_usd: Option<f64>,
+    pub add_dirs: Vec<PathBuf>,
+    pub extra_args: Vec<String>,
+    pub skip_permissions: bool,
+    pub session: SessionPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bin: None,
+            mode: Mode::Exec,
+            model: None,
+            permission_mode: None,
+            allowed_tools: Vec::new(),
+            disallowed_tools: Vec::new(),
+            append_system_prompt: None,
+            max_turns: None,
+            max_budget_usd: None,
+            add_dirs: Vec::new(),
+            extra_args: Vec::new(),
+            skip_permissions: false,
+            session: SessionPolicy::Resume,
+        }
+    }
+}
+
+/// The binary to run: `AGENTQ_CLAUDE_BIN`, else the configured one, else `claude` on PATH.
+pub fn resolve_bin(settings: &Settings, env_override: Option<&str>) -> PathBuf {
+    match env_override.filter(|s| !s.is_empty()) {
+        Some(bin) => PathBuf::from(bin),
+        None => settings
+            .bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("claude")),
+    }
+}
+
+/// How a task's process joins a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Join {
+    /// Start a conversation under this id.
+    Start(String),
+    /// Continue this conversation.
+    Resume(String),
+}
+
+impl Join {
+    pub fn id(&self) -> &str {
+        match self {
+            Join::Start(id) | Join::Resume(id) => id,
+        }
+    }
+}
+
+/// The command line of one exec-mode task (the prompt goes to stdin).
+pub fn exec_argv(bin: &Path, settings: &Settings, join: &Join) -> Vec<String> {
+    let mut argv = vec![
+        bin.to_string_lossy().into_owned(),
+        "-p".into(),
+        "--output-format=json".into(),
+    ];
+    push_common(&mut argv, settings, join);
+    argv
+}
+
+fn push_common(argv: &mut Vec<String>, s: &Settings, join: &Join) {
+    let mut flag = |name: &str, value: &str| argv.push(format!("--{name}={value}"));
+    match join {
+        Join::Start(id) => flag("session-id", id),
+        Join::Resume(id) => flag("resume", id),
+    }
+    if let Some(m) = &s.model {
+        flag("model", m);
+    }
+    if let Some(m) = &s.permission_mode {
+        flag("permission-mode", m);
+    }
+    for t in &s.allowed_tools {
+        flag("allowed-tools", t);
+    }
+    for t in &s.disallowed_tools {
+        flag("disallowed-tools", t);
+    }
+    if let Some(p) = &s.append_system_prompt {
+        flag("append-system-prompt", p);
+    }
+    if let Some(n) = s.max_turns {
+        flag("max-turns", &n.to_string());
+    }
+    if let Some(b) = s.max_budget_usd {
+        flag("max-budget-usd", &b.to_string());
+    }
+    for d in &s.add_dirs {
+        flag("add-dir", &d.to_string_lossy());
+    }
+    if s.skip_permissions {
+        argv.push("--dangerously-skip-permissions".into());
+    }
+    argv.extend(s.extra_args.iter().cloned());
+}
+
+/// What a result object says. Every field may be missing in some version.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaudeResult {
+    pub text: String,
+    pub is_error: bool,
+    pub subtype: Option<String>,
+    pub session_id: Option<String>,
+    pub total_cost_usd: Option<f64>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub num_turns: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub api_error_status: Option<i64>,
+}
+
+impl ClaudeResult {
+    /// Reads a `type: "result"` object; `None` if `value` is not one.
+    pub fn from_value(v: &Value) -> Option<ClaudeResult> {
+        if v.get("type").and_then(Value::as_str) != Some("result") {
+            return None;
+        }
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let num = |k: &str| v.get(k).and_then(Value::as_u64);
+        let usage = v.get("usage");
+        // Input counts what the model read: fresh input plus cache reads and writes.
+        let input_tokens = usage.map(|u| {
+            [
+                "input_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            ]
+            .iter()
+            .filter_map(|k| u.get(*k).and_then(Value::as_u64))
+            .sum()
+        });
+        Some(ClaudeResult {
+            text: text("result").unwrap_or_default(),
+            is_error: v.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+            subtype: text("subtype"),
+            session_id: text("session_id"),
+            total_cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+            input_tokens,
+            output_tokens: usage
+                .and_then(|u| u.get("output_tokens"))
+                .and_then(Value::as_u64),
+            num_turns: num("num_turns"),
+            duration_ms: num("duration_ms"),
+            api_error_status: v.get("api_error_status").and_then(Value::as_i64),
+        })
+    }
+
+    /// Finds the result in exec mode's stdout: one JSON object, though a version that prints
+    /// anything around it (a warning line) is tolerated by taking the last line that parses.
+    pub fn from_exec_stdout(stdout: &str) -> Option<ClaudeResult> {
+        if let Some(r) = serde_json::from_str::<Value>(stdout.trim())
+            .ok()
+            .as_ref()
+            .and_then(Self::from_value)
+        {
+            return Some(r);
+        }
+        stdout
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+            .find_map(|v| Self::from_value(&v))
+    }
+
+    /// Why an error result failed, in words, and whether running again could help.
+    pub fn failure(&self) -> (String, bool) {
+        let subtype = self.subtype.as_deref().unwrap_or("error");
+        let detail = self.text.lines().next().unwrap_or("").trim();
+        let mut reason = match self.api_error_status {
+            Some(status) => format!("claude {subtype} (API status {status})"),
+            None => format!("claude {subtype}"),
+        };
+        if !detail.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&detail.chars().take(300).collect::<String>());
+        }
+        // Limits the task itself hit would be hit again; everything else may pass.
+        let retryable = !matches!(subtype, "error_max_turns" | "error_max_budget_usd");
+        (reason, retryable)
+    }
+}
+
+/// Whether a failed resume means the conversation no longer exists.
+pub fn conversation_gone(stderr: &str, stdout: &str) -> bool {
+    const MARK: &str = "No conversation found with session ID";
+    stderr.contains(MARK) || stdout.contains(MARK)
+}
+
+/// The session a worker's conversation is in, as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionState {
+    pub id: String,
+    /// Claude keeps conversations per working directory: one started elsewhere cannot be resumed.
+    pub cwd: String,
+    pub tasks: u32,
+    pub input_tokens: u64,
+}
+
+/// Picks how the next task joins a conversation: `None` means a new one must be started.
+pub fn choose(policy: SessionPolicy, current: Option<&SessionState>, cwd: &str) -> Option<Join> {
+    let current = current.filter(|s| s.cwd == cwd)?;
+    match policy {
+        SessionPolicy::Fresh => None,
+        SessionPolicy::Resume => Some(Join::Resume(current.id.clone())),
+        SessionPolicy::Rotate {
+            after_tasks,
+            after_tokens,
+        } => {
+            let worn = after_tasks.is_some_and(|n| current.tasks >= n)
+                || after_tokens.is_some_and(|n| current.input_tokens >= n);
+            (!worn).then(|| Join::Resume(current.id.clone()))
+        }
+    }
+}
+
+/// Environment variables that mark a parent Claude Code session. A `claude` started with them
+/// may take itself for a nested session (older versions refused to run), so they are removed
+/// unless the worker's own `env` sets them.
+pub fn inherited_markers(
+    parent: &BTreeMap<String, String>,
+    worker_env: &BTreeMap<String, String>,
+) -> Vec<String> {
+    const EXACT: &[&str] = &[
+        "CLAUDECODE",
+        "CLAUDE_CODE_ENTRYPOINT",
+        "CLAUDE_CODE_SSE_PORT",
+        "CLAUDE_CODE_SESSION_ID",
+        "CLAUDE_CODE_SESSION_ACCESS_TOKEN",
+        "CLAUDE_CODE_PARENT_SESSION_ID",
+    ];
+    parent
+        .keys()
+        .filter(|k| EXACT.contains(&k.as_str()) || k.starts_with("CLAUDECODE_"))
+        .filter(|k| !worker_env.contains_key(*k))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_value_is_one_argument_and_nothing_is_positional() {
+        let s = Settings {
+            model: Some("opus".into()),
+            permission_mode: Some("acceptEdits".into()),
+            allowed_tools: vec!["Read".into(), "Bash(git log:*)".into()],
+            disallowed_tools: vec!["WebFetch".into()],
+            append_system_prompt: Some("-starts with a dash".into()),
+            max_turns: Some(5),
+            max_budget_usd: Some(0.25),
+            add_dirs: vec![PathBuf::from("/data")],
+            extra_args: vec!["--verbose".into()],
+            ..Settings::default()
+        };
+        let argv = exec_argv(Path::new("/bin/claude"), &s, &Join::Start("u-1".into()));
+        assert_eq!(
+            argv,
+            [
+                "/bin/claude",
+                "-p",
+                "--output-format=json",
+                "--session-id=u-1",
+                "--model=opus",
+                "--permission-mode=acceptEdits",
+                "--allowed-tools=Read",
+                "--allowed-tools=Bash(git log:*)",
+                "--disallowed-tools=WebFetch",
+                "--append-system-prompt=-starts with a dash",
+                "--max-turns=5",
+                "--max-budget-usd=0.25",
+                "--add-dir=/data",
+                "--verbose",
+            ]
+        );
+        assert!(!argv.iter().any(|a| a == "--dangerously-skip-permissions"));
+        let resume = exec_argv(
+            Path::new("claude"),
+            &Settings {
+                skip_permissions: true,
+                ..Settings::default()
+            },
+            &Join::Resume("u-2".into()),
+        );
+        assert_eq!(resume[3], "--resume=u-2");
+        assert_eq!(resume.last().unwrap(), "--dangerously-skip-permissions");
+    }
+
+    #[test]
+    fn the_binary_comes_from_the_environment_then_config_then_path() {
+        let s = Settings {
+            bin: Some("/opt/claude".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            resolve_bin(&s, Some("/env/claude")),
+            PathBuf::from("/env/claude")
+        );
+        assert_eq!(resolve_bin(&s, None), PathBuf::from("/opt/claude"));
+        assert_eq!(resolve_bin(&s, Some("")), PathBuf::from("/opt/claude"));
+        assert_eq!(
+            resolve_bin(&Settings::default(), None),
+            PathBuf::from("claude")
+        );
+    }
+
+    #[test]
+    fn results_are_read_tolerantly() {
+        let full = json!({
+            "type": "result", "subtype": "success", "is_error": false, "result": "hi",
+            "session_id": "s-1", "total_cost_usd": 0.5, "num_turns": 2, "duration_ms": 10,
+            "api_error_status": null, "an_unknown_field": [1, 2],
+            "usage": { "input_tokens": 3, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 5, "output_tokens": 6 }
+        });
+        let r = ClaudeResult::from_exec_stdout(&full.to_string()).unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.is_error, r.session_id.as_deref()),
+            ("hi", false, Some("s-1"))
+        );
+        assert_eq!(
+            (r.input_tokens, r.output_tokens, r.total_cost_usd),
+            (Some(12), Some(6), Some(0.5))
+        );
+        let bare = ClaudeResult::from_exec_stdout("{\"type\":\"result\"}").unwrap();
+        assert_eq!(bare, ClaudeResult::default());
+        let noisy = format!(
+            "a warning line\n{}\n",
+            json!({"type": "result", "result": "x"})
+        );
+        assert_eq!(ClaudeResult::from_exec_stdout(&noisy).unwrap().text, "x");
+        assert!(ClaudeResult::from_exec_stdout("not json").is_none());
+        assert!(ClaudeResult::from_exec_stdout("{\"type\":\"system\"}").is_none());
+    }
+
+    #[test]
+    fn failures_say_why_and_whether_to_retry() {
+        let r = ClaudeResult {
+            is_error: true,
+            subtype: Some("error_during_execution".into()),
+            api_error_status: Some(529),
+            text: "Overloaded\nmore".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.failure(),
+            (
+                "claude error_during_execution (API status 529): Overloaded".into(),
+                true
+            )
+        );
+        let turns = ClaudeResult {
+            is_error: true,
+            subtype: Some("error_max_turns".into()),
+            ..Default::default()
+        };
+        assert!(!turns.failure().1);
+    }
+
+    #[test]
+    fn sessions_follow_the_policy_and_the_working_folder() {
+        let s = SessionState {
+            id: "a".into(),
+            cwd: "/w".into(),
+            tasks: 3,
+            input_tokens: 900,
+        };
+        assert_eq!(
+            choose(SessionPolicy::Resume, Some(&s), "/w"),
+            Some(Join::Resume("a".into()))
+        );
+        assert_eq!(
+            choose(SessionPolicy::Resume, Some(&s), "/elsewhere"),
+            None,
+            "a moved cwd cannot resume"
+        );
+        assert_eq!(choose(SessionPolicy::Resume, None, "/w"), None);
+        assert_eq!(choose(SessionPolicy::Fresh, Some(&s), "/w"), None);
+        let rotate = |t, k| SessionPolicy::Rotate {
+            after_tasks: t,
+            after_tokens: k,
+        };
+        assert_eq!(choose(rotate(Some(3), None), Some(&s), "/w"), None);
+        assert!(choose(rotate(Some(4), None), Some(&s), "/w").is_some());
+        assert_eq!(choose(rotate(None, Some(900)), Some(&s), "/w"), None);
+        assert!(choose(rotate(None, Some(901)), Some(&s), "/w").is_some());
+    }
+
+    #[test]
+    fn parent_session_markers_are_removed_unless_the_worker_sets_them() {
+        let parent: BTreeMap<String, String> = [
+            "CLAUDECODE",
+            "CLAUDE_CODE_ENTRYPOINT",
+            "CLAUDECODE_SESSION_ID",
+            "CLAUDE_CODE_GIT_BASH_PATH",
+            "HOME",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), "x".to_string()))
+        .collect();
+        let mut worker = BTreeMap::new();
+        assert_eq!(
+            inherited_markers(&parent, &worker),
+            [
+                "CLAUDECODE",
+                "CLAUDECODE_SESSION_ID",
+                "CLAUDE_CODE_ENTRYPOINT"
+            ]
+        );
+        worker.insert("CLAUDECODE".to_string(), "1".to_string());
+        assert_eq!(
+            inherited_markers(&parent, &worker),
+            ["CLAUDECODE_SESSION_ID", "CLAUDE_CODE_ENTRYPOINT"]
+        );
+    }
+
+    #[test]
+    fn a_gone_conversation_is_recognised() {
+        assert!(conversation_gone(
+            "Error: No conversation found with session ID: abc\n",
+            ""
+        ));
+        assert!(!conversation_gone("Error: something else", ""));
+    }
+}

@@ -1,0 +1,262 @@
+//! Claude workers end to end: the real `claude` CLI (installed by scripts/test) against the fake
+//! Anthropic API on loopback, driven through the real agentq binary.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use fake_anthropic::FakeServer;
+
+
+/// `seen N: ...` answers, as the fake gives them: which prompts the model saw.
+fn seen(output: &str) -> (usize, Vec<String>) {
+    let rest = output
+        .strip_prefix("seen ")
+        .unwrap_or_else(|| panic!("not a seen answer: {output:?}"));
+    let (n, list) = rest.split_once(": ").unwrap();
+    (
+        n.parse().unwrap(),
+        list.split(" | ").map(str::to_string).collect(),
+    )
+}
+
+#[test]
+fn each_task_sees_the_ones_before_it_and_the_conversation_survives_a_restart() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "mode = \"exec\"");
+    let ids: Vec<i64> = (1..=10)
+        .map(|k| p.submit("c", &format!("task {k}")))
+        .collect();
+    let daemon = p.start();
+    let mut args = vec!["wait".to_string(), "--timeout".into(), "120s".into()];
+    args.extend(ids.iter().map(|i| i.to_string()));
+    let out = p.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        daemon.log()
+    );
+
+    let mut session = None;
+    for (k, id) in ids.iter().enumerate() {
+        let (n, prompts) = seen(&p.output(*id));
+        assert_eq!(n, k + 1, "task {} saw {prompts:?}", k + 1);
+        assert_eq!(
+            prompts,
+            (1..=k + 1).map(|j| format!("task {j}")).collect::<Vec<_>>()
+        );
+        let t = p.task(*id);
+        assert!(t["cost_usd"].as_f64().unwrap() > 0.0, "cost recorded");
+        assert!(t["input_tokens"].as_i64().unwrap() > 0, "tokens recorded");
+        let sid = t["session_id"].as_str().unwrap().to_string();
+        assert_eq!(*session.get_or_insert(sid.clone()), sid, "one conversation");
+    }
+    assert!(daemon.stop().success());
+
+    // A new daemon continues the same conversation.
+    let daemon = p.start();
+    let id = p.submit("c", "task 11");
+    p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+    assert_eq!(seen(&p.output(id)).0, 11);
+    assert_eq!(p.task(id)["session_id"].as_str(), session.as_deref());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_deleted_conversation_starts_a_new_one_without_spending_an_attempt() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "");
+    let daemon = p.start();
+    let first = p.submit("c", "remember me");
+    p.ok(&["wait", "--timeout", "60s", &first.to_string()]);
+    let old = p.task(first)["session_id"].as_str().unwrap().to_string();
+
+    // Claude keeps conversations under HOME/.claude/projects/<folder>/<session>.jsonl.
+    let mut removed = 0;
+    for dir in std::fs::read_dir(p.path("home/.claude/projects"))
+        .unwrap()
+        .flatten()
+    {
+        let file = dir.path().join(format!("{old}.jsonl"));
+        if file.exists() {
+            std::fs::remove_file(file).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(
+        removed, 1,
+        "the conversation file was where Claude keeps it"
+    );
+
+    let second = p.submit("c", "after the loss");
+    p.ok(&["wait", "--timeout", "60s", &second.to_string()]);
+    let t = p.task(second);
+    assert_eq!(
+        seen(&p.output(second)),
+        (1, vec!["after the loss".to_string()])
+    );
+    assert_eq!(t["attempts"], 1, "the reset did not spend an attempt");
+    assert_ne!(t["session_id"].as_str().unwrap(), old);
+    let resets = p.json(&["events", "--kind", "session_reset"]);
+    assert_eq!(resets.as_array().unwrap().len(), 1, "{resets}");
+    assert!(resets[0]["message"].as_str().unwrap().contains(&old));
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_megabyte_prompt_travels_on_stdin() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "");
+    let daemon = p.start();
+    let mut prompt = String::from("the big one\n");
+    while prompt.len() < (1 << 20) {
+        prompt.push_str("lorem ipsum dolor sit amet, consectetur adipiscing elit\n");
+    }
+    let mut child = p
+        .cmd(&["submit", "--wait", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), prompt.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    assert_eq!(text(&out.stdout).trim(), "seen 1: the big one");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn reset_session_and_fresh_sessions_start_new_conversations() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "");
+    let daemon = p.start();
+    let a = p.submit("c", "one");
+    p.ok(&["wait", "--timeout", "60s", &a.to_string()]);
+    p.ok(&["worker", "reset-session", "c"]);
+    let b = p.submit("c", "two");
+    p.ok(&["wait", "--timeout", "60s", &b.to_string()]);
+    assert_eq!(
+        seen(&p.output(b)).0,
+        1,
+        "a new conversation after reset-session"
+    );
+    assert_ne!(p.task(a)["session_id"], p.task(b)["session_id"]);
+    assert!(daemon.stop().success());
+
+    let fresh = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fresh, "session = \"fresh\"");
+    let daemon = p.start();
+    for prompt in ["x", "y"] {
+        let id = p.submit("c", prompt);
+        p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+        assert_eq!(seen(&p.output(id)), (1, vec![prompt.to_string()]));
+    }
+    assert!(daemon.stop().success());
+
+    let out = p.run(&["worker", "reset-session", "nobody"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn an_overloaded_api_is_retried_by_agentq() {
+    // The CLI is told not to retry (CLAUDE_CODE_MAX_RETRIES = 0), so the 529 reaches agentq as an
+    // error result; agentq retries with backoff and the second attempt gets an answer.
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "");
+    let daemon = p.start();
+    let id = p.submit("c", "busy [[status 529 x1]]");
+    p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+    let t = p.task(id);
+    assert_eq!(t["attempts"], 2);
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"retry_scheduled"), "{kinds:?}");
+    let retry = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "retry_scheduled")
+        .unwrap();
+    assert!(
+        retry["message"].as_str().unwrap().contains("529"),
+        "{retry}"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn flags_environment_and_prompt_reach_the_cli_as_configured() {
+    // A stand-in for claude that reports what it was given, as a result object.
+    let p = Project::new("");
+    let script = p.path("fake-claude.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprompt=$(cat)\nprintf '{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"session_id\":\"%s\",\"result\":\"argv=%s|prompt=%s|CLAUDECODE=%s|KEEP=%s\"}' \"reported-id\" \"$*\" \"$prompt\" \"${CLAUDECODE:-unset}\" \"${CLAUDE_CODE_ENTRYPOINT:-unset}\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        p.path("agentq.toml"),
+        format!(
+            "[[worker]]\nname = \"c\"\nagent = \"claude\"\nclaude_bin = \"{}\"\nmodel = \"opus\"\nallowed_tools = [\"Read\", \"Bash(git log:*)\"]\nappend_system_prompt = \"-be brief\"\nmax_turns = 3\nenv = {{ CLAUDE_CODE_ENTRYPOINT = \"kept\" }}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let daemon = p
+        .cmd(&["run"])
+        .env("CLAUDECODE", "1")
+        .env("AGENTQ_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon {
+        child: daemon,
+        log: p.path("none.log"),
+    };
+    let first = p.submit("c", "hello there");
+    p.ok(&["wait", "--timeout", "30s", &first.to_string()]);
+    let out = p.output(first);
+    assert!(out.contains("|prompt=hello there|"), "{out}");
+    assert!(
+        out.contains("CLAUDECODE=unset"),
+        "a parent session's marker is removed: {out}"
+    );
+    assert!(
+        out.contains("KEEP=kept"),
+        "unless the worker sets it: {out}"
+    );
+    let argv = out.split('|').next().unwrap();
+    assert!(
+        argv.starts_with("argv=-p --output-format=json --session-id="),
+        "{argv}"
+    );
+    assert!(argv.contains("--model=opus --allowed-tools=Read --allowed-tools=Bash(git log:*) --append-system-prompt=-be brief --max-turns=3"), "{argv}");
+    assert!(!argv.contains("dangerously"), "{argv}");
+
+    // The id the result reported is the one resumed next.
+    let second = p.submit("c", "again");
+    p.ok(&["wait", "--timeout", "30s", &second.to_string()]);
+    assert!(
+        p.output(second).contains("--resume=reported-id"),
+        "{}",
+        p.output(second)
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+}
