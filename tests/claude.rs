@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use fake_anthropic::FakeServer;
 
-
 /// `seen N: ...` answers, as the fake gives them: which prompts the model saw.
 fn seen(output: &str) -> (usize, Vec<String>) {
     let rest = output
