@@ -53,6 +53,8 @@ pub struct Settings {
     pub extra_args: Vec<String>,
     pub skip_permissions: bool,
     pub session: SessionPolicy,
+    /// Pause the worker for the rest of the (local) day once it has spent this much.
+    pub budget_usd_per_day: Option<f64>,
 }
 
 impl Default for Settings {
@@ -71,6 +73,7 @@ impl Default for Settings {
             extra_args: Vec::new(),
             skip_permissions: false,
             session: SessionPolicy::Resume,
+            budget_usd_per_day: None,
         }
     }
 }
@@ -234,6 +237,138 @@ impl ClaudeResult {
         let retryable = !matches!(subtype, "error_max_turns" | "error_max_budget_usd");
         (reason, retryable)
     }
+}
+
+/// A usage or rate limit a result reports: the worker pauses, the task waits without spending an
+/// attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// When it resets (milliseconds since the epoch), if the result says.
+    pub until: Option<i64>,
+    pub message: String,
+}
+
+/// Reads a limit out of a result, the ways the CLI has reported one:
+/// `Claude AI usage limit reached|<epoch>`, `... limit · resets 3pm`, or an API status 429.
+pub fn limit_of(result: &ClaudeResult, now: chrono::DateTime<chrono::Local>) -> Option<Limit> {
+    let text = result.text.trim();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let lower = text.to_lowercase();
+    if let Some(rest) = lower.split("usage limit reached|").nth(1) {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let until = digits
+            .parse::<i64>()
+            .ok()
+            .map(|n| if n > 100_000_000_000 { n } else { n * 1000 });
+        return Some(Limit {
+            until,
+            message: "Claude AI usage limit reached".into(),
+        });
+    }
+    if lower.contains("limit") && lower.contains("resets") {
+        let after = lower.rsplit("resets").next().unwrap_or("");
+        let until = parse_reset(after, now).map(|t| t.timestamp_millis());
+        return Some(Limit { until, message });
+    }
+    if result.api_error_status == Some(429) {
+        return Some(Limit {
+            until: None,
+            message,
+        });
+    }
+    None
+}
+
+/// Reads a reset time as the CLI words it — `3pm`, `3:30 pm`, `15:00`, `Nov 23, 3pm`, `at 9am
+/// (Europe/Berlin)` — as local time: the next such moment after `now`. The zone in parentheses is
+/// not read: the machine's zone is assumed.
+pub fn parse_reset(
+    text: &str,
+    now: chrono::DateTime<chrono::Local>,
+) -> Option<chrono::DateTime<chrono::Local>> {
+    use chrono::{Datelike, Duration as Days, NaiveDate, NaiveTime, TimeZone};
+    let lower = text.to_lowercase();
+    let text = lower
+        .split('(')
+        .next()?
+        .trim()
+        .trim_start_matches("at ")
+        .trim_end_matches(['.', ',', ' ']);
+    if let Ok(epoch) = text.parse::<i64>() {
+        return chrono::Local.timestamp_opt(epoch, 0).single();
+    }
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let mut words: Vec<&str> = text
+        .split([' ', ','])
+        .filter(|w| !w.is_empty() && *w != "at")
+        .collect();
+    let mut date: Option<NaiveDate> = None;
+    if let Some(month) = words
+        .first()
+        .and_then(|w| MONTHS.iter().position(|m| w.starts_with(m)))
+    {
+        let day: u32 = words.get(1)?.parse().ok()?;
+        let mut d = NaiveDate::from_ymd_opt(now.year(), month as u32 + 1, day)?;
+        if d < now.date_naive() {
+            d = NaiveDate::from_ymd_opt(now.year() + 1, month as u32 + 1, day)?;
+        }
+        date = Some(d);
+        words.drain(..2);
+    }
+    let mut clock = words.concat();
+    let pm = clock.ends_with("pm");
+    let am = clock.ends_with("am");
+    if pm || am {
+        clock.truncate(clock.len() - 2);
+    }
+    let (h, m) = match clock.split_once(':') {
+        Some((h, m)) => (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?),
+        None => (clock.parse::<u32>().ok()?, 0),
+    };
+    let h = match (am, pm, h) {
+        (true, _, 12) => 0,
+        (_, true, h) if h < 12 => h + 12,
+        (_, _, h) => h,
+    };
+    let time = NaiveTime::from_hms_opt(h, m, 0)?;
+    let at = |d: NaiveDate| {
+        chrono::Local
+            .from_local_datetime(&d.and_time(time))
+            .earliest()
+    };
+    match date {
+        Some(d) => at(d),
+        None => {
+            let today = at(now.date_naive())?;
+            if today > now {
+                Some(today)
+            } else {
+                at(now.date_naive() + Days::days(1))
+            }
+        }
+    }
+}
+
+/// The start of the local day `now` is in, and of the next, in milliseconds since the epoch.
+pub fn local_day(now: chrono::DateTime<chrono::Local>) -> (i64, i64) {
+    use chrono::TimeZone;
+    let start = |d: chrono::NaiveDate| {
+        chrono::Local
+            .from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"))
+            .earliest()
+            .map(|t| t.timestamp_millis())
+            .unwrap_or_else(|| now.timestamp_millis())
+    };
+    let today = now.date_naive();
+    (start(today), start(today + chrono::Duration::days(1)))
 }
 
 /// Whether a failed resume means the conversation no longer exists.
@@ -468,6 +603,59 @@ mod tests {
         assert_eq!(
             inherited_markers(&parent, &worker),
             ["CLAUDECODE_SESSION_ID", "CLAUDE_CODE_ENTRYPOINT"]
+        );
+    }
+
+    #[test]
+    fn limits_are_read_from_results() {
+        use chrono::{Datelike, Local, TimeZone, Timelike};
+        let now = Local.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+        let text = |t: &str| ClaudeResult {
+            text: t.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            limit_of(&text("Claude AI usage limit reached|1767225600"), now)
+                .unwrap()
+                .until,
+            Some(1_767_225_600_000)
+        );
+        let at3 = limit_of(&text("5-hour limit reached \u{b7} resets 3pm"), now)
+            .unwrap()
+            .until
+            .unwrap();
+        assert_eq!(
+            Local.timestamp_millis_opt(at3).unwrap(),
+            Local.with_ymd_and_hms(2026, 11, 22, 15, 0, 0).unwrap()
+        );
+        let at9 = parse_reset(" 9:30am (Europe/Berlin)", now).unwrap();
+        assert_eq!(
+            (at9.day(), at9.hour(), at9.minute()),
+            (23, 9, 30),
+            "9:30 has passed today: tomorrow"
+        );
+        let dated = parse_reset(" Nov 25, 3pm", now).unwrap();
+        assert_eq!((dated.day(), dated.hour()), (25, 15));
+        assert_eq!(parse_reset(" 12am", now).unwrap().hour(), 0);
+        assert_eq!(parse_reset(" 15:00", now).unwrap().hour(), 15);
+        assert_eq!(parse_reset(" soon", now), None);
+        let unknown = limit_of(&text("You've hit your limit \u{b7} resets whenever"), now).unwrap();
+        assert_eq!(unknown.until, None);
+        let api = ClaudeResult {
+            api_error_status: Some(429),
+            text: "API Error: Request rejected (429)".into(),
+            ..Default::default()
+        };
+        assert_eq!(limit_of(&api, now).unwrap().until, None);
+        assert_eq!(limit_of(&text("all fine, no limits here"), now), None);
+        let overloaded = ClaudeResult {
+            api_error_status: Some(529),
+            ..Default::default()
+        };
+        assert_eq!(
+            limit_of(&overloaded, now),
+            None,
+            "overload is retried, not paused"
         );
     }
 

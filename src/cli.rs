@@ -66,6 +66,20 @@ pub enum Command {
 pub enum WorkerCommand {
     /// Start the worker's next task in a new Claude conversation
     ResetSession(WorkerNameArgs),
+    /// Stop the worker from starting tasks (running ones finish), for a while or until resumed
+    Pause(PauseArgs),
+    /// Let a paused worker start tasks again (ends a usage-limit or budget pause early, too)
+    Resume(WorkerNameArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    pub name: String,
+    /// For how long, e.g. 30m, 2h [default: until `agentq worker resume`]
+    #[arg(long = "for", value_parser = parse_positive_duration)]
+    pub duration: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub out: JsonArgs,
 }
 
 #[derive(Args, Debug)]

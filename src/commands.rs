@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{
-    Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, SubmitArgs, TasksArgs, WaitArgs,
-    WorkerCommand, WorkerNameArgs,
+    Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, SubmitArgs, TasksArgs,
+    WaitArgs, WorkerCommand, WorkerNameArgs,
 };
 use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
 use crate::daemon::{self, Shutdown};
@@ -42,6 +42,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Cancel(args) => cancel(explicit, args).await,
         Command::Retry(args) => retry(explicit, args).await,
         Command::Worker(WorkerCommand::ResetSession(args)) => reset_session(explicit, args).await,
+        Command::Worker(WorkerCommand::Pause(args)) => pause(explicit, args).await,
+        Command::Worker(WorkerCommand::Resume(args)) => resume(explicit, args).await,
     }
 }
 
@@ -234,6 +236,10 @@ struct WorkerStatus {
     failed: u64,
     dead: u64,
     cancelled: u64,
+    paused_until: Option<Millis>,
+    pause_reason: Option<String>,
+    cost_today_usd: f64,
+    tokens_today: i64,
 }
 
 async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
@@ -241,6 +247,10 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
     let store = open_store(&config)?;
     let pid = state::holder(&config.state_dir())?;
     let counts = store.counts().await?;
+    let now = now_ms();
+    let pauses = store.pauses(now).await?;
+    let (today, _) = crate::claude::local_day(chrono::Local::now());
+    let spend = store.spend_since(today).await?;
     let running = store
         .list(&TaskFilter {
             state: Some(TaskState::Running),
@@ -266,17 +276,24 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 .cloned()
                 .unwrap_or_default();
             let task = running.iter().find(|t| t.worker == name).map(|t| t.id);
-            let state = match (pid, config.worker(&name), task) {
-                (_, None, _) => "not in config",
-                (None, _, _) => "stopped",
-                (Some(_), _, Some(_)) => "running",
-                (Some(_), _, None) => "idle",
+            let pause = pauses.iter().find(|p| p.worker == name);
+            let spent = spend.iter().find(|s| s.worker == name);
+            let state = match (pid, config.worker(&name), task, pause) {
+                (_, None, _, _) => "not in config".to_string(),
+                (None, _, _, _) => "stopped".to_string(),
+                (Some(_), _, Some(_), _) => "running".to_string(),
+                (Some(_), _, None, Some(p)) => format!("paused until {}", short_time(p.until)),
+                (Some(_), _, None, None) => "idle".to_string(),
             };
             WorkerStatus {
                 name,
                 agent,
-                state: state.into(),
+                state,
                 task,
+                paused_until: pause.map(|p| p.until),
+                pause_reason: pause.map(|p| p.reason.clone()),
+                cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
+                tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),
                 queued: c.queued,
                 running: c.running,
                 succeeded: c.succeeded,
@@ -324,6 +341,7 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 w.failed.to_string(),
                 w.dead.to_string(),
                 w.cancelled.to_string(),
+                format!("${:.2}", w.cost_today_usd),
             ]
         })
         .collect();
@@ -338,9 +356,17 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             "FAILED",
             "DEAD",
             "CANCELLED",
+            "COST TODAY",
         ],
         &rows,
     );
+    for w in workers.iter().filter(|w| w.pause_reason.is_some()) {
+        println!(
+            "{} paused: {}",
+            w.name,
+            w.pause_reason.as_deref().unwrap_or("")
+        );
+    }
     println!(
         "total: {} queued, {} running, {} succeeded, {} failed, {} dead, {} cancelled",
         totals["queued"],
@@ -649,6 +675,50 @@ async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<
     Ok(())
 }
 
+async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let worker = config.resolve_worker(Some(&args.name))?;
+    let store = open_store(&config)?;
+    let now = now_ms();
+    // "Until resumed" is a pause a century long.
+    let until = now
+        + args
+            .duration
+            .map_or(100 * 365 * 86_400_000, |d| d.as_millis() as i64);
+    store
+        .pause_worker(&worker.name, until, "paused by `agentq worker pause`", now)
+        .await?;
+    if args.out.json {
+        print_json(&json!({ "worker": worker.name, "paused_until": until }));
+    } else if args.duration.is_some() {
+        println!("{}: paused until {}", worker.name, when(until));
+    } else {
+        println!(
+            "{}: paused until `agentq worker resume {}`",
+            worker.name, worker.name
+        );
+    }
+    Ok(())
+}
+
+async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let worker = config.resolve_worker(Some(&args.name))?;
+    let store = open_store(&config)?;
+    let was = store
+        .resume_worker(&worker.name, "resumed by `agentq worker resume`", now_ms())
+        .await?;
+    wake::ring(&config.state_dir(), Some(&worker.name));
+    if args.out.json {
+        print_json(&json!({ "worker": worker.name, "was_paused": was }));
+    } else if was {
+        println!("{}: resumed", worker.name);
+    } else {
+        println!("{}: was not paused", worker.name);
+    }
+    Ok(())
+}
+
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -677,6 +747,19 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 fn when(ms: Millis) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A time of day for a table, with the date when it is not today.
+fn short_time(ms: Millis) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms).single() {
+        Some(t) if t.date_naive() == chrono::Local::now().date_naive() => {
+            t.format("%H:%M").to_string()
+        }
+        Some(_) if ms - now_ms() > 50 * 365 * 86_400_000 => "resumed by hand".to_string(),
+        Some(t) => t.format("%b %d %H:%M").to_string(),
+        None => when(ms),
+    }
 }
 
 fn fmt_ms(ms: i64) -> String {

@@ -219,6 +219,7 @@ struct RawWorker {
     session: Option<Spanned<String>>,
     rotate_after_tasks: Option<u32>,
     rotate_after_tokens: Option<u64>,
+    budget_usd_per_day: Option<f64>,
 }
 
 impl RawWorker {
@@ -248,6 +249,7 @@ impl RawWorker {
         note(self.session.is_some(), "session");
         note(self.rotate_after_tasks.is_some(), "rotate_after_tasks");
         note(self.rotate_after_tokens.is_some(), "rotate_after_tokens");
+        note(self.budget_usd_per_day.is_some(), "budget_usd_per_day");
         keys
     }
 }
@@ -677,6 +679,7 @@ fn claude_settings(
         extra_args: w.extra_args.clone().unwrap_or_default(),
         skip_permissions: w.dangerously_skip_permissions.unwrap_or(false),
         session,
+        budget_usd_per_day: w.budget_usd_per_day,
     })
 }
 

@@ -142,6 +142,10 @@ impl Runner {
                 }
                 return;
             }
+            Ended::Limited(limit) => {
+                self.pause_for_limit(task.id, &fence, &limit).await;
+                return;
+            }
             Ended::Attempt(end) => end,
         };
         if ran.attempt.stdout_truncated {
@@ -209,6 +213,11 @@ impl Runner {
                 return;
             }
         }
+        if let Agent::Claude(settings) = &self.worker.agent
+            && let Some(budget) = settings.budget_usd_per_day
+        {
+            self.check_budget(budget).await;
+        }
         let reason = finish.error.as_deref().unwrap_or("");
         match &next {
             Next::Succeeded => {
@@ -224,6 +233,64 @@ impl Runner {
                 warn!(worker = %name, task = task.id, "dead after {} attempts: {reason}", task.attempts)
             }
             Next::Failed => warn!(worker = %name, task = task.id, "failed: {reason}"),
+        }
+    }
+
+    /// A usage limit: the worker waits for the reset (a minute when the result gives no time), and
+    /// the task goes back to the queue, its attempt not counted, to run first when work resumes.
+    async fn pause_for_limit(&self, task_id: i64, fence: &Fence, limit: &claude::Limit) {
+        let name = &self.worker.name;
+        let now = now_ms();
+        let until = limit
+            .until
+            .filter(|u| *u > now)
+            .unwrap_or(now + UNKNOWN_LIMIT_PAUSE_MS);
+        let reason = format!("usage limit: {}", limit.message);
+        if let Err(e) = self.store.pause_worker(name, until, &reason, now).await {
+            warn!(worker = %name, "cannot record the pause: {e}");
+        }
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(until as u64),
+        );
+        match self
+            .store
+            .release(
+                fence,
+                &format!("{reason}; waits for the reset at {when}"),
+                now,
+            )
+            .await
+        {
+            Ok(_) => {
+                warn!(worker = %name, task = task_id, "{reason}; paused until {when}, the task waits")
+            }
+            Err(e) => {
+                warn!(worker = %name, task = task_id, "could not put the task back: {e}; it is recovered at the next start")
+            }
+        }
+    }
+
+    /// Pauses the worker until tomorrow once today's spend reaches its daily budget.
+    async fn check_budget(&self, budget: f64) {
+        let name = &self.worker.name;
+        let (today, tomorrow) = claude::local_day(chrono::Local::now());
+        let spent = match self.store.spend_since(today).await {
+            Ok(spend) => spend
+                .into_iter()
+                .find(|s| &s.worker == name)
+                .map_or(0.0, |s| s.cost_usd),
+            Err(e) => return warn!(worker = %name, "cannot add up today's spend: {e}"),
+        };
+        if spent >= budget {
+            let reason = format!("daily budget of ${budget:.2} spent (${spent:.2} today)");
+            warn!(worker = %name, "{reason}; paused until tomorrow");
+            if let Err(e) = self
+                .store
+                .pause_worker(name, tomorrow, &reason, now_ms())
+                .await
+            {
+                warn!(worker = %name, "cannot record the pause: {e}");
+            }
         }
     }
 
@@ -363,6 +430,14 @@ impl Runner {
             if let Err(e) = self.store.save_worker_session(name, &after, now_ms()).await {
                 warn!(worker = %name, "cannot store the session: {e}");
             }
+            if let Some(limit) = claude::limit_of(&result, chrono::Local::now()) {
+                return Ran {
+                    end: Ended::Limited(limit),
+                    output: result.text.clone(),
+                    usage: Usage::default(),
+                    attempt,
+                };
+            }
             let end = if result.is_error || code != 0 {
                 let (reason, retryable) = result.failure();
                 failure(reason, retryable)
@@ -398,6 +473,9 @@ impl Runner {
     }
 }
 
+/// How long a worker pauses for a limit whose reset time was not given.
+const UNKNOWN_LIMIT_PAUSE_MS: i64 = 60_000;
+
 /// The cancellation signals an attempt listens to.
 struct Stop {
     /// The claim is gone (cancelled, or taken over).
@@ -430,6 +508,8 @@ struct Ran {
 enum Ended {
     /// Stopped from outside: the claim was lost, or the daemon is shutting down.
     Interrupted,
+    /// The agent hit a usage limit: not the task's fault, so no attempt is spent.
+    Limited(claude::Limit),
     Attempt(AttemptEnd),
 }
 

@@ -259,3 +259,89 @@ fn flags_environment_and_prompt_reach_the_cli_as_configured() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn a_usage_limit_pauses_the_worker_until_the_reset_without_spending_an_attempt() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "");
+    let daemon = p.start();
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 4;
+    let id = p.submit("c", &format!("limited [[usage-limit {reset} x1]]"));
+    let behind = p.submit("c", "behind it");
+    wait_until(Duration::from_secs(60), "the worker to pause", || {
+        p.json(&["status"])["workers"][0]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused until")
+    });
+    let status = p.json(&["status"]);
+    assert_eq!(
+        status["workers"][0]["paused_until"].as_i64().unwrap(),
+        reset as i64 * 1000
+    );
+    let t = p.task(id);
+    assert_eq!(
+        (t["state"].as_str(), t["attempts"].as_i64()),
+        (Some("queued"), Some(0)),
+        "attempt not counted"
+    );
+    assert_eq!(p.state(behind), "queued", "nothing runs while paused");
+
+    // It resumes by itself after the reset, with the limited task first.
+    p.ok(&[
+        "wait",
+        "--timeout",
+        "60s",
+        &id.to_string(),
+        &behind.to_string(),
+    ]);
+    let t = p.task(id);
+    assert_eq!(t["attempts"], 1);
+    assert!(
+        t["finished_at"].as_i64().unwrap() >= reset as i64 * 1000,
+        "ran again only after the reset"
+    );
+    assert!(
+        t["finished_at"].as_i64() < p.task(behind)["finished_at"].as_i64(),
+        "the limited task went first"
+    );
+    assert_eq!(
+        p.json(&["events", "--kind", "paused"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_spent_daily_budget_pauses_the_worker_and_resume_lets_it_go_on() {
+    let fake = FakeServer::start().unwrap();
+    // Each answer from the fake costs a little more than this.
+    let p = Project::with_claude(&fake, "budget_usd_per_day = 0.0001");
+    let daemon = p.start();
+    let first = p.submit("c", "spend");
+    p.ok(&["wait", "--timeout", "60s", &first.to_string()]);
+    let status = p.json(&["status"]);
+    let w = &status["workers"][0];
+    assert!(
+        w["state"].as_str().unwrap().starts_with("paused until"),
+        "{w}"
+    );
+    assert!(
+        w["pause_reason"].as_str().unwrap().contains("daily budget"),
+        "{w}"
+    );
+    assert!(w["cost_today_usd"].as_f64().unwrap() > 0.0001);
+    let second = p.submit("c", "over budget");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.state(second), "queued", "paused for the rest of the day");
+    assert!(p.ok(&["worker", "resume", "c"]).contains("resumed"));
+    p.ok(&["wait", "--timeout", "60s", &second.to_string()]);
+    assert!(daemon.stop().success());
+}

@@ -829,3 +829,28 @@ fn when_wait_returns_the_output_files_are_there() {
     }
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_worker_paused_by_hand_waits_until_resumed() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let daemon = p.start();
+    assert!(p.ok(&["worker", "pause", "w"]).contains("paused until"));
+    let id = p.submit("w", "held");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.state(id), "queued");
+    let status = p.json(&["status"]);
+    assert!(
+        status["workers"][0]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused"),
+        "{status}"
+    );
+    p.ok(&["worker", "resume", "w"]);
+    p.ok(&["wait", "--timeout", "30s", &id.to_string()]);
+    assert!(p.ok(&["worker", "resume", "w"]).contains("was not paused"));
+    p.ok(&["worker", "pause", "w", "--for", "200ms"]);
+    let later = p.submit("w", "after a short pause");
+    p.ok(&["wait", "--timeout", "30s", &later.to_string()]);
+    assert!(daemon.stop().success());
+}

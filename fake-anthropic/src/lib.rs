@@ -13,7 +13,10 @@
 //! - `[[delay 2s]]` (or `500ms`) waits that long before answering; `[[hang]]` never answers.
 //! - `[[status 529]]` answers with that HTTP status and an API error body; `[[status 529 x2]]`
 //!   does so for the first two requests carrying that same directive, then answers normally.
-//! - `[[usage-limit 1767225600]]` answers with the text `Claude AI usage limit reached|<epoch>`.
+//! - `[[usage-limit 1767225600]]` answers with the text `Claude AI usage limit reached|<epoch>`
+//!   (`[[usage-limit 1767225600 x1]]`: only the first time).
+//! - `[[limited 1767225600]]` answers 429 with the unified rate-limit headers saying `rejected` and
+//!   resetting at that epoch, as the API does when a subscription's usage limit is reached.
 //! - `[[reply some text]]` answers with exactly that text.
 //!
 //! Every request is counted; [`FakeServer::requests`] tells how many `/v1/messages` calls came.
@@ -125,12 +128,16 @@ async fn serve(stream: TcpStream, state: Arc<State>) {
         let Some(request) = read_request(&mut reader).await else {
             return;
         };
-        let (status, content_type, body, delay) = answer(&request, &state);
+        let (status, content_type, body, delay, headers) = answer(&request, &state);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nrequest-id: req_fake\r\n\r\n",
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nrequest-id: req_fake\r\n{extra}\r\n",
             reason(status),
             body.len()
         );
@@ -181,11 +188,25 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-type Answer = (u16, &'static str, Vec<u8>, Option<Duration>);
+/// Status, content type, body, delay before answering, extra headers.
+type Answer = (
+    u16,
+    &'static str,
+    Vec<u8>,
+    Option<Duration>,
+    Vec<(String, String)>,
+);
 
 fn answer(request: &Request, state: &State) -> Answer {
-    let json_answer =
-        |status: u16, v: Value| (status, "application/json", v.to_string().into_bytes(), None);
+    let json_answer = |status: u16, v: Value| {
+        (
+            status,
+            "application/json",
+            v.to_string().into_bytes(),
+            None,
+            Vec::new(),
+        )
+    };
     if request.method == "GET" {
         return json_answer(200, json!({}));
     }
@@ -266,7 +287,46 @@ fn messages(body: &Value, state: &State) -> Answer {
             "delay" => delay = parse_delay(&args),
             "hang" => delay = Some(Duration::from_secs(24 * 3600)),
             "reply" => text = Some(args),
-            "usage-limit" => text = Some(format!("Claude AI usage limit reached|{args}")),
+            "usage-limit" => {
+                let mut words = args.split_whitespace();
+                let epoch = words.next().unwrap_or("0").to_string();
+                let times: Option<u32> = words
+                    .next()
+                    .and_then(|w| w.strip_prefix('x'))
+                    .and_then(|n| n.parse().ok());
+                let mut failures = state.failures.lock().unwrap_or_else(|p| p.into_inner());
+                let count = failures.entry(format!("usage-limit {args}")).or_insert(0);
+                if times.is_none_or(|t| *count < t) {
+                    *count += 1;
+                    text = Some(format!("Claude AI usage limit reached|{epoch}"));
+                }
+            }
+            "limited" => {
+                // What the API does when a subscription's usage limit is reached: 429, with the
+                // unified rate-limit headers saying rejected and when it resets.
+                let err = json!({ "type": "error", "error": { "type": "rate_limit_error", "message": "usage limit reached" } });
+                let headers = vec![
+                    (
+                        "anthropic-ratelimit-unified-status".to_string(),
+                        "rejected".to_string(),
+                    ),
+                    (
+                        "anthropic-ratelimit-unified-reset".to_string(),
+                        args.clone(),
+                    ),
+                    (
+                        "anthropic-ratelimit-unified-representative-claim".to_string(),
+                        "five_hour".to_string(),
+                    ),
+                ];
+                return (
+                    429,
+                    "application/json",
+                    err.to_string().into_bytes(),
+                    delay,
+                    headers,
+                );
+            }
             "status" => {
                 let mut words = args.split_whitespace();
                 let status: u16 = words.next().and_then(|s| s.parse().ok()).unwrap_or(500);
@@ -290,6 +350,7 @@ fn messages(body: &Value, state: &State) -> Answer {
                         "application/json",
                         err.to_string().into_bytes(),
                         delay,
+                        Vec::new(),
                     );
                 }
             }
@@ -341,10 +402,22 @@ fn messages(body: &Value, state: &State) -> Answer {
         for (name, data) in events {
             out.push_str(&format!("event: {name}\ndata: {data}\n\n"));
         }
-        (200, "text/event-stream", out.into_bytes(), delay)
+        (
+            200,
+            "text/event-stream",
+            out.into_bytes(),
+            delay,
+            Vec::new(),
+        )
     } else {
         let msg = json!({ "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [{ "type": "text", "text": text }], "stop_reason": "end_turn", "stop_sequence": null, "usage": { "input_tokens": input_tokens, "output_tokens": output_tokens } });
-        (200, "application/json", msg.to_string().into_bytes(), delay)
+        (
+            200,
+            "application/json",
+            msg.to_string().into_bytes(),
+            delay,
+            Vec::new(),
+        )
     }
 }
 
@@ -381,7 +454,7 @@ mod tests {
         let body = json!({ "messages": [{ "role": "user", "content": "hi [[status 529 x2]]" }] });
         assert_eq!(messages(&body, &state).0, 529);
         assert_eq!(messages(&body, &state).0, 529);
-        let (status, _, text, _) = messages(&body, &state);
+        let (status, _, text, _, _) = messages(&body, &state);
         assert_eq!(status, 200);
         assert!(String::from_utf8(text).unwrap().contains("seen 1: hi"));
     }

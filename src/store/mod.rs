@@ -200,6 +200,22 @@ pub struct EventFilter {
     pub limit: Option<u32>,
 }
 
+#[derive(Clone, Debug, Serialize)]
+pub struct Pause {
+    pub worker: String,
+    pub until: Millis,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Spend {
+    pub worker: String,
+    pub cost_usd: f64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub attempts: i64,
+}
+
 /// How many tasks a worker has in each state.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WorkerCounts {
@@ -278,7 +294,22 @@ pub trait Store: Send + Sync {
     /// one; records a `session_reset` event with `why`.
     async fn reset_worker_session(&self, worker: &str, why: &str, now: Millis) -> Result<bool>;
 
-    /// When `worker`'s earliest queued task becomes due, if it has any queued.
+    /// Pauses a worker until `until`: it claims nothing meanwhile, and resumes by itself.
+    async fn pause_worker(
+        &self,
+        worker: &str,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<()>;
+    /// Ends a worker's pause early. Returns whether it was paused.
+    async fn resume_worker(&self, worker: &str, why: &str, now: Millis) -> Result<bool>;
+    /// The pauses in force at `now`.
+    async fn pauses(&self, now: Millis) -> Result<Vec<Pause>>;
+    /// What each worker's attempts cost since `since`, from the usage ledger.
+    async fn spend_since(&self, since: Millis) -> Result<Vec<Spend>>;
+
+    /// When `worker`'s earliest queued task becomes due (counting a pause), if it has any queued.
     async fn next_due(&self, worker: &str) -> Result<Option<Millis>>;
     /// When the earliest lease of any running task expires.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>>;

@@ -389,6 +389,7 @@ impl Store for SqliteStore {
                          WHERE id = (SELECT id FROM tasks WHERE worker = ?1 AND state = 'queued' \
                                      AND not_before <= ?5 ORDER BY priority DESC, id ASC LIMIT 1) \
                            AND NOT EXISTS (SELECT 1 FROM tasks WHERE worker = ?1 AND state = 'running') \
+                           AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?1 AND until > ?5) \
                          RETURNING {TASK_COLUMNS}"
                     ),
                     params![worker, owner, token, expires, now],
@@ -467,6 +468,20 @@ impl Store for SqliteStore {
                 _ => (f.state.as_str(), format!("attempt {attempts} failed: {reason}; not retryable")),
             };
             event(tx, f.now, Some(fence.id), Some(&worker), kind, &message)?;
+            if f.usage.cost_usd.is_some() || f.usage.input_tokens.is_some() {
+                tx.execute(
+                    "INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        f.now,
+                        worker,
+                        fence.id,
+                        f.usage.cost_usd.unwrap_or(0.0),
+                        f.usage.input_tokens.unwrap_or(0),
+                        f.usage.output_tokens.unwrap_or(0)
+                    ],
+                )?;
+            }
             if let (true, Some(hook)) = (terminal, on_end) {
                 let task = tx.query_row(
                     &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
@@ -755,11 +770,88 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pause_worker(
+        &self,
+        worker: &str,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<()> {
+        let (worker, reason) = (worker.to_string(), reason.to_string());
+        self.write("pausing a worker", move |tx| {
+            tx.execute(
+                "INSERT INTO worker_pauses (worker, until, reason, since) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (worker) DO UPDATE SET until = excluded.until, reason = excluded.reason, \
+                 since = excluded.since",
+                params![worker, until, reason, now],
+            )?;
+            let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64));
+            event(tx, now, None, Some(&worker), "paused", &format!("{reason}; paused until {when}"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resume_worker(&self, worker: &str, why: &str, now: Millis) -> Result<bool> {
+        let (worker, why) = (worker.to_string(), why.to_string());
+        self.write("resuming a worker", move |tx| {
+            let n = tx.execute(
+                "DELETE FROM worker_pauses WHERE worker = ?1 AND until > ?2",
+                params![worker, now],
+            )?;
+            tx.execute("DELETE FROM worker_pauses WHERE worker = ?1", [&worker])?;
+            if n > 0 {
+                event(tx, now, None, Some(&worker), "resumed", &why)?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn pauses(&self, now: Millis) -> Result<Vec<super::Pause>> {
+        self.call("reading pauses", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT worker, until, reason FROM worker_pauses WHERE until > ?1 ORDER BY worker",
+            )?;
+            let rows = stmt.query_map([now], |r| {
+                Ok(super::Pause {
+                    worker: r.get(0)?,
+                    until: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn spend_since(&self, since: Millis) -> Result<Vec<super::Spend>> {
+        self.call("adding up spend", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT worker, sum(cost_usd), sum(input_tokens), sum(output_tokens), count(*) FROM usage_log \
+                 WHERE ts >= ?1 GROUP BY worker ORDER BY worker",
+            )?;
+            let rows = stmt.query_map([since], |r| {
+                Ok(super::Spend {
+                    worker: r.get(0)?,
+                    cost_usd: r.get(1)?,
+                    input_tokens: r.get(2)?,
+                    output_tokens: r.get(3)?,
+                    attempts: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn next_due(&self, worker: &str) -> Result<Option<Millis>> {
         let worker = worker.to_string();
         self.call("finding the next due task", move |conn| {
             Ok(conn.query_row(
-                "SELECT min(not_before) FROM tasks WHERE worker = ?1 AND state = 'queued'",
+                // A paused worker's work is due when the pause ends.
+                "SELECT max(min(not_before), coalesce((SELECT until FROM worker_pauses WHERE worker = ?1), 0)) \
+                 FROM tasks WHERE worker = ?1 AND state = 'queued' HAVING count(*) > 0",
                 [worker],
                 |r| r.get(0),
             )?)
@@ -797,6 +889,7 @@ fn preview(prompt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Usage;
 
     const LEASE: Duration = Duration::from_secs(30);
 
@@ -1154,6 +1247,50 @@ mod tests {
             "{}",
             ev[0].message
         );
+    }
+
+    #[tokio::test]
+    async fn a_paused_worker_claims_nothing_until_the_pause_ends() {
+        let (_d, s) = store();
+        s.submit(&task("w", "a", 0, 1)).await.unwrap();
+        s.pause_worker("w", 1000, "usage limit", 10).await.unwrap();
+        assert!(s.claim("w", "me", 500, LEASE).await.unwrap().is_none());
+        assert_eq!(
+            s.next_due("w").await.unwrap(),
+            Some(1000),
+            "due when the pause ends"
+        );
+        assert_eq!(s.pauses(500).await.unwrap().len(), 1);
+        assert!(s.pauses(1000).await.unwrap().is_empty());
+        let c = s.claim("w", "me", 1000, LEASE).await.unwrap().unwrap();
+        s.finish(
+            &c.fence(),
+            &Finish {
+                usage: Usage {
+                    cost_usd: Some(0.25),
+                    input_tokens: Some(100),
+                    ..Default::default()
+                },
+                ..done(TaskState::Succeeded, 1001)
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let spend = s.spend_since(0).await.unwrap();
+        assert_eq!(
+            (spend[0].cost_usd, spend[0].input_tokens, spend[0].attempts),
+            (0.25, 100, 1)
+        );
+        assert!(s.spend_since(2000).await.unwrap().is_empty());
+
+        s.submit(&task("w", "b", 0, 1)).await.unwrap();
+        s.pause_worker("w", 9_999_999, "by hand", 1100)
+            .await
+            .unwrap();
+        assert!(s.resume_worker("w", "by hand", 1200).await.unwrap());
+        assert!(s.claim("w", "me", 1300, LEASE).await.unwrap().is_some());
+        assert!(!s.resume_worker("w", "again", 1400).await.unwrap());
     }
 
     #[test]
