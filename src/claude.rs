@@ -371,6 +371,61 @@ pub fn local_day(now: chrono::DateTime<chrono::Local>) -> (i64, i64) {
     (start(today), start(today + chrono::Duration::days(1)))
 }
 
+/// Finds Git for Windows' `bash.exe`, which Claude Code on Windows needs in
+/// `CLAUDE_CODE_GIT_BASH_PATH`. Candidates come from `git.exe` on `PATH` (`<Git>\cmd\git.exe`,
+/// `<Git>\bin\git.exe` or `<Git>\mingw64\bin\git.exe`) and the usual install folders; each is
+/// checked with `exists`, preferring `<Git>\usr\bin\bash.exe` (the real bash) over the
+/// `<Git>\bin\bash.exe` launcher. Plain string work, so it is tested on any OS.
+pub fn find_git_bash(
+    env: &BTreeMap<String, String>,
+    exists: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.trim_end_matches('\\').to_string())
+    };
+    let mut roots: Vec<String> = Vec::new();
+    if let Some(path) = get("PATH") {
+        for dir in path
+            .split(';')
+            .map(|d| d.trim().trim_end_matches('\\'))
+            .filter(|d| !d.is_empty())
+        {
+            if !exists(&format!("{dir}\\git.exe")) {
+                continue;
+            }
+            let lower = dir.to_ascii_lowercase();
+            for suffix in ["\\mingw64\\bin", "\\mingw32\\bin", "\\cmd", "\\bin"] {
+                if lower.ends_with(suffix) {
+                    roots.push(dir[..dir.len() - suffix.len()].to_string());
+                    break;
+                }
+            }
+        }
+    }
+    for (var, below) in [
+        ("ProgramFiles", "Git"),
+        ("ProgramW6432", "Git"),
+        ("ProgramFiles(x86)", "Git"),
+        ("LOCALAPPDATA", "Programs\\Git"),
+    ] {
+        if let Some(base) = get(var) {
+            roots.push(format!("{base}\\{below}"));
+        }
+    }
+    roots.push("C:\\Program Files\\Git".into());
+    roots
+        .iter()
+        .flat_map(|r| {
+            [
+                format!("{r}\\usr\\bin\\bash.exe"),
+                format!("{r}\\bin\\bash.exe"),
+            ]
+        })
+        .find(|c| exists(c))
+}
+
 /// Whether a failed resume means the conversation no longer exists.
 pub fn conversation_gone(stderr: &str, stdout: &str) -> bool {
     const MARK: &str = "No conversation found with session ID";
@@ -657,6 +712,51 @@ mod tests {
             None,
             "overload is retried, not paused"
         );
+    }
+
+    #[test]
+    fn git_bash_is_found_where_it_really_is() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let only = |files: &'static [&'static str]| move |p: &str| files.contains(&p);
+        // The seeds' machine: Git in D:\Git, on PATH through cmd\; only usr\bin\bash.exe is real.
+        let e = env(&[("Path", "C:\\Windows;D:\\Git\\cmd\\")]);
+        let found = find_git_bash(
+            &e,
+            &only(&["D:\\Git\\cmd\\git.exe", "D:\\Git\\usr\\bin\\bash.exe"]),
+        );
+        assert_eq!(found.as_deref(), Some("D:\\Git\\usr\\bin\\bash.exe"));
+        // Only the launcher exists: take it rather than a path that is not there.
+        let found = find_git_bash(
+            &e,
+            &only(&["D:\\Git\\cmd\\git.exe", "D:\\Git\\bin\\bash.exe"]),
+        );
+        assert_eq!(found.as_deref(), Some("D:\\Git\\bin\\bash.exe"));
+        // git.exe from mingw64\bin.
+        let e = env(&[("PATH", "E:\\Tools\\Git\\mingw64\\bin")]);
+        let found = find_git_bash(
+            &e,
+            &only(&[
+                "E:\\Tools\\Git\\mingw64\\bin\\git.exe",
+                "E:\\Tools\\Git\\usr\\bin\\bash.exe",
+            ]),
+        );
+        assert_eq!(found.as_deref(), Some("E:\\Tools\\Git\\usr\\bin\\bash.exe"));
+        // Not on PATH: the usual install folders.
+        let e = env(&[("LOCALAPPDATA", "C:\\Users\\u\\AppData\\Local")]);
+        let found = find_git_bash(
+            &e,
+            &only(&["C:\\Users\\u\\AppData\\Local\\Programs\\Git\\usr\\bin\\bash.exe"]),
+        );
+        assert_eq!(
+            found.as_deref(),
+            Some("C:\\Users\\u\\AppData\\Local\\Programs\\Git\\usr\\bin\\bash.exe")
+        );
+        assert_eq!(find_git_bash(&env(&[]), &|_| false), None);
     }
 
     #[test]

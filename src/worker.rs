@@ -337,6 +337,12 @@ impl Runner {
         let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
         let parent_env: BTreeMap<String, String> = std::env::vars().collect();
         let env_remove = claude::inherited_markers(&parent_env, &self.worker.env);
+        // Claude Code on Windows needs Git Bash, and finding it by hand cost the seeds hours.
+        #[cfg(windows)]
+        let git_bash = (!parent_env.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
+            && !self.worker.env.contains_key("CLAUDE_CODE_GIT_BASH_PATH"))
+        .then(|| claude::find_git_bash(&parent_env, &|p| std::path::Path::new(p).is_file()))
+        .flatten();
         let mut current = match self.store.worker_session(name).await {
             Ok(current) => current,
             Err(e) => {
@@ -360,11 +366,17 @@ impl Runner {
                 }
                 current = Some(fresh);
             }
-            let spec = self.spec(
+            #[allow(unused_mut)]
+            let mut spec = self.spec(
                 task,
                 claude::exec_argv(&bin, settings, &join),
                 env_remove.clone(),
             );
+            #[cfg(windows)]
+            if let Some(bash) = &git_bash {
+                spec.env
+                    .insert("CLAUDE_CODE_GIT_BASH_PATH".into(), bash.clone());
+            }
             let timeout = spec.timeout;
             let attempt = agent::run(spec, stop.future()).await;
             let result = claude::ClaudeResult::from_exec_stdout(&attempt.stdout);
