@@ -48,6 +48,8 @@ pub enum Outcome {
         error: String,
         retryable: bool,
     },
+    /// A long-lived process answered; it did not exit.
+    Served,
 }
 
 #[derive(Clone, Debug)]

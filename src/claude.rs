@@ -55,6 +55,8 @@ pub struct Settings {
     pub session: SessionPolicy,
     /// Pause the worker for the rest of the (local) day once it has spent this much.
     pub budget_usd_per_day: Option<f64>,
+    /// Persistent mode: replace the process (resuming its conversation) after this many tasks.
+    pub recycle_after_tasks: Option<u32>,
 }
 
 impl Default for Settings {
@@ -74,6 +76,7 @@ impl Default for Settings {
             skip_permissions: false,
             session: SessionPolicy::Resume,
             budget_usd_per_day: None,
+            recycle_after_tasks: None,
         }
     }
 }
@@ -117,7 +120,8 @@ pub fn exec_argv(bin: &Path, settings: &Settings, join: &Join) -> Vec<String> {
     argv
 }
 
-fn push_common(argv: &mut Vec<String>, s: &Settings, join: &Join) {
+/// The flags both modes share: conversation, then the worker's settings.
+pub(crate) fn push_common(argv: &mut Vec<String>, s: &Settings, join: &Join) {
     let mut flag = |name: &str, value: &str| argv.push(format!("--{name}={value}"));
     match join {
         Join::Start(id) => flag("session-id", id),

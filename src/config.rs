@@ -220,6 +220,7 @@ struct RawWorker {
     rotate_after_tasks: Option<u32>,
     rotate_after_tokens: Option<u64>,
     budget_usd_per_day: Option<f64>,
+    recycle_after_tasks: Option<u32>,
 }
 
 impl RawWorker {
@@ -250,6 +251,7 @@ impl RawWorker {
         note(self.rotate_after_tasks.is_some(), "rotate_after_tasks");
         note(self.rotate_after_tokens.is_some(), "rotate_after_tokens");
         note(self.budget_usd_per_day.is_some(), "budget_usd_per_day");
+        note(self.recycle_after_tasks.is_some(), "recycle_after_tasks");
         keys
     }
 }
@@ -680,6 +682,7 @@ fn claude_settings(
         skip_permissions: w.dangerously_skip_permissions.unwrap_or(false),
         session,
         budget_usd_per_day: w.budget_usd_per_day,
+        recycle_after_tasks: w.recycle_after_tasks,
     })
 }
 

@@ -76,13 +76,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         let Agent::Claude(settings) = &w.agent else {
             continue;
         };
-        if settings.mode == crate::claude::Mode::Persistent {
-            return Err(Error::Usage(format!(
-                "worker {:?} uses mode = \"persistent\", which this version cannot run yet; use mode = \"exec\" (in {})",
-                w.name,
-                config.path.display()
-            )));
-        }
         if settings.skip_permissions {
             warn!(worker = %w.name, "runs claude with --dangerously-skip-permissions: it may run any tool without asking");
         }
@@ -218,6 +211,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             leased: leased.clone(),
             stopping: shutdown.stopping.clone(),
             hurry: shutdown.hurry.clone(),
+            persistent: Default::default(),
         };
         tasks.spawn(runner.run());
     }

@@ -22,6 +22,7 @@ pub mod domain;
 pub mod error;
 pub mod intake;
 pub mod output;
+pub mod persistent;
 pub mod state;
 pub mod store;
 pub mod wake;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use tokio::sync::Notify;
@@ -20,6 +20,7 @@ use crate::agent::{self, Outcome};
 use crate::claude;
 use crate::config::{Agent, Config, WorkerConfig};
 use crate::domain::{AttemptEnd, Backoff, Next, after_attempt};
+use crate::persistent::{self, Persistent, TaskEnd};
 use crate::store::{Claim, EndHook, Event, Fence, Finish, NewEvent, Store, Task, Usage, now_ms};
 
 pub struct Runner {
@@ -35,6 +36,8 @@ pub struct Runner {
     pub stopping: CancellationToken,
     /// Stop running agents now.
     pub hurry: CancellationToken,
+    /// The worker's long-lived Claude process, between tasks (persistent mode).
+    pub persistent: persistent::Slot,
 }
 
 impl Runner {
@@ -62,6 +65,9 @@ impl Runner {
                     pause = (pause * 2).min(Duration::from_secs(10));
                 }
             }
+        }
+        if let Some(process) = self.persistent.lock().await.take() {
+            process.shutdown(self.worker.limits.kill_timeout).await;
         }
     }
 
@@ -111,6 +117,9 @@ impl Runner {
         };
         let ran = match &self.worker.agent {
             Agent::Command { argv } => self.run_command(argv, task, &stop).await,
+            Agent::Claude(settings) if settings.mode == claude::Mode::Persistent => {
+                self.run_persistent(settings, task, &stop).await
+            }
             Agent::Claude(settings) => self.run_claude(settings, task, &stop).await,
         };
         keeper.abort();
@@ -328,6 +337,246 @@ impl Runner {
         }
     }
 
+    /// The session the next process should join, storing a new one before any process starts.
+    async fn join_for(&self, settings: &claude::Settings, cwd: &str) -> claude::Join {
+        let name = &self.worker.name;
+        let current = match self.store.worker_session(name).await {
+            Ok(current) => current,
+            Err(e) => {
+                warn!(worker = %name, "cannot read the worker's session: {e}; starting a new one");
+                None
+            }
+        };
+        if let Some(join) = claude::choose(settings.session, current.as_ref(), cwd) {
+            return join;
+        }
+        let id = new_session_id();
+        let fresh = claude::SessionState {
+            id: id.clone(),
+            cwd: cwd.to_string(),
+            tasks: 0,
+            input_tokens: 0,
+        };
+        if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
+            warn!(worker = %name, "cannot store the new session id: {e}");
+        }
+        claude::Join::Start(id)
+    }
+
+    /// Records the conversation a result reports, with its counters, and says what it cost.
+    async fn record_session(
+        &self,
+        joined: &str,
+        result: &claude::ClaudeResult,
+        cwd: &str,
+    ) -> Usage {
+        let name = &self.worker.name;
+        let reported = result
+            .session_id
+            .clone()
+            .unwrap_or_else(|| joined.to_string());
+        let previous = self
+            .store
+            .worker_session(name)
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.id == joined);
+        let after = claude::SessionState {
+            id: reported.clone(),
+            cwd: cwd.to_string(),
+            tasks: previous.as_ref().map_or(0, |s| s.tasks) + 1,
+            input_tokens: previous.as_ref().map_or(0, |s| s.input_tokens)
+                + result.input_tokens.unwrap_or(0),
+        };
+        if let Err(e) = self.store.save_worker_session(name, &after, now_ms()).await {
+            warn!(worker = %name, "cannot store the session: {e}");
+        }
+        Usage {
+            session_id: Some(reported),
+            cost_usd: result.total_cost_usd,
+            input_tokens: result.input_tokens.map(|t| t as i64),
+            output_tokens: result.output_tokens.map(|t| t as i64),
+            num_turns: result.num_turns.map(|t| t as i64),
+        }
+    }
+
+    /// One Claude task in persistent mode: served by the worker's long-lived process, started (or
+    /// replaced) when there is none, when it is in another conversation than the one the task
+    /// should join, or when it has served `recycle_after_tasks`.
+    async fn run_persistent(&self, settings: &claude::Settings, task: &Task, stop: &Stop) -> Ran {
+        let name = &self.worker.name;
+        let cwd = self.worker.cwd.to_string_lossy().into_owned();
+        let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
+        let parent_env: BTreeMap<String, String> = std::env::vars().collect();
+        let env_remove = claude::inherited_markers(&parent_env, &self.worker.env);
+        let spec = self.spec(task, Vec::new(), env_remove);
+        let grace = self.worker.limits.kill_timeout;
+        let mut slot = self.persistent.lock().await;
+        let mut reset_once = false;
+        let started = Instant::now();
+        let served = |end: Ended, output: String, usage: Usage, stderr: String| Ran {
+            end,
+            output,
+            usage,
+            attempt: agent::Attempt {
+                outcome: Outcome::Served,
+                stdout: String::new(),
+                stdout_truncated: false,
+                stderr_tail: stderr,
+                duration: started.elapsed(),
+                pid: None,
+            },
+        };
+        loop {
+            let join = self.join_for(settings, &cwd).await;
+            let reusable = slot.as_ref().is_some_and(|p| {
+                matches!(&join, claude::Join::Resume(id) if *id == p.session_id)
+                    && settings.recycle_after_tasks.is_none_or(|n| p.served < n)
+            });
+            if !reusable {
+                if let Some(old) = slot.take() {
+                    info!(worker = %name, served = old.served, "replacing the claude process");
+                    old.shutdown(grace).await;
+                }
+                let argv = persistent::argv(&bin, settings, &join);
+                match Persistent::spawn(&argv, &spec.cwd, &spec.env, &spec.env_remove, join.id()) {
+                    Ok(p) => {
+                        info!(worker = %name, pid = p.pid(), session = join.id(), "started a long-lived claude process");
+                        *slot = Some(p);
+                    }
+                    Err(e) => {
+                        let retryable = !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                        );
+                        let error = format!("could not start {}: {e}", bin.display());
+                        return served(
+                            Ended::Attempt(failure(error, retryable)),
+                            String::new(),
+                            Usage::default(),
+                            String::new(),
+                        );
+                    }
+                }
+            }
+            let process = slot.as_mut().expect("a process was just put there");
+            let end = process
+                .run(&task.prompt, spec.timeout, grace, stop.future())
+                .await;
+            let stderr = process.stderr_tail();
+            match end {
+                TaskEnd::Result { result, limit } => {
+                    // A resume of a conversation that is gone answers with an error result that ran
+                    // no turn, then says why on stderr and exits.
+                    let nothing_ran = result.is_error && result.num_turns.unwrap_or(0) == 0;
+                    if nothing_ran && matches!(join, claude::Join::Resume(_)) && !reset_once {
+                        let process = slot.as_mut().expect("it just answered");
+                        if process.exited_within(Duration::from_secs(2)).await {
+                            let stderr = process.stderr_tail();
+                            *slot = None;
+                            if claude::conversation_gone(&stderr, &result.text) {
+                                reset_once = true;
+                                let why = format!(
+                                    "conversation {} is gone (task {})",
+                                    join.id(),
+                                    task.id
+                                );
+                                warn!(worker = %name, task = task.id, "{why}; starting a new one and running the task again");
+                                if let Err(e) =
+                                    self.store.reset_worker_session(name, &why, now_ms()).await
+                                {
+                                    warn!(worker = %name, "cannot reset the session: {e}");
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    if slot.as_mut().is_some_and(|p| p.has_exited()) {
+                        *slot = None;
+                    }
+                    if let Some(limit) =
+                        limit.or_else(|| claude::limit_of(&result, chrono::Local::now()))
+                    {
+                        return served(
+                            Ended::Limited(limit),
+                            result.text.clone(),
+                            Usage::default(),
+                            stderr,
+                        );
+                    }
+                    let usage = self.record_session(join.id(), &result, &cwd).await;
+                    let end = if result.is_error {
+                        let (reason, retryable) = result.failure();
+                        failure(reason, retryable)
+                    } else {
+                        AttemptEnd::Succeeded
+                    };
+                    return served(
+                        Ended::Attempt(end),
+                        result.text.clone(),
+                        usage,
+                        String::new(),
+                    );
+                }
+                TaskEnd::TimedOut { kept } => {
+                    if !kept {
+                        *slot = None;
+                    }
+                    let how = if kept {
+                        "interrupted; the process lives on"
+                    } else {
+                        "the process did not answer the interrupt and was killed"
+                    };
+                    let reason = format!(
+                        "timeout after {} ({how})",
+                        humantime::format_duration(spec.timeout)
+                    );
+                    return served(
+                        Ended::Attempt(failure(reason, true)),
+                        String::new(),
+                        Usage::default(),
+                        stderr,
+                    );
+                }
+                TaskEnd::Stopped { kept } => {
+                    if !kept {
+                        *slot = None;
+                    }
+                    return served(Ended::Interrupted, String::new(), Usage::default(), stderr);
+                }
+                TaskEnd::Died { stderr } => {
+                    *slot = None;
+                    if matches!(join, claude::Join::Resume(_))
+                        && !reset_once
+                        && claude::conversation_gone(&stderr, "")
+                    {
+                        reset_once = true;
+                        let why = format!("conversation {} is gone (task {})", join.id(), task.id);
+                        warn!(worker = %name, task = task.id, "{why}; starting a new one and running the task again");
+                        if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await
+                        {
+                            warn!(worker = %name, "cannot reset the session: {e}");
+                        }
+                        continue;
+                    }
+                    let last = stderr
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("no output");
+                    let reason = format!("the claude process ended mid-task: {}", last.trim());
+                    return served(
+                        Ended::Attempt(failure(reason, true)),
+                        String::new(),
+                        Usage::default(),
+                        stderr,
+                    );
+                }
+            }
+        }
+    }
+
     /// One Claude task in exec mode: join the worker's conversation (or start one, with an id stored
     /// before the process starts), run, and record the conversation the result reports. A resume
     /// that finds the conversation gone starts a new one and runs again, within the same attempt.
@@ -540,6 +789,7 @@ fn generic_end(outcome: &Outcome, timeout: Duration) -> Ended {
             true,
         ),
         Outcome::SpawnFailed { error, retryable } => failure(error.clone(), *retryable),
+        Outcome::Served => AttemptEnd::Succeeded,
     })
 }
 

@@ -21,10 +21,9 @@ fn seen(output: &str) -> (usize, Vec<String>) {
     )
 }
 
-#[test]
-fn each_task_sees_the_ones_before_it_and_the_conversation_survives_a_restart() {
+fn history_survives_restarts(mode: &str) {
     let fake = FakeServer::start().unwrap();
-    let p = Project::with_claude(&fake, "mode = \"exec\"");
+    let p = Project::with_claude(&fake, &format!("mode = \"{mode}\""));
     let ids: Vec<i64> = (1..=10)
         .map(|k| p.submit("c", &format!("task {k}")))
         .collect();
@@ -64,16 +63,17 @@ fn each_task_sees_the_ones_before_it_and_the_conversation_survives_a_restart() {
     assert!(daemon.stop().success());
 }
 
-#[test]
-fn a_deleted_conversation_starts_a_new_one_without_spending_an_attempt() {
+fn gone_conversation(mode: &str) {
     let fake = FakeServer::start().unwrap();
-    let p = Project::with_claude(&fake, "");
+    let p = Project::with_claude(&fake, &format!("mode = \"{mode}\""));
     let daemon = p.start();
     let first = p.submit("c", "remember me");
     p.ok(&["wait", "--timeout", "60s", &first.to_string()]);
     let old = p.task(first)["session_id"].as_str().unwrap().to_string();
 
     // Claude keeps conversations under HOME/.claude/projects/<folder>/<session>.jsonl.
+    // A live persistent process holds the conversation in memory: delete it while none runs.
+    assert!(daemon.stop().success());
     let mut removed = 0;
     for dir in std::fs::read_dir(p.path("home/.claude/projects"))
         .unwrap()
@@ -90,6 +90,7 @@ fn a_deleted_conversation_starts_a_new_one_without_spending_an_attempt() {
         "the conversation file was where Claude keeps it"
     );
 
+    let daemon = p.start();
     let second = p.submit("c", "after the loss");
     p.ok(&["wait", "--timeout", "60s", &second.to_string()]);
     let t = p.task(second);
@@ -105,10 +106,9 @@ fn a_deleted_conversation_starts_a_new_one_without_spending_an_attempt() {
     assert!(daemon.stop().success());
 }
 
-#[test]
-fn a_megabyte_prompt_travels_on_stdin() {
+fn megabyte_prompt(mode: &str) {
     let fake = FakeServer::start().unwrap();
-    let p = Project::with_claude(&fake, "");
+    let p = Project::with_claude(&fake, &format!("mode = \"{mode}\""));
     let daemon = p.start();
     let mut prompt = String::from("the big one\n");
     while prompt.len() < (1 << 20) {
@@ -165,12 +165,11 @@ fn reset_session_and_fresh_sessions_start_new_conversations() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn an_overloaded_api_is_retried_by_agentq() {
+fn overloaded_api(mode: &str) {
     // The CLI is told not to retry (CLAUDE_CODE_MAX_RETRIES = 0), so the 529 reaches agentq as an
     // error result; agentq retries with backoff and the second attempt gets an answer.
     let fake = FakeServer::start().unwrap();
-    let p = Project::with_claude(&fake, "");
+    let p = Project::with_claude(&fake, &format!("mode = \"{mode}\""));
     let daemon = p.start();
     let id = p.submit("c", "busy [[status 529 x1]]");
     p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
@@ -260,10 +259,9 @@ fn flags_environment_and_prompt_reach_the_cli_as_configured() {
     assert!(daemon.wait(Duration::from_secs(30)).success());
 }
 
-#[test]
-fn a_usage_limit_pauses_the_worker_until_the_reset_without_spending_an_attempt() {
+fn usage_limit(mode: &str) {
     let fake = FakeServer::start().unwrap();
-    let p = Project::with_claude(&fake, "");
+    let p = Project::with_claude(&fake, &format!("mode = \"{mode}\""));
     let daemon = p.start();
     let reset = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -344,4 +342,144 @@ fn a_spent_daily_budget_pauses_the_worker_and_resume_lets_it_go_on() {
     assert!(p.ok(&["worker", "resume", "c"]).contains("resumed"));
     p.ok(&["wait", "--timeout", "60s", &second.to_string()]);
     assert!(daemon.stop().success());
+}
+
+#[test]
+fn history_survives_restarts_exec() {
+    history_survives_restarts("exec");
+}
+
+#[test]
+fn history_survives_restarts_persistent() {
+    history_survives_restarts("persistent");
+}
+
+#[test]
+fn gone_conversation_exec() {
+    gone_conversation("exec");
+}
+
+#[test]
+fn gone_conversation_persistent() {
+    gone_conversation("persistent");
+}
+
+#[test]
+fn megabyte_prompt_exec() {
+    megabyte_prompt("exec");
+}
+
+#[test]
+fn megabyte_prompt_persistent() {
+    megabyte_prompt("persistent");
+}
+
+#[test]
+fn overloaded_api_exec() {
+    overloaded_api("exec");
+}
+
+#[test]
+fn overloaded_api_persistent() {
+    overloaded_api("persistent");
+}
+
+#[test]
+fn usage_limit_exec() {
+    usage_limit("exec");
+}
+
+#[test]
+fn usage_limit_persistent() {
+    usage_limit("persistent");
+}
+
+/// The pids of the long-lived processes a daemon started, from its log.
+fn claude_pids(daemon: &Daemon) -> Vec<i32> {
+    daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("started a long-lived claude process"))
+        .filter_map(|l| {
+            l.split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_hung_model_call_is_interrupted_and_the_same_process_serves_the_next_task() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "mode = \"persistent\"\nmax_attempts = 1");
+    let daemon = p.start();
+    let warm = p.submit("c", "warm up");
+    p.ok(&["wait", "--timeout", "60s", &warm.to_string()]);
+    let hung = p
+        .ok(&["submit", "-w", "c", "--timeout", "2s", "stuck [[hang]]"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    let out = p.run(&["wait", "--timeout", "60s", &hung.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = p.task(hung);
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted; the process lives on"),
+        "{t}"
+    );
+    let next = p.submit("c", "after the hang");
+    p.ok(&["wait", "--timeout", "60s", &next.to_string()]);
+    let (n, prompts) = seen(&p.output(next));
+    assert_eq!(
+        prompts.first().map(String::as_str),
+        Some("warm up"),
+        "same conversation: {prompts:?}"
+    );
+    assert!(n >= 3, "{prompts:?}");
+    assert_eq!(
+        claude_pids(&daemon).len(),
+        1,
+        "one process served all three:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_claude_process_killed_mid_task_is_replaced_and_the_task_retried() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "mode = \"persistent\"");
+    let daemon = p.start();
+    let warm = p.submit("c", "warm up");
+    p.ok(&["wait", "--timeout", "60s", &warm.to_string()]);
+    let first = claude_pids(&daemon)[0];
+    let slow = p.submit("c", "slow [[delay 2s]]");
+    wait_until(Duration::from_secs(30), "the slow task to run", || {
+        p.state(slow) == "running"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    p.ok(&["wait", "--timeout", "60s", &slow.to_string()]);
+    let t = p.task(slow);
+    assert_eq!(t["attempts"], 2, "{t}");
+    let pids = claude_pids(&daemon);
+    assert_eq!(pids.len(), 2, "a new process took over: {pids:?}");
+    assert!(!alive(first));
+    // The new process resumed the conversation.
+    assert_eq!(
+        seen(&p.output(slow)).1.first().map(String::as_str),
+        Some("warm up")
+    );
+    assert!(daemon.stop().success());
+    assert!(!alive(pids[1]), "the process stops with the daemon");
 }

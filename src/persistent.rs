@@ -1,0 +1,434 @@
+//! Claude's long-lived mode: one `claude -p --input-format=stream-json
+//! --output-format=stream-json --verbose` process per worker, serving its tasks one after another.
+//!
+//! Each task is one user message on stdin; the process answers with lines (`system` init,
+//! `assistant` messages, ...) and one `result` line that ends the task. The process and its
+//! conversation live on between tasks, so a task pays neither Claude's start-up nor a resume.
+//!
+//! Supervision: a task past its timeout (or one that must stop) gets an `interrupt` control request,
+//! which ends it with a result within milliseconds while the process lives on; if no result follows
+//! within the grace period, the whole process group is killed and the next task starts a new
+//! process that resumes the conversation. A process that dies mid-task is likewise replaced, and
+//! the task retried. The runner owns the process and its group; dropping a [`Persistent`] kills
+//! the group.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::claude::{self, ClaudeResult, Join, Limit, Settings};
+
+/// The command line of the long-lived process.
+pub fn argv(bin: &Path, settings: &Settings, join: &Join) -> Vec<String> {
+    let mut argv = vec![
+        bin.to_string_lossy().into_owned(),
+        "-p".into(),
+        "--input-format=stream-json".into(),
+        "--output-format=stream-json".into(),
+        "--verbose".into(),
+    ];
+    claude::push_common(&mut argv, settings, join);
+    argv
+}
+
+/// How one task in the long-lived process ended.
+#[derive(Debug)]
+pub enum TaskEnd {
+    /// The `result` line, and a limit a `rate_limit_event` reported on the way, if any.
+    Result {
+        result: ClaudeResult,
+        limit: Option<Limit>,
+    },
+    /// Past its timeout; `kept` says whether the interrupt worked (the process lives on).
+    TimedOut { kept: bool },
+    /// Stopped from outside; `kept` as above.
+    Stopped { kept: bool },
+    /// The process ended without a result. `stderr` is the end of what it wrote.
+    Died { stderr: String },
+}
+
+pub struct Persistent {
+    child: Child,
+    group: Option<Pid>,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
+    /// The conversation this process is in, as last reported.
+    pub session_id: String,
+    /// Tasks served since it started.
+    pub served: u32,
+    pub started: Instant,
+    requests: u64,
+}
+
+const STDERR_KEEP: usize = 16 << 10;
+
+impl Persistent {
+    /// Starts the process in its own process group. The prompt of each task goes to its stdin.
+    pub fn spawn(
+        argv: &[String],
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+        env_remove: &[String],
+        session_id: &str,
+    ) -> std::io::Result<Persistent> {
+        let mut cmd = Command::new(&argv[0]);
+        for key in env_remove {
+            cmd.env_remove(key);
+        }
+        cmd.args(&argv[1..])
+            .current_dir(cwd)
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let group = child.id().map(|p| Pid::from_raw(p as i32));
+        let stdin = child.stdin.take().expect("stdin was piped");
+        let lines = BufReader::new(child.stdout.take().expect("stdout was piped")).lines();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr was piped");
+        let keep = stderr.clone();
+        let stderr_reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = err_pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = keep.lock().unwrap_or_else(|p| p.into_inner());
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * STDERR_KEEP {
+                    let cut = kept.len() - STDERR_KEEP;
+                    kept.drain(..cut);
+                }
+            }
+        });
+        Ok(Persistent {
+            child,
+            group,
+            stdin,
+            lines,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            session_id: session_id.to_string(),
+            served: 0,
+            started: Instant::now(),
+            requests: 0,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether the process has exited (it may after answering, e.g. when it could not resume).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `limit` for the process to exit and its stderr to be read to the end. Returns
+    /// whether it exited.
+    pub async fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        if tokio::time::timeout_at(deadline, self.child.wait())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout_at(deadline, reader).await;
+        }
+        true
+    }
+
+    /// The end of what the process wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        let kept = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let from = kept.len().saturating_sub(STDERR_KEEP);
+        String::from_utf8_lossy(&kept[from..]).into_owned()
+    }
+
+    /// Serves one task. After `Died`, or `TimedOut`/`Stopped` with `kept: false`, the process is
+    /// gone and must be replaced.
+    pub async fn run(
+        &mut self,
+        prompt: &str,
+        timeout: Duration,
+        grace: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> TaskEnd {
+        let message = json!({ "type": "user", "message": { "role": "user", "content": prompt } });
+        let mut line = message.to_string();
+        line.push('\n');
+        if self.stdin.write_all(line.as_bytes()).await.is_err() || self.stdin.flush().await.is_err()
+        {
+            return self.died().await;
+        }
+        tokio::pin!(stop);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        // Set once an interrupt is sent: why, and how long the process has to answer it.
+        let mut interrupted: Option<(bool, tokio::time::Instant)> = None;
+        let mut limit = None;
+        loop {
+            let grace_over = async {
+                match interrupted {
+                    Some((_, until)) => tokio::time::sleep_until(until).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.lines.next_line() => {
+                    let Ok(Some(text)) = read else { return self.died().await };
+                    let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+                    if let Some(id) = value.get("session_id").and_then(Value::as_str) {
+                        self.session_id = id.to_string();
+                    }
+                    if let Some(l) = rate_limit_of(&value) {
+                        limit = Some(l);
+                    }
+                    if let Some(result) = ClaudeResult::from_value(&value) {
+                        self.served += 1;
+                        return match interrupted {
+                            Some((timed_out, _)) if timed_out => TaskEnd::TimedOut { kept: true },
+                            Some(_) => TaskEnd::Stopped { kept: true },
+                            None => TaskEnd::Result { result, limit },
+                        };
+                    }
+                }
+                _ = &mut deadline, if interrupted.is_none() => {
+                    interrupted = Some((true, tokio::time::Instant::now() + grace));
+                    self.interrupt().await;
+                }
+                _ = &mut stop, if interrupted.is_none() => {
+                    interrupted = Some((false, tokio::time::Instant::now() + grace));
+                    self.interrupt().await;
+                }
+                _ = grace_over => {
+                    let timed_out = interrupted.is_some_and(|(t, _)| t);
+                    self.kill().await;
+                    return if timed_out { TaskEnd::TimedOut { kept: false } } else { TaskEnd::Stopped { kept: false } };
+                }
+            }
+        }
+    }
+
+    async fn interrupt(&mut self) {
+        self.requests += 1;
+        let request = json!({
+            "type": "control_request",
+            "request_id": format!("agentq_{}", self.requests),
+            "request": { "subtype": "interrupt" }
+        });
+        let mut line = request.to_string();
+        line.push('\n');
+        let _ = self.stdin.write_all(line.as_bytes()).await;
+        let _ = self.stdin.flush().await;
+    }
+
+    /// The process is gone or going: make sure of it, and say what it left on stderr.
+    async fn died(&mut self) -> TaskEnd {
+        // Its stdout closed; give it a moment to exit and its stderr to drain.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.child.wait()).await;
+        self.kill().await;
+        TaskEnd::Died {
+            stderr: self.stderr_tail(),
+        }
+    }
+
+    /// SIGKILL to the whole group, and reap.
+    pub async fn kill(&mut self) {
+        if let Some(group) = self.group {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        let _ = self.child.wait().await;
+    }
+
+    /// Ends the process politely: stdin closed (it exits when done), then the group killed if it
+    /// has not gone within `grace`.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stdin.shutdown().await;
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.kill().await;
+        } else if let Some(group) = self.group {
+            // Whatever it left in its group.
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Persistent {
+    fn drop(&mut self) {
+        if let Some(group) = self.group {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+/// A `rate_limit_event` that says the limit rejected the request, with when it resets.
+pub fn rate_limit_of(v: &Value) -> Option<Limit> {
+    if v.get("type").and_then(Value::as_str) != Some("rate_limit_event") {
+        return None;
+    }
+    let info = v.get("rate_limit_info").unwrap_or(v);
+    if info.get("status").and_then(Value::as_str) != Some("rejected") {
+        return None;
+    }
+    let until = info
+        .get("resetsAt")
+        .or_else(|| info.get("resets_at"))
+        .and_then(Value::as_i64)
+        .map(|n| if n > 100_000_000_000 { n } else { n * 1000 });
+    Some(Limit {
+        until,
+        message: "usage limit reached (rate_limit_event)".into(),
+    })
+}
+
+/// Where a worker's long-lived process, if any, is kept between tasks.
+pub type Slot = tokio::sync::Mutex<Option<Persistent>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_long_lived_command_line() {
+        let a = argv(
+            Path::new("claude"),
+            &Settings::default(),
+            &Join::Resume("s".into()),
+        );
+        assert_eq!(
+            a,
+            [
+                "claude",
+                "-p",
+                "--input-format=stream-json",
+                "--output-format=stream-json",
+                "--verbose",
+                "--resume=s"
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_limit_events_are_read() {
+        let v = json!({ "type": "rate_limit_event", "rate_limit_info": { "status": "rejected", "resetsAt": 1767225600 } });
+        assert_eq!(rate_limit_of(&v).unwrap().until, Some(1_767_225_600_000));
+        let allowed = json!({ "type": "rate_limit_event", "rate_limit_info": { "status": "allowed_warning", "resetsAt": 1 } });
+        assert_eq!(rate_limit_of(&allowed), None);
+        assert_eq!(rate_limit_of(&json!({ "type": "assistant" })), None);
+    }
+
+    fn script(body: &str) -> (tempfile::TempDir, Vec<String>) {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("fake-claude");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        (d, vec![path.to_string_lossy().into_owned()])
+    }
+
+    #[tokio::test]
+    async fn tasks_are_served_one_after_another_by_one_process() {
+        // Answers each line with a result naming how many it has read.
+        let (_d, argv) = script(
+            "n=0; while read line; do n=$((n+1)); printf '{\"type\":\"system\",\"subtype\":\"init\",\"session_id\":\"s2\"}\\n{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"answer %s\"}\\n' $n; done",
+        );
+        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s1").unwrap();
+        let pid = p.pid();
+        for k in 1..=3 {
+            match p
+                .run(
+                    "q",
+                    Duration::from_secs(10),
+                    Duration::from_secs(1),
+                    std::future::pending(),
+                )
+                .await
+            {
+                TaskEnd::Result { result, .. } => assert_eq!(result.text, format!("answer {k}")),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((p.served, p.session_id.as_str(), p.pid()), (3, "s2", pid));
+        p.shutdown(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_hung_task_is_interrupted_and_a_deaf_process_killed() {
+        // Reads lines but never answers: the interrupt goes unanswered, so the group is killed.
+        let (_d, argv) = script("while read line; do :; done");
+        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let started = Instant::now();
+        let end = p
+            .run(
+                "q",
+                Duration::from_millis(200),
+                Duration::from_millis(200),
+                std::future::pending(),
+            )
+            .await;
+        assert!(matches!(end, TaskEnd::TimedOut { kept: false }), "{end:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Answers an interrupt with a result: the process is kept.
+        let (_d2, argv) = script(
+            "while read line; do case \"$line\" in *control_request*) printf '{\"type\":\"result\",\"subtype\":\"error_during_execution\",\"is_error\":true}\\n';; esac; done",
+        );
+        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let end = p
+            .run(
+                "q",
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+                std::future::pending(),
+            )
+            .await;
+        assert!(matches!(end, TaskEnd::TimedOut { kept: true }), "{end:?}");
+        let end = p
+            .run(
+                "q",
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+                tokio::time::sleep(Duration::from_millis(50)),
+            )
+            .await;
+        assert!(matches!(end, TaskEnd::Stopped { kept: true }), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_dies_mid_task_is_reported_with_its_stderr() {
+        let (_d, argv) =
+            script("read line; echo 'No conversation found with session ID: s' >&2; exit 1");
+        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        match p
+            .run(
+                "q",
+                Duration::from_secs(10),
+                Duration::from_secs(1),
+                std::future::pending(),
+            )
+            .await
+        {
+            TaskEnd::Died { stderr } => assert!(claude::conversation_gone(&stderr, "")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
