@@ -58,7 +58,8 @@ pub enum TaskEnd {
 pub struct Persistent {
     child: Child,
     group: Option<Pid>,
-    stdin: ChildStdin,
+    /// `None` once closed (dropping it is what closes the pipe: `shutdown()` does not).
+    stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<tokio::task::JoinHandle<()>>,
@@ -117,7 +118,7 @@ impl Persistent {
         Ok(Persistent {
             child,
             group,
-            stdin,
+            stdin: Some(stdin),
             lines,
             stderr,
             stderr_reader: Some(stderr_reader),
@@ -172,8 +173,7 @@ impl Persistent {
         let message = json!({ "type": "user", "message": { "role": "user", "content": prompt } });
         let mut line = message.to_string();
         line.push('\n');
-        if self.stdin.write_all(line.as_bytes()).await.is_err() || self.stdin.flush().await.is_err()
-        {
+        if !self.send(&line).await {
             return self.died().await;
         }
         tokio::pin!(stop);
@@ -234,8 +234,15 @@ impl Persistent {
         });
         let mut line = request.to_string();
         line.push('\n');
-        let _ = self.stdin.write_all(line.as_bytes()).await;
-        let _ = self.stdin.flush().await;
+        self.send(&line).await;
+    }
+
+    /// Writes one line to the process; false if it can no longer be written to.
+    async fn send(&mut self, line: &str) -> bool {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return false;
+        };
+        stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok()
     }
 
     /// The process is gone or going: make sure of it, and say what it left on stderr.
@@ -259,7 +266,7 @@ impl Persistent {
     /// Ends the process politely: stdin closed (it exits when done), then the group killed if it
     /// has not gone within `grace`.
     pub async fn shutdown(mut self, grace: Duration) {
-        let _ = self.stdin.shutdown().await;
+        drop(self.stdin.take());
         if tokio::time::timeout(grace, self.child.wait())
             .await
             .is_err()
@@ -368,7 +375,14 @@ mod tests {
             }
         }
         assert_eq!((p.served, p.session_id.as_str(), p.pid()), (3, "s2", pid));
-        p.shutdown(Duration::from_secs(2)).await;
+        // Closing stdin ends it at once: no waiting out the grace period.
+        let started = Instant::now();
+        p.shutdown(Duration::from_secs(10)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
