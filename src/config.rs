@@ -202,6 +202,8 @@ struct RawWorker {
     backoff: Option<Dur>,
     max_backoff: Option<Dur>,
     kill_timeout: Option<Dur>,
+    /// The most memory the agent's process tree may hold.
+    max_memory: Option<Size>,
     // The settings of `agent = "claude"` workers (inline: serde cannot flatten them and still
     // deny unknown keys).
     claude_bin: Option<PathBuf>,
@@ -306,6 +308,9 @@ pub struct WorkerConfig {
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
+    /// The most resident memory the agent's process group may hold. Persistent Claude processes
+    /// over it are replaced between tasks.
+    pub max_memory: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -473,6 +478,7 @@ impl Config {
                 cwd,
                 env: w.env.clone(),
                 limits,
+                max_memory: w.max_memory.map(|m| m.0),
             });
         }
         // Defaults that name no worker are still checked, so a typo there is caught before submit.

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod domain;
 pub mod error;
 pub mod intake;
+pub mod memory;
 pub mod output;
 pub mod persistent;
 pub mod state;

@@ -133,6 +133,12 @@ impl Persistent {
         self.child.id()
     }
 
+    /// Resident memory of the process and everything in its group, where it can be read.
+    pub fn rss(&self) -> Option<u64> {
+        self.group
+            .and_then(|g| crate::memory::group_rss(g.as_raw()))
+    }
+
     /// Whether the process has exited (it may after answering, e.g. when it could not resume).
     pub fn has_exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))

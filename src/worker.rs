@@ -433,10 +433,15 @@ impl Runner {
             let reusable = slot.as_ref().is_some_and(|p| {
                 matches!(&join, claude::Join::Resume(id) if *id == p.session_id)
                     && settings.recycle_after_tasks.is_none_or(|n| p.served < n)
+                    && self
+                        .worker
+                        .max_memory
+                        .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
             });
             if !reusable {
                 if let Some(old) = slot.take() {
-                    info!(worker = %name, served = old.served, "replacing the claude process");
+                    let rss_mb = old.rss().map(|b| b / (1 << 20));
+                    info!(worker = %name, served = old.served, rss_mb, "replacing the claude process (its conversation goes on)");
                     old.shutdown(grace).await;
                 }
                 let argv = persistent::argv(&bin, settings, &join);

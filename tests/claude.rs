@@ -483,3 +483,25 @@ fn a_claude_process_killed_mid_task_is_replaced_and_the_task_retried() {
     assert!(daemon.stop().success());
     assert!(!alive(pids[1]), "the process stops with the daemon");
 }
+
+#[test]
+fn a_persistent_process_over_max_memory_is_replaced_between_tasks_and_the_conversation_goes_on() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "mode = \"persistent\"\nmax_memory = \"1KiB\"");
+    let daemon = p.start();
+    let ids: Vec<i64> = (1..=3).map(|k| p.submit("c", &format!("m{k}"))).collect();
+    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
+    args.extend(ids.iter().map(|i| i.to_string()));
+    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        seen(&p.output(ids[2])),
+        (3, vec!["m1".into(), "m2".into(), "m3".into()])
+    );
+    assert_eq!(
+        claude_pids(&daemon).len(),
+        3,
+        "a process per task, each over 1 KiB:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success());
+}
