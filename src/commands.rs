@@ -240,17 +240,27 @@ struct WorkerStatus {
     pause_reason: Option<String>,
     cost_today_usd: f64,
     tokens_today: i64,
+    cost_total_usd: f64,
+    session_id: Option<String>,
 }
 
 async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
     let pid = state::holder(&config.state_dir())?;
+    let mut sessions: Vec<(String, Option<String>)> = Vec::new();
+    for w in &config.workers {
+        sessions.push((
+            w.name.clone(),
+            store.worker_session(&w.name).await?.map(|s| s.id),
+        ));
+    }
     let counts = store.counts().await?;
     let now = now_ms();
     let pauses = store.pauses(now).await?;
     let (today, _) = crate::claude::local_day(chrono::Local::now());
     let spend = store.spend_since(today).await?;
+    let spend_ever = store.spend_since(0).await?;
     let running = store
         .list(&TaskFilter {
             state: Some(TaskState::Running),
@@ -278,6 +288,14 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             let task = running.iter().find(|t| t.worker == name).map(|t| t.id);
             let pause = pauses.iter().find(|p| p.worker == name);
             let spent = spend.iter().find(|s| s.worker == name);
+            let cost_total_usd = spend_ever
+                .iter()
+                .find(|s| s.worker == name)
+                .map_or(0.0, |s| s.cost_usd);
+            let session_id = sessions
+                .iter()
+                .find(|(w, _)| *w == name)
+                .and_then(|(_, s)| s.clone());
             let state = match (pid, config.worker(&name), task, pause) {
                 (_, None, _, _) => "not in config".to_string(),
                 (None, _, _, _) => "stopped".to_string(),
@@ -293,6 +311,8 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 paused_until: pause.map(|p| p.until),
                 pause_reason: pause.map(|p| p.reason.clone()),
                 cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
+                cost_total_usd,
+                session_id,
                 tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),
                 queued: c.queued,
                 running: c.running,
@@ -341,6 +361,10 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 w.failed.to_string(),
                 w.dead.to_string(),
                 w.cancelled.to_string(),
+                w.session_id
+                    .as_deref()
+                    .map(|s| s.chars().take(8).collect())
+                    .unwrap_or_else(|| "-".into()),
                 format!("${:.2}", w.cost_today_usd),
             ]
         })
@@ -356,6 +380,7 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             "FAILED",
             "DEAD",
             "CANCELLED",
+            "SESSION",
             "COST TODAY",
         ],
         &rows,

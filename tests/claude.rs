@@ -505,3 +505,44 @@ fn a_persistent_process_over_max_memory_is_replaced_between_tasks_and_the_conver
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn rotate_starts_a_new_conversation_after_so_many_tasks_and_recycle_keeps_it() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "session = \"rotate\"\nrotate_after_tasks = 2");
+    let daemon = p.start();
+    let ids: Vec<i64> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|q| p.submit("c", q))
+        .collect();
+    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
+    args.extend(ids.iter().map(|i| i.to_string()));
+    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(seen(&p.output(ids[1])).0, 2);
+    assert_eq!(
+        seen(&p.output(ids[2])),
+        (1, vec!["r3".to_string()]),
+        "rotated after two tasks"
+    );
+    assert!(daemon.stop().success());
+
+    // recycle_after_tasks replaces the process, never the conversation.
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "mode = \"persistent\"\nrecycle_after_tasks = 2");
+    let daemon = p.start();
+    let ids: Vec<i64> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|q| p.submit("c", q))
+        .collect();
+    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
+    args.extend(ids.iter().map(|i| i.to_string()));
+    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(seen(&p.output(ids[3])).0, 4);
+    assert_eq!(
+        claude_pids(&daemon).len(),
+        2,
+        "two processes, two tasks each:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success());
+}
