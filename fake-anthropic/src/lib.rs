@@ -14,7 +14,7 @@
 //! - `[[status 529]]` answers with that HTTP status and an API error body; `[[status 529 x2]]`
 //!   does so for the first two requests carrying that same directive, then answers normally.
 //! - `[[usage-limit 1767225600]]` answers with the text `Claude AI usage limit reached|<epoch>`
-//!   (`[[usage-limit 1767225600 x1]]`: only the first time).
+//!   (`[[usage-limit +5 x1]]`: five seconds after the answer, and only the first time).
 //! - `[[limited 1767225600]]` answers 429 with the unified rate-limit headers saying `rejected` and
 //!   resetting at that epoch, as the API does when a subscription's usage limit is reached.
 //! - `[[reply some text]]` answers with exactly that text.
@@ -289,7 +289,17 @@ fn messages(body: &Value, state: &State) -> Answer {
             "reply" => text = Some(args),
             "usage-limit" => {
                 let mut words = args.split_whitespace();
-                let epoch = words.next().unwrap_or("0").to_string();
+                // `+N`: N seconds after this answer.
+                let epoch = match words.next().unwrap_or("0") {
+                    rel if rel.starts_with('+') => {
+                        let secs: u64 = rel[1..].parse().unwrap_or(0);
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        (now.as_secs() + secs).to_string()
+                    }
+                    abs => abs.to_string(),
+                };
                 let times: Option<u32> = words
                     .next()
                     .and_then(|w| w.strip_prefix('x'))
