@@ -28,15 +28,7 @@ fn history_survives_restarts(mode: &str) {
         .map(|k| p.submit("c", &format!("task {k}")))
         .collect();
     let daemon = p.start();
-    let mut args = vec!["wait".to_string(), "--timeout".into(), "120s".into()];
-    args.extend(ids.iter().map(|i| i.to_string()));
-    let out = p.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        daemon.log()
-    );
+    p.wait_all(&ids);
 
     let mut session = None;
     for (k, id) in ids.iter().enumerate() {
@@ -492,9 +484,7 @@ fn a_persistent_process_over_max_memory_is_replaced_between_tasks_and_the_conver
     let p = Project::with_claude(&fake, "mode = \"persistent\"\nmax_memory = \"1KiB\"");
     let daemon = p.start();
     let ids: Vec<i64> = (1..=3).map(|k| p.submit("c", &format!("m{k}"))).collect();
-    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
-    args.extend(ids.iter().map(|i| i.to_string()));
-    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    p.wait_all(&ids);
     assert_eq!(
         seen(&p.output(ids[2])),
         (3, vec!["m1".into(), "m2".into(), "m3".into()])
@@ -517,9 +507,7 @@ fn rotate_starts_a_new_conversation_after_so_many_tasks_and_recycle_keeps_it() {
         .iter()
         .map(|q| p.submit("c", q))
         .collect();
-    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
-    args.extend(ids.iter().map(|i| i.to_string()));
-    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    p.wait_all(&ids);
     assert_eq!(seen(&p.output(ids[1])).0, 2);
     assert_eq!(
         seen(&p.output(ids[2])),
@@ -536,9 +524,7 @@ fn rotate_starts_a_new_conversation_after_so_many_tasks_and_recycle_keeps_it() {
         .iter()
         .map(|q| p.submit("c", q))
         .collect();
-    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
-    args.extend(ids.iter().map(|i| i.to_string()));
-    p.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    p.wait_all(&ids);
     assert_eq!(seen(&p.output(ids[3])).0, 4);
     assert_eq!(
         claude_pids(&daemon).len(),

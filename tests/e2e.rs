@@ -278,10 +278,7 @@ fn fifty_concurrent_submits_against_a_running_daemon_lose_nothing() {
     }
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 50);
-    let mut args = vec!["wait".to_string(), "--timeout".into(), "60s".into()];
-    args.extend(ids.iter().map(|i| i.to_string()));
-    let out = p.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.status.success(), "{}", text(&out.stdout));
+    p.wait_all(&ids);
     assert_eq!(p.runs().len(), 50);
     assert!(daemon.stop().success());
 }

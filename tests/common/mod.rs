@@ -147,6 +147,19 @@ CLAUDE_CODE_MAX_RETRIES = "0"
         .unwrap()
     }
 
+    /// Waits (bounded) for every task to end, and requires that all succeeded.
+    pub fn wait_all(&self, ids: &[i64]) {
+        let mut args = vec!["wait".to_string(), "--timeout".into(), "120s".into()];
+        args.extend(ids.iter().map(i64::to_string));
+        let out = self.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            out.status.success(),
+            "wait {ids:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
     pub fn task(&self, id: i64) -> Value {
         self.json(&["show", &id.to_string()])
     }
