@@ -192,8 +192,22 @@ impl ClaudeResult {
             .filter_map(|k| u.get(*k).and_then(Value::as_u64))
             .sum()
         });
+        // Some error results have no `result` text but an `errors` list.
+        let errors = v
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .filter(|e| !e.is_empty());
         Some(ClaudeResult {
-            text: text("result").unwrap_or_default(),
+            text: text("result")
+                .filter(|t| !t.is_empty())
+                .or(errors)
+                .unwrap_or_default(),
             is_error: v.get("is_error").and_then(Value::as_bool).unwrap_or(false),
             subtype: text("subtype"),
             session_id: text("session_id"),
@@ -255,7 +269,15 @@ pub struct Limit {
 /// Reads a limit out of a result, the ways the CLI has reported one:
 /// `Claude AI usage limit reached|<epoch>`, `... limit · resets 3pm`, or an API status 429.
 pub fn limit_of(result: &ClaudeResult, now: chrono::DateTime<chrono::Local>) -> Option<Limit> {
+    // A successful answer may well talk about limits; only a failed one can be a limit. (The old
+    // `...|<epoch>` form came as the whole result text, so it is taken wherever it stands first.)
     let text = result.text.trim();
+    if !result.is_error
+        && result.api_error_status.is_none()
+        && !text.starts_with("Claude AI usage limit reached|")
+    {
+        return None;
+    }
     let message = text
         .lines()
         .next()
@@ -437,13 +459,15 @@ pub fn conversation_gone(stderr: &str, stdout: &str) -> bool {
 }
 
 /// The session a worker's conversation is in, as the store keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionState {
     pub id: String,
     /// Claude keeps conversations per working directory: one started elsewhere cannot be resumed.
     pub cwd: String,
     pub tasks: u32,
     pub input_tokens: u64,
+    /// What the conversation has cost so far, as its last result reported.
+    pub cost_usd: f64,
 }
 
 /// Picks how the next task joins a conversation: `None` means a new one must be started.
@@ -615,6 +639,7 @@ mod tests {
             cwd: "/w".into(),
             tasks: 3,
             input_tokens: 900,
+            cost_usd: 0.0,
         };
         assert_eq!(
             choose(SessionPolicy::Resume, Some(&s), "/w"),
@@ -679,10 +704,12 @@ mod tests {
                 .until,
             Some(1_767_225_600_000)
         );
-        let at3 = limit_of(&text("5-hour limit reached \u{b7} resets 3pm"), now)
-            .unwrap()
-            .until
-            .unwrap();
+        let limited = ClaudeResult {
+            text: "5-hour limit reached \u{b7} resets 3pm".into(),
+            is_error: true,
+            ..Default::default()
+        };
+        let at3 = limit_of(&limited, now).unwrap().until.unwrap();
         assert_eq!(
             Local.timestamp_millis_opt(at3).unwrap(),
             Local.with_ymd_and_hms(2026, 11, 22, 15, 0, 0).unwrap()
@@ -698,7 +725,20 @@ mod tests {
         assert_eq!(parse_reset(" 12am", now).unwrap().hour(), 0);
         assert_eq!(parse_reset(" 15:00", now).unwrap().hour(), 15);
         assert_eq!(parse_reset(" soon", now), None);
-        let unknown = limit_of(&text("You've hit your limit \u{b7} resets whenever"), now).unwrap();
+        let err = |t: &str| ClaudeResult {
+            text: t.into(),
+            is_error: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            limit_of(
+                &text("Done. Note: the API rate limit resets every hour"),
+                now
+            ),
+            None,
+            "a successful answer that talks about limits is not one"
+        );
+        let unknown = limit_of(&err("You've hit your limit \u{b7} resets whenever"), now).unwrap();
         assert_eq!(unknown.until, None);
         let api = ClaudeResult {
             api_error_status: Some(429),

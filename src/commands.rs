@@ -242,18 +242,17 @@ struct WorkerStatus {
     tokens_today: i64,
     cost_total_usd: f64,
     session_id: Option<String>,
+    /// What the current conversation has cost so far.
+    session_cost_usd: Option<f64>,
 }
 
 async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
     let pid = state::holder(&config.state_dir())?;
-    let mut sessions: Vec<(String, Option<String>)> = Vec::new();
+    let mut sessions: Vec<(String, Option<crate::claude::SessionState>)> = Vec::new();
     for w in &config.workers {
-        sessions.push((
-            w.name.clone(),
-            store.worker_session(&w.name).await?.map(|s| s.id),
-        ));
+        sessions.push((w.name.clone(), store.worker_session(&w.name).await?));
     }
     let counts = store.counts().await?;
     let now = now_ms();
@@ -292,10 +291,12 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 .iter()
                 .find(|s| s.worker == name)
                 .map_or(0.0, |s| s.cost_usd);
-            let session_id = sessions
+            let session = sessions
                 .iter()
                 .find(|(w, _)| *w == name)
-                .and_then(|(_, s)| s.clone());
+                .and_then(|(_, s)| s.as_ref());
+            let session_id = session.map(|s| s.id.clone());
+            let session_cost_usd = session.map(|s| s.cost_usd);
             let state = match (pid, config.worker(&name), task, pause) {
                 (_, None, _, _) => "not in config".to_string(),
                 (None, _, _, _) => "stopped".to_string(),
@@ -313,6 +314,7 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
                 cost_total_usd,
                 session_id,
+                session_cost_usd,
                 tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),
                 queued: c.queued,
                 running: c.running,

@@ -67,8 +67,12 @@ pub struct Persistent {
     pub session_id: String,
     /// Tasks served since it started.
     pub served: u32,
+    /// What is left of the `--max-budget-usd` it was started with, after its last result.
+    pub budget_left: Option<f64>,
     pub started: Instant,
     requests: u64,
+    /// How long writing an interrupt may take.
+    interrupt_grace: Duration,
 }
 
 const STDERR_KEEP: usize = 16 << 10;
@@ -124,8 +128,10 @@ impl Persistent {
             stderr_reader: Some(stderr_reader),
             session_id: session_id.to_string(),
             served: 0,
+            budget_left: None,
             started: Instant::now(),
             requests: 0,
+            interrupt_grace: Duration::from_secs(5),
         })
     }
 
@@ -179,12 +185,34 @@ impl Persistent {
         let message = json!({ "type": "user", "message": { "role": "user", "content": prompt } });
         let mut line = message.to_string();
         line.push('\n');
-        if !self.send(&line).await {
-            return self.died().await;
-        }
+        self.interrupt_grace = grace;
         tokio::pin!(stop);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        // A process that stopped reading would block this write forever (a prompt larger than
+        // the pipe holds): it may take no longer than the task, nor outlast a stop.
+        enum Sent {
+            Written(bool),
+            Late,
+            Stopped,
+        }
+        let sent = tokio::select! {
+            ok = self.send(&line) => Sent::Written(ok),
+            _ = &mut deadline => Sent::Late,
+            _ = &mut stop => Sent::Stopped,
+        };
+        match sent {
+            Sent::Written(true) => {}
+            Sent::Written(false) => return self.died().await,
+            Sent::Late => {
+                self.kill().await;
+                return TaskEnd::TimedOut { kept: false };
+            }
+            Sent::Stopped => {
+                self.kill().await;
+                return TaskEnd::Stopped { kept: false };
+            }
+        }
         // Set once an interrupt is sent: why, and how long the process has to answer it.
         let mut interrupted: Option<(bool, tokio::time::Instant)> = None;
         let mut limit = None;
@@ -240,7 +268,8 @@ impl Persistent {
         });
         let mut line = request.to_string();
         line.push('\n');
-        self.send(&line).await;
+        // Unanswered within the grace period, the process is killed anyway.
+        let _ = tokio::time::timeout(self.interrupt_grace, self.send(&line)).await;
     }
 
     /// Writes one line to the process; false if it can no longer be written to.
@@ -431,6 +460,40 @@ mod tests {
             )
             .await;
         assert!(matches!(end, TaskEnd::Stopped { kept: true }), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_stopped_reading_cannot_wedge_a_task() {
+        // Never reads stdin: a prompt larger than the pipe holds cannot be written.
+        let (_d, argv) = script("exec sleep 60");
+        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let big = "x".repeat(1 << 20);
+        let started = Instant::now();
+        let end = p
+            .run(
+                &big,
+                Duration::from_millis(300),
+                Duration::from_millis(200),
+                std::future::pending(),
+            )
+            .await;
+        assert!(matches!(end, TaskEnd::TimedOut { kept: false }), "{end:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let end = p
+            .run(
+                &big,
+                Duration::from_secs(60),
+                Duration::from_millis(200),
+                tokio::time::sleep(Duration::from_millis(100)),
+            )
+            .await;
+        assert!(matches!(end, TaskEnd::Stopped { kept: false }), "{end:?}");
+        assert!(p.has_exited());
     }
 
     #[tokio::test]

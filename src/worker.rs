@@ -337,8 +337,9 @@ impl Runner {
         }
     }
 
-    /// The session the next process should join, storing a new one before any process starts.
-    async fn join_for(&self, settings: &claude::Settings, cwd: &str) -> claude::Join {
+    /// The conversation the next task joins, and what it has cost so far. A new one is stored
+    /// before any process starts.
+    async fn join_for(&self, settings: &claude::Settings, cwd: &str) -> (claude::Join, f64) {
         let name = &self.worker.name;
         let current = match self.store.worker_session(name).await {
             Ok(current) => current,
@@ -348,7 +349,7 @@ impl Runner {
             }
         };
         if let Some(join) = claude::choose(settings.session, current.as_ref(), cwd) {
-            return join;
+            return (join, current.map_or(0.0, |s| s.cost_usd));
         }
         let id = new_session_id();
         let fresh = claude::SessionState {
@@ -356,14 +357,28 @@ impl Runner {
             cwd: cwd.to_string(),
             tasks: 0,
             input_tokens: 0,
+            cost_usd: 0.0,
         };
         if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
             warn!(worker = %name, "cannot store the new session id: {e}");
         }
-        claude::Join::Start(id)
+        (claude::Join::Start(id), 0.0)
     }
 
-    /// Records the conversation a result reports, with its counters, and says what it cost.
+    /// Forgets a conversation Claude no longer has, so the task starts a new one.
+    async fn reset_gone(&self, id: &str, task_id: i64) {
+        let name = &self.worker.name;
+        let why = format!("conversation {id} is gone (task {task_id})");
+        warn!(worker = %name, task = task_id, "{why}; starting a new one and running the task again");
+        if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await {
+            warn!(worker = %name, "cannot reset the session: {e}");
+        }
+    }
+
+    /// Records the conversation a result reports, with its counters, and says what this task cost:
+    /// the CLI reports the whole conversation's cost, so the task is charged the difference. The
+    /// record is only updated while it still holds the conversation the task joined, so an
+    /// `agentq worker reset-session` made meanwhile stands.
     async fn record_session(
         &self,
         joined: &str,
@@ -382,19 +397,27 @@ impl Runner {
             .ok()
             .flatten()
             .filter(|s| s.id == joined);
-        let after = claude::SessionState {
-            id: reported.clone(),
-            cwd: cwd.to_string(),
-            tasks: previous.as_ref().map_or(0, |s| s.tasks) + 1,
-            input_tokens: previous.as_ref().map_or(0, |s| s.input_tokens)
-                + result.input_tokens.unwrap_or(0),
-        };
-        if let Err(e) = self.store.save_worker_session(name, &after, now_ms()).await {
-            warn!(worker = %name, "cannot store the session: {e}");
+        let spent_before = previous.as_ref().map_or(0.0, |s| s.cost_usd);
+        let total = result.total_cost_usd.unwrap_or(spent_before);
+        if let Some(previous) = previous {
+            let after = claude::SessionState {
+                id: reported.clone(),
+                cwd: cwd.to_string(),
+                tasks: previous.tasks + 1,
+                input_tokens: previous.input_tokens + result.input_tokens.unwrap_or(0),
+                cost_usd: total.max(spent_before),
+            };
+            if let Err(e) = self
+                .store
+                .update_worker_session(name, joined, &after, now_ms())
+                .await
+            {
+                warn!(worker = %name, "cannot store the session: {e}");
+            }
         }
         Usage {
             session_id: Some(reported),
-            cost_usd: result.total_cost_usd,
+            cost_usd: result.total_cost_usd.map(|t| (t - spent_before).max(0.0)),
             input_tokens: result.input_tokens.map(|t| t as i64),
             output_tokens: result.output_tokens.map(|t| t as i64),
             num_turns: result.num_turns.map(|t| t as i64),
@@ -410,7 +433,10 @@ impl Runner {
         let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
         let parent_env: BTreeMap<String, String> = std::env::vars().collect();
         let env_remove = claude::inherited_markers(&parent_env, &self.worker.env);
-        let spec = self.spec(task, Vec::new(), env_remove);
+        let mut spec = self.spec(task, Vec::new(), env_remove);
+        // The process outlives this task: per-task variables would be stale for the next ones.
+        spec.env.remove("AGENTQ_TASK_ID");
+        spec.env.remove("AGENTQ_ATTEMPT");
         let grace = self.worker.limits.kill_timeout;
         let mut slot = self.persistent.lock().await;
         let mut reset_once = false;
@@ -429,14 +455,19 @@ impl Runner {
             },
         };
         loop {
-            let join = self.join_for(settings, &cwd).await;
-            let reusable = slot.as_ref().is_some_and(|p| {
-                matches!(&join, claude::Join::Resume(id) if *id == p.session_id)
-                    && settings.recycle_after_tasks.is_none_or(|n| p.served < n)
-                    && self
-                        .worker
-                        .max_memory
-                        .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
+            let (join, spent) = self.join_for(settings, &cwd).await;
+            // A process that died while idle is never handed a task.
+            let reusable = slot.as_mut().is_some_and(|p| {
+                !p.has_exited() && {
+                    matches!(&join, claude::Join::Resume(id) if *id == p.session_id)
+                        && settings.recycle_after_tasks.is_none_or(|n| p.served < n)
+                        // Its --max-budget-usd was fixed at its start: enough left for a task?
+                        && settings.max_budget_usd.is_none_or(|b| p.budget_left.is_none_or(|left| left >= b))
+                        && self
+                            .worker
+                            .max_memory
+                            .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
+                }
             });
             if !reusable {
                 if let Some(old) = slot.take() {
@@ -444,7 +475,11 @@ impl Runner {
                     info!(worker = %name, served = old.served, rss_mb, "replacing the claude process (its conversation goes on)");
                     old.shutdown(grace).await;
                 }
-                let argv = persistent::argv(&bin, settings, &join);
+                let budgeted = claude::Settings {
+                    max_budget_usd: settings.max_budget_usd.map(|b| b + spent),
+                    ..settings.clone()
+                };
+                let argv = persistent::argv(&bin, &budgeted, &join);
                 match Persistent::spawn(&argv, &spec.cwd, &spec.env, &spec.env_remove, join.id()) {
                     Ok(p) => {
                         info!(worker = %name, pid = p.pid(), session = join.id(), "started a long-lived claude process");
@@ -511,18 +546,20 @@ impl Runner {
                         );
                     }
                     let usage = self.record_session(join.id(), &result, &cwd).await;
+                    if let (Some(process), Some(total)) = (slot.as_mut(), result.total_cost_usd) {
+                        process.budget_left = settings.max_budget_usd.map(|b| b + spent - total);
+                    }
                     let end = if result.is_error {
                         let (reason, retryable) = result.failure();
                         failure(reason, retryable)
                     } else {
                         AttemptEnd::Succeeded
                     };
-                    return served(
-                        Ended::Attempt(end),
-                        result.text.clone(),
-                        usage,
-                        String::new(),
-                    );
+                    let mut text = result.text.clone();
+                    let cut = cap_text(&mut text, self.config.daemon.output_cap as usize);
+                    let mut ran = served(Ended::Attempt(end), text, usage, String::new());
+                    ran.attempt.stdout_truncated = cut;
+                    return ran;
                 }
                 TaskEnd::TimedOut { kept } => {
                     if !kept {
@@ -557,12 +594,7 @@ impl Runner {
                         && claude::conversation_gone(&stderr, "")
                     {
                         reset_once = true;
-                        let why = format!("conversation {} is gone (task {})", join.id(), task.id);
-                        warn!(worker = %name, task = task.id, "{why}; starting a new one and running the task again");
-                        if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await
-                        {
-                            warn!(worker = %name, "cannot reset the session: {e}");
-                        }
+                        self.reset_gone(join.id(), task.id).await;
                         continue;
                     }
                     let last = stderr
@@ -586,7 +618,6 @@ impl Runner {
     /// before the process starts), run, and record the conversation the result reports. A resume
     /// that finds the conversation gone starts a new one and runs again, within the same attempt.
     async fn run_claude(&self, settings: &claude::Settings, task: &Task, stop: &Stop) -> Ran {
-        let name = &self.worker.name;
         let cwd = self.worker.cwd.to_string_lossy().into_owned();
         let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
         let parent_env: BTreeMap<String, String> = std::env::vars().collect();
@@ -597,33 +628,18 @@ impl Runner {
             && !self.worker.env.contains_key("CLAUDE_CODE_GIT_BASH_PATH"))
         .then(|| claude::find_git_bash(&parent_env, &|p| std::path::Path::new(p).is_file()))
         .flatten();
-        let mut current = match self.store.worker_session(name).await {
-            Ok(current) => current,
-            Err(e) => {
-                warn!(worker = %name, "cannot read the worker's session: {e}; starting a new one");
-                None
-            }
-        };
         let mut reset_once = false;
         loop {
-            let join = claude::choose(settings.session, current.as_ref(), &cwd)
-                .unwrap_or_else(|| claude::Join::Start(new_session_id()));
-            if let claude::Join::Start(id) = &join {
-                let fresh = claude::SessionState {
-                    id: id.clone(),
-                    cwd: cwd.clone(),
-                    tasks: 0,
-                    input_tokens: 0,
-                };
-                if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
-                    warn!(worker = %name, "cannot store the new session id: {e}");
-                }
-                current = Some(fresh);
-            }
+            let (join, spent) = self.join_for(settings, &cwd).await;
+            // The CLI checks --max-budget-usd against the whole conversation's cost.
+            let budgeted = claude::Settings {
+                max_budget_usd: settings.max_budget_usd.map(|b| b + spent),
+                ..settings.clone()
+            };
             #[allow(unused_mut)]
             let mut spec = self.spec(
                 task,
-                claude::exec_argv(&bin, settings, &join),
+                claude::exec_argv(&bin, &budgeted, &join),
                 env_remove.clone(),
             );
             #[cfg(windows)]
@@ -632,7 +648,7 @@ impl Runner {
                     .insert("CLAUDE_CODE_GIT_BASH_PATH".into(), bash.clone());
             }
             let timeout = spec.timeout;
-            let attempt = agent::run(spec, stop.future()).await;
+            let mut attempt = agent::run(spec, stop.future()).await;
             let result = claude::ClaudeResult::from_exec_stdout(&attempt.stdout);
             let Outcome::Exited(code) = attempt.outcome else {
                 return Ran {
@@ -647,18 +663,13 @@ impl Runner {
                     attempt,
                 };
             };
-            let Some(result) = result else {
+            let Some(mut result) = result else {
                 if matches!(join, claude::Join::Resume(_))
                     && !reset_once
                     && claude::conversation_gone(&attempt.stderr_tail, &attempt.stdout)
                 {
                     reset_once = true;
-                    let why = format!("conversation {} is gone (task {})", join.id(), task.id);
-                    warn!(worker = %name, task = task.id, "{why}; starting a new one and running the task again");
-                    if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await {
-                        warn!(worker = %name, "cannot reset the session: {e}");
-                    }
-                    current = None;
+                    self.reset_gone(join.id(), task.id).await;
                     continue;
                 }
                 let last = attempt
@@ -680,27 +691,12 @@ impl Runner {
                     attempt,
                 };
             };
-            // The id the result reports is the one to resume next (the CLI has changed ids before).
-            let reported = result
-                .session_id
-                .clone()
-                .unwrap_or_else(|| join.id().to_string());
-            let previous = current.take().filter(|s| s.id == join.id());
-            let after = claude::SessionState {
-                id: reported.clone(),
-                cwd: cwd.clone(),
-                tasks: previous.as_ref().map_or(0, |s| s.tasks) + 1,
-                input_tokens: previous.as_ref().map_or(0, |s| s.input_tokens)
-                    + result.input_tokens.unwrap_or(0),
-            };
-            if let Err(e) = self.store.save_worker_session(name, &after, now_ms()).await {
-                warn!(worker = %name, "cannot store the session: {e}");
-            }
+            let usage = self.record_session(join.id(), &result, &cwd).await;
             if let Some(limit) = claude::limit_of(&result, chrono::Local::now()) {
                 return Ran {
                     end: Ended::Limited(limit),
                     output: result.text.clone(),
-                    usage: Usage::default(),
+                    usage,
                     attempt,
                 };
             }
@@ -710,16 +706,12 @@ impl Runner {
             } else {
                 AttemptEnd::Succeeded
             };
+            attempt.stdout_truncated |=
+                cap_text(&mut result.text, self.config.daemon.output_cap as usize);
             return Ran {
                 end: Ended::Attempt(end),
-                output: result.text.clone(),
-                usage: Usage {
-                    session_id: Some(reported),
-                    cost_usd: result.total_cost_usd,
-                    input_tokens: result.input_tokens.map(|t| t as i64),
-                    output_tokens: result.output_tokens.map(|t| t as i64),
-                    num_turns: result.num_turns.map(|t| t as i64),
-                },
+                output: result.text,
+                usage,
                 attempt,
             };
         }
@@ -796,6 +788,19 @@ fn generic_end(outcome: &Outcome, timeout: Duration) -> Ended {
         Outcome::SpawnFailed { error, retryable } => failure(error.clone(), *retryable),
         Outcome::Served => AttemptEnd::Succeeded,
     })
+}
+
+/// Cuts `text` to at most `cap` bytes, on a character boundary. Returns whether it cut.
+fn cap_text(text: &mut String, cap: usize) -> bool {
+    if text.len() <= cap {
+        return false;
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
 }
 
 /// A new conversation id: a random (version 4) UUID, as `--session-id` requires.

@@ -44,6 +44,19 @@ fn history_survives_restarts(mode: &str) {
         let sid = t["session_id"].as_str().unwrap().to_string();
         assert_eq!(*session.get_or_insert(sid.clone()), sid, "one conversation");
     }
+    // The CLI reports the conversation's total; each task is charged its own part, so the parts
+    // add up to the total.
+    let charged: f64 = ids
+        .iter()
+        .map(|id| p.task(*id)["cost_usd"].as_f64().unwrap())
+        .sum();
+    let total = p.json(&["status"])["workers"][0]["session_cost_usd"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (charged - total).abs() < 1e-9,
+        "charged {charged}, conversation cost {total}"
+    );
     assert!(daemon.stop().success());
 
     // A new daemon continues the same conversation.
@@ -132,7 +145,13 @@ fn reset_session_and_fresh_sessions_start_new_conversations() {
     let daemon = p.start();
     let a = p.submit("c", "one");
     p.ok(&["wait", "--timeout", "60s", &a.to_string()]);
+    // A reset made while a task runs stands: the finishing task does not undo it.
+    let slow = p.submit("c", "slow [[delay 1500ms]]");
+    wait_until(Duration::from_secs(30), "the slow task to run", || {
+        p.state(slow) == "running"
+    });
     p.ok(&["worker", "reset-session", "c"]);
+    p.ok(&["wait", "--timeout", "60s", &slow.to_string()]);
     let b = p.submit("c", "two");
     p.ok(&["wait", "--timeout", "60s", &b.to_string()]);
     assert_eq!(

@@ -8,6 +8,7 @@ CREATE TABLE worker_sessions (
     cwd          TEXT    NOT NULL,
     tasks        INTEGER NOT NULL DEFAULT 0,
     input_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd     REAL    NOT NULL DEFAULT 0,   -- the conversation's cost so far
     started_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL
 );

@@ -290,6 +290,15 @@ pub trait Store: Send + Sync {
         session: &crate::claude::SessionState,
         now: Millis,
     ) -> Result<()>;
+    /// Updates a worker's conversation record, only while it still holds `joined`. Returns
+    /// whether it did (not, if the session was reset meanwhile).
+    async fn update_worker_session(
+        &self,
+        worker: &str,
+        joined: &str,
+        session: &crate::claude::SessionState,
+        now: Millis,
+    ) -> Result<bool>;
     /// Forgets a worker's conversation, so its next task starts a new one. Returns whether it had
     /// one; records a `session_reset` event with `why`.
     async fn reset_worker_session(&self, worker: &str, why: &str, now: Millis) -> Result<bool>;

@@ -710,7 +710,7 @@ impl Store for SqliteStore {
         self.call("reading a worker's session", move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT session_id, cwd, tasks, input_tokens FROM worker_sessions WHERE worker = ?1",
+                    "SELECT session_id, cwd, tasks, input_tokens, cost_usd FROM worker_sessions WHERE worker = ?1",
                     [worker],
                     |r| {
                         Ok(crate::claude::SessionState {
@@ -718,6 +718,7 @@ impl Store for SqliteStore {
                             cwd: r.get(1)?,
                             tasks: r.get::<_, i64>(2)? as u32,
                             input_tokens: r.get::<_, i64>(3)? as u64,
+                            cost_usd: r.get(4)?,
                         })
                     },
                 )
@@ -735,15 +736,34 @@ impl Store for SqliteStore {
         let (worker, s) = (worker.to_string(), session.clone());
         self.write("saving a worker's session", move |tx| {
             tx.execute(
-                "INSERT INTO worker_sessions (worker, session_id, cwd, tasks, input_tokens, started_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
+                "INSERT INTO worker_sessions (worker, session_id, cwd, tasks, input_tokens, cost_usd, started_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6) \
                  ON CONFLICT (worker) DO UPDATE SET \
                    started_at = CASE WHEN session_id = excluded.session_id THEN started_at ELSE excluded.started_at END, \
                    session_id = excluded.session_id, cwd = excluded.cwd, tasks = excluded.tasks, \
-                   input_tokens = excluded.input_tokens, updated_at = excluded.updated_at",
-                params![worker, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, now],
+                   input_tokens = excluded.input_tokens, cost_usd = excluded.cost_usd, updated_at = excluded.updated_at",
+                params![worker, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, now, s.cost_usd],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn update_worker_session(
+        &self,
+        worker: &str,
+        joined: &str,
+        session: &crate::claude::SessionState,
+        now: Millis,
+    ) -> Result<bool> {
+        let (worker, joined, s) = (worker.to_string(), joined.to_string(), session.clone());
+        self.write("updating a worker's session", move |tx| {
+            let n = tx.execute(
+                "UPDATE worker_sessions SET session_id = ?3, cwd = ?4, tasks = ?5, input_tokens = ?6, \
+                 cost_usd = ?7, updated_at = ?8 WHERE worker = ?1 AND session_id = ?2",
+                params![worker, joined, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, s.cost_usd, now],
+            )?;
+            Ok(n == 1)
         })
         .await
     }
@@ -781,8 +801,10 @@ impl Store for SqliteStore {
         self.write("pausing a worker", move |tx| {
             tx.execute(
                 "INSERT INTO worker_pauses (worker, until, reason, since) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (worker) DO UPDATE SET until = excluded.until, reason = excluded.reason, \
-                 since = excluded.since",
+                 ON CONFLICT (worker) DO UPDATE SET \
+                   reason = CASE WHEN excluded.until >= until THEN excluded.reason ELSE reason END, \
+                   since = CASE WHEN excluded.until >= until THEN excluded.since ELSE since END, \
+                   until = max(until, excluded.until)",
                 params![worker, until, reason, now],
             )?;
             let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64));
@@ -850,8 +872,10 @@ impl Store for SqliteStore {
         self.call("finding the next due task", move |conn| {
             Ok(conn.query_row(
                 // A paused worker's work is due when the pause ends.
-                "SELECT max(min(not_before), coalesce((SELECT until FROM worker_pauses WHERE worker = ?1), 0)) \
-                 FROM tasks WHERE worker = ?1 AND state = 'queued' HAVING count(*) > 0",
+                // (No queued task: NULL, so an idle runner sleeps with no timer.)
+                "SELECT CASE WHEN count(*) = 0 THEN NULL ELSE \
+                   max(min(not_before), coalesce((SELECT until FROM worker_pauses WHERE worker = ?1), 0)) END \
+                 FROM tasks WHERE worker = ?1 AND state = 'queued'",
                 [worker],
                 |r| r.get(0),
             )?)
@@ -967,6 +991,29 @@ mod tests {
             .await
             .unwrap();
         assert!(s.claim("w", "me", 4, LEASE).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_empty_queue_has_no_next_due_time() {
+        let (_d, s) = store();
+        assert_eq!(s.next_due("w").await.unwrap(), None, "no error, no timer");
+        s.pause_worker("w", 1000, "paused", 1).await.unwrap();
+        assert_eq!(
+            s.next_due("w").await.unwrap(),
+            None,
+            "a pause alone is no work"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shorter_pause_does_not_cut_a_longer_one() {
+        let (_d, s) = store();
+        s.pause_worker("w", 1_000_000, "by hand", 1).await.unwrap();
+        s.pause_worker("w", 5_000, "usage limit", 2).await.unwrap();
+        let p = s.pauses(3).await.unwrap();
+        assert_eq!((p[0].until, p[0].reason.as_str()), (1_000_000, "by hand"));
+        s.pause_worker("w", 2_000_000, "longer", 4).await.unwrap();
+        assert_eq!(s.pauses(5).await.unwrap()[0].until, 2_000_000);
     }
 
     #[tokio::test]
@@ -1225,13 +1272,26 @@ mod tests {
             cwd: "/w".into(),
             tasks: 0,
             input_tokens: 0,
+            cost_usd: 0.0,
         };
         s.save_worker_session("w", &st, 1).await.unwrap();
         st.tasks = 2;
         st.input_tokens = 50;
         s.save_worker_session("w", &st, 2).await.unwrap();
-        assert_eq!(s.worker_session("w").await.unwrap(), Some(st));
+        assert_eq!(s.worker_session("w").await.unwrap(), Some(st.clone()));
+        st.cost_usd = 0.5;
+        assert!(s.update_worker_session("w", "a", &st, 3).await.unwrap());
+        assert_eq!(s.worker_session("w").await.unwrap().unwrap().cost_usd, 0.5);
+        assert!(
+            !s.update_worker_session("w", "other", &st, 3).await.unwrap(),
+            "only the conversation joined"
+        );
         assert!(s.reset_worker_session("w", "asked", 3).await.unwrap());
+        assert!(
+            !s.update_worker_session("w", "a", &st, 4).await.unwrap(),
+            "a reset stands"
+        );
+        assert_eq!(s.worker_session("w").await.unwrap(), None);
         assert_eq!(s.worker_session("w").await.unwrap(), None);
         assert!(!s.reset_worker_session("w", "asked", 4).await.unwrap());
         let ev = s
