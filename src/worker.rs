@@ -325,6 +325,27 @@ impl Runner {
         }
     }
 
+    /// A spec for a Claude process, in either mode: without the parent session's markers, and on
+    /// Windows with Git Bash found for it (finding it by hand cost the seeds hours).
+    fn claude_spec(&self, task: &Task, argv: Vec<String>) -> agent::Spec {
+        let parent_env: BTreeMap<String, String> = std::env::vars().collect();
+        #[allow(unused_mut)]
+        let mut spec = self.spec(
+            task,
+            argv,
+            claude::inherited_markers(&parent_env, &self.worker.env),
+        );
+        #[cfg(windows)]
+        if !parent_env.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
+            && !spec.env.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
+            && let Some(bash) =
+                claude::find_git_bash(&parent_env, &|p| std::path::Path::new(p).is_file())
+        {
+            spec.env.insert("CLAUDE_CODE_GIT_BASH_PATH".into(), bash);
+        }
+        spec
+    }
+
     async fn run_command(&self, argv: &[String], task: &Task, stop: &Stop) -> Ran {
         let spec = self.spec(task, argv.to_vec(), Vec::new());
         let timeout = spec.timeout;
@@ -431,9 +452,7 @@ impl Runner {
         let name = &self.worker.name;
         let cwd = self.worker.cwd.to_string_lossy().into_owned();
         let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
-        let parent_env: BTreeMap<String, String> = std::env::vars().collect();
-        let env_remove = claude::inherited_markers(&parent_env, &self.worker.env);
-        let mut spec = self.spec(task, Vec::new(), env_remove);
+        let mut spec = self.claude_spec(task, Vec::new());
         // The process outlives this task: per-task variables would be stale for the next ones.
         spec.env.remove("AGENTQ_TASK_ID");
         spec.env.remove("AGENTQ_ATTEMPT");
@@ -620,14 +639,6 @@ impl Runner {
     async fn run_claude(&self, settings: &claude::Settings, task: &Task, stop: &Stop) -> Ran {
         let cwd = self.worker.cwd.to_string_lossy().into_owned();
         let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
-        let parent_env: BTreeMap<String, String> = std::env::vars().collect();
-        let env_remove = claude::inherited_markers(&parent_env, &self.worker.env);
-        // Claude Code on Windows needs Git Bash, and finding it by hand cost the seeds hours.
-        #[cfg(windows)]
-        let git_bash = (!parent_env.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
-            && !self.worker.env.contains_key("CLAUDE_CODE_GIT_BASH_PATH"))
-        .then(|| claude::find_git_bash(&parent_env, &|p| std::path::Path::new(p).is_file()))
-        .flatten();
         let mut reset_once = false;
         loop {
             let (join, spent) = self.join_for(settings, &cwd).await;
@@ -636,17 +647,7 @@ impl Runner {
                 max_budget_usd: settings.max_budget_usd.map(|b| b + spent),
                 ..settings.clone()
             };
-            #[allow(unused_mut)]
-            let mut spec = self.spec(
-                task,
-                claude::exec_argv(&bin, &budgeted, &join),
-                env_remove.clone(),
-            );
-            #[cfg(windows)]
-            if let Some(bash) = &git_bash {
-                spec.env
-                    .insert("CLAUDE_CODE_GIT_BASH_PATH".into(), bash.clone());
-            }
+            let spec = self.claude_spec(task, claude::exec_argv(&bin, &budgeted, &join));
             let timeout = spec.timeout;
             let mut attempt = agent::run(spec, stop.future()).await;
             let result = claude::ClaudeResult::from_exec_stdout(&attempt.stdout);

@@ -817,15 +817,19 @@ impl Store for SqliteStore {
     async fn resume_worker(&self, worker: &str, why: &str, now: Millis) -> Result<bool> {
         let (worker, why) = (worker.to_string(), why.to_string());
         self.write("resuming a worker", move |tx| {
-            let n = tx.execute(
-                "DELETE FROM worker_pauses WHERE worker = ?1 AND until > ?2",
-                params![worker, now],
-            )?;
-            tx.execute("DELETE FROM worker_pauses WHERE worker = ?1", [&worker])?;
-            if n > 0 {
+            // Clears the worker's pause row, in force or expired; only one in force was a pause.
+            let until: Option<Millis> = tx
+                .query_row(
+                    "DELETE FROM worker_pauses WHERE worker = ?1 RETURNING until",
+                    [&worker],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let was_paused = until.is_some_and(|u| u > now);
+            if was_paused {
                 event(tx, now, None, Some(&worker), "resumed", &why)?;
             }
-            Ok(n > 0)
+            Ok(was_paused)
         })
         .await
     }
