@@ -1,4 +1,11 @@
-//! Running one attempt of an agent process, and stopping it with everything it started.
+//! Running one attempt of an agent process, watching it, and stopping it with everything it
+//! started.
+//!
+//! Watchdogs, each ending the attempt with its own outcome: the wall-clock `timeout`; the idle
+//! watchdog (`idle_timeout`: no byte on stdout or stderr for that long means hung); memory (the
+//! group's resident set sampled on a schedule, stopped past `max_memory`); and the linger watchdog
+//! (a process still alive `linger` after it gave its final result — closed its stdout, or printed
+//! the result line its kind of agent ends with — is stopped, and the attempt stands as done).
 //!
 //! The prompt goes to the agent's stdin (never argv: argv is size-capped and visible in `ps`), its
 //! stdout is the result (kept up to a cap, the rest drained so the agent never blocks on a full
@@ -12,6 +19,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -33,6 +42,24 @@ pub struct Spec {
     pub kill_timeout: Duration,
     pub output_cap: usize,
     pub stderr_cap: usize,
+    /// No output for this long means the agent hangs.
+    pub idle_timeout: Option<Duration>,
+    /// How long an agent may stay alive after its final result.
+    pub linger: Duration,
+    /// Recognises the line an agent prints as its final result (Claude's `result` JSON). Without
+    /// one, only closing stdout says the result is final.
+    pub final_line: Option<fn(&str) -> bool>,
+    pub memory: crate::memory::Policy,
+    /// Where the agent's process group is recorded while it lives (for reaping after a crash).
+    pub book: Option<Booking>,
+}
+
+/// Who records an agent's process group, and under which worker and task.
+#[derive(Clone, Debug)]
+pub struct Booking {
+    pub book: std::sync::Arc<crate::procs::Book>,
+    pub worker: String,
+    pub task: Option<i64>,
 }
 
 /// How the attempt ended.
@@ -41,6 +68,12 @@ pub enum Outcome {
     Exited(i32),
     Signalled(i32),
     TimedOut,
+    /// Nothing on stdout or stderr for `idle_timeout`.
+    IdleTimedOut,
+    /// Its group held this many bytes, over `max_memory`.
+    MemoryLimit(u64),
+    /// It gave its final result, then stayed alive past `linger` and was stopped.
+    Lingered,
     /// The caller's stop future fired first; the caller knows why.
     Interrupted,
     /// The process could not be started at all.
@@ -60,6 +93,8 @@ pub struct Attempt {
     pub stderr_tail: String,
     pub duration: Duration,
     pub pid: Option<u32>,
+    /// The most resident memory its group held, as sampled.
+    pub memory_peak: Option<u64>,
 }
 
 /// After the agent exits, how long its output pipes may stay open (held by something it left
@@ -76,6 +111,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         stderr_tail: String::new(),
         duration: started.elapsed(),
         pid: None,
+        memory_peak: None,
     };
     // Spawning in a missing folder fails with the same error as a missing program; say which.
     if !spec.cwd.is_dir() {
@@ -99,6 +135,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    crate::procs::die_with_daemon(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -114,6 +151,10 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     };
     let pid = child.id();
     let group = pid.map(|p| Pid::from_raw(p as i32));
+    let _recorded = match (&spec.book, pid) {
+        (Some(b), Some(pid)) => b.book.record(pid, &b.worker, b.task),
+        _ => None,
+    };
 
     // Feeding stdin runs beside reading stdout: a large prompt and a chatty agent would otherwise
     // deadlock on two full pipes. An agent that does not read its stdin is not an error.
@@ -124,32 +165,59 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         let _ = stdin.shutdown().await;
     });
     let cut = CancellationToken::new();
+    let watch = Arc::new(Activity::new(spec.final_line));
     let stdout = tokio::spawn(read_head(
         child.stdout.take().expect("stdout was piped"),
         spec.output_cap,
         cut.clone(),
+        watch.clone(),
     ));
     let stderr = tokio::spawn(read_tail(
         child.stderr.take().expect("stderr was piped"),
         spec.stderr_cap,
         cut.clone(),
+        watch.clone(),
     ));
 
-    let outcome = tokio::select! {
-        status = child.wait() => match status {
-            Ok(status) => exit_outcome(status),
-            Err(_) => Outcome::Signalled(0),
-        },
-        _ = tokio::time::sleep(spec.timeout) => {
-            stop_group(&mut child, group, spec.kill_timeout).await;
-            Outcome::TimedOut
-        }
-        _ = stop => {
-            stop_group(&mut child, group, spec.kill_timeout).await;
-            Outcome::Interrupted
+    let mut memory = crate::memory::Watch::new(group.map(Pid::as_raw), spec.memory.clone());
+    let deadline = tokio::time::sleep(spec.timeout);
+    tokio::pin!(deadline, stop);
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let outcome = loop {
+        tokio::select! {
+            status = child.wait() => break match status {
+                Ok(status) => exit_outcome(status),
+                Err(_) => Outcome::Signalled(0),
+            },
+            _ = &mut deadline => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::TimedOut;
+            }
+            _ = &mut stop => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::Interrupted;
+            }
+            rss = memory.over_limit() => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::MemoryLimit(rss);
+            }
+            _ = watch.idle_for(spec.idle_timeout) => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::IdleTimedOut;
+            }
+            _ = watch.finished.cancelled(), if linger_until.is_none() => {
+                linger_until = Some(tokio::time::Instant::now() + spec.linger);
+            }
+            _ = async { tokio::time::sleep_until(linger_until.expect("guarded")).await }, if linger_until.is_some() => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::Lingered;
+            }
         }
     };
     feeder.abort();
+    if memory.peak.is_none() {
+        memory.sample_now();
+    }
 
     // The agent is gone; anything still in its group is a leftover, killed now. What is already in
     // the pipes is still read. Something that left the group yet holds a pipe open would keep the
@@ -169,6 +237,49 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         stderr_tail,
         duration: started.elapsed(),
         pid,
+        memory_peak: memory.peak,
+    }
+}
+
+/// What the output readers saw: when the agent last wrote anything, and whether it gave its final
+/// result.
+struct Activity {
+    born: Instant,
+    /// Milliseconds from `born` to the last output.
+    last: AtomicU64,
+    final_line: Option<fn(&str) -> bool>,
+    /// Stdout closed, or the final result line was read.
+    finished: CancellationToken,
+}
+
+impl Activity {
+    fn new(final_line: Option<fn(&str) -> bool>) -> Activity {
+        Activity {
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+            final_line,
+            finished: CancellationToken::new(),
+        }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing was written for `limit`; never without a limit.
+    async fn idle_for(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = self.born + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let due = last + limit;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
 }
 
@@ -201,29 +312,52 @@ fn kill_group(group: Option<Pid>) {
 
 /// Reads up to `cap` bytes, then drains the rest so the writer never blocks. Returns the text
 /// (invalid UTF-8 replaced) and whether anything was dropped.
+/// Stdout reaching its end, or the final line (when the agent has one), marks the result final.
 async fn read_head(
     mut pipe: impl AsyncRead + Unpin,
     cap: usize,
     cut: CancellationToken,
+    activity: Arc<Activity>,
 ) -> (String, bool) {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = vec![0u8; 64 * 1024];
+    // Where the line being read starts in `kept`.
+    let mut line_start = 0;
     loop {
         let n = tokio::select! {
             biased;
             n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
             _ = cut.cancelled() => break,
         };
+        activity.touch();
         let room = cap.saturating_sub(kept.len());
+        let from = kept.len();
         kept.extend_from_slice(&buf[..n.min(room)]);
         truncated |= n > room;
+        if let Some(is_final) = activity.final_line {
+            for i in from..kept.len() {
+                if kept[i] == b'\n' {
+                    let line = String::from_utf8_lossy(&kept[line_start..i]);
+                    if is_final(&line) {
+                        activity.finished.cancel();
+                    }
+                    line_start = i + 1;
+                }
+            }
+        }
     }
+    activity.finished.cancel();
     (String::from_utf8_lossy(&kept).into_owned(), truncated)
 }
 
 /// Reads everything, keeping only the last `cap` bytes.
-async fn read_tail(mut pipe: impl AsyncRead + Unpin, cap: usize, cut: CancellationToken) -> String {
+async fn read_tail(
+    mut pipe: impl AsyncRead + Unpin,
+    cap: usize,
+    cut: CancellationToken,
+    activity: Arc<Activity>,
+) -> String {
     let mut kept: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -232,6 +366,7 @@ async fn read_tail(mut pipe: impl AsyncRead + Unpin, cap: usize, cut: Cancellati
             n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
             _ = cut.cancelled() => break,
         };
+        activity.touch();
         kept.extend_from_slice(&buf[..n]);
         if kept.len() > cap.saturating_mul(2).max(1) {
             kept.drain(..kept.len() - cap);
@@ -258,6 +393,11 @@ mod tests {
             kill_timeout: Duration::from_millis(500),
             output_cap: 1 << 20,
             stderr_cap: 1 << 10,
+            idle_timeout: None,
+            linger: Duration::from_secs(5),
+            final_line: None,
+            memory: crate::memory::Policy::default(),
+            book: None,
         }
     }
 

@@ -239,6 +239,15 @@ impl ClaudeResult {
             .find_map(|v| Self::from_value(&v))
     }
 
+    /// Whether a line of output is the result line the CLI ends with.
+    pub fn is_result_line(line: &str) -> bool {
+        let line = line.trim();
+        line.starts_with('{')
+            && line.contains("\"result\"")
+            && serde_json::from_str::<Value>(line)
+                .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("result"))
+    }
+
     /// Why an error result failed, in words, and whether running again could help.
     pub fn failure(&self) -> (String, bool) {
         let subtype = self.subtype.as_deref().unwrap_or("error");

@@ -70,6 +70,8 @@ pub enum WorkerCommand {
     Pause(PauseArgs),
     /// Let a paused worker start tasks again (ends a usage-limit or budget pause early, too)
     Resume(WorkerNameArgs),
+    /// Clear an errored worker (its restart policy gave up) and replace its long-lived process
+    Restart(WorkerNameArgs),
 }
 
 #[derive(Args, Debug)]
@@ -155,13 +157,16 @@ pub struct EventsArgs {
     /// Only this worker's events
     #[arg(long, short)]
     pub worker: Option<String>,
-    /// Only events of this kind (submitted, started, succeeded, retry_scheduled, dead, failed,
-    /// cancelled, retried, recovered, released, rejected, ...)
+    /// Only events of this kind (task_queued, task_started, task_finished, task_retrying,
+    /// memory_report, worker_paused, worker_restarted, file_rejected, ...)
     #[arg(long, short)]
     pub kind: Option<String>,
     /// The latest this many (0: all)
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Keep printing events as they happen, until interrupted
+    #[arg(long, short)]
+    pub follow: bool,
     #[command(flatten)]
     pub out: JsonArgs,
 }

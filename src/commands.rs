@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::output::TaskRecord;
 use crate::state;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{EventFilter, Millis, NewTask, Store, Task, TaskFilter, now_ms};
+use crate::store::{Millis, NewTask, Store, Task, TaskFilter, now_ms};
 use crate::wake;
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
@@ -43,6 +43,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Retry(args) => retry(explicit, args).await,
         Command::Worker(WorkerCommand::ResetSession(args)) => reset_session(explicit, args).await,
         Command::Worker(WorkerCommand::Pause(args)) => pause(explicit, args).await,
+        Command::Worker(WorkerCommand::Restart(args)) => restart(explicit, args).await,
         Command::Worker(WorkerCommand::Resume(args)) => resume(explicit, args).await,
     }
 }
@@ -58,9 +59,22 @@ fn load_config(explicit: Option<&Path>) -> Result<Config> {
     }
 }
 
+/// The store, with the events it commits also appended to the event log (commands record events
+/// too: a submit, a cancel).
 fn open_store(config: &Config) -> Result<SqliteStore> {
     state::ensure_dir(&config.state_dir())?;
-    SqliteStore::open(&config.db_path())
+    Ok(
+        SqliteStore::open(&config.db_path())?
+            .with_event_log(std::sync::Arc::new(event_log(config))),
+    )
+}
+
+fn event_log(config: &Config) -> crate::logfile::EventLog {
+    crate::logfile::EventLog::new(
+        config.event_log_path(),
+        config.daemon.log_max_size,
+        config.daemon.log_backups,
+    )
 }
 
 fn print_json(value: &impl Serialize) {
@@ -301,6 +315,7 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 (_, None, _, _) => "not in config".to_string(),
                 (None, _, _, _) => "stopped".to_string(),
                 (Some(_), _, Some(_), _) => "running".to_string(),
+                (_, _, _, Some(p)) if p.errored() => format!("errored: {}", p.reason),
                 (Some(_), _, None, Some(p)) => format!("paused until {}", short_time(p.until)),
                 (Some(_), _, None, None) => "idle".to_string(),
             };
@@ -453,11 +468,15 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let id = args.id;
     let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
     let events = store.events_of(id).await?;
+    let attempts = store.attempts_of(id).await?;
     if args.out.json {
-        print_json(&TaskRecord {
+        let mut record = serde_json::to_value(TaskRecord {
             task: &task,
             events: &events,
-        });
+        })
+        .expect("our types serialise");
+        record["attempt_history"] = serde_json::to_value(&attempts).expect("our types serialise");
+        print_json(&record);
         return Ok(());
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -477,10 +496,39 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     }
     println!("duration:    {}", opt(task.duration_ms.map(fmt_ms)));
     println!(
+        "memory peak: {}",
+        opt(task.memory_peak_mb.map(|m| format!("{m} MiB")))
+    );
+    println!(
         "exit code:   {}",
         opt(task.exit_code.map(|c| c.to_string()))
     );
     println!("error:       {}", opt(task.error.clone()));
+    if !attempts.is_empty() {
+        println!("\n--- attempts");
+        for a in &attempts {
+            let figures = [
+                a.duration_ms.map(fmt_ms),
+                a.memory_peak_mb.map(|m| format!("{m} MiB")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ");
+            println!(
+                "{}  #{:<3} {:<12} {}{}",
+                when(a.ended_at),
+                a.attempt,
+                a.outcome,
+                a.reason.as_deref().unwrap_or(""),
+                if figures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({figures})")
+                }
+            );
+        }
+    }
     section("prompt", &task.prompt);
     section("output", task.output.as_deref().unwrap_or(""));
     section("stderr (end)", task.stderr_tail.as_deref().unwrap_or(""));
@@ -491,24 +539,26 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads the JSON-lines event log (all its rotated files), and with `--follow` goes on printing
+/// what is appended, like `tail -F`, until interrupted.
 async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
+    use crate::logfile::{LogEvent, LogFilter};
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
-    let list = store
-        .events(&EventFilter {
-            task_id: args.task,
-            worker: args.worker,
-            kind: args.kind,
-            limit: (args.limit > 0).then_some(args.limit),
-        })
-        .await?;
-    if args.out.json {
-        print_json(&list);
-        return Ok(());
-    }
-    for e in &list {
+    let path = config.event_log_path();
+    let filter = LogFilter {
+        worker: args.worker,
+        task: args.task,
+        kind: args.kind,
+    };
+    let json = args.out.json;
+    let print = move |e: &LogEvent| {
+        if json {
+            // One event per line, as in the log itself, so the output can be piped on.
+            println!("{}", serde_json::to_string(e).expect("events serialise"));
+            return;
+        }
         let task = e
-            .task_id
+            .task
             .map(|t| format!("task {t}"))
             .unwrap_or_else(|| "-".into());
         let worker = e.worker.as_deref().unwrap_or("-");
@@ -518,8 +568,38 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
             e.kind,
             e.message
         );
+    };
+    let list = crate::logfile::read_events(&path, &filter)
+        .map_err(|e| Error::io("reading the event log", &path, e))?;
+    let from = if args.limit > 0 {
+        list.len().saturating_sub(args.limit as usize)
+    } else {
+        0
+    };
+    for e in &list[from..] {
+        print(e);
     }
-    Ok(())
+    if !args.follow {
+        return Ok(());
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+        });
+    }
+    crate::logfile::follow(
+        &path,
+        &filter,
+        false,
+        std::time::Duration::from_millis(200),
+        stop,
+        |e| print(&e),
+    )
+    .await
+    .map_err(|e| Error::io("following the event log", &path, e))
 }
 
 fn section(title: &str, body: &str) {
@@ -728,6 +808,36 @@ async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
     Ok(())
 }
 
+/// Clears an errored worker (or a pause) and has the daemon replace its long-lived process.
+async fn restart(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let worker = config.resolve_worker(Some(&args.name))?;
+    let store = open_store(&config)?;
+    let cleared = store.restart_worker(&worker.name, now_ms()).await?;
+    wake::ring_restart(&config.state_dir(), &worker.name);
+    let running = state::holder(&config.state_dir())?.is_some();
+    if args.out.json {
+        print_json(&json!({
+            "worker": worker.name,
+            "was_errored": cleared.as_ref().is_some_and(|p| p.errored()),
+            "was_paused": cleared.as_ref().is_some_and(|p| !p.errored()),
+            "daemon_running": running,
+        }));
+        return Ok(());
+    }
+    match &cleared {
+        Some(p) if p.errored() => {
+            println!("{}: no longer errored (was: {})", worker.name, p.reason)
+        }
+        Some(p) => println!("{}: no longer paused (was: {})", worker.name, p.reason),
+        None => println!("{}: restarted", worker.name),
+    }
+    if !running {
+        println!("no daemon is running; the worker starts with the next `agentq run`");
+    }
+    Ok(())
+}
+
 async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let worker = config.resolve_worker(Some(&args.name))?;
@@ -740,6 +850,16 @@ async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
         print_json(&json!({ "worker": worker.name, "was_paused": was }));
     } else if was {
         println!("{}: resumed", worker.name);
+    } else if store
+        .pauses(now_ms())
+        .await?
+        .iter()
+        .any(|p| p.worker == worker.name && p.errored())
+    {
+        println!(
+            "{}: errored, not paused; `agentq worker restart {}` clears it",
+            worker.name, worker.name
+        );
     } else {
         println!("{}: was not paused", worker.name);
     }

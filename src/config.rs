@@ -155,6 +155,14 @@ struct RawLimits {
     backoff: Option<Dur>,
     max_backoff: Option<Dur>,
     kill_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    linger_timeout: Option<Dur>,
+    max_memory: Option<Size>,
+    memory_report_interval: Option<Dur>,
+    autorestart: Option<bool>,
+    max_restarts: Option<u32>,
+    min_uptime: Option<Dur>,
+    restart_delay: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,6 +173,14 @@ struct RawDefaults {
     backoff: Option<Dur>,
     max_backoff: Option<Dur>,
     kill_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    linger_timeout: Option<Dur>,
+    max_memory: Option<Size>,
+    memory_report_interval: Option<Dur>,
+    autorestart: Option<bool>,
+    max_restarts: Option<u32>,
+    min_uptime: Option<Dur>,
+    restart_delay: Option<Dur>,
     worker: Option<Spanned<String>>,
     max_prompt_size: Option<Size>,
     claude_bin: Option<PathBuf>,
@@ -186,6 +202,10 @@ struct RawDaemon {
     shutdown_grace: Option<Dur>,
     output_cap: Option<Size>,
     stderr_cap: Option<Size>,
+    memory_sample_interval: Option<Dur>,
+    log_max_size: Option<Size>,
+    log_backups: Option<u32>,
+    task_logs_keep: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -202,8 +222,15 @@ struct RawWorker {
     backoff: Option<Dur>,
     max_backoff: Option<Dur>,
     kill_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    linger_timeout: Option<Dur>,
     /// The most memory the agent's process tree may hold.
     max_memory: Option<Size>,
+    memory_report_interval: Option<Dur>,
+    autorestart: Option<bool>,
+    max_restarts: Option<u32>,
+    min_uptime: Option<Dur>,
+    restart_delay: Option<Dur>,
     // The settings of `agent = "claude"` workers (inline: serde cannot flatten them and still
     // deny unknown keys).
     claude_bin: Option<PathBuf>,
@@ -268,6 +295,14 @@ macro_rules! limits_of {
             backoff: $raw.backoff,
             max_backoff: $raw.max_backoff,
             kill_timeout: $raw.kill_timeout,
+            idle_timeout: $raw.idle_timeout,
+            linger_timeout: $raw.linger_timeout,
+            max_memory: $raw.max_memory,
+            memory_report_interval: $raw.memory_report_interval,
+            autorestart: $raw.autorestart,
+            max_restarts: $raw.max_restarts,
+            min_uptime: $raw.min_uptime,
+            restart_delay: $raw.restart_delay,
         }
     };
 }
@@ -298,6 +333,27 @@ pub struct Limits {
     pub backoff: Duration,
     pub max_backoff: Duration,
     pub kill_timeout: Duration,
+    /// No output for this long means the agent hangs.
+    pub idle_timeout: Option<Duration>,
+    /// How long an agent may live on after printing its final result.
+    pub linger_timeout: Duration,
+    /// The most resident memory the agent's process tree may hold.
+    pub max_memory: Option<u64>,
+    pub memory_report_interval: Duration,
+    pub restart: RestartPolicy,
+}
+
+/// What happens when a worker's long-lived agent process dies, in PM2's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Start a new process when it dies; without it the worker goes `errored` at the first death.
+    pub autorestart: bool,
+    /// Deaths in a row, each within `min_uptime` of its start, before the worker goes `errored`.
+    pub max_restarts: u32,
+    /// A process that lived this long was stable: the count of quick deaths starts over.
+    pub min_uptime: Duration,
+    /// Wait before a restart, doubling with each quick death in a row (capped at a minute).
+    pub restart_delay: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -308,9 +364,6 @@ pub struct WorkerConfig {
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
-    /// The most resident memory the agent's process group may hold. Persistent Claude processes
-    /// over it are replaced between tasks.
-    pub max_memory: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -336,6 +389,14 @@ pub struct DaemonSettings {
     pub output_cap: u64,
     /// The most of the end of an agent's stderr kept.
     pub stderr_cap: u64,
+    /// How often a running agent's memory is sampled (for `max_memory` and its peak).
+    pub memory_sample_interval: Duration,
+    /// The event log and each task's agent log are rotated past this size...
+    pub log_max_size: u64,
+    /// ...keeping this many older files.
+    pub log_backups: u32,
+    /// Per-task agent logs kept per worker; older ones are removed.
+    pub task_logs_keep: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -478,7 +539,6 @@ impl Config {
                 cwd,
                 env: w.env.clone(),
                 limits,
-                max_memory: w.max_memory.map(|m| m.0),
             });
         }
         // Defaults that name no worker are still checked, so a typo there is caught before submit.
@@ -529,6 +589,22 @@ impl Config {
         if lease < Duration::from_millis(300) {
             return Err(at(None, "[daemon] lease must be at least 300ms".into()));
         }
+        if raw
+            .daemon
+            .memory_sample_interval
+            .is_some_and(|d| d.0 < Duration::from_millis(50))
+        {
+            return Err(at(
+                None,
+                "[daemon] memory_sample_interval must be at least 50ms".into(),
+            ));
+        }
+        if raw.daemon.log_max_size.is_some_and(|s| s.0 < 4096) {
+            return Err(at(
+                None,
+                "[daemon] log_max_size must be at least 4KiB".into(),
+            ));
+        }
         Ok(Config {
             path: path.to_path_buf(),
             root,
@@ -561,6 +637,14 @@ impl Config {
                     .unwrap_or(Duration::from_secs(30)),
                 output_cap: raw.daemon.output_cap.map(|s| s.0).unwrap_or(16 << 20),
                 stderr_cap: raw.daemon.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
+                memory_sample_interval: raw
+                    .daemon
+                    .memory_sample_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(1)),
+                log_max_size: raw.daemon.log_max_size.map(|s| s.0).unwrap_or(10 << 20),
+                log_backups: raw.daemon.log_backups.unwrap_or(5),
+                task_logs_keep: raw.daemon.task_logs_keep.unwrap_or(1000),
             },
             workers,
         })
@@ -572,6 +656,16 @@ impl Config {
 
     pub fn db_path(&self) -> PathBuf {
         self.state_dir().join("agentq.db")
+    }
+
+    /// The JSON-lines event log.
+    pub fn event_log_path(&self) -> PathBuf {
+        self.state_dir().join("events.jsonl")
+    }
+
+    /// Where a worker's per-task agent logs go.
+    pub fn task_log_dir(&self, worker: &str) -> PathBuf {
+        self.state_dir().join("logs").join(worker)
     }
 
     pub fn queue_dir(&self, worker: &str) -> PathBuf {
@@ -709,9 +803,43 @@ fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limi
         backoff: pick(own.backoff, base.backoff, Duration::from_secs(5)),
         max_backoff: pick(own.max_backoff, base.max_backoff, Duration::from_secs(600)),
         kill_timeout: pick(own.kill_timeout, base.kill_timeout, Duration::from_secs(5)),
+        idle_timeout: own.idle_timeout.or(base.idle_timeout).map(|d| d.0),
+        linger_timeout: pick(
+            own.linger_timeout,
+            base.linger_timeout,
+            Duration::from_secs(10),
+        ),
+        max_memory: own.max_memory.or(base.max_memory).map(|m| m.0),
+        memory_report_interval: pick(
+            own.memory_report_interval,
+            base.memory_report_interval,
+            Duration::from_secs(10),
+        ),
+        restart: RestartPolicy {
+            autorestart: own.autorestart.or(base.autorestart).unwrap_or(true),
+            max_restarts: own.max_restarts.or(base.max_restarts).unwrap_or(10),
+            min_uptime: pick(own.min_uptime, base.min_uptime, Duration::from_secs(10)),
+            restart_delay: pick(
+                own.restart_delay,
+                base.restart_delay,
+                Duration::from_secs(1),
+            ),
+        },
     };
-    if limits.timeout.is_zero() {
-        return Err((None, "timeout must be above 0".into()));
+    for (key, value) in [
+        ("timeout", Some(limits.timeout)),
+        ("idle_timeout", limits.idle_timeout),
+        (
+            "memory_report_interval",
+            Some(limits.memory_report_interval),
+        ),
+    ] {
+        if value.is_some_and(|v| v.is_zero()) {
+            return Err((None, format!("{key} must be above 0")));
+        }
+    }
+    if limits.max_memory == Some(0) {
+        return Err((None, "max_memory must be above 0".into()));
     }
     Ok(limits)
 }

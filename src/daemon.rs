@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::RngExt;
@@ -21,9 +22,11 @@ use tracing::{error, info, warn};
 
 use crate::config::{Agent, Config};
 use crate::error::{Error, Result};
+use crate::logfile::EventLog;
+use crate::procs::Book;
 use crate::state::{self, StateLock};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, now_ms};
+use crate::store::{NewEvent, Store, now_ms};
 use crate::wake::{Doorbell, Ring};
 use crate::worker::Runner;
 
@@ -87,8 +90,41 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let state_dir = config.state_dir();
     state::ensure_dir(&state_dir)?;
     let _lock = StateLock::acquire(&state_dir)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.db_path())?);
+    let log = Arc::new(EventLog::new(
+        config.event_log_path(),
+        config.daemon.log_max_size,
+        config.daemon.log_backups,
+    ));
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&config.db_path())?.with_event_log(log.clone()));
     let owner = owner_id();
+
+    // What a previous daemon left running dies before its tasks are handed out again.
+    let book = Arc::new(Book::new(&state_dir, &owner));
+    for reaped in book.reap() {
+        if reaped.killed.is_empty() {
+            continue;
+        }
+        let r = &reaped.record;
+        let message = format!(
+            "killed {} process(es) left by a previous daemon (group {}, pids {:?})",
+            reaped.killed.len(),
+            r.pgid,
+            reaped.killed
+        );
+        warn!(worker = %r.worker, task = r.task, "{message}");
+        let event = NewEvent {
+            task_id: r.task,
+            worker: Some(r.worker.clone()),
+            kind: "agent_reaped".into(),
+            message,
+            data: Some(serde_json::json!({ "pgid": r.pgid, "pids": reaped.killed })),
+            now: now_ms(),
+        };
+        if let Err(e) = store.record_event(&event).await {
+            warn!("cannot record the reaping: {e}");
+        }
+    }
 
     let recovered = store.recover_all_but(&owner, now_ms()).await?;
     if !recovered.is_empty() {
@@ -129,6 +165,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         let wakes = wakes.clone();
         move || wakes.values().for_each(|n| n.notify_one())
     };
+    let restarts: Arc<HashMap<String, Arc<AtomicBool>>> = Arc::new(
+        config
+            .workers
+            .iter()
+            .map(|w| (w.name.clone(), Arc::new(AtomicBool::new(false))))
+            .collect(),
+    );
     let leased = Arc::new(Notify::new());
     let mut tasks: JoinSet<()> = JoinSet::new();
 
@@ -159,7 +202,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     match Doorbell::bind(&state_dir) {
         Ok(bell) => {
             let (wakes, stopping) = (wakes.clone(), shutdown.stopping.clone());
-            let ring_all = ring_all.clone();
+            let (ring_all, restarts) = (ring_all.clone(), restarts.clone());
             tasks.spawn(async move {
                 loop {
                     tokio::select! {
@@ -172,6 +215,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
                                 ),
                             },
                             Ok(Ring::Everyone) => ring_all(),
+                            Ok(Ring::Restart(w)) => {
+                                if let (Some(flag), Some(n)) = (restarts.get(&w), wakes.get(&w)) {
+                                    flag.store(true, Ordering::SeqCst);
+                                    n.notify_one();
+                                }
+                            }
                             Err(e) => {
                                 warn!("wake-up socket failed: {e}");
                                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -212,6 +261,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             stopping: shutdown.stopping.clone(),
             hurry: shutdown.hurry.clone(),
             persistent: Default::default(),
+            book: book.clone(),
+            log: log.clone(),
+            restart: restarts[&w.name].clone(),
+            life: Default::default(),
         };
         tasks.spawn(runner.run());
     }

@@ -94,6 +94,65 @@ impl FromStr for TaskState {
     }
 }
 
+/// Why an attempt failed, as a short code to count and filter by; the reason beside it says the
+/// rest in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// Past its wall-clock `timeout`.
+    Timeout,
+    /// No output for `idle_timeout`: hung.
+    IdleTimeout,
+    /// Its process tree held more than `max_memory`.
+    MemoryLimit,
+    /// Ended by a signal or with a non-zero exit code.
+    Crashed,
+    /// The agent answered with an error (e.g. a Claude error result).
+    AgentError,
+    /// The agent could not be started for a reason that may pass (e.g. too many open files).
+    SpawnFailed,
+    /// The worker's setup is wrong: missing program or folder. Running again cannot help.
+    Config,
+    /// The task's input was refused. Running again cannot help.
+    BadInput,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 8] = [
+        Cause::Timeout,
+        Cause::IdleTimeout,
+        Cause::MemoryLimit,
+        Cause::Crashed,
+        Cause::AgentError,
+        Cause::SpawnFailed,
+        Cause::Config,
+        Cause::BadInput,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Timeout => "timeout",
+            Cause::IdleTimeout => "idle_timeout",
+            Cause::MemoryLimit => "memory_limit",
+            Cause::Crashed => "crashed",
+            Cause::AgentError => "agent_error",
+            Cause::SpawnFailed => "spawn_failed",
+            Cause::Config => "config",
+            Cause::BadInput => "bad_input",
+        }
+    }
+
+    /// Whether running the task again could help, unless the agent said otherwise.
+    pub fn retryable(self) -> bool {
+        !matches!(self, Cause::Config | Cause::BadInput)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How one attempt of a task ended, as the runner saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptEnd {
@@ -101,9 +160,28 @@ pub enum AttemptEnd {
     /// `retryable` is false where running again cannot help (the agent could not be started, the
     /// task's input was refused).
     Failed {
+        cause: Cause,
         reason: String,
         retryable: bool,
     },
+}
+
+impl AttemptEnd {
+    /// A failure, retryable as its cause says.
+    pub fn failed(cause: Cause, reason: impl Into<String>) -> AttemptEnd {
+        AttemptEnd::Failed {
+            cause,
+            reason: reason.into(),
+            retryable: cause.retryable(),
+        }
+    }
+
+    pub fn cause(&self) -> Option<Cause> {
+        match self {
+            AttemptEnd::Succeeded => None,
+            AttemptEnd::Failed { cause, .. } => Some(*cause),
+        }
+    }
 }
 
 /// What happens to a task after an attempt, decided from the attempt's end and the task's counts.
@@ -180,8 +258,22 @@ mod tests {
 
     fn failed(retryable: bool) -> AttemptEnd {
         AttemptEnd::Failed {
-            reason: "exit code 1".into(),
+            cause: Cause::Crashed,
+            reason: "crashed (exit code 1)".into(),
             retryable,
+        }
+    }
+
+    #[test]
+    fn config_and_bad_input_are_not_retried_the_rest_are() {
+        for cause in Cause::ALL {
+            let next = after_attempt(&AttemptEnd::failed(cause, "x"), 1, 3, B, 0.0);
+            let retried = matches!(next, Next::Retry { .. });
+            assert_eq!(
+                retried,
+                !matches!(cause, Cause::Config | Cause::BadInput),
+                "{cause}"
+            );
         }
     }
 

@@ -701,8 +701,9 @@ impl Scanner {
         let event = NewEvent {
             task_id: None,
             worker: Some(worker.to_string()),
-            kind: "rejected".into(),
+            kind: "file_rejected".into(),
             message,
+            data: None,
             now: now_ms(),
         };
         if let Err(e) = self.store.record_event(&event).await {

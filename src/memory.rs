@@ -1,58 +1,127 @@
-//! How much memory a process group holds: the resident set of every process in it, summed.
+//! How much memory an agent holds: the resident set of every process in its process group,
+//! summed, sampled while it runs.
 //!
-//! Linux reads `/proc/<pid>/stat` (for the group) and `/proc/<pid>/statm` (for the resident pages)
-//! of every process; elsewhere the answer is "unknown". A process that exits while being read is
-//! skipped, so the sum is a sample, not a transaction.
+//! On Linux the members and their resident sets come from `/proc` (see [`crate::procs`]); a
+//! process that exits while being read is skipped, so a sample is a sample, not a transaction.
+//! Elsewhere there is no figure, and `max_memory` is not enforced. (cgroup v2 would give the
+//! kernel's own count and limit; it needs a delegated memory controller, which the machines this
+//! is tested on do not have.)
 
-/// Resident bytes of all processes in process group `pgid`; `None` where this cannot be read.
-#[cfg(target_os = "linux")]
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Resident bytes of all processes in process group `pgid`; `None` where this cannot be read or
+/// nobody is left in the group.
 pub fn group_rss(pgid: i32) -> Option<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let page = u64::try_from(page).ok().filter(|p| *p > 0)?;
-    let mut total = 0u64;
-    let mut members = 0;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command (which may hold spaces, so split after its closing paren):
-        // state, ppid, pgrp, ...
-        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let state = fields.next();
-        let pgrp: Option<i32> = fields.nth(1).and_then(|f| f.parse().ok());
-        // A zombie holds no memory; it is only waiting to be reaped.
-        if pgrp != Some(pgid) || state == Some("Z") {
-            continue;
-        }
-        let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) else {
-            continue;
-        };
-        if let Some(resident) = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|f| f.parse::<u64>().ok())
-        {
-            total += resident * page;
-            members += 1;
-        }
-    }
-    (members > 0).then_some(total)
+    let members = crate::procs::group_members(pgid);
+    (!members.is_empty()).then(|| members.iter().map(|p| p.rss).sum())
 }
 
-#[cfg(not(target_os = "linux"))]
-pub fn group_rss(_pgid: i32) -> Option<u64> {
-    None
+/// A memory figure for the event log: the group now, and its peak so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub rss: u64,
+    pub peak: u64,
+}
+
+pub type Reporter = Arc<dyn Fn(Report) + Send + Sync>;
+
+/// How an agent's memory is watched.
+#[derive(Clone)]
+pub struct Policy {
+    /// Stop the agent when its group holds more than this.
+    pub max: Option<u64>,
+    pub sample_every: Duration,
+    pub report_every: Duration,
+    /// Told of the figure every `report_every`.
+    pub report: Option<Reporter>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("max", &self.max)
+            .field("sample_every", &self.sample_every)
+            .field("report_every", &self.report_every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max: None,
+            sample_every: Duration::from_secs(1),
+            report_every: Duration::from_secs(10),
+            report: None,
+        }
+    }
+}
+
+/// Samples one group on `policy`'s schedule and keeps its peak.
+pub struct Watch {
+    pgid: Option<i32>,
+    policy: Policy,
+    pub peak: Option<u64>,
+    next_sample: Instant,
+    next_report: Instant,
+}
+
+impl Watch {
+    pub fn new(pgid: Option<i32>, policy: Policy) -> Watch {
+        let now = Instant::now();
+        Watch {
+            pgid,
+            next_sample: now,
+            next_report: now + policy.report_every,
+            policy,
+            peak: None,
+        }
+    }
+
+    /// Waits for the next sample time, samples, and reports when a report is due. Returns the
+    /// resident bytes when they are over the limit. Pending forever where there is nothing to
+    /// sample.
+    pub async fn over_limit(&mut self) -> u64 {
+        let Some(pgid) = self.pgid else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep_until(self.next_sample).await;
+            self.next_sample = Instant::now() + self.policy.sample_every;
+            let Some(rss) = group_rss(pgid) else { continue };
+            let peak = self.peak.map_or(rss, |p| p.max(rss));
+            self.peak = Some(peak);
+            if Instant::now() >= self.next_report {
+                self.next_report = Instant::now() + self.policy.report_every;
+                if let Some(report) = &self.policy.report {
+                    report(Report { rss, peak });
+                }
+            }
+            if self.policy.max.is_some_and(|max| rss > max) {
+                return rss;
+            }
+        }
+    }
+
+    /// One more sample, outside the schedule (at the end, so a short run has a figure too).
+    pub fn sample_now(&mut self) {
+        if let Some(rss) = self.pgid.and_then(group_rss) {
+            self.peak = Some(self.peak.map_or(rss, |p| p.max(rss)));
+        }
+    }
+
+    /// The peak in MiB, to one decimal.
+    pub fn peak_mb(&self) -> Option<f64> {
+        self.peak.map(mb)
+    }
+}
+
+/// Bytes as MiB, to one decimal.
+pub fn mb(bytes: u64) -> f64 {
+    (bytes as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0
 }
 
 #[cfg(test)]
@@ -69,10 +138,10 @@ mod tests {
             .unwrap();
         let pgid = child.id() as i32;
         // Wait (bounded) for both sleeps to be in the group.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let mut rss = group_rss(pgid);
-        while rss.unwrap_or(0) < 3 * 4096 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        while crate::procs::group_members(pgid).len() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
             rss = group_rss(pgid);
         }
         let _ = nix::sys::signal::killpg(
@@ -82,10 +151,16 @@ mod tests {
         let _ = child.wait();
         assert!(rss.unwrap() > 3 * 4096, "{rss:?}");
         // The killed sleeps are reaped by init; give that a bounded moment.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while group_rss(pgid).is_some() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(group_rss(pgid), None, "nobody left in the group");
+    }
+
+    #[test]
+    fn mib_to_one_decimal() {
+        assert_eq!(mb(3 << 20), 3.0);
+        assert_eq!(mb((1 << 20) + (1 << 19)), 1.5);
     }
 }

@@ -49,6 +49,10 @@ pub enum TaskEnd {
     },
     /// Past its timeout; `kept` says whether the interrupt worked (the process lives on).
     TimedOut { kept: bool },
+    /// No output for `idle_timeout`; `kept` as above.
+    IdleTimedOut { kept: bool },
+    /// Its group held this many bytes, over `max_memory`: killed, to give the memory back.
+    MemoryLimit(u64),
     /// Stopped from outside; `kept` as above.
     Stopped { kept: bool },
     /// The process ended without a result. `stderr` is the end of what it wrote.
@@ -73,6 +77,17 @@ pub struct Persistent {
     requests: u64,
     /// How long writing an interrupt may take.
     interrupt_grace: Duration,
+    /// The most resident memory its group held during the last task.
+    pub last_peak: Option<u64>,
+    _recorded: Option<crate::procs::Recorded>,
+}
+
+/// Why a task in the long-lived process was interrupted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Timeout,
+    Idle,
+    Stop,
 }
 
 const STDERR_KEEP: usize = 16 << 10;
@@ -85,6 +100,7 @@ impl Persistent {
         env: &BTreeMap<String, String>,
         env_remove: &[String],
         session_id: &str,
+        booking: Option<&crate::agent::Booking>,
     ) -> std::io::Result<Persistent> {
         let mut cmd = Command::new(&argv[0]);
         for key in env_remove {
@@ -98,8 +114,13 @@ impl Persistent {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        crate::procs::die_with_daemon(&mut cmd);
         let mut child = cmd.spawn()?;
         let group = child.id().map(|p| Pid::from_raw(p as i32));
+        let recorded = match (booking, child.id()) {
+            (Some(b), Some(pid)) => b.book.record(pid, &b.worker, None),
+            _ => None,
+        };
         let stdin = child.stdin.take().expect("stdin was piped");
         let lines = BufReader::new(child.stdout.take().expect("stdout was piped")).lines();
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -132,6 +153,8 @@ impl Persistent {
             started: Instant::now(),
             requests: 0,
             interrupt_grace: Duration::from_secs(5),
+            last_peak: None,
+            _recorded: recorded,
         })
     }
 
@@ -148,6 +171,12 @@ impl Persistent {
     /// Whether the process has exited (it may after answering, e.g. when it could not resume).
     pub fn has_exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit, and says how long it lived.
+    pub async fn exited(&mut self) -> Duration {
+        let _ = self.child.wait().await;
+        self.started.elapsed()
     }
 
     /// Waits up to `limit` for the process to exit and its stderr to be read to the end. Returns
@@ -179,6 +208,47 @@ impl Persistent {
         &mut self,
         prompt: &str,
         timeout: Duration,
+        grace: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> TaskEnd {
+        self.run_watched(
+            prompt,
+            timeout,
+            None,
+            crate::memory::Policy::default(),
+            grace,
+            stop,
+        )
+        .await
+    }
+
+    /// [`Persistent::run`] with the idle and memory watchdogs.
+    pub async fn run_watched(
+        &mut self,
+        prompt: &str,
+        timeout: Duration,
+        idle_timeout: Option<Duration>,
+        memory: crate::memory::Policy,
+        grace: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> TaskEnd {
+        let mut watch = crate::memory::Watch::new(self.group.map(Pid::as_raw), memory);
+        let end = self
+            .serve(prompt, timeout, idle_timeout, &mut watch, grace, stop)
+            .await;
+        if watch.peak.is_none() {
+            watch.sample_now();
+        }
+        self.last_peak = watch.peak;
+        end
+    }
+
+    async fn serve(
+        &mut self,
+        prompt: &str,
+        timeout: Duration,
+        idle_timeout: Option<Duration>,
+        watch: &mut crate::memory::Watch,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
@@ -214,9 +284,21 @@ impl Persistent {
             }
         }
         // Set once an interrupt is sent: why, and how long the process has to answer it.
-        let mut interrupted: Option<(bool, tokio::time::Instant)> = None;
+        let mut interrupted: Option<(Why, tokio::time::Instant)> = None;
         let mut limit = None;
+        let mut last_line = tokio::time::Instant::now();
+        let ended = |why: Why, kept: bool| match why {
+            Why::Timeout => TaskEnd::TimedOut { kept },
+            Why::Idle => TaskEnd::IdleTimedOut { kept },
+            Why::Stop => TaskEnd::Stopped { kept },
+        };
         loop {
+            let idle_over = async {
+                match idle_timeout {
+                    Some(idle) => tokio::time::sleep_until(last_line + idle).await,
+                    None => std::future::pending().await,
+                }
+            };
             let grace_over = async {
                 match interrupted {
                     Some((_, until)) => tokio::time::sleep_until(until).await,
@@ -226,6 +308,7 @@ impl Persistent {
             tokio::select! {
                 read = self.lines.next_line() => {
                     let Ok(Some(text)) = read else { return self.died().await };
+                    last_line = tokio::time::Instant::now();
                     let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
                     if let Some(id) = value.get("session_id").and_then(Value::as_str) {
                         self.session_id = id.to_string();
@@ -236,24 +319,30 @@ impl Persistent {
                     if let Some(result) = ClaudeResult::from_value(&value) {
                         self.served += 1;
                         return match interrupted {
-                            Some((timed_out, _)) if timed_out => TaskEnd::TimedOut { kept: true },
-                            Some(_) => TaskEnd::Stopped { kept: true },
+                            Some((why, _)) => ended(why, true),
                             None => TaskEnd::Result { result, limit },
                         };
                     }
                 }
                 _ = &mut deadline, if interrupted.is_none() => {
-                    interrupted = Some((true, tokio::time::Instant::now() + grace));
+                    interrupted = Some((Why::Timeout, tokio::time::Instant::now() + grace));
                     self.interrupt().await;
                 }
+                _ = idle_over, if interrupted.is_none() => {
+                    interrupted = Some((Why::Idle, tokio::time::Instant::now() + grace));
+                    self.interrupt().await;
+                }
+                rss = watch.over_limit() => {
+                    self.kill().await;
+                    return TaskEnd::MemoryLimit(rss);
+                }
                 _ = &mut stop, if interrupted.is_none() => {
-                    interrupted = Some((false, tokio::time::Instant::now() + grace));
+                    interrupted = Some((Why::Stop, tokio::time::Instant::now() + grace));
                     self.interrupt().await;
                 }
                 _ = grace_over => {
-                    let timed_out = interrupted.is_some_and(|(t, _)| t);
                     self.kill().await;
-                    return if timed_out { TaskEnd::TimedOut { kept: false } } else { TaskEnd::Stopped { kept: false } };
+                    return ended(interrupted.map_or(Why::Stop, |(why, _)| why), false);
                 }
             }
         }
@@ -393,7 +482,8 @@ mod tests {
         let (_d, argv) = script(
             "n=0; while read line; do n=$((n+1)); printf '{\"type\":\"system\",\"subtype\":\"init\",\"session_id\":\"s2\"}\\n{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"answer %s\"}\\n' $n; done",
         );
-        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s1").unwrap();
+        let mut p =
+            Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s1", None).unwrap();
         let pid = p.pid();
         for k in 1..=3 {
             match p
@@ -424,7 +514,8 @@ mod tests {
     async fn a_hung_task_is_interrupted_and_a_deaf_process_killed() {
         // Reads lines but never answers: the interrupt goes unanswered, so the group is killed.
         let (_d, argv) = script("while read line; do :; done");
-        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let mut p =
+            Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         let started = Instant::now();
         let end = p
             .run(
@@ -441,7 +532,8 @@ mod tests {
         let (_d2, argv) = script(
             "while read line; do case \"$line\" in *control_request*) printf '{\"type\":\"result\",\"subtype\":\"error_during_execution\",\"is_error\":true}\\n';; esac; done",
         );
-        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let mut p =
+            Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         let end = p
             .run(
                 "q",
@@ -466,7 +558,8 @@ mod tests {
     async fn a_process_that_stopped_reading_cannot_wedge_a_task() {
         // Never reads stdin: a prompt larger than the pipe holds cannot be written.
         let (_d, argv) = script("exec sleep 60");
-        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let mut p =
+            Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         let big = "x".repeat(1 << 20);
         let started = Instant::now();
         let end = p
@@ -483,7 +576,8 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let mut p =
+            Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         let end = p
             .run(
                 &big,
@@ -500,7 +594,8 @@ mod tests {
     async fn a_process_that_dies_mid_task_is_reported_with_its_stderr() {
         let (_d, argv) =
             script("read line; echo 'No conversation found with session ID: s' >&2; exit 1");
-        let mut p = Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s").unwrap();
+        let mut p =
+            Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         match p
             .run(
                 "q",

@@ -23,6 +23,8 @@ pub struct Doorbell {
 pub enum Ring {
     Worker(String),
     Everyone,
+    /// `agentq worker restart`: replace the worker's long-lived process.
+    Restart(String),
 }
 
 impl Doorbell {
@@ -43,6 +45,10 @@ impl Doorbell {
         let mut buf = [0u8; 256];
         let n = self.socket.recv(&mut buf).await?;
         Ok(match std::str::from_utf8(&buf[..n]) {
+            // Worker names have no ':' (see `config::validate_name`).
+            Ok(text) if text.starts_with(RESTART) => {
+                Ring::Restart(text[RESTART.len()..].to_string())
+            }
             Ok(name) if !name.is_empty() => Ring::Worker(name.to_string()),
             _ => Ring::Everyone,
         })
@@ -55,13 +61,24 @@ impl Drop for Doorbell {
     }
 }
 
+const RESTART: &str = "restart:";
+
 /// Wakes the daemon of `state_dir` for `worker` (all workers when `None`), if one is listening.
 pub fn ring(state_dir: &Path, worker: Option<&str>) {
+    send(state_dir, worker.unwrap_or(""));
+}
+
+/// Asks the daemon of `state_dir`, if one is listening, to replace `worker`'s long-lived process.
+pub fn ring_restart(state_dir: &Path, worker: &str) {
+    send(state_dir, &format!("{RESTART}{worker}"));
+}
+
+fn send(state_dir: &Path, message: &str) {
     let Ok(socket) = StdDatagram::unbound() else {
         return;
     };
     let _ = socket.set_nonblocking(true);
-    let _ = socket.send_to(worker.unwrap_or("").as_bytes(), state_dir.join(SOCKET));
+    let _ = socket.send_to(message.as_bytes(), state_dir.join(SOCKET));
 }
 
 #[cfg(test)]
@@ -74,8 +91,10 @@ mod tests {
         let bell = Doorbell::bind(dir.path()).unwrap();
         ring(dir.path(), Some("sentinela"));
         ring(dir.path(), None);
+        ring_restart(dir.path(), "w");
         assert_eq!(bell.next().await.unwrap(), Ring::Worker("sentinela".into()));
         assert_eq!(bell.next().await.unwrap(), Ring::Everyone);
+        assert_eq!(bell.next().await.unwrap(), Ring::Restart("w".into()));
         drop(bell);
         assert!(!dir.path().join(SOCKET).exists());
         ring(dir.path(), Some("nobody listens")); // and nothing happens

@@ -19,8 +19,11 @@ use tracing::{error, info, warn};
 use crate::agent::{self, Outcome};
 use crate::claude;
 use crate::config::{Agent, Config, WorkerConfig};
-use crate::domain::{AttemptEnd, Backoff, Next, after_attempt};
+use crate::domain::{AttemptEnd, Backoff, Cause, Next, after_attempt};
+use crate::logfile::{EventLog, LogEvent};
+use crate::memory;
 use crate::persistent::{self, Persistent, TaskEnd};
+use crate::procs::Book;
 use crate::store::{Claim, EndHook, Event, Fence, Finish, NewEvent, Store, Task, Usage, now_ms};
 
 pub struct Runner {
@@ -38,13 +41,71 @@ pub struct Runner {
     pub hurry: CancellationToken,
     /// The worker's long-lived Claude process, between tasks (persistent mode).
     pub persistent: persistent::Slot,
+    /// Where agents' process groups are recorded while they live.
+    pub book: Arc<Book>,
+    /// The JSON-lines event log (memory reports go only there).
+    pub log: Arc<EventLog>,
+    /// Set by `agentq worker restart`: replace the long-lived process, forget its deaths.
+    pub restart: Arc<std::sync::atomic::AtomicBool>,
+    /// The long-lived process's deaths, for the restart policy.
+    pub life: std::sync::Mutex<Life>,
 }
+
+/// What the restart policy remembers of a worker's long-lived process.
+#[derive(Debug, Default)]
+pub struct Life {
+    /// Deaths in a row, each soon after its start (within `min_uptime`).
+    pub quick_deaths: u32,
+    /// Restarts since the daemon started.
+    pub restarts: u32,
+    /// The next process may not start before this (restart delay).
+    pub not_before: Option<Instant>,
+}
+
+/// What the restart policy says after a death.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Restart { delay: Duration },
+    Errored(String),
+}
+
+/// The restart policy, pure: `uptime` is how long the process that died had lived.
+pub fn after_death(
+    life: &mut Life,
+    policy: &crate::config::RestartPolicy,
+    uptime: Duration,
+) -> Verdict {
+    if !policy.autorestart {
+        return Verdict::Errored("its agent process died and autorestart is off".into());
+    }
+    if uptime >= policy.min_uptime {
+        life.quick_deaths = 0;
+    }
+    life.quick_deaths += 1;
+    if life.quick_deaths > policy.max_restarts {
+        return Verdict::Errored(format!(
+            "its agent process died {} times in a row, each within min_uptime ({}) of its start",
+            life.quick_deaths,
+            humantime::format_duration(policy.min_uptime)
+        ));
+    }
+    life.restarts += 1;
+    let doublings = (life.quick_deaths - 1).min(16);
+    let delay = policy
+        .restart_delay
+        .saturating_mul(1 << doublings)
+        .min(MAX_RESTART_DELAY);
+    Verdict::Restart { delay }
+}
+
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 
 impl Runner {
     pub async fn run(self) {
         let name = self.worker.name.clone();
         let mut pause = Duration::from_millis(100);
         while !self.stopping.is_cancelled() {
+            self.restart_if_asked().await;
             match self
                 .store
                 .claim(&name, &self.owner, now_ms(), self.config.daemon.lease)
@@ -71,7 +132,88 @@ impl Runner {
         }
     }
 
-    /// Waits for a ring, for the next retry to become due, or for shutdown.
+    /// Acts on `agentq worker restart`: the long-lived process is replaced at the next task, and
+    /// its past deaths are forgotten.
+    async fn restart_if_asked(&self) {
+        if !self
+            .restart
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        *self.life.lock().unwrap_or_else(|p| p.into_inner()) = Life::default();
+        if let Some(process) = self.persistent.lock().await.take() {
+            info!(worker = %self.worker.name, "restart asked: stopping the long-lived process");
+            process.shutdown(self.worker.limits.kill_timeout).await;
+        }
+    }
+
+    /// Applies the restart policy to a death of the long-lived process that lived `uptime`.
+    /// Returns false when the worker is now errored.
+    async fn process_died(&self, uptime: Duration, why: &str) -> bool {
+        let name = &self.worker.name;
+        let verdict = {
+            let mut life = self.life.lock().unwrap_or_else(|p| p.into_inner());
+            let verdict = after_death(&mut life, &self.worker.limits.restart, uptime);
+            if let Verdict::Restart { delay } = verdict {
+                life.not_before = Some(Instant::now() + delay);
+            }
+            verdict
+        };
+        match verdict {
+            Verdict::Restart { delay } => {
+                let message = format!(
+                    "the agent process died after {} ({why}); a new one starts in {}",
+                    humantime::format_duration(Duration::from_millis(uptime.as_millis() as u64)),
+                    humantime::format_duration(delay)
+                );
+                warn!(worker = %name, "{message}");
+                self.worker_event("agent_restarting", &message).await;
+                true
+            }
+            Verdict::Errored(reason) => {
+                let reason = format!("{reason} (last: {why})");
+                error!(worker = %name, "errored: {reason}; `agentq worker restart {name}` clears it");
+                if let Err(e) = self.store.error_worker(name, &reason, now_ms()).await {
+                    warn!(worker = %name, "cannot record the errored state: {e}");
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits out the restart delay, if one is set; false if stopped meanwhile.
+    async fn restart_delay(&self, stop: &Stop) -> bool {
+        let until = self
+            .life
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .not_before;
+        if let Some(until) = until.filter(|u| *u > Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = stop.future() => return false,
+            }
+        }
+        true
+    }
+
+    async fn worker_event(&self, kind: &str, message: &str) {
+        let event = NewEvent {
+            task_id: None,
+            worker: Some(self.worker.name.clone()),
+            kind: kind.into(),
+            message: message.into(),
+            data: None,
+            now: now_ms(),
+        };
+        if let Err(e) = self.store.record_event(&event).await {
+            warn!(worker = %self.worker.name, "cannot record event {kind}: {e}");
+        }
+    }
+
+    /// Waits for a ring, for the next retry to become due, or for shutdown. A long-lived process
+    /// that dies meanwhile is noticed, and counted by the restart policy.
     async fn idle(&self) {
         let due = match self.store.next_due(&self.worker.name).await {
             Ok(due) => due,
@@ -90,10 +232,22 @@ impl Runner {
                 Duration::from_millis(ms as u64)
             }
         });
-        tokio::select! {
-            _ = self.wake.notified() => {}
-            _ = async { tokio::time::sleep(nap.unwrap_or_default()).await }, if nap.is_some() => {}
-            _ = self.stopping.cancelled() => {}
+        // A pause may run for days (an errored worker's, for ever): wake now and then anyway.
+        let nap = nap.map(|n| n.min(Duration::from_secs(3600)));
+        let mut slot = self.persistent.lock().await;
+        let died = tokio::select! {
+            _ = self.wake.notified() => None,
+            _ = async { tokio::time::sleep(nap.unwrap_or_default()).await }, if nap.is_some() => None,
+            _ = self.stopping.cancelled() => None,
+            uptime = async { slot.as_mut().expect("guarded").exited().await }, if slot.is_some() => Some(uptime),
+        };
+        if let Some(uptime) = died {
+            let stderr = slot.as_ref().map(|p| p.stderr_tail()).unwrap_or_default();
+            *slot = None;
+            drop(slot);
+            let last = last_line(&stderr, "no output");
+            self.process_died(uptime, &format!("while idle: {last}"))
+                .await;
         }
     }
 
@@ -155,8 +309,21 @@ impl Runner {
                 self.pause_for_limit(task.id, &fence, &limit).await;
                 return;
             }
+            Ended::Released(why) => {
+                if let Err(e) = self.store.release(&fence, &why, now_ms()).await {
+                    warn!(worker = %name, task = task.id, "could not put the task back: {e}; it is recovered at the next start");
+                }
+                return;
+            }
             Ended::Attempt(end) => end,
         };
+        if ran.attempt.outcome == Outcome::Lingered {
+            let msg = format!(
+                "the agent was still running {} after its result; stopped, and the result stands",
+                humantime::format_duration(self.worker.limits.linger_timeout)
+            );
+            self.note(task.id, "task_lingered", &msg).await;
+        }
         if ran.attempt.stdout_truncated {
             let msg = format!(
                 "output cut at output_cap ({} bytes)",
@@ -194,6 +361,8 @@ impl Runner {
             stderr_tail: (!ran.attempt.stderr_tail.is_empty()).then_some(ran.attempt.stderr_tail),
             duration_ms: ran.attempt.duration.as_millis() as i64,
             usage: ran.usage,
+            cause: end.cause().map(|c| c.as_str().to_string()),
+            memory_peak_mb: ran.attempt.memory_peak.map(memory::mb),
             now,
         };
         // Output files are written inside the transaction that records the end, so anyone who sees
@@ -322,6 +491,49 @@ impl Runner {
             kill_timeout: self.worker.limits.kill_timeout,
             output_cap: self.config.daemon.output_cap as usize,
             stderr_cap: self.config.daemon.stderr_cap as usize,
+            idle_timeout: self.worker.limits.idle_timeout,
+            linger: self.worker.limits.linger_timeout,
+            final_line: None,
+            memory: self.memory_policy(Some(task.id)),
+            book: Some(agent::Booking {
+                book: self.book.clone(),
+                worker: self.worker.name.clone(),
+                task: Some(task.id),
+            }),
+        }
+    }
+
+    /// How an agent's memory is watched: sampled on the daemon's schedule, stopped past the
+    /// worker's `max_memory`, and a `memory_report` line in the event log every
+    /// `memory_report_interval`.
+    fn memory_policy(&self, task: Option<i64>) -> memory::Policy {
+        let (log, worker) = (self.log.clone(), self.worker.name.clone());
+        let max = self.worker.limits.max_memory;
+        let report: memory::Reporter = Arc::new(move |r: memory::Report| {
+            let mut line = LogEvent::new("memory_report", now_ms())
+                .worker(&worker)
+                .message(format!(
+                    "{} MiB now, peak {} MiB",
+                    memory::mb(r.rss),
+                    memory::mb(r.peak)
+                ))
+                .with("rss_mb", memory::mb(r.rss))
+                .with("peak_mb", memory::mb(r.peak));
+            if let Some(task) = task {
+                line = line.task(task);
+            }
+            if let Some(max) = max {
+                line = line.with("max_mb", memory::mb(max));
+            }
+            if let Err(e) = log.append(&line) {
+                warn!(worker = %worker, "cannot write a memory report: {e}");
+            }
+        });
+        memory::Policy {
+            max,
+            sample_every: self.config.daemon.memory_sample_interval,
+            report_every: self.worker.limits.memory_report_interval,
+            report: Some(report),
         }
     }
 
@@ -348,10 +560,10 @@ impl Runner {
 
     async fn run_command(&self, argv: &[String], task: &Task, stop: &Stop) -> Ran {
         let spec = self.spec(task, argv.to_vec(), Vec::new());
-        let timeout = spec.timeout;
+        let watchdogs = Watchdogs::of(&spec);
         let attempt = agent::run(spec, stop.future()).await;
         Ran {
-            end: generic_end(&attempt.outcome, timeout),
+            end: generic_end(&attempt.outcome, &watchdogs),
             output: attempt.stdout.clone(),
             usage: Usage::default(),
             attempt,
@@ -460,6 +672,7 @@ impl Runner {
         let mut slot = self.persistent.lock().await;
         let mut reset_once = false;
         let started = Instant::now();
+        let peak: std::sync::Mutex<Option<u64>> = Default::default();
         let served = |end: Ended, output: String, usage: Usage, stderr: String| Ran {
             end,
             output,
@@ -471,11 +684,25 @@ impl Runner {
                 stderr_tail: stderr,
                 duration: started.elapsed(),
                 pid: None,
+                memory_peak: *peak.lock().unwrap_or_else(|p| p.into_inner()),
             },
         };
         loop {
+            // A process that died while idle is never handed a task; its death counts.
+            if slot.as_mut().is_some_and(|p| p.has_exited()) {
+                let p = slot.take().expect("checked");
+                let (uptime, stderr) = (p.started.elapsed(), p.stderr_tail());
+                let why = format!("while idle: {}", last_line(&stderr, "no output"));
+                if !self.process_died(uptime, &why).await {
+                    return served(
+                        Ended::Released("the worker is errored".into()),
+                        String::new(),
+                        Usage::default(),
+                        stderr,
+                    );
+                }
+            }
             let (join, spent) = self.join_for(settings, &cwd).await;
-            // A process that died while idle is never handed a task.
             let reusable = slot.as_mut().is_some_and(|p| {
                 !p.has_exited() && {
                     matches!(&join, claude::Join::Resume(id) if *id == p.session_id)
@@ -484,6 +711,7 @@ impl Runner {
                         && settings.max_budget_usd.is_none_or(|b| p.budget_left.is_none_or(|left| left >= b))
                         && self
                             .worker
+                            .limits
                             .max_memory
                             .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
                 }
@@ -499,7 +727,27 @@ impl Runner {
                     ..settings.clone()
                 };
                 let argv = persistent::argv(&bin, &budgeted, &join);
-                match Persistent::spawn(&argv, &spec.cwd, &spec.env, &spec.env_remove, join.id()) {
+                if !self.restart_delay(stop).await {
+                    return served(
+                        Ended::Interrupted,
+                        String::new(),
+                        Usage::default(),
+                        String::new(),
+                    );
+                }
+                let booking = agent::Booking {
+                    book: self.book.clone(),
+                    worker: name.clone(),
+                    task: None,
+                };
+                match Persistent::spawn(
+                    &argv,
+                    &spec.cwd,
+                    &spec.env,
+                    &spec.env_remove,
+                    join.id(),
+                    Some(&booking),
+                ) {
                     Ok(p) => {
                         info!(worker = %name, pid = p.pid(), session = join.id(), "started a long-lived claude process");
                         *slot = Some(p);
@@ -510,8 +758,13 @@ impl Runner {
                             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
                         );
                         let error = format!("could not start {}: {e}", bin.display());
+                        let cause = if retryable {
+                            Cause::SpawnFailed
+                        } else {
+                            Cause::Config
+                        };
                         return served(
-                            Ended::Attempt(failure(error, retryable)),
+                            Ended::Attempt(AttemptEnd::failed(cause, error)),
                             String::new(),
                             Usage::default(),
                             String::new(),
@@ -521,8 +774,17 @@ impl Runner {
             }
             let process = slot.as_mut().expect("a process was just put there");
             let end = process
-                .run(&task.prompt, spec.timeout, grace, stop.future())
+                .run_watched(
+                    &task.prompt,
+                    spec.timeout,
+                    spec.idle_timeout,
+                    self.memory_policy(Some(task.id)),
+                    grace,
+                    stop.future(),
+                )
                 .await;
+            *peak.lock().unwrap_or_else(|p| p.into_inner()) = process.last_peak;
+            let uptime = process.started.elapsed();
             let stderr = process.stderr_tail();
             match end {
                 TaskEnd::Result { result, limit } => {
@@ -569,8 +831,7 @@ impl Runner {
                         process.budget_left = settings.max_budget_usd.map(|b| b + spent - total);
                     }
                     let end = if result.is_error {
-                        let (reason, retryable) = result.failure();
-                        failure(reason, retryable)
+                        claude_failure(&result)
                     } else {
                         AttemptEnd::Succeeded
                     };
@@ -580,7 +841,7 @@ impl Runner {
                     ran.attempt.stdout_truncated = cut;
                     return ran;
                 }
-                TaskEnd::TimedOut { kept } => {
+                TaskEnd::TimedOut { kept } | TaskEnd::IdleTimedOut { kept } => {
                     if !kept {
                         *slot = None;
                     }
@@ -589,16 +850,28 @@ impl Runner {
                     } else {
                         "the process did not answer the interrupt and was killed"
                     };
-                    let reason = format!(
-                        "timeout after {} ({how})",
-                        humantime::format_duration(spec.timeout)
-                    );
+                    let watchdogs = Watchdogs::of(&spec);
+                    let outcome = if matches!(end, TaskEnd::TimedOut { .. }) {
+                        Outcome::TimedOut
+                    } else {
+                        Outcome::IdleTimedOut
+                    };
+                    let Ended::Attempt(AttemptEnd::Failed { cause, reason, .. }) =
+                        generic_end(&outcome, &watchdogs)
+                    else {
+                        unreachable!("a timeout is a failure")
+                    };
                     return served(
-                        Ended::Attempt(failure(reason, true)),
+                        Ended::Attempt(AttemptEnd::failed(cause, format!("{reason} ({how})"))),
                         String::new(),
                         Usage::default(),
                         stderr,
                     );
+                }
+                TaskEnd::MemoryLimit(rss) => {
+                    *slot = None;
+                    let end = generic_end(&Outcome::MemoryLimit(rss), &Watchdogs::of(&spec));
+                    return served(end, String::new(), Usage::default(), stderr);
                 }
                 TaskEnd::Stopped { kept } => {
                     if !kept {
@@ -616,14 +889,12 @@ impl Runner {
                         self.reset_gone(join.id(), task.id).await;
                         continue;
                     }
-                    let last = stderr
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("no output");
-                    let reason = format!("the claude process ended mid-task: {}", last.trim());
+                    let last = last_line(&stderr, "no output");
+                    let reason = format!("crashed: the claude process ended mid-task: {last}");
+                    self.process_died(uptime, &format!("mid-task: {last}"))
+                        .await;
                     return served(
-                        Ended::Attempt(failure(reason, true)),
+                        Ended::Attempt(AttemptEnd::failed(Cause::Crashed, reason)),
                         String::new(),
                         Usage::default(),
                         stderr,
@@ -647,22 +918,29 @@ impl Runner {
                 max_budget_usd: settings.max_budget_usd.map(|b| b + spent),
                 ..settings.clone()
             };
-            let spec = self.claude_spec(task, claude::exec_argv(&bin, &budgeted, &join));
-            let timeout = spec.timeout;
+            let mut spec = self.claude_spec(task, claude::exec_argv(&bin, &budgeted, &join));
+            // The CLI has been seen to hang after printing its result: the result line is final.
+            spec.final_line = Some(claude::ClaudeResult::is_result_line);
+            let watchdogs = Watchdogs::of(&spec);
             let mut attempt = agent::run(spec, stop.future()).await;
             let result = claude::ClaudeResult::from_exec_stdout(&attempt.stdout);
-            let Outcome::Exited(code) = attempt.outcome else {
-                return Ran {
-                    end: generic_end(&attempt.outcome, timeout),
-                    output: result
-                        .map(|r| r.text)
-                        .unwrap_or_else(|| attempt.stdout.clone()),
-                    usage: Usage {
-                        session_id: Some(join.id().to_string()),
-                        ..Usage::default()
-                    },
-                    attempt,
-                };
+            let code = match attempt.outcome {
+                Outcome::Exited(code) => code,
+                // Stopped after its result: the result stands.
+                Outcome::Lingered if result.is_some() => 0,
+                _ => {
+                    return Ran {
+                        end: generic_end(&attempt.outcome, &watchdogs),
+                        output: result
+                            .map(|r| r.text)
+                            .unwrap_or_else(|| attempt.stdout.clone()),
+                        usage: Usage {
+                            session_id: Some(join.id().to_string()),
+                            ..Usage::default()
+                        },
+                        attempt,
+                    };
+                }
             };
             let Some(mut result) = result else {
                 if matches!(join, claude::Join::Resume(_))
@@ -673,16 +951,11 @@ impl Runner {
                     self.reset_gone(join.id(), task.id).await;
                     continue;
                 }
-                let last = attempt
-                    .stderr_tail
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("no result on stdout");
+                let last = last_line(&attempt.stderr_tail, "no result on stdout");
                 return Ran {
-                    end: Ended::Attempt(failure(
-                        format!("claude exited with code {code}: {}", last.trim()),
-                        true,
+                    end: Ended::Attempt(AttemptEnd::failed(
+                        Cause::Crashed,
+                        format!("crashed (exit code {code}): {last}"),
                     )),
                     output: attempt.stdout.clone(),
                     usage: Usage {
@@ -702,8 +975,7 @@ impl Runner {
                 };
             }
             let end = if result.is_error || code != 0 {
-                let (reason, retryable) = result.failure();
-                failure(reason, retryable)
+                claude_failure(&result)
             } else {
                 AttemptEnd::Succeeded
             };
@@ -724,6 +996,7 @@ impl Runner {
             worker: Some(self.worker.name.clone()),
             kind: kind.into(),
             message: message.into(),
+            data: None,
             now: now_ms(),
         };
         if let Err(e) = self.store.record_event(&event).await {
@@ -767,28 +1040,99 @@ struct Ran {
 enum Ended {
     /// Stopped from outside: the claim was lost, or the daemon is shutting down.
     Interrupted,
+    /// Not run, through no fault of the task's: it goes back to the queue, attempt not counted.
+    Released(String),
     /// The agent hit a usage limit: not the task's fault, so no attempt is spent.
     Limited(claude::Limit),
     Attempt(AttemptEnd),
 }
 
-/// How an attempt ended, from how its process ended (the agent's own output aside).
-fn generic_end(outcome: &Outcome, timeout: Duration) -> Ended {
+/// The limits an attempt ran under, for saying which one ended it.
+struct Watchdogs {
+    timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_memory: Option<u64>,
+}
+
+impl Watchdogs {
+    fn of(spec: &agent::Spec) -> Watchdogs {
+        Watchdogs {
+            timeout: spec.timeout,
+            idle_timeout: spec.idle_timeout,
+            max_memory: spec.memory.max,
+        }
+    }
+}
+
+/// How an attempt ended, from how its process ended (the agent's own output aside). Each failure
+/// names its cause first, the way `agentq show` prints it: `timeout: ...`, `crashed (...)`.
+fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
+    let took =
+        |d: Duration| humantime::format_duration(Duration::from_millis(d.as_millis() as u64));
     Ended::Attempt(match outcome {
         Outcome::Interrupted => return Ended::Interrupted,
-        Outcome::Exited(0) => AttemptEnd::Succeeded,
-        Outcome::Exited(code) => failure(format!("exit code {code}"), true),
-        Outcome::Signalled(signal) => failure(
+        Outcome::Exited(0) | Outcome::Lingered | Outcome::Served => AttemptEnd::Succeeded,
+        Outcome::Exited(code) => {
+            AttemptEnd::failed(Cause::Crashed, format!("crashed (exit code {code})"))
+        }
+        Outcome::Signalled(signal) => AttemptEnd::failed(
+            Cause::Crashed,
             format!("crashed (signal {signal}{})", signal_name(*signal)),
-            true,
         ),
-        Outcome::TimedOut => failure(
-            format!("timeout after {}", humantime::format_duration(timeout)),
-            true,
+        Outcome::TimedOut => AttemptEnd::failed(
+            Cause::Timeout,
+            format!("timeout: still running after {}", took(limits.timeout)),
         ),
-        Outcome::SpawnFailed { error, retryable } => failure(error.clone(), *retryable),
-        Outcome::Served => AttemptEnd::Succeeded,
+        Outcome::IdleTimedOut => AttemptEnd::failed(
+            Cause::IdleTimeout,
+            format!(
+                "idle_timeout: no output for {}; taken as hung",
+                took(limits.idle_timeout.unwrap_or_default())
+            ),
+        ),
+        Outcome::MemoryLimit(rss) => AttemptEnd::failed(
+            Cause::MemoryLimit,
+            format!(
+                "memory_limit: its processes held {} MiB, over max_memory ({} MiB)",
+                memory::mb(*rss),
+                limits.max_memory.map(memory::mb).unwrap_or_default()
+            ),
+        ),
+        Outcome::SpawnFailed { error, retryable } => {
+            let cause = if *retryable {
+                Cause::SpawnFailed
+            } else {
+                Cause::Config
+            };
+            AttemptEnd::failed(cause, error.clone())
+        }
     })
+}
+
+/// A Claude error result as a failure: a request the API refused as malformed (400, 413) is bad
+/// input, refused credentials (401, 403) are the worker's setup; limits the task itself hit would
+/// be hit again. Anything else may pass.
+fn claude_failure(result: &claude::ClaudeResult) -> AttemptEnd {
+    let (reason, retryable) = result.failure();
+    let cause = match result.api_error_status {
+        Some(400 | 413) => Cause::BadInput,
+        Some(401 | 403) => Cause::Config,
+        _ => Cause::AgentError,
+    };
+    AttemptEnd::Failed {
+        cause,
+        reason,
+        retryable: retryable && cause.retryable(),
+    }
+}
+
+/// The last line of `text` that says anything, trimmed.
+fn last_line<'a>(text: &'a str, otherwise: &'a str) -> &'a str {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(otherwise)
 }
 
 /// Cuts `text` to at most `cap` bytes, on a character boundary. Returns whether it cut.
@@ -818,10 +1162,6 @@ fn new_session_id() -> String {
         &h[16..20],
         &h[20..32]
     )
-}
-
-fn failure(reason: String, retryable: bool) -> AttemptEnd {
-    AttemptEnd::Failed { reason, retryable }
 }
 
 fn signal_name(signal: i32) -> String {

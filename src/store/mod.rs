@@ -88,6 +88,10 @@ pub struct Task {
     pub source: String,
     /// Attempts cut short by the death of their daemon (not counted in `attempts`).
     pub interruptions: u32,
+    /// Why the last attempt failed, as a code: `timeout`, `memory_limit`, `crashed`, ...
+    pub cause: Option<String>,
+    /// The most resident memory the last attempt's process tree held, MiB.
+    pub memory_peak_mb: Option<f64>,
     /// What the agent reported about its last attempt (Claude workers).
     #[serde(flatten)]
     pub usage: Usage,
@@ -162,6 +166,10 @@ pub struct Finish {
     pub stderr_tail: Option<String>,
     pub duration_ms: i64,
     pub usage: Usage,
+    /// Why the attempt failed, as a code (`None` when it succeeded).
+    pub cause: Option<String>,
+    /// The most resident memory the attempt's process tree held, MiB.
+    pub memory_peak_mb: Option<f64>,
     pub now: Millis,
 }
 
@@ -180,6 +188,9 @@ pub struct Event {
     pub worker: Option<String>,
     pub kind: String,
     pub message: String,
+    /// The event's figures (attempt, state, cause, duration_ms, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -188,7 +199,24 @@ pub struct NewEvent {
     pub worker: Option<String>,
     pub kind: String,
     pub message: String,
+    pub data: Option<serde_json::Value>,
     pub now: Millis,
+}
+
+/// One attempt of a task, as it ended.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub owner: Option<String>,
+    pub started_at: Option<Millis>,
+    pub ended_at: Millis,
+    /// `succeeded`, `failed`, `interrupted` (its daemon died) or `released` (given back unspent).
+    pub outcome: String,
+    pub cause: Option<String>,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<i64>,
+    pub memory_peak_mb: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -205,6 +233,14 @@ pub struct Pause {
     pub worker: String,
     pub until: Millis,
     pub reason: String,
+    /// `paused` (ends by itself at `until`) or `errored` (waits for `agentq worker restart`).
+    pub kind: String,
+}
+
+impl Pause {
+    pub fn errored(&self) -> bool {
+        self.kind == "errored"
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -311,8 +347,16 @@ pub trait Store: Send + Sync {
         reason: &str,
         now: Millis,
     ) -> Result<()>;
-    /// Ends a worker's pause early. Returns whether it was paused.
+    /// Ends a worker's pause early. Returns whether it was paused. An errored worker stays errored:
+    /// that takes [`Store::restart_worker`].
     async fn resume_worker(&self, worker: &str, why: &str, now: Millis) -> Result<bool>;
+    /// Marks a worker errored (its restart policy gave up): it claims nothing until restarted.
+    async fn error_worker(&self, worker: &str, reason: &str, now: Millis) -> Result<()>;
+    /// Clears a worker's errored state or pause, recording `worker_restarted`. Returns what it
+    /// cleared, if anything.
+    async fn restart_worker(&self, worker: &str, now: Millis) -> Result<Option<Pause>>;
+    /// Every attempt of a task, oldest first.
+    async fn attempts_of(&self, task_id: i64) -> Result<Vec<AttemptRecord>>;
     /// The pauses in force at `now`.
     async fn pauses(&self, now: Millis) -> Result<Vec<Pause>>;
     /// What each worker's attempts cost since `since`, from the usage ledger.

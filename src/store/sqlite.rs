@@ -23,10 +23,12 @@ use super::{
 };
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
+use crate::logfile::{EventLog, LogEvent};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_claude.sql"),
+    include_str!("../../migrations/sqlite/0003_supervision.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,12 +36,20 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
      not_before, created_at, updated_at, started_at, finished_at, owner, lease_expires, exit_code, \
      output, error, stderr_tail, duration_ms, source, interruptions, session_id, cost_usd, input_tokens, \
-     output_tokens, num_turns";
+     output_tokens, num_turns, cause, memory_peak_mb";
 
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Where committed events are also appended, for people and `agentq events -f`.
+    log: Option<Arc<EventLog>>,
+}
+
+thread_local! {
+    /// The events of the transaction running on this thread, appended to the event log once it
+    /// commits (a transaction runs whole on one blocking-pool thread).
+    static PENDING: std::cell::RefCell<Vec<Event>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What a store operation can fail with inside its transaction: SQL, or a rule of the queue.
@@ -76,7 +86,14 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            log: None,
         })
+    }
+
+    /// Also appends every event this store commits to `log`.
+    pub fn with_event_log(mut self, log: Arc<EventLog>) -> SqliteStore {
+        self.log = Some(log);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -113,10 +130,21 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction) -> Op<T> + Send + 'static,
     {
+        let log = self.log.clone();
         self.call(about, move |conn| {
+            PENDING.with_borrow_mut(Vec::clear);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = op(&tx)?;
             tx.commit()?;
+            let committed = PENDING.with_borrow_mut(std::mem::take);
+            if let Some(log) = log {
+                for e in &committed {
+                    if let Err(err) = log.append(&log_event(e)) {
+                        tracing::warn!("cannot append to the event log: {err}");
+                        break;
+                    }
+                }
+            }
             Ok(out)
         })
         .await
@@ -210,6 +238,8 @@ fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
             output_tokens: r.get(25)?,
             num_turns: r.get(26)?,
         },
+        cause: r.get(27)?,
+        memory_peak_mb: r.get(28)?,
     })
 }
 
@@ -228,9 +258,74 @@ fn event(
     kind: &str,
     message: &str,
 ) -> rusqlite::Result<()> {
+    event_with(tx, now, task_id, worker, kind, message, None)
+}
+
+/// Records an event with its figures.
+fn event_with(
+    tx: &rusqlite::Transaction,
+    now: Millis,
+    task_id: Option<i64>,
+    worker: Option<&str>,
+    kind: &str,
+    message: &str,
+    data: Option<serde_json::Value>,
+) -> rusqlite::Result<()> {
+    let text = data.as_ref().map(|d| d.to_string());
     tx.execute(
-        "INSERT INTO events (ts, task_id, worker, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![now, task_id, worker, kind, message],
+        "INSERT INTO events (ts, task_id, worker, kind, message, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![now, task_id, worker, kind, message, text],
+    )?;
+    let id = tx.last_insert_rowid();
+    PENDING.with_borrow_mut(|p| {
+        p.push(Event {
+            id,
+            ts: now,
+            task_id,
+            worker: worker.map(str::to_string),
+            kind: kind.to_string(),
+            message: message.to_string(),
+            data,
+        })
+    });
+    Ok(())
+}
+
+/// A stored event as a line of the event log.
+fn log_event(e: &Event) -> LogEvent {
+    let mut line = LogEvent::new(&e.kind, e.ts).message(&e.message);
+    if let Some(task) = e.task_id {
+        line = line.task(task);
+    }
+    if let Some(worker) = &e.worker {
+        line = line.worker(worker);
+    }
+    if let Some(serde_json::Value::Object(data)) = &e.data {
+        for (k, v) in data {
+            line = line.with(k, v.clone());
+        }
+    }
+    line.with("event_id", e.id)
+}
+
+/// Records how an attempt ended, in the attempts table.
+#[allow(clippy::too_many_arguments)]
+fn attempt_row(
+    tx: &rusqlite::Transaction,
+    task_id: i64,
+    outcome: &str,
+    cause: Option<&str>,
+    reason: Option<&str>,
+    exit_code: Option<i32>,
+    duration_ms: Option<i64>,
+    memory_peak_mb: Option<f64>,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, outcome, cause, \
+         reason, exit_code, duration_ms, memory_peak_mb) \
+         SELECT id, attempts, worker, owner, started_at, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM tasks WHERE id = ?1",
+        params![task_id, now, outcome, cause, reason, exit_code, duration_ms, memory_peak_mb],
     )?;
     Ok(())
 }
@@ -275,6 +370,17 @@ fn recover_where(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (id, worker, owner, interruptions, max_attempts) in &rows {
+        attempt_row(
+            tx,
+            *id,
+            "interrupted",
+            None,
+            Some(why),
+            None,
+            None,
+            None,
+            now,
+        )?;
         let owner = owner.as_deref().unwrap_or("?");
         if interruptions > max_attempts {
             let error = format!(
@@ -290,8 +396,8 @@ fn recover_where(
                 now,
                 Some(*id),
                 Some(worker),
-                "dead",
-                &format!("{why} (was held by {owner}); {error}"),
+                "task_finished",
+                &format!("dead: {why} (was held by {owner}); {error}"),
             )?;
             continue;
         }
@@ -306,7 +412,7 @@ fn recover_where(
             now,
             Some(*id),
             Some(worker),
-            "recovered",
+            "task_recovered",
             &format!("{why} (was held by {owner}); queued again, attempt not counted"),
         )?;
     }
@@ -316,7 +422,7 @@ fn recover_where(
 /// The event log, filtered: the latest `limit` events, oldest first.
 fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Event>> {
     let mut stmt = conn.prepare(
-        "SELECT id, ts, task_id, worker, kind, message FROM (\
+        "SELECT id, ts, task_id, worker, kind, message, data FROM (\
            SELECT * FROM events WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR worker = ?2) \
            AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4) ORDER BY id",
     )?;
@@ -329,6 +435,9 @@ fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Even
             worker: r.get(3)?,
             kind: r.get(4)?,
             message: r.get(5)?,
+            data: r
+                .get::<_, Option<String>>(6)?
+                .and_then(|d| serde_json::from_str(&d).ok()),
         })
     })?;
     rows.collect()
@@ -364,7 +473,7 @@ impl Store for SqliteStore {
                 ],
             )?;
             let id = tx.last_insert_rowid();
-            event(tx, t.now, Some(id), Some(&t.worker), "submitted", &format!("from {}, priority {}, {} bytes", t.source, t.priority, t.prompt.len()))?;
+            event(tx, t.now, Some(id), Some(&t.worker), "task_queued", &format!("from {}, priority {}, {} bytes", t.source, t.priority, t.prompt.len()))?;
             Ok(Submitted::New(id))
         })
         .await
@@ -397,7 +506,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             let Some(task) = task else { return Ok(None) };
-            event(tx, now, Some(task.id), Some(&worker), "started", &format!("attempt {} of {} by {owner}", task.attempts, task.max_attempts))?;
+            event(tx, now, Some(task.id), Some(&worker), "task_started", &format!("attempt {} of {} by {owner}", task.attempts, task.max_attempts))?;
             Ok(Some(Claim { task, token }))
         })
         .await
@@ -425,7 +534,8 @@ impl Store for SqliteStore {
                  output = ?6, error = ?7, stderr_tail = ?8, duration_ms = ?9, \
                  finished_at = CASE WHEN ?10 THEN ?11 ELSE NULL END, owner = NULL, claim_token = NULL, \
                  lease_expires = NULL, updated_at = ?11, session_id = coalesce(?12, session_id), \
-                 cost_usd = ?13, input_tokens = ?14, output_tokens = ?15, num_turns = ?16 \
+                 cost_usd = ?13, input_tokens = ?14, output_tokens = ?15, num_turns = ?16, \
+                 cause = ?17, memory_peak_mb = ?18 \
                  WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
                 params![
                     fence.id,
@@ -443,7 +553,9 @@ impl Store for SqliteStore {
                     f.usage.cost_usd,
                     f.usage.input_tokens,
                     f.usage.output_tokens,
-                    f.usage.num_turns
+                    f.usage.num_turns,
+                    f.cause,
+                    f.memory_peak_mb
                 ],
             )?;
             if n == 0 {
@@ -456,18 +568,46 @@ impl Store for SqliteStore {
             )?;
             let reason = f.error.as_deref().unwrap_or("");
             let (kind, message) = match f.state {
-                TaskState::Succeeded => ("succeeded", format!("attempt {attempts} succeeded in {} ms", f.duration_ms)),
+                TaskState::Succeeded => ("task_finished", format!("succeeded: attempt {attempts} in {} ms", f.duration_ms)),
                 TaskState::Queued => (
-                    "retry_scheduled",
+                    "task_retrying",
                     format!(
                         "attempt {attempts} failed: {reason}; retry in {} ms",
                         f.not_before.unwrap_or(f.now) - f.now
                     ),
                 ),
-                TaskState::Dead => ("dead", format!("attempt {attempts} failed: {reason}; no attempts left")),
-                _ => (f.state.as_str(), format!("attempt {attempts} failed: {reason}; not retryable")),
+                TaskState::Dead => ("task_finished", format!("dead: attempt {attempts} failed: {reason}; no attempts left")),
+                _ => ("task_finished", format!("{}: attempt {attempts} failed: {reason}; not retryable", f.state)),
             };
-            event(tx, f.now, Some(fence.id), Some(&worker), kind, &message)?;
+            attempt_row(
+                tx,
+                fence.id,
+                if f.cause.is_none() { "succeeded" } else { "failed" },
+                f.cause.as_deref(),
+                f.error.as_deref(),
+                f.exit_code,
+                Some(f.duration_ms),
+                f.memory_peak_mb,
+                f.now,
+            )?;
+            let data = serde_json::json!({
+                "attempt": attempts,
+                "state": f.state.as_str(),
+                "cause": f.cause,
+                "exit_code": f.exit_code,
+                "duration_ms": f.duration_ms,
+                "memory_peak_mb": f.memory_peak_mb,
+                "cost_usd": f.usage.cost_usd,
+            });
+            let data = serde_json::Value::Object(
+                data.as_object()
+                    .expect("an object")
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
+            event_with(tx, f.now, Some(fence.id), Some(&worker), kind, &message, Some(data))?;
             if f.usage.cost_usd.is_some() || f.usage.input_tokens.is_some() {
                 tx.execute(
                     "INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) \
@@ -515,7 +655,12 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             let Some(worker) = worker else { return Ok(false) };
-            event(tx, now, Some(fence.id), Some(&worker), "released", &format!("{reason}; queued again, attempt not counted"))?;
+            tx.execute(
+                "INSERT INTO attempts (task_id, attempt, worker, started_at, ended_at, outcome, reason) \
+                 SELECT id, attempts + 1, worker, started_at, ?2, 'released', ?3 FROM tasks WHERE id = ?1",
+                params![fence.id, now, reason],
+            )?;
+            event(tx, now, Some(fence.id), Some(&worker), "task_released", &format!("{reason}; queued again, attempt not counted"))?;
             Ok(true)
         })
         .await
@@ -563,7 +708,7 @@ impl Store for SqliteStore {
                 now,
                 Some(id),
                 Some(&worker),
-                "cancelled",
+                "task_cancelled",
                 &format!("cancelled while {state}"),
             )?;
             Ok(state)
@@ -580,10 +725,10 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE tasks SET state = 'queued', attempts = 0, interruptions = 0, not_before = ?2, \
                  finished_at = NULL, exit_code = NULL, output = NULL, error = NULL, stderr_tail = NULL, \
-                 duration_ms = NULL, updated_at = ?2 WHERE id = ?1",
+                 duration_ms = NULL, cause = NULL, memory_peak_mb = NULL, updated_at = ?2 WHERE id = ?1",
                 params![id, now],
             )?;
-            event(tx, now, Some(id), Some(&worker), "retried", &format!("was {state}; queued again with attempts reset"))?;
+            event(tx, now, Some(id), Some(&worker), "task_retried", &format!("was {state}; queued again with attempts reset"))?;
             Ok(())
         })
         .await
@@ -656,13 +801,14 @@ impl Store for SqliteStore {
     async fn record_event(&self, e: &NewEvent) -> Result<()> {
         let e = e.clone();
         self.write("recording an event", move |tx| {
-            event(
+            event_with(
                 tx,
                 e.now,
                 e.task_id,
                 e.worker.as_deref(),
                 &e.kind,
                 &e.message,
+                e.data,
             )?;
             Ok(())
         })
@@ -808,7 +954,7 @@ impl Store for SqliteStore {
                 params![worker, until, reason, now],
             )?;
             let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64));
-            event(tx, now, None, Some(&worker), "paused", &format!("{reason}; paused until {when}"))?;
+            event_with(tx, now, None, Some(&worker), "worker_paused", &format!("{reason}; paused until {when}"), Some(serde_json::json!({ "until": until })))?;
             Ok(())
         })
         .await
@@ -820,14 +966,14 @@ impl Store for SqliteStore {
             // Clears the worker's pause row, in force or expired; only one in force was a pause.
             let until: Option<Millis> = tx
                 .query_row(
-                    "DELETE FROM worker_pauses WHERE worker = ?1 RETURNING until",
+                    "DELETE FROM worker_pauses WHERE worker = ?1 AND kind = 'paused' RETURNING until",
                     [&worker],
                     |r| r.get(0),
                 )
                 .optional()?;
             let was_paused = until.is_some_and(|u| u > now);
             if was_paused {
-                event(tx, now, None, Some(&worker), "resumed", &why)?;
+                event(tx, now, None, Some(&worker), "worker_resumed", &why)?;
             }
             Ok(was_paused)
         })
@@ -837,13 +983,82 @@ impl Store for SqliteStore {
     async fn pauses(&self, now: Millis) -> Result<Vec<super::Pause>> {
         self.call("reading pauses", move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT worker, until, reason FROM worker_pauses WHERE until > ?1 ORDER BY worker",
+                "SELECT worker, until, reason, kind FROM worker_pauses WHERE until > ?1 ORDER BY worker",
             )?;
             let rows = stmt.query_map([now], |r| {
                 Ok(super::Pause {
                     worker: r.get(0)?,
                     until: r.get(1)?,
                     reason: r.get(2)?,
+                    kind: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn error_worker(&self, worker: &str, reason: &str, now: Millis) -> Result<()> {
+        let (worker, reason) = (worker.to_string(), reason.to_string());
+        self.write("marking a worker errored", move |tx| {
+            tx.execute(
+                "INSERT INTO worker_pauses (worker, until, reason, since, kind) \
+                 VALUES (?1, ?2, ?3, ?4, 'errored') ON CONFLICT (worker) DO UPDATE SET \
+                 until = excluded.until, reason = excluded.reason, since = excluded.since, kind = 'errored'",
+                params![worker, Millis::MAX, reason, now],
+            )?;
+            event(tx, now, None, Some(&worker), "worker_errored", &format!("{reason}; it runs nothing until `agentq worker restart {worker}`"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn restart_worker(&self, worker: &str, now: Millis) -> Result<Option<super::Pause>> {
+        let worker = worker.to_string();
+        self.write("restarting a worker", move |tx| {
+            let cleared = tx
+                .query_row(
+                    "DELETE FROM worker_pauses WHERE worker = ?1 AND until > ?2 RETURNING worker, until, reason, kind",
+                    params![worker, now],
+                    |r| {
+                        Ok(super::Pause {
+                            worker: r.get(0)?,
+                            until: r.get(1)?,
+                            reason: r.get(2)?,
+                            kind: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let message = match &cleared {
+                Some(p) if p.errored() => format!("restarted by hand; it was errored: {}", p.reason),
+                Some(p) => format!("restarted by hand; it was paused: {}", p.reason),
+                None => "restarted by hand".to_string(),
+            };
+            event(tx, now, None, Some(&worker), "worker_restarted", &message)?;
+            Ok(cleared)
+        })
+        .await
+    }
+
+    async fn attempts_of(&self, task_id: i64) -> Result<Vec<super::AttemptRecord>> {
+        self.call("reading attempts", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT attempt, owner, started_at, ended_at, outcome, cause, reason, exit_code, \
+                 duration_ms, memory_peak_mb FROM attempts WHERE task_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([task_id], |r| {
+                Ok(super::AttemptRecord {
+                    attempt: r.get::<_, i64>(0)? as u32,
+                    owner: r.get(1)?,
+                    started_at: r.get(2)?,
+                    ended_at: r.get(3)?,
+                    outcome: r.get(4)?,
+                    cause: r.get(5)?,
+                    reason: r.get(6)?,
+                    exit_code: r.get(7)?,
+                    duration_ms: r.get(8)?,
+                    memory_peak_mb: r.get(9)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -951,6 +1166,8 @@ mod tests {
             stderr_tail: None,
             duration_ms: 5,
             usage: Default::default(),
+            cause: None,
+            memory_peak_mb: None,
             now,
         }
     }
@@ -1081,7 +1298,13 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["submitted", "started", "recovered", "started", "succeeded"]
+            [
+                "task_queued",
+                "task_started",
+                "task_recovered",
+                "task_started",
+                "task_finished"
+            ]
         );
     }
 

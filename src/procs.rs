@@ -1,0 +1,382 @@
+//! The processes agentq starts: what the kernel says about them, how they die with the daemon, and
+//! the book of process groups a daemon has running, so that the next daemon can kill what a
+//! crashed one left behind.
+//!
+//! Every agent is the leader of its own process group. On Linux it also gets a parent-death signal
+//! (SIGKILL), so when the daemon dies, even by `kill -9`, the leader dies with it. What the leader
+//! started (a grandchild in its group) does not get that signal; for those the daemon keeps a
+//! *book*: one small file per live group in `.agentq/procs/`, naming the group, its leader's start
+//! time and the boot it belongs to. The next daemon, holding the folder's lock (so the writer is
+//! certainly gone), reads the book at start-up and kills every group still alive — but only one
+//! that is provably the same: its leader alive with the recorded start time, or, with the leader
+//! gone, members that started no earlier than it did. A pid the kernel has since given to some
+//! other process is never killed. (While any member of a group lives, the kernel cannot hand the
+//! group's number to a new process, so members of a group whose leader is gone are ours.)
+//!
+//! The files are written without fsync on purpose: they must survive the daemon's death, which
+//! the page cache does; a machine crash kills the processes too, and the boot id tells.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+/// What `/proc/<pid>/stat` says of a process (Linux).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    /// `R`, `S`, `Z`, ...
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    /// When it started, in clock ticks since boot: with the pid, it names a process for good.
+    pub start_ticks: u64,
+    /// Resident set, bytes.
+    pub rss: u64,
+}
+
+/// Reads one process's stat line; `None` when it is gone (or this is not Linux).
+pub fn stat(pid: i32) -> Option<ProcInfo> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn parse_stat(pid: i32, text: &str) -> Option<ProcInfo> {
+    // The command (field 2) may hold spaces and parentheses: split after its last ')'.
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields from 3 on: state(3) ppid(4) pgrp(5) ... starttime(22) vsize(23) rss(24, pages).
+    let field = |n: usize| fields.get(n - 3).copied();
+    Some(ProcInfo {
+        pid,
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        start_ticks: field(22)?.parse().ok()?,
+        rss: field(24)?.parse::<u64>().ok()? * page_size(),
+    })
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096)
+}
+
+/// The live (not zombie) members of process group `pgid`. Empty where /proc cannot be read.
+pub fn group_members(pgid: i32) -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .filter(|p| p.pgrp == pgid && p.state != 'Z')
+        .collect()
+}
+
+/// This boot's id: processes of another boot are long gone.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Makes the process started by `cmd` die when the daemon dies (Linux). The signal is tied to the
+/// *thread* that forks; agents are spawned from the runtime's worker threads, which live as long as
+/// the daemon.
+pub fn die_with_daemon(cmd: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only async-signal-safe calls are made: prctl, getppid.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The daemon may have died before the prctl: then nobody is left to signal.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "agentq died while starting the agent",
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// One page of the book: a live process group.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub pgid: i32,
+    pub start_ticks: u64,
+    pub boot_id: Option<String>,
+    pub owner: String,
+    pub worker: String,
+    pub task: Option<i64>,
+}
+
+/// The book of live process groups, in `.agentq/procs/`.
+#[derive(Debug)]
+pub struct Book {
+    dir: PathBuf,
+    owner: String,
+    boot_id: Option<String>,
+}
+
+/// A recorded group; dropping it strikes the record (drop it once the group is dead).
+#[derive(Debug)]
+pub struct Recorded {
+    path: PathBuf,
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What start-up found of an earlier daemon's process group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub record: Record,
+    /// The pids killed (empty: the group was already gone).
+    pub killed: Vec<i32>,
+}
+
+impl Book {
+    pub fn new(state_dir: &Path, owner: &str) -> Book {
+        Book {
+            dir: state_dir.join("procs"),
+            owner: owner.to_string(),
+            boot_id: boot_id(),
+        }
+    }
+
+    /// Records the group led by `pid`, which was just started. `None` (with a warning) when the
+    /// record cannot be written: the agent still runs, it only would not be reaped after a crash.
+    pub fn record(&self, pid: u32, worker: &str, task: Option<i64>) -> Option<Recorded> {
+        let pid = pid as i32;
+        let start_ticks = stat(pid).map(|p| p.start_ticks)?;
+        let record = Record {
+            pgid: pid,
+            start_ticks,
+            boot_id: self.boot_id.clone(),
+            owner: self.owner.clone(),
+            worker: worker.to_string(),
+            task,
+        };
+        let path = self.dir.join(format!("{pid}-{start_ticks}.json"));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.dir)?;
+            let text = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+            std::fs::write(&path, text)
+        };
+        match write() {
+            Ok(()) => Some(Recorded { path }),
+            Err(e) => {
+                warn!(
+                    worker,
+                    pid,
+                    "cannot record the agent's process group in {}: {e}; it would not be reaped after a crash",
+                    self.dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Kills every group an earlier daemon recorded and left alive, and strikes the records. Only
+    /// for the daemon that holds the folder's lock: the records' writers are gone.
+    pub fn reap(&self) -> Vec<Reaped> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut reaped = Vec::new();
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let record = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+            match record {
+                Some(record) if record.owner == self.owner => continue,
+                Some(record) => {
+                    let killed = if record.boot_id == self.boot_id {
+                        kill_recorded(&record)
+                    } else {
+                        Vec::new()
+                    };
+                    reaped.push(Reaped { record, killed });
+                }
+                // Unreadable: a write cut short by the crash; nothing to go by.
+                None => {}
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        reaped
+    }
+}
+
+/// Kills what is provably left of a recorded group, and returns the pids it signalled.
+fn kill_recorded(record: &Record) -> Vec<i32> {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let members = group_members(record.pgid);
+    let leader = members.iter().find(|p| p.pid == record.pgid);
+    match leader {
+        // The leader lives with the recorded start time: the whole group is ours.
+        Some(leader) if leader.start_ticks == record.start_ticks => {
+            let _ = killpg(Pid::from_raw(record.pgid), Signal::SIGKILL);
+            members.iter().map(|p| p.pid).collect()
+        }
+        // The pid now names another process: not ours, whatever its group holds.
+        Some(_) => Vec::new(),
+        // The leader is gone (the parent-death signal killed it); what it left in the group
+        // started after it. Anything older cannot be ours.
+        None => members
+            .iter()
+            .filter(|p| p.start_ticks >= record.start_ticks)
+            .filter(|p| kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok())
+            .map(|p| p.pid)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_command_names_are_read() {
+        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1000000 25 18446744073709551615";
+        let p = parse_stat(4242, line).unwrap();
+        assert_eq!((p.state, p.ppid, p.pgrp), ('S', 1, 4242));
+        assert_eq!(p.start_ticks, 98765);
+        assert_eq!(p.rss, 25 * page_size());
+    }
+
+    #[test]
+    fn this_process_is_seen() {
+        let me = stat(std::process::id() as i32).unwrap();
+        assert!(me.rss > 0);
+        assert!(group_members(me.pgrp).iter().any(|p| p.pid == me.pid));
+    }
+
+    fn spawn_group(script: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_gone(pid: i32) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if stat(pid).is_none_or(|p| p.state == 'Z') {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_recorded_group_of_another_daemon_is_reaped_and_ours_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = Book::new(dir.path(), "old-daemon");
+        let mut theirs = spawn_group("sleep 30 & sleep 30 & wait");
+        let page = before.record(theirs.id(), "w", Some(1)).unwrap();
+        std::mem::forget(page); // the old daemon died without striking it
+        let ours = Book::new(dir.path(), "new-daemon");
+        let mut mine = spawn_group("sleep 30");
+        let mine_page = ours.record(mine.id(), "w", Some(2)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+
+        let reaped = ours.reap();
+        assert_eq!(reaped.len(), 1, "{reaped:?}");
+        assert_eq!(reaped[0].record.owner, "old-daemon");
+        assert!(reaped[0].killed.len() >= 2, "{reaped:?}");
+        let _ = theirs.wait();
+        assert!(
+            group_members(theirs.id() as i32).is_empty() || {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                group_members(theirs.id() as i32).is_empty()
+            }
+        );
+        assert!(stat(mine.id() as i32).is_some_and(|p| p.state != 'Z'));
+        assert!(mine_page.path.exists(), "our own record stays");
+        let _ = mine.kill();
+        let _ = mine.wait();
+        drop(mine_page);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("procs")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = spawn_group("sleep 30");
+        let pid = other.id() as i32;
+        let start = stat(pid).unwrap().start_ticks;
+        // A record of an earlier process that had this pid: it started before.
+        let record = Record {
+            pgid: pid,
+            start_ticks: start - 1,
+            boot_id: boot_id(),
+            owner: "old".into(),
+            worker: "w".into(),
+            task: None,
+        };
+        std::fs::create_dir_all(dir.path().join("procs")).unwrap();
+        std::fs::write(
+            dir.path().join("procs").join(format!("{pid}-1.json")),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        let reaped = Book::new(dir.path(), "new").reap();
+        assert_eq!(reaped.len(), 1);
+        assert!(reaped[0].killed.is_empty());
+        assert!(
+            stat(pid).is_some_and(|p| p.state != 'Z'),
+            "killed a stranger"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(wait_gone(pid));
+    }
+
+    #[test]
+    fn with_the_leader_gone_its_leftovers_are_found_by_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("left");
+        let mut leader = spawn_group(&format!(
+            "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 30' & sleep 0.2; exit 0",
+            pidfile.display()
+        ));
+        let page = Book::new(dir.path(), "old")
+            .record(leader.id(), "w", None)
+            .unwrap();
+        std::mem::forget(page);
+        let _ = leader.wait();
+        let left: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(stat(left).is_some());
+        let reaped = Book::new(dir.path(), "new").reap();
+        assert_eq!(reaped[0].killed, vec![left]);
+        assert!(wait_gone(left), "the leftover survived");
+    }
+}
