@@ -180,6 +180,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     ));
 
     let mut memory = crate::memory::Watch::new(group.map(Pid::as_raw), spec.memory.clone());
+    memory.sample_leader();
     let deadline = tokio::time::sleep(spec.timeout);
     tokio::pin!(deadline, stop);
     let mut linger_until: Option<tokio::time::Instant> = None;
@@ -215,9 +216,6 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         }
     };
     feeder.abort();
-    if memory.peak.is_none() {
-        memory.sample_now();
-    }
 
     // The agent is gone; anything still in its group is a leftover, killed now. What is already in
     // the pipes is still read. Something that left the group yet holds a pipe open would keep the

@@ -77,7 +77,7 @@ fn event_log(config: &Config) -> crate::logfile::EventLog {
     )
 }
 
-fn print_json(value: &impl Serialize) {
+fn print_json(value: &(impl Serialize + ?Sized)) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("our types serialise")
@@ -553,7 +553,7 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
     let json = args.out.json;
     let print = move |e: &LogEvent| {
         if json {
-            // One event per line, as in the log itself, so the output can be piped on.
+            // Following: one event per line, as in the log itself, so the output can be piped on.
             println!("{}", serde_json::to_string(e).expect("events serialise"));
             return;
         }
@@ -576,6 +576,10 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
     } else {
         0
     };
+    if json && !args.follow {
+        print_json(&list[from..]);
+        return Ok(());
+    }
     for e in &list[from..] {
         print(e);
     }

@@ -74,7 +74,7 @@ impl Watch {
         let now = Instant::now();
         Watch {
             pgid,
-            next_sample: now,
+            next_sample: now + policy.sample_every,
             next_report: now + policy.report_every,
             policy,
             peak: None,
@@ -106,6 +106,14 @@ impl Watch {
         }
     }
 
+    /// The group's first sample, of its leader alone (just started, it is the whole group): one
+    /// read, so even a task too short for a scheduled sample has a figure.
+    pub fn sample_leader(&mut self) {
+        if let Some(p) = self.pgid.and_then(crate::procs::stat) {
+            self.peak = Some(self.peak.map_or(p.rss, |old| old.max(p.rss)));
+        }
+    }
+
     /// One more sample, outside the schedule (at the end, so a short run has a figure too).
     pub fn sample_now(&mut self) {
         if let Some(rss) = self.pgid.and_then(group_rss) {
@@ -116,6 +124,15 @@ impl Watch {
     /// The peak in MiB, to one decimal.
     pub fn peak_mb(&self) -> Option<f64> {
         self.peak.map(mb)
+    }
+}
+
+/// Bytes for people: MiB to one decimal, or KiB below a MiB.
+pub fn human(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes.div_ceil(1024))
+    } else {
+        format!("{} MiB", mb(bytes))
     }
 }
 

@@ -372,7 +372,7 @@ impl Persistent {
     /// The process is gone or going: make sure of it, and say what it left on stderr.
     async fn died(&mut self) -> TaskEnd {
         // Its stdout closed; give it a moment to exit and its stderr to drain.
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.child.wait()).await;
+        let _ = self.exited_within(Duration::from_millis(500)).await;
         self.kill().await;
         TaskEnd::Died {
             stderr: self.stderr_tail(),

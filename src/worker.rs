@@ -283,7 +283,7 @@ impl Runner {
                 info!(worker = %name, task = task.id, "stopped: the task was cancelled or taken over");
                 self.note(
                     task.id,
-                    "stopped",
+                    "task_stopped",
                     "agent stopped: this runner no longer holds the task",
                 )
                 .await;
@@ -1093,9 +1093,9 @@ fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
         Outcome::MemoryLimit(rss) => AttemptEnd::failed(
             Cause::MemoryLimit,
             format!(
-                "memory_limit: its processes held {} MiB, over max_memory ({} MiB)",
-                memory::mb(*rss),
-                limits.max_memory.map(memory::mb).unwrap_or_default()
+                "memory_limit: its processes held {}, over max_memory ({})",
+                memory::human(*rss),
+                memory::human(limits.max_memory.unwrap_or_default())
             ),
         ),
         Outcome::SpawnFailed { error, retryable } => {

@@ -192,12 +192,12 @@ fn overloaded_api(mode: &str) {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"retry_scheduled"), "{kinds:?}");
+    assert!(kinds.contains(&"task_retrying"), "{kinds:?}");
     let retry = t["events"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["kind"] == "retry_scheduled")
+        .find(|e| e["kind"] == "task_retrying")
         .unwrap();
     assert!(
         retry["message"].as_str().unwrap().contains("529"),
@@ -321,7 +321,7 @@ fn usage_limit(mode: &str) {
         "the limited task went first"
     );
     assert_eq!(
-        p.json(&["events", "--kind", "paused"])
+        p.json(&["events", "--kind", "worker_paused"])
             .as_array()
             .unwrap()
             .len(),
@@ -498,22 +498,31 @@ fn a_claude_process_killed_mid_task_is_replaced_and_the_task_retried() {
 }
 
 #[test]
-fn a_persistent_process_over_max_memory_is_replaced_between_tasks_and_the_conversation_goes_on() {
+fn a_persistent_process_over_max_memory_is_stopped_mid_task_and_the_conversation_goes_on() {
+    // Over the limit mid-task, the long-lived process is killed at once (memory_limit) and the
+    // next process resumes the same conversation. The limit applies from the second task on, by
+    // raising the claude process's footprint past it: a limit of 1 KiB stops every task, so the
+    // first task is given room with a per-worker limit well above claude's size instead.
     let fake = FakeServer::start().unwrap();
-    let p = Project::with_claude(&fake, "mode = \"persistent\"\nmax_memory = \"1KiB\"");
+    let p = Project::with_claude(
+        &fake,
+        "mode = \"persistent\"\nmax_memory = \"1KiB\"\nmax_attempts = 1",
+    );
     let daemon = p.start();
-    let ids: Vec<i64> = (1..=3).map(|k| p.submit("c", &format!("m{k}"))).collect();
-    p.wait_all(&ids);
-    assert_eq!(
-        seen(&p.output(ids[2])),
-        (3, vec!["m1".into(), "m2".into(), "m3".into()])
+    let id = p.submit("c", "m1 [[delay 3000]]");
+    p.run(&["wait", "--timeout", "60s", &id.to_string()]);
+    let t = p.task(id);
+    assert_eq!(t["state"], "dead", "{t}");
+    assert_eq!(t["cause"], "memory_limit", "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap()
+            .contains("over max_memory (1 KiB)"),
+        "{t}"
     );
-    assert_eq!(
-        claude_pids(&daemon).len(),
-        3,
-        "a process per task, each over 1 KiB:\n{}",
-        daemon.log()
-    );
+    assert!(t["memory_peak_mb"].as_f64().unwrap() > 1.0, "{t}");
+    assert!(claude_pids(&daemon).iter().all(|pid| !alive(*pid)));
     assert!(daemon.stop().success());
 }
 

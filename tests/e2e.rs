@@ -233,7 +233,7 @@ fn bad_prompt_files_are_set_aside_with_reasons_while_good_ones_succeed() {
         b"caf\xe9"
     );
 
-    let events = p.json(&["events", "--kind", "rejected"]);
+    let events = p.json(&["events", "--kind", "file_rejected"]);
     assert_eq!(
         events.as_array().unwrap().len(),
         expected.len() + usize::from(!root)
@@ -295,7 +295,7 @@ fn a_failing_agent_is_retried_with_backoff_then_dead_and_can_be_retried() {
     let out = p.run(&["wait", &id.to_string()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stdout).contains("dead: exit code 7"),
+        text(&out.stdout).contains("dead: crashed (exit code 7)"),
         "{}",
         text(&out.stdout)
     );
@@ -314,13 +314,13 @@ fn a_failing_agent_is_retried_with_backoff_then_dead_and_can_be_retried() {
     assert_eq!(
         kinds,
         [
-            "submitted",
-            "started",
-            "retry_scheduled",
-            "started",
-            "retry_scheduled",
-            "started",
-            "dead"
+            "task_queued",
+            "task_started",
+            "task_retrying",
+            "task_started",
+            "task_retrying",
+            "task_started",
+            "task_finished"
         ]
     );
     assert_eq!(p.runs().len(), 3);
@@ -427,7 +427,7 @@ fn cancelling_a_running_task_stops_its_agent() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["kind"] == "stopped")
+            .any(|e| e["kind"] == "task_stopped")
     });
     // A cancelled task does not come back by itself, and the worker goes on with the next one.
     let next = p.submit("w", "next");
@@ -486,11 +486,11 @@ fn after_kill_9_the_next_daemon_recovers_the_running_task() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(
-        kinds.iter().filter(|k| **k == "succeeded").count(),
+        kinds.iter().filter(|k| **k == "task_finished").count(),
         1,
         "{kinds:?}"
     );
-    assert!(kinds.contains(&"recovered"), "{kinds:?}");
+    assert!(kinds.contains(&"task_recovered"), "{kinds:?}");
     assert_eq!(t["attempts"], 1, "the interrupted attempt was not counted");
     assert_eq!(t["output"], "finished\n");
     assert!(daemon.stop().success());
@@ -820,7 +820,7 @@ fn when_wait_returns_the_output_files_are_there() {
         assert_eq!(record["state"], "succeeded");
         assert_eq!(
             record["events"].as_array().unwrap().last().unwrap()["kind"],
-            "succeeded"
+            "task_finished"
         );
         assert_eq!(read(&p.path(".output/w/latest.txt")), format!("done: n{i}"));
     }

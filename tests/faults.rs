@@ -1,0 +1,341 @@
+//! Fault injection: the project's misbehaving agent (`agentq-test-agent`) hangs, ignores SIGTERM,
+//! leaves grandchildren, eats memory, crashes, floods its output and lingers, and each time the
+//! recorded cause, the timing, the process table and the next task on the worker are checked.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TEST_AGENT: &str = env!("CARGO_BIN_EXE_agentq-test-agent");
+
+/// A project with one worker `w` running the test agent, which writes every pid it starts
+/// (grandchildren too) to `pids.log`.
+fn project(extra: &str) -> Project {
+    let p = Project::new("");
+    let config = format!(
+        "[defaults]\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"\nkill_timeout = \"500ms\"\n{extra}\n\
+         [[worker]]\nname = \"w\"\ncommand = [\"{TEST_AGENT}\"]\nenv = {{ AGENTQ_TEST_PIDS = \"{}\" }}\n",
+        p.path("pids.log").display()
+    );
+    std::fs::write(p.path("agentq.toml"), config).unwrap();
+    p
+}
+
+/// Every pid the test agent wrote.
+fn pids(p: &Project) -> Vec<i32> {
+    std::fs::read_to_string(p.path("pids.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits (bounded) until none of the agent's processes is left in the process table.
+fn none_left(p: &Project) {
+    let all = pids(p);
+    assert!(!all.is_empty(), "the agent wrote no pid");
+    wait_until(
+        Duration::from_secs(5),
+        "every agent process to be gone",
+        || all.iter().all(|pid| !alive(*pid)),
+    );
+}
+
+/// Runs one faulty task with `max_attempts = 1`, then a good one on the same worker; returns the
+/// faulty task's record and how long it took to end.
+fn fault(p: &Project, prompt: &str) -> (serde_json::Value, Duration) {
+    let started = Instant::now();
+    let id = p.submit("w", prompt);
+    p.run(&["wait", "--timeout", "60s", &id.to_string()]);
+    let took = started.elapsed();
+    let next = p.submit("w", "next one");
+    p.ok(&["wait", "--timeout", "60s", &next.to_string()]);
+    assert_eq!(p.output(next), "done: next one\n", "the next task runs");
+    (p.task(id), took)
+}
+
+#[test]
+fn a_timeout_kills_a_grandchild_that_ignores_sigterm() {
+    let p = project("timeout = \"1s\"\nmax_attempts = 1");
+    let daemon = p.start();
+    let (t, took) = fault(&p, "[[ignore-term]] [[grandchildren 2]] [[hang]]");
+    assert_eq!(t["state"], "dead");
+    assert_eq!(t["cause"], "timeout");
+    assert!(t["error"].as_str().unwrap().starts_with("timeout"), "{t}");
+    // 1 s of timeout, 0.5 s of grace, then SIGKILL: well under 5 s.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(
+        pids(&p).len(),
+        3 + 1,
+        "agent, two grandchildren, the next task"
+    );
+    none_left(&p);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_silent_agent_is_stopped_by_the_idle_watchdog_and_a_busy_one_is_not() {
+    let p = project("idle_timeout = \"700ms\"\nmax_attempts = 1");
+    let daemon = p.start();
+    let (t, took) = fault(&p, "[[say started]] [[hang]]");
+    assert_eq!(t["cause"], "idle_timeout", "{t}");
+    assert!(t["error"].as_str().unwrap().contains("no output for 700ms"));
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    none_left(&p);
+    // Output every 200 ms for two seconds: busy, never idle for 700 ms.
+    let id = p.submit("w", "[[tick 2000 200]]");
+    p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+    assert_eq!(p.state(id), "succeeded");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_tree_over_max_memory_is_stopped_with_its_peak_and_reports_on_the_way() {
+    let p = project(
+        "max_memory = \"150MiB\"\nmemory_report_interval = \"200ms\"\nmax_attempts = 1\n\
+         [daemon]\nmemory_sample_interval = \"100ms\"",
+    );
+    let daemon = p.start();
+    let (t, took) = fault(&p, "[[grow 20 100]]");
+    assert_eq!(t["cause"], "memory_limit", "{t}");
+    let peak = t["memory_peak_mb"].as_f64().unwrap();
+    assert!(peak > 150.0 && peak < 400.0, "peak {peak} MiB");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    none_left(&p);
+    let reports = p.json(&["events", "--kind", "memory_report", "--task", "1"]);
+    let reports = reports.as_array().unwrap();
+    assert!(reports.len() >= 2, "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .all(|r| r["peak_mb"].as_f64().unwrap() >= r["rss_mb"].as_f64().unwrap())
+    );
+    // A task that finishes records its duration and peak too.
+    let done = p.task(2);
+    assert!(done["duration_ms"].as_i64().is_some());
+    assert!(done["memory_peak_mb"].as_f64().is_some(), "{done}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_crash_by_signal_is_recorded_as_such_and_retried() {
+    let p = project("max_attempts = 2");
+    let daemon = p.start();
+    let (t, _) = fault(&p, "[[crash SEGV]]");
+    assert_eq!(t["state"], "dead");
+    assert_eq!(t["cause"], "crashed");
+    assert!(
+        t["error"].as_str().unwrap().contains("signal 11, SIGSEGV"),
+        "{t}"
+    );
+    let history = t["attempt_history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "every attempt is kept: {history:?}");
+    assert!(history.iter().all(|a| a["cause"] == "crashed"));
+    // A dead task comes back by hand.
+    p.ok(&["retry", "1"]);
+    let again = p.run(&["wait", "--timeout", "60s", "1"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(p.task(1)["attempt_history"].as_array().unwrap().len(), 4);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn garbage_and_huge_output_are_kept_within_the_cap() {
+    let p = project("max_attempts = 1\n[daemon]\noutput_cap = \"1MiB\"");
+    let daemon = p.start();
+    let (t, _) = fault(&p, "[[garbage 5000]] [[huge 50000000]] [[stderr 3000000]]");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    // Invalid bytes are kept as U+FFFD, three bytes each: at most three times the cap.
+    assert!(t["output"].as_str().unwrap().len() <= 3 << 20);
+    assert!(t["stderr_tail"].as_str().unwrap().len() <= 64 << 10);
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"output_truncated"), "{kinds:?}");
+    none_left(&p);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn an_agent_that_lingers_after_its_result_is_stopped_and_the_task_succeeds() {
+    let p = project("linger_timeout = \"500ms\"\ntimeout = \"30s\"");
+    let daemon = p.start();
+    // Closing stdout says the result is final; the process then lingers for ever.
+    let (t, took) = fault(&p, "answer [[result]] [[close-stdout]] [[linger]]");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["output"], "done: answer\n");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"task_lingered"), "{kinds:?}");
+    none_left(&p);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_claude_exec_run_that_hangs_after_its_result_line_is_stopped_and_succeeds() {
+    // The test agent stands in for the CLI: it prints a result line like `claude -p
+    // --output-format json` and keeps stdout open, as the CLI has been seen to.
+    let p = Project::new(&format!(
+        "[defaults]\nlinger_timeout = \"500ms\"\nkill_timeout = \"500ms\"\n\
+         [[worker]]\nname = \"w\"\nagent = \"claude\"\nclaude_bin = \"{TEST_AGENT}\"\n"
+    ));
+    let daemon = p.start();
+    let started = Instant::now();
+    let id = p.submit("w", "hello [[claude-json]] [[linger]]");
+    p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(p.output(id), "done: hello");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_long_lived_process_that_keeps_dying_leaves_the_worker_errored_until_restarted() {
+    let p = Project::new("");
+    let bin = p.path("dies-at-once");
+    std::fs::write(&bin, "#!/bin/sh\necho 'cannot start' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        p.path("agentq.toml"),
+        format!(
+            "[defaults]\nbackoff = \"10ms\"\nmax_backoff = \"20ms\"\nmax_attempts = 10\n\
+             max_restarts = 2\nrestart_delay = \"50ms\"\nmin_uptime = \"10s\"\n\
+             [[worker]]\nname = \"c\"\nmode = \"persistent\"\nclaude_bin = \"{}\"\n",
+            bin.display()
+        ),
+    )
+    .unwrap();
+    let daemon = p.start();
+    let id = p.submit("c", "anything");
+    wait_until(Duration::from_secs(20), "the worker to go errored", || {
+        p.json(&["status"])["workers"][0]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("errored")
+    });
+    let state = p.json(&["status"])["workers"][0]["state"].clone();
+    assert!(
+        state.as_str().unwrap().contains("died 3 times in a row"),
+        "{state}"
+    );
+    // Errored, it claims nothing.
+    let attempts = p.task(id)["attempts"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.task(id)["attempts"].as_u64().unwrap(), attempts);
+    assert_eq!(p.state(id), "queued");
+    // A restart clears it; the process is then allowed its restarts again.
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\nwhile read line; do printf '{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"ok\"}\\n'; done\n",
+    )
+    .unwrap();
+    assert!(
+        p.ok(&["worker", "restart", "c"])
+            .contains("no longer errored")
+    );
+    p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+    assert_eq!(p.output(id), "ok");
+    let events = p.json(&["events", "--worker", "c"]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["agent_restarting", "worker_errored", "worker_restarted"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn kill_9_of_the_daemon_under_load_loses_nothing_and_leaves_no_process() {
+    // 4 workers x 50 prompt files. Each agent leaves a grandchild that ignores SIGTERM, so a
+    // crashed daemon's leftovers are there to be reaped.
+    let p = Project::new("");
+    let mut config =
+        String::from("[defaults]\nkill_timeout = \"500ms\"\n[intake]\nsettle = \"50ms\"\n");
+    for w in ["a", "b", "c", "d"] {
+        config.push_str(&format!(
+            "[[worker]]\nname = \"{w}\"\ncommand = [\"{TEST_AGENT}\"]\nenv = {{ AGENTQ_TEST_PIDS = \"{}\" }}\n",
+            p.path("pids.log").display()
+        ));
+    }
+    std::fs::write(p.path("agentq.toml"), config).unwrap();
+    let daemon = p.start();
+    for i in 0..50 {
+        for w in ["a", "b", "c", "d"] {
+            p.drop_file(
+                &format!(".queue/{w}/{i:03}.prompt"),
+                format!("{w}{i} [[grandchildren 1]] [[sleep 50]]").as_bytes(),
+            );
+        }
+    }
+    wait_until(Duration::from_secs(60), "some tasks to finish", || {
+        p.totals()["succeeded"].as_u64().unwrap_or(0) >= 40
+    });
+    let first_pid = daemon.pid();
+    daemon.kill9();
+    let seen_before = pids(&p);
+    // The first daemon's agents die with it (parent-death signal); their grandchildren are left
+    // for the next daemon to reap.
+    let daemon = p.start();
+    wait_until(Duration::from_secs(120), "all 200 tasks to finish", || {
+        p.totals()["succeeded"].as_u64().unwrap_or(0) == 200
+    });
+    assert!(!alive(first_pid));
+    assert!(daemon.stop().success());
+    // The first daemon was killed mid-task: the second found its leftovers and killed them.
+    let reaped = p.json(&["events", "--kind", "agent_reaped", "--limit", "0"]);
+    assert!(!reaped.as_array().unwrap().is_empty(), "nothing was reaped");
+    let recovered = p.json(&["events", "--kind", "task_recovered", "--limit", "0"]);
+    assert!(
+        !recovered.as_array().unwrap().is_empty(),
+        "no task was running at the kill"
+    );
+    // Everything either daemon started is gone.
+    let all = pids(&p);
+    assert!(all.len() >= seen_before.len());
+    wait_until(Duration::from_secs(10), "no agent process left", || {
+        all.iter().all(|pid| !alive(*pid))
+    });
+    // Each task completed exactly once, and each prompt became exactly one task.
+    let tasks = p.json(&["tasks", "--limit", "0"]);
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 200);
+    let mut prompts: Vec<String> = Vec::new();
+    for t in tasks {
+        let id = t["id"].as_i64().unwrap();
+        let full = p.task(id);
+        assert_eq!(full["state"], "succeeded");
+        let finished = full["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "task_finished")
+            .count();
+        assert_eq!(finished, 1, "task {id}: {full}");
+        prompts.push(full["prompt"].as_str().unwrap().to_string());
+    }
+    prompts.sort();
+    prompts.dedup();
+    assert_eq!(prompts.len(), 200, "no prompt file taken twice");
+    for w in ["a", "b", "c", "d"] {
+        let left: Vec<_> = std::fs::read_dir(p.path(&format!(".queue/{w}")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != ".taking" && n != "rejected")
+            .collect();
+        assert!(left.is_empty(), "{w}: {left:?}");
+    }
+}
