@@ -52,6 +52,9 @@ pub struct Spec {
     pub memory: crate::memory::Policy,
     /// Where the agent's process group is recorded while it lives (for reaping after a crash).
     pub book: Option<Booking>,
+    /// The task's agent log: everything the agent writes, stdout and stderr as it comes, uncut
+    /// by the caps (rotated by size instead).
+    pub log: Option<Arc<crate::logfile::RotatingFile>>,
 }
 
 /// Who records an agent's process group, and under which worker and task.
@@ -165,7 +168,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         let _ = stdin.shutdown().await;
     });
     let cut = CancellationToken::new();
-    let watch = Arc::new(Activity::new(spec.final_line));
+    let watch = Arc::new(Activity::new(spec.final_line, spec.log.clone()));
     let stdout = tokio::spawn(read_head(
         child.stdout.take().expect("stdout was piped"),
         spec.output_cap,
@@ -248,21 +251,37 @@ struct Activity {
     final_line: Option<fn(&str) -> bool>,
     /// Stdout closed, or the final result line was read.
     finished: CancellationToken,
+    log: Option<Arc<crate::logfile::RotatingFile>>,
+    /// Set once writing the log failed: said once, then the log is left alone.
+    log_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
-    fn new(final_line: Option<fn(&str) -> bool>) -> Activity {
+    fn new(
+        final_line: Option<fn(&str) -> bool>,
+        log: Option<Arc<crate::logfile::RotatingFile>>,
+    ) -> Activity {
         Activity {
             born: Instant::now(),
             last: AtomicU64::new(0),
             final_line,
             finished: CancellationToken::new(),
+            log,
+            log_failed: Default::default(),
         }
     }
 
-    fn touch(&self) {
+    /// Output arrived: note the time, and keep it in the task's log.
+    fn output(&self, bytes: &[u8]) {
         self.last
             .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(log) = &self.log
+            && !self.log_failed.load(Ordering::Relaxed)
+            && let Err(e) = log.append(bytes)
+        {
+            self.log_failed.store(true, Ordering::Relaxed);
+            tracing::warn!("cannot write the task's agent log: {e}");
+        }
     }
 
     /// Completes once nothing was written for `limit`; never without a limit.
@@ -328,7 +347,7 @@ async fn read_head(
             n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
             _ = cut.cancelled() => break,
         };
-        activity.touch();
+        activity.output(&buf[..n]);
         let room = cap.saturating_sub(kept.len());
         let from = kept.len();
         kept.extend_from_slice(&buf[..n.min(room)]);
@@ -364,7 +383,7 @@ async fn read_tail(
             n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
             _ = cut.cancelled() => break,
         };
-        activity.touch();
+        activity.output(&buf[..n]);
         kept.extend_from_slice(&buf[..n]);
         if kept.len() > cap.saturating_mul(2).max(1) {
             kept.drain(..kept.len() - cap);
@@ -396,6 +415,7 @@ mod tests {
             final_line: None,
             memory: crate::memory::Policy::default(),
             book: None,
+            log: None,
         }
     }
 

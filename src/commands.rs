@@ -469,6 +469,10 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
     let events = store.events_of(id).await?;
     let attempts = store.attempts_of(id).await?;
+    let agent_log = config
+        .task_log_dir(&task.worker)
+        .join(format!("task_{id}.log"));
+    let agent_log = agent_log.exists().then_some(agent_log);
     if args.out.json {
         let mut record = serde_json::to_value(TaskRecord {
             task: &task,
@@ -476,6 +480,7 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
         })
         .expect("our types serialise");
         record["attempt_history"] = serde_json::to_value(&attempts).expect("our types serialise");
+        record["agent_log"] = serde_json::to_value(&agent_log).expect("paths serialise");
         print_json(&record);
         return Ok(());
     }
@@ -504,6 +509,9 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
         opt(task.exit_code.map(|c| c.to_string()))
     );
     println!("error:       {}", opt(task.error.clone()));
+    if let Some(log) = &agent_log {
+        println!("agent log:   {}", log.display());
+    }
     if !attempts.is_empty() {
         println!("\n--- attempts");
         for a in &attempts {

@@ -216,25 +216,28 @@ impl Persistent {
             timeout,
             None,
             crate::memory::Policy::default(),
+            None,
             grace,
             stop,
         )
         .await
     }
 
-    /// [`Persistent::run`] with the idle and memory watchdogs.
+    /// [`Persistent::run`] with the idle and memory watchdogs, and the task's lines kept in `log`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_watched(
         &mut self,
         prompt: &str,
         timeout: Duration,
         idle_timeout: Option<Duration>,
         memory: crate::memory::Policy,
+        log: Option<Arc<crate::logfile::RotatingFile>>,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
         let mut watch = crate::memory::Watch::new(self.group.map(Pid::as_raw), memory);
         let end = self
-            .serve(prompt, timeout, idle_timeout, &mut watch, grace, stop)
+            .serve(prompt, timeout, idle_timeout, &mut watch, log, grace, stop)
             .await;
         if watch.peak.is_none() {
             watch.sample_now();
@@ -243,12 +246,14 @@ impl Persistent {
         end
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn serve(
         &mut self,
         prompt: &str,
         timeout: Duration,
         idle_timeout: Option<Duration>,
         watch: &mut crate::memory::Watch,
+        log: Option<Arc<crate::logfile::RotatingFile>>,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
@@ -309,6 +314,10 @@ impl Persistent {
                 read = self.lines.next_line() => {
                     let Ok(Some(text)) = read else { return self.died().await };
                     last_line = tokio::time::Instant::now();
+                    if let Some(log) = &log {
+                        // The transcript is a record, not the result: a failed write loses only it.
+                        let _ = log.append(format!("{text}\n").as_bytes());
+                    }
                     let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
                     if let Some(id) = value.get("session_id").and_then(Value::as_str) {
                         self.session_id = id.to_string();

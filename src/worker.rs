@@ -60,6 +60,8 @@ pub struct Life {
     pub restarts: u32,
     /// The next process may not start before this (restart delay).
     pub not_before: Option<Instant>,
+    /// Tasks this runner has started (for pruning logs now and then).
+    pub tasks: u64,
 }
 
 /// What the restart policy says after a death.
@@ -141,7 +143,13 @@ impl Runner {
         {
             return;
         }
-        *self.life.lock().unwrap_or_else(|p| p.into_inner()) = Life::default();
+        {
+            let mut life = self.life.lock().unwrap_or_else(|p| p.into_inner());
+            *life = Life {
+                tasks: life.tasks,
+                ..Life::default()
+            };
+        }
         if let Some(process) = self.persistent.lock().await.take() {
             info!(worker = %self.worker.name, "restart asked: stopping the long-lived process");
             process.shutdown(self.worker.limits.kill_timeout).await;
@@ -500,7 +508,31 @@ impl Runner {
                 worker: self.worker.name.clone(),
                 task: Some(task.id),
             }),
+            log: Some(Arc::new(self.task_log(task))),
         }
+    }
+
+    /// The task's agent log, `.agentq/logs/<worker>/task_<id>.log`, rotated by size. Every
+    /// hundredth task of the worker (and its first), its oldest logs beyond `task_logs_keep` are
+    /// removed.
+    fn task_log(&self, task: &Task) -> crate::logfile::RotatingFile {
+        let dir = self.config.task_log_dir(&self.worker.name);
+        let nth = {
+            let mut life = self.life.lock().unwrap_or_else(|p| p.into_inner());
+            life.tasks += 1;
+            life.tasks
+        };
+        if nth % 100 == 1 {
+            let keep = self.config.daemon.task_logs_keep as usize;
+            if let Err(e) = crate::logfile::prune(&dir, "task_", keep) {
+                warn!(worker = %self.worker.name, "cannot prune the agent logs in {}: {e}", dir.display());
+            }
+        }
+        crate::logfile::RotatingFile::new(
+            dir.join(format!("task_{}.log", task.id)),
+            self.config.daemon.log_max_size,
+            self.config.daemon.log_backups,
+        )
     }
 
     /// How an agent's memory is watched: sampled on the daemon's schedule, stopped past the
@@ -779,6 +811,7 @@ impl Runner {
                     spec.timeout,
                     spec.idle_timeout,
                     self.memory_policy(Some(task.id)),
+                    spec.log.clone(),
                     grace,
                     stop.future(),
                 )

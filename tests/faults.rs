@@ -143,7 +143,9 @@ fn a_crash_by_signal_is_recorded_as_such_and_retried() {
 
 #[test]
 fn garbage_and_huge_output_are_kept_within_the_cap() {
-    let p = project("max_attempts = 1\n[daemon]\noutput_cap = \"1MiB\"");
+    let p = project(
+        "max_attempts = 1\n[daemon]\noutput_cap = \"1MiB\"\nlog_max_size = \"1MiB\"\nlog_backups = 2",
+    );
     let daemon = p.start();
     let (t, _) = fault(&p, "[[garbage 5000]] [[huge 50000000]] [[stderr 3000000]]");
     assert_eq!(t["state"], "succeeded", "{t}");
@@ -157,6 +159,13 @@ fn garbage_and_huge_output_are_kept_within_the_cap() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert!(kinds.contains(&"output_truncated"), "{kinds:?}");
+    // The agent log has the whole stream, rotated: the newest 1 MiB and two older files.
+    let log = std::path::PathBuf::from(t["agent_log"].as_str().unwrap());
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let rotated = |n: u32| std::path::PathBuf::from(format!("{}.{n}", log.display()));
+    assert!(size(&log) > 0 && size(&log) <= (1 << 20) + (64 << 10));
+    assert!(size(&rotated(1)) > 0 && size(&rotated(2)) > 0);
+    assert!(!rotated(3).exists(), "at most two backups");
     none_left(&p);
     assert!(daemon.stop().success());
 }
@@ -338,4 +347,54 @@ fn kill_9_of_the_daemon_under_load_loses_nothing_and_leaves_no_process() {
             .collect();
         assert!(left.is_empty(), "{w}: {left:?}");
     }
+}
+
+#[test]
+fn sigterm_lets_running_tasks_finish_and_a_second_one_stops_the_rest_losing_nothing() {
+    let p = Project::new("");
+    let mut config =
+        String::from("[defaults]\nkill_timeout = \"500ms\"\n[daemon]\nshutdown_grace = \"30s\"\n");
+    for w in ["quick", "stuck"] {
+        config.push_str(&format!(
+            "[[worker]]\nname = \"{w}\"\ncommand = [\"{TEST_AGENT}\"]\nenv = {{ AGENTQ_TEST_PIDS = \"{}\" }}\n",
+            p.path("pids.log").display()
+        ));
+    }
+    std::fs::write(p.path("agentq.toml"), config).unwrap();
+    let mut daemon = p.start();
+    let quick = p.submit("quick", "[[sleep 1000]]");
+    let stuck = p.submit("stuck", "[[ignore-term]] [[hang]]");
+    let queued = p.submit("quick", "behind the quick one");
+    wait_until(Duration::from_secs(10), "both agents to run", || {
+        pids(&p).len() == 2
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    // The running task finishes within the grace; nothing new starts.
+    wait_until(Duration::from_secs(10), "the quick task to finish", || {
+        p.state(quick) == "succeeded"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.state(queued), "queued", "no claim after the first signal");
+    assert_eq!(p.state(stuck), "running");
+    // The second signal stops the rest at once: SIGTERM, 500 ms, SIGKILL.
+    let second = Instant::now();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(10)).success());
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        second.elapsed()
+    );
+    let t = p.task(stuck);
+    assert_eq!(
+        (t["state"].as_str(), t["attempts"].as_i64()),
+        (Some("queued"), Some(0))
+    );
+    none_left(&p);
+    // And the next daemon runs what was left.
+    let daemon = p.start();
+    p.ok(&["wait", "--timeout", "60s", &queued.to_string()]);
+    p.ok(&["cancel", &stuck.to_string()]);
+    assert!(daemon.stop().success());
+    none_left(&p);
 }
