@@ -438,7 +438,12 @@ impl Config {
     /// Parses the text of a config file that lives at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
         let at = |span: Option<std::ops::Range<usize>>, message: String| {
-            let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
+            // A rule about one key ("idle_timeout must be above 0") points at where it is set.
+            let offset = span
+                .map(|s| s.start)
+                .or_else(|| key_offset(text, &message))
+                .unwrap_or(0);
+            let (line, column) = line_col(text, offset);
             Error::Config {
                 path: path.to_path_buf(),
                 line,
@@ -877,6 +882,28 @@ fn plain_words(message: &str) -> String {
     m
 }
 
+/// Where the key a message is about (its first word, after a `[section] `) is set in `text`: the
+/// last line that assigns it, as that is the one that counts for a worker's own setting.
+fn key_offset(text: &str, message: &str) -> Option<usize> {
+    let rest = message
+        .strip_prefix('[')
+        .and_then(|m| m.split_once("] "))
+        .map_or(message, |(_, r)| r);
+    let key = rest.split_whitespace().next()?;
+    let mut offset = 0;
+    let mut found = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(after) = trimmed.strip_prefix(key)
+            && after.trim_start().starts_with('=')
+        {
+            found = Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    found
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -919,6 +946,45 @@ mod tests {
         assert_eq!(w.limits.max_attempts, 3);
         assert_eq!(c.max_prompt_size, 10 << 20);
         assert_eq!(c.resolve_worker(None).unwrap().name, "w");
+    }
+
+    #[test]
+    fn supervision_settings_have_defaults_inherit_and_are_checked() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        let l = &c.workers[0].limits;
+        assert_eq!(l.idle_timeout, None);
+        assert_eq!(l.linger_timeout, Duration::from_secs(10));
+        assert_eq!(l.memory_report_interval, Duration::from_secs(10));
+        assert_eq!(l.max_memory, None);
+        assert!(l.restart.autorestart);
+        assert_eq!(c.daemon.memory_sample_interval, Duration::from_secs(1));
+
+        let c = parse(
+            "[defaults]\nidle_timeout = \"2m\"\nmax_memory = \"2GiB\"\nmax_restarts = 4\nrestart_delay = \"2s\"\n\
+             [[worker]]\nname = \"a\"\ncommand = [\"x\"]\n\
+             [[worker]]\nname = \"b\"\ncommand = [\"x\"]\nmax_memory = \"512MiB\"\nautorestart = false\nmin_uptime = \"30s\"\n",
+        )
+        .unwrap();
+        let (a, b) = (&c.workers[0].limits, &c.workers[1].limits);
+        assert_eq!(a.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(a.max_memory, Some(2 << 30));
+        assert_eq!(b.max_memory, Some(512 << 20), "a worker's own setting wins");
+        assert_eq!(
+            (a.restart.max_restarts, a.restart.restart_delay),
+            (4, Duration::from_secs(2))
+        );
+        assert!(a.restart.autorestart && !b.restart.autorestart);
+        assert_eq!(b.restart.min_uptime, Duration::from_secs(30));
+
+        let e = err_text("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nidle_timeout = \"0s\"\n");
+        assert!(
+            e.contains("agentq.toml:4:1") && e.contains("idle_timeout must be above 0"),
+            "{e}"
+        );
+        let e = err_text("[daemon]\nmemory_sample_interval = \"1ms\"\n");
+        assert!(e.contains(":2:1") && e.contains("at least 50ms"), "{e}");
+        let e = err_text("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nautorestart = \"yes\"\n");
+        assert!(e.contains(":4:") && e.contains("true or false"), "{e}");
     }
 
     #[test]

@@ -1227,3 +1227,113 @@ async fn keep_lease(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RestartPolicy;
+
+    const POLICY: RestartPolicy = RestartPolicy {
+        autorestart: true,
+        max_restarts: 3,
+        min_uptime: Duration::from_secs(10),
+        restart_delay: Duration::from_secs(1),
+    };
+
+    #[test]
+    fn quick_deaths_back_off_then_leave_the_worker_errored() {
+        let mut life = Life::default();
+        let quick = Duration::from_secs(1);
+        let delays: Vec<Verdict> = (0..3)
+            .map(|_| after_death(&mut life, &POLICY, quick))
+            .collect();
+        assert_eq!(
+            delays,
+            [1, 2, 4].map(|s| Verdict::Restart {
+                delay: Duration::from_secs(s)
+            })
+        );
+        match after_death(&mut life, &POLICY, quick) {
+            Verdict::Errored(why) => assert!(why.contains("died 4 times in a row"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_process_that_lived_past_min_uptime_starts_the_count_over() {
+        let mut life = Life::default();
+        for _ in 0..3 {
+            after_death(&mut life, &POLICY, Duration::from_millis(10));
+        }
+        assert_eq!(
+            after_death(&mut life, &POLICY, Duration::from_secs(60)),
+            Verdict::Restart {
+                delay: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(life.restarts, 4);
+    }
+
+    #[test]
+    fn without_autorestart_the_first_death_is_final_and_delays_are_capped() {
+        let off = RestartPolicy {
+            autorestart: false,
+            ..POLICY
+        };
+        assert!(matches!(
+            after_death(&mut Life::default(), &off, Duration::from_secs(60)),
+            Verdict::Errored(_)
+        ));
+        let many = RestartPolicy {
+            max_restarts: 100,
+            ..POLICY
+        };
+        let mut life = Life::default();
+        let last = (0..50)
+            .map(|_| after_death(&mut life, &many, Duration::ZERO))
+            .last()
+            .unwrap();
+        assert_eq!(
+            last,
+            Verdict::Restart {
+                delay: MAX_RESTART_DELAY
+            }
+        );
+    }
+
+    #[test]
+    fn causes_come_first_in_the_reason() {
+        let limits = Watchdogs {
+            timeout: Duration::from_secs(600),
+            idle_timeout: Some(Duration::from_secs(30)),
+            max_memory: Some(1 << 30),
+        };
+        let reason = |o: Outcome| match generic_end(&o, &limits) {
+            Ended::Attempt(AttemptEnd::Failed { cause, reason, .. }) => (cause, reason),
+            _ => panic!("not a failure"),
+        };
+        assert_eq!(
+            reason(Outcome::TimedOut),
+            (Cause::Timeout, "timeout: still running after 10m".into())
+        );
+        assert_eq!(reason(Outcome::IdleTimedOut).0, Cause::IdleTimeout);
+        assert_eq!(
+            reason(Outcome::MemoryLimit(1536 << 20)).1,
+            "memory_limit: its processes held 1536 MiB, over max_memory (1024 MiB)"
+        );
+        assert_eq!(
+            reason(Outcome::Signalled(9)).1,
+            "crashed (signal 9, SIGKILL)"
+        );
+        assert_eq!(reason(Outcome::Exited(2)).1, "crashed (exit code 2)");
+        let missing = Outcome::SpawnFailed {
+            error: "no such program".into(),
+            retryable: false,
+        };
+        assert_eq!(reason(missing).0, Cause::Config);
+        assert!(matches!(
+            generic_end(&Outcome::Lingered, &limits),
+            Ended::Attempt(AttemptEnd::Succeeded)
+        ));
+    }
+}

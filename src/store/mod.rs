@@ -228,7 +228,7 @@ pub struct EventFilter {
     pub limit: Option<u32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Pause {
     pub worker: String,
     pub until: Millis,

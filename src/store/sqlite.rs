@@ -308,7 +308,8 @@ fn log_event(e: &Event) -> LogEvent {
     line.with("event_id", e.id)
 }
 
-/// Records how an attempt ended, in the attempts table.
+/// Records how an attempt ended, in the attempts table. Call it while the task still names its
+/// owner (before the update that ends the claim).
 #[allow(clippy::too_many_arguments)]
 fn attempt_row(
     tx: &rusqlite::Transaction,
@@ -529,6 +530,25 @@ impl Store for SqliteStore {
         let (fence, f) = (fence.clone(), f.clone());
         self.write("recording a result", move |tx| {
             let terminal = f.state.is_terminal();
+            let held: bool = tx.query_row(
+                "SELECT count(*) FROM tasks WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
+                params![fence.id, fence.token],
+                |r| r.get(0),
+            )?;
+            if !held {
+                return Ok(false);
+            }
+            attempt_row(
+                tx,
+                fence.id,
+                if f.cause.is_none() { "succeeded" } else { "failed" },
+                f.cause.as_deref(),
+                f.error.as_deref(),
+                f.exit_code,
+                Some(f.duration_ms),
+                f.memory_peak_mb,
+                f.now,
+            )?;
             let n = tx.execute(
                 "UPDATE tasks SET state = ?3, not_before = coalesce(?4, not_before), exit_code = ?5, \
                  output = ?6, error = ?7, stderr_tail = ?8, duration_ms = ?9, \
@@ -579,17 +599,6 @@ impl Store for SqliteStore {
                 TaskState::Dead => ("task_finished", format!("dead: attempt {attempts} failed: {reason}; no attempts left")),
                 _ => ("task_finished", format!("{}: attempt {attempts} failed: {reason}; not retryable", f.state)),
             };
-            attempt_row(
-                tx,
-                fence.id,
-                if f.cause.is_none() { "succeeded" } else { "failed" },
-                f.cause.as_deref(),
-                f.error.as_deref(),
-                f.exit_code,
-                Some(f.duration_ms),
-                f.memory_peak_mb,
-                f.now,
-            )?;
             let data = serde_json::json!({
                 "attempt": attempts,
                 "state": f.state.as_str(),
@@ -645,6 +654,12 @@ impl Store for SqliteStore {
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
         let (fence, reason) = (fence.clone(), reason.to_string());
         self.write("releasing a task", move |tx| {
+            tx.execute(
+                "INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, outcome, reason) \
+                 SELECT id, attempts, worker, owner, started_at, ?3, 'released', ?4 FROM tasks \
+                 WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
+                params![fence.id, fence.token, now, reason],
+            )?;
             let worker: Option<String> = tx
                 .query_row(
                     "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), owner = NULL, \
@@ -655,11 +670,6 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             let Some(worker) = worker else { return Ok(false) };
-            tx.execute(
-                "INSERT INTO attempts (task_id, attempt, worker, started_at, ended_at, outcome, reason) \
-                 SELECT id, attempts + 1, worker, started_at, ?2, 'released', ?3 FROM tasks WHERE id = ?1",
-                params![fence.id, now, reason],
-            )?;
             event(tx, now, Some(fence.id), Some(&worker), "task_released", &format!("{reason}; queued again, attempt not counted"))?;
             Ok(true)
         })
@@ -1584,5 +1594,106 @@ mod tests {
     fn previews_are_one_short_line() {
         assert_eq!(preview("\n  hello\nworld"), "hello");
         assert_eq!(preview(&"x".repeat(100)).chars().count(), 80);
+    }
+
+    #[tokio::test]
+    async fn every_attempt_is_kept_with_its_cause_and_figures() {
+        let (_d, s) = store();
+        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+        let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+        let mut f = done(TaskState::Queued, 3);
+        f.error = Some("timeout: still running after 1s".into());
+        f.cause = Some("timeout".into());
+        f.memory_peak_mb = Some(12.5);
+        assert!(s.finish(&c.fence(), &f, None).await.unwrap());
+        let c = s.claim("w", "me", 4, LEASE).await.unwrap().unwrap();
+        s.release(&c.fence(), "daemon shutting down", 5)
+            .await
+            .unwrap();
+        let c = s.claim("w", "me", 6, LEASE).await.unwrap().unwrap();
+        assert!(
+            s.finish(&c.fence(), &done(TaskState::Succeeded, 7), None)
+                .await
+                .unwrap()
+        );
+        let t = s.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (t.cause, t.memory_peak_mb),
+            (None, None),
+            "the last attempt's"
+        );
+        let history = s.attempts_of(id).await.unwrap();
+        let outline: Vec<(u32, &str, Option<&str>)> = history
+            .iter()
+            .map(|a| (a.attempt, a.outcome.as_str(), a.cause.as_deref()))
+            .collect();
+        assert_eq!(
+            outline,
+            [
+                (1, "failed", Some("timeout")),
+                (2, "released", None),
+                (2, "succeeded", None)
+            ]
+        );
+        assert_eq!(history[0].memory_peak_mb, Some(12.5));
+        assert_eq!(history[0].owner.as_deref(), Some("me"));
+        let finished = s.events_of(id).await.unwrap().pop().unwrap();
+        assert_eq!(finished.kind, "task_finished");
+        assert_eq!(finished.data.unwrap()["state"], "succeeded");
+    }
+
+    #[tokio::test]
+    async fn an_errored_worker_claims_nothing_until_restarted_and_resume_does_not_clear_it() {
+        let (_d, s) = store();
+        s.submit(&task("w", "a", 0, 1)).await.unwrap();
+        s.error_worker("w", "its agent process died 3 times", 2)
+            .await
+            .unwrap();
+        assert!(s.claim("w", "me", 3, LEASE).await.unwrap().is_none());
+        let p = s.pauses(3).await.unwrap();
+        assert!(p[0].errored(), "{p:?}");
+        assert!(!s.resume_worker("w", "by hand", 4).await.unwrap());
+        assert!(
+            s.claim("w", "me", 5, LEASE).await.unwrap().is_none(),
+            "still errored"
+        );
+        // A pause on top keeps it errored.
+        s.pause_worker("w", 1000, "usage limit", 6).await.unwrap();
+        assert!(s.pauses(7).await.unwrap()[0].errored());
+        let cleared = s.restart_worker("w", 8).await.unwrap().unwrap();
+        assert!(cleared.errored());
+        assert!(s.claim("w", "me", 9, LEASE).await.unwrap().is_some());
+        assert_eq!(s.restart_worker("w", 10).await.unwrap(), None);
+        let kinds: Vec<String> = s
+            .events(&EventFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&"worker_errored".to_string()), "{kinds:?}");
+        assert!(kinds.contains(&"worker_restarted".to_string()), "{kinds:?}");
+    }
+
+    #[tokio::test]
+    async fn committed_events_reach_the_event_log_and_rolled_back_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("events.jsonl");
+        let log = Arc::new(EventLog::new(log_path.clone(), 1 << 20, 2));
+        let s = SqliteStore::open(&dir.path().join("agentq.db"))
+            .unwrap()
+            .with_event_log(log);
+        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+        // Cancelling a task that is not there rolls back; nothing is logged for it.
+        assert!(s.cancel(id + 1, 2).await.is_err());
+        s.cancel(id, 3).await.unwrap();
+        let lines = crate::logfile::read_events(&log_path, &Default::default()).unwrap();
+        let kinds: Vec<(&str, Option<i64>)> =
+            lines.iter().map(|e| (e.kind.as_str(), e.task)).collect();
+        assert_eq!(
+            kinds,
+            [("task_queued", Some(id)), ("task_cancelled", Some(id))]
+        );
+        assert_eq!(lines[0].worker.as_deref(), Some("w"));
     }
 }
