@@ -4,8 +4,8 @@
 //! Watchdogs, each ending the attempt with its own outcome: the wall-clock `timeout`; the idle
 //! watchdog (`idle_timeout`: no byte on stdout or stderr for that long means hung); memory (the
 //! group's resident set sampled on a schedule, stopped past `max_memory`); and the linger watchdog
-//! (a process still alive `linger` after it gave its final result — closed its stdout, or printed
-//! the result line its kind of agent ends with — is stopped, and the attempt stands as done).
+//! (a process still alive `linger` after it printed the result line its kind of agent ends with is
+//! stopped, and the attempt stands as done; agents without such a line have no linger watchdog).
 //!
 //! The prompt goes to the agent's stdin (never argv: argv is size-capped and visible in `ps`), its
 //! stdout is the result (kept up to a cap, the rest drained so the agent never blocks on a full
@@ -47,7 +47,7 @@ pub struct Spec {
     /// How long an agent may stay alive after its final result.
     pub linger: Duration,
     /// Recognises the line an agent prints as its final result (Claude's `result` JSON). Without
-    /// one, only closing stdout says the result is final.
+    /// one there is no linger watchdog.
     pub final_line: Option<fn(&str) -> bool>,
     pub memory: crate::memory::Policy,
     /// Where the agent's process group is recorded while it lives (for reaping after a crash).
@@ -138,6 +138,9 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(b) = &spec.book {
+        cmd.env(crate::procs::OWNER_ENV, b.book.owner());
+    }
     crate::procs::die_with_daemon(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
@@ -205,7 +208,8 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
                 stop_group(&mut child, group, spec.kill_timeout).await;
                 break Outcome::MemoryLimit(rss);
             }
-            _ = watch.idle_for(spec.idle_timeout) => {
+            // Once the result is final, silence is expected: only the linger watchdog is left.
+            _ = watch.idle_for(spec.idle_timeout), if linger_until.is_none() => {
                 stop_group(&mut child, group, spec.kill_timeout).await;
                 break Outcome::IdleTimedOut;
             }
@@ -249,7 +253,7 @@ struct Activity {
     /// Milliseconds from `born` to the last output.
     last: AtomicU64,
     final_line: Option<fn(&str) -> bool>,
-    /// Stdout closed, or the final result line was read.
+    /// The final result line was read.
     finished: CancellationToken,
     log: Option<Arc<crate::logfile::RotatingFile>>,
     /// Set once writing the log failed: said once, then the log is left alone.
@@ -329,7 +333,8 @@ fn kill_group(group: Option<Pid>) {
 
 /// Reads up to `cap` bytes, then drains the rest so the writer never blocks. Returns the text
 /// (invalid UTF-8 replaced) and whether anything was dropped.
-/// Stdout reaching its end, or the final line (when the agent has one), marks the result final.
+/// The final line (when the agent has one) marks the result final. Stdout reaching its end does
+/// not: an agent may well send its stdout elsewhere and go on working.
 async fn read_head(
     mut pipe: impl AsyncRead + Unpin,
     cap: usize,
@@ -364,7 +369,6 @@ async fn read_head(
             }
         }
     }
-    activity.finished.cancel();
     (String::from_utf8_lossy(&kept).into_owned(), truncated)
 }
 
@@ -537,6 +541,29 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_sends_its_stdout_elsewhere_is_not_taken_as_finished() {
+        let mut s = spec("exec >/dev/null; sleep 1; exit 3");
+        s.linger = Duration::from_millis(100);
+        assert_eq!(
+            run(s, std::future::pending()).await.outcome,
+            Outcome::Exited(3)
+        );
+    }
+
+    #[tokio::test]
+    async fn after_its_final_line_only_the_linger_watchdog_applies() {
+        let mut s = spec("echo RESULT; sleep 30");
+        s.final_line = Some(|l| l == "RESULT");
+        s.idle_timeout = Some(Duration::from_millis(100));
+        s.linger = Duration::from_millis(600);
+        let started = Instant::now();
+        let a = run(s, std::future::pending()).await;
+        assert_eq!(a.outcome, Outcome::Lingered);
+        assert_eq!(a.stdout, "RESULT\n");
+        assert!(started.elapsed() >= Duration::from_millis(600));
     }
 
     #[tokio::test]

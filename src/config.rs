@@ -393,7 +393,7 @@ pub struct DaemonSettings {
     pub memory_sample_interval: Duration,
     /// The event log and each task's agent log are rotated past this size...
     pub log_max_size: u64,
-    /// ...keeping this many older files.
+    /// ...the event log keeping this many older files (a task's log keeps one).
     pub log_backups: u32,
     /// Per-task agent logs kept per worker; older ones are removed.
     pub task_logs_keep: u32,
@@ -649,7 +649,7 @@ impl Config {
                     .unwrap_or(Duration::from_secs(1)),
                 log_max_size: raw.daemon.log_max_size.map(|s| s.0).unwrap_or(10 << 20),
                 log_backups: raw.daemon.log_backups.unwrap_or(5),
-                task_logs_keep: raw.daemon.task_logs_keep.unwrap_or(1000),
+                task_logs_keep: raw.daemon.task_logs_keep.unwrap_or(200),
             },
             workers,
         })

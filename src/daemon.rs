@@ -79,6 +79,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         let Agent::Claude(settings) = &w.agent else {
             continue;
         };
+        if settings.mode == crate::claude::Mode::Exec && w.limits.idle_timeout.is_some() {
+            warn!(worker = %w.name, "idle_timeout does not apply to claude in exec mode, which prints nothing until its result; use mode = \"persistent\" to watch for hangs");
+        }
         if settings.skip_permissions {
             warn!(worker = %w.name, "runs claude with --dangerously-skip-permissions: it may run any tool without asking");
         }

@@ -55,8 +55,9 @@ pub enum TaskEnd {
     MemoryLimit(u64),
     /// Stopped from outside; `kept` as above.
     Stopped { kept: bool },
-    /// The process ended without a result. `stderr` is the end of what it wrote.
-    Died { stderr: String },
+    /// The process ended without a result. `stderr` is the end of what it wrote; `answered`,
+    /// whether it wrote any line for this task before it died.
+    Died { stderr: String, answered: bool },
 }
 
 pub struct Persistent {
@@ -79,6 +80,8 @@ pub struct Persistent {
     interrupt_grace: Duration,
     /// The most resident memory its group held during the last task.
     pub last_peak: Option<u64>,
+    /// Lines it wrote for the task being served.
+    lines_read: u64,
     _recorded: Option<crate::procs::Recorded>,
 }
 
@@ -114,6 +117,9 @@ impl Persistent {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(b) = booking {
+            cmd.env(crate::procs::OWNER_ENV, b.book.owner());
+        }
         crate::procs::die_with_daemon(&mut cmd);
         let mut child = cmd.spawn()?;
         let group = child.id().map(|p| Pid::from_raw(p as i32));
@@ -154,6 +160,7 @@ impl Persistent {
             requests: 0,
             interrupt_grace: Duration::from_secs(5),
             last_peak: None,
+            lines_read: 0,
             _recorded: recorded,
         })
     }
@@ -236,6 +243,7 @@ impl Persistent {
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
         let mut watch = crate::memory::Watch::new(self.group.map(Pid::as_raw), memory);
+        self.lines_read = 0;
         let end = self
             .serve(prompt, timeout, idle_timeout, &mut watch, log, grace, stop)
             .await;
@@ -314,6 +322,7 @@ impl Persistent {
                 read = self.lines.next_line() => {
                     let Ok(Some(text)) = read else { return self.died().await };
                     last_line = tokio::time::Instant::now();
+                    self.lines_read += 1;
                     if let Some(log) = &log {
                         // The transcript is a record, not the result: a failed write loses only it.
                         let _ = log.append(format!("{text}\n").as_bytes());
@@ -385,6 +394,7 @@ impl Persistent {
         self.kill().await;
         TaskEnd::Died {
             stderr: self.stderr_tail(),
+            answered: self.lines_read > 0,
         }
     }
 
@@ -614,7 +624,7 @@ mod tests {
             )
             .await
         {
-            TaskEnd::Died { stderr } => assert!(claude::conversation_gone(&stderr, "")),
+            TaskEnd::Died { stderr, .. } => assert!(claude::conversation_gone(&stderr, "")),
             other => panic!("{other:?}"),
         }
     }

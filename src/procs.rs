@@ -7,11 +7,12 @@
 //! started (a grandchild in its group) does not get that signal; for those the daemon keeps a
 //! *book*: one small file per live group in `.agentq/procs/`, naming the group, its leader's start
 //! time and the boot it belongs to. The next daemon, holding the folder's lock (so the writer is
-//! certainly gone), reads the book at start-up and kills every group still alive — but only one
+//! certainly gone) reads the book at start-up and kills every group still alive, but only one
 //! that is provably the same: its leader alive with the recorded start time, or, with the leader
-//! gone, members that started no earlier than it did. A pid the kernel has since given to some
-//! other process is never killed. (While any member of a group lives, the kernel cannot hand the
-//! group's number to a new process, so members of a group whose leader is gone are ours.)
+//! gone, members that started no earlier than it did *and* carry the old daemon's mark in their
+//! environment ([`OWNER_ENV`], inherited from the agent). A pid the kernel has since given to some
+//! other process is never killed: a new leader has another start time, and a stranger's group
+//! that took the old number after the whole old group died does not carry the mark.
 //!
 //! The files are written without fsync on purpose: they must survive the daemon's death, which
 //! the page cache does; a machine crash kills the processes too, and the boot id tells.
@@ -73,6 +74,17 @@ pub fn group_members(pgid: i32) -> Vec<ProcInfo> {
         .filter_map(stat)
         .filter(|p| p.pgrp == pgid && p.state != 'Z')
         .collect()
+}
+
+/// Every agent's environment names the daemon that started it, so its descendants can be told
+/// from strangers after the agent itself is gone.
+pub const OWNER_ENV: &str = "AGENTQ_DAEMON";
+
+/// Whether process `pid`'s environment holds `KEY=value`; `None` when it cannot be read.
+fn environ_has(pid: i32, key: &str, value: &str) -> Option<bool> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let wanted = format!("{key}={value}");
+    Some(environ.split(|b| *b == 0).any(|e| e == wanted.as_bytes()))
 }
 
 /// This boot's id: processes of another boot are long gone.
@@ -149,6 +161,11 @@ pub struct Reaped {
 }
 
 impl Book {
+    /// The mark this daemon's agents carry (see [`OWNER_ENV`]).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     pub fn new(state_dir: &Path, owner: &str) -> Book {
         Book {
             dir: state_dir.join("procs"),
@@ -239,10 +256,11 @@ fn kill_recorded(record: &Record) -> Vec<i32> {
         // The pid now names another process: not ours, whatever its group holds.
         Some(_) => Vec::new(),
         // The leader is gone (the parent-death signal killed it); what it left in the group
-        // started after it. Anything older cannot be ours.
+        // started after it and carries the old daemon's mark. Anything else cannot be known ours.
         None => members
             .iter()
             .filter(|p| p.start_ticks >= record.start_ticks)
+            .filter(|p| environ_has(p.pid, OWNER_ENV, &record.owner) == Some(true))
             .filter(|p| kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok())
             .map(|p| p.pid)
             .collect(),
@@ -273,6 +291,7 @@ mod tests {
         use std::os::unix::process::CommandExt;
         std::process::Command::new("sh")
             .args(["-c", script])
+            .env(OWNER_ENV, "old")
             .process_group(0)
             .spawn()
             .unwrap()
@@ -378,5 +397,43 @@ mod tests {
         let reaped = Book::new(dir.path(), "new").reap();
         assert_eq!(reaped[0].killed, vec![left]);
         assert!(wait_gone(left), "the leftover survived");
+    }
+
+    #[test]
+    fn with_the_leader_gone_a_member_without_the_mark_is_left_alone() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("left");
+        // Another daemon's (or nobody's) mark: not provably ours.
+        let mut leader = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "sh -c 'echo $$ > {}; exec sleep 30' & sleep 0.2; exit 0",
+                    pidfile.display()
+                ),
+            ])
+            .env(OWNER_ENV, "someone-else")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let page = Book::new(dir.path(), "old")
+            .record(leader.id(), "w", None)
+            .unwrap();
+        std::mem::forget(page);
+        let _ = leader.wait();
+        let left: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let reaped = Book::new(dir.path(), "new").reap();
+        assert!(reaped[0].killed.is_empty());
+        assert!(stat(left).is_some_and(|p| p.state != 'Z'));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(left),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(wait_gone(left));
     }
 }

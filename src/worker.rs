@@ -80,19 +80,23 @@ pub fn after_death(
     if !policy.autorestart {
         return Verdict::Errored("its agent process died and autorestart is off".into());
     }
+    // Only deaths soon after a start count: a process that lived was stable, whatever ended it.
     if uptime >= policy.min_uptime {
         life.quick_deaths = 0;
+    } else {
+        life.quick_deaths += 1;
     }
-    life.quick_deaths += 1;
     if life.quick_deaths > policy.max_restarts {
+        let deaths = life.quick_deaths;
+        // Errored, the count starts over: a `worker restart` gives the policy its full room.
+        life.quick_deaths = 0;
         return Verdict::Errored(format!(
-            "its agent process died {} times in a row, each within min_uptime ({}) of its start",
-            life.quick_deaths,
+            "its agent process died {deaths} times in a row, each within min_uptime ({}) of its start",
             humantime::format_duration(policy.min_uptime)
         ));
     }
     life.restarts += 1;
-    let doublings = (life.quick_deaths - 1).min(16);
+    let doublings = life.quick_deaths.saturating_sub(1).min(16);
     let delay = policy
         .restart_delay
         .saturating_mul(1 << doublings)
@@ -250,9 +254,12 @@ impl Runner {
             uptime = async { slot.as_mut().expect("guarded").exited().await }, if slot.is_some() => Some(uptime),
         };
         if let Some(uptime) = died {
-            let stderr = slot.as_ref().map(|p| p.stderr_tail()).unwrap_or_default();
-            *slot = None;
+            let mut process = slot.take().expect("it just exited");
             drop(slot);
+            // What it said on the way out is the reason; let its stderr drain first.
+            process.exited_within(Duration::from_millis(500)).await;
+            let stderr = process.stderr_tail();
+            drop(process);
             let last = last_line(&stderr, "no output");
             self.process_died(uptime, &format!("while idle: {last}"))
                 .await;
@@ -528,10 +535,11 @@ impl Runner {
                 warn!(worker = %self.worker.name, "cannot prune the agent logs in {}: {e}", dir.display());
             }
         }
+        // One older file per task: a task's log is for reading what it did, the newest part first.
         crate::logfile::RotatingFile::new(
             dir.join(format!("task_{}.log", task.id)),
             self.config.daemon.log_max_size,
-            self.config.daemon.log_backups,
+            1,
         )
     }
 
@@ -912,7 +920,7 @@ impl Runner {
                     }
                     return served(Ended::Interrupted, String::new(), Usage::default(), stderr);
                 }
-                TaskEnd::Died { stderr } => {
+                TaskEnd::Died { stderr, answered } => {
                     *slot = None;
                     if matches!(join, claude::Join::Resume(_))
                         && !reset_once
@@ -924,8 +932,28 @@ impl Runner {
                     }
                     let last = last_line(&stderr, "no output");
                     let reason = format!("crashed: the claude process ended mid-task: {last}");
-                    self.process_died(uptime, &format!("mid-task: {last}"))
+                    let alive = self
+                        .process_died(uptime, &format!("mid-task: {last}"))
                         .await;
+                    // A process that died soon after its start without a word for the task is
+                    // the worker's fault (a bad binary, a bad setting): the task waits, unspent,
+                    // while the restart policy decides about the worker.
+                    if !answered && uptime < self.worker.limits.restart.min_uptime {
+                        let why = format!(
+                            "the claude process died at its start ({last}); the task waits{}",
+                            if alive {
+                                ""
+                            } else {
+                                " for `agentq worker restart`"
+                            }
+                        );
+                        return served(
+                            Ended::Released(why),
+                            String::new(),
+                            Usage::default(),
+                            stderr,
+                        );
+                    }
                     return served(
                         Ended::Attempt(AttemptEnd::failed(Cause::Crashed, reason)),
                         String::new(),
@@ -954,6 +982,8 @@ impl Runner {
             let mut spec = self.claude_spec(task, claude::exec_argv(&bin, &budgeted, &join));
             // The CLI has been seen to hang after printing its result: the result line is final.
             spec.final_line = Some(claude::ClaudeResult::is_result_line);
+            // With --output-format=json it prints nothing until the end: silence is not a hang.
+            spec.idle_timeout = None;
             let watchdogs = Watchdogs::of(&spec);
             let mut attempt = agent::run(spec, stop.future()).await;
             let result = claude::ClaudeResult::from_exec_stdout(&attempt.stdout);
@@ -1257,6 +1287,7 @@ mod tests {
             Verdict::Errored(why) => assert!(why.contains("died 4 times in a row"), "{why}"),
             other => panic!("{other:?}"),
         }
+        assert_eq!(life.quick_deaths, 0, "errored, the count starts over");
     }
 
     #[test]
@@ -1271,7 +1302,16 @@ mod tests {
                 delay: Duration::from_secs(1)
             }
         );
-        assert_eq!(life.restarts, 4);
+        assert_eq!((life.restarts, life.quick_deaths), (4, 0));
+        // With no quick restarts allowed, a process that lived still restarts.
+        let strict = RestartPolicy {
+            max_restarts: 0,
+            ..POLICY
+        };
+        assert!(matches!(
+            after_death(&mut Life::default(), &strict, Duration::from_secs(3600)),
+            Verdict::Restart { .. }
+        ));
     }
 
     #[test]
