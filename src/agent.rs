@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// Everything needed to run one attempt.
@@ -126,7 +126,9 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
             false,
         );
     }
-    let mut cmd = Command::new(&spec.argv[0]);
+    // std's Command, waited for by hand (see `Child`): the kernel's figure of the most memory
+    // the agent held comes with the wait, and tokio's wait does not give it.
+    let mut cmd = std::process::Command::new(&spec.argv[0]);
     for key in &spec.env_remove {
         cmd.env_remove(key);
     }
@@ -135,14 +137,13 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         .envs(&spec.env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if let Some(b) = &spec.book {
         cmd.env(crate::procs::OWNER_ENV, b.book.owner());
     }
     crate::procs::die_with_daemon(&mut cmd);
-    let mut child = match cmd.spawn() {
+    let mut child = match cmd.spawn().and_then(Child::new) {
         Ok(child) => child,
         Err(e) => {
             let retryable = !matches!(
@@ -155,8 +156,8 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
             );
         }
     };
-    let pid = child.id();
-    let group = pid.map(|p| Pid::from_raw(p as i32));
+    let pid = Some(child.pid as u32);
+    let group = Some(Pid::from_raw(child.pid));
     let _recorded = match (&spec.book, pid) {
         (Some(b), Some(pid)) => b.book.record(pid, &b.worker, b.task),
         _ => None,
@@ -192,10 +193,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     let mut linger_until: Option<tokio::time::Instant> = None;
     let outcome = loop {
         tokio::select! {
-            status = child.wait() => break match status {
-                Ok(status) => exit_outcome(status),
-                Err(_) => Outcome::Signalled(0),
-            },
+            status = child.wait() => break exit_outcome(status),
             _ = &mut deadline => {
                 stop_group(&mut child, group, spec.kill_timeout).await;
                 break Outcome::TimedOut;
@@ -242,8 +240,121 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         stderr_tail,
         duration: started.elapsed(),
         pid,
-        memory_peak: memory.peak,
+        memory_peak: memory.peak.max(child.max_rss),
     }
+}
+
+/// A running agent, waited for through a pidfd (Linux; a short poll elsewhere) and reaped with
+/// `wait4`, which also gives its peak resident memory (its own, or that of a descendant it waited
+/// for, whichever was larger): a task too short for a scheduled sample still has a true peak.
+/// Dropping it unreaped kills its group and reaps it, so an abandoned attempt leaves nothing.
+struct Child {
+    pid: i32,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    pidfd: Option<AsyncFd<std::os::fd::OwnedFd>>,
+    status: Option<ExitStatus>,
+    /// From `wait4`, bytes.
+    max_rss: Option<u64>,
+}
+
+impl Child {
+    fn new(mut child: std::process::Child) -> std::io::Result<Child> {
+        let pid = child.id() as i32;
+        let stdin = child.stdin.take().map(tokio::process::ChildStdin::from_std);
+        let stdout = child
+            .stdout
+            .take()
+            .map(tokio::process::ChildStdout::from_std);
+        let stderr = child
+            .stderr
+            .take()
+            .map(tokio::process::ChildStderr::from_std);
+        Ok(Child {
+            pid,
+            stdin: stdin.transpose()?,
+            stdout: stdout.transpose()?,
+            stderr: stderr.transpose()?,
+            pidfd: pidfd_open(pid).and_then(|fd| {
+                // SAFETY: an OwnedFd is open and stays the same descriptor until it is dropped,
+                // which is when the AsyncFd holding it is.
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+            }),
+            status: None,
+            max_rss: None,
+        })
+    }
+
+    /// Waits for the process to end and reaps it. Cancel-safe.
+    async fn wait(&mut self) -> ExitStatus {
+        loop {
+            if let Some(status) = self.status {
+                return status;
+            }
+            if self.try_reap() {
+                continue;
+            }
+            match &self.pidfd {
+                Some(fd) => match fd.readable().await {
+                    // Readable means exited; the reap on the next turn takes it.
+                    Ok(mut ready) => ready.clear_ready(),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Reaps the process if it has exited. Returns whether it did.
+    fn try_reap(&mut self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value to be overwritten.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only to the two out-pointers, which are valid.
+        let rc = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == self.pid {
+            self.status = Some(ExitStatus::from_raw(status));
+            // ru_maxrss is in KiB on Linux.
+            self.max_rss = u64::try_from(usage.ru_maxrss).ok().map(|k| k * 1024);
+            true
+        } else if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // Not ours to wait for (ECHILD): it is gone, how is unknown (a status that is neither
+            // an exit nor a signal, which reads as a crash).
+            self.status = Some(ExitStatus::from_raw(0x7f));
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let mut status = 0;
+            // SAFETY: waitpid writes only to `status`. The process was just killed, so this
+            // returns at once.
+            unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        }
+    }
+}
+
+/// A pidfd for `pid`: readable once it exits (Linux 5.3 and later).
+#[cfg(target_os = "linux")]
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    // SAFETY: a non-negative return is a descriptor this process now owns.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pidfd_open(_pid: i32) -> Option<std::os::fd::OwnedFd> {
+    None
 }
 
 /// What the output readers saw: when the agent last wrote anything, and whether it gave its final

@@ -97,10 +97,11 @@ fn boot_id() -> Option<String> {
 /// Makes the process started by `cmd` die when the daemon dies (Linux). The signal is tied to the
 /// *thread* that forks; agents are spawned from the runtime's worker threads, which live as long as
 /// the daemon.
-pub fn die_with_daemon(cmd: &mut tokio::process::Command) {
+pub fn die_with_daemon(cmd: &mut std::process::Command) {
     #[cfg(target_os = "linux")]
     {
         let parent = std::process::id() as libc::pid_t;
+        use std::os::unix::process::CommandExt;
         // SAFETY: between fork and exec only async-signal-safe calls are made: prctl, getppid.
         unsafe {
             cmd.pre_exec(move || {
