@@ -577,8 +577,14 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
             e.message
         );
     };
-    let list = crate::logfile::read_events(&path, &filter)
-        .map_err(|e| Error::io("reading the event log", &path, e))?;
+    let from_store = crate::logfile::generations(&path).is_empty();
+    let list = if from_store {
+        // No log file (yet, or a database from before there was one): the store has the events.
+        stored_events(&config, &filter).await?
+    } else {
+        crate::logfile::read_events(&path, &filter)
+            .map_err(|e| Error::io("reading the event log", &path, e))?
+    };
     let from = if args.limit > 0 {
         list.len().saturating_sub(args.limit as usize)
     } else {
@@ -602,16 +608,42 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
             stop.cancel();
         });
     }
+    // Read again from the start and skip what was printed: following from the end would lose
+    // what was appended between the read above and the follow's start.
+    let mut seen = if from_store { 0 } else { list.len() };
     crate::logfile::follow(
         &path,
         &filter,
-        false,
+        true,
         std::time::Duration::from_millis(200),
         stop,
-        |e| print(&e),
+        |e| {
+            if seen > 0 {
+                seen -= 1;
+            } else {
+                print(&e)
+            }
+        },
     )
     .await
     .map_err(|e| Error::io("following the event log", &path, e))
+}
+
+/// The store's events as lines of the event log.
+async fn stored_events(
+    config: &Config,
+    filter: &crate::logfile::LogFilter,
+) -> Result<Vec<crate::logfile::LogEvent>> {
+    let store = SqliteStore::open(&config.db_path())?;
+    let events = store
+        .events(&crate::store::EventFilter {
+            task_id: filter.task,
+            worker: filter.worker.clone(),
+            kind: filter.kind.clone(),
+            limit: None,
+        })
+        .await?;
+    Ok(events.iter().map(crate::store::Event::to_log).collect())
 }
 
 fn section(title: &str, body: &str) {

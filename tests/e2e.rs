@@ -851,3 +851,53 @@ fn a_worker_paused_by_hand_waits_until_resumed() {
     p.ok(&["wait", "--timeout", "30s", &later.to_string()]);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn events_follow_the_log_as_it_grows_and_fall_back_to_the_store_without_it() {
+    use std::io::BufRead;
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let daemon = p.start();
+    let mut follower = p
+        .cmd(&["events", "-f", "--json", "--worker", "w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = p.submit("w", "followed");
+    p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+    // One JSON object per line, ending with the task's end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"task_finished".to_string()) {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no task_finished followed; saw {kinds:?}"));
+        let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(e["worker"], "w");
+        kinds.push(e["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds[..2], ["task_queued", "task_started"]);
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(daemon.stop().success());
+
+    // Without the log file, the store's history is shown.
+    std::fs::remove_file(p.path(".agentq/events.jsonl")).unwrap();
+    let stored = p.json(&["events", "--task", &id.to_string()]);
+    let kinds: Vec<&str> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["task_queued", "task_started", "task_finished"]);
+}

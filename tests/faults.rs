@@ -346,6 +346,11 @@ fn kill_9_of_the_daemon_under_load_loses_nothing_and_leaves_no_process() {
             .filter(|n| n != ".taking" && n != "rejected")
             .collect();
         assert!(left.is_empty(), "{w}: {left:?}");
+        let taking = p.path(&format!(".queue/{w}/.taking"));
+        assert!(
+            std::fs::read_dir(&taking).map_or(true, |d| d.count() == 0),
+            "{w}: files left mid-take"
+        );
     }
 }
 

@@ -193,6 +193,25 @@ pub struct Event {
     pub data: Option<serde_json::Value>,
 }
 
+impl Event {
+    /// The event as a line of the JSON-lines event log.
+    pub fn to_log(&self) -> crate::logfile::LogEvent {
+        let mut line = crate::logfile::LogEvent::new(&self.kind, self.ts).message(&self.message);
+        if let Some(task) = self.task_id {
+            line = line.task(task);
+        }
+        if let Some(worker) = &self.worker {
+            line = line.worker(worker);
+        }
+        if let Some(serde_json::Value::Object(data)) = &self.data {
+            for (k, v) in data {
+                line = line.with(k, v.clone());
+            }
+        }
+        line.with("event_id", self.id)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NewEvent {
     pub task_id: Option<i64>,

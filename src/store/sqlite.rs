@@ -23,7 +23,7 @@ use super::{
 };
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
-use crate::logfile::{EventLog, LogEvent};
+use crate::logfile::EventLog;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
@@ -139,7 +139,7 @@ impl SqliteStore {
             let committed = PENDING.with_borrow_mut(std::mem::take);
             if let Some(log) = log {
                 for e in &committed {
-                    if let Err(err) = log.append(&log_event(e)) {
+                    if let Err(err) = log.append(&e.to_log()) {
                         tracing::warn!("cannot append to the event log: {err}");
                         break;
                     }
@@ -289,23 +289,6 @@ fn event_with(
         })
     });
     Ok(())
-}
-
-/// A stored event as a line of the event log.
-fn log_event(e: &Event) -> LogEvent {
-    let mut line = LogEvent::new(&e.kind, e.ts).message(&e.message);
-    if let Some(task) = e.task_id {
-        line = line.task(task);
-    }
-    if let Some(worker) = &e.worker {
-        line = line.worker(worker);
-    }
-    if let Some(serde_json::Value::Object(data)) = &e.data {
-        for (k, v) in data {
-            line = line.with(k, v.clone());
-        }
-    }
-    line.with("event_id", e.id)
 }
 
 /// Records how an attempt ended, in the attempts table. Call it while the task still names its
