@@ -211,17 +211,7 @@ impl Runner {
     }
 
     async fn worker_event(&self, kind: &str, message: &str) {
-        let event = NewEvent {
-            task_id: None,
-            worker: Some(self.worker.name.clone()),
-            kind: kind.into(),
-            message: message.into(),
-            data: None,
-            now: now_ms(),
-        };
-        if let Err(e) = self.store.record_event(&event).await {
-            warn!(worker = %self.worker.name, "cannot record event {kind}: {e}");
-        }
+        self.record(None, kind, message).await;
     }
 
     /// Waits for a ring, for the next retry to become due, or for shutdown. A long-lived process
@@ -1054,8 +1044,12 @@ impl Runner {
     }
 
     async fn note(&self, task_id: i64, kind: &str, message: &str) {
+        self.record(Some(task_id), kind, message).await;
+    }
+
+    async fn record(&self, task_id: Option<i64>, kind: &str, message: &str) {
         let event = NewEvent {
-            task_id: Some(task_id),
+            task_id,
             worker: Some(self.worker.name.clone()),
             kind: kind.into(),
             message: message.into(),
@@ -1063,7 +1057,7 @@ impl Runner {
             now: now_ms(),
         };
         if let Err(e) = self.store.record_event(&event).await {
-            warn!(task = task_id, "cannot record event {kind}: {e}");
+            warn!(worker = %self.worker.name, task = task_id, "cannot record event {kind}: {e}");
         }
     }
 }

@@ -186,12 +186,7 @@ fn overloaded_api(mode: &str) {
     p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
     let t = p.task(id);
     assert_eq!(t["attempts"], 2);
-    let kinds: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&t);
     assert!(kinds.contains(&"task_retrying"), "{kinds:?}");
     let retry = t["events"]
         .as_array()

@@ -305,12 +305,7 @@ fn a_failing_agent_is_retried_with_backoff_then_dead_and_can_be_retried() {
     assert_eq!(t["attempts"], 3);
     assert_eq!(t["exit_code"], 7);
     assert_eq!(t["stderr_tail"], "broken\n");
-    let kinds: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&t);
     assert_eq!(
         kinds,
         [
@@ -479,12 +474,7 @@ fn after_kill_9_the_next_daemon_recovers_the_running_task() {
     let daemon = p.start();
     p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
     let t = p.task(id);
-    let kinds: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&t);
     assert_eq!(
         kinds.iter().filter(|k| **k == "task_finished").count(),
         1,

@@ -156,12 +156,7 @@ fn garbage_and_huge_output_are_kept_within_the_cap() {
     // Invalid bytes are kept as U+FFFD, three bytes each: at most three times the cap.
     assert!(t["output"].as_str().unwrap().len() <= 3 << 20);
     assert!(t["stderr_tail"].as_str().unwrap().len() <= 64 << 10);
-    let kinds: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&t);
     assert!(kinds.contains(&"output_truncated"), "{kinds:?}");
     // The agent log has the stream, rotated: the newest 1 MiB and one older file.
     let log = std::path::PathBuf::from(t["agent_log"].as_str().unwrap());
@@ -196,12 +191,7 @@ fn a_claude_exec_run_that_hangs_after_its_result_line_is_stopped_and_succeeds() 
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(p.output(id), "done: hello");
     let t = p.task(id);
-    let kinds: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&t);
     assert!(kinds.contains(&"task_lingered"), "{kinds:?}");
     none_left(&p);
     assert!(daemon.stop().success());

@@ -243,6 +243,16 @@ fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
     })
 }
 
+/// A `worker_pauses` row selected as `worker, until, reason, kind`.
+fn pause_from_row(r: &Row) -> rusqlite::Result<super::Pause> {
+    Ok(super::Pause {
+        worker: r.get(0)?,
+        until: r.get(1)?,
+        reason: r.get(2)?,
+        kind: r.get(3)?,
+    })
+}
+
 fn state_from(r: &Row, idx: usize) -> rusqlite::Result<TaskState> {
     let text: String = r.get(idx)?;
     text.parse().map_err(|e: String| {
@@ -978,14 +988,7 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare(
                 "SELECT worker, until, reason, kind FROM worker_pauses WHERE until > ?1 ORDER BY worker",
             )?;
-            let rows = stmt.query_map([now], |r| {
-                Ok(super::Pause {
-                    worker: r.get(0)?,
-                    until: r.get(1)?,
-                    reason: r.get(2)?,
-                    kind: r.get(3)?,
-                })
-            })?;
+            let rows = stmt.query_map([now], pause_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -1013,14 +1016,7 @@ impl Store for SqliteStore {
                 .query_row(
                     "DELETE FROM worker_pauses WHERE worker = ?1 AND until > ?2 RETURNING worker, until, reason, kind",
                     params![worker, now],
-                    |r| {
-                        Ok(super::Pause {
-                            worker: r.get(0)?,
-                            until: r.get(1)?,
-                            reason: r.get(2)?,
-                            kind: r.get(3)?,
-                        })
-                    },
+                    pause_from_row,
                 )
                 .optional()?;
             let message = match &cleared {

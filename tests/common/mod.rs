@@ -358,3 +358,13 @@ pub fn alive(pid: i32) -> bool {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
+
+/// The kinds of a task record's events, in order.
+pub fn event_kinds(task: &Value) -> Vec<&str> {
+    task["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect()
+}
