@@ -222,10 +222,9 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     };
     feeder.abort();
 
-    // The agent is gone; anything still in its group is a leftover, killed now. What is already in
-    // the pipes is still read. Something that left the group yet holds a pipe open would keep the
-    // readers waiting, so they are cut off after a moment.
-    kill_group(group);
+    // The agent is gone, and what it left in its group was killed as it was reaped. What is
+    // already in the pipes is still read. Something that left the group yet holds a pipe open
+    // would keep the readers waiting, so they are cut off after a moment.
     let cutter = tokio::spawn(async move {
         tokio::time::sleep(PIPE_LINGER).await;
         cut.cancel();
@@ -240,7 +239,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         stderr_tail,
         duration: started.elapsed(),
         pid,
-        memory_peak: memory.peak.max(child.max_rss),
+        memory_peak: memory.peak.max(child.own_peak()),
     }
 }
 
@@ -255,12 +254,25 @@ struct Child {
     stderr: Option<tokio::process::ChildStderr>,
     pidfd: Option<AsyncFd<std::os::fd::OwnedFd>>,
     status: Option<ExitStatus>,
-    /// From `wait4`, bytes.
+    /// From `wait4`, bytes, when it is the agent's own (see [`Child::own_peak`]).
     max_rss: Option<u64>,
+    /// The daemon's resident set when the agent was forked.
+    parent_rss: u64,
 }
 
 impl Child {
-    fn new(mut child: std::process::Child) -> std::io::Result<Child> {
+    /// Takes over a just-spawned process; if that fails, the process is killed and reaped.
+    fn new(child: std::process::Child) -> std::io::Result<Child> {
+        let pid = child.id() as i32;
+        Child::adopt(child).inspect_err(|_| {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let mut status = 0;
+            // SAFETY: waitpid writes only to `status`; the process was just killed.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        })
+    }
+
+    fn adopt(mut child: std::process::Child) -> std::io::Result<Child> {
         let pid = child.id() as i32;
         let stdin = child.stdin.take().map(tokio::process::ChildStdin::from_std);
         let stdout = child
@@ -283,7 +295,16 @@ impl Child {
             }),
             status: None,
             max_rss: None,
+            parent_rss: crate::procs::stat(std::process::id() as i32).map_or(0, |p| p.rss),
         })
+    }
+
+    /// The kernel's peak for the agent, when it tells something. A forked child starts out with
+    /// a copy of the daemon's memory, and exec records that copy's size as the child's peak so
+    /// far: a figure near the daemon's own size may be just that, and is not taken.
+    fn own_peak(&self) -> Option<u64> {
+        let floor = self.parent_rss + self.parent_rss / 8 + (1 << 20);
+        self.max_rss.filter(|m| *m > floor)
     }
 
     /// Waits for the process to end and reaps it. Cancel-safe.
@@ -306,9 +327,26 @@ impl Child {
         }
     }
 
-    /// Reaps the process if it has exited. Returns whether it did.
+    /// Reaps the process if it has exited. Returns whether it did. Whatever it left in its group
+    /// is killed first, while the unreaped leader still holds the group's number (after the reap
+    /// the number could be given to a new process).
     fn try_reap(&mut self) -> bool {
         use std::os::unix::process::ExitStatusExt;
+        // SAFETY: an all-zero siginfo is a valid value to be overwritten.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only to `info`. WNOWAIT leaves the process to be reaped below.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid to read after a successful waitid.
+        if rc == 0 && unsafe { info.si_pid() } == self.pid {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
         let mut status = 0;
         // SAFETY: an all-zero rusage is a valid value to be overwritten.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -320,8 +358,9 @@ impl Child {
             self.max_rss = u64::try_from(usage.ru_maxrss).ok().map(|k| k * 1024);
             true
         } else if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // Not ours to wait for (ECHILD): it is gone, how is unknown (a status that is neither
-            // an exit nor a signal, which reads as a crash).
+            // Not ours to wait for (ECHILD: reaped by someone else, e.g. with SIGCHLD ignored,
+            // which the daemon undoes at start): gone, how is unknown. A status that is neither
+            // an exit nor a signal reads as "exit status unknown".
             self.status = Some(ExitStatus::from_raw(0x7f));
             true
         } else {
@@ -675,6 +714,30 @@ mod tests {
         assert_eq!(a.outcome, Outcome::Lingered);
         assert_eq!(a.stdout, "RESULT\n");
         assert!(started.elapsed() >= Duration::from_millis(600));
+    }
+
+    #[tokio::test]
+    async fn the_peak_is_the_agents_not_the_forked_copy_of_the_daemon() {
+        // This process holds 200 MiB; a child forked from it starts with a copy of that.
+        let ballast: Vec<u8> = vec![1; 200 << 20];
+        let quick = run(spec("true"), std::future::pending()).await;
+        assert!(
+            quick.memory_peak.unwrap_or(0) < 100 << 20,
+            "{:?}",
+            quick.memory_peak
+        );
+        // An agent that holds more than the daemon has its own peak, however short it runs.
+        let big = run(
+            spec("head -c 400000000 /dev/zero | perl -e 'local $/; my $x = <STDIN>; exit 0' 2>/dev/null || exit 0"),
+            std::future::pending(),
+        )
+        .await;
+        std::hint::black_box(&ballast);
+        assert!(
+            big.memory_peak.unwrap_or(0) > 300 << 20,
+            "{:?}",
+            big.memory_peak
+        );
     }
 
     #[tokio::test]

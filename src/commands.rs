@@ -609,20 +609,29 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
         });
     }
     // Read again from the start and skip what was printed: following from the end would lose
-    // what was appended between the read above and the follow's start.
-    let mut seen = if from_store { 0 } else { list.len() };
+    // what was appended between the read above and the follow's start. Skipping goes up to the
+    // last event printed (found again by its content), or as many events as were read if it is
+    // gone (the log rotated it away meanwhile).
+    let mut last = if from_store {
+        None
+    } else {
+        list.last().cloned()
+    };
+    let mut seen = list.len();
     crate::logfile::follow(
         &path,
         &filter,
         true,
         std::time::Duration::from_millis(200),
         stop,
-        |e| {
-            if seen > 0 {
+        |e| match &last {
+            Some(l) if seen > 0 => {
                 seen -= 1;
-            } else {
-                print(&e)
+                if e == *l {
+                    last = None;
+                }
             }
+            _ => print(&e),
         },
     )
     .await

@@ -86,6 +86,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             warn!(worker = %w.name, "runs claude with --dangerously-skip-permissions: it may run any tool without asking");
         }
     }
+    // Agents are reaped by the runner that started them; a SIGCHLD ignored by whoever started the
+    // daemon (inherited across exec) would have the kernel reap them first and lose their status.
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     // Intake's open-for-writing check takes a file lease for an instant; a writer opening the file
     // in that instant makes the kernel send SIGIO, whose default action would end the daemon.
     let _sigio = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io())

@@ -1132,6 +1132,9 @@ fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
         Outcome::Exited(code) => {
             AttemptEnd::failed(Cause::Crashed, format!("crashed (exit code {code})"))
         }
+        Outcome::Signalled(0) => {
+            AttemptEnd::failed(Cause::Crashed, "crashed (exit status unknown)")
+        }
         Outcome::Signalled(signal) => AttemptEnd::failed(
             Cause::Crashed,
             format!("crashed (signal {signal}{})", signal_name(*signal)),

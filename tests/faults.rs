@@ -303,7 +303,10 @@ fn kill_9_of_the_daemon_under_load_loses_nothing_and_leaves_no_process() {
     );
     // Everything either daemon started is gone.
     let all = pids(&p);
-    assert!(all.len() >= seen_before.len());
+    assert!(
+        all.len() > seen_before.len(),
+        "the second daemon ran agents too"
+    );
     wait_until(Duration::from_secs(10), "no agent process left", || {
         all.iter().all(|pid| !alive(*pid))
     });
@@ -392,4 +395,36 @@ fn sigterm_lets_running_tasks_finish_and_a_second_one_stops_the_rest_losing_noth
     p.ok(&["cancel", &stuck.to_string()]);
     assert!(daemon.stop().success());
     none_left(&p);
+}
+
+#[test]
+fn a_daemon_started_with_sigchld_ignored_still_sees_how_its_agents_end() {
+    use std::os::unix::process::CommandExt;
+    let p = project("max_attempts = 1");
+    let mut cmd = p.cmd(&["run"]);
+    // SAFETY: between fork and exec only signal(2) is called.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let daemon = p.start_with(cmd);
+    let good = p.submit("w", "fine");
+    let bad = p.submit("w", "[[exit 3]]");
+    p.run(&[
+        "wait",
+        "--timeout",
+        "60s",
+        &good.to_string(),
+        &bad.to_string(),
+    ]);
+    assert_eq!(p.state(good), "succeeded");
+    let t = p.task(bad);
+    assert_eq!(
+        (t["state"].as_str(), t["exit_code"].as_i64()),
+        (Some("dead"), Some(3)),
+        "{t}"
+    );
+    assert!(daemon.stop().success());
 }

@@ -174,13 +174,17 @@ CLAUDE_CODE_MAX_RETRIES = "0"
 
     /// Starts `agentq run` and waits until it says it is running.
     pub fn start(&self) -> Daemon {
+        self.start_with(self.cmd(&["run"]))
+    }
+
+    /// Starts `agentq run` as `cmd` says (e.g. with signals set up differently).
+    pub fn start_with(&self, mut cmd: Command) -> Daemon {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let log = self.path(&format!(
             "daemon-{}.log",
             STARTS.fetch_add(1, Ordering::SeqCst)
         ));
-        let child = self
-            .cmd(&["run"])
+        let child = cmd
             .env("AGENTQ_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
