@@ -371,7 +371,12 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             vec![
                 w.name.clone(),
                 w.agent.clone(),
-                w.state.clone(),
+                // An errored worker's reason is long: it goes below the table.
+                if w.state.starts_with("errored") {
+                    "errored".to_string()
+                } else {
+                    w.state.clone()
+                },
                 w.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                 w.queued.to_string(),
                 w.succeeded.to_string(),
@@ -403,11 +408,15 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
         &rows,
     );
     for w in workers.iter().filter(|w| w.pause_reason.is_some()) {
-        println!(
-            "{} paused: {}",
-            w.name,
-            w.pause_reason.as_deref().unwrap_or("")
-        );
+        let reason = w.pause_reason.as_deref().unwrap_or("");
+        if w.state.starts_with("errored") {
+            println!(
+                "{} errored: {reason}; `agentq worker restart {}` clears it",
+                w.name, w.name
+            );
+        } else {
+            println!("{} paused: {reason}", w.name);
+        }
     }
     println!(
         "total: {} queued, {} running, {} succeeded, {} failed, {} dead, {} cancelled",

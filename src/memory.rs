@@ -109,7 +109,12 @@ impl Watch {
     /// The group's first sample, of its leader alone (just started, it is the whole group): one
     /// read, so even a task too short for a scheduled sample has a figure.
     pub fn sample_leader(&mut self) {
-        if let Some(p) = self.pgid.and_then(crate::procs::stat) {
+        // A leader already gone (a zombie, holding nothing) gives no figure.
+        if let Some(p) = self
+            .pgid
+            .and_then(crate::procs::stat)
+            .filter(|p| p.state != 'Z' && p.rss > 0)
+        {
             self.peak = Some(self.peak.map_or(p.rss, |old| old.max(p.rss)));
         }
     }
