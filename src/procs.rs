@@ -298,6 +298,15 @@ mod tests {
             .unwrap()
     }
 
+    /// Kills a test's whole group (`sh -c` may have forked its command) and reaps the leader.
+    fn kill_group(child: &mut std::process::Child) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+    }
+
     fn wait_gone(pid: i32) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
@@ -334,8 +343,7 @@ mod tests {
         );
         assert!(stat(mine.id() as i32).is_some_and(|p| p.state != 'Z'));
         assert!(mine_page.path.exists(), "our own record stays");
-        let _ = mine.kill();
-        let _ = mine.wait();
+        kill_group(&mut mine);
         drop(mine_page);
         assert_eq!(
             std::fs::read_dir(dir.path().join("procs")).unwrap().count(),
@@ -371,8 +379,7 @@ mod tests {
             stat(pid).is_some_and(|p| p.state != 'Z'),
             "killed a stranger"
         );
-        let _ = other.kill();
-        let _ = other.wait();
+        kill_group(&mut other);
         assert!(wait_gone(pid));
     }
 
