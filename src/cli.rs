@@ -57,6 +57,8 @@ pub enum Command {
     Cancel(IdsArgs),
     /// Queue failed, dead or cancelled tasks again, with their attempts reset
     Retry(IdsArgs),
+    /// Say whether a prompt is a long or a short task, and why
+    Classify(ClassifyArgs),
     /// Act on a worker
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -135,6 +137,21 @@ pub struct SubmitArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    /// The prompt, or - to read it from stdin
+    #[arg(value_name = "PROMPT | -")]
+    pub prompt: Option<String>,
+    /// Take this class as given (long or short)
+    #[arg(long, value_parser = parse_class)]
+    pub class: Option<crate::classify::Class>,
+    /// Take this complexity (0 to 1) instead of estimating it
+    #[arg(long, value_parser = parse_complexity)]
+    pub complexity: Option<f64>,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct TasksArgs {
     /// Only tasks in this state
     #[arg(long, short, value_parser = parse_state)]
@@ -205,6 +222,19 @@ fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
     match crate::config::parse_duration(s)? {
         d if d.is_zero() => Err("must be above zero".into()),
         d => Ok(d),
+    }
+}
+
+fn parse_class(s: &str) -> Result<crate::classify::Class, String> {
+    s.parse()
+}
+
+fn parse_complexity(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if (0.0..=1.0).contains(&c) => Ok(c),
+        _ => Err(format!(
+            "{s:?} is not a complexity: write a number from 0 to 1, e.g. 0.7"
+        )),
     }
 }
 

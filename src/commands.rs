@@ -37,6 +37,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Tasks(args) => tasks(explicit, args).await,
         Command::Show(args) => show(explicit, args).await,
         Command::Events(args) => events(explicit, args).await,
+        Command::Classify(args) => classify(explicit, args),
         Command::Result(args) => result(explicit, args).await,
         Command::Wait(args) => wait_cmd(explicit, args).await,
         Command::Cancel(args) => cancel(explicit, args).await,
@@ -553,6 +554,43 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     for e in &events {
         println!("{}  {:<16} {}", when(e.ts), e.kind, e.message);
     }
+    Ok(())
+}
+
+/// Classifies a prompt by the `[classify]` rules of the config, or the seed's defaults where
+/// there is no config.
+fn classify(explicit: Option<&Path>, args: crate::cli::ClassifyArgs) -> Result<()> {
+    let (rules, cap) = match load_config(explicit) {
+        Ok(config) => (config.classify, config.max_prompt_size),
+        Err(Error::ConfigNotFound { .. }) if explicit.is_none() => (Default::default(), 10 << 20),
+        Err(e) => return Err(e),
+    };
+    let prompt = read_prompt(args.prompt, cap)?;
+    let v = crate::classify::classify(&prompt, &rules, args.class, args.complexity);
+    if args.out.json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!("{}", v.class);
+    println!(
+        "complexity: {:.2} ({})",
+        v.complexity,
+        if v.complexity_given {
+            "given"
+        } else {
+            "estimated from the prompt"
+        }
+    );
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            l.join(", ")
+        }
+    };
+    println!("long keywords: {}", list(&v.long_keywords));
+    println!("short keywords: {}", list(&v.short_keywords));
+    println!("why: {}", v.reason);
     Ok(())
 }
 

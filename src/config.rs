@@ -143,6 +143,8 @@ struct RawFile {
     intake: RawIntake,
     #[serde(default)]
     daemon: RawDaemon,
+    #[serde(default)]
+    classify: RawClassify,
     #[serde(default, rename = "worker")]
     workers: Vec<Spanned<RawWorker>>,
 }
@@ -206,6 +208,16 @@ struct RawDaemon {
     log_max_size: Option<Size>,
     log_backups: Option<u32>,
     task_logs_keep: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClassify {
+    long_keywords: Option<Spanned<Vec<String>>>,
+    short_keywords: Option<Spanned<Vec<String>>>,
+    high: Option<Spanned<f64>>,
+    medium: Option<Spanned<f64>>,
+    low: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -409,6 +421,8 @@ pub struct Config {
     pub max_prompt_size: u64,
     pub intake: IntakeSettings,
     pub daemon: DaemonSettings,
+    /// How tasks are told long from short.
+    pub classify: crate::classify::Rules,
     pub workers: Vec<WorkerConfig>,
 }
 
@@ -610,7 +624,9 @@ impl Config {
                 "[daemon] log_max_size must be at least 4KiB".into(),
             ));
         }
+        let classify = classify_rules(&raw.classify).map_err(|(span, m)| at(span, m))?;
         Ok(Config {
+            classify,
             path: path.to_path_buf(),
             root,
             default_worker,
@@ -849,6 +865,57 @@ fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limi
     Ok(limits)
 }
 
+/// `[classify]` over the seed's defaults: thresholds in order within 0..1, keywords non-empty.
+fn classify_rules(raw: &RawClassify) -> std::result::Result<crate::classify::Rules, SpanError> {
+    let mut rules = crate::classify::Rules::default();
+    for (list, into) in [
+        (&raw.long_keywords, &mut rules.long_keywords),
+        (&raw.short_keywords, &mut rules.short_keywords),
+    ] {
+        if let Some(list) = list {
+            if list.get_ref().iter().any(|k| k.trim().is_empty()) {
+                return Err((
+                    Some(list.span()),
+                    "[classify] keywords cannot be empty strings".into(),
+                ));
+            }
+            *into = list
+                .get_ref()
+                .iter()
+                .map(|k| k.trim().to_lowercase())
+                .collect();
+        }
+    }
+    for (value, into) in [
+        (&raw.high, &mut rules.high),
+        (&raw.medium, &mut rules.medium),
+        (&raw.low, &mut rules.low),
+    ] {
+        if let Some(v) = value {
+            *into = *v.get_ref();
+        }
+    }
+    let in_order = 0.0 <= rules.low
+        && rules.low <= rules.medium
+        && rules.medium <= rules.high
+        && rules.high <= 1.0;
+    if !in_order {
+        let span = [&raw.low, &raw.medium, &raw.high]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|v| v.span());
+        return Err((
+            span,
+            format!(
+                "[classify] thresholds must be 0 <= low <= medium <= high <= 1; they are low = {}, medium = {}, high = {}",
+                rules.low, rules.medium, rules.high
+            ),
+        ));
+    }
+    Ok(rules)
+}
+
 /// Worker names become folder names and URL segments, so they are kept to a safe alphabet.
 pub fn validate_name(name: &str) -> std::result::Result<(), String> {
     let ok_chars = name
@@ -985,6 +1052,18 @@ mod tests {
         assert!(e.contains(":2:1") && e.contains("at least 50ms"), "{e}");
         let e = err_text("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nautorestart = \"yes\"\n");
         assert!(e.contains(":4:") && e.contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn classify_rules_are_read_and_checked() {
+        let c = parse("[classify]\nlong_keywords = [\"Audit\"]\nhigh = 0.9\n").unwrap();
+        assert_eq!(c.classify.long_keywords, ["audit"]);
+        assert_eq!((c.classify.high, c.classify.low), (0.9, 0.3));
+        assert_eq!(c.classify.short_keywords.len(), 7, "defaults kept");
+        let e = err_text("[classify]\nlow = 0.6\nmedium = 0.5\n");
+        assert!(e.contains(":2:7") && e.contains("low <= medium"), "{e}");
+        let e = err_text("[classify]\nshort_keywords = [\"fix\", \" \"]\n");
+        assert!(e.contains(":2:18") && e.contains("empty"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! ARCHITECTURE.md, at the root of the repository, maps the modules and states the invariants.
 
 pub mod agent;
+pub mod classify;
 pub mod claude;
 pub mod cli;
 pub mod commands;

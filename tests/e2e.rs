@@ -891,3 +891,56 @@ fn events_follow_the_log_as_it_grows_and_fall_back_to_the_store_without_it() {
         .collect();
     assert_eq!(kinds, ["task_queued", "task_started", "task_finished"]);
 }
+
+#[test]
+fn classify_says_long_or_short_and_why_with_the_configs_rules_or_the_seeds() {
+    // No config anywhere above a bare temporary folder: the seed's rules.
+    let bare = tempfile::tempdir().unwrap();
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("AGENTQ_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        bare.path(),
+        &[
+            "classify",
+            "--json",
+            "Implement comprehensive authentication system",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["class"], "long");
+    assert_eq!(
+        v["long_keywords"],
+        serde_json::json!(["implement", "comprehensive"])
+    );
+    let out = run(bare.path(), &["classify", "Fix login button bug"]);
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with("short\n") && said.contains("why: "),
+        "{said}"
+    );
+    // Overrides, and a bad complexity is refused with what to write.
+    let out = run(
+        bare.path(),
+        &["classify", "--complexity", "0.9", "Fix typo"],
+    );
+    assert!(text(&out.stdout).starts_with("long\n"));
+    let out = run(bare.path(), &["classify", "--complexity", "7", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("from 0 to 1"));
+
+    // A project's own rules.
+    let p = Project::new("[classify]\nlong_keywords = [\"audit\"]\nshort_keywords = [\"typo\"]\n");
+    let v = p.json(&["classify", "Audit the payment logs"]);
+    assert_eq!(
+        (v["class"].as_str(), v["long_keywords"][0].as_str()),
+        (Some("long"), Some("audit"))
+    );
+    assert_eq!(p.json(&["classify", "Implement it"])["class"], "short");
+}
