@@ -164,6 +164,7 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     let now = now_ms();
     let id = store
         .submit(&NewTask {
+            routing: Default::default(),
             worker: worker.name.clone(),
             prompt,
             priority: args.priority,

@@ -620,6 +620,7 @@ impl Scanner {
         let submitted = self
             .store
             .submit(&NewTask {
+                routing: Default::default(),
                 worker: worker.to_string(),
                 prompt,
                 priority: 0,

@@ -45,7 +45,21 @@ pub struct NewTask {
     /// A key that makes submission idempotent: a second submit with the same key returns the
     /// first task's id instead of making another (prompt-file intake uses it across crashes).
     pub dedup_key: Option<String>,
+    /// Where it runs and why.
+    pub routing: Routing,
     pub now: Millis,
+}
+
+/// Where a task runs, and what it was judged to be.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Routing {
+    /// Runs in the pool (a fresh process, its own conversation) rather than on its worker.
+    pub pool: bool,
+    pub class: Option<String>,
+    pub complexity: Option<f64>,
+    pub route_reason: Option<String>,
+    /// Bytes its process tree may hold; overrides the worker's `max_memory`.
+    pub max_memory: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +109,8 @@ pub struct Task {
     /// What the agent reported about its last attempt (Claude workers).
     #[serde(flatten)]
     pub usage: Usage,
+    #[serde(flatten)]
+    pub routing: Routing,
 }
 
 /// What an agent reports about one attempt: its conversation and what it cost.
@@ -271,6 +287,16 @@ pub struct Spend {
     pub attempts: i64,
 }
 
+/// The pool at a glance.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PoolCounts {
+    pub queued: u64,
+    pub running: u64,
+    /// Tasks of each class (`long`, `short`), any state.
+    pub long: u64,
+    pub short: u64,
+}
+
 /// How many tasks a worker has in each state.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WorkerCounts {
@@ -382,7 +408,22 @@ pub trait Store: Send + Sync {
     async fn spend_since(&self, since: Millis) -> Result<Vec<Spend>>;
 
     /// When `worker`'s earliest queued task becomes due (counting a pause), if it has any queued.
+    /// Its pool tasks are not its own queue's.
     async fn next_due(&self, worker: &str) -> Result<Option<Millis>>;
+
+    /// Atomically takes the pool's next task (highest priority, oldest first, due, its worker not
+    /// paused), only while fewer than `max_running` pool tasks run. Counts an attempt.
+    async fn claim_pool(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+        max_running: u32,
+    ) -> Result<Option<Claim>>;
+    /// When the pool's earliest queued task becomes due, if it has any queued.
+    async fn next_due_pool(&self) -> Result<Option<Millis>>;
+    /// The pool's queued and running tasks, and every task's class, counted.
+    async fn pool_counts(&self) -> Result<PoolCounts>;
     /// When the earliest lease of any running task expires.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>>;
 }

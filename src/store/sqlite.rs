@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_claude.sql"),
     include_str!("../../migrations/sqlite/0003_supervision.sql"),
+    include_str!("../../migrations/sqlite/0004_pool.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,7 +37,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
      not_before, created_at, updated_at, started_at, finished_at, owner, lease_expires, exit_code, \
      output, error, stderr_tail, duration_ms, source, interruptions, session_id, cost_usd, input_tokens, \
-     output_tokens, num_turns, cause, memory_peak_mb";
+     output_tokens, num_turns, cause, memory_peak_mb, pool, class, complexity, route_reason, max_memory";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -240,6 +241,13 @@ fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
         },
         cause: r.get(27)?,
         memory_peak_mb: r.get(28)?,
+        routing: super::Routing {
+            pool: r.get(29)?,
+            class: r.get(30)?,
+            complexity: r.get(31)?,
+            route_reason: r.get(32)?,
+            max_memory: r.get::<_, Option<i64>>(33)?.map(|m| m as u64),
+        },
     })
 }
 
@@ -452,8 +460,9 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
-                 not_before, created_at, updated_at, source, dedup_key) \
-                 VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+                 not_before, created_at, updated_at, source, dedup_key, pool, class, complexity, \
+                 route_reason, max_memory) \
+                 VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     t.worker,
                     t.prompt,
@@ -463,11 +472,19 @@ impl Store for SqliteStore {
                     t.not_before,
                     t.now,
                     t.source,
-                    t.dedup_key
+                    t.dedup_key,
+                    t.routing.pool,
+                    t.routing.class,
+                    t.routing.complexity,
+                    t.routing.route_reason,
+                    t.routing.max_memory.map(|m| m as i64)
                 ],
             )?;
             let id = tx.last_insert_rowid();
-            event(tx, t.now, Some(id), Some(&t.worker), "task_queued", &format!("from {}, priority {}, {} bytes", t.source, t.priority, t.prompt.len()))?;
+            let place = if t.routing.pool { "the pool" } else { "its worker" };
+            let why = t.routing.route_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let data = serde_json::json!({ "pool": t.routing.pool, "class": t.routing.class, "complexity": t.routing.complexity });
+            event_with(tx, t.now, Some(id), Some(&t.worker), "task_queued", &format!("from {}, priority {}, {} bytes; runs on {place}{why}", t.source, t.priority, t.prompt.len()), Some(data))?;
             Ok(Submitted::New(id))
         })
         .await
@@ -489,9 +506,9 @@ impl Store for SqliteStore {
                     &format!(
                         "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = ?2, \
                          claim_token = ?3, lease_expires = ?4, started_at = ?5, updated_at = ?5 \
-                         WHERE id = (SELECT id FROM tasks WHERE worker = ?1 AND state = 'queued' \
+                         WHERE id = (SELECT id FROM tasks WHERE worker = ?1 AND state = 'queued' AND pool = 0 \
                                      AND not_before <= ?5 ORDER BY priority DESC, id ASC LIMIT 1) \
-                           AND NOT EXISTS (SELECT 1 FROM tasks WHERE worker = ?1 AND state = 'running') \
+                           AND NOT EXISTS (SELECT 1 FROM tasks WHERE worker = ?1 AND state = 'running' AND pool = 0) \
                            AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?1 AND until > ?5) \
                          RETURNING {TASK_COLUMNS}"
                     ),
@@ -1083,9 +1100,76 @@ impl Store for SqliteStore {
                 // (No queued task: NULL, so an idle runner sleeps with no timer.)
                 "SELECT CASE WHEN count(*) = 0 THEN NULL ELSE \
                    max(min(not_before), coalesce((SELECT until FROM worker_pauses WHERE worker = ?1), 0)) END \
-                 FROM tasks WHERE worker = ?1 AND state = 'queued'",
+                 FROM tasks WHERE worker = ?1 AND state = 'queued' AND pool = 0",
                 [worker],
                 |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn claim_pool(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+        max_running: u32,
+    ) -> Result<Option<Claim>> {
+        let owner = owner.to_string();
+        let expires = now + lease.as_millis() as Millis;
+        self.write("claiming a pool task", move |tx| {
+            let token = new_token();
+            let task = tx
+                .query_row(
+                    &format!(
+                        "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = ?1, \
+                         claim_token = ?2, lease_expires = ?3, started_at = ?4, updated_at = ?4 \
+                         WHERE id = (SELECT id FROM tasks t WHERE pool = 1 AND state = 'queued' \
+                                       AND not_before <= ?4 \
+                                       AND NOT EXISTS (SELECT 1 FROM worker_pauses p \
+                                                       WHERE p.worker = t.worker AND p.until > ?4) \
+                                     ORDER BY priority DESC, id ASC LIMIT 1) \
+                           AND (SELECT count(*) FROM tasks WHERE pool = 1 AND state = 'running') < ?5 \
+                         RETURNING {TASK_COLUMNS}"
+                    ),
+                    params![owner, token, expires, now, max_running],
+                    task_from_row,
+                )
+                .optional()?;
+            let Some(task) = task else { return Ok(None) };
+            event(tx, now, Some(task.id), Some(&task.worker), "task_started", &format!("attempt {} of {} in the pool by {owner}", task.attempts, task.max_attempts))?;
+            Ok(Some(Claim { task, token }))
+        })
+        .await
+    }
+
+    async fn next_due_pool(&self) -> Result<Option<Millis>> {
+        self.call("finding the pool's next due task", move |conn| {
+            Ok(conn.query_row(
+                "SELECT min(max(not_before, coalesce((SELECT until FROM worker_pauses p WHERE p.worker = t.worker), 0))) \
+                 FROM tasks t WHERE pool = 1 AND state = 'queued'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn pool_counts(&self) -> Result<super::PoolCounts> {
+        self.call("counting the pool", move |conn| {
+            Ok(conn.query_row(
+                "SELECT coalesce(sum(pool = 1 AND state = 'queued'), 0), \
+                        coalesce(sum(pool = 1 AND state = 'running'), 0), \
+                        coalesce(sum(class = 'long'), 0), coalesce(sum(class = 'short'), 0) FROM tasks",
+                [],
+                |r| {
+                    Ok(super::PoolCounts {
+                        queued: r.get::<_, i64>(0)? as u64,
+                        running: r.get::<_, i64>(1)? as u64,
+                        long: r.get::<_, i64>(2)? as u64,
+                        short: r.get::<_, i64>(3)? as u64,
+                    })
+                },
             )?)
         })
         .await
@@ -1133,6 +1217,7 @@ mod tests {
 
     fn task(worker: &str, prompt: &str, priority: i64, now: Millis) -> NewTask {
         NewTask {
+            routing: Default::default(),
             worker: worker.into(),
             prompt: prompt.into(),
             priority,
@@ -1674,5 +1759,45 @@ mod tests {
             [("task_queued", Some(id)), ("task_cancelled", Some(id))]
         );
         assert_eq!(lines[0].worker.as_deref(), Some("w"));
+    }
+
+    #[tokio::test]
+    async fn the_pool_claims_up_to_its_limit_and_workers_never_claim_pool_tasks() {
+        let (_d, s) = store();
+        let pooled = |prompt: &str| {
+            let mut t = task("w", prompt, 0, 1);
+            t.routing.pool = true;
+            t.routing.class = Some("long".into());
+            t
+        };
+        for p in ["a", "b", "c"] {
+            s.submit(&pooled(p)).await.unwrap();
+        }
+        let own = s.submit(&task("w", "own", 0, 1)).await.unwrap().id();
+        // The worker claims only its own task, and a running pool task does not hold it back.
+        let first = s.claim_pool("me", 2, LEASE, 2).await.unwrap().unwrap();
+        assert!(first.task.routing.pool);
+        let c = s.claim("w", "me", 3, LEASE).await.unwrap().unwrap();
+        assert_eq!(c.task.id, own);
+        assert_eq!(
+            s.next_due("w").await.unwrap(),
+            None,
+            "pool tasks are not the worker's queue"
+        );
+        // At most two pool tasks run at once.
+        assert!(s.claim_pool("me", 4, LEASE, 2).await.unwrap().is_some());
+        assert!(s.claim_pool("me", 5, LEASE, 2).await.unwrap().is_none());
+        assert_eq!(s.next_due_pool().await.unwrap(), Some(1));
+        let counts = s.pool_counts().await.unwrap();
+        assert_eq!((counts.queued, counts.running, counts.long), (1, 2, 3));
+        s.finish(&first.fence(), &done(TaskState::Succeeded, 6), None)
+            .await
+            .unwrap();
+        assert!(s.claim_pool("me", 7, LEASE, 2).await.unwrap().is_some());
+        // A paused worker's pool tasks wait with it.
+        s.submit(&pooled("d")).await.unwrap();
+        s.pause_worker("w", 1000, "usage limit", 8).await.unwrap();
+        assert!(s.claim_pool("me", 9, LEASE, 9).await.unwrap().is_none());
+        assert_eq!(s.next_due_pool().await.unwrap(), Some(1000));
     }
 }
