@@ -309,27 +309,47 @@ fn event_with(
     Ok(())
 }
 
-/// Records how an attempt ended, in the attempts table. Call it while the task still names its
-/// owner (before the update that ends the claim).
-#[allow(clippy::too_many_arguments)]
-fn attempt_row(
-    tx: &rusqlite::Transaction,
-    task_id: i64,
-    outcome: &str,
-    cause: Option<&str>,
-    reason: Option<&str>,
+/// How an attempt ended, as a row of the attempts table.
+#[derive(Default)]
+struct AttemptEnding<'a> {
+    /// `succeeded`, `failed`, `interrupted` or `released`.
+    outcome: &'a str,
+    cause: Option<&'a str>,
+    reason: Option<&'a str>,
     exit_code: Option<i32>,
     duration_ms: Option<i64>,
     memory_peak_mb: Option<f64>,
+}
+
+/// Records how a running task's attempt ended, in the attempts table, and says whether it did:
+/// with a `claim` token, only while the task is still running under it (so this is also the
+/// fence check). Call it while the task still names its owner, before the update that ends the
+/// claim.
+fn attempt_row(
+    tx: &rusqlite::Transaction,
+    task_id: i64,
+    claim: Option<&str>,
+    e: &AttemptEnding,
     now: Millis,
-) -> rusqlite::Result<()> {
-    tx.execute(
+) -> rusqlite::Result<bool> {
+    let n = tx.execute(
         "INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, outcome, cause, \
          reason, exit_code, duration_ms, memory_peak_mb) \
-         SELECT id, attempts, worker, owner, started_at, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM tasks WHERE id = ?1",
-        params![task_id, now, outcome, cause, reason, exit_code, duration_ms, memory_peak_mb],
+         SELECT id, attempts, worker, owner, started_at, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM tasks \
+         WHERE id = ?1 AND state = 'running' AND (?9 IS NULL OR claim_token = ?9)",
+        params![
+            task_id,
+            now,
+            e.outcome,
+            e.cause,
+            e.reason,
+            e.exit_code,
+            e.duration_ms,
+            e.memory_peak_mb,
+            claim
+        ],
     )?;
-    Ok(())
+    Ok(n == 1)
 }
 
 fn new_token() -> String {
@@ -372,17 +392,12 @@ fn recover_where(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (id, worker, owner, interruptions, max_attempts) in &rows {
-        attempt_row(
-            tx,
-            *id,
-            "interrupted",
-            None,
-            Some(why),
-            None,
-            None,
-            None,
-            now,
-        )?;
+        let ending = AttemptEnding {
+            outcome: "interrupted",
+            reason: Some(why),
+            ..Default::default()
+        };
+        attempt_row(tx, *id, None, &ending, now)?;
         let owner = owner.as_deref().unwrap_or("?");
         if interruptions > max_attempts {
             let error = format!(
@@ -540,25 +555,17 @@ impl Store for SqliteStore {
         let (fence, f) = (fence.clone(), f.clone());
         self.write("recording a result", move |tx| {
             let terminal = f.state.is_terminal();
-            let held: bool = tx.query_row(
-                "SELECT count(*) FROM tasks WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
-                params![fence.id, fence.token],
-                |r| r.get(0),
-            )?;
-            if !held {
+            let ending = AttemptEnding {
+                outcome: if f.cause.is_none() { "succeeded" } else { "failed" },
+                cause: f.cause.as_deref(),
+                reason: f.error.as_deref(),
+                exit_code: f.exit_code,
+                duration_ms: Some(f.duration_ms),
+                memory_peak_mb: f.memory_peak_mb,
+            };
+            if !attempt_row(tx, fence.id, Some(&fence.token), &ending, f.now)? {
                 return Ok(false);
             }
-            attempt_row(
-                tx,
-                fence.id,
-                if f.cause.is_none() { "succeeded" } else { "failed" },
-                f.cause.as_deref(),
-                f.error.as_deref(),
-                f.exit_code,
-                Some(f.duration_ms),
-                f.memory_peak_mb,
-                f.now,
-            )?;
             let n = tx.execute(
                 "UPDATE tasks SET state = ?3, not_before = coalesce(?4, not_before), exit_code = ?5, \
                  output = ?6, error = ?7, stderr_tail = ?8, duration_ms = ?9, \
@@ -664,12 +671,12 @@ impl Store for SqliteStore {
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
         let (fence, reason) = (fence.clone(), reason.to_string());
         self.write("releasing a task", move |tx| {
-            tx.execute(
-                "INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, outcome, reason) \
-                 SELECT id, attempts, worker, owner, started_at, ?3, 'released', ?4 FROM tasks \
-                 WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
-                params![fence.id, fence.token, now, reason],
-            )?;
+            let ending = AttemptEnding {
+                outcome: "released",
+                reason: Some(&reason),
+                ..Default::default()
+            };
+            attempt_row(tx, fence.id, Some(&fence.token), &ending, now)?;
             let worker: Option<String> = tx
                 .query_row(
                     "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), owner = NULL, \
@@ -1670,6 +1677,10 @@ mod tests {
         f.cause = Some("timeout".into());
         f.memory_peak_mb = Some(12.5);
         assert!(s.finish(&c.fence(), &f, None).await.unwrap());
+        // A claim that is gone writes no attempt.
+        assert!(!s.finish(&c.fence(), &f, None).await.unwrap());
+        assert!(!s.release(&c.fence(), "late", 3).await.unwrap());
+        assert_eq!(s.attempts_of(id).await.unwrap().len(), 1);
         let c = s.claim("w", "me", 4, LEASE).await.unwrap().unwrap();
         s.release(&c.fence(), "daemon shutting down", 5)
             .await
