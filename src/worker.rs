@@ -295,18 +295,8 @@ impl Runner {
                 return;
             }
             Ended::Interrupted => {
-                match self
-                    .store
-                    .release(&fence, "daemon shutting down", now_ms())
-                    .await
-                {
-                    Ok(true) => {
-                        info!(worker = %name, task = task.id, "interrupted by shutdown; queued again")
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!(worker = %name, task = task.id, "could not release the task: {e}; it is recovered at the next start")
-                    }
+                if self.give_back(&fence, "daemon shutting down").await {
+                    info!(worker = %name, task = task.id, "interrupted by shutdown; queued again")
                 }
                 return;
             }
@@ -315,8 +305,8 @@ impl Runner {
                 return;
             }
             Ended::Released(why) => {
-                if let Err(e) = self.store.release(&fence, &why, now_ms()).await {
-                    warn!(worker = %name, task = task.id, "could not put the task back: {e}; it is recovered at the next start");
+                if self.give_back(&fence, &why).await {
+                    info!(worker = %name, task = task.id, "{why}; queued again")
                 }
                 return;
             }
@@ -435,20 +425,22 @@ impl Runner {
         let when = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + Duration::from_millis(until as u64),
         );
-        match self
-            .store
-            .release(
-                fence,
-                &format!("{reason}; waits for the reset at {when}"),
-                now,
-            )
+        if self
+            .give_back(fence, &format!("{reason}; waits for the reset at {when}"))
             .await
         {
-            Ok(_) => {
-                warn!(worker = %name, task = task_id, "{reason}; paused until {when}, the task waits")
-            }
+            warn!(worker = %name, task = task_id, "{reason}; paused until {when}, the task waits")
+        }
+    }
+
+    /// Puts a claimed task back in the queue without spending its attempt. Returns whether it
+    /// did (not: the claim was gone, or the store failed and recovery will do it).
+    async fn give_back(&self, fence: &Fence, why: &str) -> bool {
+        match self.store.release(fence, why, now_ms()).await {
+            Ok(released) => released,
             Err(e) => {
-                warn!(worker = %name, task = task_id, "could not put the task back: {e}; it is recovered at the next start")
+                warn!(worker = %self.worker.name, task = fence.id, "could not put the task back: {e}; it is recovered at the next start");
+                false
             }
         }
     }
