@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct RotatingFile {
     path: PathBuf,
-    lock_path: PathBuf,
+    /// `None`: one writer only (see [`RotatingFile::single_writer`]), no lock file.
+    lock_path: Option<PathBuf>,
     max_size: u64,
     backups: u32,
     /// Appends from threads of one process take turns here; processes take turns on the flock.
@@ -58,11 +59,20 @@ impl RotatingFile {
     /// never written leaves no trace.
     pub fn new(path: PathBuf, max_size: u64, backups: u32) -> RotatingFile {
         RotatingFile {
-            lock_path: sibling(&path, "lock"),
+            lock_path: Some(sibling(&path, "lock")),
             path,
             max_size,
             backups,
             handles: Mutex::new(Handles::default()),
+        }
+    }
+
+    /// A log only this value ever writes (a task's agent log): no lock file and no flock per
+    /// append, as no other process appends or rotates it.
+    pub fn single_writer(path: PathBuf, max_size: u64, backups: u32) -> RotatingFile {
+        RotatingFile {
+            lock_path: None,
+            ..RotatingFile::new(path, max_size, backups)
         }
     }
 
@@ -81,17 +91,30 @@ impl RotatingFile {
         // The handles are plain files; one left behind by a panicking thread is still usable.
         let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
         let Handles { lock, file } = &mut *handles;
-        let lock = match lock.take() {
-            Some(l) => lock.insert(l),
-            None => lock.insert(self.open_lock()?),
+        let guard = match &self.lock_path {
+            Some(lock_path) => {
+                let lock = match lock.take() {
+                    Some(l) => lock.insert(l),
+                    None => lock.insert(self.open_lock(lock_path)?),
+                };
+                let guard = FileLock::take(lock, libc::LOCK_SH)
+                    .map_err(|e| with_path(e, "locking", lock_path))?;
+                Some((guard, lock_path))
+            }
+            None => {
+                if file.is_none() {
+                    self.ensure_folder()?;
+                }
+                None
+            }
         };
-        let guard = FileLock::take(lock, libc::LOCK_SH)
-            .map_err(|e| with_path(e, "locking", &self.lock_path))?;
         let mut current = self.current(file)?;
         if self.needs_rotation(current, bytes.len())? {
-            guard
-                .upgrade()
-                .map_err(|e| with_path(e, "locking", &self.lock_path))?;
+            if let Some((guard, lock_path)) = &guard {
+                guard
+                    .upgrade()
+                    .map_err(|e| with_path(e, "locking", lock_path))?;
+            }
             // Another process may have rotated while this one waited for the exclusive lock.
             current = self.current(file)?;
             if self.needs_rotation(current, bytes.len())? {
@@ -126,17 +149,24 @@ impl RotatingFile {
         Ok(slot.insert(file))
     }
 
-    fn open_lock(&self) -> io::Result<File> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| with_path(e, "creating log folder", dir))?;
+    fn ensure_folder(&self) -> io::Result<()> {
+        match self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => {
+                std::fs::create_dir_all(dir).map_err(|e| with_path(e, "creating log folder", dir))
+            }
+            _ => Ok(()),
         }
+    }
+
+    fn open_lock(&self, lock_path: &Path) -> io::Result<File> {
+        self.ensure_folder()?;
         OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&self.lock_path)
-            .map_err(|e| with_path(e, "opening lock file", &self.lock_path))
+            .open(lock_path)
+            .map_err(|e| with_path(e, "opening lock file", lock_path))
     }
 }
 
@@ -1128,5 +1158,19 @@ mod tests {
         );
         assert_eq!(prune(d.path(), "task_", 2).unwrap(), 0);
         assert_eq!(prune(&d.path().join("missing"), "task_", 2).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_single_writer_log_rotates_without_a_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("task_1.log");
+        let log = RotatingFile::single_writer(path.clone(), 100, 1);
+        for _ in 0..5 {
+            log.append(&[b'x'; 60]).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 60);
+        assert_eq!(std::fs::metadata(sibling(&path, "1")).unwrap().len(), 60);
+        assert!(!sibling(&path, "2").exists(), "one older file");
+        assert!(!sibling(&path, "lock").exists(), "no lock file");
     }
 }

@@ -518,7 +518,8 @@ impl Runner {
             }
         }
         // One older file per task: a task's log is for reading what it did, the newest part first.
-        crate::logfile::RotatingFile::new(
+        // Only this runner writes it: no lock file.
+        crate::logfile::RotatingFile::single_writer(
             dir.join(format!("task_{}.log", task.id)),
             self.config.daemon.log_max_size,
             1,

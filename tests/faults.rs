@@ -165,6 +165,10 @@ fn garbage_and_huge_output_are_kept_within_the_cap() {
     assert!(size(&log) > 0 && size(&log) <= (1 << 20) + (64 << 10));
     assert!(size(&rotated(1)) > 0);
     assert!(!rotated(2).exists(), "one older file per task log");
+    assert!(
+        !std::path::PathBuf::from(format!("{}.lock", log.display())).exists(),
+        "a task log has one writer and no lock file"
+    );
     none_left(&p);
     assert!(daemon.stop().success());
 }
