@@ -22,7 +22,11 @@ pub const CONFIG_FILE: &str = "agentq.toml";
 pub const STATE_DIR: &str = ".agentq";
 
 /// Names that cannot be a worker's: they are folders or targets of their own.
-const RESERVED_NAMES: &[&str] = &["pool", "rejected"];
+const RESERVED_NAMES: &[&str] = &[POOL, "rejected"];
+
+/// The pool's name where a worker's would be: its tasks' worker, its prompt folder
+/// `.queue/pool/`, its results `.output/pool/`.
+pub const POOL: &str = "pool";
 
 /// What `agentq init` writes: short enough to read, with every knob a user reaches for first.
 pub const INIT_TEMPLATE: &str = r#"# agentq configuration. Every setting not written here has a default; see README.md.
@@ -145,8 +149,28 @@ struct RawFile {
     daemon: RawDaemon,
     #[serde(default)]
     classify: RawClassify,
+    /// The ephemeral pool: a worker's settings without a name, plus `max_workers`.
+    pool: Option<Spanned<RawWorker>>,
+    #[serde(default)]
+    class: RawClasses,
     #[serde(default, rename = "worker")]
     workers: Vec<Spanned<RawWorker>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClasses {
+    long: Option<RawClassLimits>,
+    short: Option<RawClassLimits>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClassLimits {
+    timeout: Option<Dur>,
+    max_memory: Option<Size>,
+    max_attempts: Option<Spanned<u32>>,
+    priority: Option<i64>,
 }
 
 /// Settings a worker inherits unless it sets its own.
@@ -186,6 +210,7 @@ struct RawDefaults {
     worker: Option<Spanned<String>>,
     max_prompt_size: Option<Size>,
     claude_bin: Option<PathBuf>,
+    route: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -220,11 +245,16 @@ struct RawClassify {
     low: Option<Spanned<f64>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawWorker {
-    name: Spanned<String>,
+    /// Required in a `[[worker]]`; `[pool]` has none.
+    name: Option<Spanned<String>>,
     agent: Option<Spanned<String>>,
+    /// Where its tasks run: "worker", "pool" or "auto" (`[[worker]]` only).
+    route: Option<Spanned<String>>,
+    /// How many pool tasks may run at once (`[pool]` only).
+    max_workers: Option<Spanned<u32>>,
     command: Option<Spanned<Vec<String>>>,
     cwd: Option<PathBuf>,
     #[serde(default)]
@@ -376,6 +406,64 @@ pub struct WorkerConfig {
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Where the tasks submitted to it run.
+    pub route: Route,
+}
+
+/// Where a worker's tasks run: on its own long-lived agent, in the pool (a fresh process and
+/// conversation each, with the worker's settings), or by class (short on the worker, long in the
+/// pool).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Worker,
+    Pool,
+    Auto,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Worker => "worker",
+            Route::Pool => "pool",
+            Route::Auto => "auto",
+        }
+    }
+}
+
+/// The ephemeral pool: isolated runs, at most `max_workers` at once.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// The settings of tasks submitted to the pool itself (worker `pool`); a worker's tasks routed
+    /// to the pool run with that worker's settings instead.
+    pub worker: WorkerConfig,
+    pub max_workers: u32,
+    /// Whether agentq.toml has a `[pool]` table (a daemon with only a pool is a daemon).
+    pub defined: bool,
+}
+
+/// What `[class.long]` or `[class.short]` sets, for tasks that do not set their own.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassLimits {
+    pub timeout: Option<Duration>,
+    pub max_memory: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub priority: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Classes {
+    pub long: ClassLimits,
+    pub short: ClassLimits,
+}
+
+impl Classes {
+    pub fn of(&self, class: crate::classify::Class) -> &ClassLimits {
+        match class {
+            crate::classify::Class::Long => &self.long,
+            crate::classify::Class::Short => &self.short,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -423,6 +511,9 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// How tasks are told long from short.
     pub classify: crate::classify::Rules,
+    /// Limits by class.
+    pub classes: Classes,
+    pub pool: Pool,
     pub workers: Vec<WorkerConfig>,
 }
 
@@ -485,81 +576,112 @@ impl Config {
             ));
         }
 
+        let default_route = match &raw.defaults.route {
+            Some(r) => parse_route(r).map_err(|(span, m)| at(span, m))?,
+            None => Route::Worker,
+        };
         let mut workers: Vec<WorkerConfig> = Vec::new();
         for spanned in &raw.workers {
             let w = spanned.get_ref();
-            let name = w.name.get_ref().clone();
-            validate_name(&name).map_err(|m| at(Some(w.name.span()), m))?;
-            if workers.iter().any(|o| o.name == name) {
+            let Some(name) = &w.name else {
                 return Err(at(
-                    Some(w.name.span()),
-                    format!("worker {name:?} is defined twice; worker names must be unique"),
+                    Some(spanned.span()),
+                    "a [[worker]] needs a name, e.g. name = \"main\"".into(),
+                ));
+            };
+            validate_name(name.get_ref()).map_err(|m| at(Some(name.span()), m))?;
+            if workers.iter().any(|o| &o.name == name.get_ref()) {
+                return Err(at(
+                    Some(name.span()),
+                    format!(
+                        "worker {:?} is defined twice; worker names must be unique",
+                        name.get_ref()
+                    ),
                 ));
             }
-            // A worker that names a command but no agent means that command; with neither it is
-            // a Claude Code worker, the default agent.
-            let agent_kind = match (&w.agent, &w.command) {
-                (Some(a), _) => a.get_ref().as_str(),
-                (None, Some(_)) => "command",
-                (None, None) => "claude",
+            if let Some(m) = &w.max_workers {
+                return Err(at(
+                    Some(m.span()),
+                    "max_workers is a [pool] setting; a worker runs one task at a time".into(),
+                ));
+            }
+            let route = match &w.route {
+                Some(r) => parse_route(r).map_err(|(span, m)| at(span, m))?,
+                None => default_route,
             };
-            let agent = match agent_kind {
-                "command" if !w.claude_keys().is_empty() => {
-                    return Err(at(
-                        Some(spanned.span()),
-                        format!(
-                            "worker {name:?} has agent = \"command\" but sets {}, which only a Claude worker has",
-                            w.claude_keys().join(", ")
-                        ),
-                    ));
-                }
-                "command" => {
-                    let argv = w
-                        .command
-                        .as_ref()
-                        .map(|c| c.get_ref().clone())
-                        .unwrap_or_default();
-                    if argv.is_empty() || argv[0].trim().is_empty() {
-                        let span = w
-                            .command
-                            .as_ref()
-                            .map(|c| c.span())
-                            .unwrap_or(spanned.span());
+            let worker = build_worker(
+                w,
+                name.get_ref().clone(),
+                spanned.span(),
+                &raw.defaults,
+                &base,
+                &root,
+            )
+            .map_err(|(span, m)| at(span, m))?;
+            workers.push(WorkerConfig { route, ..worker });
+        }
+        let pool = match &raw.pool {
+            Some(spanned) => {
+                let p = spanned.get_ref();
+                for (key, span) in [
+                    ("name", p.name.as_ref().map(|n| n.span())),
+                    ("route", p.route.as_ref().map(|r| r.span())),
+                ] {
+                    if let Some(span) = span {
                         return Err(at(
                             Some(span),
                             format!(
-                                "worker {name:?} has agent = \"command\" but no command: write e.g. command = [\"python3\", \"agent.py\"]"
+                                "[pool] has no {key}: it is the pool, and runs every task it is given"
                             ),
                         ));
                     }
-                    Agent::Command { argv }
                 }
-                "claude" => Agent::Claude(Box::new(
-                    claude_settings(w, raw.defaults.claude_bin.as_ref(), &root)
-                        .map_err(|(span, m)| at(span, m))?,
-                )),
-                other => {
+                if let Some(mode) = p.mode.as_ref().filter(|m| m.get_ref() == "persistent") {
                     return Err(at(
-                        w.agent.as_ref().map(|a| a.span()),
-                        format!("unknown agent {other:?}: expected \"command\" or \"claude\""),
+                        Some(mode.span()),
+                        "[pool] runs every task in a fresh process: mode = \"persistent\" does not apply (leave mode out)".into(),
                     ));
                 }
-            };
-            let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
-            let cwd = if cwd.is_absolute() {
-                cwd
-            } else {
-                root.join(cwd)
-            };
-            let limits = resolve_limits(&limits_of!(w), &base).map_err(|(span, m)| at(span, m))?;
-            workers.push(WorkerConfig {
-                name,
-                agent,
-                cwd,
-                env: w.env.clone(),
-                limits,
-            });
-        }
+                let max_workers = p.max_workers.as_ref().map_or(4, |m| *m.get_ref());
+                if max_workers == 0 {
+                    return Err(at(
+                        p.max_workers.as_ref().map(|m| m.span()),
+                        "[pool] max_workers must be at least 1".into(),
+                    ));
+                }
+                Pool {
+                    worker: build_worker(
+                        p,
+                        POOL.into(),
+                        spanned.span(),
+                        &raw.defaults,
+                        &pool_base(&base),
+                        &root,
+                    )
+                    .map_err(|(span, m)| at(span, m))?,
+                    max_workers,
+                    defined: true,
+                }
+            }
+            None => Pool {
+                worker: build_worker(
+                    &RawWorker::default(),
+                    POOL.into(),
+                    0..0,
+                    &raw.defaults,
+                    &pool_base(&base),
+                    &root,
+                )
+                .map_err(|(span, m)| at(span, m))?,
+                max_workers: 4,
+                defined: false,
+            },
+        };
+        let classes = Classes {
+            long: class_limits(raw.class.long.as_ref(), "long").map_err(|(span, m)| at(span, m))?,
+            short: class_limits(raw.class.short.as_ref(), "short")
+                .map_err(|(span, m)| at(span, m))?,
+        };
         // Defaults that name no worker are still checked, so a typo there is caught before submit.
         resolve_limits(&RawLimits::default(), &base).map_err(|(span, m)| at(span, m))?;
 
@@ -627,6 +749,8 @@ impl Config {
         let classify = classify_rules(&raw.classify).map_err(|(span, m)| at(span, m))?;
         Ok(Config {
             classify,
+            pool,
+            classes,
             path: path.to_path_buf(),
             root,
             default_worker,
@@ -701,6 +825,23 @@ impl Config {
         self.workers.iter().find(|w| w.name == name)
     }
 
+    /// The settings a task of `name` runs with: a worker's, or the pool's for `pool`.
+    pub fn settings_of(&self, name: &str) -> Option<&WorkerConfig> {
+        if name == POOL {
+            Some(&self.pool.worker)
+        } else {
+            self.worker(name)
+        }
+    }
+
+    /// Every name tasks can be queued under: the workers, then the pool.
+    pub fn queue_names(&self) -> impl Iterator<Item = &str> {
+        self.workers
+            .iter()
+            .map(|w| w.name.as_str())
+            .chain(std::iter::once(POOL))
+    }
+
     /// The worker a task goes to when `--worker` is not given: `[defaults] worker`, or the only one.
     pub fn resolve_worker(&self, asked: Option<&str>) -> Result<&WorkerConfig> {
         let names = || {
@@ -734,6 +875,137 @@ impl Config {
 }
 
 type SpanError = (Option<std::ops::Range<usize>>, String);
+
+/// A `[[worker]]` table, or `[pool]`, as settings: agent, folder, environment and limits.
+fn build_worker(
+    w: &RawWorker,
+    name: String,
+    table_span: std::ops::Range<usize>,
+    defaults: &RawDefaults,
+    base: &RawLimits,
+    root: &Path,
+) -> std::result::Result<WorkerConfig, SpanError> {
+    let table = if name == POOL {
+        "[pool]".to_string()
+    } else {
+        format!("worker {name:?}")
+    };
+    // A worker that names a command but no agent means that command; with neither it is a
+    // Claude Code worker, the default agent.
+    let agent_kind = match (&w.agent, &w.command) {
+        (Some(a), _) => a.get_ref().as_str(),
+        (None, Some(_)) => "command",
+        (None, None) => "claude",
+    };
+    let agent = match agent_kind {
+        "command" if !w.claude_keys().is_empty() => {
+            return Err((
+                Some(table_span.clone()),
+                format!(
+                    "{table} has agent = \"command\" but sets {}, which only a Claude worker has",
+                    w.claude_keys().join(", ")
+                ),
+            ));
+        }
+        "command" => {
+            let argv = w
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default();
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                let span = w
+                    .command
+                    .as_ref()
+                    .map(|c| c.span())
+                    .unwrap_or(table_span.clone());
+                return Err((
+                    Some(span),
+                    format!(
+                        "{table} has agent = \"command\" but no command: write e.g. command = [\"python3\", \"agent.py\"]"
+                    ),
+                ));
+            }
+            Agent::Command { argv }
+        }
+        "claude" => Agent::Claude(Box::new(claude_settings(
+            w,
+            defaults.claude_bin.as_ref(),
+            root,
+        )?)),
+        other => {
+            return Err((
+                w.agent.as_ref().map(|a| a.span()),
+                format!("unknown agent {other:?}: expected \"command\" or \"claude\""),
+            ));
+        }
+    };
+    let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+    let cwd = if cwd.is_absolute() {
+        cwd
+    } else {
+        root.join(cwd)
+    };
+    Ok(WorkerConfig {
+        name,
+        agent,
+        cwd,
+        env: w.env.clone(),
+        limits: resolve_limits(&limits_of!(w), base)?,
+        route: Route::Worker,
+    })
+}
+
+/// `[defaults]` for the pool: the seed's pool ran each task for at most 10 minutes in 4 GiB.
+fn pool_base(base: &RawLimits) -> RawLimits {
+    RawLimits {
+        timeout: base.timeout.or(Some(Dur(Duration::from_secs(600)))),
+        max_memory: base.max_memory.or(Some(Size(4 << 30))),
+        ..base.clone()
+    }
+}
+
+fn parse_route(raw: &Spanned<String>) -> std::result::Result<Route, SpanError> {
+    match raw.get_ref().as_str() {
+        "worker" => Ok(Route::Worker),
+        "pool" => Ok(Route::Pool),
+        "auto" => Ok(Route::Auto),
+        other => Err((
+            Some(raw.span()),
+            format!(
+                "unknown route {other:?}: expected \"worker\" (its own agent), \"pool\" (a fresh process per task) or \"auto\" (short tasks on the worker, long ones in the pool)"
+            ),
+        )),
+    }
+}
+
+/// `[class.long]` or `[class.short]`, checked.
+fn class_limits(
+    raw: Option<&RawClassLimits>,
+    class: &str,
+) -> std::result::Result<ClassLimits, SpanError> {
+    let Some(raw) = raw else {
+        return Ok(ClassLimits::default());
+    };
+    if let Some(a) = raw.max_attempts.as_ref().filter(|a| *a.get_ref() == 0) {
+        return Err((
+            Some(a.span()),
+            format!("[class.{class}] max_attempts must be at least 1"),
+        ));
+    }
+    if raw.timeout.is_some_and(|t| t.0.is_zero()) {
+        return Err((None, format!("[class.{class}] timeout must be above 0")));
+    }
+    if raw.max_memory.is_some_and(|m| m.0 == 0) {
+        return Err((None, format!("[class.{class}] max_memory must be above 0")));
+    }
+    Ok(ClassLimits {
+        timeout: raw.timeout.map(|t| t.0),
+        max_memory: raw.max_memory.map(|m| m.0),
+        max_attempts: raw.max_attempts.as_ref().map(|a| *a.get_ref()),
+        priority: raw.priority,
+    })
+}
 
 fn claude_settings(
     w: &RawWorker,
@@ -941,7 +1213,7 @@ fn plain_words(message: &str) -> String {
         ("i64", "a whole number"),
         ("a boolean", "true or false"),
         ("a sequence", "a list, e.g. [\"python3\", \"agent.py\"]"),
-        ("struct RawWorker", "a [[worker]] table"),
+        ("struct RawWorker", "a table of worker settings"),
         ("a string", "a quoted string"),
     ] {
         m = m.replace(&format!("expected {rust}"), &format!("expected {words}"));
@@ -1064,6 +1336,81 @@ mod tests {
         assert!(e.contains(":2:7") && e.contains("low <= medium"), "{e}");
         let e = err_text("[classify]\nshort_keywords = [\"fix\", \" \"]\n");
         assert!(e.contains(":2:18") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn the_pool_and_classes_have_defaults_and_are_checked() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert!(!c.pool.defined);
+        assert_eq!(c.pool.max_workers, 4);
+        assert_eq!(c.pool.worker.name, "pool");
+        assert_eq!(c.pool.worker.agent.kind(), "claude");
+        assert_eq!(c.pool.worker.limits.timeout, Duration::from_secs(600));
+        assert_eq!(c.pool.worker.limits.max_memory, Some(4 << 30));
+        assert_eq!(
+            c.workers[0].limits.max_memory, None,
+            "the pool's own default"
+        );
+        assert_eq!(c.workers[0].route, Route::Worker);
+        assert_eq!(c.classes, Classes::default());
+
+        let c = parse(
+            "[defaults]\nroute = \"auto\"\ntimeout = \"1h\"\n[pool]\nmax_workers = 2\ncommand = [\"y\"]\nmax_memory = \"1GiB\"\n[class.long]\ntimeout = \"2h\"\npriority = -3\n[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n[[worker]]\nname = \"v\"\ncommand = [\"x\"]\nroute = \"pool\"\n",
+        )
+        .unwrap();
+        assert!(c.pool.defined);
+        assert_eq!(c.pool.max_workers, 2);
+        assert_eq!(c.pool.worker.agent.kind(), "command");
+        assert_eq!(c.pool.worker.limits.timeout, Duration::from_secs(3600));
+        assert_eq!(c.pool.worker.limits.max_memory, Some(1 << 30));
+        assert_eq!(
+            (c.workers[0].route, c.workers[1].route),
+            (Route::Auto, Route::Pool)
+        );
+        assert_eq!(c.classes.long.timeout, Some(Duration::from_secs(7200)));
+        assert_eq!(c.classes.long.priority, Some(-3));
+        assert_eq!(c.settings_of("pool").unwrap().name, "pool");
+        assert_eq!(c.queue_names().collect::<Vec<_>>(), ["w", "v", "pool"]);
+
+        for (text, at, says) in [
+            ("[pool]\nmax_workers = 0\n", ":2:", "at least 1"),
+            ("[pool]\nname = \"p\"\n", ":2:", "[pool] has no name"),
+            ("[pool]\nroute = \"auto\"\n", ":2:", "[pool] has no route"),
+            ("[pool]\nmode = \"persistent\"\n", ":2:", "fresh process"),
+            (
+                "[pool]\ncommand = [\"x\"]\nmodel = \"m\"\n",
+                ":1:",
+                "[pool] has agent = \"command\"",
+            ),
+            ("[pool]\ntimeout = 0\n", ":2:", "timeout must be above 0"),
+            (
+                "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nmax_workers = 2\n",
+                ":4:",
+                "[pool] setting",
+            ),
+            ("[[worker]]\ncommand = [\"x\"]\n", ":1:", "needs a name"),
+            (
+                "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nroute = \"fast\"\n",
+                ":4:",
+                "unknown route",
+            ),
+            ("[defaults]\nroute = \"any\"\n", ":2:", "unknown route"),
+            (
+                "[class.long]\nmax_attempts = 0\n",
+                ":2:",
+                "[class.long] max_attempts",
+            ),
+            (
+                "[class.short]\nmax_memory = 0\n",
+                ":2:",
+                "[class.short] max_memory",
+            ),
+            ("[class.medium]\ntimeout = \"1m\"\n", ":1:", "medium"),
+            ("[class.long]\ncolour = 1\n", ":2:", "colour"),
+        ] {
+            let e = err_text(text);
+            assert!(e.contains(at) && e.contains(says), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod memory;
 pub mod output;
 pub mod persistent;
 pub mod procs;
+pub mod route;
 pub mod state;
 pub mod store;
 pub mod wake;
