@@ -120,15 +120,29 @@ pub struct SubmitArgs {
     /// The worker to run it [default: [defaults] worker, or the only worker]
     #[arg(long, short)]
     pub worker: Option<String>,
-    /// Higher runs first; equal priorities run in submission order
-    #[arg(long, short, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i64,
-    /// Wall-clock limit of each attempt, e.g. 30s, 10m [default: the worker's]
+    /// Run it in the pool: a fresh agent process and conversation of its own, with [pool]'s
+    /// settings (or, with --worker, that worker's)
+    #[arg(long)]
+    pub pool: bool,
+    /// Its class, instead of classifying the prompt (long or short)
+    #[arg(long, value_parser = parse_class)]
+    pub class: Option<crate::classify::Class>,
+    /// Its complexity (0 to 1), instead of estimating it from the prompt
+    #[arg(long, value_parser = parse_complexity)]
+    pub complexity: Option<f64>,
+    /// Higher runs first; equal priorities run in submission order [default: its class's, or 0]
+    #[arg(long, short, allow_negative_numbers = true)]
+    pub priority: Option<i64>,
+    /// Wall-clock limit of each attempt, e.g. 30s, 10m [default: its class's, or the worker's]
     #[arg(long, value_parser = parse_positive_duration)]
     pub timeout: Option<std::time::Duration>,
-    /// Attempts before the task is dead [default: the worker's]
+    /// Attempts before the task is dead [default: its class's, or the worker's]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
+    /// The most memory its agent's processes may hold, e.g. 2GiB [default: its class's, or the
+    /// worker's max_memory]
+    #[arg(long, value_parser = parse_positive_size)]
+    pub max_memory: Option<u64>,
     /// Wait for the task to end, print its result, and exit 1 if it did not succeed
     #[arg(long)]
     pub wait: bool,
@@ -222,6 +236,13 @@ fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
     match crate::config::parse_duration(s)? {
         d if d.is_zero() => Err("must be above zero".into()),
         d => Ok(d),
+    }
+}
+
+fn parse_positive_size(s: &str) -> Result<u64, String> {
+    match crate::config::parse_size(s)? {
+        0 => Err("must be above zero".into()),
+        n => Ok(n),
     }
 }
 

@@ -12,14 +12,14 @@ use crate::cli::{
     Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, SubmitArgs, TasksArgs,
     WaitArgs, WorkerCommand, WorkerNameArgs,
 };
-use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
+use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, POOL, STATE_DIR};
 use crate::daemon::{self, Shutdown};
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
 use crate::output::TaskRecord;
 use crate::state;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Millis, NewTask, Store, Task, TaskFilter, now_ms};
+use crate::store::{Millis, Store, Task, TaskFilter, now_ms};
 use crate::wake;
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
@@ -158,29 +158,36 @@ fn read_prompt(arg: Option<String>, cap: u64) -> Result<String> {
 
 async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let worker = config.resolve_worker(args.worker.as_deref())?;
+    let ask = crate::route::Ask {
+        worker: args.worker.as_deref(),
+        pool: args.pool,
+        class: args.class,
+        complexity: args.complexity,
+        timeout: args.timeout,
+        max_attempts: args.max_attempts,
+        priority: args.priority,
+        max_memory: args.max_memory,
+    };
+    // Checked before reading stdin, so a wrong --worker does not swallow a piped prompt.
+    crate::route::plan(&config, "", &ask)?;
     let prompt = read_prompt(args.prompt, config.max_prompt_size)?;
+    let plan = crate::route::plan(&config, &prompt, &ask)?;
     let store = open_store(&config)?;
     let now = now_ms();
     let id = store
-        .submit(&NewTask {
-            routing: Default::default(),
-            worker: worker.name.clone(),
-            prompt,
-            priority: args.priority,
-            max_attempts: args.max_attempts.unwrap_or(worker.limits.max_attempts),
-            timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
-            not_before: now,
-            source: "cli".into(),
-            dedup_key: None,
-            now,
-        })
+        .submit(&plan.new_task(prompt, "cli", None, now))
         .await?
         .id();
-    wake::ring(&config.state_dir(), Some(&worker.name));
+    wake::ring(&config.state_dir(), Some(plan.runs_on()));
     if !args.wait {
         if args.out.json {
-            print_json(&json!({ "id": id, "worker": worker.name }));
+            print_json(&json!({
+                "id": id,
+                "worker": plan.worker,
+                "pool": plan.routing.pool,
+                "class": plan.routing.class,
+                "route_reason": plan.routing.route_reason,
+            }));
         } else {
             println!("{id}");
         }
@@ -282,9 +289,11 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             ..Default::default()
         })
         .await?;
+    let pool_counts = store.pool_counts().await?;
     let mut names: Vec<(String, String)> = config
         .workers
         .iter()
+        .chain([&config.pool.worker])
         .map(|w| (w.name.clone(), w.agent.kind().to_string()))
         .collect();
     for c in &counts {
@@ -300,7 +309,11 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 .find(|c| c.worker == name)
                 .cloned()
                 .unwrap_or_default();
-            let task = running.iter().find(|t| t.worker == name).map(|t| t.id);
+            // The worker's own agent; its tasks in the pool show in the pool's line.
+            let task = running
+                .iter()
+                .find(|t| t.worker == name && !t.pool)
+                .map(|t| t.id);
             let pause = pauses.iter().find(|p| p.worker == name);
             let spent = spend.iter().find(|s| s.worker == name);
             let cost_total_usd = spend_ever
@@ -313,9 +326,16 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 .and_then(|(_, s)| s.as_ref());
             let session_id = session.map(|s| s.id.clone());
             let session_cost_usd = session.map(|s| s.cost_usd);
-            let state = match (pid, config.worker(&name), task, pause) {
+            let state = match (pid, config.settings_of(&name), task, pause) {
                 (_, None, _, _) => "not in config".to_string(),
                 (None, _, _, _) => "stopped".to_string(),
+                (Some(_), _, _, None) if name == POOL => {
+                    if pool_counts.running > 0 {
+                        "running".to_string()
+                    } else {
+                        "idle".to_string()
+                    }
+                }
                 (Some(_), _, Some(_), _) => "running".to_string(),
                 (_, _, _, Some(p)) if p.errored() => format!("errored: {}", p.reason),
                 (Some(_), _, None, Some(p)) => format!("paused until {}", short_time(p.until)),
@@ -351,11 +371,19 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
         "dead": total(|w| w.dead),
         "cancelled": total(|w| w.cancelled),
     });
+    let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
     if json {
         print_json(&json!({
             "daemon": { "running": pid.is_some(), "pid": pid },
             "config": config.path,
             "workers": workers,
+            "pool": {
+                "max_workers": config.pool.max_workers,
+                "running": pool_counts.running,
+                "queued": pool_counts.queued,
+                "tasks": pool_tasks,
+            },
+            "classes": { "long": pool_counts.long, "short": pool_counts.short },
             "totals": totals,
         }));
         return Ok(());
@@ -420,6 +448,20 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             println!("{} paused: {reason}", w.name);
         }
     }
+    let ids: Vec<String> = pool_tasks.iter().map(i64::to_string).collect();
+    println!(
+        "pool: {} of {} running{}, {} queued; classes: {} long, {} short",
+        pool_counts.running,
+        config.pool.max_workers,
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" (tasks {})", ids.join(", "))
+        },
+        pool_counts.queued,
+        pool_counts.long,
+        pool_counts.short
+    );
     println!(
         "total: {} queued, {} running, {} succeeded, {} failed, {} dead, {} cancelled",
         totals["queued"],
@@ -453,6 +495,12 @@ async fn tasks(explicit: Option<&Path>, args: TasksArgs) -> Result<()> {
                 t.id.to_string(),
                 t.worker.clone(),
                 t.state.to_string(),
+                match (&t.class, t.pool) {
+                    (Some(c), true) => format!("{c}, pool"),
+                    (Some(c), false) => c.clone(),
+                    (None, true) => "pool".into(),
+                    (None, false) => "-".into(),
+                },
                 t.priority.to_string(),
                 format!("{}/{}", t.attempts, t.max_attempts),
                 ago(now, t.created_at),
@@ -463,7 +511,7 @@ async fn tasks(explicit: Option<&Path>, args: TasksArgs) -> Result<()> {
         .collect();
     print_table(
         &[
-            "ID", "WORKER", "STATE", "PRI", "TRIES", "AGE", "TOOK", "PROMPT",
+            "ID", "WORKER", "STATE", "CLASS", "PRI", "TRIES", "AGE", "TOOK", "PROMPT",
         ],
         &rows,
     );
@@ -498,6 +546,26 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     println!("task {}  {}", task.id, task.state);
     println!("worker:      {}", task.worker);
+    let r = &task.routing;
+    if let Some(class) = &r.class {
+        println!(
+            "class:       {class}{}",
+            r.complexity
+                .map(|c| format!(" (complexity {c:.2})"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "runs on:     {}{}",
+        if r.pool { "the pool" } else { "its worker" },
+        r.route_reason
+            .as_deref()
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default()
+    );
+    if let Some(max) = r.max_memory {
+        println!("max memory:  {}", crate::memory::human(max));
+    }
     println!("source:      {}", task.source);
     println!("priority:    {}", task.priority);
     println!("attempts:    {} of {}", task.attempts, task.max_attempts);
@@ -782,8 +850,8 @@ async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
             let was = store.cancel(id, now_ms()).await?;
             if was == TaskState::Running {
                 // The runner checks its claim when rung, and stops the agent.
-                let worker = store.get(id).await?.map(|t| t.worker);
-                wake::ring(&state_dir, worker.as_deref());
+                let task = store.get(id).await?;
+                wake::ring(&state_dir, task.as_ref().map(Task::runs_on));
             }
             Ok((
                 format!("{id} cancelled (was {was})"),
@@ -801,8 +869,8 @@ async fn retry(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
         let (store, state_dir) = (&store, config.state_dir());
         async move {
             store.retry(id, now_ms()).await?;
-            let worker = store.get(id).await?.map(|t| t.worker);
-            wake::ring(&state_dir, worker.as_deref());
+            let task = store.get(id).await?;
+            wake::ring(&state_dir, task.as_ref().map(Task::runs_on));
             Ok((
                 format!("{id} queued again"),
                 json!({ "id": id, "state": TaskState::Queued }),
@@ -946,7 +1014,8 @@ async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let was = store
         .resume_worker(&worker.name, "resumed by `agentq worker resume`", now_ms())
         .await?;
-    wake::ring(&config.state_dir(), Some(&worker.name));
+    // Everyone: the worker's tasks in the pool wait for it too.
+    wake::ring(&config.state_dir(), None);
     if args.out.json {
         print_json(&json!({ "worker": worker.name, "was_paused": was }));
     } else if was {

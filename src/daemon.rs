@@ -20,9 +20,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Agent, Config};
+use crate::config::{Agent, Config, POOL, WorkerConfig};
 use crate::error::{Error, Result};
 use crate::logfile::EventLog;
+use crate::pool::Pool;
 use crate::procs::Book;
 use crate::state::{self, StateLock};
 use crate::store::sqlite::SqliteStore;
@@ -69,13 +70,14 @@ impl Shutdown {
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let config = Arc::new(config);
-    if config.workers.is_empty() {
+    if config.workers.is_empty() && !config.pool.defined {
         return Err(Error::Usage(format!(
-            "{} defines no [[worker]]; add one (see `agentq init`)",
+            "{} defines no [[worker]] and no [pool]; add one (see `agentq init`)",
             config.path.display()
         )));
     }
-    for w in &config.workers {
+    let pool = config.pool.defined.then_some(&config.pool.worker);
+    for w in config.workers.iter().chain(pool) {
         let Agent::Claude(settings) = &w.agent else {
             continue;
         };
@@ -146,7 +148,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         );
     }
     for c in store.counts().await? {
-        if config.worker(&c.worker).is_none() && c.queued + c.running > 0 {
+        if config.settings_of(&c.worker).is_none() && c.queued + c.running > 0 {
             warn!(
                 "{} task(s) are queued for worker {:?}, which {} no longer defines; they wait until it does (or `agentq cancel` them)",
                 c.queued + c.running,
@@ -155,7 +157,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             );
         }
     }
-    for w in &config.workers {
+    for w in config.workers.iter().chain([&config.pool.worker]) {
         if !w.cwd.is_dir() {
             warn!(worker = %w.name, "its working folder {} does not exist; its tasks will fail until it does", w.cwd.display());
         }
@@ -166,13 +168,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     }
     let intake_folders = crate::intake::prepare(&config);
 
+    // One bell per worker, and the pool's under its name.
     let wakes: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
         config
-            .workers
-            .iter()
-            .map(|w| (w.name.clone(), Arc::new(Notify::new())))
+            .queue_names()
+            .map(|name| (name.to_string(), Arc::new(Notify::new())))
             .collect(),
     );
+    // The pool's running attempts each renew their lease at once when the pool is rung (a cancel).
+    let pool_beat = Arc::new(Notify::new());
     let ring_all = {
         let wakes = wakes.clone();
         move || wakes.values().for_each(|n| n.notify_one())
@@ -215,12 +219,18 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         Ok(bell) => {
             let (wakes, stopping) = (wakes.clone(), shutdown.stopping.clone());
             let (ring_all, restarts) = (ring_all.clone(), restarts.clone());
+            let pool_beat = pool_beat.clone();
             tasks.spawn(async move {
                 loop {
                     tokio::select! {
                         ring = bell.next() => match ring {
                             Ok(Ring::Worker(w)) => match wakes.get(&w) {
-                                Some(n) => n.notify_one(),
+                                Some(n) => {
+                                    if w == POOL {
+                                        pool_beat.notify_waiters();
+                                    }
+                                    n.notify_one()
+                                }
                                 None => warn!(
                                     "a task was queued for worker {w:?}, which this daemon does not run; \
                                      restart `agentq run` to pick up changes to agentq.toml"
@@ -262,31 +272,66 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
     // Runners start last: their first claim comes after the doorbell listens, so a task
     // submitted at any moment is either seen by that claim or rings a bell that is heard.
+    let runner = |worker: WorkerConfig, wake: &Arc<Notify>, pool: bool| Runner {
+        restart: restarts
+            .get(&worker.name)
+            .filter(|_| !pool)
+            .cloned()
+            .unwrap_or_default(),
+        worker,
+        config: config.clone(),
+        store: store.clone(),
+        owner: owner.clone(),
+        wake: wake.clone(),
+        leased: leased.clone(),
+        stopping: shutdown.stopping.clone(),
+        hurry: shutdown.hurry.clone(),
+        persistent: Default::default(),
+        book: book.clone(),
+        log: log.clone(),
+        life: Default::default(),
+        pool,
+    };
     for w in &config.workers {
-        let runner = Runner {
-            worker: w.clone(),
-            config: config.clone(),
+        tasks.spawn(runner(w.clone(), &wakes[&w.name], false).run());
+    }
+    // Any worker's tasks may run in the pool (route, or `submit --pool --worker`), with the pool's
+    // max_memory where the worker sets none.
+    let mut pool_runners = HashMap::new();
+    for w in &config.workers {
+        let mut settings = w.clone();
+        settings.limits.max_memory = w.limits.max_memory.or(config.pool.worker.limits.max_memory);
+        pool_runners.insert(w.name.clone(), Arc::new(runner(settings, &pool_beat, true)));
+    }
+    pool_runners.insert(
+        POOL.to_string(),
+        Arc::new(runner(config.pool.worker.clone(), &pool_beat, true)),
+    );
+    tasks.spawn(
+        Pool {
+            runners: pool_runners,
             store: store.clone(),
             owner: owner.clone(),
-            wake: wakes[&w.name].clone(),
+            max_workers: config.pool.max_workers,
+            lease: config.daemon.lease,
+            wake: wakes[POOL].clone(),
             leased: leased.clone(),
             stopping: shutdown.stopping.clone(),
-            hurry: shutdown.hurry.clone(),
-            persistent: Default::default(),
-            book: book.clone(),
-            log: log.clone(),
-            restart: restarts[&w.name].clone(),
-            life: Default::default(),
-        };
-        tasks.spawn(runner.run());
-    }
+        }
+        .run(),
+    );
 
     let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();
     info!(
         pid = std::process::id(),
-        "agentq running in {} with workers {}",
+        "agentq running in {} with workers {} and a pool of {}",
         config.root.display(),
-        names.join(", ")
+        if names.is_empty() {
+            "(none)".to_string()
+        } else {
+            names.join(", ")
+        },
+        config.pool.max_workers
     );
 
     shutdown.stopping.cancelled().await;

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::store::{NewEvent, NewTask, Store, Submitted, now_ms};
+use crate::store::{NewEvent, Store, Submitted, now_ms};
 
 pub const REJECTED_DIR: &str = "rejected";
 pub const TAKING_DIR: &str = ".taking";
@@ -298,13 +298,13 @@ pub type OnTask = Arc<dyn Fn(&str) + Send + Sync>;
 /// that cannot be made (a file in its way, say) costs that worker its intake only.
 pub fn prepare(config: &Config) -> Vec<(String, PathBuf)> {
     let mut ready = Vec::new();
-    for w in &config.workers {
-        let dir = config.queue_dir(&w.name);
+    for name in config.queue_names() {
+        let dir = config.queue_dir(name);
         // `.taking/` too: something in its way stops this worker's intake loudly, not file by file.
         match std::fs::create_dir_all(dir.join(TAKING_DIR)) {
-            Ok(()) => ready.push((w.name.clone(), dir)),
+            Ok(()) => ready.push((name.to_string(), dir)),
             Err(e) => error!(
-                worker = %w.name,
+                worker = %name,
                 "no prompt-file intake for this worker: cannot create {}: {e}",
                 dir.display()
             ),
@@ -611,31 +611,30 @@ impl Scanner {
                 return Finished::Stuck;
             }
         };
-        let limits = &self
-            .config
-            .worker(worker)
-            .expect("intake runs for configured workers")
-            .limits;
+        let ask = crate::route::Ask {
+            worker: Some(worker),
+            ..Default::default()
+        };
+        let plan = match crate::route::plan(&self.config, &prompt, &ask) {
+            Ok(plan) => plan,
+            Err(e) => {
+                // Intake runs only for configured workers and the pool, which always plan.
+                warn!(worker, "cannot route {name}: {e}; trying again");
+                return Finished::Again;
+            }
+        };
         let now = now_ms();
-        let submitted = self
-            .store
-            .submit(&NewTask {
-                routing: Default::default(),
-                worker: worker.to_string(),
-                prompt,
-                priority: 0,
-                max_attempts: limits.max_attempts,
-                timeout_ms: None,
-                not_before: now,
-                source: format!("file:{name}"),
-                dedup_key: Some(format!("file:{worker}:{token}")),
-                now,
-            })
-            .await;
+        let task = plan.new_task(
+            prompt,
+            &format!("file:{name}"),
+            Some(format!("file:{worker}:{token}")),
+            now,
+        );
+        let submitted = self.store.submit(&task).await;
         match submitted {
             Ok(Submitted::New(id)) => {
                 info!(worker, task = id, "took {name}");
-                (self.on_task)(worker);
+                (self.on_task)(plan.runs_on());
             }
             Ok(Submitted::Duplicate(id)) => {
                 debug!(

@@ -26,6 +26,7 @@ pub mod logfile;
 pub mod memory;
 pub mod output;
 pub mod persistent;
+pub mod pool;
 pub mod procs;
 pub mod route;
 pub mod state;

@@ -60,6 +60,9 @@ impl Default for Policy {
     }
 }
 
+/// When the first scheduled sample is taken, at the latest.
+const FIRST_SAMPLE: Duration = Duration::from_millis(50);
+
 /// Samples one group on `policy`'s schedule and keeps its peak.
 pub struct Watch {
     pgid: Option<i32>,
@@ -74,7 +77,9 @@ impl Watch {
         let now = Instant::now();
         Watch {
             pgid,
-            next_sample: now + policy.sample_every,
+            // Soon after the start, then on the schedule: the kernel's counters lag a process
+            // just started, and a short task still gets a figure.
+            next_sample: now + policy.sample_every.min(FIRST_SAMPLE),
             next_report: now + policy.report_every,
             policy,
             peak: None,

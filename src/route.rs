@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::classify::{self, Class, Verdict};
 use crate::config::{Config, POOL, Route};
 use crate::error::Result;
-use crate::store::Routing;
+use crate::store::{Millis, NewTask, Routing};
 
 /// What the submitter asked for; `None` leaves it to the rules.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +39,39 @@ pub struct Plan {
     pub max_attempts: u32,
     pub priority: i64,
     pub verdict: Verdict,
+}
+
+impl Plan {
+    /// The task to queue.
+    pub fn new_task(
+        &self,
+        prompt: String,
+        source: &str,
+        dedup_key: Option<String>,
+        now: Millis,
+    ) -> NewTask {
+        NewTask {
+            worker: self.worker.clone(),
+            prompt,
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            not_before: now,
+            source: source.to_string(),
+            dedup_key,
+            routing: self.routing.clone(),
+            now,
+        }
+    }
+
+    /// Whose doorbell to ring: the pool's, or the worker's.
+    pub fn runs_on(&self) -> &str {
+        if self.routing.pool {
+            POOL
+        } else {
+            &self.worker
+        }
+    }
 }
 
 /// Decides where `prompt` runs. Fails only for a worker that does not exist (or none chosen).

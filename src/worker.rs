@@ -49,6 +49,9 @@ pub struct Runner {
     pub restart: Arc<std::sync::atomic::AtomicBool>,
     /// The long-lived process's deaths, for the restart policy.
     pub life: std::sync::Mutex<Life>,
+    /// Runs the worker's tasks in the pool: each in a fresh process (Claude in exec mode) and a
+    /// conversation of its own, never the worker's; several at once.
+    pub pool: bool,
 }
 
 /// What the restart policy remembers of a worker's long-lived process.
@@ -256,11 +259,12 @@ impl Runner {
         }
     }
 
-    async fn attempt(&self, claim: Claim) {
+    /// Runs one claimed task to its recorded end (or gives it back).
+    pub async fn attempt(&self, claim: Claim) {
         let task = &claim.task;
         let fence = claim.fence();
         let name = &self.worker.name;
-        info!(worker = %name, task = task.id, attempt = task.attempts, "started");
+        info!(worker = %name, task = task.id, attempt = task.attempts, pool = self.pool, "started");
 
         let lost = CancellationToken::new();
         let keeper = tokio::spawn(keep_lease(
@@ -276,7 +280,7 @@ impl Runner {
         };
         let ran = match &self.worker.agent {
             Agent::Command { argv } => self.run_command(argv, task, &stop).await,
-            Agent::Claude(settings) if settings.mode == claude::Mode::Persistent => {
+            Agent::Claude(settings) if settings.mode == claude::Mode::Persistent && !self.pool => {
                 self.run_persistent(settings, task, &stop).await
             }
             Agent::Claude(settings) => self.run_claude(settings, task, &stop).await,
@@ -475,6 +479,9 @@ impl Runner {
         env.insert("AGENTQ_TASK_ID".into(), task.id.to_string());
         env.insert("AGENTQ_WORKER".into(), self.worker.name.clone());
         env.insert("AGENTQ_ATTEMPT".into(), task.attempts.to_string());
+        if self.pool {
+            env.insert("AGENTQ_POOL".into(), "1".into());
+        }
         agent::Spec {
             argv,
             cwd: self.worker.cwd.clone(),
@@ -491,7 +498,7 @@ impl Runner {
             idle_timeout: self.worker.limits.idle_timeout,
             linger: self.worker.limits.linger_timeout,
             final_line: None,
-            memory: self.memory_policy(Some(task.id)),
+            memory: self.memory_policy(Some(task)),
             book: Some(agent::Booking {
                 book: self.book.clone(),
                 worker: self.worker.name.clone(),
@@ -529,9 +536,12 @@ impl Runner {
     /// How an agent's memory is watched: sampled on the daemon's schedule, stopped past the
     /// worker's `max_memory`, and a `memory_report` line in the event log every
     /// `memory_report_interval`.
-    fn memory_policy(&self, task: Option<i64>) -> memory::Policy {
+    fn memory_policy(&self, task: Option<&Task>) -> memory::Policy {
         let (log, worker) = (self.log.clone(), self.worker.name.clone());
-        let max = self.worker.limits.max_memory;
+        let max = task
+            .and_then(|t| t.routing.max_memory)
+            .or(self.worker.limits.max_memory);
+        let task = task.map(|t| t.id);
         let report: memory::Reporter = Arc::new(move |r: memory::Report| {
             let mut line = LogEvent::new("memory_report", now_ms())
                 .worker(&worker)
@@ -597,6 +607,10 @@ impl Runner {
     /// before any process starts.
     async fn join_for(&self, settings: &claude::Settings, cwd: &str) -> (claude::Join, f64) {
         let name = &self.worker.name;
+        if self.pool {
+            // Its own conversation, recorded on the task only: the worker's is not touched.
+            return (claude::Join::Start(new_session_id()), 0.0);
+        }
         let current = match self.store.worker_session(name).await {
             Ok(current) => current,
             Err(e) => {
@@ -646,13 +660,16 @@ impl Runner {
             .session_id
             .clone()
             .unwrap_or_else(|| joined.to_string());
-        let previous = self
-            .store
-            .worker_session(name)
-            .await
-            .ok()
-            .flatten()
-            .filter(|s| s.id == joined);
+        let previous = match self.pool {
+            true => None,
+            false => self
+                .store
+                .worker_session(name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.id == joined),
+        };
         let spent_before = previous.as_ref().map_or(0.0, |s| s.cost_usd);
         let total = result.total_cost_usd.unwrap_or(spent_before);
         if let Some(previous) = previous {
@@ -801,7 +818,7 @@ impl Runner {
                     &task.prompt,
                     spec.timeout,
                     spec.idle_timeout,
-                    self.memory_policy(Some(task.id)),
+                    self.memory_policy(Some(task)),
                     spec.log.clone(),
                     grace,
                     stop.future(),

@@ -113,6 +113,17 @@ pub struct Task {
     pub routing: Routing,
 }
 
+impl Task {
+    /// Who runs it: the pool, or its worker (whose doorbell a change to it rings).
+    pub fn runs_on(&self) -> &str {
+        if self.routing.pool {
+            crate::config::POOL
+        } else {
+            &self.worker
+        }
+    }
+}
+
 /// What an agent reports about one attempt: its conversation and what it cost.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Usage {
@@ -138,6 +149,9 @@ pub struct TaskSummary {
     pub error: Option<String>,
     /// The first line of the prompt, at most 80 characters.
     pub prompt_preview: String,
+    /// Runs (or ran) in the pool.
+    pub pool: bool,
+    pub class: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -411,17 +425,19 @@ pub trait Store: Send + Sync {
     /// Its pool tasks are not its own queue's.
     async fn next_due(&self, worker: &str) -> Result<Option<Millis>>;
 
-    /// Atomically takes the pool's next task (highest priority, oldest first, due, its worker not
-    /// paused), only while fewer than `max_running` pool tasks run. Counts an attempt.
+    /// Atomically takes the pool's next task (highest priority, oldest first, due, its worker one
+    /// of `workers` and not paused), only while fewer than `max_running` pool tasks run. Counts an
+    /// attempt.
     async fn claim_pool(
         &self,
         owner: &str,
         now: Millis,
         lease: Duration,
         max_running: u32,
+        workers: &[String],
     ) -> Result<Option<Claim>>;
-    /// When the pool's earliest queued task becomes due, if it has any queued.
-    async fn next_due_pool(&self) -> Result<Option<Millis>>;
+    /// When the pool's earliest queued task of one of `workers` becomes due, if it has any.
+    async fn next_due_pool(&self, workers: &[String]) -> Result<Option<Millis>>;
     /// The pool's queued and running tasks, and every task's class, counted.
     async fn pool_counts(&self) -> Result<PoolCounts>;
     /// When the earliest lease of any running task expires.

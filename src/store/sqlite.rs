@@ -779,7 +779,7 @@ impl Store for SqliteStore {
         self.call("listing tasks", move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT id, worker, state, priority, attempts, max_attempts, created_at, finished_at, \
-                 duration_ms, error, substr(prompt, 1, 400) FROM tasks \
+                 duration_ms, error, substr(prompt, 1, 400), pool, class FROM tasks \
                  WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR worker = ?2) \
                  ORDER BY id DESC LIMIT ?3",
             )?;
@@ -803,6 +803,8 @@ impl Store for SqliteStore {
                         duration_ms: r.get(8)?,
                         error: r.get(9)?,
                         prompt_preview: preview(&prompt),
+                        pool: r.get(11)?,
+                        class: r.get(12)?,
                     })
                 },
             )?;
@@ -1121,8 +1123,10 @@ impl Store for SqliteStore {
         now: Millis,
         lease: Duration,
         max_running: u32,
+        workers: &[String],
     ) -> Result<Option<Claim>> {
         let owner = owner.to_string();
+        let workers = serde_json::to_string(workers).expect("names serialise");
         let expires = now + lease.as_millis() as Millis;
         self.write("claiming a pool task", move |tx| {
             let token = new_token();
@@ -1133,13 +1137,14 @@ impl Store for SqliteStore {
                          claim_token = ?2, lease_expires = ?3, started_at = ?4, updated_at = ?4 \
                          WHERE id = (SELECT id FROM tasks t WHERE pool = 1 AND state = 'queued' \
                                        AND not_before <= ?4 \
+                                       AND worker IN (SELECT value FROM json_each(?6)) \
                                        AND NOT EXISTS (SELECT 1 FROM worker_pauses p \
                                                        WHERE p.worker = t.worker AND p.until > ?4) \
                                      ORDER BY priority DESC, id ASC LIMIT 1) \
                            AND (SELECT count(*) FROM tasks WHERE pool = 1 AND state = 'running') < ?5 \
                          RETURNING {TASK_COLUMNS}"
                     ),
-                    params![owner, token, expires, now, max_running],
+                    params![owner, token, expires, now, max_running, workers],
                     task_from_row,
                 )
                 .optional()?;
@@ -1150,12 +1155,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_due_pool(&self) -> Result<Option<Millis>> {
+    async fn next_due_pool(&self, workers: &[String]) -> Result<Option<Millis>> {
+        let workers = serde_json::to_string(workers).expect("names serialise");
         self.call("finding the pool's next due task", move |conn| {
             Ok(conn.query_row(
                 "SELECT min(max(not_before, coalesce((SELECT until FROM worker_pauses p WHERE p.worker = t.worker), 0))) \
-                 FROM tasks t WHERE pool = 1 AND state = 'queued'",
-                [],
+                 FROM tasks t WHERE pool = 1 AND state = 'queued' \
+                   AND worker IN (SELECT value FROM json_each(?1))",
+                [workers],
                 |r| r.get(0),
             )?)
         })
@@ -1775,6 +1782,7 @@ mod tests {
     #[tokio::test]
     async fn the_pool_claims_up_to_its_limit_and_workers_never_claim_pool_tasks() {
         let (_d, s) = store();
+        let w = ["w".to_string()];
         let pooled = |prompt: &str| {
             let mut t = task("w", prompt, 0, 1);
             t.routing.pool = true;
@@ -1786,7 +1794,7 @@ mod tests {
         }
         let own = s.submit(&task("w", "own", 0, 1)).await.unwrap().id();
         // The worker claims only its own task, and a running pool task does not hold it back.
-        let first = s.claim_pool("me", 2, LEASE, 2).await.unwrap().unwrap();
+        let first = s.claim_pool("me", 2, LEASE, 2, &w).await.unwrap().unwrap();
         assert!(first.task.routing.pool);
         let c = s.claim("w", "me", 3, LEASE).await.unwrap().unwrap();
         assert_eq!(c.task.id, own);
@@ -1796,19 +1804,35 @@ mod tests {
             "pool tasks are not the worker's queue"
         );
         // At most two pool tasks run at once.
-        assert!(s.claim_pool("me", 4, LEASE, 2).await.unwrap().is_some());
-        assert!(s.claim_pool("me", 5, LEASE, 2).await.unwrap().is_none());
-        assert_eq!(s.next_due_pool().await.unwrap(), Some(1));
+        assert!(s.claim_pool("me", 4, LEASE, 2, &w).await.unwrap().is_some());
+        assert!(s.claim_pool("me", 5, LEASE, 2, &w).await.unwrap().is_none());
+        assert_eq!(s.next_due_pool(&w).await.unwrap(), Some(1));
         let counts = s.pool_counts().await.unwrap();
         assert_eq!((counts.queued, counts.running, counts.long), (1, 2, 3));
         s.finish(&first.fence(), &done(TaskState::Succeeded, 6), None)
             .await
             .unwrap();
-        assert!(s.claim_pool("me", 7, LEASE, 2).await.unwrap().is_some());
+        assert!(s.claim_pool("me", 7, LEASE, 2, &w).await.unwrap().is_some());
         // A paused worker's pool tasks wait with it.
         s.submit(&pooled("d")).await.unwrap();
         s.pause_worker("w", 1000, "usage limit", 8).await.unwrap();
-        assert!(s.claim_pool("me", 9, LEASE, 9).await.unwrap().is_none());
-        assert_eq!(s.next_due_pool().await.unwrap(), Some(1000));
+        assert!(s.claim_pool("me", 9, LEASE, 9, &w).await.unwrap().is_none());
+        assert_eq!(s.next_due_pool(&w).await.unwrap(), Some(1000));
+        // Only the given workers' tasks: one no longer configured waits.
+        s.resume_worker("w", "back", 10).await.unwrap();
+        let others = ["v".to_string()];
+        assert!(
+            s.claim_pool("me", 11, LEASE, 9, &others)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(s.next_due_pool(&others).await.unwrap(), None);
+        assert!(
+            s.claim_pool("me", 12, LEASE, 9, &w)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 }
