@@ -161,6 +161,10 @@ pub struct ClassifyArgs {
     /// Take this complexity (0 to 1) instead of estimating it
     #[arg(long, value_parser = parse_complexity)]
     pub complexity: Option<f64>,
+    /// Also say where a task submitted to this worker would run [default: [defaults] worker, or
+    /// the only worker]
+    #[arg(long, short)]
+    pub worker: Option<String>,
     #[command(flatten)]
     pub out: JsonArgs,
 }

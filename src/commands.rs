@@ -629,15 +629,38 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
 /// Classifies a prompt by the `[classify]` rules of the config, or the seed's defaults where
 /// there is no config.
 fn classify(explicit: Option<&Path>, args: crate::cli::ClassifyArgs) -> Result<()> {
-    let (rules, cap) = match load_config(explicit) {
-        Ok(config) => (config.classify, config.max_prompt_size),
-        Err(Error::ConfigNotFound { .. }) if explicit.is_none() => (Default::default(), 10 << 20),
+    let config = match load_config(explicit) {
+        Ok(config) => Some(config),
+        Err(Error::ConfigNotFound { .. }) if explicit.is_none() && args.worker.is_none() => None,
         Err(e) => return Err(e),
     };
+    let cap = config.as_ref().map_or(10 << 20, |c| c.max_prompt_size);
     let prompt = read_prompt(args.prompt, cap)?;
+    let rules = config
+        .as_ref()
+        .map(|c| c.classify.clone())
+        .unwrap_or_default();
     let v = crate::classify::classify(&prompt, &rules, args.class, args.complexity);
+    // Where it would run: with a worker named, or one to default to.
+    let ask = crate::route::Ask {
+        worker: args.worker.as_deref(),
+        class: args.class,
+        complexity: args.complexity,
+        ..Default::default()
+    };
+    let plan = match &config {
+        Some(c) if args.worker.is_some() => Some(crate::route::plan(c, &prompt, &ask)?),
+        Some(c) => crate::route::plan(c, &prompt, &ask).ok(),
+        None => None,
+    };
     if args.out.json {
-        print_json(&v);
+        let mut out = serde_json::to_value(&v).expect("verdicts serialise");
+        if let Some(plan) = &plan {
+            out["worker"] = json!(plan.worker);
+            out["pool"] = json!(plan.routing.pool);
+            out["route_reason"] = json!(plan.routing.route_reason);
+        }
+        print_json(&out);
         return Ok(());
     }
     println!("{}", v.class);
@@ -660,6 +683,17 @@ fn classify(explicit: Option<&Path>, args: crate::cli::ClassifyArgs) -> Result<(
     println!("long keywords: {}", list(&v.long_keywords));
     println!("short keywords: {}", list(&v.short_keywords));
     println!("why: {}", v.reason);
+    if let Some(plan) = &plan {
+        println!(
+            "runs on: {} ({})",
+            if plan.routing.pool {
+                format!("the pool, with {}'s settings", plan.worker)
+            } else {
+                format!("worker {}", plan.worker)
+            },
+            plan.routing.route_reason.as_deref().unwrap_or("")
+        );
+    }
     Ok(())
 }
 

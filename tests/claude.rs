@@ -557,3 +557,54 @@ fn rotate_starts_a_new_conversation_after_so_many_tasks_and_recycle_keeps_it() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_long_task_routed_to_the_pool_gets_its_own_conversation_and_the_workers_goes_on() {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "mode = \"persistent\"\nroute = \"auto\"");
+    let _daemon = p.start();
+    let run = |prompt: &str| {
+        let id = p.submit("c", prompt);
+        p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+        p.task(id)
+    };
+    let first = run("Fix the first bug");
+    assert_eq!(first["pool"], false);
+    let worker_session = first["session_id"].as_str().unwrap().to_string();
+
+    let long = run("Implement comprehensive authentication system");
+    assert_eq!(
+        (&long["pool"], &long["worker"]),
+        (&true.into(), &"c".into())
+    );
+    let (n, prompts) = seen(long["output"].as_str().unwrap());
+    assert_eq!(
+        (n, prompts),
+        (
+            1,
+            vec!["Implement comprehensive authentication system".to_string()]
+        ),
+        "a conversation of its own"
+    );
+    let pool_session = long["session_id"].as_str().unwrap();
+    assert_ne!(pool_session, worker_session);
+    assert!(
+        long["cost_usd"].as_f64().unwrap() > 0.0,
+        "its cost is its own"
+    );
+
+    let next = run("Fix the second bug");
+    assert_eq!(next["pool"], false);
+    assert_eq!(next["session_id"].as_str().unwrap(), worker_session);
+    let (n, prompts) = seen(next["output"].as_str().unwrap());
+    assert_eq!(
+        (n, prompts),
+        (
+            2,
+            vec!["Fix the first bug".into(), "Fix the second bug".into()]
+        ),
+        "the worker's conversation did not see the pool's task"
+    );
+    let status = p.json(&["status"]);
+    assert_eq!(status["workers"][0]["session_id"], worker_session.as_str());
+}

@@ -943,4 +943,17 @@ fn classify_says_long_or_short_and_why_with_the_configs_rules_or_the_seeds() {
         (Some("long"), Some("audit"))
     );
     assert_eq!(p.json(&["classify", "Implement it"])["class"], "short");
+
+    // With workers, it says where the task would run.
+    let p = Project::new(
+        "[[worker]]\nname = \"a\"\ncommand = [\"cat\"]\nroute = \"auto\"\n[[worker]]\nname = \"b\"\ncommand = [\"cat\"]\n",
+    );
+    let v = p.json(&["classify", "-w", "a", "Refactor the whole codebase"]);
+    assert_eq!((&v["worker"], &v["pool"]), (&"a".into(), &true.into()));
+    let out = p.ok(&["classify", "-w", "b", "Refactor the whole codebase"]);
+    assert!(out.contains("runs on: worker b (route = worker)"), "{out}");
+    let out = p.run(&["classify", "-w", "ghost", "x"]);
+    assert!(text(&out.stderr).contains("no worker named \"ghost\""));
+    // Several workers and none named: the class alone.
+    assert!(p.json(&["classify", "x"]).get("worker").is_none());
 }
