@@ -68,7 +68,8 @@ pub enum Command {
 pub enum WorkerCommand {
     /// Start the worker's next task in a new Claude conversation
     ResetSession(WorkerNameArgs),
-    /// Stop the worker from starting tasks (running ones finish), for a while or until resumed
+    /// Stop the worker from starting tasks (running ones finish, its tasks in the pool wait too),
+    /// for a while or until resumed; `pool` pauses the tasks submitted to the pool
     Pause(PauseArgs),
     /// Let a paused worker start tasks again (ends a usage-limit or budget pause early, too)
     Resume(WorkerNameArgs),

@@ -987,7 +987,7 @@ async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<
 
 async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let worker = config.resolve_worker(Some(&args.name))?;
+    let worker = config.resolve_queue(&args.name)?;
     let store = open_store(&config)?;
     let now = now_ms();
     // "Until resumed" is a pause a century long.
@@ -1043,7 +1043,7 @@ async fn restart(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
 
 async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let worker = config.resolve_worker(Some(&args.name))?;
+    let worker = config.resolve_queue(&args.name)?;
     let store = open_store(&config)?;
     let was = store
         .resume_worker(&worker.name, "resumed by `agentq worker resume`", now_ms())

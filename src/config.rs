@@ -834,6 +834,14 @@ impl Config {
         }
     }
 
+    /// A worker named on the command line, or `pool` for the pool's own tasks.
+    pub fn resolve_queue(&self, name: &str) -> Result<&WorkerConfig> {
+        match self.settings_of(name) {
+            Some(w) => Ok(w),
+            None => self.resolve_worker(Some(name)),
+        }
+    }
+
     /// Every name tasks can be queued under: the workers, then the pool.
     pub fn queue_names(&self) -> impl Iterator<Item = &str> {
         self.workers

@@ -305,3 +305,29 @@ fn auto_routing_sends_short_tasks_to_the_warm_worker_and_long_ones_to_the_pool()
     let listed = p.ok(&["tasks"]);
     assert!(listed.contains("long, pool"), "{listed}");
 }
+
+#[test]
+fn pausing_the_pool_holds_its_tasks_until_resumed() {
+    let p = Project::new(&format!(
+        "[pool]\ncommand = {MARKING_AGENT}\n[[worker]]\nname = \"w\"\ncommand = [\"cat\"]\nroute = \"pool\"\n"
+    ));
+    let _daemon = p.start();
+    p.ok(&["worker", "pause", "pool"]);
+    p.ok(&["worker", "pause", "w"]);
+    let own = submit_json(&p, &["--pool", "held"])["id"].as_i64().unwrap();
+    let routed = submit_json(&p, &["-w", "w", "routed"])["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(p.json(&["status"])["pool"]["queued"], 2);
+    p.ok(&["worker", "resume", "pool"]);
+    p.wait_all(&[own]);
+    assert_eq!(
+        p.state(routed),
+        "queued",
+        "a paused worker's pool tasks wait with it"
+    );
+    p.ok(&["worker", "resume", "w"]);
+    p.wait_all(&[routed]);
+    let out = p.run(&["worker", "pause", "nobody"]);
+    assert!(text(&out.stderr).contains("no worker named \"nobody\""));
+}
