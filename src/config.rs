@@ -1422,6 +1422,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_example_config_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + 8;
+        let len = readme[start..].find("```").unwrap();
+        let c = parse(&readme[start..start + len]).unwrap();
+        assert_eq!(c.workers.len(), 2);
+        assert_eq!(c.workers[0].route, Route::Auto);
+        assert!(c.pool.defined);
+        assert_eq!(c.classes.long.priority, Some(-1));
+    }
+
+    #[test]
     fn the_init_template_parses() {
         let c = parse(INIT_TEMPLATE).unwrap();
         assert_eq!(c.workers.len(), 1);
