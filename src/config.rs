@@ -869,6 +869,10 @@ impl Config {
             }),
             None => match self.workers.as_slice() {
                 [only] => Ok(only),
+                [] if self.pool.defined => Err(Error::Usage(format!(
+                    "{} defines no [[worker]]: submit to the pool with --pool, or add a worker",
+                    self.path.display()
+                ))),
                 [] => Err(Error::Usage(format!(
                     "{} defines no [[worker]]; add one (see `agentq init`)",
                     self.path.display()

@@ -14,7 +14,7 @@ const TEST_AGENT: &str = env!("CARGO_BIN_EXE_agentq-test-agent");
 /// An agent that appends `+ <task>` to `marks.log` when it starts and `- <task>` when it ends
 /// (appends to one file are ordered, so replaying them gives how many ran at once), with the pool
 /// flag and pid it ran with.
-const MARKING_AGENT: &str = r#"["sh", "-c", "p=$(cat); echo \"+ $AGENTQ_TASK_ID $$\" >> marks.log; sleep 0.4; echo \"- $AGENTQ_TASK_ID\" >> marks.log; printf 'pool=%s %s' \"${AGENTQ_POOL:-0}\" \"$p\""]"#;
+const MARKING_AGENT: &str = r#"["sh", "-c", "p=$(cat); echo \"+ $AGENTQ_TASK_ID $$\" >> marks.log; sleep 0.6; echo \"- $AGENTQ_TASK_ID\" >> marks.log; printf 'pool=%s %s' \"${AGENTQ_POOL:-0}\" \"$p\""]"#;
 
 /// The most agents that ran at once, by the marks in `marks.log`.
 fn most_at_once(p: &Project) -> (usize, usize) {
@@ -85,7 +85,7 @@ fn twelve_pool_tasks_run_four_at_a_time_and_all_finish() {
         assert_eq!(task["state"], "succeeded", "{task}");
         assert_eq!(task["pool"], true);
         assert!(task["output"].as_str().unwrap().starts_with("pool=1 "));
-        assert!(task["duration_ms"].as_i64().unwrap() >= 400, "{task}");
+        assert!(task["duration_ms"].as_i64().unwrap() >= 600, "{task}");
         assert!(task["memory_peak_mb"].as_f64().is_some(), "{task}");
         assert!(task["class"].is_string(), "every task is classified");
     }
@@ -115,7 +115,7 @@ fn a_pool_task_over_its_memory_is_stopped_alone() {
     let _daemon = p.start();
     let calm: Vec<i64> = (0..3)
         .map(|i| {
-            submit_json(&p, &["--pool", &format!("calm {i} [[sleep 2500]]")])["id"]
+            submit_json(&p, &["--pool", &format!("calm {i} [[sleep 4000]]")])["id"]
                 .as_i64()
                 .unwrap()
         })
