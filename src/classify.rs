@@ -275,6 +275,8 @@ mod tests {
             "Analyze large codebase for patterns",
             "Implement OAuth2 authentication with JWT",
             "Redesign the architecture of the billing service",
+            "Implement feature",
+            "Implement complex feature",
         ] {
             assert_eq!(class_of(long), Class::Long, "{long}");
         }
@@ -285,6 +287,7 @@ mod tests {
             "Fix the login bug",
             "Rename the config flag",
             "Quick question about the build",
+            "Quick fix",
         ] {
             assert_eq!(class_of(short), Class::Short, "{short}");
         }
