@@ -290,15 +290,17 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
         })
         .await?;
     let pool_counts = store.pool_counts().await?;
+    // The pool's row: when agentq.toml has a [pool], or tasks were submitted to it.
     let mut names: Vec<(String, String)> = config
         .workers
         .iter()
-        .chain([&config.pool.worker])
+        .chain(config.pool.defined.then_some(&config.pool.worker))
         .map(|w| (w.name.clone(), w.agent.kind().to_string()))
         .collect();
     for c in &counts {
         if !names.iter().any(|(n, _)| n == &c.worker) {
-            names.push((c.worker.clone(), "-".into()));
+            let agent = config.settings_of(&c.worker).map_or("-", |w| w.agent.kind());
+            names.push((c.worker.clone(), agent.into()));
         }
     }
     let workers: Vec<WorkerStatus> = names
