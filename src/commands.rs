@@ -299,7 +299,9 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
         .collect();
     for c in &counts {
         if !names.iter().any(|(n, _)| n == &c.worker) {
-            let agent = config.settings_of(&c.worker).map_or("-", |w| w.agent.kind());
+            let agent = config
+                .settings_of(&c.worker)
+                .map_or("-", |w| w.agent.kind());
             names.push((c.worker.clone(), agent.into()));
         }
     }

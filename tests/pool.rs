@@ -331,3 +331,57 @@ fn pausing_the_pool_holds_its_tasks_until_resumed() {
     let out = p.run(&["worker", "pause", "nobody"]);
     assert!(text(&out.stderr).contains("no worker named \"nobody\""));
 }
+
+#[test]
+fn kill_9_of_the_daemon_with_a_full_pool_loses_nothing_and_leaves_no_process() {
+    let p = Project::new("");
+    std::fs::write(
+        p.path("agentq.toml"),
+        format!(
+            "[defaults]\nkill_timeout = \"500ms\"\n[intake]\nsettle = \"50ms\"\n\
+             [pool]\ncommand = [\"{TEST_AGENT}\"]\nenv = {{ AGENTQ_TEST_PIDS = \"{}\" }}\n",
+            p.path("pids.log").display()
+        ),
+    )
+    .unwrap();
+    let daemon = p.start();
+    for i in 0..12 {
+        p.drop_file(
+            &format!(".queue/pool/{i:03}.prompt"),
+            format!("p{i} [[grandchildren 1]] [[sleep 700]]").as_bytes(),
+        );
+    }
+    wait_until(Duration::from_secs(60), "a full pool", || {
+        p.json(&["status"])["pool"]["running"] == 4
+    });
+    daemon.kill9();
+    let daemon = p.start();
+    wait_until(Duration::from_secs(120), "all 12 tasks to finish", || {
+        p.totals()["succeeded"] == 12
+    });
+    assert!(daemon.stop().success());
+    let reaped = p.json(&["events", "--kind", "agent_reaped", "--limit", "0"]);
+    assert!(!reaped.as_array().unwrap().is_empty(), "nothing was reaped");
+    let pids: Vec<i32> = read(&p.path("pids.log"))
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    wait_until(Duration::from_secs(10), "no agent process left", || {
+        pids.iter().all(|pid| !alive(*pid))
+    });
+    let tasks = p.json(&["tasks", "--limit", "0"]);
+    let mut prompts = Vec::new();
+    for t in tasks.as_array().unwrap() {
+        let full = p.task(t["id"].as_i64().unwrap());
+        let kinds = event_kinds(&full);
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "task_finished").count(),
+            1,
+            "{full}"
+        );
+        prompts.push(full["prompt"].as_str().unwrap().to_string());
+    }
+    prompts.sort();
+    prompts.dedup();
+    assert_eq!(prompts.len(), 12, "no prompt file taken twice");
+}
