@@ -334,7 +334,7 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 (_, None, _, _) => "not in config".to_string(),
                 (None, _, _, _) => "stopped".to_string(),
                 (Some(_), _, _, None) if name == POOL => {
-                    if pool_counts.running > 0 {
+                    if running.iter().any(|t| t.pool) {
                         "running".to_string()
                     } else {
                         "idle".to_string()
@@ -375,7 +375,9 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
         "dead": total(|w| w.dead),
         "cancelled": total(|w| w.cancelled),
     });
+    // Occupancy from the same read as the running list, so the two agree.
     let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
+    let pool_running = pool_tasks.len();
     if json {
         print_json(&json!({
             "daemon": { "running": pid.is_some(), "pid": pid },
@@ -383,7 +385,7 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
             "workers": workers,
             "pool": {
                 "max_workers": config.pool.max_workers,
-                "running": pool_counts.running,
+                "running": pool_running,
                 "queued": pool_counts.queued,
                 "tasks": pool_tasks,
             },
@@ -455,7 +457,7 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
     let ids: Vec<String> = pool_tasks.iter().map(i64::to_string).collect();
     println!(
         "pool: {} of {} running{}, {} queued; classes: {} long, {} short",
-        pool_counts.running,
+        pool_running,
         config.pool.max_workers,
         if ids.is_empty() {
             String::new()
@@ -888,8 +890,9 @@ async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
             let was = store.cancel(id, now_ms()).await?;
             if was == TaskState::Running {
                 // The runner checks its claim when rung, and stops the agent.
-                let task = store.get(id).await?;
-                wake::ring(&state_dir, task.as_ref().map(Task::runs_on));
+                if let Some(task) = store.get(id).await? {
+                    wake::ring_check(&state_dir, task.runs_on());
+                }
             }
             Ok((
                 format!("{id} cancelled (was {was})"),

@@ -642,6 +642,26 @@ impl Config {
                         "[pool] runs every task in a fresh process: mode = \"persistent\" does not apply (leave mode out)".into(),
                     ));
                 }
+                // Settings of a long-lived process or a kept conversation, which the pool has not.
+                for (key, set) in [
+                    ("session", p.session.is_some()),
+                    ("rotate_after_tasks", p.rotate_after_tasks.is_some()),
+                    ("rotate_after_tokens", p.rotate_after_tokens.is_some()),
+                    ("recycle_after_tasks", p.recycle_after_tasks.is_some()),
+                    ("autorestart", p.autorestart.is_some()),
+                    ("max_restarts", p.max_restarts.is_some()),
+                    ("min_uptime", p.min_uptime.is_some()),
+                    ("restart_delay", p.restart_delay.is_some()),
+                ] {
+                    if set {
+                        return Err(at(
+                            None,
+                            format!(
+                                "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
+                            ),
+                        ));
+                    }
+                }
                 let max_workers = p.max_workers.as_ref().map_or(4, |m| *m.get_ref());
                 if max_workers == 0 {
                     return Err(at(
@@ -1395,6 +1415,16 @@ mod tests {
                 "[pool] has agent = \"command\"",
             ),
             ("[pool]\ntimeout = 0\n", ":2:", "timeout must be above 0"),
+            (
+                "[pool]\nsession = \"fresh\"\n",
+                ":2:",
+                "[pool] session does not apply",
+            ),
+            (
+                "[pool]\nmax_workers = 2\nautorestart = false\n",
+                ":3:",
+                "autorestart does not apply",
+            ),
             (
                 "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nmax_workers = 2\n",
                 ":4:",

@@ -175,7 +175,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             .map(|name| (name.to_string(), Arc::new(Notify::new())))
             .collect(),
     );
-    // The pool's running attempts each renew their lease at once when the pool is rung (a cancel).
+    // The pool's running attempts each renew their lease at once on a `check:pool` ring (a cancel).
     let pool_beat = Arc::new(Notify::new());
     let ring_all = {
         let wakes = wakes.clone();
@@ -225,12 +225,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
                     tokio::select! {
                         ring = bell.next() => match ring {
                             Ok(Ring::Worker(w)) => match wakes.get(&w) {
-                                Some(n) => {
-                                    if w == POOL {
-                                        pool_beat.notify_waiters();
-                                    }
-                                    n.notify_one()
-                                }
+                                Some(n) => n.notify_one(),
                                 None => warn!(
                                     "a task was queued for worker {w:?}, which this daemon does not run; \
                                      restart `agentq run` to pick up changes to agentq.toml"
@@ -240,6 +235,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
                             Ok(Ring::Restart(w)) => {
                                 if let (Some(flag), Some(n)) = (restarts.get(&w), wakes.get(&w)) {
                                     flag.store(true, Ordering::SeqCst);
+                                    n.notify_one();
+                                }
+                                // Its pool tasks were held while it was errored.
+                                wakes[POOL].notify_one();
+                            }
+                            // Every running pool attempt shares one heartbeat bell.
+                            Ok(Ring::Check(w)) if w == POOL => pool_beat.notify_waiters(),
+                            Ok(Ring::Check(w)) => {
+                                if let Some(n) = wakes.get(&w) {
                                     n.notify_one();
                                 }
                             }

@@ -673,9 +673,9 @@ fn restart_if_truncated(file: &mut File, path: &Path, lines: &mut Lines) -> io::
 /// Keeps a folder of per-task logs bounded: of the logs whose file name starts with `prefix`,
 /// keeps the `keep` most recently modified and removes the rest. A log counts once together with
 /// its rotated generations (`name.1`, ...) and its lock file (`name.lock`), which go with it, so
-/// `keep` is a number of logs, not of files. Returns how many files were removed; a missing folder
-/// has nothing to prune.
-pub fn prune(dir: &Path, prefix: &str, keep: usize) -> io::Result<usize> {
+/// `keep` is a number of logs, not of files. The logs named in `spare` (still being written) are
+/// never removed. Returns how many files were removed; a missing folder has nothing to prune.
+pub fn prune(dir: &Path, prefix: &str, keep: usize, spare: &[String]) -> io::Result<usize> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -712,7 +712,11 @@ pub fn prune(dir: &Path, prefix: &str, keep: usize) -> io::Result<usize> {
     // Newest first; the name breaks ties so the choice does not depend on listing order.
     logs.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| b.0.cmp(&a.0)));
     let mut removed = 0;
-    for (_, (_, files)) in logs.into_iter().skip(keep) {
+    for (_, (_, files)) in logs
+        .into_iter()
+        .skip(keep)
+        .filter(|(log, _)| !spare.contains(log))
+    {
         for file in files {
             remove_if_present(&file).map_err(|e| with_path(e, "removing old log", &file))?;
             removed += 1;
@@ -1140,7 +1144,9 @@ mod tests {
         touch("task_4.log.lock", 200);
         touch("other.txt", 1000);
 
-        assert_eq!(prune(d.path(), "task_", 2).unwrap(), 5);
+        // task_1 is still being written: spared.
+        let spare = ["task_1.log".to_string()];
+        assert_eq!(prune(d.path(), "task_", 2, &spare).unwrap(), 4);
         let mut left: Vec<String> = std::fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1150,14 +1156,19 @@ mod tests {
             left,
             vec![
                 "other.txt",
+                "task_1.log",
                 "task_3.log",
                 "task_4.log",
                 "task_4.log.1",
                 "task_4.log.lock"
             ]
         );
-        assert_eq!(prune(d.path(), "task_", 2).unwrap(), 0);
-        assert_eq!(prune(&d.path().join("missing"), "task_", 2).unwrap(), 0);
+        assert_eq!(prune(d.path(), "task_", 2, &spare).unwrap(), 0);
+        assert_eq!(prune(d.path(), "task_", 2, &[]).unwrap(), 1);
+        assert_eq!(
+            prune(&d.path().join("missing"), "task_", 2, &[]).unwrap(),
+            0
+        );
     }
 
     #[test]

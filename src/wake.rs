@@ -25,6 +25,9 @@ pub enum Ring {
     Everyone,
     /// `agentq worker restart`: replace the worker's long-lived process.
     Restart(String),
+    /// A running task of the worker (or of the pool) may have lost its claim (a cancel): its
+    /// heartbeat looks now, and stops the agent if so.
+    Check(String),
 }
 
 impl Doorbell {
@@ -49,6 +52,7 @@ impl Doorbell {
             Ok(text) if text.starts_with(RESTART) => {
                 Ring::Restart(text[RESTART.len()..].to_string())
             }
+            Ok(text) if text.starts_with(CHECK) => Ring::Check(text[CHECK.len()..].to_string()),
             Ok(name) if !name.is_empty() => Ring::Worker(name.to_string()),
             _ => Ring::Everyone,
         })
@@ -62,6 +66,7 @@ impl Drop for Doorbell {
 }
 
 const RESTART: &str = "restart:";
+const CHECK: &str = "check:";
 
 /// Wakes the daemon of `state_dir` for `worker` (all workers when `None`), if one is listening.
 pub fn ring(state_dir: &Path, worker: Option<&str>) {
@@ -71,6 +76,12 @@ pub fn ring(state_dir: &Path, worker: Option<&str>) {
 /// Asks the daemon of `state_dir`, if one is listening, to replace `worker`'s long-lived process.
 pub fn ring_restart(state_dir: &Path, worker: &str) {
     send(state_dir, &format!("{RESTART}{worker}"));
+}
+
+/// Tells the daemon of `state_dir`, if one is listening, that a running task of `worker` (or of
+/// `pool`) may have lost its claim.
+pub fn ring_check(state_dir: &Path, worker: &str) {
+    send(state_dir, &format!("{CHECK}{worker}"));
 }
 
 fn send(state_dir: &Path, message: &str) {
@@ -92,9 +103,11 @@ mod tests {
         ring(dir.path(), Some("sentinela"));
         ring(dir.path(), None);
         ring_restart(dir.path(), "w");
+        ring_check(dir.path(), "pool");
         assert_eq!(bell.next().await.unwrap(), Ring::Worker("sentinela".into()));
         assert_eq!(bell.next().await.unwrap(), Ring::Everyone);
         assert_eq!(bell.next().await.unwrap(), Ring::Restart("w".into()));
+        assert_eq!(bell.next().await.unwrap(), Ring::Check("pool".into()));
         drop(bell);
         assert!(!dir.path().join(SOCKET).exists());
         ring(dir.path(), Some("nobody listens")); // and nothing happens

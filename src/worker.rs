@@ -267,13 +267,16 @@ impl Runner {
         info!(worker = %name, task = task.id, attempt = task.attempts, pool = self.pool, "started");
 
         let lost = CancellationToken::new();
-        let keeper = tokio::spawn(keep_lease(
+        // Aborted however this ends, a panic included: a heartbeat left behind would hold the
+        // task `running` (and a pool slot) for ever.
+        let keeper = AbortOnDrop(tokio::spawn(keep_lease(
             self.store.clone(),
             fence.clone(),
             self.config.daemon.lease,
             self.wake.clone(),
             lost.clone(),
-        ));
+        )));
+        self.prune_logs().await;
         let stop = Stop {
             lost: lost.clone(),
             hurry: self.hurry.clone(),
@@ -285,7 +288,7 @@ impl Runner {
             }
             Agent::Claude(settings) => self.run_claude(settings, task, &stop).await,
         };
-        keeper.abort();
+        drop(keeper);
 
         let end = match ran.end {
             Ended::Interrupted if lost.is_cancelled() => {
@@ -513,17 +516,6 @@ impl Runner {
     /// removed.
     fn task_log(&self, task: &Task) -> crate::logfile::RotatingFile {
         let dir = self.config.task_log_dir(&self.worker.name);
-        let nth = {
-            let mut life = self.life.lock().unwrap_or_else(|p| p.into_inner());
-            life.tasks += 1;
-            life.tasks
-        };
-        if nth % 100 == 1 {
-            let keep = self.config.daemon.task_logs_keep as usize;
-            if let Err(e) = crate::logfile::prune(&dir, "task_", keep) {
-                warn!(worker = %self.worker.name, "cannot prune the agent logs in {}: {e}", dir.display());
-            }
-        }
         // One older file per task: a task's log is for reading what it did, the newest part first.
         // Only this runner writes it: no lock file.
         crate::logfile::RotatingFile::single_writer(
@@ -531,6 +523,38 @@ impl Runner {
             self.config.daemon.log_max_size,
             1,
         )
+    }
+
+    /// Every hundredth task of this runner (and its first), removes the worker's oldest agent
+    /// logs beyond `task_logs_keep`, never one of a task still running (its worker's runner and
+    /// the pool may both be writing in the folder).
+    async fn prune_logs(&self) {
+        let nth = {
+            let mut life = self.life.lock().unwrap_or_else(|p| p.into_inner());
+            life.tasks += 1;
+            life.tasks
+        };
+        if nth % 100 != 1 {
+            return;
+        }
+        let name = &self.worker.name;
+        let running = self
+            .store
+            .list(&crate::store::TaskFilter {
+                state: Some(crate::domain::TaskState::Running),
+                worker: Some(name.clone()),
+                limit: None,
+            })
+            .await;
+        let running: Vec<String> = match running {
+            Ok(list) => list.iter().map(|t| format!("task_{}.log", t.id)).collect(),
+            Err(e) => return warn!(worker = %name, "not pruning agent logs: {e}"),
+        };
+        let dir = self.config.task_log_dir(name);
+        let keep = self.config.daemon.task_logs_keep as usize;
+        if let Err(e) = crate::logfile::prune(&dir, "task_", keep, &running) {
+            warn!(worker = %name, "cannot prune the agent logs in {}: {e}", dir.display());
+        }
     }
 
     /// How an agent's memory is watched: sampled on the daemon's schedule, stopped past the
@@ -1069,6 +1093,15 @@ impl Runner {
         if let Err(e) = self.store.record_event(&event).await {
             warn!(worker = %self.worker.name, task = task_id, "cannot record event {kind}: {e}");
         }
+    }
+}
+
+/// A task that stops when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

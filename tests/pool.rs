@@ -46,6 +46,8 @@ fn twelve_pool_tasks_run_four_at_a_time_and_all_finish() {
         "[pool]\ncommand = {MARKING_AGENT}\n\n[[worker]]\nname = \"w\"\ncommand = [\"cat\"]\n"
     ));
     let _daemon = p.start();
+    // Everything is queued before anything starts, however slow the submits.
+    p.ok(&["worker", "pause", "pool"]);
     let mut ids = Vec::new();
     for i in 0..10 {
         let s = submit_json(&p, &["--pool", &format!("task {i}")]);
@@ -59,6 +61,8 @@ fn twelve_pool_tasks_run_four_at_a_time_and_all_finish() {
     wait_until(Duration::from_secs(20), "both files taken", || {
         p.json(&["tasks"]).as_array().unwrap().len() == 12
     });
+    assert_eq!(p.json(&["status"])["pool"]["queued"], 12);
+    p.ok(&["worker", "resume", "pool"]);
     // While they run, status shows the pool full and the rest waiting.
     let mut seen_full = false;
     wait_until(Duration::from_secs(60), "every pool task to end", || {
@@ -328,6 +332,11 @@ fn pausing_the_pool_holds_its_tasks_until_resumed() {
     );
     p.ok(&["worker", "resume", "w"]);
     p.wait_all(&[routed]);
+    // `worker restart` (which clears an errored worker, or a pause) lets its pool tasks go too.
+    p.ok(&["worker", "pause", "w"]);
+    let held = submit_json(&p, &["-w", "w", "held again"])["id"].as_i64().unwrap();
+    p.ok(&["worker", "restart", "w"]);
+    p.ok(&["wait", "--timeout", "10s", &held.to_string()]);
     let out = p.run(&["worker", "pause", "nobody"]);
     assert!(text(&out.stderr).contains("no worker named \"nobody\""));
 }
