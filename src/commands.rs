@@ -345,6 +345,15 @@ async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
                 (Some(_), _, None, Some(p)) => format!("paused until {}", short_time(p.until)),
                 (Some(_), _, None, None) => "idle".to_string(),
             };
+            // Its tasks running in the pool are counted in its row; say so beside its state.
+            let in_pool = running
+                .iter()
+                .filter(|t| t.worker == name && t.pool && name != POOL)
+                .count();
+            let state = match in_pool {
+                0 => state,
+                n => format!("{state}, {n} in the pool"),
+            };
             WorkerStatus {
                 name,
                 agent,
