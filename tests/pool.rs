@@ -334,7 +334,9 @@ fn pausing_the_pool_holds_its_tasks_until_resumed() {
     p.wait_all(&[routed]);
     // `worker restart` (which clears an errored worker, or a pause) lets its pool tasks go too.
     p.ok(&["worker", "pause", "w"]);
-    let held = submit_json(&p, &["-w", "w", "held again"])["id"].as_i64().unwrap();
+    let held = submit_json(&p, &["-w", "w", "held again"])["id"]
+        .as_i64()
+        .unwrap();
     p.ok(&["worker", "restart", "w"]);
     p.ok(&["wait", "--timeout", "10s", &held.to_string()]);
     let out = p.run(&["worker", "pause", "nobody"]);
