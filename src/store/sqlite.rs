@@ -352,6 +352,51 @@ fn attempt_row(
     Ok(n == 1)
 }
 
+/// Claims the task the subquery `pick` chooses, if `only_if` holds, in one statement (so a limit in
+/// `only_if` is checked where the claim is made). Both see `?1` owner, `?2` token, `?3` lease
+/// expiry, `?4` now, and `extra` from `?5` on. Counts the attempt and records `task_started`, in
+/// the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+fn claim_one(
+    tx: &rusqlite::Transaction,
+    pick: &str,
+    only_if: &str,
+    extra: &[&dyn rusqlite::ToSql],
+    owner: &str,
+    expires: Millis,
+    now: Millis,
+    place: &str,
+) -> rusqlite::Result<Option<Claim>> {
+    let token = new_token();
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&owner, &token, &expires, &now];
+    values.extend_from_slice(extra);
+    let task = tx
+        .query_row(
+            &format!(
+                "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = ?1, \
+                 claim_token = ?2, lease_expires = ?3, started_at = ?4, updated_at = ?4 \
+                 WHERE id = ({pick}) AND {only_if} RETURNING {TASK_COLUMNS}"
+            ),
+            values.as_slice(),
+            task_from_row,
+        )
+        .optional()?;
+    let Some(task) = task else { return Ok(None) };
+    let message = format!(
+        "attempt {} of {}{place} by {owner}",
+        task.attempts, task.max_attempts
+    );
+    event(
+        tx,
+        now,
+        Some(task.id),
+        Some(&task.worker),
+        "task_started",
+        &message,
+    )?;
+    Ok(Some(Claim { task, token }))
+}
+
 fn new_token() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     hex::encode(bytes)
@@ -515,25 +560,12 @@ impl Store for SqliteStore {
         let (worker, owner) = (worker.to_string(), owner.to_string());
         let expires = now + lease.as_millis() as Millis;
         self.write("claiming a task", move |tx| {
-            let token = new_token();
-            let task = tx
-                .query_row(
-                    &format!(
-                        "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = ?2, \
-                         claim_token = ?3, lease_expires = ?4, started_at = ?5, updated_at = ?5 \
-                         WHERE id = (SELECT id FROM tasks WHERE worker = ?1 AND state = 'queued' AND pool = 0 \
-                                     AND not_before <= ?5 ORDER BY priority DESC, id ASC LIMIT 1) \
-                           AND NOT EXISTS (SELECT 1 FROM tasks WHERE worker = ?1 AND state = 'running' AND pool = 0) \
-                           AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?1 AND until > ?5) \
-                         RETURNING {TASK_COLUMNS}"
-                    ),
-                    params![worker, owner, token, expires, now],
-                    task_from_row,
-                )
-                .optional()?;
-            let Some(task) = task else { return Ok(None) };
-            event(tx, now, Some(task.id), Some(&worker), "task_started", &format!("attempt {} of {} by {owner}", task.attempts, task.max_attempts))?;
-            Ok(Some(Claim { task, token }))
+            // One task at a time per worker, none while it is paused.
+            let pick = "SELECT id FROM tasks WHERE worker = ?5 AND state = 'queued' AND pool = 0 \
+                        AND not_before <= ?4 ORDER BY priority DESC, id ASC LIMIT 1";
+            let only_if = "NOT EXISTS (SELECT 1 FROM tasks WHERE worker = ?5 AND state = 'running' AND pool = 0) \
+                           AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?5 AND until > ?4)";
+            Ok(claim_one(tx, pick, only_if, &[&worker], &owner, expires, now, "")?)
         })
         .await
     }
@@ -1129,28 +1161,15 @@ impl Store for SqliteStore {
         let workers = serde_json::to_string(workers).expect("names serialise");
         let expires = now + lease.as_millis() as Millis;
         self.write("claiming a pool task", move |tx| {
-            let token = new_token();
-            let task = tx
-                .query_row(
-                    &format!(
-                        "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = ?1, \
-                         claim_token = ?2, lease_expires = ?3, started_at = ?4, updated_at = ?4 \
-                         WHERE id = (SELECT id FROM tasks t WHERE pool = 1 AND state = 'queued' \
-                                       AND not_before <= ?4 \
-                                       AND worker IN (SELECT value FROM json_each(?6)) \
-                                       AND NOT EXISTS (SELECT 1 FROM worker_pauses p \
-                                                       WHERE p.worker = t.worker AND p.until > ?4) \
-                                     ORDER BY priority DESC, id ASC LIMIT 1) \
-                           AND (SELECT count(*) FROM tasks WHERE pool = 1 AND state = 'running') < ?5 \
-                         RETURNING {TASK_COLUMNS}"
-                    ),
-                    params![owner, token, expires, now, max_running, workers],
-                    task_from_row,
-                )
-                .optional()?;
-            let Some(task) = task else { return Ok(None) };
-            event(tx, now, Some(task.id), Some(&task.worker), "task_started", &format!("attempt {} of {} in the pool by {owner}", task.attempts, task.max_attempts))?;
-            Ok(Some(Claim { task, token }))
+            // Any configured worker's, not paused, while fewer than `max_running` run.
+            let pick = "SELECT id FROM tasks t WHERE pool = 1 AND state = 'queued' AND not_before <= ?4 \
+                          AND worker IN (SELECT value FROM json_each(?6)) \
+                          AND NOT EXISTS (SELECT 1 FROM worker_pauses p \
+                                          WHERE p.worker = t.worker AND p.until > ?4) \
+                        ORDER BY priority DESC, id ASC LIMIT 1";
+            let only_if = "(SELECT count(*) FROM tasks WHERE pool = 1 AND state = 'running') < ?5";
+            let extra: [&dyn rusqlite::ToSql; 2] = [&max_running, &workers];
+            Ok(claim_one(tx, pick, only_if, &extra, &owner, expires, now, " in the pool")?)
         })
         .await
     }
