@@ -242,6 +242,67 @@ impl Book {
     }
 }
 
+/// A live agent group as the book records it, seen from any process (for `agentq status`): the
+/// leader still runs with the recorded start time.
+#[derive(Clone, Debug)]
+pub struct LiveGroup {
+    pub record: Record,
+    /// The group's resident memory now, bytes.
+    pub rss: u64,
+    /// When its leader started, if the boot time can be read.
+    pub started_at: Option<std::time::SystemTime>,
+}
+
+/// The live groups recorded in `state_dir`'s book, whoever recorded them.
+pub fn live_groups(state_dir: &Path) -> Vec<LiveGroup> {
+    let Ok(dir) = std::fs::read_dir(state_dir.join("procs")) else {
+        return Vec::new();
+    };
+    let boot = boot_time();
+    let mut live = Vec::new();
+    for entry in dir.flatten() {
+        let Some(record) = std::fs::read(entry.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        else {
+            continue;
+        };
+        let leader =
+            stat(record.pgid).filter(|p| p.start_ticks == record.start_ticks && p.state != 'Z');
+        if leader.is_none() {
+            continue;
+        }
+        let rss = crate::memory::group_rss(record.pgid).unwrap_or(0);
+        let started_at = boot.map(|b| b + ticks(record.start_ticks));
+        live.push(LiveGroup {
+            record,
+            rss,
+            started_at,
+        });
+    }
+    live
+}
+
+/// When the machine booted (`btime` in /proc/stat).
+fn boot_time() -> Option<std::time::SystemTime> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Clock ticks (as in /proc/<pid>/stat) as a duration.
+fn ticks(n: u64) -> std::time::Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100);
+    std::time::Duration::from_millis(n * 1000 / hz)
+}
+
 /// Kills what is provably left of a recorded group, and returns the pids it signalled.
 fn kill_recorded(record: &Record) -> Vec<i32> {
     use nix::sys::signal::{Signal, kill, killpg};
@@ -349,6 +410,29 @@ mod tests {
             std::fs::read_dir(dir.path().join("procs")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn live_groups_are_read_from_the_book_with_memory_and_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = Book::new(dir.path(), "me");
+        let mut child = spawn_group("sleep 30");
+        let pid = child.id();
+        let recorded = book.record(pid, "w", Some(7)).unwrap();
+        let live = live_groups(dir.path());
+        assert_eq!(live.len(), 1);
+        let g = &live[0];
+        assert_eq!((g.record.pgid, g.record.task), (pid as i32, Some(7)));
+        let age = std::time::SystemTime::now()
+            .duration_since(g.started_at.unwrap())
+            .unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(60), "{age:?}");
+        kill_group(&mut child);
+        assert!(
+            live_groups(dir.path()).is_empty(),
+            "a dead group is not live"
+        );
+        drop(recorded);
     }
 
     #[test]
