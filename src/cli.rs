@@ -62,6 +62,32 @@ pub enum Command {
     /// Act on a worker
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Check the config, state folder, database and agents, and say how to fix what is wrong;
+    /// exits 1 if a check failed
+    Doctor(JsonArgs),
+    /// Run agentq as a service of the system
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Write a systemd unit (launchd job on macOS) that runs `agentq run` for this project, and
+    /// print the commands that start it
+    Install(ServiceInstallArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceInstallArgs {
+    /// A service of your user (~/.config/systemd/user/, no root needed) instead of the system's
+    #[arg(long)]
+    pub user: bool,
+    /// Print the file instead of writing it
+    #[arg(long)]
+    pub print: bool,
+    /// Replace an existing file that differs
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{
-    Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, SubmitArgs, TasksArgs,
-    WaitArgs, WorkerCommand, WorkerNameArgs,
+    Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
+    ServiceInstallArgs, SubmitArgs, TasksArgs, WaitArgs, WorkerCommand, WorkerNameArgs,
 };
 use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, POOL, STATE_DIR};
 use crate::daemon::{self, Shutdown};
@@ -46,6 +46,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Worker(WorkerCommand::Pause(args)) => pause(explicit, args).await,
         Command::Worker(WorkerCommand::Restart(args)) => restart(explicit, args).await,
         Command::Worker(WorkerCommand::Resume(args)) => resume(explicit, args).await,
+        Command::Doctor(args) => doctor(explicit, args.json).await,
+        Command::Service(ServiceCommand::Install(args)) => service_install(explicit, args),
     }
 }
 
@@ -119,6 +121,51 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
             config.path.display(),
             config.state_dir().display()
         );
+    }
+    Ok(())
+}
+
+async fn doctor(explicit: Option<&Path>, json: bool) -> Result<()> {
+    use crate::doctor::{self, Status};
+    let cx = doctor::Context::from_process()?;
+    let checks = doctor::run(explicit, &cx).await;
+    if json {
+        print_json(&checks);
+    } else {
+        print!("{}", doctor::render_text(&checks));
+    }
+    match checks.iter().filter(|c| c.status == Status::Fail).count() {
+        0 => Ok(()),
+        failed => Err(Error::DoctorFailed { failed }),
+    }
+}
+
+fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<()> {
+    use crate::service::{self, Installed};
+    let config = load_config(explicit)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("finding the agentq binary", "/proc/self/exe", e))?;
+    let path_env = std::env::var("PATH").unwrap_or_default();
+    let svc = service::Service::for_config(&config, exe, path_env, args.user);
+    let plan = service::plan(&svc, &|k| std::env::var(k).ok())?;
+    if args.print {
+        print!("{}", plan.text);
+        eprintln!(
+            "(not written; without --print it goes to {})",
+            plan.path.display()
+        );
+        return Ok(());
+    }
+    let done = service::install(&plan, args.force, args.user)?;
+    let what = match done {
+        Installed::Written => "Wrote",
+        Installed::Replaced => "Replaced",
+        Installed::Unchanged => "Unchanged:",
+    };
+    println!("{what} {}", plan.path.display());
+    println!("Start it now and at every boot with:");
+    for line in &plan.enable {
+        println!("  {line}");
     }
     Ok(())
 }

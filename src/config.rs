@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 
 pub const CONFIG_FILE: &str = "agentq.toml";
 pub const STATE_DIR: &str = ".agentq";
+/// The database's file name in the state folder.
+pub const DB_FILE: &str = "agentq.db";
 
 /// Names that cannot be a worker's: they are folders or targets of their own.
 const RESERVED_NAMES: &[&str] = &[POOL, "rejected"];
@@ -520,17 +522,20 @@ pub struct Config {
 impl Config {
     /// Finds `agentq.toml` in `start` or the nearest folder above it that has one.
     pub fn discover(start: &Path) -> Result<Config> {
-        let mut dir = Some(start);
-        while let Some(d) = dir {
-            let candidate = d.join(CONFIG_FILE);
-            if candidate.is_file() {
-                return Config::load(&candidate);
-            }
-            dir = d.parent();
+        match Config::find(start) {
+            Some(path) => Config::load(&path),
+            None => Err(Error::ConfigNotFound {
+                start: start.to_path_buf(),
+            }),
         }
-        Err(Error::ConfigNotFound {
-            start: start.to_path_buf(),
-        })
+    }
+
+    /// The `agentq.toml` that [`Config::discover`] would load, without reading it.
+    pub fn find(start: &Path) -> Option<PathBuf> {
+        start
+            .ancestors()
+            .map(|d| d.join(CONFIG_FILE))
+            .find(|candidate| candidate.is_file())
     }
 
     /// Loads the config at `path`: with `--config`, or after discovery.
@@ -820,7 +825,7 @@ impl Config {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.state_dir().join("agentq.db")
+        self.state_dir().join(DB_FILE)
     }
 
     /// The JSON-lines event log.

@@ -84,6 +84,9 @@ pub enum Error {
         after: std::time::Duration,
     },
 
+    #[error("{failed} doctor check(s) failed; each names its fix")]
+    DoctorFailed { failed: usize },
+
     #[error("{about}: {source}")]
     Watch {
         about: &'static str,
@@ -103,12 +106,12 @@ impl Error {
         }
     }
 
-    /// The process exit code for this error: 1 for a task that did not succeed (what `wait` reports),
-    /// 2 for a mistake in what was asked (usage, config, unknown task), 3 for an environment problem
-    /// (I/O, database, another daemon), 124 for a wait that timed out.
+    /// The process exit code for this error: 1 for a task that did not succeed (what `wait` reports)
+    /// or a failed `doctor` check, 2 for a mistake in what was asked (usage, config, unknown task),
+    /// 3 for an environment problem (I/O, database, another daemon), 124 for a wait that timed out.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::TaskNotSucceeded { .. } => 1,
+            Error::TaskNotSucceeded { .. } | Error::DoctorFailed { .. } => 1,
             // As timeout(1) does: a script can tell "gave up waiting" from "the task failed".
             Error::WaitTimeout { .. } => 124,
             Error::Config { .. }

@@ -32,6 +32,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_pool.sql"),
 ];
 
+/// The schema version this binary writes (`PRAGMA user_version` after every migration).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
@@ -178,7 +181,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             source,
         }
     };
-    let known = MIGRATIONS.len() as i64;
+    let known = SCHEMA_VERSION;
     // Every command opens the store: read the version without a lock, and take the write lock only
     // when a migration is due (then check again under it, as another process may have done it).
     let current: i64 = conn

@@ -1,0 +1,880 @@
+//! `agentq doctor`: checks what `agentq run` needs, and says how to fix what is wrong.
+//!
+//! Each check is a function from what it looks at (a path, a worker, an environment) to a
+//! [`Check`]: a status, what was found, and for a failure (or a warning) the fix in words. Doctor
+//! only reads: it creates no state folder and no database, takes no lock, and opens the database
+//! read-only, so it is safe beside a running daemon. A config that does not load stops only the
+//! checks that need it (the workers' agents); the state folder beside it, the database and the
+//! environment are still checked. Warnings and skipped checks never fail the run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Agent, Config, DB_FILE, POOL, STATE_DIR, WorkerConfig};
+use crate::error::{Error, Result};
+
+/// How long `<claude> --version` may take before the agent counts as unable to start.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    /// Not applicable here (another OS, a feature that is off, no config to check against).
+    Skip,
+}
+
+impl Status {
+    /// The mark at the start of a line of text, all four characters wide.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+            Status::Skip => " -  ",
+        }
+    }
+}
+
+/// One line of the report; `--json` prints a list of these as they are.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+    /// What to do about a failure or warning, in words.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn new(check: &str, status: Status, detail: String, fix: Option<String>) -> Check {
+        Check {
+            check: check.to_string(),
+            status,
+            detail,
+            fix,
+        }
+    }
+
+    fn ok(check: &str, detail: impl Into<String>) -> Check {
+        Check::new(check, Status::Ok, detail.into(), None)
+    }
+
+    fn warn(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(check, Status::Warn, detail.into(), Some(fix.into()))
+    }
+
+    fn fail(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(check, Status::Fail, detail.into(), Some(fix.into()))
+    }
+
+    fn skip(check: &str, detail: impl Into<String>) -> Check {
+        Check::new(check, Status::Skip, detail.into(), None)
+    }
+}
+
+/// What doctor looks at besides files: where it was started and its own environment (which is
+/// what a daemon started from the same shell would have).
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub version_timeout: Duration,
+}
+
+impl Context {
+    pub fn from_process() -> Result<Context> {
+        Ok(Context {
+            cwd: std::env::current_dir()
+                .map_err(|e| Error::io("reading current folder", ".", e))?,
+            env: std::env::vars().collect(),
+            version_timeout: VERSION_TIMEOUT,
+        })
+    }
+}
+
+/// Runs every check, in the order they are printed.
+pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let (check, config, root) = check_config(explicit, &cx.cwd);
+    checks.push(check);
+    let mut daemon_pid = None;
+    match &root {
+        Some(root) => {
+            let state_dir = root.join(STATE_DIR);
+            checks.push(check_state_dir(&state_dir));
+            checks.extend(check_database(&state_dir.join(DB_FILE)));
+            let (check, pid) = check_daemon(&state_dir);
+            daemon_pid = pid;
+            checks.push(check);
+        }
+        None => {
+            for name in ["state folder", "database", "daemon"] {
+                checks.push(Check::skip(
+                    name,
+                    "no agentq.toml found, so no project folder",
+                ));
+            }
+        }
+    }
+    let workers: Vec<&WorkerConfig> = config.as_ref().map_or_else(Vec::new, |c| {
+        c.workers
+            .iter()
+            .chain(c.pool.defined.then_some(&c.pool.worker))
+            .collect()
+    });
+    if config.is_none() {
+        checks.push(Check::skip("workers", "need an agentq.toml that loads"));
+    }
+    for w in &workers {
+        checks.extend(check_worker(w, cx).await);
+    }
+    checks.push(check_markers(&cx.env, &workers));
+    checks.push(check_git_bash(&cx.env));
+    let mut listen = check_listen(config.as_ref().and_then(http_listen));
+    if let (Some(pid), Status::Fail) = (daemon_pid, listen.status) {
+        // The daemon that is running may well be the one listening there.
+        listen.status = Status::Warn;
+        listen.detail = format!(
+            "{} (the running daemon, pid {pid}, may hold it)",
+            listen.detail
+        );
+    }
+    checks.push(listen);
+    checks
+}
+
+/// Hook for the HTTP API: the address `[http] listen` asks for, once the config has that
+/// section. Until then the API is off and the port check is skipped.
+fn http_listen(_config: &Config) -> Option<SocketAddr> {
+    None
+}
+
+/// The report as text: one line per check with its mark, and the fix indented below it.
+pub fn render_text(checks: &[Check]) -> String {
+    let width = checks
+        .iter()
+        .map(|c| c.check.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for c in checks {
+        out.push_str(&format!(
+            "{}  {:<width$}  {}\n",
+            c.status.mark(),
+            c.check,
+            c.detail
+        ));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("      {:<width$}  fix: {fix}\n", ""));
+        }
+    }
+    let count = |s: Status| checks.iter().filter(|c| c.status == s).count();
+    let (failed, warned) = (count(Status::Fail), count(Status::Warn));
+    out.push_str(&match (failed, warned) {
+        (0, 0) => "\nall checks passed\n".to_string(),
+        (0, w) => format!("\nno check failed; {w} warning(s)\n"),
+        (f, w) => format!("\n{f} check(s) failed, {w} warning(s)\n"),
+    });
+    out
+}
+
+/// Finds and loads the config. Also returns the project folder (the config's), known even when
+/// the file does not load, so the checks that need only the folder still run.
+fn check_config(explicit: Option<&Path>, cwd: &Path) -> (Check, Option<Config>, Option<PathBuf>) {
+    const NAME: &str = "config";
+    let path = match explicit {
+        Some(p) => cwd.join(p),
+        None => match Config::find(cwd) {
+            Some(p) => p,
+            None => {
+                let check = Check::fail(
+                    NAME,
+                    format!("no agentq.toml in {} or any folder above it", cwd.display()),
+                    "run `agentq init` in the project folder, or pass --config PATH",
+                );
+                return (check, None, None);
+            }
+        },
+    };
+    let root = path.parent().map(Path::to_path_buf);
+    if explicit.is_some() && !path.is_file() {
+        let check = Check::fail(
+            NAME,
+            format!("{} does not exist", path.display()),
+            "give --config (or AGENTQ_CONFIG) the path of an agentq.toml, or create one there with `agentq init`",
+        );
+        return (check, None, None);
+    }
+    match Config::load(&path) {
+        Ok(config) => {
+            let workers = config.workers.len();
+            let pool = if config.pool.defined {
+                " and a pool"
+            } else {
+                ""
+            };
+            let check = Check::ok(
+                NAME,
+                format!("{}: {workers} worker(s){pool}", config.path.display()),
+            );
+            (check, Some(config), root)
+        }
+        Err(e) => {
+            let fix = match e {
+                Error::Config { .. } => {
+                    "correct agentq.toml where the message points (README.md lists every setting)"
+                }
+                _ => "make the file readable by this user",
+            };
+            (Check::fail(NAME, e.to_string(), fix), None, root)
+        }
+    }
+}
+
+/// The state folder: present, writable by this user and private (it holds prompts, results and
+/// logs). A missing folder is only a warning: the first command that needs it creates it.
+pub fn check_state_dir(dir: &Path) -> Check {
+    const NAME: &str = "state folder";
+    let shown = dir.display();
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Check::warn(
+                NAME,
+                format!("{shown} is not created yet"),
+                "`agentq init` or the first `agentq run` creates it (mode 0700)",
+            );
+        }
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot look at {shown}: {e}"),
+                "make the folders above it readable by this user",
+            );
+        }
+    };
+    if !meta.is_dir() {
+        return Check::fail(
+            NAME,
+            format!("{shown} is not a folder"),
+            format!("move {shown} away; agentq creates the folder it needs"),
+        );
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if let Err(e) = nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    ) {
+        return Check::fail(
+            NAME,
+            format!("{shown} is not writable by this user (mode {mode:04o}): {e}"),
+            format!(
+                "run agentq as the user who owns it, or take it over: `chown -R \"$USER\" {shown}`"
+            ),
+        );
+    }
+    if mode & 0o077 != 0 {
+        return Check::fail(
+            NAME,
+            format!(
+                "{shown} has mode {mode:04o}: other users can read the prompts, results and logs in it"
+            ),
+            format!("make it private: `chmod 700 {shown}`"),
+        );
+    }
+    Check::ok(NAME, format!("{shown} (mode {mode:04o}, writable)"))
+}
+
+/// The database: whole (`PRAGMA integrity_check`), and of a schema this binary can use. Opened
+/// read-only; a missing database is fine (the first command that needs it creates it).
+pub fn check_database(db: &Path) -> Vec<Check> {
+    const NAME: &str = "database";
+    const SCHEMA: &str = "schema";
+    let shown = db.display();
+    if !db.exists() {
+        return vec![Check::ok(NAME, format!("{shown}: not created yet"))];
+    }
+    let unreadable = |what: String| {
+        vec![Check::fail(
+            NAME,
+            what,
+            "stop the daemon, move the file aside (keep it: the queue is in it) and let agentq create a new one; `sqlite3 OLD .recover | sqlite3 NEW` may save its tasks",
+        )]
+    };
+    let conn = match rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(c) => c,
+        Err(e) => return unreadable(format!("cannot open {shown}: {e}")),
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(2));
+    let problems: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
+    let problems = match problems {
+        Ok(p) => p,
+        Err(e) => return unreadable(format!("cannot check {shown}: {e}")),
+    };
+    let mut checks = Vec::new();
+    if problems.len() == 1 && problems[0] == "ok" {
+        checks.push(Check::ok(NAME, format!("{shown}: integrity ok")));
+    } else {
+        let first = problems.first().cloned().unwrap_or_default();
+        checks.extend(unreadable(format!(
+            "{shown} is damaged: integrity_check found {} problem(s), first: {first}",
+            problems.len()
+        )));
+    }
+    let known = crate::store::sqlite::SCHEMA_VERSION;
+    match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
+        Ok(v) if v == known => {
+            checks.push(Check::ok(SCHEMA, format!("version {v}, as this agentq")))
+        }
+        Ok(v) if v < known => checks.push(Check::ok(
+            SCHEMA,
+            format!("version {v}; this agentq upgrades it to {known} when it next opens it"),
+        )),
+        Ok(v) => checks.push(Check::fail(
+            SCHEMA,
+            format!("version {v}, newer than this agentq understands ({known})"),
+            "run the newer agentq that wrote it (upgrade this one)",
+        )),
+        Err(e) => checks.push(Check::fail(
+            SCHEMA,
+            format!("cannot read the schema version of {shown}: {e}"),
+            "see the database check above",
+        )),
+    }
+    checks
+}
+
+/// Whether a daemon holds the folder; informational either way.
+fn check_daemon(state_dir: &Path) -> (Check, Option<i32>) {
+    const NAME: &str = "daemon";
+    if !state_dir.is_dir() {
+        return (Check::ok(NAME, "not running"), None);
+    }
+    match crate::state::holder(state_dir) {
+        Ok(Some(pid)) => (Check::ok(NAME, format!("running (pid {pid})")), Some(pid)),
+        Ok(None) => (
+            Check::ok(
+                NAME,
+                "not running (start it with `agentq run`, or as a service: `agentq service install`)",
+            ),
+            None,
+        ),
+        Err(e) => (
+            Check::warn(
+                NAME,
+                format!("cannot tell: {e}"),
+                "make the state folder's daemon.lock readable and writable by this user",
+            ),
+            None,
+        ),
+    }
+}
+
+/// A worker's (or the pool's) working folder and agent, found and started as the daemon would.
+async fn check_worker(w: &WorkerConfig, cx: &Context) -> Vec<Check> {
+    let label = if w.name == POOL {
+        "pool".to_string()
+    } else {
+        format!("worker {}", w.name)
+    };
+    let mut checks = Vec::new();
+    // `cwd = "."` is stored as `<root>/.`; show it as the folder it is.
+    let cwd: PathBuf = w.cwd.components().collect();
+    let cwd = cwd.display();
+    checks.push(if w.cwd.is_dir() {
+        Check::ok(&format!("{label}: cwd"), format!("{cwd}"))
+    } else {
+        Check::fail(
+            &format!("{label}: cwd"),
+            format!("the working folder {cwd} does not exist"),
+            format!("create it (`mkdir -p {cwd}`), or correct cwd in agentq.toml"),
+        )
+    });
+    let name = format!("{label}: agent");
+    // As Command::spawn looks a bare name up: on the child's PATH when its env sets one.
+    let path_var = w.env.get("PATH").or(cx.env.get("PATH")).map(String::as_str);
+    let check = match &w.agent {
+        Agent::Command { argv } => {
+            let program = argv.first().map(String::as_str).unwrap_or("");
+            match find_program(program, &w.cwd, path_var) {
+                Ok(found) => {
+                    Check::ok(&name, format!("command {program:?} is {}", found.display()))
+                }
+                Err((detail, fix)) => Check::fail(&name, detail, fix),
+            }
+        }
+        Agent::Claude(settings) => {
+            let over = cx.env.get("AGENTQ_CLAUDE_BIN").map(String::as_str);
+            let bin = crate::claude::resolve_bin(settings, over);
+            let bin = bin.to_string_lossy();
+            match find_program(&bin, &w.cwd, path_var) {
+                Err((detail, _)) => Check::fail(
+                    &name,
+                    detail,
+                    "install Claude Code (`npm install -g @anthropic-ai/claude-code`), or point claude_bin in agentq.toml (or AGENTQ_CLAUDE_BIN) at it",
+                ),
+                Ok(found) => match claude_version(&found, w, cx).await {
+                    Ok(version) => {
+                        Check::ok(&name, format!("claude {version} ({})", found.display()))
+                    }
+                    Err((detail, fix)) => Check::fail(&name, detail, fix),
+                },
+            }
+        }
+    };
+    checks.push(check);
+    checks
+}
+
+/// Where `program` is: a name with a `/` is a path (relative to the worker's `cwd`, where it is
+/// started), a bare name is looked up on `path_var`. The error is what is wrong and its fix.
+pub fn find_program(
+    program: &str,
+    cwd: &Path,
+    path_var: Option<&str>,
+) -> std::result::Result<PathBuf, (String, String)> {
+    let config_fix = "install it, or correct the command in agentq.toml (a bare name is looked up on PATH, a path is relative to the worker's cwd)";
+    if program.is_empty() {
+        return Err(("the command is empty".into(), config_fix.into()));
+    }
+    if program.contains('/') {
+        let path = cwd.join(program);
+        return match std::fs::metadata(&path) {
+            Err(e) => Err((
+                format!("{} cannot be run: {e}", path.display()),
+                config_fix.into(),
+            )),
+            Ok(m) if !m.is_file() => Err((
+                format!("{} is not a file", path.display()),
+                config_fix.into(),
+            )),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err((
+                format!("{} is not executable", path.display()),
+                format!("`chmod +x {}`", path.display()),
+            )),
+            Ok(_) => Ok(path),
+        };
+    }
+    let found = path_var
+        .into_iter()
+        .flat_map(|p| p.split(':'))
+        .find_map(|dir| {
+            let dir = if dir.is_empty() { "." } else { dir };
+            let candidate = Path::new(dir).join(program);
+            std::fs::metadata(&candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .then_some(candidate)
+        });
+    found.ok_or_else(|| {
+        (
+            match path_var {
+                Some(p) => format!("{program:?} is not on PATH ({p})"),
+                None => format!("{program:?} cannot be looked up: PATH is not set"),
+            },
+            config_fix.into(),
+        )
+    })
+}
+
+/// Runs `<bin> --version` as the daemon would start the agent (the worker's env and cwd, without
+/// a parent Claude session's variables): proof that it starts, and the version it prints.
+pub async fn claude_version(
+    bin: &Path,
+    w: &WorkerConfig,
+    cx: &Context,
+) -> std::result::Result<String, (String, String)> {
+    let shown = bin.display();
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("--version")
+        .envs(&w.env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for key in crate::claude::inherited_markers(&cx.env, &w.env) {
+        cmd.env_remove(key);
+    }
+    if w.cwd.is_dir() {
+        cmd.current_dir(&w.cwd);
+    }
+    let by_hand = format!(
+        "run `{shown} --version` by hand and fix what it says (reinstall Claude Code if it is broken)"
+    );
+    match tokio::time::timeout(cx.version_timeout, cmd.output()).await {
+        Err(_) => Err((
+            format!(
+                "`{shown} --version` did not finish within {}",
+                humantime::format_duration(cx.version_timeout)
+            ),
+            by_hand,
+        )),
+        Ok(Err(e)) => Err((format!("could not start {shown}: {e}"), by_hand)),
+        Ok(Ok(out)) if !out.status.success() => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            Err((
+                format!("`{shown} --version` ended with {}: {tail}", out.status),
+                by_hand,
+            ))
+        }
+        Ok(Ok(out)) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            Ok(stdout
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("(it printed no version)")
+                .to_string())
+        }
+    }
+}
+
+/// A parent Claude Code session's variables in doctor's environment: agents do not get them
+/// (unless a worker's env sets them), which is right, but worth knowing when a worker behaves
+/// differently under the daemon than by hand.
+pub fn check_markers(env: &BTreeMap<String, String>, workers: &[&WorkerConfig]) -> Check {
+    const NAME: &str = "parent session";
+    let found = crate::claude::inherited_markers(env, &BTreeMap::new());
+    if found.is_empty() {
+        return Check::ok(NAME, "no Claude Code session variables in this environment");
+    }
+    let mut detail = format!(
+        "{} set here (started from a Claude Code session?); they are removed before agents start",
+        found.join(", ")
+    );
+    for w in workers {
+        let kept: Vec<&str> = found
+            .iter()
+            .filter(|k| w.env.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        if !kept.is_empty() {
+            detail.push_str(&format!(
+                "; {} sets {} in its env and keeps it",
+                w.name,
+                kept.join(", ")
+            ));
+        }
+    }
+    Check::warn(
+        NAME,
+        detail,
+        "nothing, if that is what you want; run agentq outside Claude Code to silence this, or set a variable in [worker.env] for an agent that needs it",
+    )
+}
+
+/// Claude Code on Windows needs Git Bash; elsewhere there is nothing to check.
+pub fn check_git_bash(env: &BTreeMap<String, String>) -> Check {
+    const NAME: &str = "git bash";
+    #[cfg(windows)]
+    {
+        if let Some(p) = env.get("CLAUDE_CODE_GIT_BASH_PATH") {
+            return Check::ok(NAME, format!("{p} (CLAUDE_CODE_GIT_BASH_PATH)"));
+        }
+        match crate::claude::find_git_bash(env, &|p| Path::new(p).is_file()) {
+            Some(p) => Check::ok(NAME, p),
+            None => Check::fail(
+                NAME,
+                "Git Bash (bash.exe of Git for Windows) not found",
+                "install Git for Windows (https://git-scm.com/download/win), or set CLAUDE_CODE_GIT_BASH_PATH to its bash.exe",
+            ),
+        }
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = env;
+        Check::skip(NAME, "only Claude Code on Windows needs it")
+    }
+}
+
+/// Whether the HTTP API could listen on `addr` (bound and let go at once); `None` is "API off".
+pub fn check_listen(addr: Option<SocketAddr>) -> Check {
+    const NAME: &str = "http port";
+    let Some(addr) = addr else {
+        return Check::skip(NAME, "HTTP API off");
+    };
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Check::ok(NAME, format!("{addr} is free")),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Check::fail(
+            NAME,
+            format!("{addr} is in use: {e}"),
+            format!(
+                "stop what listens there (`ss -ltnp 'sport = :{}'` names it), or choose another [http] listen",
+                addr.port()
+            ),
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("cannot listen on {addr}: {e}"),
+            "choose an address of this machine for [http] listen, and a port above 1023 unless agentq runs as root",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn private_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    }
+
+    fn context(env: &[(&str, &str)]) -> Context {
+        Context {
+            cwd: PathBuf::from("/"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            version_timeout: Duration::from_millis(500),
+        }
+    }
+
+    fn worker(cwd: &Path, agent: Agent, env: &[(&str, &str)]) -> WorkerConfig {
+        let text = "[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = [\"true\"]\n";
+        let config = Config::parse(&cwd.join("agentq.toml"), text).unwrap();
+        let mut w = config.workers[0].clone();
+        w.cwd = cwd.to_path_buf();
+        w.agent = agent;
+        w.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        w
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_private_state_folder_passes_and_an_open_one_names_the_chmod() {
+        let d = private_dir();
+        assert_eq!(check_state_dir(d.path()).status, Status::Ok);
+
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = check_state_dir(d.path());
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("0755"), "{c:?}");
+        assert_eq!(
+            c.fix.as_deref(),
+            Some(format!("make it private: `chmod 700 {}`", d.path().display()).as_str())
+        );
+
+        let missing = check_state_dir(&d.path().join("nope"));
+        assert_eq!(missing.status, Status::Warn);
+        assert!(missing.detail.contains("not created yet"), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn a_database_is_checked_whole_and_its_schema_compared() {
+        let d = private_dir();
+        let db = d.path().join("agentq.db");
+        let missing = check_database(&db);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].status, Status::Ok);
+        assert!(missing[0].detail.contains("not created yet"));
+
+        let store = crate::store::sqlite::SqliteStore::open(&db).unwrap();
+        store.counts().await.unwrap();
+        let checks = check_database(&db);
+        assert_eq!(
+            checks.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [Status::Ok, Status::Ok],
+            "{checks:?}"
+        );
+        assert!(checks[1].detail.contains("as this agentq"), "{checks:?}");
+        drop(store);
+
+        // Written by a newer agentq.
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let checks = check_database(&db);
+        assert_eq!(checks[1].status, Status::Fail, "{checks:?}");
+        assert!(checks[1].detail.contains("99"), "{checks:?}");
+
+        // Not a database at all.
+        std::fs::write(&db, vec![b'x'; 8192]).unwrap();
+        let checks = check_database(&db);
+        assert_eq!(checks[0].status, Status::Fail, "{checks:?}");
+        assert!(
+            checks[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("move the file aside")
+        );
+    }
+
+    #[test]
+    fn programs_are_found_on_path_or_relative_to_the_cwd() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        script(&bin, "agent", "cat");
+        let path = format!("/nonexistent:{}", bin.display());
+        assert_eq!(
+            find_program("agent", Path::new("/"), Some(&path)).unwrap(),
+            bin.join("agent")
+        );
+        assert_eq!(
+            find_program("./bin/agent", d.path(), None).unwrap(),
+            d.path().join("./bin/agent")
+        );
+        let (detail, _) = find_program("agent", d.path(), Some("/nonexistent")).unwrap_err();
+        assert!(detail.contains("not on PATH"), "{detail}");
+
+        std::fs::write(d.path().join("plain"), "not a program").unwrap();
+        let (detail, fix) = find_program("./plain", d.path(), None).unwrap_err();
+        assert!(detail.contains("not executable"), "{detail}");
+        assert!(fix.contains("chmod +x"), "{fix}");
+    }
+
+    #[tokio::test]
+    async fn the_version_check_runs_the_agent_and_gives_up_on_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let cx = context(&[("CLAUDECODE", "1")]);
+        // Proves the worker's env is applied and the parent session's marker is removed.
+        let fine = script(d.path(), "fine", "echo \"$WHICH ${CLAUDECODE:-unset}\"");
+        let w = worker(
+            d.path(),
+            Agent::Command { argv: vec![] },
+            &[("WHICH", "9.9")],
+        );
+        assert_eq!(claude_version(&fine, &w, &cx).await.unwrap(), "9.9 unset");
+
+        let hang = script(d.path(), "hang", "exec sleep 30");
+        let (detail, _) = claude_version(&hang, &w, &cx).await.unwrap_err();
+        assert!(detail.contains("did not finish within 500ms"), "{detail}");
+
+        let broken = script(d.path(), "broken", "echo 'cannot find module' >&2; exit 3");
+        let (detail, fix) = claude_version(&broken, &w, &cx).await.unwrap_err();
+        assert!(detail.contains("cannot find module"), "{detail}");
+        assert!(fix.contains("by hand"), "{fix}");
+    }
+
+    #[tokio::test]
+    async fn a_worker_with_a_missing_cwd_or_program_fails_with_its_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let cx = context(&[("PATH", "/usr/bin:/bin")]);
+        let gone = d.path().join("gone");
+        let w = worker(
+            &gone,
+            Agent::Command {
+                argv: vec!["no-such-agent-xyz".into()],
+            },
+            &[],
+        );
+        let checks = check_worker(&w, &cx).await;
+        assert_eq!(checks[0].check, "worker w: cwd");
+        assert_eq!(checks[0].status, Status::Fail);
+        assert!(checks[0].fix.as_deref().unwrap().contains("mkdir -p"));
+        assert_eq!(checks[1].status, Status::Fail);
+        assert!(checks[1].detail.contains("not on PATH"), "{checks:?}");
+
+        let w = worker(
+            d.path(),
+            Agent::Command {
+                argv: vec!["sh".into()],
+            },
+            &[],
+        );
+        let checks = check_worker(&w, &cx).await;
+        assert!(checks.iter().all(|c| c.status == Status::Ok), "{checks:?}");
+    }
+
+    #[test]
+    fn parent_session_variables_warn_and_say_who_keeps_them() {
+        let d = tempfile::tempdir().unwrap();
+        let clean = BTreeMap::from([("PATH".to_string(), "/bin".to_string())]);
+        assert_eq!(check_markers(&clean, &[]).status, Status::Ok);
+
+        let env = BTreeMap::from([
+            ("CLAUDECODE".to_string(), "1".to_string()),
+            ("CLAUDE_CODE_ENTRYPOINT".to_string(), "cli".to_string()),
+        ]);
+        let keeps = worker(
+            d.path(),
+            Agent::Command { argv: vec![] },
+            &[("CLAUDECODE", "1")],
+        );
+        let c = check_markers(&env, &[&keeps]);
+        assert_eq!(c.status, Status::Warn);
+        assert_eq!(
+            c.detail,
+            "CLAUDECODE, CLAUDE_CODE_ENTRYPOINT set here (started from a Claude Code session?); \
+             they are removed before agents start; w sets CLAUDECODE in its env and keeps it"
+        );
+    }
+
+    #[test]
+    fn git_bash_is_skipped_off_windows() {
+        if cfg!(windows) {
+            return;
+        }
+        assert_eq!(check_git_bash(&BTreeMap::new()).status, Status::Skip);
+    }
+
+    #[test]
+    fn the_listen_check_binds_and_lets_go() {
+        assert_eq!(check_listen(None).status, Status::Skip);
+        assert_eq!(check_listen(None).detail, "HTTP API off");
+
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let c = check_listen(Some(addr));
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.fix.as_deref().unwrap().contains("[http] listen"));
+        drop(taken);
+        assert_eq!(check_listen(Some(addr)).status, Status::Ok);
+    }
+
+    #[test]
+    fn the_text_report_has_one_marked_line_per_check_and_the_fix_below() {
+        let checks = [
+            Check::ok("config", "/p/agentq.toml: 1 worker(s)"),
+            Check::fail(
+                "state folder",
+                "/p/.agentq has mode 0755",
+                "`chmod 700 /p/.agentq`",
+            ),
+            Check::warn("daemon", "cannot tell", "look"),
+            Check::skip("git bash", "only on Windows"),
+        ];
+        assert_eq!(
+            render_text(&checks),
+            "ok    config        /p/agentq.toml: 1 worker(s)\n\
+             FAIL  state folder  /p/.agentq has mode 0755\n\
+             \x20                   fix: `chmod 700 /p/.agentq`\n\
+             warn  daemon        cannot tell\n\
+             \x20                   fix: look\n\
+             \x20-    git bash      only on Windows\n\
+             \n1 check(s) failed, 1 warning(s)\n"
+        );
+    }
+}

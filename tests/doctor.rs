@@ -1,0 +1,374 @@
+//! `agentq doctor` and `agentq service install`, through the real binary in temporary projects.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::*;
+use serde_json::Value;
+
+/// `agentq doctor ARGS` without the variables doctor reports on (the tests may themselves run
+/// under Claude Code), plus `env`.
+fn doctor(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut all = vec!["doctor"];
+    all.extend(args);
+    let mut cmd = p.cmd(&all);
+    cmd.env_remove("AGENTQ_CLAUDE_BIN");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CLAUDECODE") || k.starts_with("CLAUDE_CODE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// `agentq doctor --json`: its exit code and its checks.
+fn doctor_json(p: &Project, env: &[(&str, &str)]) -> (Option<i32>, Vec<Value>) {
+    let out = doctor(p, &["--json"], env);
+    let checks: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {}", text(&out.stdout)));
+    (out.status.code(), checks.as_array().unwrap().clone())
+}
+
+/// The check of that name.
+fn find<'a>(checks: &'a [Value], name: &str) -> &'a Value {
+    checks
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {checks:#?}"))
+}
+
+fn status<'a>(checks: &'a [Value], name: &str) -> &'a str {
+    find(checks, name)["status"].as_str().unwrap()
+}
+
+#[test]
+fn a_healthy_project_passes_every_check() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    p.ok(&["status"]); // creates the state folder and the database
+    let out = doctor(&p, &[], &[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report = text(&out.stdout);
+    for line in [
+        "ok    config ",
+        "ok    state folder ",
+        "ok    database ",
+        "ok    schema ",
+        "ok    daemon ",
+        "ok    worker w: cwd ",
+        "ok    worker w: agent ",
+        " -    git bash ",
+        " -    http port ",
+    ] {
+        assert!(report.contains(line), "{line:?} missing from:\n{report}");
+    }
+    assert!(report.contains("HTTP API off"), "{report}");
+    assert!(report.ends_with("all checks passed\n"), "{report}");
+
+    let (code, checks) = doctor_json(&p, &[]);
+    assert_eq!(code, Some(0));
+    for c in &checks {
+        assert!(
+            ["ok", "skip"].contains(&c["status"].as_str().unwrap()),
+            "{c}"
+        );
+        assert!(c["detail"].is_string() && c.get("fix").is_some(), "{c}");
+    }
+    assert!(
+        find(&checks, "worker w: agent")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("command \"cat\" is /"),
+        "{checks:#?}"
+    );
+}
+
+#[test]
+fn the_claude_agent_is_found_and_its_version_printed() {
+    let bin = claude_bin();
+    let version = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = text(&version.stdout).trim().to_string();
+    assert!(!version.is_empty());
+    let p = Project::new(&format!(
+        "[defaults]\nclaude_bin = \"{}\"\n[[worker]]\nname = \"c\"\nagent = \"claude\"\n[worker.env]\nHOME = \"{}\"\nDISABLE_AUTOUPDATER = \"1\"\n\n[pool]\nmax_workers = 2\n",
+        bin.display(),
+        std::env::temp_dir().display(),
+    ));
+    let (code, checks) = doctor_json(&p, &[]);
+    assert_eq!(code, Some(0), "{checks:#?}");
+    let agent = find(&checks, "worker c: agent");
+    assert_eq!(agent["status"], "ok", "{agent}");
+    assert_eq!(
+        agent["detail"],
+        format!("claude {version} ({})", bin.display())
+    );
+    // The pool runs Claude too (its default agent), with [defaults] claude_bin.
+    assert_eq!(status(&checks, "pool: cwd"), "ok");
+    assert_eq!(status(&checks, "pool: agent"), "ok");
+
+    // AGENTQ_CLAUDE_BIN wins over the config, as it does for the daemon.
+    let (code, checks) = doctor_json(&p, &[("AGENTQ_CLAUDE_BIN", "/nonexistent/claude")]);
+    assert_eq!(code, Some(1));
+    let agent = find(&checks, "worker c: agent");
+    assert_eq!(agent["status"], "fail");
+    assert!(
+        agent["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/claude"),
+        "{agent}"
+    );
+    assert!(
+        agent["fix"].as_str().unwrap().contains("claude_bin"),
+        "{agent}"
+    );
+}
+
+#[test]
+fn each_failure_is_marked_and_names_its_fix() {
+    let p = Project::new(
+        "[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"no-such-agent-xyz\"]\n\
+         [[worker]]\nname = \"b\"\nagent = \"command\"\ncommand = [\"./agent.sh\"]\ncwd = \"missing\"\n",
+    );
+    p.ok(&["status"]);
+    std::fs::set_permissions(p.path(".agentq"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = doctor(&p, &[], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let report = text(&out.stdout);
+    let state_dir = p.path(".agentq");
+    for line in [
+        format!(
+            "FAIL  state folder     {} has mode 0755",
+            state_dir.display()
+        ),
+        format!("fix: make it private: `chmod 700 {}`", state_dir.display()),
+        "FAIL  worker a: agent  \"no-such-agent-xyz\" is not on PATH".to_string(),
+        "FAIL  worker b: cwd".to_string(),
+        format!(
+            "fix: create it (`mkdir -p {}`)",
+            p.path("missing").display()
+        ),
+        "FAIL  worker b: agent".to_string(),
+        "4 check(s) failed".to_string(),
+    ] {
+        assert!(report.contains(&line), "{line:?} missing from:\n{report}");
+    }
+    assert!(
+        text(&out.stderr).contains("doctor check(s) failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Fixed as the report says, they pass; a script that is there but not executable does not.
+    std::fs::set_permissions(p.path(".agentq"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir(p.path("missing")).unwrap();
+    std::fs::write(p.path("missing/agent.sh"), "#!/bin/sh\ncat\n").unwrap();
+    let (_, checks) = doctor_json(&p, &[]);
+    assert_eq!(status(&checks, "state folder"), "ok");
+    assert_eq!(status(&checks, "worker b: cwd"), "ok");
+    let b = find(&checks, "worker b: agent");
+    assert_eq!(b["status"], "fail");
+    assert!(b["fix"].as_str().unwrap().contains("chmod +x"), "{b}");
+}
+
+#[test]
+fn a_bad_config_is_reported_with_its_line_and_the_rest_still_checked() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    p.ok(&["status"]);
+    let config = p.path("agentq.toml");
+    std::fs::write(&config, format!("{}\nnot_a_setting = 1\n", read(&config))).unwrap();
+    let (code, checks) = doctor_json(&p, &[]);
+    assert_eq!(code, Some(1));
+    let c = find(&checks, "config");
+    assert_eq!(c["status"], "fail");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("{}:", config.display())),
+        "{detail}"
+    );
+    assert!(detail.contains("not_a_setting"), "{detail}");
+    assert_eq!(status(&checks, "workers"), "skip");
+    assert_eq!(status(&checks, "state folder"), "ok");
+    assert_eq!(status(&checks, "database"), "ok");
+    assert_eq!(status(&checks, "daemon"), "ok");
+
+    // No config at all: said, with what to do.
+    let empty = tempfile::tempdir().unwrap();
+    let out = p
+        .cmd(&["doctor"])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("run `agentq init` in the project folder"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn parent_session_variables_warn_without_failing() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let (code, checks) = doctor_json(&p, &[("CLAUDECODE", "1")]);
+    assert_eq!(code, Some(0), "{checks:#?}");
+    let c = find(&checks, "parent session");
+    assert_eq!(c["status"], "warn");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CLAUDECODE set here"),
+        "{c}"
+    );
+    // Before any command ran, the state folder is only not there yet.
+    assert_eq!(status(&checks, "state folder"), "warn");
+    assert_eq!(status(&checks, "database"), "ok");
+}
+
+#[test]
+fn a_running_daemon_is_named_by_its_pid() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let daemon = p.start();
+    let (code, checks) = doctor_json(&p, &[]);
+    assert_eq!(code, Some(0), "{checks:#?}");
+    assert_eq!(
+        find(&checks, "daemon")["detail"],
+        format!("running (pid {})", daemon.pid())
+    );
+    assert_eq!(status(&checks, "database"), "ok");
+    assert!(daemon.stop().success());
+}
+
+/// `agentq service install ARGS` with the user's service folder under `home`.
+fn service(p: &Project, home: &std::path::Path, args: &[&str]) -> Output {
+    let mut all = vec!["service", "install"];
+    all.extend(args);
+    p.cmd(&all)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("xdg"))
+        .output()
+        .unwrap()
+}
+
+fn unit_files(home: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(home.join("xdg/systemd/user"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn service_install_writes_a_user_unit_and_keeps_a_different_one() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "[daemon]\nshutdown_grace = \"20s\"\n");
+    let home = tempfile::tempdir().unwrap();
+    let out = service(&p, home.path(), &["--user"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let files = unit_files(home.path());
+    assert_eq!(files.len(), 1);
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("agentq-agentq-test") && name.ends_with(".service"),
+        "{name}"
+    );
+
+    let root = std::fs::canonicalize(p.dir.path()).unwrap();
+    let exe = std::fs::canonicalize(BIN).unwrap();
+    let unit = read(&files[0]);
+    for line in [
+        format!("Description=agentq workers for {}", root.display()),
+        format!("WorkingDirectory={}", root.display()),
+        format!(
+            "ExecStart={} run --config {}",
+            exe.display(),
+            root.join("agentq.toml").display()
+        ),
+        format!("Environment=PATH={}", std::env::var("PATH").unwrap()),
+        "Restart=on-failure".into(),
+        "KillMode=mixed".into(),
+        "KillSignal=SIGTERM".into(),
+        // 20 s grace + 5 s kill_timeout + 10 s margin
+        "TimeoutStopSec=35".into(),
+        "WantedBy=default.target".into(),
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line:?} missing from:\n{unit}"
+        );
+    }
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "systemctl --user daemon-reload && systemctl --user enable --now {name}"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("loginctl enable-linger"), "{said}");
+
+    // Again: the same file, left as it is.
+    let out = service(&p, home.path(), &["--user"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).starts_with("Unchanged:"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Edited by hand: kept, unless forced.
+    std::fs::write(&files[0], format!("{unit}# mine\n")).unwrap();
+    let out = service(&p, home.path(), &["--user"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(read(&files[0]).ends_with("# mine\n"));
+    let out = service(&p, home.path(), &["--user", "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(read(&files[0]), unit);
+}
+
+#[test]
+fn service_install_print_writes_nothing() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let home = tempfile::tempdir().unwrap();
+    let out = service(&p, home.path(), &["--user", "--print"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(unit_files(home.path()).is_empty());
+    let unit = text(&out.stdout);
+    assert!(
+        unit.starts_with("# Written by `agentq service install`"),
+        "{unit}"
+    );
+    assert!(unit.contains("\nWantedBy=default.target\n"), "{unit}");
+    assert!(
+        text(&out.stderr).contains("systemd/user/agentq-"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A system unit (printed only: the tests may run as root) waits for the network.
+    let out = service(&p, home.path(), &["--print"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit = text(&out.stdout);
+    assert!(unit.contains("\nAfter=network-online.target\n"), "{unit}");
+    assert!(unit.contains("\nWantedBy=multi-user.target\n"), "{unit}");
+    assert!(
+        text(&out.stderr).contains("/etc/systemd/system/agentq-"),
+        "{}",
+        text(&out.stderr)
+    );
+}
