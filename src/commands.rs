@@ -824,6 +824,15 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
     // what was appended between the read above and the follow's start. Skipping goes up to the
     // last event printed (found again by its content), or as many events as were read if it is
     // gone (the log rotated it away meanwhile).
+    // From the store: the same events may reach the log a moment later (a writer appends them
+    // after its commit), so those printed are skipped by what they are, not by position.
+    let from_db: std::collections::HashSet<String> = if from_store {
+        list.iter()
+            .map(|e| serde_json::to_string(e).expect("events serialise"))
+            .collect()
+    } else {
+        Default::default()
+    };
     let mut last = if from_store {
         None
     } else {
@@ -843,6 +852,8 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
                     last = None;
                 }
             }
+            _ if !from_db.is_empty()
+                && from_db.contains(&serde_json::to_string(&e).expect("events serialise")) => {}
             _ => print(&e),
         },
     )
