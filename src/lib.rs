@@ -31,5 +31,6 @@ pub mod procs;
 pub mod route;
 pub mod state;
 pub mod store;
+pub mod token;
 pub mod wake;
 pub mod worker;
