@@ -24,6 +24,7 @@ pub mod error;
 pub mod intake;
 pub mod logfile;
 pub mod memory;
+pub mod ops;
 pub mod output;
 pub mod persistent;
 pub mod pool;
