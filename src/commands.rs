@@ -25,8 +25,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     let explicit = cli.config.as_deref();
     match cli.command {
         Command::Init(args) => init(explicit, args).await,
-        Command::Run(_) => {
-            let config = load_config(explicit)?;
+        Command::Run(args) => {
+            let mut config = load_config(explicit)?;
+            if let Some(addr) = &args.http {
+                let listen =
+                    crate::config::HttpSettings::parse_listen(addr, config.http.allow_remote)
+                        .map_err(|m| Error::Usage(format!("--http: {m}")))?;
+                config.http.listen = Some(listen);
+            }
             let shutdown = Shutdown::on_signals(config.daemon.shutdown_grace)
                 .map_err(|e| Error::io("listening for signals in", &config.root, e))?;
             daemon::run(config, shutdown).await
@@ -45,6 +51,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Worker(WorkerCommand::Pause(args)) => pause(explicit, args).await,
         Command::Worker(WorkerCommand::Restart(args)) => restart(explicit, args).await,
         Command::Worker(WorkerCommand::Resume(args)) => resume(explicit, args).await,
+        Command::Token => {
+            let config = load_config(explicit)?;
+            println!("{}", crate::token::ensure(&config.state_dir())?);
+            Ok(())
+        }
     }
 }
 
@@ -105,6 +116,7 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     // Validates what is there, whether just written or kept.
     let config = Config::load(&path)?;
     open_store(&config)?;
+    crate::token::ensure(&config.state_dir())?;
     let created = !existed || args.force;
     if args.out.json {
         print_json(&json!({

@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod intake;
 pub mod logfile;
 pub mod memory;
