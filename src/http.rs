@@ -182,7 +182,7 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
-            "{} does not take {method}; /api/openapi.json lists the methods of each route",
+            "{} does not take {method}; the Allow header of this answer lists the methods it takes",
             uri.path()
         ),
     )
