@@ -151,9 +151,9 @@ async fn auth(State(s): State<Shared>, request: Request, next: Next) -> Response
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b""));
+        .map(|v| bearer(v.as_bytes()));
     let message = match presented {
-        Some(t) if crate::token::matches(t.trim_ascii(), &s.api.token) => {
+        Some(t) if crate::token::matches(t, &s.api.token) => {
             return next.run(request).await;
         }
         Some(_) => "wrong token: send the one in .agentq/token (`agentq token` prints it)",
@@ -166,6 +166,15 @@ async fn auth(State(s): State<Shared>, request: Request, next: Next) -> Response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header (the scheme in any case); empty
+/// for another scheme.
+fn bearer(header: &[u8]) -> &[u8] {
+    match header.split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token.trim_ascii(),
+        _ => b"",
+    }
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

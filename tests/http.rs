@@ -240,6 +240,10 @@ fn without_the_token_nothing_is_answered() {
     assert_eq!(read(&file).trim(), s.token);
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    // The scheme's name is case-insensitive, as HTTP has it.
+    let lower = format!("bearer {}", s.token);
+    let reply = request(&s.addr, "GET", "/api/status", Some(&lower), None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
     // With the token, an unknown path is a JSON 404.
     s.error("GET", "/api/nope", None, 404, "/api/openapi.json");
     s.error("GET", "/api/tasks/1/cancel", None, 405, "does not take GET");

@@ -1352,6 +1352,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metrics_count_ended_tasks_into_buckets_and_events_by_kind() {
+        let (_d, s) = store();
+        for (i, (ms, mb)) in [(50, Some(10.0)), (700, Some(100.0)), (9_000, None)]
+            .into_iter()
+            .enumerate()
+        {
+            let now = i as Millis * 10;
+            s.submit(&task("w", "t", 0, now)).await.unwrap();
+            let claim = s.claim("w", "me", now + 1, LEASE).await.unwrap().unwrap();
+            let finish = Finish {
+                duration_ms: ms,
+                memory_peak_mb: mb,
+                ..done(TaskState::Succeeded, now + 2)
+            };
+            assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
+        }
+        s.submit(&task("v", "waiting", 0, 100)).await.unwrap();
+        for (kind, worker) in [
+            ("file_rejected", "w"),
+            ("file_rejected", "v"),
+            ("other", "w"),
+        ] {
+            let event = NewEvent {
+                task_id: None,
+                worker: Some(worker.into()),
+                kind: kind.into(),
+                message: String::new(),
+                data: None,
+                now: 200,
+            };
+            s.record_event(&event).await.unwrap();
+        }
+
+        let m = s
+            .metrics(
+                &[100.0, 1000.0],
+                &[64.0],
+                &["file_rejected", "agent_restarting"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            m.tasks,
+            [
+                (TaskState::Queued, None, 1),
+                (TaskState::Succeeded, None, 3)
+            ]
+        );
+        let d = &m.duration_ms;
+        assert_eq!(
+            (d.counts.as_slice(), d.count, d.sum),
+            (&[1, 2][..], 3, 9750.0)
+        );
+        let mem = &m.memory_peak_mb;
+        assert_eq!(
+            (mem.counts.as_slice(), mem.count, mem.sum),
+            (&[1][..], 2, 110.0)
+        );
+        assert_eq!(
+            m.events,
+            [
+                ("file_rejected".to_string(), Some("v".to_string()), 1),
+                ("file_rejected".to_string(), Some("w".to_string()), 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn highest_priority_first_then_fifo() {
         let (_d, s) = store();
         let a = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
