@@ -893,19 +893,6 @@ fn when(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// A time of day for a table, with the date when it is not today.
-pub(crate) fn short_time(ms: Millis) -> String {
-    use chrono::TimeZone;
-    match chrono::Local.timestamp_millis_opt(ms).single() {
-        Some(t) if t.date_naive() == chrono::Local::now().date_naive() => {
-            t.format("%H:%M").to_string()
-        }
-        Some(_) if ms - now_ms() > 50 * 365 * 86_400_000 => "resumed by hand".to_string(),
-        Some(t) => t.format("%b %d %H:%M").to_string(),
-        None => when(ms),
-    }
-}
-
 fn fmt_ms(ms: i64) -> String {
     if ms < 1000 {
         format!("{ms}ms")

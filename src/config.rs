@@ -48,6 +48,10 @@ command = ["cat"]        # replace with your agent, e.g. ["python3", "agent.py"]
 cwd = "."
 # env = { KEY = "value" }
 # timeout = "30m"        # overrides [defaults] for this worker
+
+# The HTTP API and Prometheus metrics (off by default); `agentq token` prints the token it asks for.
+# [http]
+# listen = "127.0.0.1:7777"
 "#;
 
 /// A length of time as written in the config.

@@ -319,7 +319,7 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
                 (Some(_), _, Some(_), _) => "running".to_string(),
                 (_, _, _, Some(p)) if p.errored() => format!("errored: {}", p.reason),
                 (Some(_), _, None, Some(p)) => {
-                    format!("paused until {}", crate::commands::short_time(p.until))
+                    format!("paused until {}", short_time(p.until))
                 }
                 (Some(_), _, None, None) => "idle".to_string(),
             };
@@ -455,4 +455,17 @@ pub async fn follow_events(
     )
     .await
     .map_err(|e| Error::io("following the event log", &path, e))
+}
+
+/// A time of day for a table, with the date when it is not today.
+fn short_time(ms: Millis) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms).single() {
+        Some(t) if t.date_naive() == chrono::Local::now().date_naive() => {
+            t.format("%H:%M").to_string()
+        }
+        Some(_) if ms - now_ms() > 50 * 365 * 86_400_000 => "resumed by hand".to_string(),
+        Some(t) => t.format("%b %d %H:%M").to_string(),
+        None => format!("{ms} ms after the epoch"),
+    }
 }
