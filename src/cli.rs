@@ -62,6 +62,8 @@ pub enum Command {
     /// Act on a worker
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Print the HTTP API's token (.agentq/token), creating it if there is none
+    Token,
     /// Check the config, state folder, database and agents, and say how to fix what is wrong;
     /// exits 1 if a check failed
     Doctor(JsonArgs),
@@ -137,7 +139,11 @@ pub struct InitArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Serve the HTTP API on this address, e.g. 127.0.0.1:7777 (overrides [http] listen)
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+}
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
@@ -263,14 +269,14 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration(s)
 }
 
-fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
     match crate::config::parse_duration(s)? {
         d if d.is_zero() => Err("must be above zero".into()),
         d => Ok(d),
     }
 }
 
-fn parse_positive_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_positive_size(s: &str) -> Result<u64, String> {
     match crate::config::parse_size(s)? {
         0 => Err("must be above zero".into()),
         n => Ok(n),

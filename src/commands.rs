@@ -12,11 +12,10 @@ use crate::cli::{
     Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
     ServiceInstallArgs, SubmitArgs, TasksArgs, WaitArgs, WorkerCommand, WorkerNameArgs,
 };
-use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, POOL, STATE_DIR};
+use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
 use crate::daemon::{self, Shutdown};
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
-use crate::output::TaskRecord;
 use crate::state;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Millis, Store, Task, TaskFilter, now_ms};
@@ -26,8 +25,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     let explicit = cli.config.as_deref();
     match cli.command {
         Command::Init(args) => init(explicit, args).await,
-        Command::Run(_) => {
-            let config = load_config(explicit)?;
+        Command::Run(args) => {
+            let mut config = load_config(explicit)?;
+            if let Some(addr) = &args.http {
+                let listen =
+                    crate::config::HttpSettings::parse_listen(addr, config.http.allow_remote)
+                        .map_err(|m| Error::Usage(format!("--http: {m}")))?;
+                config.http.listen = Some(listen);
+            }
             let shutdown = Shutdown::on_signals(config.daemon.shutdown_grace)
                 .map_err(|e| Error::io("listening for signals in", &config.root, e))?;
             daemon::run(config, shutdown).await
@@ -48,6 +53,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Worker(WorkerCommand::Resume(args)) => resume(explicit, args).await,
         Command::Doctor(args) => doctor(explicit, args.json).await,
         Command::Service(ServiceCommand::Install(args)) => service_install(explicit, args),
+        Command::Token => {
+            let config = load_config(explicit)?;
+            println!("{}", crate::token::ensure(&config.state_dir())?);
+            Ok(())
+        }
     }
 }
 
@@ -80,6 +90,12 @@ fn event_log(config: &Config) -> crate::logfile::EventLog {
     )
 }
 
+/// Rings the daemon of `config`'s state folder, if one listens.
+fn doorbell(config: &Config) -> impl Fn(wake::Ring) + Send + Sync + use<> {
+    let state_dir = config.state_dir();
+    move |ring| wake::send_ring(&state_dir, &ring)
+}
+
 fn print_json(value: &(impl Serialize + ?Sized)) {
     println!(
         "{}",
@@ -102,6 +118,7 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     // Validates what is there, whether just written or kept.
     let config = Config::load(&path)?;
     open_store(&config)?;
+    crate::token::ensure(&config.state_dir())?;
     let created = !existed || args.force;
     if args.out.json {
         print_json(&json!({
@@ -192,14 +209,7 @@ fn read_prompt(arg: Option<String>, cap: u64) -> Result<String> {
         }
         Some(text) => text.to_string(),
     };
-    if prompt.len() as u64 > cap {
-        return Err(Error::Usage(format!(
-            "the prompt is over max_prompt_size ({cap} bytes); raise [defaults] max_prompt_size or shorten it"
-        )));
-    }
-    if prompt.trim().is_empty() {
-        return Err(Error::Usage("the prompt is empty".into()));
-    }
+    crate::ops::check_prompt(&prompt, cap)?;
     Ok(prompt)
 }
 
@@ -218,23 +228,12 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     // Checked before reading stdin, so a wrong --worker does not swallow a piped prompt.
     crate::route::plan(&config, "", &ask)?;
     let prompt = read_prompt(args.prompt, config.max_prompt_size)?;
-    let plan = crate::route::plan(&config, &prompt, &ask)?;
     let store = open_store(&config)?;
-    let now = now_ms();
-    let id = store
-        .submit(&plan.new_task(prompt, "cli", None, now))
-        .await?
-        .id();
-    wake::ring(&config.state_dir(), Some(plan.runs_on()));
+    let bell = doorbell(&config);
+    let (id, submitted) = crate::ops::submit(&config, &store, &bell, prompt, &ask, "cli").await?;
     if !args.wait {
         if args.out.json {
-            print_json(&json!({
-                "id": id,
-                "worker": plan.worker,
-                "pool": plan.routing.pool,
-                "class": plan.routing.class,
-                "route_reason": plan.routing.route_reason,
-            }));
+            print_json(&submitted);
         } else {
             println!("{id}");
         }
@@ -293,163 +292,19 @@ fn print_result(task: &Task, json: bool) -> Result<()> {
     }
 }
 
-#[derive(Serialize)]
-struct WorkerStatus {
-    name: String,
-    agent: String,
-    /// idle, running, stopped (no daemon), or unknown (tasks of a worker not in the config)
-    state: String,
-    task: Option<i64>,
-    queued: u64,
-    running: u64,
-    succeeded: u64,
-    failed: u64,
-    dead: u64,
-    cancelled: u64,
-    paused_until: Option<Millis>,
-    pause_reason: Option<String>,
-    cost_today_usd: f64,
-    tokens_today: i64,
-    cost_total_usd: f64,
-    session_id: Option<String>,
-    /// What the current conversation has cost so far.
-    session_cost_usd: Option<f64>,
-}
-
 async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
     let pid = state::holder(&config.state_dir())?;
-    let mut sessions: Vec<(String, Option<crate::claude::SessionState>)> = Vec::new();
-    for w in &config.workers {
-        sessions.push((w.name.clone(), store.worker_session(&w.name).await?));
-    }
-    let counts = store.counts().await?;
-    let now = now_ms();
-    let pauses = store.pauses(now).await?;
-    let (today, _) = crate::claude::local_day(chrono::Local::now());
-    let spend = store.spend_since(today).await?;
-    let spend_ever = store.spend_since(0).await?;
-    let running = store
-        .list(&TaskFilter {
-            state: Some(TaskState::Running),
-            ..Default::default()
-        })
-        .await?;
-    let pool_counts = store.pool_counts().await?;
-    // The pool's row: when agentq.toml has a [pool], or tasks were submitted to it.
-    let mut names: Vec<(String, String)> = config
-        .workers
-        .iter()
-        .chain(config.pool.defined.then_some(&config.pool.worker))
-        .map(|w| (w.name.clone(), w.agent.kind().to_string()))
-        .collect();
-    for c in &counts {
-        if !names.iter().any(|(n, _)| n == &c.worker) {
-            let agent = config
-                .settings_of(&c.worker)
-                .map_or("-", |w| w.agent.kind());
-            names.push((c.worker.clone(), agent.into()));
-        }
-    }
-    let workers: Vec<WorkerStatus> = names
-        .into_iter()
-        .map(|(name, agent)| {
-            let c = counts
-                .iter()
-                .find(|c| c.worker == name)
-                .cloned()
-                .unwrap_or_default();
-            // The worker's own agent; its tasks in the pool show in the pool's line.
-            let task = running
-                .iter()
-                .find(|t| t.worker == name && !t.pool)
-                .map(|t| t.id);
-            let pause = pauses.iter().find(|p| p.worker == name);
-            let spent = spend.iter().find(|s| s.worker == name);
-            let cost_total_usd = spend_ever
-                .iter()
-                .find(|s| s.worker == name)
-                .map_or(0.0, |s| s.cost_usd);
-            let session = sessions
-                .iter()
-                .find(|(w, _)| *w == name)
-                .and_then(|(_, s)| s.as_ref());
-            let session_id = session.map(|s| s.id.clone());
-            let session_cost_usd = session.map(|s| s.cost_usd);
-            let state = match (pid, config.settings_of(&name), task, pause) {
-                (_, None, _, _) => "not in config".to_string(),
-                (None, _, _, _) => "stopped".to_string(),
-                (Some(_), _, _, None) if name == POOL => {
-                    if running.iter().any(|t| t.pool) {
-                        "running".to_string()
-                    } else {
-                        "idle".to_string()
-                    }
-                }
-                (Some(_), _, Some(_), _) => "running".to_string(),
-                (_, _, _, Some(p)) if p.errored() => format!("errored: {}", p.reason),
-                (Some(_), _, None, Some(p)) => format!("paused until {}", short_time(p.until)),
-                (Some(_), _, None, None) => "idle".to_string(),
-            };
-            // Its tasks running in the pool are counted in its row; say so beside its state.
-            let in_pool = running
-                .iter()
-                .filter(|t| t.worker == name && t.pool && name != POOL)
-                .count();
-            let state = match in_pool {
-                0 => state,
-                n => format!("{state}, {n} in the pool"),
-            };
-            WorkerStatus {
-                name,
-                agent,
-                state,
-                task,
-                paused_until: pause.map(|p| p.until),
-                pause_reason: pause.map(|p| p.reason.clone()),
-                cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
-                cost_total_usd,
-                session_id,
-                session_cost_usd,
-                tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),
-                queued: c.queued,
-                running: c.running,
-                succeeded: c.succeeded,
-                failed: c.failed,
-                dead: c.dead,
-                cancelled: c.cancelled,
-            }
-        })
-        .collect();
-    let total = |f: fn(&WorkerStatus) -> u64| workers.iter().map(f).sum::<u64>();
-    let totals = json!({
-        "queued": total(|w| w.queued),
-        "running": total(|w| w.running),
-        "succeeded": total(|w| w.succeeded),
-        "failed": total(|w| w.failed),
-        "dead": total(|w| w.dead),
-        "cancelled": total(|w| w.cancelled),
-    });
-    // Occupancy from the same read as the running list, so the two agree.
-    let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
-    let pool_running = pool_tasks.len();
+    let status = crate::ops::status(&config, &store, pid).await?;
     if json {
-        print_json(&json!({
-            "daemon": { "running": pid.is_some(), "pid": pid },
-            "config": config.path,
-            "workers": workers,
-            "pool": {
-                "max_workers": config.pool.max_workers,
-                "running": pool_running,
-                "queued": pool_counts.queued,
-                "tasks": pool_tasks,
-            },
-            "classes": { "long": pool_counts.long, "short": pool_counts.short },
-            "totals": totals,
-        }));
+        print_json(&status.to_json());
         return Ok(());
     }
+    let workers = &status.workers;
+    let totals = status.totals();
+    let (pool_tasks, pool_counts) = (&status.pool_tasks, &status.pool);
+    let pool_running = pool_tasks.len();
     match pid {
         Some(pid) => println!("daemon: running (pid {pid})  {}", config.root.display()),
         None => println!(
@@ -587,24 +442,14 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
     let id = args.id;
-    let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
-    let events = store.events_of(id).await?;
-    let attempts = store.attempts_of(id).await?;
-    let agent_log = config
-        .task_log_dir(&task.worker)
-        .join(format!("task_{id}.log"));
-    let agent_log = agent_log.exists().then_some(agent_log);
+    let (task, record) = crate::ops::task_record(&config, &store, id).await?;
     if args.out.json {
-        let mut record = serde_json::to_value(TaskRecord {
-            task: &task,
-            events: &events,
-        })
-        .expect("our types serialise");
-        record["attempt_history"] = serde_json::to_value(&attempts).expect("our types serialise");
-        record["agent_log"] = serde_json::to_value(&agent_log).expect("paths serialise");
         print_json(&record);
         return Ok(());
     }
+    let events = store.events_of(id).await?;
+    let attempts = store.attempts_of(id).await?;
+    let agent_log = record["agent_log"].as_str().map(std::path::PathBuf::from);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     println!("task {}  {}", task.id, task.state);
     println!("worker:      {}", task.worker);
@@ -764,7 +609,7 @@ fn classify(explicit: Option<&Path>, args: crate::cli::ClassifyArgs) -> Result<(
 async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
     use crate::logfile::{LogEvent, LogFilter};
     let config = load_config(explicit)?;
-    let path = config.event_log_path();
+    let store = open_store(&config)?;
     let filter = LogFilter {
         worker: args.worker,
         task: args.task,
@@ -789,24 +634,12 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
             e.message
         );
     };
-    let from_store = crate::logfile::generations(&path).is_empty();
-    let list = if from_store {
-        // No log file (yet, or a database from before there was one): the store has the events.
-        stored_events(&config, &filter).await?
-    } else {
-        crate::logfile::read_events(&path, &filter)
-            .map_err(|e| Error::io("reading the event log", &path, e))?
-    };
-    let from = if args.limit > 0 {
-        list.len().saturating_sub(args.limit as usize)
-    } else {
-        0
-    };
+    let recent = crate::ops::recent_events(&config, &store, &filter, args.limit).await?;
     if json && !args.follow {
-        print_json(&list[from..]);
+        print_json(&recent.events);
         return Ok(());
     }
-    for e in &list[from..] {
+    for e in &recent.events {
         print(e);
     }
     if !args.follow {
@@ -820,62 +653,7 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
             stop.cancel();
         });
     }
-    // Read again from the start and skip what was printed: following from the end would lose
-    // what was appended between the read above and the follow's start. Skipping goes up to the
-    // last event printed (found again by its content), or as many events as were read if it is
-    // gone (the log rotated it away meanwhile).
-    // From the store: the same events may reach the log a moment later (a writer appends them
-    // after its commit), so those printed are skipped by what they are, not by position.
-    let from_db: std::collections::HashSet<String> = if from_store {
-        list.iter()
-            .map(|e| serde_json::to_string(e).expect("events serialise"))
-            .collect()
-    } else {
-        Default::default()
-    };
-    let mut last = if from_store {
-        None
-    } else {
-        list.last().cloned()
-    };
-    let mut seen = list.len();
-    crate::logfile::follow(
-        &path,
-        &filter,
-        true,
-        std::time::Duration::from_millis(200),
-        stop,
-        |e| match &last {
-            Some(l) if seen > 0 => {
-                seen -= 1;
-                if e == *l {
-                    last = None;
-                }
-            }
-            _ if !from_db.is_empty()
-                && from_db.contains(&serde_json::to_string(&e).expect("events serialise")) => {}
-            _ => print(&e),
-        },
-    )
-    .await
-    .map_err(|e| Error::io("following the event log", &path, e))
-}
-
-/// The store's events as lines of the event log.
-async fn stored_events(
-    config: &Config,
-    filter: &crate::logfile::LogFilter,
-) -> Result<Vec<crate::logfile::LogEvent>> {
-    let store = SqliteStore::open(&config.db_path())?;
-    let events = store
-        .events(&crate::store::EventFilter {
-            task_id: filter.task,
-            worker: filter.worker.clone(),
-            kind: filter.kind.clone(),
-            limit: None,
-        })
-        .await?;
-    Ok(events.iter().map(crate::store::Event::to_log).collect())
+    crate::ops::follow_events(&config, &filter, recent, stop, |e| print(&e)).await
 }
 
 fn section(title: &str, body: &str) {
@@ -951,19 +729,17 @@ async fn wait_cmd(explicit: Option<&Path>, args: WaitArgs) -> Result<()> {
 async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
+    let bell = doorbell(&config);
     for_each_id("cancel", &args, |id| {
-        let (store, state_dir) = (&store, config.state_dir());
+        let (store, bell) = (&store, &bell);
         async move {
-            let was = store.cancel(id, now_ms()).await?;
-            if was == TaskState::Running {
-                // The runner checks its claim when rung, and stops the agent.
-                if let Some(task) = store.get(id).await? {
-                    wake::ring_check(&state_dir, task.runs_on());
-                }
-            }
+            let done = crate::ops::cancel(store, bell, id).await?;
             Ok((
-                format!("{id} cancelled (was {was})"),
-                json!({ "id": id, "was": was, "state": TaskState::Cancelled }),
+                format!(
+                    "{id} cancelled (was {})",
+                    done["was"].as_str().unwrap_or("?")
+                ),
+                done,
             ))
         }
     })
@@ -973,16 +749,12 @@ async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
 async fn retry(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
+    let bell = doorbell(&config);
     for_each_id("retry", &args, |id| {
-        let (store, state_dir) = (&store, config.state_dir());
+        let (store, bell) = (&store, &bell);
         async move {
-            store.retry(id, now_ms()).await?;
-            let task = store.get(id).await?;
-            wake::ring(&state_dir, task.as_ref().map(Task::runs_on));
-            Ok((
-                format!("{id} queued again"),
-                json!({ "id": id, "state": TaskState::Queued }),
-            ))
+            let done = crate::ops::retry(store, bell, id).await?;
+            Ok((format!("{id} queued again"), done))
         }
     })
     .await
@@ -1035,52 +807,46 @@ where
 
 async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let worker = config.resolve_worker(Some(&args.name))?;
-    if worker.agent.kind() != "claude" {
-        return Err(Error::Usage(format!(
-            "worker {:?} runs agent = \"{}\", which keeps no conversation",
-            worker.name,
-            worker.agent.kind()
-        )));
-    }
     let store = open_store(&config)?;
-    let had = store
-        .reset_worker_session(
-            &worker.name,
-            "asked by `agentq worker reset-session`",
-            now_ms(),
-        )
-        .await?;
+    let done = crate::ops::reset_session(
+        &config,
+        &store,
+        &args.name,
+        "asked by `agentq worker reset-session`",
+    )
+    .await?;
     if args.out.json {
-        print_json(&json!({ "worker": worker.name, "had_session": had }));
+        print_json(&done);
     } else {
-        println!("{}: the next task starts a new conversation", worker.name);
+        println!(
+            "{}: the next task starts a new conversation",
+            done["worker"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }
 
 async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let worker = config.resolve_queue(&args.name)?;
     let store = open_store(&config)?;
-    let now = now_ms();
-    // "Until resumed" is a pause a century long.
-    let until = now
-        + args
-            .duration
-            .map_or(100 * 365 * 86_400_000, |d| d.as_millis() as i64);
-    store
-        .pause_worker(&worker.name, until, "paused by `agentq worker pause`", now)
-        .await?;
+    let done = crate::ops::pause(
+        &config,
+        &store,
+        &args.name,
+        args.duration,
+        "paused by `agentq worker pause`",
+    )
+    .await?;
+    let name = done["worker"].as_str().unwrap_or("");
     if args.out.json {
-        print_json(&json!({ "worker": worker.name, "paused_until": until }));
+        print_json(&done);
     } else if args.duration.is_some() {
-        println!("{}: paused until {}", worker.name, when(until));
-    } else {
         println!(
-            "{}: paused until `agentq worker resume {}`",
-            worker.name, worker.name
+            "{name}: paused until {}",
+            when(done["paused_until"].as_i64().unwrap_or(0))
         );
+    } else {
+        println!("{name}: paused until `agentq worker resume {name}`");
     }
     Ok(())
 }
@@ -1117,29 +883,29 @@ async fn restart(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
 
 async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let worker = config.resolve_queue(&args.name)?;
     let store = open_store(&config)?;
-    let was = store
-        .resume_worker(&worker.name, "resumed by `agentq worker resume`", now_ms())
-        .await?;
-    // Everyone: the worker's tasks in the pool wait for it too.
-    wake::ring(&config.state_dir(), None);
+    let done = crate::ops::resume(
+        &config,
+        &store,
+        &doorbell(&config),
+        &args.name,
+        "resumed by `agentq worker resume`",
+    )
+    .await?;
+    let name = done["worker"].as_str().unwrap_or("");
     if args.out.json {
-        print_json(&json!({ "worker": worker.name, "was_paused": was }));
-    } else if was {
-        println!("{}: resumed", worker.name);
+        print_json(&done);
+    } else if done["was_paused"] == json!(true) {
+        println!("{name}: resumed");
     } else if store
         .pauses(now_ms())
         .await?
         .iter()
-        .any(|p| p.worker == worker.name && p.errored())
+        .any(|p| p.worker == name && p.errored())
     {
-        println!(
-            "{}: errored, not paused; `agentq worker restart {}` clears it",
-            worker.name, worker.name
-        );
+        println!("{name}: errored, not paused; `agentq worker restart {name}` clears it");
     } else {
-        println!("{}: was not paused", worker.name);
+        println!("{name}: was not paused");
     }
     Ok(())
 }
@@ -1172,19 +938,6 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 fn when(ms: Millis) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// A time of day for a table, with the date when it is not today.
-fn short_time(ms: Millis) -> String {
-    use chrono::TimeZone;
-    match chrono::Local.timestamp_millis_opt(ms).single() {
-        Some(t) if t.date_naive() == chrono::Local::now().date_naive() => {
-            t.format("%H:%M").to_string()
-        }
-        Some(_) if ms - now_ms() > 50 * 365 * 86_400_000 => "resumed by hand".to_string(),
-        Some(t) => t.format("%b %d %H:%M").to_string(),
-        None => when(ms),
-    }
 }
 
 fn fmt_ms(ms: i64) -> String {

@@ -50,6 +50,10 @@ command = ["cat"]        # replace with your agent, e.g. ["python3", "agent.py"]
 cwd = "."
 # env = { KEY = "value" }
 # timeout = "30m"        # overrides [defaults] for this worker
+
+# The HTTP API and Prometheus metrics (off by default); `agentq token` prints the token it asks for.
+# [http]
+# listen = "127.0.0.1:7777"
 "#;
 
 /// A length of time as written in the config.
@@ -151,6 +155,8 @@ struct RawFile {
     daemon: RawDaemon,
     #[serde(default)]
     classify: RawClassify,
+    #[serde(default)]
+    http: RawHttp,
     /// The ephemeral pool: a worker's settings without a name, plus `max_workers`.
     pool: Option<Spanned<RawWorker>>,
     #[serde(default)]
@@ -235,6 +241,14 @@ struct RawDaemon {
     log_max_size: Option<Size>,
     log_backups: Option<u32>,
     task_logs_keep: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+    allow_remote: Option<bool>,
+    max_body: Option<Spanned<Size>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -501,6 +515,37 @@ pub struct DaemonSettings {
     pub task_logs_keep: u32,
 }
 
+/// The HTTP API (`[http]`): off unless `listen` is set.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub listen: Option<std::net::SocketAddr>,
+    /// Listening on an address other than loopback is allowed only when this says so.
+    pub allow_remote: bool,
+    /// The largest request body accepted, bytes.
+    pub max_body: u64,
+}
+
+impl HttpSettings {
+    /// Parses a listen address, refusing one reachable from other machines unless
+    /// `allow_remote`.
+    pub fn parse_listen(
+        text: &str,
+        allow_remote: bool,
+    ) -> std::result::Result<std::net::SocketAddr, String> {
+        let addr: std::net::SocketAddr = text.trim().parse().map_err(|_| {
+            format!(
+                "invalid listen address {text:?}: write an IP address and a port, e.g. \"127.0.0.1:7777\""
+            )
+        })?;
+        if !addr.ip().is_loopback() && !allow_remote {
+            return Err(format!(
+                "listen address {addr} is reachable from other machines; use 127.0.0.1 (or ::1), or set [http] allow_remote = true to serve the API beyond this host"
+            ));
+        }
+        Ok(addr)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The agentq.toml this came from.
@@ -517,6 +562,7 @@ pub struct Config {
     pub classes: Classes,
     pub pool: Pool,
     pub workers: Vec<WorkerConfig>,
+    pub http: HttpSettings,
 }
 
 impl Config {
@@ -772,7 +818,26 @@ impl Config {
             ));
         }
         let classify = classify_rules(&raw.classify).map_err(|(span, m)| at(span, m))?;
+        let allow_remote = raw.http.allow_remote.unwrap_or(false);
+        let http = HttpSettings {
+            listen: match &raw.http.listen {
+                Some(l) => Some(
+                    HttpSettings::parse_listen(l.get_ref(), allow_remote)
+                        .map_err(|m| at(Some(l.span()), format!("[http] {m}")))?,
+                ),
+                None => None,
+            },
+            allow_remote,
+            max_body: match &raw.http.max_body {
+                Some(s) if s.get_ref().0 == 0 => {
+                    return Err(at(Some(s.span()), "[http] max_body must be above 0".into()));
+                }
+                Some(s) => s.get_ref().0,
+                None => 1 << 20,
+            },
+        };
         Ok(Config {
+            http,
             classify,
             pool,
             classes,
@@ -1604,5 +1669,35 @@ mod tests {
                 .to_string()
                 .contains("workers: a, b")
         );
+    }
+
+    #[test]
+    fn http_is_off_by_default_and_checked_when_on() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.http.listen, None);
+        assert!(!c.http.allow_remote);
+        assert_eq!(c.http.max_body, 1 << 20);
+
+        let c = parse(
+            "[http]\nlisten = \"127.0.0.1:7777\"\nmax_body = \"64KiB\"\n\n[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:7777".parse().unwrap()));
+        assert_eq!(c.http.max_body, 64 << 10);
+        assert!(parse("[http]\nlisten = \"[::1]:0\"\n").is_ok());
+
+        let e = err_text("[http]\nlisten = \"0.0.0.0:7777\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("allow_remote"), "{e}");
+        let c = parse("[http]\nlisten = \"0.0.0.0:7777\"\nallow_remote = true\n").unwrap();
+        assert_eq!(c.http.listen, Some("0.0.0.0:7777".parse().unwrap()));
+
+        let e = err_text("[http]\nlisten = \"localhost\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("127.0.0.1:7777"), "{e}");
+        let e = err_text("[http]\n\nmax_body = 0\n");
+        assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
+        let e = err_text("[http]\nport = 1\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
     }
 }

@@ -112,6 +112,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&config.db_path())?.with_event_log(log.clone()));
     let owner = owner_id();
+    let token = crate::token::ensure(&state_dir)?;
+    // Bound before anything starts, so a taken port stops the daemon at once.
+    let http_listener = match config.http.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::HttpListen { addr, source })?,
+        ),
+        None => None,
+    };
 
     // What a previous daemon left running dies before its tasks are handed out again.
     let book = Arc::new(Book::new(&state_dir, &owner));
@@ -215,38 +225,45 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         ring_all.clone(),
     ));
 
+    // What a ring of the doorbell does; the HTTP API rings the same way, in process.
+    let bell: Arc<dyn Fn(Ring) + Send + Sync> = {
+        let (wakes, ring_all, restarts) = (wakes.clone(), ring_all.clone(), restarts.clone());
+        let pool_beat = pool_beat.clone();
+        Arc::new(move |ring| match ring {
+            Ring::Worker(w) => match wakes.get(&w) {
+                Some(n) => n.notify_one(),
+                None => warn!(
+                    "a task was queued for worker {w:?}, which this daemon does not run; \
+                     restart `agentq run` to pick up changes to agentq.toml"
+                ),
+            },
+            Ring::Everyone => ring_all(),
+            Ring::Restart(w) => {
+                if let (Some(flag), Some(n)) = (restarts.get(&w), wakes.get(&w)) {
+                    flag.store(true, Ordering::SeqCst);
+                    n.notify_one();
+                }
+                // Its pool tasks were held while it was errored.
+                wakes[POOL].notify_one();
+            }
+            // Every running pool attempt shares one heartbeat bell.
+            Ring::Check(w) if w == POOL => pool_beat.notify_waiters(),
+            Ring::Check(w) => {
+                if let Some(n) = wakes.get(&w) {
+                    n.notify_one();
+                }
+            }
+        })
+    };
+
     match Doorbell::bind(&state_dir) {
-        Ok(bell) => {
-            let (wakes, stopping) = (wakes.clone(), shutdown.stopping.clone());
-            let (ring_all, restarts) = (ring_all.clone(), restarts.clone());
-            let pool_beat = pool_beat.clone();
+        Ok(bell_socket) => {
+            let (bell, stopping) = (bell.clone(), shutdown.stopping.clone());
             tasks.spawn(async move {
                 loop {
                     tokio::select! {
-                        ring = bell.next() => match ring {
-                            Ok(Ring::Worker(w)) => match wakes.get(&w) {
-                                Some(n) => n.notify_one(),
-                                None => warn!(
-                                    "a task was queued for worker {w:?}, which this daemon does not run; \
-                                     restart `agentq run` to pick up changes to agentq.toml"
-                                ),
-                            },
-                            Ok(Ring::Everyone) => ring_all(),
-                            Ok(Ring::Restart(w)) => {
-                                if let (Some(flag), Some(n)) = (restarts.get(&w), wakes.get(&w)) {
-                                    flag.store(true, Ordering::SeqCst);
-                                    n.notify_one();
-                                }
-                                // Its pool tasks were held while it was errored.
-                                wakes[POOL].notify_one();
-                            }
-                            // Every running pool attempt shares one heartbeat bell.
-                            Ok(Ring::Check(w)) if w == POOL => pool_beat.notify_waiters(),
-                            Ok(Ring::Check(w)) => {
-                                if let Some(n) = wakes.get(&w) {
-                                    n.notify_one();
-                                }
-                            }
+                        ring = bell_socket.next() => match ring {
+                            Ok(ring) => bell(ring),
                             Err(e) => {
                                 warn!("wake-up socket failed: {e}");
                                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -324,6 +341,31 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         }
         .run(),
     );
+
+    if let Some(listener) = http_listener {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the HTTP API's address in", &config.root, e))?;
+        if !addr.ip().is_loopback() {
+            warn!(
+                "the HTTP API listens on {addr}, reachable from other machines (allow_remote = true): anyone with the token controls this queue, and plain HTTP shows the token to the network; put it behind TLS"
+            );
+        }
+        info!("HTTP API on http://{addr}");
+        let api = crate::http::Api {
+            config: config.clone(),
+            store: store.clone(),
+            token,
+            bell: bell.clone(),
+            pid: Some(std::process::id() as i32),
+        };
+        let stopping = shutdown.stopping.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::http::serve(listener, api, stopping.cancelled_owned()).await {
+                error!("the HTTP API stopped: {e}");
+            }
+        });
+    }
 
     let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();
     info!(

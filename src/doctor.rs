@@ -138,7 +138,7 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
     }
     checks.push(check_markers(&cx.env, &workers));
     checks.push(check_git_bash(&cx.env));
-    let mut listen = check_listen(config.as_ref().and_then(http_listen));
+    let mut listen = check_listen(config.as_ref().and_then(|c| c.http.listen));
     if let (Some(pid), Status::Fail) = (daemon_pid, listen.status) {
         // The daemon that is running may well be the one listening there.
         listen.status = Status::Warn;
@@ -149,12 +149,6 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
     }
     checks.push(listen);
     checks
-}
-
-/// Hook for the HTTP API: the address `[http] listen` asks for, once the config has that
-/// section. Until then the API is off and the port check is skipped.
-fn http_listen(_config: &Config) -> Option<SocketAddr> {
-    None
 }
 
 /// The report as text: one line per check with its mark, and the fix indented below it.

@@ -93,6 +93,14 @@ pub enum Error {
         source: notify::Error,
     },
 
+    #[error(
+        "cannot serve the HTTP API on {addr}: {source}; free that port, or choose another address with [http] listen or `agentq run --http ADDR`"
+    )]
+    HttpListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
     #[error("background work failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

@@ -8,7 +8,8 @@
 //! claims its worker's next task (a fenced lease, renewed by heartbeat), runs the [`agent`] process
 //! for it, and records the result only if its claim still holds. The rules for what happens after
 //! an attempt — retry with backoff, `dead`, `failed` — are pure functions in [`domain`]. Finished
-//! tasks are also written as files by [`output`].
+//! tasks are also written as files by [`output`]. What a client asks (submit, cancel, status, ...)
+//! is written once in [`ops`], for the command line and for the daemon's optional [`http`] API.
 //!
 //! ARCHITECTURE.md, at the root of the repository, maps the modules and states the invariants.
 
@@ -22,9 +23,11 @@ pub mod daemon;
 pub mod doctor;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod intake;
 pub mod logfile;
 pub mod memory;
+pub mod ops;
 pub mod output;
 pub mod persistent;
 pub mod pool;
@@ -33,5 +36,6 @@ pub mod route;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod token;
 pub mod wake;
 pub mod worker;

@@ -84,6 +84,16 @@ pub fn ring_check(state_dir: &Path, worker: &str) {
     send(state_dir, &format!("{CHECK}{worker}"));
 }
 
+/// Sends `ring` to the daemon of `state_dir`, if one is listening.
+pub fn send_ring(state_dir: &Path, ring: &Ring) {
+    match ring {
+        Ring::Worker(w) => self::ring(state_dir, Some(w)),
+        Ring::Everyone => self::ring(state_dir, None),
+        Ring::Restart(w) => ring_restart(state_dir, w),
+        Ring::Check(w) => ring_check(state_dir, w),
+    }
+}
+
 fn send(state_dir: &Path, message: &str) {
     let Ok(socket) = StdDatagram::unbound() else {
         return;

@@ -323,6 +323,27 @@ pub struct WorkerCounts {
     pub dead: u64,
 }
 
+/// Observations counted into buckets: `counts[i]` of them are at most `bounds[i]` (cumulative,
+/// as Prometheus wants), `count` in all, adding up to `sum`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+/// What [`Store::metrics`] reads.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// (state, class, how many).
+    pub tasks: Vec<(TaskState, Option<String>, u64)>,
+    pub duration_ms: Histogram,
+    pub memory_peak_mb: Histogram,
+    /// (kind, worker, how many).
+    pub events: Vec<(String, Option<String>, u64)>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Adds a task in state `queued`, or returns the existing one with the same dedup key.
@@ -442,4 +463,13 @@ pub trait Store: Send + Sync {
     async fn pool_counts(&self) -> Result<PoolCounts>;
     /// When the earliest lease of any running task expires.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>>;
+    /// The figures behind `/metrics`: tasks by state and class, histograms of the durations and
+    /// memory peaks of ended tasks (with these upper bounds), and the count of events of each
+    /// of `kinds` by worker.
+    async fn metrics(
+        &self,
+        duration_bounds_ms: &[f64],
+        memory_bounds_mb: &[f64],
+        kinds: &[&str],
+    ) -> Result<Metrics>;
 }

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_claude.sql"),
     include_str!("../../migrations/sqlite/0003_supervision.sql"),
     include_str!("../../migrations/sqlite/0004_pool.sql"),
+    include_str!("../../migrations/sqlite/0005_event_kinds.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -1211,6 +1212,77 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn metrics(
+        &self,
+        duration_bounds_ms: &[f64],
+        memory_bounds_mb: &[f64],
+        kinds: &[&str],
+    ) -> Result<super::Metrics> {
+        let (durations, memory) = (duration_bounds_ms.to_vec(), memory_bounds_mb.to_vec());
+        let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        self.call("reading metrics", move |conn| {
+            let mut by_class = conn.prepare(
+                "SELECT state, class, count(*) FROM tasks GROUP BY state, class ORDER BY state, class",
+            )?;
+            let tasks = by_class
+                .query_map([], |r| Ok((state_from(r, 0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            // Both histograms in one pass over the ended tasks: a cumulative count per bound,
+            // then the count and sum of each.
+            let bucket = |column: &str, bounds: &[f64]| {
+                bounds
+                    .iter()
+                    .map(|b| format!("coalesce(sum({column} <= {b}), 0)"))
+                    .chain([
+                        format!("count({column})"),
+                        format!("coalesce(sum({column}), 0)"),
+                    ])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let sql = format!(
+                "SELECT {}, {} FROM tasks WHERE state IN ('succeeded', 'failed', 'dead')",
+                bucket("duration_ms", &durations),
+                bucket("memory_peak_mb", &memory)
+            );
+            let (duration, memory_peak) = conn.query_row(&sql, [], |r| {
+                let histogram = |from: usize, bounds: &[f64]| -> rusqlite::Result<super::Histogram> {
+                    let mut counts = Vec::with_capacity(bounds.len());
+                    for i in 0..bounds.len() {
+                        counts.push(r.get::<_, i64>(from + i)? as u64);
+                    }
+                    Ok(super::Histogram {
+                        bounds: bounds.to_vec(),
+                        counts,
+                        count: r.get::<_, i64>(from + bounds.len())? as u64,
+                        sum: r.get::<_, f64>(from + bounds.len() + 1)?,
+                    })
+                };
+                Ok((
+                    histogram(0, &durations)?,
+                    histogram(durations.len() + 2, &memory)?,
+                ))
+            })?;
+            let marks = vec!["?"; kinds.len()].join(", ");
+            let mut by_kind = conn.prepare(&format!(
+                "SELECT kind, worker, count(*) FROM events WHERE kind IN ({marks}) \
+                 GROUP BY kind, worker ORDER BY kind, worker"
+            ))?;
+            let events = by_kind
+                .query_map(rusqlite::params_from_iter(&kinds), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(super::Metrics {
+                tasks,
+                duration_ms: duration,
+                memory_peak_mb: memory_peak,
+                events,
+            })
+        })
+        .await
+    }
+
     async fn next_lease_expiry(&self) -> Result<Option<Millis>> {
         self.call("finding the next lease expiry", move |conn| {
             Ok(conn.query_row(
@@ -1280,6 +1352,74 @@ mod tests {
             memory_peak_mb: None,
             now,
         }
+    }
+
+    #[tokio::test]
+    async fn metrics_count_ended_tasks_into_buckets_and_events_by_kind() {
+        let (_d, s) = store();
+        for (i, (ms, mb)) in [(50, Some(10.0)), (700, Some(100.0)), (9_000, None)]
+            .into_iter()
+            .enumerate()
+        {
+            let now = i as Millis * 10;
+            s.submit(&task("w", "t", 0, now)).await.unwrap();
+            let claim = s.claim("w", "me", now + 1, LEASE).await.unwrap().unwrap();
+            let finish = Finish {
+                duration_ms: ms,
+                memory_peak_mb: mb,
+                ..done(TaskState::Succeeded, now + 2)
+            };
+            assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
+        }
+        s.submit(&task("v", "waiting", 0, 100)).await.unwrap();
+        for (kind, worker) in [
+            ("file_rejected", "w"),
+            ("file_rejected", "v"),
+            ("other", "w"),
+        ] {
+            let event = NewEvent {
+                task_id: None,
+                worker: Some(worker.into()),
+                kind: kind.into(),
+                message: String::new(),
+                data: None,
+                now: 200,
+            };
+            s.record_event(&event).await.unwrap();
+        }
+
+        let m = s
+            .metrics(
+                &[100.0, 1000.0],
+                &[64.0],
+                &["file_rejected", "agent_restarting"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            m.tasks,
+            [
+                (TaskState::Queued, None, 1),
+                (TaskState::Succeeded, None, 3)
+            ]
+        );
+        let d = &m.duration_ms;
+        assert_eq!(
+            (d.counts.as_slice(), d.count, d.sum),
+            (&[1, 2][..], 3, 9750.0)
+        );
+        let mem = &m.memory_peak_mb;
+        assert_eq!(
+            (mem.counts.as_slice(), mem.count, mem.sum),
+            (&[1][..], 2, 110.0)
+        );
+        assert_eq!(
+            m.events,
+            [
+                ("file_rejected".to_string(), Some("v".to_string()), 1),
+                ("file_rejected".to_string(), Some("w".to_string()), 1)
+            ]
+        );
     }
 
     #[tokio::test]

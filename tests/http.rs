@@ -1,0 +1,825 @@
+//! The HTTP API of a real daemon, over real sockets, with a plain HTTP/1.1 client written here.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const HTTP: &str = "[http]\nlisten = \"127.0.0.1:0\"\nmax_body = \"1KiB\"\n";
+
+/// A daemon serving the API, and what a client needs to reach it.
+struct Served {
+    project: Project,
+    daemon: Option<Daemon>,
+    addr: String,
+    token: String,
+}
+
+impl Served {
+    fn start(project: Project) -> Served {
+        let daemon = project.start();
+        let addr = api_address(&daemon.log());
+        let token = project.ok(&["token"]).trim().to_string();
+        Served {
+            project,
+            daemon: Some(daemon),
+            addr,
+            token,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        request(
+            &self.addr,
+            method,
+            path,
+            Some(&auth),
+            body.map(str::as_bytes),
+        )
+    }
+
+    /// A call that must answer `status` with JSON.
+    fn json(&self, method: &str, path: &str, body: Option<&str>, status: u16) -> Value {
+        let reply = self.call(method, path, body);
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
+        assert!(
+            reply.header("content-type").starts_with("application/json"),
+            "{method} {path}: {}",
+            reply.headers
+        );
+        serde_json::from_str(&reply.body).unwrap()
+    }
+
+    /// A call that must fail with `status` and an error naming `needle`.
+    fn error(&self, method: &str, path: &str, body: Option<&str>, status: u16, needle: &str) {
+        let answer = self.json(method, path, body, status);
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{method} {path}: {message:?} should mention {needle:?}"
+        );
+        assert_eq!(
+            answer.as_object().unwrap().len(),
+            1,
+            "only an error: {answer}"
+        );
+    }
+
+    fn wait_state(&self, id: i64, state: &str) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("task {id} {state}"),
+            || self.json("GET", &format!("/api/tasks/{id}"), None, 200)["state"] == state,
+        );
+    }
+}
+
+/// The address the daemon's log says the API is on.
+fn api_address(log: &str) -> String {
+    let at = log
+        .find("HTTP API on http://")
+        .unwrap_or_else(|| panic!("no HTTP API address in the log:\n{log}"));
+    log[at + "HTTP API on http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+struct Reply {
+    status: u16,
+    /// The header lines, lower-cased names.
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or("")
+    }
+}
+
+fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&[u8]>,
+) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(auth) = auth {
+        head.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    if let Some(body) = body {
+        // The server may answer (413) and close before it has read it all.
+        let _ = stream.write_all(body);
+    }
+    stream
+}
+
+/// One request on its own connection; the whole reply.
+fn request(addr: &str, method: &str, path: &str, auth: Option<&str>, body: Option<&[u8]>) -> Reply {
+    let mut stream = send(addr, method, path, auth, body);
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: String = lines
+        .map(|l| match l.split_once(": ") {
+            Some((k, v)) => format!("{}: {v}\n", k.to_ascii_lowercase()),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let body = if headers.contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+fn config(extra: &str) -> Project {
+    Project::with_workers(
+        &["w", "other"],
+        RECORDING_AGENT,
+        &format!("worker = \"w\"\n{HTTP}{extra}"),
+    )
+}
+
+#[test]
+fn without_the_token_nothing_is_answered() {
+    let s = Served::start(config(""));
+    for path in [
+        "/api/status",
+        "/api/tasks",
+        "/metrics",
+        "/api/openapi.json",
+        "/api/nope",
+        "/index.html",
+    ] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic abc"),
+            Some("Bearer "),
+        ] {
+            let reply = request(&s.addr, "GET", path, auth, None);
+            assert_eq!(reply.status, 401, "{path} with {auth:?}");
+            let answer: Value = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!(answer.as_object().unwrap().len(), 1, "{answer}");
+            assert!(
+                answer["error"].as_str().unwrap().contains(".agentq/token"),
+                "{answer}"
+            );
+        }
+    }
+    // A near miss (the token with one character changed) is as wrong as any.
+    let mut near = s.token.clone().into_bytes();
+    near[10] = if near[10] == b'a' { b'b' } else { b'a' };
+    let near = format!("Bearer {}", String::from_utf8(near).unwrap());
+    let reply = request(
+        &s.addr,
+        "POST",
+        "/api/tasks",
+        Some(&near),
+        Some(br#"{"prompt": "sneaky"}"#),
+    );
+    assert_eq!(reply.status, 401);
+    assert_eq!(s.project.json(&["tasks"]), json!([]), "nothing was queued");
+
+    // The token: 64 hex digits in a file only its owner reads.
+    assert_eq!(s.token.len(), 64);
+    let file = s.project.path(".agentq/token");
+    assert_eq!(read(&file).trim(), s.token);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The scheme's name is case-insensitive, as HTTP has it.
+    let lower = format!("bearer {}", s.token);
+    let reply = request(&s.addr, "GET", "/api/status", Some(&lower), None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // With the token, an unknown path is a JSON 404.
+    s.error("GET", "/api/nope", None, 404, "/api/openapi.json");
+    s.error("GET", "/api/tasks/1/cancel", None, 405, "does not take GET");
+    let reply = s.call("GET", "/api/tasks/1/cancel", None);
+    assert_eq!(reply.header("allow"), "POST");
+    // The dashboard page alone is served without the token: it holds no data, and asks for it.
+    let page = request(&s.addr, "GET", "/", None, None);
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(
+        page.header("content-security-policy")
+            .contains("default-src 'self'")
+    );
+    assert!(page.body.contains("agentq token"));
+    assert_eq!(request(&s.addr, "POST", "/", None, Some(b"{}")).status, 401);
+}
+
+#[test]
+fn tasks_are_submitted_listed_shown_cancelled_and_retried() {
+    let s = Served::start(config(""));
+    let queued = s.json(
+        "POST",
+        "/api/tasks",
+        Some(r#"{"prompt": "hello api"}"#),
+        201,
+    );
+    let id = queued["id"].as_i64().unwrap();
+    assert_eq!(queued["worker"], "w");
+    assert_eq!(queued["pool"], false);
+    assert_eq!(queued["class"], "short");
+    assert!(queued["route_reason"].is_string(), "{queued}");
+    s.wait_state(id, "succeeded");
+    let task = s.json("GET", &format!("/api/tasks/{id}"), None, 200);
+    assert_eq!(task["output"], "done: hello api");
+    assert_eq!(task["source"], "http");
+    assert_eq!(
+        event_kinds(&task),
+        ["task_queued", "task_started", "task_finished"]
+    );
+    assert_eq!(task["attempt_history"][0]["outcome"], "succeeded");
+    // The same record `agentq show --json` prints.
+    assert_eq!(task, s.project.task(id));
+
+    // Everything a submit may set.
+    let full = s.json(
+        "POST",
+        "/api/tasks",
+        Some(
+            r#"{"prompt": "all of it", "worker": "other", "pool": false, "class": "long",
+                "complexity": 0.9, "priority": 7, "timeout": "30s", "max_attempts": 2,
+                "max_memory": "2GiB"}"#,
+        ),
+        201,
+    );
+    let full_id = full["id"].as_i64().unwrap();
+    s.wait_state(full_id, "succeeded");
+    let t = s.json("GET", &format!("/api/tasks/{full_id}"), None, 200);
+    assert_eq!(
+        (
+            &t["worker"],
+            &t["class"],
+            &t["priority"],
+            &t["timeout_ms"],
+            &t["max_attempts"],
+            &t["max_memory"]
+        ),
+        (
+            &json!("other"),
+            &json!("long"),
+            &json!(7),
+            &json!(30_000),
+            &json!(2),
+            &json!(2u64 << 30)
+        )
+    );
+
+    // What is wrong, and with which field.
+    for (body, status, needle) in [
+        (r#"{"prompt": "  "}"#, 400, "prompt: the prompt is empty"),
+        (
+            r#"{"prompt": "x", "worker": "nobody"}"#,
+            400,
+            "worker: no worker named \"nobody\"",
+        ),
+        (
+            r#"{"prompt": "x", "timeout": "soon"}"#,
+            400,
+            "timeout: invalid duration",
+        ),
+        (
+            r#"{"prompt": "x", "timeout": "0s"}"#,
+            400,
+            "timeout: must be above zero",
+        ),
+        (
+            r#"{"prompt": "x", "max_memory": "lots"}"#,
+            400,
+            "max_memory: invalid size",
+        ),
+        (
+            r#"{"prompt": "x", "max_attempts": 0}"#,
+            400,
+            "max_attempts: must be at least 1",
+        ),
+        (r#"{"prompt": "x", "class": "medium"}"#, 400, "class:"),
+        (r#"{"prompt": "x", "complexity": 2}"#, 400, "complexity:"),
+        (
+            r#"{"prompt": "x", "colour": "red"}"#,
+            400,
+            "unknown field `colour`",
+        ),
+        (r#"{"worker": "w"}"#, 400, "missing field `prompt`"),
+        (r#"{"prompt": "x""#, 400, "not the JSON expected"),
+        ("", 400, "not the JSON expected"),
+    ] {
+        s.error("POST", "/api/tasks", Some(body), status, needle);
+    }
+    let big = format!(r#"{{"prompt": "{}"}}"#, "x".repeat(2000));
+    s.error(
+        "POST",
+        "/api/tasks",
+        Some(&big),
+        413,
+        "max_body (1024 bytes)",
+    );
+    assert_eq!(s.project.json(&["tasks"]).as_array().unwrap().len(), 2);
+
+    // Listing.
+    let list = s.json("GET", "/api/tasks?state=succeeded&worker=w", None, 200);
+    let ids: Vec<i64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [id]);
+    assert_eq!(
+        s.json("GET", "/api/tasks?limit=1", None, 200)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.json("GET", "/api/tasks", None, 200)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    s.error("GET", "/api/tasks?state=done", None, 400, "state:");
+    s.error("GET", "/api/tasks?limit=many", None, 400, "limit:");
+    s.error(
+        "GET",
+        "/api/tasks?colour=red",
+        None,
+        400,
+        "unknown query parameter \"colour\"",
+    );
+    s.error("GET", "/api/tasks/999", None, 404, "no task 999");
+    s.error("GET", "/api/tasks/first", None, 400, "id:");
+
+    // Cancel and retry, and the states that refuse them.
+    s.error("POST", "/api/tasks/999/cancel", None, 404, "no task 999");
+    s.error(
+        "POST",
+        &format!("/api/tasks/{id}/cancel"),
+        None,
+        409,
+        "succeeded",
+    );
+    s.error(
+        "POST",
+        &format!("/api/tasks/{id}/retry"),
+        None,
+        409,
+        "succeeded",
+    );
+    s.json("POST", "/api/workers/w/pause", None, 200);
+    let held = s.json("POST", "/api/tasks", Some(r#"{"prompt": "held"}"#), 201)["id"]
+        .as_i64()
+        .unwrap();
+    let cancelled = s.json("POST", &format!("/api/tasks/{held}/cancel"), None, 200);
+    assert_eq!(
+        cancelled,
+        json!({ "id": held, "was": "queued", "state": "cancelled" })
+    );
+    s.error(
+        "POST",
+        &format!("/api/tasks/{held}/cancel"),
+        None,
+        409,
+        "cancelled",
+    );
+    let retried = s.json("POST", &format!("/api/tasks/{held}/retry"), None, 200);
+    assert_eq!(retried, json!({ "id": held, "state": "queued" }));
+    s.error(
+        "POST",
+        &format!("/api/tasks/{held}/retry"),
+        None,
+        409,
+        "queued",
+    );
+    let resumed = s.json("POST", "/api/workers/w/resume", None, 200);
+    assert_eq!(resumed, json!({ "worker": "w", "was_paused": true }));
+    s.wait_state(held, "succeeded");
+    assert_eq!(s.project.output(held), "done: held");
+    drop(s.daemon);
+}
+
+#[test]
+fn workers_are_paused_resumed_and_reset_and_status_is_the_clis() {
+    let s = Served::start(config(""));
+    let paused = s.json(
+        "POST",
+        "/api/workers/other/pause",
+        Some(r#"{"for": "30m"}"#),
+        200,
+    );
+    assert_eq!(paused["worker"], "other");
+    let until = paused["paused_until"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (until - now - 30 * 60_000).abs() < 60_000,
+        "{until} vs {now}"
+    );
+    s.error(
+        "POST",
+        "/api/workers/other/pause",
+        Some(r#"{"for": "a while"}"#),
+        400,
+        "for: invalid duration",
+    );
+    s.error(
+        "POST",
+        "/api/workers/other/pause",
+        Some(r#"{"until": "1h"}"#),
+        400,
+        "unknown field `until`",
+    );
+    s.error(
+        "POST",
+        "/api/workers/nobody/pause",
+        None,
+        404,
+        "no worker named \"nobody\"",
+    );
+    s.error(
+        "POST",
+        "/api/workers/nobody/resume",
+        None,
+        404,
+        "no worker named \"nobody\"",
+    );
+    // The pool can be paused like a worker.
+    s.json("POST", "/api/workers/pool/pause", Some("{}"), 200);
+
+    // The status is what `agentq status --json` prints.
+    let status = s.json("GET", "/api/status", None, 200);
+    assert_eq!(status, s.project.json(&["status"]));
+    assert_eq!(status["daemon"]["running"], true);
+    let other = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "other")
+        .unwrap();
+    assert!(
+        other["state"].as_str().unwrap().starts_with("paused"),
+        "{other}"
+    );
+    assert_eq!(other["pause_reason"], "paused through the HTTP API");
+
+    assert_eq!(
+        s.json("POST", "/api/workers/other/resume", None, 200),
+        json!({ "worker": "other", "was_paused": true })
+    );
+    assert_eq!(
+        s.json("POST", "/api/workers/pool/resume", None, 200),
+        json!({ "worker": "pool", "was_paused": true })
+    );
+    s.error(
+        "POST",
+        "/api/workers/w/reset-session",
+        None,
+        400,
+        "keeps no conversation",
+    );
+    s.error(
+        "POST",
+        "/api/workers/nobody/reset-session",
+        None,
+        404,
+        "no worker named \"nobody\"",
+    );
+
+    let doc = s.json("GET", "/api/openapi.json", None, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/tasks",
+        "/api/tasks/{id}",
+        "/api/tasks/{id}/cancel",
+        "/api/tasks/{id}/retry",
+        "/api/workers/{name}/pause",
+        "/api/workers/{name}/resume",
+        "/api/workers/{name}/reset-session",
+        "/api/status",
+        "/api/events",
+        "/api/openapi.json",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is described");
+    }
+}
+
+#[test]
+fn a_reset_session_reaches_a_claude_worker() {
+    let fake = fake_anthropic::FakeServer::start().unwrap();
+    let p = Project::with_claude(&fake, "");
+    // [http] goes before the worker's tables.
+    let text =
+        read(&p.path("agentq.toml")).replacen("[[worker]]", &format!("{HTTP}\n[[worker]]"), 1);
+    std::fs::write(p.path("agentq.toml"), text).unwrap();
+    let s = Served::start(p);
+    assert_eq!(
+        s.json("POST", "/api/workers/c/reset-session", None, 200),
+        json!({ "worker": "c", "had_session": false })
+    );
+}
+
+#[test]
+fn metrics_are_named_typed_and_counted() {
+    let s = Served::start(config("\n[pool]\ncommand = [\"cat\"]\nmax_workers = 3\n"));
+    let id = s.json(
+        "POST",
+        "/api/tasks",
+        Some(r#"{"prompt": "measure me"}"#),
+        201,
+    )["id"]
+        .as_i64()
+        .unwrap();
+    s.wait_state(id, "succeeded");
+    // A prompt file intake sets aside (empty), so the rejection counter has one.
+    s.project.drop_file(".queue/w/empty.prompt", b"");
+    wait_until(
+        Duration::from_secs(20),
+        "the rejection to be counted",
+        || {
+            s.call("GET", "/metrics", None)
+                .body
+                .contains("agentq_intake_rejections_total 1\n")
+        },
+    );
+    assert!(s.project.path(".queue/w/rejected/empty.prompt").exists());
+
+    let reply = s.call("GET", "/metrics", None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .header("content-type")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = reply.body;
+    for (name, kind) in [
+        ("agentq_tasks", "gauge"),
+        ("agentq_task_duration_seconds", "histogram"),
+        ("agentq_task_memory_peak_bytes", "histogram"),
+        ("agentq_worker_state", "gauge"),
+        ("agentq_worker_restarts_total", "counter"),
+        ("agentq_cost_usd_total", "counter"),
+        ("agentq_queue_depth", "gauge"),
+        ("agentq_pool_running", "gauge"),
+        ("agentq_pool_max_workers", "gauge"),
+        ("agentq_intake_rejections_total", "counter"),
+    ] {
+        assert!(
+            text.contains(&format!("\n# HELP {name} "))
+                || text.starts_with(&format!("# HELP {name} ")),
+            "HELP of {name}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "TYPE of {name}:\n{text}"
+        );
+    }
+    for line in [
+        "agentq_tasks{state=\"succeeded\",class=\"short\"} 1",
+        "agentq_task_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "agentq_task_duration_seconds_count 1",
+        "agentq_worker_state{worker=\"w\",state=\"idle\"} 1",
+        "agentq_worker_state{worker=\"w\",state=\"running\"} 0",
+        "agentq_worker_restarts_total{worker=\"w\"} 0",
+        "agentq_cost_usd_total{worker=\"w\"} 0",
+        "agentq_queue_depth{worker=\"other\"} 0",
+        "agentq_pool_running 0",
+        "agentq_pool_max_workers 3",
+        "agentq_intake_rejections_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    // A task this short may end before its memory is sampled: whatever was counted, +Inf holds all.
+    let value_of = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        value_of("agentq_task_memory_peak_bytes_bucket{le=\"+Inf\"} "),
+        value_of("agentq_task_memory_peak_bytes_count ")
+    );
+    // Every sample line is `name{labels} number`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+}
+
+#[test]
+fn the_event_stream_delivers_a_tasks_events_and_ends_at_shutdown() {
+    let mut s = Served::start(config(""));
+    let earlier = s.json("POST", "/api/tasks", Some(r#"{"prompt": "before"}"#), 201)["id"]
+        .as_i64()
+        .unwrap();
+    s.wait_state(earlier, "succeeded");
+
+    // Without follow: the latest events, as JSON.
+    let latest = s.json("GET", "/api/events?limit=2", None, 200);
+    let kinds: Vec<&str> = latest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["task_started", "task_finished"]);
+    let of_task = s.json(
+        "GET",
+        &format!("/api/events?task={earlier}&limit=0"),
+        None,
+        200,
+    );
+    assert_eq!(of_task.as_array().unwrap().len(), 3);
+    s.error("GET", "/api/events?follow=maybe", None, 400, "follow:");
+
+    let auth = format!("Bearer {}", s.token);
+    let stream = send(
+        &s.addr,
+        "GET",
+        "/api/events?follow=1&limit=1",
+        Some(&auth),
+        None,
+    );
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        reader.read_line(&mut head).unwrap();
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+
+    let id = s.json("POST", "/api/tasks", Some(r#"{"prompt": "streamed"}"#), 201)["id"]
+        .as_i64()
+        .unwrap();
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen
+        .iter()
+        .any(|e| e["task"] == id && e["kind"] == "task_finished")
+    {
+        assert!(Instant::now() < deadline, "events seen: {seen:?}");
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            seen.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    // The last event before the stream began, then the new task's, in order, as in the log.
+    assert_eq!(seen[0]["task"], earlier);
+    assert_eq!(seen[0]["kind"], "task_finished");
+    let kinds: Vec<&str> = seen[1..]
+        .iter()
+        .filter(|e| e["task"] == id)
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["task_queued", "task_started", "task_finished"]);
+
+    // Stopping the daemon ends the stream, and the daemon exits.
+    let daemon = s.daemon.take().unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    let mut daemon = daemon;
+    assert!(
+        daemon.wait(Duration::from_secs(20)).success(),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_listen_address_beyond_loopback_needs_allow_remote() {
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "[http]\nlisten = \"0.0.0.0:0\"\n");
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("agentq.toml:5:"), "{err}");
+    assert!(err.contains("allow_remote"), "{err}");
+
+    // --http is checked the same way, and overrides the file.
+    let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
+    let out = p.run(&["run", "--http", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--http: listen address 0.0.0.0:0"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = p.run(&["run", "--http", "somewhere"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("127.0.0.1:7777"),
+        "{}",
+        text(&out.stderr)
+    );
+    let daemon = p.start_with(p.cmd(&["run", "--http", "127.0.0.1:0"]));
+    let addr = api_address(&daemon.log());
+    let token = format!("Bearer {}", p.ok(&["token"]).trim());
+    assert_eq!(
+        request(&addr, "GET", "/api/status", Some(&token), None).status,
+        200
+    );
+    assert!(daemon.stop().success());
+
+    // Allowed, it serves, with a warning.
+    let p = Project::with_workers(
+        &["w"],
+        RECORDING_AGENT,
+        "[http]\nlisten = \"0.0.0.0:0\"\nallow_remote = true\n",
+    );
+    let daemon = p.start();
+    let log = daemon.log();
+    assert!(log.contains("reachable from other machines"), "{log}");
+    let port = api_address(&log).rsplit(':').next().unwrap().to_string();
+    let token = format!("Bearer {}", p.ok(&["token"]).trim());
+    let reply = request(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/api/status",
+        Some(&token),
+        None,
+    );
+    assert_eq!(reply.status, 200);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn init_and_token_make_one_private_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Project { dir };
+    p.ok(&["init"]);
+    let file = p.path(".agentq/token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(p.ok(&["token"]).trim(), read(&file).trim());
+
+    // A project from before tokens gets one when asked.
+    std::fs::remove_file(&file).unwrap();
+    let made = p.ok(&["token"]);
+    assert_eq!(made.trim().len(), 64);
+    assert_eq!(p.ok(&["token"]), made);
+}
