@@ -65,22 +65,11 @@ fn look(url: &str, shot: &str) -> String {
     text(&out.stdout)
 }
 
-fn address(log: &str) -> String {
-    let at = log
-        .find("HTTP API on http://")
-        .unwrap_or_else(|| panic!("no HTTP API address in the log:\n{log}"));
-    log[at + "HTTP API on http://".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn the_dashboard_shows_a_task_move_to_succeeded_and_refuses_a_wrong_token() {
     let p = Project::with_workers(&["w"], SLOW_AGENT, "[http]\nlisten = \"127.0.0.1:0\"\n");
     let daemon = p.start();
-    let base = format!("http://{}/", address(&daemon.log()));
+    let base = format!("http://{}/", api_address(&daemon.log()));
     let token = p.ok(&["token"]).trim().to_string();
 
     let refused = look(&format!("{base}#token=not-the-token"), "wrong-token.png");

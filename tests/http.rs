@@ -81,17 +81,6 @@ impl Served {
 }
 
 /// The address the daemon's log says the API is on.
-fn api_address(log: &str) -> String {
-    let at = log
-        .find("HTTP API on http://")
-        .unwrap_or_else(|| panic!("no HTTP API address in the log:\n{log}"));
-    log[at + "HTTP API on http://".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 struct Reply {
     status: u16,
     /// The header lines, lower-cased names.

@@ -317,6 +317,18 @@ impl Drop for Daemon {
 }
 
 /// The claude CLI the tests run: the one scripts/test installs (or `AGENTQ_TEST_CLAUDE_BIN`).
+/// The address the daemon's HTTP API listens on, from its log ("HTTP API on http://ADDR").
+pub fn api_address(log: &str) -> String {
+    let at = log
+        .find("HTTP API on http://")
+        .unwrap_or_else(|| panic!("no HTTP API address in the log:\n{log}"));
+    log[at + "HTTP API on http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 pub fn claude_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("AGENTQ_TEST_CLAUDE_BIN") {
         return bin.into();
