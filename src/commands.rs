@@ -226,7 +226,7 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
         max_memory: args.max_memory,
     };
     // Checked before reading stdin, so a wrong --worker does not swallow a piped prompt.
-    crate::route::plan(&config, "", &ask)?;
+    crate::route::settings(&config, &ask)?;
     let prompt = read_prompt(args.prompt, config.max_prompt_size)?;
     let store = open_store(&config)?;
     let bell = doorbell(&config);

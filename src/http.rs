@@ -341,7 +341,7 @@ async fn submit(State(s): State<Shared>, raw: Result<Bytes, BytesRejection>) -> 
     };
     crate::ops::check_prompt(&b.prompt, config.max_prompt_size)
         .map_err(|e| ApiError::field("prompt", e))?;
-    crate::route::plan(config, "", &ask).map_err(|e| ApiError::field("worker", e))?;
+    crate::route::settings(config, &ask).map_err(|e| ApiError::field("worker", e))?;
     let (_, submitted) = crate::ops::submit(
         config,
         s.api.store.as_ref(),

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use crate::classify::{self, Class, Verdict};
-use crate::config::{Config, POOL, Route};
+use crate::config::{Config, POOL, Route, WorkerConfig};
 use crate::error::Result;
 use crate::store::{Millis, NewTask, Routing};
 
@@ -66,21 +66,24 @@ impl Plan {
 
     /// Whose doorbell to ring: the pool's, or the worker's.
     pub fn runs_on(&self) -> &str {
-        if self.routing.pool {
-            POOL
-        } else {
-            &self.worker
-        }
+        self.routing.runs_on(&self.worker)
     }
 }
 
-/// Decides where `prompt` runs. Fails only for a worker that does not exist (or none chosen).
+/// The settings the task runs with: the named (or default) worker's, or the pool's. Fails for a
+/// worker that does not exist, or none chosen where several could be.
+pub fn settings<'c>(config: &'c Config, ask: &Ask) -> Result<&'c WorkerConfig> {
+    match ask.worker {
+        Some(POOL) => Ok(&config.pool.worker),
+        None if ask.pool => Ok(&config.pool.worker),
+        asked => config.resolve_worker(asked),
+    }
+}
+
+/// Decides where `prompt` runs. Fails only as [`settings`] does.
 pub fn plan(config: &Config, prompt: &str, ask: &Ask) -> Result<Plan> {
     let to_pool = ask.pool || ask.worker == Some(POOL);
-    let worker = match ask.worker {
-        Some(POOL) | None if to_pool => &config.pool.worker,
-        asked => config.resolve_worker(asked)?,
-    };
+    let worker = settings(config, ask)?;
     let verdict = classify::classify(prompt, &config.classify, ask.class, ask.complexity);
     let (pool, why) = if to_pool {
         (true, "submitted to the pool".to_string())

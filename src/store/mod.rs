@@ -62,6 +62,17 @@ pub struct Routing {
     pub max_memory: Option<u64>,
 }
 
+impl Routing {
+    /// Who runs a task of `worker` routed so: the pool, or the worker.
+    pub fn runs_on<'a>(&self, worker: &'a str) -> &'a str {
+        if self.pool {
+            crate::config::POOL
+        } else {
+            worker
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Submitted {
     New(i64),
@@ -116,11 +127,7 @@ pub struct Task {
 impl Task {
     /// Who runs it: the pool, or its worker (whose doorbell a change to it rings).
     pub fn runs_on(&self) -> &str {
-        if self.routing.pool {
-            crate::config::POOL
-        } else {
-            &self.worker
-        }
+        self.routing.runs_on(&self.worker)
     }
 }
 
