@@ -42,7 +42,9 @@ pub enum Command {
     /// Queue a task; prints its id
     Submit(SubmitArgs),
     /// Workers, what they are doing, and queue totals
-    Status(JsonArgs),
+    Status(StatusArgs),
+    /// The status, refreshed live, with the latest events beneath (`status --watch --events`)
+    Top(WatchArgs),
     /// List tasks, newest first
     Tasks(TasksArgs),
     /// Everything about one task: state, result, output, stderr, history
@@ -215,6 +217,30 @@ pub struct TasksArgs {
     pub limit: u32,
     #[command(flatten)]
     pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Refresh it in the terminal until interrupted
+    #[arg(long, short)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub refresh: WatchArgs,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// How often to refresh (with --watch, and for `top`)
+    #[arg(long, short = 'n', value_parser = parse_positive_duration, default_value = "1s")]
+    pub interval: std::time::Duration,
+    /// Stop after this many refreshes (0: until interrupted)
+    #[arg(long, default_value_t = 0)]
+    pub count: u32,
+    /// Show the latest events beneath the table (always on for `top`)
+    #[arg(long)]
+    pub events: bool,
 }
 
 #[derive(Args, Debug)]

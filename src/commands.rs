@@ -10,7 +10,8 @@ use serde_json::json;
 
 use crate::cli::{
     Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
-    ServiceInstallArgs, SubmitArgs, TasksArgs, WaitArgs, WorkerCommand, WorkerNameArgs,
+    ServiceInstallArgs, StatusArgs, SubmitArgs, TasksArgs, WaitArgs, WatchArgs, WorkerCommand,
+    WorkerNameArgs,
 };
 use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
 use crate::daemon::{self, Shutdown};
@@ -38,7 +39,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             daemon::run(config, shutdown).await
         }
         Command::Submit(args) => submit(explicit, args).await,
-        Command::Status(args) => status(explicit, args.json).await,
+        Command::Status(args) => status(explicit, args).await,
+        Command::Top(args) => top(explicit, args).await,
         Command::Tasks(args) => tasks(explicit, args).await,
         Command::Show(args) => show(explicit, args).await,
         Command::Events(args) => events(explicit, args).await,
@@ -292,103 +294,41 @@ fn print_result(task: &Task, json: bool) -> Result<()> {
     }
 }
 
-async fn status(explicit: Option<&Path>, json: bool) -> Result<()> {
+async fn status(explicit: Option<&Path>, args: StatusArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config)?;
+    if args.watch {
+        let how = crate::top::Watch {
+            interval: args.refresh.interval,
+            count: args.refresh.count,
+            events: args.refresh.events,
+            json: args.out.json,
+        };
+        return crate::top::watch(&config, &store, how).await;
+    }
     let pid = state::holder(&config.state_dir())?;
     let status = crate::ops::status(&config, &store, pid).await?;
-    if json {
+    if args.out.json {
         print_json(&status.to_json());
-        return Ok(());
+    } else {
+        print!(
+            "{}",
+            crate::top::render(&status, &config.root, crate::store::now_ms())
+        );
     }
-    let workers = &status.workers;
-    let totals = status.totals();
-    let (pool_tasks, pool_counts) = (&status.pool_tasks, &status.pool);
-    let pool_running = pool_tasks.len();
-    match pid {
-        Some(pid) => println!("daemon: running (pid {pid})  {}", config.root.display()),
-        None => println!(
-            "daemon: not running (start it with `agentq run`)  {}",
-            config.root.display()
-        ),
-    }
-    let rows: Vec<Vec<String>> = workers
-        .iter()
-        .map(|w| {
-            vec![
-                w.name.clone(),
-                w.agent.clone(),
-                // An errored worker's reason is long: it goes below the table.
-                if w.state.starts_with("errored") {
-                    "errored".to_string()
-                } else {
-                    w.state.clone()
-                },
-                w.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                w.queued.to_string(),
-                w.succeeded.to_string(),
-                w.failed.to_string(),
-                w.dead.to_string(),
-                w.cancelled.to_string(),
-                w.session_id
-                    .as_deref()
-                    .map(|s| s.chars().take(8).collect())
-                    .unwrap_or_else(|| "-".into()),
-                format!("${:.2}", w.cost_today_usd),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "WORKER",
-            "AGENT",
-            "STATE",
-            "TASK",
-            "QUEUED",
-            "DONE",
-            "FAILED",
-            "DEAD",
-            "CANCELLED",
-            "SESSION",
-            "COST TODAY",
-        ],
-        &rows,
-    );
-    for w in workers.iter().filter(|w| w.pause_reason.is_some()) {
-        let reason = w.pause_reason.as_deref().unwrap_or("");
-        if w.state.starts_with("errored") {
-            println!(
-                "{} errored: {reason}; `agentq worker restart {}` clears it",
-                w.name, w.name
-            );
-        } else {
-            println!("{} paused: {reason}", w.name);
-        }
-    }
-    let ids: Vec<String> = pool_tasks.iter().map(i64::to_string).collect();
-    println!(
-        "pool: {} of {} running{}, {} queued; classes: {} long, {} short",
-        pool_running,
-        config.pool.max_workers,
-        if ids.is_empty() {
-            String::new()
-        } else {
-            format!(" (tasks {})", ids.join(", "))
-        },
-        pool_counts.queued,
-        pool_counts.long,
-        pool_counts.short
-    );
-    println!(
-        "total: {} queued, {} running, {} succeeded, {} failed, {} dead, {} cancelled",
-        totals["queued"],
-        totals["running"],
-        totals["succeeded"],
-        totals["failed"],
-        totals["dead"],
-        totals["cancelled"]
-    );
     Ok(())
+}
+
+async fn top(explicit: Option<&Path>, args: WatchArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config)?;
+    let how = crate::top::Watch {
+        interval: args.interval,
+        count: args.count,
+        events: true,
+        json: false,
+    };
+    crate::top::watch(&config, &store, how).await
 }
 
 async fn tasks(explicit: Option<&Path>, args: TasksArgs) -> Result<()> {
@@ -622,17 +562,7 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
             println!("{}", serde_json::to_string(e).expect("events serialise"));
             return;
         }
-        let task = e
-            .task
-            .map(|t| format!("task {t}"))
-            .unwrap_or_else(|| "-".into());
-        let worker = e.worker.as_deref().unwrap_or("-");
-        println!(
-            "{}  {worker:<12} {task:<10} {:<16} {}",
-            when(e.ts),
-            e.kind,
-            e.message
-        );
+        println!("{}", crate::top::event_line(e));
     };
     let recent = crate::ops::recent_events(&config, &store, &filter, args.limit).await?;
     if json && !args.follow {
@@ -911,28 +841,7 @@ async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let last = cells.len() - 1;
-        let mut out = String::new();
-        for (i, cell) in cells.into_iter().enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
+    print!("{}", crate::top::table(headers, rows));
 }
 
 fn when(ms: Millis) -> String {

@@ -37,5 +37,6 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod token;
+pub mod top;
 pub mod wake;
 pub mod worker;

@@ -163,6 +163,9 @@ pub async fn task_record(config: &Config, store: &dyn Store, id: i64) -> Result<
 pub struct WorkerStatus {
     pub name: String,
     pub agent: String,
+    /// `exec` (a process per task) or `persistent` (one long-lived process); `-` when the config
+    /// no longer names the worker.
+    pub mode: String,
     /// idle, running, stopped (no daemon), paused until ..., errored: ..., or not in config
     /// (tasks of a worker the config no longer defines)
     pub state: String,
@@ -184,6 +187,17 @@ pub struct WorkerStatus {
     pub session_id: Option<String>,
     /// What the current conversation has cost so far.
     pub session_cost_usd: Option<f64>,
+    /// The worker's agent process (the leader of its group) while one runs: its long-lived
+    /// process, or the process of the task it runs. `None` for the pool (see its `pids`).
+    pub pid: Option<i32>,
+    /// Resident memory of its agents' process groups now, MiB.
+    pub memory_mb: Option<f64>,
+    /// The most any of its attempts held since the daemon started (or now, if more), MiB.
+    pub memory_peak_mb: Option<f64>,
+    /// Restarts of its long-lived agent since the daemon started; `None` with no daemon.
+    pub restarts: Option<u64>,
+    /// Up since (ms since the epoch): the daemon's start, or the worker's last restart.
+    pub up_since: Option<Millis>,
 }
 
 impl WorkerStatus {
@@ -204,9 +218,15 @@ impl WorkerStatus {
 #[derive(Clone, Debug)]
 pub struct Status {
     pub pid: Option<i32>,
+    /// When the daemon started (ms since the epoch, to the second).
+    pub started_at: Option<Millis>,
+    /// The daemon's own resident memory, MiB.
+    pub memory_mb: Option<f64>,
     pub workers: Vec<WorkerStatus>,
     /// Pool tasks running now.
     pub pool_tasks: Vec<i64>,
+    /// Their agents' processes.
+    pub pool_pids: Vec<i32>,
     pub pool: PoolCounts,
     pub max_workers: u32,
     pub config: std::path::PathBuf,
@@ -231,7 +251,12 @@ impl Status {
     /// What `agentq status --json` prints.
     pub fn to_json(&self) -> Value {
         json!({
-            "daemon": { "running": self.pid.is_some(), "pid": self.pid },
+            "daemon": {
+                "running": self.pid.is_some(),
+                "pid": self.pid,
+                "started_at": self.started_at,
+                "memory_mb": self.memory_mb,
+            },
             "config": self.config,
             "workers": self.workers,
             "pool": {
@@ -239,6 +264,7 @@ impl Status {
                 "running": self.pool_tasks.len(),
                 "queued": self.pool.queued,
                 "tasks": self.pool_tasks,
+                "pids": self.pool_pids,
             },
             "classes": { "long": self.pool.long, "short": self.pool.short },
             "totals": self.totals(),
@@ -266,6 +292,15 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         })
         .await?;
     let pool_counts = store.pool_counts().await?;
+    // What this run of the daemon did, and the processes it runs now (from its book of process
+    // groups: the CLI sees them from outside, as `ps` would).
+    let started_at = pid.and_then(crate::procs::started_at).map(epoch_ms);
+    let activity = match started_at {
+        Some(t) => store.activity_since(t).await?,
+        None => Vec::new(),
+    };
+    let groups = crate::procs::live_groups(&config.state_dir());
+    let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
     // The pool's row: when agentq.toml has a [pool], or tasks were submitted to it.
     let mut names: Vec<(String, String)> = config
         .workers
@@ -273,6 +308,13 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         .chain(config.pool.defined.then_some(&config.pool.worker))
         .map(|w| (w.name.clone(), w.agent.kind().to_string()))
         .collect();
+    let mode = |name: &str| match config.settings_of(name).map(|w| &w.agent) {
+        Some(crate::config::Agent::Claude(s)) if s.mode == crate::claude::Mode::Persistent => {
+            "persistent"
+        }
+        Some(_) => "exec",
+        None => "-",
+    };
     for c in &counts {
         if !names.iter().any(|(n, _)| n == &c.worker) {
             let agent = config
@@ -306,6 +348,30 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
                 .and_then(|(_, s)| s.as_ref());
             let session_id = session.map(|s| s.id.clone());
             let session_cost_usd = session.map(|s| s.cost_usd);
+            // Its groups: its long-lived agent, and the process of the task it runs; the pool's
+            // are those of its running tasks.
+            let mut own: Vec<&crate::procs::LiveGroup> = groups
+                .iter()
+                .filter(|g| match (name == POOL, g.record.task) {
+                    (true, t) => t.is_some_and(|t| pool_tasks.contains(&t)),
+                    (false, None) => g.record.worker == name,
+                    (false, t) => g.record.worker == name && t == task,
+                })
+                .collect();
+            own.sort_by_key(|g| g.record.task.is_some()); // the long-lived process first
+            let memory_mb = (!own.is_empty()).then(|| mib(own.iter().map(|g| g.rss).sum::<u64>()));
+            let done = activity.iter().find(|a| a.worker == name);
+            let memory_peak_mb = match (done.and_then(|a| a.memory_peak_mb), memory_mb) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let configured = config.settings_of(&name).is_some();
+            let restarts = started_at
+                .filter(|_| configured)
+                .map(|_| done.map_or(0, |a| a.restarts));
+            let up_since = started_at
+                .filter(|_| configured)
+                .map(|t| done.and_then(|a| a.last_restart).map_or(t, |r| r.max(t)));
             let state = match (pid, config.settings_of(&name), task, pause) {
                 (_, None, _, _) => "not in config".to_string(),
                 (None, _, _, _) => "stopped".to_string(),
@@ -333,6 +399,12 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
                 n => format!("{state}, {n} in the pool"),
             };
             WorkerStatus {
+                mode: mode(&name).to_string(),
+                pid: own.first().filter(|_| name != POOL).map(|g| g.record.pgid),
+                memory_mb,
+                memory_peak_mb,
+                restarts,
+                up_since,
                 name,
                 agent,
                 state,
@@ -355,15 +427,33 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         })
         .collect();
     // Occupancy from the same read as the running list, so the two agree.
-    let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
+    let mut pool_pids: Vec<i32> = groups
+        .iter()
+        .filter(|g| g.record.task.is_some_and(|t| pool_tasks.contains(&t)))
+        .map(|g| g.record.pgid)
+        .collect();
+    pool_pids.sort_unstable();
     Ok(Status {
         pid,
+        started_at,
+        memory_mb: pid.and_then(crate::procs::stat).map(|p| mib(p.rss)),
         workers,
         pool_tasks,
+        pool_pids,
         pool: pool_counts,
         max_workers: config.pool.max_workers,
         config: config.path.clone(),
     })
+}
+
+/// Bytes as MiB, to a tenth.
+fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
+}
+
+fn epoch_ms(t: std::time::SystemTime) -> Millis {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// The latest events of the log, and how far they were read (for [`follow_events`]).

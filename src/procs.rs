@@ -66,12 +66,8 @@ fn page_size() -> u64 {
 
 /// The live (not zombie) members of process group `pgid`. Empty where /proc cannot be read.
 pub fn group_members(pgid: i32) -> Vec<ProcInfo> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(stat)
+    all_processes()
+        .into_iter()
         .filter(|p| p.pgrp == pgid && p.state != 'Z')
         .collect()
 }
@@ -253,34 +249,58 @@ pub struct LiveGroup {
     pub started_at: Option<std::time::SystemTime>,
 }
 
-/// The live groups recorded in `state_dir`'s book, whoever recorded them.
+/// The live groups recorded in `state_dir`'s book, whoever recorded them. `/proc` is read once,
+/// however many groups there are (`agentq top` calls this every second).
 pub fn live_groups(state_dir: &Path) -> Vec<LiveGroup> {
     let Ok(dir) = std::fs::read_dir(state_dir.join("procs")) else {
         return Vec::new();
     };
-    let boot = boot_time();
-    let mut live = Vec::new();
-    for entry in dir.flatten() {
-        let Some(record) = std::fs::read(entry.path())
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-        else {
-            continue;
-        };
-        let leader =
-            stat(record.pgid).filter(|p| p.start_ticks == record.start_ticks && p.state != 'Z');
-        if leader.is_none() {
-            continue;
-        }
-        let rss = crate::memory::group_rss(record.pgid).unwrap_or(0);
-        let started_at = boot.map(|b| b + ticks(record.start_ticks));
-        live.push(LiveGroup {
-            record,
-            rss,
-            started_at,
-        });
+    let records: Vec<Record> = dir
+        .flatten()
+        .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok())
+        .collect();
+    if records.is_empty() {
+        return Vec::new();
     }
-    live
+    let processes = all_processes();
+    let boot = boot_time();
+    records
+        .into_iter()
+        .filter(|record| {
+            processes.iter().any(|p| {
+                p.pid == record.pgid && p.start_ticks == record.start_ticks && p.state != 'Z'
+            })
+        })
+        .map(|record| {
+            let rss = processes
+                .iter()
+                .filter(|p| p.pgrp == record.pgid && p.state != 'Z')
+                .map(|p| p.rss)
+                .sum();
+            let started_at = boot.map(|b| b + ticks(record.start_ticks));
+            LiveGroup {
+                record,
+                rss,
+                started_at,
+            }
+        })
+        .collect()
+}
+
+/// Every process `/proc` shows (empty where it cannot be read).
+fn all_processes() -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .collect()
+}
+
+/// When process `pid` started, to the second (Linux; `None` elsewhere or when it is gone).
+pub fn started_at(pid: i32) -> Option<std::time::SystemTime> {
+    Some(boot_time()? + ticks(stat(pid)?.start_ticks))
 }
 
 /// When the machine booted (`btime` in /proc/stat).

@@ -94,6 +94,15 @@ fn the_dashboard_shows_a_task_move_to_succeeded_and_refuses_a_wrong_token() {
         "a running task can be cancelled"
     );
     assert!(running.contains("Fix the login button"));
+    // The worker's row shows its agent's memory and pid, as `agentq status` has them.
+    let w = p.json(&["status"])["workers"][0].clone();
+    if let Some(pid) = w["pid"].as_i64() {
+        assert!(
+            running.contains(&format!("<td class=\"dim\">{pid}</td>")),
+            "{running}"
+        );
+    }
+    assert!(running.contains(" MiB"), "no memory figure: {running}");
 
     p.ok(&["wait", "--timeout", "30s", &id.to_string()]);
     let done = look(&format!("{base}#token={token}"), "succeeded.png");

@@ -257,6 +257,24 @@ fn a_long_lived_process_that_keeps_dying_leaves_the_worker_errored_until_restart
     for kind in ["agent_restarting", "worker_errored", "worker_restarted"] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
+    // The status counts the restarts of this daemon's run, and the worker is up since the last.
+    let restarts = kinds.iter().filter(|k| **k == "agent_restarting").count();
+    let restarted_at = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "worker_restarted")
+        .map(|e| e["ts"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    let c = p.json(&["status"])["workers"][0].clone();
+    assert_eq!(c["restarts"], restarts as u64, "{c}");
+    assert_eq!(c["up_since"], restarted_at, "{c}");
+    assert_eq!(c["mode"], "persistent");
+    assert!(
+        c["pid"].as_i64().is_some(),
+        "the long-lived process runs: {c}"
+    );
     assert!(daemon.stop().success());
 }
 

@@ -308,6 +308,15 @@ pub struct Spend {
     pub attempts: i64,
 }
 
+/// What a worker did since its daemon started (see [`Store::activity_since`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Activity {
+    pub worker: String,
+    pub restarts: u64,
+    pub last_restart: Option<Millis>,
+    pub memory_peak_mb: Option<f64>,
+}
+
 /// The pool at a glance.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct PoolCounts {
@@ -470,6 +479,10 @@ pub trait Store: Send + Sync {
     async fn pool_counts(&self) -> Result<PoolCounts>;
     /// When the earliest lease of any running task expires.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>>;
+    /// Per worker since `since` (a daemon's start): how often its long-lived agent was
+    /// restarted, when it last was (by the restart policy or `agentq worker restart`), and the
+    /// highest memory peak of its attempts. The pool's tasks count under `pool`, not their worker.
+    async fn activity_since(&self, since: Millis) -> Result<Vec<Activity>>;
     /// The figures behind `/metrics`: tasks by state and class, histograms of the durations and
     /// memory peaks of ended tasks (with these upper bounds), and the count of events of each
     /// of `kinds` by worker.

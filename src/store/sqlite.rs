@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_supervision.sql"),
     include_str!("../../migrations/sqlite/0004_pool.sql"),
     include_str!("../../migrations/sqlite/0005_event_kinds.sql"),
+    include_str!("../../migrations/sqlite/0006_worker_activity.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -1212,6 +1213,52 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn activity_since(&self, since: Millis) -> Result<Vec<super::Activity>> {
+        self.call("reading the workers' activity", move |conn| {
+            // Restarts from the event log (by the kind index), memory peaks from the attempts
+            // that started since `since` (by their start), each keyed by where it ran.
+            let mut restarts = conn.prepare(
+                "SELECT worker, sum(kind = 'agent_restarting'), max(ts) FROM events \
+                 WHERE kind IN ('agent_restarting', 'worker_restarted') AND ts >= ?1 \
+                   AND worker IS NOT NULL \
+                 GROUP BY worker",
+            )?;
+            let mut activity: Vec<super::Activity> = restarts
+                .query_map([since], |r| {
+                    Ok(super::Activity {
+                        worker: r.get(0)?,
+                        restarts: r.get::<_, i64>(1)? as u64,
+                        last_restart: r.get(2)?,
+                        memory_peak_mb: None,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut peaks = conn.prepare(
+                "SELECT CASE WHEN t.pool = 1 THEN 'pool' ELSE a.worker END, max(a.memory_peak_mb) \
+                 FROM attempts a JOIN tasks t ON t.id = a.task_id \
+                 WHERE a.started_at >= ?1 AND a.memory_peak_mb IS NOT NULL GROUP BY 1",
+            )?;
+            let peaks = peaks
+                .query_map([since], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (worker, peak) in peaks {
+                match activity.iter_mut().find(|a| a.worker == worker) {
+                    Some(a) => a.memory_peak_mb = Some(peak),
+                    None => activity.push(super::Activity {
+                        worker,
+                        memory_peak_mb: Some(peak),
+                        ..Default::default()
+                    }),
+                }
+            }
+            activity.sort_by(|a, b| a.worker.cmp(&b.worker));
+            Ok(activity)
+        })
+        .await
+    }
+
     async fn metrics(
         &self,
         duration_bounds_ms: &[f64],
@@ -1313,7 +1360,7 @@ fn preview(prompt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Usage;
+    use crate::store::{Activity, Usage};
 
     const LEASE: Duration = Duration::from_secs(30);
 
@@ -1352,6 +1399,76 @@ mod tests {
             memory_peak_mb: None,
             now,
         }
+    }
+
+    #[tokio::test]
+    async fn activity_counts_restarts_and_peaks_since_a_start_by_where_tasks_ran() {
+        let (_d, s) = store();
+        let event = |worker: &str, kind: &str, now: Millis| NewEvent {
+            task_id: None,
+            worker: Some(worker.into()),
+            kind: kind.into(),
+            message: String::new(),
+            data: None,
+            now,
+        };
+        // Before the start (100): not counted.
+        s.record_event(&event("w", "agent_restarting", 50))
+            .await
+            .unwrap();
+        s.record_event(&event("w", "agent_restarting", 150))
+            .await
+            .unwrap();
+        s.record_event(&event("w", "agent_restarting", 160))
+            .await
+            .unwrap();
+        s.record_event(&event("w", "worker_restarted", 170))
+            .await
+            .unwrap();
+        s.record_event(&event("v", "task_queued", 170))
+            .await
+            .unwrap();
+        // w: an attempt before the start (500 MiB) and two after; one in the pool (900 MiB).
+        for (now, mb, pool) in [
+            (10, 500.0, false),
+            (200, 40.0, false),
+            (210, 60.0, false),
+            (220, 900.0, true),
+        ] {
+            let mut new = task("w", "t", 0, now);
+            new.routing.pool = pool;
+            s.submit(&new).await.unwrap();
+            let claim = if pool {
+                s.claim_pool("me", now + 1, LEASE, 4, &["w".into()]).await
+            } else {
+                s.claim("w", "me", now + 1, LEASE).await
+            };
+            let claim = claim.unwrap().unwrap();
+            let finish = Finish {
+                memory_peak_mb: Some(mb),
+                ..done(TaskState::Succeeded, now + 2)
+            };
+            assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
+        }
+        let activity = s.activity_since(100).await.unwrap();
+        assert_eq!(
+            activity,
+            [
+                Activity {
+                    worker: "pool".into(),
+                    restarts: 0,
+                    last_restart: None,
+                    memory_peak_mb: Some(900.0),
+                },
+                Activity {
+                    worker: "w".into(),
+                    restarts: 2,
+                    last_restart: Some(170),
+                    memory_peak_mb: Some(60.0),
+                },
+            ]
+        );
+        assert_eq!(s.activity_since(1_000).await.unwrap(), []);
     }
 
     #[tokio::test]

@@ -1,0 +1,480 @@
+//! `agentq status` as text, and its live form: `agentq status --watch` and `agentq top`.
+//!
+//! [`render`] is a pure function of a [`Status`] and the time, so the table is tested as a
+//! snapshot without a daemon. [`watch`] redraws it every interval: on a terminal in the
+//! alternate screen (as `top` and `watch` do, leaving the shell's screen as it was), elsewhere as
+//! one frame after another, so its output can be logged or piped. With `--json` each frame is
+//! one line of JSON.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::Path;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::logfile::{LogEvent, LogFilter};
+use crate::ops::{Status, WorkerStatus};
+use crate::store::{Millis, Store, now_ms};
+
+/// The status as `agentq status` prints it.
+pub fn render(status: &Status, root: &Path, now: Millis) -> String {
+    let mut out = String::new();
+    match status.pid {
+        Some(pid) => {
+            let up = status.started_at.map(|t| format!(", up {}", ago(t, now)));
+            let memory = status.memory_mb.map(|m| format!(", {}", megabytes(m)));
+            writeln!(
+                out,
+                "daemon: running (pid {pid}{}{})  {}",
+                up.unwrap_or_default(),
+                memory.unwrap_or_default(),
+                root.display()
+            )
+        }
+        None => writeln!(
+            out,
+            "daemon: not running (start it with `agentq run`)  {}",
+            root.display()
+        ),
+    }
+    .expect("writing to a String");
+    let rows: Vec<Vec<String>> = status.workers.iter().map(|w| row(w, now)).collect();
+    out.push_str(&table(
+        &[
+            "WORKER",
+            "AGENT",
+            "MODE",
+            "STATE",
+            "TASK",
+            "PID",
+            "SESSION",
+            "DONE",
+            "FAILED",
+            "QUEUED",
+            "MEMORY",
+            "PEAK",
+            "RESTARTS",
+            "UPTIME",
+            "COST TODAY",
+        ],
+        &rows,
+    ));
+    for w in status.workers.iter().filter(|w| w.pause_reason.is_some()) {
+        let reason = w.pause_reason.as_deref().unwrap_or("");
+        if w.errored {
+            writeln!(
+                out,
+                "{} errored: {reason}; `agentq worker restart {}` clears it",
+                w.name, w.name
+            )
+        } else {
+            writeln!(out, "{} paused: {reason}", w.name)
+        }
+        .expect("writing to a String");
+    }
+    let ids: Vec<String> = status.pool_tasks.iter().map(i64::to_string).collect();
+    writeln!(
+        out,
+        "pool: {} of {} running{}, {} queued; classes: {} long, {} short",
+        status.pool_tasks.len(),
+        status.max_workers,
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" (tasks {})", ids.join(", "))
+        },
+        status.pool.queued,
+        status.pool.long,
+        status.pool.short
+    )
+    .expect("writing to a String");
+    let t = status.totals();
+    writeln!(
+        out,
+        "total: {} queued, {} running, {} succeeded, {} failed, {} dead, {} cancelled",
+        t["queued"], t["running"], t["succeeded"], t["failed"], t["dead"], t["cancelled"]
+    )
+    .expect("writing to a String");
+    out
+}
+
+fn row(w: &WorkerStatus, now: Millis) -> Vec<String> {
+    let dash = || "-".to_string();
+    vec![
+        w.name.clone(),
+        w.agent.clone(),
+        w.mode.clone(),
+        // An errored worker's reason is long: it goes below the table.
+        if w.errored {
+            "errored".to_string()
+        } else {
+            w.state.clone()
+        },
+        w.task.map_or_else(dash, |t| t.to_string()),
+        w.pid.map_or_else(dash, |p| p.to_string()),
+        w.session_id
+            .as_deref()
+            .map_or_else(dash, |s| s.chars().take(8).collect()),
+        w.succeeded.to_string(),
+        // Failed for good, either way: at once, or after its attempts ran out.
+        (w.failed + w.dead).to_string(),
+        w.queued.to_string(),
+        w.memory_mb.map_or_else(dash, megabytes),
+        w.memory_peak_mb.map_or_else(dash, megabytes),
+        w.restarts.map_or_else(dash, |r| r.to_string()),
+        w.up_since.map_or_else(dash, |t| ago(t, now)),
+        format!("${:.2}", w.cost_today_usd),
+    ]
+}
+
+fn megabytes(mb: f64) -> String {
+    match mb {
+        mb if mb < 10.0 => format!("{mb:.1} MiB"),
+        mb if mb < 1024.0 => format!("{mb:.0} MiB"),
+        mb => format!("{:.1} GiB", mb / 1024.0),
+    }
+}
+
+/// How long ago `since` was, in its two largest units: `45s`, `12m 5s`, `3h 12m`, `2d 4h`.
+pub fn ago(since: Millis, now: Millis) -> String {
+    let s = ((now - since).max(0) / 1000) as u64;
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m {}s", s % 60),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+/// Rows under headers, each column as wide as its widest cell, two spaces apart.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// One event as `agentq events` prints it.
+pub fn event_line(e: &LogEvent) -> String {
+    let task = e.task.map_or_else(|| "-".into(), |t| format!("task {t}"));
+    let worker = e.worker.as_deref().unwrap_or("-");
+    format!(
+        "{}  {worker:<12} {task:<10} {:<16} {}",
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts.max(0) as u64)
+        ),
+        e.kind,
+        e.message
+    )
+}
+
+/// What to show and how often.
+pub struct Watch {
+    pub interval: std::time::Duration,
+    /// Stop after this many frames (0: until interrupted).
+    pub count: u32,
+    /// The latest events beneath the table.
+    pub events: bool,
+    pub json: bool,
+}
+
+/// Redraws the status every interval until Ctrl-C, SIGTERM or `count` frames.
+pub async fn watch(config: &Config, store: &dyn Store, how: Watch) -> Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler can be set");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.cancel();
+        });
+    }
+    let terminal = !how.json && std::io::stdout().is_terminal();
+    let screen = terminal.then(Screen::enter);
+    let mut frames = 0u32;
+    let mut tick = tokio::time::interval(how.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            _ = tick.tick() => {}
+        }
+        let frame = match frame(config, store, &how, terminal).await {
+            Ok(frame) => frame,
+            Err(e) => break Err(e),
+        };
+        let mut stdout = std::io::stdout().lock();
+        let written = if terminal {
+            // Home, each line cleared to its end, then the rest of the screen cleared: no flicker.
+            let body = frame.replace('\n', "\x1b[K\n");
+            write!(stdout, "\x1b[H{body}\x1b[J")
+        } else if how.json {
+            writeln!(stdout, "{frame}")
+        } else {
+            // Frames one after another, for a log or a pipe.
+            writeln!(stdout, "{frame}")
+        };
+        // A closed pipe (`agentq top | head`) ends the watch quietly.
+        if written.and_then(|_| stdout.flush()).is_err() {
+            break Ok(());
+        }
+        frames += 1;
+        if how.count > 0 && frames >= how.count {
+            break Ok(());
+        }
+    };
+    drop(screen);
+    result
+}
+
+async fn frame(config: &Config, store: &dyn Store, how: &Watch, terminal: bool) -> Result<String> {
+    let pid = crate::state::holder(&config.state_dir())?;
+    let status = crate::ops::status(config, store, pid).await?;
+    let now = now_ms();
+    if how.json {
+        return Ok(serde_json::to_string(&status.to_json()).expect("status serialises"));
+    }
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let mut out = format!(
+        "agentq {} every {}  {stamp}{}\n\n",
+        if how.events { "top" } else { "status" },
+        humantime::format_duration(how.interval),
+        if terminal { "  (Ctrl-C quits)" } else { "" }
+    );
+    out.push_str(&render(&status, &config.root, now));
+    if how.events {
+        let used = out.lines().count() + 2;
+        let room = match terminal.then(terminal_rows).flatten() {
+            Some(rows) => rows.saturating_sub(used + 1).max(1),
+            None => 10,
+        };
+        let recent =
+            crate::ops::recent_events(config, store, &LogFilter::default(), room as u32).await?;
+        out.push_str("\nlatest events:\n");
+        if recent.events.is_empty() {
+            out.push_str("(none yet)\n");
+        }
+        for e in &recent.events {
+            let mut line = event_line(e);
+            if terminal {
+                // One screen line each, so the frame fits the screen.
+                if let Some(cols) = terminal_cols() {
+                    line = line.chars().take(cols).collect();
+                }
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// The terminal's alternate screen with the cursor hidden, restored when dropped.
+struct Screen;
+
+impl Screen {
+    fn enter() -> Screen {
+        print!("\x1b[?1049h\x1b[?25l");
+        Screen
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        print!("\x1b[?25h\x1b[?1049l");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn window() -> Option<libc::winsize> {
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes a winsize into the pointer it is given, which is valid.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_row > 0).then_some(size)
+}
+
+fn terminal_rows() -> Option<usize> {
+    window().map(|w| w.ws_row as usize)
+}
+
+fn terminal_cols() -> Option<usize> {
+    window().map(|w| w.ws_col as usize).filter(|c| *c > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::store::PoolCounts;
+
+    const NOW: Millis = 1_795_000_000_000;
+    const MIN: Millis = 60_000;
+
+    fn worker(name: &str, state: &str) -> WorkerStatus {
+        WorkerStatus {
+            name: name.into(),
+            agent: "claude".into(),
+            mode: "exec".into(),
+            state: state.into(),
+            task: None,
+            queued: 0,
+            running: 0,
+            succeeded: 0,
+            failed: 0,
+            dead: 0,
+            cancelled: 0,
+            paused_until: None,
+            pause_reason: None,
+            errored: false,
+            cost_today_usd: 0.0,
+            tokens_today: 0,
+            cost_total_usd: 0.0,
+            session_id: None,
+            session_cost_usd: None,
+            pid: None,
+            memory_mb: None,
+            memory_peak_mb: None,
+            restarts: Some(0),
+            up_since: Some(NOW - 3 * 60 * MIN - 12 * MIN),
+        }
+    }
+
+    /// Every kind of row: a persistent worker at work, an idle one, a paused one, an errored
+    /// one, the pool, and tasks of a worker the config no longer names.
+    fn busy() -> Status {
+        let reviewer = WorkerStatus {
+            mode: "persistent".into(),
+            task: Some(412),
+            pid: Some(48_213),
+            session_id: Some("3f2a9c1b-8d4e-4b7a-9c1e-0a1b2c3d4e5f".into()),
+            succeeded: 128,
+            failed: 2,
+            dead: 1,
+            queued: 7,
+            running: 1,
+            memory_mb: Some(212.4),
+            memory_peak_mb: Some(640.0),
+            restarts: Some(1),
+            up_since: Some(NOW - 47 * MIN),
+            cost_today_usd: 4.213,
+            ..worker("reviewer", "running")
+        };
+        let docs = WorkerStatus {
+            agent: "command".into(),
+            succeeded: 9,
+            memory_peak_mb: Some(3.1),
+            ..worker("docs", "idle")
+        };
+        let nightly = WorkerStatus {
+            paused_until: Some(NOW + 90 * MIN),
+            pause_reason: Some("usage limit reached; resets at 15:00".into()),
+            queued: 3,
+            ..worker("nightly", "paused until 15:00")
+        };
+        let flaky = WorkerStatus {
+            mode: "persistent".into(),
+            errored: true,
+            pause_reason: Some("the agent died 5 times in 60s (exit 1: boom)".into()),
+            restarts: Some(5),
+            state: "errored: the agent died 5 times in 60s (exit 1: boom)".into(),
+            ..worker("flaky", "")
+        };
+        let pool = WorkerStatus {
+            succeeded: 40,
+            failed: 1,
+            queued: 5,
+            running: 2,
+            memory_mb: Some(1024.0),
+            memory_peak_mb: Some(2900.0),
+            ..worker("pool", "running")
+        };
+        let gone = WorkerStatus {
+            agent: "-".into(),
+            mode: "-".into(),
+            succeeded: 3,
+            restarts: None,
+            up_since: None,
+            ..worker("retired", "not in config")
+        };
+        Status {
+            pid: Some(48_100),
+            started_at: Some(NOW - 3 * 60 * MIN - 12 * MIN),
+            memory_mb: Some(9.1),
+            workers: vec![reviewer, docs, nightly, flaky, pool, gone],
+            pool_tasks: vec![7, 9],
+            pool_pids: vec![48_300, 48_301],
+            pool: PoolCounts {
+                queued: 5,
+                running: 2,
+                long: 10,
+                short: 30,
+            },
+            max_workers: 4,
+            config: "/srv/agents/agentq.toml".into(),
+        }
+    }
+
+    #[test]
+    fn status_table_snapshot() {
+        insta::assert_snapshot!(render(&busy(), Path::new("/srv/agents"), NOW));
+    }
+
+    #[test]
+    fn status_table_of_a_stopped_daemon_snapshot() {
+        let mut status = busy();
+        status.pid = None;
+        status.started_at = None;
+        status.memory_mb = None;
+        status.pool_tasks.clear();
+        for w in &mut status.workers {
+            *w = WorkerStatus {
+                state: "stopped".into(),
+                task: None,
+                pid: None,
+                memory_mb: None,
+                memory_peak_mb: None,
+                restarts: None,
+                up_since: None,
+                ..w.clone()
+            };
+        }
+        insta::assert_snapshot!(render(&status, Path::new("/srv/agents"), NOW));
+    }
+
+    #[test]
+    fn status_json_snapshot() {
+        insta::assert_json_snapshot!(busy().to_json());
+    }
+
+    #[test]
+    fn ago_names_the_two_largest_units() {
+        let s = 1000;
+        assert_eq!(ago(0, 45 * s), "45s");
+        assert_eq!(ago(0, 12 * 60 * s + 5 * s), "12m 5s");
+        assert_eq!(ago(0, 3 * 3600 * s + 12 * 60 * s + 9 * s), "3h 12m");
+        assert_eq!(ago(0, 2 * 86_400 * s + 4 * 3600 * s), "2d 4h");
+        assert_eq!(ago(10 * s, 0), "0s", "a clock step back is not negative");
+    }
+}
