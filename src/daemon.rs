@@ -435,9 +435,15 @@ async fn keep_leases(
 /// Who holds claims: host, pid and a random part, so a restarted daemon with a reused pid is
 /// still someone else.
 fn owner_id() -> String {
+    let nonce: u32 = rand::rng().random();
+    format!("{}{nonce:08x}", owner_prefix(std::process::id() as i32))
+}
+
+/// How the owner ids of the daemon with this pid on this host begin: `host:pid:` (the rest is
+/// a nonce), so a client that knows the daemon's pid can find what its run claimed.
+pub fn owner_prefix(pid: i32) -> String {
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let nonce: u32 = rand::rng().random();
-    format!("{host}:{}:{nonce:08x}", std::process::id())
+    format!("{host}:{pid}:")
 }

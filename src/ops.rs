@@ -295,9 +295,12 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
     // What this run of the daemon did, and the processes it runs now (from its book of process
     // groups: the CLI sees them from outside, as `ps` would).
     let started_at = pid.and_then(crate::procs::started_at).map(epoch_ms);
-    let activity = match started_at {
-        Some(t) => store.activity_since(t).await?,
-        None => Vec::new(),
+    let activity = match (pid, started_at) {
+        (Some(pid), Some(t)) => {
+            let owner = crate::daemon::owner_prefix(pid);
+            store.activity_since(t, &owner).await?
+        }
+        _ => Vec::new(),
     };
     let groups = crate::procs::live_groups(&config.state_dir());
     let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();

@@ -479,10 +479,11 @@ pub trait Store: Send + Sync {
     async fn pool_counts(&self) -> Result<PoolCounts>;
     /// When the earliest lease of any running task expires.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>>;
-    /// Per worker since `since` (a daemon's start): how often its long-lived agent was
-    /// restarted, when it last was (by the restart policy or `agentq worker restart`), and the
-    /// highest memory peak of its attempts. The pool's tasks count under `pool`, not their worker.
-    async fn activity_since(&self, since: Millis) -> Result<Vec<Activity>>;
+    /// Per worker, for the daemon run that started at `since` and claims as `owner` (or as any
+    /// owner that begins so): how often its long-lived agent was restarted, when it last was (by
+    /// the restart policy or `agentq worker restart`), and the highest memory peak of its
+    /// attempts. The pool's tasks count under `pool`, not their worker.
+    async fn activity_since(&self, since: Millis, owner: &str) -> Result<Vec<Activity>>;
     /// The figures behind `/metrics`: tasks by state and class, histograms of the durations and
     /// memory peaks of ended tasks (with these upper bounds), and the count of events of each
     /// of `kinds` by worker.

@@ -884,7 +884,8 @@ impl Store for SqliteStore {
     async fn counts(&self) -> Result<Vec<WorkerCounts>> {
         self.call("counting tasks", move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT worker, state, count(*) FROM tasks GROUP BY worker, state ORDER BY worker",
+                "SELECT worker, state, sum(n) FROM task_counts WHERE n > 0 \
+                 GROUP BY worker, state ORDER BY worker",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -1196,9 +1197,10 @@ impl Store for SqliteStore {
     async fn pool_counts(&self) -> Result<super::PoolCounts> {
         self.call("counting the pool", move |conn| {
             Ok(conn.query_row(
-                "SELECT coalesce(sum(pool = 1 AND state = 'queued'), 0), \
-                        coalesce(sum(pool = 1 AND state = 'running'), 0), \
-                        coalesce(sum(class = 'long'), 0), coalesce(sum(class = 'short'), 0) FROM tasks",
+                "SELECT coalesce(sum(n * (pool = 1 AND state = 'queued')), 0), \
+                        coalesce(sum(n * (pool = 1 AND state = 'running')), 0), \
+                        coalesce(sum(n * (class = 'long')), 0), coalesce(sum(n * (class = 'short')), 0) \
+                 FROM task_counts",
                 [],
                 |r| {
                     Ok(super::PoolCounts {
@@ -1213,10 +1215,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn activity_since(&self, since: Millis) -> Result<Vec<super::Activity>> {
+    async fn activity_since(&self, since: Millis, owner: &str) -> Result<Vec<super::Activity>> {
+        let owner = owner.to_string();
         self.call("reading the workers' activity", move |conn| {
-            // Restarts from the event log (by the kind index), memory peaks from the attempts
-            // that started since `since` (by their start), each keyed by where it ran.
+            // Restarts from the event log (by the kind index), memory peaks from the peaks the
+            // attempts of this daemon run left (one row per worker).
             let mut restarts = conn.prepare(
                 "SELECT worker, sum(kind = 'agent_restarting'), max(ts) FROM events \
                  WHERE kind IN ('agent_restarting', 'worker_restarted') AND ts >= ?1 \
@@ -1234,12 +1237,11 @@ impl Store for SqliteStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut peaks = conn.prepare(
-                "SELECT CASE WHEN t.pool = 1 THEN 'pool' ELSE a.worker END, max(a.memory_peak_mb) \
-                 FROM attempts a JOIN tasks t ON t.id = a.task_id \
-                 WHERE a.started_at >= ?1 AND a.memory_peak_mb IS NOT NULL GROUP BY 1",
+                "SELECT key, max(memory_peak_mb) FROM attempt_peaks \
+                 WHERE substr(owner, 1, length(?1)) = ?1 GROUP BY key",
             )?;
             let peaks = peaks
-                .query_map([since], |r| {
+                .query_map([owner], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1269,10 +1271,13 @@ impl Store for SqliteStore {
         let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
         self.call("reading metrics", move |conn| {
             let mut by_class = conn.prepare(
-                "SELECT state, class, count(*) FROM tasks GROUP BY state, class ORDER BY state, class",
+                "SELECT state, nullif(class, ''), sum(n) FROM task_counts WHERE n > 0 \
+                 GROUP BY state, class ORDER BY state, class",
             )?;
             let tasks = by_class
-                .query_map([], |r| Ok((state_from(r, 0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+                .query_map([], |r| {
+                    Ok((state_from(r, 0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             // Both histograms in one pass over the ended tasks: a cumulative count per bound,
             // then the count and sum of each.
@@ -1293,18 +1298,19 @@ impl Store for SqliteStore {
                 bucket("memory_peak_mb", &memory)
             );
             let (duration, memory_peak) = conn.query_row(&sql, [], |r| {
-                let histogram = |from: usize, bounds: &[f64]| -> rusqlite::Result<super::Histogram> {
-                    let mut counts = Vec::with_capacity(bounds.len());
-                    for i in 0..bounds.len() {
-                        counts.push(r.get::<_, i64>(from + i)? as u64);
-                    }
-                    Ok(super::Histogram {
-                        bounds: bounds.to_vec(),
-                        counts,
-                        count: r.get::<_, i64>(from + bounds.len())? as u64,
-                        sum: r.get::<_, f64>(from + bounds.len() + 1)?,
-                    })
-                };
+                let histogram =
+                    |from: usize, bounds: &[f64]| -> rusqlite::Result<super::Histogram> {
+                        let mut counts = Vec::with_capacity(bounds.len());
+                        for i in 0..bounds.len() {
+                            counts.push(r.get::<_, i64>(from + i)? as u64);
+                        }
+                        Ok(super::Histogram {
+                            bounds: bounds.to_vec(),
+                            counts,
+                            count: r.get::<_, i64>(from + bounds.len())? as u64,
+                            sum: r.get::<_, f64>(from + bounds.len() + 1)?,
+                        })
+                    };
                 Ok((
                     histogram(0, &durations)?,
                     histogram(durations.len() + 2, &memory)?,
@@ -1401,6 +1407,140 @@ mod tests {
         }
     }
 
+    /// worker, pool, state, class, count
+    type CountRow = (String, i64, String, String, i64);
+
+    /// The kept counts are what counting the tasks gives.
+    async fn counts_agree(s: &SqliteStore) {
+        let (kept, counted) = s
+            .call("comparing counts", |conn| {
+                let rows = |sql: &str| -> rusqlite::Result<Vec<CountRow>> {
+                    conn.prepare(sql)?
+                        .query_map([], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        })?
+                        .collect()
+                };
+                Ok((
+                    rows(
+                        "SELECT worker, pool, state, class, n FROM task_counts WHERE n != 0 \
+                          ORDER BY 1, 2, 3, 4",
+                    )?,
+                    rows(
+                        "SELECT worker, pool, state, coalesce(class, ''), count(*) FROM tasks \
+                          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                    )?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, counted);
+    }
+
+    #[tokio::test]
+    async fn version_6_counts_the_tasks_and_peaks_a_version_5_database_already_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute_batch(
+                "INSERT INTO tasks (worker, prompt, state, max_attempts, not_before, created_at, \
+                   updated_at, source, pool, class) VALUES \
+                   ('w', 'a', 'succeeded', 3, 0, 0, 0, 'cli', 0, NULL), \
+                   ('w', 'b', 'succeeded', 3, 0, 0, 0, 'cli', 0, NULL), \
+                   ('w', 'c', 'queued', 3, 0, 0, 0, 'cli', 1, 'long'); \
+                 INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, \
+                   outcome, memory_peak_mb) VALUES \
+                   (1, 1, 'w', 'h:7:aa', 0, 1, 'succeeded', 30.0), \
+                   (2, 1, 'w', 'h:7:aa', 0, 1, 'succeeded', 50.0);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        counts_agree(&s).await;
+        let activity = s.activity_since(0, "h:7:").await.unwrap();
+        assert_eq!(activity[0].memory_peak_mb, Some(50.0));
+        assert_eq!(s.pool_counts().await.unwrap().queued, 1);
+    }
+
+    #[tokio::test]
+    async fn kept_counts_follow_every_change_of_state() {
+        let (_d, s) = store();
+        let mut ids = Vec::new();
+        for (i, (worker, pool, class)) in [
+            ("w", false, None),
+            ("w", false, Some("short")),
+            ("w", true, Some("long")),
+            ("pool", true, Some("long")),
+            ("v", false, None),
+            ("v", false, Some("short")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut new = task(worker, "t", 0, i as Millis);
+            new.routing.pool = pool;
+            new.routing.class = class.map(str::to_string);
+            ids.push(s.submit(&new).await.unwrap().id());
+        }
+        counts_agree(&s).await;
+        let workers = ["w".to_string(), "pool".to_string()];
+        let a = s.claim("w", "me", 10, LEASE).await.unwrap().unwrap();
+        let b = s
+            .claim_pool("me", 10, LEASE, 4, &workers)
+            .await
+            .unwrap()
+            .unwrap();
+        let c = s.claim("v", "other", 10, LEASE).await.unwrap().unwrap();
+        counts_agree(&s).await;
+        // A retry back to the queue, a success, a release, a failure for good.
+        let retry = Finish {
+            not_before: Some(20),
+            ..done(TaskState::Queued, 11)
+        };
+        assert!(s.finish(&a.fence(), &retry, None).await.unwrap());
+        assert!(
+            s.finish(&b.fence(), &done(TaskState::Succeeded, 11), None)
+                .await
+                .unwrap()
+        );
+        assert!(s.release(&c.fence(), "shutting down", 11).await.unwrap());
+        counts_agree(&s).await;
+        let d = s.claim("v", "other", 12, LEASE).await.unwrap().unwrap();
+        assert!(
+            s.finish(&d.fence(), &done(TaskState::Dead, 13), None)
+                .await
+                .unwrap()
+        );
+        // Cancelled queued and running; retried; recovered from a dead owner and an expired lease.
+        s.cancel(ids[5], 14).await.unwrap();
+        let e = s.claim("w", "gone", 30, LEASE).await.unwrap().unwrap();
+        s.cancel(e.task.id, 31).await.unwrap();
+        counts_agree(&s).await;
+        s.retry(d.task.id, 32).await.unwrap();
+        s.retry(ids[5], 32).await.unwrap();
+        s.claim("w", "gone", 40, LEASE).await.unwrap().unwrap();
+        s.claim_pool("gone", 40, LEASE, 4, &workers)
+            .await
+            .unwrap()
+            .unwrap();
+        counts_agree(&s).await;
+        s.recover_all_but("me", 50).await.unwrap();
+        counts_agree(&s).await;
+        s.claim("v", "me", 60, LEASE).await.unwrap().unwrap();
+        s.recover_expired(60 + LEASE.as_millis() as Millis + 1)
+            .await
+            .unwrap();
+        counts_agree(&s).await;
+        // What status reads from them.
+        let pool = s.pool_counts().await.unwrap();
+        assert_eq!((pool.long, pool.short), (2, 2));
+    }
+
     #[tokio::test]
     async fn activity_counts_restarts_and_peaks_since_a_start_by_where_tasks_ran() {
         let (_d, s) = store();
@@ -1428,20 +1568,21 @@ mod tests {
         s.record_event(&event("v", "task_queued", 170))
             .await
             .unwrap();
-        // w: an attempt before the start (500 MiB) and two after; one in the pool (900 MiB).
-        for (now, mb, pool) in [
-            (10, 500.0, false),
-            (200, 40.0, false),
-            (210, 60.0, false),
-            (220, 900.0, true),
+        // w: an attempt of an earlier daemon run (500 MiB), two of this one (owner "me:1:", its
+        // nonce after the prefix), and one in the pool (900 MiB).
+        for (now, mb, pool, owner) in [
+            (10, 500.0, false, "me:0:aa"),
+            (200, 40.0, false, "me:1:bb"),
+            (210, 60.0, false, "me:1:bb"),
+            (220, 900.0, true, "me:1:bb"),
         ] {
             let mut new = task("w", "t", 0, now);
             new.routing.pool = pool;
             s.submit(&new).await.unwrap();
             let claim = if pool {
-                s.claim_pool("me", now + 1, LEASE, 4, &["w".into()]).await
+                s.claim_pool(owner, now + 1, LEASE, 4, &["w".into()]).await
             } else {
-                s.claim("w", "me", now + 1, LEASE).await
+                s.claim("w", owner, now + 1, LEASE).await
             };
             let claim = claim.unwrap().unwrap();
             let finish = Finish {
@@ -1450,7 +1591,7 @@ mod tests {
             };
             assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
         }
-        let activity = s.activity_since(100).await.unwrap();
+        let activity = s.activity_since(100, "me:1:").await.unwrap();
         assert_eq!(
             activity,
             [
@@ -1468,7 +1609,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(s.activity_since(1_000).await.unwrap(), []);
+        assert_eq!(s.activity_since(1_000, "me:2:").await.unwrap(), []);
     }
 
     #[tokio::test]
