@@ -1,7 +1,8 @@
 //! The web dashboard in a real browser: Debian's Chromium (installed by scripts/test), headless,
-//! against a real daemon on loopback. Each look loads the page, lets its scripts run (the token
-//! comes in the address's #fragment, which never reaches the server), and reads the DOM it built;
-//! a screenshot of each is kept under target/tmp/dashboard/ as a test artifact.
+//! driven through the DevTools protocol (`common::cdp`) against a real daemon on loopback. The
+//! test types and clicks as a person would (the token comes in the address's #fragment, which
+//! never reaches the server), waits for the page to show what follows, and asks the CLI whether
+//! the queue really did it. Screenshots are kept under target/tmp/dashboard/ as artifacts.
 
 mod common;
 
@@ -9,10 +10,16 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use common::cdp::Browser;
 use common::*;
+use serde_json::{Value, json};
 
-/// An agent that takes a moment, so a task can be seen running and then succeeded.
-const SLOW_AGENT: &str = r#"["sh", "-c", "p=$(cat); sleep 4; printf 'done: %s' \"$p\""]"#;
+/// An agent that answers at once, unless the prompt says "slow": then it works for two minutes
+/// (so it is still running when the test clicks cancel).
+const AGENT: &str = r#"["sh", "-c", "p=$(cat); case \"$p\" in *slow*) exec sleep 120;; esac; printf 'done: %s' \"$p\""]"#;
+
+/// How long any one thing may take to show, on a loaded machine.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn chromium() -> PathBuf {
     let bin = std::env::var_os("AGENTQ_TEST_CHROMIUM")
@@ -33,81 +40,205 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// Loads `url` headless and returns the DOM after its scripts ran; saves a screenshot as `shot`.
-fn look(url: &str, shot: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let base = |c: &mut Command| {
-        c.args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--virtual-time-budget=5000",
-            "--window-size=1280,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()));
-    };
-    let mut dump = Command::new(chromium());
-    base(&mut dump);
-    let out = dump.args(["--dump-dom", url]).output().unwrap();
-    assert!(out.status.success(), "chromium: {}", text(&out.stderr));
-    let mut screenshot = Command::new(chromium());
-    base(&mut screenshot);
-    let path = artifacts().join(shot);
-    let taken = screenshot
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(taken.status.success(), "chromium: {}", text(&taken.stderr));
-    assert!(path.exists(), "no screenshot at {}", path.display());
-    text(&out.stdout)
+/// A JavaScript expression: task `id`'s row in the page, or null.
+fn task_row(id: i64) -> String {
+    format!(r#"document.querySelector('#tasks tr[data-id="{id}"]')"#)
+}
+
+/// A JavaScript expression: worker `name`'s row in the page, or null.
+fn worker_row(name: &str) -> String {
+    format!(r#"document.querySelector('#workers tr[data-worker="{name}"]')"#)
+}
+
+/// Waits until task `id`'s row shows one of `states`; returns that state.
+fn wait_row(b: &mut Browser, id: i64, states: &[&str]) -> String {
+    let expression = format!(
+        "(r => r && {}.includes(r.dataset.state) ? r.dataset.state : null)({})",
+        json!(states),
+        task_row(id)
+    );
+    let state = b.wait_for(WAIT, &format!("task {id} to show {states:?}"), &expression);
+    state.as_str().unwrap().to_string()
+}
+
+/// Worker `name` in `agentq status --json`.
+fn worker(p: &Project, name: &str) -> Value {
+    let status = p.json(&["status"]);
+    let found = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == name)
+        .cloned();
+    found.unwrap_or_else(|| panic!("no worker {name} in {status}"))
 }
 
 #[test]
-fn the_dashboard_shows_a_task_move_to_succeeded_and_refuses_a_wrong_token() {
-    let p = Project::with_workers(&["w"], SLOW_AGENT, "[http]\nlisten = \"127.0.0.1:0\"\n");
+fn the_dashboards_buttons_submit_cancel_retry_and_pause_and_a_wrong_token_is_refused() {
+    let p = Project::with_workers(&["w", "v"], AGENT, "[http]\nlisten = \"127.0.0.1:0\"\n");
     let daemon = p.start();
     let base = format!("http://{}/", api_address(&daemon.log()));
     let token = p.ok(&["token"]).trim().to_string();
+    let mut b = Browser::launch(&chromium(), &artifacts());
 
-    let refused = look(&format!("{base}#token=not-the-token"), "wrong-token.png");
-    assert!(refused.contains(r#"data-auth="refused""#), "{refused}");
-    assert!(refused.contains("Token refused"), "{refused}");
-    assert!(
-        !refused.contains("data-worker="),
-        "nothing is shown without the token"
+    // A wrong token is refused, and nothing of the queue is shown.
+    b.goto(&format!("{base}#token=not-the-token"));
+    let auth = b.wait_for(
+        WAIT,
+        "the token's answer",
+        "document.body?.dataset.auth ?? null",
     );
+    assert_eq!(auth, "refused");
+    let said = b.evaluate("document.querySelector('#auth-error').innerText");
+    assert!(said.as_str().unwrap().contains("Token refused"), "{said}");
+    assert_eq!(b.evaluate("document.querySelector('#app').hidden"), true);
+    assert_eq!(
+        b.evaluate("document.querySelector('[data-worker]')"),
+        Value::Null
+    );
+    b.screenshot("wrong-token.png");
 
-    let id = p.submit("w", "Fix the login button");
-    wait_until(Duration::from_secs(20), "the task to start", || {
-        p.state(id) == "running"
-    });
-    let running = look(&format!("{base}#token={token}"), "running.png");
-    assert!(running.contains(r#"data-auth="ok""#), "{running}");
-    assert!(running.contains(r#"data-worker="w""#), "{running}");
-    let row = format!(r#"data-id="{id}" data-state="running""#);
-    assert!(running.contains(&row), "{running}");
-    assert!(
-        running.contains(">cancel</button>"),
-        "a running task can be cancelled"
+    // The right one opens the queue, live, and leaves the address at once.
+    b.goto(&format!("{base}#token={token}"));
+    let auth = b.wait_for(
+        WAIT,
+        "the token's answer",
+        "document.body?.dataset.auth ?? null",
     );
-    assert!(running.contains("Fix the login button"));
-    // The worker's row shows its agent's memory and pid, as `agentq status` has them.
-    let w = p.json(&["status"])["workers"][0].clone();
-    if let Some(pid) = w["pid"].as_i64() {
-        assert!(
-            running.contains(&format!("<td class=\"dim\">{pid}</td>")),
-            "{running}"
+    assert_eq!(auth, "ok");
+    assert_eq!(b.evaluate("location.hash"), "");
+    b.wait_for(
+        WAIT,
+        "the event stream",
+        "document.querySelector('#live').className === 'on'",
+    );
+    for name in ["w", "v"] {
+        assert_ne!(
+            b.evaluate(&worker_row(name)),
+            Value::Null,
+            "no row for {name}"
         );
     }
-    assert!(running.contains(" MiB"), "no memory figure: {running}");
+    let pool = b.evaluate("document.querySelector('#pool').innerText");
+    assert!(
+        pool.as_str().unwrap().contains("pool: 0 of 4 running"),
+        "{pool}"
+    );
 
-    p.ok(&["wait", "--timeout", "30s", &id.to_string()]);
-    let done = look(&format!("{base}#token={token}"), "succeeded.png");
-    let row = format!(r#"data-id="{id}" data-state="succeeded""#);
-    assert!(done.contains(&row), "{done}");
-    assert!(done.contains("pool: 0 of 4 running"), "{done}");
+    // The form: type a prompt, choose the second worker, click Submit.
+    b.click("#prompt");
+    b.type_text("Fix the login button");
+    let typed = b.evaluate("document.querySelector('#prompt').value");
+    assert_eq!(typed, "Fix the login button");
+    let chosen = b.evaluate(
+        "(s => { s.value = 'v'; s.dispatchEvent(new Event('change')); return s.value; })\
+         (document.querySelector('#worker'))",
+    );
+    assert_eq!(chosen, "v");
+    b.click("#submit button[type=submit]");
+    let id = b.wait_for(
+        WAIT,
+        "the form to say which task it queued",
+        "document.querySelector('#submit-result').dataset.id ?? null",
+    );
+    let id: i64 = id.as_str().unwrap().parse().unwrap();
+    assert_eq!(b.evaluate("document.querySelector('#prompt').value"), "");
+    wait_row(&mut b, id, &["queued", "running", "succeeded"]);
+    let row = b.evaluate(&format!("{}.innerText", task_row(id)));
+    assert!(
+        row.as_str().unwrap().contains("Fix the login button"),
+        "{row}"
+    );
+    wait_row(&mut b, id, &["succeeded"]);
+    let task = p.task(id);
+    assert_eq!(task["prompt"], "Fix the login button", "{task}");
+    assert_eq!(task["worker"], "v", "{task}");
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(p.output(id), "done: Fix the login button");
+    // Its row opens its detail, with the agent's answer.
+    b.click(&format!(r#"#tasks tr[data-id="{id}"]"#));
+    b.wait_for(
+        WAIT,
+        "the task's detail",
+        "document.querySelector('#detail-output')?.innerText === 'done: Fix the login button'",
+    );
+    b.screenshot("succeeded.png");
+
+    // A task submitted elsewhere shows up running, with its agent's pid and memory on its
+    // worker's row, as `agentq status` has them.
+    let slow = p.submit("w", "slow: rewrite the parser");
+    wait_row(&mut b, slow, &["running"]);
+    wait_until(WAIT, "status to name w's agent", || {
+        worker(&p, "w")["pid"].is_i64()
+    });
+    let pid = worker(&p, "w")["pid"].as_i64().unwrap();
+    let cells = format!("[...{}.cells].map(c => c.innerText)", worker_row("w"));
+    b.wait_for(
+        WAIT,
+        "w's row to show its agent's pid and memory",
+        &format!("(c => c.includes('{pid}') && c.some(t => / MiB/.test(t)))({cells})"),
+    );
+    b.screenshot("running.png");
+
+    // Cancel, with its button: the page, the CLI and the agent's process agree.
+    let button = |id: i64, action: &str| {
+        format!(r#"#tasks tr[data-id="{id}"] button[data-action="{action}"]"#)
+    };
+    b.click(&button(slow, "cancel"));
+    wait_row(&mut b, slow, &["cancelled"]);
+    assert_eq!(p.state(slow), "cancelled");
+    wait_until(WAIT, "the cancelled agent to be stopped", || {
+        !alive(pid as i32)
+    });
+    assert_eq!(
+        b.evaluate(&format!(
+            "document.querySelector('{}') === null",
+            button(slow, "cancel")
+        )),
+        true,
+        "an ended task offers no cancel"
+    );
+    b.screenshot("cancelled.png");
+
+    // Retry, with its button: queued again, and run again.
+    b.click(&button(slow, "retry"));
+    wait_row(&mut b, slow, &["running"]);
+    let again = p.task(slow);
+    assert_eq!(again["state"], "running", "{again}");
+    assert_eq!(
+        again["attempts"], 1,
+        "a retry starts its attempts again: {again}"
+    );
+    p.ok(&["cancel", &slow.to_string()]);
+    wait_row(&mut b, slow, &["cancelled"]);
+
+    // Pause and resume w with its button; `agentq status --json` agrees each time.
+    let phase = |p: &Project| worker(p, "w")["state"].as_str().unwrap().to_string();
+    b.click(r#"#workers tr[data-worker="w"] button[data-action="pause"]"#);
+    wait_until(WAIT, "status to report w paused", || {
+        phase(&p).starts_with("paused")
+    });
+    assert!(worker(&p, "w")["paused_until"].is_i64());
+    let shows = |state: &str, button: &str| {
+        format!(
+            "(r => r.dataset.state === '{state}' && !!r.querySelector('button[data-action={button}]'))({})",
+            worker_row("w")
+        )
+    };
+    b.wait_for(WAIT, "w to show paused", &shows("paused", "resume"));
+    b.screenshot("paused.png");
+    b.click(r#"#workers tr[data-worker="w"] button[data-action="resume"]"#);
+    wait_until(WAIT, "status to report w idle", || {
+        phase(&p).starts_with("idle")
+    });
+    assert!(worker(&p, "w")["paused_until"].is_null());
+    b.wait_for(WAIT, "w to show idle", &shows("idle", "pause"));
+
+    assert!(
+        b.problems.is_empty(),
+        "the page alerted or threw: {:?}",
+        b.problems
+    );
+    drop(b);
     assert!(daemon.stop().success());
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod cdp;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
