@@ -249,6 +249,10 @@ struct RawHttp {
     listen: Option<Spanned<String>>,
     allow_remote: Option<bool>,
     max_body: Option<Spanned<Size>>,
+    header_timeout: Option<Spanned<Dur>>,
+    request_timeout: Option<Spanned<Dur>>,
+    max_connections: Option<Spanned<u32>>,
+    max_streams: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -523,6 +527,15 @@ pub struct HttpSettings {
     pub allow_remote: bool,
     /// The largest request body accepted, bytes.
     pub max_body: u64,
+    /// How long a client may take to send a request's headers, and keep an idle connection open.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body once its headers are in, and the
+    /// longest it may leave an answer (or the event stream) untaken.
+    pub request_timeout: Duration,
+    /// Connections served at once; as many again are answered 503, the rest closed at once.
+    pub max_connections: u32,
+    /// Event streams (`/api/events?follow=1`) open at once; more are answered 503.
+    pub max_streams: u32,
 }
 
 impl HttpSettings {
@@ -835,6 +848,14 @@ impl Config {
                 Some(s) => s.get_ref().0,
                 None => 1 << 20,
             },
+            header_timeout: http_timeout(&raw.http.header_timeout, "header_timeout", 10)
+                .map_err(|(span, m)| at(span, m))?,
+            request_timeout: http_timeout(&raw.http.request_timeout, "request_timeout", 30)
+                .map_err(|(span, m)| at(span, m))?,
+            max_connections: http_limit(&raw.http.max_connections, "max_connections", 256)
+                .map_err(|(span, m)| at(span, m))?,
+            max_streams: http_limit(&raw.http.max_streams, "max_streams", 64)
+                .map_err(|(span, m)| at(span, m))?,
         };
         Ok(Config {
             http,
@@ -977,6 +998,37 @@ impl Config {
 }
 
 type SpanError = (Option<std::ops::Range<usize>>, String);
+
+/// An `[http]` timeout, `default_secs` when unset. Under 100ms no real client keeps up.
+fn http_timeout(
+    value: &Option<Spanned<Dur>>,
+    key: &str,
+    default_secs: u64,
+) -> std::result::Result<Duration, SpanError> {
+    match value {
+        Some(d) if d.get_ref().0 < Duration::from_millis(100) => Err((
+            Some(d.span()),
+            format!("[http] {key} must be at least 100ms"),
+        )),
+        Some(d) => Ok(d.get_ref().0),
+        None => Ok(Duration::from_secs(default_secs)),
+    }
+}
+
+/// An `[http]` count of things served at once, `default` when unset.
+fn http_limit(
+    value: &Option<Spanned<u32>>,
+    key: &str,
+    default: u32,
+) -> std::result::Result<u32, SpanError> {
+    match value {
+        Some(n) if *n.get_ref() == 0 => {
+            Err((Some(n.span()), format!("[http] {key} must be at least 1")))
+        }
+        Some(n) => Ok(*n.get_ref()),
+        None => Ok(default),
+    }
+}
 
 /// A `[[worker]]` table, or `[pool]`, as settings: agent, folder, environment and limits.
 fn build_worker(
@@ -1699,5 +1751,54 @@ mod tests {
         assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
         let e = err_text("[http]\nport = 1\n");
         assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn http_timeouts_and_limits() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(30));
+        assert_eq!((c.http.max_connections, c.http.max_streams), (256, 64));
+
+        let c = parse(
+            "[http]\nheader_timeout = \"2s\"\nrequest_timeout = \"1m\"\nmax_connections = 8\nmax_streams = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(60));
+        assert_eq!((c.http.max_connections, c.http.max_streams), (8, 2));
+
+        for (text, line, needle) in [
+            (
+                "[http]\n\nheader_timeout = \"0s\"\n",
+                3,
+                "header_timeout must be at least 100ms",
+            ),
+            (
+                "[http]\nrequest_timeout = \"10ms\"\n",
+                2,
+                "request_timeout must be at least 100ms",
+            ),
+            (
+                "[http]\nrequest_timeout = \"soon\"\n",
+                2,
+                "invalid duration",
+            ),
+            (
+                "[http]\n\n\nmax_connections = 0\n",
+                4,
+                "max_connections must be at least 1",
+            ),
+            (
+                "[http]\nmax_streams = 0\n",
+                2,
+                "max_streams must be at least 1",
+            ),
+            ("[http]\nmax_streams = -1\n", 2, "expected a whole number"),
+        ] {
+            let e = err_text(text);
+            assert!(e.starts_with(&format!("/p/agentq.toml:{line}:")), "{e}");
+            assert!(e.contains(needle), "{e}");
+        }
     }
 }

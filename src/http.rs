@@ -11,15 +11,34 @@
 //! function; where the CLI rings the daemon's doorbell socket, the API wakes runners in process
 //! through [`Api::bell`]. Bodies are capped at `[http] max_body` and every error is
 //! `{"error": "..."}` with a status that says whose mistake it was.
+//!
+//! No client can hold the daemon's resources for ever. The accept loop is written here, on
+//! hyper, rather than `axum::serve`, which sets no timer and so no header timeout:
+//! - a request's headers must arrive within `header_timeout` (an idle kept-alive connection is
+//!   closed after as long); one cut off halfway is answered 408;
+//! - its body within `request_timeout` of its headers ([`Deadline`], 408). A handler's own work
+//!   is never cut short: a submit stopped after its task was queued would report a failure, and
+//!   the client's retry would queue the task twice;
+//! - an answer the client does not take for `request_timeout` ends the connection
+//!   ([`Patient`]), event streams included;
+//! - at most `max_connections` connections are served; as many again are answered 503, and any
+//!   beyond those closed unanswered; at most `max_streams` event streams, the rest 503;
+//! - an event stream keeps at most [`STREAM_BACKLOG`] events for its reader ([`feed`]): a reader
+//!   further behind gets a last `lagged` event and the stream ends, so the follower never waits
+//!   and the daemon's memory does not grow with a slow reader.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
@@ -27,10 +46,18 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::{Stream, StreamExt as _};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -53,19 +80,104 @@ pub struct Api {
 }
 
 /// Serves the API on `listener` until `shutdown` completes; then stops accepting, ends event
-/// streams, and returns when the requests in flight are answered.
+/// streams, and returns when the requests in flight are answered (or their clients cut off by
+/// the timeouts).
 pub async fn serve(
     listener: TcpListener,
     api: Api,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let settings = api.config.http.clone();
     let stop = CancellationToken::new();
-    let max_body = usize::try_from(api.config.http.max_body).unwrap_or(usize::MAX);
     let state = Shared {
         api: Arc::new(api),
         stop: stop.clone(),
+        streams: Arc::new(Semaphore::new(settings.max_streams as usize)),
     };
-    let app = axum::Router::new()
+    let app = router(state);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    let limit = settings.max_connections as usize;
+    let (served, refused) = (
+        Arc::new(Semaphore::new(limit)),
+        Arc::new(Semaphore::new(limit)),
+    );
+    // Each connection holds a clone; when the last is dropped, every connection has ended.
+    let (open, mut all_ended) = mpsc::channel::<()>(1);
+    let mut shutdown = pin!(shutdown);
+    let mut refusing = false;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // The client gave up before it was accepted.
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be closed.
+                tracing::error!("the HTTP API cannot accept a connection: {e}; trying again in 1s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let (permit, over_limit) = match served.clone().try_acquire_owned() {
+            Ok(permit) => {
+                refusing = false;
+                (permit, false)
+            }
+            Err(_) => match refused.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    if !refusing {
+                        tracing::warn!(
+                            "the HTTP API serves {limit} connections already ([http] max_connections); answering more with 503"
+                        );
+                    }
+                    refusing = true;
+                    (permit, true)
+                }
+                // Twice the limit: not even an answer. Dropping the stream closes it.
+                Err(_) => continue,
+            },
+        };
+        let connection = Connection {
+            app: app.clone(),
+            builder: builder.clone(),
+            over_limit,
+            patience: settings.request_timeout,
+            header_timeout: settings.header_timeout,
+            stop: stop.clone(),
+        };
+        let open = open.clone();
+        tokio::spawn(async move {
+            connection.serve(stream).await;
+            drop((permit, open));
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    drop(open);
+    let _ = all_ended.recv().await;
+    Ok(())
+}
+
+/// Accept errors that concern one connection, not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+fn router(state: Shared) -> axum::Router {
+    let max_body = usize::try_from(state.api.config.http.max_body).unwrap_or(usize::MAX);
+    axum::Router::new()
         .route("/", get(dashboard))
         .route("/api/tasks", post(submit).get(list))
         .route("/api/tasks/{id}", get(show))
@@ -81,15 +193,78 @@ pub async fn serve(
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
         // Outermost: nothing, not even "no such path", is answered without the token.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
+        .with_state(state)
+}
+
+/// One accepted connection and how to serve it.
+struct Connection {
+    app: axum::Router,
+    builder: http1::Builder,
+    /// Accepted beyond `max_connections`: its one request is answered 503.
+    over_limit: bool,
+    /// `request_timeout`: how long the client may leave an answer untaken.
+    patience: Duration,
+    header_timeout: Duration,
+    /// Cancelled at shutdown: the request in flight is answered, and the connection closed.
+    stop: CancellationToken,
+}
+
+/// Marks a request that came on a connection beyond `max_connections`.
+#[derive(Clone, Copy)]
+struct OverLimit;
+
+impl Connection {
+    async fn serve(mut self, stream: TcpStream) {
+        if self.over_limit {
+            self.builder.keep_alive(false);
+        }
+        let over_limit = self.over_limit;
+        let service = TowerToHyperService::new(self.app);
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            if over_limit {
+                request.extensions_mut().insert(OverLimit);
+            }
+            // Boxed: the connection must be Unpin to be taken apart when it ends.
+            Box::pin(service.call(request))
+        });
+        let io = TokioIo::new(Patient::new(stream, self.patience));
+        let mut conn = self.builder.serve_connection(io, service);
+        let mut stopping = pin!(self.stop.cancelled());
+        let mut stopped = false;
+        // Without shutdown, so that a request cut off by the header timeout can still be
+        // answered on the socket.
+        let served = std::future::poll_fn(|cx| {
+            if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                stopped = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            conn.poll_without_shutdown(cx)
         })
-        .await
+        .await;
+        let parts = conn.into_parts();
+        let mut io = parts.io.into_inner();
+        match served {
+            // Part of a request came, not all its headers: a response is still possible. (With
+            // nothing read, the connection was idle, and is closed without a word.)
+            Err(e) if e.is_timeout() && !parts.read_buf.is_empty() => {
+                let late = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request's headers did not arrive within [http] header_timeout ({})",
+                        humantime::format_duration(self.header_timeout)
+                    ),
+                );
+                let _ = io.write_all(&late.raw()).await;
+            }
+            Err(e) => tracing::debug!("an HTTP connection ended: {e}"),
+            Ok(()) => {}
+        }
+        // Bounded like every write: a client that takes nothing is cut off after `patience`.
+        let _ = io.shutdown().await;
+    }
 }
 
 #[derive(Clone)]
@@ -97,6 +272,8 @@ struct Shared {
     api: Arc<Api>,
     /// Cancelled at shutdown: event streams end.
     stop: CancellationToken,
+    /// One permit per event stream that may be open (`[http] max_streams`).
+    streams: Arc<Semaphore>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -136,6 +313,20 @@ impl From<Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer as bytes to write on a socket hyper has given up, closing the connection.
+    fn raw(&self) -> Vec<u8> {
+        let body = json!({ "error": self.message }).to_string();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.status.as_str(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
@@ -171,6 +362,173 @@ async fn auth(State(s): State<Shared>, request: Request, next: Next) -> Response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// Once the token is checked: refuses a request on a connection beyond `max_connections`, and
+/// gives the request's body `request_timeout` to arrive.
+async fn admit(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    let http = &s.api.config.http;
+    if request.extensions().get::<OverLimit>().is_some() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many connections: [http] max_connections is {}; try again in a moment, or raise max_connections in agentq.toml",
+                http.max_connections
+            ),
+        )
+        .into_response();
+    }
+    let limit = http.request_timeout;
+    let request = request.map(|body| {
+        if body.is_end_stream() {
+            body
+        } else {
+            Body::new(Deadline::new(body, limit))
+        }
+    });
+    next.run(request).await
+}
+
+/// A request body that fails with [`BodyTooSlow`] once `limit` has passed: a client sending it
+/// slowly (or not at all) cannot hold a connection and a handler for ever.
+struct Deadline {
+    body: Body,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Deadline {
+    fn new(body: Body, limit: Duration) -> Deadline {
+        Deadline {
+            body,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTooSlow(this.limit))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within [http] request_timeout ({})", humantime::format_duration(*.0))]
+struct BodyTooSlow(Duration);
+
+/// A socket whose writes fail once the client has taken nothing for `patience`: an answer (or
+/// an event stream) the client does not read cannot hold the connection for ever.
+struct Patient<T> {
+    io: T,
+    patience: Duration,
+    /// Running while a write waits for the client.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Patient<T> {
+    fn new(io: T, patience: Duration) -> Patient<T> {
+        Patient {
+            io,
+            patience,
+            waiting: None,
+        }
+    }
+
+    /// A write's result, or, while it cannot proceed, an error once that has lasted `patience`.
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let patience = self.patience;
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(patience)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the client took nothing for [http] request_timeout ({})",
+                    humantime::format_duration(patience)
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Patient<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Patient<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(cx, polled)
+    }
 }
 
 /// The web dashboard: one self-contained page, nothing loaded from elsewhere.
@@ -229,7 +587,10 @@ fn body<T: DeserializeOwned>(
     empty: Option<T>,
 ) -> Result<T, ApiError> {
     let raw = raw.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let mut causes = std::iter::successors(Some(&r as &dyn std::error::Error), |e| e.source());
+        if let Some(slow) = causes.find_map(|e| e.downcast_ref::<BodyTooSlow>()) {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, slow.to_string())
+        } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -487,46 +848,131 @@ async fn events(
         kind: p.get("kind").cloned(),
     };
     let config = s.api.config.clone();
+    // Taken before any work; held by the stream, so given back when it ends.
+    let permit = match follow {
+        true => Some(s.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many event streams: [http] max_streams is {}; close one, or raise max_streams in agentq.toml",
+                    config.http.max_streams
+                ),
+            )
+        })?),
+        false => None,
+    };
     let mut recent =
         crate::ops::recent_events(&config, s.api.store.as_ref(), &filter, limit).await?;
-    if !follow {
+    let Some(permit) = permit else {
         return ok(
             StatusCode::OK,
             serde_json::to_value(&recent.events).expect("events serialise"),
         );
-    }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    for e in recent.events.drain(..) {
-        let _ = tx.send(e);
-    }
-    // The follower stops at shutdown, or when the client has gone.
+    };
+    let backlog = std::mem::take(&mut recent.events);
+    let (feeder, fed) = feed(STREAM_BACKLOG);
+    // The follower stops at shutdown, when the client has gone, or when it fell behind.
     let stop = s.stop.child_token();
-    {
-        let (tx, stop) = (tx.clone(), stop.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tx.closed() => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
     tokio::spawn(async move {
-        let followed = crate::ops::follow_events(&config, &filter, recent, stop, |e| {
-            let _ = tx.send(e);
-        })
-        .await;
+        let emit = |e| {
+            if !feeder.push(e) {
+                stop.cancel();
+            }
+        };
+        let followed = tokio::select! {
+            followed = crate::ops::follow_events(&config, &filter, recent, stop.clone(), emit) => followed,
+            () = feeder.closed() => Ok(()),
+        };
         if let Err(e) = followed {
             tracing::warn!("an HTTP event stream ended: {e}");
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let e = rx.recv().await?;
-        let line = serde_json::to_string(&e).expect("events serialise");
-        Some((Ok::<_, Infallible>(SseEvent::default().data(line)), rx))
-    });
+    let stream = futures_util::stream::iter(backlog.into_iter().map(Sent::Event))
+        .chain(fed)
+        .map(move |sent| {
+            // The stream owns its place under max_streams, and gives it back when it ends.
+            let _place = &permit;
+            Ok::<_, Infallible>(sse_event(sent))
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The most events an event stream keeps for a reader that has not taken them. A reader further
+/// behind is told so and cut off: its events would otherwise pile up in the daemon's memory.
+const STREAM_BACKLOG: usize = 1024;
+
+fn sse_event(sent: Sent<crate::logfile::LogEvent>) -> SseEvent {
+    match sent {
+        Sent::Event(e) => {
+            SseEvent::default().data(serde_json::to_string(&e).expect("events serialise"))
+        }
+        Sent::Lagged => SseEvent::default().event("lagged").data(
+            json!({ "error": format!(
+                "this stream fell more than {STREAM_BACKLOG} events behind and ends here; reconnect to follow again (GET /api/events lists what came meanwhile)"
+            ) })
+            .to_string(),
+        ),
+    }
+}
+
+/// What an event stream sends: its events, then, if its reader fell too far behind, word of it.
+#[derive(Debug, PartialEq)]
+enum Sent<T> {
+    Event(T),
+    Lagged,
+}
+
+/// The follower's end of an event stream: pushes without ever waiting.
+struct Feeder<T> {
+    tx: mpsc::Sender<T>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl<T> Feeder<T> {
+    /// Queues `item` for the reader; `false` when the stream is over for the follower: the
+    /// reader has gone, or holds `bound` items not yet taken (it gets those, then
+    /// [`Sent::Lagged`], once every `Feeder` is dropped).
+    fn push(&self, item: T) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Completes when the reader has gone.
+    async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+/// A queue of at most `bound` items from a follower to a reader, and the reader's stream: the
+/// items in order, ending when the follower drops its [`Feeder`], with [`Sent::Lagged`] last if
+/// the reader fell behind.
+fn feed<T: Send + 'static>(bound: usize) -> (Feeder<T>, impl Stream<Item = Sent<T>> + Send) {
+    let (tx, rx) = mpsc::channel(bound);
+    let lagged = Arc::new(AtomicBool::new(false));
+    let feeder = Feeder {
+        tx,
+        lagged: lagged.clone(),
+    };
+    let stream = futures_util::stream::unfold(Some(rx), move |rx| {
+        let lagged = lagged.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(item) => Some((Sent::Event(item), Some(rx))),
+                None if lagged.load(Ordering::Acquire) => Some((Sent::Lagged, None)),
+                None => None,
+            }
+        }
+    });
+    (feeder, stream)
 }
 
 async fn openapi() -> Answer {
@@ -721,7 +1167,7 @@ fn openapi_document() -> Value {
         "info": {
             "title": "agentq",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The queue of coding-agent tasks that `agentq run` serves. Every route needs `Authorization: Bearer <token>`, the token being the one in .agentq/token (`agentq token`)."
+            "description": "The queue of coding-agent tasks that `agentq run` serves. Every route needs `Authorization: Bearer <token>`, the token being the one in .agentq/token (`agentq token`). Any route may also answer 408 (the request's headers or body came slower than [http] header_timeout or request_timeout allow) or 503 (more connections than [http] max_connections)."
         },
         "security": [{ "bearer": [] }],
         "paths": {
@@ -731,7 +1177,7 @@ fn openapi_document() -> Value {
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Submit" } } } },
                     "responses": {
                         "201": object("queued: {id, worker, pool, class, route_reason}"),
-                        "400": error, "401": error, "413": error
+                        "400": error, "401": error, "408": error, "413": error
                     }
                 },
                 "get": {
@@ -773,7 +1219,7 @@ fn openapi_document() -> Value {
                     "summary": "Pause a worker (or the pool) for a while, or until resumed",
                     "parameters": [name],
                     "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "for": { "type": "string", "example": "30m" } }, "additionalProperties": false } } } },
-                    "responses": { "200": object("{worker, paused_until}"), "400": error, "401": error, "404": error }
+                    "responses": { "200": object("{worker, paused_until}"), "400": error, "401": error, "404": error, "408": error }
                 }
             },
             "/api/workers/{name}/resume": {
@@ -798,7 +1244,7 @@ fn openapi_document() -> Value {
             },
             "/api/events": {
                 "get": {
-                    "summary": "The event log: the latest events as JSON, or with follow=1 a text/event-stream of them and every new one",
+                    "summary": "The event log: the latest events as JSON, or with follow=1 a text/event-stream of them and every new one; a stream whose reader falls too far behind ends with an event named lagged",
                     "parameters": [
                         query("follow", "integer", "1: stream server-sent events until the daemon stops"),
                         query("limit", "integer", "the latest this many first (default 50, 0: all)"),
@@ -811,7 +1257,7 @@ fn openapi_document() -> Value {
                             "application/json": { "schema": { "type": "array", "items": { "type": "object" } } },
                             "text/event-stream": { "schema": { "type": "string" } }
                         } },
-                        "400": error, "401": error
+                        "400": error, "401": error, "503": error
                     }
                 }
             },
@@ -852,4 +1298,106 @@ fn openapi_document() -> Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::FromRequest;
+    use tokio::io::AsyncReadExt as _;
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_up_gets_every_item_and_no_lag() {
+        let (feeder, fed) = feed(4);
+        let mut fed = pin!(fed);
+        for i in 0..100 {
+            assert!(feeder.push(i));
+            assert_eq!(fed.next().await, Some(Sent::Event(i)));
+        }
+        drop(feeder);
+        assert_eq!(fed.next().await, None, "no lag to report");
+    }
+
+    #[tokio::test]
+    async fn a_reader_too_far_behind_gets_what_was_queued_then_word_of_it() {
+        let (feeder, fed) = feed(4);
+        for i in 0..4 {
+            assert!(feeder.push(i));
+        }
+        // The follower is refused at once, never made to wait, and holds nothing more.
+        assert!(!feeder.push(4));
+        assert!(!feeder.push(5));
+        drop(feeder);
+        let sent: Vec<Sent<i32>> = fed.collect().await;
+        assert_eq!(
+            sent,
+            [
+                Sent::Event(0),
+                Sent::Event(1),
+                Sent::Event(2),
+                Sent::Event(3),
+                Sent::Lagged
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_gone_ends_the_follower() {
+        let (feeder, fed) = feed::<i32>(4);
+        assert!(feeder.push(1));
+        drop(fed);
+        tokio::time::timeout(Duration::from_secs(30), feeder.closed())
+            .await
+            .expect("the feeder learns the reader has gone");
+        assert!(!feeder.push(2));
+        assert!(!feeder.lagged.load(Ordering::Acquire), "gone is not behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+        let never = Body::from_stream(futures_util::stream::pending::<Result<Bytes, Infallible>>());
+        let request = Request::new(Body::new(Deadline::new(never, Duration::from_secs(2))));
+        let raw = Bytes::from_request(request, &()).await;
+        let e = body::<Value>(raw, 1024, None).unwrap_err();
+        assert_eq!(e.status, StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            e.message.contains("[http] request_timeout (2s)"),
+            "{}",
+            e.message
+        );
+
+        // A body that is all there is reads as ever.
+        let whole = Body::new(Deadline::new(Body::from("{}"), Duration::from_secs(2)));
+        let raw = Bytes::from_request(Request::new(whole), &()).await;
+        assert_eq!(body::<Value>(raw, 1024, None).unwrap(), json!({}));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_is_cut_off_and_a_slow_one_is_not() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut io = Patient::new(ours, Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        let e = io.write_all(&[0; 1024]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("request_timeout (30s)"), "{e}");
+        assert!(started.elapsed() >= Duration::from_secs(30));
+
+        // Taking 64 bytes a second, 100 seconds in all: never 30 s without progress.
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut io = Patient::new(ours, Duration::from_secs(30));
+        let reader = tokio::spawn(async move {
+            let mut taken = 0;
+            let mut chunk = [0; 64];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match theirs.read(&mut chunk).await.unwrap() {
+                    0 => return taken,
+                    n => taken += n,
+                }
+            }
+        });
+        io.write_all(&[0; 6400]).await.unwrap();
+        io.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), 6400);
+    }
 }

@@ -71,6 +71,49 @@ impl Served {
         );
     }
 
+    /// Opens an event stream: the answer's status line and headers, and the rest to read.
+    fn follow(&self, path: &str) -> (String, BufReader<TcpStream>) {
+        let auth = format!("Bearer {}", self.token);
+        let mut reader = BufReader::new(send(&self.addr, "GET", path, Some(&auth), None));
+        let head = read_head(&mut reader);
+        (head, reader)
+    }
+
+    /// A connection kept open after a first request answered 200.
+    fn kept_alive(&self) -> Option<BufReader<TcpStream>> {
+        let mut reader = BufReader::new(TcpStream::connect(&self.addr).unwrap());
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        (self.ask_again(&mut reader, "/api/status") == 200).then_some(reader)
+    }
+
+    /// A request on a connection that stays open; the status of its answer, read whole.
+    fn ask_again(&self, reader: &mut BufReader<TcpStream>, path: &str) -> u16 {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.addr, self.token
+        );
+        if reader.get_mut().write_all(head.as_bytes()).is_err() {
+            return 0;
+        }
+        let head = read_head(reader);
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|n| n.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        head.split(' ')
+            .nth(1)
+            .map_or(0, |code| code.parse().unwrap())
+    }
+
     fn wait_state(&self, id: i64, state: &str) {
         wait_until(
             Duration::from_secs(30),
@@ -129,7 +172,11 @@ fn send(
 
 /// One request on its own connection; the whole reply.
 fn request(addr: &str, method: &str, path: &str, auth: Option<&str>, body: Option<&[u8]>) -> Reply {
-    let mut stream = send(addr, method, path, auth, body);
+    read_reply(send(addr, method, path, auth, body))
+}
+
+/// A reply read to its end: the server closes the connection after it.
+fn read_reply(mut stream: TcpStream) -> Reply {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let raw = String::from_utf8(raw).unwrap();
@@ -159,6 +206,39 @@ fn request(addr: &str, method: &str, path: &str, auth: Option<&str>, body: Optio
         headers,
         body,
     }
+}
+
+/// A reply's status line and headers, up to the blank line; empty if the connection closed first.
+fn read_head(reader: &mut BufReader<TcpStream>) -> String {
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        match reader.read_line(&mut head) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    head
+}
+
+/// A reply that is a JSON error and nothing else, naming `needle`.
+fn assert_error(reply: &Reply, status: u16, needle: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert!(
+        reply.header("content-type").starts_with("application/json"),
+        "{}",
+        reply.headers
+    );
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        answer.as_object().unwrap().len(),
+        1,
+        "only an error: {answer}"
+    );
+    let message = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "{message:?} should mention {needle:?}"
+    );
 }
 
 fn dechunk(mut rest: &str) -> String {
@@ -681,19 +761,7 @@ fn the_event_stream_delivers_a_tasks_events_and_ends_at_shutdown() {
     assert_eq!(of_task.as_array().unwrap().len(), 3);
     s.error("GET", "/api/events?follow=maybe", None, 400, "follow:");
 
-    let auth = format!("Bearer {}", s.token);
-    let stream = send(
-        &s.addr,
-        "GET",
-        "/api/events?follow=1&limit=1",
-        Some(&auth),
-        None,
-    );
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    while !head.ends_with("\r\n\r\n") {
-        reader.read_line(&mut head).unwrap();
-    }
+    let (head, mut reader) = s.follow("/api/events?follow=1&limit=1");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -735,6 +803,140 @@ fn the_event_stream_delivers_a_tasks_events_and_ends_at_shutdown() {
     let mut daemon = daemon;
     assert!(
         daemon.wait(Duration::from_secs(20)).success(),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_slow_client_is_cut_off_and_told_so_but_an_event_stream_is_not() {
+    let s = Served::start(config(
+        "header_timeout = \"1s\"\nrequest_timeout = \"1s\"\n",
+    ));
+    let connect = || {
+        let stream = TcpStream::connect(&s.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    };
+
+    // Half a request's headers: 408 once header_timeout has passed, and the connection closed.
+    let started = Instant::now();
+    let mut half = connect();
+    half.write_all(b"GET /api/status HTTP/1.1\r\nHost: agentq\r\n")
+        .unwrap();
+    let reply = read_reply(half);
+    assert_error(&reply, 408, "[http] header_timeout (1s)");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Connected, and nothing sent: closed after as long, without a word.
+    let mut silent = connect();
+    let mut said = Vec::new();
+    silent.read_to_end(&mut said).unwrap();
+    assert!(said.is_empty(), "{}", text(&said));
+
+    // A body that stops halfway: 408 once request_timeout has passed, and nothing queued.
+    let mut slow = connect();
+    let head = format!(
+        "POST /api/tasks HTTP/1.1\r\nHost: agentq\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"prompt\": \"slo",
+        s.token
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    assert_error(&read_reply(slow), 408, "[http] request_timeout (1s)");
+    assert_eq!(s.project.json(&["tasks"]), json!([]), "nothing was queued");
+
+    // The event stream is one request that goes on: it outlives both timeouts.
+    let (head, mut reader) = s.follow("/api/events?follow=1&limit=0");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Three times the timeouts, with nothing to send meanwhile: the time passing is the test.
+    std::thread::sleep(Duration::from_secs(3));
+    let id = s.json("POST", "/api/tasks", Some(r#"{"prompt": "later"}"#), 201)["id"]
+        .as_i64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no task_finished of task {id}");
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            let e: Value = serde_json::from_str(data).unwrap();
+            if e["task"] == id && e["kind"] == "task_finished" {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn connections_and_streams_beyond_their_limits_are_answered_503() {
+    // A long header_timeout, so that the connection kept open is not closed for idling.
+    let mut s = Served::start(config(
+        "max_connections = 2\nmax_streams = 1\nheader_timeout = \"5m\"\n",
+    ));
+    let (head, stream) = s.follow("/api/events?follow=1");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.error(
+        "GET",
+        "/api/events?follow=1",
+        None,
+        503,
+        "[http] max_streams is 1",
+    );
+    // The other connection, kept open. (The one just answered may take a moment to give its
+    // place back.)
+    let mut kept = None;
+    wait_until(Duration::from_secs(30), "a connection to be served", || {
+        kept = s.kept_alive();
+        kept.is_some()
+    });
+    let mut kept = kept.unwrap();
+    // A third connection: 503, once the token is checked; without it, 401 as ever.
+    s.error(
+        "GET",
+        "/api/status",
+        None,
+        503,
+        "[http] max_connections is 2",
+    );
+    assert_eq!(
+        request(&s.addr, "GET", "/api/status", None, None).status,
+        401
+    );
+    // Those served are served still.
+    assert_eq!(s.ask_again(&mut kept, "/api/tasks"), 200);
+
+    // Places are given back when connections and streams end.
+    drop(kept);
+    wait_until(Duration::from_secs(30), "a connection's place back", || {
+        s.call("GET", "/api/status", None).status == 200
+    });
+    drop(stream);
+    let mut stream = None;
+    wait_until(Duration::from_secs(30), "the stream's place back", || {
+        let (head, reader) = s.follow("/api/events?follow=1");
+        stream = Some(reader);
+        head.starts_with("HTTP/1.1 200")
+    });
+
+    // At shutdown, the stream ends, a connection kept open is closed, and the daemon exits.
+    let mut kept = None;
+    wait_until(Duration::from_secs(30), "a connection to be served", || {
+        kept = s.kept_alive();
+        kept.is_some()
+    });
+    let mut daemon = s.daemon.take().unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut rest = Vec::new();
+    kept.unwrap().read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{}", text(&rest));
+    let _ = stream.unwrap().read_to_end(&mut rest);
+    assert!(
+        daemon.wait(Duration::from_secs(30)).success(),
         "{}",
         daemon.log()
     );
