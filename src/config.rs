@@ -54,6 +54,12 @@ cwd = "."
 # The HTTP API and Prometheus metrics (off by default); `agentq token` prints the token it asks for.
 # [http]
 # listen = "127.0.0.1:7777"
+# allow_remote = false     # an address other than loopback is refused unless true
+# max_body = "1MiB"        # larger request bodies are answered 413
+# header_timeout = "10s"   # a request's headers must arrive within this (else 408)
+# request_timeout = "30s"  # its body within this of its headers (else 408)
+# max_connections = 256    # served at once; more are answered 503
+# max_streams = 64         # event streams open at once; more are answered 503
 "#;
 
 /// A length of time as written in the config.

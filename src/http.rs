@@ -1078,6 +1078,38 @@ async fn metrics(State(s): State<Shared>) -> Answer {
             w.queued as f64,
         );
     }
+    out.family(
+        "agentq_worker_memory_bytes",
+        "gauge",
+        "Resident memory of each worker's agent processes now (the pool's: all its tasks'); 0 with none.",
+    );
+    for w in &status.workers {
+        out.sample(
+            "agentq_worker_memory_bytes",
+            &[("worker", &w.name)],
+            w.memory_mb.unwrap_or(0.0) * MIB,
+        );
+    }
+    out.family(
+        "agentq_daemon_memory_bytes",
+        "gauge",
+        "Resident memory of the daemon itself.",
+    );
+    out.sample(
+        "agentq_daemon_memory_bytes",
+        &[],
+        status.memory_mb.unwrap_or(0.0) * MIB,
+    );
+    out.family(
+        "agentq_daemon_start_time_seconds",
+        "gauge",
+        "When the daemon started, seconds since the epoch.",
+    );
+    out.sample(
+        "agentq_daemon_start_time_seconds",
+        &[],
+        status.started_at.unwrap_or(0) as f64 / 1000.0,
+    );
     out.family("agentq_pool_running", "gauge", "Pool tasks running now.");
     out.sample("agentq_pool_running", &[], status.pool_tasks.len() as f64);
     out.family(

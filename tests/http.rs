@@ -690,6 +690,9 @@ fn metrics_are_named_typed_and_counted() {
         ("agentq_pool_running", "gauge"),
         ("agentq_pool_max_workers", "gauge"),
         ("agentq_intake_rejections_total", "counter"),
+        ("agentq_worker_memory_bytes", "gauge"),
+        ("agentq_daemon_memory_bytes", "gauge"),
+        ("agentq_daemon_start_time_seconds", "gauge"),
     ] {
         assert!(
             text.contains(&format!("\n# HELP {name} "))
@@ -713,6 +716,7 @@ fn metrics_are_named_typed_and_counted() {
         "agentq_pool_running 0",
         "agentq_pool_max_workers 3",
         "agentq_intake_rejections_total 1",
+        "agentq_worker_memory_bytes{worker=\"w\"} 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
     }
@@ -728,6 +732,19 @@ fn metrics_are_named_typed_and_counted() {
         value_of("agentq_task_memory_peak_bytes_bucket{le=\"+Inf\"} "),
         value_of("agentq_task_memory_peak_bytes_count ")
     );
+    let daemon_mb = value_of("agentq_daemon_memory_bytes ")
+        .parse::<f64>()
+        .unwrap()
+        / 1048576.0;
+    assert!(daemon_mb > 1.0 && daemon_mb < 500.0, "{daemon_mb} MiB");
+    let started = value_of("agentq_daemon_start_time_seconds ")
+        .parse::<f64>()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(started <= now && now - started < 600.0, "{started} {now}");
     // Every sample line is `name{labels} number`.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap();
