@@ -317,7 +317,7 @@ fn event_with(
 /// How an attempt ended, as a row of the attempts table.
 #[derive(Default)]
 struct AttemptEnding<'a> {
-    /// `succeeded`, `failed`, `interrupted` or `released`.
+    /// `succeeded`, `failed`, `interrupted`, `released` or `cancelled`.
     outcome: &'a str,
     cause: Option<&'a str>,
     reason: Option<&'a str>,
@@ -761,6 +761,22 @@ impl Store for SqliteStore {
                     what,
                 })
             })?;
+            // A running attempt ends here, not when its agent is stopped (that finish is fenced
+            // out): its row says so, with how long it ran.
+            if state == TaskState::Running {
+                let ending = AttemptEnding {
+                    outcome: "cancelled",
+                    cause: Some("cancelled"),
+                    reason: Some("cancelled while running"),
+                    ..Default::default()
+                };
+                attempt_row(tx, id, None, &ending, now)?;
+                tx.execute(
+                    "UPDATE attempts SET duration_ms = ended_at - started_at \
+                     WHERE id = last_insert_rowid() AND started_at IS NOT NULL",
+                    [],
+                )?;
+            }
             tx.execute(
                 "UPDATE tasks SET state = 'cancelled', owner = NULL, claim_token = NULL, \
                  lease_expires = NULL, finished_at = ?2, updated_at = ?2, \
@@ -1943,6 +1959,14 @@ mod tests {
             !s.heartbeat(&claim.fence(), 4, LEASE).await.unwrap(),
             "the runner learns of it"
         );
+        // The running attempt's row says it was cancelled, and how long it had run.
+        let attempts = s.attempts_of(r).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(
+            (attempts[0].outcome.as_str(), attempts[0].duration_ms),
+            ("cancelled", Some(1))
+        );
+        assert!(s.attempts_of(q).await.unwrap().is_empty());
         assert!(matches!(
             s.cancel(q, 4).await,
             Err(Error::WrongState { .. })
