@@ -489,17 +489,28 @@ impl LogFilter {
 /// are not valid events (a torn last line, garbage) are skipped, not errors. A log that does not
 /// exist yet has no events.
 pub fn read_events(path: &Path, filter: &LogFilter) -> io::Result<Vec<LogEvent>> {
-    let snapshot = open_generations(path)?;
     let mut events = Vec::new();
+    for_each_event(path, filter, |e| events.push(e))?;
+    Ok(events)
+}
+
+/// As [`read_events`], passing each event to `on_event` instead of keeping them all: a reader
+/// that wants only the latest few holds only those, however long the log.
+pub fn for_each_event(
+    path: &Path,
+    filter: &LogFilter,
+    mut on_event: impl FnMut(LogEvent),
+) -> io::Result<()> {
+    let snapshot = open_generations(path)?;
     let mut keep = |e: LogEvent| {
         if filter.matches(&e) {
-            events.push(e);
+            on_event(e);
         }
     };
     for mut file in snapshot.rotated.into_iter().chain(snapshot.current) {
         read_whole(&mut file, path, &mut keep)?;
     }
-    Ok(events)
+    Ok(())
 }
 
 /// Splits what is read from a log into lines, keeping a partial last line until its newline
@@ -517,19 +528,29 @@ impl Lines {
         path: &Path,
         on_event: &mut impl FnMut(LogEvent),
     ) -> io::Result<()> {
-        let start = self.pending.len();
-        file.read_to_end(&mut self.pending)
-            .map_err(|e| with_path(e, "reading log", path))?;
-        let Some(last_newline) = self.pending[start..].iter().rposition(|&b| b == b'\n') else {
-            return Ok(());
-        };
-        let complete: Vec<u8> = self.pending.drain(..=start + last_newline).collect();
-        for line in complete.split(|&b| b == b'\n') {
-            if let Some(e) = parse_event(line) {
-                on_event(e);
+        // A chunk at a time, so that reading a long log holds a chunk and a partial line, not the
+        // whole file (and a copy of it).
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match file.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(with_path(e, "reading log", path)),
+            };
+            let start = self.pending.len();
+            self.pending.extend_from_slice(&chunk[..n]);
+            let Some(last_newline) = self.pending[start..].iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            let end = start + last_newline;
+            for line in self.pending[..end].split(|&b| b == b'\n') {
+                if let Some(e) = parse_event(line) {
+                    on_event(e);
+                }
             }
+            self.pending.drain(..=end);
         }
-        Ok(())
     }
 
     /// Ends a file that will get no more lines: an unterminated last line counts if it is a whole

@@ -482,7 +482,7 @@ pub async fn recent_events(
 ) -> Result<Recent> {
     let path = config.event_log_path();
     let from_store = crate::logfile::generations(&path).is_empty();
-    let mut list = if from_store {
+    if from_store {
         let events = store
             .events(&crate::store::EventFilter {
                 task_id: filter.task,
@@ -491,29 +491,39 @@ pub async fn recent_events(
                 limit: None,
             })
             .await?;
-        events.iter().map(crate::store::Event::to_log).collect()
-    } else {
-        crate::logfile::read_events(&path, filter)
-            .map_err(|e| Error::io("reading the event log", &path, e))?
-    };
-    let read = list.len();
-    let seen_in_store = match from_store {
-        true => list.iter().map(event_key).collect(),
-        false => Default::default(),
-    };
-    let last = if from_store {
-        None
-    } else {
-        list.last().cloned()
-    };
-    if limit > 0 {
-        list.drain(..list.len().saturating_sub(limit as usize));
+        let mut list: Vec<LogEvent> = events.iter().map(crate::store::Event::to_log).collect();
+        let seen_in_store = list.iter().map(event_key).collect();
+        let read = list.len();
+        if limit > 0 {
+            list.drain(..list.len().saturating_sub(limit as usize));
+        }
+        return Ok(Recent {
+            read,
+            events: list,
+            last: None,
+            from_store: seen_in_store,
+        });
+    }
+    // Only the latest `limit` are kept while the whole log is read: memory as the limit, not as
+    // the log (a long log used to be held whole, several times its size).
+    let mut latest = std::collections::VecDeque::new();
+    let (mut read, mut last) = (0, None);
+    crate::logfile::for_each_event(&path, filter, |e| {
+        read += 1;
+        if limit > 0 && latest.len() == limit as usize {
+            latest.pop_front();
+        }
+        latest.push_back(e);
+    })
+    .map_err(|e| Error::io("reading the event log", &path, e))?;
+    if let Some(e) = latest.back() {
+        last = Some(e.clone());
     }
     Ok(Recent {
-        events: list,
+        events: latest.into(),
         last,
         read,
-        from_store: seen_in_store,
+        from_store: Default::default(),
     })
 }
 

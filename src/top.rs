@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::logfile::{LogEvent, LogFilter};
+use crate::logfile::LogEvent;
 use crate::ops::{Status, WorkerStatus};
 use crate::store::{Millis, Store, now_ms};
 
@@ -270,13 +270,20 @@ async fn frame(config: &Config, store: &dyn Store, how: &Watch, terminal: bool) 
             Some(rows) => rows.saturating_sub(used + 1).max(1),
             None => 10,
         };
-        let recent =
-            crate::ops::recent_events(config, store, &LogFilter::default(), room as u32).await?;
+        // From the store, by its index: the latest few, not a read of the whole event log every
+        // refresh (the log also holds memory reports, which would crowd a small screen).
+        let latest = store
+            .events(&crate::store::EventFilter {
+                limit: Some(room as u32),
+                ..Default::default()
+            })
+            .await?;
+        let recent: Vec<LogEvent> = latest.iter().map(crate::store::Event::to_log).collect();
         out.push_str("\nlatest events:\n");
-        if recent.events.is_empty() {
+        if recent.is_empty() {
             out.push_str("(none yet)\n");
         }
-        for e in &recent.events {
+        for e in &recent {
             let mut line = event_line(e);
             if terminal {
                 // One screen line each, so the frame fits the screen.
