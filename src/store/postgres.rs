@@ -1774,45 +1774,17 @@ impl Store for PgStore {
     }
 }
 
-#[cfg(test)]
-pub mod tests {
+/// Databases for tests, the crate's own and those in `tests/`: each test gets a fresh database on
+/// the server `AGENTQ_TEST_DATABASE_URL` names, dropped afterwards.
+#[doc(hidden)]
+pub mod test_db {
     use super::*;
-    use crate::store::suite::{self, CountRow, Fixture, Inspect, LEASE, task};
 
     /// The server the tests use: an admin URL (a user that may create databases).
     pub const SERVER_ENV: &str = "AGENTQ_TEST_DATABASE_URL";
     /// `skip` lets the PostgreSQL tests pass without a server (for developers without one);
     /// CI always has one (scripts/test starts it).
     pub const SKIP_ENV: &str = "AGENTQ_TEST_PG";
-
-    #[async_trait]
-    impl Inspect for PgStore {
-        async fn kept_and_counted(&self) -> (Vec<CountRow>, Vec<CountRow>) {
-            let client = self.client("comparing counts").await.unwrap();
-            let rows = async |sql: &str| -> Vec<CountRow> {
-                client
-                    .query(sql, &[])
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-                    .collect()
-            };
-            (
-                rows(
-                    "SELECT worker, pool, state, class, n FROM task_counts WHERE n != 0 \
-                     ORDER BY worker COLLATE \"C\", pool, state COLLATE \"C\", class COLLATE \"C\"",
-                )
-                .await,
-                rows(
-                    "SELECT worker, pool, state, coalesce(class, ''), count(*) FROM tasks \
-                     GROUP BY 1, 2, 3, 4 ORDER BY worker COLLATE \"C\", pool, state COLLATE \"C\", \
-                     coalesce(class, '') COLLATE \"C\"",
-                )
-                .await,
-            )
-        }
-    }
 
     /// A database of its own on the test server, dropped (with whatever is still connected)
     /// when this is.
@@ -1908,6 +1880,42 @@ pub mod tests {
             format!("{url} dbname={name}")
         }
     }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::test_db::TestDb;
+    use super::*;
+    use crate::store::suite::{self, CountRow, Fixture, Inspect, LEASE, task};
+
+    #[async_trait]
+    impl Inspect for PgStore {
+        async fn kept_and_counted(&self) -> (Vec<CountRow>, Vec<CountRow>) {
+            let client = self.client("comparing counts").await.unwrap();
+            let rows = async |sql: &str| -> Vec<CountRow> {
+                client
+                    .query(sql, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                    .collect()
+            };
+            (
+                rows(
+                    "SELECT worker, pool, state, class, n FROM task_counts WHERE n != 0 \
+                     ORDER BY worker COLLATE \"C\", pool, state COLLATE \"C\", class COLLATE \"C\"",
+                )
+                .await,
+                rows(
+                    "SELECT worker, pool, state, coalesce(class, ''), count(*) FROM tasks \
+                     GROUP BY 1, 2, 3, 4 ORDER BY worker COLLATE \"C\", pool, state COLLATE \"C\", \
+                     coalesce(class, '') COLLATE \"C\"",
+                )
+                .await,
+            )
+        }
+    }
 
     async fn fixture() -> Option<Fixture> {
         let db = TestDb::create().await?;
@@ -1927,9 +1935,10 @@ pub mod tests {
     #[test]
     fn a_database_name_replaces_the_one_in_either_form() {
         assert_eq!(
-            with_dbname("postgres://u:p@h:5432/postgres?sslmode=disable", "x"),
+            super::test_db::with_dbname("postgres://u:p@h:5432/postgres?sslmode=disable", "x"),
             "postgres://u:p@h:5432/x?sslmode=disable"
         );
+        use super::test_db::with_dbname;
         assert_eq!(with_dbname("postgres://h", "x"), "postgres://h/x");
         assert_eq!(with_dbname("host=h user=u", "x"), "host=h user=u dbname=x");
     }
