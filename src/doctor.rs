@@ -3,7 +3,8 @@
 //! Each check is a function from what it looks at (a path, a worker, an environment) to a
 //! [`Check`]: a status, what was found, and for a failure (or a warning) the fix in words. Doctor
 //! only reads: it creates no state folder and no database, takes no lock, and opens the database
-//! read-only, so it is safe beside a running daemon. A config that does not load stops only the
+//! read-only (a PostgreSQL store: it connects and reads two versions, showing the URL without its
+//! password), so it is safe beside a running daemon. A config that does not load stops only the
 //! checks that need it (the workers' agents); the state folder beside it, the database and the
 //! environment are still checked. Warnings and skipped checks never fail the run.
 
@@ -805,6 +806,41 @@ mod tests {
                 .unwrap()
                 .contains("move the file aside")
         );
+    }
+
+    #[tokio::test]
+    async fn a_postgres_store_is_reached_and_its_schema_compared_without_showing_the_password() {
+        use crate::store::postgres::{PgStore, test_db::TestDb};
+        use crate::store::url::DatabaseUrl;
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let checks = check_postgres(&db.url, DB_TIMEOUT).await;
+        assert_eq!(checks[0].status, Status::Ok, "{checks:?}");
+        assert!(checks[0].detail.contains("PostgreSQL"), "{checks:?}");
+        assert!(
+            checks[1].detail.contains("no agentq schema yet"),
+            "{checks:?}"
+        );
+        PgStore::connect(&db.url).await.unwrap();
+        let checks = check_postgres(&db.url, DB_TIMEOUT).await;
+        assert!(checks[1].detail.contains("as this agentq"), "{checks:?}");
+
+        let gone = DatabaseUrl::parse("postgres://agentq:s3cret@127.0.0.1:1/queue", "[store] url")
+            .unwrap();
+        let checks = check_postgres(&gone, DB_TIMEOUT).await;
+        assert_eq!(
+            checks.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [Status::Fail, Status::Skip],
+            "{checks:?}"
+        );
+        let text = render_text(&checks);
+        assert!(
+            text.contains("postgres://agentq:***@127.0.0.1:1/queue"),
+            "{text}"
+        );
+        assert!(text.contains("[store] url"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]
