@@ -18,7 +18,6 @@ use crate::daemon::{self, Shutdown};
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
 use crate::state;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{Millis, Store, Task, TaskFilter, now_ms};
 use crate::wake;
 
@@ -74,14 +73,10 @@ fn load_config(explicit: Option<&Path>) -> Result<Config> {
     }
 }
 
-/// The store, with the events it commits also appended to the event log (commands record events
-/// too: a submit, a cancel).
-fn open_store(config: &Config) -> Result<SqliteStore> {
-    state::ensure_dir(&config.state_dir())?;
-    Ok(
-        SqliteStore::open(&config.db_path())?
-            .with_event_log(std::sync::Arc::new(event_log(config))),
-    )
+/// The store the config names (SQLite, or PostgreSQL with `[store] url`), with the events it
+/// commits also appended to the event log (commands record events too: a submit, a cancel).
+async fn open_store(config: &Config) -> Result<Box<dyn Store>> {
+    crate::store::open(config, Some(std::sync::Arc::new(event_log(config)))).await
 }
 
 fn event_log(config: &Config) -> crate::logfile::EventLog {
@@ -119,7 +114,7 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     }
     // Validates what is there, whether just written or kept.
     let config = Config::load(&path)?;
-    open_store(&config)?;
+    open_store(&config).await?;
     crate::token::ensure(&config.state_dir())?;
     let created = !existed || args.force;
     if args.out.json {
@@ -230,9 +225,9 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     // Checked before reading stdin, so a wrong --worker does not swallow a piped prompt.
     crate::route::settings(&config, &ask)?;
     let prompt = read_prompt(args.prompt, config.max_prompt_size)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let bell = doorbell(&config);
-    let (id, submitted) = crate::ops::submit(&config, &store, &bell, prompt, &ask, "cli").await?;
+    let (id, submitted) = crate::ops::submit(&config, &*store, &bell, prompt, &ask, "cli").await?;
     if !args.wait {
         if args.out.json {
             print_json(&submitted);
@@ -241,7 +236,7 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let task = wait_for(&store, id, None).await?;
+    let task = wait_for(&*store, id, None).await?;
     print_result(&task, args.out.json)
 }
 
@@ -296,7 +291,7 @@ fn print_result(task: &Task, json: bool) -> Result<()> {
 
 async fn status(explicit: Option<&Path>, args: StatusArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     if args.watch {
         let how = crate::top::Watch {
             interval: args.refresh.interval,
@@ -304,10 +299,10 @@ async fn status(explicit: Option<&Path>, args: StatusArgs) -> Result<()> {
             events: args.refresh.events,
             json: args.out.json,
         };
-        return crate::top::watch(&config, &store, how).await;
+        return crate::top::watch(&config, &*store, how).await;
     }
     let pid = state::holder(&config.state_dir())?;
-    let status = crate::ops::status(&config, &store, pid).await?;
+    let status = crate::ops::status(&config, &*store, pid).await?;
     if args.out.json {
         print_json(&status.to_json());
     } else {
@@ -321,19 +316,19 @@ async fn status(explicit: Option<&Path>, args: StatusArgs) -> Result<()> {
 
 async fn top(explicit: Option<&Path>, args: WatchArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let how = crate::top::Watch {
         interval: args.interval,
         count: args.count,
         events: true,
         json: false,
     };
-    crate::top::watch(&config, &store, how).await
+    crate::top::watch(&config, &*store, how).await
 }
 
 async fn tasks(explicit: Option<&Path>, args: TasksArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let filter = TaskFilter {
         state: args.state,
         worker: args.worker,
@@ -380,9 +375,9 @@ async fn tasks(explicit: Option<&Path>, args: TasksArgs) -> Result<()> {
 
 async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let id = args.id;
-    let (task, record) = crate::ops::task_record(&config, &store, id).await?;
+    let (task, record) = crate::ops::task_record(&config, &*store, id).await?;
     if args.out.json {
         print_json(&record);
         return Ok(());
@@ -549,7 +544,7 @@ fn classify(explicit: Option<&Path>, args: crate::cli::ClassifyArgs) -> Result<(
 async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
     use crate::logfile::{LogEvent, LogFilter};
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let filter = LogFilter {
         worker: args.worker,
         task: args.task,
@@ -564,7 +559,7 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
         }
         println!("{}", crate::top::event_line(e));
     };
-    let recent = crate::ops::recent_events(&config, &store, &filter, args.limit).await?;
+    let recent = crate::ops::recent_events(&config, &*store, &filter, args.limit).await?;
     if json && !args.follow {
         print_json(&recent.events);
         return Ok(());
@@ -600,7 +595,7 @@ fn section(title: &str, body: &str) {
 
 async fn result(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let id = args.id;
     let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
     if !task.state.is_terminal() {
@@ -615,11 +610,11 @@ async fn result(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
 
 async fn wait_cmd(explicit: Option<&Path>, args: WaitArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut ended = Vec::new();
     for &id in &args.ids {
-        match wait_for(&store, id, deadline).await {
+        match wait_for(&*store, id, deadline).await {
             Ok(task) => ended.push(task),
             Err(Error::WaitTimeout { .. }) => {
                 let pending: Vec<String> = args
@@ -658,10 +653,10 @@ async fn wait_cmd(explicit: Option<&Path>, args: WaitArgs) -> Result<()> {
 
 async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let bell = doorbell(&config);
     for_each_id("cancel", &args, |id| {
-        let (store, bell) = (&store, &bell);
+        let (store, bell) = (&*store, &bell);
         async move {
             let done = crate::ops::cancel(store, bell, id).await?;
             Ok((
@@ -678,10 +673,10 @@ async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
 
 async fn retry(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let bell = doorbell(&config);
     for_each_id("retry", &args, |id| {
-        let (store, bell) = (&store, &bell);
+        let (store, bell) = (&*store, &bell);
         async move {
             let done = crate::ops::retry(store, bell, id).await?;
             Ok((format!("{id} queued again"), done))
@@ -737,10 +732,10 @@ where
 
 async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let done = crate::ops::reset_session(
         &config,
-        &store,
+        &*store,
         &args.name,
         "asked by `agentq worker reset-session`",
     )
@@ -758,10 +753,10 @@ async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<
 
 async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let done = crate::ops::pause(
         &config,
-        &store,
+        &*store,
         &args.name,
         args.duration,
         "paused by `agentq worker pause`",
@@ -785,7 +780,7 @@ async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
 async fn restart(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let worker = config.resolve_worker(Some(&args.name))?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let cleared = store.restart_worker(&worker.name, now_ms()).await?;
     wake::ring_restart(&config.state_dir(), &worker.name);
     let running = state::holder(&config.state_dir())?.is_some();
@@ -813,10 +808,10 @@ async fn restart(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
 
 async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let done = crate::ops::resume(
         &config,
-        &store,
+        &*store,
         &doorbell(&config),
         &args.name,
         "resumed by `agentq worker resume`",

@@ -60,6 +60,11 @@ cwd = "."
 # request_timeout = "30s"  # its body within this of its headers (else 408)
 # max_connections = 256    # served at once; more are answered 503
 # max_streams = 64         # event streams open at once; more are answered 503
+
+# The queue is an SQLite file in .agentq/ unless a PostgreSQL database is named here (or in
+# AGENTQ_DATABASE_URL, which wins): then daemons on several hosts can share it.
+# [store]
+# url = "postgres://agentq:PASSWORD@db.example:5432/agentq"
 "#;
 
 /// A length of time as written in the config.
@@ -163,6 +168,8 @@ struct RawFile {
     classify: RawClassify,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    store: RawStore,
     /// The ephemeral pool: a worker's settings without a name, plus `max_workers`.
     pool: Option<Spanned<RawWorker>>,
     #[serde(default)]
@@ -259,6 +266,12 @@ struct RawHttp {
     request_timeout: Option<Spanned<Dur>>,
     max_connections: Option<Spanned<u32>>,
     max_streams: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -565,6 +578,29 @@ impl HttpSettings {
     }
 }
 
+/// The variable that chooses the store over `[store] url`.
+pub const DATABASE_URL_ENV: &str = "AGENTQ_DATABASE_URL";
+
+/// Where the queue lives: `[store] url`, or `AGENTQ_DATABASE_URL`, which wins.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StoreSettings {
+    /// The embedded SQLite file in the state folder (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database, which several hosts' daemons may share.
+    Postgres(crate::store::url::DatabaseUrl),
+}
+
+impl StoreSettings {
+    /// The store as it may be shown: the SQLite file, or the database URL without its password.
+    pub fn describe(&self, config: &Config) -> String {
+        match self {
+            StoreSettings::Sqlite => config.db_path().display().to_string(),
+            StoreSettings::Postgres(url) => url.redacted(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The agentq.toml this came from.
@@ -582,6 +618,7 @@ pub struct Config {
     pub pool: Pool,
     pub workers: Vec<WorkerConfig>,
     pub http: HttpSettings,
+    pub store: StoreSettings,
 }
 
 impl Config {
@@ -607,7 +644,18 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let path = std::path::absolute(path).map_err(|e| Error::io("resolving", path, e))?;
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-        Config::parse(&path, &text)
+        Config::parse(&path, &text)?.with_env(|key| std::env::var(key).ok())
+    }
+
+    /// Applies the settings the environment overrides: `AGENTQ_DATABASE_URL` (when set and not
+    /// empty) chooses the store over `[store] url`.
+    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        if let Some(text) = env(DATABASE_URL_ENV).filter(|t| !t.trim().is_empty()) {
+            let url = crate::store::url::DatabaseUrl::parse(&text, DATABASE_URL_ENV)
+                .map_err(Error::Usage)?;
+            self.store = StoreSettings::Postgres(url);
+        }
+        Ok(self)
     }
 
     /// Parses the text of a config file that lives at `path`.
@@ -863,8 +911,16 @@ impl Config {
             max_streams: http_limit(&raw.http.max_streams, "max_streams", 64)
                 .map_err(|(span, m)| at(span, m))?,
         };
+        let store = match &raw.store.url {
+            Some(url) => StoreSettings::Postgres(
+                crate::store::url::DatabaseUrl::parse(url.get_ref(), "[store] url")
+                    .map_err(|m| at(Some(url.span()), m))?,
+            ),
+            None => StoreSettings::Sqlite,
+        };
         Ok(Config {
             http,
+            store,
             classify,
             pool,
             classes,
@@ -1806,5 +1862,50 @@ mod tests {
             assert!(e.starts_with(&format!("/p/agentq.toml:{line}:")), "{e}");
             assert!(e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given_and_the_environment_wins() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.store, StoreSettings::Sqlite);
+        assert!(c.store.describe(&c).ends_with(".agentq/agentq.db"));
+
+        let c = parse("[store]\nurl = \"postgres://agentq:s3cret@db:5432/queue\"\n").unwrap();
+        let StoreSettings::Postgres(url) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(url.expose(), "postgres://agentq:s3cret@db:5432/queue");
+        assert_eq!(c.store.describe(&c), "postgres://agentq:***@db:5432/queue");
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        let env =
+            |url: &'static str| move |k: &str| (k == DATABASE_URL_ENV).then(|| url.to_string());
+        let c = c.with_env(env("host=other password=x")).unwrap();
+        let StoreSettings::Postgres(url) = &c.store else {
+            panic!()
+        };
+        assert_eq!(url.expose(), "host=other password=x");
+        assert_eq!(url.origin, DATABASE_URL_ENV);
+        let sqlite = parse("").unwrap();
+        assert_eq!(
+            sqlite.clone().with_env(env("")).unwrap().store,
+            StoreSettings::Sqlite
+        );
+        let e = sqlite
+            .with_env(env("mysql://root:s3cret@h/d"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(DATABASE_URL_ENV), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+
+        let e = err_text("[store]\n\nurl = \"mysql://root:s3cret@h/d\"\n");
+        assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
+        assert!(e.contains("PostgreSQL connection string"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = err_text("[store]\nurl = \"postgres://u:s3cret@h/d?sslmode=sometimes\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = err_text("[store]\npath = \"x\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
     }
 }

@@ -26,7 +26,6 @@ use crate::logfile::EventLog;
 use crate::pool::Pool;
 use crate::procs::Book;
 use crate::state::{self, StateLock};
-use crate::store::sqlite::SqliteStore;
 use crate::store::{NewEvent, Store, now_ms};
 use crate::wake::{Doorbell, Ring};
 use crate::worker::Runner;
@@ -109,8 +108,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         config.daemon.log_max_size,
         config.daemon.log_backups,
     ));
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.db_path())?.with_event_log(log.clone()));
+    let store: Arc<dyn Store> = Arc::from(crate::store::open(&config, Some(log.clone())).await?);
     let owner = owner_id();
     let token = crate::token::ensure(&state_dir)?;
     // Bound before anything starts, so a taken port stops the daemon at once.
@@ -150,7 +148,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         }
     }
 
-    let recovered = store.recover_all_but(&owner, now_ms()).await?;
+    // A store of our own: whatever is running there was a previous daemon's, which is gone (we
+    // hold its lock). A shared store's running tasks may be other hosts' daemons', alive: only
+    // expired leases are taken back, now and by the lease keeper.
+    let recovered = if store.shared() {
+        store.recover_expired(now_ms()).await?
+    } else {
+        store.recover_all_but(&owner, now_ms()).await?
+    };
     if !recovered.is_empty() {
         warn!(
             "queued again {} task(s) a previous daemon left running: {recovered:?}",
@@ -223,6 +228,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         leased.clone(),
         shutdown.stopping.clone(),
         ring_all.clone(),
+        // Other daemons' leases, which no claim of ours announces, are looked at this often.
+        store.shared().then_some(config.daemon.lease),
     ));
 
     // What a ring of the doorbell does; the HTTP API rings the same way, in process.
@@ -255,6 +262,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             }
         })
     };
+
+    // A shared store carries rings from other hosts (PostgreSQL's NOTIFY): the same dispatch.
+    if let Some(mut rings) = store.rings(shutdown.stopping.clone()) {
+        let bell = bell.clone();
+        tasks.spawn(async move {
+            while let Some(ring) = rings.recv().await {
+                bell(ring);
+            }
+        });
+    }
 
     match Doorbell::bind(&state_dir) {
         Ok(bell_socket) => {
@@ -394,12 +411,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 }
 
 /// Sleeps until the earliest lease runs out, then puts expired tasks back in the queue. With no
-/// task running it waits to be told of a claim, with no timer.
+/// task running it waits to be told of a claim, with no timer; with a shared store, where other
+/// daemons claim unannounced, it looks again every `look_every` instead.
 async fn keep_leases(
     store: Arc<dyn Store>,
     leased: Arc<Notify>,
     stopping: CancellationToken,
     ring_all: impl Fn(),
+    look_every: Option<Duration>,
 ) {
     loop {
         let next = match store.next_lease_expiry().await {
@@ -409,6 +428,7 @@ async fn keep_leases(
                 Some(now_ms() + 1000)
             }
         };
+        let next = next.or_else(|| look_every.map(|d| now_ms() + d.as_millis() as i64));
         tokio::select! {
             _ = stopping.cancelled() => return,
             _ = leased.notified(), if next.is_none() => continue,

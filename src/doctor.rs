@@ -3,7 +3,8 @@
 //! Each check is a function from what it looks at (a path, a worker, an environment) to a
 //! [`Check`]: a status, what was found, and for a failure (or a warning) the fix in words. Doctor
 //! only reads: it creates no state folder and no database, takes no lock, and opens the database
-//! read-only, so it is safe beside a running daemon. A config that does not load stops only the
+//! read-only (a PostgreSQL store: it connects and reads two versions, showing the URL without its
+//! password), so it is safe beside a running daemon. A config that does not load stops only the
 //! checks that need it (the workers' agents); the state folder beside it, the database and the
 //! environment are still checked. Warnings and skipped checks never fail the run.
 
@@ -20,6 +21,9 @@ use crate::error::{Error, Result};
 
 /// How long `<claude> --version` may take before the agent counts as unable to start.
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a PostgreSQL server may take to answer before it counts as unreachable.
+pub const DB_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,7 +114,10 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
         Some(root) => {
             let state_dir = root.join(STATE_DIR);
             checks.push(check_state_dir(&state_dir));
-            checks.extend(check_database(&state_dir.join(DB_FILE)));
+            match store_url(config.as_ref(), explicit, cx) {
+                Some(url) => checks.extend(check_postgres(&url, DB_TIMEOUT).await),
+                None => checks.extend(check_database(&state_dir.join(DB_FILE))),
+            }
             let (check, pid) = check_daemon(&state_dir);
             daemon_pid = pid;
             checks.push(check);
@@ -349,6 +356,82 @@ pub fn check_database(db: &Path) -> Vec<Check> {
         )),
     }
     checks
+}
+
+/// The PostgreSQL database the project uses, if it uses one: from the config, or, when the config
+/// does not load, from `AGENTQ_DATABASE_URL` or the file's `[store] url` read on its own.
+fn store_url(
+    config: Option<&Config>,
+    explicit: Option<&Path>,
+    cx: &Context,
+) -> Option<crate::store::url::DatabaseUrl> {
+    use crate::config::{DATABASE_URL_ENV, StoreSettings};
+    use crate::store::url::DatabaseUrl;
+    if let Some(config) = config {
+        return match &config.store {
+            StoreSettings::Postgres(url) => Some(url.clone()),
+            StoreSettings::Sqlite => None,
+        };
+    }
+    if let Some(text) = cx
+        .env
+        .get(DATABASE_URL_ENV)
+        .filter(|t| !t.trim().is_empty())
+    {
+        return DatabaseUrl::parse(text, DATABASE_URL_ENV).ok();
+    }
+    let path = match explicit {
+        Some(p) => cx.cwd.join(p),
+        None => Config::find(&cx.cwd)?,
+    };
+    let table: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+    let url = table.get("store")?.get("url")?.as_str()?;
+    DatabaseUrl::parse(url, "[store] url").ok()
+}
+
+/// A PostgreSQL store: reachable with these credentials, and of a schema this binary can use.
+/// Read-only: it creates nothing. The URL is shown without its password.
+pub async fn check_postgres(url: &crate::store::url::DatabaseUrl, limit: Duration) -> Vec<Check> {
+    const NAME: &str = "database";
+    const SCHEMA: &str = "schema";
+    let shown = url.redacted();
+    let (server, version) = match crate::store::postgres::inspect(url, limit).await {
+        Ok(found) => found,
+        Err(e) => {
+            return vec![
+                Check::fail(
+                    NAME,
+                    e.to_string(),
+                    format!(
+                        "start the PostgreSQL server, or correct {} (host, port, user, password, database name); `psql` with the same settings shows what it says",
+                        url.origin
+                    ),
+                ),
+                Check::skip(SCHEMA, "needs the database"),
+            ];
+        }
+    };
+    let known = crate::store::postgres::SCHEMA_VERSION;
+    let schema = match version {
+        None => Check::ok(
+            SCHEMA,
+            "no agentq schema yet; the first command that opens the store creates it",
+        ),
+        Some(v) if v == known => Check::ok(SCHEMA, format!("version {v}, as this agentq")),
+        Some(v) if v < known => Check::ok(
+            SCHEMA,
+            format!("version {v}; this agentq upgrades it to {known} when it next opens it"),
+        ),
+        Some(v) => Check::fail(
+            SCHEMA,
+            format!("version {v}, newer than this agentq understands ({known})"),
+            "run the newer agentq that wrote it (upgrade this one)",
+        ),
+    };
+    vec![
+        Check::ok(NAME, format!("{shown}: PostgreSQL {server}, connected")),
+        schema,
+    ]
 }
 
 /// Whether a daemon holds the folder; informational either way.
@@ -723,6 +806,41 @@ mod tests {
                 .unwrap()
                 .contains("move the file aside")
         );
+    }
+
+    #[tokio::test]
+    async fn a_postgres_store_is_reached_and_its_schema_compared_without_showing_the_password() {
+        use crate::store::postgres::{PgStore, test_db::TestDb};
+        use crate::store::url::DatabaseUrl;
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let checks = check_postgres(&db.url, DB_TIMEOUT).await;
+        assert_eq!(checks[0].status, Status::Ok, "{checks:?}");
+        assert!(checks[0].detail.contains("PostgreSQL"), "{checks:?}");
+        assert!(
+            checks[1].detail.contains("no agentq schema yet"),
+            "{checks:?}"
+        );
+        PgStore::connect(&db.url).await.unwrap();
+        let checks = check_postgres(&db.url, DB_TIMEOUT).await;
+        assert!(checks[1].detail.contains("as this agentq"), "{checks:?}");
+
+        let gone = DatabaseUrl::parse("postgres://agentq:s3cret@127.0.0.1:1/queue", "[store] url")
+            .unwrap();
+        let checks = check_postgres(&gone, DB_TIMEOUT).await;
+        assert_eq!(
+            checks.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [Status::Fail, Status::Skip],
+            "{checks:?}"
+        );
+        let text = render_text(&checks);
+        assert!(
+            text.contains("postgres://agentq:***@127.0.0.1:1/queue"),
+            "{text}"
+        );
+        assert!(text.contains("[store] url"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]

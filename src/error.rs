@@ -40,11 +40,20 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// A PostgreSQL store failed; `url` is shown without its password.
+    #[error("database {url}: {about}: {message}")]
+    Postgres {
+        about: &'static str,
+        url: String,
+        message: String,
+    },
+
     #[error(
-        "database {path} has schema version {found}, newer than this agentq understands ({known}); upgrade agentq"
+        "database {database} has schema version {found}, newer than this agentq understands ({known}); upgrade agentq"
     )]
     SchemaTooNew {
-        path: PathBuf,
+        /// The SQLite file, or the PostgreSQL URL without its password.
+        database: String,
         found: i64,
         known: i64,
     },

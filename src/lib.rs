@@ -2,8 +2,8 @@
 //!
 //! # Theory of operation
 //!
-//! The queue lives in a [`store::Store`] (SQLite in `.agentq/agentq.db` by default) and nowhere
-//! else. Clients (`agentq submit`, prompt-file [`intake`]) add tasks to it and ring the daemon's
+//! The queue lives in a [`store::Store`] (SQLite in `.agentq/agentq.db` by default, or a
+//! PostgreSQL database that several hosts share) and nowhere else. Clients (`agentq submit`, prompt-file [`intake`]) add tasks to it and ring the daemon's
 //! [`wake`] doorbell. The [`daemon`] runs one [`worker::Runner`] per named worker; each runner
 //! claims its worker's next task (a fenced lease, renewed by heartbeat), runs the [`agent`] process
 //! for it, and records the result only if its claim still holds. The rules for what happens after

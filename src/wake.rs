@@ -47,15 +47,34 @@ impl Doorbell {
     pub async fn next(&self) -> std::io::Result<Ring> {
         let mut buf = [0u8; 256];
         let n = self.socket.recv(&mut buf).await?;
-        Ok(match std::str::from_utf8(&buf[..n]) {
-            // Worker names have no ':' (see `config::validate_name`).
-            Ok(text) if text.starts_with(RESTART) => {
-                Ring::Restart(text[RESTART.len()..].to_string())
-            }
-            Ok(text) if text.starts_with(CHECK) => Ring::Check(text[CHECK.len()..].to_string()),
-            Ok(name) if !name.is_empty() => Ring::Worker(name.to_string()),
-            _ => Ring::Everyone,
-        })
+        Ok(Ring::decode(std::str::from_utf8(&buf[..n]).unwrap_or("")))
+    }
+}
+
+impl Ring {
+    /// The ring as a short text: the doorbell's datagram, and the payload of a PostgreSQL
+    /// notification (see `store::postgres`).
+    pub fn encode(&self) -> String {
+        match self {
+            Ring::Worker(w) => w.clone(),
+            Ring::Everyone => String::new(),
+            Ring::Restart(w) => format!("{RESTART}{w}"),
+            Ring::Check(w) => format!("{CHECK}{w}"),
+        }
+    }
+
+    /// Reads what [`Ring::encode`] wrote; anything unreadable rings everyone.
+    pub fn decode(text: &str) -> Ring {
+        // Worker names have no ':' (see `config::validate_name`).
+        if let Some(w) = text.strip_prefix(RESTART) {
+            Ring::Restart(w.to_string())
+        } else if let Some(w) = text.strip_prefix(CHECK) {
+            Ring::Check(w.to_string())
+        } else if text.is_empty() {
+            Ring::Everyone
+        } else {
+            Ring::Worker(text.to_string())
+        }
     }
 }
 
@@ -70,28 +89,26 @@ const CHECK: &str = "check:";
 
 /// Wakes the daemon of `state_dir` for `worker` (all workers when `None`), if one is listening.
 pub fn ring(state_dir: &Path, worker: Option<&str>) {
-    send(state_dir, worker.unwrap_or(""));
+    send_ring(
+        state_dir,
+        &worker.map_or(Ring::Everyone, |w| Ring::Worker(w.to_string())),
+    );
 }
 
 /// Asks the daemon of `state_dir`, if one is listening, to replace `worker`'s long-lived process.
 pub fn ring_restart(state_dir: &Path, worker: &str) {
-    send(state_dir, &format!("{RESTART}{worker}"));
+    send_ring(state_dir, &Ring::Restart(worker.to_string()));
 }
 
 /// Tells the daemon of `state_dir`, if one is listening, that a running task of `worker` (or of
 /// `pool`) may have lost its claim.
 pub fn ring_check(state_dir: &Path, worker: &str) {
-    send(state_dir, &format!("{CHECK}{worker}"));
+    send_ring(state_dir, &Ring::Check(worker.to_string()));
 }
 
 /// Sends `ring` to the daemon of `state_dir`, if one is listening.
 pub fn send_ring(state_dir: &Path, ring: &Ring) {
-    match ring {
-        Ring::Worker(w) => self::ring(state_dir, Some(w)),
-        Ring::Everyone => self::ring(state_dir, None),
-        Ring::Restart(w) => ring_restart(state_dir, w),
-        Ring::Check(w) => ring_check(state_dir, w),
-    }
+    send(state_dir, &ring.encode());
 }
 
 fn send(state_dir: &Path, message: &str) {

@@ -1,8 +1,10 @@
 //! The durable queue: the one source of truth for tasks and their history.
 //!
 //! [`Store`] is the interface the daemon and the CLI use; [`sqlite::SqliteStore`] is the embedded
-//! implementation, and a PostgreSQL one will implement the same trait. Nothing backend-specific
-//! crosses it: times are milliseconds since the Unix epoch passed in by the caller (so backends agree
+//! implementation (the default), [`postgres::PgStore`] the one several hosts can share, and
+//! [`open`] picks one from the config. Both pass the same test suite (`suite`), and write their
+//! events' words through [`common`], so nothing but the SQL differs. Nothing backend-specific
+//! crosses the interface: times are milliseconds since the Unix epoch passed in by the caller (so backends agree
 //! on the clock and tests control it), ids are integers, and every state change is one transaction
 //! that also appends its event, so the history can never disagree with the state.
 //!
@@ -11,15 +13,50 @@
 //! lease expired and the task was recovered, or it was cancelled) learns it from a `false` return and
 //! can never overwrite the newer owner's result.
 
+pub mod common;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+pub mod suite;
+pub mod url;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::config::{Config, StoreSettings};
 use crate::domain::TaskState;
 use crate::error::Result;
+use crate::logfile::EventLog;
+use crate::wake::Ring;
+
+/// Opens the store `config` names (`[store] url` or `AGENTQ_DATABASE_URL`: PostgreSQL; else the
+/// SQLite file in the state folder), creating the state folder if need be, bringing its schema up to
+/// date, with the events it commits also appended to `log`.
+pub async fn open(
+    config: &Config,
+    log: Option<std::sync::Arc<EventLog>>,
+) -> Result<Box<dyn Store>> {
+    // The state folder holds the SQLite file, and the event log whichever the store.
+    crate::state::ensure_dir(&config.state_dir())?;
+    Ok(match &config.store {
+        StoreSettings::Sqlite => {
+            let store = sqlite::SqliteStore::open(&config.db_path())?;
+            Box::new(match log {
+                Some(log) => store.with_event_log(log),
+                None => store,
+            })
+        }
+        StoreSettings::Postgres(url) => {
+            let store = postgres::PgStore::connect(url).await?;
+            Box::new(match log {
+                Some(log) => store.with_event_log(log),
+                None => store,
+            })
+        }
+    })
+}
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -362,6 +399,21 @@ pub struct Metrics {
 
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Whether daemons of other state folders (other hosts) may use this store at the same time.
+    /// A shared store's running tasks may be another daemon's, alive: a daemon takes back only
+    /// expired leases ([`Store::recover_expired`]), never [`Store::recover_all_but`].
+    fn shared(&self) -> bool;
+
+    /// The rings that other processes send through the store itself, as they come, until `stop`:
+    /// how a shared store wakes the daemons of other hosts (PostgreSQL's `LISTEN`/`NOTIFY`; every
+    /// change below that makes work claimable or voids a claim sends one in its transaction).
+    /// After a lost connection comes back it rings [`Ring::Everyone`] once, as rings may have been
+    /// missed meanwhile. `None`: the store carries none (SQLite: the doorbell socket serves).
+    fn rings(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<Ring>>;
+
     /// Adds a task in state `queued`, or returns the existing one with the same dedup key.
     async fn submit(&self, task: &NewTask) -> Result<Submitted>;
 

@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rand::RngExt;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
-    Task, TaskFilter, TaskSummary, WorkerCounts,
+    Task, TaskFilter, TaskSummary, WorkerCounts, common,
 };
 use crate::domain::TaskState;
 use crate::error::{Error, Result};
 use crate::logfile::EventLog;
+use common::TASK_COLUMNS;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
@@ -38,11 +38,6 @@ const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-
-const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
-     not_before, created_at, updated_at, started_at, finished_at, owner, lease_expires, exit_code, \
-     output, error, stderr_tail, duration_ms, source, interruptions, session_id, cost_usd, input_tokens, \
-     output_tokens, num_turns, cause, memory_peak_mb, pool, class, complexity, route_reason, max_memory";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -200,7 +195,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         .map_err(db("reading schema version"))?;
     if version > known {
         return Err(Error::SchemaTooNew {
-            path: path.to_path_buf(),
+            database: path.display().to_string(),
             found: version,
             known,
         });
@@ -372,7 +367,7 @@ fn claim_one(
     now: Millis,
     place: &str,
 ) -> rusqlite::Result<Option<Claim>> {
-    let token = new_token();
+    let token = common::new_token();
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&owner, &token, &expires, &now];
     values.extend_from_slice(extra);
     let task = tx
@@ -387,10 +382,7 @@ fn claim_one(
         )
         .optional()?;
     let Some(task) = task else { return Ok(None) };
-    let message = format!(
-        "attempt {} of {}{place} by {owner}",
-        task.attempts, task.max_attempts
-    );
+    let message = common::started(&task, place, owner);
     event(
         tx,
         now,
@@ -400,11 +392,6 @@ fn claim_one(
         &message,
     )?;
     Ok(Some(Claim { task, token }))
-}
-
-fn new_token() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    hex::encode(bytes)
 }
 
 fn state_of(tx: &rusqlite::Transaction, id: i64) -> Op<(TaskState, String)> {
@@ -448,24 +435,15 @@ fn recover_where(
             ..Default::default()
         };
         attempt_row(tx, *id, None, &ending, now)?;
-        let owner = owner.as_deref().unwrap_or("?");
-        if interruptions > max_attempts {
-            let error = format!(
-                "interrupted {interruptions} times: its daemon died while running it each time"
-            );
+        let (dead, message) =
+            common::recovered(*interruptions, *max_attempts, owner.as_deref(), why);
+        if let Some(error) = dead {
             tx.execute(
                 "UPDATE tasks SET state = 'dead', interruptions = ?2, error = ?3, owner = NULL, \
                  claim_token = NULL, lease_expires = NULL, finished_at = ?4, updated_at = ?4 WHERE id = ?1",
                 params![id, interruptions, error, now],
             )?;
-            event(
-                tx,
-                now,
-                Some(*id),
-                Some(worker),
-                "task_finished",
-                &format!("dead: {why} (was held by {owner}); {error}"),
-            )?;
+            event(tx, now, Some(*id), Some(worker), "task_finished", &message)?;
             continue;
         }
         tx.execute(
@@ -474,14 +452,7 @@ fn recover_where(
              WHERE id = ?1",
             params![id, now, interruptions],
         )?;
-        event(
-            tx,
-            now,
-            Some(*id),
-            Some(worker),
-            "task_recovered",
-            &format!("{why} (was held by {owner}); queued again, attempt not counted"),
-        )?;
+        event(tx, now, Some(*id), Some(worker), "task_recovered", &message)?;
     }
     Ok(rows.into_iter().map(|(id, ..)| id).collect())
 }
@@ -512,6 +483,18 @@ fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Even
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// One daemon has the file to itself, behind the state folder's lock.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn rings(
+        &self,
+        _stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::wake::Ring>> {
+        None
+    }
+
     async fn submit(&self, t: &NewTask) -> Result<Submitted> {
         let t = t.clone();
         self.write("submitting a task", move |tx| {
@@ -546,10 +529,8 @@ impl Store for SqliteStore {
                 ],
             )?;
             let id = tx.last_insert_rowid();
-            let place = if t.routing.pool { "the pool" } else { "its worker" };
-            let why = t.routing.route_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-            let data = serde_json::json!({ "pool": t.routing.pool, "class": t.routing.class, "complexity": t.routing.complexity });
-            event_with(tx, t.now, Some(id), Some(&t.worker), "task_queued", &format!("from {}, priority {}, {} bytes; runs on {place}{why}", t.source, t.priority, t.prompt.len()), Some(data))?;
+            let (message, data) = common::queued(&t);
+            event_with(tx, t.now, Some(id), Some(&t.worker), "task_queued", &message, Some(data))?;
             Ok(Submitted::New(id))
         })
         .await
@@ -640,36 +621,7 @@ impl Store for SqliteStore {
                 [fence.id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let reason = f.error.as_deref().unwrap_or("");
-            let (kind, message) = match f.state {
-                TaskState::Succeeded => ("task_finished", format!("succeeded: attempt {attempts} in {} ms", f.duration_ms)),
-                TaskState::Queued => (
-                    "task_retrying",
-                    format!(
-                        "attempt {attempts} failed: {reason}; retry in {} ms",
-                        f.not_before.unwrap_or(f.now) - f.now
-                    ),
-                ),
-                TaskState::Dead => ("task_finished", format!("dead: attempt {attempts} failed: {reason}; no attempts left")),
-                _ => ("task_finished", format!("{}: attempt {attempts} failed: {reason}; not retryable", f.state)),
-            };
-            let data = serde_json::json!({
-                "attempt": attempts,
-                "state": f.state.as_str(),
-                "cause": f.cause,
-                "exit_code": f.exit_code,
-                "duration_ms": f.duration_ms,
-                "memory_peak_mb": f.memory_peak_mb,
-                "cost_usd": f.usage.cost_usd,
-            });
-            let data = serde_json::Value::Object(
-                data.as_object()
-                    .expect("an object")
-                    .iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            );
+            let (kind, message, data) = common::finished(&f, attempts);
             event_with(tx, f.now, Some(fence.id), Some(&worker), kind, &message, Some(data))?;
             if f.usage.cost_usd.is_some() || f.usage.input_tokens.is_some() {
                 tx.execute(
@@ -855,7 +807,7 @@ impl Store for SqliteStore {
                         finished_at: r.get(7)?,
                         duration_ms: r.get(8)?,
                         error: r.get(9)?,
-                        prompt_preview: preview(&prompt),
+                        prompt_preview: common::preview(&prompt),
                         pool: r.get(11)?,
                         class: r.get(12)?,
                     })
@@ -910,26 +862,9 @@ impl Store for SqliteStore {
                     r.get::<_, i64>(2)? as u64,
                 ))
             })?;
-            let mut out: Vec<WorkerCounts> = Vec::new();
-            for row in rows {
-                let (worker, state, n) = row?;
-                if out.last().map(|c| c.worker != worker).unwrap_or(true) {
-                    out.push(WorkerCounts {
-                        worker: worker.clone(),
-                        ..Default::default()
-                    });
-                }
-                let c = out.last_mut().expect("pushed above");
-                *match state {
-                    TaskState::Queued => &mut c.queued,
-                    TaskState::Running => &mut c.running,
-                    TaskState::Succeeded => &mut c.succeeded,
-                    TaskState::Failed => &mut c.failed,
-                    TaskState::Cancelled => &mut c.cancelled,
-                    TaskState::Dead => &mut c.dead,
-                } += n;
-            }
-            Ok(out)
+            Ok(common::fold_counts(
+                rows.collect::<rusqlite::Result<Vec<_>>>()?,
+            ))
         })
         .await
     }
@@ -1007,12 +942,7 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            let message = match &old {
-                Some(id) => {
-                    format!("{why}; conversation {id} left, the next task starts a new one")
-                }
-                None => format!("{why}; the next task starts a new conversation"),
-            };
+            let message = common::session_reset(&why, old.as_deref());
             event(tx, now, None, Some(&worker), "session_reset", &message)?;
             Ok(old.is_some())
         })
@@ -1036,8 +966,8 @@ impl Store for SqliteStore {
                    until = max(until, excluded.until)",
                 params![worker, until, reason, now],
             )?;
-            let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64));
-            event_with(tx, now, None, Some(&worker), "worker_paused", &format!("{reason}; paused until {when}"), Some(serde_json::json!({ "until": until })))?;
+            let (message, data) = common::paused(&reason, until);
+            event_with(tx, now, None, Some(&worker), "worker_paused", &message, Some(data))?;
             Ok(())
         })
         .await
@@ -1083,7 +1013,7 @@ impl Store for SqliteStore {
                  until = excluded.until, reason = excluded.reason, since = excluded.since, kind = 'errored'",
                 params![worker, Millis::MAX, reason, now],
             )?;
-            event(tx, now, None, Some(&worker), "worker_errored", &format!("{reason}; it runs nothing until `agentq worker restart {worker}`"))?;
+            event(tx, now, None, Some(&worker), "worker_errored", &common::errored(&worker, &reason))?;
             Ok(())
         })
         .await
@@ -1099,12 +1029,7 @@ impl Store for SqliteStore {
                     pause_from_row,
                 )
                 .optional()?;
-            let message = match &cleared {
-                Some(p) if p.errored() => format!("restarted by hand; it was errored: {}", p.reason),
-                Some(p) => format!("restarted by hand; it was paused: {}", p.reason),
-                None => "restarted by hand".to_string(),
-            };
-            event(tx, now, None, Some(&worker), "worker_restarted", &message)?;
+            event(tx, now, None, Some(&worker), "worker_restarted", &common::restarted(cleared.as_ref()))?;
             Ok(cleared)
         })
         .await
@@ -1242,7 +1167,7 @@ impl Store for SqliteStore {
                    AND worker IS NOT NULL \
                  GROUP BY worker",
             )?;
-            let mut activity: Vec<super::Activity> = restarts
+            let activity: Vec<super::Activity> = restarts
                 .query_map([since], |r| {
                     Ok(super::Activity {
                         worker: r.get(0)?,
@@ -1261,18 +1186,7 @@ impl Store for SqliteStore {
                     Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            for (worker, peak) in peaks {
-                match activity.iter_mut().find(|a| a.worker == worker) {
-                    Some(a) => a.memory_peak_mb = Some(peak),
-                    None => activity.push(super::Activity {
-                        worker,
-                        memory_peak_mb: Some(peak),
-                        ..Default::default()
-                    }),
-                }
-            }
-            activity.sort_by(|a, b| a.worker.cmp(&b.worker));
-            Ok(activity)
+            Ok(common::merge_activity(activity, peaks))
         })
         .await
     }
@@ -1364,72 +1278,15 @@ impl Store for SqliteStore {
     }
 }
 
-/// The first line of a prompt, cut to 80 characters.
-fn preview(prompt: &str) -> String {
-    let line = prompt
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    if line.chars().count() > 80 {
-        let cut: String = line.chars().take(79).collect();
-        format!("{cut}…")
-    } else {
-        line.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Activity, Usage};
+    use crate::store::suite::{self, CountRow, Fixture, Inspect, task};
 
-    const LEASE: Duration = Duration::from_secs(30);
-
-    fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("agentq.db")).unwrap();
-        (dir, s)
-    }
-
-    fn task(worker: &str, prompt: &str, priority: i64, now: Millis) -> NewTask {
-        NewTask {
-            routing: Default::default(),
-            worker: worker.into(),
-            prompt: prompt.into(),
-            priority,
-            max_attempts: 3,
-            timeout_ms: None,
-            not_before: now,
-            source: "test".into(),
-            dedup_key: None,
-            now,
-        }
-    }
-
-    fn done(state: TaskState, now: Millis) -> Finish {
-        Finish {
-            state,
-            not_before: None,
-            exit_code: Some(0),
-            output: Some("ok".into()),
-            error: None,
-            stderr_tail: None,
-            duration_ms: 5,
-            usage: Default::default(),
-            cause: None,
-            memory_peak_mb: None,
-            now,
-        }
-    }
-
-    /// worker, pool, state, class, count
-    type CountRow = (String, i64, String, String, i64);
-
-    /// The kept counts are what counting the tasks gives.
-    async fn counts_agree(s: &SqliteStore) {
-        let (kept, counted) = s
-            .call("comparing counts", |conn| {
+    #[async_trait]
+    impl Inspect for SqliteStore {
+        async fn kept_and_counted(&self) -> (Vec<CountRow>, Vec<CountRow>) {
+            self.call("comparing counts", |conn| {
                 let rows = |sql: &str| -> rusqlite::Result<Vec<CountRow>> {
                     conn.prepare(sql)?
                         .query_map([], |r| {
@@ -1449,7 +1306,29 @@ mod tests {
                 ))
             })
             .await
-            .unwrap();
+            .unwrap()
+        }
+    }
+
+    /// A fresh database file in a folder of its own, with an event log beside it.
+    async fn fixture() -> Option<Fixture> {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("events.jsonl");
+        let log = Arc::new(EventLog::new(log_path.clone(), 1 << 20, 2));
+        let store = SqliteStore::open(&dir.path().join("agentq.db"))
+            .unwrap()
+            .with_event_log(log);
+        Some(Fixture {
+            store: Arc::new(store),
+            log_path,
+            keep: Box::new(dir),
+        })
+    }
+
+    suite::store_suite!(fixture);
+
+    async fn counts_agree(s: &SqliteStore) {
+        let (kept, counted) = s.kept_and_counted().await;
         assert_eq!(kept, counted);
     }
 
@@ -1484,524 +1363,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kept_counts_follow_every_change_of_state() {
-        let (_d, s) = store();
-        let mut ids = Vec::new();
-        for (i, (worker, pool, class)) in [
-            ("w", false, None),
-            ("w", false, Some("short")),
-            ("w", true, Some("long")),
-            ("pool", true, Some("long")),
-            ("v", false, None),
-            ("v", false, Some("short")),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let mut new = task(worker, "t", 0, i as Millis);
-            new.routing.pool = pool;
-            new.routing.class = class.map(str::to_string);
-            ids.push(s.submit(&new).await.unwrap().id());
-        }
-        counts_agree(&s).await;
-        let workers = ["w".to_string(), "pool".to_string()];
-        let a = s.claim("w", "me", 10, LEASE).await.unwrap().unwrap();
-        let b = s
-            .claim_pool("me", 10, LEASE, 4, &workers)
-            .await
-            .unwrap()
-            .unwrap();
-        let c = s.claim("v", "other", 10, LEASE).await.unwrap().unwrap();
-        counts_agree(&s).await;
-        // A retry back to the queue, a success, a release, a failure for good.
-        let retry = Finish {
-            not_before: Some(20),
-            ..done(TaskState::Queued, 11)
-        };
-        assert!(s.finish(&a.fence(), &retry, None).await.unwrap());
-        assert!(
-            s.finish(&b.fence(), &done(TaskState::Succeeded, 11), None)
-                .await
-                .unwrap()
-        );
-        assert!(s.release(&c.fence(), "shutting down", 11).await.unwrap());
-        counts_agree(&s).await;
-        let d = s.claim("v", "other", 12, LEASE).await.unwrap().unwrap();
-        assert!(
-            s.finish(&d.fence(), &done(TaskState::Dead, 13), None)
-                .await
-                .unwrap()
-        );
-        // Cancelled queued and running; retried; recovered from a dead owner and an expired lease.
-        s.cancel(ids[5], 14).await.unwrap();
-        let e = s.claim("w", "gone", 30, LEASE).await.unwrap().unwrap();
-        s.cancel(e.task.id, 31).await.unwrap();
-        counts_agree(&s).await;
-        s.retry(d.task.id, 32).await.unwrap();
-        s.retry(ids[5], 32).await.unwrap();
-        s.claim("w", "gone", 40, LEASE).await.unwrap().unwrap();
-        s.claim_pool("gone", 40, LEASE, 4, &workers)
-            .await
-            .unwrap()
-            .unwrap();
-        counts_agree(&s).await;
-        s.recover_all_but("me", 50).await.unwrap();
-        counts_agree(&s).await;
-        s.claim("v", "me", 60, LEASE).await.unwrap().unwrap();
-        s.recover_expired(60 + LEASE.as_millis() as Millis + 1)
-            .await
-            .unwrap();
-        counts_agree(&s).await;
-        // What status reads from them.
-        let pool = s.pool_counts().await.unwrap();
-        assert_eq!((pool.long, pool.short), (2, 2));
-    }
-
-    #[tokio::test]
-    async fn activity_counts_restarts_and_peaks_since_a_start_by_where_tasks_ran() {
-        let (_d, s) = store();
-        let event = |worker: &str, kind: &str, now: Millis| NewEvent {
-            task_id: None,
-            worker: Some(worker.into()),
-            kind: kind.into(),
-            message: String::new(),
-            data: None,
-            now,
-        };
-        // Before the start (100): not counted.
-        s.record_event(&event("w", "agent_restarting", 50))
-            .await
-            .unwrap();
-        s.record_event(&event("w", "agent_restarting", 150))
-            .await
-            .unwrap();
-        s.record_event(&event("w", "agent_restarting", 160))
-            .await
-            .unwrap();
-        s.record_event(&event("w", "worker_restarted", 170))
-            .await
-            .unwrap();
-        s.record_event(&event("v", "task_queued", 170))
-            .await
-            .unwrap();
-        // w: an attempt of an earlier daemon run (500 MiB), two of this one (owner "me:1:", its
-        // nonce after the prefix), and one in the pool (900 MiB).
-        for (now, mb, pool, owner) in [
-            (10, 500.0, false, "me:0:aa"),
-            (200, 40.0, false, "me:1:bb"),
-            (210, 60.0, false, "me:1:bb"),
-            (220, 900.0, true, "me:1:bb"),
-        ] {
-            let mut new = task("w", "t", 0, now);
-            new.routing.pool = pool;
-            s.submit(&new).await.unwrap();
-            let claim = if pool {
-                s.claim_pool(owner, now + 1, LEASE, 4, &["w".into()]).await
-            } else {
-                s.claim("w", owner, now + 1, LEASE).await
-            };
-            let claim = claim.unwrap().unwrap();
-            let finish = Finish {
-                memory_peak_mb: Some(mb),
-                ..done(TaskState::Succeeded, now + 2)
-            };
-            assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
-        }
-        let activity = s.activity_since(100, "me:1:").await.unwrap();
-        assert_eq!(
-            activity,
-            [
-                Activity {
-                    worker: "pool".into(),
-                    restarts: 0,
-                    last_restart: None,
-                    memory_peak_mb: Some(900.0),
-                },
-                Activity {
-                    worker: "w".into(),
-                    restarts: 2,
-                    last_restart: Some(170),
-                    memory_peak_mb: Some(60.0),
-                },
-            ]
-        );
-        assert_eq!(s.activity_since(1_000, "me:2:").await.unwrap(), []);
-    }
-
-    #[tokio::test]
-    async fn metrics_count_ended_tasks_into_buckets_and_events_by_kind() {
-        let (_d, s) = store();
-        for (i, (ms, mb)) in [(50, Some(10.0)), (700, Some(100.0)), (9_000, None)]
-            .into_iter()
-            .enumerate()
-        {
-            let now = i as Millis * 10;
-            s.submit(&task("w", "t", 0, now)).await.unwrap();
-            let claim = s.claim("w", "me", now + 1, LEASE).await.unwrap().unwrap();
-            let finish = Finish {
-                duration_ms: ms,
-                memory_peak_mb: mb,
-                ..done(TaskState::Succeeded, now + 2)
-            };
-            assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
-        }
-        s.submit(&task("v", "waiting", 0, 100)).await.unwrap();
-        for (kind, worker) in [
-            ("file_rejected", "w"),
-            ("file_rejected", "v"),
-            ("other", "w"),
-        ] {
-            let event = NewEvent {
-                task_id: None,
-                worker: Some(worker.into()),
-                kind: kind.into(),
-                message: String::new(),
-                data: None,
-                now: 200,
-            };
-            s.record_event(&event).await.unwrap();
-        }
-
-        let m = s
-            .metrics(
-                &[100.0, 1000.0],
-                &[64.0],
-                &["file_rejected", "agent_restarting"],
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            m.tasks,
-            [
-                (TaskState::Queued, None, 1),
-                (TaskState::Succeeded, None, 3)
-            ]
-        );
-        let d = &m.duration_ms;
-        assert_eq!(
-            (d.counts.as_slice(), d.count, d.sum),
-            (&[1, 2][..], 3, 9750.0)
-        );
-        let mem = &m.memory_peak_mb;
-        assert_eq!(
-            (mem.counts.as_slice(), mem.count, mem.sum),
-            (&[1][..], 2, 110.0)
-        );
-        assert_eq!(
-            m.events,
-            [
-                ("file_rejected".to_string(), Some("v".to_string()), 1),
-                ("file_rejected".to_string(), Some("w".to_string()), 1)
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn highest_priority_first_then_fifo() {
-        let (_d, s) = store();
-        let a = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-        let b = s.submit(&task("w", "b", 5, 2)).await.unwrap().id();
-        let c = s.submit(&task("w", "c", 0, 3)).await.unwrap().id();
-        let d = s.submit(&task("w", "d", 5, 4)).await.unwrap().id();
-        let mut order = vec![];
-        for now in 10..14 {
-            let claim = s.claim("w", "me", now, LEASE).await.unwrap().unwrap();
-            order.push(claim.task.id);
-            assert!(
-                s.finish(&claim.fence(), &done(TaskState::Succeeded, now), None)
-                    .await
-                    .unwrap()
-            );
-        }
-        assert_eq!(order, vec![b, d, a, c]);
-        assert!(s.claim("w", "me", 20, LEASE).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_worker_runs_one_task_at_a_time_and_workers_are_independent() {
-        let (_d, s) = store();
-        s.submit(&task("w", "a", 0, 1)).await.unwrap();
-        s.submit(&task("w", "b", 0, 1)).await.unwrap();
-        s.submit(&task("v", "c", 0, 1)).await.unwrap();
-        let first = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
-        assert!(
-            s.claim("w", "other", 2, LEASE).await.unwrap().is_none(),
-            "w is busy"
-        );
-        assert!(
-            s.claim("v", "me", 2, LEASE).await.unwrap().is_some(),
-            "v is not"
-        );
-        s.finish(&first.fence(), &done(TaskState::Succeeded, 3), None)
-            .await
-            .unwrap();
-        assert!(s.claim("w", "me", 4, LEASE).await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn an_empty_queue_has_no_next_due_time() {
-        let (_d, s) = store();
-        assert_eq!(s.next_due("w").await.unwrap(), None, "no error, no timer");
-        s.pause_worker("w", 1000, "paused", 1).await.unwrap();
-        assert_eq!(
-            s.next_due("w").await.unwrap(),
-            None,
-            "a pause alone is no work"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_shorter_pause_does_not_cut_a_longer_one() {
-        let (_d, s) = store();
-        s.pause_worker("w", 1_000_000, "by hand", 1).await.unwrap();
-        s.pause_worker("w", 5_000, "usage limit", 2).await.unwrap();
-        let p = s.pauses(3).await.unwrap();
-        assert_eq!((p[0].until, p[0].reason.as_str()), (1_000_000, "by hand"));
-        s.pause_worker("w", 2_000_000, "longer", 4).await.unwrap();
-        assert_eq!(s.pauses(5).await.unwrap()[0].until, 2_000_000);
-    }
-
-    #[tokio::test]
-    async fn not_before_holds_a_task_back() {
-        let (_d, s) = store();
-        let mut t = task("w", "later", 0, 1);
-        t.not_before = 100;
-        s.submit(&t).await.unwrap();
-        assert!(s.claim("w", "me", 99, LEASE).await.unwrap().is_none());
-        assert_eq!(s.next_due("w").await.unwrap(), Some(100));
-        assert!(s.claim("w", "me", 100, LEASE).await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn a_stale_claim_cannot_record_a_result() {
-        let (_d, s) = store();
-        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-        let stale = s
-            .claim("w", "old", 10, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .unwrap();
-        // The old owner stops heartbeating; its lease runs out and the task is recovered.
-        assert_eq!(s.recover_expired(50).await.unwrap(), Vec::<i64>::new());
-        assert_eq!(s.next_lease_expiry().await.unwrap(), Some(110));
-        assert_eq!(s.recover_expired(200).await.unwrap(), vec![id]);
-        let fresh = s.claim("w", "new", 201, LEASE).await.unwrap().unwrap();
-        assert_eq!(
-            fresh.task.attempts, 1,
-            "the interrupted attempt was given back"
-        );
-
-        assert!(!s.heartbeat(&stale.fence(), 202, LEASE).await.unwrap());
-        assert!(
-            !s.finish(&stale.fence(), &done(TaskState::Failed, 203), None)
-                .await
-                .unwrap()
-        );
-        assert!(!s.release(&stale.fence(), "x", 203).await.unwrap());
-        assert!(s.heartbeat(&fresh.fence(), 204, LEASE).await.unwrap());
-        assert!(
-            s.finish(&fresh.fence(), &done(TaskState::Succeeded, 205), None)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !s.finish(&fresh.fence(), &done(TaskState::Failed, 206), None)
-                .await
-                .unwrap(),
-            "only once"
-        );
-
-        let t = s.get(id).await.unwrap().unwrap();
-        assert_eq!(t.state, TaskState::Succeeded);
-        let kinds: Vec<String> = s
-            .events_of(id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                "task_queued",
-                "task_started",
-                "task_recovered",
-                "task_started",
-                "task_finished"
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_task_that_keeps_killing_its_daemon_ends_dead() {
-        let (_d, s) = store();
-        let id = s.submit(&task("w", "poison", 0, 1)).await.unwrap().id();
-        for round in 1..=3 {
-            let c = s
-                .claim("w", "doomed", 10 * round, LEASE)
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(c.task.attempts, 1, "interruptions do not spend attempts");
-            assert_eq!(
-                s.recover_all_but("next", 10 * round + 1).await.unwrap(),
-                vec![id]
-            );
-        }
-        s.claim("w", "doomed", 50, LEASE).await.unwrap().unwrap();
-        s.recover_all_but("next", 51).await.unwrap();
-        let t = s.get(id).await.unwrap().unwrap();
-        assert_eq!((t.state, t.interruptions), (TaskState::Dead, 4));
-        assert!(t.error.unwrap().contains("interrupted 4 times"));
-        s.retry(id, 60).await.unwrap();
-        assert_eq!(s.get(id).await.unwrap().unwrap().interruptions, 0);
-    }
-
-    #[tokio::test]
-    async fn the_end_hook_sees_the_committed_view_and_only_at_the_end() {
-        let (_d, s) = store();
-        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let hook = |seen: &std::sync::Arc<std::sync::Mutex<Vec<(TaskState, usize)>>>| -> EndHook {
-            let seen = seen.clone();
-            Box::new(move |t: &Task, events: &[Event]| {
-                seen.lock().unwrap().push((t.state, events.len()))
-            })
-        };
-        let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
-        let mut retry = done(TaskState::Queued, 3);
-        retry.not_before = Some(3);
-        s.finish(&c.fence(), &retry, Some(hook(&seen)))
-            .await
-            .unwrap();
-        assert!(seen.lock().unwrap().is_empty(), "a retry is not an end");
-        let c = s.claim("w", "me", 4, LEASE).await.unwrap().unwrap();
-        s.finish(
-            &c.fence(),
-            &done(TaskState::Succeeded, 5),
-            Some(hook(&seen)),
-        )
-        .await
-        .unwrap();
-        // submitted, started, retry_scheduled, started, succeeded
-        assert_eq!(*seen.lock().unwrap(), vec![(TaskState::Succeeded, 5)]);
-        assert!(
-            !s.finish(&c.fence(), &done(TaskState::Failed, 6), Some(hook(&seen)))
-                .await
-                .unwrap()
-        );
-        assert_eq!(
-            seen.lock().unwrap().len(),
-            1,
-            "a fenced-out finish runs no hook"
-        );
-        assert_eq!(
-            s.get(id).await.unwrap().unwrap().state,
-            TaskState::Succeeded
-        );
-    }
-
-    #[tokio::test]
-    async fn heartbeats_keep_a_lease() {
-        let (_d, s) = store();
-        s.submit(&task("w", "a", 0, 1)).await.unwrap();
-        let c = s
-            .claim("w", "me", 10, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            s.heartbeat(&c.fence(), 90, Duration::from_millis(100))
-                .await
-                .unwrap()
-        );
-        assert!(s.recover_expired(150).await.unwrap().is_empty());
-        assert_eq!(s.recover_expired(191).await.unwrap(), vec![c.task.id]);
-    }
-
-    #[tokio::test]
-    async fn recover_all_but_spares_the_current_owner() {
-        let (_d, s) = store();
-        s.submit(&task("a", "x", 0, 1)).await.unwrap();
-        s.submit(&task("b", "y", 0, 1)).await.unwrap();
-        let mine = s.claim("a", "me", 2, LEASE).await.unwrap().unwrap();
-        let theirs = s.claim("b", "gone", 2, LEASE).await.unwrap().unwrap();
-        assert_eq!(
-            s.recover_all_but("me", 3).await.unwrap(),
-            vec![theirs.task.id]
-        );
-        assert!(s.heartbeat(&mine.fence(), 4, LEASE).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn dedup_key_makes_submit_idempotent() {
-        let (_d, s) = store();
-        let mut t = task("w", "a", 0, 1);
-        t.dedup_key = Some("k".into());
-        let first = s.submit(&t).await.unwrap();
-        assert!(matches!(first, Submitted::New(_)));
-        assert_eq!(
-            s.submit(&t).await.unwrap(),
-            Submitted::Duplicate(first.id())
-        );
-        assert_eq!(s.list(&TaskFilter::default()).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn cancel_and_retry() {
-        let (_d, s) = store();
-        let q = s.submit(&task("w", "queued", 0, 1)).await.unwrap().id();
-        let r = s.submit(&task("v", "running", 0, 1)).await.unwrap().id();
-        let claim = s.claim("v", "me", 2, LEASE).await.unwrap().unwrap();
-        assert_eq!(s.cancel(q, 3).await.unwrap(), TaskState::Queued);
-        assert_eq!(s.cancel(r, 3).await.unwrap(), TaskState::Running);
-        assert!(
-            !s.heartbeat(&claim.fence(), 4, LEASE).await.unwrap(),
-            "the runner learns of it"
-        );
-        // The running attempt's row says it was cancelled, and how long it had run.
-        let attempts = s.attempts_of(r).await.unwrap();
-        assert_eq!(attempts.len(), 1);
-        assert_eq!(
-            (attempts[0].outcome.as_str(), attempts[0].duration_ms),
-            ("cancelled", Some(1))
-        );
-        assert!(s.attempts_of(q).await.unwrap().is_empty());
-        assert!(matches!(
-            s.cancel(q, 4).await,
-            Err(Error::WrongState { .. })
-        ));
-        assert!(matches!(
-            s.cancel(999, 4).await,
-            Err(Error::NoSuchTask { id: 999 })
-        ));
-
-        s.retry(q, 5).await.unwrap();
-        let t = s.get(q).await.unwrap().unwrap();
-        assert_eq!((t.state, t.attempts), (TaskState::Queued, 0));
-        assert!(matches!(s.retry(q, 6).await, Err(Error::WrongState { .. })));
-    }
-
-    #[tokio::test]
-    async fn finish_with_retry_keeps_the_reason_and_counts() {
-        let (_d, s) = store();
-        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-        let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
-        let mut f = done(TaskState::Queued, 3);
-        f.not_before = Some(1003);
-        f.error = Some("exit code 1".into());
-        s.finish(&c.fence(), &f, None).await.unwrap();
-        let t = s.get(id).await.unwrap().unwrap();
-        assert_eq!(
-            (t.state, t.attempts, t.not_before),
-            (TaskState::Queued, 1, 1003)
-        );
-        assert_eq!(t.finished_at, None);
-        let counts = s.counts().await.unwrap();
-        assert_eq!(counts[0].queued, 1);
-    }
-
-    #[tokio::test]
     async fn reopening_keeps_everything_and_a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agentq.db");
@@ -2020,263 +1381,5 @@ mod tests {
             SqliteStore::open(&path),
             Err(Error::SchemaTooNew { found: 99, .. })
         ));
-    }
-
-    #[tokio::test]
-    async fn worker_sessions_are_kept_replaced_and_reset() {
-        let (_d, s) = store();
-        assert_eq!(s.worker_session("w").await.unwrap(), None);
-        let mut st = crate::claude::SessionState {
-            id: "a".into(),
-            cwd: "/w".into(),
-            tasks: 0,
-            input_tokens: 0,
-            cost_usd: 0.0,
-        };
-        s.save_worker_session("w", &st, 1).await.unwrap();
-        st.tasks = 2;
-        st.input_tokens = 50;
-        s.save_worker_session("w", &st, 2).await.unwrap();
-        assert_eq!(s.worker_session("w").await.unwrap(), Some(st.clone()));
-        st.cost_usd = 0.5;
-        assert!(s.update_worker_session("w", "a", &st, 3).await.unwrap());
-        assert_eq!(s.worker_session("w").await.unwrap().unwrap().cost_usd, 0.5);
-        assert!(
-            !s.update_worker_session("w", "other", &st, 3).await.unwrap(),
-            "only the conversation joined"
-        );
-        assert!(s.reset_worker_session("w", "asked", 3).await.unwrap());
-        assert!(
-            !s.update_worker_session("w", "a", &st, 4).await.unwrap(),
-            "a reset stands"
-        );
-        assert_eq!(s.worker_session("w").await.unwrap(), None);
-        assert_eq!(s.worker_session("w").await.unwrap(), None);
-        assert!(!s.reset_worker_session("w", "asked", 4).await.unwrap());
-        let ev = s
-            .events(&EventFilter {
-                kind: Some("session_reset".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(ev.len(), 2);
-        assert!(
-            ev[0].message.contains("conversation a left"),
-            "{}",
-            ev[0].message
-        );
-    }
-
-    #[tokio::test]
-    async fn a_paused_worker_claims_nothing_until_the_pause_ends() {
-        let (_d, s) = store();
-        s.submit(&task("w", "a", 0, 1)).await.unwrap();
-        s.pause_worker("w", 1000, "usage limit", 10).await.unwrap();
-        assert!(s.claim("w", "me", 500, LEASE).await.unwrap().is_none());
-        assert_eq!(
-            s.next_due("w").await.unwrap(),
-            Some(1000),
-            "due when the pause ends"
-        );
-        assert_eq!(s.pauses(500).await.unwrap().len(), 1);
-        assert!(s.pauses(1000).await.unwrap().is_empty());
-        let c = s.claim("w", "me", 1000, LEASE).await.unwrap().unwrap();
-        s.finish(
-            &c.fence(),
-            &Finish {
-                usage: Usage {
-                    cost_usd: Some(0.25),
-                    input_tokens: Some(100),
-                    ..Default::default()
-                },
-                ..done(TaskState::Succeeded, 1001)
-            },
-            None,
-        )
-        .await
-        .unwrap();
-        let spend = s.spend_since(0).await.unwrap();
-        assert_eq!(
-            (spend[0].cost_usd, spend[0].input_tokens, spend[0].attempts),
-            (0.25, 100, 1)
-        );
-        assert!(s.spend_since(2000).await.unwrap().is_empty());
-
-        s.submit(&task("w", "b", 0, 1)).await.unwrap();
-        s.pause_worker("w", 9_999_999, "by hand", 1100)
-            .await
-            .unwrap();
-        assert!(s.resume_worker("w", "by hand", 1200).await.unwrap());
-        assert!(s.claim("w", "me", 1300, LEASE).await.unwrap().is_some());
-        assert!(!s.resume_worker("w", "again", 1400).await.unwrap());
-    }
-
-    #[test]
-    fn previews_are_one_short_line() {
-        assert_eq!(preview("\n  hello\nworld"), "hello");
-        assert_eq!(preview(&"x".repeat(100)).chars().count(), 80);
-    }
-
-    #[tokio::test]
-    async fn every_attempt_is_kept_with_its_cause_and_figures() {
-        let (_d, s) = store();
-        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-        let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
-        let mut f = done(TaskState::Queued, 3);
-        f.error = Some("timeout: still running after 1s".into());
-        f.cause = Some("timeout".into());
-        f.memory_peak_mb = Some(12.5);
-        assert!(s.finish(&c.fence(), &f, None).await.unwrap());
-        // A claim that is gone writes no attempt.
-        assert!(!s.finish(&c.fence(), &f, None).await.unwrap());
-        assert!(!s.release(&c.fence(), "late", 3).await.unwrap());
-        assert_eq!(s.attempts_of(id).await.unwrap().len(), 1);
-        let c = s.claim("w", "me", 4, LEASE).await.unwrap().unwrap();
-        s.release(&c.fence(), "daemon shutting down", 5)
-            .await
-            .unwrap();
-        let c = s.claim("w", "me", 6, LEASE).await.unwrap().unwrap();
-        assert!(
-            s.finish(&c.fence(), &done(TaskState::Succeeded, 7), None)
-                .await
-                .unwrap()
-        );
-        let t = s.get(id).await.unwrap().unwrap();
-        assert_eq!(
-            (t.cause, t.memory_peak_mb),
-            (None, None),
-            "the last attempt's"
-        );
-        let history = s.attempts_of(id).await.unwrap();
-        let outline: Vec<(u32, &str, Option<&str>)> = history
-            .iter()
-            .map(|a| (a.attempt, a.outcome.as_str(), a.cause.as_deref()))
-            .collect();
-        assert_eq!(
-            outline,
-            [
-                (1, "failed", Some("timeout")),
-                (2, "released", None),
-                (2, "succeeded", None)
-            ]
-        );
-        assert_eq!(history[0].memory_peak_mb, Some(12.5));
-        assert_eq!(history[0].owner.as_deref(), Some("me"));
-        let finished = s.events_of(id).await.unwrap().pop().unwrap();
-        assert_eq!(finished.kind, "task_finished");
-        assert_eq!(finished.data.unwrap()["state"], "succeeded");
-    }
-
-    #[tokio::test]
-    async fn an_errored_worker_claims_nothing_until_restarted_and_resume_does_not_clear_it() {
-        let (_d, s) = store();
-        s.submit(&task("w", "a", 0, 1)).await.unwrap();
-        s.error_worker("w", "its agent process died 3 times", 2)
-            .await
-            .unwrap();
-        assert!(s.claim("w", "me", 3, LEASE).await.unwrap().is_none());
-        let p = s.pauses(3).await.unwrap();
-        assert!(p[0].errored(), "{p:?}");
-        assert!(!s.resume_worker("w", "by hand", 4).await.unwrap());
-        assert!(
-            s.claim("w", "me", 5, LEASE).await.unwrap().is_none(),
-            "still errored"
-        );
-        // A pause on top keeps it errored.
-        s.pause_worker("w", 1000, "usage limit", 6).await.unwrap();
-        assert!(s.pauses(7).await.unwrap()[0].errored());
-        let cleared = s.restart_worker("w", 8).await.unwrap().unwrap();
-        assert!(cleared.errored());
-        assert!(s.claim("w", "me", 9, LEASE).await.unwrap().is_some());
-        assert_eq!(s.restart_worker("w", 10).await.unwrap(), None);
-        let kinds: Vec<String> = s
-            .events(&EventFilter::default())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert!(kinds.contains(&"worker_errored".to_string()), "{kinds:?}");
-        assert!(kinds.contains(&"worker_restarted".to_string()), "{kinds:?}");
-    }
-
-    #[tokio::test]
-    async fn committed_events_reach_the_event_log_and_rolled_back_ones_do_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let log_path = dir.path().join("events.jsonl");
-        let log = Arc::new(EventLog::new(log_path.clone(), 1 << 20, 2));
-        let s = SqliteStore::open(&dir.path().join("agentq.db"))
-            .unwrap()
-            .with_event_log(log);
-        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-        // Cancelling a task that is not there rolls back; nothing is logged for it.
-        assert!(s.cancel(id + 1, 2).await.is_err());
-        s.cancel(id, 3).await.unwrap();
-        let lines = crate::logfile::read_events(&log_path, &Default::default()).unwrap();
-        let kinds: Vec<(&str, Option<i64>)> =
-            lines.iter().map(|e| (e.kind.as_str(), e.task)).collect();
-        assert_eq!(
-            kinds,
-            [("task_queued", Some(id)), ("task_cancelled", Some(id))]
-        );
-        assert_eq!(lines[0].worker.as_deref(), Some("w"));
-    }
-
-    #[tokio::test]
-    async fn the_pool_claims_up_to_its_limit_and_workers_never_claim_pool_tasks() {
-        let (_d, s) = store();
-        let w = ["w".to_string()];
-        let pooled = |prompt: &str| {
-            let mut t = task("w", prompt, 0, 1);
-            t.routing.pool = true;
-            t.routing.class = Some("long".into());
-            t
-        };
-        for p in ["a", "b", "c"] {
-            s.submit(&pooled(p)).await.unwrap();
-        }
-        let own = s.submit(&task("w", "own", 0, 1)).await.unwrap().id();
-        // The worker claims only its own task, and a running pool task does not hold it back.
-        let first = s.claim_pool("me", 2, LEASE, 2, &w).await.unwrap().unwrap();
-        assert!(first.task.routing.pool);
-        let c = s.claim("w", "me", 3, LEASE).await.unwrap().unwrap();
-        assert_eq!(c.task.id, own);
-        assert_eq!(
-            s.next_due("w").await.unwrap(),
-            None,
-            "pool tasks are not the worker's queue"
-        );
-        // At most two pool tasks run at once.
-        assert!(s.claim_pool("me", 4, LEASE, 2, &w).await.unwrap().is_some());
-        assert!(s.claim_pool("me", 5, LEASE, 2, &w).await.unwrap().is_none());
-        assert_eq!(s.next_due_pool(&w).await.unwrap(), Some(1));
-        let counts = s.pool_counts().await.unwrap();
-        assert_eq!((counts.queued, counts.running, counts.long), (1, 2, 3));
-        s.finish(&first.fence(), &done(TaskState::Succeeded, 6), None)
-            .await
-            .unwrap();
-        assert!(s.claim_pool("me", 7, LEASE, 2, &w).await.unwrap().is_some());
-        // A paused worker's pool tasks wait with it.
-        s.submit(&pooled("d")).await.unwrap();
-        s.pause_worker("w", 1000, "usage limit", 8).await.unwrap();
-        assert!(s.claim_pool("me", 9, LEASE, 9, &w).await.unwrap().is_none());
-        assert_eq!(s.next_due_pool(&w).await.unwrap(), Some(1000));
-        // Only the given workers' tasks: one no longer configured waits.
-        s.resume_worker("w", "back", 10).await.unwrap();
-        let others = ["v".to_string()];
-        assert!(
-            s.claim_pool("me", 11, LEASE, 9, &others)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(s.next_due_pool(&others).await.unwrap(), None);
-        assert!(
-            s.claim_pool("me", 12, LEASE, 9, &w)
-                .await
-                .unwrap()
-                .is_some()
-        );
     }
 }

@@ -61,7 +61,8 @@ impl Project {
         c.args(args)
             .current_dir(self.dir.path())
             .env_remove("AGENTQ_LOG")
-            .env_remove("AGENTQ_CONFIG");
+            .env_remove("AGENTQ_CONFIG")
+            .env_remove("AGENTQ_DATABASE_URL");
         c
     }
 
@@ -342,6 +343,16 @@ pub fn claude_bin() -> PathBuf {
         "the claude CLI these tests run is not installed: run scripts/test once (it installs the pinned version into .tools/claude-code)"
     );
     local
+}
+
+/// A fresh PostgreSQL database on the test server (`AGENTQ_TEST_DATABASE_URL`), dropped when the
+/// value is; `None` when there is no server and `AGENTQ_TEST_PG=skip` allows that.
+pub fn pg_database() -> Option<agentq::store::postgres::test_db::TestDb> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(agentq::store::postgres::test_db::TestDb::create())
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -1,0 +1,2075 @@
+//! The shared store: a PostgreSQL database that the daemons of several hosts can use at once.
+//!
+//! Same semantics as [`super::sqlite::SqliteStore`], tested by the same suite; what differs is how
+//! concurrency is made safe without SQLite's single writer:
+//!
+//! - **Claims** are one `UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)
+//!   RETURNING ...`: concurrent claimers skip each other's rows instead of queueing on them. The
+//!   "one running task per worker" and "at most `max_running` in the pool" conditions are read in
+//!   that same statement, after a transaction-scoped advisory lock on the worker (or the pool) so
+//!   that two claims for the same worker cannot both see it idle; a partial unique index on
+//!   running tasks per worker backs that up in the schema itself.
+//! - **Fencing** is the claim token, as in SQLite; every write to a running task first locks its
+//!   row (`FOR UPDATE`) with the token in the condition, so a finish racing a recovery sees the
+//!   winner's row and writes nothing.
+//! - **Counts** (`task_counts`, `attempt_peaks`) are kept by PL/pgSQL triggers that lock the two
+//!   count rows a change touches in one fixed order; recoveries, the only writes that move many
+//!   tasks, are serialised by an advisory lock; and a transaction that still loses a deadlock or
+//!   a serialisation race is run again from the start (at most [`TRIES`] times).
+//! - **Wake-ups**: a change that makes work claimable (submit, retry, resume, restart, recovery)
+//!   or voids a claim (cancel) sends `NOTIFY agentq, '<ring>'` in its transaction, delivered on
+//!   commit; [`Store::rings`] listens on a connection of its own and passes them on to the daemon,
+//!   so a task submitted on another host starts within milliseconds.
+//! - **Migrations** are numbered files in `migrations/postgres/`, tracked one row each in
+//!   `schema_version`, applied in one transaction under an advisory lock, so daemons starting
+//!   together do not race; a database newer than the binary is refused.
+//!
+//! Listings are ordered by bytes (`COLLATE "C"`), as SQLite orders them, whatever the database's
+//! own collation.
+//!
+//! Connections come from a small deadpool-postgres pool: it reconnects a connection that broke
+//! (a restarted server) by itself and caches prepared statements per connection, which a
+//! hand-rolled pool would have to write again. Connections are plain TCP or a Unix socket (no
+//! TLS yet). Connection strings are [`DatabaseUrl`]s: no message here can show the password.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::url::DatabaseUrl;
+use super::{
+    Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
+    Task, TaskFilter, TaskSummary, WorkerCounts, common,
+};
+use crate::domain::TaskState;
+use crate::error::{Error, Result};
+use crate::logfile::EventLog;
+use crate::wake::Ring;
+use common::TASK_COLUMNS;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// The schema version this binary writes (the highest row of `schema_version`).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The channel every wake-up goes on; the payload is a [`Ring`], encoded.
+pub const CHANNEL: &str = "agentq";
+
+/// The advisory lock migrations hold ("agentq" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6167_656e_7471;
+
+/// Connections per process: the daemon's runners, pool and lease keeper each hold one only for
+/// the length of a statement or two, and a CLI command needs one.
+const POOL_SIZE: usize = 8;
+
+/// How often a transaction that lost a deadlock or serialisation race is tried in all.
+const TRIES: u32 = 3;
+
+type PgError = tokio_postgres::Error;
+
+/// Runs `$body` (of type `Op<T>`, with `$tx` the `&mut Tx`) in a transaction of `$store`, run
+/// again from the start when it loses a deadlock or serialisation race. (A macro rather than a
+/// function taking a closure: an async closure borrowing its argument cannot yet be proven `Send`
+/// for every lifetime, which the trait's boxed futures need.)
+macro_rules! write {
+    ($store:expr, $about:expr, |$tx:ident| $body:block) => {{
+        let (store, about): (&PgStore, &'static str) = ($store, $about);
+        let mut client = store.client(about).await?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut tx = store.begin(&mut client, about).await?;
+            let result = {
+                let $tx = &mut tx;
+                async { $body }.await
+            };
+            if let Some(out) = store.end(tx, result, tries, about).await {
+                break out;
+            }
+        }
+    }};
+}
+
+/// Runs `$body` (of type `Op<T>`, with `$c` a pooled connection) outside a transaction.
+macro_rules! read {
+    ($store:expr, $about:expr, |$c:ident| $body:block) => {{
+        let (store, about): (&PgStore, &'static str) = ($store, $about);
+        let client = store.client(about).await?;
+        let result = {
+            let $c = &client;
+            async { $body }.await
+        };
+        result.map_err(|e| store.op_error(about, e))
+    }};
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    url: DatabaseUrl,
+    /// Where committed events are also appended, for people and `agentq events -f`.
+    log: Option<Arc<EventLog>>,
+}
+
+/// What a store operation can fail with inside its transaction: SQL, or a rule of the queue.
+enum OpError {
+    Sql(PgError),
+    Rule(Error),
+}
+
+impl From<PgError> for OpError {
+    fn from(e: PgError) -> Self {
+        OpError::Sql(e)
+    }
+}
+
+type Op<T> = std::result::Result<T, OpError>;
+
+/// A transaction in progress, with what it tells once committed: events for the event log, and
+/// rings for the daemons listening.
+struct Tx<'a> {
+    tx: deadpool_postgres::Transaction<'a>,
+    events: Vec<Event>,
+    rings: Vec<Ring>,
+}
+
+/// The error message of a PostgreSQL error, with the server's own words (tokio-postgres's
+/// `Display` says only "db error").
+fn describe(e: &PgError) -> String {
+    match e.as_db_error() {
+        Some(db) => db.to_string().replace('\n', "; "),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Whether running the transaction again may succeed.
+fn retryable(e: &PgError) -> bool {
+    matches!(
+        e.code(),
+        Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+    )
+}
+
+/// The connection settings of `url`, with agentq's defaults where it sets none.
+fn pg_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config =
+        url.expose().parse().map_err(|e: PgError| Error::Postgres {
+            about: "reading the connection string",
+            url: url.redacted(),
+            message: super::url::hide_password_in(&describe(&e), url.expose()),
+        })?;
+    if config.get_application_name().is_none() {
+        config.application_name("agentq");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    // A server that vanished without closing the connection is noticed within a minute.
+    config.keepalives_idle(Duration::from_secs(30));
+    Ok(config)
+}
+
+impl PgStore {
+    /// Connects to the database at `url` and brings its schema up to date.
+    pub async fn connect(url: &DatabaseUrl) -> Result<PgStore> {
+        let manager = Manager::from_config(
+            pg_config(url)?,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(60)))
+            .create_timeout(Some(Duration::from_secs(15)))
+            .build()
+            .map_err(|e| Error::Postgres {
+                about: "setting up connections",
+                url: url.redacted(),
+                message: e.to_string(),
+            })?;
+        let store = PgStore {
+            pool,
+            url: url.clone(),
+            log: None,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Also appends every event this store commits to `log`.
+    pub fn with_event_log(mut self, log: Arc<EventLog>) -> PgStore {
+        self.log = Some(log);
+        self
+    }
+
+    fn fail(&self, about: &'static str, e: &PgError) -> Error {
+        Error::Postgres {
+            about,
+            url: self.url.redacted(),
+            message: super::url::hide_password_in(&describe(e), self.url.expose()),
+        }
+    }
+
+    async fn client(&self, about: &'static str) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(|e| {
+            let message = match &e {
+                deadpool_postgres::PoolError::Backend(e) => describe(e),
+                other => other.to_string(),
+            };
+            Error::Postgres {
+                about,
+                url: self.url.redacted(),
+                message: super::url::hide_password_in(&message, self.url.expose()),
+            }
+        })
+    }
+
+    /// The error of an operation, as the caller sees it.
+    fn op_error(&self, about: &'static str, e: OpError) -> Error {
+        match e {
+            OpError::Sql(e) => self.fail(about, &e),
+            OpError::Rule(e) => e,
+        }
+    }
+
+    async fn begin<'c>(
+        &self,
+        client: &'c mut deadpool_postgres::Client,
+        about: &'static str,
+    ) -> Result<Tx<'c>> {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.fail(about, &e))?;
+        Ok(Tx {
+            tx,
+            events: Vec::new(),
+            rings: Vec::new(),
+        })
+    }
+
+    /// Ends the transaction `op` ran in: committed with its rings notified if it succeeded, and
+    /// its events then appended to the event log; rolled back if not. `None`: it lost a deadlock
+    /// or serialisation race and is worth running again (try `tries` of [`TRIES`]).
+    async fn end<T>(
+        &self,
+        mut tx: Tx<'_>,
+        result: Op<T>,
+        tries: u32,
+        about: &'static str,
+    ) -> Option<Result<T>> {
+        let result = match result {
+            Ok(out) => tx.notify().await.map(|()| out),
+            Err(e) => Err(e),
+        };
+        let out = match result {
+            Ok(out) => out,
+            // Dropping the transaction rolls it back.
+            Err(OpError::Sql(e)) if retryable(&e) && tries < TRIES => return None,
+            Err(e) => return Some(Err(self.op_error(about, e))),
+        };
+        let events = std::mem::take(&mut tx.events);
+        match tx.tx.commit().await {
+            Ok(()) => {}
+            Err(e) if retryable(&e) && tries < TRIES => return None,
+            Err(e) => return Some(Err(self.fail(about, &e))),
+        }
+        if let Some(log) = &self.log {
+            for e in &events {
+                if let Err(err) = log.append(&e.to_log()) {
+                    warn!("cannot append to the event log: {err}");
+                    break;
+                }
+            }
+        }
+        Some(Ok(out))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let about = "migrating the schema";
+        let mut client = self.client(about).await?;
+        let fail = |e: PgError| self.fail(about, &e);
+        // Every command opens the store: read the version without a lock, and take the lock only
+        // when a migration is due (then read again under it, as another process may have done it).
+        if let Some(current) = schema_version(&client).await.map_err(fail)?
+            && current >= SCHEMA_VERSION
+        {
+            return self.check_version(current);
+        }
+        let tx = client.transaction().await.map_err(fail)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(fail)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (\
+               version    BIGINT PRIMARY KEY, \
+               applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(fail)?;
+        let version: i64 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(fail)?
+            .get(0);
+        self.check_version(version)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).await.map_err(fail)?;
+            tx.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                &[&(i as i64 + 1), &super::now_ms()],
+            )
+            .await
+            .map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)?;
+        if version < SCHEMA_VERSION {
+            info!(
+                "database {}: schema version {version} brought up to {SCHEMA_VERSION}",
+                self.url
+            );
+        }
+        Ok(())
+    }
+
+    fn check_version(&self, found: i64) -> Result<()> {
+        if found > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                database: self.url.redacted(),
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The schema version of the database `client` is connected to; `None` before any migration.
+async fn schema_version(
+    client: &tokio_postgres::Client,
+) -> std::result::Result<Option<i64>, PgError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .await?;
+    Ok(row.get::<_, Option<i64>>(0))
+}
+
+/// What `agentq doctor` reads of a database, touching nothing: the server's version and the
+/// schema version (`None`: no agentq schema yet).
+pub async fn inspect(url: &DatabaseUrl, limit: Duration) -> Result<(String, Option<i64>)> {
+    let fail = |about: &'static str| {
+        move |e: PgError| Error::Postgres {
+            about,
+            url: url.redacted(),
+            message: super::url::hide_password_in(&describe(&e), url.expose()),
+        }
+    };
+    let mut config = pg_config(url)?;
+    config.connect_timeout(limit);
+    let look = async {
+        let (client, connection) = config.connect(NoTls).await.map_err(fail("connecting"))?;
+        let driver = tokio::spawn(connection);
+        let server: String = client
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(fail("reading the server version"))?
+            .get(0);
+        let version = schema_version(&client)
+            .await
+            .map_err(fail("reading the schema version"))?;
+        drop(client);
+        let _ = driver.await;
+        Ok((server, version))
+    };
+    match tokio::time::timeout(limit + Duration::from_secs(1), look).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Postgres {
+            about: "connecting",
+            url: url.redacted(),
+            message: format!("no answer within {}", humantime::format_duration(limit)),
+        }),
+    }
+}
+
+impl Tx<'_> {
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Op<Vec<Row>> {
+        query(&self.tx, sql, params).await
+    }
+
+    async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Op<Option<Row>> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Op<u64> {
+        let statement = self.tx.prepare_cached(sql).await?;
+        Ok(self.tx.execute(&statement, params).await?)
+    }
+
+    /// Tells the listening daemons of `ring` once this transaction commits.
+    fn ring(&mut self, ring: Ring) {
+        if !self.rings.contains(&ring) {
+            self.rings.push(ring);
+        }
+    }
+
+    async fn notify(&mut self) -> Op<()> {
+        for ring in std::mem::take(&mut self.rings) {
+            self.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &ring.encode()])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records an event, to be appended to the event log once committed.
+    async fn event(
+        &mut self,
+        now: Millis,
+        task_id: Option<i64>,
+        worker: Option<&str>,
+        kind: &str,
+        message: &str,
+    ) -> Op<()> {
+        self.event_with(now, task_id, worker, kind, message, None)
+            .await
+    }
+
+    /// Records an event with its figures.
+    async fn event_with(
+        &mut self,
+        now: Millis,
+        task_id: Option<i64>,
+        worker: Option<&str>,
+        kind: &str,
+        message: &str,
+        data: Option<serde_json::Value>,
+    ) -> Op<()> {
+        let row = self
+            .query(
+                "INSERT INTO events (ts, task_id, worker, kind, message, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[&now, &task_id, &worker, &kind, &message, &data],
+            )
+            .await?;
+        let id: i64 = row[0].try_get(0)?;
+        self.events.push(Event {
+            id,
+            ts: now,
+            task_id,
+            worker: worker.map(str::to_string),
+            kind: kind.to_string(),
+            message: message.to_string(),
+            data,
+        });
+        Ok(())
+    }
+
+    /// Records how a running task's attempt ended, and says whether it did: with a `claim`
+    /// token, only while the task is still running under it (so this is also the fence check).
+    /// The task's row stays locked until the transaction ends, so the update that follows sees
+    /// the same row. Call it before the update that ends the claim.
+    async fn attempt_row(
+        &self,
+        task_id: i64,
+        claim: Option<&str>,
+        e: &AttemptEnding<'_>,
+        now: Millis,
+    ) -> Op<bool> {
+        let held = self
+            .query_opt(
+                "SELECT id FROM tasks WHERE id = $1 AND state = 'running' \
+                 AND ($2::text IS NULL OR claim_token = $2) FOR UPDATE",
+                &[&task_id, &claim],
+            )
+            .await?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        self.execute(
+            "INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, outcome, \
+             cause, reason, exit_code, duration_ms, memory_peak_mb) \
+             SELECT id, attempts, worker, owner, started_at, $2, $3, $4, $5, $6, $7, $8 FROM tasks \
+             WHERE id = $1",
+            &[
+                &task_id,
+                &now,
+                &e.outcome,
+                &e.cause,
+                &e.reason,
+                &e.exit_code,
+                &e.duration_ms,
+                &e.memory_peak_mb,
+            ],
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Claims the task the subquery `pick` chooses, if `only_if` holds, in one statement. Both
+    /// see `$1` owner, `$2` token, `$3` lease expiry, `$4` now, and `extra` from `$5` on. Counts
+    /// the attempt and records `task_started`.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_one(
+        &mut self,
+        pick: &str,
+        only_if: &str,
+        extra: &[&(dyn ToSql + Sync)],
+        owner: &str,
+        expires: Millis,
+        now: Millis,
+        place: &str,
+    ) -> Op<Option<Claim>> {
+        let token = common::new_token();
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&owner, &token, &expires, &now];
+        values.extend_from_slice(extra);
+        let row = self
+            .query_opt(
+                &format!(
+                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = $1, \
+                     claim_token = $2, lease_expires = $3, started_at = $4, updated_at = $4 \
+                     WHERE id = ({pick} FOR UPDATE SKIP LOCKED) AND {only_if} \
+                     RETURNING {TASK_COLUMNS}"
+                ),
+                &values,
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let task = task_from_row(&row)?;
+        let message = common::started(&task, place, owner);
+        self.event(
+            now,
+            Some(task.id),
+            Some(&task.worker),
+            "task_started",
+            &message,
+        )
+        .await?;
+        Ok(Some(Claim { task, token }))
+    }
+
+    /// A task's state, worker and where it runs, its row locked for the rest of the transaction.
+    async fn state_of(&self, id: i64) -> Op<(TaskState, String, bool)> {
+        let row = self
+            .query_opt(
+                "SELECT state, worker, pool FROM tasks WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?;
+        let row = row.ok_or(OpError::Rule(Error::NoSuchTask { id }))?;
+        Ok((state_from(&row, 0)?, row.try_get(1)?, row.try_get(2)?))
+    }
+
+    /// Returns running tasks matching `condition` (on `$1`) to the queue, with their interrupted
+    /// attempt given back, or `dead` past `max_attempts` interruptions (see SQLite's).
+    async fn recover_where(
+        &mut self,
+        condition: &str,
+        arg: &(dyn ToSql + Sync),
+        now: Millis,
+        why: &str,
+    ) -> Op<Vec<i64>> {
+        // Recoveries move many tasks at once: one at a time across the whole database, so two
+        // daemons recovering together never take the count rows in opposite orders.
+        self.execute("SELECT pg_advisory_xact_lock($1)", &[&(MIGRATION_LOCK + 1)])
+            .await?;
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT id, worker, owner, interruptions + 1, max_attempts FROM tasks \
+                     WHERE state = 'running' AND {condition} ORDER BY id FOR UPDATE"
+                ),
+                &[arg],
+            )
+            .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (id, worker, owner, interruptions, max_attempts): (
+                i64,
+                String,
+                Option<String>,
+                i64,
+                i64,
+            ) = (
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            );
+            let ending = AttemptEnding {
+                outcome: "interrupted",
+                reason: Some(why),
+                ..Default::default()
+            };
+            self.attempt_row(id, None, &ending, now).await?;
+            let (dead, message) =
+                common::recovered(interruptions, max_attempts, owner.as_deref(), why);
+            if let Some(error) = dead {
+                self.execute(
+                    "UPDATE tasks SET state = 'dead', interruptions = $2, error = $3, owner = NULL, \
+                     claim_token = NULL, lease_expires = NULL, finished_at = $4, updated_at = $4 \
+                     WHERE id = $1",
+                    &[&id, &interruptions, &error, &now],
+                )
+                .await?;
+                self.event(now, Some(id), Some(&worker), "task_finished", &message)
+                    .await?;
+            } else {
+                self.execute(
+                    "UPDATE tasks SET state = 'queued', attempts = greatest(attempts - 1, 0), \
+                     interruptions = $3, owner = NULL, claim_token = NULL, lease_expires = NULL, \
+                     not_before = $2, updated_at = $2 WHERE id = $1",
+                    &[&id, &now, &interruptions],
+                )
+                .await?;
+                self.event(now, Some(id), Some(&worker), "task_recovered", &message)
+                    .await?;
+            }
+            ids.push(id);
+        }
+        if !ids.is_empty() {
+            // Another daemon may be the one that runs them.
+            self.ring(Ring::Everyone);
+        }
+        Ok(ids)
+    }
+}
+
+/// Runs `sql` as a statement prepared once per connection.
+async fn query(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Op<Vec<Row>> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query(&statement, params).await?)
+}
+
+async fn query_one(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Op<Row> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query_one(&statement, params).await?)
+}
+
+/// How an attempt ended, as a row of the attempts table.
+#[derive(Default)]
+struct AttemptEnding<'a> {
+    /// `succeeded`, `failed`, `interrupted`, `released` or `cancelled`.
+    outcome: &'a str,
+    cause: Option<&'a str>,
+    reason: Option<&'a str>,
+    exit_code: Option<i32>,
+    duration_ms: Option<i64>,
+    memory_peak_mb: Option<f64>,
+}
+
+fn state_from(r: &Row, idx: usize) -> Op<TaskState> {
+    let text: String = r.try_get(idx)?;
+    text.parse().map_err(|e: String| {
+        OpError::Rule(Error::Usage(format!(
+            "the database holds a task state this agentq does not know: {e}"
+        )))
+    })
+}
+
+fn task_from_row(r: &Row) -> Op<Task> {
+    let u32_at = |i: usize| -> Op<u32> { Ok(r.try_get::<_, i64>(i)? as u32) };
+    Ok(Task {
+        id: r.try_get(0)?,
+        worker: r.try_get(1)?,
+        prompt: r.try_get(2)?,
+        priority: r.try_get(3)?,
+        state: state_from(r, 4)?,
+        attempts: u32_at(5)?,
+        max_attempts: u32_at(6)?,
+        timeout_ms: r.try_get::<_, Option<i64>>(7)?.map(|t| t as u64),
+        not_before: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+        updated_at: r.try_get(10)?,
+        started_at: r.try_get(11)?,
+        finished_at: r.try_get(12)?,
+        owner: r.try_get(13)?,
+        lease_expires: r.try_get(14)?,
+        exit_code: r.try_get(15)?,
+        output: r.try_get(16)?,
+        error: r.try_get(17)?,
+        stderr_tail: r.try_get(18)?,
+        duration_ms: r.try_get(19)?,
+        source: r.try_get(20)?,
+        interruptions: u32_at(21)?,
+        usage: super::Usage {
+            session_id: r.try_get(22)?,
+            cost_usd: r.try_get(23)?,
+            input_tokens: r.try_get(24)?,
+            output_tokens: r.try_get(25)?,
+            num_turns: r.try_get(26)?,
+        },
+        cause: r.try_get(27)?,
+        memory_peak_mb: r.try_get(28)?,
+        routing: super::Routing {
+            pool: r.try_get(29)?,
+            class: r.try_get(30)?,
+            complexity: r.try_get(31)?,
+            route_reason: r.try_get(32)?,
+            max_memory: r.try_get::<_, Option<i64>>(33)?.map(|m| m as u64),
+        },
+    })
+}
+
+/// A `worker_pauses` row selected as `worker, until, reason, kind`.
+fn pause_from_row(r: &Row) -> Op<super::Pause> {
+    Ok(super::Pause {
+        worker: r.try_get(0)?,
+        until: r.try_get(1)?,
+        reason: r.try_get(2)?,
+        kind: r.try_get(3)?,
+    })
+}
+
+/// The event log, filtered: the latest `limit` events, oldest first.
+async fn query_events(client: &impl GenericClient, f: &EventFilter) -> Op<Vec<Event>> {
+    let limit = f.limit.map(i64::from);
+    let rows = query(
+        client,
+        "SELECT id, ts, task_id, worker, kind, message, data FROM (\
+           SELECT * FROM events WHERE ($1::bigint IS NULL OR task_id = $1) \
+           AND ($2::text IS NULL OR worker = $2) AND ($3::text IS NULL OR kind = $3) \
+           ORDER BY id DESC LIMIT $4) e ORDER BY id",
+        &[&f.task_id, &f.worker, &f.kind, &limit],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Event {
+                id: r.try_get(0)?,
+                ts: r.try_get(1)?,
+                task_id: r.try_get(2)?,
+                worker: r.try_get(3)?,
+                kind: r.try_get(4)?,
+                message: r.try_get(5)?,
+                data: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// Listens for rings on a connection of its own until `stop`, reconnecting with a growing pause
+/// when the connection fails, and ringing everyone after each (re)connection.
+async fn listen(
+    url: DatabaseUrl,
+    out: tokio::sync::mpsc::UnboundedSender<Ring>,
+    stop: CancellationToken,
+) {
+    let mut pause = Duration::from_millis(100);
+    let mut failed = false;
+    loop {
+        let outcome = tokio::select! {
+            outcome = listen_once(&url, &out, &mut pause, &mut failed) => outcome,
+            _ = stop.cancelled() => return,
+        };
+        if out.is_closed() {
+            return;
+        }
+        let message = match outcome {
+            Ok(()) => "the server closed the connection".to_string(),
+            Err(e) => e.to_string(),
+        };
+        warn!(
+            "listening for wake-ups on {url}: {message}; reconnecting in {}",
+            humantime::format_duration(pause)
+        );
+        failed = true;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection's life: `LISTEN`, ring everyone (whatever was sent before is now seen by the
+/// claims that follow), then pass on each notification until the connection ends.
+async fn listen_once(
+    url: &DatabaseUrl,
+    out: &tokio::sync::mpsc::UnboundedSender<Ring>,
+    pause: &mut Duration,
+    failed: &mut bool,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    let fail = |about: &'static str| {
+        move |e: PgError| Error::Postgres {
+            about,
+            url: url.redacted(),
+            message: super::url::hide_password_in(&describe(&e), url.expose()),
+        }
+    };
+    let config = pg_config(url)?;
+    let (client, mut connection) = config.connect(NoTls).await.map_err(fail("connecting"))?;
+    let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+    // The connection is driven here: it carries the client's requests and the notifications.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_string());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(fail("listening"))?;
+    if *failed {
+        info!("listening for wake-ups on {url} again");
+    }
+    *pause = Duration::from_millis(100);
+    *failed = false;
+    let _ = out.send(Ring::Everyone);
+    while let Some(payload) = notes.recv().await {
+        if out.send(Ring::decode(&payload)).is_err() {
+            return Ok(());
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(fail("listening")(e)),
+        Err(e) => Err(Error::Join(e)),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn rings(&self, stop: CancellationToken) -> Option<tokio::sync::mpsc::UnboundedReceiver<Ring>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(listen(self.url.clone(), tx, stop));
+        Some(rx)
+    }
+
+    async fn submit(&self, t: &NewTask) -> Result<Submitted> {
+        write!(self, "submitting a task", |tx| {
+            let row = tx
+                .query_opt(
+                    "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, \
+                     timeout_ms, not_before, created_at, updated_at, source, dedup_key, pool, class, \
+                     complexity, route_reason, max_memory) \
+                     VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+                    &[
+                        &t.worker,
+                        &t.prompt,
+                        &t.priority,
+                        &(t.max_attempts as i64),
+                        &t.timeout_ms.map(|v| v as i64),
+                        &t.not_before,
+                        &t.now,
+                        &t.source,
+                        &t.dedup_key,
+                        &t.routing.pool,
+                        &t.routing.class,
+                        &t.routing.complexity,
+                        &t.routing.route_reason,
+                        &t.routing.max_memory.map(|m| m as i64),
+                    ],
+                )
+                .await?;
+            let Some(row) = row else {
+                // The key is taken (perhaps by a submit that committed a moment ago).
+                let row = tx
+                    .query_opt("SELECT id FROM tasks WHERE dedup_key = $1", &[&t.dedup_key])
+                    .await?
+                    .ok_or_else(|| {
+                        OpError::Rule(Error::Usage("a duplicate task vanished".into()))
+                    })?;
+                return Ok(Submitted::Duplicate(row.try_get(0)?));
+            };
+            let id: i64 = row.try_get(0)?;
+            let (message, data) = common::queued(t);
+            tx.event_with(
+                t.now,
+                Some(id),
+                Some(&t.worker),
+                "task_queued",
+                &message,
+                Some(data),
+            )
+            .await?;
+            tx.ring(Ring::Worker(t.routing.runs_on(&t.worker).to_string()));
+            Ok(Submitted::New(id))
+        })
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<Option<Claim>> {
+        let expires = now + lease.as_millis() as Millis;
+        let worker = worker.to_string();
+        write!(self, "claiming a task", |tx| {
+            // Claims for one worker take turns, so the second sees the first's running task.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('agentq.claim:' || $1, 0))",
+                &[&worker],
+            )
+            .await?;
+            // One task at a time per worker, none while it is paused.
+            let pick = "SELECT id FROM tasks WHERE worker = $5 AND state = 'queued' AND NOT pool \
+                        AND not_before <= $4 ORDER BY priority DESC, id ASC LIMIT 1";
+            let only_if = "NOT EXISTS (SELECT 1 FROM tasks WHERE worker = $5 AND state = 'running' AND NOT pool) \
+                           AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = $5 AND until > $4)";
+            tx.claim_one(pick, only_if, &[&worker], owner, expires, now, "")
+                .await
+        })
+    }
+
+    async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool> {
+        let expires = now + lease.as_millis() as Millis;
+        write!(self, "renewing a lease", |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE tasks SET lease_expires = $3 \
+                     WHERE id = $1 AND claim_token = $2 AND state = 'running'",
+                    &[&fence.id, &fence.token, &expires],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    async fn finish(&self, fence: &Fence, f: &Finish, on_end: Option<EndHook>) -> Result<bool> {
+        let mut hook = on_end;
+        write!(self, "recording a result", |tx| {
+            let terminal = f.state.is_terminal();
+            let ending = AttemptEnding {
+                outcome: if f.cause.is_none() {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                cause: f.cause.as_deref(),
+                reason: f.error.as_deref(),
+                exit_code: f.exit_code,
+                duration_ms: Some(f.duration_ms),
+                memory_peak_mb: f.memory_peak_mb,
+            };
+            if !tx
+                .attempt_row(fence.id, Some(&fence.token), &ending, f.now)
+                .await?
+            {
+                return Ok(false);
+            }
+            let row = tx
+                .query_opt(
+                    "UPDATE tasks SET state = $3, not_before = coalesce($4, not_before), exit_code = $5, \
+                     output = $6, error = $7, stderr_tail = $8, duration_ms = $9, \
+                     finished_at = CASE WHEN $10::boolean THEN $11::bigint ELSE NULL END, owner = NULL, claim_token = NULL, \
+                     lease_expires = NULL, updated_at = $11, session_id = coalesce($12, session_id), \
+                     cost_usd = $13, input_tokens = $14, output_tokens = $15, num_turns = $16, \
+                     cause = $17, memory_peak_mb = $18 \
+                     WHERE id = $1 AND claim_token = $2 AND state = 'running' \
+                     RETURNING attempts, worker",
+                    &[
+                        &fence.id,
+                        &fence.token,
+                        &f.state.as_str(),
+                        &f.not_before,
+                        &f.exit_code,
+                        &f.output,
+                        &f.error,
+                        &f.stderr_tail,
+                        &f.duration_ms,
+                        &terminal,
+                        &f.now,
+                        &f.usage.session_id,
+                        &f.usage.cost_usd,
+                        &f.usage.input_tokens,
+                        &f.usage.output_tokens,
+                        &f.usage.num_turns,
+                        &f.cause,
+                        &f.memory_peak_mb,
+                    ],
+                )
+                .await?;
+            let Some(row) = row else { return Ok(false) };
+            let (attempts, worker): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+            let (kind, message, data) = common::finished(f, attempts);
+            tx.event_with(
+                f.now,
+                Some(fence.id),
+                Some(&worker),
+                kind,
+                &message,
+                Some(data),
+            )
+            .await?;
+            if f.usage.cost_usd.is_some() || f.usage.input_tokens.is_some() {
+                tx.execute(
+                    "INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &f.now,
+                        &worker,
+                        &fence.id,
+                        &f.usage.cost_usd.unwrap_or(0.0),
+                        &f.usage.input_tokens.unwrap_or(0),
+                        &f.usage.output_tokens.unwrap_or(0),
+                    ],
+                )
+                .await?;
+            }
+            if terminal && let Some(hook) = hook.take() {
+                let row = tx
+                    .query_opt(
+                        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"),
+                        &[&fence.id],
+                    )
+                    .await?
+                    .ok_or(OpError::Rule(Error::NoSuchTask { id: fence.id }))?;
+                let task = task_from_row(&row)?;
+                let events = query_events(
+                    &tx.tx,
+                    &EventFilter {
+                        task_id: Some(fence.id),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                hook(&task, &events);
+            }
+            Ok(true)
+        })
+    }
+
+    async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
+        write!(self, "releasing a task", |tx| {
+            let ending = AttemptEnding {
+                outcome: "released",
+                reason: Some(reason),
+                ..Default::default()
+            };
+            if !tx
+                .attempt_row(fence.id, Some(&fence.token), &ending, now)
+                .await?
+            {
+                return Ok(false);
+            }
+            let row = tx
+                .query_opt(
+                    "UPDATE tasks SET state = 'queued', attempts = greatest(attempts - 1, 0), \
+                     owner = NULL, claim_token = NULL, lease_expires = NULL, updated_at = $3 \
+                     WHERE id = $1 AND claim_token = $2 AND state = 'running' RETURNING worker",
+                    &[&fence.id, &fence.token, &now],
+                )
+                .await?;
+            let Some(row) = row else { return Ok(false) };
+            let worker: String = row.try_get(0)?;
+            tx.event(
+                now,
+                Some(fence.id),
+                Some(&worker),
+                "task_released",
+                &format!("{reason}; queued again, attempt not counted"),
+            )
+            .await?;
+            Ok(true)
+        })
+    }
+
+    async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>> {
+        write!(self, "recovering expired leases", |tx| {
+            tx.recover_where("lease_expires < $1", &now, now, "lease expired")
+                .await
+        })
+    }
+
+    async fn recover_all_but(&self, owner: &str, now: Millis) -> Result<Vec<i64>> {
+        write!(self, "recovering tasks of a previous daemon", |tx| {
+            tx.recover_where(
+                "coalesce(owner, '') <> $1",
+                &owner,
+                now,
+                "its daemon is gone",
+            )
+            .await
+        })
+    }
+
+    async fn cancel(&self, id: i64, now: Millis) -> Result<TaskState> {
+        write!(self, "cancelling a task", |tx| {
+            let (state, worker, pool) = tx.state_of(id).await?;
+            state.check_cancel().map_err(|what| {
+                OpError::Rule(Error::WrongState {
+                    id,
+                    state: state.to_string(),
+                    what,
+                })
+            })?;
+            // A running attempt ends here, not when its agent is stopped (that finish is fenced
+            // out): its row says so, with how long it ran.
+            if state == TaskState::Running {
+                let ending = AttemptEnding {
+                    outcome: "cancelled",
+                    cause: Some("cancelled"),
+                    reason: Some("cancelled while running"),
+                    ..Default::default()
+                };
+                if tx.attempt_row(id, None, &ending, now).await? {
+                    tx.execute(
+                        "UPDATE attempts SET duration_ms = ended_at - started_at \
+                         WHERE id = (SELECT max(id) FROM attempts WHERE task_id = $1) \
+                           AND started_at IS NOT NULL",
+                        &[&id],
+                    )
+                    .await?;
+                }
+            }
+            tx.execute(
+                "UPDATE tasks SET state = 'cancelled', owner = NULL, claim_token = NULL, \
+                 lease_expires = NULL, finished_at = $2, updated_at = $2, \
+                 error = 'cancelled' WHERE id = $1",
+                &[&id, &now],
+            )
+            .await?;
+            tx.event(
+                now,
+                Some(id),
+                Some(&worker),
+                "task_cancelled",
+                &format!("cancelled while {state}"),
+            )
+            .await?;
+            if state == TaskState::Running {
+                let runs_on = if pool { crate::config::POOL } else { &worker };
+                tx.ring(Ring::Check(runs_on.to_string()));
+            }
+            Ok(state)
+        })
+    }
+
+    async fn retry(&self, id: i64, now: Millis) -> Result<()> {
+        write!(self, "retrying a task", |tx| {
+            let (state, worker, pool) = tx.state_of(id).await?;
+            state.check_retry().map_err(|what| {
+                OpError::Rule(Error::WrongState {
+                    id,
+                    state: state.to_string(),
+                    what,
+                })
+            })?;
+            tx.execute(
+                "UPDATE tasks SET state = 'queued', attempts = 0, interruptions = 0, not_before = $2, \
+                 finished_at = NULL, exit_code = NULL, output = NULL, error = NULL, stderr_tail = NULL, \
+                 duration_ms = NULL, cause = NULL, memory_peak_mb = NULL, updated_at = $2 WHERE id = $1",
+                &[&id, &now],
+            )
+            .await?;
+            tx.event(
+                now,
+                Some(id),
+                Some(&worker),
+                "task_retried",
+                &format!("was {state}; queued again with attempts reset"),
+            )
+            .await?;
+            let runs_on = if pool { crate::config::POOL } else { &worker };
+            tx.ring(Ring::Worker(runs_on.to_string()));
+            Ok(())
+        })
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<Task>> {
+        read!(self, "reading a task", |c| {
+            let rows = query(
+                c,
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+            rows.first().map(task_from_row).transpose()
+        })
+    }
+
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
+        let state = filter.state.map(|s| s.as_str());
+        let limit = filter.limit.map(i64::from);
+        read!(self, "listing tasks", |c| {
+            let rows = query(
+                c,
+                "SELECT id, worker, state, priority, attempts, max_attempts, created_at, finished_at, \
+                 duration_ms, error, left(prompt, 400), pool, class FROM tasks \
+                 WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR worker = $2) \
+                 ORDER BY id DESC LIMIT $3",
+                &[&state, &filter.worker, &limit],
+            )
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let prompt: String = r.try_get(10)?;
+                    Ok(TaskSummary {
+                        id: r.try_get(0)?,
+                        worker: r.try_get(1)?,
+                        state: state_from(r, 2)?,
+                        priority: r.try_get(3)?,
+                        attempts: r.try_get::<_, i64>(4)? as u32,
+                        max_attempts: r.try_get::<_, i64>(5)? as u32,
+                        created_at: r.try_get(6)?,
+                        finished_at: r.try_get(7)?,
+                        duration_ms: r.try_get(8)?,
+                        error: r.try_get(9)?,
+                        prompt_preview: common::preview(&prompt),
+                        pool: r.try_get(11)?,
+                        class: r.try_get(12)?,
+                    })
+                })
+                .collect::<Op<Vec<_>>>()
+        })
+    }
+
+    async fn events_of(&self, task_id: i64) -> Result<Vec<Event>> {
+        self.events(&EventFilter {
+            task_id: Some(task_id),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        read!(self, "reading events", |c| {
+            query_events(c, filter).await
+        })
+    }
+
+    async fn record_event(&self, e: &NewEvent) -> Result<()> {
+        write!(self, "recording an event", |tx| {
+            tx.event_with(
+                e.now,
+                e.task_id,
+                e.worker.as_deref(),
+                &e.kind,
+                &e.message,
+                e.data.clone(),
+            )
+            .await
+        })
+    }
+
+    async fn counts(&self) -> Result<Vec<WorkerCounts>> {
+        read!(self, "counting tasks", |c| {
+            let rows = query(
+                c,
+                "SELECT worker, state, sum(n)::bigint FROM task_counts WHERE n > 0 \
+                 GROUP BY worker, state ORDER BY worker COLLATE \"C\"",
+                &[],
+            )
+            .await?;
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<_, String>(0)?,
+                        state_from(r, 1)?,
+                        r.try_get::<_, i64>(2)? as u64,
+                    ))
+                })
+                .collect::<Op<Vec<_>>>()?;
+            Ok(common::fold_counts(rows))
+        })
+    }
+
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::claude::SessionState>> {
+        read!(self, "reading a worker's session", |c| {
+            let rows = query(
+                c,
+                "SELECT session_id, cwd, tasks, input_tokens, cost_usd FROM worker_sessions \
+                 WHERE worker = $1",
+                &[&worker],
+            )
+            .await?;
+            rows.first()
+                .map(|r| {
+                    Ok(crate::claude::SessionState {
+                        id: r.try_get(0)?,
+                        cwd: r.try_get(1)?,
+                        tasks: r.try_get::<_, i64>(2)? as u32,
+                        input_tokens: r.try_get::<_, i64>(3)? as u64,
+                        cost_usd: r.try_get(4)?,
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    async fn save_worker_session(
+        &self,
+        worker: &str,
+        session: &crate::claude::SessionState,
+        now: Millis,
+    ) -> Result<()> {
+        let s = session;
+        write!(self, "saving a worker's session", |tx| {
+            tx.execute(
+                "INSERT INTO worker_sessions AS w (worker, session_id, cwd, tasks, input_tokens, \
+                 cost_usd, started_at, updated_at) VALUES ($1, $2, $3, $4, $5, $7, $6, $6) \
+                 ON CONFLICT (worker) DO UPDATE SET \
+                   started_at = CASE WHEN w.session_id = excluded.session_id THEN w.started_at \
+                                ELSE excluded.started_at END, \
+                   session_id = excluded.session_id, cwd = excluded.cwd, tasks = excluded.tasks, \
+                   input_tokens = excluded.input_tokens, cost_usd = excluded.cost_usd, \
+                   updated_at = excluded.updated_at",
+                &[
+                    &worker,
+                    &s.id,
+                    &s.cwd,
+                    &(s.tasks as i64),
+                    &(s.input_tokens as i64),
+                    &now,
+                    &s.cost_usd,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn update_worker_session(
+        &self,
+        worker: &str,
+        joined: &str,
+        session: &crate::claude::SessionState,
+        now: Millis,
+    ) -> Result<bool> {
+        let s = session;
+        write!(self, "updating a worker's session", |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE worker_sessions SET session_id = $3, cwd = $4, tasks = $5, \
+                     input_tokens = $6, cost_usd = $7, updated_at = $8 \
+                     WHERE worker = $1 AND session_id = $2",
+                    &[
+                        &worker,
+                        &joined,
+                        &s.id,
+                        &s.cwd,
+                        &(s.tasks as i64),
+                        &(s.input_tokens as i64),
+                        &s.cost_usd,
+                        &now,
+                    ],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    async fn reset_worker_session(&self, worker: &str, why: &str, now: Millis) -> Result<bool> {
+        write!(self, "resetting a worker's session", |tx| {
+            let old: Option<String> = match tx
+                .query_opt(
+                    "DELETE FROM worker_sessions WHERE worker = $1 RETURNING session_id",
+                    &[&worker],
+                )
+                .await?
+            {
+                Some(r) => Some(r.try_get(0)?),
+                None => None,
+            };
+            let message = common::session_reset(why, old.as_deref());
+            tx.event(now, None, Some(worker), "session_reset", &message)
+                .await?;
+            Ok(old.is_some())
+        })
+    }
+
+    async fn pause_worker(
+        &self,
+        worker: &str,
+        until: Millis,
+        reason: &str,
+        now: Millis,
+    ) -> Result<()> {
+        write!(self, "pausing a worker", |tx| {
+            tx.execute(
+                "INSERT INTO worker_pauses AS p (worker, until, reason, since) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (worker) DO UPDATE SET \
+                   reason = CASE WHEN excluded.until >= p.until THEN excluded.reason ELSE p.reason END, \
+                   since = CASE WHEN excluded.until >= p.until THEN excluded.since ELSE p.since END, \
+                   until = greatest(p.until, excluded.until)",
+                &[&worker, &until, &reason, &now],
+            )
+            .await?;
+            let (message, data) = common::paused(reason, until);
+            tx.event_with(
+                now,
+                None,
+                Some(worker),
+                "worker_paused",
+                &message,
+                Some(data),
+            )
+            .await
+        })
+    }
+
+    async fn resume_worker(&self, worker: &str, why: &str, now: Millis) -> Result<bool> {
+        write!(self, "resuming a worker", |tx| {
+            // Clears the worker's pause row, in force or expired; only one in force was a pause.
+            let until: Option<Millis> = match tx
+                .query_opt(
+                    "DELETE FROM worker_pauses WHERE worker = $1 AND kind = 'paused' RETURNING until",
+                    &[&worker],
+                )
+                .await?
+            {
+                Some(r) => Some(r.try_get(0)?),
+                None => None,
+            };
+            let was_paused = until.is_some_and(|u| u > now);
+            if was_paused {
+                tx.event(now, None, Some(worker), "worker_resumed", why)
+                    .await?;
+                // Everyone: the worker's tasks in the pool waited for it too.
+                tx.ring(Ring::Everyone);
+            }
+            Ok(was_paused)
+        })
+    }
+
+    async fn error_worker(&self, worker: &str, reason: &str, now: Millis) -> Result<()> {
+        write!(self, "marking a worker errored", |tx| {
+            tx.execute(
+                "INSERT INTO worker_pauses (worker, until, reason, since, kind) \
+                 VALUES ($1, $2, $3, $4, 'errored') ON CONFLICT (worker) DO UPDATE SET \
+                 until = excluded.until, reason = excluded.reason, since = excluded.since, \
+                 kind = 'errored'",
+                &[&worker, &Millis::MAX, &reason, &now],
+            )
+            .await?;
+            tx.event(
+                now,
+                None,
+                Some(worker),
+                "worker_errored",
+                &common::errored(worker, reason),
+            )
+            .await
+        })
+    }
+
+    async fn restart_worker(&self, worker: &str, now: Millis) -> Result<Option<super::Pause>> {
+        write!(self, "restarting a worker", |tx| {
+            let cleared = match tx
+                .query_opt(
+                    "DELETE FROM worker_pauses WHERE worker = $1 AND until > $2 \
+                     RETURNING worker, until, reason, kind",
+                    &[&worker, &now],
+                )
+                .await?
+            {
+                Some(r) => Some(pause_from_row(&r)?),
+                None => None,
+            };
+            tx.event(
+                now,
+                None,
+                Some(worker),
+                "worker_restarted",
+                &common::restarted(cleared.as_ref()),
+            )
+            .await?;
+            tx.ring(Ring::Restart(worker.to_string()));
+            Ok(cleared)
+        })
+    }
+
+    async fn attempts_of(&self, task_id: i64) -> Result<Vec<super::AttemptRecord>> {
+        read!(self, "reading attempts", |c| {
+            let rows = query(
+                c,
+                "SELECT attempt, owner, started_at, ended_at, outcome, cause, reason, exit_code, \
+                 duration_ms, memory_peak_mb FROM attempts WHERE task_id = $1 ORDER BY id",
+                &[&task_id],
+            )
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(super::AttemptRecord {
+                        attempt: r.try_get::<_, i64>(0)? as u32,
+                        owner: r.try_get(1)?,
+                        started_at: r.try_get(2)?,
+                        ended_at: r.try_get(3)?,
+                        outcome: r.try_get(4)?,
+                        cause: r.try_get(5)?,
+                        reason: r.try_get(6)?,
+                        exit_code: r.try_get(7)?,
+                        duration_ms: r.try_get(8)?,
+                        memory_peak_mb: r.try_get(9)?,
+                    })
+                })
+                .collect::<Op<Vec<_>>>()
+        })
+    }
+
+    async fn pauses(&self, now: Millis) -> Result<Vec<super::Pause>> {
+        read!(self, "reading pauses", |c| {
+            let rows = query(
+                c,
+                "SELECT worker, until, reason, kind FROM worker_pauses WHERE until > $1 ORDER BY worker COLLATE \"C\"",
+                &[&now],
+            )
+            .await?;
+            rows.iter().map(pause_from_row).collect::<Op<Vec<_>>>()
+        })
+    }
+
+    async fn spend_since(&self, since: Millis) -> Result<Vec<super::Spend>> {
+        read!(self, "adding up spend", |c| {
+            let rows = query(
+                c,
+                "SELECT worker, sum(cost_usd), sum(input_tokens)::bigint, \
+                 sum(output_tokens)::bigint, count(*) FROM usage_log \
+                 WHERE ts >= $1 GROUP BY worker ORDER BY worker COLLATE \"C\"",
+                &[&since],
+            )
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(super::Spend {
+                        worker: r.try_get(0)?,
+                        cost_usd: r.try_get(1)?,
+                        input_tokens: r.try_get(2)?,
+                        output_tokens: r.try_get(3)?,
+                        attempts: r.try_get(4)?,
+                    })
+                })
+                .collect::<Op<Vec<_>>>()
+        })
+    }
+
+    async fn next_due(&self, worker: &str) -> Result<Option<Millis>> {
+        read!(self, "finding the next due task", |c| {
+            // A paused worker's work is due when the pause ends; no queued task: NULL, so an
+            // idle runner sleeps with no timer.
+            let row = query_one(
+                c,
+                "SELECT CASE WHEN count(*) = 0 THEN NULL ELSE \
+                   greatest(min(not_before), \
+                            coalesce((SELECT until FROM worker_pauses WHERE worker = $1), 0)) END \
+                 FROM tasks WHERE worker = $1 AND state = 'queued' AND NOT pool",
+                &[&worker],
+            )
+            .await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    async fn claim_pool(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+        max_running: u32,
+        workers: &[String],
+    ) -> Result<Option<Claim>> {
+        let expires = now + lease.as_millis() as Millis;
+        let max_running = i64::from(max_running);
+        write!(self, "claiming a pool task", |tx| {
+            // Pool claims take turns, so the count of running pool tasks is exact.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('agentq.claim_pool', 0))",
+                &[],
+            )
+            .await?;
+            // Any configured worker's, not paused, while fewer than `max_running` run.
+            let pick = "SELECT id FROM tasks t WHERE pool AND state = 'queued' AND not_before <= $4 \
+                          AND worker = ANY($6) \
+                          AND NOT EXISTS (SELECT 1 FROM worker_pauses p \
+                                          WHERE p.worker = t.worker AND p.until > $4) \
+                        ORDER BY priority DESC, id ASC LIMIT 1";
+            let only_if = "(SELECT count(*) FROM tasks WHERE pool AND state = 'running') < $5";
+            tx.claim_one(
+                pick,
+                only_if,
+                &[&max_running, &workers],
+                owner,
+                expires,
+                now,
+                " in the pool",
+            )
+            .await
+        })
+    }
+
+    async fn next_due_pool(&self, workers: &[String]) -> Result<Option<Millis>> {
+        read!(self, "finding the pool's next due task", |c| {
+            let row = query_one(
+                c,
+                "SELECT min(greatest(not_before, coalesce((SELECT until FROM worker_pauses p \
+                                                        WHERE p.worker = t.worker), 0))) \
+                 FROM tasks t WHERE pool AND state = 'queued' AND worker = ANY($1)",
+                &[&workers],
+            )
+            .await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    async fn pool_counts(&self) -> Result<super::PoolCounts> {
+        read!(self, "counting the pool", |c| {
+            let r = query_one(
+                c,
+                "SELECT coalesce(sum(n) FILTER (WHERE pool AND state = 'queued'), 0)::bigint, \
+                        coalesce(sum(n) FILTER (WHERE pool AND state = 'running'), 0)::bigint, \
+                        coalesce(sum(n) FILTER (WHERE class = 'long'), 0)::bigint, \
+                        coalesce(sum(n) FILTER (WHERE class = 'short'), 0)::bigint \
+                 FROM task_counts",
+                &[],
+            )
+            .await?;
+            Ok(super::PoolCounts {
+                queued: r.try_get::<_, i64>(0)? as u64,
+                running: r.try_get::<_, i64>(1)? as u64,
+                long: r.try_get::<_, i64>(2)? as u64,
+                short: r.try_get::<_, i64>(3)? as u64,
+            })
+        })
+    }
+
+    async fn activity_since(&self, since: Millis, owner: &str) -> Result<Vec<super::Activity>> {
+        read!(self, "reading the workers' activity", |c| {
+            let restarts = query(
+                c,
+                "SELECT worker, count(*) FILTER (WHERE kind = 'agent_restarting'), max(ts) \
+                 FROM events WHERE kind IN ('agent_restarting', 'worker_restarted') \
+                   AND ts >= $1 AND worker IS NOT NULL \
+                 GROUP BY worker",
+                &[&since],
+            )
+            .await?;
+            let activity = restarts
+                .iter()
+                .map(|r| {
+                    Ok(super::Activity {
+                        worker: r.try_get(0)?,
+                        restarts: r.try_get::<_, i64>(1)? as u64,
+                        last_restart: r.try_get(2)?,
+                        memory_peak_mb: None,
+                    })
+                })
+                .collect::<Op<Vec<_>>>()?;
+            let peaks = query(
+                c,
+                "SELECT key, max(memory_peak_mb) FROM attempt_peaks \
+                 WHERE left(owner, length($1)) = $1 GROUP BY key",
+                &[&owner],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, f64>(1)?)))
+            .collect::<Op<Vec<_>>>()?;
+            Ok(common::merge_activity(activity, peaks))
+        })
+    }
+
+    async fn metrics(
+        &self,
+        duration_bounds_ms: &[f64],
+        memory_bounds_mb: &[f64],
+        kinds: &[&str],
+    ) -> Result<super::Metrics> {
+        let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        read!(self, "reading metrics", |c| {
+            let tasks = query(
+                c,
+                "SELECT state, nullif(class, ''), sum(n)::bigint FROM task_counts WHERE n > 0 \
+                 GROUP BY state, class ORDER BY state COLLATE \"C\", class COLLATE \"C\"",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    state_from(r, 0)?,
+                    r.try_get(1)?,
+                    r.try_get::<_, i64>(2)? as u64,
+                ))
+            })
+            .collect::<Op<Vec<_>>>()?;
+            // Both histograms in one pass over the ended tasks: a cumulative count per bound,
+            // then the count and sum of each.
+            let bucket = |column: &str, bounds: &[f64]| {
+                bounds
+                    .iter()
+                    .map(|b| format!("count(*) FILTER (WHERE {column} <= {b:?})"))
+                    .chain([
+                        format!("count({column})"),
+                        format!("coalesce(sum({column}), 0)::float8"),
+                    ])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let sql = format!(
+                "SELECT {}, {} FROM tasks WHERE state IN ('succeeded', 'failed', 'dead')",
+                bucket("duration_ms", duration_bounds_ms),
+                bucket("memory_peak_mb", memory_bounds_mb)
+            );
+            let r = query_one(c, &sql, &[]).await?;
+            let histogram = |from: usize, bounds: &[f64]| -> Op<super::Histogram> {
+                let mut counts = Vec::with_capacity(bounds.len());
+                for i in 0..bounds.len() {
+                    counts.push(r.try_get::<_, i64>(from + i)? as u64);
+                }
+                Ok(super::Histogram {
+                    bounds: bounds.to_vec(),
+                    counts,
+                    count: r.try_get::<_, i64>(from + bounds.len())? as u64,
+                    sum: r.try_get::<_, f64>(from + bounds.len() + 1)?,
+                })
+            };
+            let duration = histogram(0, duration_bounds_ms)?;
+            let memory_peak = histogram(duration_bounds_ms.len() + 2, memory_bounds_mb)?;
+            let events = query(
+                c,
+                "SELECT kind, worker, count(*) FROM events WHERE kind = ANY($1) \
+                 GROUP BY kind, worker ORDER BY kind COLLATE \"C\", worker COLLATE \"C\"",
+                &[&kinds],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<_, i64>(2)? as u64)))
+            .collect::<Op<Vec<_>>>()?;
+            Ok(super::Metrics {
+                tasks,
+                duration_ms: duration,
+                memory_peak_mb: memory_peak,
+                events,
+            })
+        })
+    }
+
+    async fn next_lease_expiry(&self) -> Result<Option<Millis>> {
+        read!(self, "finding the next lease expiry", |c| {
+            let row = query_one(
+                c,
+                "SELECT min(lease_expires) FROM tasks WHERE state = 'running'",
+                &[],
+            )
+            .await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+}
+
+/// Databases for tests, the crate's own and those in `tests/`: each test gets a fresh database on
+/// the server `AGENTQ_TEST_DATABASE_URL` names, dropped afterwards.
+#[doc(hidden)]
+pub mod test_db {
+    use super::*;
+
+    /// The server the tests use: an admin URL (a user that may create databases).
+    pub const SERVER_ENV: &str = "AGENTQ_TEST_DATABASE_URL";
+    /// `skip` lets the PostgreSQL tests pass without a server (for developers without one);
+    /// CI always has one (scripts/test starts it).
+    pub const SKIP_ENV: &str = "AGENTQ_TEST_PG";
+
+    /// A database of its own on the test server, dropped (with whatever is still connected)
+    /// when this is.
+    pub struct TestDb {
+        admin: String,
+        name: String,
+        pub url: DatabaseUrl,
+    }
+
+    impl TestDb {
+        /// A fresh, empty database; `None` when there is no server and skipping was asked for.
+        pub async fn create() -> Option<TestDb> {
+            let admin = match std::env::var(SERVER_ENV) {
+                Ok(url) if !url.trim().is_empty() => url,
+                _ if std::env::var(SKIP_ENV).as_deref() == Ok("skip") => {
+                    eprintln!("skipped: {SERVER_ENV} is not set and {SKIP_ENV}=skip");
+                    return None;
+                }
+                _ => panic!(
+                    "the PostgreSQL store tests need a server: set {SERVER_ENV} to an admin URL \
+                     (e.g. postgres://postgres@127.0.0.1:5432/postgres; scripts/test starts a \
+                     temporary one), or set {SKIP_ENV}=skip to skip them"
+                ),
+            };
+            let name = format!("agentq_test_{}", &common::new_token()[..12]);
+            let (client, connection) =
+                tokio_postgres::connect(&admin, NoTls)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "connecting to {}: {}",
+                            super::super::url::redact(&admin),
+                            describe(&e)
+                        )
+                    });
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {}", describe(&e)));
+            drop(client);
+            let _ = driver.await;
+            let url = DatabaseUrl::parse(&with_dbname(&admin, &name), "test").unwrap();
+            Some(TestDb { admin, name, url })
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            // Drop runs inside the test's runtime: the database is dropped from a thread with a
+            // runtime of its own.
+            let dropped = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let (client, connection) = tokio_postgres::connect(&admin, NoTls).await?;
+                    let driver = tokio::spawn(connection);
+                    client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await?;
+                    drop(client);
+                    let _ = driver.await;
+                    Ok::<(), PgError>(())
+                })
+            })
+            .join();
+            if let Ok(Err(e)) = dropped {
+                eprintln!(
+                    "could not drop the test database {}: {}",
+                    self.name,
+                    describe(&e)
+                );
+            }
+        }
+    }
+
+    /// `url` (a URL or key=value string) naming database `name` instead.
+    pub fn with_dbname(url: &str, name: &str) -> String {
+        if let Some(scheme_end) = url.find("://") {
+            let rest_at = scheme_end + 3;
+            let (query_at, query) = match url.find('?') {
+                Some(q) => (q, &url[q..]),
+                None => (url.len(), ""),
+            };
+            let authority_end = url[rest_at..query_at]
+                .find('/')
+                .map_or(query_at, |i| rest_at + i);
+            format!("{}/{name}{query}", &url[..authority_end])
+        } else {
+            format!("{url} dbname={name}")
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::test_db::TestDb;
+    use super::*;
+    use crate::store::suite::{self, CountRow, Fixture, Inspect, LEASE, task};
+
+    #[async_trait]
+    impl Inspect for PgStore {
+        async fn kept_and_counted(&self) -> (Vec<CountRow>, Vec<CountRow>) {
+            let client = self.client("comparing counts").await.unwrap();
+            let rows = async |sql: &str| -> Vec<CountRow> {
+                client
+                    .query(sql, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                    .collect()
+            };
+            (
+                rows(
+                    "SELECT worker, pool, state, class, n FROM task_counts WHERE n != 0 \
+                     ORDER BY worker COLLATE \"C\", pool, state COLLATE \"C\", class COLLATE \"C\"",
+                )
+                .await,
+                rows(
+                    "SELECT worker, pool, state, coalesce(class, ''), count(*) FROM tasks \
+                     GROUP BY 1, 2, 3, 4 ORDER BY worker COLLATE \"C\", pool, state COLLATE \"C\", \
+                     coalesce(class, '') COLLATE \"C\"",
+                )
+                .await,
+            )
+        }
+    }
+
+    async fn fixture() -> Option<Fixture> {
+        let db = TestDb::create().await?;
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("events.jsonl");
+        let log = Arc::new(EventLog::new(log_path.clone(), 1 << 20, 2));
+        let store = PgStore::connect(&db.url).await.unwrap().with_event_log(log);
+        Some(Fixture {
+            store: Arc::new(store),
+            log_path,
+            keep: Box::new((dir, db)),
+        })
+    }
+
+    suite::store_suite!(fixture);
+
+    #[test]
+    fn a_database_name_replaces_the_one_in_either_form() {
+        assert_eq!(
+            super::test_db::with_dbname("postgres://u:p@h:5432/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+        use super::test_db::with_dbname;
+        assert_eq!(with_dbname("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(with_dbname("host=h user=u", "x"), "host=h user=u dbname=x");
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything_and_a_newer_schema_is_refused() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        // Two daemons starting together on a new database: one migrates, the other waits.
+        let (a, b) = tokio::join!(PgStore::connect(&db.url), PgStore::connect(&db.url));
+        let (a, _b) = (a.unwrap(), b.unwrap());
+        let id = a.submit(&task("w", "kept", 0, 1)).await.unwrap().id();
+        drop(a);
+        let s = PgStore::connect(&db.url).await.unwrap();
+        assert_eq!(s.get(id).await.unwrap().unwrap().prompt, "kept");
+        let client = s.client("test").await.unwrap();
+        let versions: Vec<i64> = client
+            .query("SELECT version FROM schema_version ORDER BY version", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        client
+            .execute("INSERT INTO schema_version VALUES (99, 0)", &[])
+            .await
+            .unwrap();
+        drop(client);
+        let e = PgStore::connect(&db.url).await.err().unwrap();
+        assert!(matches!(e, Error::SchemaTooNew { found: 99, .. }), "{e}");
+        let (_, version) = inspect(&db.url, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(version, Some(99));
+    }
+
+    /// Receives rings until one matches, or fails after a few seconds.
+    async fn expect_ring(rings: &mut tokio::sync::mpsc::UnboundedReceiver<Ring>, want: Ring) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ring = tokio::time::timeout_at(deadline, rings.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {want:?} within 10s"))
+                .expect("the listener stopped");
+            if ring == want {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_ring_listeners_and_a_lost_connection_is_made_again() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let s = PgStore::connect(&db.url).await.unwrap();
+        let stop = CancellationToken::new();
+        let mut rings = s.rings(stop.clone()).unwrap();
+        // Listening: it says so by ringing everyone once.
+        expect_ring(&mut rings, Ring::Everyone).await;
+
+        let mut pooled = task("v", "p", 0, 1);
+        pooled.routing.pool = true;
+        s.submit(&pooled).await.unwrap();
+        expect_ring(&mut rings, Ring::Worker("pool".into())).await;
+        let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+        expect_ring(&mut rings, Ring::Worker("w".into())).await;
+        s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+        s.cancel(id, 3).await.unwrap();
+        expect_ring(&mut rings, Ring::Check("w".into())).await;
+        s.retry(id, 4).await.unwrap();
+        expect_ring(&mut rings, Ring::Worker("w".into())).await;
+        s.restart_worker("w", 5).await.unwrap();
+        expect_ring(&mut rings, Ring::Restart("w".into())).await;
+
+        // The server ends the listening connection: it is made again, and everyone is rung, as
+        // rings may have been lost meanwhile.
+        let client = s.client("test").await.unwrap();
+        let ended: i64 = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND query LIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ended, 1);
+        expect_ring(&mut rings, Ring::Everyone).await;
+        s.submit(&task("w", "b", 0, 6)).await.unwrap();
+        expect_ring(&mut rings, Ring::Worker("w".into())).await;
+
+        // A rolled-back change rings no one.
+        assert!(s.cancel(9999, 7).await.is_err());
+        stop.cancel();
+        if let Some(ring) = rings.recv().await {
+            panic!("rang {ring:?} after the last change");
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_errors_do_not_show_the_password() {
+        // Nothing listens on port 1.
+        let url = DatabaseUrl::parse("postgres://agentq:s3cret@127.0.0.1:1/queue", "test").unwrap();
+        let e = PgStore::connect(&url).await.err().unwrap().to_string();
+        assert!(e.contains("postgres://agentq:***@127.0.0.1:1/queue"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = inspect(&url, Duration::from_secs(2))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The PostgreSQL store through the real binary, against a real server (`AGENTQ_TEST_DATABASE_URL`,
+//! which scripts/test starts): a project on PostgreSQL runs its tasks, and a submit from another
+//! "host" (another project folder on the same database, so no doorbell socket is shared) wakes a
+//! running daemon through NOTIFY within milliseconds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A password the URLs carry (the test server trusts loopback, so it is never checked) and that
+/// must never be printed.
+const PASSWORD: &str = "pg-s3cret-never-shown";
+
+/// `url` with [`PASSWORD`] as its user's password, when it is a URL naming a user.
+fn with_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    match rest.find('@') {
+        Some(at) if !rest[..at].contains(':') => format!(
+            "{}{}:{PASSWORD}{}",
+            &url[..scheme_end + 3],
+            &rest[..at],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+fn project_on(url: &str, extra: &str) -> Project {
+    Project::with_workers(
+        &["w"],
+        RECORDING_AGENT,
+        &format!("{extra}\n[store]\nurl = \"{url}\"\n"),
+    )
+}
+
+#[test]
+fn a_project_on_postgres_runs_its_tasks_and_never_shows_the_password() {
+    let Some(db) = pg_database() else { return };
+    let url = with_password(db.url.expose());
+    let p = project_on(&url, "");
+    let daemon = p.start();
+    let ids: Vec<i64> = (0..5)
+        .map(|i| p.submit("w", &format!("task {i}")))
+        .collect();
+    p.wait_all(&ids);
+    let mut runs = p.runs();
+    runs.sort();
+    assert_eq!(runs.len(), 5, "{runs:?}");
+    for id in &ids {
+        assert_eq!(p.output(*id), format!("done: task {}", id - ids[0]));
+    }
+    // The files beside the database, as with SQLite: results and the event log.
+    assert!(p.path(&format!(".output/w/task_{}.txt", ids[0])).exists());
+    let events = read(&p.path(".agentq/events.jsonl"));
+    assert!(events.contains("task_finished"), "{events}");
+    // Nothing went to an SQLite file.
+    assert!(!p.path(".agentq/agentq.db").exists());
+    assert_eq!(p.totals()["succeeded"], 5, "{}", p.totals());
+
+    let doctor = p.run(&["doctor"]);
+    let report = text(&doctor.stdout);
+    assert!(report.contains("PostgreSQL"), "{report}");
+    assert!(report.contains("as this agentq"), "{report}");
+    let status = p.ok(&["status"]);
+    let shown = [
+        report,
+        text(&doctor.stderr),
+        status,
+        p.ok(&["tasks"]),
+        daemon.log(),
+        events,
+    ];
+    if url.contains(PASSWORD) {
+        assert!(shown[0].contains(":***@"), "{}", shown[0]);
+        for s in &shown {
+            assert!(!s.contains(PASSWORD), "the password was shown:\n{s}");
+        }
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_submit_from_another_host_wakes_the_running_daemon_through_notify() {
+    let Some(db) = pg_database() else { return };
+    let url = db.url.expose();
+    // Host A runs the daemon; nothing else would wake it for a long while (no timer in an idle
+    // daemon; intake's safety rescan is an hour away and wakes no runner anyway).
+    let a = project_on(url, "[intake]\nrescan_interval = \"1h\"\n");
+    let daemon = a.start();
+    // Host B: another folder, so its submit rings no doorbell A listens on; only the database
+    // connects them.
+    let b = project_on(url, "");
+    // The daemon's listener connects before its runners first look; a first task proves it.
+    let first = b.submit("w", "warm up");
+    b.wait_all(&[first]);
+    for round in 0..3 {
+        let asked = Instant::now();
+        let id = b.submit("w", &format!("from b {round}"));
+        let out = b.run(&["wait", "--timeout", "10s", &id.to_string()]);
+        let took = asked.elapsed();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            took < Duration::from_secs(2),
+            "a task submitted on another host took {took:?} to finish"
+        );
+    }
+    // A's view of the shared queue is B's.
+    assert_eq!(a.totals()["succeeded"], 4, "{}", a.totals());
+    assert!(daemon.stop().success());
+}
