@@ -581,6 +581,11 @@ impl HttpSettings {
 /// The variable that chooses the store over `[store] url`.
 pub const DATABASE_URL_ENV: &str = "AGENTQ_DATABASE_URL";
 
+/// Variables of agentq's own environment that no agent inherits: the database's URL holds its
+/// password, and would give an agent write access to the queue. (A worker's `env` can still set
+/// them on purpose.)
+pub const PRIVATE_ENV: &[&str] = &[DATABASE_URL_ENV, "AGENTQ_TEST_DATABASE_URL"];
+
 /// Where the queue lives: `[store] url`, or `AGENTQ_DATABASE_URL`, which wins.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum StoreSettings {

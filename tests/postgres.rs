@@ -113,3 +113,61 @@ fn a_submit_from_another_host_wakes_the_running_daemon_through_notify() {
     assert_eq!(a.totals()["succeeded"], 4, "{}", a.totals());
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn agents_do_not_inherit_the_database_url() {
+    let Some(db) = pg_database() else { return };
+    let url = with_password(db.url.expose());
+    // The store comes from the environment alone; the agent prints what it inherited.
+    let p = Project::with_workers(
+        &["w"],
+        r#"["sh", "-c", "cat > /dev/null; printf '%s|%s' \"${AGENTQ_DATABASE_URL:-unset}\" \"${AGENTQ_TEST_DATABASE_URL:-unset}\""]"#,
+        "",
+    );
+    let mut run = p.cmd(&["run"]);
+    run.env("AGENTQ_DATABASE_URL", &url);
+    let _daemon = p.start_with(run);
+    let submitted = p
+        .cmd(&["submit", "--wait", "-w", "w", "what do you see?"])
+        .env("AGENTQ_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    assert_eq!(text(&submitted.stdout).trim(), "unset|unset");
+    assert!(
+        !p.path(".agentq/agentq.db").exists(),
+        "the store was PostgreSQL"
+    );
+}
+
+#[test]
+fn a_pool_task_released_by_a_stopping_host_is_taken_by_another_at_once() {
+    let Some(db) = pg_database() else { return };
+    let url = db.url.expose();
+    // Two hosts (two folders, no shared doorbell) whose pools run a sleeping agent; nothing
+    // polls for long (the intake rescan is an hour).
+    let extra = format!(
+        "[daemon]\nshutdown_grace = \"200ms\"\n[intake]\nrescan_interval = \"1h\"\n\
+         [pool]\ncommand = {SLEEPING_AGENT}\n"
+    );
+    let a = project_on(url, &extra);
+    let b = project_on(url, &extra);
+    let mut host_a = a.start();
+    let id = a.json(&["submit", "--pool", "long"])["id"]
+        .as_i64()
+        .unwrap();
+    a.sleeping_agent_pid();
+    let _host_b = b.start();
+    // A stops: the task goes back to the queue, and B, whose pool had nothing to do and no timer,
+    // hears of it through NOTIFY.
+    host_a.signal(nix::sys::signal::Signal::SIGTERM);
+    host_a.wait(Duration::from_secs(30));
+    let released = Instant::now();
+    b.sleeping_agent_pid();
+    assert!(
+        released.elapsed() < Duration::from_secs(10),
+        "B took task {id} only after {:?}",
+        released.elapsed()
+    );
+    assert_eq!(b.state(id), "running");
+}

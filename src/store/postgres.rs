@@ -453,7 +453,7 @@ impl Tx<'_> {
             .await
     }
 
-    /// Records an event with its figures.
+    /// Records an event with its figures. (Both may quote an agent, so NUL is replaced.)
     async fn event_with(
         &mut self,
         now: Millis,
@@ -467,7 +467,14 @@ impl Tx<'_> {
             .query(
                 "INSERT INTO events (ts, task_id, worker, kind, message, data) \
                  VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                &[&now, &task_id, &worker, &kind, &message, &data],
+                &[
+                    &now,
+                    &task_id,
+                    &worker,
+                    &kind,
+                    &no_nul(message).as_ref(),
+                    &data.clone().map(no_nul_json),
+                ],
             )
             .await?;
         let id: i64 = row[0].try_get(0)?;
@@ -514,7 +521,7 @@ impl Tx<'_> {
                 &now,
                 &e.outcome,
                 &e.cause,
-                &e.reason,
+                &e.reason.map(no_nul),
                 &e.exit_code,
                 &e.duration_ms,
                 &e.memory_peak_mb,
@@ -683,6 +690,30 @@ struct AttemptEnding<'a> {
     exit_code: Option<i32>,
     duration_ms: Option<i64>,
     memory_peak_mb: Option<f64>,
+}
+
+/// PostgreSQL's text (and jsonb) cannot hold NUL, which an agent's output may: it becomes U+FFFD,
+/// as invalid UTF-8 already does. (SQLite keeps it; a result must be recordable on both.)
+fn no_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+fn no_nul_json(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(no_nul(&s).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(no_nul_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (no_nul(&k).into_owned(), no_nul_json(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 fn state_from(r: &Row, idx: usize) -> Op<TaskState> {
@@ -888,7 +919,7 @@ impl Store for PgStore {
                      ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
                     &[
                         &t.worker,
-                        &t.prompt,
+                        &no_nul(&t.prompt).as_ref(),
                         &t.priority,
                         &(t.max_attempts as i64),
                         &t.timeout_ms.map(|v| v as i64),
@@ -1001,16 +1032,16 @@ impl Store for PgStore {
                      cost_usd = $13, input_tokens = $14, output_tokens = $15, num_turns = $16, \
                      cause = $17, memory_peak_mb = $18 \
                      WHERE id = $1 AND claim_token = $2 AND state = 'running' \
-                     RETURNING attempts, worker",
+                     RETURNING attempts, worker, pool",
                     &[
                         &fence.id,
                         &fence.token,
                         &f.state.as_str(),
                         &f.not_before,
                         &f.exit_code,
-                        &f.output,
-                        &f.error,
-                        &f.stderr_tail,
+                        &f.output.as_deref().map(no_nul),
+                        &f.error.as_deref().map(no_nul),
+                        &f.stderr_tail.as_deref().map(no_nul),
                         &f.duration_ms,
                         &terminal,
                         &f.now,
@@ -1026,6 +1057,13 @@ impl Store for PgStore {
                 .await?;
             let Some(row) = row else { return Ok(false) };
             let (attempts, worker): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+            // Another host may be waiting for this: a retry to take (its runner sleeps with no
+            // timer when it had nothing queued), or a pool slot, which every host counts.
+            let pool: bool = row.try_get(2)?;
+            if pool || f.state == TaskState::Queued {
+                let runs_on = if pool { crate::config::POOL } else { &worker };
+                tx.ring(Ring::Worker(runs_on.to_string()));
+            }
             let (kind, message, data) = common::finished(f, attempts);
             tx.event_with(
                 f.now,
@@ -1091,12 +1129,16 @@ impl Store for PgStore {
                 .query_opt(
                     "UPDATE tasks SET state = 'queued', attempts = greatest(attempts - 1, 0), \
                      owner = NULL, claim_token = NULL, lease_expires = NULL, updated_at = $3 \
-                     WHERE id = $1 AND claim_token = $2 AND state = 'running' RETURNING worker",
+                     WHERE id = $1 AND claim_token = $2 AND state = 'running' RETURNING worker, pool",
                     &[&fence.id, &fence.token, &now],
                 )
                 .await?;
             let Some(row) = row else { return Ok(false) };
             let worker: String = row.try_get(0)?;
+            // Queued again: a runner on another host may take it now (this one is stopping).
+            let pool: bool = row.try_get(1)?;
+            let runs_on = if pool { crate::config::POOL } else { &worker };
+            tx.ring(Ring::Worker(runs_on.to_string()));
             tx.event(
                 now,
                 Some(fence.id),

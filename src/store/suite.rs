@@ -67,6 +67,7 @@ macro_rules! store_suite {
             recover_all_but_spares_the_current_owner,
             dedup_key_makes_submit_idempotent,
             cancel_and_retry,
+            an_agents_nul_byte_does_not_stop_its_result_being_recorded,
             finish_with_retry_keeps_the_reason_and_counts,
             worker_sessions_are_kept_replaced_and_reset,
             a_paused_worker_claims_nothing_until_the_pause_ends,
@@ -575,6 +576,32 @@ pub async fn dedup_key_makes_submit_idempotent(f: &Fixture) {
         Submitted::Duplicate(first.id())
     );
     assert_eq!(s.list(&TaskFilter::default()).await.unwrap().len(), 1);
+}
+
+/// An agent may print anything, NUL included (PostgreSQL's text cannot hold it): the result is
+/// still recorded, or the task would run again and again as if its daemon kept dying.
+pub async fn an_agents_nul_byte_does_not_stop_its_result_being_recorded(f: &Fixture) {
+    let s = f.store();
+    let id = s
+        .submit(&task("w", "print\0this", 0, 1))
+        .await
+        .unwrap()
+        .id();
+    let claim = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+    let finish = Finish {
+        state: TaskState::Failed,
+        output: Some("a\0b".into()),
+        error: Some("exit 1: \0".into()),
+        stderr_tail: Some("\0".into()),
+        cause: Some("agent_error".into()),
+        ..done(TaskState::Failed, 3)
+    };
+    assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
+    let t = s.get(id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    let output = t.output.unwrap();
+    assert!(output == "a\0b" || output == "a\u{FFFD}b", "{output:?}");
+    assert!(t.prompt.starts_with("print") && t.prompt.ends_with("this"));
 }
 
 pub async fn cancel_and_retry(f: &Fixture) {
