@@ -509,47 +509,82 @@ fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Even
     rows.collect()
 }
 
+/// Inserts one task as `queued` with its `task_queued` event, in the caller's transaction; or
+/// finds the task that already holds its dedup key.
+fn insert_task(tx: &rusqlite::Transaction, t: &NewTask) -> Op<Submitted> {
+    if let Some(key) = &t.dedup_key {
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM tasks WHERE dedup_key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(Submitted::Duplicate(id));
+        }
+    }
+    tx.execute(
+        "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
+         not_before, created_at, updated_at, source, dedup_key, pool, class, complexity, \
+         route_reason, max_memory) \
+         VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            t.worker,
+            t.prompt,
+            t.priority,
+            t.max_attempts as i64,
+            t.timeout_ms.map(|v| v as i64),
+            t.not_before,
+            t.now,
+            t.source,
+            t.dedup_key,
+            t.routing.pool,
+            t.routing.class,
+            t.routing.complexity,
+            t.routing.route_reason,
+            t.routing.max_memory.map(|m| m as i64)
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    let place = if t.routing.pool {
+        "the pool"
+    } else {
+        "its worker"
+    };
+    let why = t
+        .routing
+        .route_reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let data = serde_json::json!({ "pool": t.routing.pool, "class": t.routing.class, "complexity": t.routing.complexity });
+    event_with(
+        tx,
+        t.now,
+        Some(id),
+        Some(&t.worker),
+        "task_queued",
+        &format!(
+            "from {}, priority {}, {} bytes; runs on {place}{why}",
+            t.source,
+            t.priority,
+            t.prompt.len()
+        ),
+        Some(data),
+    )?;
+    Ok(Submitted::New(id))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, t: &NewTask) -> Result<Submitted> {
         let t = t.clone();
-        self.write("submitting a task", move |tx| {
-            if let Some(key) = &t.dedup_key {
-                let existing: Option<i64> = tx
-                    .query_row("SELECT id FROM tasks WHERE dedup_key = ?1", [key], |r| r.get(0))
-                    .optional()?;
-                if let Some(id) = existing {
-                    return Ok(Submitted::Duplicate(id));
-                }
-            }
-            tx.execute(
-                "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
-                 not_before, created_at, updated_at, source, dedup_key, pool, class, complexity, \
-                 route_reason, max_memory) \
-                 VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    t.worker,
-                    t.prompt,
-                    t.priority,
-                    t.max_attempts as i64,
-                    t.timeout_ms.map(|v| v as i64),
-                    t.not_before,
-                    t.now,
-                    t.source,
-                    t.dedup_key,
-                    t.routing.pool,
-                    t.routing.class,
-                    t.routing.complexity,
-                    t.routing.route_reason,
-                    t.routing.max_memory.map(|m| m as i64)
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            let place = if t.routing.pool { "the pool" } else { "its worker" };
-            let why = t.routing.route_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-            let data = serde_json::json!({ "pool": t.routing.pool, "class": t.routing.class, "complexity": t.routing.complexity });
-            event_with(tx, t.now, Some(id), Some(&t.worker), "task_queued", &format!("from {}, priority {}, {} bytes; runs on {place}{why}", t.source, t.priority, t.prompt.len()), Some(data))?;
-            Ok(Submitted::New(id))
+        self.write("submitting a task", move |tx| insert_task(tx, &t))
+            .await
+    }
+
+    async fn submit_many(&self, tasks: Vec<NewTask>) -> Result<Vec<Submitted>> {
+        self.write("submitting tasks", move |tx| {
+            tasks.iter().map(|t| insert_task(tx, t)).collect()
         })
         .await
     }
@@ -1420,6 +1455,28 @@ mod tests {
                 ("file_rejected".to_string(), Some("w".to_string()), 1)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn submit_many_queues_every_task_in_order_and_keeps_dedup_keys() {
+        let (_d, s) = store();
+        let mut keyed = task("w", "keyed", 0, 1);
+        keyed.dedup_key = Some("k".into());
+        let first = s.submit(&keyed).await.unwrap().id();
+        let got = s
+            .submit_many(vec![
+                task("w", "a", 0, 2),
+                keyed.clone(),
+                task("v", "b", 0, 2),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(got[1], Submitted::Duplicate(first));
+        assert!(matches!(got[0], Submitted::New(a) if a > first));
+        assert!(matches!((got[0], got[2]), (Submitted::New(a), Submitted::New(b)) if b == a + 1));
+        let queued = s.events_of(got[2].id()).await.unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].kind, "task_queued");
     }
 
     #[tokio::test]
