@@ -179,8 +179,12 @@ pub struct SubmitArgs {
     #[arg(long, value_parser = parse_positive_size)]
     pub max_memory: Option<u64>,
     /// Wait for the task to end, print its result, and exit 1 if it did not succeed
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lines")]
     pub wait: bool,
+    /// Queue one task per non-empty line of PROMPT (or of stdin, with -), all in one transaction;
+    /// prints their ids, one a line
+    #[arg(long)]
+    pub lines: bool,
     #[command(flatten)]
     pub out: JsonArgs,
 }

@@ -1,7 +1,7 @@
 //! What each command does. Every command that prints data prints it as text for people or, with
 //! `--json`, as one JSON document on stdout; messages for people go to stderr.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -185,16 +185,22 @@ fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<
 }
 
 fn read_prompt(arg: Option<String>, cap: u64) -> Result<String> {
-    let prompt = match arg.as_deref() {
-        None => {
-            return Err(Error::Usage(
-                "give the prompt as an argument, or - to read it from stdin".into(),
-            ));
-        }
+    let prompt = read_input(arg, Some(cap))?;
+    crate::ops::check_prompt(&prompt, cap)?;
+    Ok(prompt)
+}
+
+/// The PROMPT argument, or stdin's text for `-`. Of stdin, at most `cap` bytes and one more are
+/// read, so that a prompt over the cap is refused without reading all of it.
+fn read_input(arg: Option<String>, cap: Option<u64>) -> Result<String> {
+    match arg.as_deref() {
+        None => Err(Error::Usage(
+            "give the prompt as an argument, or - to read it from stdin".into(),
+        )),
         Some("-") => {
             let mut bytes = Vec::new();
             std::io::stdin()
-                .take(cap + 1)
+                .take(cap.map_or(u64::MAX, |c| c + 1))
                 .read_to_end(&mut bytes)
                 .map_err(|e| Error::io("reading prompt from", "stdin", e))?;
             String::from_utf8(bytes).map_err(|e| {
@@ -202,12 +208,10 @@ fn read_prompt(arg: Option<String>, cap: u64) -> Result<String> {
                     "the prompt on stdin is not UTF-8 text (bad byte at offset {})",
                     e.utf8_error().valid_up_to()
                 ))
-            })?
+            })
         }
-        Some(text) => text.to_string(),
-    };
-    crate::ops::check_prompt(&prompt, cap)?;
-    Ok(prompt)
+        Some(text) => Ok(text.to_string()),
+    }
 }
 
 async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
@@ -224,6 +228,10 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     };
     // Checked before reading stdin, so a wrong --worker does not swallow a piped prompt.
     crate::route::settings(&config, &ask)?;
+    if args.lines {
+        let text = read_input(args.prompt, None)?;
+        return submit_lines(&config, &ask, &text, args.out.json).await;
+    }
     let prompt = read_prompt(args.prompt, config.max_prompt_size)?;
     let store = open_store(&config).await?;
     let bell = doorbell(&config);
@@ -238,6 +246,60 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     }
     let task = wait_for(&*store, id, None).await?;
     print_result(&task, args.out.json)
+}
+
+/// `submit --lines`: a task for each non-empty line of `text`, all queued in one transaction (so
+/// a hundred thousand take seconds, not one fsync'd commit each), then one ring per runner.
+async fn submit_lines(
+    config: &Config,
+    ask: &crate::route::Ask<'_>,
+    text: &str,
+    json: bool,
+) -> Result<()> {
+    let now = now_ms();
+    let mut plans = Vec::new();
+    let mut tasks = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        crate::ops::check_prompt(line, config.max_prompt_size).map_err(|e| match e {
+            Error::Usage(why) => Error::Usage(format!("line {}: {why}", n + 1)),
+            other => other,
+        })?;
+        let plan = crate::route::plan(config, line, ask)?;
+        tasks.push(plan.new_task(line.to_string(), "cli", None, now));
+        plans.push(plan);
+    }
+    if tasks.is_empty() {
+        return Err(Error::Usage("no prompt given: every line is empty".into()));
+    }
+    let store = open_store(config).await?;
+    let ids: Vec<i64> = store
+        .submit_many(tasks)
+        .await?
+        .into_iter()
+        .map(|s| s.id())
+        .collect();
+    let bell = doorbell(config);
+    let runners: std::collections::BTreeSet<&str> = plans.iter().map(|p| p.runs_on()).collect();
+    for runner in runners {
+        bell(wake::Ring::Worker(runner.to_string()));
+    }
+    if json {
+        let all: Vec<_> = ids
+            .iter()
+            .zip(&plans)
+            .map(|(id, plan)| crate::ops::submitted(*id, plan))
+            .collect();
+        print_json(&all);
+    } else {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for id in ids {
+            let _ = writeln!(out, "{id}");
+        }
+    }
+    Ok(())
 }
 
 /// Polls until the task ends. Polling is the client's cost, not the daemon's: it starts fast and

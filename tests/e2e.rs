@@ -407,6 +407,71 @@ fn submit_wait_prints_the_result_and_a_megabyte_prompt_travels_on_stdin() {
 }
 
 #[test]
+fn submit_lines_queues_a_task_per_line_and_a_running_daemon_runs_them_in_order() {
+    let p = Project::with_workers(&["w", "v"], RECORDING_AGENT, "max_prompt_size = 20");
+    // From stdin: blank lines are skipped, ids come one a line.
+    let mut child = p
+        .cmd(&["submit", "--lines", "-w", "w", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"one\n\n   \ntwo\nthree").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n2\n3\n");
+
+    // From the argument, with --json: where each would run.
+    let out = p.json(&["submit", "--lines", "-w", "v", "four\nfive"]);
+    let ids: Vec<i64> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["worker"], "v");
+            t["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [4, 5]);
+
+    // One bad line refuses them all, naming the line.
+    let out = p.run(&[
+        "submit",
+        "--lines",
+        "-w",
+        "w",
+        "six\nthis line is over twenty bytes",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("line 2"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = p.run(&["submit", "--lines", "-w", "w", "\n \n"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(p.totals()["queued"], 5);
+    assert_eq!(
+        p.run(&["submit", "--lines", "--wait", "x"]).status.code(),
+        Some(2)
+    );
+
+    // The daemon is rung once per runner and runs each worker's tasks in order.
+    let daemon = p.start();
+    let more = p.ok(&["submit", "--lines", "-w", "w", "seven\neight"]);
+    assert_eq!(more, "6\n7\n");
+    p.wait_all(&[1, 2, 3, 4, 5, 6, 7]);
+    let on_w: Vec<String> = p
+        .runs()
+        .into_iter()
+        .filter(|r| !r.ends_with("four") && !r.ends_with("five"))
+        .collect();
+    assert_eq!(on_w, ["1 one", "2 two", "3 three", "6 seven", "7 eight"]);
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn cancelling_a_running_task_stops_its_agent() {
     let p = Project::with_workers(&["w"], SLEEPING_AGENT, "");
     let daemon = p.start();

@@ -417,6 +417,17 @@ pub trait Store: Send + Sync {
     /// Adds a task in state `queued`, or returns the existing one with the same dedup key.
     async fn submit(&self, task: &NewTask) -> Result<Submitted>;
 
+    /// Adds many tasks, in order, as [`Store::submit`] does each. A backend that can should do it
+    /// in one transaction (SQLite does: all or none, and one commit instead of one per task, which
+    /// is what makes queueing thousands at once fast); this default submits them one by one.
+    async fn submit_many(&self, tasks: Vec<NewTask>) -> Result<Vec<Submitted>> {
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            out.push(self.submit(task).await?);
+        }
+        Ok(out)
+    }
+
     /// Atomically takes `worker`'s next task: the highest priority, oldest first, among queued
     /// tasks due by `now`, and only while none of that worker's tasks is running (a worker runs one
     /// task at a time, whichever daemon runs it). Counts an attempt.

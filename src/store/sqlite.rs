@@ -481,6 +481,55 @@ fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Even
     rows.collect()
 }
 
+/// Inserts one task as `queued` with its `task_queued` event, in the caller's transaction; or
+/// finds the task that already holds its dedup key.
+fn insert_task(tx: &rusqlite::Transaction, t: &NewTask) -> Op<Submitted> {
+    if let Some(key) = &t.dedup_key {
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM tasks WHERE dedup_key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(Submitted::Duplicate(id));
+        }
+    }
+    tx.execute(
+        "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
+         not_before, created_at, updated_at, source, dedup_key, pool, class, complexity, \
+         route_reason, max_memory) \
+         VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            t.worker,
+            t.prompt,
+            t.priority,
+            t.max_attempts as i64,
+            t.timeout_ms.map(|v| v as i64),
+            t.not_before,
+            t.now,
+            t.source,
+            t.dedup_key,
+            t.routing.pool,
+            t.routing.class,
+            t.routing.complexity,
+            t.routing.route_reason,
+            t.routing.max_memory.map(|m| m as i64)
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    let (message, data) = common::queued(t);
+    event_with(
+        tx,
+        t.now,
+        Some(id),
+        Some(&t.worker),
+        "task_queued",
+        &message,
+        Some(data),
+    )?;
+    Ok(Submitted::New(id))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     /// One daemon has the file to itself, behind the state folder's lock.
@@ -497,41 +546,13 @@ impl Store for SqliteStore {
 
     async fn submit(&self, t: &NewTask) -> Result<Submitted> {
         let t = t.clone();
-        self.write("submitting a task", move |tx| {
-            if let Some(key) = &t.dedup_key {
-                let existing: Option<i64> = tx
-                    .query_row("SELECT id FROM tasks WHERE dedup_key = ?1", [key], |r| r.get(0))
-                    .optional()?;
-                if let Some(id) = existing {
-                    return Ok(Submitted::Duplicate(id));
-                }
-            }
-            tx.execute(
-                "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
-                 not_before, created_at, updated_at, source, dedup_key, pool, class, complexity, \
-                 route_reason, max_memory) \
-                 VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    t.worker,
-                    t.prompt,
-                    t.priority,
-                    t.max_attempts as i64,
-                    t.timeout_ms.map(|v| v as i64),
-                    t.not_before,
-                    t.now,
-                    t.source,
-                    t.dedup_key,
-                    t.routing.pool,
-                    t.routing.class,
-                    t.routing.complexity,
-                    t.routing.route_reason,
-                    t.routing.max_memory.map(|m| m as i64)
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            let (message, data) = common::queued(&t);
-            event_with(tx, t.now, Some(id), Some(&t.worker), "task_queued", &message, Some(data))?;
-            Ok(Submitted::New(id))
+        self.write("submitting a task", move |tx| insert_task(tx, &t))
+            .await
+    }
+
+    async fn submit_many(&self, tasks: Vec<NewTask>) -> Result<Vec<Submitted>> {
+        self.write("submitting tasks", move |tx| {
+            tasks.iter().map(|t| insert_task(tx, t)).collect()
         })
         .await
     }

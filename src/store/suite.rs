@@ -67,6 +67,7 @@ macro_rules! store_suite {
             recover_all_but_spares_the_current_owner,
             dedup_key_makes_submit_idempotent,
             cancel_and_retry,
+            submit_many_queues_every_task_in_order_and_keeps_dedup_keys,
             an_agents_nul_byte_does_not_stop_its_result_being_recorded,
             finish_with_retry_keeps_the_reason_and_counts,
             worker_sessions_are_kept_replaced_and_reset,
@@ -602,6 +603,27 @@ pub async fn an_agents_nul_byte_does_not_stop_its_result_being_recorded(f: &Fixt
     let output = t.output.unwrap();
     assert!(output == "a\0b" || output == "a\u{FFFD}b", "{output:?}");
     assert!(t.prompt.starts_with("print") && t.prompt.ends_with("this"));
+}
+
+pub async fn submit_many_queues_every_task_in_order_and_keeps_dedup_keys(f: &Fixture) {
+    let s = f.store();
+    let mut keyed = task("w", "keyed", 0, 1);
+    keyed.dedup_key = Some("k".into());
+    let first = s.submit(&keyed).await.unwrap().id();
+    let got = s
+        .submit_many(vec![
+            task("w", "a", 0, 2),
+            keyed.clone(),
+            task("v", "b", 0, 2),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(got[1], Submitted::Duplicate(first));
+    assert!(matches!(got[0], Submitted::New(a) if a > first));
+    assert!(matches!((got[0], got[2]), (Submitted::New(a), Submitted::New(b)) if b > a));
+    let queued = s.events_of(got[2].id()).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].kind, "task_queued");
 }
 
 pub async fn cancel_and_retry(f: &Fixture) {

@@ -1,0 +1,27 @@
+//! The benchmark's trivial agent: appends the time it started (nanoseconds since the Unix epoch,
+//! one line) to the file named by its argument, and exits 0. Every system the benchmark compares
+//! runs this same program, so a submit-to-start latency is "when the agent process was running".
+//! It does not read its stdin: some queues give their tasks a stdin that never closes.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn main() {
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_nanos();
+    let Some(path) = std::env::args_os().nth(1) else {
+        eprintln!("usage: bench-agent LOG");
+        std::process::exit(2);
+    };
+    // One write of one short line to a file opened for appending: lines from agents running at
+    // once never interleave.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {path:?}: {e}"));
+    log.write_all(format!("{started}\n").as_bytes())
+        .unwrap_or_else(|e| panic!("writing {path:?}: {e}"));
+}
