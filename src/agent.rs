@@ -129,12 +129,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     // std's Command, waited for by hand (see `Child`): the kernel's figure of the most memory
     // the agent held comes with the wait, and tokio's wait does not give it.
     let mut cmd = std::process::Command::new(&spec.argv[0]);
-    for key in spec
-        .env_remove
-        .iter()
-        .map(String::as_str)
-        .chain(crate::config::PRIVATE_ENV.iter().copied())
-    {
+    for key in &spec.env_remove {
         cmd.env_remove(key);
     }
     cmd.args(&spec.argv[1..])

@@ -518,6 +518,8 @@ pub fn for_each_event(
 #[derive(Default)]
 struct Lines {
     pending: Vec<u8>,
+    /// Where each read lands, kept between reads (a follower reads every poll).
+    chunk: Vec<u8>,
 }
 
 impl Lines {
@@ -530,16 +532,16 @@ impl Lines {
     ) -> io::Result<()> {
         // A chunk at a time, so that reading a long log holds a chunk and a partial line, not the
         // whole file (and a copy of it).
-        let mut chunk = vec![0u8; 64 * 1024];
+        self.chunk.resize(64 * 1024, 0);
         loop {
-            let n = match file.read(&mut chunk) {
+            let n = match file.read(&mut self.chunk) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(with_path(e, "reading log", path)),
             };
             let start = self.pending.len();
-            self.pending.extend_from_slice(&chunk[..n]);
+            self.pending.extend_from_slice(&self.chunk[..n]);
             let Some(last_newline) = self.pending[start..].iter().rposition(|&b| b == b'\n') else {
                 continue;
             };

@@ -106,11 +106,7 @@ impl Persistent {
         booking: Option<&crate::agent::Booking>,
     ) -> std::io::Result<Persistent> {
         let mut cmd = Command::new(&argv[0]);
-        for key in env_remove
-            .iter()
-            .map(String::as_str)
-            .chain(crate::config::PRIVATE_ENV.iter().copied())
-        {
+        for key in env_remove {
             cmd.env_remove(key);
         }
         cmd.args(&argv[1..])

@@ -476,8 +476,10 @@ impl Runner {
         }
     }
 
-    /// The parts of a spec every agent shares.
-    fn spec(&self, task: &Task, argv: Vec<String>, env_remove: Vec<String>) -> agent::Spec {
+    /// The parts of a spec every agent shares. No agent, of any kind or mode, inherits agentq's
+    /// private variables ([`crate::config::PRIVATE_ENV`]); the worker's own `env` may still set them.
+    fn spec(&self, task: &Task, argv: Vec<String>, mut env_remove: Vec<String>) -> agent::Spec {
+        env_remove.extend(crate::config::PRIVATE_ENV.iter().map(|k| k.to_string()));
         let mut env = self.worker.env.clone();
         env.insert("AGENTQ_TASK_ID".into(), task.id.to_string());
         env.insert("AGENTQ_WORKER".into(), self.worker.name.clone());
