@@ -142,7 +142,6 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     if let Some(b) = &spec.book {
         cmd.env(crate::procs::OWNER_ENV, b.book.owner());
     }
-    crate::procs::die_with_daemon(&mut cmd);
     let mut child = match cmd.spawn().and_then(Child::new) {
         Ok(child) => child,
         Err(e) => {

@@ -72,6 +72,17 @@ pub enum Command {
     /// Run agentq as a service of the system
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// (Internal) the daemon's guardian: waits for its stdin to close, then kills every process
+    /// that carries the daemon's mark. `agentq run` starts it; see `procs::guard`.
+    #[command(hide = true)]
+    Guard(GuardArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GuardArgs {
+    /// The mark (`AGENTQ_DAEMON`) of the daemon's agents
+    #[arg(long)]
+    pub owner: String,
 }
 
 #[derive(Subcommand, Debug)]

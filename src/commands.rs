@@ -54,6 +54,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Worker(WorkerCommand::Resume(args)) => resume(explicit, args).await,
         Command::Doctor(args) => doctor(explicit, args.json).await,
         Command::Service(ServiceCommand::Install(args)) => service_install(explicit, args),
+        Command::Guard(args) => {
+            crate::procs::guard(&args.owner);
+            Ok(())
+        }
         Command::Token => {
             let config = load_config(explicit)?;
             println!("{}", crate::token::ensure(&config.state_dir())?);

@@ -18,13 +18,13 @@ use rand::RngExt;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Agent, Config, POOL, WorkerConfig};
 use crate::error::{Error, Result};
 use crate::logfile::EventLog;
 use crate::pool::Pool;
-use crate::procs::Book;
+use crate::procs::{Book, Guardian};
 use crate::state::{self, StateLock};
 use crate::store::{NewEvent, Store, now_ms};
 use crate::wake::{Doorbell, Ring};
@@ -123,6 +123,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
     // What a previous daemon left running dies before its tasks are handed out again.
     let book = Arc::new(Book::new(&state_dir, &owner));
+    // And what this one starts dies with it, however it dies.
+    let guardian = Arc::new(std::sync::Mutex::new(start_guardian(&owner)));
     for reaped in book.reap() {
         if reaped.killed.is_empty() {
             continue;
@@ -397,6 +399,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         config.pool.max_workers
     );
 
+    {
+        let (guardian, owner, stopping) =
+            (guardian.clone(), owner.clone(), shutdown.stopping.clone());
+        tasks.spawn(async move {
+            keep_guardian(&guardian, &owner, &stopping).await;
+        });
+    }
+
     shutdown.stopping.cancelled().await;
     info!(
         "stopping: no new tasks will start; running tasks may finish (signal again to stop them now)"
@@ -406,8 +416,48 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             error!("a daemon task failed: {e}");
         }
     }
+    let last = guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(g) = last {
+        tokio::task::spawn_blocking(move || g.stop(Duration::from_secs(2)))
+            .await
+            .ok();
+    }
     info!("stopped");
     Ok(())
+}
+
+fn start_guardian(owner: &str) -> Option<Guardian> {
+    match Guardian::start(owner) {
+        Ok(g) => {
+            debug!(pid = g.pid(), "guardian started");
+            Some(g)
+        }
+        Err(e) => {
+            warn!(
+                "cannot start the guardian process ({e}): if this daemon crashes, its agents run on until the next daemon starts and reaps them"
+            );
+            None
+        }
+    }
+}
+
+/// Starts the guardian again if it ended (someone killed it), checking every few seconds.
+async fn keep_guardian(
+    guardian: &std::sync::Mutex<Option<Guardian>>,
+    owner: &str,
+    stopping: &CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let mut g = guardian.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(status) = g.as_mut().and_then(Guardian::exited) {
+            warn!("the guardian process ended ({status}); starting another");
+            *g = start_guardian(owner);
+        }
+    }
 }
 
 /// Sleeps until the earliest lease runs out, then puts expired tasks back in the queue. With no

@@ -10,6 +10,11 @@ use agentq::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Guard(args) = &cli.command {
+        // Before logging and the runtime: the guardian is one blocking read and a /proc scan.
+        agentq::procs::guard(&args.owner);
+        return ExitCode::SUCCESS;
+    }
     let daemon = matches!(cli.command, Command::Run(_));
     if !daemon {
         // Like other Unix tools, end quietly when the reader of our output goes away

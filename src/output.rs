@@ -2,8 +2,13 @@
 //!
 //! Each finished task writes `task_<id>.txt` (the result text), `task_<id>.json` (the whole record
 //! with its history) and refreshes `latest.txt`. Every file is written to a temporary name in the
-//! same folder, flushed to disk, and renamed into place, so a reader sees the old file or the new
-//! one, never half of one.
+//! same folder and renamed into place, so a reader sees the old file or the new one, never half of
+//! one.
+//!
+//! They are not flushed to disk one by one: they are a copy, for scripts, of what the store holds
+//! (`agentq show <id>` prints it, `--json` whole), and three fsyncs per task would cost more than
+//! the rest of a trivial task together. A power cut can leave the newest of them empty or missing;
+//! a crash of the daemon cannot (the page cache survives it).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,7 +28,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {

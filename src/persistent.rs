@@ -120,7 +120,6 @@ impl Persistent {
         if let Some(b) = booking {
             cmd.env(crate::procs::OWNER_ENV, b.book.owner());
         }
-        crate::procs::die_with_daemon(cmd.as_std_mut());
         let mut child = cmd.spawn()?;
         let group = child.id().map(|p| Pid::from_raw(p as i32));
         let recorded = match (booking, child.id()) {

@@ -2,10 +2,11 @@
 //! the book of process groups a daemon has running, so that the next daemon can kill what a
 //! crashed one left behind.
 //!
-//! Every agent is the leader of its own process group. On Linux it also gets a parent-death signal
-//! (SIGKILL), so when the daemon dies, even by `kill -9`, the leader dies with it. What the leader
-//! started (a grandchild in its group) does not get that signal; for those the daemon keeps a
-//! *book*: one small file per live group in `.agentq/procs/`, naming the group, its leader's start
+//! Every agent is the leader of its own process group, and carries the daemon's mark in its
+//! environment ([`OWNER_ENV`]). When the daemon dies, even by `kill -9`, its [`Guardian`] — a small
+//! process that does nothing else — sees it at once and kills every marked process. If the guardian
+//! died too, the daemon keeps a *book* for the next one: one small file per live group in
+//! `.agentq/procs/`, naming the group, its leader's start
 //! time and the boot it belongs to. The next daemon, holding the folder's lock (so the writer is
 //! certainly gone) reads the book at start-up and kills every group still alive, but only one
 //! that is provably the same: its leader alive with the recorded start time, or, with the leader
@@ -90,32 +91,118 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Makes the process started by `cmd` die when the daemon dies (Linux). The signal is tied to the
-/// *thread* that forks; agents are spawned from the runtime's worker threads, which live as long as
-/// the daemon.
-pub fn die_with_daemon(cmd: &mut std::process::Command) {
-    #[cfg(target_os = "linux")]
-    {
-        let parent = std::process::id() as libc::pid_t;
+/// The guardian: a small process each daemon starts beside it (`agentq guard`), holding the
+/// reading end of a pipe whose writing end only the daemon has. When the daemon dies, however it
+/// dies, the kernel closes that end, the guardian's read returns, and it kills every process that
+/// carries the daemon's mark ([`OWNER_ENV`]): the agents and whatever they started, wherever they
+/// went (a `setsid` child included), and the process group each marked leader leads (so a child
+/// that cleared its environment goes too).
+///
+/// This replaces a parent-death signal on each agent, which needs code to run between `fork` and
+/// `exec`, and so a real `fork` of the whole daemon: copying its page tables and then faulting on
+/// every page it writes while children start took more of the daemon's time than everything else
+/// a trivial task costs. Without it, agents start with `posix_spawn` (`vfork` semantics).
+pub struct Guardian {
+    child: std::process::Child,
+}
+
+impl Guardian {
+    /// Starts the guardian of the daemon whose agents are marked `owner`. It is in its own process
+    /// group, so a Ctrl-C meant for the daemon (which stops gracefully) does not reach it.
+    pub fn start(owner: &str) -> std::io::Result<Guardian> {
         use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec only async-signal-safe calls are made: prctl, getppid.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The daemon may have died before the prctl: then nobody is left to signal.
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::other(
-                        "agentq died while starting the agent",
-                    ));
-                }
-                Ok(())
-            });
+        // This very binary, even if an upgrade has replaced the file since the daemon started.
+        let exe = if cfg!(target_os = "linux") {
+            PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe()?
+        };
+        let child = std::process::Command::new(exe)
+            .arg0("agentq")
+            .args(["guard", "--owner", owner])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Guardian { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the guardian has ended (it should not, while the daemon runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Closes the pipe (the guardian then sweeps, finding nothing after a clean stop) and waits
+    /// up to `within` for it to end.
+    pub fn stop(mut self, within: std::time::Duration) {
+        drop(self.child.stdin.take());
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The guardian's whole life (`agentq guard --owner X`): wait until stdin closes, then kill what
+/// carries the mark. Signals from the terminal do not reach it (its own group); SIGTERM ends it.
+pub fn guard(owner: &str) {
+    use std::io::Read;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
+    let killed = kill_marked(OWNER_ENV, owner);
+    if !killed.is_empty() {
+        eprintln!(
+            "agentq guard: the daemon {owner} is gone; killed {} process(es) it left: {killed:?}",
+            killed.len()
+        );
+    }
+}
+
+/// Kills every process whose environment holds `key=value`, and each process group such a process
+/// leads; scans again until a scan finds none (a process forking while it is killed), at most a
+/// few times. Returns the pids signalled.
+pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let me = std::process::id() as i32;
+    let mut killed = Vec::new();
+    for _ in 0..10 {
+        let marked: Vec<ProcInfo> = all_processes()
+            .into_iter()
+            .filter(|p| p.pid != me && p.state != 'Z')
+            .filter(|p| environ_has(p.pid, key, value) == Some(true))
+            .collect();
+        if marked.is_empty() {
+            break;
+        }
+        for p in marked {
+            if p.pgrp == p.pid {
+                let _ = killpg(Pid::from_raw(p.pgrp), Signal::SIGKILL);
+            }
+            if kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() && !killed.contains(&p.pid) {
+                killed.push(p.pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    killed
 }
 
 /// One page of the book: a live process group.
@@ -337,7 +424,7 @@ fn kill_recorded(record: &Record) -> Vec<i32> {
         }
         // The pid now names another process: not ours, whatever its group holds.
         Some(_) => Vec::new(),
-        // The leader is gone (the parent-death signal killed it); what it left in the group
+        // The leader is gone (the guardian killed it); what it left in the group
         // started after it and carries the old daemon's mark. Anything else cannot be known ours.
         None => members
             .iter()

@@ -279,6 +279,66 @@ fn a_long_lived_process_that_keeps_dying_leaves_the_worker_errored_until_restart
 }
 
 #[test]
+fn the_guardian_kills_what_a_killed_daemon_left_and_without_it_the_next_daemon_does() {
+    let p = project("");
+    // An agent that ignores SIGTERM, with a grandchild.
+    let daemon = p.start();
+    let guardian = daemon.guardian().expect("the daemon has a guardian");
+    let id = p.submit("w", "[[grandchildren 1]] [[ignore-term]] [[sleep 60000]]");
+    wait_until(
+        Duration::from_secs(20),
+        "the agent and its grandchild",
+        || p.state(id) == "running" && pids(&p).len() >= 2,
+    );
+    // SIGKILL: no chance to clean up. The guardian does it.
+    let started = Instant::now();
+    daemon.kill9();
+    wait_until(
+        Duration::from_secs(5),
+        "the agents to die with the daemon",
+        || pids(&p).iter().all(|pid| !alive(*pid)),
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    wait_until(Duration::from_secs(5), "the guardian to end", || {
+        !alive(guardian)
+    });
+
+    // Both the daemon and its guardian killed (`pkill -9 agentq`): the agents live on until the
+    // next daemon starts, which reaps them from the book before it runs anything.
+    let daemon = p.start();
+    wait_until(
+        Duration::from_secs(20),
+        "the recovered task to run again",
+        || p.state(id) == "running" && pids(&p).iter().filter(|pid| alive(**pid)).count() >= 2,
+    );
+    let guardian = daemon.guardian().expect("the daemon has a guardian");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guardian),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    daemon.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let left: Vec<i32> = pids(&p).into_iter().filter(|pid| alive(*pid)).collect();
+    assert!(
+        left.len() >= 2,
+        "the agent and its grandchild outlive both: {left:?}"
+    );
+    let daemon = p.start();
+    wait_until(
+        Duration::from_secs(10),
+        "the next daemon to reap them",
+        || left.iter().all(|pid| !alive(*pid)),
+    );
+    let reaped = p.json(&["events", "--kind", "agent_reaped", "--limit", "0"]);
+    assert!(!reaped.as_array().unwrap().is_empty(), "nothing was reaped");
+    p.ok(&["cancel", &id.to_string()]);
+    assert!(daemon.stop().success());
+    none_left(&p);
+}
+
+#[test]
 fn kill_9_of_the_daemon_under_load_loses_nothing_and_leaves_no_process() {
     // 4 workers x 50 prompt files. Each agent leaves a grandchild that ignores SIGTERM, so a
     // crashed daemon's leftovers are there to be reaped.
@@ -306,18 +366,21 @@ fn kill_9_of_the_daemon_under_load_loses_nothing_and_leaves_no_process() {
     });
     let first_pid = daemon.pid();
     daemon.kill9();
+    // The first daemon's agents and their grandchildren (which ignore SIGTERM) die with it: its
+    // guardian kills them at once.
+    wait_until(
+        Duration::from_secs(5),
+        "the guardian to kill what the daemon left",
+        || pids(&p).iter().all(|pid| !alive(*pid)),
+    );
     let seen_before = pids(&p);
-    // The first daemon's agents die with it (parent-death signal); their grandchildren are left
-    // for the next daemon to reap.
     let daemon = p.start();
     wait_until(Duration::from_secs(120), "all 200 tasks to finish", || {
         p.totals()["succeeded"].as_u64().unwrap_or(0) == 200
     });
     assert!(!alive(first_pid));
     assert!(daemon.stop().success());
-    // The first daemon was killed mid-task: the second found its leftovers and killed them.
-    let reaped = p.json(&["events", "--kind", "agent_reaped", "--limit", "0"]);
-    assert!(!reaped.as_array().unwrap().is_empty(), "nothing was reaped");
+    // The first daemon was killed mid-task: the second took its tasks back.
     let recovered = p.json(&["events", "--kind", "task_recovered", "--limit", "0"]);
     assert!(
         !recovered.as_array().unwrap().is_empty(),

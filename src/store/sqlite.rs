@@ -3,8 +3,17 @@
 //! WAL journal, so readers (`agentq status` while the daemon works) never block the writer; every
 //! write in a `BEGIN IMMEDIATE` transaction, so two processes that both mean to write take the
 //! write lock up front instead of failing mid-transaction; a busy timeout, so fifty `agentq submit`
-//! processes at once queue up on that lock instead of failing. `synchronous = FULL`: a submit that
-//! returned is on disk.
+//! processes at once queue up on that lock instead of failing.
+//!
+//! Two levels of durability, chosen per write ([`Sync`]). What a person or a client was told is
+//! done — a submit, a cancel, a pause — commits with `synchronous = FULL`: when the call returns it
+//! is on disk. The daemon's own bookkeeping — claims, lease renewals, results, releases, recovery
+//! — commits with `NORMAL`: in WAL mode that is just as atomic and survives a crash of the process,
+//! and only a power cut can take back the last of them, which the queue already tolerates, since it
+//! promises at least once: a lost claim leaves the task queued, a lost result leaves it running
+//! under a lease that runs out, and either way it runs again. (The next FULL commit flushes the WAL
+//! with everything before it.) This is what lets a trivial task cost the daemon one fsync instead
+//! of five.
 //!
 //! rusqlite is blocking, so each call runs on tokio's blocking pool holding the one connection.
 //! Migrations are numbered SQL files applied in order and tracked in `PRAGMA user_version`.
@@ -39,9 +48,25 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How durable a write must be when it returns (see the module's notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// On disk: what a caller was told is done (`synchronous = FULL`).
+    Full,
+    /// Atomic and safe from a crash of the process; a power cut may take it back, and the task
+    /// then runs again (`synchronous = NORMAL`). Only for the daemon's claims, leases and results.
+    Lazy,
+}
+
+/// The connection, and the `synchronous` level it is set to now.
+struct Conn {
+    conn: Connection,
+    sync: Sync,
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Conn>>,
     path: PathBuf,
     /// Where committed events are also appended, for people and `agentq events -f`.
     log: Option<Arc<EventLog>>,
@@ -67,6 +92,34 @@ impl From<rusqlite::Error> for OpError {
 
 type Op<T> = std::result::Result<T, OpError>;
 
+/// Statements through the connection's cache of prepared statements. Parsing and planning a
+/// statement cost more than running one of the queue's (a claim spent most of its time in
+/// `sqlite3_prepare`), and the same few dozen run over and over.
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// More than the queue's distinct statements, so none is parsed twice.
+const STATEMENT_CACHE: usize = 128;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore> {
@@ -84,8 +137,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db("setting synchronous"))?;
         migrate(&mut conn, path)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Conn {
+                conn,
+                sync: Sync::Full,
+            })),
             path: path.to_path_buf(),
             log: None,
         })
@@ -107,6 +164,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Op<T> + Send + 'static,
     {
+        self.call_with(about, move |c| op(&mut c.conn)).await
+    }
+
+    async fn call_with<T, F>(&self, about: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Op<T> + Send + 'static,
+    {
         let conn = self.conn.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -125,14 +190,41 @@ impl SqliteStore {
         .await?
     }
 
-    /// Runs `op` in a `BEGIN IMMEDIATE` transaction, committed if it returns `Ok`.
+    /// Runs `op` in a `BEGIN IMMEDIATE` transaction, committed (on disk) if it returns `Ok`.
     async fn write<T, F>(&self, about: &'static str, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction) -> Op<T> + Send + 'static,
     {
+        self.write_with(Sync::Full, about, op).await
+    }
+
+    /// [`write`](Self::write) for the daemon's own bookkeeping: committed atomically, but a power
+    /// cut may take it back (see the module's notes on why the queue tolerates that).
+    async fn write_lazy<T, F>(&self, about: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction) -> Op<T> + Send + 'static,
+    {
+        self.write_with(Sync::Lazy, about, op).await
+    }
+
+    async fn write_with<T, F>(&self, sync: Sync, about: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction) -> Op<T> + Send + 'static,
+    {
         let log = self.log.clone();
-        self.call(about, move |conn| {
+        self.call_with(about, move |c| {
+            if c.sync != sync {
+                let level = match sync {
+                    Sync::Full => "FULL",
+                    Sync::Lazy => "NORMAL",
+                };
+                c.conn.pragma_update(None, "synchronous", level)?;
+                c.sync = sync;
+            }
+            let conn = &mut c.conn;
             PENDING.with_borrow_mut(Vec::clear);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = op(&tx)?;
@@ -182,7 +274,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     // Every command opens the store: read the version without a lock, and take the write lock only
     // when a migration is due (then check again under it, as another process may have done it).
     let current: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db("reading schema version"))?;
     if current == known {
         return Ok(());
@@ -191,7 +283,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db("starting migration"))?;
     let version: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db("reading schema version"))?;
     if version > known {
         return Err(Error::SchemaTooNew {
@@ -290,7 +382,7 @@ fn event_with(
     data: Option<serde_json::Value>,
 ) -> rusqlite::Result<()> {
     let text = data.as_ref().map(|d| d.to_string());
-    tx.execute(
+    tx.exec(
         "INSERT INTO events (ts, task_id, worker, kind, message, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![now, task_id, worker, kind, message, text],
     )?;
@@ -332,7 +424,7 @@ fn attempt_row(
     e: &AttemptEnding,
     now: Millis,
 ) -> rusqlite::Result<bool> {
-    let n = tx.execute(
+    let n = tx.exec(
         "INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, outcome, cause, \
          reason, exit_code, duration_ms, memory_peak_mb) \
          SELECT id, attempts, worker, owner, started_at, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM tasks \
@@ -371,7 +463,7 @@ fn claim_one(
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&owner, &token, &expires, &now];
     values.extend_from_slice(extra);
     let task = tx
-        .query_row(
+        .row(
             &format!(
                 "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = ?1, \
                  claim_token = ?2, lease_expires = ?3, started_at = ?4, updated_at = ?4 \
@@ -396,7 +488,7 @@ fn claim_one(
 
 fn state_of(tx: &rusqlite::Transaction, id: i64) -> Op<(TaskState, String)> {
     let row = tx
-        .query_row("SELECT state, worker FROM tasks WHERE id = ?1", [id], |r| {
+        .row("SELECT state, worker FROM tasks WHERE id = ?1", [id], |r| {
             Ok((state_from(r, 0)?, r.get::<_, String>(1)?))
         })
         .optional()?;
@@ -413,7 +505,7 @@ fn recover_where(
     now: Millis,
     why: &str,
 ) -> Op<Vec<i64>> {
-    let mut stmt = tx.prepare(&format!(
+    let mut stmt = tx.prepare_cached(&format!(
         "SELECT id, worker, owner, interruptions + 1, max_attempts FROM tasks \
          WHERE state = 'running' AND {condition}"
     ))?;
@@ -438,7 +530,7 @@ fn recover_where(
         let (dead, message) =
             common::recovered(*interruptions, *max_attempts, owner.as_deref(), why);
         if let Some(error) = dead {
-            tx.execute(
+            tx.exec(
                 "UPDATE tasks SET state = 'dead', interruptions = ?2, error = ?3, owner = NULL, \
                  claim_token = NULL, lease_expires = NULL, finished_at = ?4, updated_at = ?4 WHERE id = ?1",
                 params![id, interruptions, error, now],
@@ -446,7 +538,7 @@ fn recover_where(
             event(tx, now, Some(*id), Some(worker), "task_finished", &message)?;
             continue;
         }
-        tx.execute(
+        tx.exec(
             "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), interruptions = ?3, \
              owner = NULL, claim_token = NULL, lease_expires = NULL, not_before = ?2, updated_at = ?2 \
              WHERE id = ?1",
@@ -459,12 +551,24 @@ fn recover_where(
 
 /// The event log, filtered: the latest `limit` events, oldest first.
 fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Event>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, ts, task_id, worker, kind, message, data FROM (\
-           SELECT * FROM events WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR worker = ?2) \
-           AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4) ORDER BY id",
-    )?;
+    // Only the filters given are in the statement: SQLite plans `?1 IS NULL OR task_id = ?1` as a
+    // scan of every event, which made recording each result cost as much as the whole history.
+    let mut sql = String::from(
+        "SELECT id, ts, task_id, worker, kind, message, data FROM (SELECT * FROM events WHERE 1",
+    );
+    for (set, term) in [
+        (f.task_id.is_some(), " AND task_id = ?1"),
+        (f.worker.is_some(), " AND worker = ?2"),
+        (f.kind.is_some(), " AND kind = ?3"),
+    ] {
+        if set {
+            sql.push_str(term);
+        }
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?4) ORDER BY id");
+    let mut stmt = conn.prepare_cached(&sql)?;
     let limit = f.limit.map(i64::from).unwrap_or(-1);
+    // Numbered parameters: a statement has as many as its highest number, used or not.
     let rows = stmt.query_map(params![f.task_id, f.worker, f.kind, limit], |r| {
         Ok(Event {
             id: r.get(0)?,
@@ -486,7 +590,7 @@ fn query_events(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<Even
 fn insert_task(tx: &rusqlite::Transaction, t: &NewTask) -> Op<Submitted> {
     if let Some(key) = &t.dedup_key {
         let existing: Option<i64> = tx
-            .query_row("SELECT id FROM tasks WHERE dedup_key = ?1", [key], |r| {
+            .row("SELECT id FROM tasks WHERE dedup_key = ?1", [key], |r| {
                 r.get(0)
             })
             .optional()?;
@@ -494,7 +598,7 @@ fn insert_task(tx: &rusqlite::Transaction, t: &NewTask) -> Op<Submitted> {
             return Ok(Submitted::Duplicate(id));
         }
     }
-    tx.execute(
+    tx.exec(
         "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
          not_before, created_at, updated_at, source, dedup_key, pool, class, complexity, \
          route_reason, max_memory) \
@@ -566,11 +670,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<Claim>> {
         let (worker, owner) = (worker.to_string(), owner.to_string());
         let expires = now + lease.as_millis() as Millis;
-        self.write("claiming a task", move |tx| {
-            // One task at a time per worker, none while it is paused.
-            let pick = "SELECT id FROM tasks WHERE worker = ?5 AND state = 'queued' AND pool = 0 \
-                        AND not_before <= ?4 ORDER BY priority DESC, id ASC LIMIT 1";
-            let only_if = "NOT EXISTS (SELECT 1 FROM tasks WHERE worker = ?5 AND state = 'running' AND pool = 0) \
+        self.write_lazy("claiming a task", move |tx| {
+            // One task at a time per worker, none while it is paused. The worker's own index, by
+            // name: left to itself SQLite picks `tasks_pool`, and walks every worker's queue.
+            let pick = "SELECT id FROM tasks INDEXED BY tasks_claim WHERE worker = ?5 AND state = 'queued' \
+                        AND pool = 0 AND not_before <= ?4 ORDER BY priority DESC, id ASC LIMIT 1";
+            let only_if = "NOT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_claim \
+                                       WHERE worker = ?5 AND state = 'running' AND pool = 0) \
                            AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?5 AND until > ?4)";
             Ok(claim_one(tx, pick, only_if, &[&worker], &owner, expires, now, "")?)
         })
@@ -580,8 +686,8 @@ impl Store for SqliteStore {
     async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool> {
         let fence = fence.clone();
         let expires = now + lease.as_millis() as Millis;
-        self.write("renewing a lease", move |tx| {
-            let n = tx.execute(
+        self.write_lazy("renewing a lease", move |tx| {
+            let n = tx.exec(
                 "UPDATE tasks SET lease_expires = ?3 WHERE id = ?1 AND claim_token = ?2 AND state = 'running'",
                 params![fence.id, fence.token, expires],
             )?;
@@ -592,7 +698,7 @@ impl Store for SqliteStore {
 
     async fn finish(&self, fence: &Fence, f: &Finish, on_end: Option<EndHook>) -> Result<bool> {
         let (fence, f) = (fence.clone(), f.clone());
-        self.write("recording a result", move |tx| {
+        self.write_lazy("recording a result", move |tx| {
             let terminal = f.state.is_terminal();
             let ending = AttemptEnding {
                 outcome: if f.cause.is_none() { "succeeded" } else { "failed" },
@@ -605,7 +711,7 @@ impl Store for SqliteStore {
             if !attempt_row(tx, fence.id, Some(&fence.token), &ending, f.now)? {
                 return Ok(false);
             }
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE tasks SET state = ?3, not_before = coalesce(?4, not_before), exit_code = ?5, \
                  output = ?6, error = ?7, stderr_tail = ?8, duration_ms = ?9, \
                  finished_at = CASE WHEN ?10 THEN ?11 ELSE NULL END, owner = NULL, claim_token = NULL, \
@@ -637,7 +743,7 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            let (attempts, worker): (i64, String) = tx.query_row(
+            let (attempts, worker): (i64, String) = tx.row(
                 "SELECT attempts, worker FROM tasks WHERE id = ?1",
                 [fence.id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -645,7 +751,7 @@ impl Store for SqliteStore {
             let (kind, message, data) = common::finished(&f, attempts);
             event_with(tx, f.now, Some(fence.id), Some(&worker), kind, &message, Some(data))?;
             if f.usage.cost_usd.is_some() || f.usage.input_tokens.is_some() {
-                tx.execute(
+                tx.exec(
                     "INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
@@ -659,7 +765,7 @@ impl Store for SqliteStore {
                 )?;
             }
             if let (true, Some(hook)) = (terminal, on_end) {
-                let task = tx.query_row(
+                let task = tx.row(
                     &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
                     [fence.id],
                     task_from_row,
@@ -680,7 +786,7 @@ impl Store for SqliteStore {
 
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
         let (fence, reason) = (fence.clone(), reason.to_string());
-        self.write("releasing a task", move |tx| {
+        self.write_lazy("releasing a task", move |tx| {
             let ending = AttemptEnding {
                 outcome: "released",
                 reason: Some(&reason),
@@ -688,7 +794,7 @@ impl Store for SqliteStore {
             };
             attempt_row(tx, fence.id, Some(&fence.token), &ending, now)?;
             let worker: Option<String> = tx
-                .query_row(
+                .row(
                     "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), owner = NULL, \
                      claim_token = NULL, lease_expires = NULL, updated_at = ?3 \
                      WHERE id = ?1 AND claim_token = ?2 AND state = 'running' RETURNING worker",
@@ -704,7 +810,7 @@ impl Store for SqliteStore {
     }
 
     async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>> {
-        self.write("recovering expired leases", move |tx| {
+        self.write_lazy("recovering expired leases", move |tx| {
             recover_where(tx, "lease_expires < ?1", &now, now, "lease expired")
         })
         .await
@@ -712,7 +818,7 @@ impl Store for SqliteStore {
 
     async fn recover_all_but(&self, owner: &str, now: Millis) -> Result<Vec<i64>> {
         let owner = owner.to_string();
-        self.write("recovering tasks of a previous daemon", move |tx| {
+        self.write_lazy("recovering tasks of a previous daemon", move |tx| {
             recover_where(
                 tx,
                 "coalesce(owner, '') <> ?1",
@@ -744,13 +850,13 @@ impl Store for SqliteStore {
                     ..Default::default()
                 };
                 attempt_row(tx, id, None, &ending, now)?;
-                tx.execute(
+                tx.exec(
                     "UPDATE attempts SET duration_ms = ended_at - started_at \
                      WHERE id = last_insert_rowid() AND started_at IS NOT NULL",
                     [],
                 )?;
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE tasks SET state = 'cancelled', owner = NULL, claim_token = NULL, \
                  lease_expires = NULL, finished_at = ?2, updated_at = ?2, \
                  error = 'cancelled' WHERE id = ?1",
@@ -775,7 +881,7 @@ impl Store for SqliteStore {
             state.check_retry().map_err(|what| {
                 OpError::Rule(Error::WrongState { id, state: state.to_string(), what })
             })?;
-            tx.execute(
+            tx.exec(
                 "UPDATE tasks SET state = 'queued', attempts = 0, interruptions = 0, not_before = ?2, \
                  finished_at = NULL, exit_code = NULL, output = NULL, error = NULL, stderr_tail = NULL, \
                  duration_ms = NULL, cause = NULL, memory_peak_mb = NULL, updated_at = ?2 WHERE id = ?1",
@@ -790,7 +896,7 @@ impl Store for SqliteStore {
     async fn get(&self, id: i64) -> Result<Option<Task>> {
         self.call("reading a task", move |conn| {
             Ok(conn
-                .query_row(
+                .row(
                     &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
                     [id],
                     task_from_row,
@@ -803,7 +909,7 @@ impl Store for SqliteStore {
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
         let filter = filter.clone();
         self.call("listing tasks", move |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT id, worker, state, priority, attempts, max_attempts, created_at, finished_at, \
                  duration_ms, error, substr(prompt, 1, 400), pool, class FROM tasks \
                  WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR worker = ?2) \
@@ -872,7 +978,7 @@ impl Store for SqliteStore {
 
     async fn counts(&self) -> Result<Vec<WorkerCounts>> {
         self.call("counting tasks", move |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT worker, state, sum(n) FROM task_counts WHERE n > 0 \
                  GROUP BY worker, state ORDER BY worker",
             )?;
@@ -894,7 +1000,7 @@ impl Store for SqliteStore {
         let worker = worker.to_string();
         self.call("reading a worker's session", move |conn| {
             Ok(conn
-                .query_row(
+                .row(
                     "SELECT session_id, cwd, tasks, input_tokens, cost_usd FROM worker_sessions WHERE worker = ?1",
                     [worker],
                     |r| {
@@ -920,7 +1026,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let (worker, s) = (worker.to_string(), session.clone());
         self.write("saving a worker's session", move |tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO worker_sessions (worker, session_id, cwd, tasks, input_tokens, cost_usd, started_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6) \
                  ON CONFLICT (worker) DO UPDATE SET \
@@ -943,7 +1049,7 @@ impl Store for SqliteStore {
     ) -> Result<bool> {
         let (worker, joined, s) = (worker.to_string(), joined.to_string(), session.clone());
         self.write("updating a worker's session", move |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE worker_sessions SET session_id = ?3, cwd = ?4, tasks = ?5, input_tokens = ?6, \
                  cost_usd = ?7, updated_at = ?8 WHERE worker = ?1 AND session_id = ?2",
                 params![worker, joined, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, s.cost_usd, now],
@@ -957,7 +1063,7 @@ impl Store for SqliteStore {
         let (worker, why) = (worker.to_string(), why.to_string());
         self.write("resetting a worker's session", move |tx| {
             let old: Option<String> = tx
-                .query_row(
+                .row(
                     "DELETE FROM worker_sessions WHERE worker = ?1 RETURNING session_id",
                     [&worker],
                     |r| r.get(0),
@@ -979,7 +1085,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let (worker, reason) = (worker.to_string(), reason.to_string());
         self.write("pausing a worker", move |tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO worker_pauses (worker, until, reason, since) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (worker) DO UPDATE SET \
                    reason = CASE WHEN excluded.until >= until THEN excluded.reason ELSE reason END, \
@@ -999,7 +1105,7 @@ impl Store for SqliteStore {
         self.write("resuming a worker", move |tx| {
             // Clears the worker's pause row, in force or expired; only one in force was a pause.
             let until: Option<Millis> = tx
-                .query_row(
+                .row(
                     "DELETE FROM worker_pauses WHERE worker = ?1 AND kind = 'paused' RETURNING until",
                     [&worker],
                     |r| r.get(0),
@@ -1016,7 +1122,7 @@ impl Store for SqliteStore {
 
     async fn pauses(&self, now: Millis) -> Result<Vec<super::Pause>> {
         self.call("reading pauses", move |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT worker, until, reason, kind FROM worker_pauses WHERE until > ?1 ORDER BY worker",
             )?;
             let rows = stmt.query_map([now], pause_from_row)?;
@@ -1028,7 +1134,7 @@ impl Store for SqliteStore {
     async fn error_worker(&self, worker: &str, reason: &str, now: Millis) -> Result<()> {
         let (worker, reason) = (worker.to_string(), reason.to_string());
         self.write("marking a worker errored", move |tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO worker_pauses (worker, until, reason, since, kind) \
                  VALUES (?1, ?2, ?3, ?4, 'errored') ON CONFLICT (worker) DO UPDATE SET \
                  until = excluded.until, reason = excluded.reason, since = excluded.since, kind = 'errored'",
@@ -1044,7 +1150,7 @@ impl Store for SqliteStore {
         let worker = worker.to_string();
         self.write("restarting a worker", move |tx| {
             let cleared = tx
-                .query_row(
+                .row(
                     "DELETE FROM worker_pauses WHERE worker = ?1 AND until > ?2 RETURNING worker, until, reason, kind",
                     params![worker, now],
                     pause_from_row,
@@ -1058,7 +1164,7 @@ impl Store for SqliteStore {
 
     async fn attempts_of(&self, task_id: i64) -> Result<Vec<super::AttemptRecord>> {
         self.call("reading attempts", move |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT attempt, owner, started_at, ended_at, outcome, cause, reason, exit_code, \
                  duration_ms, memory_peak_mb FROM attempts WHERE task_id = ?1 ORDER BY id",
             )?;
@@ -1083,7 +1189,7 @@ impl Store for SqliteStore {
 
     async fn spend_since(&self, since: Millis) -> Result<Vec<super::Spend>> {
         self.call("adding up spend", move |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT worker, sum(cost_usd), sum(input_tokens), sum(output_tokens), count(*) FROM usage_log \
                  WHERE ts >= ?1 GROUP BY worker ORDER BY worker",
             )?;
@@ -1104,7 +1210,7 @@ impl Store for SqliteStore {
     async fn next_due(&self, worker: &str) -> Result<Option<Millis>> {
         let worker = worker.to_string();
         self.call("finding the next due task", move |conn| {
-            Ok(conn.query_row(
+            Ok(conn.row(
                 // A paused worker's work is due when the pause ends.
                 // (No queued task: NULL, so an idle runner sleeps with no timer.)
                 "SELECT CASE WHEN count(*) = 0 THEN NULL ELSE \
@@ -1128,7 +1234,7 @@ impl Store for SqliteStore {
         let owner = owner.to_string();
         let workers = serde_json::to_string(workers).expect("names serialise");
         let expires = now + lease.as_millis() as Millis;
-        self.write("claiming a pool task", move |tx| {
+        self.write_lazy("claiming a pool task", move |tx| {
             // Any configured worker's, not paused, while fewer than `max_running` run.
             let pick = "SELECT id FROM tasks t WHERE pool = 1 AND state = 'queued' AND not_before <= ?4 \
                           AND worker IN (SELECT value FROM json_each(?6)) \
@@ -1145,7 +1251,7 @@ impl Store for SqliteStore {
     async fn next_due_pool(&self, workers: &[String]) -> Result<Option<Millis>> {
         let workers = serde_json::to_string(workers).expect("names serialise");
         self.call("finding the pool's next due task", move |conn| {
-            Ok(conn.query_row(
+            Ok(conn.row(
                 "SELECT min(max(not_before, coalesce((SELECT until FROM worker_pauses p WHERE p.worker = t.worker), 0))) \
                  FROM tasks t WHERE pool = 1 AND state = 'queued' \
                    AND worker IN (SELECT value FROM json_each(?1))",
@@ -1158,7 +1264,7 @@ impl Store for SqliteStore {
 
     async fn pool_counts(&self) -> Result<super::PoolCounts> {
         self.call("counting the pool", move |conn| {
-            Ok(conn.query_row(
+            Ok(conn.row(
                 "SELECT coalesce(sum(n * (pool = 1 AND state = 'queued')), 0), \
                         coalesce(sum(n * (pool = 1 AND state = 'running')), 0), \
                         coalesce(sum(n * (class = 'long')), 0), coalesce(sum(n * (class = 'short')), 0) \
@@ -1182,7 +1288,7 @@ impl Store for SqliteStore {
         self.call("reading the workers' activity", move |conn| {
             // Restarts from the event log (by the kind index), memory peaks from the peaks the
             // attempts of this daemon run left (one row per worker).
-            let mut restarts = conn.prepare(
+            let mut restarts = conn.prepare_cached(
                 "SELECT worker, sum(kind = 'agent_restarting'), max(ts) FROM events \
                  WHERE kind IN ('agent_restarting', 'worker_restarted') AND ts >= ?1 \
                    AND worker IS NOT NULL \
@@ -1198,7 +1304,7 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut peaks = conn.prepare(
+            let mut peaks = conn.prepare_cached(
                 "SELECT key, max(memory_peak_mb) FROM attempt_peaks \
                  WHERE substr(owner, 1, length(?1)) = ?1 GROUP BY key",
             )?;
@@ -1221,7 +1327,7 @@ impl Store for SqliteStore {
         let (durations, memory) = (duration_bounds_ms.to_vec(), memory_bounds_mb.to_vec());
         let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
         self.call("reading metrics", move |conn| {
-            let mut by_class = conn.prepare(
+            let mut by_class = conn.prepare_cached(
                 "SELECT state, nullif(class, ''), sum(n) FROM task_counts WHERE n > 0 \
                  GROUP BY state, class ORDER BY state, class",
             )?;
@@ -1248,7 +1354,7 @@ impl Store for SqliteStore {
                 bucket("duration_ms", &durations),
                 bucket("memory_peak_mb", &memory)
             );
-            let (duration, memory_peak) = conn.query_row(&sql, [], |r| {
+            let (duration, memory_peak) = conn.row(&sql, [], |r| {
                 let histogram =
                     |from: usize, bounds: &[f64]| -> rusqlite::Result<super::Histogram> {
                         let mut counts = Vec::with_capacity(bounds.len());
@@ -1268,7 +1374,7 @@ impl Store for SqliteStore {
                 ))
             })?;
             let marks = vec!["?"; kinds.len()].join(", ");
-            let mut by_kind = conn.prepare(&format!(
+            let mut by_kind = conn.prepare_cached(&format!(
                 "SELECT kind, worker, count(*) FROM events WHERE kind IN ({marks}) \
                  GROUP BY kind, worker ORDER BY kind, worker"
             ))?;
@@ -1289,7 +1395,7 @@ impl Store for SqliteStore {
 
     async fn next_lease_expiry(&self) -> Result<Option<Millis>> {
         self.call("finding the next lease expiry", move |conn| {
-            Ok(conn.query_row(
+            Ok(conn.row(
                 "SELECT min(lease_expires) FROM tasks WHERE state = 'running'",
                 [],
                 |r| r.get(0),
