@@ -273,9 +273,14 @@ impl Book {
         };
         let path = self.dir.join(format!("{pid}-{start_ticks}.json"));
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.dir)?;
             let text = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-            std::fs::write(&path, text)
+            match std::fs::write(&path, &text) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&self.dir)?;
+                    std::fs::write(&path, text)
+                }
+                other => other,
+            }
         };
         match write() {
             Ok(()) => Some(Recorded { path }),
