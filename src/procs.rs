@@ -5,9 +5,9 @@
 //! Every agent is the leader of its own process group, and carries the daemon's mark in its
 //! environment ([`OWNER_ENV`]). When the daemon dies, even by `kill -9`, its [`Guardian`] — a small
 //! process that does nothing else — sees it at once and kills every marked process. If the guardian
-//! died too, the daemon keeps a *book* for the next one: one small file per live group in
-//! `.agentq/procs/`, naming the group, its leader's start
-//! time and the boot it belongs to. The next daemon, holding the folder's lock (so the writer is
+//! died too, the daemon keeps a *book* for the next one ([`Book`]): a journal in `.agentq/procs/`
+//! with a line per live group, naming the group, its leader's start time and the boot it belongs
+//! to. The next daemon, holding the folder's lock (so the writer is
 //! certainly gone) reads the book at start-up and kills every group still alive, but only one
 //! that is provably the same: its leader alive with the recorded start time, or, with the leader
 //! gone, members that started no earlier than it did *and* carry the old daemon's mark in their
@@ -15,10 +15,12 @@
 //! other process is never killed: a new leader has another start time, and a stranger's group
 //! that took the old number after the whole old group died does not carry the mark.
 //!
-//! The files are written without fsync on purpose: they must survive the daemon's death, which
+//! The book is written without fsync on purpose: they must survive the daemon's death, which
 //! the page cache does; a machine crash kills the processes too, and the boot id tells.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -216,23 +218,147 @@ pub struct Record {
     pub task: Option<i64>,
 }
 
-/// The book of live process groups, in `.agentq/procs/`.
+/// The book of live process groups, in `.agentq/procs/`: one journal per daemon run,
+/// `<owner>.book`, a line `+{record}` when a group starts and `-<pgid> <start_ticks>` when it is
+/// dead. Appending a line costs no new file per agent (creating and deleting one per task was a
+/// good part of what a trivial task cost the daemon). When the journal holds many more lines than
+/// live groups, it is rewritten with just those. A line cut short by a crash is skipped on reading.
 #[derive(Debug)]
 pub struct Book {
     dir: PathBuf,
     owner: String,
     boot_id: Option<String>,
+    journal: Arc<Mutex<Journal>>,
+}
+
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    live: HashMap<(i32, u64), Record>,
+    lines: usize,
+    /// A failure to write was reported (once, not at every agent).
+    warned: bool,
+}
+
+/// Rewrite the journal when it has this many lines and four times as many as live groups.
+const COMPACT_AT: usize = 1024;
+
+impl Journal {
+    fn append(&mut self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() {
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+            };
+            let file = match open() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(dir) = self.path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    open()?
+                }
+                other => other?,
+            };
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().expect("opened above");
+        // One write per line: the journal is only appended to, whole lines at a time.
+        file.write_all(line.as_bytes())?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn compact(&mut self) -> std::io::Result<()> {
+        let mut text = String::new();
+        for record in self.live.values() {
+            text.push_str(&record_line(record));
+        }
+        crate::output::write_atomic(&self.path, text.as_bytes())?;
+        self.file = None;
+        self.lines = self.live.len();
+        Ok(())
+    }
+}
+
+fn record_line(record: &Record) -> String {
+    let json = serde_json::to_string(record).expect("a record serialises");
+    format!("+{json}\n")
+}
+
+/// Replays a journal (or reads an older daemon's one-record `.json` page): the groups recorded and
+/// not struck, in the order they were recorded.
+fn read_journal(path: &Path) -> Vec<Record> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    if path.extension().is_some_and(|e| e == "json") {
+        return serde_json::from_slice(&bytes).into_iter().collect();
+    }
+    let mut live: Vec<Record> = Vec::new();
+    for line in String::from_utf8_lossy(&bytes).lines() {
+        if let Some(json) = line.strip_prefix('+') {
+            if let Ok(record) = serde_json::from_str::<Record>(json) {
+                live.push(record);
+            }
+        } else if let Some(key) = line.strip_prefix('-') {
+            let mut parts = key.split_whitespace().map(str::parse::<u64>);
+            if let (Some(Ok(pgid)), Some(Ok(start))) = (parts.next(), parts.next()) {
+                live.retain(|r| !(r.pgid as u64 == pgid && r.start_ticks == start));
+            }
+        }
+    }
+    live
+}
+
+/// The book's pages: every journal and older page in `dir`, with what each holds.
+fn pages(dir: &Path) -> Vec<(PathBuf, Vec<Record>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "book" || e == "json"))
+        .map(|p| {
+            let records = read_journal(&p);
+            (p, records)
+        })
+        .collect()
 }
 
 /// A recorded group; dropping it strikes the record (drop it once the group is dead).
 #[derive(Debug)]
 pub struct Recorded {
-    path: PathBuf,
+    journal: Arc<Mutex<Journal>>,
+    key: (i32, u64),
 }
 
 impl Drop for Recorded {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if j.live.remove(&self.key).is_none() {
+            return;
+        }
+        let struck = j.append(&format!("-{} {}\n", self.key.0, self.key.1));
+        let result = struck.and_then(|()| {
+            if j.lines >= COMPACT_AT && j.lines >= 4 * j.live.len() {
+                j.compact()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = result
+            && !std::mem::replace(&mut j.warned, true)
+        {
+            warn!(
+                "cannot write the book of agent processes {}: {e}",
+                j.path.display()
+            );
+        }
     }
 }
 
@@ -251,10 +377,29 @@ impl Book {
     }
 
     pub fn new(state_dir: &Path, owner: &str) -> Book {
+        let dir = state_dir.join("procs");
+        let file: String = owner
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let journal = Journal {
+            path: dir.join(format!("{file}.book")),
+            file: None,
+            live: HashMap::new(),
+            lines: 0,
+            warned: false,
+        };
         Book {
-            dir: state_dir.join("procs"),
+            dir,
             owner: owner.to_string(),
             boot_id: boot_id(),
+            journal: Arc::new(Mutex::new(journal)),
         }
     }
 
@@ -271,25 +416,23 @@ impl Book {
             worker: worker.to_string(),
             task,
         };
-        let path = self.dir.join(format!("{pid}-{start_ticks}.json"));
-        let write = || -> std::io::Result<()> {
-            let text = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-            match std::fs::write(&path, &text) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(&self.dir)?;
-                    std::fs::write(&path, text)
-                }
-                other => other,
+        let key = (pid, start_ticks);
+        let line = record_line(&record);
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        match j.append(&line) {
+            Ok(()) => {
+                j.live.insert(key, record);
+                Some(Recorded {
+                    journal: self.journal.clone(),
+                    key,
+                })
             }
-        };
-        match write() {
-            Ok(()) => Some(Recorded { path }),
             Err(e) => {
                 warn!(
                     worker,
                     pid,
                     "cannot record the agent's process group in {}: {e}; it would not be reaped after a crash",
-                    self.dir.display()
+                    j.path.display()
                 );
                 None
             }
@@ -299,30 +442,27 @@ impl Book {
     /// Kills every group an earlier daemon recorded and left alive, and strikes the records. Only
     /// for the daemon that holds the folder's lock: the records' writers are gone.
     pub fn reap(&self) -> Vec<Reaped> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
+        let ours = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .path
+            .clone();
         let mut reaped = Vec::new();
-        for entry in dir.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
+        for (path, records) in pages(&self.dir) {
+            if path == ours {
                 continue;
             }
-            let record = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
-            match record {
-                Some(record) if record.owner == self.owner => continue,
-                Some(record) => {
-                    let killed = if record.boot_id == self.boot_id {
-                        kill_recorded(&record)
-                    } else {
-                        Vec::new()
-                    };
-                    reaped.push(Reaped { record, killed });
+            for record in records {
+                if record.owner == self.owner {
+                    continue;
                 }
-                // Unreadable: a write cut short by the crash; nothing to go by.
-                None => {}
+                let killed = if record.boot_id == self.boot_id {
+                    kill_recorded(&record)
+                } else {
+                    Vec::new()
+                };
+                reaped.push(Reaped { record, killed });
             }
             let _ = std::fs::remove_file(&path);
         }
@@ -344,12 +484,9 @@ pub struct LiveGroup {
 /// The live groups recorded in `state_dir`'s book, whoever recorded them. `/proc` is read once,
 /// however many groups there are (`agentq top` calls this every second).
 pub fn live_groups(state_dir: &Path) -> Vec<LiveGroup> {
-    let Ok(dir) = std::fs::read_dir(state_dir.join("procs")) else {
-        return Vec::new();
-    };
-    let records: Vec<Record> = dir
-        .flatten()
-        .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok())
+    let records: Vec<Record> = pages(&state_dir.join("procs"))
+        .into_iter()
+        .flat_map(|(_, records)| records)
         .collect();
     if records.is_empty() {
         return Vec::new();
@@ -515,13 +652,67 @@ mod tests {
             }
         );
         assert!(stat(mine.id() as i32).is_some_and(|p| p.state != 'Z'));
-        assert!(mine_page.path.exists(), "our own record stays");
+        let live = live_groups(dir.path());
+        assert_eq!(live.len(), 1, "our own record stays: {live:?}");
+        assert_eq!(live[0].record.owner, "new-daemon");
         kill_group(&mut mine);
         drop(mine_page);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("procs")).unwrap().count(),
-            0
-        );
+        // Only our journal is left, and it holds no live group.
+        let pages = pages(&dir.path().join("procs"));
+        assert_eq!(pages.len(), 1, "{pages:?}");
+        assert!(pages[0].1.is_empty(), "{pages:?}");
+    }
+
+    #[test]
+    fn the_journal_is_rewritten_when_mostly_struck_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = Book::new(dir.path(), "host:1:abc");
+        let me = std::process::id();
+        let kept = book.record(me, "keep", Some(1)).unwrap();
+        for i in 0..3000 {
+            // The same group recorded and struck, as agents come and go.
+            drop(kept_key_twin(&book, me, i));
+        }
+        let path = book.journal.lock().unwrap().path.clone();
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines < COMPACT_AT + 10, "{lines} lines");
+        let read = read_journal(&path);
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(read[0].worker, "keep");
+        drop(kept);
+        assert!(read_journal(&path).is_empty());
+        // A crash mid-line leaves a torn last line; the rest still reads.
+        let again = book.record(me, "again", Some(2)).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"+{\"pgid\": 12"))
+            .unwrap();
+        let read = read_journal(&path);
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(read[0].worker, "again");
+        std::mem::forget(again);
+    }
+
+    /// A record of this process under a key of its own, so that `kept` stays live while these come
+    /// and go.
+    fn kept_key_twin(book: &Book, pid: u32, i: usize) -> Recorded {
+        let mut j = book.journal.lock().unwrap();
+        let record = Record {
+            pgid: pid as i32,
+            start_ticks: 1_000_000 + i as u64,
+            boot_id: None,
+            owner: book.owner.clone(),
+            worker: format!("w{i}"),
+            task: None,
+        };
+        j.append(&record_line(&record)).unwrap();
+        let key = (record.pgid, record.start_ticks);
+        j.live.insert(key, record);
+        Recorded {
+            journal: book.journal.clone(),
+            key,
+        }
     }
 
     #[test]
