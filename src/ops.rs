@@ -272,6 +272,12 @@ impl Status {
     }
 }
 
+/// The host id of the daemon running this project: its lock file says (the CLI), or it is this
+/// process (the daemon, which cannot see its own lock) and its config has the host id it runs as.
+pub fn daemon_host(config: &Config) -> String {
+    crate::state::holder_host(&config.state_dir()).unwrap_or_else(|| config.daemon.host.clone())
+}
+
 /// Reads the status. `pid` is the daemon's, if one runs: the CLI asks the state lock, the daemon
 /// knows its own (a process cannot see its own record lock with `F_GETLK`).
 pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Result<Status> {
@@ -297,7 +303,7 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
     let started_at = pid.and_then(crate::procs::started_at).map(epoch_ms);
     let activity = match (pid, started_at) {
         (Some(pid), Some(t)) => {
-            let owner = crate::daemon::owner_prefix(pid);
+            let owner = crate::daemon::owner_prefix(&daemon_host(config), pid);
             store.activity_since(t, &owner).await?
         }
         _ => Vec::new(),
