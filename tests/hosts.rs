@@ -175,6 +175,27 @@ fn two_hosts_drain_500_tasks_each_run_to_completion_once() {
         pooled_on(&ran_a) > 0 && pooled_on(&ran_b) > 0,
         "both pools ran tasks"
     );
+    // `status` says which host runs what, and which daemons there are.
+    let status = a.json(&["status"]);
+    assert_eq!(status["daemon"]["host"], "a", "{status}");
+    let hosts: Vec<&str> = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["a", "b"], "{status}");
+    let host_of = |w: &str| {
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == w)
+            .unwrap()["host"]
+            .clone()
+    };
+    assert_eq!((host_of("w1"), host_of("w3")), ("a".into(), "b".into()));
+    assert!(b.ok(&["status"]).contains("HOST"));
     eprintln!("500 tasks on two hosts in {took:?}");
 }
 
