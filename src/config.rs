@@ -65,6 +65,11 @@ cwd = "."
 # AGENTQ_DATABASE_URL, which wins): then daemons on several hosts can share it.
 # [store]
 # url = "postgres://agentq:PASSWORD@db.example:5432/agentq"
+# With several daemons on one database, each needs a host id of its own:
+# [daemon]
+# host = "build-1"         # default: the machine's name (`agentq run --host NAME` overrides)
+# shared_sessions = false  # true if every host's Claude reads the same session store
+# and a [[worker]] may be pinned to one of them with host = "build-1".
 "#;
 
 /// A length of time as written in the config.
