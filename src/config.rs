@@ -1684,6 +1684,15 @@ mod tests {
                 "[pool] setting",
             ),
             ("[[worker]]\ncommand = [\"x\"]\n", ":1:", "needs a name"),
+            ("[daemon]\nhost = \"a b\"\n", ":2:", "invalid host id"),
+            ("[daemon]\nhost = \"\"\n", ":2:", "invalid host id"),
+            ("[daemon]\nhost = \"a:1\"\n", ":2:", "invalid host id"),
+            (
+                "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nhost = \"\\t\"\n",
+                ":4:",
+                "invalid host id",
+            ),
+            ("[pool]\nhost = \"a\"\n", ":2:", "[pool] has no host"),
             (
                 "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nroute = \"fast\"\n",
                 ":4:",
@@ -1718,6 +1727,22 @@ mod tests {
         assert_eq!(c.workers[0].route, Route::Auto);
         assert!(c.pool.defined);
         assert_eq!(c.classes.long.priority, Some(-1));
+    }
+
+    #[test]
+    fn a_host_id_is_the_machines_unless_set_and_a_worker_may_be_pinned() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.daemon.host, machine_host());
+        assert!(!c.daemon.shared_sessions);
+        assert_eq!(c.workers[0].host, None);
+        let c = parse(
+            "[daemon]\nhost = \"build-1\"\nshared_sessions = true\n\
+             [[worker]]\nname = \"w\"\ncommand = [\"x\"]\nhost = \"build-2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.host, "build-1");
+        assert!(c.daemon.shared_sessions);
+        assert_eq!(c.workers[0].host.as_deref(), Some("build-2"));
     }
 
     #[test]
