@@ -281,9 +281,13 @@ impl Status {
     }
 }
 
-/// The host id of the daemon running this project: its lock file says (the CLI), or it is this
-/// process (the daemon, which cannot see its own lock) and its config has the host id it runs as.
-pub fn daemon_host(config: &Config) -> String {
+/// The host id of the daemon `pid` running this project: the daemon itself knows it (its config
+/// has it); a client reads the lock file. (Never the daemon through the file: closing any of its
+/// descriptors of the lock file would drop its lock.)
+pub fn daemon_host(config: &Config, pid: Option<i32>) -> String {
+    if pid == Some(std::process::id() as i32) {
+        return config.daemon.host.clone();
+    }
     crate::state::holder_host(&config.state_dir()).unwrap_or_else(|| config.daemon.host.clone())
 }
 
@@ -307,7 +311,7 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         })
         .await?;
     let pool_counts = store.pool_counts().await?;
-    let host = daemon_host(config);
+    let host = daemon_host(config, pid);
     let (hosts, leases) = if store.shared() {
         (store.hosts(now).await?, store.worker_leases(now).await?)
     } else {

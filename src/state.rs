@@ -91,6 +91,8 @@ pub fn holder(state_dir: &Path) -> Result<Option<i32>> {
 }
 
 /// The host id the daemon holding `state_dir` runs under (what its lock file says), if one runs.
+/// Not for the daemon itself: a process that closes any descriptor of a file drops its record
+/// locks on it, so reading the lock file would free the folder.
 pub fn holder_host(state_dir: &Path) -> Option<String> {
     holder(state_dir).ok().flatten()?;
     let text = std::fs::read_to_string(state_dir.join(LOCK_FILE)).ok()?;
