@@ -156,6 +156,10 @@ pub struct RunArgs {
     /// Serve the HTTP API on this address, e.g. 127.0.0.1:7777 (overrides [http] listen)
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// This daemon's host id: which daemon holds a worker, and what a worker's `host` pins it
+    /// to (overrides [daemon] host; default: the machine's name)
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -33,6 +33,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                         .map_err(|m| Error::Usage(format!("--http: {m}")))?;
                 config.http.listen = Some(listen);
             }
+            if let Some(host) = &args.host {
+                crate::config::validate_host(host)
+                    .map_err(|m| Error::Usage(format!("--host: {m}")))?;
+                config.daemon.host = host.clone();
+            }
             let shutdown = Shutdown::on_signals(config.daemon.shutdown_grace)
                 .map_err(|e| Error::io("listening for signals in", &config.root, e))?;
             daemon::run(config, shutdown).await

@@ -65,6 +65,11 @@ cwd = "."
 # AGENTQ_DATABASE_URL, which wins): then daemons on several hosts can share it.
 # [store]
 # url = "postgres://agentq:PASSWORD@db.example:5432/agentq"
+# With several daemons on one database, each needs a host id of its own:
+# [daemon]
+# host = "build-1"         # default: the machine's name (`agentq run --host NAME` overrides)
+# shared_sessions = false  # true if every host's Claude reads the same session store
+# and a [[worker]] may be pinned to one of them with host = "build-1".
 "#;
 
 /// A length of time as written in the config.
@@ -254,6 +259,8 @@ struct RawDaemon {
     log_max_size: Option<Size>,
     log_backups: Option<u32>,
     task_logs_keep: Option<u32>,
+    host: Option<Spanned<String>>,
+    shared_sessions: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -294,6 +301,8 @@ struct RawWorker {
     route: Option<Spanned<String>>,
     /// How many pool tasks may run at once (`[pool]` only).
     max_workers: Option<Spanned<u32>>,
+    /// The only daemon host that runs it (`[[worker]]` only).
+    host: Option<Spanned<String>>,
     command: Option<Spanned<Vec<String>>>,
     cwd: Option<PathBuf>,
     #[serde(default)]
@@ -447,6 +456,8 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Where the tasks submitted to it run.
     pub route: Route,
+    /// Pinned to the daemon whose host id this is; `None`: any daemon's (one at a time).
+    pub host: Option<String>,
 }
 
 /// Where a worker's tasks run: on its own long-lived agent, in the pool (a fresh process and
@@ -536,6 +547,12 @@ pub struct DaemonSettings {
     pub log_backups: u32,
     /// Per-task agent logs kept per worker; older ones are removed.
     pub task_logs_keep: u32,
+    /// This daemon's host id (`[daemon] host`, `run --host`, or the machine's name): which
+    /// daemon holds a worker, and what a worker's `host` pins it to.
+    pub host: String,
+    /// Every host's Claude reads the same session store, so a worker that moves to another host
+    /// resumes its conversation there instead of starting a new one.
+    pub shared_sessions: bool,
 }
 
 /// The HTTP API (`[http]`): off unless `listen` is set.
@@ -732,6 +749,14 @@ impl Config {
                 Some(r) => parse_route(r).map_err(|(span, m)| at(span, m))?,
                 None => default_route,
             };
+            let host = match &w.host {
+                Some(h) => Some(
+                    validate_host(h.get_ref())
+                        .map(|()| h.get_ref().clone())
+                        .map_err(|m| at(Some(h.span()), m))?,
+                ),
+                None => None,
+            };
             let worker = build_worker(
                 w,
                 name.get_ref().clone(),
@@ -741,7 +766,11 @@ impl Config {
                 &root,
             )
             .map_err(|(span, m)| at(span, m))?;
-            workers.push(WorkerConfig { route, ..worker });
+            workers.push(WorkerConfig {
+                route,
+                host,
+                ..worker
+            });
         }
         let pool = match &raw.pool {
             Some(spanned) => {
@@ -749,6 +778,7 @@ impl Config {
                 for (key, span) in [
                     ("name", p.name.as_ref().map(|n| n.span())),
                     ("route", p.route.as_ref().map(|r| r.span())),
+                    ("host", p.host.as_ref().map(|h| h.span())),
                 ] {
                     if let Some(span) = span {
                         return Err(at(
@@ -865,6 +895,13 @@ impl Config {
                 ));
             }
         }
+        let host = match &raw.daemon.host {
+            Some(h) => {
+                validate_host(h.get_ref()).map_err(|m| at(Some(h.span()), m))?;
+                h.get_ref().clone()
+            }
+            None => machine_host(),
+        };
         let lease = raw
             .daemon
             .lease
@@ -968,6 +1005,8 @@ impl Config {
                 log_max_size: raw.daemon.log_max_size.map(|s| s.0).unwrap_or(10 << 20),
                 log_backups: raw.daemon.log_backups.unwrap_or(5),
                 task_logs_keep: raw.daemon.task_logs_keep.unwrap_or(200),
+                host,
+                shared_sessions: raw.daemon.shared_sessions.unwrap_or(false),
             },
             workers,
         })
@@ -1174,6 +1213,7 @@ fn build_worker(
         env: w.env.clone(),
         limits: resolve_limits(&limits_of!(w), base)?,
         route: Route::Worker,
+        host: None,
     })
 }
 
@@ -1425,6 +1465,30 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Checks a host id (`[daemon] host`, `run --host`, a worker's `host`): it begins every claim
+/// owner's id (`host:pid:nonce`), so it must not hold a `:`, and it is shown in columns.
+pub fn validate_host(host: &str) -> std::result::Result<(), String> {
+    let ok_chars = host
+        .chars()
+        .all(|c| !c.is_whitespace() && !c.is_control() && c != ':');
+    if host.is_empty() || host.len() > 255 || !ok_chars {
+        return Err(format!(
+            "invalid host id {host:?}: use 1 to 255 printable characters, without spaces or ':'"
+        ));
+    }
+    Ok(())
+}
+
+/// The machine's name, the host id of a daemon that sets none (`localhost` when the name cannot
+/// be read or is no valid host id).
+pub fn machine_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
+        .filter(|h| validate_host(h).is_ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// serde names Rust types in its messages ("expected u32"); people read words.
 fn plain_words(message: &str) -> String {
     let mut m = message.trim().to_string();
@@ -1620,6 +1684,15 @@ mod tests {
                 "[pool] setting",
             ),
             ("[[worker]]\ncommand = [\"x\"]\n", ":1:", "needs a name"),
+            ("[daemon]\nhost = \"a b\"\n", ":2:", "invalid host id"),
+            ("[daemon]\nhost = \"\"\n", ":2:", "invalid host id"),
+            ("[daemon]\nhost = \"a:1\"\n", ":2:", "invalid host id"),
+            (
+                "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nhost = \"\\t\"\n",
+                ":4:",
+                "invalid host id",
+            ),
+            ("[pool]\nhost = \"a\"\n", ":2:", "[pool] has no host"),
             (
                 "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nroute = \"fast\"\n",
                 ":4:",
@@ -1654,6 +1727,22 @@ mod tests {
         assert_eq!(c.workers[0].route, Route::Auto);
         assert!(c.pool.defined);
         assert_eq!(c.classes.long.priority, Some(-1));
+    }
+
+    #[test]
+    fn a_host_id_is_the_machines_unless_set_and_a_worker_may_be_pinned() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.daemon.host, machine_host());
+        assert!(!c.daemon.shared_sessions);
+        assert_eq!(c.workers[0].host, None);
+        let c = parse(
+            "[daemon]\nhost = \"build-1\"\nshared_sessions = true\n\
+             [[worker]]\nname = \"w\"\ncommand = [\"x\"]\nhost = \"build-2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.host, "build-1");
+        assert!(c.daemon.shared_sessions);
+        assert_eq!(c.workers[0].host.as_deref(), Some("build-2"));
     }
 
     #[test]

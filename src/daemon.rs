@@ -102,14 +102,28 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         .map_err(|e| Error::io("handling SIGIO in", &config.root, e))?;
     let state_dir = config.state_dir();
     state::ensure_dir(&state_dir)?;
-    let _lock = StateLock::acquire(&state_dir)?;
+    let host = config.daemon.host.clone();
+    let _lock = StateLock::acquire(&state_dir, &host)?;
     let log = Arc::new(EventLog::new(
         config.event_log_path(),
         config.daemon.log_max_size,
         config.daemon.log_backups,
     ));
     let store: Arc<dyn Store> = Arc::from(crate::store::open(&config, Some(log.clone())).await?);
-    let owner = owner_id();
+    let owner = owner_id(&host);
+    // On a shared store, the host id is this daemon's alone while it runs (a second daemon
+    // under it is refused here), so any other run of this host is a previous one, gone.
+    if store.shared() {
+        store
+            .join_host(
+                &host,
+                &owner,
+                std::process::id() as i32,
+                now_ms(),
+                config.daemon.lease,
+            )
+            .await?;
+    }
     let token = crate::token::ensure(&state_dir)?;
     // Bound before anything starts, so a taken port stops the daemon at once.
     let http_listener = match config.http.listen {
@@ -153,8 +167,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     // A store of our own: whatever is running there was a previous daemon's, which is gone (we
     // hold its lock). A shared store's running tasks may be other hosts' daemons', alive: only
     // expired leases are taken back, now and by the lease keeper.
+    // Of a shared store's, those of this host's previous run are taken back at once.
     let recovered = if store.shared() {
-        store.recover_expired(now_ms()).await?
+        let mut ids = store.recover_host(&host, &owner, now_ms()).await?;
+        ids.extend(store.recover_expired(now_ms()).await?);
+        ids
     } else {
         store.recover_all_but(&owner, now_ms()).await?
     };
@@ -207,6 +224,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     );
     let leased = Arc::new(Notify::new());
     let mut tasks: JoinSet<()> = JoinSet::new();
+
+    // Which named workers this daemon holds, renewed until every runner has returned (a task
+    // may run on past `stopping`), then released.
+    let leases = store.shared().then(|| {
+        Arc::new(crate::hosts::Leases::new(
+            store.clone(),
+            host.clone(),
+            owner.clone(),
+            config.daemon.lease,
+            config.daemon.shared_sessions,
+        ))
+    });
+    let keep_worker_leases = CancellationToken::new();
+    if let Some(leases) = &leases {
+        tokio::spawn(leases.clone().keep(keep_worker_leases.clone()));
+    }
 
     {
         let wakes = wakes.clone();
@@ -331,6 +364,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         log: log.clone(),
         life: Default::default(),
         pool,
+        leases: leases.clone(),
     };
     for w in &config.workers {
         tasks.spawn(runner(w.clone(), &wakes[&w.name], false).run());
@@ -338,7 +372,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     // Any worker's tasks may run in the pool (route, or `submit --pool --worker`), with the pool's
     // max_memory where the worker sets none.
     let mut pool_runners = HashMap::new();
-    for w in &config.workers {
+    // Not those pinned to another host: their tasks, the pool's included, run there.
+    for w in config.workers.iter().filter(|w| runs_here(w, &host)) {
         let mut settings = w.clone();
         settings.limits.max_memory = w.limits.max_memory.or(config.pool.worker.limits.max_memory);
         pool_runners.insert(w.name.clone(), Arc::new(runner(settings, &pool_beat, true)));
@@ -386,10 +421,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         });
     }
 
-    let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<&str> = config
+        .workers
+        .iter()
+        .filter(|w| runs_here(w, &host))
+        .map(|w| w.name.as_str())
+        .collect();
     info!(
         pid = std::process::id(),
-        "agentq running in {} with workers {} and a pool of {}",
+        host = %host,
+        "agentq running in {} as host {host} with workers {} and a pool of {}",
         config.root.display(),
         if names.is_empty() {
             "(none)".to_string()
@@ -416,6 +457,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             error!("a daemon task failed: {e}");
         }
     }
+    keep_worker_leases.cancel();
+    if store.shared() {
+        // Every runner has released its worker already; this also ends the host row.
+        if let Err(e) = store.leave_host(&host, &owner, now_ms()).await {
+            warn!("cannot record this daemon's leaving: {e}; its leases lapse by themselves");
+        }
+    }
     let last = guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(g) = last {
         tokio::task::spawn_blocking(move || g.stop(Duration::from_secs(2)))
@@ -424,6 +472,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Whether the daemon of host id `host` runs `worker`: any, unless the worker is pinned elsewhere.
+pub fn runs_here(worker: &WorkerConfig, host: &str) -> bool {
+    worker.host.as_deref().is_none_or(|pin| pin == host)
 }
 
 fn start_guardian(owner: &str) -> Option<Guardian> {
@@ -502,18 +555,19 @@ async fn keep_leases(
     }
 }
 
-/// Who holds claims: host, pid and a random part, so a restarted daemon with a reused pid is
+/// Who holds claims: host id, pid and a random part, so a restarted daemon with a reused pid is
 /// still someone else.
-fn owner_id() -> String {
+fn owner_id(host: &str) -> String {
     let nonce: u32 = rand::rng().random();
-    format!("{}{nonce:08x}", owner_prefix(std::process::id() as i32))
+    format!(
+        "{}{nonce:08x}",
+        owner_prefix(host, std::process::id() as i32)
+    )
 }
 
-/// How the owner ids of the daemon with this pid on this host begin: `host:pid:` (the rest is
-/// a nonce), so a client that knows the daemon's pid can find what its run claimed.
-pub fn owner_prefix(pid: i32) -> String {
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into());
+/// How the owner ids of the daemon with this pid and host id begin: `host:pid:` (the rest is a
+/// nonce), so a client that knows the daemon's pid can find what its run claimed. A host id
+/// holds no `:`, so `host:` begins the owner ids of that host's runs and no other's.
+pub fn owner_prefix(host: &str, pid: i32) -> String {
     format!("{host}:{pid}:")
 }

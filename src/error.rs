@@ -80,6 +80,13 @@ pub enum Error {
         pid: Option<i32>,
     },
 
+    #[error("another agentq run uses host id {host:?} on {database} (pid {}): two daemons on one database need different host ids; set [daemon] host or pass --host", pid.map_or("unknown".to_string(), |p| p.to_string()))]
+    HostInUse {
+        host: String,
+        database: String,
+        pid: Option<i64>,
+    },
+
     #[error("task {id} ended {state}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     TaskNotSucceeded {
         id: i64,

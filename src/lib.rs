@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod domain;
 pub mod error;
+pub mod hosts;
 pub mod http;
 pub mod intake;
 pub mod logfile;

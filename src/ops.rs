@@ -198,6 +198,9 @@ pub struct WorkerStatus {
     pub restarts: Option<u64>,
     /// Up since (ms since the epoch): the daemon's start, or the worker's last restart.
     pub up_since: Option<Millis>,
+    /// The host id of the daemon that runs it: on a shared store, its lease holder's; else this
+    /// project's daemon's, while it runs. `None`: no daemon runs it now.
+    pub host: Option<String>,
 }
 
 impl WorkerStatus {
@@ -230,6 +233,10 @@ pub struct Status {
     pub pool: PoolCounts,
     pub max_workers: u32,
     pub config: std::path::PathBuf,
+    /// The host id of this project's daemon (running or not: the one it runs, or would run, as).
+    pub host: String,
+    /// On a shared store, every daemon using it (empty on SQLite: the one daemon is `pid`).
+    pub hosts: Vec<crate::store::HostRow>,
 }
 
 impl Status {
@@ -256,7 +263,9 @@ impl Status {
                 "pid": self.pid,
                 "started_at": self.started_at,
                 "memory_mb": self.memory_mb,
+                "host": self.host,
             },
+            "hosts": self.hosts,
             "config": self.config,
             "workers": self.workers,
             "pool": {
@@ -270,6 +279,16 @@ impl Status {
             "totals": self.totals(),
         })
     }
+}
+
+/// The host id of the daemon `pid` running this project: the daemon itself knows it (its config
+/// has it); a client reads the lock file. (Never the daemon through the file: closing any of its
+/// descriptors of the lock file would drop its lock.)
+pub fn daemon_host(config: &Config, pid: Option<i32>) -> String {
+    if pid == Some(std::process::id() as i32) {
+        return config.daemon.host.clone();
+    }
+    crate::state::holder_host(&config.state_dir()).unwrap_or_else(|| config.daemon.host.clone())
 }
 
 /// Reads the status. `pid` is the daemon's, if one runs: the CLI asks the state lock, the daemon
@@ -292,12 +311,18 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         })
         .await?;
     let pool_counts = store.pool_counts().await?;
+    let host = daemon_host(config, pid);
+    let (hosts, leases) = if store.shared() {
+        (store.hosts(now).await?, store.worker_leases(now).await?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     // What this run of the daemon did, and the processes it runs now (from its book of process
     // groups: the CLI sees them from outside, as `ps` would).
     let started_at = pid.and_then(crate::procs::started_at).map(epoch_ms);
     let activity = match (pid, started_at) {
         (Some(pid), Some(t)) => {
-            let owner = crate::daemon::owner_prefix(pid);
+            let owner = crate::daemon::owner_prefix(&host, pid);
             store.activity_since(t, &owner).await?
         }
         _ => Vec::new(),
@@ -401,7 +426,23 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
                 0 => state,
                 n => format!("{state}, {n} in the pool"),
             };
+            let runs_here = config
+                .workers
+                .iter()
+                .find(|w| w.name == name)
+                .is_none_or(|w| crate::daemon::runs_here(w, &host));
+            let held_by = match store.shared() {
+                true if name == POOL => None,
+                true => leases
+                    .iter()
+                    .find(|l| l.worker == name)
+                    .map(|l| l.host.clone()),
+                false => pid
+                    .filter(|_| runs_here && configured)
+                    .map(|_| host.clone()),
+            };
             WorkerStatus {
+                host: held_by,
                 mode: mode(&name).to_string(),
                 pid: own.first().filter(|_| name != POOL).map(|g| g.record.pgid),
                 memory_mb,
@@ -446,6 +487,8 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         pool: pool_counts,
         max_workers: config.pool.max_workers,
         config: config.path.clone(),
+        host,
+        hosts,
     })
 }
 

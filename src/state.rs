@@ -39,8 +39,9 @@ pub struct StateLock {
 }
 
 impl StateLock {
-    /// Takes the folder's lock, or says which process has it.
-    pub fn acquire(state_dir: &Path) -> Result<StateLock> {
+    /// Takes the folder's lock, or says which process has it. The file then reads `pid host`:
+    /// `host` is the daemon's host id, which a client needs to know what this run claimed.
+    pub fn acquire(state_dir: &Path, host: &str) -> Result<StateLock> {
         let path = state_dir.join(LOCK_FILE);
         let mut file = open(&path)?;
         let mut lock = whole_file_lock(libc::F_WRLCK);
@@ -59,7 +60,8 @@ impl StateLock {
         // For people reading the folder; the lock itself is the authority.
         file.set_len(0)
             .map_err(|e| Error::io("writing", &path, e))?;
-        writeln!(file, "{}", std::process::id()).map_err(|e| Error::io("writing", &path, e))?;
+        writeln!(file, "{} {host}", std::process::id())
+            .map_err(|e| Error::io("writing", &path, e))?;
         Ok(StateLock { _file: file, path })
     }
 
@@ -86,6 +88,15 @@ pub fn holder(state_dir: &Path) -> Result<Option<i32>> {
         ));
     }
     Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
+}
+
+/// The host id the daemon holding `state_dir` runs under (what its lock file says), if one runs.
+/// Not for the daemon itself: a process that closes any descriptor of a file drops its record
+/// locks on it, so reading the lock file would free the folder.
+pub fn holder_host(state_dir: &Path) -> Option<String> {
+    holder(state_dir).ok().flatten()?;
+    let text = std::fs::read_to_string(state_dir.join(LOCK_FILE)).ok()?;
+    text.split_whitespace().nth(1).map(str::to_string)
 }
 
 fn open(path: &Path) -> Result<File> {
@@ -125,7 +136,7 @@ mod tests {
     fn no_holder_without_a_daemon() {
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(holder(tmp.path()).unwrap(), None);
-        let lock = StateLock::acquire(tmp.path()).unwrap();
+        let lock = StateLock::acquire(tmp.path(), "h").unwrap();
         // Record locks are per process: this process sees its own lock as free. Another process
         // sees it taken (tested through the binary in tests/cli.rs).
         drop(lock);

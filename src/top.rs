@@ -38,27 +38,53 @@ pub fn render(status: &Status, root: &Path, now: Millis) -> String {
         ),
     }
     .expect("writing to a String");
-    let rows: Vec<Vec<String>> = status.workers.iter().map(|w| row(w, now)).collect();
-    out.push_str(&table(
-        &[
-            "WORKER",
-            "AGENT",
-            "MODE",
-            "STATE",
-            "TASK",
-            "PID",
-            "SESSION",
-            "DONE",
-            "FAILED",
-            "QUEUED",
-            "MEMORY",
-            "PEAK",
-            "RESTARTS",
-            "UPTIME",
-            "COST TODAY",
-        ],
-        &rows,
-    ));
+    // Several daemons share the store: which host runs which worker, and who they are.
+    let shared = !status.hosts.is_empty();
+    if shared {
+        let hosts: Vec<String> = status
+            .hosts
+            .iter()
+            .map(|h| {
+                let here = if h.host == status.host {
+                    ", this project's"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} (pid {}, up {}{here})",
+                    h.host,
+                    h.pid,
+                    ago(h.started_at, now)
+                )
+            })
+            .collect();
+        writeln!(out, "hosts: {}", hosts.join(", ")).expect("writing to a String");
+    }
+    let mut rows: Vec<Vec<String>> = status.workers.iter().map(|w| row(w, now)).collect();
+    let mut headers = vec![
+        "WORKER",
+        "AGENT",
+        "MODE",
+        "STATE",
+        "TASK",
+        "PID",
+        "SESSION",
+        "DONE",
+        "FAILED",
+        "QUEUED",
+        "MEMORY",
+        "PEAK",
+        "RESTARTS",
+        "UPTIME",
+        "COST TODAY",
+    ];
+    if shared {
+        headers.insert(4, "HOST");
+        for (r, w) in rows.iter_mut().zip(&status.workers) {
+            r.insert(4, w.host.clone().unwrap_or_else(|| "-".into()));
+        }
+    }
+    out.push_str(&table(&headers, &rows));
     for w in status.workers.iter().filter(|w| w.pause_reason.is_some()) {
         let reason = w.pause_reason.as_deref().unwrap_or("");
         if w.errored {
@@ -365,6 +391,7 @@ mod tests {
             memory_peak_mb: None,
             restarts: Some(0),
             up_since: Some(NOW - 3 * 60 * MIN - 12 * MIN),
+            host: None,
         }
     }
 
@@ -440,6 +467,8 @@ mod tests {
             },
             max_workers: 4,
             config: "/srv/agents/agentq.toml".into(),
+            host: "build-1".into(),
+            hosts: Vec::new(),
         }
     }
 
@@ -466,6 +495,29 @@ mod tests {
                 up_since: None,
                 ..w.clone()
             };
+        }
+        insta::assert_snapshot!(render(&status, Path::new("/srv/agents"), NOW));
+    }
+
+    #[test]
+    fn status_table_of_several_hosts_snapshot() {
+        let mut status = busy();
+        status.hosts = vec![
+            crate::store::HostRow {
+                host: "build-1".into(),
+                owner: "build-1:48100:0badc0de".into(),
+                pid: 48_100,
+                started_at: NOW - 3 * 60 * MIN - 12 * MIN,
+            },
+            crate::store::HostRow {
+                host: "build-2".into(),
+                owner: "build-2:7100:0ddba11".into(),
+                pid: 7_100,
+                started_at: NOW - 5 * MIN,
+            },
+        ];
+        for (w, host) in status.workers.iter_mut().zip(["build-1", "build-2"]) {
+            w.host = Some(host.into());
         }
         insta::assert_snapshot!(render(&status, Path::new("/srv/agents"), NOW));
     }

@@ -52,6 +52,9 @@ pub struct Runner {
     /// Runs the worker's tasks in the pool: each in a fresh process (Claude in exec mode) and a
     /// conversation of its own, never the worker's; several at once.
     pub pool: bool,
+    /// The daemon's worker leases, on a store several daemons share: the runner claims only
+    /// while it holds its worker's. `None`: the worker is trivially this daemon's (SQLite).
+    pub leases: Option<Arc<crate::hosts::Leases>>,
 }
 
 /// What the restart policy remembers of a worker's long-lived process.
@@ -112,8 +115,25 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 impl Runner {
     pub async fn run(self) {
         let name = self.worker.name.clone();
+        if let Some(pin) = &self.worker.host
+            && pin != &self.config.daemon.host
+        {
+            info!(worker = %name, "pinned to host {pin}; this daemon (host {}) leaves it alone", self.config.daemon.host);
+            return;
+        }
         let mut pause = Duration::from_millis(100);
         while !self.stopping.is_cancelled() {
+            if let Some(leases) = &self.leases
+                && !leases.holds(&name)
+            {
+                // A long-lived process of a lease lost meanwhile serves no one now.
+                if let Some(process) = self.persistent.lock().await.take() {
+                    process.shutdown(self.worker.limits.kill_timeout).await;
+                }
+                if !leases.hold(&self.worker, &self.wake, &self.stopping).await {
+                    break;
+                }
+            }
             self.restart_if_asked().await;
             match self
                 .store
@@ -138,6 +158,10 @@ impl Runner {
         }
         if let Some(process) = self.persistent.lock().await.take() {
             process.shutdown(self.worker.limits.kill_timeout).await;
+        }
+        // Another host takes the worker over at once.
+        if let Some(leases) = &self.leases {
+            leases.release(&name).await;
         }
     }
 

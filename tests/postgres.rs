@@ -146,12 +146,14 @@ fn a_pool_task_released_by_a_stopping_host_is_taken_by_another_at_once() {
     let url = db.url.expose();
     // Two hosts (two folders, no shared doorbell) whose pools run a sleeping agent; nothing
     // polls for long (the intake rescan is an hour).
-    let extra = format!(
-        "[daemon]\nshutdown_grace = \"200ms\"\n[intake]\nrescan_interval = \"1h\"\n\
-         [pool]\ncommand = {SLEEPING_AGENT}\n"
-    );
-    let a = project_on(url, &extra);
-    let b = project_on(url, &extra);
+    let extra = |host: &str| {
+        format!(
+            "[daemon]\nhost = \"{host}\"\nshutdown_grace = \"200ms\"\n[intake]\nrescan_interval = \"1h\"\n\
+             [pool]\ncommand = {SLEEPING_AGENT}\n"
+        )
+    };
+    let a = project_on(url, &extra("a"));
+    let b = project_on(url, &extra("b"));
     let mut host_a = a.start();
     let id = a.json(&["submit", "--pool", "long"])["id"]
         .as_i64()

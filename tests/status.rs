@@ -110,6 +110,7 @@ fn status_shows_each_workers_process_memory_peak_and_uptime() {
             "up_since",
             "paused_until",
             "config",
+            "host",
         ],
     );
     // "paused until 14:03" (or "Nov 23 00:12" across midnight)

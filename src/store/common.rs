@@ -161,6 +161,19 @@ pub fn restarted(cleared: Option<&super::Pause>) -> String {
 }
 
 /// The `session_reset` event's message, given the conversation left (if any).
+/// `worker_moved`: a worker's lease was taken by a daemon of another host.
+pub fn moved(from: &str, to: &str) -> (String, Value) {
+    (
+        format!("now runs on host {to} (it ran on {from})"),
+        json!({ "from_host": from, "to_host": to }),
+    )
+}
+
+/// Why a previous run's tasks go back to the queue at once when its host starts again.
+pub fn previous_run(host: &str) -> String {
+    format!("a previous run on host {host} is gone (its host id is taken again)")
+}
+
 pub fn session_reset(why: &str, old: Option<&str>) -> String {
     match old {
         Some(id) => format!("{why}; conversation {id} left, the next task starts a new one"),

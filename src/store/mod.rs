@@ -397,6 +397,39 @@ pub struct Metrics {
     pub events: Vec<(String, Option<String>, u64)>,
 }
 
+/// What [`Store::take_worker_lease`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseTake {
+    /// The caller holds the worker now (taken, or renewed). `moved_from`: the host that held it
+    /// last, when that was another host (the worker just moved here).
+    Held { moved_from: Option<String> },
+    /// Another daemon holds it, for this much longer unless it renews or releases it.
+    Busy {
+        host: String,
+        owner: String,
+        expires_in: Duration,
+    },
+}
+
+/// A named worker held by a daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkerLease {
+    pub worker: String,
+    pub host: String,
+    pub owner: String,
+    /// How long it holds unless renewed, milliseconds.
+    pub expires_in_ms: i64,
+}
+
+/// A daemon using the store, as it announced itself ([`Store::join_host`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostRow {
+    pub host: String,
+    pub owner: String,
+    pub pid: i64,
+    pub started_at: Millis,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Whether daemons of other state folders (other hosts) may use this store at the same time.
@@ -542,6 +575,59 @@ pub trait Store: Send + Sync {
     async fn pool_counts(&self) -> Result<PoolCounts>;
     /// When the earliest lease of any running task expires.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>>;
+
+    // Hosts and worker leases: which daemon runs which named worker. On PostgreSQL, lease times
+    // are the server's clock (`now` is only SQLite's), so hosts need not agree on the time;
+    // what comes back is a length, not an instant.
+
+    /// Announces the daemon run `owner` under host id `host` (pid `pid`), for `lease` unless
+    /// renewed ([`Store::renew_leases`]). Refused with [`crate::error::Error::HostInUse`] while
+    /// another live daemon runs under the same id (PostgreSQL: a session advisory lock, held on a
+    /// connection of its own for the store's life, so a killed daemon's lock goes with its
+    /// connection). Holding the id proves that any other owner beginning `host:` is a previous
+    /// run, gone: its worker leases are taken over at once and [`Store::recover_host`] takes back
+    /// its tasks.
+    async fn join_host(
+        &self,
+        host: &str,
+        owner: &str,
+        pid: i32,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<()>;
+    /// The daemon run `owner` leaves: its worker leases are released (their workers rung) and
+    /// its host row removed.
+    async fn leave_host(&self, host: &str, owner: &str, now: Millis) -> Result<()>;
+    /// Takes or renews `worker`'s lease for `owner` on `host`: granted when no live lease is
+    /// held by another owner (a released or expired one, or one of a previous run of this host).
+    /// A lease taken from another host records `worker_moved`.
+    async fn take_worker_lease(
+        &self,
+        worker: &str,
+        host: &str,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<LeaseTake>;
+    /// Renews the host row and every worker lease `owner` still holds; returns those workers
+    /// (one that is missing was lost: it expired and another daemon took it).
+    async fn renew_leases(
+        &self,
+        host: &str,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<Vec<String>>;
+    /// Gives up `owner`'s lease of `worker` (the host that held it stays on record), ringing the
+    /// worker so another daemon takes it at once. `false`: `owner` did not hold it.
+    async fn release_worker_lease(&self, worker: &str, owner: &str, now: Millis) -> Result<bool>;
+    /// The worker leases in force, by worker.
+    async fn worker_leases(&self, now: Millis) -> Result<Vec<WorkerLease>>;
+    /// The daemons whose host row is in force, by host id.
+    async fn hosts(&self, now: Millis) -> Result<Vec<HostRow>>;
+    /// Puts back every running task whose owner is a previous run of `host` (begins `host:` and
+    /// is not `owner`), at once: only after [`Store::join_host`] proved that run gone.
+    async fn recover_host(&self, host: &str, owner: &str, now: Millis) -> Result<Vec<i64>>;
     /// Per worker, for the daemon run that started at `since` and claims as `owner` (or as any
     /// owner that begins so): how often its long-lived agent was restarted, when it last was (by
     /// the restart policy or `agentq worker restart`), and the highest memory peak of its

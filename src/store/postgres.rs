@@ -54,7 +54,10 @@ use crate::logfile::EventLog;
 use crate::wake::Ring;
 use common::TASK_COLUMNS;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_hosts.sql"),
+];
 
 /// The schema version this binary writes (the highest row of `schema_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -116,7 +119,14 @@ pub struct PgStore {
     url: DatabaseUrl,
     /// Where committed events are also appended, for people and `agentq events -f`.
     log: Option<Arc<EventLog>>,
+    /// The connection holding this daemon's host id ([`Store::join_host`]): a session advisory
+    /// lock, which the server drops with the connection, so a killed daemon's id is free again.
+    host_lock: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
+
+/// The server's clock, in milliseconds since the epoch: what worker and host leases are read
+/// and written by, so hosts need not agree on the time.
+const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// What a store operation can fail with inside its transaction: SQL, or a rule of the queue.
 enum OpError {
@@ -204,6 +214,7 @@ impl PgStore {
             pool,
             url: url.clone(),
             log: None,
+            host_lock: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -982,7 +993,12 @@ impl Store for PgStore {
                         AND not_before <= $4 ORDER BY priority DESC, id ASC LIMIT 1";
             let only_if = "NOT EXISTS (SELECT 1 FROM tasks WHERE worker = $5 AND state = 'running' AND NOT pool) \
                            AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = $5 AND until > $4)";
-            tx.claim_one(pick, only_if, &[&worker], owner, expires, now, "")
+            // And only by the daemon that holds the worker (fencing a runner whose lease lapsed).
+            let only_if = format!(
+                "{only_if} AND NOT EXISTS (SELECT 1 FROM worker_leases WHERE worker = $5 \
+                 AND owner <> $1 AND expires > {SERVER_NOW})"
+            );
+            tx.claim_one(pick, &only_if, &[&worker], owner, expires, now, "")
                 .await
         })
     }
@@ -1661,7 +1677,9 @@ impl Store for PgStore {
                           AND NOT EXISTS (SELECT 1 FROM worker_pauses p \
                                           WHERE p.worker = t.worker AND p.until > $4) \
                         ORDER BY priority DESC, id ASC LIMIT 1";
-            let only_if = "(SELECT count(*) FROM tasks WHERE pool AND state = 'running') < $5";
+            // Room is per daemon: this owner's running pool tasks.
+            let only_if =
+                "(SELECT count(*) FROM tasks WHERE pool AND state = 'running' AND owner = $1) < $5";
             tx.claim_one(
                 pick,
                 only_if,
@@ -1831,6 +1849,274 @@ impl Store for PgStore {
             )
             .await?;
             Ok(row.try_get(0)?)
+        })
+    }
+
+    async fn join_host(
+        &self,
+        host: &str,
+        owner: &str,
+        pid: i32,
+        _now: Millis,
+        lease: Duration,
+    ) -> Result<()> {
+        let about = "taking the host id";
+        let fail = |e: PgError| self.fail(about, &e);
+        let mut slot = self.host_lock.lock().await;
+        if slot.is_none() {
+            let (client, connection) = pg_config(&self.url)?.connect(NoTls).await.map_err(fail)?;
+            let url = self.url.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    warn!(
+                        "the connection holding this daemon's host id on {url} broke ({}); another daemon may now start under the same id",
+                        describe(&e)
+                    );
+                }
+            });
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended('agentq.host:' || $1, 0))",
+                    &[&host],
+                )
+                .await
+                .map_err(fail)?
+                .get(0);
+            if !got {
+                let pid = client
+                    .query_opt("SELECT pid FROM hosts WHERE host = $1", &[&host])
+                    .await
+                    .map_err(fail)?
+                    .map(|r| r.get::<_, i64>(0));
+                return Err(Error::HostInUse {
+                    host: host.to_string(),
+                    database: self.url.redacted(),
+                    pid,
+                });
+            }
+            *slot = Some(client);
+        }
+        drop(slot);
+        let (pid, lease_ms) = (i64::from(pid), lease.as_millis() as i64);
+        let (host, owner) = (host.to_string(), owner.to_string());
+        write!(self, about, |tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO hosts (host, owner, pid, started_at, expires) \
+                     VALUES ($1, $2, $3, {SERVER_NOW}, {SERVER_NOW} + $4) \
+                     ON CONFLICT (host) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, \
+                       started_at = excluded.started_at, expires = excluded.expires"
+                ),
+                &[&host, &owner, &pid, &lease_ms],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn leave_host(&self, host: &str, owner: &str, _now: Millis) -> Result<()> {
+        let (host, owner) = (host.to_string(), owner.to_string());
+        write!(self, "leaving", |tx| {
+            let rows = tx
+                .query(
+                    "UPDATE worker_leases SET expires = 0 WHERE owner = $1 AND expires > 0 \
+                     RETURNING worker",
+                    &[&owner],
+                )
+                .await?;
+            for r in &rows {
+                tx.ring(Ring::Worker(r.try_get(0)?));
+            }
+            tx.execute(
+                "DELETE FROM hosts WHERE host = $1 AND owner = $2",
+                &[&host, &owner],
+            )
+            .await?;
+            Ok(())
+        })?;
+        // The host id is free for the next run (or another host's daemon) at once.
+        self.host_lock.lock().await.take();
+        Ok(())
+    }
+
+    async fn take_worker_lease(
+        &self,
+        worker: &str,
+        host: &str,
+        owner: &str,
+        _now: Millis,
+        lease: Duration,
+    ) -> Result<super::LeaseTake> {
+        let lease_ms = lease.as_millis() as i64;
+        let (worker, host, owner) = (worker.to_string(), host.to_string(), owner.to_string());
+        write!(self, "taking a worker's lease", |tx| {
+            // Takers of one worker's lease take turns, so a missing row is inserted once.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('agentq.lease:' || $1, 0))",
+                &[&worker],
+            )
+            .await?;
+            let now: i64 = tx.query(&format!("SELECT {SERVER_NOW}"), &[]).await?[0].try_get(0)?;
+            let held = tx
+                .query_opt(
+                    "SELECT host, owner, expires FROM worker_leases WHERE worker = $1",
+                    &[&worker],
+                )
+                .await?;
+            let held: Option<(String, String, i64)> = match held {
+                Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+                None => None,
+            };
+            if let Some((h, o, e)) = &held
+                && o != &owner
+                && h != &host
+                && *e > now
+            {
+                return Ok(super::LeaseTake::Busy {
+                    host: h.clone(),
+                    owner: o.clone(),
+                    expires_in: Duration::from_millis((e - now) as u64),
+                });
+            }
+            tx.execute(
+                "INSERT INTO worker_leases (worker, host, owner, expires, taken_at) \
+                 VALUES ($1, $2, $3, $4::bigint + $5::bigint, $4) ON CONFLICT (worker) DO UPDATE SET \
+                   host = excluded.host, owner = excluded.owner, expires = excluded.expires, \
+                   taken_at = CASE WHEN worker_leases.owner = excluded.owner \
+                                   THEN worker_leases.taken_at ELSE excluded.taken_at END",
+                &[&worker, &host, &owner, &now, &lease_ms],
+            )
+            .await?;
+            let moved_from = held.map(|(h, _, _)| h).filter(|h| h != &host);
+            if let Some(from) = &moved_from {
+                let (message, data) = common::moved(from, &host);
+                tx.event_with(
+                    super::now_ms(),
+                    None,
+                    Some(&worker),
+                    "worker_moved",
+                    &message,
+                    Some(data),
+                )
+                .await?;
+            }
+            Ok(super::LeaseTake::Held { moved_from })
+        })
+    }
+
+    async fn renew_leases(
+        &self,
+        host: &str,
+        owner: &str,
+        _now: Millis,
+        lease: Duration,
+    ) -> Result<Vec<String>> {
+        let lease_ms = lease.as_millis() as i64;
+        let (host, owner) = (host.to_string(), owner.to_string());
+        write!(self, "renewing leases", |tx| {
+            tx.execute(
+                &format!(
+                    "UPDATE hosts SET expires = {SERVER_NOW} + $3 WHERE host = $1 AND owner = $2"
+                ),
+                &[&host, &owner, &lease_ms],
+            )
+            .await?;
+            let rows = tx
+                .query(
+                    &format!(
+                        "UPDATE worker_leases SET expires = {SERVER_NOW} + $2 \
+                         WHERE owner = $1 AND expires > {SERVER_NOW} RETURNING worker"
+                    ),
+                    &[&owner, &lease_ms],
+                )
+                .await?;
+            let mut held = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<Vec<String>, _>>()?;
+            held.sort();
+            Ok(held)
+        })
+    }
+
+    async fn release_worker_lease(&self, worker: &str, owner: &str, _now: Millis) -> Result<bool> {
+        let (worker, owner) = (worker.to_string(), owner.to_string());
+        write!(self, "releasing a worker's lease", |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE worker_leases SET expires = 0 \
+                     WHERE worker = $1 AND owner = $2 AND expires > 0",
+                    &[&worker, &owner],
+                )
+                .await?;
+            if n == 1 {
+                // Another host's runner of this worker sleeps until the lease would expire.
+                tx.ring(Ring::Worker(worker.clone()));
+            }
+            Ok(n == 1)
+        })
+    }
+
+    async fn worker_leases(&self, _now: Millis) -> Result<Vec<super::WorkerLease>> {
+        read!(self, "reading worker leases", |c| {
+            let rows = query(
+                c,
+                &format!(
+                    "SELECT worker, host, owner, expires - {SERVER_NOW} FROM worker_leases \
+                     WHERE expires > {SERVER_NOW} ORDER BY worker COLLATE \"C\""
+                ),
+                &[],
+            )
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(super::WorkerLease {
+                        worker: r.try_get(0)?,
+                        host: r.try_get(1)?,
+                        owner: r.try_get(2)?,
+                        expires_in_ms: r.try_get(3)?,
+                    })
+                })
+                .collect::<Op<Vec<_>>>()
+        })
+    }
+
+    async fn hosts(&self, _now: Millis) -> Result<Vec<super::HostRow>> {
+        read!(self, "reading hosts", |c| {
+            let rows = query(
+                c,
+                &format!(
+                    "SELECT host, owner, pid, started_at FROM hosts \
+                     WHERE expires > {SERVER_NOW} ORDER BY host COLLATE \"C\""
+                ),
+                &[],
+            )
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(super::HostRow {
+                        host: r.try_get(0)?,
+                        owner: r.try_get(1)?,
+                        pid: r.try_get(2)?,
+                        started_at: r.try_get(3)?,
+                    })
+                })
+                .collect::<Op<Vec<_>>>()
+        })
+    }
+
+    async fn recover_host(&self, host: &str, owner: &str, now: Millis) -> Result<Vec<i64>> {
+        let why = common::previous_run(host);
+        let owner = owner.to_string();
+        write!(self, "recovering tasks of a previous run", |tx| {
+            // The host id is what comes before the first ':' of an owner id.
+            tx.recover_where(
+                "owner <> $1 AND split_part(owner, ':', 1) = split_part($1, ':', 1)",
+                &owner,
+                now,
+                &why,
+            )
+            .await
         })
     }
 }

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_pool.sql"),
     include_str!("../../migrations/sqlite/0005_event_kinds.sql"),
     include_str!("../../migrations/sqlite/0006_worker_activity.sql"),
+    include_str!("../../migrations/sqlite/0007_hosts.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -691,7 +692,9 @@ impl Store for SqliteStore {
                         AND pool = 0 AND not_before <= ?4 ORDER BY priority DESC, id ASC LIMIT 1";
             let only_if = "NOT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_claim \
                                        WHERE worker = ?5 AND state = 'running' AND pool = 0) \
-                           AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?5 AND until > ?4)";
+                           AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?5 AND until > ?4) \
+                           AND NOT EXISTS (SELECT 1 FROM worker_leases WHERE worker = ?5 \
+                                           AND owner <> ?1 AND expires > ?4)";
             Ok(claim_one(tx, pick, only_if, &[&worker], &owner, expires, now, "")?)
         })
         .await
@@ -1255,7 +1258,8 @@ impl Store for SqliteStore {
                           AND NOT EXISTS (SELECT 1 FROM worker_pauses p \
                                           WHERE p.worker = t.worker AND p.until > ?4) \
                         ORDER BY priority DESC, id ASC LIMIT 1";
-            let only_if = "(SELECT count(*) FROM tasks WHERE pool = 1 AND state = 'running') < ?5";
+            // Room is per daemon: this owner's running pool tasks.
+            let only_if = "(SELECT count(*) FROM tasks WHERE pool = 1 AND state = 'running' AND owner = ?1) < ?5";
             let extra: [&dyn rusqlite::ToSql; 2] = [&max_running, &workers];
             Ok(claim_one(tx, pick, only_if, &extra, &owner, expires, now, " in the pool")?)
         })
@@ -1414,6 +1418,188 @@ impl Store for SqliteStore {
                 [],
                 |r| r.get(0),
             )?)
+        })
+        .await
+    }
+
+    /// One daemon per database (the state folder's lock), so the host id is always free: a row
+    /// of another owner was a previous run's.
+    async fn join_host(
+        &self,
+        host: &str,
+        owner: &str,
+        pid: i32,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<()> {
+        let (host, owner) = (host.to_string(), owner.to_string());
+        let expires = now + lease.as_millis() as Millis;
+        self.write("announcing a daemon", move |tx| {
+            tx.exec(
+                "INSERT INTO hosts (host, owner, pid, started_at, expires) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (host) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, \
+                   started_at = excluded.started_at, expires = excluded.expires",
+                params![host, owner, pid, now, expires],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn leave_host(&self, host: &str, owner: &str, _now: Millis) -> Result<()> {
+        let (host, owner) = (host.to_string(), owner.to_string());
+        self.write("leaving", move |tx| {
+            tx.exec(
+                "UPDATE worker_leases SET expires = 0 WHERE owner = ?1",
+                [&owner],
+            )?;
+            tx.exec(
+                "DELETE FROM hosts WHERE host = ?1 AND owner = ?2",
+                [&host, &owner],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_worker_lease(
+        &self,
+        worker: &str,
+        host: &str,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<super::LeaseTake> {
+        let (worker, host, owner) = (worker.to_string(), host.to_string(), owner.to_string());
+        let expires = now + lease.as_millis() as Millis;
+        self.write("taking a worker's lease", move |tx| {
+            let held: Option<(String, String, i64)> = tx
+                .row(
+                    "SELECT host, owner, expires FROM worker_leases WHERE worker = ?1",
+                    [&worker],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((h, o, e)) = &held
+                && o != &owner
+                && h != &host
+                && *e > now
+            {
+                return Ok(super::LeaseTake::Busy {
+                    host: h.clone(),
+                    owner: o.clone(),
+                    expires_in: Duration::from_millis((e - now) as u64),
+                });
+            }
+            tx.exec(
+                "INSERT INTO worker_leases (worker, host, owner, expires, taken_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (worker) DO UPDATE SET host = excluded.host, \
+                   owner = excluded.owner, expires = excluded.expires, \
+                   taken_at = CASE WHEN owner = excluded.owner THEN taken_at ELSE excluded.taken_at END",
+                params![worker, host, owner, expires, now],
+            )?;
+            let moved_from = held.map(|(h, _, _)| h).filter(|h| h != &host);
+            if let Some(from) = &moved_from {
+                let (message, data) = common::moved(from, &host);
+                event_with(tx, now, None, Some(&worker), "worker_moved", &message, Some(data))?;
+            }
+            Ok(super::LeaseTake::Held { moved_from })
+        })
+        .await
+    }
+
+    async fn renew_leases(
+        &self,
+        host: &str,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+    ) -> Result<Vec<String>> {
+        let (host, owner) = (host.to_string(), owner.to_string());
+        let expires = now + lease.as_millis() as Millis;
+        self.write_lazy("renewing leases", move |tx| {
+            tx.exec(
+                "UPDATE hosts SET expires = ?3 WHERE host = ?1 AND owner = ?2",
+                params![host, owner, expires],
+            )?;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE worker_leases SET expires = ?2 WHERE owner = ?1 AND expires > ?3 \
+                 RETURNING worker",
+            )?;
+            let mut held = stmt
+                .query_map(params![owner, expires, now], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            held.sort();
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn release_worker_lease(&self, worker: &str, owner: &str, _now: Millis) -> Result<bool> {
+        let (worker, owner) = (worker.to_string(), owner.to_string());
+        self.write("releasing a worker's lease", move |tx| {
+            let n = tx.exec(
+                "UPDATE worker_leases SET expires = 0 WHERE worker = ?1 AND owner = ?2 AND expires > 0",
+                [&worker, &owner],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn worker_leases(&self, now: Millis) -> Result<Vec<super::WorkerLease>> {
+        self.call("reading worker leases", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT worker, host, owner, expires - ?1 FROM worker_leases \
+                 WHERE expires > ?1 ORDER BY worker",
+            )?;
+            let rows = stmt
+                .query_map([now], |r| {
+                    Ok(super::WorkerLease {
+                        worker: r.get(0)?,
+                        host: r.get(1)?,
+                        owner: r.get(2)?,
+                        expires_in_ms: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn hosts(&self, now: Millis) -> Result<Vec<super::HostRow>> {
+        self.call("reading hosts", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT host, owner, pid, started_at FROM hosts WHERE expires > ?1 ORDER BY host",
+            )?;
+            let rows = stmt
+                .query_map([now], |r| {
+                    Ok(super::HostRow {
+                        host: r.get(0)?,
+                        owner: r.get(1)?,
+                        pid: r.get(2)?,
+                        started_at: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn recover_host(&self, host: &str, owner: &str, now: Millis) -> Result<Vec<i64>> {
+        let owner = owner.to_string();
+        let why = common::previous_run(host);
+        self.write_lazy("recovering tasks of a previous run", move |tx| {
+            // The host id is what comes before the first ':' of an owner id.
+            recover_where(
+                tx,
+                "owner <> ?1 AND substr(owner, 1, instr(owner, ':')) = substr(?1, 1, instr(?1, ':'))",
+                &owner,
+                now,
+                &why,
+            )
         })
         .await
     }

@@ -78,7 +78,10 @@ macro_rules! store_suite {
             the_pool_claims_up_to_its_limit_and_workers_never_claim_pool_tasks,
             concurrent_claims_never_run_two_tasks_of_a_worker_or_overfill_the_pool,
             concurrent_submits_with_one_dedup_key_make_one_task,
-            a_task_reads_back_as_it_was_written);
+            a_task_reads_back_as_it_was_written,
+            a_worker_lease_is_one_owners_until_released_or_expired,
+            a_hosts_previous_run_is_recovered_and_its_leases_taken_over,
+            pool_room_is_counted_per_daemon);
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
         $(
@@ -936,7 +939,8 @@ pub async fn concurrent_claims_never_run_two_tasks_of_a_worker_or_overfill_the_p
     for i in 0..8 {
         let s = s.clone();
         claims.spawn(async move {
-            let owner = format!("daemon{i}");
+            // Two daemons, four claimers each: each daemon's pool room is its own.
+            let owner = format!("daemon{}", i % 2);
             let own = s.claim("w", &owner, 10, LEASE).await.unwrap();
             let pooled = s
                 .claim_pool(&owner, 10, LEASE, 3, &["w".to_string()])
@@ -953,11 +957,11 @@ pub async fn concurrent_claims_never_run_two_tasks_of_a_worker_or_overfill_the_p
     }
     assert_eq!(
         (own, pooled),
-        (1, 3),
-        "one of the worker's, three in the pool"
+        (1, 6),
+        "one of the worker's, three in each daemon's pool"
     );
     let counts = s.pool_counts().await.unwrap();
-    assert_eq!((counts.running, counts.queued), (3, 5));
+    assert_eq!((counts.running, counts.queued), (6, 2));
     counts_agree(f.store()).await;
 }
 
@@ -1070,4 +1074,151 @@ pub async fn a_task_reads_back_as_it_was_written(f: &Fixture) {
         .unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].kind, "task_finished");
+}
+
+/// Worker leases are read on the server's clock on PostgreSQL: these tests use the real time.
+pub async fn a_worker_lease_is_one_owners_until_released_or_expired(f: &Fixture) {
+    use super::LeaseTake;
+    let s = f.store();
+    let (a, b) = ("a:1:x", "b:1:y");
+    let now = super::now_ms;
+    assert_eq!(
+        s.take_worker_lease("w", "a", a, now(), LEASE)
+            .await
+            .unwrap(),
+        LeaseTake::Held { moved_from: None }
+    );
+    match s
+        .take_worker_lease("w", "b", b, now(), LEASE)
+        .await
+        .unwrap()
+    {
+        LeaseTake::Busy {
+            host,
+            owner,
+            expires_in,
+        } => {
+            assert_eq!((host.as_str(), owner.as_str()), ("a", a));
+            assert!(
+                expires_in <= LEASE && expires_in > LEASE / 2,
+                "{expires_in:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Taking it again renews it; so does renew_leases, which names what the owner holds.
+    assert_eq!(
+        s.take_worker_lease("w", "a", a, now(), LEASE)
+            .await
+            .unwrap(),
+        LeaseTake::Held { moved_from: None }
+    );
+    assert_eq!(
+        s.renew_leases("a", a, now(), LEASE).await.unwrap(),
+        vec!["w".to_string()]
+    );
+    let leases = s.worker_leases(now()).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(
+        (leases[0].host.as_str(), leases[0].owner.as_str()),
+        ("a", a)
+    );
+    // Only the holder claims the worker's tasks.
+    let id = s.submit(&task("w", "t", 0, now())).await.unwrap().id();
+    assert!(s.claim("w", b, now(), LEASE).await.unwrap().is_none());
+    let c = s.claim("w", a, now(), LEASE).await.unwrap().unwrap();
+    assert_eq!(c.task.id, id);
+    // Released, it goes to the next taker, who learns where it was.
+    assert!(!s.release_worker_lease("w", b, now()).await.unwrap());
+    assert!(s.release_worker_lease("w", a, now()).await.unwrap());
+    assert!(s.worker_leases(now()).await.unwrap().is_empty());
+    assert_eq!(
+        s.take_worker_lease("w", "b", b, now(), LEASE)
+            .await
+            .unwrap(),
+        LeaseTake::Held {
+            moved_from: Some("a".into())
+        }
+    );
+    let moved = s
+        .events(&EventFilter {
+            kind: Some("worker_moved".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].worker.as_deref(), Some("w"));
+    assert!(moved[0].message.contains("host b"), "{}", moved[0].message);
+    // An expired lease is free too, and is no longer renewed.
+    let short = Duration::from_millis(100);
+    s.take_worker_lease("v", "a", a, now(), short)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        s.renew_leases("a", a, now(), LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.take_worker_lease("v", "b", b, now(), LEASE)
+            .await
+            .unwrap(),
+        LeaseTake::Held {
+            moved_from: Some("a".into())
+        }
+    );
+}
+
+pub async fn a_hosts_previous_run_is_recovered_and_its_leases_taken_over(f: &Fixture) {
+    use super::LeaseTake;
+    let s = f.store();
+    let now = super::now_ms;
+    let (old, new, other) = ("a:1:old", "a:2:new", "ab:1:other");
+    s.join_host("a", old, 1, now(), LEASE).await.unwrap();
+    s.join_host("ab", other, 1, now(), LEASE).await.unwrap();
+    let hosts = s.hosts(now()).await.unwrap();
+    let names: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+    assert_eq!(names, ["a", "ab"]);
+    let mine = s.submit(&task("w", "mine", 0, now())).await.unwrap().id();
+    let theirs = s.submit(&task("v", "theirs", 0, now())).await.unwrap().id();
+    s.take_worker_lease("w", "a", old, now(), LEASE)
+        .await
+        .unwrap();
+    s.claim("w", old, now(), LEASE).await.unwrap().unwrap();
+    s.claim("v", other, now(), LEASE).await.unwrap().unwrap();
+    // The previous run of host `a` is gone (its id is taken again): its task, not host `ab`'s.
+    s.join_host("a", new, 2, now(), LEASE).await.unwrap();
+    assert_eq!(s.recover_host("a", new, now()).await.unwrap(), vec![mine]);
+    assert_eq!(
+        s.get(theirs).await.unwrap().unwrap().state,
+        TaskState::Running
+    );
+    assert_eq!(
+        s.take_worker_lease("w", "a", new, now(), LEASE)
+            .await
+            .unwrap(),
+        LeaseTake::Held { moved_from: None }
+    );
+    assert_eq!(s.hosts(now()).await.unwrap()[0].owner, new);
+    // Leaving releases its leases and ends its row.
+    s.leave_host("a", new, now()).await.unwrap();
+    assert_eq!(s.hosts(now()).await.unwrap().len(), 1);
+    assert!(s.worker_leases(now()).await.unwrap().is_empty());
+}
+
+pub async fn pool_room_is_counted_per_daemon(f: &Fixture) {
+    let s = f.store();
+    let w = ["w".to_string()];
+    for p in ["a", "b", "c"] {
+        let mut t = task("w", p, 0, 1);
+        t.routing.pool = true;
+        s.submit(&t).await.unwrap();
+    }
+    assert!(s.claim_pool("h1", 2, LEASE, 1, &w).await.unwrap().is_some());
+    assert!(s.claim_pool("h1", 2, LEASE, 1, &w).await.unwrap().is_none());
+    // Another daemon's room is its own.
+    assert!(s.claim_pool("h2", 2, LEASE, 1, &w).await.unwrap().is_some());
 }
