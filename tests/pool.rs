@@ -372,9 +372,11 @@ fn kill_9_of_the_daemon_with_a_full_pool_loses_nothing_and_leaves_no_process() {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     assert!(started.len() >= 8, "{started:?}");
-    wait_until(Duration::from_secs(5), "the killed daemon's agents to die", || {
-        started.iter().all(|pid| !alive(*pid))
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the killed daemon's agents to die",
+        || started.iter().all(|pid| !alive(*pid)),
+    );
     let daemon = p.start();
     wait_until(Duration::from_secs(120), "all 12 tasks to finish", || {
         p.totals()["succeeded"] == 12
