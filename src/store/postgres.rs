@@ -12,10 +12,13 @@
 //! - **Fencing** is the claim token, as in SQLite; every write to a running task first locks its
 //!   row (`FOR UPDATE`) with the token in the condition, so a finish racing a recovery sees the
 //!   winner's row and writes nothing.
-//! - **Counts** (`task_counts`, `attempt_peaks`) are kept by PL/pgSQL triggers that lock the two
-//!   count rows a change touches in one fixed order; recoveries, the only writes that move many
-//!   tasks, are serialised by an advisory lock; and a transaction that still loses a deadlock or
-//!   a serialisation race is run again from the start (at most [`TRIES`] times).
+//! - **Lock order.** Every transaction takes its locks in one order: an advisory lock (a claim's
+//!   worker or pool, or recovery), task rows in id order, then `task_counts` rows in key order.
+//!   The counts (`task_counts`, `attempt_peaks`) are kept by PL/pgSQL triggers that lock the two
+//!   count rows of one task's change lesser key first; recovery, the only write that moves many
+//!   tasks, locks all the count rows it will change, in key order, before it moves any. So no
+//!   two transactions wait for each other in a cycle; one that still loses a deadlock or a
+//!   serialisation race is run again from the start (at most [`TRIES`] times), with a warning.
 //! - **Wake-ups**: a change that makes work claimable (submit, retry, resume, restart, recovery)
 //!   or voids a claim (cancel) sends `NOTIFY agentq, '<ring>'` in its transaction, delivered on
 //!   commit; [`Store::rings`] listens on a connection of its own and passes them on to the daemon,
@@ -278,13 +281,19 @@ impl PgStore {
         let out = match result {
             Ok(out) => out,
             // Dropping the transaction rolls it back.
-            Err(OpError::Sql(e)) if retryable(&e) && tries < TRIES => return None,
+            Err(OpError::Sql(e)) if retryable(&e) && tries < TRIES => {
+                self.run_again(about, &e, tries);
+                return None;
+            }
             Err(e) => return Some(Err(self.op_error(about, e))),
         };
         let events = std::mem::take(&mut tx.events);
         match tx.tx.commit().await {
             Ok(()) => {}
-            Err(e) if retryable(&e) && tries < TRIES => return None,
+            Err(e) if retryable(&e) && tries < TRIES => {
+                self.run_again(about, &e, tries);
+                return None;
+            }
             Err(e) => return Some(Err(self.fail(about, &e))),
         }
         if let Some(log) = &self.log {
@@ -296,6 +305,18 @@ impl PgStore {
             }
         }
         Some(Ok(out))
+    }
+
+    /// Says that a transaction lost a deadlock or serialisation race and runs again. Every
+    /// transaction takes its locks in one order, so a deadlock is a bug to hear of, not a
+    /// routine retry: it also cost the server's `deadlock_timeout` (a second by default).
+    fn run_again(&self, about: &'static str, e: &PgError, tries: u32) {
+        warn!(
+            "{about} on {}: {}; running it again (try {} of {TRIES})",
+            self.url,
+            describe(e),
+            tries + 1
+        );
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -585,8 +606,45 @@ impl Tx<'_> {
         Ok((state_from(&row, 0)?, row.try_get(1)?, row.try_get(2)?))
     }
 
+    /// Locks the `task_counts` rows of `keys` (worker, pool, state, class), creating those
+    /// missing (with 0), in the order of their keys. The count trigger takes the two rows of one
+    /// task's change in that order; a transaction that changes several tasks must take every
+    /// row it will change first, in that order too, or it can hold one row while it waits for
+    /// another that a claim holds while waiting for the first. (A recovery that moved a pool task
+    /// `running` to `dead` held (running) when it wanted (queued) for the next task, moved back
+    /// to the queue; a pool claim holds (queued) and wants (running).)
+    async fn lock_counts(&self, keys: &[(String, bool, &str, String)]) -> Op<()> {
+        let workers: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let pools: Vec<bool> = keys.iter().map(|k| k.1).collect();
+        let states: Vec<&str> = keys.iter().map(|k| k.2).collect();
+        let classes: Vec<&str> = keys.iter().map(|k| k.3.as_str()).collect();
+        // Sorted by the server, with the collation the trigger compares keys with.
+        let sorted = self
+            .query(
+                "SELECT DISTINCT w, p, s, c \
+                 FROM unnest($1::text[], $2::boolean[], $3::text[], $4::text[]) AS k(w, p, s, c) \
+                 ORDER BY w, p, s, c",
+                &[&workers, &pools, &states, &classes],
+            )
+            .await?;
+        for r in &sorted {
+            let (w, p, s, c): (&str, bool, &str, &str) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            self.execute(
+                "SELECT task_counts_add($1, $2, $3, $4, 0)",
+                &[&w, &p, &s, &c],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Returns running tasks matching `condition` (on `$1`) to the queue, with their interrupted
     /// attempt given back, or `dead` past `max_attempts` interruptions (see SQLite's).
+    ///
+    /// Locks are taken in one order, as in every other transaction: the tasks' rows in id order,
+    /// then every count row the moves will change, in key order ([`Tx::lock_counts`]); only then
+    /// are the tasks moved.
     async fn recover_where(
         &mut self,
         condition: &str,
@@ -594,64 +652,106 @@ impl Tx<'_> {
         now: Millis,
         why: &str,
     ) -> Op<Vec<i64>> {
-        // Recoveries move many tasks at once: one at a time across the whole database, so two
-        // daemons recovering together never take the count rows in opposite orders.
+        // One recovery at a time across the whole database, so that a second one finds the
+        // tasks the first moved already moved (it would wait for their rows anyway).
         self.execute("SELECT pg_advisory_xact_lock($1)", &[&(MIGRATION_LOCK + 1)])
             .await?;
         let rows = self
             .query(
                 &format!(
-                    "SELECT id, worker, owner, interruptions + 1, max_attempts FROM tasks \
+                    "SELECT id, worker, owner, interruptions + 1, max_attempts, pool, \
+                     coalesce(class, '') FROM tasks \
                      WHERE state = 'running' AND {condition} ORDER BY id FOR UPDATE"
                 ),
                 &[arg],
             )
             .await?;
-        let mut ids = Vec::with_capacity(rows.len());
+        struct Recovery {
+            id: i64,
+            worker: String,
+            interruptions: i64,
+            /// `Some(error)`: the task is dead.
+            dead: Option<String>,
+            message: String,
+        }
+        let mut recoveries = Vec::with_capacity(rows.len());
+        let mut counts = Vec::with_capacity(rows.len() * 2);
         for r in &rows {
-            let (id, worker, owner, interruptions, max_attempts): (
+            let (id, worker, owner, interruptions, max_attempts, pool, class): (
                 i64,
                 String,
                 Option<String>,
                 i64,
                 i64,
+                bool,
+                String,
             ) = (
                 r.try_get(0)?,
                 r.try_get(1)?,
                 r.try_get(2)?,
                 r.try_get(3)?,
                 r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
             );
+            let (dead, message) =
+                common::recovered(interruptions, max_attempts, owner.as_deref(), why);
+            let to = if dead.is_some() { "dead" } else { "queued" };
+            counts.push((worker.clone(), pool, "running", class.clone()));
+            counts.push((worker.clone(), pool, to, class));
+            recoveries.push(Recovery {
+                id,
+                worker,
+                interruptions,
+                dead,
+                message,
+            });
+        }
+        if counts.len() > 2 {
+            self.lock_counts(&counts).await?;
+        }
+        let mut ids = Vec::with_capacity(recoveries.len());
+        for r in recoveries {
             let ending = AttemptEnding {
                 outcome: "interrupted",
                 reason: Some(why),
                 ..Default::default()
             };
-            self.attempt_row(id, None, &ending, now).await?;
-            let (dead, message) =
-                common::recovered(interruptions, max_attempts, owner.as_deref(), why);
-            if let Some(error) = dead {
+            self.attempt_row(r.id, None, &ending, now).await?;
+            if let Some(error) = r.dead {
                 self.execute(
                     "UPDATE tasks SET state = 'dead', interruptions = $2, error = $3, owner = NULL, \
                      claim_token = NULL, lease_expires = NULL, finished_at = $4, updated_at = $4 \
                      WHERE id = $1",
-                    &[&id, &interruptions, &error, &now],
+                    &[&r.id, &r.interruptions, &error, &now],
                 )
                 .await?;
-                self.event(now, Some(id), Some(&worker), "task_finished", &message)
-                    .await?;
+                self.event(
+                    now,
+                    Some(r.id),
+                    Some(&r.worker),
+                    "task_finished",
+                    &r.message,
+                )
+                .await?;
             } else {
                 self.execute(
                     "UPDATE tasks SET state = 'queued', attempts = greatest(attempts - 1, 0), \
                      interruptions = $3, owner = NULL, claim_token = NULL, lease_expires = NULL, \
                      not_before = $2, updated_at = $2 WHERE id = $1",
-                    &[&id, &now, &interruptions],
+                    &[&r.id, &now, &r.interruptions],
                 )
                 .await?;
-                self.event(now, Some(id), Some(&worker), "task_recovered", &message)
-                    .await?;
+                self.event(
+                    now,
+                    Some(r.id),
+                    Some(&r.worker),
+                    "task_recovered",
+                    &r.message,
+                )
+                .await?;
             }
-            ids.push(id);
+            ids.push(r.id);
         }
         if !ids.is_empty() {
             // Another daemon may be the one that runs them.
@@ -2099,6 +2199,129 @@ pub mod tests {
         if let Some(ring) = rings.recv().await {
             panic!("rang {ring:?} after the last change");
         }
+    }
+
+    /// How many deadlocks the server has detected in the test database, once every other
+    /// connection to it has ended (a backend reports its figures as it exits).
+    async fn deadlocks_detected(db: &TestDb) -> i64 {
+        let (client, connection) = tokio_postgres::connect(db.url.expose(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let others: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if others == 0 || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A backend leaves pg_stat_activity just before it writes its figures.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        client
+            .query_one(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// A recovery moves many tasks in one transaction (here one pool task to `dead` and another
+    /// back to `queued`, so three count rows), while pool claims each move one task from
+    /// `queued` to `running`. Each transaction locks the count rows it changes in key order, so
+    /// none waits for another in a cycle, however they interleave: the server detects no
+    /// deadlock (one would also cost its `deadlock_timeout`, a second, and a retry).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn recovery_and_pool_claims_together_never_deadlock() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let s = Arc::new(PgStore::connect(&db.url).await.unwrap());
+        let w = vec!["w".to_string()];
+        const ROUNDS: i64 = 100;
+        let started = std::time::Instant::now();
+        let mut errors = Vec::new();
+        for round in 0..ROUNDS {
+            let base = round * 10_000;
+            // Two running pool tasks whose leases lapse at once, the first at its last
+            // interruption (so it ends `dead`).
+            let mut ids = Vec::new();
+            for i in 0..2 {
+                let mut t = task("w", &format!("r{round}-{i}"), 100, base);
+                t.routing.pool = true;
+                t.max_attempts = 1;
+                ids.push(s.submit(&t).await.unwrap().id());
+            }
+            for _ in 0..2 {
+                s.claim_pool("gone", base, Duration::from_millis(1), 1000, &w)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            let c = s.client("test").await.unwrap();
+            c.execute(
+                "UPDATE tasks SET interruptions = 5 WHERE id = $1",
+                &[&ids[0]],
+            )
+            .await
+            .unwrap();
+            drop(c);
+            for i in 0..6 {
+                let mut t = task("w", &format!("q{round}-{i}"), 0, base);
+                t.routing.pool = true;
+                s.submit(&t).await.unwrap();
+            }
+            let mut set = tokio::task::JoinSet::new();
+            {
+                let s = s.clone();
+                set.spawn(async move {
+                    // The leases lapsed a millisecond after the claims.
+                    let recovered = s.recover_expired(base + 5).await?;
+                    assert_eq!(recovered.len(), 2, "{recovered:?}");
+                    Ok(())
+                });
+            }
+            for _ in 0..6 {
+                let (s, w) = (s.clone(), w.clone());
+                set.spawn(async move {
+                    s.claim_pool("live", base + 5, LEASE, 1000, &w)
+                        .await
+                        .map(|_| ())
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Err(e) = r.unwrap() {
+                    errors.push(e.to_string());
+                }
+            }
+            let c = s.client("test").await.unwrap();
+            c.execute(
+                "UPDATE tasks SET state = 'cancelled' WHERE state IN ('running', 'queued')",
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+        let took = started.elapsed();
+        drop(s);
+        let deadlocks = deadlocks_detected(&db).await;
+        eprintln!("{ROUNDS} rounds in {took:?}: {deadlocks} deadlock(s), errors {errors:?}");
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(deadlocks, 0, "the server detected deadlocks");
     }
 
     #[tokio::test]
