@@ -39,7 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -164,6 +166,12 @@ fn retryable(e: &PgError) -> bool {
 }
 
 /// The connection settings of `url`, with agentq's defaults where it sets none.
+///
+/// A server that vanished without closing the connection (its host died, the network was cut)
+/// is noticed within about a minute, not the system's two hours: TCP keepalives after 30 s of
+/// silence, every 10 s, the connection given up after 3 unanswered; and data the server has not
+/// acknowledged for 60 s (`tcp_user_timeout`) ends it too. [`SESSION_SETTINGS`] bound the other
+/// side: what the server waits for of a vanished client.
 fn pg_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config =
         url.expose().parse().map_err(|e: PgError| Error::Postgres {
@@ -177,9 +185,61 @@ fn pg_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
-    // A server that vanished without closing the connection is noticed within a minute.
-    config.keepalives_idle(Duration::from_secs(30));
+    // (tokio-postgres does not say whether the idle time was given: its default is two hours.)
+    if config.get_keepalives_idle() == tokio_postgres::Config::new().get_keepalives_idle() {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
     Ok(config)
+}
+
+/// What each session sets on the server, unless the connection string's `options`, the role,
+/// the database or the server's configuration already set it (a setting whose source is not
+/// `default`), so that no client can hold what others wait for without end:
+///
+/// - `idle_in_transaction_session_timeout` 60 s: a session whose client stopped in the middle of
+///   a transaction (a crashed or frozen daemon, a host that vanished) is ended, and its locks
+///   (a worker's or the pool's claim lock, task and count rows) freed, after a minute rather
+///   than never. agentq's transactions never wait on their client for more than the moment
+///   between two statements (a result's output files are written inside one).
+/// - `lock_timeout` 30 s: agentq's transactions hold their locks for milliseconds; a statement
+///   that waits half a minute for one fails with a clear error (the runner tries again) rather
+///   than hanging its runner. Migrations wait for each other without this limit.
+/// - `tcp_keepalives_idle` 30 s, `tcp_keepalives_interval` 10 s, `tcp_keepalives_count` 3 and
+///   `tcp_user_timeout` 60 s: the server notices a client whose host vanished within about a
+///   minute, as the client notices the server (see [`pg_config`]). (Servers before
+///   PostgreSQL 12 have no `tcp_user_timeout`; it is left out there.)
+const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("idle_in_transaction_session_timeout", "60s"),
+    ("lock_timeout", "30s"),
+    ("tcp_keepalives_idle", "30s"),
+    ("tcp_keepalives_interval", "10s"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "60s"),
+];
+
+/// Applies [`SESSION_SETTINGS`] to a new connection's session (one round trip). They last as
+/// long as the connection: the pool recycles connections without resetting them.
+async fn set_session(client: &tokio_postgres::Client) -> std::result::Result<(), PgError> {
+    let names: Vec<&str> = SESSION_SETTINGS.iter().map(|(n, _)| *n).collect();
+    let values: Vec<&str> = SESSION_SETTINGS.iter().map(|(_, v)| *v).collect();
+    client
+        .execute(
+            "SELECT set_config(s.name, d.value, false) \
+             FROM unnest($1::text[], $2::text[]) AS d(name, value) \
+             JOIN pg_settings s ON s.name = d.name WHERE s.source = 'default'",
+            &[&names, &values],
+        )
+        .await?;
+    Ok(())
 }
 
 impl PgStore {
@@ -193,6 +253,9 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move { set_session(client).await.map_err(HookError::Backend) })
+            }))
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(60)))
@@ -229,7 +292,10 @@ impl PgStore {
     async fn client(&self, about: &'static str) -> Result<deadpool_postgres::Client> {
         self.pool.get().await.map_err(|e| {
             let message = match &e {
-                deadpool_postgres::PoolError::Backend(e) => describe(e),
+                deadpool_postgres::PoolError::Backend(e)
+                | deadpool_postgres::PoolError::PostCreateHook(HookError::Backend(e)) => {
+                    describe(e)
+                }
                 other => other.to_string(),
             };
             Error::Postgres {
@@ -331,6 +397,10 @@ impl PgStore {
             return self.check_version(current);
         }
         let tx = client.transaction().await.map_err(fail)?;
+        // Another process's migration may take longer than a lock is otherwise waited for.
+        tx.batch_execute("SET LOCAL lock_timeout = 0")
+            .await
+            .map_err(fail)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(fail)?;
@@ -973,6 +1043,7 @@ async fn listen_once(
         }
         Ok(())
     });
+    set_session(&client).await.map_err(fail("connecting"))?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
@@ -2199,6 +2270,151 @@ pub mod tests {
         if let Some(ring) = rings.recv().await {
             panic!("rang {ring:?} after the last change");
         }
+    }
+
+    /// `url` with `options` (server settings, `-c name=value ...`) added.
+    fn with_options(url: &DatabaseUrl, options: &str) -> DatabaseUrl {
+        let text = url.expose();
+        let text = if text.contains("://") {
+            let sep = if text.contains('?') { '&' } else { '?' };
+            let encoded = options
+                .replace('%', "%25")
+                .replace(' ', "%20")
+                .replace('=', "%3D");
+            format!("{text}{sep}options={encoded}")
+        } else {
+            format!("{text} options='{options}'")
+        };
+        DatabaseUrl::parse(&text, "test").unwrap()
+    }
+
+    /// The server settings of a pooled session of `s`, in their base units, and where each
+    /// came from.
+    async fn session_settings(s: &PgStore) -> Vec<(String, String, String)> {
+        let client = s.client("test").await.unwrap();
+        let names: Vec<&str> = SESSION_SETTINGS.iter().map(|(n, _)| *n).collect();
+        client
+            .query(
+                "SELECT name, setting, source FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+                &[&names],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sessions_bound_idle_transactions_lock_waits_and_dead_peers_unless_told_otherwise() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let ours = |name: &str, setting: &str| {
+            (name.to_string(), setting.to_string(), "session".to_string())
+        };
+        let s = PgStore::connect(&db.url).await.unwrap();
+        assert_eq!(
+            session_settings(&s).await,
+            [
+                ours("idle_in_transaction_session_timeout", "60000"),
+                ours("lock_timeout", "30000"),
+                ours("tcp_keepalives_count", "3"),
+                ours("tcp_keepalives_idle", "30"),
+                ours("tcp_keepalives_interval", "10"),
+                ours("tcp_user_timeout", "60000"),
+            ]
+        );
+        drop(s);
+        // The connection string's options win, and so do the database's (or the role's)
+        // settings; the rest are agentq's.
+        let client = PgStore::connect(&db.url).await.unwrap();
+        let name = client
+            .client("test")
+            .await
+            .unwrap()
+            .query_one("SELECT current_database()", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0);
+        client
+            .client("test")
+            .await
+            .unwrap()
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET idle_in_transaction_session_timeout = '7s'"
+            ))
+            .await
+            .unwrap();
+        drop(client);
+        let url = with_options(&db.url, "-c lock_timeout=5s -c tcp_keepalives_count=9");
+        let s = PgStore::connect(&url).await.unwrap();
+        let settings = session_settings(&s).await;
+        let setting = |name: &str| {
+            settings
+                .iter()
+                .find(|(n, ..)| n == name)
+                .map(|(_, v, source)| (v.as_str(), source.as_str()))
+                .unwrap()
+        };
+        assert_eq!(setting("lock_timeout"), ("5000", "client"));
+        assert_eq!(setting("tcp_keepalives_count"), ("9", "client"));
+        assert_eq!(
+            setting("idle_in_transaction_session_timeout"),
+            ("7000", "database")
+        );
+        assert_eq!(setting("tcp_user_timeout"), ("60000", "session"));
+
+        // The client's side of the connection, likewise.
+        let config = pg_config(&db.url).unwrap();
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            config.get_keepalives_interval(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(config.get_keepalives_retries(), Some(3));
+        assert_eq!(
+            config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(60))
+        );
+        let text = format!("{} keepalives_idle=5 tcp_user_timeout=7", "host=h");
+        let config = pg_config(&DatabaseUrl::parse(&text, "test").unwrap()).unwrap();
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+    }
+
+    /// A client that stopped in the middle of a transaction holding the pool's claim lock (a
+    /// frozen daemon, a host that vanished) holds it only until the server ends its idle
+    /// session: then other daemons' pool claims go on. (The limit is shortened here to a second
+    /// through the URL; agentq's own is a minute.)
+    #[tokio::test]
+    async fn a_client_stopped_inside_a_transaction_does_not_hold_the_pool_claim_lock() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let url = with_options(&db.url, "-c idle_in_transaction_session_timeout=1s");
+        let stuck = PgStore::connect(&url).await.unwrap();
+        let other = PgStore::connect(&db.url).await.unwrap();
+        let mut t = task("w", "p", 0, 1);
+        t.routing.pool = true;
+        other.submit(&t).await.unwrap();
+        let held = stuck.client("test").await.unwrap();
+        held.batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('agentq.claim_pool', 0))",
+        )
+        .await
+        .unwrap();
+        let asked = std::time::Instant::now();
+        let w = vec!["w".to_string()];
+        let claim = other.claim_pool("me", 2, LEASE, 4, &w).await.unwrap();
+        let waited = asked.elapsed();
+        assert!(claim.is_some());
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+            "the claim waited {waited:?}"
+        );
+        // The stuck session was ended by the server.
+        assert!(held.batch_execute("COMMIT").await.is_err());
     }
 
     /// How many deadlocks the server has detected in the test database, once every other
