@@ -19,6 +19,9 @@
 //!   tasks, locks all the count rows it will change, in key order, before it moves any. So no
 //!   two transactions wait for each other in a cycle; one that still loses a deadlock or a
 //!   serialisation race is run again from the start (at most [`TRIES`] times), with a warning.
+//! - **Leases** are written and compared by the server's clock (`clock_timestamp()`), not the
+//!   `now` a caller passes: hosts' clocks differ, and one running ahead would take back other
+//!   hosts' live tasks. `now` still dates the changes (`started_at`, events), as in SQLite.
 //! - **Wake-ups**: a change that makes work claimable (submit, retry, resume, restart, recovery)
 //!   or voids a claim (cancel) sends `NOTIFY agentq, '<ring>'` in its transaction, delivered on
 //!   commit; [`Store::rings`] listens on a connection of its own and passes them on to the daemon,
@@ -76,6 +79,12 @@ const POOL_SIZE: usize = 8;
 
 /// How often a transaction that lost a deadlock or serialisation race is tried in all.
 const TRIES: u32 = 3;
+
+/// The server's clock, in milliseconds since the epoch: what leases are written and compared
+/// by. The hosts sharing a database each have their own clock, and a host whose clock ran ahead
+/// would otherwise take back other hosts' live tasks (and one behind hand out leases already
+/// run out); the server's is the one clock they all see.
+const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 type PgError = tokio_postgres::Error;
 
@@ -623,8 +632,9 @@ impl Tx<'_> {
     }
 
     /// Claims the task the subquery `pick` chooses, if `only_if` holds, in one statement. Both
-    /// see `$1` owner, `$2` token, `$3` lease expiry, `$4` now, and `extra` from `$5` on. Counts
-    /// the attempt and records `task_started`.
+    /// see `$1` owner, `$2` token, `$3` the lease's length (ms), `$4` now, and `extra` from `$5`
+    /// on. The lease runs from now by the server's clock ([`SERVER_NOW`]). Counts the attempt
+    /// and records `task_started`.
     #[allow(clippy::too_many_arguments)]
     async fn claim_one(
         &mut self,
@@ -632,18 +642,20 @@ impl Tx<'_> {
         only_if: &str,
         extra: &[&(dyn ToSql + Sync)],
         owner: &str,
-        expires: Millis,
+        lease: Duration,
         now: Millis,
         place: &str,
     ) -> Op<Option<Claim>> {
         let token = common::new_token();
-        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&owner, &token, &expires, &now];
+        let lease = lease.as_millis() as Millis;
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&owner, &token, &lease, &now];
         values.extend_from_slice(extra);
         let row = self
             .query_opt(
                 &format!(
                     "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = $1, \
-                     claim_token = $2, lease_expires = $3, started_at = $4, updated_at = $4 \
+                     claim_token = $2, lease_expires = {SERVER_NOW} + $3, started_at = $4, \
+                     updated_at = $4 \
                      WHERE id = ({pick} FOR UPDATE SKIP LOCKED) AND {only_if} \
                      RETURNING {TASK_COLUMNS}"
                 ),
@@ -709,8 +721,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Returns running tasks matching `condition` (on `$1`) to the queue, with their interrupted
-    /// attempt given back, or `dead` past `max_attempts` interruptions (see SQLite's).
+    /// Returns running tasks matching `condition` (on `params`) to the queue, with their
+    /// interrupted attempt given back, or `dead` past `max_attempts` interruptions (see SQLite's).
     ///
     /// Locks are taken in one order, as in every other transaction: the tasks' rows in id order,
     /// then every count row the moves will change, in key order ([`Tx::lock_counts`]); only then
@@ -718,7 +730,7 @@ impl Tx<'_> {
     async fn recover_where(
         &mut self,
         condition: &str,
-        arg: &(dyn ToSql + Sync),
+        params: &[&(dyn ToSql + Sync)],
         now: Millis,
         why: &str,
     ) -> Op<Vec<i64>> {
@@ -733,7 +745,7 @@ impl Tx<'_> {
                      coalesce(class, '') FROM tasks \
                      WHERE state = 'running' AND {condition} ORDER BY id FOR UPDATE"
                 ),
-                &[arg],
+                params,
             )
             .await?;
         struct Recovery {
@@ -1139,7 +1151,6 @@ impl Store for PgStore {
         now: Millis,
         lease: Duration,
     ) -> Result<Option<Claim>> {
-        let expires = now + lease.as_millis() as Millis;
         let worker = worker.to_string();
         write!(self, "claiming a task", |tx| {
             // Claims for one worker take turns, so the second sees the first's running task.
@@ -1153,19 +1164,22 @@ impl Store for PgStore {
                         AND not_before <= $4 ORDER BY priority DESC, id ASC LIMIT 1";
             let only_if = "NOT EXISTS (SELECT 1 FROM tasks WHERE worker = $5 AND state = 'running' AND NOT pool) \
                            AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = $5 AND until > $4)";
-            tx.claim_one(pick, only_if, &[&worker], owner, expires, now, "")
+            tx.claim_one(pick, only_if, &[&worker], owner, lease, now, "")
                 .await
         })
     }
 
-    async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool> {
-        let expires = now + lease.as_millis() as Millis;
+    /// Renews the lease from now by the server's clock; `now` is not used.
+    async fn heartbeat(&self, fence: &Fence, _now: Millis, lease: Duration) -> Result<bool> {
+        let lease = lease.as_millis() as Millis;
         write!(self, "renewing a lease", |tx| {
             let n = tx
                 .execute(
-                    "UPDATE tasks SET lease_expires = $3 \
-                     WHERE id = $1 AND claim_token = $2 AND state = 'running'",
-                    &[&fence.id, &fence.token, &expires],
+                    &format!(
+                        "UPDATE tasks SET lease_expires = {SERVER_NOW} + $3 \
+                         WHERE id = $1 AND claim_token = $2 AND state = 'running'"
+                    ),
+                    &[&fence.id, &fence.token, &lease],
                 )
                 .await?;
             Ok(n == 1)
@@ -1322,10 +1336,16 @@ impl Store for PgStore {
         })
     }
 
+    /// Leases are compared with the server's clock ([`SERVER_NOW`]); `now` dates the changes.
     async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>> {
         write!(self, "recovering expired leases", |tx| {
-            tx.recover_where("lease_expires < $1", &now, now, "lease expired")
-                .await
+            tx.recover_where(
+                &format!("lease_expires < {SERVER_NOW}"),
+                &[],
+                now,
+                "lease expired",
+            )
+            .await
         })
     }
 
@@ -1333,7 +1353,7 @@ impl Store for PgStore {
         write!(self, "recovering tasks of a previous daemon", |tx| {
             tx.recover_where(
                 "coalesce(owner, '') <> $1",
-                &owner,
+                &[&owner],
                 now,
                 "its daemon is gone",
             )
@@ -1817,7 +1837,6 @@ impl Store for PgStore {
         max_running: u32,
         workers: &[String],
     ) -> Result<Option<Claim>> {
-        let expires = now + lease.as_millis() as Millis;
         let max_running = i64::from(max_running);
         write!(self, "claiming a pool task", |tx| {
             // Pool claims take turns, so the count of running pool tasks is exact.
@@ -1838,7 +1857,7 @@ impl Store for PgStore {
                 only_if,
                 &[&max_running, &workers],
                 owner,
-                expires,
+                lease,
                 now,
                 " in the pool",
             )
@@ -1993,15 +2012,19 @@ impl Store for PgStore {
         })
     }
 
+    /// In this host's clock: the time left by the server's clock, from this host's now.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>> {
         read!(self, "finding the next lease expiry", |c| {
             let row = query_one(
                 c,
-                "SELECT min(lease_expires) FROM tasks WHERE state = 'running'",
+                &format!(
+                    "SELECT min(lease_expires) - {SERVER_NOW} FROM tasks WHERE state = 'running'"
+                ),
                 &[],
             )
             .await?;
-            Ok(row.try_get(0)?)
+            let left: Option<Millis> = row.try_get(0)?;
+            Ok(left.map(|left| super::now_ms() + left))
         })
     }
 }
@@ -2270,6 +2293,60 @@ pub mod tests {
         if let Some(ring) = rings.recv().await {
             panic!("rang {ring:?} after the last change");
         }
+    }
+
+    /// Hosts' clocks differ; leases are written and compared by the server's. A host whose
+    /// clock runs a minute ahead takes back no live task of another, and a host a minute behind
+    /// hands out no lease that has run out already (a 30 s lease by its clock).
+    #[tokio::test]
+    async fn leases_go_by_the_servers_clock_whatever_the_hosts_clocks_say() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let s = PgStore::connect(&db.url).await.unwrap();
+        const MINUTE: Millis = 60_000;
+        let mut pooled = task("w", "p", 0, 1);
+        pooled.routing.pool = true;
+        let pooled = s.submit(&pooled).await.unwrap().id();
+        s.submit(&task("w", "a", 0, 1)).await.unwrap();
+        let behind = super::super::now_ms() - MINUTE;
+        let live = s
+            .claim("w", "behind", behind, LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        let w = vec!["w".to_string()];
+        let live_pool = s
+            .claim_pool("behind", behind, LEASE, 4, &w)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(live_pool.task.id, pooled);
+        for skew in [0, MINUTE, -MINUTE] {
+            let now = super::super::now_ms() + skew;
+            assert_eq!(s.recover_expired(now).await.unwrap(), Vec::<i64>::new());
+        }
+        // Renewed by a host ahead: still a lease from now, not a minute more.
+        let ahead = super::super::now_ms() + MINUTE;
+        assert!(s.heartbeat(&live.fence(), ahead, LEASE).await.unwrap());
+        let next = s.next_lease_expiry().await.unwrap().unwrap();
+        let left = next - super::super::now_ms();
+        let lease = LEASE.as_millis() as Millis;
+        assert!(
+            (lease - 5_000..=lease + 5).contains(&left),
+            "the earliest lease ends in {left} ms"
+        );
+        // They run out by the server's clock alone: a lapsing heartbeat, and recovery by a
+        // host a minute behind takes it back.
+        assert!(
+            s.heartbeat(&live.fence(), ahead, suite::LAPSING)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            suite::recover_lapsed(&s, super::super::now_ms() - MINUTE, 1).await,
+            vec![live.task.id]
+        );
     }
 
     /// `url` with `options` (server settings, `-c name=value ...`) added.
