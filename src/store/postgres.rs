@@ -2268,6 +2268,16 @@ pub mod tests {
         expect_ring(&mut rings, Ring::Worker("w".into())).await;
         s.restart_worker("w", 5).await.unwrap();
         expect_ring(&mut rings, Ring::Restart("w".into())).await;
+        // A task given back (its daemon stopping) or retrying is claimable again, perhaps on
+        // another host, whose runner sleeps with no timer when it had nothing queued.
+        let c = s.claim("w", "me", 6, LEASE).await.unwrap().unwrap();
+        assert!(s.release(&c.fence(), "shutting down", 7).await.unwrap());
+        expect_ring(&mut rings, Ring::Worker("w".into())).await;
+        let c = s.claim("w", "me", 8, LEASE).await.unwrap().unwrap();
+        let mut again = suite::done(TaskState::Queued, 9);
+        again.cause = Some("crashed".into());
+        assert!(s.finish(&c.fence(), &again, None).await.unwrap());
+        expect_ring(&mut rings, Ring::Worker("w".into())).await;
 
         // The server ends the listening connection: it is made again, and everyone is rung, as
         // rings may have been lost meanwhile.
