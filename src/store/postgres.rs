@@ -2412,28 +2412,19 @@ pub mod tests {
                 ours("tcp_user_timeout", "60000"),
             ]
         );
-        drop(s);
         // The connection string's options win, and so do the database's (or the role's)
         // settings; the rest are agentq's.
-        let client = PgStore::connect(&db.url).await.unwrap();
-        let name = client
-            .client("test")
+        s.client("test")
             .await
             .unwrap()
-            .query_one("SELECT current_database()", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0);
-        client
-            .client("test")
-            .await
-            .unwrap()
-            .batch_execute(&format!(
-                "ALTER DATABASE {name} SET idle_in_transaction_session_timeout = '7s'"
-            ))
+            .batch_execute(
+                "DO $$ BEGIN EXECUTE format(\
+                   'ALTER DATABASE %I SET idle_in_transaction_session_timeout = ''7s''', \
+                   current_database()); END $$",
+            )
             .await
             .unwrap();
-        drop(client);
+        drop(s);
         let url = with_options(&db.url, "-c lock_timeout=5s -c tcp_keepalives_count=9");
         let s = PgStore::connect(&url).await.unwrap();
         let settings = session_settings(&s).await;
