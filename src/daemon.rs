@@ -9,7 +9,7 @@
 //! `shutdown_grace` later) stops their agents, and their tasks go back to the queue without
 //! spending an attempt. `run` returns when every runner has returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -181,8 +181,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             recovered.len()
         );
     }
-    for c in store.counts().await? {
-        if config.settings_of(&c.worker).is_none() && c.queued + c.running > 0 {
+    // Tasks of workers this config does not define: on a store of our own, workers it no
+    // longer defines; on a shared one, most likely other hosts' workers, which is as it should
+    // be (said once, for whoever looks).
+    let others: Vec<_> = store
+        .counts()
+        .await?
+        .into_iter()
+        .filter(|c| config.settings_of(&c.worker).is_none() && c.queued + c.running > 0)
+        .collect();
+    if store.shared() {
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|c| c.worker.as_str()).collect();
+            debug!(
+                "the shared store holds tasks for workers {} does not define, which other hosts' daemons may run: {names:?}",
+                config.path.display()
+            );
+        }
+    } else {
+        for c in others {
             warn!(
                 "{} task(s) are queued for worker {:?}, which {} no longer defines; they wait until it does (or `agentq cancel` them)",
                 c.queued + c.running,
@@ -271,9 +288,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let bell: Arc<dyn Fn(Ring) + Send + Sync> = {
         let (wakes, ring_all, restarts) = (wakes.clone(), ring_all.clone(), restarts.clone());
         let pool_beat = pool_beat.clone();
+        // A shared store rings every host for every worker: other hosts' workers are no news,
+        // said once each at debug level.
+        let shared = store.shared();
+        let heard_of = std::sync::Mutex::new(HashSet::new());
         Arc::new(move |ring| match ring {
             Ring::Worker(w) => match wakes.get(&w) {
                 Some(n) => n.notify_one(),
+                None if shared => {
+                    let mut heard_of = heard_of.lock().unwrap_or_else(|p| p.into_inner());
+                    if heard_of.insert(w.clone()) {
+                        debug!(
+                            "a task was queued for worker {w:?}, which this daemon does not run \
+                             (another host's, perhaps); not said again"
+                        );
+                    }
+                }
                 None => warn!(
                     "a task was queued for worker {w:?}, which this daemon does not run; \
                      restart `agentq run` to pick up changes to agentq.toml"

@@ -1,7 +1,8 @@
 //! The PostgreSQL store through the real binary, against a real server (`AGENTQ_TEST_DATABASE_URL`,
 //! which scripts/test starts): a project on PostgreSQL runs its tasks, and a submit from another
 //! "host" (another project folder on the same database, so no doorbell socket is shared) wakes a
-//! running daemon through NOTIFY within milliseconds.
+//! running daemon through NOTIFY within milliseconds; hosts running different workers say nothing
+//! of each other's.
 
 mod common;
 
@@ -172,4 +173,34 @@ fn a_pool_task_released_by_a_stopping_host_is_taken_by_another_at_once() {
         released.elapsed()
     );
     assert_eq!(b.state(id), "running");
+}
+
+/// Hosts sharing a database run different workers (as advised: each named worker on one host).
+/// A daemon hears of the others' tasks, in the queue it finds at start and in every ring, and
+/// says nothing of them: they are not its to run, nor a mistake in its config.
+#[test]
+fn a_daemon_does_not_warn_of_the_workers_other_hosts_run() {
+    let Some(db) = pg_database() else { return };
+    let store = format!("[store]\nurl = \"{}\"\n", db.url.expose());
+    let a = Project::with_workers(&["w"], RECORDING_AGENT, &store);
+    let b = Project::with_workers(&["v"], RECORDING_AGENT, &store);
+    // One of B's tasks is queued before either daemon starts.
+    let mut for_b = vec![b.submit("v", "queued first")];
+    let host_a = a.start();
+    let host_b = b.start();
+    for_b.extend((0..3).map(|i| b.submit("v", &format!("v {i}"))));
+    b.wait_all(&for_b);
+    // Submitted from a third folder (no daemon, so only the database rings A): when A runs it,
+    // A has heard every ring sent before.
+    let c = Project::with_workers(&["w", "v"], RECORDING_AGENT, &store);
+    let for_a = c.submit("w", "for a");
+    a.wait_all(&[for_a]);
+    assert_eq!(a.output(for_a), "done: for a");
+    for (host, other) in [(&host_a, "\"v\""), (&host_b, "\"w\"")] {
+        let log = host.log();
+        assert!(
+            !log.contains(other) && !log.contains("WARN"),
+            "a daemon spoke of another host's worker {other}:\n{log}"
+        );
+    }
 }

@@ -6,7 +6,9 @@
 //! events' words through [`common`], so nothing but the SQL differs. Nothing backend-specific
 //! crosses the interface: times are milliseconds since the Unix epoch passed in by the caller (so backends agree
 //! on the clock and tests control it), ids are integers, and every state change is one transaction
-//! that also appends its event, so the history can never disagree with the state.
+//! that also appends its event, so the history can never disagree with the state. One exception:
+//! a shared store's leases, which hosts with different clocks compare, run by its own clock
+//! (PostgreSQL's), and `now` only dates what claims, heartbeats and recoveries change.
 //!
 //! Fencing: a claim hands out a random token. Heartbeat, finish and release name the token, and
 //! change nothing unless the task is still `running` under that same token. Whoever lost a claim (its
@@ -463,7 +465,8 @@ pub trait Store: Send + Sync {
 
     /// Atomically takes `worker`'s next task: the highest priority, oldest first, among queued
     /// tasks due by `now`, and only while none of that worker's tasks is running (a worker runs one
-    /// task at a time, whichever daemon runs it). Counts an attempt.
+    /// task at a time, whichever daemon runs it). Counts an attempt. The lease runs `lease` from
+    /// `now` (a shared store: from now by its own clock).
     async fn claim(
         &self,
         worker: &str,
@@ -472,7 +475,8 @@ pub trait Store: Send + Sync {
         lease: Duration,
     ) -> Result<Option<Claim>>;
 
-    /// Extends a claim's lease. `false`: the claim is no longer held.
+    /// Extends a claim's lease to `lease` from `now` (a shared store: from now by its own clock).
+    /// `false`: the claim is no longer held.
     async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool>;
 
     /// Records an attempt's result. `false`: the claim is no longer held and nothing was written.
@@ -484,9 +488,10 @@ pub trait Store: Send + Sync {
     /// Gives a claimed task back to the queue without spending its attempt (shutdown).
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool>;
 
-    /// Puts back in the queue every running task whose lease has expired by `now`, without spending
-    /// the interrupted attempt (a task interrupted more than `max_attempts` times is `dead`).
-    /// Returns their ids.
+    /// Puts back in the queue every running task whose lease has expired by `now` (a shared store:
+    /// by its own clock, so that a host whose clock runs ahead takes back no live task), without
+    /// spending the interrupted attempt (a task interrupted more than `max_attempts` times is
+    /// `dead`). Returns their ids.
     async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>>;
 
     /// Puts back every running task not held by `owner`. Only for a store that one daemon has to
@@ -573,7 +578,8 @@ pub trait Store: Send + Sync {
     async fn next_due_pool(&self, workers: &[String]) -> Result<Option<Millis>>;
     /// The pool's queued and running tasks, and every task's class, counted.
     async fn pool_counts(&self) -> Result<PoolCounts>;
-    /// When the earliest lease of any running task expires.
+    /// When the earliest lease of any running task expires, by the caller's clock (a shared
+    /// store: the time its own clock leaves, from this host's [`now_ms`]).
     async fn next_lease_expiry(&self) -> Result<Option<Millis>>;
 
     // Hosts and worker leases: which daemon runs which named worker. On PostgreSQL, lease times

@@ -12,10 +12,16 @@
 //! - **Fencing** is the claim token, as in SQLite; every write to a running task first locks its
 //!   row (`FOR UPDATE`) with the token in the condition, so a finish racing a recovery sees the
 //!   winner's row and writes nothing.
-//! - **Counts** (`task_counts`, `attempt_peaks`) are kept by PL/pgSQL triggers that lock the two
-//!   count rows a change touches in one fixed order; recoveries, the only writes that move many
-//!   tasks, are serialised by an advisory lock; and a transaction that still loses a deadlock or
-//!   a serialisation race is run again from the start (at most [`TRIES`] times).
+//! - **Lock order.** Every transaction takes its locks in one order: an advisory lock (a claim's
+//!   worker or pool, or recovery), task rows in id order, then `task_counts` rows in key order.
+//!   The counts (`task_counts`, `attempt_peaks`) are kept by PL/pgSQL triggers that lock the two
+//!   count rows of one task's change lesser key first; recovery, the only write that moves many
+//!   tasks, locks all the count rows it will change, in key order, before it moves any. So no
+//!   two transactions wait for each other in a cycle; one that still loses a deadlock or a
+//!   serialisation race is run again from the start (at most [`TRIES`] times), with a warning.
+//! - **Leases** are written and compared by the server's clock (`clock_timestamp()`), not the
+//!   `now` a caller passes: hosts' clocks differ, and one running ahead would take back other
+//!   hosts' live tasks. `now` still dates the changes (`started_at`, events), as in SQLite.
 //! - **Wake-ups**: a change that makes work claimable (submit, retry, resume, restart, recovery)
 //!   or voids a claim (cancel) sends `NOTIFY agentq, '<ring>'` in its transaction, delivered on
 //!   commit; [`Store::rings`] listens on a connection of its own and passes them on to the daemon,
@@ -36,7 +42,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -74,6 +82,12 @@ const POOL_SIZE: usize = 8;
 
 /// How often a transaction that lost a deadlock or serialisation race is tried in all.
 const TRIES: u32 = 3;
+
+/// The server's clock, in milliseconds since the epoch: what leases are written and compared
+/// by. The hosts sharing a database each have their own clock, and a host whose clock ran ahead
+/// would otherwise take back other hosts' live tasks (and one behind hand out leases already
+/// run out); the server's is the one clock they all see.
+const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 type PgError = tokio_postgres::Error;
 
@@ -124,10 +138,6 @@ pub struct PgStore {
     host_lock: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 
-/// The server's clock, in milliseconds since the epoch: what worker and host leases are read
-/// and written by, so hosts need not agree on the time.
-const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
-
 /// What a store operation can fail with inside its transaction: SQL, or a rule of the queue.
 enum OpError {
     Sql(PgError),
@@ -171,6 +181,12 @@ fn retryable(e: &PgError) -> bool {
 }
 
 /// The connection settings of `url`, with agentq's defaults where it sets none.
+///
+/// A server that vanished without closing the connection (its host died, the network was cut)
+/// is noticed within about a minute, not the system's two hours: TCP keepalives after 30 s of
+/// silence, every 10 s, the connection given up after 3 unanswered; and data the server has not
+/// acknowledged for 60 s (`tcp_user_timeout`) ends it too. [`SESSION_SETTINGS`] bound the other
+/// side: what the server waits for of a vanished client.
 fn pg_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config =
         url.expose().parse().map_err(|e: PgError| Error::Postgres {
@@ -184,9 +200,61 @@ fn pg_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
-    // A server that vanished without closing the connection is noticed within a minute.
-    config.keepalives_idle(Duration::from_secs(30));
+    // (tokio-postgres does not say whether the idle time was given: its default is two hours.)
+    if config.get_keepalives_idle() == tokio_postgres::Config::new().get_keepalives_idle() {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
     Ok(config)
+}
+
+/// What each session sets on the server, unless the connection string's `options`, the role,
+/// the database or the server's configuration already set it (a setting whose source is not
+/// `default`), so that no client can hold what others wait for without end:
+///
+/// - `idle_in_transaction_session_timeout` 60 s: a session whose client stopped in the middle of
+///   a transaction (a crashed or frozen daemon, a host that vanished) is ended, and its locks
+///   (a worker's or the pool's claim lock, task and count rows) freed, after a minute rather
+///   than never. agentq's transactions never wait on their client for more than the moment
+///   between two statements (a result's output files are written inside one).
+/// - `lock_timeout` 30 s: agentq's transactions hold their locks for milliseconds; a statement
+///   that waits half a minute for one fails with a clear error (the runner tries again) rather
+///   than hanging its runner. Migrations wait for each other without this limit.
+/// - `tcp_keepalives_idle` 30 s, `tcp_keepalives_interval` 10 s, `tcp_keepalives_count` 3 and
+///   `tcp_user_timeout` 60 s: the server notices a client whose host vanished within about a
+///   minute, as the client notices the server (see [`pg_config`]). (Servers before
+///   PostgreSQL 12 have no `tcp_user_timeout`; it is left out there.)
+const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("idle_in_transaction_session_timeout", "60s"),
+    ("lock_timeout", "30s"),
+    ("tcp_keepalives_idle", "30s"),
+    ("tcp_keepalives_interval", "10s"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "60s"),
+];
+
+/// Applies [`SESSION_SETTINGS`] to a new connection's session (one round trip). They last as
+/// long as the connection: the pool recycles connections without resetting them.
+async fn set_session(client: &tokio_postgres::Client) -> std::result::Result<(), PgError> {
+    let names: Vec<&str> = SESSION_SETTINGS.iter().map(|(n, _)| *n).collect();
+    let values: Vec<&str> = SESSION_SETTINGS.iter().map(|(_, v)| *v).collect();
+    client
+        .execute(
+            "SELECT set_config(s.name, d.value, false) \
+             FROM unnest($1::text[], $2::text[]) AS d(name, value) \
+             JOIN pg_settings s ON s.name = d.name WHERE s.source = 'default'",
+            &[&names, &values],
+        )
+        .await?;
+    Ok(())
 }
 
 impl PgStore {
@@ -200,6 +268,9 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move { set_session(client).await.map_err(HookError::Backend) })
+            }))
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(60)))
@@ -237,7 +308,10 @@ impl PgStore {
     async fn client(&self, about: &'static str) -> Result<deadpool_postgres::Client> {
         self.pool.get().await.map_err(|e| {
             let message = match &e {
-                deadpool_postgres::PoolError::Backend(e) => describe(e),
+                deadpool_postgres::PoolError::Backend(e)
+                | deadpool_postgres::PoolError::PostCreateHook(HookError::Backend(e)) => {
+                    describe(e)
+                }
                 other => other.to_string(),
             };
             Error::Postgres {
@@ -289,13 +363,19 @@ impl PgStore {
         let out = match result {
             Ok(out) => out,
             // Dropping the transaction rolls it back.
-            Err(OpError::Sql(e)) if retryable(&e) && tries < TRIES => return None,
+            Err(OpError::Sql(e)) if retryable(&e) && tries < TRIES => {
+                self.run_again(about, &e, tries);
+                return None;
+            }
             Err(e) => return Some(Err(self.op_error(about, e))),
         };
         let events = std::mem::take(&mut tx.events);
         match tx.tx.commit().await {
             Ok(()) => {}
-            Err(e) if retryable(&e) && tries < TRIES => return None,
+            Err(e) if retryable(&e) && tries < TRIES => {
+                self.run_again(about, &e, tries);
+                return None;
+            }
             Err(e) => return Some(Err(self.fail(about, &e))),
         }
         if let Some(log) = &self.log {
@@ -307,6 +387,18 @@ impl PgStore {
             }
         }
         Some(Ok(out))
+    }
+
+    /// Says that a transaction lost a deadlock or serialisation race and runs again. Every
+    /// transaction takes its locks in one order, so a deadlock is a bug to hear of, not a
+    /// routine retry: it also cost the server's `deadlock_timeout` (a second by default).
+    fn run_again(&self, about: &'static str, e: &PgError, tries: u32) {
+        warn!(
+            "{about} on {}: {}; running it again (try {} of {TRIES})",
+            self.url,
+            describe(e),
+            tries + 1
+        );
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -321,6 +413,10 @@ impl PgStore {
             return self.check_version(current);
         }
         let tx = client.transaction().await.map_err(fail)?;
+        // Another process's migration may take longer than a lock is otherwise waited for.
+        tx.batch_execute("SET LOCAL lock_timeout = 0")
+            .await
+            .map_err(fail)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(fail)?;
@@ -543,8 +639,9 @@ impl Tx<'_> {
     }
 
     /// Claims the task the subquery `pick` chooses, if `only_if` holds, in one statement. Both
-    /// see `$1` owner, `$2` token, `$3` lease expiry, `$4` now, and `extra` from `$5` on. Counts
-    /// the attempt and records `task_started`.
+    /// see `$1` owner, `$2` token, `$3` the lease's length (ms), `$4` now, and `extra` from `$5`
+    /// on. The lease runs from now by the server's clock ([`SERVER_NOW`]). Counts the attempt
+    /// and records `task_started`.
     #[allow(clippy::too_many_arguments)]
     async fn claim_one(
         &mut self,
@@ -552,18 +649,20 @@ impl Tx<'_> {
         only_if: &str,
         extra: &[&(dyn ToSql + Sync)],
         owner: &str,
-        expires: Millis,
+        lease: Duration,
         now: Millis,
         place: &str,
     ) -> Op<Option<Claim>> {
         let token = common::new_token();
-        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&owner, &token, &expires, &now];
+        let lease = lease.as_millis() as Millis;
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&owner, &token, &lease, &now];
         values.extend_from_slice(extra);
         let row = self
             .query_opt(
                 &format!(
                     "UPDATE tasks SET state = 'running', attempts = attempts + 1, owner = $1, \
-                     claim_token = $2, lease_expires = $3, started_at = $4, updated_at = $4 \
+                     claim_token = $2, lease_expires = {SERVER_NOW} + $3, started_at = $4, \
+                     updated_at = $4 \
                      WHERE id = ({pick} FOR UPDATE SKIP LOCKED) AND {only_if} \
                      RETURNING {TASK_COLUMNS}"
                 ),
@@ -596,73 +695,152 @@ impl Tx<'_> {
         Ok((state_from(&row, 0)?, row.try_get(1)?, row.try_get(2)?))
     }
 
-    /// Returns running tasks matching `condition` (on `$1`) to the queue, with their interrupted
-    /// attempt given back, or `dead` past `max_attempts` interruptions (see SQLite's).
+    /// Locks the `task_counts` rows of `keys` (worker, pool, state, class), creating those
+    /// missing (with 0), in the order of their keys. The count trigger takes the two rows of one
+    /// task's change in that order; a transaction that changes several tasks must take every
+    /// row it will change first, in that order too, or it can hold one row while it waits for
+    /// another that a claim holds while waiting for the first. (A recovery that moved a pool task
+    /// `running` to `dead` held (running) when it wanted (queued) for the next task, moved back
+    /// to the queue; a pool claim holds (queued) and wants (running).)
+    async fn lock_counts(&self, keys: &[(String, bool, &str, String)]) -> Op<()> {
+        let workers: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let pools: Vec<bool> = keys.iter().map(|k| k.1).collect();
+        let states: Vec<&str> = keys.iter().map(|k| k.2).collect();
+        let classes: Vec<&str> = keys.iter().map(|k| k.3.as_str()).collect();
+        // Sorted by the server, with the collation the trigger compares keys with.
+        let sorted = self
+            .query(
+                "SELECT DISTINCT w, p, s, c \
+                 FROM unnest($1::text[], $2::boolean[], $3::text[], $4::text[]) AS k(w, p, s, c) \
+                 ORDER BY w, p, s, c",
+                &[&workers, &pools, &states, &classes],
+            )
+            .await?;
+        for r in &sorted {
+            let (w, p, s, c): (&str, bool, &str, &str) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            self.execute(
+                "SELECT task_counts_add($1, $2, $3, $4, 0)",
+                &[&w, &p, &s, &c],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Returns running tasks matching `condition` (on `params`) to the queue, with their
+    /// interrupted attempt given back, or `dead` past `max_attempts` interruptions (see SQLite's).
+    ///
+    /// Locks are taken in one order, as in every other transaction: the tasks' rows in id order,
+    /// then every count row the moves will change, in key order ([`Tx::lock_counts`]); only then
+    /// are the tasks moved.
     async fn recover_where(
         &mut self,
         condition: &str,
-        arg: &(dyn ToSql + Sync),
+        params: &[&(dyn ToSql + Sync)],
         now: Millis,
         why: &str,
     ) -> Op<Vec<i64>> {
-        // Recoveries move many tasks at once: one at a time across the whole database, so two
-        // daemons recovering together never take the count rows in opposite orders.
+        // One recovery at a time across the whole database, so that a second one finds the
+        // tasks the first moved already moved (it would wait for their rows anyway).
         self.execute("SELECT pg_advisory_xact_lock($1)", &[&(MIGRATION_LOCK + 1)])
             .await?;
         let rows = self
             .query(
                 &format!(
-                    "SELECT id, worker, owner, interruptions + 1, max_attempts FROM tasks \
+                    "SELECT id, worker, owner, interruptions + 1, max_attempts, pool, \
+                     coalesce(class, '') FROM tasks \
                      WHERE state = 'running' AND {condition} ORDER BY id FOR UPDATE"
                 ),
-                &[arg],
+                params,
             )
             .await?;
-        let mut ids = Vec::with_capacity(rows.len());
+        struct Recovery {
+            id: i64,
+            worker: String,
+            interruptions: i64,
+            /// `Some(error)`: the task is dead.
+            dead: Option<String>,
+            message: String,
+        }
+        let mut recoveries = Vec::with_capacity(rows.len());
+        let mut counts = Vec::with_capacity(rows.len() * 2);
         for r in &rows {
-            let (id, worker, owner, interruptions, max_attempts): (
+            let (id, worker, owner, interruptions, max_attempts, pool, class): (
                 i64,
                 String,
                 Option<String>,
                 i64,
                 i64,
+                bool,
+                String,
             ) = (
                 r.try_get(0)?,
                 r.try_get(1)?,
                 r.try_get(2)?,
                 r.try_get(3)?,
                 r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
             );
+            let (dead, message) =
+                common::recovered(interruptions, max_attempts, owner.as_deref(), why);
+            let to = if dead.is_some() { "dead" } else { "queued" };
+            counts.push((worker.clone(), pool, "running", class.clone()));
+            counts.push((worker.clone(), pool, to, class));
+            recoveries.push(Recovery {
+                id,
+                worker,
+                interruptions,
+                dead,
+                message,
+            });
+        }
+        if counts.len() > 2 {
+            self.lock_counts(&counts).await?;
+        }
+        let mut ids = Vec::with_capacity(recoveries.len());
+        for r in recoveries {
             let ending = AttemptEnding {
                 outcome: "interrupted",
                 reason: Some(why),
                 ..Default::default()
             };
-            self.attempt_row(id, None, &ending, now).await?;
-            let (dead, message) =
-                common::recovered(interruptions, max_attempts, owner.as_deref(), why);
-            if let Some(error) = dead {
+            self.attempt_row(r.id, None, &ending, now).await?;
+            if let Some(error) = r.dead {
                 self.execute(
                     "UPDATE tasks SET state = 'dead', interruptions = $2, error = $3, owner = NULL, \
                      claim_token = NULL, lease_expires = NULL, finished_at = $4, updated_at = $4 \
                      WHERE id = $1",
-                    &[&id, &interruptions, &error, &now],
+                    &[&r.id, &r.interruptions, &error, &now],
                 )
                 .await?;
-                self.event(now, Some(id), Some(&worker), "task_finished", &message)
-                    .await?;
+                self.event(
+                    now,
+                    Some(r.id),
+                    Some(&r.worker),
+                    "task_finished",
+                    &r.message,
+                )
+                .await?;
             } else {
                 self.execute(
                     "UPDATE tasks SET state = 'queued', attempts = greatest(attempts - 1, 0), \
                      interruptions = $3, owner = NULL, claim_token = NULL, lease_expires = NULL, \
                      not_before = $2, updated_at = $2 WHERE id = $1",
-                    &[&id, &now, &interruptions],
+                    &[&r.id, &now, &r.interruptions],
                 )
                 .await?;
-                self.event(now, Some(id), Some(&worker), "task_recovered", &message)
-                    .await?;
+                self.event(
+                    now,
+                    Some(r.id),
+                    Some(&r.worker),
+                    "task_recovered",
+                    &r.message,
+                )
+                .await?;
             }
-            ids.push(id);
+            ids.push(r.id);
         }
         if !ids.is_empty() {
             // Another daemon may be the one that runs them.
@@ -884,6 +1062,7 @@ async fn listen_once(
         }
         Ok(())
     });
+    set_session(&client).await.map_err(fail("connecting"))?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
@@ -979,7 +1158,6 @@ impl Store for PgStore {
         now: Millis,
         lease: Duration,
     ) -> Result<Option<Claim>> {
-        let expires = now + lease.as_millis() as Millis;
         let worker = worker.to_string();
         write!(self, "claiming a task", |tx| {
             // Claims for one worker take turns, so the second sees the first's running task.
@@ -998,19 +1176,22 @@ impl Store for PgStore {
                 "{only_if} AND NOT EXISTS (SELECT 1 FROM worker_leases WHERE worker = $5 \
                  AND owner <> $1 AND expires > {SERVER_NOW})"
             );
-            tx.claim_one(pick, &only_if, &[&worker], owner, expires, now, "")
+            tx.claim_one(pick, &only_if, &[&worker], owner, lease, now, "")
                 .await
         })
     }
 
-    async fn heartbeat(&self, fence: &Fence, now: Millis, lease: Duration) -> Result<bool> {
-        let expires = now + lease.as_millis() as Millis;
+    /// Renews the lease from now by the server's clock; `now` is not used.
+    async fn heartbeat(&self, fence: &Fence, _now: Millis, lease: Duration) -> Result<bool> {
+        let lease = lease.as_millis() as Millis;
         write!(self, "renewing a lease", |tx| {
             let n = tx
                 .execute(
-                    "UPDATE tasks SET lease_expires = $3 \
-                     WHERE id = $1 AND claim_token = $2 AND state = 'running'",
-                    &[&fence.id, &fence.token, &expires],
+                    &format!(
+                        "UPDATE tasks SET lease_expires = {SERVER_NOW} + $3 \
+                         WHERE id = $1 AND claim_token = $2 AND state = 'running'"
+                    ),
+                    &[&fence.id, &fence.token, &lease],
                 )
                 .await?;
             Ok(n == 1)
@@ -1167,10 +1348,16 @@ impl Store for PgStore {
         })
     }
 
+    /// Leases are compared with the server's clock ([`SERVER_NOW`]); `now` dates the changes.
     async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>> {
         write!(self, "recovering expired leases", |tx| {
-            tx.recover_where("lease_expires < $1", &now, now, "lease expired")
-                .await
+            tx.recover_where(
+                &format!("lease_expires < {SERVER_NOW}"),
+                &[],
+                now,
+                "lease expired",
+            )
+            .await
         })
     }
 
@@ -1178,7 +1365,7 @@ impl Store for PgStore {
         write!(self, "recovering tasks of a previous daemon", |tx| {
             tx.recover_where(
                 "coalesce(owner, '') <> $1",
-                &owner,
+                &[&owner],
                 now,
                 "its daemon is gone",
             )
@@ -1662,7 +1849,6 @@ impl Store for PgStore {
         max_running: u32,
         workers: &[String],
     ) -> Result<Option<Claim>> {
-        let expires = now + lease.as_millis() as Millis;
         let max_running = i64::from(max_running);
         write!(self, "claiming a pool task", |tx| {
             // Pool claims take turns, so the count of running pool tasks is exact.
@@ -1685,7 +1871,7 @@ impl Store for PgStore {
                 only_if,
                 &[&max_running, &workers],
                 owner,
-                expires,
+                lease,
                 now,
                 " in the pool",
             )
@@ -1840,15 +2026,19 @@ impl Store for PgStore {
         })
     }
 
+    /// In this host's clock: the time left by the server's clock, from this host's now.
     async fn next_lease_expiry(&self) -> Result<Option<Millis>> {
         read!(self, "finding the next lease expiry", |c| {
             let row = query_one(
                 c,
-                "SELECT min(lease_expires) FROM tasks WHERE state = 'running'",
+                &format!(
+                    "SELECT min(lease_expires) - {SERVER_NOW} FROM tasks WHERE state = 'running'"
+                ),
                 &[],
             )
             .await?;
-            Ok(row.try_get(0)?)
+            let left: Option<Millis> = row.try_get(0)?;
+            Ok(left.map(|left| super::now_ms() + left))
         })
     }
 
@@ -2112,7 +2302,7 @@ impl Store for PgStore {
             // The host id is what comes before the first ':' of an owner id.
             tx.recover_where(
                 "owner <> $1 AND split_part(owner, ':', 1) = split_part($1, ':', 1)",
-                &owner,
+                &[&owner],
                 now,
                 &why,
             )
@@ -2360,6 +2550,16 @@ pub mod tests {
         expect_ring(&mut rings, Ring::Worker("w".into())).await;
         s.restart_worker("w", 5).await.unwrap();
         expect_ring(&mut rings, Ring::Restart("w".into())).await;
+        // A task given back (its daemon stopping) or retrying is claimable again, perhaps on
+        // another host, whose runner sleeps with no timer when it had nothing queued.
+        let c = s.claim("w", "me", 6, LEASE).await.unwrap().unwrap();
+        assert!(s.release(&c.fence(), "shutting down", 7).await.unwrap());
+        expect_ring(&mut rings, Ring::Worker("w".into())).await;
+        let c = s.claim("w", "me", 8, LEASE).await.unwrap().unwrap();
+        let mut again = suite::done(TaskState::Queued, 9);
+        again.cause = Some("crashed".into());
+        assert!(s.finish(&c.fence(), &again, None).await.unwrap());
+        expect_ring(&mut rings, Ring::Worker("w".into())).await;
 
         // The server ends the listening connection: it is made again, and everyone is rung, as
         // rings may have been lost meanwhile.
@@ -2385,6 +2585,319 @@ pub mod tests {
         if let Some(ring) = rings.recv().await {
             panic!("rang {ring:?} after the last change");
         }
+    }
+
+    /// Hosts' clocks differ; leases are written and compared by the server's. A host whose
+    /// clock runs a minute ahead takes back no live task of another, and a host a minute behind
+    /// hands out no lease that has run out already (a 30 s lease by its clock).
+    #[tokio::test]
+    async fn leases_go_by_the_servers_clock_whatever_the_hosts_clocks_say() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let s = PgStore::connect(&db.url).await.unwrap();
+        const MINUTE: Millis = 60_000;
+        let mut pooled = task("w", "p", 0, 1);
+        pooled.routing.pool = true;
+        let pooled = s.submit(&pooled).await.unwrap().id();
+        s.submit(&task("w", "a", 0, 1)).await.unwrap();
+        let behind = super::super::now_ms() - MINUTE;
+        let live = s
+            .claim("w", "behind", behind, LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        let w = vec!["w".to_string()];
+        let live_pool = s
+            .claim_pool("behind", behind, LEASE, 4, &w)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(live_pool.task.id, pooled);
+        for skew in [0, MINUTE, -MINUTE] {
+            let now = super::super::now_ms() + skew;
+            assert_eq!(s.recover_expired(now).await.unwrap(), Vec::<i64>::new());
+        }
+        // Renewed by a host ahead: still a lease from now, not a minute more.
+        let ahead = super::super::now_ms() + MINUTE;
+        assert!(s.heartbeat(&live.fence(), ahead, LEASE).await.unwrap());
+        let next = s.next_lease_expiry().await.unwrap().unwrap();
+        let left = next - super::super::now_ms();
+        let lease = LEASE.as_millis() as Millis;
+        assert!(
+            (lease - 5_000..=lease + 5).contains(&left),
+            "the earliest lease ends in {left} ms"
+        );
+        // They run out by the server's clock alone: a lapsing heartbeat, and recovery by a
+        // host a minute behind takes it back.
+        assert!(
+            s.heartbeat(&live.fence(), ahead, suite::LAPSING)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            suite::recover_lapsed(&s, super::super::now_ms() - MINUTE, 1).await,
+            vec![live.task.id]
+        );
+    }
+
+    /// `url` with `options` (server settings, `-c name=value ...`) added.
+    fn with_options(url: &DatabaseUrl, options: &str) -> DatabaseUrl {
+        let text = url.expose();
+        let text = if text.contains("://") {
+            let sep = if text.contains('?') { '&' } else { '?' };
+            let encoded = options
+                .replace('%', "%25")
+                .replace(' ', "%20")
+                .replace('=', "%3D");
+            format!("{text}{sep}options={encoded}")
+        } else {
+            format!("{text} options='{options}'")
+        };
+        DatabaseUrl::parse(&text, "test").unwrap()
+    }
+
+    /// The server settings of a pooled session of `s`, in their base units, and where each
+    /// came from.
+    async fn session_settings(s: &PgStore) -> Vec<(String, String, String)> {
+        let client = s.client("test").await.unwrap();
+        let names: Vec<&str> = SESSION_SETTINGS.iter().map(|(n, _)| *n).collect();
+        client
+            .query(
+                "SELECT name, setting, source FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+                &[&names],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sessions_bound_idle_transactions_lock_waits_and_dead_peers_unless_told_otherwise() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let ours = |name: &str, setting: &str| {
+            (name.to_string(), setting.to_string(), "session".to_string())
+        };
+        let s = PgStore::connect(&db.url).await.unwrap();
+        assert_eq!(
+            session_settings(&s).await,
+            [
+                ours("idle_in_transaction_session_timeout", "60000"),
+                ours("lock_timeout", "30000"),
+                ours("tcp_keepalives_count", "3"),
+                ours("tcp_keepalives_idle", "30"),
+                ours("tcp_keepalives_interval", "10"),
+                ours("tcp_user_timeout", "60000"),
+            ]
+        );
+        // The connection string's options win, and so do the database's (or the role's)
+        // settings; the rest are agentq's.
+        s.client("test")
+            .await
+            .unwrap()
+            .batch_execute(
+                "DO $$ BEGIN EXECUTE format(\
+                   'ALTER DATABASE %I SET idle_in_transaction_session_timeout = ''7s''', \
+                   current_database()); END $$",
+            )
+            .await
+            .unwrap();
+        drop(s);
+        let url = with_options(&db.url, "-c lock_timeout=5s -c tcp_keepalives_count=9");
+        let s = PgStore::connect(&url).await.unwrap();
+        let settings = session_settings(&s).await;
+        let setting = |name: &str| {
+            settings
+                .iter()
+                .find(|(n, ..)| n == name)
+                .map(|(_, v, source)| (v.as_str(), source.as_str()))
+                .unwrap()
+        };
+        assert_eq!(setting("lock_timeout"), ("5000", "client"));
+        assert_eq!(setting("tcp_keepalives_count"), ("9", "client"));
+        assert_eq!(
+            setting("idle_in_transaction_session_timeout"),
+            ("7000", "database")
+        );
+        assert_eq!(setting("tcp_user_timeout"), ("60000", "session"));
+
+        // The client's side of the connection, likewise.
+        let config = pg_config(&db.url).unwrap();
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(
+            config.get_keepalives_interval(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(config.get_keepalives_retries(), Some(3));
+        assert_eq!(
+            config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(60))
+        );
+        let text = format!("{} keepalives_idle=5 tcp_user_timeout=7", "host=h");
+        let config = pg_config(&DatabaseUrl::parse(&text, "test").unwrap()).unwrap();
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+    }
+
+    /// A client that stopped in the middle of a transaction holding the pool's claim lock (a
+    /// frozen daemon, a host that vanished) holds it only until the server ends its idle
+    /// session: then other daemons' pool claims go on. (The limit is shortened here to a second
+    /// through the URL; agentq's own is a minute.)
+    #[tokio::test]
+    async fn a_client_stopped_inside_a_transaction_does_not_hold_the_pool_claim_lock() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let url = with_options(&db.url, "-c idle_in_transaction_session_timeout=1s");
+        let stuck = PgStore::connect(&url).await.unwrap();
+        let other = PgStore::connect(&db.url).await.unwrap();
+        let mut t = task("w", "p", 0, 1);
+        t.routing.pool = true;
+        other.submit(&t).await.unwrap();
+        let held = stuck.client("test").await.unwrap();
+        held.batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('agentq.claim_pool', 0))",
+        )
+        .await
+        .unwrap();
+        let asked = std::time::Instant::now();
+        let w = vec!["w".to_string()];
+        let claim = other.claim_pool("me", 2, LEASE, 4, &w).await.unwrap();
+        let waited = asked.elapsed();
+        assert!(claim.is_some());
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+            "the claim waited {waited:?}"
+        );
+        // The stuck session was ended by the server.
+        assert!(held.batch_execute("COMMIT").await.is_err());
+    }
+
+    /// How many deadlocks the server has detected in the test database, once every other
+    /// connection to it has ended (a backend reports its figures as it exits).
+    async fn deadlocks_detected(db: &TestDb) -> i64 {
+        let (client, connection) = tokio_postgres::connect(db.url.expose(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let others: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if others == 0 || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A backend leaves pg_stat_activity just before it writes its figures.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        client
+            .query_one(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// A recovery moves many tasks in one transaction (here one pool task to `dead` and another
+    /// back to `queued`, so three count rows), while pool claims each move one task from
+    /// `queued` to `running`. Each transaction locks the count rows it changes in key order, so
+    /// none waits for another in a cycle, however they interleave: the server detects no
+    /// deadlock (one would also cost its `deadlock_timeout`, a second, and a retry).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn recovery_and_pool_claims_together_never_deadlock() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let s = Arc::new(PgStore::connect(&db.url).await.unwrap());
+        let w = vec!["w".to_string()];
+        const ROUNDS: i64 = 100;
+        let started = std::time::Instant::now();
+        let mut errors = Vec::new();
+        for round in 0..ROUNDS {
+            let base = round * 10_000;
+            // Two running pool tasks whose leases lapse at once, the first at its last
+            // interruption (so it ends `dead`).
+            let mut ids = Vec::new();
+            for i in 0..2 {
+                let mut t = task("w", &format!("r{round}-{i}"), 100, base);
+                t.routing.pool = true;
+                t.max_attempts = 1;
+                ids.push(s.submit(&t).await.unwrap().id());
+            }
+            for _ in 0..2 {
+                s.claim_pool("gone", base, Duration::from_millis(1), 1000, &w)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            let c = s.client("test").await.unwrap();
+            c.execute(
+                "UPDATE tasks SET interruptions = 5 WHERE id = $1",
+                &[&ids[0]],
+            )
+            .await
+            .unwrap();
+            drop(c);
+            for i in 0..6 {
+                let mut t = task("w", &format!("q{round}-{i}"), 0, base);
+                t.routing.pool = true;
+                s.submit(&t).await.unwrap();
+            }
+            let mut set = tokio::task::JoinSet::new();
+            {
+                let s = s.clone();
+                set.spawn(async move {
+                    // The leases lapsed a millisecond after the claims.
+                    let recovered = s.recover_expired(base + 5).await?;
+                    assert_eq!(recovered.len(), 2, "{recovered:?}");
+                    Ok(())
+                });
+            }
+            for _ in 0..6 {
+                let (s, w) = (s.clone(), w.clone());
+                set.spawn(async move {
+                    s.claim_pool("live", base + 5, LEASE, 1000, &w)
+                        .await
+                        .map(|_| ())
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Err(e) = r.unwrap() {
+                    errors.push(e.to_string());
+                }
+            }
+            let c = s.client("test").await.unwrap();
+            c.execute(
+                "UPDATE tasks SET state = 'cancelled' WHERE state IN ('running', 'queued')",
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+        let took = started.elapsed();
+        drop(s);
+        let deadlocks = deadlocks_detected(&db).await;
+        eprintln!("{ROUNDS} rounds in {took:?}: {deadlocks} deadlock(s), errors {errors:?}");
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(deadlocks, 0, "the server detected deadlocks");
     }
 
     #[tokio::test]

@@ -23,6 +23,29 @@ use crate::error::Error;
 
 pub const LEASE: Duration = Duration::from_secs(30);
 
+/// A lease that runs out at once.
+pub const LAPSING: Duration = Duration::from_millis(1);
+
+/// Recovers the leases expired by `now`, waiting up to 10 s for at least `want` of them.
+///
+/// Times are the tests' own (small numbers), and SQLite compares leases with them; a shared
+/// store compares them with its server's clock, which no test can move, and the caller's `now`
+/// only dates the changes. So a test that wants a lease to lapse gives it [`LAPSING`] (or a
+/// heartbeat of it), and lets real time pass.
+pub async fn recover_lapsed(s: &dyn Store, now: Millis, want: usize) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut recovered = s.recover_expired(now).await.unwrap();
+    while recovered.len() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {recovered:?} of {want} lapsed leases recovered within 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        recovered.extend(s.recover_expired(now).await.unwrap());
+    }
+    recovered
+}
+
 /// worker, pool, state, class, count
 pub type CountRow = (String, bool, String, String, i64);
 
@@ -69,6 +92,7 @@ macro_rules! store_suite {
             cancel_and_retry,
             submit_many_queues_every_task_in_order_and_keeps_dedup_keys,
             an_agents_nul_byte_does_not_stop_its_result_being_recorded,
+            the_next_lease_expiry_is_the_earliest_lease_by_the_callers_clock,
             finish_with_retry_keeps_the_reason_and_counts,
             worker_sessions_are_kept_replaced_and_reset,
             a_paused_worker_claims_nothing_until_the_pause_ends,
@@ -195,10 +219,8 @@ pub async fn kept_counts_follow_every_change_of_state(f: &Fixture) {
     counts_agree(s).await;
     s.recover_all_but("me", 50).await.unwrap();
     counts_agree(s).await;
-    s.claim("v", "me", 60, LEASE).await.unwrap().unwrap();
-    s.recover_expired(60 + LEASE.as_millis() as Millis + 1)
-        .await
-        .unwrap();
+    s.claim("v", "me", 60, LAPSING).await.unwrap().unwrap();
+    assert_eq!(recover_lapsed(s, 62, 1).await.len(), 1);
     counts_agree(s).await;
     // What status reads from them.
     let pool = s.pool_counts().await.unwrap();
@@ -416,15 +438,12 @@ pub async fn not_before_holds_a_task_back(f: &Fixture) {
 pub async fn a_stale_claim_cannot_record_a_result(f: &Fixture) {
     let s = f.store();
     let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
-    let stale = s
-        .claim("w", "old", 10, Duration::from_millis(100))
-        .await
-        .unwrap()
-        .unwrap();
-    // The old owner stops heartbeating; its lease runs out and the task is recovered.
+    let stale = s.claim("w", "old", 10, LEASE).await.unwrap().unwrap();
     assert_eq!(s.recover_expired(50).await.unwrap(), Vec::<i64>::new());
-    assert_eq!(s.next_lease_expiry().await.unwrap(), Some(110));
-    assert_eq!(s.recover_expired(200).await.unwrap(), vec![id]);
+    // The old owner's last heartbeat; then it stops. Its lease runs out and the task is
+    // recovered.
+    assert!(s.heartbeat(&stale.fence(), 60, LAPSING).await.unwrap());
+    assert_eq!(recover_lapsed(s, 200, 1).await, vec![id]);
     let fresh = s.claim("w", "new", 201, LEASE).await.unwrap().unwrap();
     assert_eq!(
         fresh.task.attempts, 1,
@@ -542,18 +561,38 @@ pub async fn the_end_hook_sees_the_committed_view_and_only_at_the_end(f: &Fixtur
 pub async fn heartbeats_keep_a_lease(f: &Fixture) {
     let s = f.store();
     s.submit(&task("w", "a", 0, 1)).await.unwrap();
-    let c = s
-        .claim("w", "me", 10, Duration::from_millis(100))
+    // A lease that would lapse at once, renewed for long.
+    let c = s.claim("w", "me", 10, LAPSING).await.unwrap().unwrap();
+    assert!(s.heartbeat(&c.fence(), 11, LEASE).await.unwrap());
+    // Past the first lease by either clock, the tests' and a server's.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(s.recover_expired(150).await.unwrap().is_empty());
+    // A heartbeat's lease runs from the heartbeat: a lapsing one lapses.
+    assert!(s.heartbeat(&c.fence(), 160, LAPSING).await.unwrap());
+    assert_eq!(recover_lapsed(s, 191, 1).await, vec![c.task.id]);
+}
+
+/// When the earliest lease runs out, by the caller's clock (the daemon's lease keeper sleeps
+/// until then), whichever clock the store compares leases with.
+pub async fn the_next_lease_expiry_is_the_earliest_lease_by_the_callers_clock(f: &Fixture) {
+    let s = f.store();
+    assert_eq!(s.next_lease_expiry().await.unwrap(), None);
+    s.submit(&task("a", "x", 0, 1)).await.unwrap();
+    s.submit(&task("b", "y", 0, 1)).await.unwrap();
+    let before = super::now_ms();
+    s.claim("a", "me", before, LEASE).await.unwrap().unwrap();
+    s.claim("b", "me", super::now_ms(), LEASE * 2)
         .await
         .unwrap()
         .unwrap();
+    let after = super::now_ms();
+    let next = s.next_lease_expiry().await.unwrap().unwrap();
+    let lease = LEASE.as_millis() as Millis;
+    // (A millisecond either way: a server's clock is read in whole milliseconds too.)
     assert!(
-        s.heartbeat(&c.fence(), 90, Duration::from_millis(100))
-            .await
-            .unwrap()
+        (before + lease - 1..=after + lease + 1).contains(&next),
+        "{next} is not {lease} ms after {before}..{after}"
     );
-    assert!(s.recover_expired(150).await.unwrap().is_empty());
-    assert_eq!(s.recover_expired(191).await.unwrap(), vec![c.task.id]);
 }
 
 pub async fn recover_all_but_spares_the_current_owner(f: &Fixture) {

@@ -1,46 +1,91 @@
 //! A PostgreSQL connection string that keeps its password to itself.
 //!
 //! [`DatabaseUrl`] holds the string as the user wrote it (`postgres://user:secret@host/db` or the
-//! `host=... password=...` key=value form) and shows only [`redact`]ed forms: its `Debug` and
-//! `Display` both hide the password, so no log line, error, `doctor` check or `status` line can
-//! print it by accident. Only the store reads the real string, through [`DatabaseUrl::expose`].
+//! `host=... password=...` key=value form), and shows a form rebuilt from what tokio-postgres
+//! parsed of it: user, hosts, ports, database and the other settings, with `***` for a password.
+//! Nothing is copied from the text itself, so no way of writing a password (an unencoded `/`, `?`
+//! or `#` in it, a percent-encoded `password` key, `://` in some value of the key=value form) can
+//! reach a log line, an error, a `doctor` check or a `status` line: the shown form is what the
+//! connection will use, password aside. Only the store reads the real string, through
+//! [`DatabaseUrl::expose`].
 
 use std::fmt;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio_postgres::Config;
+use tokio_postgres::config::{
+    ChannelBinding, Host, LoadBalanceHosts, SslMode, SslNegotiation, TargetSessionAttrs,
+};
 
 /// What stands where a password was.
 const HIDDEN: &str = "***";
+
+/// What stands for a string that is not a connection string (nothing of it can be told apart
+/// from a password).
+const UNREADABLE: &str = "(an unreadable connection string)";
+
+/// The settings a connection string may hold, as tokio-postgres names them.
+const KEYS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
 
 /// A connection string whose password never reaches a log or a message.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl {
     secret: String,
+    /// The form that is shown, made once.
+    shown: String,
     /// Where it came from, for messages: `[store] url` or `AGENTQ_DATABASE_URL`.
     pub origin: &'static str,
 }
 
 impl DatabaseUrl {
     /// Checks that `text` is a PostgreSQL connection string (a URL or key=value pairs) that
-    /// tokio-postgres can use. The error names what is wrong without quoting the password.
+    /// tokio-postgres can use. The error says what is wrong without quoting the string.
     pub fn parse(text: &str, origin: &'static str) -> Result<DatabaseUrl, String> {
         let text = text.trim();
-        let is_url = text.starts_with("postgres://") || text.starts_with("postgresql://");
-        if !is_url && !text.contains('=') {
-            return Err(format!(
-                "{origin} must be a PostgreSQL connection string, \"postgres://user:password@host:5432/dbname\" or \"host=... dbname=...\"; got {:?}",
-                redact(text)
-            ));
+        let expected = "\"postgres://user:password@host:5432/dbname\" or \"host=... dbname=...\"";
+        match url_scheme(text) {
+            Some("postgres" | "postgresql") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{origin} must be a PostgreSQL connection string, {expected}, not a {other}:// URL"
+                ));
+            }
+            None if !text.contains('=') => {
+                return Err(format!(
+                    "{origin} must be a PostgreSQL connection string, {expected}; it is neither a URL nor key=value pairs"
+                ));
+            }
+            None => {}
         }
-        if let Err(e) = text.parse::<tokio_postgres::Config>() {
-            let why = std::error::Error::source(&e)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string());
-            return Err(format!(
-                "{origin} {:?} is not a valid PostgreSQL connection string: {}",
-                redact(text),
-                hide_password_in(&why, text)
-            ));
-        }
+        let config: Config = text.parse().map_err(|e: tokio_postgres::Error| {
+            format!(
+                "{origin} is not a valid PostgreSQL connection string: {}",
+                parse_error(&e)
+            )
+        })?;
         Ok(DatabaseUrl {
+            shown: show(&config, url_scheme(text)),
             secret: text.to_string(),
             origin,
         })
@@ -53,159 +98,250 @@ impl DatabaseUrl {
 
     /// The connection string with its password hidden.
     pub fn redacted(&self) -> String {
-        redact(&self.secret)
+        self.shown.clone()
     }
 }
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({:?})", self.redacted())
+        write!(f, "DatabaseUrl({:?})", self.shown)
     }
 }
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
+        f.write_str(&self.shown)
     }
 }
 
-/// Hides the password of a connection string, in either of its forms: the user-info of a URL
-/// (`postgres://user:secret@host` becomes `postgres://user:***@host`), a `password=` query
-/// parameter, and a `password=` pair of the key=value form (quoted or not). Anything else is kept,
-/// so the result still says which server and database are meant.
+/// `text` as it may be shown: rebuilt from its parsed settings with the password hidden, in the
+/// form it was written in (a URL keeps its scheme). A string that does not parse shows nothing
+/// of itself.
 pub fn redact(text: &str) -> String {
-    if let Some(scheme_end) = text.find("://") {
-        redact_url(text, scheme_end + 3)
-    } else {
-        redact_pairs(text)
+    let text = text.trim();
+    match text.parse::<Config>() {
+        Ok(config) => show(&config, url_scheme(text)),
+        Err(_) => UNREADABLE.to_string(),
     }
 }
 
-fn redact_url(text: &str, rest_at: usize) -> String {
-    let (head, rest) = text.split_at(rest_at);
-    // The authority ends at the first '/', '?' or '#'; its user-info at the last '@' within it.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.find(':') {
-                Some(colon) => format!("{}:{HIDDEN}{host}", &userinfo[..colon]),
-                None => authority.to_string(),
-            }
-        }
-        None => authority.to_string(),
-    };
-    let tail = match tail.find('?') {
-        Some(q) => {
-            let (path, query) = tail.split_at(q + 1);
-            let (query, fragment) = match query.find('#') {
-                Some(h) => query.split_at(h),
-                None => (query, ""),
-            };
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
-                        format!("{key}={HIDDEN}")
-                    }
-                    _ => pair.to_string(),
-                })
-                .collect();
-            format!("{path}{}{fragment}", query.join("&"))
-        }
-        None => tail.to_string(),
-    };
-    format!("{head}{authority}{tail}")
+/// The scheme of a URL (`postgres` of `postgres://...`); `None` for the key=value form, whose
+/// keys are followed by `=`, never by `://`.
+fn url_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
 }
 
-/// The key=value form: `key = value` pairs separated by spaces, a value optionally in single
-/// quotes with `\'` and `\\` escapes (libpq's rules).
-fn redact_pairs(text: &str) -> String {
+/// Writes `config` as a URL with `scheme`, or (`None`) as key=value pairs, its password as
+/// [`HIDDEN`]. Settings at their defaults are left out, except the ports a URL always has.
+fn show(config: &Config, scheme: Option<&str>) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            Host::Unix(path) => path.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let password = config.get_password().is_some();
+    let settings = settings(config);
+    let Some(scheme) = scheme else {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        if !hosts.is_empty() {
+            pairs.push(("host", hosts.join(",")));
+        }
+        pairs.extend(settings.iter().filter(|(k, _)| *k == "hostaddr").cloned());
+        if !ports.is_empty() {
+            pairs.push(("port", ports.join(",")));
+        }
+        if let Some(user) = config.get_user() {
+            pairs.push(("user", user.to_string()));
+        }
+        if password {
+            pairs.push(("password", HIDDEN.to_string()));
+        }
+        if let Some(dbname) = config.get_dbname() {
+            pairs.push(("dbname", dbname.to_string()));
+        }
+        pairs.extend(settings.into_iter().filter(|(k, _)| *k != "hostaddr"));
+        return pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(user) = config.get_user() {
+        out.push_str(&encode(user, ""));
+    }
+    if password {
+        let _ = write!(out, ":{HIDDEN}");
+    }
+    if config.get_user().is_some() || password {
+        out.push('@');
+    }
+    // Each host with its port, when there is one per host (as a URL always has).
+    let ports_inline = !hosts.is_empty() && ports.len() == hosts.len();
+    let authority: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = if host.contains(':') && !host.starts_with('/') {
+                format!("[{host}]")
+            } else {
+                encode(host, "")
+            };
+            match ports_inline {
+                true => format!("{host}:{}", ports[i]),
+                false => host,
+            }
+        })
+        .collect();
+    out.push_str(&authority.join(","));
+    if let Some(dbname) = config.get_dbname() {
+        let _ = write!(out, "/{}", encode(dbname, ""));
+    }
+    let mut query: Vec<(&str, String)> = Vec::new();
+    if !ports_inline && !ports.is_empty() {
+        query.push(("port", ports.join(",")));
+    }
+    query.extend(settings);
+    for (i, (key, value)) in query.iter().enumerate() {
+        let sep = if i == 0 { '?' } else { '&' };
+        // A value ends at '&'; '=', ',', ':' and '/' are kept, for reading.
+        let _ = write!(out, "{sep}{key}={}", encode(value, "=,:/"));
+    }
+    out
+}
+
+/// The settings of `config` beyond where to connect and as whom, those not at their defaults.
+fn settings(config: &Config) -> Vec<(&'static str, String)> {
+    let secs = |d: &Duration| d.as_secs().to_string();
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    let addrs = config.get_hostaddrs();
+    if !addrs.is_empty() {
+        let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        out.push(("hostaddr", addrs.join(",")));
+    }
+    if let Some(options) = config.get_options() {
+        out.push(("options", options.to_string()));
+    }
+    if let Some(name) = config.get_application_name() {
+        out.push(("application_name", name.to_string()));
+    }
+    match config.get_ssl_mode() {
+        SslMode::Disable => out.push(("sslmode", "disable".into())),
+        SslMode::Require => out.push(("sslmode", "require".into())),
+        _ => {}
+    }
+    if let SslNegotiation::Direct = config.get_ssl_negotiation() {
+        out.push(("sslnegotiation", "direct".into()));
+    }
+    if let Some(d) = config.get_connect_timeout() {
+        out.push(("connect_timeout", secs(d)));
+    }
+    if let Some(d) = config.get_tcp_user_timeout() {
+        out.push(("tcp_user_timeout", secs(d)));
+    }
+    if !config.get_keepalives() {
+        out.push(("keepalives", "0".into()));
+    }
+    let idle = config.get_keepalives_idle();
+    if idle != Config::new().get_keepalives_idle() {
+        out.push(("keepalives_idle", secs(&idle)));
+    }
+    if let Some(d) = config.get_keepalives_interval() {
+        out.push(("keepalives_interval", secs(&d)));
+    }
+    if let Some(n) = config.get_keepalives_retries() {
+        out.push(("keepalives_retries", n.to_string()));
+    }
+    match config.get_target_session_attrs() {
+        TargetSessionAttrs::ReadWrite => out.push(("target_session_attrs", "read-write".into())),
+        TargetSessionAttrs::ReadOnly => out.push(("target_session_attrs", "read-only".into())),
+        _ => {}
+    }
+    match config.get_channel_binding() {
+        ChannelBinding::Disable => out.push(("channel_binding", "disable".into())),
+        ChannelBinding::Require => out.push(("channel_binding", "require".into())),
+        _ => {}
+    }
+    if let LoadBalanceHosts::Random = config.get_load_balance_hosts() {
+        out.push(("load_balance_hosts", "random".into()));
+    }
+    out
+}
+
+/// Percent-encodes all but URL-safe characters and those of `keep`.
+fn encode(text: &str, keep: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.char_indices().peekable();
-    while let Some(&(start, c)) = chars.peek() {
-        if c.is_whitespace() {
-            out.push(c);
-            chars.next();
-            continue;
-        }
-        // The key, up to '=' or a space.
-        let mut key_end = start;
-        while let Some(&(i, c)) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                break;
-            }
-            key_end = i + c.len_utf8();
-            chars.next();
-        }
-        let key = &text[start..key_end];
-        out.push_str(key);
-        // Spaces and the '='.
-        while let Some(&(_, c)) = chars.peek() {
-            if c.is_whitespace() || c == '=' {
-                out.push(c);
-                chars.next();
-                if c == '=' {
-                    break;
-                }
-            } else {
-                break;
-            }
-        }
-        while let Some(&(_, c)) = chars.peek() {
-            if c.is_whitespace() {
-                out.push(c);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        // The value: quoted (with escapes) or up to the next space.
-        let mut value = String::new();
-        let quoted = matches!(chars.peek(), Some(&(_, '\'')));
-        if quoted {
-            chars.next();
-            while let Some((_, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, escaped)) = chars.next() {
-                            value.push('\\');
-                            value.push(escaped);
-                        }
-                    }
-                    '\'' => break,
-                    c => value.push(c),
-                }
-            }
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || keep.as_bytes().contains(&b)
+        {
+            out.push(b as char);
         } else {
-            while let Some(&(_, c)) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                value.push(c);
-                chars.next();
-            }
-        }
-        let shown = if key.eq_ignore_ascii_case("password") {
-            HIDDEN.to_string()
-        } else {
-            value
-        };
-        if quoted {
-            out.push('\'');
-            out.push_str(&shown);
-            out.push('\'');
-        } else {
-            out.push_str(&shown);
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
 }
 
+/// A key=value value, quoted when it must be (libpq's rules: empty, or holding a space, `'` or
+/// `\`).
+fn quote(value: &str) -> String {
+    if !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
+        return value.to_string();
+    }
+    let mut out = String::from("'");
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// Why tokio-postgres refused a connection string, without quoting it: its messages name a
+/// setting (safe), a byte offset, or, for an unknown key or an unexpected character, a piece of
+/// the text, which may be part of a password written without quotes. Those pieces are left out.
+fn parse_error(e: &tokio_postgres::Error) -> String {
+    let why = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string());
+    if let Some(key) = why
+        .strip_prefix("unknown option `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return match KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            Some(known) => format!("unknown option (setting names are lower case: `{known}`)"),
+            None => format!("unknown option (the known ones: {})", KEYS.join(", ")),
+        };
+    }
+    if let Some((at, _)) = why.split_once(": expected")
+        && at.starts_with("unexpected character at byte")
+    {
+        return format!("{at} (a value with spaces must be in single quotes)");
+    }
+    why
+}
+
 /// Replaces the password of `url`, if it appears in `message`, by `***`.
 pub fn hide_password_in(message: &str, url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
+    match url.parse::<Config>() {
         Ok(config) => match config.get_password() {
             Some(p) if !p.is_empty() => {
                 let password = String::from_utf8_lossy(p);
@@ -222,6 +358,11 @@ pub fn hide_password_in(message: &str, url: &str) -> String {
 mod tests {
     use super::*;
 
+    fn parsed(text: &str) -> Config {
+        text.parse()
+            .unwrap_or_else(|e| panic!("tokio-postgres refuses {text}: {e}"))
+    }
+
     #[test]
     fn urls_keep_all_but_the_password() {
         for (given, shown) in [
@@ -231,19 +372,32 @@ mod tests {
             ),
             (
                 "postgresql://agentq:p%40ss@db/queue?sslmode=disable",
-                "postgresql://agentq:***@db/queue?sslmode=disable",
+                "postgresql://agentq:***@db:5432/queue?sslmode=disable",
             ),
-            // An '@' in the password itself: the host is after the last one.
-            ("postgres://u:a@b@host/db", "postgres://u:***@host/db"),
-            ("postgres://u@host/db", "postgres://u@host/db"),
-            ("postgres://host/db", "postgres://host/db"),
+            // The user-info ends at the first '@' (tokio-postgres's reading): the host is what
+            // follows, '@' and all, and that is what is shown.
+            (
+                "postgres://u:a@b@host/db",
+                "postgres://u:***@b%40host:5432/db",
+            ),
+            ("postgres://u@host/db", "postgres://u@host:5432/db"),
+            ("postgres://host/db", "postgres://host:5432/db"),
+            // Query parameters win over the user-info, as they do when connecting.
             (
                 "postgres://u@host/db?user=x&password=hunter2&application_name=a",
-                "postgres://u@host/db?user=x&password=***&application_name=a",
+                "postgres://x:***@host:5432/db?application_name=a",
             ),
             (
                 "postgres://u:pw@h1:5432,h2:5433/db",
                 "postgres://u:***@h1:5432,h2:5433/db",
+            ),
+            (
+                "postgres://u:pw@[::1]:6000/db?options=-csearch_path%3Dagentq&connect_timeout=3",
+                "postgres://u:***@[::1]:6000/db?options=-csearch_path=agentq&connect_timeout=3",
+            ),
+            (
+                "postgres://u@%2Fvar%2Frun%2Fpostgresql/db",
+                "postgres://u@%2Fvar%2Frun%2Fpostgresql:5432/db",
             ),
         ] {
             assert_eq!(redact(given), shown, "{given}");
@@ -259,12 +413,91 @@ mod tests {
             ),
             (
                 "host=db password = 'with space \\' and quote' dbname=q",
-                "host=db password = '***' dbname=q",
+                "host=db password=*** dbname=q",
             ),
-            ("PASSWORD=x host=h", "PASSWORD=*** host=h"),
             ("host=h user=u", "host=h user=u"),
+            (
+                "dbname=q port=5433 host=/tmp,db options='-c search_path=agentq' password=x",
+                "host=/tmp,db port=5433 password=*** dbname=q options='-c search_path=agentq'",
+            ),
         ] {
             assert_eq!(redact(given), shown, "{given}");
+        }
+    }
+
+    /// However a password is written, if tokio-postgres reads it as the password it is not shown.
+    #[test]
+    fn a_password_written_any_way_tokio_postgres_reads_is_never_shown() {
+        for (text, password) in [
+            // Unencoded '/', '?' or '#': the user-info runs to the first '@' wherever it is.
+            ("postgres://agentq:ab/cd@db.example:5432/queue", "ab/cd"),
+            ("postgres://agentq:ab?cd@db.example:5432/queue", "ab?cd"),
+            ("postgres://agentq:ab#cd@db.example:5432/queue", "ab#cd"),
+            // A percent-encoded key is decoded: `p%61ssword` is `password`.
+            ("postgres://u@db/q?p%61ssword=s3cret", "s3cret"),
+            ("postgres://u@db/q?password=s3%63ret", "s3cret"),
+            // The key=value form with "://" in some value, the password's or another's.
+            (
+                "host=db password=s3cret application_name=http://x",
+                "s3cret",
+            ),
+            ("host=db password=s3cr://et", "s3cr://et"),
+            ("host=db password='s3 cr\\'et'", "s3 cr'et"),
+            ("host=db password=s3\\ cret", "s3 cret"),
+        ] {
+            assert_eq!(
+                parsed(text).get_password(),
+                Some(password.as_bytes()),
+                "{text}"
+            );
+            let url = DatabaseUrl::parse(text, "[store] url").unwrap();
+            for shown in [
+                format!("{url}"),
+                format!("{url:?}"),
+                url.redacted(),
+                redact(text),
+            ] {
+                assert!(shown.contains(HIDDEN), "{text}: {shown}");
+                for piece in [
+                    password, "s3c", "cret", "b/c", "b?c", "b#c", "b%2Fc", "b%3Fc",
+                ] {
+                    assert!(!shown.contains(piece), "{text}: {piece:?} shown in {shown}");
+                }
+                assert!(shown.contains("db"), "{text}: {shown}");
+            }
+        }
+    }
+
+    /// The shown form reads back as the same connection, with `***` for its password.
+    #[test]
+    fn the_shown_form_names_the_same_connection() {
+        for text in [
+            "postgres://agentq:s3cret@db.example:5432/queue?application_name=me&sslmode=require",
+            "postgresql://u%20v:pw@h1,h2:5433/d%2Fb?options=-c%20search_path%3Dx&target_session_attrs=read-write",
+            "postgres://u@%2Ftmp:5433/db",
+            "host=db,db2 port=1,2 user='a b' password=x dbname=q keepalives_idle=40 connect_timeout=5",
+            "host=db hostaddr=127.0.0.1 user=u",
+        ] {
+            let given = parsed(text);
+            let shown = parsed(&redact(text));
+            assert_eq!(
+                shown.get_password(),
+                given.get_password().map(|_| HIDDEN.as_bytes())
+            );
+            assert_eq!(shown.get_user(), given.get_user(), "{text}");
+            assert_eq!(shown.get_hosts(), given.get_hosts(), "{text}");
+            assert_eq!(shown.get_hostaddrs(), given.get_hostaddrs(), "{text}");
+            assert_eq!(shown.get_ports(), given.get_ports(), "{text}");
+            assert_eq!(shown.get_dbname(), given.get_dbname(), "{text}");
+            assert_eq!(shown.get_options(), given.get_options(), "{text}");
+            assert_eq!(shown.get_application_name(), given.get_application_name());
+            assert_eq!(shown.get_ssl_mode(), given.get_ssl_mode(), "{text}");
+            assert_eq!(shown.get_connect_timeout(), given.get_connect_timeout());
+            assert_eq!(shown.get_keepalives_idle(), given.get_keepalives_idle());
+            assert_eq!(
+                shown.get_target_session_attrs(),
+                given.get_target_session_attrs()
+            );
         }
     }
 
@@ -287,10 +520,37 @@ mod tests {
     fn what_is_not_a_connection_string_is_refused_without_its_password() {
         let e = DatabaseUrl::parse("mysql://root:s3cret@h/db", "[store] url").unwrap_err();
         assert!(e.contains("must be a PostgreSQL connection string"), "{e}");
+        assert!(e.contains("not a mysql:// URL"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
-        let e = DatabaseUrl::parse("host=h password=s3cret sslmode=sometimes", "X").unwrap_err();
-        assert!(e.contains("sslmode"), "{e}");
+        let e = DatabaseUrl::parse("s3cret", "[store] url").unwrap_err();
+        assert!(e.contains("must be a PostgreSQL connection string"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
+        for (text, says) in [
+            ("host=h password=s3cret sslmode=sometimes", "`sslmode`"),
+            ("postgres://u:s3cret@h/d?sslmode=sometimes", "`sslmode`"),
+            ("postgres://u:s3cret@h:port/d", "`port`"),
+            // Keys are lower case; a wrong one is not quoted (it may be a piece of a password
+            // written with a space and no quotes).
+            ("PASSWORD=s3cret host=h", "lower case: `password`"),
+            ("host=h password=s3 cret=x", "the known ones: host"),
+            ("host=h password=s3 cret", "unexpected EOF"),
+            (
+                "host=h password=s3 cret x=y",
+                "unexpected character at byte",
+            ),
+            ("host=h password='s3cret", "unterminated"),
+        ] {
+            let e = DatabaseUrl::parse(text, "X").unwrap_err();
+            assert!(
+                e.contains("X is not a valid PostgreSQL connection string"),
+                "{e}"
+            );
+            assert!(e.contains(says), "{text}: {e}");
+            for piece in ["s3", "cret"] {
+                assert!(!e.contains(piece), "{text}: {e}");
+            }
+            assert_eq!(redact(text), UNREADABLE);
+        }
         assert_eq!(
             hide_password_in("failed for s3cret", "postgres://u:s3cret@h/d"),
             "failed for ***"
