@@ -182,8 +182,10 @@ fn a_pool_task_released_by_a_stopping_host_is_taken_by_another_at_once() {
 fn a_daemon_does_not_warn_of_the_workers_other_hosts_run() {
     let Some(db) = pg_database() else { return };
     let store = format!("[store]\nurl = \"{}\"\n", db.url.expose());
-    let a = Project::with_workers(&["w"], RECORDING_AGENT, &store);
-    let b = Project::with_workers(&["v"], RECORDING_AGENT, &store);
+    // Two daemons on one database need host ids of their own.
+    let on = |host: &str| format!("{store}[daemon]\nhost = \"{host}\"\n");
+    let a = Project::with_workers(&["w"], RECORDING_AGENT, &on("a"));
+    let b = Project::with_workers(&["v"], RECORDING_AGENT, &on("b"));
     // One of B's tasks is queued before either daemon starts.
     let mut for_b = vec![b.submit("v", "queued first")];
     let host_a = a.start();
