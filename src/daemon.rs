@@ -138,7 +138,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     // What a previous daemon left running dies before its tasks are handed out again.
     let book = Arc::new(Book::new(&state_dir, &owner));
     // And what this one starts dies with it, however it dies.
-    let guardian = Arc::new(std::sync::Mutex::new(start_guardian(&owner)));
+    let guardian = start_guardian(&owner);
     for reaped in book.reap() {
         if reaped.killed.is_empty() {
             continue;
@@ -470,13 +470,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         config.pool.max_workers
     );
 
-    {
-        let (guardian, owner, stopping) =
-            (guardian.clone(), owner.clone(), shutdown.stopping.clone());
-        tasks.spawn(async move {
-            keep_guardian(&guardian, &owner, &stopping).await;
-        });
-    }
+    // Kept (and started again if someone kills it) until every runner has returned: closing its
+    // pipe any earlier would kill agents still finishing within the grace.
+    let keeper = tokio::spawn(keep_guardian(
+        guardian,
+        owner.clone(),
+        shutdown.stopping.clone(),
+    ));
 
     shutdown.stopping.cancelled().await;
     info!(
@@ -494,11 +494,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             warn!("cannot record this daemon's leaving: {e}; its leases lapse by themselves");
         }
     }
-    let last = guardian.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(g) = last {
-        tokio::task::spawn_blocking(move || g.stop(Duration::from_secs(2)))
-            .await
-            .ok();
+    if let Ok(Some(g)) = keeper.await {
+        g.stop(Duration::from_secs(2)).await;
     }
     info!("stopped");
     Ok(())
@@ -524,21 +521,30 @@ fn start_guardian(owner: &str) -> Option<Guardian> {
     }
 }
 
-/// Starts the guardian again if it ended (someone killed it), checking every few seconds.
+/// Starts the guardian again whenever it ends (someone killed it), until the daemon stops; then
+/// hands it back. It waits on the process itself: an idle daemon runs no timer for this.
 async fn keep_guardian(
-    guardian: &std::sync::Mutex<Option<Guardian>>,
-    owner: &str,
-    stopping: &CancellationToken,
-) {
+    mut guardian: Option<Guardian>,
+    owner: String,
+    stopping: CancellationToken,
+) -> Option<Guardian> {
     loop {
+        let Some(g) = guardian.as_mut() else {
+            stopping.cancelled().await;
+            return None;
+        };
         tokio::select! {
-            _ = stopping.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        let mut g = guardian.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(status) = g.as_mut().and_then(Guardian::exited) {
-            warn!("the guardian process ended ({status}); starting another");
-            *g = start_guardian(owner);
+            ended = g.ended() => {
+                let how = ended.map_or_else(|e| e.to_string(), |s| s.to_string());
+                warn!("the guardian process ended ({how}); starting another");
+                // One that dies at once is not started again in a tight loop.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopping.cancelled() => return None,
+                }
+                guardian = start_guardian(&owner);
+            }
+            _ = stopping.cancelled() => return guardian,
         }
     }
 }

@@ -105,52 +105,51 @@ fn boot_id() -> Option<String> {
 /// every page it writes while children start took more of the daemon's time than everything else
 /// a trivial task costs. Without it, agents start with `posix_spawn` (`vfork` semantics).
 pub struct Guardian {
-    child: std::process::Child,
+    child: tokio::process::Child,
+    /// The writing end of its pipe, held apart: tokio's `wait` closes a child's stdin first.
+    pipe: Option<tokio::process::ChildStdin>,
 }
 
 impl Guardian {
     /// Starts the guardian of the daemon whose agents are marked `owner`. It is in its own process
     /// group, so a Ctrl-C meant for the daemon (which stops gracefully) does not reach it.
     pub fn start(owner: &str) -> std::io::Result<Guardian> {
-        use std::os::unix::process::CommandExt;
         // This very binary, even if an upgrade has replaced the file since the daemon started.
         let exe = if cfg!(target_os = "linux") {
             PathBuf::from("/proc/self/exe")
         } else {
             std::env::current_exe()?
         };
-        let child = std::process::Command::new(exe)
+        let mut child = tokio::process::Command::new(exe)
             .arg0("agentq")
             .args(["guard", "--owner", owner])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .process_group(0)
             .spawn()?;
-        Ok(Guardian { child })
+        let pipe = child.stdin.take();
+        Ok(Guardian { child, pipe })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
-    /// Whether the guardian has ended (it should not, while the daemon runs).
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    /// Waits until the guardian ends (it should not, while the daemon runs): no polling.
+    pub async fn ended(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
     }
 
     /// Closes the pipe (the guardian then sweeps, finding nothing after a clean stop) and waits
     /// up to `within` for it to end.
-    pub fn stop(mut self, within: std::time::Duration) {
-        drop(self.child.stdin.take());
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+    pub async fn stop(mut self, within: std::time::Duration) {
+        drop(self.pipe.take());
+        if tokio::time::timeout(within, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

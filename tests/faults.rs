@@ -283,7 +283,18 @@ fn the_guardian_kills_what_a_killed_daemon_left_and_without_it_the_next_daemon_d
     let p = project("");
     // An agent that ignores SIGTERM, with a grandchild.
     let daemon = p.start();
-    let guardian = daemon.guardian().expect("the daemon has a guardian");
+    let first = daemon.guardian().expect("the daemon has a guardian");
+    // A guardian that someone kills is started again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut guardian = 0;
+    wait_until(Duration::from_secs(10), "another guardian", || {
+        guardian = daemon.guardian().unwrap_or(first);
+        guardian != first
+    });
     let id = p.submit("w", "[[grandchildren 1]] [[ignore-term]] [[sleep 60000]]");
     wait_until(
         Duration::from_secs(20),
