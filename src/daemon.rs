@@ -254,9 +254,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         ))
     });
     let keep_worker_leases = CancellationToken::new();
-    if let Some(leases) = &leases {
-        tokio::spawn(leases.clone().keep(keep_worker_leases.clone()));
-    }
+    let kept = leases.as_ref().map(|leases| {
+        tokio::spawn(
+            leases
+                .clone()
+                .keep(keep_worker_leases.clone(), shutdown.clone()),
+        )
+    });
 
     {
         let wakes = wakes.clone();
@@ -488,6 +492,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         }
     }
     keep_worker_leases.cancel();
+    // Another daemon took this one's host id: it owns this run's tasks now.
+    let lost = match kept {
+        Some(kept) => kept.await.ok().and_then(|k| k.err()),
+        None => None,
+    };
     if store.shared() {
         // Every runner has released its worker already; this also ends the host row.
         if let Err(e) = store.leave_host(&host, &owner, now_ms()).await {
@@ -496,6 +505,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     }
     if let Ok(Some(g)) = keeper.await {
         g.stop(Duration::from_secs(2)).await;
+    }
+    if let Some(lost) = lost {
+        return Err(lost);
     }
     info!("stopped");
     Ok(())

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Agent, WorkerConfig};
+use crate::daemon::Shutdown;
 use crate::store::{LeaseTake, Store, now_ms};
 
 /// The worker leases of one daemon run.
@@ -168,12 +169,38 @@ impl Leases {
     }
 
     /// Renews the host row and the held leases every third of the lease, until `stop`; a lease
-    /// found lost is forgotten, so its runner asks again before it claims.
-    pub async fn keep(self: Arc<Self>, stop: CancellationToken) {
+    /// found lost is forgotten, so its runner asks again before it claims. The host id is held
+    /// too: a broken connection holding it is replaced ([`Store::hold_host`]). If another daemon
+    /// took the id meanwhile, it has recovered this run's tasks and may run its workers: this run
+    /// stops at once (`shutdown`, stopping and hurrying) and the error is returned.
+    pub async fn keep(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        shutdown: Shutdown,
+    ) -> Result<(), crate::error::Error> {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.lease / 3) => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Ok(()),
+            }
+            match self.store.hold_host(&self.host).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    info!(host = %self.host, "took this daemon's host id again on a new connection")
+                }
+                Err(e @ crate::error::Error::HostInUse { .. }) => {
+                    error!(
+                        "lost this daemon's host id: {e}; stopping its agents now (their tasks were taken back by the other daemon)"
+                    );
+                    self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    shutdown.stopping.cancel();
+                    shutdown.hurry.cancel();
+                    return Err(e);
+                }
+                Err(e) => warn!(
+                    "cannot take this daemon's host id again: {e}; trying again in {:?}",
+                    self.lease / 3
+                ),
             }
             let asked = Instant::now();
             match self

@@ -357,3 +357,94 @@ fn a_second_daemon_under_a_running_host_id_is_refused_and_a_restart_recovers_at_
     assert_eq!(sleeping.state(id), "running");
     assert_eq!(sleeping.task(id)["interruptions"], 1);
 }
+
+/// The backend holding host id `id`'s session advisory lock, if any.
+const HOST_LOCK_HOLDER: &str = "SELECT pid FROM pg_locks \
+     WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('agentq.host:' || $1, 0)";
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn lock_holder(url: &str, id: &str) -> Option<i32> {
+    block_on(async {
+        let c = connect(url).await;
+        c.query_opt(HOST_LOCK_HOLDER, &[&id])
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    })
+}
+
+#[test]
+fn a_daemon_whose_host_id_connection_breaks_takes_the_id_again_and_runs_on() {
+    let Some(db) = pg_database() else { return };
+    let url = db.url.expose();
+    // Lease 1s: the host id is checked every third of it.
+    let a = host(url, "a", &[("w", None)], "lease = \"1s\"");
+    let da = a.start();
+    let first = a.submit("w", "before");
+    a.wait_all(&[first]);
+    let before = lock_holder(url, "a").expect("daemon a holds its host id");
+    block_on(async {
+        let c = connect(url).await;
+        c.execute("SELECT pg_terminate_backend($1)", &[&before])
+            .await
+            .unwrap();
+    });
+    wait_until(Duration::from_secs(10), "the host id taken again", || {
+        lock_holder(url, "a").is_some_and(|p| p != before)
+    });
+    let second = a.submit("w", "after");
+    a.wait_all(&[second]);
+    let log = da.log();
+    assert!(log.contains("took this daemon's host id again"), "{log}");
+    // While it holds the id, a second daemon under it is still refused.
+    let twin = host(url, "a", &[("w", None)], "");
+    assert!(!twin.run(&["run"]).status.success());
+    assert!(da.stop().success());
+}
+
+#[test]
+fn a_daemon_whose_host_id_was_taken_while_its_connection_was_down_stops_its_agents() {
+    let Some(db) = pg_database() else { return };
+    let url = db.url.expose();
+    let config = read(&host(url, "a", &[("w", None)], "lease = \"1s\"").path("agentq.toml"))
+        .replace(RECORDING_AGENT, SLEEPING_AGENT);
+    let a = Project::new(&config);
+    let mut da = a.start();
+    let id = a.submit("w", "sleep");
+    let agent = a.sleeping_agent_pid();
+    let before = lock_holder(url, "a").expect("daemon a holds its host id");
+    // Another session ends the daemon's and queues for the lock in one statement, so it is
+    // granted the lock before the daemon can try again: as if a twin daemon had started.
+    // A runtime of its own keeps the thief's connection (and its lock) alive past block_on.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let thief = rt.block_on(async {
+        let c = connect(url).await;
+        c.execute(
+            "SELECT pg_terminate_backend($1), \
+                    pg_advisory_lock(hashtextextended('agentq.host:' || $2, 0))",
+            &[&before, &"a"],
+        )
+        .await
+        .unwrap();
+        c
+    });
+    let status = da.wait(Duration::from_secs(15));
+    assert!(!status.success(), "the daemon stops with an error");
+    let log = da.log();
+    assert!(log.contains("lost this daemon's host id"), "{log}");
+    assert!(log.contains("host id \"a\""), "{log}");
+    wait_until(Duration::from_secs(5), "the agent killed", || !alive(agent));
+    // Not ended by the daemon that lost the id: back in the queue, for whoever holds it next.
+    assert_eq!(a.state(id), "queued");
+    drop(thief);
+    drop(rt);
+}

@@ -601,6 +601,13 @@ pub trait Store: Send + Sync {
         now: Millis,
         lease: Duration,
     ) -> Result<()>;
+    /// Keeps holding the host id [`Store::join_host`] took: if the connection that holds it
+    /// broke, takes it again. `true`: it was taken again; [`crate::error::Error::HostInUse`]:
+    /// another daemon took the id meanwhile (it has recovered this run's tasks and may take its
+    /// workers: this run must stop). A store without host ids always holds.
+    async fn hold_host(&self, _host: &str) -> Result<bool> {
+        Ok(false)
+    }
     /// The daemon run `owner` leaves: its worker leases are released (their workers rung) and
     /// its host row removed.
     async fn leave_host(&self, host: &str, owner: &str, now: Millis) -> Result<()>;

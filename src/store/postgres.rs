@@ -305,6 +305,45 @@ impl PgStore {
         }
     }
 
+    /// A connection of its own holding the session advisory lock on host id `host`, or
+    /// [`Error::HostInUse`] naming the daemon that holds it. The lock lives as long as the
+    /// connection: a killed daemon's goes with it, and one whose connection breaks must take it
+    /// again ([`Store::hold_host`]).
+    async fn take_host_lock(&self, host: &str) -> Result<tokio_postgres::Client> {
+        let fail = |e: PgError| self.fail("taking the host id", &e);
+        let (client, connection) = pg_config(&self.url)?.connect(NoTls).await.map_err(fail)?;
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!(
+                    "the connection holding this daemon's host id on {url} broke ({}); taking the id again",
+                    describe(&e)
+                );
+            }
+        });
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('agentq.host:' || $1, 0))",
+                &[&host],
+            )
+            .await
+            .map_err(fail)?
+            .get(0);
+        if !got {
+            let pid = client
+                .query_opt("SELECT pid FROM hosts WHERE host = $1", &[&host])
+                .await
+                .map_err(fail)?
+                .map(|r| r.get::<_, i64>(0));
+            return Err(Error::HostInUse {
+                host: host.to_string(),
+                database: self.url.redacted(),
+                pid,
+            });
+        }
+        Ok(client)
+    }
+
     async fn client(&self, about: &'static str) -> Result<deadpool_postgres::Client> {
         self.pool.get().await.map_err(|e| {
             let message = match &e {
@@ -2051,40 +2090,9 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<()> {
         let about = "taking the host id";
-        let fail = |e: PgError| self.fail(about, &e);
         let mut slot = self.host_lock.lock().await;
-        if slot.is_none() {
-            let (client, connection) = pg_config(&self.url)?.connect(NoTls).await.map_err(fail)?;
-            let url = self.url.clone();
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    warn!(
-                        "the connection holding this daemon's host id on {url} broke ({}); another daemon may now start under the same id",
-                        describe(&e)
-                    );
-                }
-            });
-            let got: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtextextended('agentq.host:' || $1, 0))",
-                    &[&host],
-                )
-                .await
-                .map_err(fail)?
-                .get(0);
-            if !got {
-                let pid = client
-                    .query_opt("SELECT pid FROM hosts WHERE host = $1", &[&host])
-                    .await
-                    .map_err(fail)?
-                    .map(|r| r.get::<_, i64>(0));
-                return Err(Error::HostInUse {
-                    host: host.to_string(),
-                    database: self.url.redacted(),
-                    pid,
-                });
-            }
-            *slot = Some(client);
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(self.take_host_lock(host).await?);
         }
         drop(slot);
         let (pid, lease_ms) = (i64::from(pid), lease.as_millis() as i64);
@@ -2102,6 +2110,18 @@ impl Store for PgStore {
             .await?;
             Ok(())
         })
+    }
+
+    async fn hold_host(&self, host: &str) -> Result<bool> {
+        let mut slot = self.host_lock.lock().await;
+        match slot.as_ref() {
+            Some(client) if client.is_closed() => {}
+            // Held, or never taken (or given up by `leave_host`): nothing to take again.
+            _ => return Ok(false),
+        }
+        *slot = None;
+        *slot = Some(self.take_host_lock(host).await?);
+        Ok(true)
     }
 
     async fn leave_host(&self, host: &str, owner: &str, _now: Millis) -> Result<()> {
