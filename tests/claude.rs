@@ -9,18 +9,6 @@ use std::time::Duration;
 use common::*;
 use fake_anthropic::FakeServer;
 
-/// `seen N: ...` answers, as the fake gives them: which prompts the model saw.
-fn seen(output: &str) -> (usize, Vec<String>) {
-    let rest = output
-        .strip_prefix("seen ")
-        .unwrap_or_else(|| panic!("not a seen answer: {output:?}"));
-    let (n, list) = rest.split_once(": ").unwrap();
-    (
-        n.parse().unwrap(),
-        list.split(" | ").map(str::to_string).collect(),
-    )
-}
-
 fn history_survives_restarts(mode: &str) {
     let fake = FakeServer::start().unwrap();
     let p = Project::with_claude(&fake, &format!("mode = \"{mode}\""));

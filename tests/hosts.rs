@@ -448,3 +448,91 @@ fn a_daemon_whose_host_id_was_taken_while_its_connection_was_down_stops_its_agen
     drop(thief);
     drop(rt);
 }
+
+/// A host's project with one Claude worker `c` (the real CLI against `fake`, HOME its own unless
+/// `home` names another's) working in `cwd`, which Claude's session store is keyed by.
+fn claude_host(
+    fake: &fake_anthropic::FakeServer,
+    url: &str,
+    id: &str,
+    cwd: &std::path::Path,
+    daemon: &str,
+    home: Option<&Project>,
+) -> Project {
+    let p = Project::with_claude(fake, &format!("cwd = \"{}\"", cwd.display()));
+    let mut config = read(&p.path("agentq.toml"));
+    if let Some(other) = home {
+        config = config.replace(
+            &p.path("home").display().to_string(),
+            &other.path("home").display().to_string(),
+        );
+    }
+    config.push_str(&format!(
+        "[daemon]\nhost = \"{id}\"\nshutdown_grace = \"5s\"\n{daemon}\n[store]\nurl = \"{url}\"\n"
+    ));
+    std::fs::write(p.path("agentq.toml"), config).unwrap();
+    p
+}
+
+/// `c` on host a answers "one" and "two", a stops, and host b takes `c` over for "three":
+/// how many prompts the model saw in each task, and its session id.
+fn claude_moves(
+    db: &agentq::store::postgres::test_db::TestDb,
+    shared_sessions: bool,
+) -> Vec<(usize, String)> {
+    let url = db.url.expose();
+    let fake = fake_anthropic::FakeServer::start().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let daemon = format!("shared_sessions = {shared_sessions}");
+    let a = claude_host(&fake, url, "a", cwd.path(), &daemon, None);
+    let home = shared_sessions.then_some(&a);
+    let b = claude_host(&fake, url, "b", cwd.path(), &daemon, home);
+    let da = a.start();
+    let mut ids = vec![a.submit("c", "one"), a.submit("c", "two")];
+    a.wait_all(&ids);
+    assert!(da.stop().success());
+    let d = b.start();
+    ids.push(b.submit("c", "three"));
+    b.wait_all(&ids[2..]);
+    assert!(d.stop().success());
+    ids.iter()
+        .map(|id| {
+            let session = b.task(*id)["session_id"].as_str().unwrap().to_string();
+            (seen(&b.output(*id)).0, session)
+        })
+        .collect()
+}
+
+#[test]
+fn a_claude_worker_that_moves_host_starts_a_new_conversation_unless_sessions_are_shared() {
+    let Some(db) = pg_database() else { return };
+    let runs = claude_moves(&db, false);
+    assert_eq!(runs[0].0, 1);
+    assert_eq!(runs[1], (2, runs[0].1.clone()), "one conversation on a");
+    assert_eq!(runs[2].0, 1, "a new conversation on b: {runs:?}");
+    assert_ne!(runs[2].1, runs[0].1);
+    let s = store(&db);
+    let reset = events(&s, "session_reset");
+    assert_eq!(reset.len(), 1, "{reset:?}");
+    let why = &reset[0].message;
+    assert!(why.contains("host a") && why.contains("host b"), "{why}");
+    assert!(
+        why.contains(&runs[0].1),
+        "names the conversation left: {why}"
+    );
+    assert_eq!(events(&s, "worker_moved").len(), 1);
+}
+
+#[test]
+fn a_claude_worker_that_moves_between_hosts_sharing_sessions_goes_on_with_its_conversation() {
+    let Some(db) = pg_database() else { return };
+    let runs = claude_moves(&db, true);
+    assert_eq!(
+        runs[2],
+        (3, runs[0].1.clone()),
+        "the conversation went on: {runs:?}"
+    );
+    let s = store(&db);
+    assert!(events(&s, "session_reset").is_empty());
+    assert_eq!(events(&s, "worker_moved").len(), 1);
+}

@@ -416,3 +416,15 @@ pub fn event_kinds(task: &Value) -> Vec<&str> {
         .map(|e| e["kind"].as_str().unwrap())
         .collect()
 }
+
+/// `seen N: ...` answers, as the fake gives them: which prompts the model saw.
+pub fn seen(output: &str) -> (usize, Vec<String>) {
+    let rest = output
+        .strip_prefix("seen ")
+        .unwrap_or_else(|| panic!("not a seen answer: {output:?}"));
+    let (n, list) = rest.split_once(": ").unwrap();
+    (
+        n.parse().unwrap(),
+        list.split(" | ").map(str::to_string).collect(),
+    )
+}
