@@ -119,6 +119,12 @@ fn the_dashboards_buttons_submit_cancel_retry_and_pause_and_a_wrong_token_is_ref
             "no row for {name}"
         );
     }
+    // One daemon on its own store: no host column, no hosts line.
+    assert_eq!(
+        b.evaluate("document.querySelector('#host-col').hidden"),
+        true
+    );
+    assert_eq!(b.evaluate("document.querySelector('#hosts').hidden"), true);
     let pool = b.evaluate("document.querySelector('#pool').innerText");
     assert!(
         pool.as_str().unwrap().contains("pool: 0 of 4 running"),
@@ -241,4 +247,50 @@ fn the_dashboards_buttons_submit_cancel_retry_and_pause_and_a_wrong_token_is_ref
     );
     drop(b);
     assert!(daemon.stop().success());
+}
+
+#[test]
+fn on_a_shared_store_the_dashboard_shows_which_host_runs_each_worker() {
+    let Some(db) = pg_database() else { return };
+    let url = db.url.expose();
+    // Two hosts, one queue: w is pinned to a, v to b; the dashboard is a's.
+    let config = |id: &str, http: &str| {
+        format!(
+            "[daemon]\nhost = \"{id}\"\n[store]\nurl = \"{url}\"\n{http}\
+             [[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = {AGENT}\nhost = \"a\"\n\
+             [[worker]]\nname = \"v\"\nagent = \"command\"\ncommand = {AGENT}\nhost = \"b\"\n"
+        )
+    };
+    let a = Project::new(&config("a", "[http]\nlisten = \"127.0.0.1:0\"\n"));
+    let b_host = Project::new(&config("b", ""));
+    let da = a.start();
+    let _db = b_host.start();
+    // Each takes its worker's lease with its first task.
+    let ids = [a.submit("w", "on a"), a.submit("v", "on b")];
+    a.wait_all(&ids);
+    let base = format!("http://{}/", api_address(&da.log()));
+    let token = a.ok(&["token"]).trim().to_string();
+    let mut b = Browser::launch(&chromium(), &artifacts());
+    b.goto(&format!("{base}#token={token}"));
+    b.wait_for(
+        WAIT,
+        "the host column",
+        "document.querySelector('#host-col')?.hidden === false || null",
+    );
+    for (worker, host) in [("w", "a"), ("v", "b")] {
+        let shown = b.evaluate(&format!(
+            "{}.querySelector('td.host').innerText",
+            worker_row(worker)
+        ));
+        assert_eq!(shown, host, "worker {worker}");
+    }
+    let hosts = b.evaluate("document.querySelector('#hosts').innerText");
+    let hosts = hosts.as_str().unwrap();
+    assert!(
+        hosts.starts_with("hosts: a (pid ") && hosts.contains(", b (pid "),
+        "{hosts}"
+    );
+    let daemon = b.evaluate("document.querySelector('#daemon').innerText");
+    assert!(daemon.as_str().unwrap().ends_with("host a"), "{daemon}");
+    b.screenshot("hosts.png");
 }
