@@ -160,7 +160,6 @@ pub fn restarted(cleared: Option<&super::Pause>) -> String {
     }
 }
 
-/// The `session_reset` event's message, given the conversation left (if any).
 /// `worker_moved`: a worker's lease was taken by a daemon of another host.
 pub fn moved(from: &str, to: &str) -> (String, Value) {
     (
@@ -174,6 +173,32 @@ pub fn previous_run(host: &str) -> String {
     format!("a previous run on host {host} is gone (its host id is taken again)")
 }
 
+/// A worker's lease as its row says: host, owner, and when it expires.
+pub type HeldLease = (String, String, super::Millis);
+
+/// Whether `owner`, a daemon of `host`, may take the worker lease `held` at `now`: not while a
+/// live lease is another daemon's ([`super::LeaseTake::Busy`]), unless that daemon was a previous
+/// run of the same host (gone: the host id is held). Else the host the worker moves from, if
+/// another.
+pub fn may_take_lease(
+    held: Option<HeldLease>,
+    host: &str,
+    owner: &str,
+    now: super::Millis,
+) -> std::result::Result<Option<String>, super::LeaseTake> {
+    match held {
+        Some((h, o, expires)) if o != owner && h != host && expires > now => {
+            Err(super::LeaseTake::Busy {
+                host: h,
+                owner: o,
+                expires_in: std::time::Duration::from_millis((expires - now) as u64),
+            })
+        }
+        held => Ok(held.map(|(h, _, _)| h).filter(|h| h != host)),
+    }
+}
+
+/// The `session_reset` event's message, given the conversation left (if any).
 pub fn session_reset(why: &str, old: Option<&str>) -> String {
     match old {
         Some(id) => format!("{why}; conversation {id} left, the next task starts a new one"),

@@ -2173,21 +2173,14 @@ impl Store for PgStore {
                     &[&worker],
                 )
                 .await?;
-            let held: Option<(String, String, i64)> = match held {
+            let held = match held {
                 Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
                 None => None,
             };
-            if let Some((h, o, e)) = &held
-                && o != &owner
-                && h != &host
-                && *e > now
-            {
-                return Ok(super::LeaseTake::Busy {
-                    host: h.clone(),
-                    owner: o.clone(),
-                    expires_in: Duration::from_millis((e - now) as u64),
-                });
-            }
+            let moved_from = match common::may_take_lease(held, &host, &owner, now) {
+                Ok(from) => from,
+                Err(busy) => return Ok(busy),
+            };
             tx.execute(
                 "INSERT INTO worker_leases (worker, host, owner, expires, taken_at) \
                  VALUES ($1, $2, $3, $4::bigint + $5::bigint, $4) ON CONFLICT (worker) DO UPDATE SET \
@@ -2197,7 +2190,6 @@ impl Store for PgStore {
                 &[&worker, &host, &owner, &now, &lease_ms],
             )
             .await?;
-            let moved_from = held.map(|(h, _, _)| h).filter(|h| h != &host);
             if let Some(from) = &moved_from {
                 let (message, data) = common::moved(from, &host);
                 tx.event_with(

@@ -1473,24 +1473,17 @@ impl Store for SqliteStore {
         let (worker, host, owner) = (worker.to_string(), host.to_string(), owner.to_string());
         let expires = now + lease.as_millis() as Millis;
         self.write("taking a worker's lease", move |tx| {
-            let held: Option<(String, String, i64)> = tx
+            let held = tx
                 .row(
                     "SELECT host, owner, expires FROM worker_leases WHERE worker = ?1",
                     [&worker],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            if let Some((h, o, e)) = &held
-                && o != &owner
-                && h != &host
-                && *e > now
-            {
-                return Ok(super::LeaseTake::Busy {
-                    host: h.clone(),
-                    owner: o.clone(),
-                    expires_in: Duration::from_millis((e - now) as u64),
-                });
-            }
+            let moved_from = match common::may_take_lease(held, &host, &owner, now) {
+                Ok(from) => from,
+                Err(busy) => return Ok(busy),
+            };
             tx.exec(
                 "INSERT INTO worker_leases (worker, host, owner, expires, taken_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (worker) DO UPDATE SET host = excluded.host, \
@@ -1498,7 +1491,6 @@ impl Store for SqliteStore {
                    taken_at = CASE WHEN owner = excluded.owner THEN taken_at ELSE excluded.taken_at END",
                 params![worker, host, owner, expires, now],
             )?;
-            let moved_from = held.map(|(h, _, _)| h).filter(|h| h != &host);
             if let Some(from) = &moved_from {
                 let (message, data) = common::moved(from, &host);
                 event_with(tx, now, None, Some(&worker), "worker_moved", &message, Some(data))?;
