@@ -2,7 +2,7 @@
 //! which scripts/test starts): a project on PostgreSQL runs its tasks, and a submit from another
 //! "host" (another project folder on the same database, so no doorbell socket is shared) wakes a
 //! running daemon through NOTIFY within milliseconds; hosts running different workers say nothing
-//! of each other's.
+//! of each other's; a daemon rides out the server ending all its connections.
 
 mod common;
 
@@ -205,4 +205,72 @@ fn a_daemon_does_not_warn_of_the_workers_other_hosts_run() {
             "a daemon spoke of another host's worker {other}:\n{log}"
         );
     }
+}
+
+#[test]
+fn a_daemon_rides_out_the_server_cutting_every_connection() {
+    let Some(db) = pg_database() else { return };
+    let url = db.url.expose();
+    // As if the server restarted: every connection of the daemon's (its pool, its listener, the
+    // one holding its host id) is ended while a task runs and the daemon idles otherwise.
+    const AGENT: &str = r#"["sh", "-c", "p=$(cat); case \"$p\" in *slow*) sleep 2;; esac; printf 'done: %s' \"$p\""]"#;
+    let a = Project::with_workers(
+        &["w"],
+        AGENT,
+        &format!(
+            "[daemon]\nhost = \"a\"\nlease = \"1s\"\n[intake]\nrescan_interval = \"1h\"\n\
+             [store]\nurl = \"{url}\"\n"
+        ),
+    );
+    let daemon = a.start();
+    let slow = a.submit("w", "slow");
+    wait_until(Duration::from_secs(20), "the slow task to run", || {
+        a.state(slow) == "running"
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ended: i64 = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert!(
+        ended >= 3,
+        "pool, listener and host id: {ended} connections"
+    );
+    // The running task's result still lands, through a new connection.
+    let out = a.run(&["wait", "--timeout", "20s", &slow.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(a.output(slow), "done: slow");
+    // Another host's submit wakes it again (the listener came back), within moments.
+    let b = Project::with_workers(&["w"], AGENT, &format!("[store]\nurl = \"{url}\"\n"));
+    let asked = Instant::now();
+    let id = b.submit("w", "after the cut");
+    let out = b.run(&["wait", "--timeout", "20s", &id.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
+    // And it holds its host id again: a twin is still refused.
+    wait_until(Duration::from_secs(10), "the host id held again", || {
+        daemon.log().contains("took this daemon's host id again")
+    });
+    let twin = Project::with_workers(
+        &["w"],
+        AGENT,
+        &format!("[daemon]\nhost = \"a\"\n[store]\nurl = \"{url}\"\n"),
+    );
+    assert!(!twin.run(&["run"]).status.success());
+    assert!(daemon.stop().success());
 }
