@@ -515,8 +515,16 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
             .flatten()
             .collect::<Vec<_>>()
             .join(", ");
+            // Several daemons, one queue: which host each attempt ran on (an owner id begins
+            // with its host id).
+            let host = match (&a.owner, store.shared()) {
+                (Some(owner), true) => {
+                    format!("on {} ", owner.split(':').next().unwrap_or(owner))
+                }
+                _ => String::new(),
+            };
             println!(
-                "{}  #{:<3} {:<12} {}{}",
+                "{}  #{:<3} {:<12} {host}{}{}",
                 when(a.ended_at),
                 a.attempt,
                 a.outcome,

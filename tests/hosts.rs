@@ -251,6 +251,23 @@ fn kill_9_of_one_host_the_other_finishes_its_work_and_takes_its_workers() {
     ran.sort();
     ran.dedup();
     assert_eq!(ran.len(), 60, "every task ran (at least once)");
+    // `show` names the host of each attempt: every one ran on A or B, and those cut short by
+    // A's death on A.
+    for id in &ids {
+        let shown = b.ok(&["show", &id.to_string()]);
+        let attempts: Vec<&str> = shown
+            .split("--- attempts\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .collect();
+        for line in attempts {
+            let on_a = line.contains(" on a");
+            assert!(on_a || line.contains(" on b"), "task {id}: {line}");
+            assert!(!line.contains("interrupted") || on_a, "task {id}: {line}");
+        }
+    }
 }
 
 #[test]
