@@ -987,12 +987,17 @@ const DURATION_BOUNDS: &[f64] = &[
 const MEMORY_BOUNDS_MIB: &[f64] = &[16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
 const RESTARTS: &str = "agent_restarting";
 const REJECTED: &str = "file_rejected";
+const MOVED: &str = "worker_moved";
 
 async fn metrics(State(s): State<Shared>) -> Answer {
     let (config, store) = (&s.api.config, s.api.store.as_ref());
     let duration_ms: Vec<f64> = DURATION_BOUNDS.iter().map(|b| b * 1000.0).collect();
     let figures = store
-        .metrics(&duration_ms, MEMORY_BOUNDS_MIB, &[RESTARTS, REJECTED])
+        .metrics(
+            &duration_ms,
+            MEMORY_BOUNDS_MIB,
+            &[RESTARTS, REJECTED, MOVED],
+        )
         .await?;
     let status = crate::ops::status(config, store, s.api.pid).await?;
     let mut out = Metrics::default();
@@ -1130,6 +1135,50 @@ async fn metrics(State(s): State<Shared>) -> Answer {
         .map(|(_, _, n)| n)
         .sum();
     out.sample("agentq_intake_rejections_total", &[], rejected as f64);
+
+    // Several daemons, one queue: which host runs what. The task figures above are the whole
+    // queue's, as every daemon on the store sees them; those of the daemon and its agents are its
+    // own.
+    if store.shared() {
+        out.family(
+            "agentq_hosts",
+            "gauge",
+            "Daemons whose host row is in force on the shared store.",
+        );
+        out.sample("agentq_hosts", &[], status.hosts.len() as f64);
+        out.family(
+            "agentq_worker_host",
+            "gauge",
+            "1 for the host whose daemon holds each worker's lease; absent while none does.",
+        );
+        for w in &status.workers {
+            if let Some(host) = &w.host {
+                out.sample(
+                    "agentq_worker_host",
+                    &[("worker", &w.name), ("host", host)],
+                    1.0,
+                );
+            }
+        }
+        out.family(
+            "agentq_worker_moves_total",
+            "counter",
+            "Times each worker's lease was taken by a daemon of another host.",
+        );
+        for w in &status.workers {
+            let n: u64 = figures
+                .events
+                .iter()
+                .filter(|(k, worker, _)| k == MOVED && worker.as_deref() == Some(&w.name))
+                .map(|(_, _, n)| n)
+                .sum();
+            out.sample(
+                "agentq_worker_moves_total",
+                &[("worker", &w.name)],
+                n as f64,
+            );
+        }
+    }
 
     Ok((
         [(

@@ -250,7 +250,7 @@ fn the_dashboards_buttons_submit_cancel_retry_and_pause_and_a_wrong_token_is_ref
 }
 
 #[test]
-fn on_a_shared_store_the_dashboard_shows_which_host_runs_each_worker() {
+fn on_a_shared_store_the_dashboard_and_metrics_show_which_host_runs_each_worker() {
     let Some(db) = pg_database() else { return };
     let url = db.url.expose();
     // Two hosts, one queue: w is pinned to a, v to b; the dashboard is a's.
@@ -293,4 +293,20 @@ fn on_a_shared_store_the_dashboard_shows_which_host_runs_each_worker() {
     let daemon = b.evaluate("document.querySelector('#daemon').innerText");
     assert!(daemon.as_str().unwrap().ends_with("host a"), "{daemon}");
     b.screenshot("hosts.png");
+    // /metrics says the same, for Prometheus.
+    let metrics = b.evaluate(&format!(
+        "fetch('/metrics', {{ headers: {{ Authorization: 'Bearer {token}' }} }}).then(r => r.text())"
+    ));
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "agentq_hosts 2",
+        "agentq_worker_host{worker=\"w\",host=\"a\"} 1",
+        "agentq_worker_host{worker=\"v\",host=\"b\"} 1",
+        "agentq_worker_moves_total{worker=\"w\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} in:\n{metrics}"
+        );
+    }
 }
