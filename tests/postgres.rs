@@ -272,5 +272,9 @@ fn a_daemon_rides_out_the_server_cutting_every_connection() {
         &format!("[daemon]\nhost = \"a\"\n[store]\nurl = \"{url}\"\n"),
     );
     assert!(!twin.run(&["run"]).status.success());
+    // Said in agentq's words, not the connection pool's ("Connection error: db error").
+    let log = daemon.log();
+    assert!(log.contains("listening for wake-ups"), "{log}");
+    assert!(!log.contains("deadpool"), "{log}");
     assert!(daemon.stop().success());
 }
