@@ -58,8 +58,11 @@ fn main() -> ExitCode {
 /// error" for each pooled connection a server restart ends) are left out: they name no cause,
 /// and what a broken connection did to agentq is said by agentq.
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_env("AGENTQ_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},deadpool=error")));
+    let filter = EnvFilter::try_from_env("AGENTQ_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{default_level},deadpool=error,deadpool.postgres=error"
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
