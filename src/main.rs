@@ -55,14 +55,15 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr, so stdout carries only data. `AGENTQ_LOG` (e.g. `debug`, `agentq=trace`)
 /// overrides the level. The PostgreSQL connection pool's own warnings ("Connection error: db
-/// error" for each pooled connection a server restart ends) are left out: they name no cause,
-/// and what a broken connection did to agentq is said by agentq.
+/// error" for each pooled connection a server restart ends) are left out unless `AGENTQ_LOG`
+/// names the pool (`deadpool.postgres=warn`): they name no cause, and what a broken connection
+/// did to agentq is said by agentq.
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_env("AGENTQ_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{default_level},deadpool=error,deadpool.postgres=error"
-        ))
-    });
+    let mut wanted = std::env::var("AGENTQ_LOG").unwrap_or_else(|_| default_level.to_string());
+    if !wanted.contains("deadpool") {
+        wanted.push_str(",deadpool.postgres=error");
+    }
+    let filter = EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
