@@ -135,8 +135,19 @@ pub struct PgStore {
     log: Option<Arc<EventLog>>,
     /// The connection holding this daemon's host id ([`Store::join_host`]): a session advisory
     /// lock, which the server drops with the connection, so a killed daemon's id is free again.
-    host_lock: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
+    host_lock: Arc<tokio::sync::Mutex<Option<HostLock>>>,
 }
+
+/// The connection holding a daemon's host id, and which server process serves it (its pid and
+/// start, in microseconds), so that the session left on the server when the connection broke
+/// only on this side (a network blip) is known for this daemon's own, not another's.
+struct HostLock {
+    client: tokio_postgres::Client,
+    backend: (i32, i64),
+}
+
+/// The key of the session advisory lock on host id `$1`.
+const HOST_LOCK_KEY: &str = "hashtextextended('agentq.host:' || $1, 0)";
 
 /// What a store operation can fail with inside its transaction: SQL, or a rule of the queue.
 enum OpError {
@@ -308,8 +319,11 @@ impl PgStore {
     /// A connection of its own holding the session advisory lock on host id `host`, or
     /// [`Error::HostInUse`] naming the daemon that holds it. The lock lives as long as the
     /// connection: a killed daemon's goes with it, and one whose connection breaks must take it
-    /// again ([`Store::hold_host`]).
-    async fn take_host_lock(&self, host: &str) -> Result<tokio_postgres::Client> {
+    /// again ([`Store::hold_host`]). `stale` is the server process of this daemon's previous
+    /// connection, if it had one: when the connection broke only on this side, that session
+    /// still holds the id until the server notices, and is ended here instead of being taken
+    /// for another daemon's.
+    async fn take_host_lock(&self, host: &str, stale: Option<(i32, i64)>) -> Result<HostLock> {
         let fail = |e: PgError| self.fail("taking the host id", &e);
         let (client, connection) = pg_config(&self.url)?.connect(NoTls).await.map_err(fail)?;
         let url = self.url.clone();
@@ -321,14 +335,65 @@ impl PgStore {
                 );
             }
         });
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended('agentq.host:' || $1, 0))",
-                &[&host],
-            )
+        // The server notices within about a minute that this daemon is gone, and frees the id.
+        set_session(&client).await.map_err(fail)?;
+        let try_lock = format!("SELECT pg_try_advisory_lock({HOST_LOCK_KEY})");
+        let mut got: bool = client
+            .query_one(&try_lock, &[&host])
             .await
             .map_err(fail)?
             .get(0);
+        if !got && let Some((pid, started)) = stale {
+            // Held by this daemon's own previous session: end it (it holds nothing else), and
+            // take the id once the server has let it go.
+            let ours: bool = client
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                           AND l.database = (SELECT oid FROM pg_database \
+                                             WHERE datname = current_database()) \
+                           AND ((l.classid::bigint << 32) | l.objid::bigint) = {HOST_LOCK_KEY} \
+                           AND l.pid = $2 \
+                           AND (extract(epoch FROM a.backend_start) * 1000000)::bigint = $3)"
+                    ),
+                    &[&host, &pid, &started],
+                )
+                .await
+                .map_err(fail)?
+                .get(0);
+            if ours {
+                warn!(
+                    "this daemon's previous connection (server process {pid}) still holds its host id; ending it"
+                );
+                client
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(fail)?;
+                // A moment at most: the lease keeper renews leases after this. If the server is
+                // slower to let it go, the next round takes it.
+                for _ in 0..20 {
+                    got = client
+                        .query_one(&try_lock, &[&host])
+                        .await
+                        .map_err(fail)?
+                        .get(0);
+                    if got {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                if !got {
+                    return Err(Error::Postgres {
+                        about: "taking the host id",
+                        url: self.url.redacted(),
+                        message: format!(
+                            "this daemon's previous connection (server process {pid}) still holds it"
+                        ),
+                    });
+                }
+            }
+        }
         if !got {
             let pid = client
                 .query_opt("SELECT pid FROM hosts WHERE host = $1", &[&host])
@@ -341,7 +406,18 @@ impl PgStore {
                 pid,
             });
         }
-        Ok(client)
+        let row = client
+            .query_one(
+                "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint \
+                 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(fail)?;
+        Ok(HostLock {
+            client,
+            backend: (row.get(0), row.get(1)),
+        })
     }
 
     async fn client(&self, about: &'static str) -> Result<deadpool_postgres::Client> {
@@ -2091,8 +2167,9 @@ impl Store for PgStore {
     ) -> Result<()> {
         let about = "taking the host id";
         let mut slot = self.host_lock.lock().await;
-        if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(self.take_host_lock(host).await?);
+        if slot.as_ref().is_none_or(|h| h.client.is_closed()) {
+            let stale = slot.take().map(|h| h.backend);
+            *slot = Some(self.take_host_lock(host, stale).await?);
         }
         drop(slot);
         let (pid, lease_ms) = (i64::from(pid), lease.as_millis() as i64);
@@ -2114,13 +2191,14 @@ impl Store for PgStore {
 
     async fn hold_host(&self, host: &str) -> Result<bool> {
         let mut slot = self.host_lock.lock().await;
-        match slot.as_ref() {
-            Some(client) if client.is_closed() => {}
+        let stale = match slot.as_ref() {
+            Some(h) if h.client.is_closed() => h.backend,
             // Held, or never taken (or given up by `leave_host`): nothing to take again.
             _ => return Ok(false),
-        }
-        *slot = None;
-        *slot = Some(self.take_host_lock(host).await?);
+        };
+        // Kept (closed) until taken again, so a failed try still knows the stale session.
+        let lock = self.take_host_lock(host, Some(stale)).await?;
+        *slot = Some(lock);
         Ok(true)
     }
 
@@ -2910,6 +2988,156 @@ pub mod tests {
         eprintln!("{ROUNDS} rounds in {took:?}: {deadlocks} deadlock(s), errors {errors:?}");
         assert_eq!(errors, Vec::<String>::new());
         assert_eq!(deadlocks, 0, "the server detected deadlocks");
+    }
+
+    /// A TCP proxy to the test server that can cut its connections the way a network does: the
+    /// client's side ends, while the server's side lives on (its session, and any lock it holds,
+    /// until the server notices).
+    struct Blip {
+        port: u16,
+        cut: Arc<std::sync::Mutex<CancellationToken>>,
+        /// The server-side sockets of the cut connections, held open.
+        _held: Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>,
+    }
+
+    impl Blip {
+        async fn to(url: &DatabaseUrl) -> Blip {
+            let config: tokio_postgres::Config = url.expose().parse().unwrap();
+            let upstream = match (&config.get_hosts()[0], config.get_ports()[0]) {
+                (tokio_postgres::config::Host::Tcp(h), port) => format!("{h}:{port}"),
+                _ => panic!("the test server must be on TCP"),
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+            let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (c, h) = (cut.clone(), held.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (mut client, _) = listener.accept().await.unwrap();
+                    let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                    let cut = c.lock().unwrap().clone();
+                    let held = h.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.cancelled() => held.lock().unwrap().push(server),
+                        }
+                    });
+                }
+            });
+            Blip {
+                port,
+                cut,
+                _held: held,
+            }
+        }
+
+        fn url(&self, url: &DatabaseUrl) -> DatabaseUrl {
+            let config: tokio_postgres::Config = url.expose().parse().unwrap();
+            let from = format!(":{}/", config.get_ports()[0]);
+            let text = url.expose().replacen(&from, &format!(":{}/", self.port), 1);
+            DatabaseUrl::parse(&text, "test").unwrap()
+        }
+
+        /// Ends every connection made so far on the client's side only.
+        fn cut(&self) {
+            let mut cut = self.cut.lock().unwrap();
+            cut.cancel();
+            *cut = CancellationToken::new();
+        }
+    }
+
+    /// A network blip ends the connection holding the host id on the daemon's side, while the
+    /// server's side lives on, holding the id, until the server notices. That stale session is
+    /// the daemon's own: taking the id again must not take it for another daemon's (which would
+    /// stop every agent and exit the daemon, and refuse its restart while the session lingers).
+    /// A daemon that really took the id meanwhile is still told apart.
+    #[tokio::test]
+    async fn a_blip_on_the_host_id_connection_is_not_another_daemon_taking_the_id() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let blip = Blip::to(&db.url).await;
+        let s = PgStore::connect(&blip.url(&db.url)).await.unwrap();
+        s.join_host("a", "a:1:x", 1, 1, LEASE).await.unwrap();
+        // The host-id connection has the session settings: the server notices a dead client.
+        let keepalive: String = {
+            let slot = s.host_lock.lock().await;
+            let c = slot.as_ref().unwrap();
+            c.client
+                .query_one("SHOW tcp_keepalives_idle", &[])
+                .await
+                .unwrap()
+                .get(0)
+        };
+        assert_eq!(keepalive, "30");
+        blip.cut();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !s
+            .host_lock
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .client
+            .is_closed()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never saw the cut");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match s.hold_host("a").await {
+            Ok(true) => {}
+            other => {
+                panic!("the daemon's own stale session was taken for another daemon: {other:?}")
+            }
+        }
+        // Held again: a second daemon under the id is refused.
+        let other = PgStore::connect(&db.url).await.unwrap();
+        assert!(matches!(
+            other.join_host("a", "a:2:y", 2, 1, LEASE).await,
+            Err(Error::HostInUse { .. })
+        ));
+        // Another daemon takes the id while this one's connection is down (the server ended
+        // the old session): that is told as such.
+        blip.cut();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !s
+            .host_lock
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .client
+            .is_closed()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never saw the cut");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let admin = other.client("test").await.unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = \
+                 hashtextextended('agentq.host:a', 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match other.join_host("a", "a:2:y", 2, 1, LEASE).await {
+                Ok(()) => break,
+                Err(Error::HostInUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(matches!(
+            s.hold_host("a").await,
+            Err(Error::HostInUse { .. })
+        ));
     }
 
     #[tokio::test]
