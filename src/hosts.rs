@@ -4,8 +4,9 @@
 //! machine's name by default), announced with [`Store::join_host`], which refuses a second live
 //! daemon under the same id. Pool tasks run on any daemon with room (`[pool] max_workers` is per
 //! daemon). A named worker runs on one daemon at a time: its runner first takes the worker's lease
-//! ([`Leases::hold`]), and the claim query itself refuses a worker whose live lease another owner
-//! holds, so a daemon that lost a lease (it stalled past the lease) cannot claim for it again.
+//! ([`Leases::hold`]), and the claim query itself refuses a worker whose lease row names another
+//! owner (live, lapsed or released), so a daemon that lost a lease (it stalled past the lease)
+//! cannot claim for it again before it takes the lease again, which records the move.
 //! [`Leases::keep`] renews the host row and every held lease each third of the lease; a clean
 //! shutdown releases them, ringing the worker, so another host takes it over at once; a killed
 //! daemon's leases lapse. A runner that finds its worker held elsewhere sleeps until that lease
@@ -183,6 +184,28 @@ impl Leases {
                 _ = tokio::time::sleep(self.lease / 3) => {}
                 _ = stop.cancelled() => return Ok(()),
             }
+            // Renewed first: taking the host id again may wait on a slow connection.
+            let asked = Instant::now();
+            match self
+                .store
+                .renew_leases(&self.host, &self.owner, now_ms(), self.lease)
+                .await
+            {
+                Ok(renewed) => {
+                    let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                    // One taken while the renewal ran may not be in its answer.
+                    let lost: Vec<String> = held
+                        .iter()
+                        .filter(|(w, taken)| **taken < asked && !renewed.contains(w))
+                        .map(|(w, _)| w.clone())
+                        .collect();
+                    for w in lost {
+                        warn!(worker = %w, "lost the worker's lease: another daemon took it (this one was not renewed in time)");
+                        held.remove(&w);
+                    }
+                }
+                Err(e) => warn!("cannot renew this daemon's leases: {e}"),
+            }
             match self.store.hold_host(&self.host).await {
                 Ok(false) => {}
                 Ok(true) => {
@@ -201,27 +224,6 @@ impl Leases {
                     "cannot take this daemon's host id again: {e}; trying again in {:?}",
                     self.lease / 3
                 ),
-            }
-            let asked = Instant::now();
-            match self
-                .store
-                .renew_leases(&self.host, &self.owner, now_ms(), self.lease)
-                .await
-            {
-                Ok(renewed) => {
-                    let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                    // One taken while the renewal ran may not be in its answer.
-                    let lost: Vec<String> = held
-                        .iter()
-                        .filter(|(w, taken)| **taken < asked && !renewed.contains(w))
-                        .map(|(w, _)| w.clone())
-                        .collect();
-                    for w in lost {
-                        warn!(worker = %w, "lost the worker's lease (not renewed in time); another daemon may run it now");
-                        held.remove(&w);
-                    }
-                }
-                Err(e) => warn!("cannot renew this daemon's leases: {e}"),
             }
         }
     }

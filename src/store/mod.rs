@@ -622,8 +622,9 @@ pub trait Store: Send + Sync {
         now: Millis,
         lease: Duration,
     ) -> Result<LeaseTake>;
-    /// Renews the host row and every worker lease `owner` still holds; returns those workers
-    /// (one that is missing was lost: it expired and another daemon took it).
+
+    /// Renews the host row and every worker lease `owner` still holds, expired or not, unless
+    /// released; returns those workers (one that is missing was lost: another daemon took it).
     async fn renew_leases(
         &self,
         host: &str,

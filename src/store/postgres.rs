@@ -1286,10 +1286,11 @@ impl Store for PgStore {
                         AND not_before <= $4 ORDER BY priority DESC, id ASC LIMIT 1";
             let only_if = "NOT EXISTS (SELECT 1 FROM tasks WHERE worker = $5 AND state = 'running' AND NOT pool) \
                            AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = $5 AND until > $4)";
-            // And only by the daemon that holds the worker (fencing a runner whose lease lapsed).
+            // And never against another daemon's lease, live or not: a runner whose lease lapsed
+            // takes it again first (`hosts::Leases::hold`), which records the move.
             let only_if = format!(
                 "{only_if} AND NOT EXISTS (SELECT 1 FROM worker_leases WHERE worker = $5 \
-                 AND owner <> $1 AND expires > {SERVER_NOW})"
+                 AND owner <> $1)"
             );
             tx.claim_one(pick, &only_if, &[&worker], owner, lease, now, "")
                 .await
@@ -2305,7 +2306,7 @@ impl Store for PgStore {
                 .query(
                     &format!(
                         "UPDATE worker_leases SET expires = {SERVER_NOW} + $2 \
-                         WHERE owner = $1 AND expires > {SERVER_NOW} RETURNING worker"
+                         WHERE owner = $1 AND expires > 0 RETURNING worker"
                     ),
                     &[&owner, &lease_ms],
                 )

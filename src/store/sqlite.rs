@@ -693,8 +693,7 @@ impl Store for SqliteStore {
             let only_if = "NOT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_claim \
                                        WHERE worker = ?5 AND state = 'running' AND pool = 0) \
                            AND NOT EXISTS (SELECT 1 FROM worker_pauses WHERE worker = ?5 AND until > ?4) \
-                           AND NOT EXISTS (SELECT 1 FROM worker_leases WHERE worker = ?5 \
-                                           AND owner <> ?1 AND expires > ?4)";
+                           AND NOT EXISTS (SELECT 1 FROM worker_leases WHERE worker = ?5 AND owner <> ?1)";
             Ok(claim_one(tx, pick, only_if, &[&worker], &owner, expires, now, "")?)
         })
         .await
@@ -1515,11 +1514,11 @@ impl Store for SqliteStore {
                 params![host, owner, expires],
             )?;
             let mut stmt = tx.prepare_cached(
-                "UPDATE worker_leases SET expires = ?2 WHERE owner = ?1 AND expires > ?3 \
+                "UPDATE worker_leases SET expires = ?2 WHERE owner = ?1 AND expires > 0 \
                  RETURNING worker",
             )?;
             let mut held = stmt
-                .query_map(params![owner, expires, now], |r| r.get::<_, String>(0))?
+                .query_map(params![owner, expires], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             held.sort();
             Ok(held)

@@ -105,6 +105,7 @@ macro_rules! store_suite {
             a_task_reads_back_as_it_was_written,
             a_worker_lease_is_one_owners_until_released_or_expired,
             a_hosts_previous_run_is_recovered_and_its_leases_taken_over,
+            a_daemon_whose_worker_lease_was_taken_claims_only_after_taking_it_again,
             pool_room_is_counted_per_daemon);
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
@@ -1189,18 +1190,13 @@ pub async fn a_worker_lease_is_one_owners_until_released_or_expired(f: &Fixture)
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0].worker.as_deref(), Some("w"));
     assert!(moved[0].message.contains("host b"), "{}", moved[0].message);
-    // An expired lease is free too, and is no longer renewed.
+    // An expired lease is free too; one that no one took meanwhile is renewed (a late renewal
+    // loses nothing), one another daemon took is not.
     let short = Duration::from_millis(100);
-    s.take_worker_lease("v", "a", a, now(), short)
-        .await
-        .unwrap();
+    for v in ["v", "u"] {
+        s.take_worker_lease(v, "a", a, now(), short).await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(
-        s.renew_leases("a", a, now(), LEASE)
-            .await
-            .unwrap()
-            .is_empty()
-    );
     assert_eq!(
         s.take_worker_lease("v", "b", b, now(), LEASE)
             .await
@@ -1208,6 +1204,64 @@ pub async fn a_worker_lease_is_one_owners_until_released_or_expired(f: &Fixture)
         LeaseTake::Held {
             moved_from: Some("a".into())
         }
+    );
+    assert_eq!(s.renew_leases("a", a, now(), LEASE).await.unwrap(), ["u"]);
+    assert!(matches!(
+        s.take_worker_lease("u", "b", b, now(), LEASE)
+            .await
+            .unwrap(),
+        LeaseTake::Busy { .. }
+    ));
+}
+
+/// A daemon that stalled past its lease while another host took the worker and let it go again
+/// must not claim on the strength of what it held before: it takes the lease again first, which
+/// records the move (and so resets a Claude worker's conversation, which lives on the other host).
+pub async fn a_daemon_whose_worker_lease_was_taken_claims_only_after_taking_it_again(f: &Fixture) {
+    use super::LeaseTake;
+    let s = f.store();
+    let (a, b) = ("a:1:x", "b:1:y");
+    let now = super::now_ms;
+    let short = Duration::from_millis(100);
+    s.take_worker_lease("w", "a", a, now(), short)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A stalls; B takes the worker, and a clean stop of B releases it.
+    let took = s
+        .take_worker_lease("w", "b", b, now(), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        took,
+        LeaseTake::Held {
+            moved_from: Some("a".into())
+        }
+    );
+    assert!(s.release_worker_lease("w", b, now()).await.unwrap());
+    let id = s.submit(&task("w", "t", 0, now())).await.unwrap().id();
+    assert!(
+        s.claim("w", a, now(), LEASE).await.unwrap().is_none(),
+        "a claim under a lease another daemon held since"
+    );
+    let again = s
+        .take_worker_lease("w", "a", a, now(), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        LeaseTake::Held {
+            moved_from: Some("b".into())
+        }
+    );
+    assert_eq!(
+        s.claim("w", a, now(), LEASE)
+            .await
+            .unwrap()
+            .unwrap()
+            .task
+            .id,
+        id
     );
 }
 
