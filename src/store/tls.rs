@@ -164,8 +164,9 @@ fn default_file(name: &str) -> Option<PathBuf> {
     Some(Path::new(&home).join(".postgresql").join(name))
 }
 
-/// The connector for `settings`: it reads the certificate files now (a server that changes its
-/// CA is trusted on the next connection made with a new connector).
+/// The connector for `settings`: it reads the certificate files now, once (the store's pool
+/// keeps its connector for the life of the process, so a replaced file is read at the next
+/// start; the listener's and the host id's connections make one at each connect).
 pub fn connector(settings: &TlsSettings) -> Result<MakeRustlsConnect, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (check, roots) = match settings.mode {
@@ -504,7 +505,7 @@ impl ServerCertVerifier for Verifier {
             self.algorithms.all,
         ) {
             // A certificate that is itself trusted (self-signed, given as the root) is, as
-            // OpenSSL has it for libpq.
+            // OpenSSL has it for libpq: pinned, its dates are not checked.
             if !roots
                 .certs
                 .iter()
