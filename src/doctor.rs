@@ -389,28 +389,43 @@ fn store_url(
     DatabaseUrl::parse(url, "[store] url").ok()
 }
 
-/// A PostgreSQL store: reachable with these credentials, and of a schema this binary can use.
-/// Read-only: it creates nothing. The URL is shown without its password.
+/// A PostgreSQL store: reachable with these credentials, of a schema this binary can use, and
+/// whether the connection is encrypted. Read-only: it creates nothing. The URL is shown without
+/// its password.
 pub async fn check_postgres(url: &crate::store::url::DatabaseUrl, limit: Duration) -> Vec<Check> {
     const NAME: &str = "database";
     const SCHEMA: &str = "schema";
+    const TLS: &str = "encryption";
     let shown = url.redacted();
-    let (server, version) = match crate::store::postgres::inspect(url, limit).await {
+    let found = match crate::store::postgres::inspect(url, limit).await {
         Ok(found) => found,
         Err(e) => {
-            return vec![
-                Check::fail(
-                    NAME,
-                    e.to_string(),
-                    format!(
-                        "start the PostgreSQL server, or correct {} (host, port, user, password, database name); `psql` with the same settings shows what it says",
-                        url.origin
-                    ),
+            let tls = match &e {
+                Error::Postgres { about, message, .. } => {
+                    *about == "setting up TLS"
+                        || message.contains("TLS")
+                        || message.contains("certificate")
+                }
+                _ => false,
+            };
+            let fix = match tls {
+                true => format!(
+                    "correct the TLS settings of {} (sslmode, sslrootcert, sslcert, sslkey) as the message says",
+                    url.origin
                 ),
+                false => format!(
+                    "start the PostgreSQL server, or correct {} (host, port, user, password, database name); `psql` with the same settings shows what it says",
+                    url.origin
+                ),
+            };
+            return vec![
+                Check::fail(NAME, e.to_string(), fix),
                 Check::skip(SCHEMA, "needs the database"),
+                Check::skip(TLS, "needs the database"),
             ];
         }
     };
+    let (server, version) = (found.server, found.schema);
     let known = crate::store::postgres::SCHEMA_VERSION;
     let schema = match version {
         None => Check::ok(
@@ -431,7 +446,72 @@ pub async fn check_postgres(url: &crate::store::url::DatabaseUrl, limit: Duratio
     vec![
         Check::ok(NAME, format!("{shown}: PostgreSQL {server}, connected")),
         schema,
+        check_encryption(url, found.tls.as_deref()),
     ]
+}
+
+/// Whether the store's connection is encrypted (`tls`: its TLS version and cipher, as the
+/// server sees them) and the server's certificate checked: a warning when the password and the
+/// queue cross a network in clear, or to a server whose certificate nothing checks; either is
+/// fine on this machine (loopback, a Unix socket).
+fn check_encryption(url: &crate::store::url::DatabaseUrl, tls: Option<&str>) -> Check {
+    use crate::store::tls::{SslMode, checks_certificate, verification};
+    const NAME: &str = "encryption";
+    use tokio_postgres::config::Host;
+    let settings = url.tls();
+    let config: Option<tokio_postgres::Config> = url.for_driver().parse().ok();
+    let hosts = config.as_ref().map(|c| c.get_hosts()).unwrap_or_default();
+    let socket = !hosts.is_empty() && hosts.iter().all(|h| !matches!(h, Host::Tcp(_)));
+    // On this machine: every address given is loopback, or (none given) every host is.
+    let loopback = |name: &str| {
+        name == "localhost" || (name.parse::<std::net::IpAddr>()).is_ok_and(|a| a.is_loopback())
+    };
+    let local = socket
+        || config.as_ref().is_some_and(|c| match c.get_hostaddrs() {
+            [] => {
+                !hosts.is_empty()
+                    && hosts.iter().all(|h| match h {
+                        Host::Tcp(name) => loopback(name),
+                        #[cfg(unix)]
+                        Host::Unix(_) => true,
+                    })
+            }
+            addrs => addrs.iter().all(|a| a.is_loopback()),
+        });
+    let checked = checks_certificate(settings);
+    match tls {
+        Some(tls) if checked || local => {
+            Check::ok(NAME, format!("TLS ({tls}); {}", verification(settings)))
+        }
+        Some(tls) => Check::warn(
+            NAME,
+            format!("TLS ({tls}), but {}", verification(settings)),
+            format!(
+                "set sslmode=verify-full and sslrootcert (the PEM file of the CA that signed the server's certificate; a managed database's provider publishes it) in {}",
+                url.origin
+            ),
+        ),
+        None if socket => Check::ok(NAME, "none: a Unix socket, which stays on this machine"),
+        None if settings.mode == SslMode::Disable => Check::ok(NAME, "none (sslmode=disable)"),
+        None if local => Check::ok(
+            NAME,
+            format!(
+                "none: the server offers no TLS (sslmode={}); the connection stays on this machine",
+                settings.mode.name()
+            ),
+        ),
+        None => Check::warn(
+            NAME,
+            format!(
+                "none: the server offers no TLS, and sslmode={} goes on without it: the password and the queue cross the network in clear",
+                settings.mode.name()
+            ),
+            format!(
+                "turn TLS on in the server (ssl = on), then set sslmode=verify-full and sslrootcert in {}; or set sslmode=disable to say a plain connection is meant (a trusted network, an SSH tunnel)",
+                url.origin
+            ),
+        ),
+    }
 }
 
 /// Whether a daemon holds the folder; informational either way.
@@ -831,7 +911,7 @@ mod tests {
         let checks = check_postgres(&gone, DB_TIMEOUT).await;
         assert_eq!(
             checks.iter().map(|c| c.status).collect::<Vec<_>>(),
-            [Status::Fail, Status::Skip],
+            [Status::Fail, Status::Skip, Status::Skip],
             "{checks:?}"
         );
         let text = render_text(&checks);
@@ -841,6 +921,57 @@ mod tests {
         );
         assert!(text.contains("[store] url"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    /// A connection to another machine that is plain, or whose server certificate nothing
+    /// checks, is a warning; on this machine, or verified, it is not.
+    #[test]
+    fn encryption_is_judged_by_where_the_connection_goes() {
+        use crate::store::url::DatabaseUrl;
+        let judge = |text: &str, tls: Option<&str>| {
+            let url = DatabaseUrl::parse(text, "[store] url").unwrap();
+            check_encryption(&url, tls)
+        };
+        let tls = Some("TLSv1.3, TLS_AES_256_GCM_SHA384");
+        let c = judge("postgres://u@db.example/q?sslmode=require", tls);
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(
+            c.detail
+                .contains("certificate is not verified (sslmode=require)"),
+            "{c:?}"
+        );
+        assert!(
+            c.fix
+                .unwrap()
+                .contains("sslmode=verify-full and sslrootcert")
+        );
+        let c = judge(
+            "postgres://u@db.example/q?sslmode=verify-full&sslrootcert=/ca.pem",
+            tls,
+        );
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        assert!(
+            c.detail
+                .contains("certificate and host name verified against /ca.pem")
+        );
+        let c = judge("host=db.example user=u", None);
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(c.detail.contains("cross the network in clear"), "{c:?}");
+        for local in [
+            "postgres://u@127.0.0.1/q",
+            "postgres://u@localhost/q",
+            "host=db.example hostaddr=127.0.0.1 user=u",
+            "host=/var/run/postgresql user=u sslmode=require",
+        ] {
+            let c = judge(local, None);
+            assert_eq!(c.status, Status::Ok, "{local}: {c:?}");
+            assert!(c.detail.starts_with("none"), "{local}: {c:?}");
+        }
+        let c = judge("host=db.example user=u sslmode=disable", None);
+        assert_eq!(
+            (c.status, c.detail.as_str()),
+            (Status::Ok, "none (sslmode=disable)")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use agentq::store::postgres::PgStore;
+use agentq::store::url::DatabaseUrl;
 use agentq::store::{Event, EventFilter, NewTask, Store, TaskFilter};
 use common::*;
 
@@ -381,15 +382,15 @@ const HOST_LOCK_HOLDER: &str = "SELECT pid FROM pg_locks \
        AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('agentq.host:' || $1, 0)";
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+/// A connection as the store makes them (TLS and all), driven until the client drops.
+async fn connect(url: &DatabaseUrl) -> tokio_postgres::Client {
+    agentq::store::postgres::test_db::connect(url)
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
+        .unwrap()
+        .0
 }
 
-fn lock_holder(url: &str, id: &str) -> Option<i32> {
+fn lock_holder(url: &DatabaseUrl, id: &str) -> Option<i32> {
     block_on(async {
         let c = connect(url).await;
         c.query_opt(HOST_LOCK_HOLDER, &[&id])
@@ -408,15 +409,15 @@ fn a_daemon_whose_host_id_connection_breaks_takes_the_id_again_and_runs_on() {
     let da = a.start();
     let first = a.submit("w", "before");
     a.wait_all(&[first]);
-    let before = lock_holder(url, "a").expect("daemon a holds its host id");
+    let before = lock_holder(&db.url, "a").expect("daemon a holds its host id");
     block_on(async {
-        let c = connect(url).await;
+        let c = connect(&db.url).await;
         c.execute("SELECT pg_terminate_backend($1)", &[&before])
             .await
             .unwrap();
     });
     wait_until(Duration::from_secs(10), "the host id taken again", || {
-        lock_holder(url, "a").is_some_and(|p| p != before)
+        lock_holder(&db.url, "a").is_some_and(|p| p != before)
     });
     let second = a.submit("w", "after");
     a.wait_all(&[second]);
@@ -438,13 +439,13 @@ fn a_daemon_whose_host_id_was_taken_while_its_connection_was_down_stops_its_agen
     let mut da = a.start();
     let id = a.submit("w", "sleep");
     let agent = a.sleeping_agent_pid();
-    let before = lock_holder(url, "a").expect("daemon a holds its host id");
+    let before = lock_holder(&db.url, "a").expect("daemon a holds its host id");
     // Another session ends the daemon's and queues for the lock in one statement, so it is
     // granted the lock before the daemon can try again: as if a twin daemon had started.
     // A runtime of its own keeps the thief's connection (and its lock) alive past block_on.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let thief = rt.block_on(async {
-        let c = connect(url).await;
+        let c = connect(&db.url).await;
         c.execute(
             "SELECT pg_terminate_backend($1), \
                     pg_advisory_lock(hashtextextended('agentq.host:' || $2, 0))",

@@ -229,10 +229,9 @@ fn a_daemon_rides_out_the_server_cutting_every_connection() {
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ended: i64 = rt.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        let (client, _driver) = agentq::store::postgres::test_db::connect(&db.url)
             .await
             .unwrap();
-        tokio::spawn(connection);
         client
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \

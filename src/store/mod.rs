@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub mod suite;
+pub mod tls;
 pub mod url;
 
 use std::time::Duration;

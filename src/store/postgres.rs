@@ -35,8 +35,10 @@
 //!
 //! Connections come from a small deadpool-postgres pool: it reconnects a connection that broke
 //! (a restarted server) by itself and caches prepared statements per connection, which a
-//! hand-rolled pool would have to write again. Connections are plain TCP or a Unix socket (no
-//! TLS yet). Connection strings are [`DatabaseUrl`]s: no message here can show the password.
+//! hand-rolled pool would have to write again. Connections are TCP, with TLS as libpq's `sslmode`
+//! says (rustls: [`super::tls`], whose connector every connection here is made with: the pool's,
+//! the listener's, the host id's and `doctor`'s), or a Unix socket. Connection strings are
+//! [`DatabaseUrl`]s: no message here can show the password.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +47,13 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
 };
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::tls::MakeRustlsConnect;
 use super::url::DatabaseUrl;
 use super::{
     Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
@@ -172,8 +175,11 @@ struct Tx<'a> {
 }
 
 /// The error message of a PostgreSQL error, with the server's own words (tokio-postgres's
-/// `Display` says only "db error").
+/// `Display` says only "db error"); a TLS failure in words, with what to do.
 fn describe(e: &PgError) -> String {
+    if let Some(why) = super::tls::explain(e) {
+        return why;
+    }
     match e.as_db_error() {
         Some(db) => db.to_string().replace('\n', "; "),
         None => match std::error::Error::source(e) {
@@ -199,12 +205,18 @@ fn retryable(e: &PgError) -> bool {
 /// acknowledged for 60 s (`tcp_user_timeout`) ends it too. [`SESSION_SETTINGS`] bound the other
 /// side: what the server waits for of a vanished client.
 fn pg_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config =
-        url.expose().parse().map_err(|e: PgError| Error::Postgres {
-            about: "reading the connection string",
-            url: url.redacted(),
-            message: super::url::hide_password_in(&describe(&e), url.expose()),
-        })?;
+    let mut config = url.config().map_err(|e: PgError| Error::Postgres {
+        about: "reading the connection string",
+        url: url.redacted(),
+        message: super::url::hide_password_in(&describe(&e), url.expose()),
+    })?;
+    // The server offers no TLS on a Unix socket, and libpq asks for none there.
+    #[cfg(unix)]
+    if !config.get_hosts().is_empty()
+        && (config.get_hosts().iter()).all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
     if config.get_application_name().is_none() {
         config.application_name("agentq");
     }
@@ -225,6 +237,16 @@ fn pg_config(url: &DatabaseUrl) -> Result<tokio_postgres::Config> {
         config.tcp_user_timeout(Duration::from_secs(60));
     }
     Ok(config)
+}
+
+/// The TLS connector for `url`'s settings ([`super::tls`]): it reads the certificate files
+/// named there, so a failure here names the file and what to do.
+fn tls(url: &DatabaseUrl) -> Result<MakeRustlsConnect> {
+    super::tls::connector(url.tls()).map_err(|message| Error::Postgres {
+        about: "setting up TLS",
+        url: url.redacted(),
+        message,
+    })
 }
 
 /// What each session sets on the server, unless the connection string's `options`, the role,
@@ -273,7 +295,7 @@ impl PgStore {
     pub async fn connect(url: &DatabaseUrl) -> Result<PgStore> {
         let manager = Manager::from_config(
             pg_config(url)?,
-            NoTls,
+            tls(url)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -325,7 +347,10 @@ impl PgStore {
     /// for another daemon's.
     async fn take_host_lock(&self, host: &str, stale: Option<(i32, i64)>) -> Result<HostLock> {
         let fail = |e: PgError| self.fail("taking the host id", &e);
-        let (client, connection) = pg_config(&self.url)?.connect(NoTls).await.map_err(fail)?;
+        let (client, connection) = pg_config(&self.url)?
+            .connect(tls(&self.url)?)
+            .await
+            .map_err(fail)?;
         let url = self.url.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -596,9 +621,20 @@ async fn schema_version(
     Ok(row.get::<_, Option<i64>>(0))
 }
 
-/// What `agentq doctor` reads of a database, touching nothing: the server's version and the
-/// schema version (`None`: no agentq schema yet).
-pub async fn inspect(url: &DatabaseUrl, limit: Duration) -> Result<(String, Option<i64>)> {
+/// What `agentq doctor` reads of a database, touching nothing.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The server's version.
+    pub server: String,
+    /// The schema version (`None`: no agentq schema yet).
+    pub schema: Option<i64>,
+    /// The connection's TLS version and cipher, as the server sees them (`pg_stat_ssl`);
+    /// `None`: not encrypted.
+    pub tls: Option<String>,
+}
+
+/// Connects as the store would and reads an [`Inspection`].
+pub async fn inspect(url: &DatabaseUrl, limit: Duration) -> Result<Inspection> {
     let fail = |about: &'static str| {
         move |e: PgError| Error::Postgres {
             about,
@@ -609,19 +645,35 @@ pub async fn inspect(url: &DatabaseUrl, limit: Duration) -> Result<(String, Opti
     let mut config = pg_config(url)?;
     config.connect_timeout(limit);
     let look = async {
-        let (client, connection) = config.connect(NoTls).await.map_err(fail("connecting"))?;
+        let (client, connection) = config
+            .connect(tls(url)?)
+            .await
+            .map_err(fail("connecting"))?;
         let driver = tokio::spawn(connection);
         let server: String = client
             .query_one("SHOW server_version", &[])
             .await
             .map_err(fail("reading the server version"))?
             .get(0);
-        let version = schema_version(&client)
+        let schema = schema_version(&client)
             .await
             .map_err(fail("reading the schema version"))?;
+        let tls = client
+            .query_opt(
+                "SELECT version || ', ' || cipher FROM pg_stat_ssl \
+                 WHERE pid = pg_backend_pid() AND ssl",
+                &[],
+            )
+            .await
+            .map_err(fail("reading whether the connection is encrypted"))?
+            .map(|row| row.get::<_, String>(0));
         drop(client);
         let _ = driver.await;
-        Ok((server, version))
+        Ok(Inspection {
+            server,
+            schema,
+            tls,
+        })
     };
     match tokio::time::timeout(limit + Duration::from_secs(1), look).await {
         Ok(result) => result,
@@ -1161,7 +1213,10 @@ async fn listen_once(
         }
     };
     let config = pg_config(url)?;
-    let (client, mut connection) = config.connect(NoTls).await.map_err(fail("connecting"))?;
+    let (client, mut connection) = config
+        .connect(tls(url)?)
+        .await
+        .map_err(fail("connecting"))?;
     let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
     // The connection is driven here: it carries the client's requests and the notifications.
     let driver = tokio::spawn(async move {
@@ -2438,17 +2493,8 @@ pub mod test_db {
                 ),
             };
             let name = format!("agentq_test_{}", &common::new_token()[..12]);
-            let (client, connection) =
-                tokio_postgres::connect(&admin, NoTls)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "connecting to {}: {}",
-                            super::super::url::redact(&admin),
-                            describe(&e)
-                        )
-                    });
-            let driver = tokio::spawn(connection);
+            let server = DatabaseUrl::parse(&admin, SERVER_ENV).unwrap_or_else(|e| panic!("{e}"));
+            let (client, driver) = connect(&server).await.unwrap_or_else(|e| panic!("{e}"));
             client
                 .batch_execute(&format!("CREATE DATABASE {name}"))
                 .await
@@ -2471,25 +2517,41 @@ pub mod test_db {
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let (client, connection) = tokio_postgres::connect(&admin, NoTls).await?;
-                    let driver = tokio::spawn(connection);
+                    let server = DatabaseUrl::parse(&admin, SERVER_ENV)?;
+                    let (client, driver) = connect(&server).await?;
                     client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await?;
+                        .await
+                        .map_err(|e| describe(&e))?;
                     drop(client);
                     let _ = driver.await;
-                    Ok::<(), PgError>(())
+                    Ok::<(), String>(())
                 })
             })
             .join();
             if let Ok(Err(e)) = dropped {
-                eprintln!(
-                    "could not drop the test database {}: {}",
-                    self.name,
-                    describe(&e)
-                );
+                eprintln!("could not drop the test database {}: {e}", self.name);
             }
         }
+    }
+
+    /// A connection to `url` as the store makes them (TLS and all), and the task driving it,
+    /// which ends when the client is dropped.
+    pub async fn connect(
+        url: &DatabaseUrl,
+    ) -> std::result::Result<
+        (
+            tokio_postgres::Client,
+            tokio::task::JoinHandle<std::result::Result<(), PgError>>,
+        ),
+        String,
+    > {
+        let config = pg_config(url).map_err(|e| e.to_string())?;
+        let (client, connection) = config
+            .connect(tls(url).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| format!("connecting to {url}: {}", describe(&e)))?;
+        Ok((client, tokio::spawn(connection)))
     }
 
     /// `url` (a URL or key=value string) naming database `name` instead.
@@ -2599,8 +2661,8 @@ pub mod tests {
         drop(client);
         let e = PgStore::connect(&db.url).await.err().unwrap();
         assert!(matches!(e, Error::SchemaTooNew { found: 99, .. }), "{e}");
-        let (_, version) = inspect(&db.url, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(version, Some(99));
+        let found = inspect(&db.url, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(found.schema, Some(99));
     }
 
     /// Receives rings until one matches, or fails after a few seconds.
@@ -2871,10 +2933,7 @@ pub mod tests {
     /// How many deadlocks the server has detected in the test database, once every other
     /// connection to it has ended (a backend reports its figures as it exits).
     async fn deadlocks_detected(db: &TestDb) -> i64 {
-        let (client, connection) = tokio_postgres::connect(db.url.expose(), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let (client, _driver) = super::test_db::connect(&db.url).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let others: i64 = client
