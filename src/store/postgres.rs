@@ -3108,6 +3108,23 @@ pub mod tests {
         }
     }
 
+    /// Waits (bounded) until the connection holding `s`'s host id is seen closed.
+    async fn sees_the_cut(s: &PgStore) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !s
+            .host_lock
+            .lock()
+            .await
+            .as_ref()
+            .unwrap()
+            .client
+            .is_closed()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never saw the cut");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A network blip ends the connection holding the host id on the daemon's side, while the
     /// server's side lives on, holding the id, until the server notices. That stale session is
     /// the daemon's own: taking the id again must not take it for another daemon's (which would
@@ -3133,19 +3150,7 @@ pub mod tests {
         };
         assert_eq!(keepalive, "30");
         blip.cut();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !s
-            .host_lock
-            .lock()
-            .await
-            .as_ref()
-            .unwrap()
-            .client
-            .is_closed()
-        {
-            assert!(tokio::time::Instant::now() < deadline, "never saw the cut");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        sees_the_cut(&s).await;
         match s.hold_host("a").await {
             Ok(true) => {}
             other => {
@@ -3161,19 +3166,7 @@ pub mod tests {
         // Another daemon takes the id while this one's connection is down (the server ended
         // the old session): that is told as such.
         blip.cut();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !s
-            .host_lock
-            .lock()
-            .await
-            .as_ref()
-            .unwrap()
-            .client
-            .is_closed()
-        {
-            assert!(tokio::time::Instant::now() < deadline, "never saw the cut");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        sees_the_cut(&s).await;
         let admin = other.client("test").await.unwrap();
         admin
             .execute(
