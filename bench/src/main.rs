@@ -241,26 +241,34 @@ fn pg_database() -> Result<serde_json::Value, String> {
         "full_page_writes": setting(4),
     }}))?;
     let mut made: Vec<String> = Vec::new();
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
-        match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["create"] => {
-                let name = format!("agentq_bench_{}", &agentq::store::common::new_token()[..12]);
-                sql(format!("CREATE DATABASE {name}"))?;
-                let url = agentq::store::postgres::test_db::with_dbname(&admin, &name);
-                made.push(name.clone());
-                say(json!({ "url": url, "name": name }))?;
+    // Whatever ends the requests (stdin closed, or a request that failed), what was made goes.
+    let served = (|| {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["create"] => {
+                    let name =
+                        format!("agentq_bench_{}", &agentq::store::common::new_token()[..12]);
+                    sql(format!("CREATE DATABASE {name}"))?;
+                    made.push(name.clone());
+                    let url = agentq::store::postgres::test_db::with_dbname(&admin, &name);
+                    say(json!({ "url": url, "name": name }))?;
+                }
+                ["drop", name] if made.iter().any(|m| m == name) => {
+                    sql(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+                    made.retain(|m| m != name);
+                    say(json!({ "dropped": name }))?;
+                }
+                _ => return Err(format!("pg-database: no request {line:?}")),
             }
-            ["drop", name] if made.iter().any(|m| m == name) => {
-                sql(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
-                made.retain(|m| m != name);
-                say(json!({ "dropped": name }))?;
-            }
-            _ => return Err(format!("pg-database: no request {line:?}")),
         }
-    }
-    for name in &made {
-        sql(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
-    }
+        Ok(())
+    })();
+    let dropped = made
+        .iter()
+        .map(|name| sql(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .collect::<Result<Vec<()>, String>>();
+    served?;
+    dropped?;
     Ok(json!({ "dropped_at_end": made }))
 }
