@@ -9,6 +9,12 @@
 //!   SAMPLES claims of the worker's next task in each (each claimed task is then finished,
 //!   untimed, so the worker is free again and the depth stays put). Prints the median and 99th
 //!   percentile of each, in milliseconds, as JSON.
+//! - `agentq-bench pg-database`: databases `agentq_bench_<random>` on the PostgreSQL server whose
+//!   admin URL is in `AGENTQ_BENCH_ADMIN_URL` (the environment, so that a password is never in a
+//!   process list). Prints a JSON line about the server (version, durability settings, its URL
+//!   with the password hidden), then answers each line of stdin with one of JSON: `create` (a
+//!   fresh database: its name and URL), `drop NAME`. When stdin ends (the benchmark over, however
+//!   it ended) it drops every database it made that is still there, with whatever is connected.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -26,9 +32,11 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("spawn-loop") if args.len() >= 4 => spawn_loop(&args[1], &args[2], &args[3..]),
         Some("store-depth") if args.len() >= 4 => store_depth(&args[1], &args[2], &args[3..]),
+        Some("pg-database") if args.len() == 1 => pg_database(),
         _ => Err(
             "usage: agentq-bench spawn-loop PARALLEL COUNT CMD [ARG...]\n       \
-             agentq-bench store-depth DIR SAMPLES DEPTH..."
+             agentq-bench store-depth DIR SAMPLES DEPTH...\n       \
+             AGENTQ_BENCH_ADMIN_URL=... agentq-bench pg-database"
                 .to_string(),
         ),
     };
@@ -183,4 +191,84 @@ fn summary(mut times: Vec<Duration>) -> serde_json::Value {
     times.sort_unstable();
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
     json!({ "p50": at(0.5), "p99": at(0.99) })
+}
+
+/// The environment variable `pg-database` reads the server's admin URL from.
+const ADMIN_URL_ENV: &str = "AGENTQ_BENCH_ADMIN_URL";
+
+/// Databases on demand for the benchmark's PostgreSQL figures, one per measurement (as each
+/// SQLite measurement has a fresh folder): first a line about the server, then one answer per
+/// request read from stdin (`create`, `drop NAME`); at the end of stdin, whatever ended the
+/// benchmark, every database still there is dropped.
+fn pg_database() -> Result<serde_json::Value, String> {
+    use std::io::{BufRead, Write};
+    let admin = std::env::var(ADMIN_URL_ENV)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| format!("{ADMIN_URL_ENV} is not set"))?;
+    let shown = agentq::store::url::redact(&admin);
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let client = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connecting to {shown}: {e}"))?;
+        tokio::spawn(connection);
+        Ok::<_, String>(client)
+    })?;
+    let sql = |text: String| {
+        runtime
+            .block_on(client.batch_execute(&text))
+            .map_err(|e| format!("{text} on {shown}: {e}"))
+    };
+    let row = runtime
+        .block_on(client.query_one(
+            "SELECT current_setting('server_version'), current_setting('fsync'), \
+             current_setting('synchronous_commit'), current_setting('wal_sync_method'), \
+             current_setting('full_page_writes')",
+            &[],
+        ))
+        .map_err(|e| format!("reading the settings of {shown}: {e}"))?;
+    let setting = |i: usize| row.get::<_, String>(i);
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: serde_json::Value| {
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| e.to_string())
+    };
+    say(json!({ "server": {
+        "shown": shown, "server_version": setting(0), "fsync": setting(1),
+        "synchronous_commit": setting(2), "wal_sync_method": setting(3),
+        "full_page_writes": setting(4),
+    }}))?;
+    let mut made: Vec<String> = Vec::new();
+    // Whatever ends the requests (stdin closed, or a request that failed), what was made goes.
+    let served = (|| {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["create"] => {
+                    let name =
+                        format!("agentq_bench_{}", &agentq::store::common::new_token()[..12]);
+                    sql(format!("CREATE DATABASE {name}"))?;
+                    made.push(name.clone());
+                    let url = agentq::store::postgres::test_db::with_dbname(&admin, &name);
+                    say(json!({ "url": url, "name": name }))?;
+                }
+                ["drop", name] if made.iter().any(|m| m == name) => {
+                    sql(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+                    made.retain(|m| m != name);
+                    say(json!({ "dropped": name }))?;
+                }
+                _ => return Err(format!("pg-database: no request {line:?}")),
+            }
+        }
+        Ok(())
+    })();
+    let dropped = made
+        .iter()
+        .map(|name| sql(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .collect::<Result<Vec<()>, String>>();
+    served?;
+    dropped?;
+    Ok(json!({ "dropped_at_end": made }))
 }
