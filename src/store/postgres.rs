@@ -98,14 +98,27 @@ type PgError = tokio_postgres::Error;
 /// again from the start when it loses a deadlock or serialisation race. (A macro rather than a
 /// function taking a closure: an async closure borrowing its argument cannot yet be proven `Send`
 /// for every lifetime, which the trait's boxed futures need.)
+///
+/// `write!(store, about, lazy, |tx| ...)` commits without waiting for the server's WAL flush
+/// (`synchronous_commit = off` for that transaction): for the daemon's own bookkeeping (claims,
+/// lease renewals, results, releases, recovery), as SQLite's `write_lazy`. A server crash can take
+/// back the last fraction of a second of them, which at-least-once already tolerates (a claim
+/// lost is a task run again, a result lost a task run again); what a caller is told is done
+/// (submit, cancel, retry, pauses, sessions) still waits for the flush.
 macro_rules! write {
-    ($store:expr, $about:expr, |$tx:ident| $body:block) => {{
+    ($store:expr, $about:expr, lazy, |$tx:ident| $body:block) => {
+        write!(@run $store, $about, true, |$tx| $body)
+    };
+    ($store:expr, $about:expr, |$tx:ident| $body:block) => {
+        write!(@run $store, $about, false, |$tx| $body)
+    };
+    (@run $store:expr, $about:expr, $lazy:expr, |$tx:ident| $body:block) => {{
         let (store, about): (&PgStore, &'static str) = ($store, $about);
         let mut client = store.client(about).await?;
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut tx = store.begin(&mut client, about).await?;
+            let mut tx = store.begin(&mut client, about, $lazy).await?;
             let result = {
                 let $tx = &mut tx;
                 async { $body }.await
@@ -474,11 +487,17 @@ impl PgStore {
         &self,
         client: &'c mut deadpool_postgres::Client,
         about: &'static str,
+        lazy: bool,
     ) -> Result<Tx<'c>> {
         let tx = client
             .transaction()
             .await
             .map_err(|e| self.fail(about, &e))?;
+        if lazy {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(|e| self.fail(about, &e))?;
+        }
         Ok(Tx {
             tx,
             events: Vec::new(),
@@ -1329,7 +1348,7 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<Option<Claim>> {
         let worker = worker.to_string();
-        write!(self, "claiming a task", |tx| {
+        write!(self, "claiming a task", lazy, |tx| {
             // Claims for one worker take turns, so the second sees the first's running task.
             tx.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended('agentq.claim:' || $1, 0))",
@@ -1355,7 +1374,7 @@ impl Store for PgStore {
     /// Renews the lease from now by the server's clock; `now` is not used.
     async fn heartbeat(&self, fence: &Fence, _now: Millis, lease: Duration) -> Result<bool> {
         let lease = lease.as_millis() as Millis;
-        write!(self, "renewing a lease", |tx| {
+        write!(self, "renewing a lease", lazy, |tx| {
             let n = tx
                 .execute(
                     &format!(
@@ -1371,7 +1390,7 @@ impl Store for PgStore {
 
     async fn finish(&self, fence: &Fence, f: &Finish, on_end: Option<EndHook>) -> Result<bool> {
         let mut hook = on_end;
-        write!(self, "recording a result", |tx| {
+        write!(self, "recording a result", lazy, |tx| {
             let terminal = f.state.is_terminal();
             let ending = AttemptEnding {
                 outcome: if f.cause.is_none() {
@@ -1481,7 +1500,7 @@ impl Store for PgStore {
     }
 
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
-        write!(self, "releasing a task", |tx| {
+        write!(self, "releasing a task", lazy, |tx| {
             let ending = AttemptEnding {
                 outcome: "released",
                 reason: Some(reason),
@@ -1521,7 +1540,7 @@ impl Store for PgStore {
 
     /// Leases are compared with the server's clock ([`SERVER_NOW`]); `now` dates the changes.
     async fn recover_expired(&self, now: Millis) -> Result<Vec<i64>> {
-        write!(self, "recovering expired leases", |tx| {
+        write!(self, "recovering expired leases", lazy, |tx| {
             tx.recover_where(
                 &format!("lease_expires < {SERVER_NOW}"),
                 &[],
@@ -1533,7 +1552,7 @@ impl Store for PgStore {
     }
 
     async fn recover_all_but(&self, owner: &str, now: Millis) -> Result<Vec<i64>> {
-        write!(self, "recovering tasks of a previous daemon", |tx| {
+        write!(self, "recovering tasks of a previous daemon", lazy, |tx| {
             tx.recover_where(
                 "coalesce(owner, '') <> $1",
                 &[&owner],
@@ -2021,7 +2040,7 @@ impl Store for PgStore {
         workers: &[String],
     ) -> Result<Option<Claim>> {
         let max_running = i64::from(max_running);
-        write!(self, "claiming a pool task", |tx| {
+        write!(self, "claiming a pool task", lazy, |tx| {
             // Pool claims take turns, so the count of running pool tasks is exact.
             tx.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended('agentq.claim_pool', 0))",
@@ -2349,7 +2368,7 @@ impl Store for PgStore {
     ) -> Result<Vec<String>> {
         let lease_ms = lease.as_millis() as i64;
         let (host, owner) = (host.to_string(), owner.to_string());
-        write!(self, "renewing leases", |tx| {
+        write!(self, "renewing leases", lazy, |tx| {
             tx.execute(
                 &format!(
                     "UPDATE hosts SET expires = {SERVER_NOW} + $3 WHERE host = $1 AND owner = $2"
@@ -2444,7 +2463,7 @@ impl Store for PgStore {
     async fn recover_host(&self, host: &str, owner: &str, now: Millis) -> Result<Vec<i64>> {
         let why = common::previous_run(host);
         let owner = owner.to_string();
-        write!(self, "recovering tasks of a previous run", |tx| {
+        write!(self, "recovering tasks of a previous run", lazy, |tx| {
             // The host id is what comes before the first ':' of an owner id.
             tx.recover_where(
                 "owner <> $1 AND split_part(owner, ':', 1) = split_part($1, ':', 1)",
@@ -2738,6 +2757,34 @@ pub mod tests {
         if let Some(ring) = rings.recv().await {
             panic!("rang {ring:?} after the last change");
         }
+    }
+
+    /// The daemon's bookkeeping commits without waiting for the WAL flush; what a caller is
+    /// told is done waits for it.
+    #[tokio::test]
+    async fn only_the_daemons_bookkeeping_commits_without_waiting_for_the_flush() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let s = PgStore::connect(&db.url).await.unwrap();
+        async fn show(tx: &Tx<'_>) -> Op<String> {
+            Ok(tx
+                .tx
+                .query_one("SHOW synchronous_commit", &[])
+                .await?
+                .get(0))
+        }
+        async fn setting(s: &PgStore, lazy: bool) -> Result<String> {
+            if lazy {
+                write!(s, "test", lazy, |tx| { show(tx).await })
+            } else {
+                write!(s, "test", |tx| { show(tx).await })
+            }
+        }
+        assert_eq!(setting(&s, true).await.unwrap(), "off");
+        assert_eq!(setting(&s, false).await.unwrap(), "on");
+        // Only for that transaction: the pooled connection is as it was.
+        assert_eq!(setting(&s, false).await.unwrap(), "on");
     }
 
     /// Hosts' clocks differ; leases are written and compared by the server's. A host whose
