@@ -400,7 +400,33 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
             let up_since = started_at
                 .filter(|_| configured)
                 .map(|t| done.and_then(|a| a.last_restart).map_or(t, |r| r.max(t)));
-            let state = match (pid, config.settings_of(&name), task, pause) {
+            let runs_here = config
+                .workers
+                .iter()
+                .find(|w| w.name == name)
+                .is_none_or(|w| crate::daemon::runs_here(w, &host));
+            let held_by = match store.shared() {
+                true if name == POOL => None,
+                true => leases
+                    .iter()
+                    .find(|l| l.worker == name)
+                    .map(|l| l.host.clone()),
+                false => pid
+                    .filter(|_| runs_here && configured)
+                    .map(|_| host.clone()),
+            };
+            // Whether a daemon runs this worker: on a shared store, the one holding its lease,
+            // wherever it is (the pool: any daemon on the store); else this project's daemon.
+            let alive = match store.shared() {
+                true if name == POOL => pid.is_some() || !hosts.is_empty(),
+                true => held_by.is_some(),
+                false => pid.is_some(),
+            };
+            // What this daemon saw of a worker another host runs says nothing of it.
+            let elsewhere = store.shared() && name != POOL && held_by.as_deref() != Some(&*host);
+            let restarts = restarts.filter(|_| !elsewhere);
+            let up_since = up_since.filter(|_| !elsewhere);
+            let state = match (alive.then_some(()), config.settings_of(&name), task, pause) {
                 (_, None, _, _) => "not in config".to_string(),
                 (None, _, _, _) => "stopped".to_string(),
                 (Some(_), _, _, None) if name == POOL => {
@@ -425,21 +451,6 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
             let state = match in_pool {
                 0 => state,
                 n => format!("{state}, {n} in the pool"),
-            };
-            let runs_here = config
-                .workers
-                .iter()
-                .find(|w| w.name == name)
-                .is_none_or(|w| crate::daemon::runs_here(w, &host));
-            let held_by = match store.shared() {
-                true if name == POOL => None,
-                true => leases
-                    .iter()
-                    .find(|l| l.worker == name)
-                    .map(|l| l.host.clone()),
-                false => pid
-                    .filter(|_| runs_here && configured)
-                    .map(|_| host.clone()),
             };
             WorkerStatus {
                 host: held_by,

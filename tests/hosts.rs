@@ -298,9 +298,45 @@ fn a_pinned_worker_never_runs_on_another_host() {
             .iter()
             .all(|l| l.worker != "p")
     );
+    // In A's status, p runs nowhere yet.
+    let worker = |p: &Project, name: &str| {
+        let status = p.json(&["status"]);
+        let w = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name);
+        w.cloned()
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    let p_on_a = worker(&a, "p");
+    assert_eq!(p_on_a["state"], "stopped", "{p_on_a}");
+    assert!(p_on_a["host"].is_null(), "{p_on_a}");
     // B, p's host, runs them.
     let _db = b.start();
     b.wait_all(&[pinned, pinned_pool]);
+    // Every host's status (and that of one running no daemon) says where each worker runs; what
+    // A knows of its own processes is not given for B's worker.
+    let c = host(url, "c", &workers, "");
+    for (project, viewer) in [(&a, "a"), (&c, "c")] {
+        let p = worker(project, "p");
+        assert_eq!(
+            (p["state"].as_str(), p["host"].as_str()),
+            (Some("idle"), Some("b")),
+            "from {viewer}: {p}"
+        );
+        assert!(
+            p["restarts"].is_null() && p["up_since"].is_null(),
+            "from {viewer}: {p}"
+        );
+        let free = worker(project, "free");
+        assert_eq!(
+            (free["state"].as_str(), free["host"].as_str()),
+            (Some("idle"), Some("a")),
+            "from {viewer}: {free}"
+        );
+    }
+    assert_eq!(worker(&a, "free")["restarts"], 0);
     assert!(
         a.runs().iter().all(|r| !r.contains("pinned")),
         "{:?}",
