@@ -121,6 +121,9 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
             let (check, pid) = check_daemon(&state_dir);
             daemon_pid = pid;
             checks.push(check);
+            if let (Some(config), Some(url)) = (&config, store_url(config.as_ref(), explicit, cx)) {
+                checks.push(check_hosts(&url, config, daemon_pid).await);
+            }
         }
         None => {
             for name in ["state folder", "database", "daemon"] {
@@ -538,6 +541,83 @@ fn check_daemon(state_dir: &Path) -> (Check, Option<i32>) {
             None,
         ),
     }
+}
+
+/// Several daemons, one queue: which daemons are on the store, and what would keep a worker of
+/// this project from running. Warns when this project's host id is taken by a daemon that is not
+/// this folder's (its `agentq run` would be refused: two folders of one machine default to the
+/// same id), and for each worker pinned to a host id no daemon on the store runs under (its tasks
+/// wait). Read-only: it looks only at a schema this agentq wrote.
+pub async fn check_hosts(
+    url: &crate::store::url::DatabaseUrl,
+    config: &Config,
+    daemon_pid: Option<i32>,
+) -> Check {
+    use crate::store::Store;
+    const NAME: &str = "hosts";
+    let known = crate::store::postgres::SCHEMA_VERSION;
+    match crate::store::postgres::inspect(url, DB_TIMEOUT).await {
+        Ok(found) if found.schema == Some(known) => {}
+        Ok(_) => return Check::skip(NAME, "needs the store at this agentq's schema version"),
+        Err(_) => return Check::skip(NAME, "needs the database"),
+    }
+    let store = match crate::store::postgres::PgStore::connect(url).await {
+        Ok(store) => store,
+        Err(e) => return Check::skip(NAME, format!("cannot read them: {e}")),
+    };
+    let now = crate::store::now_ms();
+    let hosts = match store.hosts(now).await {
+        Ok(hosts) => hosts,
+        Err(e) => return Check::skip(NAME, format!("cannot read them: {e}")),
+    };
+    let me = &config.daemon.host;
+    let listed = match hosts.is_empty() {
+        true => "no daemon on this store".to_string(),
+        false => hosts
+            .iter()
+            .map(|h| {
+                let up =
+                    std::time::Duration::from_secs(((now - h.started_at).max(0) / 1000) as u64);
+                format!(
+                    "{} (pid {}, up {})",
+                    h.host,
+                    h.pid,
+                    humantime::format_duration(up)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let detail = format!("{listed}; this project's host id is {me}");
+    if let Some(other) = hosts.iter().find(|h| &h.host == me)
+        && daemon_pid.is_none_or(|pid| i64::from(pid) != other.pid)
+    {
+        return Check::warn(
+            NAME,
+            detail,
+            format!(
+                "host id {me} is taken by another daemon (pid {}), not this folder's: `agentq run` here would be refused; give this folder's daemon an id of its own with [daemon] host or `agentq run --host`",
+                other.pid
+            ),
+        );
+    }
+    let stranded: Vec<String> = config
+        .workers
+        .iter()
+        .filter_map(|w| {
+            let pin = w.host.as_ref()?;
+            let runs = hosts.iter().any(|h| &h.host == pin) || (pin == me && daemon_pid.is_some());
+            (!runs).then(|| format!("{} (pinned to {pin})", w.name))
+        })
+        .collect();
+    if !stranded.is_empty() {
+        return Check::warn(
+            NAME,
+            format!("{detail}; no daemon runs {}", stranded.join(", ")),
+            "start `agentq run` on the host each is pinned to (or with --host that id), or change its `host`; until then its tasks wait",
+        );
+    }
+    Check::ok(NAME, detail)
 }
 
 /// A worker's (or the pool's) working folder and agent, found and started as the daemon would.

@@ -590,3 +590,59 @@ fn a_claude_worker_that_moves_between_hosts_sharing_sessions_goes_on_with_its_co
     assert!(events(&s, "session_reset").is_empty());
     assert_eq!(events(&s, "worker_moved").len(), 1);
 }
+
+/// `agentq doctor --json`'s `hosts` check, from project `p`.
+fn hosts_check(p: &Project) -> serde_json::Value {
+    let out = p.run(&["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {}", text(&out.stdout)));
+    let found = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "hosts");
+    found
+        .cloned()
+        .unwrap_or_else(|| panic!("no hosts check in {checks:#}"))
+}
+
+#[test]
+fn doctor_names_the_daemons_on_the_store_a_taken_host_id_and_a_worker_no_daemon_runs() {
+    let Some(db) = pg_database() else { return };
+    let url = db.url.expose();
+    let workers = [("free", None), ("p", Some("b"))];
+    let a = host(url, "a", &workers, "");
+    let b = host(url, "b", &workers, "");
+    let _da = a.start();
+    // p is pinned to b, and no daemon of b runs.
+    let check = hosts_check(&a);
+    assert_eq!(check["status"], "warn", "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(detail.starts_with("a (pid "), "{detail}");
+    assert!(
+        detail.contains("no daemon runs p (pinned to b)"),
+        "{detail}"
+    );
+    // Another folder under a's id (two folders of one machine default to one id).
+    let twin = host(url, "a", &workers, "");
+    let check = hosts_check(&twin);
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("host id a is taken"),
+        "{check}"
+    );
+    // With b running, all is well.
+    let _db = b.start();
+    wait_until(Duration::from_secs(10), "b on the store", || {
+        hosts_check(&a)["status"] == "ok"
+    });
+    let detail = hosts_check(&b)["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("a (pid ") && detail.contains(", b (pid "),
+        "{detail}"
+    );
+    assert!(detail.ends_with("this project's host id is b"), "{detail}");
+}
