@@ -110,19 +110,28 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
     let (check, config, root) = check_config(explicit, &cx.cwd);
     checks.push(check);
     let mut daemon_pid = None;
+    // The database answered: what is in it can be read.
+    let mut reachable = false;
     match &root {
         Some(root) => {
             let state_dir = root.join(STATE_DIR);
             checks.push(check_state_dir(&state_dir));
             match store_url(config.as_ref(), explicit, cx) {
-                Some(url) => checks.extend(check_postgres(&url, DB_TIMEOUT).await),
+                Some(url) => {
+                    let found = check_postgres(&url, DB_TIMEOUT).await;
+                    reachable = found.first().is_some_and(|c| c.status == Status::Ok);
+                    checks.extend(found);
+                }
                 None => checks.extend(check_database(&state_dir.join(DB_FILE))),
             }
             let (check, pid) = check_daemon(&state_dir);
             daemon_pid = pid;
             checks.push(check);
             if let (Some(config), Some(url)) = (&config, store_url(config.as_ref(), explicit, cx)) {
-                checks.push(check_hosts(&url, config, daemon_pid).await);
+                checks.push(match reachable {
+                    true => check_hosts(&url, config, daemon_pid).await,
+                    false => Check::skip("hosts", "needs the database"),
+                });
             }
         }
         None => {
