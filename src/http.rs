@@ -1001,6 +1001,15 @@ async fn metrics(State(s): State<Shared>) -> Answer {
         .await?;
     let status = crate::ops::status(config, store, s.api.pid).await?;
     let mut out = Metrics::default();
+    // How many events of `kind` were recorded: of `worker`, or of any.
+    let count = |kind: &str, worker: Option<&str>| -> f64 {
+        figures
+            .events
+            .iter()
+            .filter(|(k, w, _)| k == kind && (worker.is_none() || w.as_deref() == worker))
+            .map(|(_, _, n)| n)
+            .sum::<u64>() as f64
+    };
 
     out.family("agentq_tasks", "gauge", "Tasks by state and class.");
     for (state, class, n) in &figures.tasks {
@@ -1047,16 +1056,10 @@ async fn metrics(State(s): State<Shared>) -> Answer {
         "Restarts of workers' long-lived agent processes after they died.",
     );
     for w in &status.workers {
-        let n = figures
-            .events
-            .iter()
-            .filter(|(k, worker, _)| k == RESTARTS && worker.as_deref() == Some(&w.name))
-            .map(|(_, _, n)| n)
-            .sum::<u64>();
         out.sample(
             "agentq_worker_restarts_total",
             &[("worker", &w.name)],
-            n as f64,
+            count(RESTARTS, Some(&w.name)),
         );
     }
     out.family(
@@ -1128,13 +1131,7 @@ async fn metrics(State(s): State<Shared>) -> Answer {
         "counter",
         "Prompt files intake set aside in rejected/.",
     );
-    let rejected: u64 = figures
-        .events
-        .iter()
-        .filter(|(k, _, _)| k == REJECTED)
-        .map(|(_, _, n)| n)
-        .sum();
-    out.sample("agentq_intake_rejections_total", &[], rejected as f64);
+    out.sample("agentq_intake_rejections_total", &[], count(REJECTED, None));
 
     // Several daemons, one queue: which host runs what. The task figures above are the whole
     // queue's, as every daemon on the store sees them; those of the daemon and its agents are its
@@ -1166,16 +1163,10 @@ async fn metrics(State(s): State<Shared>) -> Answer {
             "Times each worker's lease was taken by a daemon of another host.",
         );
         for w in &status.workers {
-            let n: u64 = figures
-                .events
-                .iter()
-                .filter(|(k, worker, _)| k == MOVED && worker.as_deref() == Some(&w.name))
-                .map(|(_, _, n)| n)
-                .sum();
             out.sample(
                 "agentq_worker_moves_total",
                 &[("worker", &w.name)],
-                n as f64,
+                count(MOVED, Some(&w.name)),
             );
         }
     }
