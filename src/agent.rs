@@ -83,6 +83,8 @@ pub enum Outcome {
     SpawnFailed {
         error: String,
         retryable: bool,
+        /// The program is not there (not installed, or not on PATH).
+        missing: bool,
     },
     /// A long-lived process answered; it did not exit.
     Served,
@@ -107,8 +109,12 @@ const PIPE_LINGER: Duration = Duration::from_millis(500);
 /// Runs the attempt to its end, or until `stop` completes.
 pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     let started = Instant::now();
-    let not_started = |error: String, retryable: bool| Attempt {
-        outcome: Outcome::SpawnFailed { error, retryable },
+    let not_started = |error: String, retryable: bool, missing: bool| Attempt {
+        outcome: Outcome::SpawnFailed {
+            error,
+            retryable,
+            missing,
+        },
         stdout: String::new(),
         stdout_truncated: false,
         stderr_tail: String::new(),
@@ -123,6 +129,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
                 "the working folder {} does not exist (worker cwd)",
                 spec.cwd.display()
             ),
+            false,
             false,
         );
     }
@@ -152,6 +159,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
             return not_started(
                 format!("could not start {:?}: {e}", spec.argv[0]),
                 retryable,
+                e.kind() == std::io::ErrorKind::NotFound,
             );
         }
     };
@@ -619,8 +627,13 @@ mod tests {
         let mut s = spec("true");
         s.cwd = PathBuf::from("/nonexistent/folder");
         match run(s, std::future::pending()).await.outcome {
-            Outcome::SpawnFailed { error, retryable } => {
+            Outcome::SpawnFailed {
+                error,
+                retryable,
+                missing,
+            } => {
                 assert!(!retryable);
+                assert!(!missing, "the program is there: the folder is not");
                 assert!(
                     error.contains("working folder /nonexistent/folder"),
                     "{error}"
@@ -635,7 +648,12 @@ mod tests {
         let mut s = spec("");
         s.argv = vec!["/nonexistent/agent".into()];
         match run(s, std::future::pending()).await.outcome {
-            Outcome::SpawnFailed { error, retryable } => {
+            Outcome::SpawnFailed {
+                error,
+                retryable,
+                missing,
+            } => {
+                assert!(missing);
                 assert!(!retryable);
                 assert!(error.contains("/nonexistent/agent"), "{error}");
             }

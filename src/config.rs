@@ -236,6 +236,8 @@ struct RawDefaults {
     worker: Option<Spanned<String>>,
     max_prompt_size: Option<Size>,
     claude_bin: Option<PathBuf>,
+    codex_bin: Option<PathBuf>,
+    gemini_bin: Option<PathBuf>,
     route: Option<Spanned<String>>,
 }
 
@@ -340,38 +342,107 @@ struct RawWorker {
     rotate_after_tokens: Option<u64>,
     budget_usd_per_day: Option<f64>,
     recycle_after_tasks: Option<u32>,
+    // `agent = "codex"`.
+    codex_bin: Option<PathBuf>,
+    sandbox: Option<Spanned<String>>,
+    skip_git_repo_check: Option<bool>,
+    // `agent = "gemini"`.
+    gemini_bin: Option<PathBuf>,
+    approval_mode: Option<Spanned<String>>,
+    trust_workspace: Option<bool>,
+}
+
+/// The agent settings of a worker, and which agents take each.
+const AGENT_KEYS: &[(&str, &[&str])] = &[
+    ("claude_bin", &["claude"]),
+    ("mode", &["claude"]),
+    ("model", &["claude", "codex", "gemini"]),
+    ("permission_mode", &["claude"]),
+    ("allowed_tools", &["claude"]),
+    ("disallowed_tools", &["claude"]),
+    ("append_system_prompt", &["claude"]),
+    ("max_turns", &["claude"]),
+    ("max_budget_usd", &["claude"]),
+    ("add_dirs", &["claude"]),
+    ("extra_args", &["claude", "codex", "gemini"]),
+    ("dangerously_skip_permissions", &["claude"]),
+    ("session", &["claude", "codex", "gemini"]),
+    ("rotate_after_tasks", &["claude", "codex", "gemini"]),
+    ("rotate_after_tokens", &["claude", "codex", "gemini"]),
+    ("budget_usd_per_day", &["claude"]),
+    ("recycle_after_tasks", &["claude"]),
+    ("codex_bin", &["codex"]),
+    ("sandbox", &["codex"]),
+    ("skip_git_repo_check", &["codex"]),
+    ("gemini_bin", &["gemini"]),
+    ("approval_mode", &["gemini"]),
+    ("trust_workspace", &["gemini"]),
+];
+
+/// The drivers `agent = "..."` may name.
+pub const AGENTS: [&str; 4] = ["claude", "codex", "gemini", "command"];
+
+/// "a Claude worker", "a Claude, Codex or Gemini worker".
+fn agents_in_words(agents: &[&str]) -> String {
+    let names: Vec<String> = agents
+        .iter()
+        .map(|a| match *a {
+            "claude" => "Claude".to_string(),
+            "codex" => "Codex".to_string(),
+            "gemini" => "Gemini".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    match names.split_last() {
+        Some((last, [])) => format!("a {last} worker"),
+        Some((last, rest)) => format!("a {} or {last} worker", rest.join(", ")),
+        None => "no worker".into(),
+    }
 }
 
 impl RawWorker {
-    /// The Claude settings set, for refusing them on a worker that is not a Claude worker.
-    fn claude_keys(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        let mut note = |set: bool, key: &'static str| {
-            if set {
-                keys.push(key);
-            }
-        };
-        note(self.claude_bin.is_some(), "claude_bin");
-        note(self.mode.is_some(), "mode");
-        note(self.model.is_some(), "model");
-        note(self.permission_mode.is_some(), "permission_mode");
-        note(self.allowed_tools.is_some(), "allowed_tools");
-        note(self.disallowed_tools.is_some(), "disallowed_tools");
-        note(self.append_system_prompt.is_some(), "append_system_prompt");
-        note(self.max_turns.is_some(), "max_turns");
-        note(self.max_budget_usd.is_some(), "max_budget_usd");
-        note(self.add_dirs.is_some(), "add_dirs");
-        note(self.extra_args.is_some(), "extra_args");
-        note(
+    /// The agent settings this worker sets.
+    fn agent_keys(&self) -> Vec<&'static str> {
+        let set = [
+            self.claude_bin.is_some(),
+            self.mode.is_some(),
+            self.model.is_some(),
+            self.permission_mode.is_some(),
+            self.allowed_tools.is_some(),
+            self.disallowed_tools.is_some(),
+            self.append_system_prompt.is_some(),
+            self.max_turns.is_some(),
+            self.max_budget_usd.is_some(),
+            self.add_dirs.is_some(),
+            self.extra_args.is_some(),
             self.dangerously_skip_permissions.is_some(),
-            "dangerously_skip_permissions",
-        );
-        note(self.session.is_some(), "session");
-        note(self.rotate_after_tasks.is_some(), "rotate_after_tasks");
-        note(self.rotate_after_tokens.is_some(), "rotate_after_tokens");
-        note(self.budget_usd_per_day.is_some(), "budget_usd_per_day");
-        note(self.recycle_after_tasks.is_some(), "recycle_after_tasks");
-        keys
+            self.session.is_some(),
+            self.rotate_after_tasks.is_some(),
+            self.rotate_after_tokens.is_some(),
+            self.budget_usd_per_day.is_some(),
+            self.recycle_after_tasks.is_some(),
+            self.codex_bin.is_some(),
+            self.sandbox.is_some(),
+            self.skip_git_repo_check.is_some(),
+            self.gemini_bin.is_some(),
+            self.approval_mode.is_some(),
+            self.trust_workspace.is_some(),
+        ];
+        AGENT_KEYS
+            .iter()
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|((key, _), _)| *key)
+            .collect()
+    }
+
+    /// The first agent setting this worker sets that `agent` does not take, with the agents
+    /// that do take it.
+    fn foreign_key(&self, agent: &str) -> Option<(&'static str, &'static [&'static str])> {
+        self.agent_keys().into_iter().find_map(|key| {
+            let takers = AGENT_KEYS.iter().find(|(k, _)| *k == key)?.1;
+            (!takers.contains(&agent)).then_some((key, takers))
+        })
     }
 }
 
@@ -397,21 +468,32 @@ macro_rules! limits_of {
     };
 }
 
-/// The program a worker runs for each task.
+/// The agent a worker runs for each task, with its settings: one variant per driver.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Agent {
     /// Any program: the prompt on its stdin, its stdout the result, exit code 0 success.
-    Command { argv: Vec<String> },
+    Command(crate::agents::command::Settings),
     /// Claude Code.
-    Claude(Box<crate::claude::Settings>),
+    Claude(Box<crate::agents::claude::Settings>),
+    /// OpenAI's Codex CLI.
+    Codex(Box<crate::agents::codex::Settings>),
+    /// Google's Gemini CLI.
+    Gemini(Box<crate::agents::gemini::Settings>),
 }
 
 impl Agent {
-    pub fn kind(&self) -> &'static str {
+    /// What runs it.
+    pub fn driver(&self) -> &dyn crate::agents::Driver {
         match self {
-            Agent::Command { .. } => "command",
-            Agent::Claude(_) => "claude",
+            Agent::Command(s) => s,
+            Agent::Claude(s) => s.as_ref(),
+            Agent::Codex(s) => s.as_ref(),
+            Agent::Gemini(s) => s.as_ref(),
         }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.driver().name()
     }
 }
 
@@ -1157,16 +1239,42 @@ fn build_worker(
         (None, Some(_)) => "command",
         (None, None) => "claude",
     };
-    let agent = match agent_kind {
-        "command" if !w.claude_keys().is_empty() => {
-            return Err((
-                Some(table_span.clone()),
-                format!(
-                    "{table} has agent = \"command\" but sets {}, which only a Claude worker has",
-                    w.claude_keys().join(", ")
-                ),
-            ));
+    if !AGENTS.contains(&agent_kind) {
+        return Err((
+            w.agent.as_ref().map(|a| a.span()),
+            format!(
+                "unknown agent {agent_kind:?}: expected one of {}",
+                AGENTS.map(|a| format!("\"{a}\"")).join(", ")
+            ),
+        ));
+    }
+    if let Some((key, takers)) = w.foreign_key(agent_kind) {
+        return Err((
+            Some(table_span.clone()),
+            format!(
+                "{table} has agent = \"{agent_kind}\" but sets {key}, which only {} has",
+                agents_in_words(takers)
+            ),
+        ));
+    }
+    let relative = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            root.join(p)
         }
+    };
+    // A bare name ("claude-beta") is looked up on PATH; a path is relative to the config's folder.
+    let bin = |own: &Option<PathBuf>, default: &Option<PathBuf>| {
+        own.as_ref().or(default.as_ref()).map(|b| {
+            if b.components().count() > 1 {
+                relative(b)
+            } else {
+                b.clone()
+            }
+        })
+    };
+    let agent = match agent_kind {
         "command" => {
             let argv = w
                 .command
@@ -1186,19 +1294,33 @@ fn build_worker(
                     ),
                 ));
             }
-            Agent::Command { argv }
+            Agent::Command(crate::agents::command::Settings { argv })
         }
         "claude" => Agent::Claude(Box::new(claude_settings(
             w,
-            defaults.claude_bin.as_ref(),
+            bin(&w.claude_bin, &defaults.claude_bin),
             root,
         )?)),
-        other => {
-            return Err((
-                w.agent.as_ref().map(|a| a.span()),
-                format!("unknown agent {other:?}: expected \"command\" or \"claude\""),
-            ));
-        }
+        "codex" => Agent::Codex(Box::new(crate::agents::codex::Settings {
+            bin: bin(&w.codex_bin, &defaults.codex_bin),
+            model: w.model.clone(),
+            sandbox: one_of(&w.sandbox, "sandbox", &crate::agents::codex::SANDBOXES)?,
+            skip_git_repo_check: w.skip_git_repo_check.unwrap_or(false),
+            session: session_policy(w)?,
+            extra_args: w.extra_args.clone().unwrap_or_default(),
+        })),
+        _ => Agent::Gemini(Box::new(crate::agents::gemini::Settings {
+            bin: bin(&w.gemini_bin, &defaults.gemini_bin),
+            model: w.model.clone(),
+            approval_mode: one_of(
+                &w.approval_mode,
+                "approval_mode",
+                &crate::agents::gemini::APPROVAL_MODES,
+            )?,
+            trust_workspace: w.trust_workspace.unwrap_or(false),
+            session: session_policy(w)?,
+            extra_args: w.extra_args.clone().unwrap_or_default(),
+        })),
     };
     let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
     let cwd = if cwd.is_absolute() {
@@ -1268,12 +1390,68 @@ fn class_limits(
     })
 }
 
+/// A setting that must be one of a few words.
+fn one_of(
+    raw: &Option<Spanned<String>>,
+    key: &str,
+    words: &[&str],
+) -> std::result::Result<Option<String>, SpanError> {
+    match raw {
+        None => Ok(None),
+        Some(v) if words.contains(&v.get_ref().as_str()) => Ok(Some(v.get_ref().clone())),
+        Some(v) => Err((
+            Some(v.span()),
+            format!(
+                "unknown {key} {:?}: expected {}",
+                v.get_ref(),
+                words
+                    .iter()
+                    .map(|w| format!("\"{w}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// `session` (with `rotate_after_*`): which conversation a task joins.
+fn session_policy(w: &RawWorker) -> std::result::Result<crate::agents::SessionPolicy, SpanError> {
+    use crate::agents::SessionPolicy;
+    Ok(
+        match w.session.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("resume", _)) => SessionPolicy::Resume,
+            Some(("fresh", _)) => SessionPolicy::Fresh,
+            Some(("rotate", span)) => {
+                if w.rotate_after_tasks.is_none() && w.rotate_after_tokens.is_none() {
+                    return Err((
+                        Some(span),
+                        "session = \"rotate\" needs rotate_after_tasks or rotate_after_tokens"
+                            .into(),
+                    ));
+                }
+                SessionPolicy::Rotate {
+                    after_tasks: w.rotate_after_tasks,
+                    after_tokens: w.rotate_after_tokens,
+                }
+            }
+            Some((other, span)) => {
+                return Err((
+                    Some(span),
+                    format!(
+                        "unknown session {other:?}: expected \"resume\", \"fresh\" or \"rotate\""
+                    ),
+                ));
+            }
+        },
+    )
+}
+
 fn claude_settings(
     w: &RawWorker,
-    default_bin: Option<&PathBuf>,
+    bin: Option<PathBuf>,
     root: &Path,
-) -> std::result::Result<crate::claude::Settings, SpanError> {
-    use crate::claude::{Mode, SessionPolicy, Settings};
+) -> std::result::Result<crate::agents::claude::Settings, SpanError> {
+    use crate::agents::claude::{Mode, Settings};
     let mode = match w.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
         None | Some(("exec", _)) => Mode::Exec,
         Some(("persistent", _)) => Mode::Persistent,
@@ -1284,28 +1462,7 @@ fn claude_settings(
             ));
         }
     };
-    let session = match w.session.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
-        None | Some(("resume", _)) => SessionPolicy::Resume,
-        Some(("fresh", _)) => SessionPolicy::Fresh,
-        Some(("rotate", span)) => {
-            if w.rotate_after_tasks.is_none() && w.rotate_after_tokens.is_none() {
-                return Err((
-                    Some(span),
-                    "session = \"rotate\" needs rotate_after_tasks or rotate_after_tokens".into(),
-                ));
-            }
-            SessionPolicy::Rotate {
-                after_tasks: w.rotate_after_tasks,
-                after_tokens: w.rotate_after_tokens,
-            }
-        }
-        Some((other, span)) => {
-            return Err((
-                Some(span),
-                format!("unknown session {other:?}: expected \"resume\", \"fresh\" or \"rotate\""),
-            ));
-        }
-    };
+    let session = session_policy(w)?;
     let relative = |p: &PathBuf| {
         if p.is_absolute() {
             p.clone()
@@ -1313,14 +1470,6 @@ fn claude_settings(
             root.join(p)
         }
     };
-    // A bare name ("claude-beta") is looked up on PATH; a path is relative to the config's folder.
-    let bin = w.claude_bin.as_ref().or(default_bin).map(|b| {
-        if b.components().count() > 1 {
-            relative(b)
-        } else {
-            b.clone()
-        }
-    });
     Ok(Settings {
         bin,
         mode,
@@ -1561,9 +1710,9 @@ mod tests {
         let w = &c.workers[0];
         assert_eq!(
             w.agent,
-            Agent::Command {
+            Agent::Command(crate::agents::command::Settings {
                 argv: vec!["cat".into()]
-            }
+            })
         );
         assert_eq!(w.cwd, PathBuf::from("/p/."));
         assert_eq!(w.limits.timeout, Duration::from_secs(600));
@@ -1774,7 +1923,7 @@ mod tests {
         assert_eq!(s.add_dirs, vec![PathBuf::from("/p/data")]);
         assert_eq!(
             s.session,
-            crate::claude::SessionPolicy::Rotate {
+            crate::agents::SessionPolicy::Rotate {
                 after_tasks: Some(5),
                 after_tokens: None
             }
@@ -1795,7 +1944,65 @@ mod tests {
             "[[worker]]\nname = \"x\"\nagent = \"command\"\ncommand = [\"cat\"]\nmodel = \"opus\"\n",
         );
         assert!(
-            e.contains("sets model, which only a Claude worker has"),
+            e.contains("sets model, which only a Claude, Codex or Gemini worker has"),
+            "{e}"
+        );
+        let e =
+            err_text("[[worker]]\nname = \"x\"\nagent = \"codex\"\npermission_mode = \"plan\"\n");
+        assert!(
+            e.contains(
+                "has agent = \"codex\" but sets permission_mode, which only a Claude worker has"
+            ),
+            "{e}"
+        );
+        let e = err_text("[[worker]]\nname = \"x\"\nagent = \"codex\"\nsandbox = \"open\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:4:")
+                && e.contains("unknown sandbox \"open\": expected \"read-only\""),
+            "{e}"
+        );
+        let e = err_text("[[worker]]\nname = \"x\"\nagent = \"aider\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:3:")
+                && e.contains("unknown agent \"aider\": expected one of \"claude\", \"codex\", \"gemini\", \"command\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn codex_and_gemini_workers_take_their_own_settings() {
+        let c = parse(
+            "[defaults]\ncodex_bin = \"bin/codex\"\n[[worker]]\nname = \"x\"\nagent = \"codex\"\nmodel = \"gpt-5.5\"\nsandbox = \"workspace-write\"\nskip_git_repo_check = true\nsession = \"fresh\"\n[[worker]]\nname = \"g\"\nagent = \"gemini\"\ngemini_bin = \"gemini-nightly\"\napproval_mode = \"yolo\"\ntrust_workspace = true\nextra_args = [\"--debug\"]\n",
+        )
+        .unwrap();
+        let Agent::Codex(x) = &c.workers[0].agent else {
+            panic!()
+        };
+        assert_eq!(x.bin, Some(PathBuf::from("/p/bin/codex")));
+        assert_eq!(
+            (
+                x.model.as_deref(),
+                x.sandbox.as_deref(),
+                x.skip_git_repo_check
+            ),
+            (Some("gpt-5.5"), Some("workspace-write"), true)
+        );
+        assert_eq!(x.session, crate::agents::SessionPolicy::Fresh);
+        let Agent::Gemini(g) = &c.workers[1].agent else {
+            panic!()
+        };
+        assert_eq!(
+            g.bin,
+            Some(PathBuf::from("gemini-nightly")),
+            "a bare name is looked up on PATH"
+        );
+        assert_eq!(g.approval_mode.as_deref(), Some("yolo"));
+        assert!(g.trust_workspace);
+        assert_eq!(g.extra_args, ["--debug"]);
+        assert_eq!(c.workers[1].agent.kind(), "gemini");
+        let e = err_text("[[worker]]\nname = \"g\"\nagent = \"gemini\"\nsandbox = \"read-only\"\n");
+        assert!(
+            e.contains("sets sandbox, which only a Codex worker has"),
             "{e}"
         );
     }
@@ -1834,7 +2041,10 @@ mod tests {
 
         let e = err_text("[[worker]]\nname = \"a\"\nagent = \"robot\"\n");
         assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
-        assert!(e.contains("expected \"command\" or \"claude\""), "{e}");
+        assert!(
+            e.contains("expected one of \"claude\", \"codex\", \"gemini\", \"command\""),
+            "{e}"
+        );
 
         let e = err_text("[defaults]\nmax_attempts = 0\n");
         assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Agent, Config, POOL, WorkerConfig};
+use crate::config::{Config, POOL, WorkerConfig};
 use crate::error::{Error, Result};
 use crate::logfile::EventLog;
 use crate::pool::Pool;
@@ -77,14 +77,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     }
     let pool = config.pool.defined.then_some(&config.pool.worker);
     for w in config.workers.iter().chain(pool) {
-        let Agent::Claude(settings) = &w.agent else {
-            continue;
-        };
-        if settings.mode == crate::claude::Mode::Exec && w.limits.idle_timeout.is_some() {
-            warn!(worker = %w.name, "idle_timeout does not apply to claude in exec mode, which prints nothing until its result; use mode = \"persistent\" to watch for hangs");
-        }
-        if settings.skip_permissions {
-            warn!(worker = %w.name, "runs claude with --dangerously-skip-permissions: it may run any tool without asking");
+        for warning in w.agent.driver().warnings(w.limits.idle_timeout) {
+            warn!(worker = %w.name, "{warning}");
         }
     }
     // Agents are reaped by the runner that started them; a SIGCHLD ignored by whoever started the

@@ -652,9 +652,10 @@ async fn check_worker(w: &WorkerConfig, cx: &Context) -> Vec<Check> {
     let name = format!("{label}: agent");
     // As Command::spawn looks a bare name up: on the child's PATH when its env sets one.
     let path_var = w.env.get("PATH").or(cx.env.get("PATH")).map(String::as_str);
+    let driver = w.agent.driver();
     let check = match &w.agent {
-        Agent::Command { argv } => {
-            let program = argv.first().map(String::as_str).unwrap_or("");
+        Agent::Command(command) => {
+            let program = command.argv.first().map(String::as_str).unwrap_or("");
             match find_program(program, &w.cwd, path_var) {
                 Ok(found) => {
                     Check::ok(&name, format!("command {program:?} is {}", found.display()))
@@ -662,19 +663,38 @@ async fn check_worker(w: &WorkerConfig, cx: &Context) -> Vec<Check> {
                 Err((detail, fix)) => Check::fail(&name, detail, fix),
             }
         }
-        Agent::Claude(settings) => {
-            let over = cx.env.get("AGENTQ_CLAUDE_BIN").map(String::as_str);
-            let bin = crate::claude::resolve_bin(settings, over);
+        _ => {
+            let over = driver
+                .bin_variable()
+                .and_then(|v| cx.env.get(v))
+                .map(String::as_str);
+            let bin = driver.program_with(over);
             let bin = bin.to_string_lossy();
             match find_program(&bin, &w.cwd, path_var) {
+                // Its tasks wait (the worker pauses) until it is installed.
                 Err((detail, _)) => Check::fail(
                     &name,
-                    detail,
-                    "install Claude Code (`npm install -g @anthropic-ai/claude-code`), or point claude_bin in agentq.toml (or AGENTQ_CLAUDE_BIN) at it",
+                    format!("{detail}; the worker's tasks wait until it is installed"),
+                    format!(
+                        "install {} (`{}`), or point {}_bin in agentq.toml (or {}) at it",
+                        driver.title(),
+                        driver.install_hint().unwrap_or("see its documentation"),
+                        driver.name(),
+                        driver.bin_variable().unwrap_or("its variable")
+                    ),
                 ),
-                Ok(found) => match claude_version(&found, w, cx).await {
+                Ok(found) => match agent_version(driver, &found, w, cx).await {
                     Ok(version) => {
-                        Check::ok(&name, format!("claude {version} ({})", found.display()))
+                        let tested = match driver.tested_version() {
+                            Some(t) if !version.contains(t) => {
+                                format!("; agentq is tested with {t}")
+                            }
+                            _ => String::new(),
+                        };
+                        Check::ok(
+                            &name,
+                            format!("{} {version} ({}){tested}", driver.name(), found.display()),
+                        )
                     }
                     Err((detail, fix)) => Check::fail(&name, detail, fix),
                 },
@@ -735,29 +755,34 @@ pub fn find_program(
     })
 }
 
-/// Runs `<bin> --version` as the daemon would start the agent (the worker's env and cwd, without
-/// a parent Claude session's variables): proof that it starts, and the version it prints.
-pub async fn claude_version(
+/// Runs `<bin> --version` as the daemon would start the agent (the worker's env and cwd, the
+/// driver's own variables, without a parent session's): proof that it starts, and the version it
+/// prints.
+pub async fn agent_version(
+    driver: &dyn crate::agents::Driver,
     bin: &Path,
     w: &WorkerConfig,
     cx: &Context,
 ) -> std::result::Result<String, (String, String)> {
     let shown = bin.display();
+    let env = driver.environment(&cx.env);
     let mut cmd = tokio::process::Command::new(bin);
+    for key in env.remove.iter().filter(|k| !w.env.contains_key(*k)) {
+        cmd.env_remove(key);
+    }
     cmd.arg("--version")
+        .envs(&env.set)
         .envs(&w.env)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    for key in crate::claude::inherited_markers(&cx.env, &w.env) {
-        cmd.env_remove(key);
-    }
     if w.cwd.is_dir() {
         cmd.current_dir(&w.cwd);
     }
     let by_hand = format!(
-        "run `{shown} --version` by hand and fix what it says (reinstall Claude Code if it is broken)"
+        "run `{shown} --version` by hand and fix what it says (reinstall {} if it is broken)",
+        driver.title()
     );
     match tokio::time::timeout(cx.version_timeout, cmd.output()).await {
         Err(_) => Err((
@@ -797,7 +822,7 @@ pub async fn claude_version(
 /// differently under the daemon than by hand.
 pub fn check_markers(env: &BTreeMap<String, String>, workers: &[&WorkerConfig]) -> Check {
     const NAME: &str = "parent session";
-    let found = crate::claude::inherited_markers(env, &BTreeMap::new());
+    let found = crate::agents::claude::inherited_markers(env, &BTreeMap::new());
     if found.is_empty() {
         return Check::ok(NAME, "no Claude Code session variables in this environment");
     }
@@ -834,7 +859,7 @@ pub fn check_git_bash(env: &BTreeMap<String, String>) -> Check {
         if let Some(p) = env.get("CLAUDE_CODE_GIT_BASH_PATH") {
             return Check::ok(NAME, format!("{p} (CLAUDE_CODE_GIT_BASH_PATH)"));
         }
-        match crate::claude::find_git_bash(env, &|p| Path::new(p).is_file()) {
+        match crate::agents::claude::find_git_bash(env, &|p| Path::new(p).is_file()) {
             Some(p) => Check::ok(NAME, p),
             None => Check::fail(
                 NAME,
@@ -1095,17 +1120,27 @@ mod tests {
         let fine = script(d.path(), "fine", "echo \"$WHICH ${CLAUDECODE:-unset}\"");
         let w = worker(
             d.path(),
-            Agent::Command { argv: vec![] },
+            Agent::Command(crate::agents::command::Settings { argv: vec![] }),
             &[("WHICH", "9.9")],
         );
-        assert_eq!(claude_version(&fine, &w, &cx).await.unwrap(), "9.9 unset");
+        assert_eq!(
+            agent_version(&crate::agents::claude::Settings::DEFAULT, &fine, &w, &cx)
+                .await
+                .unwrap(),
+            "9.9 unset"
+        );
 
         let hang = script(d.path(), "hang", "exec sleep 30");
-        let (detail, _) = claude_version(&hang, &w, &cx).await.unwrap_err();
+        let (detail, _) = agent_version(&crate::agents::claude::Settings::DEFAULT, &hang, &w, &cx)
+            .await
+            .unwrap_err();
         assert!(detail.contains("did not finish within 500ms"), "{detail}");
 
         let broken = script(d.path(), "broken", "echo 'cannot find module' >&2; exit 3");
-        let (detail, fix) = claude_version(&broken, &w, &cx).await.unwrap_err();
+        let (detail, fix) =
+            agent_version(&crate::agents::claude::Settings::DEFAULT, &broken, &w, &cx)
+                .await
+                .unwrap_err();
         assert!(detail.contains("cannot find module"), "{detail}");
         assert!(fix.contains("by hand"), "{fix}");
     }
@@ -1117,9 +1152,9 @@ mod tests {
         let gone = d.path().join("gone");
         let w = worker(
             &gone,
-            Agent::Command {
+            Agent::Command(crate::agents::command::Settings {
                 argv: vec!["no-such-agent-xyz".into()],
-            },
+            }),
             &[],
         );
         let checks = check_worker(&w, &cx).await;
@@ -1131,9 +1166,9 @@ mod tests {
 
         let w = worker(
             d.path(),
-            Agent::Command {
+            Agent::Command(crate::agents::command::Settings {
                 argv: vec!["sh".into()],
-            },
+            }),
             &[],
         );
         let checks = check_worker(&w, &cx).await;
@@ -1152,7 +1187,7 @@ mod tests {
         ]);
         let keeps = worker(
             d.path(),
-            Agent::Command { argv: vec![] },
+            Agent::Command(crate::agents::command::Settings { argv: vec![] }),
             &[("CLAUDECODE", "1")],
         );
         let c = check_markers(&env, &[&keeps]);

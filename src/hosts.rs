@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Agent, WorkerConfig};
+use crate::config::WorkerConfig;
 use crate::daemon::Shutdown;
 use crate::store::{LeaseTake, Store, now_ms};
 
@@ -133,11 +133,14 @@ impl Leases {
 
     /// The worker came from `from`: its conversation stays there unless sessions are shared.
     async fn moved(&self, worker: &WorkerConfig, from: &str) {
-        if self.shared_sessions || !matches!(worker.agent, Agent::Claude(_)) {
+        let driver = worker.agent.driver();
+        if self.shared_sessions || driver.conversation().is_none() {
             return;
         }
+        let agent = driver.name();
+        let agent = agent[..1].to_uppercase() + &agent[1..];
         let why = format!(
-            "worker moved from host {from} to host {}, and Claude's session store is not shared between hosts ([daemon] shared_sessions)",
+            "worker moved from host {from} to host {}, and {agent}'s session store is not shared between hosts ([daemon] shared_sessions)",
             self.host
         );
         if let Err(e) = self

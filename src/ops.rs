@@ -294,14 +294,14 @@ pub fn daemon_host(config: &Config, pid: Option<i32>) -> String {
 /// Reads the status. `pid` is the daemon's, if one runs: the CLI asks the state lock, the daemon
 /// knows its own (a process cannot see its own record lock with `F_GETLK`).
 pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Result<Status> {
-    let mut sessions: Vec<(String, Option<crate::claude::SessionState>)> = Vec::new();
+    let mut sessions: Vec<(String, Option<crate::agents::SessionState>)> = Vec::new();
     for w in &config.workers {
         sessions.push((w.name.clone(), store.worker_session(&w.name).await?));
     }
     let counts = store.counts().await?;
     let now = now_ms();
     let pauses = store.pauses(now).await?;
-    let (today, _) = crate::claude::local_day(chrono::Local::now());
+    let (today, _) = crate::agents::local_day(chrono::Local::now());
     let spend = store.spend_since(today).await?;
     let spend_ever = store.spend_since(0).await?;
     let running = store
@@ -336,10 +336,8 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         .chain(config.pool.defined.then_some(&config.pool.worker))
         .map(|w| (w.name.clone(), w.agent.kind().to_string()))
         .collect();
-    let mode = |name: &str| match config.settings_of(name).map(|w| &w.agent) {
-        Some(crate::config::Agent::Claude(s)) if s.mode == crate::claude::Mode::Persistent => {
-            "persistent"
-        }
+    let mode = |name: &str| match config.settings_of(name).map(|w| w.agent.driver()) {
+        Some(d) if d.long_lived().is_some() => "persistent",
         Some(_) => "exec",
         None => "-",
     };

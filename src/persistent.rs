@@ -1,9 +1,10 @@
-//! Claude's long-lived mode: one `claude -p --input-format=stream-json
-//! --output-format=stream-json --verbose` process per worker, serving its tasks one after another.
+//! An agent's long-lived mode: one process per worker, serving its tasks one after another (Claude's
+//! `claude -p --input-format=stream-json --output-format=stream-json --verbose`).
 //!
-//! Each task is one user message on stdin; the process answers with lines (`system` init,
-//! `assistant` messages, ...) and one `result` line that ends the task. The process and its
-//! conversation live on between tasks, so a task pays neither Claude's start-up nor a resume.
+//! Each task is one line on stdin; the process answers with lines (for Claude: `system` init,
+//! `assistant` messages, ...) and one result line that ends the task. What the lines say is the
+//! driver's to read ([`LongLived`]); this module owns the process. The process and its
+//! conversation live on between tasks, so a task pays neither the agent's start-up nor a resume.
 //!
 //! Supervision: a task past its timeout (or one that must stop) gets an `interrupt` control request,
 //! which ends it with a result within milliseconds while the process lives on; if no result follows
@@ -20,33 +21,16 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::claude::{self, ClaudeResult, Join, Limit, Settings};
-
-/// The command line of the long-lived process.
-pub fn argv(bin: &Path, settings: &Settings, join: &Join) -> Vec<String> {
-    let mut argv = vec![
-        bin.to_string_lossy().into_owned(),
-        "-p".into(),
-        "--input-format=stream-json".into(),
-        "--output-format=stream-json".into(),
-        "--verbose".into(),
-    ];
-    claude::push_common(&mut argv, settings, join);
-    argv
-}
+use crate::agents::{Limit, Line, LongLived, Reply};
 
 /// How one task in the long-lived process ended.
 #[derive(Debug)]
 pub enum TaskEnd {
-    /// The `result` line, and a limit a `rate_limit_event` reported on the way, if any.
-    Result {
-        result: ClaudeResult,
-        limit: Option<Limit>,
-    },
+    /// The result line, and a limit reported on the way, if any.
+    Result { reply: Reply, limit: Option<Limit> },
     /// Past its timeout; `kept` says whether the interrupt worked (the process lives on).
     TimedOut { kept: bool },
     /// No output for `idle_timeout`; `kept` as above.
@@ -212,12 +196,14 @@ impl Persistent {
     /// gone and must be replaced.
     pub async fn run(
         &mut self,
+        protocol: &dyn LongLived,
         prompt: &str,
         timeout: Duration,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
         self.run_watched(
+            protocol,
             prompt,
             timeout,
             None,
@@ -233,6 +219,7 @@ impl Persistent {
     #[allow(clippy::too_many_arguments)]
     pub async fn run_watched(
         &mut self,
+        protocol: &dyn LongLived,
         prompt: &str,
         timeout: Duration,
         idle_timeout: Option<Duration>,
@@ -244,7 +231,16 @@ impl Persistent {
         let mut watch = crate::memory::Watch::new(self.group.map(Pid::as_raw), memory);
         self.lines_read = 0;
         let end = self
-            .serve(prompt, timeout, idle_timeout, &mut watch, log, grace, stop)
+            .serve(
+                protocol,
+                prompt,
+                timeout,
+                idle_timeout,
+                &mut watch,
+                log,
+                grace,
+                stop,
+            )
             .await;
         if watch.peak.is_none() {
             watch.sample_now();
@@ -256,6 +252,7 @@ impl Persistent {
     #[allow(clippy::too_many_arguments)]
     async fn serve(
         &mut self,
+        protocol: &dyn LongLived,
         prompt: &str,
         timeout: Duration,
         idle_timeout: Option<Duration>,
@@ -264,8 +261,7 @@ impl Persistent {
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
-        let message = json!({ "type": "user", "message": { "role": "user", "content": prompt } });
-        let mut line = message.to_string();
+        let mut line = protocol.task_line(prompt);
         line.push('\n');
         self.interrupt_grace = grace;
         tokio::pin!(stop);
@@ -326,28 +322,29 @@ impl Persistent {
                         // The transcript is a record, not the result: a failed write loses only it.
                         let _ = log.append(format!("{text}\n").as_bytes());
                     }
-                    let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
-                    if let Some(id) = value.get("session_id").and_then(Value::as_str) {
-                        self.session_id = id.to_string();
-                    }
-                    if let Some(l) = rate_limit_of(&value) {
-                        limit = Some(l);
-                    }
-                    if let Some(result) = ClaudeResult::from_value(&value) {
-                        self.served += 1;
-                        return match interrupted {
-                            Some((why, _)) => ended(why, true),
-                            None => TaskEnd::Result { result, limit },
-                        };
+                    match protocol.read_line(&text, chrono::Local::now()) {
+                        Line::Session(id) => self.session_id = id,
+                        Line::Limit(l) => limit = Some(l),
+                        Line::Reply(reply) => {
+                            if let Some(id) = &reply.session {
+                                self.session_id = id.clone();
+                            }
+                            self.served += 1;
+                            return match interrupted {
+                                Some((why, _)) => ended(why, true),
+                                None => TaskEnd::Result { reply, limit },
+                            };
+                        }
+                        Line::Other => {}
                     }
                 }
                 _ = &mut deadline, if interrupted.is_none() => {
                     interrupted = Some((Why::Timeout, tokio::time::Instant::now() + grace));
-                    self.interrupt().await;
+                    self.interrupt(protocol).await;
                 }
                 _ = idle_over, if interrupted.is_none() => {
                     interrupted = Some((Why::Idle, tokio::time::Instant::now() + grace));
-                    self.interrupt().await;
+                    self.interrupt(protocol).await;
                 }
                 rss = watch.over_limit() => {
                     self.kill().await;
@@ -355,7 +352,7 @@ impl Persistent {
                 }
                 _ = &mut stop, if interrupted.is_none() => {
                     interrupted = Some((Why::Stop, tokio::time::Instant::now() + grace));
-                    self.interrupt().await;
+                    self.interrupt(protocol).await;
                 }
                 _ = grace_over => {
                     self.kill().await;
@@ -365,14 +362,9 @@ impl Persistent {
         }
     }
 
-    async fn interrupt(&mut self) {
+    async fn interrupt(&mut self, protocol: &dyn LongLived) {
         self.requests += 1;
-        let request = json!({
-            "type": "control_request",
-            "request_id": format!("agentq_{}", self.requests),
-            "request": { "subtype": "interrupt" }
-        });
-        let mut line = request.to_string();
+        let mut line = protocol.interrupt_line(self.requests);
         line.push('\n');
         // Unanswered within the grace period, the process is killed anyway.
         let _ = tokio::time::timeout(self.interrupt_grace, self.send(&line)).await;
@@ -429,26 +421,6 @@ impl Drop for Persistent {
     }
 }
 
-/// A `rate_limit_event` that says the limit rejected the request, with when it resets.
-pub fn rate_limit_of(v: &Value) -> Option<Limit> {
-    if v.get("type").and_then(Value::as_str) != Some("rate_limit_event") {
-        return None;
-    }
-    let info = v.get("rate_limit_info").unwrap_or(v);
-    if info.get("status").and_then(Value::as_str) != Some("rejected") {
-        return None;
-    }
-    let until = info
-        .get("resetsAt")
-        .or_else(|| info.get("resets_at"))
-        .and_then(Value::as_i64)
-        .map(|n| if n > 100_000_000_000 { n } else { n * 1000 });
-    Some(Limit {
-        until,
-        message: "usage limit reached (rate_limit_event)".into(),
-    })
-}
-
 /// Where a worker's long-lived process, if any, is kept between tasks.
 pub type Slot = tokio::sync::Mutex<Option<Persistent>>;
 
@@ -456,34 +428,7 @@ pub type Slot = tokio::sync::Mutex<Option<Persistent>>;
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_long_lived_command_line() {
-        let a = argv(
-            Path::new("claude"),
-            &Settings::default(),
-            &Join::Resume("s".into()),
-        );
-        assert_eq!(
-            a,
-            [
-                "claude",
-                "-p",
-                "--input-format=stream-json",
-                "--output-format=stream-json",
-                "--verbose",
-                "--resume=s"
-            ]
-        );
-    }
-
-    #[test]
-    fn rate_limit_events_are_read() {
-        let v = json!({ "type": "rate_limit_event", "rate_limit_info": { "status": "rejected", "resetsAt": 1767225600 } });
-        assert_eq!(rate_limit_of(&v).unwrap().until, Some(1_767_225_600_000));
-        let allowed = json!({ "type": "rate_limit_event", "rate_limit_info": { "status": "allowed_warning", "resetsAt": 1 } });
-        assert_eq!(rate_limit_of(&allowed), None);
-        assert_eq!(rate_limit_of(&json!({ "type": "assistant" })), None);
-    }
+    const CLAUDE: &crate::agents::claude::Settings = &crate::agents::claude::Settings::DEFAULT;
 
     fn script(body: &str) -> (tempfile::TempDir, Vec<String>) {
         let d = tempfile::tempdir().unwrap();
@@ -506,6 +451,7 @@ mod tests {
         for k in 1..=3 {
             match p
                 .run(
+                    CLAUDE,
                     "q",
                     Duration::from_secs(10),
                     Duration::from_secs(1),
@@ -513,7 +459,7 @@ mod tests {
                 )
                 .await
             {
-                TaskEnd::Result { result, .. } => assert_eq!(result.text, format!("answer {k}")),
+                TaskEnd::Result { reply, .. } => assert_eq!(reply.text, format!("answer {k}")),
                 other => panic!("{other:?}"),
             }
         }
@@ -537,6 +483,7 @@ mod tests {
         let started = Instant::now();
         let end = p
             .run(
+                CLAUDE,
                 "q",
                 Duration::from_millis(200),
                 Duration::from_millis(200),
@@ -554,6 +501,7 @@ mod tests {
             Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         let end = p
             .run(
+                CLAUDE,
                 "q",
                 Duration::from_millis(100),
                 Duration::from_secs(5),
@@ -563,6 +511,7 @@ mod tests {
         assert!(matches!(end, TaskEnd::TimedOut { kept: true }), "{end:?}");
         let end = p
             .run(
+                CLAUDE,
                 "q",
                 Duration::from_secs(30),
                 Duration::from_secs(5),
@@ -582,6 +531,7 @@ mod tests {
         let started = Instant::now();
         let end = p
             .run(
+                CLAUDE,
                 &big,
                 Duration::from_millis(300),
                 Duration::from_millis(200),
@@ -598,6 +548,7 @@ mod tests {
             Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         let end = p
             .run(
+                CLAUDE,
                 &big,
                 Duration::from_secs(60),
                 Duration::from_millis(200),
@@ -616,6 +567,7 @@ mod tests {
             Persistent::spawn(&argv, Path::new("/"), &BTreeMap::new(), &[], "s", None).unwrap();
         match p
             .run(
+                CLAUDE,
                 "q",
                 Duration::from_secs(10),
                 Duration::from_secs(1),
@@ -623,7 +575,9 @@ mod tests {
             )
             .await
         {
-            TaskEnd::Died { stderr, .. } => assert!(claude::conversation_gone(&stderr, "")),
+            TaskEnd::Died { stderr, .. } => {
+                assert!(crate::agents::claude::conversation_gone(&stderr, ""))
+            }
             other => panic!("{other:?}"),
         }
     }

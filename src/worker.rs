@@ -17,12 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::agent::{self, Outcome};
-use crate::claude;
-use crate::config::{Agent, Config, WorkerConfig};
+use crate::config::{Config, WorkerConfig};
 use crate::domain::{AttemptEnd, Backoff, Cause, Next, after_attempt};
 use crate::logfile::{EventLog, LogEvent};
 use crate::memory;
-use crate::persistent::{self, Persistent, TaskEnd};
+use crate::persistent;
 use crate::procs::Book;
 use crate::store::{Claim, EndHook, Event, Fence, Finish, NewEvent, Store, Task, Usage, now_ms};
 
@@ -68,6 +67,8 @@ pub struct Life {
     pub not_before: Option<Instant>,
     /// Tasks this runner has started (for pruning logs now and then).
     pub tasks: u64,
+    /// Waits in a row for the agent's program to be installed.
+    pub missing: u32,
 }
 
 /// What the restart policy says after a death.
@@ -189,7 +190,7 @@ impl Runner {
 
     /// Applies the restart policy to a death of the long-lived process that lived `uptime`.
     /// Returns false when the worker is now errored.
-    async fn process_died(&self, uptime: Duration, why: &str) -> bool {
+    pub(crate) async fn process_died(&self, uptime: Duration, why: &str) -> bool {
         let name = &self.worker.name;
         let verdict = {
             let mut life = self.life.lock().unwrap_or_else(|p| p.into_inner());
@@ -222,7 +223,7 @@ impl Runner {
     }
 
     /// Waits out the restart delay, if one is set; false if stopped meanwhile.
-    async fn restart_delay(&self, stop: &Stop) -> bool {
+    pub(crate) async fn restart_delay(&self, stop: &Stop) -> bool {
         let until = self
             .life
             .lock()
@@ -277,7 +278,7 @@ impl Runner {
             process.exited_within(Duration::from_millis(500)).await;
             let stderr = process.stderr_tail();
             drop(process);
-            let last = last_line(&stderr, "no output");
+            let last = crate::agents::last_line(&stderr, "no output");
             self.process_died(uptime, &format!("while idle: {last}"))
                 .await;
         }
@@ -305,12 +306,13 @@ impl Runner {
             lost: lost.clone(),
             hurry: self.hurry.clone(),
         };
-        let ran = match &self.worker.agent {
-            Agent::Command { argv } => self.run_command(argv, task, &stop).await,
-            Agent::Claude(settings) if settings.mode == claude::Mode::Persistent && !self.pool => {
-                self.run_persistent(settings, task, &stop).await
+        let driver = self.worker.agent.driver();
+        let ran = match driver.long_lived() {
+            // The pool runs every task in a process of its own.
+            Some(protocol) if !self.pool => {
+                self.run_long_lived(driver, protocol, task, &stop).await
             }
-            Agent::Claude(settings) => self.run_claude(settings, task, &stop).await,
+            _ => self.run_exec(driver, task, &stop).await,
         };
         drop(keeper);
 
@@ -417,9 +419,7 @@ impl Runner {
                 return;
             }
         }
-        if let Agent::Claude(settings) = &self.worker.agent
-            && let Some(budget) = settings.budget_usd_per_day
-        {
+        if let Some(budget) = self.worker.agent.driver().daily_budget_usd() {
             self.check_budget(budget).await;
         }
         let reason = finish.error.as_deref().unwrap_or("");
@@ -442,7 +442,7 @@ impl Runner {
 
     /// A usage limit: the worker waits for the reset (a minute when the result gives no time), and
     /// the task goes back to the queue, its attempt not counted, to run first when work resumes.
-    async fn pause_for_limit(&self, task_id: i64, fence: &Fence, limit: &claude::Limit) {
+    async fn pause_for_limit(&self, task_id: i64, fence: &Fence, limit: &crate::agents::Limit) {
         let name = &self.worker.name;
         let now = now_ms();
         let until = limit
@@ -466,7 +466,7 @@ impl Runner {
 
     /// Puts a claimed task back in the queue without spending its attempt. Returns whether it
     /// did (not: the claim was gone, or the store failed and recovery will do it).
-    async fn give_back(&self, fence: &Fence, why: &str) -> bool {
+    pub(crate) async fn give_back(&self, fence: &Fence, why: &str) -> bool {
         match self.store.release(fence, why, now_ms()).await {
             Ok(released) => released,
             Err(e) => {
@@ -479,7 +479,7 @@ impl Runner {
     /// Pauses the worker until tomorrow once today's spend reaches its daily budget.
     async fn check_budget(&self, budget: f64) {
         let name = &self.worker.name;
-        let (today, tomorrow) = claude::local_day(chrono::Local::now());
+        let (today, tomorrow) = crate::agents::local_day(chrono::Local::now());
         let spent = match self.store.spend_since(today).await {
             Ok(spend) => spend
                 .into_iter()
@@ -500,11 +500,24 @@ impl Runner {
         }
     }
 
-    /// The parts of a spec every agent shares. No agent, of any kind or mode, inherits agentq's
-    /// private variables ([`crate::config::PRIVATE_ENV`]); the worker's own `env` may still set them.
-    fn spec(&self, task: &Task, argv: Vec<String>, mut env_remove: Vec<String>) -> agent::Spec {
+    /// The spec of an attempt of `driver`'s agent, in either mode. Its environment is the
+    /// daemon's, without what the driver removes (a parent session's markers) and without
+    /// agentq's private variables ([`crate::config::PRIVATE_ENV`]), plus what the driver sets;
+    /// the worker's own `env` wins over all of it.
+    pub(crate) fn spec(
+        &self,
+        driver: &dyn crate::agents::Driver,
+        task: &Task,
+        argv: Vec<String>,
+    ) -> agent::Spec {
+        let parent: BTreeMap<String, String> = std::env::vars().collect();
+        let crate::agents::Environment {
+            set: mut env,
+            remove: mut env_remove,
+        } = driver.environment(&parent);
         env_remove.extend(crate::config::PRIVATE_ENV.iter().map(|k| k.to_string()));
-        let mut env = self.worker.env.clone();
+        env_remove.retain(|k| !self.worker.env.contains_key(k));
+        env.extend(self.worker.env.clone());
         env.insert("AGENTQ_TASK_ID".into(), task.id.to_string());
         env.insert("AGENTQ_WORKER".into(), self.worker.name.clone());
         env.insert("AGENTQ_ATTEMPT".into(), task.attempts.to_string());
@@ -586,7 +599,7 @@ impl Runner {
     /// How an agent's memory is watched: sampled on the daemon's schedule, stopped past the
     /// worker's `max_memory`, and a `memory_report` line in the event log every
     /// `memory_report_interval`.
-    fn memory_policy(&self, task: Option<&Task>) -> memory::Policy {
+    pub(crate) fn memory_policy(&self, task: Option<&Task>) -> memory::Policy {
         let (log, worker) = (self.log.clone(), self.worker.name.clone());
         let max = task
             .and_then(|t| t.routing.max_memory)
@@ -620,494 +633,11 @@ impl Runner {
         }
     }
 
-    /// A spec for a Claude process, in either mode: without the parent session's markers, and on
-    /// Windows with Git Bash found for it (finding it by hand cost the seeds hours).
-    fn claude_spec(&self, task: &Task, argv: Vec<String>) -> agent::Spec {
-        let parent_env: BTreeMap<String, String> = std::env::vars().collect();
-        #[allow(unused_mut)]
-        let mut spec = self.spec(
-            task,
-            argv,
-            claude::inherited_markers(&parent_env, &self.worker.env),
-        );
-        #[cfg(windows)]
-        if !parent_env.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
-            && !spec.env.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
-            && let Some(bash) =
-                claude::find_git_bash(&parent_env, &|p| std::path::Path::new(p).is_file())
-        {
-            spec.env.insert("CLAUDE_CODE_GIT_BASH_PATH".into(), bash);
-        }
-        spec
-    }
-
-    async fn run_command(&self, argv: &[String], task: &Task, stop: &Stop) -> Ran {
-        let spec = self.spec(task, argv.to_vec(), Vec::new());
-        let watchdogs = Watchdogs::of(&spec);
-        let attempt = agent::run(spec, stop.future()).await;
-        Ran {
-            end: generic_end(&attempt.outcome, &watchdogs),
-            output: attempt.stdout.clone(),
-            usage: Usage::default(),
-            attempt,
-        }
-    }
-
-    /// The conversation the next task joins, and what it has cost so far. A new one is stored
-    /// before any process starts.
-    async fn join_for(&self, settings: &claude::Settings, cwd: &str) -> (claude::Join, f64) {
-        let name = &self.worker.name;
-        if self.pool {
-            // Its own conversation, recorded on the task only: the worker's is not touched.
-            return (claude::Join::Start(new_session_id()), 0.0);
-        }
-        let current = match self.store.worker_session(name).await {
-            Ok(current) => current,
-            Err(e) => {
-                warn!(worker = %name, "cannot read the worker's session: {e}; starting a new one");
-                None
-            }
-        };
-        if let Some(join) = claude::choose(settings.session, current.as_ref(), cwd) {
-            return (join, current.map_or(0.0, |s| s.cost_usd));
-        }
-        let id = new_session_id();
-        let fresh = claude::SessionState {
-            id: id.clone(),
-            cwd: cwd.to_string(),
-            tasks: 0,
-            input_tokens: 0,
-            cost_usd: 0.0,
-        };
-        if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
-            warn!(worker = %name, "cannot store the new session id: {e}");
-        }
-        (claude::Join::Start(id), 0.0)
-    }
-
-    /// Forgets a conversation Claude no longer has, so the task starts a new one.
-    async fn reset_gone(&self, id: &str, task_id: i64) {
-        let name = &self.worker.name;
-        let why = format!("conversation {id} is gone (task {task_id})");
-        warn!(worker = %name, task = task_id, "{why}; starting a new one and running the task again");
-        if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await {
-            warn!(worker = %name, "cannot reset the session: {e}");
-        }
-    }
-
-    /// Records the conversation a result reports, with its counters, and says what this task cost:
-    /// the CLI reports the whole conversation's cost, so the task is charged the difference. The
-    /// record is only updated while it still holds the conversation the task joined, so an
-    /// `agentq worker reset-session` made meanwhile stands.
-    async fn record_session(
-        &self,
-        joined: &str,
-        result: &claude::ClaudeResult,
-        cwd: &str,
-    ) -> Usage {
-        let name = &self.worker.name;
-        let reported = result
-            .session_id
-            .clone()
-            .unwrap_or_else(|| joined.to_string());
-        let previous = match self.pool {
-            true => None,
-            false => self
-                .store
-                .worker_session(name)
-                .await
-                .ok()
-                .flatten()
-                .filter(|s| s.id == joined),
-        };
-        let spent_before = previous.as_ref().map_or(0.0, |s| s.cost_usd);
-        let total = result.total_cost_usd.unwrap_or(spent_before);
-        if let Some(previous) = previous {
-            let after = claude::SessionState {
-                id: reported.clone(),
-                cwd: cwd.to_string(),
-                tasks: previous.tasks + 1,
-                input_tokens: previous.input_tokens + result.input_tokens.unwrap_or(0),
-                cost_usd: total.max(spent_before),
-            };
-            if let Err(e) = self
-                .store
-                .update_worker_session(name, joined, &after, now_ms())
-                .await
-            {
-                warn!(worker = %name, "cannot store the session: {e}");
-            }
-        }
-        Usage {
-            session_id: Some(reported),
-            cost_usd: result.total_cost_usd.map(|t| (t - spent_before).max(0.0)),
-            input_tokens: result.input_tokens.map(|t| t as i64),
-            output_tokens: result.output_tokens.map(|t| t as i64),
-            num_turns: result.num_turns.map(|t| t as i64),
-        }
-    }
-
-    /// One Claude task in persistent mode: served by the worker's long-lived process, started (or
-    /// replaced) when there is none, when it is in another conversation than the one the task
-    /// should join, or when it has served `recycle_after_tasks`.
-    async fn run_persistent(&self, settings: &claude::Settings, task: &Task, stop: &Stop) -> Ran {
-        let name = &self.worker.name;
-        let cwd = self.worker.cwd.to_string_lossy().into_owned();
-        let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
-        let mut spec = self.claude_spec(task, Vec::new());
-        // The process outlives this task: per-task variables would be stale for the next ones.
-        spec.env.remove("AGENTQ_TASK_ID");
-        spec.env.remove("AGENTQ_ATTEMPT");
-        let grace = self.worker.limits.kill_timeout;
-        let mut slot = self.persistent.lock().await;
-        let mut reset_once = false;
-        let started = Instant::now();
-        let peak: std::sync::Mutex<Option<u64>> = Default::default();
-        let served = |end: Ended, output: String, usage: Usage, stderr: String| Ran {
-            end,
-            output,
-            usage,
-            attempt: agent::Attempt {
-                outcome: Outcome::Served,
-                stdout: String::new(),
-                stdout_truncated: false,
-                stderr_tail: stderr,
-                duration: started.elapsed(),
-                pid: None,
-                memory_peak: *peak.lock().unwrap_or_else(|p| p.into_inner()),
-            },
-        };
-        loop {
-            // A process that died while idle is never handed a task; its death counts.
-            if slot.as_mut().is_some_and(|p| p.has_exited()) {
-                let p = slot.take().expect("checked");
-                let (uptime, stderr) = (p.started.elapsed(), p.stderr_tail());
-                let why = format!("while idle: {}", last_line(&stderr, "no output"));
-                if !self.process_died(uptime, &why).await {
-                    return served(
-                        Ended::Released("the worker is errored".into()),
-                        String::new(),
-                        Usage::default(),
-                        stderr,
-                    );
-                }
-            }
-            let (join, spent) = self.join_for(settings, &cwd).await;
-            let reusable = slot.as_mut().is_some_and(|p| {
-                !p.has_exited() && {
-                    matches!(&join, claude::Join::Resume(id) if *id == p.session_id)
-                        && settings.recycle_after_tasks.is_none_or(|n| p.served < n)
-                        // Its --max-budget-usd was fixed at its start: enough left for a task?
-                        && settings.max_budget_usd.is_none_or(|b| p.budget_left.is_none_or(|left| left >= b))
-                        && self
-                            .worker
-                            .limits
-                            .max_memory
-                            .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
-                }
-            });
-            if !reusable {
-                if let Some(old) = slot.take() {
-                    let rss_mb = old.rss().map(|b| b / (1 << 20));
-                    info!(worker = %name, served = old.served, rss_mb, "replacing the claude process (its conversation goes on)");
-                    old.shutdown(grace).await;
-                }
-                let budgeted = claude::Settings {
-                    max_budget_usd: settings.max_budget_usd.map(|b| b + spent),
-                    ..settings.clone()
-                };
-                let argv = persistent::argv(&bin, &budgeted, &join);
-                if !self.restart_delay(stop).await {
-                    return served(
-                        Ended::Interrupted,
-                        String::new(),
-                        Usage::default(),
-                        String::new(),
-                    );
-                }
-                let booking = agent::Booking {
-                    book: self.book.clone(),
-                    worker: name.clone(),
-                    task: None,
-                };
-                match Persistent::spawn(
-                    &argv,
-                    &spec.cwd,
-                    &spec.env,
-                    &spec.env_remove,
-                    join.id(),
-                    Some(&booking),
-                ) {
-                    Ok(p) => {
-                        info!(worker = %name, pid = p.pid(), session = join.id(), "started a long-lived claude process");
-                        *slot = Some(p);
-                    }
-                    Err(e) => {
-                        let retryable = !matches!(
-                            e.kind(),
-                            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-                        );
-                        let error = format!("could not start {}: {e}", bin.display());
-                        let cause = if retryable {
-                            Cause::SpawnFailed
-                        } else {
-                            Cause::Config
-                        };
-                        return served(
-                            Ended::Attempt(AttemptEnd::failed(cause, error)),
-                            String::new(),
-                            Usage::default(),
-                            String::new(),
-                        );
-                    }
-                }
-            }
-            let process = slot.as_mut().expect("a process was just put there");
-            let end = process
-                .run_watched(
-                    &task.prompt,
-                    spec.timeout,
-                    spec.idle_timeout,
-                    self.memory_policy(Some(task)),
-                    spec.log.clone(),
-                    grace,
-                    stop.future(),
-                )
-                .await;
-            *peak.lock().unwrap_or_else(|p| p.into_inner()) = process.last_peak;
-            let uptime = process.started.elapsed();
-            let stderr = process.stderr_tail();
-            match end {
-                TaskEnd::Result { result, limit } => {
-                    // A resume of a conversation that is gone answers with an error result that ran
-                    // no turn, then says why on stderr and exits.
-                    let nothing_ran = result.is_error && result.num_turns.unwrap_or(0) == 0;
-                    if nothing_ran && matches!(join, claude::Join::Resume(_)) && !reset_once {
-                        let process = slot.as_mut().expect("it just answered");
-                        if process.exited_within(Duration::from_secs(2)).await {
-                            let stderr = process.stderr_tail();
-                            *slot = None;
-                            if claude::conversation_gone(&stderr, &result.text) {
-                                reset_once = true;
-                                let why = format!(
-                                    "conversation {} is gone (task {})",
-                                    join.id(),
-                                    task.id
-                                );
-                                warn!(worker = %name, task = task.id, "{why}; starting a new one and running the task again");
-                                if let Err(e) =
-                                    self.store.reset_worker_session(name, &why, now_ms()).await
-                                {
-                                    warn!(worker = %name, "cannot reset the session: {e}");
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    if slot.as_mut().is_some_and(|p| p.has_exited()) {
-                        *slot = None;
-                    }
-                    if let Some(limit) =
-                        limit.or_else(|| claude::limit_of(&result, chrono::Local::now()))
-                    {
-                        return served(
-                            Ended::Limited(limit),
-                            result.text.clone(),
-                            Usage::default(),
-                            stderr,
-                        );
-                    }
-                    let usage = self.record_session(join.id(), &result, &cwd).await;
-                    if let (Some(process), Some(total)) = (slot.as_mut(), result.total_cost_usd) {
-                        process.budget_left = settings.max_budget_usd.map(|b| b + spent - total);
-                    }
-                    let end = if result.is_error {
-                        claude_failure(&result)
-                    } else {
-                        AttemptEnd::Succeeded
-                    };
-                    let mut text = result.text.clone();
-                    let cut = cap_text(&mut text, self.config.daemon.output_cap as usize);
-                    let mut ran = served(Ended::Attempt(end), text, usage, String::new());
-                    ran.attempt.stdout_truncated = cut;
-                    return ran;
-                }
-                TaskEnd::TimedOut { kept } | TaskEnd::IdleTimedOut { kept } => {
-                    if !kept {
-                        *slot = None;
-                    }
-                    let how = if kept {
-                        "interrupted; the process lives on"
-                    } else {
-                        "the process did not answer the interrupt and was killed"
-                    };
-                    let watchdogs = Watchdogs::of(&spec);
-                    let outcome = if matches!(end, TaskEnd::TimedOut { .. }) {
-                        Outcome::TimedOut
-                    } else {
-                        Outcome::IdleTimedOut
-                    };
-                    let Ended::Attempt(AttemptEnd::Failed { cause, reason, .. }) =
-                        generic_end(&outcome, &watchdogs)
-                    else {
-                        unreachable!("a timeout is a failure")
-                    };
-                    return served(
-                        Ended::Attempt(AttemptEnd::failed(cause, format!("{reason} ({how})"))),
-                        String::new(),
-                        Usage::default(),
-                        stderr,
-                    );
-                }
-                TaskEnd::MemoryLimit(rss) => {
-                    *slot = None;
-                    let end = generic_end(&Outcome::MemoryLimit(rss), &Watchdogs::of(&spec));
-                    return served(end, String::new(), Usage::default(), stderr);
-                }
-                TaskEnd::Stopped { kept } => {
-                    if !kept {
-                        *slot = None;
-                    }
-                    return served(Ended::Interrupted, String::new(), Usage::default(), stderr);
-                }
-                TaskEnd::Died { stderr, answered } => {
-                    *slot = None;
-                    if matches!(join, claude::Join::Resume(_))
-                        && !reset_once
-                        && claude::conversation_gone(&stderr, "")
-                    {
-                        reset_once = true;
-                        self.reset_gone(join.id(), task.id).await;
-                        continue;
-                    }
-                    let last = last_line(&stderr, "no output");
-                    let reason = format!("crashed: the claude process ended mid-task: {last}");
-                    let alive = self
-                        .process_died(uptime, &format!("mid-task: {last}"))
-                        .await;
-                    // A process that died soon after its start without a word for the task is
-                    // the worker's fault (a bad binary, a bad setting): the task waits, unspent,
-                    // while the restart policy decides about the worker.
-                    if !answered && uptime < self.worker.limits.restart.min_uptime {
-                        let why = format!(
-                            "the claude process died at its start ({last}); the task waits{}",
-                            if alive {
-                                ""
-                            } else {
-                                " for `agentq worker restart`"
-                            }
-                        );
-                        return served(
-                            Ended::Released(why),
-                            String::new(),
-                            Usage::default(),
-                            stderr,
-                        );
-                    }
-                    return served(
-                        Ended::Attempt(AttemptEnd::failed(Cause::Crashed, reason)),
-                        String::new(),
-                        Usage::default(),
-                        stderr,
-                    );
-                }
-            }
-        }
-    }
-
-    /// One Claude task in exec mode: join the worker's conversation (or start one, with an id stored
-    /// before the process starts), run, and record the conversation the result reports. A resume
-    /// that finds the conversation gone starts a new one and runs again, within the same attempt.
-    async fn run_claude(&self, settings: &claude::Settings, task: &Task, stop: &Stop) -> Ran {
-        let cwd = self.worker.cwd.to_string_lossy().into_owned();
-        let bin = claude::resolve_bin(settings, std::env::var("AGENTQ_CLAUDE_BIN").ok().as_deref());
-        let mut reset_once = false;
-        loop {
-            let (join, spent) = self.join_for(settings, &cwd).await;
-            // The CLI checks --max-budget-usd against the whole conversation's cost.
-            let budgeted = claude::Settings {
-                max_budget_usd: settings.max_budget_usd.map(|b| b + spent),
-                ..settings.clone()
-            };
-            let mut spec = self.claude_spec(task, claude::exec_argv(&bin, &budgeted, &join));
-            // The CLI has been seen to hang after printing its result: the result line is final.
-            spec.final_line = Some(claude::ClaudeResult::is_result_line);
-            // With --output-format=json it prints nothing until the end: silence is not a hang.
-            spec.idle_timeout = None;
-            let watchdogs = Watchdogs::of(&spec);
-            let mut attempt = agent::run(spec, stop.future()).await;
-            let result = claude::ClaudeResult::from_exec_stdout(&attempt.stdout);
-            let code = match attempt.outcome {
-                Outcome::Exited(code) => code,
-                // Stopped after its result: the result stands.
-                Outcome::Lingered if result.is_some() => 0,
-                _ => {
-                    return Ran {
-                        end: generic_end(&attempt.outcome, &watchdogs),
-                        output: result
-                            .map(|r| r.text)
-                            .unwrap_or_else(|| attempt.stdout.clone()),
-                        usage: Usage {
-                            session_id: Some(join.id().to_string()),
-                            ..Usage::default()
-                        },
-                        attempt,
-                    };
-                }
-            };
-            let Some(mut result) = result else {
-                if matches!(join, claude::Join::Resume(_))
-                    && !reset_once
-                    && claude::conversation_gone(&attempt.stderr_tail, &attempt.stdout)
-                {
-                    reset_once = true;
-                    self.reset_gone(join.id(), task.id).await;
-                    continue;
-                }
-                let last = last_line(&attempt.stderr_tail, "no result on stdout");
-                return Ran {
-                    end: Ended::Attempt(AttemptEnd::failed(
-                        Cause::Crashed,
-                        format!("crashed (exit code {code}): {last}"),
-                    )),
-                    output: attempt.stdout.clone(),
-                    usage: Usage {
-                        session_id: Some(join.id().to_string()),
-                        ..Usage::default()
-                    },
-                    attempt,
-                };
-            };
-            let usage = self.record_session(join.id(), &result, &cwd).await;
-            if let Some(limit) = claude::limit_of(&result, chrono::Local::now()) {
-                return Ran {
-                    end: Ended::Limited(limit),
-                    output: result.text.clone(),
-                    usage,
-                    attempt,
-                };
-            }
-            let end = if result.is_error || code != 0 {
-                claude_failure(&result)
-            } else {
-                AttemptEnd::Succeeded
-            };
-            attempt.stdout_truncated |=
-                cap_text(&mut result.text, self.config.daemon.output_cap as usize);
-            return Ran {
-                end: Ended::Attempt(end),
-                output: result.text,
-                usage,
-                attempt,
-            };
-        }
-    }
-
-    async fn note(&self, task_id: i64, kind: &str, message: &str) {
+    pub(crate) async fn note(&self, task_id: i64, kind: &str, message: &str) {
         self.record(Some(task_id), kind, message).await;
     }
 
-    async fn record(&self, task_id: Option<i64>, kind: &str, message: &str) {
+    pub(crate) async fn record(&self, task_id: Option<i64>, kind: &str, message: &str) {
         let event = NewEvent {
             task_id,
             worker: Some(self.worker.name.clone()),
@@ -1132,10 +662,10 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// How long a worker pauses for a limit whose reset time was not given.
-const UNKNOWN_LIMIT_PAUSE_MS: i64 = 60_000;
+pub(crate) const UNKNOWN_LIMIT_PAUSE_MS: i64 = 60_000;
 
 /// The cancellation signals an attempt listens to.
-struct Stop {
+pub(crate) struct Stop {
     /// The claim is gone (cancelled, or taken over).
     lost: CancellationToken,
     /// The daemon is shutting down and its grace is over.
@@ -1143,7 +673,7 @@ struct Stop {
 }
 
 impl Stop {
-    fn future(&self) -> impl std::future::Future<Output = ()> + use<> {
+    pub(crate) fn future(&self) -> impl std::future::Future<Output = ()> + use<> {
         let (lost, hurry) = (self.lost.clone(), self.hurry.clone());
         async move {
             tokio::select! {
@@ -1155,33 +685,33 @@ impl Stop {
 }
 
 /// How an attempt went, whatever the agent.
-struct Ran {
-    end: Ended,
+pub(crate) struct Ran {
+    pub(crate) end: Ended,
     /// The result text.
-    output: String,
-    usage: Usage,
-    attempt: agent::Attempt,
+    pub(crate) output: String,
+    pub(crate) usage: Usage,
+    pub(crate) attempt: agent::Attempt,
 }
 
-enum Ended {
+pub(crate) enum Ended {
     /// Stopped from outside: the claim was lost, or the daemon is shutting down.
     Interrupted,
     /// Not run, through no fault of the task's: it goes back to the queue, attempt not counted.
     Released(String),
     /// The agent hit a usage limit: not the task's fault, so no attempt is spent.
-    Limited(claude::Limit),
+    Limited(crate::agents::Limit),
     Attempt(AttemptEnd),
 }
 
 /// The limits an attempt ran under, for saying which one ended it.
-struct Watchdogs {
+pub(crate) struct Watchdogs {
     timeout: Duration,
     idle_timeout: Option<Duration>,
     max_memory: Option<u64>,
 }
 
 impl Watchdogs {
-    fn of(spec: &agent::Spec) -> Watchdogs {
+    pub(crate) fn of(spec: &agent::Spec) -> Watchdogs {
         Watchdogs {
             timeout: spec.timeout,
             idle_timeout: spec.idle_timeout,
@@ -1192,7 +722,7 @@ impl Watchdogs {
 
 /// How an attempt ended, from how its process ended (the agent's own output aside). Each failure
 /// names its cause first, the way `agentq show` prints it: `timeout: ...`, `crashed (...)`.
-fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
+pub(crate) fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
     let took =
         |d: Duration| humantime::format_duration(Duration::from_millis(d.as_millis() as u64));
     Ended::Attempt(match outcome {
@@ -1227,7 +757,9 @@ fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
                 memory::human(limits.max_memory.unwrap_or_default())
             ),
         ),
-        Outcome::SpawnFailed { error, retryable } => {
+        Outcome::SpawnFailed {
+            error, retryable, ..
+        } => {
             let cause = if *retryable {
                 Cause::SpawnFailed
             } else {
@@ -1238,34 +770,8 @@ fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
     })
 }
 
-/// A Claude error result as a failure: a request the API refused as malformed (400, 413) is bad
-/// input, refused credentials (401, 403) are the worker's setup; limits the task itself hit would
-/// be hit again. Anything else may pass.
-fn claude_failure(result: &claude::ClaudeResult) -> AttemptEnd {
-    let (reason, retryable) = result.failure();
-    let cause = match result.api_error_status {
-        Some(400 | 413) => Cause::BadInput,
-        Some(401 | 403) => Cause::Config,
-        _ => Cause::AgentError,
-    };
-    AttemptEnd::Failed {
-        cause,
-        reason,
-        retryable: retryable && cause.retryable(),
-    }
-}
-
-/// The last line of `text` that says anything, trimmed.
-fn last_line<'a>(text: &'a str, otherwise: &'a str) -> &'a str {
-    text.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or(otherwise)
-}
-
 /// Cuts `text` to at most `cap` bytes, on a character boundary. Returns whether it cut.
-fn cap_text(text: &mut String, cap: usize) -> bool {
+pub(crate) fn cap_text(text: &mut String, cap: usize) -> bool {
     if text.len() <= cap {
         return false;
     }
@@ -1275,22 +781,6 @@ fn cap_text(text: &mut String, cap: usize) -> bool {
     }
     text.truncate(end);
     true
-}
-
-/// A new conversation id: a random (version 4) UUID, as `--session-id` requires.
-fn new_session_id() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 fn signal_name(signal: i32) -> String {
@@ -1433,6 +923,7 @@ mod tests {
         );
         assert_eq!(reason(Outcome::Exited(2)).1, "crashed (exit code 2)");
         let missing = Outcome::SpawnFailed {
+            missing: true,
             error: "no such program".into(),
             retryable: false,
         };

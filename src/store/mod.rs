@@ -516,12 +516,12 @@ pub trait Store: Send + Sync {
     async fn counts(&self) -> Result<Vec<WorkerCounts>>;
 
     /// The conversation a worker is in, if it has one.
-    async fn worker_session(&self, worker: &str) -> Result<Option<crate::claude::SessionState>>;
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::agents::SessionState>>;
     /// Records the conversation a worker is in (before its process starts, and after each result).
     async fn save_worker_session(
         &self,
         worker: &str,
-        session: &crate::claude::SessionState,
+        session: &crate::agents::SessionState,
         now: Millis,
     ) -> Result<()>;
     /// Updates a worker's conversation record, only while it still holds `joined`. Returns
@@ -530,7 +530,7 @@ pub trait Store: Send + Sync {
         &self,
         worker: &str,
         joined: &str,
-        session: &crate::claude::SessionState,
+        session: &crate::agents::SessionState,
         now: Millis,
     ) -> Result<bool>;
     /// Forgets a worker's conversation, so its next task starts a new one. Returns whether it had

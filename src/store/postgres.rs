@@ -68,6 +68,7 @@ use common::TASK_COLUMNS;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_hosts.sql"),
+    include_str!("../../migrations/postgres/0003_agents.sql"),
 ];
 
 /// The schema version this binary writes (the highest row of `schema_version`).
@@ -1745,23 +1746,25 @@ impl Store for PgStore {
         })
     }
 
-    async fn worker_session(&self, worker: &str) -> Result<Option<crate::claude::SessionState>> {
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::agents::SessionState>> {
         read!(self, "reading a worker's session", |c| {
             let rows = query(
                 c,
-                "SELECT session_id, cwd, tasks, input_tokens, cost_usd FROM worker_sessions \
-                 WHERE worker = $1",
+                "SELECT session_id, cwd, tasks, input_tokens, cost_usd, agent, output_tokens \
+                 FROM worker_sessions WHERE worker = $1",
                 &[&worker],
             )
             .await?;
             rows.first()
                 .map(|r| {
-                    Ok(crate::claude::SessionState {
+                    Ok(crate::agents::SessionState {
                         id: r.try_get(0)?,
                         cwd: r.try_get(1)?,
                         tasks: r.try_get::<_, i64>(2)? as u32,
                         input_tokens: r.try_get::<_, i64>(3)? as u64,
                         cost_usd: r.try_get(4)?,
+                        agent: r.try_get(5)?,
+                        output_tokens: r.try_get::<_, i64>(6)? as u64,
                     })
                 })
                 .transpose()
@@ -1771,20 +1774,22 @@ impl Store for PgStore {
     async fn save_worker_session(
         &self,
         worker: &str,
-        session: &crate::claude::SessionState,
+        session: &crate::agents::SessionState,
         now: Millis,
     ) -> Result<()> {
         let s = session;
         write!(self, "saving a worker's session", |tx| {
             tx.execute(
                 "INSERT INTO worker_sessions AS w (worker, session_id, cwd, tasks, input_tokens, \
-                 cost_usd, started_at, updated_at) VALUES ($1, $2, $3, $4, $5, $7, $6, $6) \
+                 cost_usd, started_at, updated_at, agent, output_tokens) \
+                 VALUES ($1, $2, $3, $4, $5, $7, $6, $6, $8, $9) \
                  ON CONFLICT (worker) DO UPDATE SET \
                    started_at = CASE WHEN w.session_id = excluded.session_id THEN w.started_at \
                                 ELSE excluded.started_at END, \
                    session_id = excluded.session_id, cwd = excluded.cwd, tasks = excluded.tasks, \
                    input_tokens = excluded.input_tokens, cost_usd = excluded.cost_usd, \
-                   updated_at = excluded.updated_at",
+                   updated_at = excluded.updated_at, agent = excluded.agent, \
+                   output_tokens = excluded.output_tokens",
                 &[
                     &worker,
                     &s.id,
@@ -1793,6 +1798,8 @@ impl Store for PgStore {
                     &(s.input_tokens as i64),
                     &now,
                     &s.cost_usd,
+                    &s.agent,
+                    &(s.output_tokens as i64),
                 ],
             )
             .await?;
@@ -1804,7 +1811,7 @@ impl Store for PgStore {
         &self,
         worker: &str,
         joined: &str,
-        session: &crate::claude::SessionState,
+        session: &crate::agents::SessionState,
         now: Millis,
     ) -> Result<bool> {
         let s = session;
@@ -1812,8 +1819,8 @@ impl Store for PgStore {
             let n = tx
                 .execute(
                     "UPDATE worker_sessions SET session_id = $3, cwd = $4, tasks = $5, \
-                     input_tokens = $6, cost_usd = $7, updated_at = $8 \
-                     WHERE worker = $1 AND session_id = $2",
+                     input_tokens = $6, cost_usd = $7, updated_at = $8, agent = $9, \
+                     output_tokens = $10 WHERE worker = $1 AND session_id = $2",
                     &[
                         &worker,
                         &joined,
@@ -1823,6 +1830,8 @@ impl Store for PgStore {
                         &(s.input_tokens as i64),
                         &s.cost_usd,
                         &now,
+                        &s.agent,
+                        &(s.output_tokens as i64),
                     ],
                 )
                 .await?;

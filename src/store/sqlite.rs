@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_event_kinds.sql"),
     include_str!("../../migrations/sqlite/0006_worker_activity.sql"),
     include_str!("../../migrations/sqlite/0007_hosts.sql"),
+    include_str!("../../migrations/sqlite/0008_agents.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -1012,20 +1013,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn worker_session(&self, worker: &str) -> Result<Option<crate::claude::SessionState>> {
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::agents::SessionState>> {
         let worker = worker.to_string();
         self.call("reading a worker's session", move |conn| {
             Ok(conn
                 .row(
-                    "SELECT session_id, cwd, tasks, input_tokens, cost_usd FROM worker_sessions WHERE worker = ?1",
+                    "SELECT session_id, cwd, tasks, input_tokens, cost_usd, agent, output_tokens FROM worker_sessions WHERE worker = ?1",
                     [worker],
                     |r| {
-                        Ok(crate::claude::SessionState {
+                        Ok(crate::agents::SessionState {
                             id: r.get(0)?,
                             cwd: r.get(1)?,
                             tasks: r.get::<_, i64>(2)? as u32,
                             input_tokens: r.get::<_, i64>(3)? as u64,
                             cost_usd: r.get(4)?,
+                            agent: r.get(5)?,
+                            output_tokens: r.get::<_, i64>(6)? as u64,
                         })
                     },
                 )
@@ -1037,19 +1040,20 @@ impl Store for SqliteStore {
     async fn save_worker_session(
         &self,
         worker: &str,
-        session: &crate::claude::SessionState,
+        session: &crate::agents::SessionState,
         now: Millis,
     ) -> Result<()> {
         let (worker, s) = (worker.to_string(), session.clone());
         self.write("saving a worker's session", move |tx| {
             tx.exec(
-                "INSERT INTO worker_sessions (worker, session_id, cwd, tasks, input_tokens, cost_usd, started_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6) \
+                "INSERT INTO worker_sessions (worker, session_id, cwd, tasks, input_tokens, cost_usd, started_at, updated_at, agent, output_tokens) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?6, ?6, ?8, ?9) \
                  ON CONFLICT (worker) DO UPDATE SET \
                    started_at = CASE WHEN session_id = excluded.session_id THEN started_at ELSE excluded.started_at END, \
                    session_id = excluded.session_id, cwd = excluded.cwd, tasks = excluded.tasks, \
-                   input_tokens = excluded.input_tokens, cost_usd = excluded.cost_usd, updated_at = excluded.updated_at",
-                params![worker, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, now, s.cost_usd],
+                   input_tokens = excluded.input_tokens, cost_usd = excluded.cost_usd, updated_at = excluded.updated_at, \
+                   agent = excluded.agent, output_tokens = excluded.output_tokens",
+                params![worker, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, now, s.cost_usd, s.agent, s.output_tokens as i64],
             )?;
             Ok(())
         })
@@ -1060,15 +1064,15 @@ impl Store for SqliteStore {
         &self,
         worker: &str,
         joined: &str,
-        session: &crate::claude::SessionState,
+        session: &crate::agents::SessionState,
         now: Millis,
     ) -> Result<bool> {
         let (worker, joined, s) = (worker.to_string(), joined.to_string(), session.clone());
         self.write("updating a worker's session", move |tx| {
             let n = tx.exec(
                 "UPDATE worker_sessions SET session_id = ?3, cwd = ?4, tasks = ?5, input_tokens = ?6, \
-                 cost_usd = ?7, updated_at = ?8 WHERE worker = ?1 AND session_id = ?2",
-                params![worker, joined, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, s.cost_usd, now],
+                 cost_usd = ?7, updated_at = ?8, agent = ?9, output_tokens = ?10 WHERE worker = ?1 AND session_id = ?2",
+                params![worker, joined, s.id, s.cwd, s.tasks as i64, s.input_tokens as i64, s.cost_usd, now, s.agent, s.output_tokens as i64],
             )?;
             Ok(n == 1)
         })

@@ -724,11 +724,13 @@ pub async fn finish_with_retry_keeps_the_reason_and_counts(f: &Fixture) {
 pub async fn worker_sessions_are_kept_replaced_and_reset(f: &Fixture) {
     let s = f.store();
     assert_eq!(s.worker_session("w").await.unwrap(), None);
-    let mut st = crate::claude::SessionState {
+    let mut st = crate::agents::SessionState {
         id: "a".into(),
+        agent: "claude".into(),
         cwd: "/w".into(),
         tasks: 0,
         input_tokens: 0,
+        output_tokens: 0,
         cost_usd: 0.0,
     };
     s.save_worker_session("w", &st, 1).await.unwrap();
@@ -739,6 +741,11 @@ pub async fn worker_sessions_are_kept_replaced_and_reset(f: &Fixture) {
     st.cost_usd = 0.5;
     assert!(s.update_worker_session("w", "a", &st, 3).await.unwrap());
     assert_eq!(s.worker_session("w").await.unwrap().unwrap().cost_usd, 0.5);
+    // The agent whose conversation it is, and the output tokens, are kept as well.
+    st.agent = "codex".into();
+    st.output_tokens = 70;
+    assert!(s.update_worker_session("w", "a", &st, 3).await.unwrap());
+    assert_eq!(s.worker_session("w").await.unwrap(), Some(st.clone()));
     assert!(
         !s.update_worker_session("w", "other", &st, 3).await.unwrap(),
         "only the conversation joined"

@@ -1,4 +1,5 @@
-//! Claude Code as an agent: the command line, the result, the session, the environment.
+//! Claude Code (`agent = "claude"`): the command line, the result, the session, the environment,
+//! and its long-lived stream-json mode.
 //!
 //! Everything here is plain code over values; the runner (`worker.rs`) does the I/O. Facts about
 //! the CLI this relies on were checked against the pinned version (see the README's test command):
@@ -7,12 +8,21 @@
 //!   `--flag=value` argument, which also keeps a value starting with `-` from being read as a flag;
 //! - `--session-id <uuid>` starts a conversation under an id the caller chose, `--resume <id>`
 //!   continues it, and a resume of an unknown id fails with `No conversation found with session ID`;
-//! - `--output-format json` prints one result object; its fields are read tolerantly.
+//! - `--output-format json` prints one result object; its fields are read tolerantly;
+//! - `--input-format stream-json --output-format stream-json --verbose` stays up and serves one
+//!   user message per line, each ending with a `result` line; a `control_request` of subtype
+//!   `interrupt` ends the task in flight with a result within milliseconds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use super::{
+    Conversation, Counted, Driver, End, Environment, Join, Limit, Line, LongLived, Output, Read,
+    Reply, Reported, SessionPolicy, parse_reset,
+};
+use crate::domain::Cause;
 
 /// How a worker runs Claude.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,20 +31,6 @@ pub enum Mode {
     Exec,
     /// One long-lived stream-json process per worker.
     Persistent,
-}
-
-/// Which conversation a task continues.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionPolicy {
-    /// One conversation for all the worker's tasks.
-    Resume,
-    /// A new conversation for every task.
-    Fresh,
-    /// A new conversation after so many tasks or input tokens.
-    Rotate {
-        after_tasks: Option<u32>,
-        after_tokens: Option<u64>,
-    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -59,54 +55,215 @@ pub struct Settings {
     pub recycle_after_tasks: Option<u32>,
 }
 
+impl Settings {
+    /// Claude with the CLI's own defaults: exec mode, one conversation resumed for ever.
+    pub const DEFAULT: Settings = Settings {
+        bin: None,
+        mode: Mode::Exec,
+        model: None,
+        permission_mode: None,
+        allowed_tools: Vec::new(),
+        disallowed_tools: Vec::new(),
+        append_system_prompt: None,
+        max_turns: None,
+        max_budget_usd: None,
+        add_dirs: Vec::new(),
+        extra_args: Vec::new(),
+        skip_permissions: false,
+        session: SessionPolicy::Resume,
+        budget_usd_per_day: None,
+        recycle_after_tasks: None,
+    };
+}
+
 impl Default for Settings {
     fn default() -> Self {
+        Settings::DEFAULT
+    }
+}
+
+impl Driver for Settings {
+    fn name(&self) -> &'static str {
+        "claude"
+    }
+
+    fn title(&self) -> &'static str {
+        "Claude Code"
+    }
+
+    fn bin_variable(&self) -> Option<&'static str> {
+        Some("AGENTQ_CLAUDE_BIN")
+    }
+
+    fn program_with(&self, env_override: Option<&str>) -> PathBuf {
+        super::resolve_bin(self.bin.as_ref(), env_override, "claude")
+    }
+
+    fn tested_version(&self) -> Option<&'static str> {
+        Some("2.1.330")
+    }
+
+    fn install_hint(&self) -> Option<&'static str> {
+        Some("npm install -g @anthropic-ai/claude-code")
+    }
+
+    fn conversation(&self) -> Option<Conversation> {
+        Some(Conversation {
+            policy: self.session,
+            named_by_caller: true,
+        })
+    }
+
+    fn command(&self, program: &Path, join: Option<&Join>, spent_usd: f64) -> Vec<String> {
+        exec_argv(
+            program,
+            &self.budgeted(spent_usd),
+            join.unwrap_or(&Join::New),
+        )
+    }
+
+    /// Without the parent session's markers, and on Windows with Git Bash found for it (finding
+    /// it by hand cost the seeds hours).
+    fn environment(&self, parent: &BTreeMap<String, String>) -> Environment {
+        #[allow(unused_mut)]
+        let mut env = Environment {
+            remove: inherited_markers(parent, &BTreeMap::new()),
+            ..Environment::default()
+        };
+        #[cfg(windows)]
+        if !parent.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
+            && let Some(bash) = find_git_bash(parent, &|p| std::path::Path::new(p).is_file())
+        {
+            env.set.insert("CLAUDE_CODE_GIT_BASH_PATH".into(), bash);
+        }
+        env
+    }
+
+    /// With `--output-format=json` it prints nothing until the end.
+    fn prints_while_working(&self) -> bool {
+        false
+    }
+
+    /// The CLI has been seen to hang after printing its result: the result line is final.
+    fn final_line(&self) -> Option<fn(&str) -> bool> {
+        Some(ClaudeResult::is_result_line)
+    }
+
+    fn read(&self, out: &Output) -> Read {
+        match ClaudeResult::from_exec_stdout(out.stdout) {
+            Some(result) => Read::Reply(result.reply(out.exit_code.unwrap_or(0), out.now)),
+            None if conversation_gone(out.stderr, out.stdout) => Read::Gone,
+            None => Read::Nothing,
+        }
+    }
+
+    fn long_lived(&self) -> Option<&dyn LongLived> {
+        (self.mode == Mode::Persistent).then_some(self as &dyn LongLived)
+    }
+
+    fn daily_budget_usd(&self) -> Option<f64> {
+        self.budget_usd_per_day
+    }
+
+    fn warnings(&self, idle_timeout: Option<std::time::Duration>) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.mode == Mode::Exec && idle_timeout.is_some() {
+            out.push("idle_timeout does not apply to claude in exec mode, which prints nothing until its result; use mode = \"persistent\" to watch for hangs".to_string());
+        }
+        if self.skip_permissions {
+            out.push(
+                "runs claude with --dangerously-skip-permissions: it may run any tool without asking"
+                    .to_string(),
+            );
+        }
+        out
+    }
+}
+
+impl LongLived for Settings {
+    fn command(&self, program: &Path, join: &Join, spent_usd: f64) -> Vec<String> {
+        let mut argv = vec![
+            program.to_string_lossy().into_owned(),
+            "-p".into(),
+            "--input-format=stream-json".into(),
+            "--output-format=stream-json".into(),
+            "--verbose".into(),
+        ];
+        push_common(&mut argv, &self.budgeted(spent_usd), join);
+        argv
+    }
+
+    fn task_line(&self, prompt: &str) -> String {
+        json!({ "type": "user", "message": { "role": "user", "content": prompt } }).to_string()
+    }
+
+    fn interrupt_line(&self, n: u64) -> String {
+        json!({
+            "type": "control_request",
+            "request_id": format!("agentq_{n}"),
+            "request": { "subtype": "interrupt" }
+        })
+        .to_string()
+    }
+
+    fn read_line(&self, line: &str, now: chrono::DateTime<chrono::Local>) -> Line {
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            return Line::Other;
+        };
+        if let Some(result) = ClaudeResult::from_value(&value) {
+            return Line::Reply(result.reply(0, now));
+        }
+        if let Some(limit) = rate_limit_of(&value) {
+            return Line::Limit(limit);
+        }
+        match value.get("session_id").and_then(Value::as_str) {
+            Some(id) => Line::Session(id.to_string()),
+            None => Line::Other,
+        }
+    }
+
+    fn gone(&self, stderr: &str, text: &str) -> bool {
+        conversation_gone(stderr, text)
+    }
+
+    fn recycle_after_tasks(&self) -> Option<u32> {
+        self.recycle_after_tasks
+    }
+
+    fn budget_usd(&self) -> Option<f64> {
+        self.max_budget_usd
+    }
+}
+
+impl Settings {
+    /// The CLI checks `--max-budget-usd` against the whole conversation's cost: the budget of one
+    /// task is on top of what the conversation has spent.
+    fn budgeted(&self, spent_usd: f64) -> Settings {
         Settings {
-            bin: None,
-            mode: Mode::Exec,
-            model: None,
-            permission_mode: None,
-            allowed_tools: Vec::new(),
-            disallowed_tools: Vec::new(),
-            append_system_prompt: None,
-            max_turns: None,
-            max_budget_usd: None,
-            add_dirs: Vec::new(),
-            extra_args: Vec::new(),
-            skip_permissions: false,
-            session: SessionPolicy::Resume,
-            budget_usd_per_day: None,
-            recycle_after_tasks: None,
+            max_budget_usd: self.max_budget_usd.map(|b| b + spent_usd),
+            ..self.clone()
         }
     }
 }
 
-/// The binary to run: `AGENTQ_CLAUDE_BIN`, else the configured one, else `claude` on PATH.
-pub fn resolve_bin(settings: &Settings, env_override: Option<&str>) -> PathBuf {
-    match env_override.filter(|s| !s.is_empty()) {
-        Some(bin) => PathBuf::from(bin),
-        None => settings
-            .bin
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("claude")),
+/// A `rate_limit_event` that says the limit rejected the request, with when it resets.
+pub fn rate_limit_of(v: &Value) -> Option<Limit> {
+    if v.get("type").and_then(Value::as_str) != Some("rate_limit_event") {
+        return None;
     }
-}
-
-/// How a task's process joins a conversation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Join {
-    /// Start a conversation under this id.
-    Start(String),
-    /// Continue this conversation.
-    Resume(String),
-}
-
-impl Join {
-    pub fn id(&self) -> &str {
-        match self {
-            Join::Start(id) | Join::Resume(id) => id,
-        }
+    let info = v.get("rate_limit_info").unwrap_or(v);
+    if info.get("status").and_then(Value::as_str) != Some("rejected") {
+        return None;
     }
+    let until = info
+        .get("resetsAt")
+        .or_else(|| info.get("resets_at"))
+        .and_then(Value::as_i64)
+        .map(|n| if n > 100_000_000_000 { n } else { n * 1000 });
+    Some(Limit {
+        until,
+        message: "usage limit reached (rate_limit_event)".into(),
+    })
 }
 
 /// The command line of one exec-mode task (the prompt goes to stdin).
@@ -121,11 +278,13 @@ pub fn exec_argv(bin: &Path, settings: &Settings, join: &Join) -> Vec<String> {
 }
 
 /// The flags both modes share: conversation, then the worker's settings.
-pub(crate) fn push_common(argv: &mut Vec<String>, s: &Settings, join: &Join) {
+fn push_common(argv: &mut Vec<String>, s: &Settings, join: &Join) {
     let mut flag = |name: &str, value: &str| argv.push(format!("--{name}={value}"));
     match join {
         Join::Start(id) => flag("session-id", id),
         Join::Resume(id) => flag("resume", id),
+        // Claude names a new conversation itself when no id is given.
+        Join::New => {}
     }
     if let Some(m) = &s.model {
         flag("model", m);
@@ -248,6 +407,46 @@ impl ClaudeResult {
                 .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("result"))
     }
 
+    /// The result as a reply: a usage limit, a failure (an error result, or any result of a
+    /// process that exited with an error), or done.
+    pub fn reply(self, exit_code: i32, now: chrono::DateTime<chrono::Local>) -> Reply {
+        let end = if let Some(limit) = limit_of(&self, now) {
+            End::Limited(limit)
+        } else if self.is_error || exit_code != 0 {
+            self.failed()
+        } else {
+            End::Done
+        };
+        Reply {
+            usage: Reported {
+                cost_usd: self.total_cost_usd.map(Counted::Conversation),
+                input_tokens: self.input_tokens.map(Counted::Run),
+                output_tokens: self.output_tokens.map(Counted::Run),
+                turns: self.num_turns,
+            },
+            session: self.session_id,
+            text: self.text,
+            end,
+        }
+    }
+
+    /// An error result as a failure: a request the API refused as malformed (400, 413) is bad
+    /// input, refused credentials (401, 403) are the worker's setup; limits the task itself hit
+    /// would be hit again. Anything else may pass.
+    fn failed(&self) -> End {
+        let (reason, retryable) = self.failure();
+        let cause = match self.api_error_status {
+            Some(400 | 413) => Cause::BadInput,
+            Some(401 | 403) => Cause::Config,
+            _ => Cause::AgentError,
+        };
+        End::Failed {
+            cause,
+            reason,
+            retryable: retryable && cause.retryable(),
+        }
+    }
+
     /// Why an error result failed, in words, and whether running again could help.
     pub fn failure(&self) -> (String, bool) {
         let subtype = self.subtype.as_deref().unwrap_or("error");
@@ -264,15 +463,6 @@ impl ClaudeResult {
         let retryable = !matches!(subtype, "error_max_turns" | "error_max_budget_usd");
         (reason, retryable)
     }
-}
-
-/// A usage or rate limit a result reports: the worker pauses, the task waits without spending an
-/// attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limit {
-    /// When it resets (milliseconds since the epoch), if the result says.
-    pub until: Option<i64>,
-    pub message: String,
 }
 
 /// Reads a limit out of a result, the ways the CLI has reported one:
@@ -318,92 +508,6 @@ pub fn limit_of(result: &ClaudeResult, now: chrono::DateTime<chrono::Local>) -> 
         });
     }
     None
-}
-
-/// Reads a reset time as the CLI words it — `3pm`, `3:30 pm`, `15:00`, `Nov 23, 3pm`, `at 9am
-/// (Europe/Berlin)` — as local time: the next such moment after `now`. The zone in parentheses is
-/// not read: the machine's zone is assumed.
-pub fn parse_reset(
-    text: &str,
-    now: chrono::DateTime<chrono::Local>,
-) -> Option<chrono::DateTime<chrono::Local>> {
-    use chrono::{Datelike, Duration as Days, NaiveDate, NaiveTime, TimeZone};
-    let lower = text.to_lowercase();
-    let text = lower
-        .split('(')
-        .next()?
-        .trim()
-        .trim_start_matches("at ")
-        .trim_end_matches(['.', ',', ' ']);
-    if let Ok(epoch) = text.parse::<i64>() {
-        return chrono::Local.timestamp_opt(epoch, 0).single();
-    }
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let mut words: Vec<&str> = text
-        .split([' ', ','])
-        .filter(|w| !w.is_empty() && *w != "at")
-        .collect();
-    let mut date: Option<NaiveDate> = None;
-    if let Some(month) = words
-        .first()
-        .and_then(|w| MONTHS.iter().position(|m| w.starts_with(m)))
-    {
-        let day: u32 = words.get(1)?.parse().ok()?;
-        let mut d = NaiveDate::from_ymd_opt(now.year(), month as u32 + 1, day)?;
-        if d < now.date_naive() {
-            d = NaiveDate::from_ymd_opt(now.year() + 1, month as u32 + 1, day)?;
-        }
-        date = Some(d);
-        words.drain(..2);
-    }
-    let mut clock = words.concat();
-    let pm = clock.ends_with("pm");
-    let am = clock.ends_with("am");
-    if pm || am {
-        clock.truncate(clock.len() - 2);
-    }
-    let (h, m) = match clock.split_once(':') {
-        Some((h, m)) => (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?),
-        None => (clock.parse::<u32>().ok()?, 0),
-    };
-    let h = match (am, pm, h) {
-        (true, _, 12) => 0,
-        (_, true, h) if h < 12 => h + 12,
-        (_, _, h) => h,
-    };
-    let time = NaiveTime::from_hms_opt(h, m, 0)?;
-    let at = |d: NaiveDate| {
-        chrono::Local
-            .from_local_datetime(&d.and_time(time))
-            .earliest()
-    };
-    match date {
-        Some(d) => at(d),
-        None => {
-            let today = at(now.date_naive())?;
-            if today > now {
-                Some(today)
-            } else {
-                at(now.date_naive() + Days::days(1))
-            }
-        }
-    }
-}
-
-/// The start of the local day `now` is in, and of the next, in milliseconds since the epoch.
-pub fn local_day(now: chrono::DateTime<chrono::Local>) -> (i64, i64) {
-    use chrono::TimeZone;
-    let start = |d: chrono::NaiveDate| {
-        chrono::Local
-            .from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"))
-            .earliest()
-            .map(|t| t.timestamp_millis())
-            .unwrap_or_else(|| now.timestamp_millis())
-    };
-    let today = now.date_naive();
-    (start(today), start(today + chrono::Duration::days(1)))
 }
 
 /// Finds Git for Windows' `bash.exe`, which Claude Code on Windows needs in
@@ -465,35 +569,6 @@ pub fn find_git_bash(
 pub fn conversation_gone(stderr: &str, stdout: &str) -> bool {
     const MARK: &str = "No conversation found with session ID";
     stderr.contains(MARK) || stdout.contains(MARK)
-}
-
-/// The session a worker's conversation is in, as the store keeps it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SessionState {
-    pub id: String,
-    /// Claude keeps conversations per working directory: one started elsewhere cannot be resumed.
-    pub cwd: String,
-    pub tasks: u32,
-    pub input_tokens: u64,
-    /// What the conversation has cost so far, as its last result reported.
-    pub cost_usd: f64,
-}
-
-/// Picks how the next task joins a conversation: `None` means a new one must be started.
-pub fn choose(policy: SessionPolicy, current: Option<&SessionState>, cwd: &str) -> Option<Join> {
-    let current = current.filter(|s| s.cwd == cwd)?;
-    match policy {
-        SessionPolicy::Fresh => None,
-        SessionPolicy::Resume => Some(Join::Resume(current.id.clone())),
-        SessionPolicy::Rotate {
-            after_tasks,
-            after_tokens,
-        } => {
-            let worn = after_tasks.is_some_and(|n| current.tasks >= n)
-                || after_tokens.is_some_and(|n| current.input_tokens >= n);
-            (!worn).then(|| Join::Resume(current.id.clone()))
-        }
-    }
 }
 
 /// Environment variables that mark a parent Claude Code session. A `claude` started with them
@@ -572,24 +647,6 @@ mod tests {
     }
 
     #[test]
-    fn the_binary_comes_from_the_environment_then_config_then_path() {
-        let s = Settings {
-            bin: Some("/opt/claude".into()),
-            ..Settings::default()
-        };
-        assert_eq!(
-            resolve_bin(&s, Some("/env/claude")),
-            PathBuf::from("/env/claude")
-        );
-        assert_eq!(resolve_bin(&s, None), PathBuf::from("/opt/claude"));
-        assert_eq!(resolve_bin(&s, Some("")), PathBuf::from("/opt/claude"));
-        assert_eq!(
-            resolve_bin(&Settings::default(), None),
-            PathBuf::from("claude")
-        );
-    }
-
-    #[test]
     fn results_are_read_tolerantly() {
         let full = json!({
             "type": "result", "subtype": "success", "is_error": false, "result": "hi",
@@ -639,36 +696,6 @@ mod tests {
             ..Default::default()
         };
         assert!(!turns.failure().1);
-    }
-
-    #[test]
-    fn sessions_follow_the_policy_and_the_working_folder() {
-        let s = SessionState {
-            id: "a".into(),
-            cwd: "/w".into(),
-            tasks: 3,
-            input_tokens: 900,
-            cost_usd: 0.0,
-        };
-        assert_eq!(
-            choose(SessionPolicy::Resume, Some(&s), "/w"),
-            Some(Join::Resume("a".into()))
-        );
-        assert_eq!(
-            choose(SessionPolicy::Resume, Some(&s), "/elsewhere"),
-            None,
-            "a moved cwd cannot resume"
-        );
-        assert_eq!(choose(SessionPolicy::Resume, None, "/w"), None);
-        assert_eq!(choose(SessionPolicy::Fresh, Some(&s), "/w"), None);
-        let rotate = |t, k| SessionPolicy::Rotate {
-            after_tasks: t,
-            after_tokens: k,
-        };
-        assert_eq!(choose(rotate(Some(3), None), Some(&s), "/w"), None);
-        assert!(choose(rotate(Some(4), None), Some(&s), "/w").is_some());
-        assert_eq!(choose(rotate(None, Some(900)), Some(&s), "/w"), None);
-        assert!(choose(rotate(None, Some(901)), Some(&s), "/w").is_some());
     }
 
     #[test]
