@@ -107,7 +107,7 @@ pub struct ServiceInstallArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum WorkerCommand {
-    /// Start the worker's next task in a new Claude conversation
+    /// Start the worker's next task in a new conversation of its agent
     ResetSession(WorkerNameArgs),
     /// Stop the worker from starting tasks (running ones finish, its tasks in the pool wait too),
     /// for a while or until resumed; `pool` pauses the tasks submitted to the pool

@@ -501,6 +501,22 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
         opt(task.exit_code.map(|c| c.to_string()))
     );
     println!("error:       {}", opt(task.error.clone()));
+    let u = &task.usage;
+    if let Some(session) = &u.session_id {
+        println!("session:     {session}");
+    }
+    let usage = [
+        u.cost_usd.map(|c| format!("${c:.4}")),
+        u.input_tokens.map(|t| format!("{t} tokens in")),
+        u.output_tokens.map(|t| format!("{t} out")),
+        u.num_turns.map(|t| format!("{t} turns")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>();
+    if !usage.is_empty() {
+        println!("usage:       {}", usage.join(", "));
+    }
     if let Some(log) = &agent_log {
         println!("agent log:   {}", log.display());
     }

@@ -1075,6 +1075,23 @@ async fn metrics(State(s): State<Shared>) -> Answer {
         );
     }
     out.family(
+        "agentq_tokens_total",
+        "counter",
+        "Tokens each worker's attempts read (kind=input) and wrote (kind=output), as the agent reported.",
+    );
+    for w in &status.workers {
+        for (kind, n) in [
+            ("input", w.input_tokens_total),
+            ("output", w.output_tokens_total),
+        ] {
+            out.sample(
+                "agentq_tokens_total",
+                &[("worker", &w.name), ("kind", kind)],
+                n as f64,
+            );
+        }
+    }
+    out.family(
         "agentq_queue_depth",
         "gauge",
         "Tasks queued for each worker (its pool tasks included).",

@@ -184,6 +184,9 @@ pub struct WorkerStatus {
     pub cost_today_usd: f64,
     pub tokens_today: i64,
     pub cost_total_usd: f64,
+    /// Tokens its attempts read and wrote since the queue began, as its agent reported them.
+    pub input_tokens_total: i64,
+    pub output_tokens_total: i64,
     pub session_id: Option<String>,
     /// What the current conversation has cost so far.
     pub session_cost_usd: Option<f64>,
@@ -364,10 +367,8 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
                 .map(|t| t.id);
             let pause = pauses.iter().find(|p| p.worker == name);
             let spent = spend.iter().find(|s| s.worker == name);
-            let cost_total_usd = spend_ever
-                .iter()
-                .find(|s| s.worker == name)
-                .map_or(0.0, |s| s.cost_usd);
+            let ever = spend_ever.iter().find(|s| s.worker == name);
+            let cost_total_usd = ever.map_or(0.0, |s| s.cost_usd);
             let session = sessions
                 .iter()
                 .find(|(w, _)| *w == name)
@@ -467,6 +468,8 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
                 errored: pause.is_some_and(|p| p.errored()),
                 cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
                 cost_total_usd,
+                input_tokens_total: ever.map_or(0, |s| s.input_tokens),
+                output_tokens_total: ever.map_or(0, |s| s.output_tokens),
                 session_id,
                 session_cost_usd,
                 tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),

@@ -149,8 +149,21 @@ fn row(w: &WorkerStatus, now: Millis) -> Vec<String> {
         w.memory_peak_mb.map_or_else(dash, megabytes),
         w.restarts.map_or_else(dash, |r| r.to_string()),
         w.up_since.map_or_else(dash, |t| ago(t, now)),
-        format!("${:.2}", w.cost_today_usd),
+        spent_today(w),
     ]
+}
+
+/// What a worker spent today: dollars where its agent reports a cost (Claude), tokens where it
+/// reports only those (Codex, Gemini).
+fn spent_today(w: &WorkerStatus) -> String {
+    if w.cost_today_usd > 0.0 || w.tokens_today == 0 {
+        return format!("${:.2}", w.cost_today_usd);
+    }
+    match w.tokens_today {
+        t if t < 10_000 => format!("{t} tok"),
+        t if t < 10_000_000 => format!("{:.1}k tok", t as f64 / 1000.0),
+        t => format!("{:.1}M tok", t as f64 / 1_000_000.0),
+    }
 }
 
 fn megabytes(mb: f64) -> String {
@@ -384,6 +397,8 @@ mod tests {
             cost_today_usd: 0.0,
             tokens_today: 0,
             cost_total_usd: 0.0,
+            input_tokens_total: 0,
+            output_tokens_total: 0,
             session_id: None,
             session_cost_usd: None,
             pid: None,
@@ -422,6 +437,8 @@ mod tests {
             ..worker("docs", "idle")
         };
         let nightly = WorkerStatus {
+            agent: "codex".into(),
+            tokens_today: 45_210,
             paused_until: Some(NOW + 90 * MIN),
             pause_reason: Some("usage limit reached; resets at 15:00".into()),
             queued: 3,

@@ -346,6 +346,78 @@ fn an_agent_that_cannot_start_fails_without_retries() {
 }
 
 #[test]
+fn a_worker_whose_agent_cli_is_not_installed_waits_for_it_and_its_tasks_are_not_failed() {
+    // A Codex worker whose codex is not there yet; a stand-in that prints what `codex exec
+    // --json` prints is put there later, as an install would.
+    let p = Project::new(
+        "[[worker]]\nname = \"x\"\nagent = \"codex\"\ncodex_bin = \"bin/codex\"\nskip_git_repo_check = true\n",
+    );
+    let daemon = p.start();
+    let id = p.submit("x", "hello");
+    wait_until(Duration::from_secs(30), "the worker to pause", || {
+        p.json(&["status"])["workers"][0]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused until")
+    });
+    let status = p.json(&["status"]);
+    let reason = status["workers"][0]["pause_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("codex is not installed")
+            && reason.contains("npm install -g @openai/codex"),
+        "{reason}"
+    );
+    let t = p.task(id);
+    assert_eq!(
+        (t["state"].as_str(), t["attempts"].as_i64()),
+        (Some("queued"), Some(0)),
+        "the task waits, unspent: {t}"
+    );
+    let out = p
+        .cmd(&["doctor", "--json"])
+        .env_remove("AGENTQ_CODEX_BIN")
+        .output()
+        .unwrap();
+    let (code, checks): (_, serde_json::Value) = (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap(),
+    );
+    assert_eq!(code, Some(1), "doctor fails: {checks}");
+    let agent = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "worker x: agent")
+        .unwrap_or_else(|| panic!("{checks}"));
+    assert_eq!(agent["status"], "fail", "{agent}");
+    assert!(
+        agent["fix"]
+            .as_str()
+            .unwrap()
+            .contains("npm install -g @openai/codex"),
+        "{agent}"
+    );
+
+    std::fs::create_dir_all(p.path("bin")).unwrap();
+    let script = p.path("bin/codex");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat >/dev/null\necho '{\"type\":\"thread.started\",\"thread_id\":\"t-1\"}'\necho '{\"type\":\"item.completed\",\"item\":{\"id\":\"i\",\"type\":\"agent_message\",\"text\":\"installed now\"}}'\necho '{\"type\":\"turn.completed\",\"usage\":{\"input_tokens\":10,\"output_tokens\":2}}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The pause would end by itself; resuming by hand need not wait for it.
+    p.ok(&["worker", "resume", "x"]);
+    p.ok(&["wait", "--timeout", "30s", &id.to_string()]);
+    let t = p.task(id);
+    assert_eq!(t["output"], "installed now");
+    assert_eq!(t["attempts"], 1);
+    assert_eq!(t["session_id"], "t-1");
+    assert_eq!(t["input_tokens"], 10);
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn a_second_run_is_refused_and_names_the_holder() {
     let p = Project::with_workers(&["w"], RECORDING_AGENT, "");
     let daemon = p.start();
