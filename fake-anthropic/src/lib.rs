@@ -20,6 +20,11 @@
 //! - `[[reply some text]]` answers with exactly that text.
 //!
 //! Every request is counted; [`FakeServer::requests`] tells how many `/v1/messages` calls came.
+//!
+//! The same server also fakes the OpenAI Responses API for `codex` (see [`openai`]).
+//! With `FAKE_LOG=path` in its environment, it appends every request it gets to that file.
+
+pub mod openai;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +47,8 @@ pub struct FakeServer {
 #[derive(Default)]
 struct State {
     messages: AtomicU64,
+    /// `POST /v1/responses` requests (OpenAI).
+    responses: AtomicU64,
     /// How many times each `[[status ...]]` directive has been answered with its error.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -101,6 +108,16 @@ impl FakeServer {
     pub fn requests(&self) -> u64 {
         self.state.messages.load(Ordering::SeqCst)
     }
+
+    /// `http://127.0.0.1:PORT/v1`, the `base_url` of a codex model provider.
+    pub fn openai_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// How many `POST /v1/responses` requests have come.
+    pub fn responses_requests(&self) -> u64 {
+        self.state.responses.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FakeServer {
@@ -117,6 +134,7 @@ impl Drop for FakeServer {
 struct Request {
     method: String,
     path: String,
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
@@ -128,10 +146,15 @@ async fn serve(stream: TcpStream, state: Arc<State>) {
         let Some(request) = read_request(&mut reader).await else {
             return;
         };
-        let (status, content_type, body, delay, headers) = answer(&request, &state);
+        let (status, content_type, body, delay, mut headers) = answer(&request, &state);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+        // A stall: the head and this many bytes of the body are sent, then nothing more.
+        let stall: Option<usize> = headers
+            .iter()
+            .position(|(k, _)| k == STALL_AFTER)
+            .and_then(|i| headers.remove(i).1.parse().ok());
         let extra: String = headers
             .iter()
             .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -141,12 +164,23 @@ async fn serve(stream: TcpStream, state: Arc<State>) {
             reason(status),
             body.len()
         );
-        if write.write_all(head.as_bytes()).await.is_err() || write.write_all(&body).await.is_err()
+        let sent = stall.unwrap_or(body.len()).min(body.len());
+        if write.write_all(head.as_bytes()).await.is_err()
+            || write.write_all(&body[..sent]).await.is_err()
         {
+            return;
+        }
+        if stall.is_some() {
+            let _ = write.flush().await;
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
             return;
         }
     }
 }
+
+/// A pseudo-header of an [`Answer`], not sent: only so many bytes of the body are sent, then the
+/// connection stays silent (a stream that stalls after its headers).
+const STALL_AFTER: &str = "x-fake-stall-after";
 
 async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<Request> {
     let mut line = String::new();
@@ -157,6 +191,7 @@ async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) ->
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
     let mut length = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).await.ok()? == 0 {
@@ -166,21 +201,53 @@ async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) ->
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().ok()?;
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+            headers.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).await.ok()?;
-    Some(Request { method, path, body })
+    let request = Request {
+        method,
+        path,
+        headers,
+        body,
+    };
+    log(&request);
+    Some(request)
+}
+
+/// Appends the request to the file named by `FAKE_LOG`, if set: for seeing what a CLI sends.
+fn log(request: &Request) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("FAKE_LOG") else {
+        return;
+    };
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return;
+    };
+    let mut text = format!("{} {}\n", request.method, request.path);
+    for (name, value) in &request.headers {
+        text.push_str(&format!("{name}: {value}\n"));
+    }
+    text.push('\n');
+    text.push_str(&String::from_utf8_lossy(&request.body));
+    text.push_str("\n\n");
+    let _ = file.write_all(text.as_bytes());
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         404 => "Not Found",
+        426 => "Upgrade Required",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         529 => "Overloaded",
@@ -207,10 +274,17 @@ fn answer(request: &Request, state: &State) -> Answer {
             Vec::new(),
         )
     };
+    let path = request.path.split('?').next().unwrap_or("");
+    if request.method == "GET" && path == "/v1/responses" {
+        // A WebSocket upgrade: refused, so the client uses HTTP.
+        return json_answer(
+            426,
+            json!({ "error": { "message": "websockets are not served", "type": "invalid_request_error", "param": null, "code": null } }),
+        );
+    }
     if request.method == "GET" {
         return json_answer(200, json!({}));
     }
-    let path = request.path.split('?').next().unwrap_or("");
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     match path {
         "/v1/messages/count_tokens" => json_answer(200, json!({ "input_tokens": 10 })),
@@ -218,6 +292,7 @@ fn answer(request: &Request, state: &State) -> Answer {
             state.messages.fetch_add(1, Ordering::SeqCst);
             messages(&body, state)
         }
+        "/v1/responses" => openai::responses(&body, state),
         _ => json_answer(
             404,
             json!({ "type": "error", "error": { "type": "not_found_error", "message": "no such endpoint" } }),
@@ -275,6 +350,22 @@ fn parse_delay(text: &str) -> Option<Duration> {
         return s.trim().parse::<f64>().ok().map(Duration::from_secs_f64);
     }
     t.parse().ok().map(Duration::from_secs)
+}
+
+/// The default answer: `seen N: p1 | ... | pN`, each prompt's first line cut to 60 characters.
+fn seen(prompts: &[String]) -> String {
+    let shown: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            p.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect::<String>()
+        })
+        .collect();
+    format!("seen {}: {}", prompts.len(), shown.join(" | "))
 }
 
 fn messages(body: &Value, state: &State) -> Answer {
@@ -367,20 +458,7 @@ fn messages(body: &Value, state: &State) -> Answer {
             _ => {}
         }
     }
-    let text = text.unwrap_or_else(|| {
-        let shown: Vec<String> = all
-            .iter()
-            .map(|p| {
-                p.lines()
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(60)
-                    .collect::<String>()
-            })
-            .collect();
-        format!("seen {}: {}", all.len(), shown.join(" | "))
-    });
+    let text = text.unwrap_or_else(|| seen(&all));
     let model = body["model"].as_str().unwrap_or("claude-fake").to_string();
     let input_tokens = 10 + (last.len() / 4) as u64;
     let output_tokens = 1 + (text.len() / 4) as u64;
