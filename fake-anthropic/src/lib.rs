@@ -20,6 +20,8 @@
 //! - `[[reply some text]]` answers with exactly that text.
 //!
 //! Every request is counted; [`FakeServer::requests`] tells how many `/v1/messages` calls came.
+//!
+//! The same server also fakes the Google Gemini API for the `gemini` CLI: see [`gemini`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +32,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+pub mod gemini;
 
 /// A running fake server; it stops when dropped.
 pub struct FakeServer {
@@ -42,6 +46,8 @@ pub struct FakeServer {
 #[derive(Default)]
 struct State {
     messages: AtomicU64,
+    /// Gemini `generateContent` and `streamGenerateContent` calls.
+    gemini: AtomicU64,
     /// How many times each `[[status ...]]` directive has been answered with its error.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -88,7 +94,7 @@ impl FakeServer {
         })
     }
 
-    /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL`.
+    /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL` (and `GOOGLE_GEMINI_BASE_URL`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -100,6 +106,11 @@ impl FakeServer {
     /// How many `POST /v1/messages` requests have come.
     pub fn requests(&self) -> u64 {
         self.state.messages.load(Ordering::SeqCst)
+    }
+
+    /// How many Gemini `generateContent` and `streamGenerateContent` requests have come.
+    pub fn gemini_requests(&self) -> u64 {
+        self.state.gemini.load(Ordering::SeqCst)
     }
 }
 
@@ -183,6 +194,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         529 => "Overloaded",
         _ => "Status",
     }
@@ -207,6 +219,9 @@ fn answer(request: &Request, state: &State) -> Answer {
             Vec::new(),
         )
     };
+    if let Some(answer) = gemini::answer(request, state) {
+        return answer;
+    }
     if request.method == "GET" {
         return json_answer(200, json!({}));
     }
