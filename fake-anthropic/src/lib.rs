@@ -23,8 +23,7 @@
 //!
 //! The same server also fakes the OpenAI Responses API for `codex` (see [`openai`]).
 //! With `FAKE_LOG=path` in its environment, it appends every request it gets to that file.
-
-pub mod openai;
+//! The same server also fakes the Google Gemini API for the `gemini` CLI: see [`gemini`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +34,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+pub mod gemini;
+pub mod openai;
 
 /// A running fake server; it stops when dropped.
 pub struct FakeServer {
@@ -49,6 +51,8 @@ struct State {
     messages: AtomicU64,
     /// `POST /v1/responses` requests (OpenAI).
     responses: AtomicU64,
+    /// Gemini `generateContent` and `streamGenerateContent` calls.
+    gemini: AtomicU64,
     /// How many times each `[[status ...]]` directive has been answered with its error.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -95,7 +99,7 @@ impl FakeServer {
         })
     }
 
-    /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL`.
+    /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL` (and `GOOGLE_GEMINI_BASE_URL`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -117,6 +121,11 @@ impl FakeServer {
     /// How many `POST /v1/responses` requests have come.
     pub fn responses_requests(&self) -> u64 {
         self.state.responses.load(Ordering::SeqCst)
+    }
+
+    /// How many Gemini `generateContent` and `streamGenerateContent` requests have come.
+    pub fn gemini_requests(&self) -> u64 {
+        self.state.gemini.load(Ordering::SeqCst)
     }
 }
 
@@ -250,6 +259,7 @@ fn reason(status: u16) -> &'static str {
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         529 => "Overloaded",
         _ => "Status",
     }
@@ -274,6 +284,9 @@ fn answer(request: &Request, state: &State) -> Answer {
             Vec::new(),
         )
     };
+    if let Some(answer) = gemini::answer(request, state) {
+        return answer;
+    }
     let path = request.path.split('?').next().unwrap_or("");
     if request.method == "GET" && path == "/v1/responses" {
         // A WebSocket upgrade: refused, so the client uses HTTP.
