@@ -199,9 +199,10 @@ fn verdict(code: i32, message: &str, now: chrono::DateTime<chrono::Local>) -> Op
             reason: format!("gemini: the session's turn limit was reached (exit 53): {said}"),
             retryable: false,
         },
-        42 => End::Failed {
+        // 42: its own input checks; 144: the API's 400 (& 0xFF).
+        42 | 144 => End::Failed {
             cause: Cause::BadInput,
-            reason: format!("gemini: its input was refused (exit 42): {said}"),
+            reason: format!("gemini: its input was refused (exit {code}): {said}"),
             retryable: false,
         },
         173 => End::Limited(limit_of(message, Some(429), now)?),
@@ -213,6 +214,7 @@ fn gone(text: &str) -> bool {
     let lower = text.to_lowercase();
     lower.contains("no previous sessions found")
         || lower.contains("error resuming session")
+        || lower.contains("invalid session identifier")
         || (lower.contains("session") && lower.contains("not found"))
 }
 
@@ -315,6 +317,7 @@ fn limit_of(
         || lower.contains("429")
         || lower.contains("resource_exhausted")
         || lower.contains("exceeded your current quota")
+        || (lower.contains("exhausted") && lower.contains("quota"))
         || lower.contains("quota exceeded")
         || lower.contains("rate limit");
     limited.then(|| Limit {
@@ -437,5 +440,117 @@ mod tests {
             Settings::default().read(&out("", "Killed\n", 137)),
             Read::Nothing
         );
+    }
+
+    /// What the pinned CLI really printed against the fake API (fake-anthropic/fixtures/gemini).
+    #[test]
+    fn the_recorded_runs_of_the_real_cli_are_read_right() {
+        macro_rules! fixture {
+            ($name:literal) => {
+                include_str!(concat!("../../fake-anthropic/fixtures/gemini/", $name))
+            };
+        }
+        let read = |stdout: &'static str, stderr: &'static str, code| {
+            Settings::default().read(&out(stdout, stderr, code))
+        };
+        let Read::Reply(r) = read(fixture!("resume.stream.jsonl"), "", 0) else {
+            panic!()
+        };
+        assert!(
+            r.text
+                .starts_with("seen 3: Say hello | Now a second prompt"),
+            "{}",
+            r.text
+        );
+        assert_eq!(r.end, End::Done);
+        assert!(matches!(r.usage.input_tokens, Some(Counted::Run(n)) if n > 0));
+        assert!(r.session.is_some());
+        for (stdout, stderr, code) in [
+            (
+                fixture!("rate-limit-429.stream.jsonl"),
+                fixture!("rate-limit-429.stream.stderr"),
+                173,
+            ),
+            (
+                fixture!("quota-daily.stream.jsonl"),
+                fixture!("quota-daily.stream.stderr"),
+                173,
+            ),
+            ("", fixture!("rate-limit-429.json.stderr"), 173),
+        ] {
+            let Read::Reply(r) = read(stdout, stderr, code) else {
+                panic!("{stdout}")
+            };
+            assert!(matches!(r.end, End::Limited(_)), "{:?}", r.end);
+        }
+        let Read::Reply(r) = read(fixture!("rate-limit-429.stream.jsonl"), "", 173) else {
+            panic!()
+        };
+        let End::Limited(limit) = r.end else { panic!() };
+        assert!(limit.until.is_some(), "Suggested retry after 2s: {limit:?}");
+        for (stdout, stderr, code) in [
+            (
+                fixture!("server-error-500.stream.jsonl"),
+                fixture!("server-error-500.stream.stderr"),
+                244,
+            ),
+            (
+                fixture!("overloaded-503.stream.jsonl"),
+                fixture!("overloaded-503.stream.stderr"),
+                247,
+            ),
+            (
+                fixture!("hang-headers-timeout.stream.jsonl"),
+                fixture!("hang-headers-timeout.stream.stderr"),
+                1,
+            ),
+        ] {
+            let Read::Reply(r) = read(stdout, stderr, code) else {
+                panic!("{stdout}")
+            };
+            assert!(
+                matches!(
+                    r.end,
+                    End::Failed {
+                        cause: Cause::AgentError,
+                        retryable: true,
+                        ..
+                    }
+                ),
+                "{:?}",
+                r.end
+            );
+        }
+        let Read::Reply(r) = read(fixture!("bad-request-400.stream.jsonl"), "", 144) else {
+            panic!()
+        };
+        assert!(
+            matches!(
+                r.end,
+                End::Failed {
+                    cause: Cause::BadInput,
+                    retryable: false,
+                    ..
+                }
+            ),
+            "{:?}",
+            r.end
+        );
+        for stderr in [
+            fixture!("unknown-session.stderr"),
+            fixture!("unknown-session-no-sessions.stderr"),
+            fixture!("resume-other-cwd.stderr"),
+        ] {
+            assert_eq!(read("", stderr, 42), Read::Gone, "{stderr}");
+        }
+        assert_eq!(
+            read(fixture!("sigterm.stream.jsonl"), "", 0),
+            Read::Nothing,
+            "stopped before its result: no reply"
+        );
+        let Read::Reply(r) = read(fixture!("tool-call.stream.jsonl"), "", 0) else {
+            panic!()
+        };
+        assert_eq!(r.end, End::Done);
     }
 }
