@@ -226,7 +226,14 @@ impl Runner {
                 .filter(|s| s.id == id),
             _ => None,
         };
-        let before = previous.clone().unwrap_or(SessionState {
+        // An agent may answer in another conversation than the one it was asked to continue
+        // (Codex starts a new thread when it finds no thread of that name): its counters start
+        // from nothing.
+        let continued = match (&reply.session, joined.id()) {
+            (Some(said), Some(asked)) => said == asked,
+            _ => true,
+        };
+        let before = previous.clone().filter(|_| continued).unwrap_or(SessionState {
             id: String::new(),
             agent: driver.name().to_string(),
             cwd: cwd.to_string(),
@@ -255,8 +262,12 @@ impl Runner {
                     .await
                     .map(|_| ())
             }
-            // A conversation the agent named: from now on it is the worker's.
-            (None, Some(Join::New)) if !self.pool && reported.is_some() => {
+            // A conversation the agent named: from now on it is the worker's, once a turn in it
+            // went through (a retry of a first turn that failed starts afresh, rather than
+            // continue a conversation that holds only the failed prompt).
+            (None, Some(Join::New))
+                if !self.pool && reported.is_some() && reply.end == End::Done =>
+            {
                 self.store.save_worker_session(name, &after, now_ms()).await
             }
             _ => Ok(()),

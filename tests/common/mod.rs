@@ -121,6 +121,127 @@ CLAUDE_CODE_MAX_RETRIES = "0"
         p
     }
 
+    /// A project with one Codex worker named `x`, running the real CLI against `fake`'s OpenAI
+    /// Responses API, with a CODEX_HOME of its own whose config.toml names the fake as its model
+    /// provider (`wire_api = "responses"`). `extra` is added to the worker.
+    pub fn with_codex(fake: &fake_anthropic::FakeServer, extra: &str) -> Project {
+        let p = Project::new("");
+        let (home, codex_home, tmp) = (p.path("home"), p.path("codex-home"), p.path("tmp"));
+        for dir in [&home, &codex_home, &tmp] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(
+            codex_home.join("config.toml"),
+            format!(
+                r#"model = "gpt-5.5"
+model_provider = "fake"
+approval_policy = "never"
+[analytics]
+enabled = false
+[features]
+plugins = false
+[model_providers.fake]
+name = "fake"
+base_url = "{url}"
+env_key = "FAKE_OPENAI_KEY"
+wire_api = "responses"
+"#,
+                url = fake.openai_url()
+            ),
+        )
+        .unwrap();
+        let config = format!(
+            r#"[defaults]
+backoff = "10ms"
+max_backoff = "50ms"
+
+[[worker]]
+name = "x"
+agent = "codex"
+codex_bin = "{bin}"
+skip_git_repo_check = true
+{extra}
+[worker.env]
+FAKE_OPENAI_KEY = "sk-fake"
+CODEX_HOME = "{codex_home}"
+HOME = "{home}"
+TMPDIR = "{tmp}"
+"#,
+            bin = agent_bin("codex").display(),
+            codex_home = codex_home.display(),
+            home = home.display(),
+            tmp = tmp.display(),
+        );
+        std::fs::write(p.path("agentq.toml"), config).unwrap();
+        p
+    }
+
+    /// A project with one Gemini worker named `g`, running the real CLI against `fake`'s Gemini
+    /// API, with a GEMINI_CLI_HOME of its own whose settings.json takes an API key, sends no
+    /// statistics, tries each request once and keeps its sessions (its default clean-up can
+    /// delete a resumed session). `extra` is added to the worker.
+    pub fn with_gemini(fake: &fake_anthropic::FakeServer, extra: &str) -> Project {
+        let p = Project::new("");
+        let (home, tmp) = (p.path("home"), p.path("tmp"));
+        for dir in [&home.join(".gemini"), &tmp] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(
+            home.join(".gemini/settings.json"),
+            r#"{ "security": {"auth": {"selectedType": "gemini-api-key"}},
+  "privacy": {"usageStatisticsEnabled": false},
+  "telemetry": {"enabled": false},
+  "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false, "maxAttempts": 1,
+              "sessionRetention": {"enabled": false}} }"#,
+        )
+        .unwrap();
+        let config = format!(
+            r#"[defaults]
+backoff = "10ms"
+max_backoff = "50ms"
+
+[[worker]]
+name = "g"
+agent = "gemini"
+gemini_bin = "{bin}"
+model = "gemini-2.5-flash"
+trust_workspace = true
+{extra}
+[worker.env]
+GOOGLE_GEMINI_BASE_URL = "{url}"
+GEMINI_API_KEY = "fake-key"
+GEMINI_CLI_HOME = "{home}"
+HOME = "{home}"
+TMPDIR = "{tmp}"
+"#,
+            bin = agent_bin("gemini").display(),
+            url = fake.url(),
+            home = home.display(),
+            tmp = tmp.display(),
+        );
+        std::fs::write(p.path("agentq.toml"), config).unwrap();
+        p
+    }
+
+    /// The processes running in this project's folder other than agentq's own (the daemon and
+    /// its guardian): what an agent left behind.
+    pub fn agent_processes(&self) -> Vec<(i32, String)> {
+        let root = std::fs::canonicalize(self.dir.path()).unwrap();
+        let agentq = std::fs::canonicalize(BIN).unwrap();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                (cwd.starts_with(&root) && exe != agentq)
+                    .then(|| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+            })
+            .collect()
+    }
+
     /// A task's result text.
     pub fn output(&self, id: i64) -> String {
         self.task(id)["output"].as_str().unwrap_or("").to_string()
@@ -349,6 +470,21 @@ pub fn api_address(log: &str) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// An agent CLI the tests run: `AGENTQ_TEST_<NAME>_BIN`, else the one scripts/test installs in
+/// `.tools/<name>`.
+pub fn agent_bin(name: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(format!("AGENTQ_TEST_{}_BIN", name.to_uppercase())) {
+        return bin.into();
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!(".tools/{name}/node_modules/.bin/{name}"));
+    assert!(
+        local.exists(),
+        "the {name} CLI these tests run is not installed: run scripts/test once (it installs the pinned version into .tools/{name})"
+    );
+    local
 }
 
 pub fn claude_bin() -> PathBuf {
