@@ -314,19 +314,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration(s)
 }
 
-pub(crate) fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    match crate::config::parse_duration(s)? {
-        d if d.is_zero() => Err("must be above zero".into()),
-        d => Ok(d),
-    }
-}
-
-pub(crate) fn parse_positive_size(s: &str) -> Result<u64, String> {
-    match crate::config::parse_size(s)? {
-        0 => Err("must be above zero".into()),
-        n => Ok(n),
-    }
-}
+use crate::units::{parse_positive_duration, parse_positive_size};
 
 fn parse_class(s: &str) -> Result<crate::classify::Class, String> {
     s.parse()

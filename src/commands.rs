@@ -85,7 +85,9 @@ fn load_config(explicit: Option<&Path>) -> Result<Config> {
 /// The store the config names (SQLite, or PostgreSQL with `[store] url`), with the events it
 /// commits also appended to the event log (commands record events too: a submit, a cancel).
 async fn open_store(config: &Config) -> Result<Box<dyn Store>> {
-    crate::store::open(config, Some(std::sync::Arc::new(event_log(config)))).await
+    config
+        .open_store(Some(std::sync::Arc::new(event_log(config))))
+        .await
 }
 
 fn event_log(config: &Config) -> crate::logfile::EventLog {
@@ -118,7 +120,7 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     };
     let existed = path.exists();
     if !existed || args.force {
-        crate::output::write_atomic(&path, INIT_TEMPLATE.as_bytes())
+        crate::files::write_atomic(&path, INIT_TEMPLATE.as_bytes())
             .map_err(|e| Error::io("writing", &path, e))?;
     }
     // Validates what is there, whether just written or kept.

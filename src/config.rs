@@ -28,7 +28,7 @@ const RESERVED_NAMES: &[&str] = &[POOL, "rejected"];
 
 /// The pool's name where a worker's would be: its tasks' worker, its prompt folder
 /// `.queue/pool/`, its results `.output/pool/`.
-pub const POOL: &str = "pool";
+pub use crate::domain::POOL;
 
 /// What `agentq init` writes: short enough to read, with every knob a user reaches for first.
 pub const INIT_TEMPLATE: &str = r#"# agentq configuration. Every setting not written here has a default; see README.md.
@@ -80,43 +80,7 @@ pub struct Dur(pub Duration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size(pub u64);
 
-/// Parses `"10m"`, `"1h 30m"`, `"250ms"` or `"45"` (seconds).
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let trimmed = text.trim();
-    if let Ok(secs) = trimmed.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(trimmed).map_err(|_| {
-        format!("invalid duration {text:?}: write a number and a unit, e.g. \"250ms\", \"30s\", \"10m\", \"1h 30m\"")
-    })
-}
-
-/// Parses `"10MiB"`, `"512 KB"`, `"1G"` or `"4096"` (bytes). K/M/G are powers of 1024 when written
-/// with `i` and powers of 1000 otherwise, as the units say.
-pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let bad = || {
-        format!(
-            "invalid size {text:?}: write a number and a unit, e.g. \"512KiB\", \"10MiB\", \"1GB\""
-        )
-    };
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "ki" | "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mi" | "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gi" | "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    Ok((number * factor as f64) as u64)
-}
+pub use crate::units::{parse_duration, parse_size};
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -685,25 +649,7 @@ pub const DATABASE_URL_ENV: &str = "AGENTQ_DATABASE_URL";
 /// them on purpose.)
 pub const PRIVATE_ENV: &[&str] = &[DATABASE_URL_ENV, "AGENTQ_TEST_DATABASE_URL"];
 
-/// Where the queue lives: `[store] url`, or `AGENTQ_DATABASE_URL`, which wins.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum StoreSettings {
-    /// The embedded SQLite file in the state folder (the default).
-    #[default]
-    Sqlite,
-    /// A PostgreSQL database, which several hosts' daemons may share.
-    Postgres(crate::store::url::DatabaseUrl),
-}
-
-impl StoreSettings {
-    /// The store as it may be shown: the SQLite file, or the database URL without its password.
-    pub fn describe(&self, config: &Config) -> String {
-        match self {
-            StoreSettings::Sqlite => config.db_path().display().to_string(),
-            StoreSettings::Postgres(url) => url.redacted(),
-        }
-    }
-}
+pub use crate::store::StoreSettings;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -1100,6 +1046,14 @@ impl Config {
 
     pub fn db_path(&self) -> PathBuf {
         self.state_dir().join(DB_FILE)
+    }
+
+    /// Opens the store this config names (see [`crate::store::open`]).
+    pub async fn open_store(
+        &self,
+        log: Option<std::sync::Arc<crate::logfile::EventLog>>,
+    ) -> crate::error::Result<Box<dyn crate::store::Store>> {
+        crate::store::open(&self.store, &self.state_dir(), &self.db_path(), log).await
     }
 
     /// The JSON-lines event log.
@@ -2172,14 +2126,21 @@ mod tests {
     fn the_store_is_sqlite_unless_a_postgres_url_is_given_and_the_environment_wins() {
         let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
         assert_eq!(c.store, StoreSettings::Sqlite);
-        assert!(c.store.describe(&c).ends_with(".agentq/agentq.db"));
+        assert!(
+            c.store
+                .describe(&c.db_path())
+                .ends_with(".agentq/agentq.db")
+        );
 
         let c = parse("[store]\nurl = \"postgres://agentq:s3cret@db:5432/queue\"\n").unwrap();
         let StoreSettings::Postgres(url) = &c.store else {
             panic!("{:?}", c.store)
         };
         assert_eq!(url.expose(), "postgres://agentq:s3cret@db:5432/queue");
-        assert_eq!(c.store.describe(&c), "postgres://agentq:***@db:5432/queue");
+        assert_eq!(
+            c.store.describe(&c.db_path()),
+            "postgres://agentq:***@db:5432/queue"
+        );
         assert!(!format!("{c:?}").contains("s3cret"));
 
         let env =

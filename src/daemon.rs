@@ -103,7 +103,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         config.daemon.log_max_size,
         config.daemon.log_backups,
     ));
-    let store: Arc<dyn Store> = Arc::from(crate::store::open(&config, Some(log.clone())).await?);
+    let store: Arc<dyn Store> = Arc::from(config.open_store(Some(log.clone())).await?);
     let owner = owner_id(&host);
     // On a shared store, the host id is this daemon's alone while it runs (a second daemon
     // under it is refused here), so any other run of this host is a previous one, gone.

@@ -19,6 +19,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The pool's name wherever a worker's name goes (status, metrics, rings, pauses).
+pub const POOL: &str = "pool";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
@@ -245,6 +248,21 @@ pub fn after_attempt(
             delay: backoff.delay(attempts, jitter),
         },
     }
+}
+
+/// The conversation a worker is in, as the store keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionState {
+    pub id: String,
+    /// The driver whose conversation it is: another agent cannot continue it.
+    pub agent: String,
+    /// Agents keep conversations per working directory: one started elsewhere cannot be resumed.
+    pub cwd: String,
+    pub tasks: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// What the conversation has cost so far.
+    pub cost_usd: f64,
 }
 
 #[cfg(test)]

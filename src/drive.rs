@@ -233,15 +233,18 @@ impl Runner {
             (Some(said), Some(asked)) => said == asked,
             _ => true,
         };
-        let before = previous.clone().filter(|_| continued).unwrap_or(SessionState {
-            id: String::new(),
-            agent: driver.name().to_string(),
-            cwd: cwd.to_string(),
-            tasks: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-        });
+        let before = previous
+            .clone()
+            .filter(|_| continued)
+            .unwrap_or(SessionState {
+                id: String::new(),
+                agent: driver.name().to_string(),
+                cwd: cwd.to_string(),
+                tasks: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: 0.0,
+            });
         let u = reply.usage;
         let cost = u.cost_usd.map(|c| c.split(before.cost_usd));
         let input = u.input_tokens.map(|c| c.split(before.input_tokens));

@@ -678,13 +678,13 @@ async fn submit(State(s): State<Shared>, raw: Result<Bytes, BytesRejection>) -> 
     let timeout = b
         .timeout
         .as_deref()
-        .map(crate::cli::parse_positive_duration)
+        .map(crate::units::parse_positive_duration)
         .transpose()
         .map_err(|e| ApiError::field("timeout", e))?;
     let max_memory = b
         .max_memory
         .as_deref()
-        .map(crate::cli::parse_positive_size)
+        .map(crate::units::parse_positive_size)
         .transpose()
         .map_err(|e| ApiError::field("max_memory", e))?;
     if b.max_attempts == Some(0) {
@@ -779,7 +779,7 @@ async fn pause(
     let duration = b
         .duration
         .as_deref()
-        .map(crate::cli::parse_positive_duration)
+        .map(crate::units::parse_positive_duration)
         .transpose()
         .map_err(|e| ApiError::field("for", e))?;
     let done = crate::ops::pause(

@@ -257,7 +257,7 @@ pub fn set_aside(path: &Path, queue: &Path, name: &str, reason: &str) -> std::io
     }
     std::fs::rename(path, &target)?;
     let when = humantime::format_rfc3339_seconds(SystemTime::now());
-    crate::output::write_atomic(
+    crate::files::write_atomic(
         &with_suffix(&target, ".reason"),
         format!("{name}: {reason}\nrejected at {when}\n").as_bytes(),
     )?;

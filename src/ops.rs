@@ -297,7 +297,7 @@ pub fn daemon_host(config: &Config, pid: Option<i32>) -> String {
 /// Reads the status. `pid` is the daemon's, if one runs: the CLI asks the state lock, the daemon
 /// knows its own (a process cannot see its own record lock with `F_GETLK`).
 pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Result<Status> {
-    let mut sessions: Vec<(String, Option<crate::agents::SessionState>)> = Vec::new();
+    let mut sessions: Vec<(String, Option<crate::domain::SessionState>)> = Vec::new();
     for w in &config.workers {
         sessions.push((w.name.clone(), store.worker_session(&w.name).await?));
     }

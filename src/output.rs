@@ -12,56 +12,12 @@
 //! a crash of the daemon cannot (the page cache survives it). The daemon creates the folders when
 //! it starts; they are made again here only if someone removed them since.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::files::{relink, replace};
 use crate::store::{Event, Task};
-
-/// Writes `bytes` to `path`, flushed to disk, so that `path` is never seen half-written (config
-/// files, a rejected prompt's reason, a service unit: what must survive a power cut).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, true)
-}
-
-/// A name in `path`'s folder that no other write of this process uses at the same time.
-fn temporary(path: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-/// Writes `bytes` under a temporary name and renames it to `path`.
-fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
-    let tmp = temporary(path);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Makes `link` another name of `target` (same folder), replacing what `link` was, atomically.
-fn relink(target: &Path, link: &Path) -> std::io::Result<()> {
-    let tmp = temporary(link);
-    std::fs::hard_link(target, &tmp)?;
-    std::fs::rename(&tmp, link).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
 
 /// The record written as `task_<id>.json`.
 #[derive(Serialize)]
@@ -169,15 +125,5 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o044, 0o044, "{mode:o}");
-    }
-
-    #[test]
-    fn atomic_writes_replace_and_leave_no_temporary() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("latest.txt");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

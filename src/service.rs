@@ -336,7 +336,7 @@ pub fn install(plan: &Plan, force: bool, user: bool) -> Result<Installed> {
     };
     let dir = path.parent().unwrap_or(Path::new("/"));
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| crate::output::write_atomic(path, plan.text.as_bytes()));
+        .and_then(|()| crate::files::write_atomic(path, plan.text.as_bytes()));
     match written {
         Ok(()) => Ok(outcome),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !user => {

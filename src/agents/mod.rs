@@ -325,20 +325,7 @@ pub struct Limit {
     pub message: String,
 }
 
-/// The conversation a worker is in, as the store keeps it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SessionState {
-    pub id: String,
-    /// The driver whose conversation it is: another agent cannot continue it.
-    pub agent: String,
-    /// Agents keep conversations per working directory: one started elsewhere cannot be resumed.
-    pub cwd: String,
-    pub tasks: u32,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    /// What the conversation has cost so far.
-    pub cost_usd: f64,
-}
+pub use crate::domain::SessionState;
 
 /// Picks how the next task joins a conversation: `None` means a new one must be started.
 pub fn choose(

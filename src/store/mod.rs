@@ -28,24 +28,45 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::{Config, StoreSettings};
 use crate::domain::TaskState;
 use crate::error::Result;
 use crate::logfile::EventLog;
 use crate::wake::Ring;
 
-/// Opens the store `config` names (`[store] url` or `AGENTQ_DATABASE_URL`: PostgreSQL; else the
-/// SQLite file in the state folder), creating the state folder if need be, bringing its schema up to
-/// date, with the events it commits also appended to `log`.
+/// Where the queue lives: `[store] url`, or `AGENTQ_DATABASE_URL`, which wins.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StoreSettings {
+    /// The embedded SQLite file in the state folder (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database, which several hosts' daemons may share.
+    Postgres(url::DatabaseUrl),
+}
+
+impl StoreSettings {
+    /// The store as it may be shown: the SQLite file, or the database URL without its password.
+    pub fn describe(&self, db_path: &std::path::Path) -> String {
+        match self {
+            StoreSettings::Sqlite => db_path.display().to_string(),
+            StoreSettings::Postgres(url) => url.redacted(),
+        }
+    }
+}
+
+/// Opens the store `settings` name (PostgreSQL, or the SQLite file `db_path` in the state folder
+/// `state_dir`), creating the state folder if need be, bringing its schema up to date, with the
+/// events it commits also appended to `log`.
 pub async fn open(
-    config: &Config,
+    settings: &StoreSettings,
+    state_dir: &std::path::Path,
+    db_path: &std::path::Path,
     log: Option<std::sync::Arc<EventLog>>,
 ) -> Result<Box<dyn Store>> {
     // The state folder holds the SQLite file, and the event log whichever the store.
-    crate::state::ensure_dir(&config.state_dir())?;
-    Ok(match &config.store {
+    crate::state::ensure_dir(state_dir)?;
+    Ok(match settings {
         StoreSettings::Sqlite => {
-            let store = sqlite::SqliteStore::open(&config.db_path())?;
+            let store = sqlite::SqliteStore::open(db_path)?;
             Box::new(match log {
                 Some(log) => store.with_event_log(log),
                 None => store,
@@ -106,7 +127,7 @@ impl Routing {
     /// Who runs a task of `worker` routed so: the pool, or the worker.
     pub fn runs_on<'a>(&self, worker: &'a str) -> &'a str {
         if self.pool {
-            crate::config::POOL
+            crate::domain::POOL
         } else {
             worker
         }
@@ -516,12 +537,12 @@ pub trait Store: Send + Sync {
     async fn counts(&self) -> Result<Vec<WorkerCounts>>;
 
     /// The conversation a worker is in, if it has one.
-    async fn worker_session(&self, worker: &str) -> Result<Option<crate::agents::SessionState>>;
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::domain::SessionState>>;
     /// Records the conversation a worker is in (before its process starts, and after each result).
     async fn save_worker_session(
         &self,
         worker: &str,
-        session: &crate::agents::SessionState,
+        session: &crate::domain::SessionState,
         now: Millis,
     ) -> Result<()>;
     /// Updates a worker's conversation record, only while it still holds `joined`. Returns
@@ -530,7 +551,7 @@ pub trait Store: Send + Sync {
         &self,
         worker: &str,
         joined: &str,
-        session: &crate::agents::SessionState,
+        session: &crate::domain::SessionState,
         now: Millis,
     ) -> Result<bool>;
     /// Forgets a worker's conversation, so its next task starts a new one. Returns whether it had

@@ -1449,7 +1449,7 @@ impl Store for PgStore {
             // timer when it had nothing queued), or a pool slot, which every host counts.
             let pool: bool = row.try_get(2)?;
             if pool || f.state == TaskState::Queued {
-                let runs_on = if pool { crate::config::POOL } else { &worker };
+                let runs_on = if pool { crate::domain::POOL } else { &worker };
                 tx.ring(Ring::Worker(runs_on.to_string()));
             }
             let (kind, message, data) = common::finished(f, attempts);
@@ -1525,7 +1525,7 @@ impl Store for PgStore {
             let worker: String = row.try_get(0)?;
             // Queued again: a runner on another host may take it now (this one is stopping).
             let pool: bool = row.try_get(1)?;
-            let runs_on = if pool { crate::config::POOL } else { &worker };
+            let runs_on = if pool { crate::domain::POOL } else { &worker };
             tx.ring(Ring::Worker(runs_on.to_string()));
             tx.event(
                 now,
@@ -1609,7 +1609,7 @@ impl Store for PgStore {
             )
             .await?;
             if state == TaskState::Running {
-                let runs_on = if pool { crate::config::POOL } else { &worker };
+                let runs_on = if pool { crate::domain::POOL } else { &worker };
                 tx.ring(Ring::Check(runs_on.to_string()));
             }
             Ok(state)
@@ -1641,7 +1641,7 @@ impl Store for PgStore {
                 &format!("was {state}; queued again with attempts reset"),
             )
             .await?;
-            let runs_on = if pool { crate::config::POOL } else { &worker };
+            let runs_on = if pool { crate::domain::POOL } else { &worker };
             tx.ring(Ring::Worker(runs_on.to_string()));
             Ok(())
         })
@@ -1746,7 +1746,7 @@ impl Store for PgStore {
         })
     }
 
-    async fn worker_session(&self, worker: &str) -> Result<Option<crate::agents::SessionState>> {
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::domain::SessionState>> {
         read!(self, "reading a worker's session", |c| {
             let rows = query(
                 c,
@@ -1757,7 +1757,7 @@ impl Store for PgStore {
             .await?;
             rows.first()
                 .map(|r| {
-                    Ok(crate::agents::SessionState {
+                    Ok(crate::domain::SessionState {
                         id: r.try_get(0)?,
                         cwd: r.try_get(1)?,
                         tasks: r.try_get::<_, i64>(2)? as u32,
@@ -1774,7 +1774,7 @@ impl Store for PgStore {
     async fn save_worker_session(
         &self,
         worker: &str,
-        session: &crate::agents::SessionState,
+        session: &crate::domain::SessionState,
         now: Millis,
     ) -> Result<()> {
         let s = session;
@@ -1811,7 +1811,7 @@ impl Store for PgStore {
         &self,
         worker: &str,
         joined: &str,
-        session: &crate::agents::SessionState,
+        session: &crate::domain::SessionState,
         now: Millis,
     ) -> Result<bool> {
         let s = session;

@@ -1013,7 +1013,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn worker_session(&self, worker: &str) -> Result<Option<crate::agents::SessionState>> {
+    async fn worker_session(&self, worker: &str) -> Result<Option<crate::domain::SessionState>> {
         let worker = worker.to_string();
         self.call("reading a worker's session", move |conn| {
             Ok(conn
@@ -1021,7 +1021,7 @@ impl Store for SqliteStore {
                     "SELECT session_id, cwd, tasks, input_tokens, cost_usd, agent, output_tokens FROM worker_sessions WHERE worker = ?1",
                     [worker],
                     |r| {
-                        Ok(crate::agents::SessionState {
+                        Ok(crate::domain::SessionState {
                             id: r.get(0)?,
                             cwd: r.get(1)?,
                             tasks: r.get::<_, i64>(2)? as u32,
@@ -1040,7 +1040,7 @@ impl Store for SqliteStore {
     async fn save_worker_session(
         &self,
         worker: &str,
-        session: &crate::agents::SessionState,
+        session: &crate::domain::SessionState,
         now: Millis,
     ) -> Result<()> {
         let (worker, s) = (worker.to_string(), session.clone());
@@ -1064,7 +1064,7 @@ impl Store for SqliteStore {
         &self,
         worker: &str,
         joined: &str,
-        session: &crate::agents::SessionState,
+        session: &crate::domain::SessionState,
         now: Millis,
     ) -> Result<bool> {
         let (worker, joined, s) = (worker.to_string(), joined.to_string(), session.clone());

@@ -724,7 +724,7 @@ pub async fn finish_with_retry_keeps_the_reason_and_counts(f: &Fixture) {
 pub async fn worker_sessions_are_kept_replaced_and_reset(f: &Fixture) {
     let s = f.store();
     assert_eq!(s.worker_session("w").await.unwrap(), None);
-    let mut st = crate::agents::SessionState {
+    let mut st = crate::domain::SessionState {
         id: "a".into(),
         agent: "claude".into(),
         cwd: "/w".into(),
