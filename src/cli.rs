@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::domain::TaskState;
+use agentq_core::domain::TaskState;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -176,7 +176,7 @@ pub struct SubmitArgs {
     pub pool: bool,
     /// Its class, instead of classifying the prompt (long or short)
     #[arg(long, value_parser = parse_class)]
-    pub class: Option<crate::classify::Class>,
+    pub class: Option<agentq_core::classify::Class>,
     /// Its complexity (0 to 1), instead of estimating it from the prompt
     #[arg(long, value_parser = parse_complexity)]
     pub complexity: Option<f64>,
@@ -211,7 +211,7 @@ pub struct ClassifyArgs {
     pub prompt: Option<String>,
     /// Take this class as given (long or short)
     #[arg(long, value_parser = parse_class)]
-    pub class: Option<crate::classify::Class>,
+    pub class: Option<agentq_core::classify::Class>,
     /// Take this complexity (0 to 1) instead of estimating it
     #[arg(long, value_parser = parse_complexity)]
     pub complexity: Option<f64>,
@@ -311,12 +311,12 @@ pub struct WaitArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(s)
+    agentq_daemon::config::parse_duration(s)
 }
 
-use crate::units::{parse_positive_duration, parse_positive_size};
+use agentq_core::units::{parse_positive_duration, parse_positive_size};
 
-fn parse_class(s: &str) -> Result<crate::classify::Class, String> {
+fn parse_class(s: &str) -> Result<agentq_core::classify::Class, String> {
     s.parse()
 }
 

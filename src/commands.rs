@@ -13,13 +13,13 @@ use crate::cli::{
     ServiceInstallArgs, StatusArgs, SubmitArgs, TasksArgs, WaitArgs, WatchArgs, WorkerCommand,
     WorkerNameArgs,
 };
-use crate::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
-use crate::daemon::{self, Shutdown};
-use crate::domain::TaskState;
-use crate::error::{Error, Result};
-use crate::state;
-use crate::store::{Millis, Store, Task, TaskFilter, now_ms};
-use crate::wake;
+use agentq_core::domain::TaskState;
+use agentq_core::error::{Error, Result};
+use agentq_core::state;
+use agentq_core::wake;
+use agentq_daemon::config::{CONFIG_FILE, Config, INIT_TEMPLATE, STATE_DIR};
+use agentq_daemon::daemon::{self, Shutdown};
+use agentq_store::{Millis, Store, Task, TaskFilter, now_ms};
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
     let explicit = cli.config.as_deref();
@@ -28,13 +28,15 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let mut config = load_config(explicit)?;
             if let Some(addr) = &args.http {
-                let listen =
-                    crate::config::HttpSettings::parse_listen(addr, config.http.allow_remote)
-                        .map_err(|m| Error::Usage(format!("--http: {m}")))?;
+                let listen = agentq_daemon::config::HttpSettings::parse_listen(
+                    addr,
+                    config.http.allow_remote,
+                )
+                .map_err(|m| Error::Usage(format!("--http: {m}")))?;
                 config.http.listen = Some(listen);
             }
             if let Some(host) = &args.host {
-                crate::config::validate_host(host)
+                agentq_daemon::config::validate_host(host)
                     .map_err(|m| Error::Usage(format!("--host: {m}")))?;
                 config.daemon.host = host.clone();
             }
@@ -60,12 +62,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Doctor(args) => doctor(explicit, args.json).await,
         Command::Service(ServiceCommand::Install(args)) => service_install(explicit, args),
         Command::Guard(args) => {
-            crate::procs::guard(&args.owner);
+            agentq_agents::procs::guard(&args.owner);
             Ok(())
         }
         Command::Token => {
             let config = load_config(explicit)?;
-            println!("{}", crate::token::ensure(&config.state_dir())?);
+            println!("{}", agentq_daemon::token::ensure(&config.state_dir())?);
             Ok(())
         }
     }
@@ -90,8 +92,8 @@ async fn open_store(config: &Config) -> Result<Box<dyn Store>> {
         .await
 }
 
-fn event_log(config: &Config) -> crate::logfile::EventLog {
-    crate::logfile::EventLog::new(
+fn event_log(config: &Config) -> agentq_core::logfile::EventLog {
+    agentq_core::logfile::EventLog::new(
         config.event_log_path(),
         config.daemon.log_max_size,
         config.daemon.log_backups,
@@ -120,13 +122,13 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     };
     let existed = path.exists();
     if !existed || args.force {
-        crate::files::write_atomic(&path, INIT_TEMPLATE.as_bytes())
+        agentq_core::files::write_atomic(&path, INIT_TEMPLATE.as_bytes())
             .map_err(|e| Error::io("writing", &path, e))?;
     }
     // Validates what is there, whether just written or kept.
     let config = Config::load(&path)?;
     open_store(&config).await?;
-    crate::token::ensure(&config.state_dir())?;
+    agentq_daemon::token::ensure(&config.state_dir())?;
     let created = !existed || args.force;
     if args.out.json {
         print_json(&json!({
@@ -197,7 +199,7 @@ fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<
 
 fn read_prompt(arg: Option<String>, cap: u64) -> Result<String> {
     let prompt = read_input(arg, Some(cap))?;
-    crate::ops::check_prompt(&prompt, cap)?;
+    agentq_daemon::ops::check_prompt(&prompt, cap)?;
     Ok(prompt)
 }
 
@@ -227,7 +229,7 @@ fn read_input(arg: Option<String>, cap: Option<u64>) -> Result<String> {
 
 async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let ask = crate::route::Ask {
+    let ask = agentq_daemon::route::Ask {
         worker: args.worker.as_deref(),
         pool: args.pool,
         class: args.class,
@@ -238,7 +240,7 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
         max_memory: args.max_memory,
     };
     // Checked before reading stdin, so a wrong --worker does not swallow a piped prompt.
-    crate::route::settings(&config, &ask)?;
+    agentq_daemon::route::settings(&config, &ask)?;
     if args.lines {
         let text = read_input(args.prompt, None)?;
         return submit_lines(&config, &ask, &text, args.out.json).await;
@@ -246,7 +248,8 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     let prompt = read_prompt(args.prompt, config.max_prompt_size)?;
     let store = open_store(&config).await?;
     let bell = doorbell(&config);
-    let (id, submitted) = crate::ops::submit(&config, &*store, &bell, prompt, &ask, "cli").await?;
+    let (id, submitted) =
+        agentq_daemon::ops::submit(&config, &*store, &bell, prompt, &ask, "cli").await?;
     if !args.wait {
         if args.out.json {
             print_json(&submitted);
@@ -263,7 +266,7 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
 /// a hundred thousand take seconds, not one fsync'd commit each), then one ring per runner.
 async fn submit_lines(
     config: &Config,
-    ask: &crate::route::Ask<'_>,
+    ask: &agentq_daemon::route::Ask<'_>,
     text: &str,
     json: bool,
 ) -> Result<()> {
@@ -274,11 +277,11 @@ async fn submit_lines(
         if line.trim().is_empty() {
             continue;
         }
-        crate::ops::check_prompt(line, config.max_prompt_size).map_err(|e| match e {
+        agentq_daemon::ops::check_prompt(line, config.max_prompt_size).map_err(|e| match e {
             Error::Usage(why) => Error::Usage(format!("line {}: {why}", n + 1)),
             other => other,
         })?;
-        let plan = crate::route::plan(config, line, ask)?;
+        let plan = agentq_daemon::route::plan(config, line, ask)?;
         tasks.push(plan.new_task(line.to_string(), "cli", None, now));
         plans.push(plan);
     }
@@ -301,7 +304,7 @@ async fn submit_lines(
         let all: Vec<_> = ids
             .iter()
             .zip(&plans)
-            .map(|(id, plan)| crate::ops::submitted(*id, plan))
+            .map(|(id, plan)| agentq_daemon::ops::submitted(*id, plan))
             .collect();
         print_json(&all);
     } else {
@@ -375,13 +378,13 @@ async fn status(explicit: Option<&Path>, args: StatusArgs) -> Result<()> {
         return crate::top::watch(&config, &*store, how).await;
     }
     let pid = state::holder(&config.state_dir())?;
-    let status = crate::ops::status(&config, &*store, pid).await?;
+    let status = agentq_daemon::ops::status(&config, &*store, pid).await?;
     if args.out.json {
         print_json(&status.to_json());
     } else {
         print!(
             "{}",
-            crate::top::render(&status, &config.root, crate::store::now_ms())
+            crate::top::render(&status, &config.root, agentq_store::now_ms())
         );
     }
     Ok(())
@@ -450,7 +453,7 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config).await?;
     let id = args.id;
-    let (task, record) = crate::ops::task_record(&config, &*store, id).await?;
+    let (task, record) = agentq_daemon::ops::task_record(&config, &*store, id).await?;
     if args.out.json {
         print_json(&record);
         return Ok(());
@@ -479,7 +482,7 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
             .unwrap_or_default()
     );
     if let Some(max) = r.max_memory {
-        println!("max memory:  {}", crate::memory::human(max));
+        println!("max memory:  {}", agentq_agents::memory::human(max));
     }
     println!("source:      {}", task.source);
     println!("priority:    {}", task.priority);
@@ -579,17 +582,17 @@ fn classify(explicit: Option<&Path>, args: crate::cli::ClassifyArgs) -> Result<(
         .as_ref()
         .map(|c| c.classify.clone())
         .unwrap_or_default();
-    let v = crate::classify::classify(&prompt, &rules, args.class, args.complexity);
+    let v = agentq_core::classify::classify(&prompt, &rules, args.class, args.complexity);
     // Where it would run: with a worker named, or one to default to.
-    let ask = crate::route::Ask {
+    let ask = agentq_daemon::route::Ask {
         worker: args.worker.as_deref(),
         class: args.class,
         complexity: args.complexity,
         ..Default::default()
     };
     let plan = match &config {
-        Some(c) if args.worker.is_some() => Some(crate::route::plan(c, &prompt, &ask)?),
-        Some(c) => crate::route::plan(c, &prompt, &ask).ok(),
+        Some(c) if args.worker.is_some() => Some(agentq_daemon::route::plan(c, &prompt, &ask)?),
+        Some(c) => agentq_daemon::route::plan(c, &prompt, &ask).ok(),
         None => None,
     };
     if args.out.json {
@@ -639,7 +642,7 @@ fn classify(explicit: Option<&Path>, args: crate::cli::ClassifyArgs) -> Result<(
 /// Reads the JSON-lines event log (all its rotated files), and with `--follow` goes on printing
 /// what is appended, like `tail -F`, until interrupted.
 async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
-    use crate::logfile::{LogEvent, LogFilter};
+    use agentq_core::logfile::{LogEvent, LogFilter};
     let config = load_config(explicit)?;
     let store = open_store(&config).await?;
     let filter = LogFilter {
@@ -656,7 +659,7 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
         }
         println!("{}", crate::top::event_line(e));
     };
-    let recent = crate::ops::recent_events(&config, &*store, &filter, args.limit).await?;
+    let recent = agentq_daemon::ops::recent_events(&config, &*store, &filter, args.limit).await?;
     if json && !args.follow {
         print_json(&recent.events);
         return Ok(());
@@ -675,7 +678,7 @@ async fn events(explicit: Option<&Path>, args: EventsArgs) -> Result<()> {
             stop.cancel();
         });
     }
-    crate::ops::follow_events(&config, &filter, recent, stop, |e| print(&e)).await
+    agentq_daemon::ops::follow_events(&config, &filter, recent, stop, |e| print(&e)).await
 }
 
 fn section(title: &str, body: &str) {
@@ -755,7 +758,7 @@ async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     for_each_id("cancel", &args, |id| {
         let (store, bell) = (&*store, &bell);
         async move {
-            let done = crate::ops::cancel(store, bell, id).await?;
+            let done = agentq_daemon::ops::cancel(store, bell, id).await?;
             Ok((
                 format!(
                     "{id} cancelled (was {})",
@@ -775,7 +778,7 @@ async fn retry(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {
     for_each_id("retry", &args, |id| {
         let (store, bell) = (&*store, &bell);
         async move {
-            let done = crate::ops::retry(store, bell, id).await?;
+            let done = agentq_daemon::ops::retry(store, bell, id).await?;
             Ok((format!("{id} queued again"), done))
         }
     })
@@ -830,7 +833,7 @@ where
 async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config).await?;
-    let done = crate::ops::reset_session(
+    let done = agentq_daemon::ops::reset_session(
         &config,
         &*store,
         &args.name,
@@ -851,7 +854,7 @@ async fn reset_session(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<
 async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config).await?;
-    let done = crate::ops::pause(
+    let done = agentq_daemon::ops::pause(
         &config,
         &*store,
         &args.name,
@@ -906,7 +909,7 @@ async fn restart(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
 async fn resume(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config).await?;
-    let done = crate::ops::resume(
+    let done = agentq_daemon::ops::resume(
         &config,
         &*store,
         &doorbell(&config),

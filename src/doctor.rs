@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Agent, Config, DB_FILE, POOL, STATE_DIR, WorkerConfig};
-use crate::error::{Error, Result};
+use agentq_core::error::{Error, Result};
+use agentq_daemon::config::{Agent, Config, DB_FILE, POOL, STATE_DIR, WorkerConfig};
 
 /// How long `<claude> --version` may take before the agent counts as unable to start.
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -347,7 +347,7 @@ pub fn check_database(db: &Path) -> Vec<Check> {
             problems.len()
         )));
     }
-    let known = crate::store::sqlite::SCHEMA_VERSION;
+    let known = agentq_store::sqlite::SCHEMA_VERSION;
     match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
         Ok(v) if v == known => {
             checks.push(Check::ok(SCHEMA, format!("version {v}, as this agentq")))
@@ -376,9 +376,9 @@ fn store_url(
     config: Option<&Config>,
     explicit: Option<&Path>,
     cx: &Context,
-) -> Option<crate::store::url::DatabaseUrl> {
-    use crate::config::{DATABASE_URL_ENV, StoreSettings};
-    use crate::store::url::DatabaseUrl;
+) -> Option<agentq_store::url::DatabaseUrl> {
+    use agentq_daemon::config::{DATABASE_URL_ENV, StoreSettings};
+    use agentq_store::url::DatabaseUrl;
     if let Some(config) = config {
         return match &config.store {
             StoreSettings::Postgres(url) => Some(url.clone()),
@@ -404,12 +404,12 @@ fn store_url(
 /// A PostgreSQL store: reachable with these credentials, of a schema this binary can use, and
 /// whether the connection is encrypted. Read-only: it creates nothing. The URL is shown without
 /// its password.
-pub async fn check_postgres(url: &crate::store::url::DatabaseUrl, limit: Duration) -> Vec<Check> {
+pub async fn check_postgres(url: &agentq_store::url::DatabaseUrl, limit: Duration) -> Vec<Check> {
     const NAME: &str = "database";
     const SCHEMA: &str = "schema";
     const TLS: &str = "encryption";
     let shown = url.redacted();
-    let found = match crate::store::postgres::inspect(url, limit).await {
+    let found = match agentq_store::postgres::inspect(url, limit).await {
         Ok(found) => found,
         Err(e) => {
             let tls = match &e {
@@ -438,7 +438,7 @@ pub async fn check_postgres(url: &crate::store::url::DatabaseUrl, limit: Duratio
         }
     };
     let (server, version) = (found.server, found.schema);
-    let known = crate::store::postgres::SCHEMA_VERSION;
+    let known = agentq_store::postgres::SCHEMA_VERSION;
     let schema = match version {
         None => Check::ok(
             SCHEMA,
@@ -466,8 +466,8 @@ pub async fn check_postgres(url: &crate::store::url::DatabaseUrl, limit: Duratio
 /// server sees them) and the server's certificate checked: a warning when the password and the
 /// queue cross a network in clear, or to a server whose certificate nothing checks; either is
 /// fine on this machine (loopback, a Unix socket).
-fn check_encryption(url: &crate::store::url::DatabaseUrl, tls: Option<&str>) -> Check {
-    use crate::store::tls::{SslMode, checks_certificate, verification};
+fn check_encryption(url: &agentq_store::url::DatabaseUrl, tls: Option<&str>) -> Check {
+    use agentq_store::tls::{SslMode, checks_certificate, verification};
     const NAME: &str = "encryption";
     use tokio_postgres::config::Host;
     let settings = url.tls();
@@ -532,7 +532,7 @@ fn check_daemon(state_dir: &Path) -> (Check, Option<i32>) {
     if !state_dir.is_dir() {
         return (Check::ok(NAME, "not running"), None);
     }
-    match crate::state::holder(state_dir) {
+    match agentq_core::state::holder(state_dir) {
         Ok(Some(pid)) => (Check::ok(NAME, format!("running (pid {pid})")), Some(pid)),
         Ok(None) => (
             Check::ok(
@@ -558,23 +558,23 @@ fn check_daemon(state_dir: &Path) -> (Check, Option<i32>) {
 /// same id), and for each worker pinned to a host id no daemon on the store runs under (its tasks
 /// wait). Read-only: it looks only at a schema this agentq wrote.
 pub async fn check_hosts(
-    url: &crate::store::url::DatabaseUrl,
+    url: &agentq_store::url::DatabaseUrl,
     config: &Config,
     daemon_pid: Option<i32>,
 ) -> Check {
-    use crate::store::Store;
+    use agentq_store::Store;
     const NAME: &str = "hosts";
-    let known = crate::store::postgres::SCHEMA_VERSION;
-    match crate::store::postgres::inspect(url, DB_TIMEOUT).await {
+    let known = agentq_store::postgres::SCHEMA_VERSION;
+    match agentq_store::postgres::inspect(url, DB_TIMEOUT).await {
         Ok(found) if found.schema == Some(known) => {}
         Ok(_) => return Check::skip(NAME, "needs the store at this agentq's schema version"),
         Err(_) => return Check::skip(NAME, "needs the database"),
     }
-    let store = match crate::store::postgres::PgStore::connect(url).await {
+    let store = match agentq_store::postgres::PgStore::connect(url).await {
         Ok(store) => store,
         Err(e) => return Check::skip(NAME, format!("cannot read them: {e}")),
     };
-    let now = crate::store::now_ms();
+    let now = agentq_store::now_ms();
     let hosts = match store.hosts(now).await {
         Ok(hosts) => hosts,
         Err(e) => return Check::skip(NAME, format!("cannot read them: {e}")),
@@ -759,7 +759,7 @@ pub fn find_program(
 /// driver's own variables, without a parent session's): proof that it starts, and the version it
 /// prints.
 pub async fn agent_version(
-    driver: &dyn crate::agents::Driver,
+    driver: &dyn agentq_agents::Driver,
     bin: &Path,
     w: &WorkerConfig,
     cx: &Context,
@@ -822,7 +822,7 @@ pub async fn agent_version(
 /// differently under the daemon than by hand.
 pub fn check_markers(env: &BTreeMap<String, String>, workers: &[&WorkerConfig]) -> Check {
     const NAME: &str = "parent session";
-    let found = crate::agents::claude::inherited_markers(env, &BTreeMap::new());
+    let found = agentq_agents::claude::inherited_markers(env, &BTreeMap::new());
     if found.is_empty() {
         return Check::ok(NAME, "no Claude Code session variables in this environment");
     }
@@ -859,7 +859,7 @@ pub fn check_git_bash(env: &BTreeMap<String, String>) -> Check {
         if let Some(p) = env.get("CLAUDE_CODE_GIT_BASH_PATH") {
             return Check::ok(NAME, format!("{p} (CLAUDE_CODE_GIT_BASH_PATH)"));
         }
-        match crate::agents::claude::find_git_bash(env, &|p| Path::new(p).is_file()) {
+        match agentq_agents::claude::find_git_bash(env, &|p| Path::new(p).is_file()) {
             Some(p) => Check::ok(NAME, p),
             None => Check::fail(
                 NAME,
@@ -902,7 +902,7 @@ pub fn check_listen(addr: Option<SocketAddr>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use agentq_store::Store;
 
     fn private_dir() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -969,7 +969,7 @@ mod tests {
         assert_eq!(missing[0].status, Status::Ok);
         assert!(missing[0].detail.contains("not created yet"));
 
-        let store = crate::store::sqlite::SqliteStore::open(&db).unwrap();
+        let store = agentq_store::sqlite::SqliteStore::open(&db).unwrap();
         store.counts().await.unwrap();
         let checks = check_database(&db);
         assert_eq!(
@@ -1004,8 +1004,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_postgres_store_is_reached_and_its_schema_compared_without_showing_the_password() {
-        use crate::store::postgres::{PgStore, test_db::TestDb};
-        use crate::store::url::DatabaseUrl;
+        use agentq_store::postgres::{PgStore, test_db::TestDb};
+        use agentq_store::url::DatabaseUrl;
         let Some(db) = TestDb::create().await else {
             return;
         };
@@ -1041,7 +1041,7 @@ mod tests {
     /// checks, is a warning; on this machine, or verified, it is not.
     #[test]
     fn encryption_is_judged_by_where_the_connection_goes() {
-        use crate::store::url::DatabaseUrl;
+        use agentq_store::url::DatabaseUrl;
         let judge = |text: &str, tls: Option<&str>| {
             let url = DatabaseUrl::parse(text, "[store] url").unwrap();
             check_encryption(&url, tls)
@@ -1120,25 +1120,25 @@ mod tests {
         let fine = script(d.path(), "fine", "echo \"$WHICH ${CLAUDECODE:-unset}\"");
         let w = worker(
             d.path(),
-            Agent::Command(crate::agents::command::Settings { argv: vec![] }),
+            Agent::Command(agentq_agents::command::Settings { argv: vec![] }),
             &[("WHICH", "9.9")],
         );
         assert_eq!(
-            agent_version(&crate::agents::claude::Settings::DEFAULT, &fine, &w, &cx)
+            agent_version(&agentq_agents::claude::Settings::DEFAULT, &fine, &w, &cx)
                 .await
                 .unwrap(),
             "9.9 unset"
         );
 
         let hang = script(d.path(), "hang", "exec sleep 30");
-        let (detail, _) = agent_version(&crate::agents::claude::Settings::DEFAULT, &hang, &w, &cx)
+        let (detail, _) = agent_version(&agentq_agents::claude::Settings::DEFAULT, &hang, &w, &cx)
             .await
             .unwrap_err();
         assert!(detail.contains("did not finish within 500ms"), "{detail}");
 
         let broken = script(d.path(), "broken", "echo 'cannot find module' >&2; exit 3");
         let (detail, fix) =
-            agent_version(&crate::agents::claude::Settings::DEFAULT, &broken, &w, &cx)
+            agent_version(&agentq_agents::claude::Settings::DEFAULT, &broken, &w, &cx)
                 .await
                 .unwrap_err();
         assert!(detail.contains("cannot find module"), "{detail}");
@@ -1152,7 +1152,7 @@ mod tests {
         let gone = d.path().join("gone");
         let w = worker(
             &gone,
-            Agent::Command(crate::agents::command::Settings {
+            Agent::Command(agentq_agents::command::Settings {
                 argv: vec!["no-such-agent-xyz".into()],
             }),
             &[],
@@ -1166,7 +1166,7 @@ mod tests {
 
         let w = worker(
             d.path(),
-            Agent::Command(crate::agents::command::Settings {
+            Agent::Command(agentq_agents::command::Settings {
                 argv: vec!["sh".into()],
             }),
             &[],
@@ -1187,7 +1187,7 @@ mod tests {
         ]);
         let keeps = worker(
             d.path(),
-            Agent::Command(crate::agents::command::Settings { argv: vec![] }),
+            Agent::Command(agentq_agents::command::Settings { argv: vec![] }),
             &[("CLAUDECODE", "1")],
         );
         let c = check_markers(&env, &[&keeps]);

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use crate::config::Config;
-use crate::error::{Error, Result};
+use agentq_core::error::{Error, Result};
+use agentq_daemon::config::Config;
 
 /// How long the service manager waits beyond the daemon's own stopping time.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
@@ -181,7 +181,10 @@ pub fn launchd_plist(s: &Service, label: &str) -> String {
             .replace('"', "&quot;")
     };
     let string = |t: &str| format!("<string>{}</string>", x(t));
-    let log = s.root.join(crate::config::STATE_DIR).join("launchd.log");
+    let log = s
+        .root
+        .join(agentq_daemon::config::STATE_DIR)
+        .join("launchd.log");
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
@@ -336,7 +339,7 @@ pub fn install(plan: &Plan, force: bool, user: bool) -> Result<Installed> {
     };
     let dir = path.parent().unwrap_or(Path::new("/"));
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| crate::files::write_atomic(path, plan.text.as_bytes()));
+        .and_then(|()| agentq_core::files::write_atomic(path, plan.text.as_bytes()));
     match written {
         Ok(()) => Ok(outcome),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !user => {

@@ -10,11 +10,11 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 
-use crate::config::Config;
-use crate::error::Result;
-use crate::logfile::LogEvent;
-use crate::ops::{Status, WorkerStatus};
-use crate::store::{Millis, Store, now_ms};
+use agentq_core::error::Result;
+use agentq_core::logfile::LogEvent;
+use agentq_daemon::config::Config;
+use agentq_daemon::ops::{Status, WorkerStatus};
+use agentq_store::{Millis, Store, now_ms};
 
 /// The status as `agentq status` prints it.
 pub fn render(status: &Status, root: &Path, now: Millis) -> String {
@@ -289,8 +289,8 @@ pub async fn watch(config: &Config, store: &dyn Store, how: Watch) -> Result<()>
 }
 
 async fn frame(config: &Config, store: &dyn Store, how: &Watch, terminal: bool) -> Result<String> {
-    let pid = crate::state::holder(&config.state_dir())?;
-    let status = crate::ops::status(config, store, pid).await?;
+    let pid = agentq_core::state::holder(&config.state_dir())?;
+    let status = agentq_daemon::ops::status(config, store, pid).await?;
     let now = now_ms();
     if how.json {
         return Ok(serde_json::to_string(&status.to_json()).expect("status serialises"));
@@ -312,12 +312,12 @@ async fn frame(config: &Config, store: &dyn Store, how: &Watch, terminal: bool) 
         // From the store, by its index: the latest few, not a read of the whole event log every
         // refresh (the log also holds memory reports, which would crowd a small screen).
         let latest = store
-            .events(&crate::store::EventFilter {
+            .events(&agentq_store::EventFilter {
                 limit: Some(room as u32),
                 ..Default::default()
             })
             .await?;
-        let recent: Vec<LogEvent> = latest.iter().map(crate::store::Event::to_log).collect();
+        let recent: Vec<LogEvent> = latest.iter().map(agentq_store::Event::to_log).collect();
         out.push_str("\nlatest events:\n");
         if recent.is_empty() {
             out.push_str("(none yet)\n");
@@ -373,7 +373,7 @@ fn terminal_cols() -> Option<usize> {
 mod tests {
     use super::*;
 
-    use crate::store::PoolCounts;
+    use agentq_store::PoolCounts;
 
     const NOW: Millis = 1_795_000_000_000;
     const MIN: Millis = 60_000;
@@ -520,13 +520,13 @@ mod tests {
     fn status_table_of_several_hosts_snapshot() {
         let mut status = busy();
         status.hosts = vec![
-            crate::store::HostRow {
+            agentq_store::HostRow {
                 host: "build-1".into(),
                 owner: "build-1:48100:0badc0de".into(),
                 pid: 48_100,
                 started_at: NOW - 3 * 60 * MIN - 12 * MIN,
             },
-            crate::store::HostRow {
+            agentq_store::HostRow {
                 host: "build-2".into(),
                 owner: "build-2:7100:0ddba11".into(),
                 pid: 7_100,

@@ -1,0 +1,769 @@
+//! Running one attempt of an agent process, watching it, and stopping it with everything it
+//! started.
+//!
+//! Watchdogs, each ending the attempt with its own outcome: the wall-clock `timeout`; the idle
+//! watchdog (`idle_timeout`: no byte on stdout or stderr for that long means hung); memory (the
+//! group's resident set sampled on a schedule, stopped past `max_memory`); and the linger watchdog
+//! (a process still alive `linger` after it printed the result line its kind of agent ends with is
+//! stopped, and the attempt stands as done; agents without such a line have no linger watchdog).
+//!
+//! The prompt goes to the agent's stdin (never argv: argv is size-capped and visible in `ps`), its
+//! stdout is the result (kept up to a cap, the rest drained so the agent never blocks on a full
+//! pipe), and the end of its stderr is kept for diagnosis. The agent runs in its own process group;
+//! stopping it is SIGTERM to the group, `kill_timeout` of grace, then SIGKILL to the group. When the
+//! agent itself exits, whatever it left running in its group is killed too, so a grandchild holding
+//! the output pipe open can neither hang the task nor outlive it. (A process that leaves the group
+//! with `setsid` escapes the group kill; its pipes are still cut off after a moment.)
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Everything needed to run one attempt.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// Inherited variables the agent must not see.
+    pub env_remove: Vec<String>,
+    pub prompt: String,
+    pub timeout: Duration,
+    pub kill_timeout: Duration,
+    pub output_cap: usize,
+    pub stderr_cap: usize,
+    /// No output for this long means the agent hangs.
+    pub idle_timeout: Option<Duration>,
+    /// How long an agent may stay alive after its final result.
+    pub linger: Duration,
+    /// Recognises the line an agent prints as its final result (Claude's `result` JSON). Without
+    /// one there is no linger watchdog.
+    pub final_line: Option<fn(&str) -> bool>,
+    pub memory: crate::memory::Policy,
+    /// Where the agent's process group is recorded while it lives (for reaping after a crash).
+    pub book: Option<Booking>,
+    /// The task's agent log: everything the agent writes, stdout and stderr as it comes, uncut
+    /// by the caps (rotated by size instead).
+    pub log: Option<Arc<agentq_core::logfile::RotatingFile>>,
+}
+
+/// Who records an agent's process group, and under which worker and task.
+#[derive(Clone, Debug)]
+pub struct Booking {
+    pub book: std::sync::Arc<crate::procs::Book>,
+    pub worker: String,
+    pub task: Option<i64>,
+}
+
+/// How the attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signalled(i32),
+    TimedOut,
+    /// Nothing on stdout or stderr for `idle_timeout`.
+    IdleTimedOut,
+    /// Its group held this many bytes, over `max_memory`.
+    MemoryLimit(u64),
+    /// It gave its final result, then stayed alive past `linger` and was stopped.
+    Lingered,
+    /// The caller's stop future fired first; the caller knows why.
+    Interrupted,
+    /// The process could not be started at all.
+    SpawnFailed {
+        error: String,
+        retryable: bool,
+        /// The program is not there (not installed, or not on PATH).
+        missing: bool,
+    },
+    /// A long-lived process answered; it did not exit.
+    Served,
+}
+
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    pub stdout: String,
+    pub stdout_truncated: bool,
+    pub stderr_tail: String,
+    pub duration: Duration,
+    pub pid: Option<u32>,
+    /// The most resident memory its group held, as sampled.
+    pub memory_peak: Option<u64>,
+}
+
+/// After the agent exits, how long its output pipes may stay open (held by something it left
+/// behind) before the leftovers are killed.
+const PIPE_LINGER: Duration = Duration::from_millis(500);
+
+/// Runs the attempt to its end, or until `stop` completes.
+pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
+    let started = Instant::now();
+    let not_started = |error: String, retryable: bool, missing: bool| Attempt {
+        outcome: Outcome::SpawnFailed {
+            error,
+            retryable,
+            missing,
+        },
+        stdout: String::new(),
+        stdout_truncated: false,
+        stderr_tail: String::new(),
+        duration: started.elapsed(),
+        pid: None,
+        memory_peak: None,
+    };
+    // Spawning in a missing folder fails with the same error as a missing program; say which.
+    if !spec.cwd.is_dir() {
+        return not_started(
+            format!(
+                "the working folder {} does not exist (worker cwd)",
+                spec.cwd.display()
+            ),
+            false,
+            false,
+        );
+    }
+    // std's Command, waited for by hand (see `Child`): the kernel's figure of the most memory
+    // the agent held comes with the wait, and tokio's wait does not give it.
+    let mut cmd = std::process::Command::new(&spec.argv[0]);
+    for key in &spec.env_remove {
+        cmd.env_remove(key);
+    }
+    cmd.args(&spec.argv[1..])
+        .current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Some(b) = &spec.book {
+        cmd.env(crate::procs::OWNER_ENV, b.book.owner());
+    }
+    let mut child = match cmd.spawn().and_then(Child::new) {
+        Ok(child) => child,
+        Err(e) => {
+            let retryable = !matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            );
+            return not_started(
+                format!("could not start {:?}: {e}", spec.argv[0]),
+                retryable,
+                e.kind() == std::io::ErrorKind::NotFound,
+            );
+        }
+    };
+    let pid = Some(child.pid as u32);
+    let group = Some(Pid::from_raw(child.pid));
+    let _recorded = match (&spec.book, pid) {
+        (Some(b), Some(pid)) => b.book.record(pid, &b.worker, b.task),
+        _ => None,
+    };
+
+    // Feeding stdin runs beside reading stdout: a large prompt and a chatty agent would otherwise
+    // deadlock on two full pipes. An agent that does not read its stdin is not an error.
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let prompt = spec.prompt.clone();
+    let feeder = tokio::spawn(async move {
+        let _ = stdin.write_all(prompt.as_bytes()).await;
+        let _ = stdin.shutdown().await;
+    });
+    let cut = CancellationToken::new();
+    let watch = Arc::new(Activity::new(spec.final_line, spec.log.clone()));
+    let stdout = tokio::spawn(read_head(
+        child.stdout.take().expect("stdout was piped"),
+        spec.output_cap,
+        cut.clone(),
+        watch.clone(),
+    ));
+    let stderr = tokio::spawn(read_tail(
+        child.stderr.take().expect("stderr was piped"),
+        spec.stderr_cap,
+        cut.clone(),
+        watch.clone(),
+    ));
+
+    let mut memory = crate::memory::Watch::new(group.map(Pid::as_raw), spec.memory.clone());
+    memory.sample_leader();
+    let deadline = tokio::time::sleep(spec.timeout);
+    tokio::pin!(deadline, stop);
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let outcome = loop {
+        tokio::select! {
+            status = child.wait() => break exit_outcome(status),
+            _ = &mut deadline => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::TimedOut;
+            }
+            _ = &mut stop => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::Interrupted;
+            }
+            rss = memory.over_limit() => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::MemoryLimit(rss);
+            }
+            // Once the result is final, silence is expected: only the linger watchdog is left.
+            _ = watch.idle_for(spec.idle_timeout), if linger_until.is_none() => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::IdleTimedOut;
+            }
+            _ = watch.finished.cancelled(), if linger_until.is_none() => {
+                linger_until = Some(tokio::time::Instant::now() + spec.linger);
+            }
+            _ = async { tokio::time::sleep_until(linger_until.expect("guarded")).await }, if linger_until.is_some() => {
+                stop_group(&mut child, group, spec.kill_timeout).await;
+                break Outcome::Lingered;
+            }
+        }
+    };
+    feeder.abort();
+
+    // The agent is gone, and what it left in its group was killed as it was reaped. What is
+    // already in the pipes is still read. Something that left the group yet holds a pipe open
+    // would keep the readers waiting, so they are cut off after a moment.
+    let cutter = tokio::spawn(async move {
+        tokio::time::sleep(PIPE_LINGER).await;
+        cut.cancel();
+    });
+    let (stdout, stdout_truncated) = stdout.await.unwrap_or_default();
+    let stderr_tail = stderr.await.unwrap_or_default();
+    cutter.abort();
+    Attempt {
+        outcome,
+        stdout,
+        stdout_truncated,
+        stderr_tail,
+        duration: started.elapsed(),
+        pid,
+        memory_peak: memory.peak.max(child.own_peak()),
+    }
+}
+
+/// A running agent, waited for through a pidfd (Linux; a short poll elsewhere) and reaped with
+/// `wait4`, which also gives its peak resident memory (its own, or that of a descendant it waited
+/// for, whichever was larger): a task too short for a scheduled sample still has a true peak.
+/// Dropping it unreaped kills its group and reaps it, so an abandoned attempt leaves nothing.
+struct Child {
+    pid: i32,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    pidfd: Option<AsyncFd<std::os::fd::OwnedFd>>,
+    status: Option<ExitStatus>,
+    /// From `wait4`, bytes, when it is the agent's own (see [`Child::own_peak`]).
+    max_rss: Option<u64>,
+    /// The daemon's resident set when the agent was forked.
+    parent_rss: u64,
+}
+
+impl Child {
+    /// Takes over a just-spawned process; if that fails, the process is killed and reaped.
+    fn new(child: std::process::Child) -> std::io::Result<Child> {
+        let pid = child.id() as i32;
+        Child::adopt(child).inspect_err(|_| {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let mut status = 0;
+            // SAFETY: waitpid writes only to `status`; the process was just killed.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        })
+    }
+
+    fn adopt(mut child: std::process::Child) -> std::io::Result<Child> {
+        let pid = child.id() as i32;
+        let stdin = child.stdin.take().map(tokio::process::ChildStdin::from_std);
+        let stdout = child
+            .stdout
+            .take()
+            .map(tokio::process::ChildStdout::from_std);
+        let stderr = child
+            .stderr
+            .take()
+            .map(tokio::process::ChildStderr::from_std);
+        Ok(Child {
+            pid,
+            stdin: stdin.transpose()?,
+            stdout: stdout.transpose()?,
+            stderr: stderr.transpose()?,
+            pidfd: pidfd_open(pid).and_then(|fd| {
+                // SAFETY: an OwnedFd is open and stays the same descriptor until it is dropped,
+                // which is when the AsyncFd holding it is.
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+            }),
+            status: None,
+            max_rss: None,
+            parent_rss: crate::procs::stat(std::process::id() as i32).map_or(0, |p| p.rss),
+        })
+    }
+
+    /// The kernel's peak for the agent, when it tells something. A forked child starts out with
+    /// a copy of the daemon's memory, and exec records that copy's size as the child's peak so
+    /// far: a figure near the daemon's own size may be just that, and is not taken.
+    fn own_peak(&self) -> Option<u64> {
+        let floor = self.parent_rss + self.parent_rss / 8 + (1 << 20);
+        self.max_rss.filter(|m| *m > floor)
+    }
+
+    /// Waits for the process to end and reaps it. Cancel-safe.
+    async fn wait(&mut self) -> ExitStatus {
+        loop {
+            if let Some(status) = self.status {
+                return status;
+            }
+            if self.try_reap() {
+                continue;
+            }
+            match &self.pidfd {
+                Some(fd) => match fd.readable().await {
+                    // Readable means exited; the reap on the next turn takes it.
+                    Ok(mut ready) => ready.clear_ready(),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Reaps the process if it has exited. Returns whether it did. Whatever it left in its group
+    /// is killed first, while the unreaped leader still holds the group's number (after the reap
+    /// the number could be given to a new process).
+    fn try_reap(&mut self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        // SAFETY: an all-zero siginfo is a valid value to be overwritten.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only to `info`. WNOWAIT leaves the process to be reaped below.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid to read after a successful waitid.
+        if rc == 0 && unsafe { info.si_pid() } == self.pid {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value to be overwritten.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only to the two out-pointers, which are valid.
+        let rc = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == self.pid {
+            self.status = Some(ExitStatus::from_raw(status));
+            // ru_maxrss is in KiB on Linux.
+            self.max_rss = u64::try_from(usage.ru_maxrss).ok().map(|k| k * 1024);
+            true
+        } else if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // Not ours to wait for (ECHILD: reaped by someone else, e.g. with SIGCHLD ignored,
+            // which the daemon undoes at start): gone, how is unknown. A status that is neither
+            // an exit nor a signal reads as "exit status unknown".
+            self.status = Some(ExitStatus::from_raw(0x7f));
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let mut status = 0;
+            // SAFETY: waitpid writes only to `status`. The process was just killed, so this
+            // returns at once.
+            unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        }
+    }
+}
+
+/// A pidfd for `pid`: readable once it exits (Linux 5.3 and later).
+#[cfg(target_os = "linux")]
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    // SAFETY: a non-negative return is a descriptor this process now owns.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pidfd_open(_pid: i32) -> Option<std::os::fd::OwnedFd> {
+    None
+}
+
+/// What the output readers saw: when the agent last wrote anything, and whether it gave its final
+/// result.
+struct Activity {
+    born: Instant,
+    /// Milliseconds from `born` to the last output.
+    last: AtomicU64,
+    final_line: Option<fn(&str) -> bool>,
+    /// The final result line was read.
+    finished: CancellationToken,
+    log: Option<Arc<agentq_core::logfile::RotatingFile>>,
+    /// Set once writing the log failed: said once, then the log is left alone.
+    log_failed: std::sync::atomic::AtomicBool,
+}
+
+impl Activity {
+    fn new(
+        final_line: Option<fn(&str) -> bool>,
+        log: Option<Arc<agentq_core::logfile::RotatingFile>>,
+    ) -> Activity {
+        Activity {
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+            final_line,
+            finished: CancellationToken::new(),
+            log,
+            log_failed: Default::default(),
+        }
+    }
+
+    /// Output arrived: note the time, and keep it in the task's log.
+    fn output(&self, bytes: &[u8]) {
+        self.last
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(log) = &self.log
+            && !self.log_failed.load(Ordering::Relaxed)
+            && let Err(e) = log.append(bytes)
+        {
+            self.log_failed.store(true, Ordering::Relaxed);
+            tracing::warn!("cannot write the task's agent log: {e}");
+        }
+    }
+
+    /// Completes once nothing was written for `limit`; never without a limit.
+    async fn idle_for(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = self.born + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let due = last + limit;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+fn exit_outcome(status: ExitStatus) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Outcome::Exited(code),
+        (None, Some(signal)) => Outcome::Signalled(signal),
+        (None, None) => Outcome::Signalled(0),
+    }
+}
+
+/// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL to the group.
+async fn stop_group(child: &mut Child, group: Option<Pid>, grace: Duration) {
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        kill_group(group);
+        let _ = child.wait().await;
+    }
+}
+
+fn kill_group(group: Option<Pid>) {
+    if let Some(group) = group {
+        // ESRCH (nobody left) is the common, happy case.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+}
+
+/// Reads up to `cap` bytes, then drains the rest so the writer never blocks. Returns the text
+/// (invalid UTF-8 replaced) and whether anything was dropped.
+/// The final line (when the agent has one) marks the result final. Stdout reaching its end does
+/// not: an agent may well send its stdout elsewhere and go on working.
+async fn read_head(
+    mut pipe: impl AsyncRead + Unpin,
+    cap: usize,
+    cut: CancellationToken,
+    activity: Arc<Activity>,
+) -> (String, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Where the line being read starts in `kept`.
+    let mut line_start = 0;
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
+            _ = cut.cancelled() => break,
+        };
+        activity.output(&buf[..n]);
+        let room = cap.saturating_sub(kept.len());
+        let from = kept.len();
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        truncated |= n > room;
+        if let Some(is_final) = activity.final_line {
+            for i in from..kept.len() {
+                if kept[i] == b'\n' {
+                    let line = String::from_utf8_lossy(&kept[line_start..i]);
+                    if is_final(&line) {
+                        activity.finished.cancel();
+                    }
+                    line_start = i + 1;
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), truncated)
+}
+
+/// Reads everything, keeping only the last `cap` bytes.
+async fn read_tail(
+    mut pipe: impl AsyncRead + Unpin,
+    cap: usize,
+    cut: CancellationToken,
+    activity: Arc<Activity>,
+) -> String {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
+            _ = cut.cancelled() => break,
+        };
+        activity.output(&buf[..n]);
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > cap.saturating_mul(2).max(1) {
+            kept.drain(..kept.len() - cap);
+        }
+    }
+    if kept.len() > cap {
+        kept.drain(..kept.len() - cap);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(script: &str) -> Spec {
+        Spec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            cwd: std::env::temp_dir(),
+            env: BTreeMap::new(),
+            env_remove: Vec::new(),
+            prompt: "hello".into(),
+            timeout: Duration::from_secs(10),
+            kill_timeout: Duration::from_millis(500),
+            output_cap: 1 << 20,
+            stderr_cap: 1 << 10,
+            idle_timeout: None,
+            linger: Duration::from_secs(5),
+            final_line: None,
+            memory: crate::memory::Policy::default(),
+            book: None,
+            log: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn prompt_in_result_out() {
+        let a = run(spec("tr a-z A-Z; echo oops >&2"), std::future::pending()).await;
+        assert_eq!(a.outcome, Outcome::Exited(0));
+        assert_eq!(a.stdout, "HELLO");
+        assert_eq!(a.stderr_tail, "oops\n");
+    }
+
+    #[tokio::test]
+    async fn a_large_prompt_and_a_large_output_do_not_deadlock() {
+        let mut s = spec("cat; head -c 3000000 /dev/zero | tr '\\0' x");
+        s.prompt = "p".repeat(4 << 20);
+        s.output_cap = 8 << 20;
+        let a = run(s, std::future::pending()).await;
+        assert_eq!(a.outcome, Outcome::Exited(0));
+        assert_eq!(a.stdout.len(), (4 << 20) + 3_000_000);
+    }
+
+    #[tokio::test]
+    async fn output_over_the_cap_is_cut_and_stderr_keeps_its_end() {
+        let mut s = spec("head -c 100000 /dev/zero | tr '\\0' x; seq 1 5000 >&2");
+        s.output_cap = 1000;
+        s.stderr_cap = 10;
+        let a = run(s, std::future::pending()).await;
+        assert_eq!((a.stdout.len(), a.stdout_truncated), (1000, true));
+        assert_eq!(a.stderr_tail, "4999\n5000\n");
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_signals() {
+        assert_eq!(
+            run(spec("exit 3"), std::future::pending()).await.outcome,
+            Outcome::Exited(3)
+        );
+        assert_eq!(
+            run(spec("kill -9 $$"), std::future::pending())
+                .await
+                .outcome,
+            Outcome::Signalled(9)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_working_folder_is_named_as_such() {
+        let mut s = spec("true");
+        s.cwd = PathBuf::from("/nonexistent/folder");
+        match run(s, std::future::pending()).await.outcome {
+            Outcome::SpawnFailed {
+                error,
+                retryable,
+                missing,
+            } => {
+                assert!(!retryable);
+                assert!(!missing, "the program is there: the folder is not");
+                assert!(
+                    error.contains("working folder /nonexistent/folder"),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_not_retryable() {
+        let mut s = spec("");
+        s.argv = vec!["/nonexistent/agent".into()];
+        match run(s, std::future::pending()).await.outcome {
+            Outcome::SpawnFailed {
+                error,
+                retryable,
+                missing,
+            } => {
+                assert!(missing);
+                assert!(!retryable);
+                assert!(error.contains("/nonexistent/agent"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn alive(pid: i32) -> bool {
+        nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_group_even_a_grandchild_that_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let script = format!(
+            "sh -c 'trap \"\" TERM; echo $$ > {}; while :; do sleep 0.05; done' & wait",
+            pidfile.display()
+        );
+        let mut s = spec(&script);
+        s.timeout = Duration::from_millis(300);
+        s.kill_timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        let a = run(s, std::future::pending()).await;
+        assert_eq!(a.outcome, Outcome::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed processes are reaped by init; give that a bounded moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(grandchild) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(grandchild), "grandchild {grandchild} survived");
+    }
+
+    #[tokio::test]
+    async fn a_leftover_holding_stdout_does_not_hang_the_task() {
+        let started = Instant::now();
+        let a = run(
+            spec("echo result; (sleep 30) & exit 0"),
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(a.outcome, Outcome::Exited(0));
+        assert_eq!(a.stdout, "result\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_sends_its_stdout_elsewhere_is_not_taken_as_finished() {
+        let mut s = spec("exec >/dev/null; sleep 1; exit 3");
+        s.linger = Duration::from_millis(100);
+        assert_eq!(
+            run(s, std::future::pending()).await.outcome,
+            Outcome::Exited(3)
+        );
+    }
+
+    #[tokio::test]
+    async fn after_its_final_line_only_the_linger_watchdog_applies() {
+        let mut s = spec("echo RESULT; sleep 30");
+        s.final_line = Some(|l| l == "RESULT");
+        s.idle_timeout = Some(Duration::from_millis(100));
+        s.linger = Duration::from_millis(600);
+        let started = Instant::now();
+        let a = run(s, std::future::pending()).await;
+        assert_eq!(a.outcome, Outcome::Lingered);
+        assert_eq!(a.stdout, "RESULT\n");
+        assert!(started.elapsed() >= Duration::from_millis(600));
+    }
+
+    #[tokio::test]
+    async fn the_peak_is_the_agents_not_the_forked_copy_of_the_daemon() {
+        // This process holds 200 MiB; a child forked from it starts with a copy of that.
+        let ballast: Vec<u8> = vec![1; 200 << 20];
+        let quick = run(spec("true"), std::future::pending()).await;
+        assert!(
+            quick.memory_peak.unwrap_or(0) < 100 << 20,
+            "{:?}",
+            quick.memory_peak
+        );
+        // An agent that holds more than the daemon has its own peak, however short it runs.
+        let big = run(
+            spec("head -c 400000000 /dev/zero | perl -e 'local $/; my $x = <STDIN>; exit 0' 2>/dev/null || exit 0"),
+            std::future::pending(),
+        )
+        .await;
+        std::hint::black_box(&ballast);
+        assert!(
+            big.memory_peak.unwrap_or(0) > 300 << 20,
+            "{:?}",
+            big.memory_peak
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_interrupts() {
+        let a = run(
+            spec("sleep 30"),
+            tokio::time::sleep(Duration::from_millis(100)),
+        )
+        .await;
+        assert_eq!(a.outcome, Outcome::Interrupted);
+    }
+}

@@ -1,0 +1,19 @@
+//! agentq-core: what every other part of agentq stands on, with nothing above it.
+//!
+//! It owns the domain, as plain code without I/O: a task's states and the transitions between
+//! them, what happens after an attempt (retry with backoff, `failed`, `dead`) and the record of a
+//! worker's conversation ([`domain`]); how a prompt is told long from short ([`classify`]); how
+//! people write durations and sizes ([`units`]); and the one error type with its exit codes
+//! ([`error`]). Beside it, the few pieces of file and socket handling that the store, the agents
+//! and the daemon all share: the private state folder and its lock ([`state`]), files replaced
+//! whole ([`files`]), size-rotated logs and the JSON-lines event log ([`logfile`]), and the
+//! doorbell a client rings after changing the queue ([`wake`]).
+
+pub mod classify;
+pub mod domain;
+pub mod error;
+pub mod files;
+pub mod logfile;
+pub mod state;
+pub mod units;
+pub mod wake;

@@ -1,0 +1,2178 @@
+//! `agentq.toml`: finding it, parsing it, and turning it into settings with every default filled in.
+//!
+//! The file is parsed with unknown keys denied, so a typo is an error that names its line rather than
+//! a setting silently ignored. Durations are written the way people say them (`"10m"`, `"1h 30m"`,
+//! `"250ms"`, or a bare number of seconds) and sizes likewise (`"10MiB"`, `"512KB"`, or bytes).
+//! Everything relative in the file is relative to the folder that holds it: that folder is the
+//! project root, with the state folder `.agentq/`, the prompt folders `.queue/<worker>/` and the
+//! result folders `.output/<worker>/` inside it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use agentq_core::error::{Error, Result};
+
+pub const CONFIG_FILE: &str = "agentq.toml";
+pub const STATE_DIR: &str = ".agentq";
+/// The database's file name in the state folder.
+pub const DB_FILE: &str = "agentq.db";
+
+/// Names that cannot be a worker's: they are folders or targets of their own.
+const RESERVED_NAMES: &[&str] = &[POOL, "rejected"];
+
+/// The pool's name where a worker's would be: its tasks' worker, its prompt folder
+/// `.queue/pool/`, its results `.output/pool/`.
+pub use agentq_core::domain::POOL;
+
+/// What `agentq init` writes: short enough to read, with every knob a user reaches for first.
+pub const INIT_TEMPLATE: &str = r#"# agentq configuration. Every setting not written here has a default; see README.md.
+
+[defaults]
+timeout = "10m"          # wall-clock limit of one attempt
+max_attempts = 3         # attempts before a task is dead
+# backoff = "5s"         # first retry delay; doubles each attempt, with jitter
+# max_backoff = "10m"    # ceiling of the retry delay
+# kill_timeout = "5s"    # grace between SIGTERM and SIGKILL when an agent is stopped
+# max_prompt_size = "10MiB"
+
+# One [[worker]] per named worker. Each runs its tasks one at a time, in priority order, and takes
+# prompt files dropped into .queue/<name>/. Results land in .output/<name>/.
+[[worker]]
+name = "main"
+agent = "command"        # "command": any program, prompt on stdin, stdout is the result
+command = ["cat"]        # replace with your agent, e.g. ["python3", "agent.py"]
+cwd = "."
+# env = { KEY = "value" }
+# timeout = "30m"        # overrides [defaults] for this worker
+
+# The HTTP API and Prometheus metrics (off by default); `agentq token` prints the token it asks for.
+# [http]
+# listen = "127.0.0.1:7777"
+# allow_remote = false     # an address other than loopback is refused unless true
+# max_body = "1MiB"        # larger request bodies are answered 413
+# header_timeout = "10s"   # a request's headers must arrive within this (else 408)
+# request_timeout = "30s"  # its body within this of its headers (else 408)
+# max_connections = 256    # served at once; more are answered 503
+# max_streams = 64         # event streams open at once; more are answered 503
+
+# The queue is an SQLite file in .agentq/ unless a PostgreSQL database is named here (or in
+# AGENTQ_DATABASE_URL, which wins): then daemons on several hosts can share it.
+# [store]
+# url = "postgres://agentq:PASSWORD@db.example:5432/agentq"
+# With several daemons on one database, each needs a host id of its own:
+# [daemon]
+# host = "build-1"         # default: the machine's name (`agentq run --host NAME` overrides)
+# shared_sessions = false  # true if every host's Claude reads the same session store
+# and a [[worker]] may be pinned to one of them with host = "build-1".
+"#;
+
+/// A length of time as written in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+/// A number of bytes as written in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+pub use agentq_core::units::{parse_duration, parse_size};
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"10m\" or a number of seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Dur, E> {
+                u64::try_from(v)
+                    .map(|s| Dur(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Dur, E> {
+                parse_duration(v).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"10MiB\" or a number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    intake: RawIntake,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    classify: RawClassify,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    store: RawStore,
+    /// The ephemeral pool: a worker's settings without a name, plus `max_workers`.
+    pool: Option<Spanned<RawWorker>>,
+    #[serde(default)]
+    class: RawClasses,
+    #[serde(default, rename = "worker")]
+    workers: Vec<Spanned<RawWorker>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClasses {
+    long: Option<RawClassLimits>,
+    short: Option<RawClassLimits>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClassLimits {
+    timeout: Option<Dur>,
+    max_memory: Option<Size>,
+    max_attempts: Option<Spanned<u32>>,
+    priority: Option<i64>,
+}
+
+/// Settings a worker inherits unless it sets its own.
+#[derive(Default, Clone)]
+struct RawLimits {
+    timeout: Option<Dur>,
+    max_attempts: Option<Spanned<u32>>,
+    backoff: Option<Dur>,
+    max_backoff: Option<Dur>,
+    kill_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    linger_timeout: Option<Dur>,
+    max_memory: Option<Size>,
+    memory_report_interval: Option<Dur>,
+    autorestart: Option<bool>,
+    max_restarts: Option<u32>,
+    min_uptime: Option<Dur>,
+    restart_delay: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    timeout: Option<Dur>,
+    max_attempts: Option<Spanned<u32>>,
+    backoff: Option<Dur>,
+    max_backoff: Option<Dur>,
+    kill_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    linger_timeout: Option<Dur>,
+    max_memory: Option<Size>,
+    memory_report_interval: Option<Dur>,
+    autorestart: Option<bool>,
+    max_restarts: Option<u32>,
+    min_uptime: Option<Dur>,
+    restart_delay: Option<Dur>,
+    worker: Option<Spanned<String>>,
+    max_prompt_size: Option<Size>,
+    claude_bin: Option<PathBuf>,
+    codex_bin: Option<PathBuf>,
+    gemini_bin: Option<PathBuf>,
+    route: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIntake {
+    settle: Option<Dur>,
+    poll: Option<bool>,
+    poll_interval: Option<Dur>,
+    rescan_interval: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    lease: Option<Dur>,
+    shutdown_grace: Option<Dur>,
+    output_cap: Option<Size>,
+    stderr_cap: Option<Size>,
+    memory_sample_interval: Option<Dur>,
+    log_max_size: Option<Size>,
+    log_backups: Option<u32>,
+    task_logs_keep: Option<u32>,
+    host: Option<Spanned<String>>,
+    shared_sessions: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+    allow_remote: Option<bool>,
+    max_body: Option<Spanned<Size>>,
+    header_timeout: Option<Spanned<Dur>>,
+    request_timeout: Option<Spanned<Dur>>,
+    max_connections: Option<Spanned<u32>>,
+    max_streams: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClassify {
+    long_keywords: Option<Spanned<Vec<String>>>,
+    short_keywords: Option<Spanned<Vec<String>>>,
+    high: Option<Spanned<f64>>,
+    medium: Option<Spanned<f64>>,
+    low: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    /// Required in a `[[worker]]`; `[pool]` has none.
+    name: Option<Spanned<String>>,
+    agent: Option<Spanned<String>>,
+    /// Where its tasks run: "worker", "pool" or "auto" (`[[worker]]` only).
+    route: Option<Spanned<String>>,
+    /// How many pool tasks may run at once (`[pool]` only).
+    max_workers: Option<Spanned<u32>>,
+    /// The only daemon host that runs it (`[[worker]]` only).
+    host: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout: Option<Dur>,
+    max_attempts: Option<Spanned<u32>>,
+    backoff: Option<Dur>,
+    max_backoff: Option<Dur>,
+    kill_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    linger_timeout: Option<Dur>,
+    /// The most memory the agent's process tree may hold.
+    max_memory: Option<Size>,
+    memory_report_interval: Option<Dur>,
+    autorestart: Option<bool>,
+    max_restarts: Option<u32>,
+    min_uptime: Option<Dur>,
+    restart_delay: Option<Dur>,
+    // The settings of `agent = "claude"` workers (inline: serde cannot flatten them and still
+    // deny unknown keys).
+    claude_bin: Option<PathBuf>,
+    mode: Option<Spanned<String>>,
+    model: Option<String>,
+    permission_mode: Option<String>,
+    allowed_tools: Option<Vec<String>>,
+    disallowed_tools: Option<Vec<String>>,
+    append_system_prompt: Option<String>,
+    max_turns: Option<u32>,
+    max_budget_usd: Option<f64>,
+    add_dirs: Option<Vec<PathBuf>>,
+    extra_args: Option<Vec<String>>,
+    dangerously_skip_permissions: Option<bool>,
+    session: Option<Spanned<String>>,
+    rotate_after_tasks: Option<u32>,
+    rotate_after_tokens: Option<u64>,
+    budget_usd_per_day: Option<f64>,
+    recycle_after_tasks: Option<u32>,
+    // `agent = "codex"`.
+    codex_bin: Option<PathBuf>,
+    sandbox: Option<Spanned<String>>,
+    skip_git_repo_check: Option<bool>,
+    // `agent = "gemini"`.
+    gemini_bin: Option<PathBuf>,
+    approval_mode: Option<Spanned<String>>,
+    trust_workspace: Option<bool>,
+}
+
+/// The agent settings of a worker, and which agents take each.
+const AGENT_KEYS: &[(&str, &[&str])] = &[
+    ("claude_bin", &["claude"]),
+    ("mode", &["claude"]),
+    ("model", &["claude", "codex", "gemini"]),
+    ("permission_mode", &["claude"]),
+    ("allowed_tools", &["claude"]),
+    ("disallowed_tools", &["claude"]),
+    ("append_system_prompt", &["claude"]),
+    ("max_turns", &["claude"]),
+    ("max_budget_usd", &["claude"]),
+    ("add_dirs", &["claude"]),
+    ("extra_args", &["claude", "codex", "gemini"]),
+    ("dangerously_skip_permissions", &["claude"]),
+    ("session", &["claude", "codex", "gemini"]),
+    ("rotate_after_tasks", &["claude", "codex", "gemini"]),
+    ("rotate_after_tokens", &["claude", "codex", "gemini"]),
+    ("budget_usd_per_day", &["claude"]),
+    ("recycle_after_tasks", &["claude"]),
+    ("codex_bin", &["codex"]),
+    ("sandbox", &["codex"]),
+    ("skip_git_repo_check", &["codex"]),
+    ("gemini_bin", &["gemini"]),
+    ("approval_mode", &["gemini"]),
+    ("trust_workspace", &["gemini"]),
+];
+
+/// The drivers `agent = "..."` may name.
+pub const AGENTS: [&str; 4] = ["claude", "codex", "gemini", "command"];
+
+/// "a Claude worker", "a Claude, Codex or Gemini worker".
+fn agents_in_words(agents: &[&str]) -> String {
+    let names: Vec<String> = agents
+        .iter()
+        .map(|a| match *a {
+            "claude" => "Claude".to_string(),
+            "codex" => "Codex".to_string(),
+            "gemini" => "Gemini".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    match names.split_last() {
+        Some((last, [])) => format!("a {last} worker"),
+        Some((last, rest)) => format!("a {} or {last} worker", rest.join(", ")),
+        None => "no worker".into(),
+    }
+}
+
+impl RawWorker {
+    /// The agent settings this worker sets.
+    fn agent_keys(&self) -> Vec<&'static str> {
+        let set = [
+            self.claude_bin.is_some(),
+            self.mode.is_some(),
+            self.model.is_some(),
+            self.permission_mode.is_some(),
+            self.allowed_tools.is_some(),
+            self.disallowed_tools.is_some(),
+            self.append_system_prompt.is_some(),
+            self.max_turns.is_some(),
+            self.max_budget_usd.is_some(),
+            self.add_dirs.is_some(),
+            self.extra_args.is_some(),
+            self.dangerously_skip_permissions.is_some(),
+            self.session.is_some(),
+            self.rotate_after_tasks.is_some(),
+            self.rotate_after_tokens.is_some(),
+            self.budget_usd_per_day.is_some(),
+            self.recycle_after_tasks.is_some(),
+            self.codex_bin.is_some(),
+            self.sandbox.is_some(),
+            self.skip_git_repo_check.is_some(),
+            self.gemini_bin.is_some(),
+            self.approval_mode.is_some(),
+            self.trust_workspace.is_some(),
+        ];
+        AGENT_KEYS
+            .iter()
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|((key, _), _)| *key)
+            .collect()
+    }
+
+    /// The first agent setting this worker sets that `agent` does not take, with the agents
+    /// that do take it.
+    fn foreign_key(&self, agent: &str) -> Option<(&'static str, &'static [&'static str])> {
+        self.agent_keys().into_iter().find_map(|key| {
+            let takers = AGENT_KEYS.iter().find(|(k, _)| *k == key)?.1;
+            (!takers.contains(&agent)).then_some((key, takers))
+        })
+    }
+}
+
+/// The limit fields of `[defaults]` and of a `[[worker]]` are the same; serde cannot flatten them
+/// into both while also denying unknown keys, so they are gathered here.
+macro_rules! limits_of {
+    ($raw:expr) => {
+        RawLimits {
+            timeout: $raw.timeout,
+            max_attempts: $raw.max_attempts.clone(),
+            backoff: $raw.backoff,
+            max_backoff: $raw.max_backoff,
+            kill_timeout: $raw.kill_timeout,
+            idle_timeout: $raw.idle_timeout,
+            linger_timeout: $raw.linger_timeout,
+            max_memory: $raw.max_memory,
+            memory_report_interval: $raw.memory_report_interval,
+            autorestart: $raw.autorestart,
+            max_restarts: $raw.max_restarts,
+            min_uptime: $raw.min_uptime,
+            restart_delay: $raw.restart_delay,
+        }
+    };
+}
+
+/// The agent a worker runs for each task, with its settings: one variant per driver.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Agent {
+    /// Any program: the prompt on its stdin, its stdout the result, exit code 0 success.
+    Command(agentq_agents::command::Settings),
+    /// Claude Code.
+    Claude(Box<agentq_agents::claude::Settings>),
+    /// OpenAI's Codex CLI.
+    Codex(Box<agentq_agents::codex::Settings>),
+    /// Google's Gemini CLI.
+    Gemini(Box<agentq_agents::gemini::Settings>),
+}
+
+impl Agent {
+    /// What runs it.
+    pub fn driver(&self) -> &dyn agentq_agents::Driver {
+        match self {
+            Agent::Command(s) => s,
+            Agent::Claude(s) => s.as_ref(),
+            Agent::Codex(s) => s.as_ref(),
+            Agent::Gemini(s) => s.as_ref(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.driver().name()
+    }
+}
+
+/// Retry and stop limits of a worker, with defaults filled in.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub kill_timeout: Duration,
+    /// No output for this long means the agent hangs.
+    pub idle_timeout: Option<Duration>,
+    /// How long an agent may live on after printing its final result.
+    pub linger_timeout: Duration,
+    /// The most resident memory the agent's process tree may hold.
+    pub max_memory: Option<u64>,
+    pub memory_report_interval: Duration,
+    pub restart: RestartPolicy,
+}
+
+/// What happens when a worker's long-lived agent process dies, in PM2's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Start a new process when it dies; without it the worker goes `errored` at the first death.
+    pub autorestart: bool,
+    /// Deaths in a row, each within `min_uptime` of its start, before the worker goes `errored`.
+    pub max_restarts: u32,
+    /// A process that lived this long was stable: the count of quick deaths starts over.
+    pub min_uptime: Duration,
+    /// Wait before a restart, doubling with each quick death in a row (capped at a minute).
+    pub restart_delay: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub name: String,
+    pub agent: Agent,
+    /// Absolute: resolved against the project root.
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// Where the tasks submitted to it run.
+    pub route: Route,
+    /// Pinned to the daemon whose host id this is; `None`: any daemon's (one at a time).
+    pub host: Option<String>,
+}
+
+/// Where a worker's tasks run: on its own long-lived agent, in the pool (a fresh process and
+/// conversation each, with the worker's settings), or by class (short on the worker, long in the
+/// pool).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Worker,
+    Pool,
+    Auto,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Worker => "worker",
+            Route::Pool => "pool",
+            Route::Auto => "auto",
+        }
+    }
+}
+
+/// The ephemeral pool: isolated runs, at most `max_workers` at once.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// The settings of tasks submitted to the pool itself (worker `pool`); a worker's tasks routed
+    /// to the pool run with that worker's settings instead.
+    pub worker: WorkerConfig,
+    pub max_workers: u32,
+    /// Whether agentq.toml has a `[pool]` table (a daemon with only a pool is a daemon).
+    pub defined: bool,
+}
+
+/// What `[class.long]` or `[class.short]` sets, for tasks that do not set their own.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassLimits {
+    pub timeout: Option<Duration>,
+    pub max_memory: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub priority: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Classes {
+    pub long: ClassLimits,
+    pub short: ClassLimits,
+}
+
+impl Classes {
+    pub fn of(&self, class: agentq_core::classify::Class) -> &ClassLimits {
+        match class {
+            agentq_core::classify::Class::Long => &self.long,
+            agentq_core::classify::Class::Short => &self.short,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct IntakeSettings {
+    /// A prompt file is taken only once it has not changed for this long, so a file still being
+    /// written is not read half-way.
+    pub settle: Duration,
+    /// Scan folders on a timer instead of waiting for file-system events.
+    pub poll: bool,
+    pub poll_interval: Duration,
+    /// With events, a full rescan this often anyway, in case events were dropped.
+    pub rescan_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonSettings {
+    /// How long a claim holds without a heartbeat; heartbeats come every third of it.
+    pub lease: Duration,
+    /// After the first stop signal, how long running tasks may go on before they are stopped and
+    /// queued again.
+    pub shutdown_grace: Duration,
+    /// The most of an agent's stdout kept as the result.
+    pub output_cap: u64,
+    /// The most of the end of an agent's stderr kept.
+    pub stderr_cap: u64,
+    /// How often a running agent's memory is sampled (for `max_memory` and its peak).
+    pub memory_sample_interval: Duration,
+    /// The event log and each task's agent log are rotated past this size...
+    pub log_max_size: u64,
+    /// ...the event log keeping this many older files (a task's log keeps one).
+    pub log_backups: u32,
+    /// Per-task agent logs kept per worker; older ones are removed.
+    pub task_logs_keep: u32,
+    /// This daemon's host id (`[daemon] host`, `run --host`, or the machine's name): which
+    /// daemon holds a worker, and what a worker's `host` pins it to.
+    pub host: String,
+    /// Every host's Claude reads the same session store, so a worker that moves to another host
+    /// resumes its conversation there instead of starting a new one.
+    pub shared_sessions: bool,
+}
+
+/// The HTTP API (`[http]`): off unless `listen` is set.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub listen: Option<std::net::SocketAddr>,
+    /// Listening on an address other than loopback is allowed only when this says so.
+    pub allow_remote: bool,
+    /// The largest request body accepted, bytes.
+    pub max_body: u64,
+    /// How long a client may take to send a request's headers, and keep an idle connection open.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body once its headers are in, and the
+    /// longest it may leave an answer (or the event stream) untaken.
+    pub request_timeout: Duration,
+    /// Connections served at once; as many again are answered 503, the rest closed at once.
+    pub max_connections: u32,
+    /// Event streams (`/api/events?follow=1`) open at once; more are answered 503.
+    pub max_streams: u32,
+}
+
+impl HttpSettings {
+    /// Parses a listen address, refusing one reachable from other machines unless
+    /// `allow_remote`.
+    pub fn parse_listen(
+        text: &str,
+        allow_remote: bool,
+    ) -> std::result::Result<std::net::SocketAddr, String> {
+        let addr: std::net::SocketAddr = text.trim().parse().map_err(|_| {
+            format!(
+                "invalid listen address {text:?}: write an IP address and a port, e.g. \"127.0.0.1:7777\""
+            )
+        })?;
+        if !addr.ip().is_loopback() && !allow_remote {
+            return Err(format!(
+                "listen address {addr} is reachable from other machines; use 127.0.0.1 (or ::1), or set [http] allow_remote = true to serve the API beyond this host"
+            ));
+        }
+        Ok(addr)
+    }
+}
+
+/// The variable that chooses the store over `[store] url`.
+pub const DATABASE_URL_ENV: &str = "AGENTQ_DATABASE_URL";
+
+/// Variables of agentq's own environment that no agent inherits: the database's URL holds its
+/// password, and would give an agent write access to the queue. (A worker's `env` can still set
+/// them on purpose.)
+pub const PRIVATE_ENV: &[&str] = &[DATABASE_URL_ENV, "AGENTQ_TEST_DATABASE_URL"];
+
+pub use agentq_store::StoreSettings;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The agentq.toml this came from.
+    pub path: PathBuf,
+    /// The folder holding it: everything relative is relative to this.
+    pub root: PathBuf,
+    pub default_worker: Option<String>,
+    pub max_prompt_size: u64,
+    pub intake: IntakeSettings,
+    pub daemon: DaemonSettings,
+    /// How tasks are told long from short.
+    pub classify: agentq_core::classify::Rules,
+    /// Limits by class.
+    pub classes: Classes,
+    pub pool: Pool,
+    pub workers: Vec<WorkerConfig>,
+    pub http: HttpSettings,
+    pub store: StoreSettings,
+}
+
+impl Config {
+    /// Finds `agentq.toml` in `start` or the nearest folder above it that has one.
+    pub fn discover(start: &Path) -> Result<Config> {
+        match Config::find(start) {
+            Some(path) => Config::load(&path),
+            None => Err(Error::ConfigNotFound {
+                start: start.to_path_buf(),
+            }),
+        }
+    }
+
+    /// The `agentq.toml` that [`Config::discover`] would load, without reading it.
+    pub fn find(start: &Path) -> Option<PathBuf> {
+        start
+            .ancestors()
+            .map(|d| d.join(CONFIG_FILE))
+            .find(|candidate| candidate.is_file())
+    }
+
+    /// Loads the config at `path`: with `--config`, or after discovery.
+    pub fn load(path: &Path) -> Result<Config> {
+        let path = std::path::absolute(path).map_err(|e| Error::io("resolving", path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+        Config::parse(&path, &text)?.with_env(|key| std::env::var(key).ok())
+    }
+
+    /// Applies the settings the environment overrides: `AGENTQ_DATABASE_URL` (when set and not
+    /// empty) chooses the store over `[store] url`.
+    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        if let Some(text) = env(DATABASE_URL_ENV).filter(|t| !t.trim().is_empty()) {
+            let url = agentq_store::url::DatabaseUrl::parse(&text, DATABASE_URL_ENV)
+                .map_err(Error::Usage)?;
+            self.store = StoreSettings::Postgres(url);
+        }
+        Ok(self)
+    }
+
+    /// Parses the text of a config file that lives at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            // A rule about one key ("idle_timeout must be above 0") points at where it is set.
+            let offset = span
+                .map(|s| s.start)
+                .or_else(|| key_offset(text, &message))
+                .unwrap_or(0);
+            let (line, column) = line_col(text, offset);
+            Error::Config {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| at(e.span(), plain_words(e.message())))?;
+        let root = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+
+        let base = limits_of!(raw.defaults);
+        let max_prompt_size = raw
+            .defaults
+            .max_prompt_size
+            .map(|s| s.0)
+            .unwrap_or(10 << 20);
+        if max_prompt_size == 0 {
+            return Err(at(
+                None,
+                "[defaults] max_prompt_size must be above 0".into(),
+            ));
+        }
+
+        let default_route = match &raw.defaults.route {
+            Some(r) => parse_route(r).map_err(|(span, m)| at(span, m))?,
+            None => Route::Worker,
+        };
+        let mut workers: Vec<WorkerConfig> = Vec::new();
+        for spanned in &raw.workers {
+            let w = spanned.get_ref();
+            let Some(name) = &w.name else {
+                return Err(at(
+                    Some(spanned.span()),
+                    "a [[worker]] needs a name, e.g. name = \"main\"".into(),
+                ));
+            };
+            validate_name(name.get_ref()).map_err(|m| at(Some(name.span()), m))?;
+            if workers.iter().any(|o| &o.name == name.get_ref()) {
+                return Err(at(
+                    Some(name.span()),
+                    format!(
+                        "worker {:?} is defined twice; worker names must be unique",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            if let Some(m) = &w.max_workers {
+                return Err(at(
+                    Some(m.span()),
+                    "max_workers is a [pool] setting; a worker runs one task at a time".into(),
+                ));
+            }
+            let route = match &w.route {
+                Some(r) => parse_route(r).map_err(|(span, m)| at(span, m))?,
+                None => default_route,
+            };
+            let host = match &w.host {
+                Some(h) => Some(
+                    validate_host(h.get_ref())
+                        .map(|()| h.get_ref().clone())
+                        .map_err(|m| at(Some(h.span()), m))?,
+                ),
+                None => None,
+            };
+            let worker = build_worker(
+                w,
+                name.get_ref().clone(),
+                spanned.span(),
+                &raw.defaults,
+                &base,
+                &root,
+            )
+            .map_err(|(span, m)| at(span, m))?;
+            workers.push(WorkerConfig {
+                route,
+                host,
+                ..worker
+            });
+        }
+        let pool = match &raw.pool {
+            Some(spanned) => {
+                let p = spanned.get_ref();
+                for (key, span) in [
+                    ("name", p.name.as_ref().map(|n| n.span())),
+                    ("route", p.route.as_ref().map(|r| r.span())),
+                    ("host", p.host.as_ref().map(|h| h.span())),
+                ] {
+                    if let Some(span) = span {
+                        return Err(at(
+                            Some(span),
+                            format!(
+                                "[pool] has no {key}: it is the pool, and runs every task it is given"
+                            ),
+                        ));
+                    }
+                }
+                if let Some(mode) = p.mode.as_ref().filter(|m| m.get_ref() == "persistent") {
+                    return Err(at(
+                        Some(mode.span()),
+                        "[pool] runs every task in a fresh process: mode = \"persistent\" does not apply (leave mode out)".into(),
+                    ));
+                }
+                // Settings of a long-lived process or a kept conversation, which the pool has not.
+                for (key, set) in [
+                    ("session", p.session.is_some()),
+                    ("rotate_after_tasks", p.rotate_after_tasks.is_some()),
+                    ("rotate_after_tokens", p.rotate_after_tokens.is_some()),
+                    ("recycle_after_tasks", p.recycle_after_tasks.is_some()),
+                    ("autorestart", p.autorestart.is_some()),
+                    ("max_restarts", p.max_restarts.is_some()),
+                    ("min_uptime", p.min_uptime.is_some()),
+                    ("restart_delay", p.restart_delay.is_some()),
+                ] {
+                    if set {
+                        return Err(at(
+                            None,
+                            format!(
+                                "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
+                            ),
+                        ));
+                    }
+                }
+                let max_workers = p.max_workers.as_ref().map_or(4, |m| *m.get_ref());
+                if max_workers == 0 {
+                    return Err(at(
+                        p.max_workers.as_ref().map(|m| m.span()),
+                        "[pool] max_workers must be at least 1".into(),
+                    ));
+                }
+                Pool {
+                    worker: build_worker(
+                        p,
+                        POOL.into(),
+                        spanned.span(),
+                        &raw.defaults,
+                        &pool_base(&base),
+                        &root,
+                    )
+                    .map_err(|(span, m)| at(span, m))?,
+                    max_workers,
+                    defined: true,
+                }
+            }
+            None => Pool {
+                worker: build_worker(
+                    &RawWorker::default(),
+                    POOL.into(),
+                    0..0,
+                    &raw.defaults,
+                    &pool_base(&base),
+                    &root,
+                )
+                .map_err(|(span, m)| at(span, m))?,
+                max_workers: 4,
+                defined: false,
+            },
+        };
+        let classes = Classes {
+            long: class_limits(raw.class.long.as_ref(), "long").map_err(|(span, m)| at(span, m))?,
+            short: class_limits(raw.class.short.as_ref(), "short")
+                .map_err(|(span, m)| at(span, m))?,
+        };
+        // Defaults that name no worker are still checked, so a typo there is caught before submit.
+        resolve_limits(&RawLimits::default(), &base).map_err(|(span, m)| at(span, m))?;
+
+        let default_worker = match &raw.defaults.worker {
+            Some(w) if !workers.iter().any(|x| &x.name == w.get_ref()) => {
+                return Err(at(
+                    Some(w.span()),
+                    format!(
+                        "[defaults] worker = {:?} names no [[worker]] in this file",
+                        w.get_ref()
+                    ),
+                ));
+            }
+            Some(w) => Some(w.get_ref().clone()),
+            None => None,
+        };
+
+        // Scan periods of zero would make intake scan in a busy loop.
+        for (key, value, floor) in [
+            (
+                "[intake] poll_interval",
+                raw.intake.poll_interval,
+                Duration::from_millis(10),
+            ),
+            (
+                "[intake] rescan_interval",
+                raw.intake.rescan_interval,
+                Duration::from_millis(100),
+            ),
+        ] {
+            if value.is_some_and(|v| v.0 < floor) {
+                return Err(at(
+                    None,
+                    format!(
+                        "{key} must be at least {}",
+                        humantime::format_duration(floor)
+                    ),
+                ));
+            }
+        }
+        let host = match &raw.daemon.host {
+            Some(h) => {
+                validate_host(h.get_ref()).map_err(|m| at(Some(h.span()), m))?;
+                h.get_ref().clone()
+            }
+            None => machine_host(),
+        };
+        let lease = raw
+            .daemon
+            .lease
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30));
+        if lease < Duration::from_millis(300) {
+            return Err(at(None, "[daemon] lease must be at least 300ms".into()));
+        }
+        if raw
+            .daemon
+            .memory_sample_interval
+            .is_some_and(|d| d.0 < Duration::from_millis(50))
+        {
+            return Err(at(
+                None,
+                "[daemon] memory_sample_interval must be at least 50ms".into(),
+            ));
+        }
+        if raw.daemon.log_max_size.is_some_and(|s| s.0 < 4096) {
+            return Err(at(
+                None,
+                "[daemon] log_max_size must be at least 4KiB".into(),
+            ));
+        }
+        let classify = classify_rules(&raw.classify).map_err(|(span, m)| at(span, m))?;
+        let allow_remote = raw.http.allow_remote.unwrap_or(false);
+        let http = HttpSettings {
+            listen: match &raw.http.listen {
+                Some(l) => Some(
+                    HttpSettings::parse_listen(l.get_ref(), allow_remote)
+                        .map_err(|m| at(Some(l.span()), format!("[http] {m}")))?,
+                ),
+                None => None,
+            },
+            allow_remote,
+            max_body: match &raw.http.max_body {
+                Some(s) if s.get_ref().0 == 0 => {
+                    return Err(at(Some(s.span()), "[http] max_body must be above 0".into()));
+                }
+                Some(s) => s.get_ref().0,
+                None => 1 << 20,
+            },
+            header_timeout: http_timeout(&raw.http.header_timeout, "header_timeout", 10)
+                .map_err(|(span, m)| at(span, m))?,
+            request_timeout: http_timeout(&raw.http.request_timeout, "request_timeout", 30)
+                .map_err(|(span, m)| at(span, m))?,
+            max_connections: http_limit(&raw.http.max_connections, "max_connections", 256)
+                .map_err(|(span, m)| at(span, m))?,
+            max_streams: http_limit(&raw.http.max_streams, "max_streams", 64)
+                .map_err(|(span, m)| at(span, m))?,
+        };
+        let store = match &raw.store.url {
+            Some(url) => StoreSettings::Postgres(
+                agentq_store::url::DatabaseUrl::parse(url.get_ref(), "[store] url")
+                    .map_err(|m| at(Some(url.span()), m))?,
+            ),
+            None => StoreSettings::Sqlite,
+        };
+        Ok(Config {
+            http,
+            store,
+            classify,
+            pool,
+            classes,
+            path: path.to_path_buf(),
+            root,
+            default_worker,
+            max_prompt_size,
+            intake: IntakeSettings {
+                settle: raw
+                    .intake
+                    .settle
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_millis(200)),
+                poll: raw.intake.poll.unwrap_or(false),
+                poll_interval: raw
+                    .intake
+                    .poll_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(1)),
+                rescan_interval: raw
+                    .intake
+                    .rescan_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
+            },
+            daemon: DaemonSettings {
+                lease,
+                shutdown_grace: raw
+                    .daemon
+                    .shutdown_grace
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
+                output_cap: raw.daemon.output_cap.map(|s| s.0).unwrap_or(16 << 20),
+                stderr_cap: raw.daemon.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
+                memory_sample_interval: raw
+                    .daemon
+                    .memory_sample_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(1)),
+                log_max_size: raw.daemon.log_max_size.map(|s| s.0).unwrap_or(10 << 20),
+                log_backups: raw.daemon.log_backups.unwrap_or(5),
+                task_logs_keep: raw.daemon.task_logs_keep.unwrap_or(200),
+                host,
+                shared_sessions: raw.daemon.shared_sessions.unwrap_or(false),
+            },
+            workers,
+        })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir().join(DB_FILE)
+    }
+
+    /// Opens the store this config names (see [`agentq_store::open`]).
+    pub async fn open_store(
+        &self,
+        log: Option<std::sync::Arc<agentq_core::logfile::EventLog>>,
+    ) -> agentq_core::error::Result<Box<dyn agentq_store::Store>> {
+        agentq_store::open(&self.store, &self.state_dir(), &self.db_path(), log).await
+    }
+
+    /// The JSON-lines event log.
+    pub fn event_log_path(&self) -> PathBuf {
+        self.state_dir().join("events.jsonl")
+    }
+
+    /// Where a worker's per-task agent logs go.
+    pub fn task_log_dir(&self, worker: &str) -> PathBuf {
+        self.state_dir().join("logs").join(worker)
+    }
+
+    pub fn queue_dir(&self, worker: &str) -> PathBuf {
+        self.root.join(".queue").join(worker)
+    }
+
+    pub fn output_dir(&self, worker: &str) -> PathBuf {
+        self.root.join(".output").join(worker)
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&WorkerConfig> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// The settings a task of `name` runs with: a worker's, or the pool's for `pool`.
+    pub fn settings_of(&self, name: &str) -> Option<&WorkerConfig> {
+        if name == POOL {
+            Some(&self.pool.worker)
+        } else {
+            self.worker(name)
+        }
+    }
+
+    /// A worker named on the command line, or `pool` for the pool's own tasks.
+    pub fn resolve_queue(&self, name: &str) -> Result<&WorkerConfig> {
+        match self.settings_of(name) {
+            Some(w) => Ok(w),
+            None => self.resolve_worker(Some(name)),
+        }
+    }
+
+    /// Every name tasks can be queued under: the workers, then the pool.
+    pub fn queue_names(&self) -> impl Iterator<Item = &str> {
+        self.workers
+            .iter()
+            .map(|w| w.name.as_str())
+            .chain(std::iter::once(POOL))
+    }
+
+    /// The worker a task goes to when `--worker` is not given: `[defaults] worker`, or the only one.
+    pub fn resolve_worker(&self, asked: Option<&str>) -> Result<&WorkerConfig> {
+        let names = || {
+            self.workers
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match asked.or(self.default_worker.as_deref()) {
+            Some(name) => self.worker(name).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no worker named {name:?} in {} (workers: {})",
+                    self.path.display(),
+                    names()
+                ))
+            }),
+            None => match self.workers.as_slice() {
+                [only] => Ok(only),
+                [] if self.pool.defined => Err(Error::Usage(format!(
+                    "{} defines no [[worker]]: submit to the pool with --pool, or add a worker",
+                    self.path.display()
+                ))),
+                [] => Err(Error::Usage(format!(
+                    "{} defines no [[worker]]; add one (see `agentq init`)",
+                    self.path.display()
+                ))),
+                _ => Err(Error::Usage(format!(
+                    "several workers ({}): pick one with --worker, or set [defaults] worker",
+                    names()
+                ))),
+            },
+        }
+    }
+}
+
+type SpanError = (Option<std::ops::Range<usize>>, String);
+
+/// An `[http]` timeout, `default_secs` when unset. Under 100ms no real client keeps up.
+fn http_timeout(
+    value: &Option<Spanned<Dur>>,
+    key: &str,
+    default_secs: u64,
+) -> std::result::Result<Duration, SpanError> {
+    match value {
+        Some(d) if d.get_ref().0 < Duration::from_millis(100) => Err((
+            Some(d.span()),
+            format!("[http] {key} must be at least 100ms"),
+        )),
+        Some(d) => Ok(d.get_ref().0),
+        None => Ok(Duration::from_secs(default_secs)),
+    }
+}
+
+/// An `[http]` count of things served at once, `default` when unset.
+fn http_limit(
+    value: &Option<Spanned<u32>>,
+    key: &str,
+    default: u32,
+) -> std::result::Result<u32, SpanError> {
+    match value {
+        Some(n) if *n.get_ref() == 0 => {
+            Err((Some(n.span()), format!("[http] {key} must be at least 1")))
+        }
+        Some(n) => Ok(*n.get_ref()),
+        None => Ok(default),
+    }
+}
+
+/// A `[[worker]]` table, or `[pool]`, as settings: agent, folder, environment and limits.
+fn build_worker(
+    w: &RawWorker,
+    name: String,
+    table_span: std::ops::Range<usize>,
+    defaults: &RawDefaults,
+    base: &RawLimits,
+    root: &Path,
+) -> std::result::Result<WorkerConfig, SpanError> {
+    let table = if name == POOL {
+        "[pool]".to_string()
+    } else {
+        format!("worker {name:?}")
+    };
+    // A worker that names a command but no agent means that command; with neither it is a
+    // Claude Code worker, the default agent.
+    let agent_kind = match (&w.agent, &w.command) {
+        (Some(a), _) => a.get_ref().as_str(),
+        (None, Some(_)) => "command",
+        (None, None) => "claude",
+    };
+    if !AGENTS.contains(&agent_kind) {
+        return Err((
+            w.agent.as_ref().map(|a| a.span()),
+            format!(
+                "unknown agent {agent_kind:?}: expected one of {}",
+                AGENTS.map(|a| format!("\"{a}\"")).join(", ")
+            ),
+        ));
+    }
+    if let Some((key, takers)) = w.foreign_key(agent_kind) {
+        return Err((
+            Some(table_span.clone()),
+            format!(
+                "{table} has agent = \"{agent_kind}\" but sets {key}, which only {} has",
+                agents_in_words(takers)
+            ),
+        ));
+    }
+    let relative = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            root.join(p)
+        }
+    };
+    // A bare name ("claude-beta") is looked up on PATH; a path is relative to the config's folder.
+    let bin = |own: &Option<PathBuf>, default: &Option<PathBuf>| {
+        own.as_ref().or(default.as_ref()).map(|b| {
+            if b.components().count() > 1 {
+                relative(b)
+            } else {
+                b.clone()
+            }
+        })
+    };
+    let agent = match agent_kind {
+        "command" => {
+            let argv = w
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default();
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                let span = w
+                    .command
+                    .as_ref()
+                    .map(|c| c.span())
+                    .unwrap_or(table_span.clone());
+                return Err((
+                    Some(span),
+                    format!(
+                        "{table} has agent = \"command\" but no command: write e.g. command = [\"python3\", \"agent.py\"]"
+                    ),
+                ));
+            }
+            Agent::Command(agentq_agents::command::Settings { argv })
+        }
+        "claude" => Agent::Claude(Box::new(claude_settings(
+            w,
+            bin(&w.claude_bin, &defaults.claude_bin),
+            root,
+        )?)),
+        "codex" => Agent::Codex(Box::new(agentq_agents::codex::Settings {
+            bin: bin(&w.codex_bin, &defaults.codex_bin),
+            model: w.model.clone(),
+            sandbox: one_of(&w.sandbox, "sandbox", &agentq_agents::codex::SANDBOXES)?,
+            skip_git_repo_check: w.skip_git_repo_check.unwrap_or(false),
+            session: session_policy(w)?,
+            extra_args: w.extra_args.clone().unwrap_or_default(),
+        })),
+        _ => Agent::Gemini(Box::new(agentq_agents::gemini::Settings {
+            bin: bin(&w.gemini_bin, &defaults.gemini_bin),
+            model: w.model.clone(),
+            approval_mode: one_of(
+                &w.approval_mode,
+                "approval_mode",
+                &agentq_agents::gemini::APPROVAL_MODES,
+            )?,
+            trust_workspace: w.trust_workspace.unwrap_or(false),
+            session: session_policy(w)?,
+            extra_args: w.extra_args.clone().unwrap_or_default(),
+        })),
+    };
+    let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+    let cwd = if cwd.is_absolute() {
+        cwd
+    } else {
+        root.join(cwd)
+    };
+    Ok(WorkerConfig {
+        name,
+        agent,
+        cwd,
+        env: w.env.clone(),
+        limits: resolve_limits(&limits_of!(w), base)?,
+        route: Route::Worker,
+        host: None,
+    })
+}
+
+/// `[defaults]` for the pool: the seed's pool ran each task for at most 10 minutes in 4 GiB.
+fn pool_base(base: &RawLimits) -> RawLimits {
+    RawLimits {
+        timeout: base.timeout.or(Some(Dur(Duration::from_secs(600)))),
+        max_memory: base.max_memory.or(Some(Size(4 << 30))),
+        ..base.clone()
+    }
+}
+
+fn parse_route(raw: &Spanned<String>) -> std::result::Result<Route, SpanError> {
+    match raw.get_ref().as_str() {
+        "worker" => Ok(Route::Worker),
+        "pool" => Ok(Route::Pool),
+        "auto" => Ok(Route::Auto),
+        other => Err((
+            Some(raw.span()),
+            format!(
+                "unknown route {other:?}: expected \"worker\" (its own agent), \"pool\" (a fresh process per task) or \"auto\" (short tasks on the worker, long ones in the pool)"
+            ),
+        )),
+    }
+}
+
+/// `[class.long]` or `[class.short]`, checked.
+fn class_limits(
+    raw: Option<&RawClassLimits>,
+    class: &str,
+) -> std::result::Result<ClassLimits, SpanError> {
+    let Some(raw) = raw else {
+        return Ok(ClassLimits::default());
+    };
+    if let Some(a) = raw.max_attempts.as_ref().filter(|a| *a.get_ref() == 0) {
+        return Err((
+            Some(a.span()),
+            format!("[class.{class}] max_attempts must be at least 1"),
+        ));
+    }
+    if raw.timeout.is_some_and(|t| t.0.is_zero()) {
+        return Err((None, format!("[class.{class}] timeout must be above 0")));
+    }
+    if raw.max_memory.is_some_and(|m| m.0 == 0) {
+        return Err((None, format!("[class.{class}] max_memory must be above 0")));
+    }
+    Ok(ClassLimits {
+        timeout: raw.timeout.map(|t| t.0),
+        max_memory: raw.max_memory.map(|m| m.0),
+        max_attempts: raw.max_attempts.as_ref().map(|a| *a.get_ref()),
+        priority: raw.priority,
+    })
+}
+
+/// A setting that must be one of a few words.
+fn one_of(
+    raw: &Option<Spanned<String>>,
+    key: &str,
+    words: &[&str],
+) -> std::result::Result<Option<String>, SpanError> {
+    match raw {
+        None => Ok(None),
+        Some(v) if words.contains(&v.get_ref().as_str()) => Ok(Some(v.get_ref().clone())),
+        Some(v) => Err((
+            Some(v.span()),
+            format!(
+                "unknown {key} {:?}: expected {}",
+                v.get_ref(),
+                words
+                    .iter()
+                    .map(|w| format!("\"{w}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// `session` (with `rotate_after_*`): which conversation a task joins.
+fn session_policy(w: &RawWorker) -> std::result::Result<agentq_agents::SessionPolicy, SpanError> {
+    use agentq_agents::SessionPolicy;
+    Ok(
+        match w.session.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("resume", _)) => SessionPolicy::Resume,
+            Some(("fresh", _)) => SessionPolicy::Fresh,
+            Some(("rotate", span)) => {
+                if w.rotate_after_tasks.is_none() && w.rotate_after_tokens.is_none() {
+                    return Err((
+                        Some(span),
+                        "session = \"rotate\" needs rotate_after_tasks or rotate_after_tokens"
+                            .into(),
+                    ));
+                }
+                SessionPolicy::Rotate {
+                    after_tasks: w.rotate_after_tasks,
+                    after_tokens: w.rotate_after_tokens,
+                }
+            }
+            Some((other, span)) => {
+                return Err((
+                    Some(span),
+                    format!(
+                        "unknown session {other:?}: expected \"resume\", \"fresh\" or \"rotate\""
+                    ),
+                ));
+            }
+        },
+    )
+}
+
+fn claude_settings(
+    w: &RawWorker,
+    bin: Option<PathBuf>,
+    root: &Path,
+) -> std::result::Result<agentq_agents::claude::Settings, SpanError> {
+    use agentq_agents::claude::{Mode, Settings};
+    let mode = match w.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("exec", _)) => Mode::Exec,
+        Some(("persistent", _)) => Mode::Persistent,
+        Some((other, span)) => {
+            return Err((
+                Some(span),
+                format!("unknown mode {other:?}: expected \"exec\" or \"persistent\""),
+            ));
+        }
+    };
+    let session = session_policy(w)?;
+    let relative = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            root.join(p)
+        }
+    };
+    Ok(Settings {
+        bin,
+        mode,
+        model: w.model.clone(),
+        permission_mode: w.permission_mode.clone(),
+        allowed_tools: w.allowed_tools.clone().unwrap_or_default(),
+        disallowed_tools: w.disallowed_tools.clone().unwrap_or_default(),
+        append_system_prompt: w.append_system_prompt.clone(),
+        max_turns: w.max_turns,
+        max_budget_usd: w.max_budget_usd,
+        add_dirs: w.add_dirs.iter().flatten().map(relative).collect(),
+        extra_args: w.extra_args.clone().unwrap_or_default(),
+        skip_permissions: w.dangerously_skip_permissions.unwrap_or(false),
+        session,
+        budget_usd_per_day: w.budget_usd_per_day,
+        recycle_after_tasks: w.recycle_after_tasks,
+    })
+}
+
+fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limits, SpanError> {
+    let pick =
+        |a: Option<Dur>, b: Option<Dur>, default: Duration| a.or(b).map(|d| d.0).unwrap_or(default);
+    let attempts = own.max_attempts.as_ref().or(base.max_attempts.as_ref());
+    let max_attempts = attempts.map(|a| *a.get_ref()).unwrap_or(3);
+    if max_attempts == 0 {
+        return Err((
+            attempts.map(|a| a.span()),
+            "max_attempts must be at least 1".into(),
+        ));
+    }
+    let limits = Limits {
+        timeout: pick(own.timeout, base.timeout, Duration::from_secs(600)),
+        max_attempts,
+        backoff: pick(own.backoff, base.backoff, Duration::from_secs(5)),
+        max_backoff: pick(own.max_backoff, base.max_backoff, Duration::from_secs(600)),
+        kill_timeout: pick(own.kill_timeout, base.kill_timeout, Duration::from_secs(5)),
+        idle_timeout: own.idle_timeout.or(base.idle_timeout).map(|d| d.0),
+        linger_timeout: pick(
+            own.linger_timeout,
+            base.linger_timeout,
+            Duration::from_secs(10),
+        ),
+        max_memory: own.max_memory.or(base.max_memory).map(|m| m.0),
+        memory_report_interval: pick(
+            own.memory_report_interval,
+            base.memory_report_interval,
+            Duration::from_secs(10),
+        ),
+        restart: RestartPolicy {
+            autorestart: own.autorestart.or(base.autorestart).unwrap_or(true),
+            max_restarts: own.max_restarts.or(base.max_restarts).unwrap_or(10),
+            min_uptime: pick(own.min_uptime, base.min_uptime, Duration::from_secs(10)),
+            restart_delay: pick(
+                own.restart_delay,
+                base.restart_delay,
+                Duration::from_secs(1),
+            ),
+        },
+    };
+    for (key, value) in [
+        ("timeout", Some(limits.timeout)),
+        ("idle_timeout", limits.idle_timeout),
+        (
+            "memory_report_interval",
+            Some(limits.memory_report_interval),
+        ),
+    ] {
+        if value.is_some_and(|v| v.is_zero()) {
+            return Err((None, format!("{key} must be above 0")));
+        }
+    }
+    if limits.max_memory == Some(0) {
+        return Err((None, "max_memory must be above 0".into()));
+    }
+    Ok(limits)
+}
+
+/// `[classify]` over the seed's defaults: thresholds in order within 0..1, keywords non-empty.
+fn classify_rules(
+    raw: &RawClassify,
+) -> std::result::Result<agentq_core::classify::Rules, SpanError> {
+    let mut rules = agentq_core::classify::Rules::default();
+    for (list, into) in [
+        (&raw.long_keywords, &mut rules.long_keywords),
+        (&raw.short_keywords, &mut rules.short_keywords),
+    ] {
+        if let Some(list) = list {
+            if list.get_ref().iter().any(|k| k.trim().is_empty()) {
+                return Err((
+                    Some(list.span()),
+                    "[classify] keywords cannot be empty strings".into(),
+                ));
+            }
+            *into = list
+                .get_ref()
+                .iter()
+                .map(|k| k.trim().to_lowercase())
+                .collect();
+        }
+    }
+    for (value, into) in [
+        (&raw.high, &mut rules.high),
+        (&raw.medium, &mut rules.medium),
+        (&raw.low, &mut rules.low),
+    ] {
+        if let Some(v) = value {
+            *into = *v.get_ref();
+        }
+    }
+    let in_order = 0.0 <= rules.low
+        && rules.low <= rules.medium
+        && rules.medium <= rules.high
+        && rules.high <= 1.0;
+    if !in_order {
+        let span = [&raw.low, &raw.medium, &raw.high]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|v| v.span());
+        return Err((
+            span,
+            format!(
+                "[classify] thresholds must be 0 <= low <= medium <= high <= 1; they are low = {}, medium = {}, high = {}",
+                rules.low, rules.medium, rules.high
+            ),
+        ));
+    }
+    Ok(rules)
+}
+
+/// Worker names become folder names and URL segments, so they are kept to a safe alphabet.
+pub fn validate_name(name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('-') {
+        return Err(format!(
+            "invalid worker name {name:?}: use 1 to 64 letters, digits, '-' or '_' (not starting with '-')"
+        ));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!("worker name {name:?} is reserved; pick another"));
+    }
+    Ok(())
+}
+
+/// Checks a host id (`[daemon] host`, `run --host`, a worker's `host`): it begins every claim
+/// owner's id (`host:pid:nonce`), so it must not hold a `:`, and it is shown in columns.
+pub fn validate_host(host: &str) -> std::result::Result<(), String> {
+    let ok_chars = host
+        .chars()
+        .all(|c| !c.is_whitespace() && !c.is_control() && c != ':');
+    if host.is_empty() || host.len() > 255 || !ok_chars {
+        return Err(format!(
+            "invalid host id {host:?}: use 1 to 255 printable characters, without spaces or ':'"
+        ));
+    }
+    Ok(())
+}
+
+/// The machine's name, the host id of a daemon that sets none (`localhost` when the name cannot
+/// be read or is no valid host id).
+pub fn machine_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
+        .filter(|h| validate_host(h).is_ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// serde names Rust types in its messages ("expected u32"); people read words.
+fn plain_words(message: &str) -> String {
+    let mut m = message.trim().to_string();
+    for (rust, words) in [
+        ("u32", "a whole number, e.g. 3"),
+        ("u64", "a whole number"),
+        ("i64", "a whole number"),
+        ("a boolean", "true or false"),
+        ("a sequence", "a list, e.g. [\"python3\", \"agent.py\"]"),
+        ("struct RawWorker", "a table of worker settings"),
+        ("a string", "a quoted string"),
+    ] {
+        m = m.replace(&format!("expected {rust}"), &format!("expected {words}"));
+    }
+    m
+}
+
+/// Where the key a message is about (its first word, after a `[section] `) is set in `text`: the
+/// last line that assigns it, as that is the one that counts for a worker's own setting.
+fn key_offset(text: &str, message: &str) -> Option<usize> {
+    let rest = message
+        .strip_prefix('[')
+        .and_then(|m| m.split_once("] "))
+        .map_or(message, |(_, r)| r);
+    let key = rest.split_whitespace().next()?;
+    let mut offset = 0;
+    let mut found = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(after) = trimmed.strip_prefix(key)
+            && after.trim_start().starts_with('=')
+        {
+            found = Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    found
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/p/agentq.toml"), text)
+    }
+
+    fn err_text(text: &str) -> String {
+        parse(text).expect_err("expected an error").to_string()
+    }
+
+    #[test]
+    fn a_one_worker_config_is_a_few_lines() {
+        let c =
+            parse("[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = [\"cat\"]\n").unwrap();
+        let w = &c.workers[0];
+        assert_eq!(
+            w.agent,
+            Agent::Command(agentq_agents::command::Settings {
+                argv: vec!["cat".into()]
+            })
+        );
+        assert_eq!(w.cwd, PathBuf::from("/p/."));
+        assert_eq!(w.limits.timeout, Duration::from_secs(600));
+        assert_eq!(w.limits.max_attempts, 3);
+        assert_eq!(c.max_prompt_size, 10 << 20);
+        assert_eq!(c.resolve_worker(None).unwrap().name, "w");
+    }
+
+    #[test]
+    fn supervision_settings_have_defaults_inherit_and_are_checked() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        let l = &c.workers[0].limits;
+        assert_eq!(l.idle_timeout, None);
+        assert_eq!(l.linger_timeout, Duration::from_secs(10));
+        assert_eq!(l.memory_report_interval, Duration::from_secs(10));
+        assert_eq!(l.max_memory, None);
+        assert!(l.restart.autorestart);
+        assert_eq!(c.daemon.memory_sample_interval, Duration::from_secs(1));
+
+        let c = parse(
+            "[defaults]\nidle_timeout = \"2m\"\nmax_memory = \"2GiB\"\nmax_restarts = 4\nrestart_delay = \"2s\"\n\
+             [[worker]]\nname = \"a\"\ncommand = [\"x\"]\n\
+             [[worker]]\nname = \"b\"\ncommand = [\"x\"]\nmax_memory = \"512MiB\"\nautorestart = false\nmin_uptime = \"30s\"\n",
+        )
+        .unwrap();
+        let (a, b) = (&c.workers[0].limits, &c.workers[1].limits);
+        assert_eq!(a.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(a.max_memory, Some(2 << 30));
+        assert_eq!(b.max_memory, Some(512 << 20), "a worker's own setting wins");
+        assert_eq!(
+            (a.restart.max_restarts, a.restart.restart_delay),
+            (4, Duration::from_secs(2))
+        );
+        assert!(a.restart.autorestart && !b.restart.autorestart);
+        assert_eq!(b.restart.min_uptime, Duration::from_secs(30));
+
+        let e = err_text("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nidle_timeout = \"0s\"\n");
+        assert!(
+            e.contains("agentq.toml:4:1") && e.contains("idle_timeout must be above 0"),
+            "{e}"
+        );
+        let e = err_text("[daemon]\nmemory_sample_interval = \"1ms\"\n");
+        assert!(e.contains(":2:1") && e.contains("at least 50ms"), "{e}");
+        let e = err_text("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nautorestart = \"yes\"\n");
+        assert!(e.contains(":4:") && e.contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn classify_rules_are_read_and_checked() {
+        let c = parse("[classify]\nlong_keywords = [\"Audit\"]\nhigh = 0.9\n").unwrap();
+        assert_eq!(c.classify.long_keywords, ["audit"]);
+        assert_eq!((c.classify.high, c.classify.low), (0.9, 0.3));
+        assert_eq!(c.classify.short_keywords.len(), 7, "defaults kept");
+        let e = err_text("[classify]\nlow = 0.6\nmedium = 0.5\n");
+        assert!(e.contains(":2:7") && e.contains("low <= medium"), "{e}");
+        let e = err_text("[classify]\nshort_keywords = [\"fix\", \" \"]\n");
+        assert!(e.contains(":2:18") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn the_pool_and_classes_have_defaults_and_are_checked() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert!(!c.pool.defined);
+        assert_eq!(c.pool.max_workers, 4);
+        assert_eq!(c.pool.worker.name, "pool");
+        assert_eq!(c.pool.worker.agent.kind(), "claude");
+        assert_eq!(c.pool.worker.limits.timeout, Duration::from_secs(600));
+        assert_eq!(c.pool.worker.limits.max_memory, Some(4 << 30));
+        assert_eq!(
+            c.workers[0].limits.max_memory, None,
+            "the pool's own default"
+        );
+        assert_eq!(c.workers[0].route, Route::Worker);
+        assert_eq!(c.classes, Classes::default());
+
+        let c = parse(
+            "[defaults]\nroute = \"auto\"\ntimeout = \"1h\"\n[pool]\nmax_workers = 2\ncommand = [\"y\"]\nmax_memory = \"1GiB\"\n[class.long]\ntimeout = \"2h\"\npriority = -3\n[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n[[worker]]\nname = \"v\"\ncommand = [\"x\"]\nroute = \"pool\"\n",
+        )
+        .unwrap();
+        assert!(c.pool.defined);
+        assert_eq!(c.pool.max_workers, 2);
+        assert_eq!(c.pool.worker.agent.kind(), "command");
+        assert_eq!(c.pool.worker.limits.timeout, Duration::from_secs(3600));
+        assert_eq!(c.pool.worker.limits.max_memory, Some(1 << 30));
+        assert_eq!(
+            (c.workers[0].route, c.workers[1].route),
+            (Route::Auto, Route::Pool)
+        );
+        assert_eq!(c.classes.long.timeout, Some(Duration::from_secs(7200)));
+        assert_eq!(c.classes.long.priority, Some(-3));
+        assert_eq!(c.settings_of("pool").unwrap().name, "pool");
+        assert_eq!(c.queue_names().collect::<Vec<_>>(), ["w", "v", "pool"]);
+
+        for (text, at, says) in [
+            ("[pool]\nmax_workers = 0\n", ":2:", "at least 1"),
+            ("[pool]\nname = \"p\"\n", ":2:", "[pool] has no name"),
+            ("[pool]\nroute = \"auto\"\n", ":2:", "[pool] has no route"),
+            ("[pool]\nmode = \"persistent\"\n", ":2:", "fresh process"),
+            (
+                "[pool]\ncommand = [\"x\"]\nmodel = \"m\"\n",
+                ":1:",
+                "[pool] has agent = \"command\"",
+            ),
+            ("[pool]\ntimeout = 0\n", ":2:", "timeout must be above 0"),
+            (
+                "[pool]\nsession = \"fresh\"\n",
+                ":2:",
+                "[pool] session does not apply",
+            ),
+            (
+                "[pool]\nmax_workers = 2\nautorestart = false\n",
+                ":3:",
+                "autorestart does not apply",
+            ),
+            (
+                "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nmax_workers = 2\n",
+                ":4:",
+                "[pool] setting",
+            ),
+            ("[[worker]]\ncommand = [\"x\"]\n", ":1:", "needs a name"),
+            ("[daemon]\nhost = \"a b\"\n", ":2:", "invalid host id"),
+            ("[daemon]\nhost = \"\"\n", ":2:", "invalid host id"),
+            ("[daemon]\nhost = \"a:1\"\n", ":2:", "invalid host id"),
+            (
+                "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nhost = \"\\t\"\n",
+                ":4:",
+                "invalid host id",
+            ),
+            ("[pool]\nhost = \"a\"\n", ":2:", "[pool] has no host"),
+            (
+                "[[worker]]\nname = \"w\"\ncommand = [\"x\"]\nroute = \"fast\"\n",
+                ":4:",
+                "unknown route",
+            ),
+            ("[defaults]\nroute = \"any\"\n", ":2:", "unknown route"),
+            (
+                "[class.long]\nmax_attempts = 0\n",
+                ":2:",
+                "[class.long] max_attempts",
+            ),
+            (
+                "[class.short]\nmax_memory = 0\n",
+                ":2:",
+                "[class.short] max_memory",
+            ),
+            ("[class.medium]\ntimeout = \"1m\"\n", ":1:", "medium"),
+            ("[class.long]\ncolour = 1\n", ":2:", "colour"),
+        ] {
+            let e = err_text(text);
+            assert!(e.contains(at) && e.contains(says), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_readmes_example_config_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + 8;
+        let len = readme[start..].find("```").unwrap();
+        let c = parse(&readme[start..start + len]).unwrap();
+        assert_eq!(c.workers.len(), 2);
+        assert_eq!(c.workers[0].route, Route::Auto);
+        assert!(c.pool.defined);
+        assert_eq!(c.classes.long.priority, Some(-1));
+    }
+
+    #[test]
+    fn a_host_id_is_the_machines_unless_set_and_a_worker_may_be_pinned() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.daemon.host, machine_host());
+        assert!(!c.daemon.shared_sessions);
+        assert_eq!(c.workers[0].host, None);
+        let c = parse(
+            "[daemon]\nhost = \"build-1\"\nshared_sessions = true\n\
+             [[worker]]\nname = \"w\"\ncommand = [\"x\"]\nhost = \"build-2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.host, "build-1");
+        assert!(c.daemon.shared_sessions);
+        assert_eq!(c.workers[0].host.as_deref(), Some("build-2"));
+    }
+
+    #[test]
+    fn the_init_template_parses() {
+        let c = parse(INIT_TEMPLATE).unwrap();
+        assert_eq!(c.workers.len(), 1);
+        assert_eq!(c.workers[0].limits.timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_command_without_an_agent_is_a_command_agent() {
+        let c = parse("[[worker]]\nname = \"a\"\ncommand = [\"x\"]\n[[worker]]\nname = \"b\"\n")
+            .unwrap();
+        assert_eq!(c.workers[0].agent.kind(), "command");
+        assert_eq!(c.workers[1].agent.kind(), "claude");
+    }
+
+    #[test]
+    fn claude_workers_take_their_settings() {
+        let c = parse(
+            "[defaults]\nclaude_bin = \"tools/claude\"\n[[worker]]\nname = \"c\"\nmodel = \"opus\"\nsession = \"rotate\"\nrotate_after_tasks = 5\nadd_dirs = [\"data\"]\nallowed_tools = [\"Read\"]\n",
+        )
+        .unwrap();
+        let Agent::Claude(s) = &c.workers[0].agent else {
+            panic!()
+        };
+        assert_eq!(s.bin, Some(PathBuf::from("/p/tools/claude")));
+        assert_eq!(s.model.as_deref(), Some("opus"));
+        assert_eq!(s.add_dirs, vec![PathBuf::from("/p/data")]);
+        assert_eq!(
+            s.session,
+            agentq_agents::SessionPolicy::Rotate {
+                after_tasks: Some(5),
+                after_tokens: None
+            }
+        );
+        assert!(!s.skip_permissions, "never a default");
+
+        let e = err_text("[[worker]]\nname = \"c\"\nsession = \"rotate\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:3:") && e.contains("rotate_after_tasks"),
+            "{e}"
+        );
+        let e = err_text("[[worker]]\nname = \"c\"\nmode = \"daemon\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:3:") && e.contains("\"exec\" or \"persistent\""),
+            "{e}"
+        );
+        let e = err_text(
+            "[[worker]]\nname = \"x\"\nagent = \"command\"\ncommand = [\"cat\"]\nmodel = \"opus\"\n",
+        );
+        assert!(
+            e.contains("sets model, which only a Claude, Codex or Gemini worker has"),
+            "{e}"
+        );
+        let e =
+            err_text("[[worker]]\nname = \"x\"\nagent = \"codex\"\npermission_mode = \"plan\"\n");
+        assert!(
+            e.contains(
+                "has agent = \"codex\" but sets permission_mode, which only a Claude worker has"
+            ),
+            "{e}"
+        );
+        let e = err_text("[[worker]]\nname = \"x\"\nagent = \"codex\"\nsandbox = \"open\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:4:")
+                && e.contains("unknown sandbox \"open\": expected \"read-only\""),
+            "{e}"
+        );
+        let e = err_text("[[worker]]\nname = \"x\"\nagent = \"aider\"\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:3:")
+                && e.contains("unknown agent \"aider\": expected one of \"claude\", \"codex\", \"gemini\", \"command\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn codex_and_gemini_workers_take_their_own_settings() {
+        let c = parse(
+            "[defaults]\ncodex_bin = \"bin/codex\"\n[[worker]]\nname = \"x\"\nagent = \"codex\"\nmodel = \"gpt-5.5\"\nsandbox = \"workspace-write\"\nskip_git_repo_check = true\nsession = \"fresh\"\n[[worker]]\nname = \"g\"\nagent = \"gemini\"\ngemini_bin = \"gemini-nightly\"\napproval_mode = \"yolo\"\ntrust_workspace = true\nextra_args = [\"--debug\"]\n",
+        )
+        .unwrap();
+        let Agent::Codex(x) = &c.workers[0].agent else {
+            panic!()
+        };
+        assert_eq!(x.bin, Some(PathBuf::from("/p/bin/codex")));
+        assert_eq!(
+            (
+                x.model.as_deref(),
+                x.sandbox.as_deref(),
+                x.skip_git_repo_check
+            ),
+            (Some("gpt-5.5"), Some("workspace-write"), true)
+        );
+        assert_eq!(x.session, agentq_agents::SessionPolicy::Fresh);
+        let Agent::Gemini(g) = &c.workers[1].agent else {
+            panic!()
+        };
+        assert_eq!(
+            g.bin,
+            Some(PathBuf::from("gemini-nightly")),
+            "a bare name is looked up on PATH"
+        );
+        assert_eq!(g.approval_mode.as_deref(), Some("yolo"));
+        assert!(g.trust_workspace);
+        assert_eq!(g.extra_args, ["--debug"]);
+        assert_eq!(c.workers[1].agent.kind(), "gemini");
+        let e = err_text("[[worker]]\nname = \"g\"\nagent = \"gemini\"\nsandbox = \"read-only\"\n");
+        assert!(
+            e.contains("sets sandbox, which only a Codex worker has"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn worker_settings_override_defaults() {
+        let c = parse(
+            "[defaults]\ntimeout = \"10m\"\nmax_attempts = 5\n[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\ntimeout = \"90s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.workers[0].limits.timeout, Duration::from_secs(90));
+        assert_eq!(c.workers[0].limits.max_attempts, 5);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_what_was_expected() {
+        let e = err_text("[defaults]\ntimeout = \"10 minutez\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("invalid duration"), "{e}");
+
+        let e = err_text("[defaults]\ntimeuot = \"10m\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("timeuot"), "{e}");
+
+        let e = err_text(
+            "[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n",
+        );
+        assert!(e.starts_with("/p/agentq.toml:6:"), "{e}");
+        assert!(e.contains("defined twice"), "{e}");
+
+        let e = err_text("[[worker]]\nname = \"a b\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+
+        let e = err_text("[[worker]]\nname = \"a\"\nagent = \"command\"\n");
+        assert!(e.contains("no command"), "{e}");
+
+        let e = err_text("[[worker]]\nname = \"a\"\nagent = \"robot\"\n");
+        assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
+        assert!(
+            e.contains("expected one of \"claude\", \"codex\", \"gemini\", \"command\""),
+            "{e}"
+        );
+
+        let e = err_text("[defaults]\nmax_attempts = 0\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+
+        let e = err_text("[defaults]\nworker = \"ghost\"\n");
+        assert!(e.contains("ghost"), "{e}");
+
+        let e = err_text("[intake]\npoll_interval = \"0s\"\n");
+        assert!(e.contains("poll_interval must be at least 10ms"), "{e}");
+
+        let e = err_text("[[worker]\n");
+        assert!(e.starts_with("/p/agentq.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("512 KB").unwrap(), 512_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn choosing_a_worker() {
+        let c = parse("[[worker]]\nname = \"a\"\nagent = \"command\"\ncommand = [\"x\"]\n[[worker]]\nname = \"b\"\nagent = \"command\"\ncommand = [\"x\"]\n").unwrap();
+        assert!(
+            c.resolve_worker(None)
+                .unwrap_err()
+                .to_string()
+                .contains("--worker")
+        );
+        assert_eq!(c.resolve_worker(Some("b")).unwrap().name, "b");
+        assert!(
+            c.resolve_worker(Some("z"))
+                .unwrap_err()
+                .to_string()
+                .contains("workers: a, b")
+        );
+    }
+
+    #[test]
+    fn http_is_off_by_default_and_checked_when_on() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.http.listen, None);
+        assert!(!c.http.allow_remote);
+        assert_eq!(c.http.max_body, 1 << 20);
+
+        let c = parse(
+            "[http]\nlisten = \"127.0.0.1:7777\"\nmax_body = \"64KiB\"\n\n[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:7777".parse().unwrap()));
+        assert_eq!(c.http.max_body, 64 << 10);
+        assert!(parse("[http]\nlisten = \"[::1]:0\"\n").is_ok());
+
+        let e = err_text("[http]\nlisten = \"0.0.0.0:7777\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("allow_remote"), "{e}");
+        let c = parse("[http]\nlisten = \"0.0.0.0:7777\"\nallow_remote = true\n").unwrap();
+        assert_eq!(c.http.listen, Some("0.0.0.0:7777".parse().unwrap()));
+
+        let e = err_text("[http]\nlisten = \"localhost\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(e.contains("127.0.0.1:7777"), "{e}");
+        let e = err_text("[http]\n\nmax_body = 0\n");
+        assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
+        let e = err_text("[http]\nport = 1\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn http_timeouts_and_limits() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(30));
+        assert_eq!((c.http.max_connections, c.http.max_streams), (256, 64));
+
+        let c = parse(
+            "[http]\nheader_timeout = \"2s\"\nrequest_timeout = \"1m\"\nmax_connections = 8\nmax_streams = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(60));
+        assert_eq!((c.http.max_connections, c.http.max_streams), (8, 2));
+
+        for (text, line, needle) in [
+            (
+                "[http]\n\nheader_timeout = \"0s\"\n",
+                3,
+                "header_timeout must be at least 100ms",
+            ),
+            (
+                "[http]\nrequest_timeout = \"10ms\"\n",
+                2,
+                "request_timeout must be at least 100ms",
+            ),
+            (
+                "[http]\nrequest_timeout = \"soon\"\n",
+                2,
+                "invalid duration",
+            ),
+            (
+                "[http]\n\n\nmax_connections = 0\n",
+                4,
+                "max_connections must be at least 1",
+            ),
+            (
+                "[http]\nmax_streams = 0\n",
+                2,
+                "max_streams must be at least 1",
+            ),
+            ("[http]\nmax_streams = -1\n", 2, "expected a whole number"),
+        ] {
+            let e = err_text(text);
+            assert!(e.starts_with(&format!("/p/agentq.toml:{line}:")), "{e}");
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given_and_the_environment_wins() {
+        let c = parse("[[worker]]\nname = \"w\"\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(c.store, StoreSettings::Sqlite);
+        assert!(
+            c.store
+                .describe(&c.db_path())
+                .ends_with(".agentq/agentq.db")
+        );
+
+        let c = parse("[store]\nurl = \"postgres://agentq:s3cret@db:5432/queue\"\n").unwrap();
+        let StoreSettings::Postgres(url) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(url.expose(), "postgres://agentq:s3cret@db:5432/queue");
+        assert_eq!(
+            c.store.describe(&c.db_path()),
+            "postgres://agentq:***@db:5432/queue"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        let env =
+            |url: &'static str| move |k: &str| (k == DATABASE_URL_ENV).then(|| url.to_string());
+        let c = c.with_env(env("host=other password=x")).unwrap();
+        let StoreSettings::Postgres(url) = &c.store else {
+            panic!()
+        };
+        assert_eq!(url.expose(), "host=other password=x");
+        assert_eq!(url.origin, DATABASE_URL_ENV);
+        let sqlite = parse("").unwrap();
+        assert_eq!(
+            sqlite.clone().with_env(env("")).unwrap().store,
+            StoreSettings::Sqlite
+        );
+        let e = sqlite
+            .with_env(env("mysql://root:s3cret@h/d"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(DATABASE_URL_ENV), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+
+        let e = err_text("[store]\n\nurl = \"mysql://root:s3cret@h/d\"\n");
+        assert!(e.starts_with("/p/agentq.toml:3:"), "{e}");
+        assert!(e.contains("PostgreSQL connection string"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = err_text("[store]\nurl = \"postgres://u:s3cret@h/d?sslmode=sometimes\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = err_text("[store]\npath = \"x\"\n");
+        assert!(e.starts_with("/p/agentq.toml:2:"), "{e}");
+    }
+}

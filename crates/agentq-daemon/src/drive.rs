@@ -1,0 +1,587 @@
+//! How a runner drives an agent through one attempt, whatever the agent: the worker loop's half
+//! that talks to a [`Driver`].
+//!
+//! Both ways of running an agent are written once here, for every driver. **Exec**: settle which
+//! conversation the task joins (a new id is stored before the process starts when agentq names
+//! it), ask the driver for the command, run it under the watchdogs (`agent::run`), and let the
+//! driver read what it printed; a resume of a conversation that is gone starts a new one and runs
+//! the task again within the same attempt. **Long-lived**: the worker's process (`persistent.rs`)
+//! serves the task, and is replaced when it died, when the task should join another conversation,
+//! after `recycle_after_tasks`, or when it holds too much memory. Either way the reply's tokens,
+//! cost and conversation are recorded on the worker's session, a usage limit pauses the worker,
+//! and an agent whose program is not installed makes its tasks wait (the worker pauses, its
+//! tasks are not failed) until it is.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::worker::{Ended, Ran, Runner, Stop, Watchdogs, cap_text, generic_end};
+use agentq_agents::agent::{self, Outcome};
+use agentq_agents::persistent::{Persistent, TaskEnd};
+use agentq_agents::{Driver, End, Join, LongLived, Output, Read, Reply, SessionState, last_line};
+use agentq_core::domain::{AttemptEnd, Cause};
+use agentq_store::{Task, Usage, now_ms};
+
+/// The conversation a task joins.
+pub(crate) struct Joined {
+    /// `None`: the agent keeps no conversation.
+    join: Option<Join>,
+    /// What the conversation has cost so far.
+    spent_usd: f64,
+}
+
+impl Joined {
+    fn id(&self) -> Option<&str> {
+        self.join.as_ref().and_then(Join::id)
+    }
+
+    fn resumes(&self) -> bool {
+        self.join.as_ref().is_some_and(Join::resumes)
+    }
+}
+
+/// How long a worker waits at first for its agent's program to be installed; it doubles with
+/// each wait in a row, up to [`MISSING_MAX_WAIT`].
+const MISSING_FIRST_WAIT: Duration = Duration::from_secs(15);
+const MISSING_MAX_WAIT: Duration = Duration::from_secs(600);
+
+impl Runner {
+    /// One task in a process of its own.
+    pub(crate) async fn run_exec(&self, driver: &dyn Driver, task: &Task, stop: &Stop) -> Ran {
+        let cwd = self.worker.cwd.to_string_lossy().into_owned();
+        let program = driver.program();
+        let mut reset_once = false;
+        loop {
+            let joined = self.join_for(driver, &cwd).await;
+            let argv = driver.command(&program, joined.join.as_ref(), joined.spent_usd);
+            let mut spec = self.spec(driver, task, argv);
+            spec.final_line = driver.final_line();
+            if !driver.prints_while_working() {
+                spec.idle_timeout = None;
+            }
+            let watchdogs = Watchdogs::of(&spec);
+            let mut attempt = agent::run(spec, stop.future()).await;
+            let unread = |attempt: agent::Attempt, end: Ended| Ran {
+                end,
+                output: attempt.stdout.clone(),
+                usage: Usage {
+                    session_id: joined.id().map(str::to_string),
+                    ..Usage::default()
+                },
+                attempt,
+            };
+            let code = match &attempt.outcome {
+                Outcome::Exited(code) => Some(*code),
+                // Stopped after its final line: what it printed stands.
+                Outcome::Lingered => None,
+                Outcome::SpawnFailed { missing: true, .. } if driver.install_hint().is_some() => {
+                    let end = self.wait_for_program(driver, &program).await;
+                    return unread(attempt, end);
+                }
+                other => {
+                    let end = generic_end(other, &watchdogs);
+                    return unread(attempt, end);
+                }
+            };
+            self.program_found();
+            let out = Output {
+                stdout: &attempt.stdout,
+                stderr: &attempt.stderr_tail,
+                exit_code: code,
+                now: chrono::Local::now(),
+            };
+            let reply = match driver.read(&out) {
+                Read::Reply(reply) => reply,
+                Read::Gone if joined.resumes() && !reset_once => {
+                    reset_once = true;
+                    self.reset_gone(joined.id().unwrap_or(""), task.id).await;
+                    continue;
+                }
+                Read::Gone | Read::Nothing => {
+                    let end = match code {
+                        None => generic_end(&attempt.outcome, &watchdogs),
+                        Some(code) => {
+                            let last = last_line(&attempt.stderr_tail, "no result on stdout");
+                            Ended::Attempt(AttemptEnd::failed(
+                                Cause::Crashed,
+                                format!("crashed (exit code {code}): {last}"),
+                            ))
+                        }
+                    };
+                    return unread(attempt, end);
+                }
+            };
+            let usage = self.record_session(driver, &joined, &reply, &cwd).await;
+            let mut text = reply.text;
+            let end = match reply.end {
+                End::Limited(limit) => Ended::Limited(limit),
+                end => {
+                    attempt.stdout_truncated |=
+                        cap_text(&mut text, self.config.daemon.output_cap as usize);
+                    Ended::Attempt(attempt_end(end))
+                }
+            };
+            return Ran {
+                end,
+                output: text,
+                usage,
+                attempt,
+            };
+        }
+    }
+
+    /// The conversation the next task joins, and what it has cost so far. A new one is stored
+    /// before any process starts when agentq names it; one the agent names is stored from its
+    /// reply.
+    async fn join_for(&self, driver: &dyn Driver, cwd: &str) -> Joined {
+        let name = &self.worker.name;
+        let Some(conversation) = driver.conversation() else {
+            return Joined {
+                join: None,
+                spent_usd: 0.0,
+            };
+        };
+        let new = || match conversation.named_by_caller {
+            true => Join::Start(agentq_agents::new_session_id()),
+            false => Join::New,
+        };
+        if self.pool {
+            // Its own conversation, recorded on the task only: the worker's is not touched.
+            return Joined {
+                join: Some(new()),
+                spent_usd: 0.0,
+            };
+        }
+        let current = match self.store.worker_session(name).await {
+            Ok(current) => current,
+            Err(e) => {
+                warn!(worker = %name, "cannot read the worker's session: {e}; starting a new one");
+                None
+            }
+        };
+        if let Some(join) =
+            agentq_agents::choose(conversation.policy, current.as_ref(), driver.name(), cwd)
+        {
+            return Joined {
+                join: Some(join),
+                spent_usd: current.map_or(0.0, |s| s.cost_usd),
+            };
+        }
+        let join = new();
+        if let Join::Start(id) = &join {
+            let fresh = SessionState {
+                id: id.clone(),
+                agent: driver.name().to_string(),
+                cwd: cwd.to_string(),
+                tasks: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: 0.0,
+            };
+            if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
+                warn!(worker = %name, "cannot store the new session id: {e}");
+            }
+        }
+        Joined {
+            join: Some(join),
+            spent_usd: 0.0,
+        }
+    }
+
+    /// Forgets a conversation the agent no longer has, so the task starts a new one.
+    async fn reset_gone(&self, id: &str, task_id: i64) {
+        let name = &self.worker.name;
+        let why = format!("conversation {id} is gone (task {task_id})");
+        warn!(worker = %name, task = task_id, "{why}; starting a new one and running the task again");
+        if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await {
+            warn!(worker = %name, "cannot reset the session: {e}");
+        }
+    }
+
+    /// Records the conversation a reply reports, with its counters, and says what this task
+    /// used: agents that count the whole conversation (Claude's cost, Codex's tokens) are charged
+    /// the difference. The record is only updated while it still holds the conversation the task
+    /// joined, so an `agentq worker reset-session` made meanwhile stands; a conversation the
+    /// agent named itself is stored here, from its first reply.
+    async fn record_session(
+        &self,
+        driver: &dyn Driver,
+        joined: &Joined,
+        reply: &Reply,
+        cwd: &str,
+    ) -> Usage {
+        let name = &self.worker.name;
+        let reported = reply
+            .session
+            .clone()
+            .or_else(|| joined.id().map(str::to_string));
+        let previous = match (self.pool, joined.id()) {
+            (false, Some(id)) => self
+                .store
+                .worker_session(name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.id == id),
+            _ => None,
+        };
+        // An agent may answer in another conversation than the one it was asked to continue
+        // (Codex starts a new thread when it finds no thread of that name): its counters start
+        // from nothing.
+        let continued = match (&reply.session, joined.id()) {
+            (Some(said), Some(asked)) => said == asked,
+            _ => true,
+        };
+        let before = previous
+            .clone()
+            .filter(|_| continued)
+            .unwrap_or(SessionState {
+                id: String::new(),
+                agent: driver.name().to_string(),
+                cwd: cwd.to_string(),
+                tasks: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: 0.0,
+            });
+        let u = reply.usage;
+        let cost = u.cost_usd.map(|c| c.split(before.cost_usd));
+        let input = u.input_tokens.map(|c| c.split(before.input_tokens));
+        let output = u.output_tokens.map(|c| c.split(before.output_tokens));
+        let after = SessionState {
+            id: reported.clone().unwrap_or_default(),
+            tasks: before.tasks + 1,
+            input_tokens: input.map_or(before.input_tokens, |(_, total)| total),
+            output_tokens: output.map_or(before.output_tokens, |(_, total)| total),
+            cost_usd: cost.map_or(before.cost_usd, |(_, total)| total),
+            ..before
+        };
+        let stored = match (&previous, &joined.join) {
+            (Some(_), Some(join)) => {
+                let joined_id = join.id().unwrap_or_default();
+                self.store
+                    .update_worker_session(name, joined_id, &after, now_ms())
+                    .await
+                    .map(|_| ())
+            }
+            // A conversation the agent named: from now on it is the worker's, once a turn in it
+            // went through (a retry of a first turn that failed starts afresh, rather than
+            // continue a conversation that holds only the failed prompt).
+            (None, Some(Join::New))
+                if !self.pool && reported.is_some() && reply.end == End::Done =>
+            {
+                self.store.save_worker_session(name, &after, now_ms()).await
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = stored {
+            warn!(worker = %name, "cannot store the session: {e}");
+        }
+        Usage {
+            session_id: reported,
+            cost_usd: cost.map(|(run, _)| run),
+            input_tokens: input.map(|(run, _)| run as i64),
+            output_tokens: output.map(|(run, _)| run as i64),
+            num_turns: u.turns.map(|t| t as i64),
+        }
+    }
+
+    /// The agent's program is not installed: the worker pauses (15 s at first, doubling up to
+    /// 10 minutes) and the task goes back to the queue unspent, so the worker's tasks wait until
+    /// the program appears rather than fail.
+    async fn wait_for_program(&self, driver: &dyn Driver, program: &std::path::Path) -> Ended {
+        let name = &self.worker.name;
+        let waits = {
+            let mut life = self.life.lock().unwrap_or_else(|p| p.into_inner());
+            life.missing += 1;
+            life.missing
+        };
+        let wait = MISSING_FIRST_WAIT
+            .saturating_mul(1 << (waits - 1).min(10))
+            .min(MISSING_MAX_WAIT);
+        let reason = format!(
+            "{} is not installed ({} not found); install it with `{}` (or set {}_bin); tasks wait",
+            driver.name(),
+            program.display(),
+            driver.install_hint().unwrap_or("its installer"),
+            driver.name()
+        );
+        let until = now_ms() + wait.as_millis() as i64;
+        if let Err(e) = self
+            .store
+            .pause_worker(name, until, &reason, now_ms())
+            .await
+        {
+            warn!(worker = %name, "cannot record the pause: {e}");
+        }
+        warn!(worker = %name, "{reason}; looking again in {}", humantime::format_duration(wait));
+        Ended::Released(reason)
+    }
+
+    /// The program started: the next time it is missing, the wait starts short again.
+    fn program_found(&self) {
+        self.life.lock().unwrap_or_else(|p| p.into_inner()).missing = 0;
+    }
+
+    /// One task served by the worker's long-lived process: started (or replaced) when there is
+    /// none, when it is in another conversation than the one the task should join, when it has
+    /// served `recycle_after_tasks`, when its budget is spent or when it holds too much memory.
+    pub(crate) async fn run_long_lived(
+        &self,
+        driver: &dyn Driver,
+        protocol: &dyn LongLived,
+        task: &Task,
+        stop: &Stop,
+    ) -> Ran {
+        let name = &self.worker.name;
+        let agent_name = driver.name();
+        let cwd = self.worker.cwd.to_string_lossy().into_owned();
+        let program = driver.program();
+        let mut spec = self.spec(driver, task, Vec::new());
+        // The process outlives this task: per-task variables would be stale for the next ones.
+        spec.env.remove("AGENTQ_TASK_ID");
+        spec.env.remove("AGENTQ_ATTEMPT");
+        let grace = self.worker.limits.kill_timeout;
+        let mut slot = self.persistent.lock().await;
+        let mut reset_once = false;
+        let started = Instant::now();
+        let peak: std::sync::Mutex<Option<u64>> = Default::default();
+        let served = |end: Ended, output: String, usage: Usage, stderr: String| Ran {
+            end,
+            output,
+            usage,
+            attempt: agent::Attempt {
+                outcome: Outcome::Served,
+                stdout: String::new(),
+                stdout_truncated: false,
+                stderr_tail: stderr,
+                duration: started.elapsed(),
+                pid: None,
+                memory_peak: *peak.lock().unwrap_or_else(|p| p.into_inner()),
+            },
+        };
+        let nothing =
+            |end: Ended, stderr: String| served(end, String::new(), Usage::default(), stderr);
+        loop {
+            // A process that died while idle is never handed a task; its death counts.
+            if slot.as_mut().is_some_and(|p| p.has_exited()) {
+                let p = slot.take().expect("checked");
+                let (uptime, stderr) = (p.started.elapsed(), p.stderr_tail());
+                let why = format!("while idle: {}", last_line(&stderr, "no output"));
+                if !self.process_died(uptime, &why).await {
+                    return nothing(Ended::Released("the worker is errored".into()), stderr);
+                }
+            }
+            let joined = self.join_for(driver, &cwd).await;
+            let join = joined.join.clone().unwrap_or(Join::New);
+            let reusable = slot.as_mut().is_some_and(|p| {
+                !p.has_exited() && {
+                    matches!(&join, Join::Resume(id) if *id == p.session_id)
+                        && protocol.recycle_after_tasks().is_none_or(|n| p.served < n)
+                        // Its budget was fixed at its start: enough left for a task?
+                        && protocol.budget_usd().is_none_or(|b| p.budget_left.is_none_or(|left| left >= b))
+                        && self
+                            .worker
+                            .limits
+                            .max_memory
+                            .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
+                }
+            });
+            if !reusable {
+                if let Some(old) = slot.take() {
+                    let rss_mb = old.rss().map(|b| b / (1 << 20));
+                    info!(worker = %name, served = old.served, rss_mb, "replacing the {agent_name} process (its conversation goes on)");
+                    old.shutdown(grace).await;
+                }
+                let argv = protocol.command(&program, &join, joined.spent_usd);
+                if !self.restart_delay(stop).await {
+                    return nothing(Ended::Interrupted, String::new());
+                }
+                let booking = agent::Booking {
+                    book: self.book.clone(),
+                    worker: name.clone(),
+                    task: None,
+                };
+                match Persistent::spawn(
+                    &argv,
+                    &spec.cwd,
+                    &spec.env,
+                    &spec.env_remove,
+                    join.id().unwrap_or_default(),
+                    Some(&booking),
+                ) {
+                    Ok(p) => {
+                        info!(worker = %name, pid = p.pid(), session = join.id(), "started a long-lived {agent_name} process");
+                        self.program_found();
+                        *slot = Some(p);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let end = self.wait_for_program(driver, &program).await;
+                        return nothing(end, String::new());
+                    }
+                    Err(e) => {
+                        let error = format!("could not start {}: {e}", program.display());
+                        let cause = match e.kind() {
+                            std::io::ErrorKind::PermissionDenied => Cause::Config,
+                            _ => Cause::SpawnFailed,
+                        };
+                        return nothing(
+                            Ended::Attempt(AttemptEnd::failed(cause, error)),
+                            String::new(),
+                        );
+                    }
+                }
+            }
+            let process = slot.as_mut().expect("a process was just put there");
+            let end = process
+                .run_watched(
+                    protocol,
+                    &task.prompt,
+                    spec.timeout,
+                    spec.idle_timeout,
+                    self.memory_policy(Some(task)),
+                    spec.log.clone(),
+                    grace,
+                    stop.future(),
+                )
+                .await;
+            *peak.lock().unwrap_or_else(|p| p.into_inner()) = process.last_peak;
+            let uptime = process.started.elapsed();
+            let stderr = process.stderr_tail();
+            let watchdogs = Watchdogs::of(&spec);
+            match end {
+                TaskEnd::Result { reply, limit } => {
+                    // A resume of a conversation that is gone answers with an error that ran no
+                    // turn, then says why on stderr and exits.
+                    let nothing_ran = reply.end != End::Done && reply.usage.turns.unwrap_or(0) == 0;
+                    if nothing_ran && joined.resumes() && !reset_once {
+                        let process = slot.as_mut().expect("it just answered");
+                        if process.exited_within(Duration::from_secs(2)).await {
+                            let stderr = process.stderr_tail();
+                            *slot = None;
+                            if protocol.gone(&stderr, &reply.text) {
+                                reset_once = true;
+                                self.reset_gone(join.id().unwrap_or_default(), task.id)
+                                    .await;
+                                continue;
+                            }
+                        }
+                    }
+                    if slot.as_mut().is_some_and(|p| p.has_exited()) {
+                        *slot = None;
+                    }
+                    let limit = limit.or(match &reply.end {
+                        End::Limited(l) => Some(l.clone()),
+                        _ => None,
+                    });
+                    if let Some(limit) = limit {
+                        return served(
+                            Ended::Limited(limit),
+                            reply.text.clone(),
+                            Usage::default(),
+                            stderr,
+                        );
+                    }
+                    let usage = self.record_session(driver, &joined, &reply, &cwd).await;
+                    if let (Some(process), Some(budget)) = (slot.as_mut(), protocol.budget_usd())
+                        && let Some(agentq_agents::Counted::Conversation(total)) =
+                            reply.usage.cost_usd
+                    {
+                        process.budget_left = Some(budget + joined.spent_usd - total);
+                    }
+                    let mut text = reply.text;
+                    let cut = cap_text(&mut text, self.config.daemon.output_cap as usize);
+                    let end = Ended::Attempt(attempt_end(reply.end));
+                    let mut ran = served(end, text, usage, String::new());
+                    ran.attempt.stdout_truncated = cut;
+                    return ran;
+                }
+                TaskEnd::TimedOut { kept } | TaskEnd::IdleTimedOut { kept } => {
+                    if !kept {
+                        *slot = None;
+                    }
+                    let how = if kept {
+                        "interrupted; the process lives on"
+                    } else {
+                        "the process did not answer the interrupt and was killed"
+                    };
+                    let outcome = if matches!(end, TaskEnd::TimedOut { .. }) {
+                        Outcome::TimedOut
+                    } else {
+                        Outcome::IdleTimedOut
+                    };
+                    let Ended::Attempt(AttemptEnd::Failed { cause, reason, .. }) =
+                        generic_end(&outcome, &watchdogs)
+                    else {
+                        unreachable!("a timeout is a failure")
+                    };
+                    return nothing(
+                        Ended::Attempt(AttemptEnd::failed(cause, format!("{reason} ({how})"))),
+                        stderr,
+                    );
+                }
+                TaskEnd::MemoryLimit(rss) => {
+                    *slot = None;
+                    return nothing(generic_end(&Outcome::MemoryLimit(rss), &watchdogs), stderr);
+                }
+                TaskEnd::Stopped { kept } => {
+                    if !kept {
+                        *slot = None;
+                    }
+                    return nothing(Ended::Interrupted, stderr);
+                }
+                TaskEnd::Died { stderr, answered } => {
+                    *slot = None;
+                    if joined.resumes() && !reset_once && protocol.gone(&stderr, "") {
+                        reset_once = true;
+                        self.reset_gone(join.id().unwrap_or_default(), task.id)
+                            .await;
+                        continue;
+                    }
+                    let last = last_line(&stderr, "no output");
+                    let reason =
+                        format!("crashed: the {agent_name} process ended mid-task: {last}");
+                    let alive = self
+                        .process_died(uptime, &format!("mid-task: {last}"))
+                        .await;
+                    // A process that died soon after its start without a word for the task is
+                    // the worker's fault (a bad binary, a bad setting): the task waits, unspent,
+                    // while the restart policy decides about the worker.
+                    if !answered && uptime < self.worker.limits.restart.min_uptime {
+                        let why = format!(
+                            "the {agent_name} process died at its start ({last}); the task waits{}",
+                            if alive {
+                                ""
+                            } else {
+                                " for `agentq worker restart`"
+                            }
+                        );
+                        return nothing(Ended::Released(why), stderr);
+                    }
+                    return nothing(
+                        Ended::Attempt(AttemptEnd::failed(Cause::Crashed, reason)),
+                        stderr,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A reply's end as the attempt's (a limit is handled before).
+fn attempt_end(end: End) -> AttemptEnd {
+    match end {
+        End::Done => AttemptEnd::Succeeded,
+        End::Failed {
+            cause,
+            reason,
+            retryable,
+        } => AttemptEnd::Failed {
+            cause,
+            reason,
+            retryable,
+        },
+        End::Limited(limit) => AttemptEnd::failed(Cause::AgentError, limit.message),
+    }
+}

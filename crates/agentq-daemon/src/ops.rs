@@ -1,0 +1,639 @@
+//! What a client asks of the queue, written once for the command line and the HTTP API.
+//!
+//! Each operation acts on the [`Store`], rings whoever must hear of the change through a [`Bell`]
+//! and answers with the JSON that `agentq <command> --json` prints and the API returns. The bell
+//! is the difference between the two callers: the CLI sends a datagram to the daemon's doorbell
+//! ([`agentq_core::wake::send_ring`]), the API, inside the daemon, wakes the runner directly.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{Config, POOL};
+use crate::output::TaskRecord;
+use crate::route::{Ask, Plan};
+use agentq_core::domain::TaskState;
+use agentq_core::error::{Error, Result};
+use agentq_core::logfile::{LogEvent, LogFilter};
+use agentq_core::wake::Ring;
+use agentq_store::{Millis, PoolCounts, Store, Task, TaskFilter, now_ms};
+
+/// Who is told of a change: the daemon's runners.
+pub type Bell<'a> = &'a (dyn Fn(Ring) + Send + Sync);
+
+/// Refuses an empty prompt and one over `max_prompt_size`.
+pub fn check_prompt(prompt: &str, cap: u64) -> Result<()> {
+    if prompt.len() as u64 > cap {
+        return Err(Error::Usage(format!(
+            "the prompt is over max_prompt_size ({cap} bytes); raise [defaults] max_prompt_size or shorten it"
+        )));
+    }
+    if prompt.trim().is_empty() {
+        return Err(Error::Usage("the prompt is empty".into()));
+    }
+    Ok(())
+}
+
+/// A queued task, as `submit --json` reports it.
+pub fn submitted(id: i64, plan: &Plan) -> Value {
+    json!({
+        "id": id,
+        "worker": plan.worker,
+        "pool": plan.routing.pool,
+        "class": plan.routing.class,
+        "route_reason": plan.routing.route_reason,
+    })
+}
+
+/// Routes and queues `prompt` and rings its runner. Returns the task's id and [`submitted`].
+pub async fn submit(
+    config: &Config,
+    store: &dyn Store,
+    bell: Bell<'_>,
+    prompt: String,
+    ask: &Ask<'_>,
+    source: &str,
+) -> Result<(i64, Value)> {
+    check_prompt(&prompt, config.max_prompt_size)?;
+    let plan = crate::route::plan(config, &prompt, ask)?;
+    let id = store
+        .submit(&plan.new_task(prompt, source, None, now_ms()))
+        .await?
+        .id();
+    bell(Ring::Worker(plan.runs_on().to_string()));
+    Ok((id, submitted(id, &plan)))
+}
+
+/// Cancels a task; a running one's runner is told to look at its claim, and stops its agent.
+pub async fn cancel(store: &dyn Store, bell: Bell<'_>, id: i64) -> Result<Value> {
+    let was = store.cancel(id, now_ms()).await?;
+    if was == TaskState::Running
+        && let Some(task) = store.get(id).await?
+    {
+        bell(Ring::Check(task.runs_on().to_string()));
+    }
+    Ok(json!({ "id": id, "was": was, "state": TaskState::Cancelled }))
+}
+
+/// Queues an ended task again, attempts reset.
+pub async fn retry(store: &dyn Store, bell: Bell<'_>, id: i64) -> Result<Value> {
+    store.retry(id, now_ms()).await?;
+    let task = store.get(id).await?;
+    bell(match &task {
+        Some(t) => Ring::Worker(t.runs_on().to_string()),
+        None => Ring::Everyone,
+    });
+    Ok(json!({ "id": id, "state": TaskState::Queued }))
+}
+
+/// Pauses a worker (or `pool`) for `duration`, or until resumed.
+pub async fn pause(
+    config: &Config,
+    store: &dyn Store,
+    name: &str,
+    duration: Option<Duration>,
+    reason: &str,
+) -> Result<Value> {
+    let worker = config.resolve_queue(name)?;
+    let now = now_ms();
+    // "Until resumed" is a pause a century long.
+    let until = now + duration.map_or(100 * 365 * 86_400_000, |d| d.as_millis() as i64);
+    store.pause_worker(&worker.name, until, reason, now).await?;
+    Ok(json!({ "worker": worker.name, "paused_until": until }))
+}
+
+/// Ends a worker's (or the pool's) pause.
+pub async fn resume(
+    config: &Config,
+    store: &dyn Store,
+    bell: Bell<'_>,
+    name: &str,
+    why: &str,
+) -> Result<Value> {
+    let worker = config.resolve_queue(name)?;
+    let was = store.resume_worker(&worker.name, why, now_ms()).await?;
+    // Everyone: the worker's tasks in the pool wait for it too.
+    bell(Ring::Everyone);
+    Ok(json!({ "worker": worker.name, "was_paused": was }))
+}
+
+/// Has a Claude worker's next task start a new conversation.
+pub async fn reset_session(
+    config: &Config,
+    store: &dyn Store,
+    name: &str,
+    why: &str,
+) -> Result<Value> {
+    let worker = config.resolve_worker(Some(name))?;
+    if worker.agent.kind() != "claude" {
+        return Err(Error::Usage(format!(
+            "worker {:?} runs agent = \"{}\", which keeps no conversation",
+            worker.name,
+            worker.agent.kind()
+        )));
+    }
+    let had = store
+        .reset_worker_session(&worker.name, why, now_ms())
+        .await?;
+    Ok(json!({ "worker": worker.name, "had_session": had }))
+}
+
+/// Everything about one task, as `agentq show --json` prints it: the task, its events, its
+/// attempts and where its agent log is.
+pub async fn task_record(config: &Config, store: &dyn Store, id: i64) -> Result<(Task, Value)> {
+    let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
+    let events = store.events_of(id).await?;
+    let attempts = store.attempts_of(id).await?;
+    let agent_log = config
+        .task_log_dir(&task.worker)
+        .join(format!("task_{id}.log"));
+    let agent_log = agent_log.exists().then_some(agent_log);
+    let mut record = serde_json::to_value(TaskRecord {
+        task: &task,
+        events: &events,
+    })
+    .expect("our types serialise");
+    record["attempt_history"] = serde_json::to_value(&attempts).expect("our types serialise");
+    record["agent_log"] = serde_json::to_value(&agent_log).expect("paths serialise");
+    Ok((task, record))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub agent: String,
+    /// `exec` (a process per task) or `persistent` (one long-lived process); `-` when the config
+    /// no longer names the worker.
+    pub mode: String,
+    /// idle, running, stopped (no daemon), paused until ..., errored: ..., or not in config
+    /// (tasks of a worker the config no longer defines)
+    pub state: String,
+    pub task: Option<i64>,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+    pub paused_until: Option<Millis>,
+    pub pause_reason: Option<String>,
+    /// The pause is an errored state (`agentq worker restart` clears it).
+    #[serde(skip)]
+    pub errored: bool,
+    pub cost_today_usd: f64,
+    pub tokens_today: i64,
+    pub cost_total_usd: f64,
+    /// Tokens its attempts read and wrote since the queue began, as its agent reported them.
+    pub input_tokens_total: i64,
+    pub output_tokens_total: i64,
+    pub session_id: Option<String>,
+    /// What the current conversation has cost so far.
+    pub session_cost_usd: Option<f64>,
+    /// The worker's agent process (the leader of its group) while one runs: its long-lived
+    /// process, or the process of the task it runs. `None` for the pool (see its `pids`).
+    pub pid: Option<i32>,
+    /// Resident memory of its agents' process groups now, MiB.
+    pub memory_mb: Option<f64>,
+    /// The most any of its attempts held since the daemon started (or now, if more), MiB.
+    pub memory_peak_mb: Option<f64>,
+    /// Restarts of its long-lived agent since the daemon started; `None` with no daemon.
+    pub restarts: Option<u64>,
+    /// Up since (ms since the epoch): the daemon's start, or the worker's last restart.
+    pub up_since: Option<Millis>,
+    /// The host id of the daemon that runs it: on a shared store, its lease holder's; else this
+    /// project's daemon's, while it runs. `None`: no daemon runs it now.
+    pub host: Option<String>,
+}
+
+impl WorkerStatus {
+    /// The state as one word: `running`, `idle`, `paused`, `errored`, `stopped` or `unknown`.
+    pub fn phase(&self) -> &'static str {
+        match self.state.as_str() {
+            s if s.starts_with("running") => "running",
+            s if s.starts_with("idle") => "idle",
+            s if s.starts_with("stopped") => "stopped",
+            _ if self.errored => "errored",
+            s if s.starts_with("paused") => "paused",
+            _ => "unknown",
+        }
+    }
+}
+
+/// The daemon, its workers, the pool and the queue at a glance (`agentq status`).
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub pid: Option<i32>,
+    /// When the daemon started (ms since the epoch, to the second).
+    pub started_at: Option<Millis>,
+    /// The daemon's own resident memory, MiB.
+    pub memory_mb: Option<f64>,
+    pub workers: Vec<WorkerStatus>,
+    /// Pool tasks running now.
+    pub pool_tasks: Vec<i64>,
+    /// Their agents' processes.
+    pub pool_pids: Vec<i32>,
+    pub pool: PoolCounts,
+    pub max_workers: u32,
+    pub config: std::path::PathBuf,
+    /// The host id of this project's daemon (running or not: the one it runs, or would run, as).
+    pub host: String,
+    /// On a shared store, every daemon using it (empty on SQLite: the one daemon is `pid`).
+    pub hosts: Vec<agentq_store::HostRow>,
+}
+
+impl Status {
+    pub fn total(&self, f: fn(&WorkerStatus) -> u64) -> u64 {
+        self.workers.iter().map(f).sum()
+    }
+
+    pub fn totals(&self) -> Value {
+        json!({
+            "queued": self.total(|w| w.queued),
+            "running": self.total(|w| w.running),
+            "succeeded": self.total(|w| w.succeeded),
+            "failed": self.total(|w| w.failed),
+            "dead": self.total(|w| w.dead),
+            "cancelled": self.total(|w| w.cancelled),
+        })
+    }
+
+    /// What `agentq status --json` prints.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "daemon": {
+                "running": self.pid.is_some(),
+                "pid": self.pid,
+                "started_at": self.started_at,
+                "memory_mb": self.memory_mb,
+                "host": self.host,
+            },
+            "hosts": self.hosts,
+            "config": self.config,
+            "workers": self.workers,
+            "pool": {
+                "max_workers": self.max_workers,
+                "running": self.pool_tasks.len(),
+                "queued": self.pool.queued,
+                "tasks": self.pool_tasks,
+                "pids": self.pool_pids,
+            },
+            "classes": { "long": self.pool.long, "short": self.pool.short },
+            "totals": self.totals(),
+        })
+    }
+}
+
+/// The host id of the daemon `pid` running this project: the daemon itself knows it (its config
+/// has it); a client reads the lock file. (Never the daemon through the file: closing any of its
+/// descriptors of the lock file would drop its lock.)
+pub fn daemon_host(config: &Config, pid: Option<i32>) -> String {
+    if pid == Some(std::process::id() as i32) {
+        return config.daemon.host.clone();
+    }
+    agentq_core::state::holder_host(&config.state_dir())
+        .unwrap_or_else(|| config.daemon.host.clone())
+}
+
+/// Reads the status. `pid` is the daemon's, if one runs: the CLI asks the state lock, the daemon
+/// knows its own (a process cannot see its own record lock with `F_GETLK`).
+pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Result<Status> {
+    let mut sessions: Vec<(String, Option<agentq_core::domain::SessionState>)> = Vec::new();
+    for w in &config.workers {
+        sessions.push((w.name.clone(), store.worker_session(&w.name).await?));
+    }
+    let counts = store.counts().await?;
+    let now = now_ms();
+    let pauses = store.pauses(now).await?;
+    let (today, _) = agentq_agents::local_day(chrono::Local::now());
+    let spend = store.spend_since(today).await?;
+    let spend_ever = store.spend_since(0).await?;
+    let running = store
+        .list(&TaskFilter {
+            state: Some(TaskState::Running),
+            ..Default::default()
+        })
+        .await?;
+    let pool_counts = store.pool_counts().await?;
+    let host = daemon_host(config, pid);
+    let (hosts, leases) = if store.shared() {
+        (store.hosts(now).await?, store.worker_leases(now).await?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    // What this run of the daemon did, and the processes it runs now (from its book of process
+    // groups: the CLI sees them from outside, as `ps` would).
+    let started_at = pid.and_then(agentq_agents::procs::started_at).map(epoch_ms);
+    let activity = match (pid, started_at) {
+        (Some(pid), Some(t)) => {
+            let owner = crate::daemon::owner_prefix(&host, pid);
+            store.activity_since(t, &owner).await?
+        }
+        _ => Vec::new(),
+    };
+    let groups = agentq_agents::procs::live_groups(&config.state_dir());
+    let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
+    // The pool's row: when agentq.toml has a [pool], or tasks were submitted to it.
+    let mut names: Vec<(String, String)> = config
+        .workers
+        .iter()
+        .chain(config.pool.defined.then_some(&config.pool.worker))
+        .map(|w| (w.name.clone(), w.agent.kind().to_string()))
+        .collect();
+    let mode = |name: &str| match config.settings_of(name).map(|w| w.agent.driver()) {
+        Some(d) if d.long_lived().is_some() => "persistent",
+        Some(_) => "exec",
+        None => "-",
+    };
+    for c in &counts {
+        if !names.iter().any(|(n, _)| n == &c.worker) {
+            let agent = config
+                .settings_of(&c.worker)
+                .map_or("-", |w| w.agent.kind());
+            names.push((c.worker.clone(), agent.into()));
+        }
+    }
+    let workers: Vec<WorkerStatus> = names
+        .into_iter()
+        .map(|(name, agent)| {
+            let c = counts
+                .iter()
+                .find(|c| c.worker == name)
+                .cloned()
+                .unwrap_or_default();
+            // The worker's own agent; its tasks in the pool show in the pool's line.
+            let task = running
+                .iter()
+                .find(|t| t.worker == name && !t.pool)
+                .map(|t| t.id);
+            let pause = pauses.iter().find(|p| p.worker == name);
+            let spent = spend.iter().find(|s| s.worker == name);
+            let ever = spend_ever.iter().find(|s| s.worker == name);
+            let cost_total_usd = ever.map_or(0.0, |s| s.cost_usd);
+            let session = sessions
+                .iter()
+                .find(|(w, _)| *w == name)
+                .and_then(|(_, s)| s.as_ref());
+            let session_id = session.map(|s| s.id.clone());
+            let session_cost_usd = session.map(|s| s.cost_usd);
+            // Its groups: its long-lived agent, and the process of the task it runs; the pool's
+            // are those of its running tasks.
+            let mut own: Vec<&agentq_agents::procs::LiveGroup> = groups
+                .iter()
+                .filter(|g| match (name == POOL, g.record.task) {
+                    (true, t) => t.is_some_and(|t| pool_tasks.contains(&t)),
+                    (false, None) => g.record.worker == name,
+                    (false, t) => g.record.worker == name && t == task,
+                })
+                .collect();
+            own.sort_by_key(|g| g.record.task.is_some()); // the long-lived process first
+            let memory_mb = (!own.is_empty()).then(|| mib(own.iter().map(|g| g.rss).sum::<u64>()));
+            let done = activity.iter().find(|a| a.worker == name);
+            let memory_peak_mb = match (done.and_then(|a| a.memory_peak_mb), memory_mb) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let configured = config.settings_of(&name).is_some();
+            let restarts = started_at
+                .filter(|_| configured)
+                .map(|_| done.map_or(0, |a| a.restarts));
+            let up_since = started_at
+                .filter(|_| configured)
+                .map(|t| done.and_then(|a| a.last_restart).map_or(t, |r| r.max(t)));
+            let runs_here = config
+                .workers
+                .iter()
+                .find(|w| w.name == name)
+                .is_none_or(|w| crate::daemon::runs_here(w, &host));
+            let held_by = match store.shared() {
+                true if name == POOL => None,
+                true => leases
+                    .iter()
+                    .find(|l| l.worker == name)
+                    .map(|l| l.host.clone()),
+                false => pid
+                    .filter(|_| runs_here && configured)
+                    .map(|_| host.clone()),
+            };
+            // Whether a daemon runs this worker: on a shared store, the one holding its lease,
+            // wherever it is (the pool: any daemon on the store); else this project's daemon.
+            let alive = match store.shared() {
+                true if name == POOL => pid.is_some() || !hosts.is_empty(),
+                true => held_by.is_some(),
+                false => pid.is_some(),
+            };
+            // What this daemon saw of a worker another host runs says nothing of it.
+            let elsewhere = store.shared() && name != POOL && held_by.as_deref() != Some(&*host);
+            let restarts = restarts.filter(|_| !elsewhere);
+            let up_since = up_since.filter(|_| !elsewhere);
+            let state = match (alive.then_some(()), config.settings_of(&name), task, pause) {
+                (_, None, _, _) => "not in config".to_string(),
+                (None, _, _, _) => "stopped".to_string(),
+                (Some(_), _, _, None) if name == POOL => {
+                    if running.iter().any(|t| t.pool) {
+                        "running".to_string()
+                    } else {
+                        "idle".to_string()
+                    }
+                }
+                (Some(_), _, Some(_), _) => "running".to_string(),
+                (_, _, _, Some(p)) if p.errored() => format!("errored: {}", p.reason),
+                (Some(_), _, None, Some(p)) => {
+                    format!("paused until {}", short_time(p.until))
+                }
+                (Some(_), _, None, None) => "idle".to_string(),
+            };
+            // Its tasks running in the pool are counted in its row; say so beside its state.
+            let in_pool = running
+                .iter()
+                .filter(|t| t.worker == name && t.pool && name != POOL)
+                .count();
+            let state = match in_pool {
+                0 => state,
+                n => format!("{state}, {n} in the pool"),
+            };
+            WorkerStatus {
+                host: held_by,
+                mode: mode(&name).to_string(),
+                pid: own.first().filter(|_| name != POOL).map(|g| g.record.pgid),
+                memory_mb,
+                memory_peak_mb,
+                restarts,
+                up_since,
+                name,
+                agent,
+                state,
+                task,
+                paused_until: pause.map(|p| p.until),
+                pause_reason: pause.map(|p| p.reason.clone()),
+                errored: pause.is_some_and(|p| p.errored()),
+                cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
+                cost_total_usd,
+                input_tokens_total: ever.map_or(0, |s| s.input_tokens),
+                output_tokens_total: ever.map_or(0, |s| s.output_tokens),
+                session_id,
+                session_cost_usd,
+                tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),
+                queued: c.queued,
+                running: c.running,
+                succeeded: c.succeeded,
+                failed: c.failed,
+                dead: c.dead,
+                cancelled: c.cancelled,
+            }
+        })
+        .collect();
+    // Occupancy from the same read as the running list, so the two agree.
+    let mut pool_pids: Vec<i32> = groups
+        .iter()
+        .filter(|g| g.record.task.is_some_and(|t| pool_tasks.contains(&t)))
+        .map(|g| g.record.pgid)
+        .collect();
+    pool_pids.sort_unstable();
+    Ok(Status {
+        pid,
+        started_at,
+        memory_mb: pid.and_then(agentq_agents::procs::stat).map(|p| mib(p.rss)),
+        workers,
+        pool_tasks,
+        pool_pids,
+        pool: pool_counts,
+        max_workers: config.pool.max_workers,
+        config: config.path.clone(),
+        host,
+        hosts,
+    })
+}
+
+/// Bytes as MiB, to a tenth.
+fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
+}
+
+fn epoch_ms(t: std::time::SystemTime) -> Millis {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// The latest events of the log, and how far they were read (for [`follow_events`]).
+pub struct Recent {
+    /// The latest `limit` events matching the filter, oldest first.
+    pub events: Vec<LogEvent>,
+    /// The last event read, to find the place again; `None` when read from the store.
+    last: Option<LogEvent>,
+    /// How many matching events were read in all.
+    read: usize,
+    /// Read from the store: the same events may reach the log a moment later (a writer appends
+    /// them after its commit), so they are skipped by what they are, not by position.
+    from_store: std::collections::HashSet<String>,
+}
+
+/// The latest `limit` events (0: all) of the event log, or of the store when there is no log
+/// file (yet, or a database from before there was one).
+pub async fn recent_events(
+    config: &Config,
+    store: &dyn Store,
+    filter: &LogFilter,
+    limit: u32,
+) -> Result<Recent> {
+    let path = config.event_log_path();
+    let from_store = agentq_core::logfile::generations(&path).is_empty();
+    if from_store {
+        let events = store
+            .events(&agentq_store::EventFilter {
+                task_id: filter.task,
+                worker: filter.worker.clone(),
+                kind: filter.kind.clone(),
+                limit: None,
+            })
+            .await?;
+        let mut list: Vec<LogEvent> = events.iter().map(agentq_store::Event::to_log).collect();
+        let seen_in_store = list.iter().map(event_key).collect();
+        let read = list.len();
+        if limit > 0 {
+            list.drain(..list.len().saturating_sub(limit as usize));
+        }
+        return Ok(Recent {
+            read,
+            events: list,
+            last: None,
+            from_store: seen_in_store,
+        });
+    }
+    // Only the latest `limit` are kept while the whole log is read: memory as the limit, not as
+    // the log (a long log used to be held whole, several times its size).
+    let mut latest = std::collections::VecDeque::new();
+    let (mut read, mut last) = (0, None);
+    agentq_core::logfile::for_each_event(&path, filter, |e| {
+        read += 1;
+        if limit > 0 && latest.len() == limit as usize {
+            latest.pop_front();
+        }
+        latest.push_back(e);
+    })
+    .map_err(|e| Error::io("reading the event log", &path, e))?;
+    if let Some(e) = latest.back() {
+        last = Some(e.clone());
+    }
+    Ok(Recent {
+        events: latest.into(),
+        last,
+        read,
+        from_store: Default::default(),
+    })
+}
+
+fn event_key(e: &LogEvent) -> String {
+    serde_json::to_string(e).expect("events serialise")
+}
+
+/// Calls `emit` with every event appended to the log after `recent` was read, until `stop`.
+pub async fn follow_events(
+    config: &Config,
+    filter: &LogFilter,
+    recent: Recent,
+    stop: tokio_util::sync::CancellationToken,
+    mut emit: impl FnMut(LogEvent),
+) -> Result<()> {
+    let path = config.event_log_path();
+    // Read again from the start and skip what was read: following from the end would lose what
+    // was appended between the read and the follow's start. Skipping goes up to the last event
+    // read (found again by its content), or as many events as were read if it is gone (the log
+    // rotated it away meanwhile).
+    let Recent {
+        mut last,
+        read: mut seen,
+        from_store,
+        ..
+    } = recent;
+    if last.is_none() {
+        seen = 0;
+    }
+    agentq_core::logfile::follow(&path, filter, true, Duration::from_millis(200), stop, |e| {
+        match &last {
+            Some(l) if seen > 0 => {
+                seen -= 1;
+                if e == *l {
+                    last = None;
+                }
+            }
+            _ if !from_store.is_empty() && from_store.contains(&event_key(&e)) => {}
+            _ => emit(e),
+        }
+    })
+    .await
+    .map_err(|e| Error::io("following the event log", &path, e))
+}
+
+/// A time of day for a table, with the date when it is not today.
+fn short_time(ms: Millis) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms).single() {
+        Some(t) if t.date_naive() == chrono::Local::now().date_naive() => {
+            t.format("%H:%M").to_string()
+        }
+        Some(_) if ms - now_ms() > 50 * 365 * 86_400_000 => "resumed by hand".to_string(),
+        Some(t) => t.format("%b %d %H:%M").to_string(),
+        None => format!("{ms} ms after the epoch"),
+    }
+}
