@@ -463,4 +463,109 @@ mod tests {
         assert_eq!(limit_of("429 Too Many Requests", now).unwrap().until, None);
         assert_eq!(limit_of("stream error", now), None);
     }
+
+    /// What the pinned CLI really printed against the fake API (fake-anthropic/fixtures/codex).
+    #[test]
+    fn the_recorded_runs_of_the_real_cli_are_read_right() {
+        macro_rules! fixture {
+            ($name:literal) => {
+                include_str!(concat!("../../../fake-anthropic/fixtures/codex/", $name))
+            };
+        }
+        let read = |stdout: &str, stderr: &str, code| s().read(&out(stdout, stderr, code));
+        let Read::Reply(first) = read(fixture!("success.jsonl"), "", 0) else {
+            panic!()
+        };
+        let Read::Reply(third) = read(fixture!("resume-2.jsonl"), "", 0) else {
+            panic!()
+        };
+        assert_eq!(first.session, third.session, "one thread");
+        assert!(third.text.starts_with("seen 3: "), "{}", third.text);
+        assert_eq!(third.end, End::Done);
+        let (Some(Counted::Conversation(a)), Some(Counted::Conversation(b))) =
+            (first.usage.input_tokens, third.usage.input_tokens)
+        else {
+            panic!("{:?}", third.usage)
+        };
+        assert!(b > a, "the thread's running total: {a}, then {b}");
+        for (name, stdout) in [
+            ("rate-limit-429", fixture!("rate-limit-429.jsonl")),
+            (
+                "rate-limit-429-retry-after",
+                fixture!("rate-limit-429-retry-after.jsonl"),
+            ),
+            ("quota", fixture!("quota.jsonl")),
+        ] {
+            let Read::Reply(r) = read(stdout, "", 1) else {
+                panic!("{name}")
+            };
+            assert!(matches!(r.end, End::Limited(_)), "{name}: {:?}", r.end);
+        }
+        for (name, stdout) in [
+            ("server-error-500", fixture!("server-error-500.jsonl")),
+            ("stall-idle-timeout", fixture!("stall-idle-timeout.jsonl")),
+        ] {
+            let Read::Reply(r) = read(stdout, "", 1) else {
+                panic!("{name}")
+            };
+            assert!(
+                matches!(
+                    r.end,
+                    End::Failed {
+                        cause: Cause::AgentError,
+                        retryable: true,
+                        ..
+                    }
+                ),
+                "{name}: {:?}",
+                r.end
+            );
+        }
+        let Read::Reply(r) = read(fixture!("missing-env-key.jsonl"), "", 1) else {
+            panic!()
+        };
+        assert!(matches!(
+            r.end,
+            End::Failed {
+                cause: Cause::Config,
+                retryable: false,
+                ..
+            }
+        ));
+        assert_eq!(read("", fixture!("unknown-thread.stderr"), 1), Read::Gone);
+        let Read::Reply(r) = read("", fixture!("no-git-repo-check.stderr"), 1) else {
+            panic!()
+        };
+        assert!(matches!(
+            r.end,
+            End::Failed {
+                cause: Cause::Config,
+                ..
+            }
+        ));
+        for (name, stdout) in [
+            ("exec-tool", fixture!("exec-tool.jsonl")),
+            ("exec-fail", fixture!("exec-fail.jsonl")),
+            (
+                "rate-limit-429-then-ok",
+                fixture!("rate-limit-429-then-ok.jsonl"),
+            ),
+            ("big-prompt", fixture!("big-prompt.jsonl")),
+        ] {
+            let Read::Reply(r) = read(stdout, "", 0) else {
+                panic!("{name}")
+            };
+            assert_eq!(
+                r.end,
+                End::Done,
+                "{name}: a failed tool or a retried call is not a failed task"
+            );
+            assert!(!r.text.is_empty(), "{name}");
+        }
+        assert_eq!(
+            read(fixture!("hang.jsonl"), "", 143),
+            Read::Nothing,
+            "killed mid-turn: no reply"
+        );
+    }
 }

@@ -334,237 +334,323 @@ impl Runner {
         task: &Task,
         stop: &Stop,
     ) -> Ran {
-        let name = &self.worker.name;
-        let agent_name = driver.name();
-        let cwd = self.worker.cwd.to_string_lossy().into_owned();
-        let program = driver.program();
         let mut spec = self.spec(driver, task, Vec::new());
         // The process outlives this task: per-task variables would be stale for the next ones.
         spec.env.remove("AGENTQ_TASK_ID");
         spec.env.remove("AGENTQ_ATTEMPT");
-        let grace = self.worker.limits.kill_timeout;
+        let mut served = Serving {
+            driver,
+            protocol,
+            task,
+            spec,
+            cwd: self.worker.cwd.to_string_lossy().into_owned(),
+            program: driver.program(),
+            started: Instant::now(),
+            peak: None,
+        };
         let mut slot = self.persistent.lock().await;
         let mut reset_once = false;
-        let started = Instant::now();
-        let peak: std::sync::Mutex<Option<u64>> = Default::default();
-        let served = |end: Ended, output: String, usage: Usage, stderr: String| Ran {
+        loop {
+            let joined = match self.ready_process(&served, &mut slot, stop).await {
+                Ok(joined) => joined,
+                Err(end) => return served.ran(end, String::new()),
+            };
+            match self
+                .serve_task(&mut served, &mut slot, &joined, reset_once, stop)
+                .await
+            {
+                Some(ran) => return ran,
+                // The conversation it was to continue is gone: a new one, within this attempt.
+                None => reset_once = true,
+            }
+        }
+    }
+
+    /// Makes sure the slot holds a live process in the conversation the task joins, replacing
+    /// one that died while idle (its death counts), that is in another conversation, that served
+    /// `recycle_after_tasks`, whose budget is spent or that holds too much memory. `Err`: how
+    /// the attempt ends instead.
+    async fn ready_process(
+        &self,
+        served: &Serving<'_>,
+        slot: &mut Option<Persistent>,
+        stop: &Stop,
+    ) -> Result<Joined, Ended> {
+        let (name, protocol) = (&self.worker.name, served.protocol);
+        let agent_name = served.driver.name();
+        // A process that died while idle is never handed a task; its death counts.
+        if slot.as_mut().is_some_and(|p| p.has_exited()) {
+            let p = slot.take().expect("checked");
+            let (uptime, stderr) = (p.started.elapsed(), p.stderr_tail());
+            let why = format!("while idle: {}", last_line(&stderr, "no output"));
+            if !self.process_died(uptime, &why).await {
+                return Err(Ended::Released("the worker is errored".into()));
+            }
+        }
+        let joined = self.join_for(served.driver, &served.cwd).await;
+        let join = joined.join.clone().unwrap_or(Join::New);
+        let reusable = slot.as_mut().is_some_and(|p| {
+            !p.has_exited() && {
+                matches!(&join, Join::Resume(id) if *id == p.session_id)
+                    && protocol.recycle_after_tasks().is_none_or(|n| p.served < n)
+                    // Its budget was fixed at its start: enough left for a task?
+                    && protocol.budget_usd().is_none_or(|b| p.budget_left.is_none_or(|left| left >= b))
+                    && self
+                        .worker
+                        .limits
+                        .max_memory
+                        .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
+            }
+        });
+        if reusable {
+            return Ok(joined);
+        }
+        let grace = self.worker.limits.kill_timeout;
+        if let Some(old) = slot.take() {
+            let rss_mb = old.rss().map(|b| b / (1 << 20));
+            info!(worker = %name, served = old.served, rss_mb, "replacing the {agent_name} process (its conversation goes on)");
+            old.shutdown(grace).await;
+        }
+        let argv = protocol.command(&served.program, &join, joined.spent_usd);
+        if !self.restart_delay(stop).await {
+            return Err(Ended::Interrupted);
+        }
+        let booking = agent::Booking {
+            book: self.book.clone(),
+            worker: name.clone(),
+            task: None,
+        };
+        let spec = &served.spec;
+        match Persistent::spawn(
+            &argv,
+            &spec.cwd,
+            &spec.env,
+            &spec.env_remove,
+            join.id().unwrap_or_default(),
+            Some(&booking),
+        ) {
+            Ok(p) => {
+                info!(worker = %name, pid = p.pid(), session = join.id(), "started a long-lived {agent_name} process");
+                self.program_found();
+                *slot = Some(p);
+                Ok(joined)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(self.wait_for_program(served.driver, &served.program).await)
+            }
+            Err(e) => {
+                let error = format!("could not start {}: {e}", served.program.display());
+                let cause = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => Cause::Config,
+                    _ => Cause::SpawnFailed,
+                };
+                Err(Ended::Attempt(AttemptEnd::failed(cause, error)))
+            }
+        }
+    }
+
+    /// Hands the task to the process in the slot and makes what came back the attempt's end.
+    /// `None`: the conversation it was asked to continue is gone (reset): run it again in a new
+    /// one.
+    async fn serve_task(
+        &self,
+        served: &mut Serving<'_>,
+        slot: &mut Option<Persistent>,
+        joined: &Joined,
+        reset_once: bool,
+        stop: &Stop,
+    ) -> Option<Ran> {
+        let (task, protocol) = (served.task, served.protocol);
+        let process = slot.as_mut().expect("a process was made ready");
+        let end = process
+            .run_watched(
+                protocol,
+                &task.prompt,
+                served.spec.timeout,
+                served.spec.idle_timeout,
+                self.memory_policy(Some(task)),
+                served.spec.log.clone(),
+                self.worker.limits.kill_timeout,
+                stop.future(),
+            )
+            .await;
+        served.peak = process.last_peak;
+        let uptime = process.started.elapsed();
+        let stderr = process.stderr_tail();
+        let watchdogs = Watchdogs::of(&served.spec);
+        let nothing = |end: Ended, stderr: String| Some(served.ran(end, stderr));
+        match end {
+            TaskEnd::Result { reply, limit } => {
+                self.after_result(served, slot, joined, reset_once, reply, limit, stderr)
+                    .await
+            }
+            TaskEnd::TimedOut { kept } | TaskEnd::IdleTimedOut { kept } => {
+                if !kept {
+                    *slot = None;
+                }
+                let how = if kept {
+                    "interrupted; the process lives on"
+                } else {
+                    "the process did not answer the interrupt and was killed"
+                };
+                let outcome = if matches!(end, TaskEnd::TimedOut { .. }) {
+                    Outcome::TimedOut
+                } else {
+                    Outcome::IdleTimedOut
+                };
+                let Ended::Attempt(AttemptEnd::Failed { cause, reason, .. }) =
+                    generic_end(&outcome, &watchdogs)
+                else {
+                    unreachable!("a timeout is a failure")
+                };
+                nothing(
+                    Ended::Attempt(AttemptEnd::failed(cause, format!("{reason} ({how})"))),
+                    stderr,
+                )
+            }
+            TaskEnd::MemoryLimit(rss) => {
+                *slot = None;
+                nothing(generic_end(&Outcome::MemoryLimit(rss), &watchdogs), stderr)
+            }
+            TaskEnd::Stopped { kept } => {
+                if !kept {
+                    *slot = None;
+                }
+                nothing(Ended::Interrupted, stderr)
+            }
+            TaskEnd::Died { stderr, answered } => {
+                *slot = None;
+                if joined.resumes() && !reset_once && protocol.gone(&stderr, "") {
+                    self.reset_gone(joined.id().unwrap_or_default(), task.id)
+                        .await;
+                    return None;
+                }
+                let end = self
+                    .after_death(served.driver.name(), uptime, &stderr, answered)
+                    .await;
+                nothing(end, stderr)
+            }
+        }
+    }
+
+    /// The task's result: a limit pauses the worker; anything else is recorded on the worker's
+    /// conversation and ends the attempt. A resume whose conversation is gone answers with an
+    /// error that ran no turn, then says why on stderr and exits: `None`, run it again.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_result(
+        &self,
+        served: &Serving<'_>,
+        slot: &mut Option<Persistent>,
+        joined: &Joined,
+        reset_once: bool,
+        reply: Reply,
+        limit: Option<agentq_agents::Limit>,
+        stderr: String,
+    ) -> Option<Ran> {
+        let nothing_ran = reply.end != End::Done && reply.usage.turns.unwrap_or(0) == 0;
+        if nothing_ran && joined.resumes() && !reset_once {
+            let process = slot.as_mut().expect("it just answered");
+            if process.exited_within(Duration::from_secs(2)).await {
+                let stderr = process.stderr_tail();
+                *slot = None;
+                if served.protocol.gone(&stderr, &reply.text) {
+                    self.reset_gone(joined.id().unwrap_or_default(), served.task.id)
+                        .await;
+                    return None;
+                }
+            }
+        }
+        if slot.as_mut().is_some_and(|p| p.has_exited()) {
+            *slot = None;
+        }
+        let limit = limit.or(match &reply.end {
+            End::Limited(l) => Some(l.clone()),
+            _ => None,
+        });
+        if let Some(limit) = limit {
+            let mut ran = served.ran(Ended::Limited(limit), stderr);
+            ran.output = reply.text;
+            return Some(ran);
+        }
+        let usage = self
+            .record_session(served.driver, joined, &reply, &served.cwd)
+            .await;
+        if let (Some(process), Some(budget)) = (slot.as_mut(), served.protocol.budget_usd())
+            && let Some(agentq_agents::Counted::Conversation(total)) = reply.usage.cost_usd
+        {
+            process.budget_left = Some(budget + joined.spent_usd - total);
+        }
+        let mut text = reply.text;
+        let cut = cap_text(&mut text, self.config.daemon.output_cap as usize);
+        let mut ran = served.ran(Ended::Attempt(attempt_end(reply.end)), String::new());
+        ran.output = text;
+        ran.usage = usage;
+        ran.attempt.stdout_truncated = cut;
+        Some(ran)
+    }
+
+    /// The long-lived process ended mid-task: the restart policy counts the death, and the task
+    /// fails as crashed, unless the process died soon after its start without a word for the
+    /// task: that is the worker's fault (a bad binary, a bad setting), and the task waits,
+    /// unspent, while the restart policy decides about the worker.
+    async fn after_death(
+        &self,
+        agent_name: &str,
+        uptime: Duration,
+        stderr: &str,
+        answered: bool,
+    ) -> Ended {
+        let last = last_line(stderr, "no output");
+        let alive = self
+            .process_died(uptime, &format!("mid-task: {last}"))
+            .await;
+        if !answered && uptime < self.worker.limits.restart.min_uptime {
+            let waits = if alive {
+                ""
+            } else {
+                " for `agentq worker restart`"
+            };
+            return Ended::Released(format!(
+                "the {agent_name} process died at its start ({last}); the task waits{waits}"
+            ));
+        }
+        Ended::Attempt(AttemptEnd::failed(
+            Cause::Crashed,
+            format!("crashed: the {agent_name} process ended mid-task: {last}"),
+        ))
+    }
+}
+
+/// What serving one task on a long-lived process needs throughout.
+struct Serving<'a> {
+    driver: &'a dyn Driver,
+    protocol: &'a dyn LongLived,
+    task: &'a Task,
+    spec: agent::Spec,
+    cwd: String,
+    program: std::path::PathBuf,
+    started: Instant,
+    /// The most memory the process's group held while serving, as last sampled.
+    peak: Option<u64>,
+}
+
+impl Serving<'_> {
+    /// The attempt's record: no output of its own (the reply's is set by the caller), the
+    /// time it took and its memory peak.
+    fn ran(&self, end: Ended, stderr: String) -> Ran {
+        Ran {
             end,
-            output,
-            usage,
+            output: String::new(),
+            usage: Usage::default(),
             attempt: agent::Attempt {
                 outcome: Outcome::Served,
                 stdout: String::new(),
                 stdout_truncated: false,
                 stderr_tail: stderr,
-                duration: started.elapsed(),
+                duration: self.started.elapsed(),
                 pid: None,
-                memory_peak: *peak.lock().unwrap_or_else(|p| p.into_inner()),
+                memory_peak: self.peak,
             },
-        };
-        let nothing =
-            |end: Ended, stderr: String| served(end, String::new(), Usage::default(), stderr);
-        loop {
-            // A process that died while idle is never handed a task; its death counts.
-            if slot.as_mut().is_some_and(|p| p.has_exited()) {
-                let p = slot.take().expect("checked");
-                let (uptime, stderr) = (p.started.elapsed(), p.stderr_tail());
-                let why = format!("while idle: {}", last_line(&stderr, "no output"));
-                if !self.process_died(uptime, &why).await {
-                    return nothing(Ended::Released("the worker is errored".into()), stderr);
-                }
-            }
-            let joined = self.join_for(driver, &cwd).await;
-            let join = joined.join.clone().unwrap_or(Join::New);
-            let reusable = slot.as_mut().is_some_and(|p| {
-                !p.has_exited() && {
-                    matches!(&join, Join::Resume(id) if *id == p.session_id)
-                        && protocol.recycle_after_tasks().is_none_or(|n| p.served < n)
-                        // Its budget was fixed at its start: enough left for a task?
-                        && protocol.budget_usd().is_none_or(|b| p.budget_left.is_none_or(|left| left >= b))
-                        && self
-                            .worker
-                            .limits
-                            .max_memory
-                            .is_none_or(|max| p.rss().is_none_or(|rss| rss <= max))
-                }
-            });
-            if !reusable {
-                if let Some(old) = slot.take() {
-                    let rss_mb = old.rss().map(|b| b / (1 << 20));
-                    info!(worker = %name, served = old.served, rss_mb, "replacing the {agent_name} process (its conversation goes on)");
-                    old.shutdown(grace).await;
-                }
-                let argv = protocol.command(&program, &join, joined.spent_usd);
-                if !self.restart_delay(stop).await {
-                    return nothing(Ended::Interrupted, String::new());
-                }
-                let booking = agent::Booking {
-                    book: self.book.clone(),
-                    worker: name.clone(),
-                    task: None,
-                };
-                match Persistent::spawn(
-                    &argv,
-                    &spec.cwd,
-                    &spec.env,
-                    &spec.env_remove,
-                    join.id().unwrap_or_default(),
-                    Some(&booking),
-                ) {
-                    Ok(p) => {
-                        info!(worker = %name, pid = p.pid(), session = join.id(), "started a long-lived {agent_name} process");
-                        self.program_found();
-                        *slot = Some(p);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        let end = self.wait_for_program(driver, &program).await;
-                        return nothing(end, String::new());
-                    }
-                    Err(e) => {
-                        let error = format!("could not start {}: {e}", program.display());
-                        let cause = match e.kind() {
-                            std::io::ErrorKind::PermissionDenied => Cause::Config,
-                            _ => Cause::SpawnFailed,
-                        };
-                        return nothing(
-                            Ended::Attempt(AttemptEnd::failed(cause, error)),
-                            String::new(),
-                        );
-                    }
-                }
-            }
-            let process = slot.as_mut().expect("a process was just put there");
-            let end = process
-                .run_watched(
-                    protocol,
-                    &task.prompt,
-                    spec.timeout,
-                    spec.idle_timeout,
-                    self.memory_policy(Some(task)),
-                    spec.log.clone(),
-                    grace,
-                    stop.future(),
-                )
-                .await;
-            *peak.lock().unwrap_or_else(|p| p.into_inner()) = process.last_peak;
-            let uptime = process.started.elapsed();
-            let stderr = process.stderr_tail();
-            let watchdogs = Watchdogs::of(&spec);
-            match end {
-                TaskEnd::Result { reply, limit } => {
-                    // A resume of a conversation that is gone answers with an error that ran no
-                    // turn, then says why on stderr and exits.
-                    let nothing_ran = reply.end != End::Done && reply.usage.turns.unwrap_or(0) == 0;
-                    if nothing_ran && joined.resumes() && !reset_once {
-                        let process = slot.as_mut().expect("it just answered");
-                        if process.exited_within(Duration::from_secs(2)).await {
-                            let stderr = process.stderr_tail();
-                            *slot = None;
-                            if protocol.gone(&stderr, &reply.text) {
-                                reset_once = true;
-                                self.reset_gone(join.id().unwrap_or_default(), task.id)
-                                    .await;
-                                continue;
-                            }
-                        }
-                    }
-                    if slot.as_mut().is_some_and(|p| p.has_exited()) {
-                        *slot = None;
-                    }
-                    let limit = limit.or(match &reply.end {
-                        End::Limited(l) => Some(l.clone()),
-                        _ => None,
-                    });
-                    if let Some(limit) = limit {
-                        return served(
-                            Ended::Limited(limit),
-                            reply.text.clone(),
-                            Usage::default(),
-                            stderr,
-                        );
-                    }
-                    let usage = self.record_session(driver, &joined, &reply, &cwd).await;
-                    if let (Some(process), Some(budget)) = (slot.as_mut(), protocol.budget_usd())
-                        && let Some(agentq_agents::Counted::Conversation(total)) =
-                            reply.usage.cost_usd
-                    {
-                        process.budget_left = Some(budget + joined.spent_usd - total);
-                    }
-                    let mut text = reply.text;
-                    let cut = cap_text(&mut text, self.config.daemon.output_cap as usize);
-                    let end = Ended::Attempt(attempt_end(reply.end));
-                    let mut ran = served(end, text, usage, String::new());
-                    ran.attempt.stdout_truncated = cut;
-                    return ran;
-                }
-                TaskEnd::TimedOut { kept } | TaskEnd::IdleTimedOut { kept } => {
-                    if !kept {
-                        *slot = None;
-                    }
-                    let how = if kept {
-                        "interrupted; the process lives on"
-                    } else {
-                        "the process did not answer the interrupt and was killed"
-                    };
-                    let outcome = if matches!(end, TaskEnd::TimedOut { .. }) {
-                        Outcome::TimedOut
-                    } else {
-                        Outcome::IdleTimedOut
-                    };
-                    let Ended::Attempt(AttemptEnd::Failed { cause, reason, .. }) =
-                        generic_end(&outcome, &watchdogs)
-                    else {
-                        unreachable!("a timeout is a failure")
-                    };
-                    return nothing(
-                        Ended::Attempt(AttemptEnd::failed(cause, format!("{reason} ({how})"))),
-                        stderr,
-                    );
-                }
-                TaskEnd::MemoryLimit(rss) => {
-                    *slot = None;
-                    return nothing(generic_end(&Outcome::MemoryLimit(rss), &watchdogs), stderr);
-                }
-                TaskEnd::Stopped { kept } => {
-                    if !kept {
-                        *slot = None;
-                    }
-                    return nothing(Ended::Interrupted, stderr);
-                }
-                TaskEnd::Died { stderr, answered } => {
-                    *slot = None;
-                    if joined.resumes() && !reset_once && protocol.gone(&stderr, "") {
-                        reset_once = true;
-                        self.reset_gone(join.id().unwrap_or_default(), task.id)
-                            .await;
-                        continue;
-                    }
-                    let last = last_line(&stderr, "no output");
-                    let reason =
-                        format!("crashed: the {agent_name} process ended mid-task: {last}");
-                    let alive = self
-                        .process_died(uptime, &format!("mid-task: {last}"))
-                        .await;
-                    // A process that died soon after its start without a word for the task is
-                    // the worker's fault (a bad binary, a bad setting): the task waits, unspent,
-                    // while the restart policy decides about the worker.
-                    if !answered && uptime < self.worker.limits.restart.min_uptime {
-                        let why = format!(
-                            "the {agent_name} process died at its start ({last}); the task waits{}",
-                            if alive {
-                                ""
-                            } else {
-                                " for `agentq worker restart`"
-                            }
-                        );
-                        return nothing(Ended::Released(why), stderr);
-                    }
-                    return nothing(
-                        Ended::Attempt(AttemptEnd::failed(Cause::Crashed, reason)),
-                        stderr,
-                    );
-                }
-            }
         }
     }
 }
