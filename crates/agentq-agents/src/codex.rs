@@ -138,6 +138,12 @@ impl Driver for Settings {
         Environment::default().removing(parent, NESTING, &[])
     }
 
+    /// A turn ends with `turn.completed` or `turn.failed`: a process still alive
+    /// `linger_timeout` after it is stopped, and what it printed stands.
+    fn final_line(&self) -> Option<fn(&str) -> bool> {
+        Some(is_final_line)
+    }
+
     fn read(&self, out: &Output) -> Read {
         let run = Run::read(out.stdout);
         let code = out.exit_code.unwrap_or(0);
@@ -173,6 +179,19 @@ impl Driver for Settings {
         };
         Read::Reply(run.reply(end))
     }
+}
+
+/// Whether a line of `codex exec --json` output ends the turn.
+pub fn is_final_line(line: &str) -> bool {
+    let line = line.trim();
+    line.starts_with('{')
+        && line.contains("\"turn.")
+        && serde_json::from_str::<Value>(line).is_ok_and(|v| {
+            matches!(
+                v.get("type").and_then(Value::as_str),
+                Some("turn.completed" | "turn.failed")
+            )
+        })
 }
 
 /// A value for `-c key=value`, which the CLI parses as TOML.
@@ -354,6 +373,8 @@ mod tests {
             panic!()
         };
         assert_eq!(r.text, "the answer");
+        assert!(is_final_line(stdout.lines().last().unwrap()));
+        assert!(!is_final_line(stdout.lines().next().unwrap()));
         assert_eq!(r.session.as_deref(), Some("01a2"));
         assert_eq!(r.end, End::Done);
         assert_eq!(r.usage.input_tokens, Some(Counted::Conversation(20725)));
