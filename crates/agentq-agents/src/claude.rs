@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::{
-    Conversation, Counted, Driver, End, Environment, Join, Limit, Line, LongLived, Output, Read,
-    Reply, Reported, SessionPolicy, parse_reset,
+    Conversation, Counted, Driver, End, Environment, Join, Limit, Line, LongLived, Output, Package,
+    Read, Reply, Reported, SessionPolicy, parse_reset,
 };
 use agentq_core::domain::Cause;
 
@@ -82,29 +82,25 @@ impl Default for Settings {
     }
 }
 
+/// The npm package; scripts/test installs the tested version.
+pub const PACKAGE: Package = Package {
+    title: "Claude Code",
+    bin_variable: "AGENTQ_CLAUDE_BIN",
+    install: "npm install -g @anthropic-ai/claude-code",
+    tested_version: "2.1.330",
+};
+
 impl Driver for Settings {
     fn name(&self) -> &'static str {
         "claude"
     }
 
-    fn title(&self) -> &'static str {
-        "Claude Code"
+    fn package(&self) -> Option<&'static Package> {
+        Some(&PACKAGE)
     }
 
-    fn bin_variable(&self) -> Option<&'static str> {
-        Some("AGENTQ_CLAUDE_BIN")
-    }
-
-    fn program_with(&self, env_override: Option<&str>) -> PathBuf {
-        super::resolve_bin(self.bin.as_ref(), env_override, "claude")
-    }
-
-    fn tested_version(&self) -> Option<&'static str> {
-        Some("2.1.330")
-    }
-
-    fn install_hint(&self) -> Option<&'static str> {
-        Some("npm install -g @anthropic-ai/claude-code")
+    fn configured_bin(&self) -> Option<&PathBuf> {
+        self.bin.as_ref()
     }
 
     fn conversation(&self) -> Option<Conversation> {

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{
-    Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Read, Reply, Reported,
-    SessionPolicy, first_line, last_line,
+    Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Package, Read, Reply,
+    Reported, SessionPolicy, first_line, last_line,
 };
 use agentq_core::domain::Cause;
 
@@ -74,29 +74,25 @@ const NESTING: &[&str] = &[
     "RUST_LOG",
 ];
 
+/// The npm package; scripts/test installs the tested version.
+pub const PACKAGE: Package = Package {
+    title: "Codex CLI",
+    bin_variable: "AGENTQ_CODEX_BIN",
+    install: "npm install -g @openai/codex",
+    tested_version: "0.171.0",
+};
+
 impl Driver for Settings {
     fn name(&self) -> &'static str {
         "codex"
     }
 
-    fn title(&self) -> &'static str {
-        "Codex CLI"
+    fn package(&self) -> Option<&'static Package> {
+        Some(&PACKAGE)
     }
 
-    fn bin_variable(&self) -> Option<&'static str> {
-        Some("AGENTQ_CODEX_BIN")
-    }
-
-    fn program_with(&self, env_override: Option<&str>) -> PathBuf {
-        super::resolve_bin(self.bin.as_ref(), env_override, "codex")
-    }
-
-    fn tested_version(&self) -> Option<&'static str> {
-        Some("0.171.0")
-    }
-
-    fn install_hint(&self) -> Option<&'static str> {
-        Some("npm install -g @openai/codex")
+    fn configured_bin(&self) -> Option<&PathBuf> {
+        self.bin.as_ref()
     }
 
     fn conversation(&self) -> Option<Conversation> {

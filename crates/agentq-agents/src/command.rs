@@ -18,6 +18,7 @@ impl Driver for Settings {
         "command"
     }
 
+    /// Its program is the command's first word, looked up as the config gives it.
     fn program_with(&self, _env_override: Option<&str>) -> PathBuf {
         PathBuf::from(self.argv.first().map(String::as_str).unwrap_or(""))
     }

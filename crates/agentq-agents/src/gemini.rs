@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{
-    Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Read, Reply, Reported,
-    SessionPolicy, first_line, last_line,
+    Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Package, Read, Reply,
+    Reported, SessionPolicy, first_line, last_line,
 };
 use agentq_core::domain::Cause;
 
@@ -66,29 +66,25 @@ const NESTING: &[&str] = &[
     "SANDBOX",
 ];
 
+/// The npm package; scripts/test installs the tested version.
+pub const PACKAGE: Package = Package {
+    title: "Gemini CLI",
+    bin_variable: "AGENTQ_GEMINI_BIN",
+    install: "npm install -g @google/gemini-cli",
+    tested_version: "0.61.0",
+};
+
 impl Driver for Settings {
     fn name(&self) -> &'static str {
         "gemini"
     }
 
-    fn title(&self) -> &'static str {
-        "Gemini CLI"
+    fn package(&self) -> Option<&'static Package> {
+        Some(&PACKAGE)
     }
 
-    fn bin_variable(&self) -> Option<&'static str> {
-        Some("AGENTQ_GEMINI_BIN")
-    }
-
-    fn program_with(&self, env_override: Option<&str>) -> PathBuf {
-        super::resolve_bin(self.bin.as_ref(), env_override, "gemini")
-    }
-
-    fn tested_version(&self) -> Option<&'static str> {
-        Some("0.61.0")
-    }
-
-    fn install_hint(&self) -> Option<&'static str> {
-        Some("npm install -g @google/gemini-cli")
+    fn configured_bin(&self) -> Option<&PathBuf> {
+        self.bin.as_ref()
     }
 
     fn conversation(&self) -> Option<Conversation> {

@@ -51,19 +51,31 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// Its `agent = "..."` in `agentq.toml`.
     fn name(&self) -> &'static str;
 
+    /// The package it comes in, for a CLI agentq knows (`None`: a program the user names).
+    fn package(&self) -> Option<&'static Package> {
+        None
+    }
+
+    /// The program the config names, if it names one.
+    fn configured_bin(&self) -> Option<&PathBuf> {
+        None
+    }
+
     /// Its name in a sentence: "Claude Code", "Codex CLI".
     fn title(&self) -> &'static str {
-        self.name()
+        self.package().map_or(self.name(), |p| p.title)
     }
 
     /// The variable that overrides the configured program (`AGENTQ_CLAUDE_BIN`), if it has one.
     fn bin_variable(&self) -> Option<&'static str> {
-        None
+        self.package().map(|p| p.bin_variable)
     }
 
     /// The program to run, given the override's value: the override, else the configured one,
     /// else its name on PATH.
-    fn program_with(&self, env_override: Option<&str>) -> PathBuf;
+    fn program_with(&self, env_override: Option<&str>) -> PathBuf {
+        resolve_bin(self.configured_bin(), env_override, self.name())
+    }
 
     /// The program to run, with this process's environment.
     fn program(&self) -> PathBuf {
@@ -74,12 +86,12 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// How to install it, for `doctor` and for a worker that waits until it is installed. `None`
     /// for a program the user names (the command agent): a missing one is a config error.
     fn install_hint(&self) -> Option<&'static str> {
-        None
+        self.package().map(|p| p.install)
     }
 
     /// The version agentq's own tests run, for `doctor` to show beside the installed one.
     fn tested_version(&self) -> Option<&'static str> {
-        None
+        self.package().map(|p| p.tested_version)
     }
 
     /// How it keeps a conversation across tasks; `None` when every run stands alone.
@@ -127,6 +139,19 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
         let _ = idle_timeout;
         Vec::new()
     }
+}
+
+/// An agent CLI as it is published: its binary's name is the driver's name.
+#[derive(Debug)]
+pub struct Package {
+    /// "Claude Code", "Codex CLI".
+    pub title: &'static str,
+    /// The variable that overrides the configured binary.
+    pub bin_variable: &'static str,
+    /// The command that installs it.
+    pub install: &'static str,
+    /// The version agentq's tests run (scripts/test pins it).
+    pub tested_version: &'static str,
 }
 
 /// One process serving many tasks, one after another, over lines of its stdin and stdout.
@@ -598,6 +623,19 @@ mod tests {
         );
         assert_eq!(retry_after("retry after 2m", now), Some(1_120_000));
         assert_eq!(retry_after("try again later", now), None);
+    }
+
+    #[test]
+    fn the_tested_versions_are_the_ones_scripts_test_installs() {
+        let script = include_str!("../../../scripts/test");
+        for (var, package) in [
+            ("CLAUDE_CODE_VERSION", &claude::PACKAGE),
+            ("CODEX_VERSION", &codex::PACKAGE),
+            ("GEMINI_CLI_VERSION", &gemini::PACKAGE),
+        ] {
+            let pinned = format!("{var}={}\n", package.tested_version);
+            assert!(script.contains(&pinned), "scripts/test should pin {pinned}");
+        }
     }
 
     #[test]
