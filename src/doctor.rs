@@ -156,6 +156,7 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
         checks.extend(check_worker(w, cx).await);
     }
     checks.push(check_markers(&cx.env, &workers));
+    checks.extend(check_gemini_sessions(&cx.env, &workers));
     checks.push(check_git_bash(&cx.env));
     let mut listen = check_listen(config.as_ref().and_then(|c| c.http.listen));
     if let (Some(pid), Status::Fail) = (daemon_pid, listen.status) {
@@ -851,6 +852,60 @@ pub fn check_markers(env: &BTreeMap<String, String>, workers: &[&WorkerConfig]) 
     )
 }
 
+/// Gemini CLI 0.61's start-up clean-up can delete a resumed session when another session runs in
+/// the same folder (checked against the pinned version): a Gemini worker whose folder another
+/// Gemini worker, or its own tasks in the pool, also run in should turn that clean-up off in
+/// Gemini's settings.json. `None` without Gemini workers.
+pub fn check_gemini_sessions(
+    env: &BTreeMap<String, String>,
+    workers: &[&WorkerConfig],
+) -> Option<Check> {
+    const NAME: &str = "gemini sessions";
+    let gemini: Vec<&WorkerConfig> = workers
+        .iter()
+        .copied()
+        .filter(|w| matches!(w.agent, Agent::Gemini(_)))
+        .collect();
+    if gemini.is_empty() {
+        return None;
+    }
+    let shares = |w: &WorkerConfig| {
+        w.route != agentq_daemon::config::Route::Worker
+            || gemini.iter().filter(|o| o.cwd == w.cwd).count() > 1
+    };
+    let mut at_risk = Vec::new();
+    for w in gemini.iter().filter(|w| shares(w)) {
+        let var = |k: &str| w.env.get(k).or(env.get(k)).cloned();
+        let home = var("GEMINI_CLI_HOME")
+            .or_else(|| var("HOME"))
+            .unwrap_or_default();
+        let settings = Path::new(&home).join(".gemini/settings.json");
+        let kept = std::fs::read_to_string(&settings)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.pointer("/general/sessionRetention/enabled")?.as_bool())
+            == Some(false);
+        if !kept {
+            at_risk.push(format!("{} ({})", w.name, settings.display()));
+        }
+    }
+    Some(if at_risk.is_empty() {
+        Check::ok(
+            NAME,
+            "no Gemini worker shares its folder with another Gemini session, or its clean-up is off",
+        )
+    } else {
+        Check::warn(
+            NAME,
+            format!(
+                "{} share a folder with other Gemini sessions (another worker, or their tasks in the pool), and Gemini's start-up clean-up may delete their resumed conversation",
+                at_risk.join(", ")
+            ),
+            "set \"general\": {\"sessionRetention\": {\"enabled\": false}} in that settings.json (agentq then starts a new conversation, losing the context)",
+        )
+    })
+}
+
 /// Claude Code on Windows needs Git Bash; elsewhere there is nothing to check.
 pub fn check_git_bash(env: &BTreeMap<String, String>) -> Check {
     const NAME: &str = "git bash";
@@ -939,6 +994,45 @@ mod tests {
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    #[test]
+    fn gemini_workers_sharing_a_folder_are_warned_unless_the_clean_up_is_off() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir_all(home.join(".gemini")).unwrap();
+        let gemini = |name: &str| {
+            let mut w = worker(
+                d.path(),
+                Agent::Gemini(Box::default()),
+                &[("GEMINI_CLI_HOME", home.to_str().unwrap())],
+            );
+            w.name = name.into();
+            w
+        };
+        let (a, b) = (gemini("a"), gemini("b"));
+        assert!(check_gemini_sessions(&BTreeMap::new(), &[]).is_none());
+        assert_eq!(
+            check_gemini_sessions(&BTreeMap::new(), &[&a])
+                .unwrap()
+                .status,
+            Status::Ok,
+            "alone in its folder"
+        );
+        let shared = check_gemini_sessions(&BTreeMap::new(), &[&a, &b]).unwrap();
+        assert_eq!(shared.status, Status::Warn, "{shared:?}");
+        assert!(shared.detail.contains("a ("), "{shared:?}");
+        std::fs::write(
+            home.join(".gemini/settings.json"),
+            r#"{"general": {"sessionRetention": {"enabled": false}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            check_gemini_sessions(&BTreeMap::new(), &[&a, &b])
+                .unwrap()
+                .status,
+            Status::Ok
+        );
     }
 
     #[test]
