@@ -1,12 +1,16 @@
-//! What every backend writes the same way: the words and figures of its events, claim tokens,
-//! prompt previews, and the folding of rows into the interface's types. The backends differ in
-//! SQL only; what a person reads in `agentq show` or `events.jsonl` does not depend on the store.
+//! What every backend decides and writes the same way: the events of each change (kind, words,
+//! figures), the attempt row that ends an attempt, what recovering a task does to it, the usage
+//! an attempt adds to the ledger, which changes the queue's rules allow, claim tokens, prompt
+//! previews, and the folding of rows into the interface's types. The backends differ in SQL only:
+//! they read and write the rows, and what a person reads in `agentq show` or `events.jsonl` does
+//! not depend on the store.
 
 use rand::RngExt;
 use serde_json::{Value, json};
 
-use super::{Activity, Finish, Millis, NewTask, Task, WorkerCounts};
+use super::{Activity, Finish, Millis, NewEvent, NewTask, Task, WorkerCounts};
 use agentq_core::domain::TaskState;
+use agentq_core::error::Error;
 
 /// A task's columns, in the order both backends read them.
 pub const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
@@ -35,8 +39,27 @@ pub fn preview(prompt: &str) -> String {
     }
 }
 
-/// The `task_queued` event's message and figures.
-pub fn queued(t: &NewTask) -> (String, Value) {
+/// An event of `worker` (and of task `task_id`, if any) at `ts`.
+fn event(
+    ts: Millis,
+    task_id: Option<i64>,
+    worker: &str,
+    kind: &str,
+    message: String,
+    data: Option<Value>,
+) -> NewEvent {
+    NewEvent {
+        task_id,
+        worker: Some(worker.to_string()),
+        kind: kind.to_string(),
+        message,
+        data,
+        now: ts,
+    }
+}
+
+/// `task_queued`: task `id` was added as `t` says.
+pub fn queued(t: &NewTask, id: i64) -> NewEvent {
     let place = if t.routing.pool {
         "the pool"
     } else {
@@ -55,19 +78,36 @@ pub fn queued(t: &NewTask) -> (String, Value) {
         t.prompt.len()
     );
     let data = json!({ "pool": t.routing.pool, "class": t.routing.class, "complexity": t.routing.complexity });
-    (message, data)
-}
-
-/// The `task_started` event's message; `place` is `""` or `" in the pool"`.
-pub fn started(task: &Task, place: &str, owner: &str) -> String {
-    format!(
-        "attempt {} of {}{place} by {owner}",
-        task.attempts, task.max_attempts
+    event(
+        t.now,
+        Some(id),
+        &t.worker,
+        "task_queued",
+        message,
+        Some(data),
     )
 }
 
-/// The event that records an attempt's result: its kind, message and figures.
-pub fn finished(f: &Finish, attempts: i64) -> (&'static str, String, Value) {
+/// `task_started`: `owner` claimed `task` (as the claim left it) at `now`; `place` is `""` or
+/// `" in the pool"`.
+pub fn started(task: &Task, place: &str, owner: &str, now: Millis) -> NewEvent {
+    let message = format!(
+        "attempt {} of {}{place} by {owner}",
+        task.attempts, task.max_attempts
+    );
+    event(
+        now,
+        Some(task.id),
+        &task.worker,
+        "task_started",
+        message,
+        None,
+    )
+}
+
+/// The event that records the result `f` of attempt `attempts` of task `id`: `task_finished`,
+/// or `task_retrying` when it goes back to the queue.
+pub fn finished(f: &Finish, id: i64, worker: &str, attempts: i64) -> NewEvent {
     let reason = f.error.as_deref().unwrap_or("");
     let (kind, message) = match f.state {
         TaskState::Succeeded => (
@@ -110,62 +150,210 @@ pub fn finished(f: &Finish, attempts: i64) -> (&'static str, String, Value) {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     );
-    (kind, message, data)
+    event(f.now, Some(id), worker, kind, message, Some(data))
 }
 
-/// What recovering a running task writes: `Some(error)` when it is now dead (its daemon died
-/// under it more than `max_attempts` times), with the event's message either way.
-pub fn recovered(
-    interruptions: i64,
-    max_attempts: i64,
-    owner: Option<&str>,
-    why: &str,
-) -> (Option<String>, String) {
-    let owner = owner.unwrap_or("?");
-    if interruptions > max_attempts {
-        let error = format!(
-            "interrupted {interruptions} times: its daemon died while running it each time"
-        );
-        let message = format!("dead: {why} (was held by {owner}); {error}");
-        return (Some(error), message);
+/// The usage-ledger row an attempt's result adds, `(cost_usd, input_tokens, output_tokens)`: only
+/// when its agent reported a cost or tokens.
+pub fn usage_row(f: &Finish) -> Option<(f64, i64, i64)> {
+    let u = &f.usage;
+    (u.cost_usd.is_some() || u.input_tokens.is_some()).then(|| {
+        (
+            u.cost_usd.unwrap_or(0.0),
+            u.input_tokens.unwrap_or(0),
+            u.output_tokens.unwrap_or(0),
+        )
+    })
+}
+
+/// `task_released`: a claimed task was given back to the queue, its attempt unspent.
+pub fn released(id: i64, worker: &str, reason: &str, now: Millis) -> NewEvent {
+    let message = format!("{reason}; queued again, attempt not counted");
+    event(now, Some(id), worker, "task_released", message, None)
+}
+
+/// Whether task `id`, in state `was`, may be cancelled.
+pub fn may_cancel(id: i64, was: TaskState) -> Result<(), Error> {
+    was.check_cancel()
+        .map_err(|what| wrong_state(id, was, what))
+}
+
+/// Whether task `id`, in state `was`, may be queued again ([`super::Store::retry`]).
+pub fn may_retry(id: i64, was: TaskState) -> Result<(), Error> {
+    was.check_retry().map_err(|what| wrong_state(id, was, what))
+}
+
+fn wrong_state(id: i64, state: TaskState, what: &'static str) -> Error {
+    Error::WrongState {
+        id,
+        state: state.to_string(),
+        what,
     }
-    (
-        None,
-        format!("{why} (was held by {owner}); queued again, attempt not counted"),
-    )
 }
 
-/// The `worker_paused` event's message and figures.
-pub fn paused(reason: &str, until: Millis) -> (String, Value) {
+/// `task_cancelled`: task `id` was cancelled while in state `was`.
+pub fn cancelled(id: i64, worker: &str, was: TaskState, now: Millis) -> NewEvent {
+    let message = format!("cancelled while {was}");
+    event(now, Some(id), worker, "task_cancelled", message, None)
+}
+
+/// `task_retried`: task `id`, which had ended in state `was`, was queued again.
+pub fn retried(id: i64, worker: &str, was: TaskState, now: Millis) -> NewEvent {
+    let message = format!("was {was}; queued again with attempts reset");
+    event(now, Some(id), worker, "task_retried", message, None)
+}
+
+/// How an attempt ended, as a row of the attempts table.
+#[derive(Default)]
+pub struct AttemptEnding<'a> {
+    /// `succeeded`, `failed`, `interrupted`, `released` or `cancelled`.
+    pub outcome: &'a str,
+    pub cause: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<i64>,
+    pub memory_peak_mb: Option<f64>,
+}
+
+impl<'a> AttemptEnding<'a> {
+    /// An attempt that came to the result `f`: `succeeded`, or `failed` with its cause.
+    pub fn finished(f: &'a Finish) -> Self {
+        AttemptEnding {
+            outcome: if f.cause.is_none() {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            cause: f.cause.as_deref(),
+            reason: f.error.as_deref(),
+            exit_code: f.exit_code,
+            duration_ms: Some(f.duration_ms),
+            memory_peak_mb: f.memory_peak_mb,
+        }
+    }
+
+    /// An attempt given back unspent ([`super::Store::release`]).
+    pub fn released(reason: &'a str) -> Self {
+        AttemptEnding {
+            outcome: "released",
+            reason: Some(reason),
+            ..Default::default()
+        }
+    }
+
+    /// An attempt cut short by recovery: its daemon died, or its lease ran out.
+    pub fn interrupted(why: &'a str) -> Self {
+        AttemptEnding {
+            outcome: "interrupted",
+            reason: Some(why),
+            ..Default::default()
+        }
+    }
+
+    /// An attempt ended by cancelling its task while it ran.
+    pub fn cancelled() -> Self {
+        AttemptEnding {
+            outcome: "cancelled",
+            cause: Some("cancelled"),
+            reason: Some("cancelled while running"),
+            ..Default::default()
+        }
+    }
+}
+
+/// What recovering one running task does to it: back to the queue with its interrupted attempt
+/// given back, or `dead` when its daemon has died under it more than `max_attempts` times (it
+/// may be what kills the daemon, and it must not do so forever).
+pub struct Recovery {
+    pub id: i64,
+    pub worker: String,
+    /// The task's interruptions, this one counted.
+    pub interruptions: i64,
+    /// `Some(error)`: the task is dead, with this error.
+    pub dead: Option<String>,
+    /// `task_recovered`, or `task_finished` when it is dead.
+    pub event: NewEvent,
+}
+
+impl Recovery {
+    /// Recovering task `id` of `worker`, held by `owner`, with `interruptions` this one counted,
+    /// for the reason `why`, at `now`.
+    pub fn new(
+        id: i64,
+        worker: String,
+        owner: Option<&str>,
+        interruptions: i64,
+        max_attempts: i64,
+        why: &str,
+        now: Millis,
+    ) -> Recovery {
+        let owner = owner.unwrap_or("?");
+        let (dead, kind, message) = if interruptions > max_attempts {
+            let error = format!(
+                "interrupted {interruptions} times: its daemon died while running it each time"
+            );
+            let message = format!("dead: {why} (was held by {owner}); {error}");
+            (Some(error), "task_finished", message)
+        } else {
+            let message = format!("{why} (was held by {owner}); queued again, attempt not counted");
+            (None, "task_recovered", message)
+        };
+        let event = event(now, Some(id), &worker, kind, message, None);
+        Recovery {
+            id,
+            worker,
+            interruptions,
+            dead,
+            event,
+        }
+    }
+
+    /// The state the task is left in.
+    pub fn state(&self) -> TaskState {
+        if self.dead.is_some() {
+            TaskState::Dead
+        } else {
+            TaskState::Queued
+        }
+    }
+}
+
+/// `worker_paused`: `worker` claims nothing until `until`.
+pub fn paused(worker: &str, reason: &str, until: Millis, now: Millis) -> NewEvent {
     let when = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(until.max(0) as u64),
     );
-    (
-        format!("{reason}; paused until {when}"),
-        json!({ "until": until }),
-    )
+    let message = format!("{reason}; paused until {when}");
+    let data = json!({ "until": until });
+    event(now, None, worker, "worker_paused", message, Some(data))
 }
 
-/// The `worker_errored` event's message.
-pub fn errored(worker: &str, reason: &str) -> String {
-    format!("{reason}; it runs nothing until `agentq worker restart {worker}`")
+/// `worker_resumed`: `worker`'s pause was ended early.
+pub fn resumed(worker: &str, why: &str, now: Millis) -> NewEvent {
+    event(now, None, worker, "worker_resumed", why.to_string(), None)
 }
 
-/// The `worker_restarted` event's message, given what the restart cleared.
-pub fn restarted(cleared: Option<&super::Pause>) -> String {
-    match cleared {
+/// `worker_errored`: `worker` runs nothing until restarted by hand.
+pub fn errored(worker: &str, reason: &str, now: Millis) -> NewEvent {
+    let message = format!("{reason}; it runs nothing until `agentq worker restart {worker}`");
+    event(now, None, worker, "worker_errored", message, None)
+}
+
+/// `worker_restarted`, given what the restart cleared.
+pub fn restarted(worker: &str, cleared: Option<&super::Pause>, now: Millis) -> NewEvent {
+    let message = match cleared {
         Some(p) if p.errored() => format!("restarted by hand; it was errored: {}", p.reason),
         Some(p) => format!("restarted by hand; it was paused: {}", p.reason),
         None => "restarted by hand".to_string(),
-    }
+    };
+    event(now, None, worker, "worker_restarted", message, None)
 }
 
-/// `worker_moved`: a worker's lease was taken by a daemon of another host.
-pub fn moved(from: &str, to: &str) -> (String, Value) {
-    (
-        format!("now runs on host {to} (it ran on {from})"),
-        json!({ "from_host": from, "to_host": to }),
-    )
+/// `worker_moved`: `worker`'s lease was taken by a daemon of host `to`, from host `from`.
+pub fn moved(worker: &str, from: &str, to: &str, ts: Millis) -> NewEvent {
+    let message = format!("now runs on host {to} (it ran on {from})");
+    let data = json!({ "from_host": from, "to_host": to });
+    event(ts, None, worker, "worker_moved", message, Some(data))
 }
 
 /// Why a previous run's tasks go back to the queue at once when its host starts again.
@@ -198,12 +386,13 @@ pub fn may_take_lease(
     }
 }
 
-/// The `session_reset` event's message, given the conversation left (if any).
-pub fn session_reset(why: &str, old: Option<&str>) -> String {
-    match old {
+/// `session_reset`: `worker`'s conversation (`old`, if it had one) was forgotten.
+pub fn session_reset(worker: &str, why: &str, old: Option<&str>, now: Millis) -> NewEvent {
+    let message = match old {
         Some(id) => format!("{why}; conversation {id} left, the next task starts a new one"),
         None => format!("{why}; the next task starts a new conversation"),
-    }
+    };
+    event(now, None, worker, "session_reset", message, None)
 }
 
 /// Folds `(worker, state, how many)` rows, ordered by worker, into one count per worker.
@@ -253,5 +442,21 @@ mod tests {
     fn previews_are_one_short_line() {
         assert_eq!(preview("\n  hello\nworld"), "hello");
         assert_eq!(preview(&"x".repeat(100)).chars().count(), 80);
+    }
+
+    #[test]
+    fn a_task_interrupted_more_than_max_attempts_times_is_dead() {
+        let back = Recovery::new(7, "w".into(), Some("h:1:a"), 3, 3, "lease expired", 5);
+        assert_eq!(back.state(), TaskState::Queued);
+        assert_eq!(back.event.kind, "task_recovered");
+        assert_eq!(
+            back.event.message,
+            "lease expired (was held by h:1:a); queued again, attempt not counted"
+        );
+        let dead = Recovery::new(7, "w".into(), None, 4, 3, "lease expired", 5);
+        assert_eq!(dead.state(), TaskState::Dead);
+        assert_eq!(dead.event.kind, "task_finished");
+        assert_eq!((dead.event.task_id, dead.event.now), (Some(7), 5));
+        assert!(dead.dead.unwrap().starts_with("interrupted 4 times"));
     }
 }

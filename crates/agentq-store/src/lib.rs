@@ -323,6 +323,21 @@ pub struct NewEvent {
     pub now: Millis,
 }
 
+impl NewEvent {
+    /// The event as recorded under `id`.
+    pub fn recorded(self, id: i64) -> Event {
+        Event {
+            id,
+            ts: self.now,
+            task_id: self.task_id,
+            worker: self.worker,
+            kind: self.kind,
+            message: self.message,
+            data: self.data,
+        }
+    }
+}
+
 /// One attempt of a task, as it ended.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct AttemptRecord {

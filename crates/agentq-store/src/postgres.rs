@@ -63,7 +63,7 @@ use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
 use agentq_core::logfile::EventLog;
 use agentq_core::wake::Ring;
-use common::TASK_COLUMNS;
+use common::{AttemptEnding, TASK_COLUMNS};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -734,53 +734,25 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Records an event, to be appended to the event log once committed.
-    async fn event(
-        &mut self,
-        now: Millis,
-        task_id: Option<i64>,
-        worker: Option<&str>,
-        kind: &str,
-        message: &str,
-    ) -> Op<()> {
-        self.event_with(now, task_id, worker, kind, message, None)
-            .await
-    }
-
-    /// Records an event with its figures. (Both may quote an agent, so NUL is replaced.)
-    async fn event_with(
-        &mut self,
-        now: Millis,
-        task_id: Option<i64>,
-        worker: Option<&str>,
-        kind: &str,
-        message: &str,
-        data: Option<serde_json::Value>,
-    ) -> Op<()> {
+    /// Records an event, to be appended to the event log once committed. (It may quote an agent,
+    /// so NUL is replaced in what is written.)
+    async fn record(&mut self, e: NewEvent) -> Op<()> {
         let row = self
             .query(
                 "INSERT INTO events (ts, task_id, worker, kind, message, data) \
                  VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 &[
-                    &now,
-                    &task_id,
-                    &worker,
-                    &kind,
-                    &no_nul(message).as_ref(),
-                    &data.clone().map(no_nul_json),
+                    &e.now,
+                    &e.task_id,
+                    &e.worker,
+                    &e.kind,
+                    &no_nul(&e.message).as_ref(),
+                    &e.data.clone().map(no_nul_json),
                 ],
             )
             .await?;
         let id: i64 = row[0].try_get(0)?;
-        self.events.push(Event {
-            id,
-            ts: now,
-            task_id,
-            worker: worker.map(str::to_string),
-            kind: kind.to_string(),
-            message: message.to_string(),
-            data,
-        });
+        self.events.push(e.recorded(id));
         Ok(())
     }
 
@@ -858,15 +830,8 @@ impl Tx<'_> {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let task = task_from_row(&row)?;
-        let message = common::started(&task, place, owner);
-        self.event(
-            now,
-            Some(task.id),
-            Some(&task.worker),
-            "task_started",
-            &message,
-        )
-        .await?;
+        self.record(common::started(&task, place, owner, now))
+            .await?;
         Ok(Some(Claim { task, token }))
     }
 
@@ -916,7 +881,7 @@ impl Tx<'_> {
     }
 
     /// Returns running tasks matching `condition` (on `params`) to the queue, with their
-    /// interrupted attempt given back, or `dead` past `max_attempts` interruptions (see SQLite's).
+    /// interrupted attempt given back, or `dead` (see [`common::Recovery`]).
     ///
     /// Locks are taken in one order, as in every other transaction: the tasks' rows in id order,
     /// then every count row the moves will change, in key order ([`Tx::lock_counts`]); only then
@@ -942,72 +907,38 @@ impl Tx<'_> {
                 params,
             )
             .await?;
-        struct Recovery {
-            id: i64,
-            worker: String,
-            interruptions: i64,
-            /// `Some(error)`: the task is dead.
-            dead: Option<String>,
-            message: String,
-        }
         let mut recoveries = Vec::with_capacity(rows.len());
         let mut counts = Vec::with_capacity(rows.len() * 2);
         for r in &rows {
-            let (id, worker, owner, interruptions, max_attempts, pool, class): (
-                i64,
-                String,
-                Option<String>,
-                i64,
-                i64,
-                bool,
-                String,
-            ) = (
+            let owner: Option<&str> = r.try_get(2)?;
+            let recovery = common::Recovery::new(
                 r.try_get(0)?,
                 r.try_get(1)?,
-                r.try_get(2)?,
+                owner,
                 r.try_get(3)?,
                 r.try_get(4)?,
-                r.try_get(5)?,
-                r.try_get(6)?,
+                why,
+                now,
             );
-            let (dead, message) =
-                common::recovered(interruptions, max_attempts, owner.as_deref(), why);
-            let to = if dead.is_some() { "dead" } else { "queued" };
+            let (pool, class): (bool, String) = (r.try_get(5)?, r.try_get(6)?);
+            let worker = &recovery.worker;
             counts.push((worker.clone(), pool, "running", class.clone()));
-            counts.push((worker.clone(), pool, to, class));
-            recoveries.push(Recovery {
-                id,
-                worker,
-                interruptions,
-                dead,
-                message,
-            });
+            counts.push((worker.clone(), pool, recovery.state().as_str(), class));
+            recoveries.push(recovery);
         }
         if counts.len() > 2 {
             self.lock_counts(&counts).await?;
         }
         let mut ids = Vec::with_capacity(recoveries.len());
         for r in recoveries {
-            let ending = AttemptEnding {
-                outcome: "interrupted",
-                reason: Some(why),
-                ..Default::default()
-            };
-            self.attempt_row(r.id, None, &ending, now).await?;
-            if let Some(error) = r.dead {
+            self.attempt_row(r.id, None, &AttemptEnding::interrupted(why), now)
+                .await?;
+            if let Some(error) = &r.dead {
                 self.execute(
                     "UPDATE tasks SET state = 'dead', interruptions = $2, error = $3, owner = NULL, \
                      claim_token = NULL, lease_expires = NULL, finished_at = $4, updated_at = $4 \
                      WHERE id = $1",
-                    &[&r.id, &r.interruptions, &error, &now],
-                )
-                .await?;
-                self.event(
-                    now,
-                    Some(r.id),
-                    Some(&r.worker),
-                    "task_finished",
-                    &r.message,
+                    &[&r.id, &r.interruptions, error, &now],
                 )
                 .await?;
             } else {
@@ -1018,15 +949,8 @@ impl Tx<'_> {
                     &[&r.id, &now, &r.interruptions],
                 )
                 .await?;
-                self.event(
-                    now,
-                    Some(r.id),
-                    Some(&r.worker),
-                    "task_recovered",
-                    &r.message,
-                )
-                .await?;
             }
+            self.record(r.event).await?;
             ids.push(r.id);
         }
         if !ids.is_empty() {
@@ -1054,18 +978,6 @@ async fn query_one(
 ) -> Op<Row> {
     let statement = client.prepare_cached(sql).await?;
     Ok(client.query_one(&statement, params).await?)
-}
-
-/// How an attempt ended, as a row of the attempts table.
-#[derive(Default)]
-struct AttemptEnding<'a> {
-    /// `succeeded`, `failed`, `interrupted`, `released` or `cancelled`.
-    outcome: &'a str,
-    cause: Option<&'a str>,
-    reason: Option<&'a str>,
-    exit_code: Option<i32>,
-    duration_ms: Option<i64>,
-    memory_peak_mb: Option<f64>,
 }
 
 /// PostgreSQL's text (and jsonb) cannot hold NUL, which an agent's output may: it becomes U+FFFD,
@@ -1326,16 +1238,7 @@ impl Store for PgStore {
                 return Ok(Submitted::Duplicate(row.try_get(0)?));
             };
             let id: i64 = row.try_get(0)?;
-            let (message, data) = common::queued(t);
-            tx.event_with(
-                t.now,
-                Some(id),
-                Some(&t.worker),
-                "task_queued",
-                &message,
-                Some(data),
-            )
-            .await?;
+            tx.record(common::queued(t, id)).await?;
             tx.ring(Ring::Worker(t.routing.runs_on(&t.worker).to_string()));
             Ok(Submitted::New(id))
         })
@@ -1393,18 +1296,7 @@ impl Store for PgStore {
         let mut hook = on_end;
         write!(self, "recording a result", lazy, |tx| {
             let terminal = f.state.is_terminal();
-            let ending = AttemptEnding {
-                outcome: if f.cause.is_none() {
-                    "succeeded"
-                } else {
-                    "failed"
-                },
-                cause: f.cause.as_deref(),
-                reason: f.error.as_deref(),
-                exit_code: f.exit_code,
-                duration_ms: Some(f.duration_ms),
-                memory_peak_mb: f.memory_peak_mb,
-            };
+            let ending = AttemptEnding::finished(f);
             if !tx
                 .attempt_row(fence.id, Some(&fence.token), &ending, f.now)
                 .await?
@@ -1456,28 +1348,13 @@ impl Store for PgStore {
                 };
                 tx.ring(Ring::Worker(runs_on.to_string()));
             }
-            let (kind, message, data) = common::finished(f, attempts);
-            tx.event_with(
-                f.now,
-                Some(fence.id),
-                Some(&worker),
-                kind,
-                &message,
-                Some(data),
-            )
-            .await?;
-            if f.usage.cost_usd.is_some() || f.usage.input_tokens.is_some() {
+            tx.record(common::finished(f, fence.id, &worker, attempts))
+                .await?;
+            if let Some((cost_usd, input_tokens, output_tokens)) = common::usage_row(f) {
                 tx.execute(
                     "INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &f.now,
-                        &worker,
-                        &fence.id,
-                        &f.usage.cost_usd.unwrap_or(0.0),
-                        &f.usage.input_tokens.unwrap_or(0),
-                        &f.usage.output_tokens.unwrap_or(0),
-                    ],
+                    &[&f.now, &worker, &fence.id, &cost_usd, &input_tokens, &output_tokens],
                 )
                 .await?;
             }
@@ -1506,11 +1383,7 @@ impl Store for PgStore {
 
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
         write!(self, "releasing a task", lazy, |tx| {
-            let ending = AttemptEnding {
-                outcome: "released",
-                reason: Some(reason),
-                ..Default::default()
-            };
+            let ending = AttemptEnding::released(reason);
             if !tx
                 .attempt_row(fence.id, Some(&fence.token), &ending, now)
                 .await?
@@ -1535,14 +1408,8 @@ impl Store for PgStore {
                 &worker
             };
             tx.ring(Ring::Worker(runs_on.to_string()));
-            tx.event(
-                now,
-                Some(fence.id),
-                Some(&worker),
-                "task_released",
-                &format!("{reason}; queued again, attempt not counted"),
-            )
-            .await?;
+            tx.record(common::released(fence.id, &worker, reason, now))
+                .await?;
             Ok(true)
         })
     }
@@ -1575,22 +1442,11 @@ impl Store for PgStore {
     async fn cancel(&self, id: i64, now: Millis) -> Result<TaskState> {
         write!(self, "cancelling a task", |tx| {
             let (state, worker, pool) = tx.state_of(id).await?;
-            state.check_cancel().map_err(|what| {
-                OpError::Rule(Error::WrongState {
-                    id,
-                    state: state.to_string(),
-                    what,
-                })
-            })?;
+            common::may_cancel(id, state).map_err(OpError::Rule)?;
             // A running attempt ends here, not when its agent is stopped (that finish is fenced
             // out): its row says so, with how long it ran.
             if state == TaskState::Running {
-                let ending = AttemptEnding {
-                    outcome: "cancelled",
-                    cause: Some("cancelled"),
-                    reason: Some("cancelled while running"),
-                    ..Default::default()
-                };
+                let ending = AttemptEnding::cancelled();
                 if tx.attempt_row(id, None, &ending, now).await? {
                     tx.execute(
                         "UPDATE attempts SET duration_ms = ended_at - started_at \
@@ -1608,14 +1464,8 @@ impl Store for PgStore {
                 &[&id, &now],
             )
             .await?;
-            tx.event(
-                now,
-                Some(id),
-                Some(&worker),
-                "task_cancelled",
-                &format!("cancelled while {state}"),
-            )
-            .await?;
+            tx.record(common::cancelled(id, &worker, state, now))
+                .await?;
             if state == TaskState::Running {
                 let runs_on = if pool {
                     agentq_core::domain::POOL
@@ -1631,13 +1481,7 @@ impl Store for PgStore {
     async fn retry(&self, id: i64, now: Millis) -> Result<()> {
         write!(self, "retrying a task", |tx| {
             let (state, worker, pool) = tx.state_of(id).await?;
-            state.check_retry().map_err(|what| {
-                OpError::Rule(Error::WrongState {
-                    id,
-                    state: state.to_string(),
-                    what,
-                })
-            })?;
+            common::may_retry(id, state).map_err(OpError::Rule)?;
             tx.execute(
                 "UPDATE tasks SET state = 'queued', attempts = 0, interruptions = 0, not_before = $2, \
                  finished_at = NULL, exit_code = NULL, output = NULL, error = NULL, stderr_tail = NULL, \
@@ -1645,14 +1489,7 @@ impl Store for PgStore {
                 &[&id, &now],
             )
             .await?;
-            tx.event(
-                now,
-                Some(id),
-                Some(&worker),
-                "task_retried",
-                &format!("was {state}; queued again with attempts reset"),
-            )
-            .await?;
+            tx.record(common::retried(id, &worker, state, now)).await?;
             let runs_on = if pool {
                 agentq_core::domain::POOL
             } else {
@@ -1727,15 +1564,7 @@ impl Store for PgStore {
 
     async fn record_event(&self, e: &NewEvent) -> Result<()> {
         write!(self, "recording an event", |tx| {
-            tx.event_with(
-                e.now,
-                e.task_id,
-                e.worker.as_deref(),
-                &e.kind,
-                &e.message,
-                e.data.clone(),
-            )
-            .await
+            tx.record(e.clone()).await
         })
     }
 
@@ -1870,8 +1699,7 @@ impl Store for PgStore {
                 Some(r) => Some(r.try_get(0)?),
                 None => None,
             };
-            let message = common::session_reset(why, old.as_deref());
-            tx.event(now, None, Some(worker), "session_reset", &message)
+            tx.record(common::session_reset(worker, why, old.as_deref(), now))
                 .await?;
             Ok(old.is_some())
         })
@@ -1894,16 +1722,7 @@ impl Store for PgStore {
                 &[&worker, &until, &reason, &now],
             )
             .await?;
-            let (message, data) = common::paused(reason, until);
-            tx.event_with(
-                now,
-                None,
-                Some(worker),
-                "worker_paused",
-                &message,
-                Some(data),
-            )
-            .await
+            tx.record(common::paused(worker, reason, until, now)).await
         })
     }
 
@@ -1922,8 +1741,7 @@ impl Store for PgStore {
             };
             let was_paused = until.is_some_and(|u| u > now);
             if was_paused {
-                tx.event(now, None, Some(worker), "worker_resumed", why)
-                    .await?;
+                tx.record(common::resumed(worker, why, now)).await?;
                 // Everyone: the worker's tasks in the pool waited for it too.
                 tx.ring(Ring::Everyone);
             }
@@ -1941,14 +1759,7 @@ impl Store for PgStore {
                 &[&worker, &Millis::MAX, &reason, &now],
             )
             .await?;
-            tx.event(
-                now,
-                None,
-                Some(worker),
-                "worker_errored",
-                &common::errored(worker, reason),
-            )
-            .await
+            tx.record(common::errored(worker, reason, now)).await
         })
     }
 
@@ -1965,14 +1776,8 @@ impl Store for PgStore {
                 Some(r) => Some(pause_from_row(&r)?),
                 None => None,
             };
-            tx.event(
-                now,
-                None,
-                Some(worker),
-                "worker_restarted",
-                &common::restarted(cleared.as_ref()),
-            )
-            .await?;
+            tx.record(common::restarted(worker, cleared.as_ref(), now))
+                .await?;
             tx.ring(Ring::Restart(worker.to_string()));
             Ok(cleared)
         })
@@ -2372,16 +2177,9 @@ impl Store for PgStore {
             )
             .await?;
             if let Some(from) = &moved_from {
-                let (message, data) = common::moved(from, &host);
-                tx.event_with(
-                    super::now_ms(),
-                    None,
-                    Some(&worker),
-                    "worker_moved",
-                    &message,
-                    Some(data),
-                )
-                .await?;
+                // Dated by this host's clock, as every event is (`now` here is the server's).
+                tx.record(common::moved(&worker, from, &host, super::now_ms()))
+                    .await?;
             }
             Ok(super::LeaseTake::Held { moved_from })
         })

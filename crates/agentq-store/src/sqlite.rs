@@ -32,7 +32,7 @@ use super::{
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
 use agentq_core::logfile::EventLog;
-use common::TASK_COLUMNS;
+use common::{AttemptEnding, TASK_COLUMNS};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
@@ -376,57 +376,16 @@ fn state_from(r: &Row, idx: usize) -> rusqlite::Result<TaskState> {
     })
 }
 
-fn event(
-    tx: &rusqlite::Transaction,
-    now: Millis,
-    task_id: Option<i64>,
-    worker: Option<&str>,
-    kind: &str,
-    message: &str,
-) -> rusqlite::Result<()> {
-    event_with(tx, now, task_id, worker, kind, message, None)
-}
-
-/// Records an event with its figures.
-fn event_with(
-    tx: &rusqlite::Transaction,
-    now: Millis,
-    task_id: Option<i64>,
-    worker: Option<&str>,
-    kind: &str,
-    message: &str,
-    data: Option<serde_json::Value>,
-) -> rusqlite::Result<()> {
-    let text = data.as_ref().map(|d| d.to_string());
+/// Records an event, to be appended to the event log once committed.
+fn record(tx: &rusqlite::Transaction, e: NewEvent) -> rusqlite::Result<()> {
+    let text = e.data.as_ref().map(|d| d.to_string());
     tx.exec(
         "INSERT INTO events (ts, task_id, worker, kind, message, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![now, task_id, worker, kind, message, text],
+        params![e.now, e.task_id, e.worker, e.kind, e.message, text],
     )?;
     let id = tx.last_insert_rowid();
-    PENDING.with_borrow_mut(|p| {
-        p.push(Event {
-            id,
-            ts: now,
-            task_id,
-            worker: worker.map(str::to_string),
-            kind: kind.to_string(),
-            message: message.to_string(),
-            data,
-        })
-    });
+    PENDING.with_borrow_mut(|p| p.push(e.recorded(id)));
     Ok(())
-}
-
-/// How an attempt ended, as a row of the attempts table.
-#[derive(Default)]
-struct AttemptEnding<'a> {
-    /// `succeeded`, `failed`, `interrupted`, `released` or `cancelled`.
-    outcome: &'a str,
-    cause: Option<&'a str>,
-    reason: Option<&'a str>,
-    exit_code: Option<i32>,
-    duration_ms: Option<i64>,
-    memory_peak_mb: Option<f64>,
 }
 
 /// Records how a running task's attempt ended, in the attempts table, and says whether it did:
@@ -490,15 +449,7 @@ fn claim_one(
         )
         .optional()?;
     let Some(task) = task else { return Ok(None) };
-    let message = common::started(&task, place, owner);
-    event(
-        tx,
-        now,
-        Some(task.id),
-        Some(&task.worker),
-        "task_started",
-        &message,
-    )?;
+    record(tx, common::started(&task, place, owner, now))?;
     Ok(Some(Claim { task, token }))
 }
 
@@ -512,8 +463,7 @@ fn state_of(tx: &rusqlite::Transaction, id: i64) -> Op<(TaskState, String)> {
 }
 
 /// Returns running tasks matching `condition` to the queue, with their interrupted attempt given
-/// back. A task whose daemon has died under it more than `max_attempts` times is `dead` instead:
-/// it may be what kills the daemon, and it must not do so forever.
+/// back, or `dead` (see [`common::Recovery`]).
 fn recover_where(
     tx: &rusqlite::Transaction,
     condition: &str,
@@ -525,44 +475,41 @@ fn recover_where(
         "SELECT id, worker, owner, interruptions + 1, max_attempts FROM tasks \
          WHERE state = 'running' AND {condition}"
     ))?;
-    let rows = stmt
+    let recoveries = stmt
         .query_map([arg], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
+            let owner: Option<String> = r.get(2)?;
+            Ok(common::Recovery::new(
+                r.get(0)?,
+                r.get(1)?,
+                owner.as_deref(),
+                r.get(3)?,
+                r.get(4)?,
+                why,
+                now,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (id, worker, owner, interruptions, max_attempts) in &rows {
-        let ending = AttemptEnding {
-            outcome: "interrupted",
-            reason: Some(why),
-            ..Default::default()
-        };
-        attempt_row(tx, *id, None, &ending, now)?;
-        let (dead, message) =
-            common::recovered(*interruptions, *max_attempts, owner.as_deref(), why);
-        if let Some(error) = dead {
+    let mut ids = Vec::with_capacity(recoveries.len());
+    for r in recoveries {
+        attempt_row(tx, r.id, None, &AttemptEnding::interrupted(why), now)?;
+        if let Some(error) = &r.dead {
             tx.exec(
                 "UPDATE tasks SET state = 'dead', interruptions = ?2, error = ?3, owner = NULL, \
                  claim_token = NULL, lease_expires = NULL, finished_at = ?4, updated_at = ?4 WHERE id = ?1",
-                params![id, interruptions, error, now],
+                params![r.id, r.interruptions, error, now],
             )?;
-            event(tx, now, Some(*id), Some(worker), "task_finished", &message)?;
-            continue;
+        } else {
+            tx.exec(
+                "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), interruptions = ?3, \
+                 owner = NULL, claim_token = NULL, lease_expires = NULL, not_before = ?2, updated_at = ?2 \
+                 WHERE id = ?1",
+                params![r.id, now, r.interruptions],
+            )?;
         }
-        tx.exec(
-            "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), interruptions = ?3, \
-             owner = NULL, claim_token = NULL, lease_expires = NULL, not_before = ?2, updated_at = ?2 \
-             WHERE id = ?1",
-            params![id, now, interruptions],
-        )?;
-        event(tx, now, Some(*id), Some(worker), "task_recovered", &message)?;
+        record(tx, r.event)?;
+        ids.push(r.id);
     }
-    Ok(rows.into_iter().map(|(id, ..)| id).collect())
+    Ok(ids)
 }
 
 /// The event log, filtered: the latest `limit` events, oldest first.
@@ -637,16 +584,7 @@ fn insert_task(tx: &rusqlite::Transaction, t: &NewTask) -> Op<Submitted> {
         ],
     )?;
     let id = tx.last_insert_rowid();
-    let (message, data) = common::queued(t);
-    event_with(
-        tx,
-        t.now,
-        Some(id),
-        Some(&t.worker),
-        "task_queued",
-        &message,
-        Some(data),
-    )?;
+    record(tx, common::queued(t, id))?;
     Ok(Submitted::New(id))
 }
 
@@ -717,14 +655,7 @@ impl Store for SqliteStore {
         let (fence, f) = (fence.clone(), f.clone());
         self.write_lazy("recording a result", move |tx| {
             let terminal = f.state.is_terminal();
-            let ending = AttemptEnding {
-                outcome: if f.cause.is_none() { "succeeded" } else { "failed" },
-                cause: f.cause.as_deref(),
-                reason: f.error.as_deref(),
-                exit_code: f.exit_code,
-                duration_ms: Some(f.duration_ms),
-                memory_peak_mb: f.memory_peak_mb,
-            };
+            let ending = AttemptEnding::finished(&f);
             if !attempt_row(tx, fence.id, Some(&fence.token), &ending, f.now)? {
                 return Ok(false);
             }
@@ -765,20 +696,12 @@ impl Store for SqliteStore {
                 [fence.id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let (kind, message, data) = common::finished(&f, attempts);
-            event_with(tx, f.now, Some(fence.id), Some(&worker), kind, &message, Some(data))?;
-            if f.usage.cost_usd.is_some() || f.usage.input_tokens.is_some() {
+            record(tx, common::finished(&f, fence.id, &worker, attempts))?;
+            if let Some((cost_usd, input_tokens, output_tokens)) = common::usage_row(&f) {
                 tx.exec(
                     "INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        f.now,
-                        worker,
-                        fence.id,
-                        f.usage.cost_usd.unwrap_or(0.0),
-                        f.usage.input_tokens.unwrap_or(0),
-                        f.usage.output_tokens.unwrap_or(0)
-                    ],
+                    params![f.now, worker, fence.id, cost_usd, input_tokens, output_tokens],
                 )?;
             }
             if let (true, Some(hook)) = (terminal, on_end) {
@@ -804,12 +727,10 @@ impl Store for SqliteStore {
     async fn release(&self, fence: &Fence, reason: &str, now: Millis) -> Result<bool> {
         let (fence, reason) = (fence.clone(), reason.to_string());
         self.write_lazy("releasing a task", move |tx| {
-            let ending = AttemptEnding {
-                outcome: "released",
-                reason: Some(&reason),
-                ..Default::default()
-            };
-            attempt_row(tx, fence.id, Some(&fence.token), &ending, now)?;
+            let ending = AttemptEnding::released(&reason);
+            if !attempt_row(tx, fence.id, Some(&fence.token), &ending, now)? {
+                return Ok(false);
+            }
             let worker: Option<String> = tx
                 .row(
                     "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), owner = NULL, \
@@ -820,7 +741,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             let Some(worker) = worker else { return Ok(false) };
-            event(tx, now, Some(fence.id), Some(&worker), "task_released", &format!("{reason}; queued again, attempt not counted"))?;
+            record(tx, common::released(fence.id, &worker, &reason, now))?;
             Ok(true)
         })
         .await
@@ -850,23 +771,11 @@ impl Store for SqliteStore {
     async fn cancel(&self, id: i64, now: Millis) -> Result<TaskState> {
         self.write("cancelling a task", move |tx| {
             let (state, worker) = state_of(tx, id)?;
-            state.check_cancel().map_err(|what| {
-                OpError::Rule(Error::WrongState {
-                    id,
-                    state: state.to_string(),
-                    what,
-                })
-            })?;
+            common::may_cancel(id, state).map_err(OpError::Rule)?;
             // A running attempt ends here, not when its agent is stopped (that finish is fenced
             // out): its row says so, with how long it ran.
             if state == TaskState::Running {
-                let ending = AttemptEnding {
-                    outcome: "cancelled",
-                    cause: Some("cancelled"),
-                    reason: Some("cancelled while running"),
-                    ..Default::default()
-                };
-                attempt_row(tx, id, None, &ending, now)?;
+                attempt_row(tx, id, None, &AttemptEnding::cancelled(), now)?;
                 tx.exec(
                     "UPDATE attempts SET duration_ms = ended_at - started_at \
                      WHERE id = last_insert_rowid() AND started_at IS NOT NULL",
@@ -879,14 +788,7 @@ impl Store for SqliteStore {
                  error = 'cancelled' WHERE id = ?1",
                 params![id, now],
             )?;
-            event(
-                tx,
-                now,
-                Some(id),
-                Some(&worker),
-                "task_cancelled",
-                &format!("cancelled while {state}"),
-            )?;
+            record(tx, common::cancelled(id, &worker, state, now))?;
             Ok(state)
         })
         .await
@@ -895,16 +797,14 @@ impl Store for SqliteStore {
     async fn retry(&self, id: i64, now: Millis) -> Result<()> {
         self.write("retrying a task", move |tx| {
             let (state, worker) = state_of(tx, id)?;
-            state.check_retry().map_err(|what| {
-                OpError::Rule(Error::WrongState { id, state: state.to_string(), what })
-            })?;
+            common::may_retry(id, state).map_err(OpError::Rule)?;
             tx.exec(
                 "UPDATE tasks SET state = 'queued', attempts = 0, interruptions = 0, not_before = ?2, \
                  finished_at = NULL, exit_code = NULL, output = NULL, error = NULL, stderr_tail = NULL, \
                  duration_ms = NULL, cause = NULL, memory_peak_mb = NULL, updated_at = ?2 WHERE id = ?1",
                 params![id, now],
             )?;
-            event(tx, now, Some(id), Some(&worker), "task_retried", &format!("was {state}; queued again with attempts reset"))?;
+            record(tx, common::retried(id, &worker, state, now))?;
             Ok(())
         })
         .await
@@ -978,19 +878,8 @@ impl Store for SqliteStore {
 
     async fn record_event(&self, e: &NewEvent) -> Result<()> {
         let e = e.clone();
-        self.write("recording an event", move |tx| {
-            event_with(
-                tx,
-                e.now,
-                e.task_id,
-                e.worker.as_deref(),
-                &e.kind,
-                &e.message,
-                e.data,
-            )?;
-            Ok(())
-        })
-        .await
+        self.write("recording an event", move |tx| Ok(record(tx, e)?))
+            .await
     }
 
     async fn counts(&self) -> Result<Vec<WorkerCounts>> {
@@ -1092,8 +981,10 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            let message = common::session_reset(&why, old.as_deref());
-            event(tx, now, None, Some(&worker), "session_reset", &message)?;
+            record(
+                tx,
+                common::session_reset(&worker, &why, old.as_deref(), now),
+            )?;
             Ok(old.is_some())
         })
         .await
@@ -1116,8 +1007,7 @@ impl Store for SqliteStore {
                    until = max(until, excluded.until)",
                 params![worker, until, reason, now],
             )?;
-            let (message, data) = common::paused(&reason, until);
-            event_with(tx, now, None, Some(&worker), "worker_paused", &message, Some(data))?;
+            record(tx, common::paused(&worker, &reason, until, now))?;
             Ok(())
         })
         .await
@@ -1136,7 +1026,7 @@ impl Store for SqliteStore {
                 .optional()?;
             let was_paused = until.is_some_and(|u| u > now);
             if was_paused {
-                event(tx, now, None, Some(&worker), "worker_resumed", &why)?;
+                record(tx, common::resumed(&worker, &why, now))?;
             }
             Ok(was_paused)
         })
@@ -1163,7 +1053,7 @@ impl Store for SqliteStore {
                  until = excluded.until, reason = excluded.reason, since = excluded.since, kind = 'errored'",
                 params![worker, Millis::MAX, reason, now],
             )?;
-            event(tx, now, None, Some(&worker), "worker_errored", &common::errored(&worker, &reason))?;
+            record(tx, common::errored(&worker, &reason, now))?;
             Ok(())
         })
         .await
@@ -1179,7 +1069,7 @@ impl Store for SqliteStore {
                     pause_from_row,
                 )
                 .optional()?;
-            event(tx, now, None, Some(&worker), "worker_restarted", &common::restarted(cleared.as_ref()))?;
+            record(tx, common::restarted(&worker, cleared.as_ref(), now))?;
             Ok(cleared)
         })
         .await
@@ -1498,8 +1388,7 @@ impl Store for SqliteStore {
                 params![worker, host, owner, expires, now],
             )?;
             if let Some(from) = &moved_from {
-                let (message, data) = common::moved(from, &host);
-                event_with(tx, now, None, Some(&worker), "worker_moved", &message, Some(data))?;
+                record(tx, common::moved(&worker, from, &host, now))?;
             }
             Ok(super::LeaseTake::Held { moved_from })
         })
