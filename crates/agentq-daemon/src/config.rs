@@ -710,7 +710,7 @@ impl Config {
 
     /// Parses the text of a config file that lives at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
-        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+        let at = |(span, message): SpanError| {
             // A rule about one key ("idle_timeout must be above 0") points at where it is set.
             let offset = span
                 .map(|s| s.start)
@@ -725,269 +725,28 @@ impl Config {
             }
         };
         let raw: RawFile =
-            toml::from_str(text).map_err(|e| at(e.span(), plain_words(e.message())))?;
+            toml::from_str(text).map_err(|e| at((e.span(), plain_words(e.message()))))?;
         let root = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
 
         let base = limits_of!(raw.defaults);
-        let max_prompt_size = raw
-            .defaults
-            .max_prompt_size
-            .map(|s| s.0)
-            .unwrap_or(10 << 20);
-        if max_prompt_size == 0 {
-            return Err(at(
-                None,
-                "[defaults] max_prompt_size must be above 0".into(),
-            ));
-        }
-
-        let default_route = match &raw.defaults.route {
-            Some(r) => parse_route(r).map_err(|(span, m)| at(span, m))?,
-            None => Route::Worker,
-        };
-        let mut workers: Vec<WorkerConfig> = Vec::new();
-        for spanned in &raw.workers {
-            let w = spanned.get_ref();
-            let Some(name) = &w.name else {
-                return Err(at(
-                    Some(spanned.span()),
-                    "a [[worker]] needs a name, e.g. name = \"main\"".into(),
-                ));
-            };
-            validate_name(name.get_ref()).map_err(|m| at(Some(name.span()), m))?;
-            if workers.iter().any(|o| &o.name == name.get_ref()) {
-                return Err(at(
-                    Some(name.span()),
-                    format!(
-                        "worker {:?} is defined twice; worker names must be unique",
-                        name.get_ref()
-                    ),
-                ));
-            }
-            if let Some(m) = &w.max_workers {
-                return Err(at(
-                    Some(m.span()),
-                    "max_workers is a [pool] setting; a worker runs one task at a time".into(),
-                ));
-            }
-            let route = match &w.route {
-                Some(r) => parse_route(r).map_err(|(span, m)| at(span, m))?,
-                None => default_route,
-            };
-            let host = match &w.host {
-                Some(h) => Some(
-                    validate_host(h.get_ref())
-                        .map(|()| h.get_ref().clone())
-                        .map_err(|m| at(Some(h.span()), m))?,
-                ),
-                None => None,
-            };
-            let worker = build_worker(
-                w,
-                name.get_ref().clone(),
-                spanned.span(),
-                &raw.defaults,
-                &base,
-                &root,
-            )
-            .map_err(|(span, m)| at(span, m))?;
-            workers.push(WorkerConfig {
-                route,
-                host,
-                ..worker
-            });
-        }
-        let pool = match &raw.pool {
-            Some(spanned) => {
-                let p = spanned.get_ref();
-                for (key, span) in [
-                    ("name", p.name.as_ref().map(|n| n.span())),
-                    ("route", p.route.as_ref().map(|r| r.span())),
-                    ("host", p.host.as_ref().map(|h| h.span())),
-                ] {
-                    if let Some(span) = span {
-                        return Err(at(
-                            Some(span),
-                            format!(
-                                "[pool] has no {key}: it is the pool, and runs every task it is given"
-                            ),
-                        ));
-                    }
-                }
-                if let Some(mode) = p.mode.as_ref().filter(|m| m.get_ref() == "persistent") {
-                    return Err(at(
-                        Some(mode.span()),
-                        "[pool] runs every task in a fresh process: mode = \"persistent\" does not apply (leave mode out)".into(),
-                    ));
-                }
-                // Settings of a long-lived process or a kept conversation, which the pool has not.
-                for (key, set) in [
-                    ("session", p.session.is_some()),
-                    ("rotate_after_tasks", p.rotate_after_tasks.is_some()),
-                    ("rotate_after_tokens", p.rotate_after_tokens.is_some()),
-                    ("recycle_after_tasks", p.recycle_after_tasks.is_some()),
-                    ("autorestart", p.autorestart.is_some()),
-                    ("max_restarts", p.max_restarts.is_some()),
-                    ("min_uptime", p.min_uptime.is_some()),
-                    ("restart_delay", p.restart_delay.is_some()),
-                ] {
-                    if set {
-                        return Err(at(
-                            None,
-                            format!(
-                                "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
-                            ),
-                        ));
-                    }
-                }
-                let max_workers = p.max_workers.as_ref().map_or(4, |m| *m.get_ref());
-                if max_workers == 0 {
-                    return Err(at(
-                        p.max_workers.as_ref().map(|m| m.span()),
-                        "[pool] max_workers must be at least 1".into(),
-                    ));
-                }
-                Pool {
-                    worker: build_worker(
-                        p,
-                        POOL.into(),
-                        spanned.span(),
-                        &raw.defaults,
-                        &pool_base(&base),
-                        &root,
-                    )
-                    .map_err(|(span, m)| at(span, m))?,
-                    max_workers,
-                    defined: true,
-                }
-            }
-            None => Pool {
-                worker: build_worker(
-                    &RawWorker::default(),
-                    POOL.into(),
-                    0..0,
-                    &raw.defaults,
-                    &pool_base(&base),
-                    &root,
-                )
-                .map_err(|(span, m)| at(span, m))?,
-                max_workers: 4,
-                defined: false,
-            },
-        };
+        let max_prompt_size = max_prompt_size(&raw.defaults).map_err(at)?;
+        let workers = parse_workers(&raw, &base, &root).map_err(at)?;
+        let pool = parse_pool(&raw, &base, &root).map_err(at)?;
         let classes = Classes {
-            long: class_limits(raw.class.long.as_ref(), "long").map_err(|(span, m)| at(span, m))?,
-            short: class_limits(raw.class.short.as_ref(), "short")
-                .map_err(|(span, m)| at(span, m))?,
+            long: class_limits(raw.class.long.as_ref(), "long").map_err(at)?,
+            short: class_limits(raw.class.short.as_ref(), "short").map_err(at)?,
         };
         // Defaults that name no worker are still checked, so a typo there is caught before submit.
-        resolve_limits(&RawLimits::default(), &base).map_err(|(span, m)| at(span, m))?;
-
-        let default_worker = match &raw.defaults.worker {
-            Some(w) if !workers.iter().any(|x| &x.name == w.get_ref()) => {
-                return Err(at(
-                    Some(w.span()),
-                    format!(
-                        "[defaults] worker = {:?} names no [[worker]] in this file",
-                        w.get_ref()
-                    ),
-                ));
-            }
-            Some(w) => Some(w.get_ref().clone()),
-            None => None,
-        };
-
-        // Scan periods of zero would make intake scan in a busy loop.
-        for (key, value, floor) in [
-            (
-                "[intake] poll_interval",
-                raw.intake.poll_interval,
-                Duration::from_millis(10),
-            ),
-            (
-                "[intake] rescan_interval",
-                raw.intake.rescan_interval,
-                Duration::from_millis(100),
-            ),
-        ] {
-            if value.is_some_and(|v| v.0 < floor) {
-                return Err(at(
-                    None,
-                    format!(
-                        "{key} must be at least {}",
-                        humantime::format_duration(floor)
-                    ),
-                ));
-            }
-        }
-        let host = match &raw.daemon.host {
-            Some(h) => {
-                validate_host(h.get_ref()).map_err(|m| at(Some(h.span()), m))?;
-                h.get_ref().clone()
-            }
-            None => machine_host(),
-        };
-        let lease = raw
-            .daemon
-            .lease
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30));
-        if lease < Duration::from_millis(300) {
-            return Err(at(None, "[daemon] lease must be at least 300ms".into()));
-        }
-        if raw
-            .daemon
-            .memory_sample_interval
-            .is_some_and(|d| d.0 < Duration::from_millis(50))
-        {
-            return Err(at(
-                None,
-                "[daemon] memory_sample_interval must be at least 50ms".into(),
-            ));
-        }
-        if raw.daemon.log_max_size.is_some_and(|s| s.0 < 4096) {
-            return Err(at(
-                None,
-                "[daemon] log_max_size must be at least 4KiB".into(),
-            ));
-        }
-        let classify = classify_rules(&raw.classify).map_err(|(span, m)| at(span, m))?;
-        let allow_remote = raw.http.allow_remote.unwrap_or(false);
-        let http = HttpSettings {
-            listen: match &raw.http.listen {
-                Some(l) => Some(
-                    HttpSettings::parse_listen(l.get_ref(), allow_remote)
-                        .map_err(|m| at(Some(l.span()), format!("[http] {m}")))?,
-                ),
-                None => None,
-            },
-            allow_remote,
-            max_body: match &raw.http.max_body {
-                Some(s) if s.get_ref().0 == 0 => {
-                    return Err(at(Some(s.span()), "[http] max_body must be above 0".into()));
-                }
-                Some(s) => s.get_ref().0,
-                None => 1 << 20,
-            },
-            header_timeout: http_timeout(&raw.http.header_timeout, "header_timeout", 10)
-                .map_err(|(span, m)| at(span, m))?,
-            request_timeout: http_timeout(&raw.http.request_timeout, "request_timeout", 30)
-                .map_err(|(span, m)| at(span, m))?,
-            max_connections: http_limit(&raw.http.max_connections, "max_connections", 256)
-                .map_err(|(span, m)| at(span, m))?,
-            max_streams: http_limit(&raw.http.max_streams, "max_streams", 64)
-                .map_err(|(span, m)| at(span, m))?,
-        };
-        let store = match &raw.store.url {
-            Some(url) => StoreSettings::Postgres(
-                agentq_store::url::DatabaseUrl::parse(url.get_ref(), "[store] url")
-                    .map_err(|m| at(Some(url.span()), m))?,
-            ),
-            None => StoreSettings::Sqlite,
-        };
+        resolve_limits(&RawLimits::default(), &base).map_err(at)?;
+        let default_worker = default_worker(&raw.defaults, &workers).map_err(at)?;
+        let intake = intake_settings(&raw.intake).map_err(at)?;
+        let daemon = daemon_settings(&raw.daemon).map_err(at)?;
+        let classify = classify_rules(&raw.classify).map_err(at)?;
+        let http = http_settings(&raw.http).map_err(at)?;
+        let store = store_settings(&raw.store).map_err(at)?;
         Ok(Config {
             http,
             store,
@@ -998,44 +757,8 @@ impl Config {
             root,
             default_worker,
             max_prompt_size,
-            intake: IntakeSettings {
-                settle: raw
-                    .intake
-                    .settle
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_millis(200)),
-                poll: raw.intake.poll.unwrap_or(false),
-                poll_interval: raw
-                    .intake
-                    .poll_interval
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(1)),
-                rescan_interval: raw
-                    .intake
-                    .rescan_interval
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(30)),
-            },
-            daemon: DaemonSettings {
-                lease,
-                shutdown_grace: raw
-                    .daemon
-                    .shutdown_grace
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(30)),
-                output_cap: raw.daemon.output_cap.map(|s| s.0).unwrap_or(16 << 20),
-                stderr_cap: raw.daemon.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
-                memory_sample_interval: raw
-                    .daemon
-                    .memory_sample_interval
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(1)),
-                log_max_size: raw.daemon.log_max_size.map(|s| s.0).unwrap_or(10 << 20),
-                log_backups: raw.daemon.log_backups.unwrap_or(5),
-                task_logs_keep: raw.daemon.task_logs_keep.unwrap_or(200),
-                host,
-                shared_sessions: raw.daemon.shared_sessions.unwrap_or(false),
-            },
+            intake,
+            daemon,
             workers,
         })
     }
@@ -1140,6 +863,309 @@ impl Config {
 }
 
 type SpanError = (Option<std::ops::Range<usize>>, String);
+
+/// `[defaults] max_prompt_size`, 10 MiB when unset: a cap of 0 would refuse every prompt.
+fn max_prompt_size(defaults: &RawDefaults) -> std::result::Result<u64, SpanError> {
+    let max_prompt_size = defaults.max_prompt_size.map(|s| s.0).unwrap_or(10 << 20);
+    if max_prompt_size == 0 {
+        return Err((None, "[defaults] max_prompt_size must be above 0".into()));
+    }
+    Ok(max_prompt_size)
+}
+
+/// Every `[[worker]]`, in the file's order, each with its name checked against the others'.
+fn parse_workers(
+    raw: &RawFile,
+    base: &RawLimits,
+    root: &Path,
+) -> std::result::Result<Vec<WorkerConfig>, SpanError> {
+    let default_route = match &raw.defaults.route {
+        Some(r) => parse_route(r)?,
+        None => Route::Worker,
+    };
+    let mut workers: Vec<WorkerConfig> = Vec::new();
+    for spanned in &raw.workers {
+        let w = spanned.get_ref();
+        let Some(name) = &w.name else {
+            return Err((
+                Some(spanned.span()),
+                "a [[worker]] needs a name, e.g. name = \"main\"".into(),
+            ));
+        };
+        validate_name(name.get_ref()).map_err(|m| (Some(name.span()), m))?;
+        if workers.iter().any(|o| &o.name == name.get_ref()) {
+            return Err((
+                Some(name.span()),
+                format!(
+                    "worker {:?} is defined twice; worker names must be unique",
+                    name.get_ref()
+                ),
+            ));
+        }
+        if let Some(m) = &w.max_workers {
+            return Err((
+                Some(m.span()),
+                "max_workers is a [pool] setting; a worker runs one task at a time".into(),
+            ));
+        }
+        let route = match &w.route {
+            Some(r) => parse_route(r)?,
+            None => default_route,
+        };
+        let host = match &w.host {
+            Some(h) => Some(
+                validate_host(h.get_ref())
+                    .map(|()| h.get_ref().clone())
+                    .map_err(|m| (Some(h.span()), m))?,
+            ),
+            None => None,
+        };
+        let worker = build_worker(
+            w,
+            name.get_ref().clone(),
+            spanned.span(),
+            &raw.defaults,
+            base,
+            root,
+        )?;
+        workers.push(WorkerConfig {
+            route,
+            host,
+            ..worker
+        });
+    }
+    Ok(workers)
+}
+
+/// `[pool]`, or the pool with its defaults when the file has none (a worker's tasks may still
+/// be routed there), with the pool's own limits under `[defaults]`.
+fn parse_pool(
+    raw: &RawFile,
+    base: &RawLimits,
+    root: &Path,
+) -> std::result::Result<Pool, SpanError> {
+    let Some(spanned) = &raw.pool else {
+        return Ok(Pool {
+            worker: build_worker(
+                &RawWorker::default(),
+                POOL.into(),
+                0..0,
+                &raw.defaults,
+                &pool_base(base),
+                root,
+            )?,
+            max_workers: 4,
+            defined: false,
+        });
+    };
+    let p = spanned.get_ref();
+    refuse_worker_only_keys(p)?;
+    let max_workers = p.max_workers.as_ref().map_or(4, |m| *m.get_ref());
+    if max_workers == 0 {
+        return Err((
+            p.max_workers.as_ref().map(|m| m.span()),
+            "[pool] max_workers must be at least 1".into(),
+        ));
+    }
+    Ok(Pool {
+        worker: build_worker(
+            p,
+            POOL.into(),
+            spanned.span(),
+            &raw.defaults,
+            &pool_base(base),
+            root,
+        )?,
+        max_workers,
+        defined: true,
+    })
+}
+
+/// Refuses in `[pool]` the settings of a named worker and of a long-lived agent, which the pool,
+/// a fresh process and conversation per task, has not.
+fn refuse_worker_only_keys(p: &RawWorker) -> std::result::Result<(), SpanError> {
+    for (key, span) in [
+        ("name", p.name.as_ref().map(|n| n.span())),
+        ("route", p.route.as_ref().map(|r| r.span())),
+        ("host", p.host.as_ref().map(|h| h.span())),
+    ] {
+        if let Some(span) = span {
+            return Err((
+                Some(span),
+                format!("[pool] has no {key}: it is the pool, and runs every task it is given"),
+            ));
+        }
+    }
+    if let Some(mode) = p.mode.as_ref().filter(|m| m.get_ref() == "persistent") {
+        return Err((
+            Some(mode.span()),
+            "[pool] runs every task in a fresh process: mode = \"persistent\" does not apply (leave mode out)".into(),
+        ));
+    }
+    // Settings of a long-lived process or a kept conversation, which the pool has not.
+    for (key, set) in [
+        ("session", p.session.is_some()),
+        ("rotate_after_tasks", p.rotate_after_tasks.is_some()),
+        ("rotate_after_tokens", p.rotate_after_tokens.is_some()),
+        ("recycle_after_tasks", p.recycle_after_tasks.is_some()),
+        ("autorestart", p.autorestart.is_some()),
+        ("max_restarts", p.max_restarts.is_some()),
+        ("min_uptime", p.min_uptime.is_some()),
+        ("restart_delay", p.restart_delay.is_some()),
+    ] {
+        if set {
+            return Err((
+                None,
+                format!(
+                    "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[defaults] worker`, which must name a `[[worker]]` of the file.
+fn default_worker(
+    defaults: &RawDefaults,
+    workers: &[WorkerConfig],
+) -> std::result::Result<Option<String>, SpanError> {
+    match &defaults.worker {
+        Some(w) if !workers.iter().any(|x| &x.name == w.get_ref()) => Err((
+            Some(w.span()),
+            format!(
+                "[defaults] worker = {:?} names no [[worker]] in this file",
+                w.get_ref()
+            ),
+        )),
+        Some(w) => Ok(Some(w.get_ref().clone())),
+        None => Ok(None),
+    }
+}
+
+/// `[intake]`, with its defaults.
+fn intake_settings(raw: &RawIntake) -> std::result::Result<IntakeSettings, SpanError> {
+    // Scan periods of zero would make intake scan in a busy loop.
+    for (key, value, floor) in [
+        (
+            "[intake] poll_interval",
+            raw.poll_interval,
+            Duration::from_millis(10),
+        ),
+        (
+            "[intake] rescan_interval",
+            raw.rescan_interval,
+            Duration::from_millis(100),
+        ),
+    ] {
+        if value.is_some_and(|v| v.0 < floor) {
+            return Err((
+                None,
+                format!(
+                    "{key} must be at least {}",
+                    humantime::format_duration(floor)
+                ),
+            ));
+        }
+    }
+    Ok(IntakeSettings {
+        settle: raw
+            .settle
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_millis(200)),
+        poll: raw.poll.unwrap_or(false),
+        poll_interval: raw
+            .poll_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(1)),
+        rescan_interval: raw
+            .rescan_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+    })
+}
+
+/// `[daemon]`, with its defaults; the host id is the machine's name unless the file gives one.
+fn daemon_settings(raw: &RawDaemon) -> std::result::Result<DaemonSettings, SpanError> {
+    let host = match &raw.host {
+        Some(h) => {
+            validate_host(h.get_ref()).map_err(|m| (Some(h.span()), m))?;
+            h.get_ref().clone()
+        }
+        None => machine_host(),
+    };
+    let lease = raw.lease.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+    if lease < Duration::from_millis(300) {
+        return Err((None, "[daemon] lease must be at least 300ms".into()));
+    }
+    if raw
+        .memory_sample_interval
+        .is_some_and(|d| d.0 < Duration::from_millis(50))
+    {
+        return Err((
+            None,
+            "[daemon] memory_sample_interval must be at least 50ms".into(),
+        ));
+    }
+    if raw.log_max_size.is_some_and(|s| s.0 < 4096) {
+        return Err((None, "[daemon] log_max_size must be at least 4KiB".into()));
+    }
+    Ok(DaemonSettings {
+        lease,
+        shutdown_grace: raw
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+        output_cap: raw.output_cap.map(|s| s.0).unwrap_or(16 << 20),
+        stderr_cap: raw.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
+        memory_sample_interval: raw
+            .memory_sample_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(1)),
+        log_max_size: raw.log_max_size.map(|s| s.0).unwrap_or(10 << 20),
+        log_backups: raw.log_backups.unwrap_or(5),
+        task_logs_keep: raw.task_logs_keep.unwrap_or(200),
+        host,
+        shared_sessions: raw.shared_sessions.unwrap_or(false),
+    })
+}
+
+/// `[http]`, with its defaults.
+fn http_settings(raw: &RawHttp) -> std::result::Result<HttpSettings, SpanError> {
+    let allow_remote = raw.allow_remote.unwrap_or(false);
+    Ok(HttpSettings {
+        listen: match &raw.listen {
+            Some(l) => Some(
+                HttpSettings::parse_listen(l.get_ref(), allow_remote)
+                    .map_err(|m| (Some(l.span()), format!("[http] {m}")))?,
+            ),
+            None => None,
+        },
+        allow_remote,
+        max_body: match &raw.max_body {
+            Some(s) if s.get_ref().0 == 0 => {
+                return Err((Some(s.span()), "[http] max_body must be above 0".into()));
+            }
+            Some(s) => s.get_ref().0,
+            None => 1 << 20,
+        },
+        header_timeout: http_timeout(&raw.header_timeout, "header_timeout", 10)?,
+        request_timeout: http_timeout(&raw.request_timeout, "request_timeout", 30)?,
+        max_connections: http_limit(&raw.max_connections, "max_connections", 256)?,
+        max_streams: http_limit(&raw.max_streams, "max_streams", 64)?,
+    })
+}
+
+/// `[store]`: PostgreSQL at `url`, or the SQLite file in the state folder.
+fn store_settings(raw: &RawStore) -> std::result::Result<StoreSettings, SpanError> {
+    Ok(match &raw.url {
+        Some(url) => StoreSettings::Postgres(
+            agentq_store::url::DatabaseUrl::parse(url.get_ref(), "[store] url")
+                .map_err(|m| (Some(url.span()), m))?,
+        ),
+        None => StoreSettings::Sqlite,
+    })
+}
 
 /// An `[http]` timeout, `default_secs` when unset. Under 100ms no real client keeps up.
 fn http_timeout(

@@ -10,6 +10,7 @@
 //! spending an attempt. `run` returns when every runner has returned.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -67,8 +68,59 @@ impl Shutdown {
     }
 }
 
+/// Runs the supervisor until `shutdown` says stop and every runner has returned; the steps
+/// below keep the order the module's doc gives.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let config = Arc::new(config);
+    check_config(&config)?;
+    let _sigio = own_signals(&config)?;
+    let state_dir = config.state_dir();
+    state::ensure_dir(&state_dir)?;
+    let host = config.daemon.host.clone();
+    let _lock = StateLock::acquire(&state_dir, &host)?;
+    let daemon = Daemon::open(config, state_dir, host, shutdown).await?;
+    let token = crate::token::ensure(&daemon.state_dir)?;
+    let http_listener = bind_http(&daemon.config).await?;
+
+    // What a previous daemon left running dies before its tasks are handed out again.
+    let book = Arc::new(Book::new(&daemon.state_dir, &daemon.owner));
+    // And what this one starts dies with it, however it dies.
+    let guardian = start_guardian(&daemon.owner);
+    daemon.reap(&book).await;
+    daemon.recover().await?;
+    daemon.tell_of_foreign_tasks().await?;
+    daemon.check_folders();
+    let intake_folders = crate::intake::prepare(&daemon.config);
+
+    let bells = Bells::new(&daemon.config);
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let worker_leases = WorkerLeases::start(&daemon);
+    daemon.start_intake(&mut tasks, intake_folders, &bells);
+    daemon.start_lease_keeper(&mut tasks, &bells);
+    let bell = bells.dispatch(daemon.store.shared());
+    daemon.relay_store_rings(&mut tasks, &bell);
+    daemon.listen_at_doorbell(&mut tasks, &bell, &bells);
+    daemon.start_runners(&mut tasks, &bells, &book, &worker_leases.leases);
+    if let Some(listener) = http_listener {
+        daemon.serve_http(&mut tasks, listener, token, &bell)?;
+    }
+    daemon.say_running();
+
+    // Kept (and started again if someone kills it) until every runner has returned: closing its
+    // pipe any earlier would kill agents still finishing within the grace.
+    let keeper = tokio::spawn(keep_guardian(
+        guardian,
+        daemon.owner.clone(),
+        daemon.shutdown.stopping.clone(),
+    ));
+
+    daemon.shutdown.stopping.cancelled().await;
+    daemon.shut_down(tasks, worker_leases, keeper).await
+}
+
+/// Refuses a config with nothing to run, and logs why each worker's runs may surprise an
+/// operator (its agent's warnings about its settings).
+fn check_config(config: &Config) -> Result<()> {
     if config.workers.is_empty() && !config.pool.defined {
         return Err(Error::Usage(format!(
             "{} defines no [[worker]] and no [pool]; add one (see `agentq init`)",
@@ -81,6 +133,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             warn!(worker = %w.name, "{warning}");
         }
     }
+    Ok(())
+}
+
+/// Sets the two signals whose defaults would cost the daemon its agents or its life; the SIGIO
+/// handler it returns must be held for as long as the daemon runs.
+fn own_signals(config: &Config) -> Result<tokio::signal::unix::Signal> {
     // Agents are reaped by the runner that started them; a SIGCHLD ignored by whoever started the
     // daemon (inherited across exec) would have the kernel reap them first and lose their status.
     // SAFETY: setting a signal's disposition to its default has no preconditions.
@@ -92,203 +150,479 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     }
     // Intake's open-for-writing check takes a file lease for an instant; a writer opening the file
     // in that instant makes the kernel send SIGIO, whose default action would end the daemon.
-    let _sigio = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io())
-        .map_err(|e| Error::io("handling SIGIO in", &config.root, e))?;
-    let state_dir = config.state_dir();
-    state::ensure_dir(&state_dir)?;
-    let host = config.daemon.host.clone();
-    let _lock = StateLock::acquire(&state_dir, &host)?;
-    let log = Arc::new(EventLog::new(
-        config.event_log_path(),
-        config.daemon.log_max_size,
-        config.daemon.log_backups,
-    ));
-    let store: Arc<dyn Store> = Arc::from(config.open_store(Some(log.clone())).await?);
-    let owner = owner_id(&host);
-    // On a shared store, the host id is this daemon's alone while it runs (a second daemon
-    // under it is refused here), so any other run of this host is a previous one, gone.
-    if store.shared() {
-        store
-            .join_host(
-                &host,
-                &owner,
-                std::process::id() as i32,
-                now_ms(),
-                config.daemon.lease,
-            )
-            .await?;
-    }
-    let token = crate::token::ensure(&state_dir)?;
-    // Bound before anything starts, so a taken port stops the daemon at once.
-    let http_listener = match config.http.listen {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io())
+        .map_err(|e| Error::io("handling SIGIO in", &config.root, e))
+}
+
+/// Binds the HTTP API's address, if one is set, before anything starts, so a taken port stops
+/// the daemon at once.
+async fn bind_http(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+    Ok(match config.http.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::HttpListen { addr, source })?,
         ),
         None => None,
-    };
+    })
+}
 
-    // What a previous daemon left running dies before its tasks are handed out again.
-    let book = Arc::new(Book::new(&state_dir, &owner));
-    // And what this one starts dies with it, however it dies.
-    let guardian = start_guardian(&owner);
-    for reaped in book.reap() {
-        if reaped.killed.is_empty() {
-            continue;
+/// What the steps of one run share: its settings, its store, who it is, and how it is told to
+/// stop.
+struct Daemon {
+    config: Arc<Config>,
+    state_dir: PathBuf,
+    host: String,
+    /// This run's owner id (see [`owner_id`]), on its claims and its agents' process groups.
+    owner: String,
+    store: Arc<dyn Store>,
+    log: Arc<EventLog>,
+    shutdown: Shutdown,
+}
+
+impl Daemon {
+    /// Opens the event log and the store, and on a shared store joins it as `host`. The state
+    /// folder's lock must be held already.
+    async fn open(
+        config: Arc<Config>,
+        state_dir: PathBuf,
+        host: String,
+        shutdown: Shutdown,
+    ) -> Result<Daemon> {
+        let log = Arc::new(EventLog::new(
+            config.event_log_path(),
+            config.daemon.log_max_size,
+            config.daemon.log_backups,
+        ));
+        let store: Arc<dyn Store> = Arc::from(config.open_store(Some(log.clone())).await?);
+        let owner = owner_id(&host);
+        // On a shared store, the host id is this daemon's alone while it runs (a second daemon
+        // under it is refused here), so any other run of this host is a previous one, gone.
+        if store.shared() {
+            store
+                .join_host(
+                    &host,
+                    &owner,
+                    std::process::id() as i32,
+                    now_ms(),
+                    config.daemon.lease,
+                )
+                .await?;
         }
-        let r = &reaped.record;
-        let message = format!(
-            "killed {} process(es) left by a previous daemon (group {}, pids {:?})",
-            reaped.killed.len(),
-            r.pgid,
-            reaped.killed
-        );
-        warn!(worker = %r.worker, task = r.task, "{message}");
-        let event = NewEvent {
-            task_id: r.task,
-            worker: Some(r.worker.clone()),
-            kind: "agent_reaped".into(),
-            message,
-            data: Some(serde_json::json!({ "pgid": r.pgid, "pids": reaped.killed })),
-            now: now_ms(),
+        Ok(Daemon {
+            config,
+            state_dir,
+            host,
+            owner,
+            store,
+            log,
+            shutdown,
+        })
+    }
+
+    /// Kills the agents a previous daemon left running, as its book records them, and says so in
+    /// the log and the store.
+    async fn reap(&self, book: &Book) {
+        for reaped in book.reap() {
+            if reaped.killed.is_empty() {
+                continue;
+            }
+            let r = &reaped.record;
+            let message = format!(
+                "killed {} process(es) left by a previous daemon (group {}, pids {:?})",
+                reaped.killed.len(),
+                r.pgid,
+                reaped.killed
+            );
+            warn!(worker = %r.worker, task = r.task, "{message}");
+            let event = NewEvent {
+                task_id: r.task,
+                worker: Some(r.worker.clone()),
+                kind: "agent_reaped".into(),
+                message,
+                data: Some(serde_json::json!({ "pgid": r.pgid, "pids": reaped.killed })),
+                now: now_ms(),
+            };
+            if let Err(e) = self.store.record_event(&event).await {
+                warn!("cannot record the reaping: {e}");
+            }
+        }
+    }
+
+    /// Puts back in the queue the running tasks whose daemon is gone.
+    async fn recover(&self) -> Result<()> {
+        let (store, host) = (&self.store, &self.host);
+        // A store of our own: whatever is running there was a previous daemon's, which is gone (we
+        // hold its lock). A shared store's running tasks may be other hosts' daemons', alive: only
+        // expired leases are taken back, now and by the lease keeper.
+        // Of a shared store's, those of this host's previous run are taken back at once.
+        let recovered = if store.shared() {
+            let mut ids = store.recover_host(host, &self.owner, now_ms()).await?;
+            ids.extend(store.recover_expired(now_ms()).await?);
+            ids
+        } else {
+            store.recover_all_but(&self.owner, now_ms()).await?
         };
-        if let Err(e) = store.record_event(&event).await {
-            warn!("cannot record the reaping: {e}");
-        }
-    }
-
-    // A store of our own: whatever is running there was a previous daemon's, which is gone (we
-    // hold its lock). A shared store's running tasks may be other hosts' daemons', alive: only
-    // expired leases are taken back, now and by the lease keeper.
-    // Of a shared store's, those of this host's previous run are taken back at once.
-    let recovered = if store.shared() {
-        let mut ids = store.recover_host(&host, &owner, now_ms()).await?;
-        ids.extend(store.recover_expired(now_ms()).await?);
-        ids
-    } else {
-        store.recover_all_but(&owner, now_ms()).await?
-    };
-    if !recovered.is_empty() {
-        warn!(
-            "queued again {} task(s) a previous daemon left running: {recovered:?}",
-            recovered.len()
-        );
-    }
-    // Tasks of workers this config does not define: on a store of our own, workers it no
-    // longer defines; on a shared one, most likely other hosts' workers, which is as it should
-    // be (said once, for whoever looks).
-    let others: Vec<_> = store
-        .counts()
-        .await?
-        .into_iter()
-        .filter(|c| config.settings_of(&c.worker).is_none() && c.queued + c.running > 0)
-        .collect();
-    if store.shared() {
-        if !others.is_empty() {
-            let names: Vec<&str> = others.iter().map(|c| c.worker.as_str()).collect();
-            debug!(
-                "the shared store holds tasks for workers {} does not define, which other hosts' daemons may run: {names:?}",
-                config.path.display()
-            );
-        }
-    } else {
-        for c in others {
+        if !recovered.is_empty() {
             warn!(
-                "{} task(s) are queued for worker {:?}, which {} no longer defines; they wait until it does (or `agentq cancel` them)",
-                c.queued + c.running,
-                c.worker,
-                config.path.display()
+                "queued again {} task(s) a previous daemon left running: {recovered:?}",
+                recovered.len()
             );
         }
+        Ok(())
     }
-    for w in config.workers.iter().chain([&config.pool.worker]) {
-        if !w.cwd.is_dir() {
-            warn!(worker = %w.name, "its working folder {} does not exist; its tasks will fail until it does", w.cwd.display());
+
+    /// Says which queued tasks belong to workers this config does not define, and so will not
+    /// run here.
+    async fn tell_of_foreign_tasks(&self) -> Result<()> {
+        let config = &self.config;
+        // Tasks of workers this config does not define: on a store of our own, workers it no
+        // longer defines; on a shared one, most likely other hosts' workers, which is as it should
+        // be (said once, for whoever looks).
+        let others: Vec<_> = self
+            .store
+            .counts()
+            .await?
+            .into_iter()
+            .filter(|c| config.settings_of(&c.worker).is_none() && c.queued + c.running > 0)
+            .collect();
+        if self.store.shared() {
+            if !others.is_empty() {
+                let names: Vec<&str> = others.iter().map(|c| c.worker.as_str()).collect();
+                debug!(
+                    "the shared store holds tasks for workers {} does not define, which other hosts' daemons may run: {names:?}",
+                    config.path.display()
+                );
+            }
+        } else {
+            for c in others {
+                warn!(
+                    "{} task(s) are queued for worker {:?}, which {} no longer defines; they wait until it does (or `agentq cancel` them)",
+                    c.queued + c.running,
+                    c.worker,
+                    config.path.display()
+                );
+            }
         }
-        let dir = config.output_dir(&w.name);
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            error!(worker = %w.name, "cannot create {}: {e}; results stay in the store only", dir.display());
+        Ok(())
+    }
+
+    /// Warns of a worker's missing working folder, and creates its result folder.
+    fn check_folders(&self) {
+        let config = &self.config;
+        for w in config.workers.iter().chain([&config.pool.worker]) {
+            if !w.cwd.is_dir() {
+                warn!(worker = %w.name, "its working folder {} does not exist; its tasks will fail until it does", w.cwd.display());
+            }
+            let dir = config.output_dir(&w.name);
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                error!(worker = %w.name, "cannot create {}: {e}; results stay in the store only", dir.display());
+            }
         }
     }
-    let intake_folders = crate::intake::prepare(&config);
 
-    // One bell per worker, and the pool's under its name.
-    let wakes: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
-        config
-            .queue_names()
-            .map(|name| (name.to_string(), Arc::new(Notify::new())))
-            .collect(),
-    );
-    // The pool's running attempts each renew their lease at once on a `check:pool` ring (a cancel).
-    let pool_beat = Arc::new(Notify::new());
-    let ring_all = {
-        let wakes = wakes.clone();
-        move || wakes.values().for_each(|n| n.notify_one())
-    };
-    let restarts: Arc<HashMap<String, Arc<AtomicBool>>> = Arc::new(
-        config
-            .workers
-            .iter()
-            .map(|w| (w.name.clone(), Arc::new(AtomicBool::new(false))))
-            .collect(),
-    );
-    let leased = Arc::new(Notify::new());
-    let mut tasks: JoinSet<()> = JoinSet::new();
-
-    // Which named workers this daemon holds, renewed until every runner has returned (a task
-    // may run on past `stopping`), then released.
-    let leases = store.shared().then(|| {
-        Arc::new(crate::hosts::Leases::new(
-            store.clone(),
-            host.clone(),
-            owner.clone(),
-            config.daemon.lease,
-            config.daemon.shared_sessions,
-        ))
-    });
-    let keep_worker_leases = CancellationToken::new();
-    let kept = leases.as_ref().map(|leases| {
-        tokio::spawn(
-            leases
-                .clone()
-                .keep(keep_worker_leases.clone(), shutdown.clone()),
-        )
-    });
-
-    {
-        let wakes = wakes.clone();
+    /// Starts taking prompt files from the folders intake prepared, waking each task's worker.
+    fn start_intake(
+        &self,
+        tasks: &mut JoinSet<()>,
+        folders: Vec<(String, PathBuf)>,
+        bells: &Bells,
+    ) {
+        let wakes = bells.wakes.clone();
         let on_task: crate::intake::OnTask = Arc::new(move |worker: &str| {
             if let Some(n) = wakes.get(worker) {
                 n.notify_one();
             }
         });
-        let (config, store, stopping) = (config.clone(), store.clone(), shutdown.stopping.clone());
         tasks.spawn(crate::intake::run(
-            config,
-            intake_folders,
-            store,
+            self.config.clone(),
+            folders,
+            self.store.clone(),
             on_task,
-            stopping,
+            self.shutdown.stopping.clone(),
         ));
     }
 
-    tasks.spawn(keep_leases(
-        store.clone(),
-        leased.clone(),
-        shutdown.stopping.clone(),
-        ring_all.clone(),
-        // Other daemons' leases, which no claim of ours announces, are looked at this often.
-        store.shared().then_some(config.daemon.lease),
-    ));
+    /// Starts putting back in the queue the tasks whose lease runs out.
+    fn start_lease_keeper(&self, tasks: &mut JoinSet<()>, bells: &Bells) {
+        tasks.spawn(keep_leases(
+            self.store.clone(),
+            bells.leased.clone(),
+            self.shutdown.stopping.clone(),
+            bells.ring_all(),
+            // Other daemons' leases, which no claim of ours announces, are looked at this often.
+            self.store.shared().then_some(self.config.daemon.lease),
+        ));
+    }
 
-    // What a ring of the doorbell does; the HTTP API rings the same way, in process.
-    let bell: Arc<dyn Fn(Ring) + Send + Sync> = {
-        let (wakes, ring_all, restarts) = (wakes.clone(), ring_all.clone(), restarts.clone());
-        let pool_beat = pool_beat.clone();
+    /// Hands a shared store's rings from other hosts (PostgreSQL's NOTIFY) to the same dispatch
+    /// as the doorbell's.
+    fn relay_store_rings(&self, tasks: &mut JoinSet<()>, bell: &Bell) {
+        if let Some(mut rings) = self.store.rings(self.shutdown.stopping.clone()) {
+            let bell = bell.clone();
+            tasks.spawn(async move {
+                while let Some(ring) = rings.recv().await {
+                    bell(ring);
+                }
+            });
+        }
+    }
+
+    /// Listens for other processes' rings on the doorbell socket; without one, rings every worker
+    /// each second so their tasks still start.
+    fn listen_at_doorbell(&self, tasks: &mut JoinSet<()>, bell: &Bell, bells: &Bells) {
+        let stopping = self.shutdown.stopping.clone();
+        match Doorbell::bind(&self.state_dir) {
+            Ok(bell_socket) => {
+                let bell = bell.clone();
+                tasks.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            ring = bell_socket.next() => match ring {
+                                Ok(ring) => bell(ring),
+                                Err(e) => {
+                                    warn!("wake-up socket failed: {e}");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            },
+                            _ = stopping.cancelled() => return,
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(
+                    "cannot listen for wake-ups in {} ({e}); tasks submitted from other processes start within 1s",
+                    self.state_dir.display()
+                );
+                let ring_all = bells.ring_all();
+                tasks.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => ring_all(),
+                            _ = stopping.cancelled() => return,
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Starts a runner for each worker, and the pool with a runner for each worker whose tasks
+    /// may run here.
+    fn start_runners(
+        &self,
+        tasks: &mut JoinSet<()>,
+        bells: &Bells,
+        book: &Arc<Book>,
+        leases: &Option<Arc<crate::hosts::Leases>>,
+    ) {
+        let (config, shutdown) = (&self.config, &self.shutdown);
+        // Runners start last: their first claim comes after the doorbell listens, so a task
+        // submitted at any moment is either seen by that claim or rings a bell that is heard.
+        let runner = |worker: WorkerConfig, wake: &Arc<Notify>, pool: bool| Runner {
+            restart: bells
+                .restarts
+                .get(&worker.name)
+                .filter(|_| !pool)
+                .cloned()
+                .unwrap_or_default(),
+            worker,
+            config: config.clone(),
+            store: self.store.clone(),
+            owner: self.owner.clone(),
+            wake: wake.clone(),
+            leased: bells.leased.clone(),
+            stopping: shutdown.stopping.clone(),
+            hurry: shutdown.hurry.clone(),
+            persistent: Default::default(),
+            book: book.clone(),
+            log: self.log.clone(),
+            life: Default::default(),
+            pool,
+            leases: leases.clone(),
+        };
+        for w in &config.workers {
+            tasks.spawn(runner(w.clone(), &bells.wakes[&w.name], false).run());
+        }
+        // Any worker's tasks may run in the pool (route, or `submit --pool --worker`), with the pool's
+        // max_memory where the worker sets none.
+        let mut pool_runners = HashMap::new();
+        // Not those pinned to another host: their tasks, the pool's included, run there.
+        for w in config.workers.iter().filter(|w| runs_here(w, &self.host)) {
+            let mut settings = w.clone();
+            settings.limits.max_memory =
+                w.limits.max_memory.or(config.pool.worker.limits.max_memory);
+            pool_runners.insert(
+                w.name.clone(),
+                Arc::new(runner(settings, &bells.pool_beat, true)),
+            );
+        }
+        pool_runners.insert(
+            POOL.to_string(),
+            Arc::new(runner(config.pool.worker.clone(), &bells.pool_beat, true)),
+        );
+        tasks.spawn(
+            Pool {
+                runners: pool_runners,
+                store: self.store.clone(),
+                owner: self.owner.clone(),
+                max_workers: config.pool.max_workers,
+                lease: config.daemon.lease,
+                wake: bells.wakes[POOL].clone(),
+                leased: bells.leased.clone(),
+                stopping: shutdown.stopping.clone(),
+            }
+            .run(),
+        );
+    }
+
+    /// Serves the HTTP API on `listener` until the daemon starts stopping.
+    fn serve_http(
+        &self,
+        tasks: &mut JoinSet<()>,
+        listener: tokio::net::TcpListener,
+        token: String,
+        bell: &Bell,
+    ) -> Result<()> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the HTTP API's address in", &self.config.root, e))?;
+        if !addr.ip().is_loopback() {
+            warn!(
+                "the HTTP API listens on {addr}, reachable from other machines (allow_remote = true): anyone with the token controls this queue, and plain HTTP shows the token to the network; put it behind TLS"
+            );
+        }
+        info!("HTTP API on http://{addr}");
+        let api = crate::http::Api {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            token,
+            bell: bell.clone(),
+            pid: Some(std::process::id() as i32),
+        };
+        let stopping = self.shutdown.stopping.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::http::serve(listener, api, stopping.cancelled_owned()).await {
+                error!("the HTTP API stopped: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Says, once everything has started, where the daemon runs and with which workers.
+    fn say_running(&self) {
+        let (config, host) = (&self.config, &self.host);
+        let names: Vec<&str> = config
+            .workers
+            .iter()
+            .filter(|w| runs_here(w, host))
+            .map(|w| w.name.as_str())
+            .collect();
+        info!(
+            pid = std::process::id(),
+            host = %host,
+            "agentq running in {} as host {host} with workers {} and a pool of {}",
+            config.root.display(),
+            if names.is_empty() {
+                "(none)".to_string()
+            } else {
+                names.join(", ")
+            },
+            config.pool.max_workers
+        );
+    }
+
+    /// Once stopping has begun: waits for every task to return, then releases the worker leases,
+    /// leaves the shared store and stops the guardian, in that order (agents may run until their
+    /// runner returns, and the guardian would kill them). Fails if another daemon took this one's
+    /// host id meanwhile.
+    async fn shut_down(
+        &self,
+        mut tasks: JoinSet<()>,
+        worker_leases: WorkerLeases,
+        keeper: tokio::task::JoinHandle<Option<Guardian>>,
+    ) -> Result<()> {
+        info!(
+            "stopping: no new tasks will start; running tasks may finish (signal again to stop them now)"
+        );
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                error!("a daemon task failed: {e}");
+            }
+        }
+        let lost = worker_leases.stop().await;
+        if self.store.shared() {
+            // Every runner has released its worker already; this also ends the host row.
+            if let Err(e) = self
+                .store
+                .leave_host(&self.host, &self.owner, now_ms())
+                .await
+            {
+                warn!("cannot record this daemon's leaving: {e}; its leases lapse by themselves");
+            }
+        }
+        if let Ok(Some(g)) = keeper.await {
+            g.stop(Duration::from_secs(2)).await;
+        }
+        if let Some(lost) = lost {
+            return Err(lost);
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// What a ring of the doorbell does; the HTTP API rings the same way, in process.
+type Bell = Arc<dyn Fn(Ring) + Send + Sync>;
+
+/// How the parts of a running daemon wake each other.
+struct Bells {
+    /// One bell per worker, and the pool's under its name.
+    wakes: Arc<HashMap<String, Arc<Notify>>>,
+    /// The pool's running attempts each renew their lease at once on a `check:pool` ring (a cancel).
+    pool_beat: Arc<Notify>,
+    /// Set by a `restart` ring for the worker's runner to see when it wakes.
+    restarts: Arc<HashMap<String, Arc<AtomicBool>>>,
+    /// Rung by a runner's claim, so the lease keeper sees a lease it was not waiting for.
+    leased: Arc<Notify>,
+}
+
+impl Bells {
+    /// A bell for every worker and the pool, none rung yet.
+    fn new(config: &Config) -> Bells {
+        Bells {
+            wakes: Arc::new(
+                config
+                    .queue_names()
+                    .map(|name| (name.to_string(), Arc::new(Notify::new())))
+                    .collect(),
+            ),
+            pool_beat: Arc::new(Notify::new()),
+            restarts: Arc::new(
+                config
+                    .workers
+                    .iter()
+                    .map(|w| (w.name.clone(), Arc::new(AtomicBool::new(false))))
+                    .collect(),
+            ),
+            leased: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes every worker and the pool.
+    fn ring_all(&self) -> impl Fn() + Clone + Send + Sync + 'static {
+        let wakes = self.wakes.clone();
+        move || wakes.values().for_each(|n| n.notify_one())
+    }
+
+    /// What each ring does, whether it comes by the doorbell, the store or the HTTP API.
+    fn dispatch(&self, shared: bool) -> Bell {
+        let (wakes, ring_all, restarts) =
+            (self.wakes.clone(), self.ring_all(), self.restarts.clone());
+        let pool_beat = self.pool_beat.clone();
         // A shared store rings every host for every worker: other hosts' workers are no news,
         // said once each at debug level.
-        let shared = store.shared();
         let heard_of = std::sync::Mutex::new(HashSet::new());
         Arc::new(move |ring| match ring {
             Ring::Worker(w) => match wakes.get(&w) {
@@ -324,187 +658,46 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
                 }
             }
         })
-    };
+    }
+}
 
-    // A shared store carries rings from other hosts (PostgreSQL's NOTIFY): the same dispatch.
-    if let Some(mut rings) = store.rings(shutdown.stopping.clone()) {
-        let bell = bell.clone();
-        tasks.spawn(async move {
-            while let Some(ring) = rings.recv().await {
-                bell(ring);
-            }
+/// Which named workers this daemon holds on a shared store, renewed until every runner has
+/// returned (a task may run on past `stopping`), then released.
+struct WorkerLeases {
+    /// `None` on a store of our own, where every worker is this daemon's.
+    leases: Option<Arc<crate::hosts::Leases>>,
+    stop: CancellationToken,
+    kept: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl WorkerLeases {
+    /// Starts renewing them, on a shared store.
+    fn start(daemon: &Daemon) -> WorkerLeases {
+        let leases = daemon.store.shared().then(|| {
+            Arc::new(crate::hosts::Leases::new(
+                daemon.store.clone(),
+                daemon.host.clone(),
+                daemon.owner.clone(),
+                daemon.config.daemon.lease,
+                daemon.config.daemon.shared_sessions,
+            ))
         });
+        let stop = CancellationToken::new();
+        let kept = leases
+            .as_ref()
+            .map(|leases| tokio::spawn(leases.clone().keep(stop.clone(), daemon.shutdown.clone())));
+        WorkerLeases { leases, stop, kept }
     }
 
-    match Doorbell::bind(&state_dir) {
-        Ok(bell_socket) => {
-            let (bell, stopping) = (bell.clone(), shutdown.stopping.clone());
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        ring = bell_socket.next() => match ring {
-                            Ok(ring) => bell(ring),
-                            Err(e) => {
-                                warn!("wake-up socket failed: {e}");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        },
-                        _ = stopping.cancelled() => return,
-                    }
-                }
-            });
-        }
-        Err(e) => {
-            warn!(
-                "cannot listen for wake-ups in {} ({e}); tasks submitted from other processes start within 1s",
-                state_dir.display()
-            );
-            let stopping = shutdown.stopping.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => ring_all(),
-                        _ = stopping.cancelled() => return,
-                    }
-                }
-            });
+    /// Stops renewing them; returns the error of a lost host id: another daemon took it, and
+    /// owns this run's tasks now.
+    async fn stop(self) -> Option<Error> {
+        self.stop.cancel();
+        match self.kept {
+            Some(kept) => kept.await.ok().and_then(|k| k.err()),
+            None => None,
         }
     }
-
-    // Runners start last: their first claim comes after the doorbell listens, so a task
-    // submitted at any moment is either seen by that claim or rings a bell that is heard.
-    let runner = |worker: WorkerConfig, wake: &Arc<Notify>, pool: bool| Runner {
-        restart: restarts
-            .get(&worker.name)
-            .filter(|_| !pool)
-            .cloned()
-            .unwrap_or_default(),
-        worker,
-        config: config.clone(),
-        store: store.clone(),
-        owner: owner.clone(),
-        wake: wake.clone(),
-        leased: leased.clone(),
-        stopping: shutdown.stopping.clone(),
-        hurry: shutdown.hurry.clone(),
-        persistent: Default::default(),
-        book: book.clone(),
-        log: log.clone(),
-        life: Default::default(),
-        pool,
-        leases: leases.clone(),
-    };
-    for w in &config.workers {
-        tasks.spawn(runner(w.clone(), &wakes[&w.name], false).run());
-    }
-    // Any worker's tasks may run in the pool (route, or `submit --pool --worker`), with the pool's
-    // max_memory where the worker sets none.
-    let mut pool_runners = HashMap::new();
-    // Not those pinned to another host: their tasks, the pool's included, run there.
-    for w in config.workers.iter().filter(|w| runs_here(w, &host)) {
-        let mut settings = w.clone();
-        settings.limits.max_memory = w.limits.max_memory.or(config.pool.worker.limits.max_memory);
-        pool_runners.insert(w.name.clone(), Arc::new(runner(settings, &pool_beat, true)));
-    }
-    pool_runners.insert(
-        POOL.to_string(),
-        Arc::new(runner(config.pool.worker.clone(), &pool_beat, true)),
-    );
-    tasks.spawn(
-        Pool {
-            runners: pool_runners,
-            store: store.clone(),
-            owner: owner.clone(),
-            max_workers: config.pool.max_workers,
-            lease: config.daemon.lease,
-            wake: wakes[POOL].clone(),
-            leased: leased.clone(),
-            stopping: shutdown.stopping.clone(),
-        }
-        .run(),
-    );
-
-    if let Some(listener) = http_listener {
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the HTTP API's address in", &config.root, e))?;
-        if !addr.ip().is_loopback() {
-            warn!(
-                "the HTTP API listens on {addr}, reachable from other machines (allow_remote = true): anyone with the token controls this queue, and plain HTTP shows the token to the network; put it behind TLS"
-            );
-        }
-        info!("HTTP API on http://{addr}");
-        let api = crate::http::Api {
-            config: config.clone(),
-            store: store.clone(),
-            token,
-            bell: bell.clone(),
-            pid: Some(std::process::id() as i32),
-        };
-        let stopping = shutdown.stopping.clone();
-        tasks.spawn(async move {
-            if let Err(e) = crate::http::serve(listener, api, stopping.cancelled_owned()).await {
-                error!("the HTTP API stopped: {e}");
-            }
-        });
-    }
-
-    let names: Vec<&str> = config
-        .workers
-        .iter()
-        .filter(|w| runs_here(w, &host))
-        .map(|w| w.name.as_str())
-        .collect();
-    info!(
-        pid = std::process::id(),
-        host = %host,
-        "agentq running in {} as host {host} with workers {} and a pool of {}",
-        config.root.display(),
-        if names.is_empty() {
-            "(none)".to_string()
-        } else {
-            names.join(", ")
-        },
-        config.pool.max_workers
-    );
-
-    // Kept (and started again if someone kills it) until every runner has returned: closing its
-    // pipe any earlier would kill agents still finishing within the grace.
-    let keeper = tokio::spawn(keep_guardian(
-        guardian,
-        owner.clone(),
-        shutdown.stopping.clone(),
-    ));
-
-    shutdown.stopping.cancelled().await;
-    info!(
-        "stopping: no new tasks will start; running tasks may finish (signal again to stop them now)"
-    );
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined {
-            error!("a daemon task failed: {e}");
-        }
-    }
-    keep_worker_leases.cancel();
-    // Another daemon took this one's host id: it owns this run's tasks now.
-    let lost = match kept {
-        Some(kept) => kept.await.ok().and_then(|k| k.err()),
-        None => None,
-    };
-    if store.shared() {
-        // Every runner has released its worker already; this also ends the host row.
-        if let Err(e) = store.leave_host(&host, &owner, now_ms()).await {
-            warn!("cannot record this daemon's leaving: {e}; its leases lapse by themselves");
-        }
-    }
-    if let Ok(Some(g)) = keeper.await {
-        g.stop(Duration::from_secs(2)).await;
-    }
-    if let Some(lost) = lost {
-        return Err(lost);
-    }
-    info!("stopped");
-    Ok(())
 }
 
 /// Whether the daemon of host id `host` runs `worker`: any, unless the worker is pinned elsewhere.

@@ -61,6 +61,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::ops::{Status, WorkerStatus};
 use crate::route::Ask;
 use agentq_core::error::Error;
 use agentq_core::logfile::LogFilter;
@@ -1001,193 +1002,15 @@ async fn metrics(State(s): State<Shared>) -> Answer {
         .await?;
     let status = crate::ops::status(config, store, s.api.pid).await?;
     let mut out = Metrics::default();
-    // How many events of `kind` were recorded: of `worker`, or of any.
-    let count = |kind: &str, worker: Option<&str>| -> f64 {
-        figures
-            .events
-            .iter()
-            .filter(|(k, w, _)| k == kind && (worker.is_none() || w.as_deref() == worker))
-            .map(|(_, _, n)| n)
-            .sum::<u64>() as f64
-    };
-
-    out.family("agentq_tasks", "gauge", "Tasks by state and class.");
-    for (state, class, n) in &figures.tasks {
-        let class = class.as_deref().unwrap_or("none");
-        out.sample(
-            "agentq_tasks",
-            &[("state", state.as_str()), ("class", class)],
-            *n as f64,
-        );
-    }
-    out.histogram(
-        "agentq_task_duration_seconds",
-        "How long ended tasks' last attempts ran.",
-        &figures.duration_ms,
-        DURATION_BOUNDS,
-        1.0 / 1000.0,
-    );
-    let memory_bounds: Vec<f64> = MEMORY_BOUNDS_MIB.iter().map(|b| b * MIB).collect();
-    out.histogram(
-        "agentq_task_memory_peak_bytes",
-        "The most resident memory ended tasks' last attempts held.",
-        &figures.memory_peak_mb,
-        &memory_bounds,
-        MIB,
-    );
-
-    out.family(
-        "agentq_worker_state",
-        "gauge",
-        "1 for the state each worker is in, 0 for the others.",
-    );
-    for w in &status.workers {
-        for phase in ["idle", "running", "paused", "errored", "stopped"] {
-            out.sample(
-                "agentq_worker_state",
-                &[("worker", &w.name), ("state", phase)],
-                if w.phase() == phase { 1.0 } else { 0.0 },
-            );
-        }
-    }
-    out.family(
-        "agentq_worker_restarts_total",
-        "counter",
-        "Restarts of workers' long-lived agent processes after they died.",
-    );
-    for w in &status.workers {
-        out.sample(
-            "agentq_worker_restarts_total",
-            &[("worker", &w.name)],
-            count(RESTARTS, Some(&w.name)),
-        );
-    }
-    out.family(
-        "agentq_cost_usd_total",
-        "counter",
-        "What each worker's attempts have cost, US dollars, as the agent reported.",
-    );
-    for w in &status.workers {
-        out.sample(
-            "agentq_cost_usd_total",
-            &[("worker", &w.name)],
-            w.cost_total_usd,
-        );
-    }
-    out.family(
-        "agentq_tokens_total",
-        "counter",
-        "Tokens each worker's attempts read (kind=input) and wrote (kind=output), as the agent reported.",
-    );
-    for w in &status.workers {
-        for (kind, n) in [
-            ("input", w.input_tokens_total),
-            ("output", w.output_tokens_total),
-        ] {
-            out.sample(
-                "agentq_tokens_total",
-                &[("worker", &w.name), ("kind", kind)],
-                n as f64,
-            );
-        }
-    }
-    out.family(
-        "agentq_queue_depth",
-        "gauge",
-        "Tasks queued for each worker (its pool tasks included).",
-    );
-    for w in &status.workers {
-        out.sample(
-            "agentq_queue_depth",
-            &[("worker", &w.name)],
-            w.queued as f64,
-        );
-    }
-    out.family(
-        "agentq_worker_memory_bytes",
-        "gauge",
-        "Resident memory of each worker's agent processes now (the pool's: all its tasks'); 0 with none.",
-    );
-    for w in &status.workers {
-        out.sample(
-            "agentq_worker_memory_bytes",
-            &[("worker", &w.name)],
-            w.memory_mb.unwrap_or(0.0) * MIB,
-        );
-    }
-    out.family(
-        "agentq_daemon_memory_bytes",
-        "gauge",
-        "Resident memory of the daemon itself.",
-    );
-    out.sample(
-        "agentq_daemon_memory_bytes",
-        &[],
-        status.memory_mb.unwrap_or(0.0) * MIB,
-    );
-    out.family(
-        "agentq_daemon_start_time_seconds",
-        "gauge",
-        "When the daemon started, seconds since the epoch.",
-    );
-    out.sample(
-        "agentq_daemon_start_time_seconds",
-        &[],
-        status.started_at.unwrap_or(0) as f64 / 1000.0,
-    );
-    out.family("agentq_pool_running", "gauge", "Pool tasks running now.");
-    out.sample("agentq_pool_running", &[], status.pool_tasks.len() as f64);
-    out.family(
-        "agentq_pool_max_workers",
-        "gauge",
-        "Pool tasks that may run at once ([pool] max_workers).",
-    );
-    out.sample("agentq_pool_max_workers", &[], status.max_workers as f64);
-    out.family(
-        "agentq_intake_rejections_total",
-        "counter",
-        "Prompt files intake set aside in rejected/.",
-    );
-    out.sample("agentq_intake_rejections_total", &[], count(REJECTED, None));
-
+    out.tasks(&figures);
+    out.workers(&status.workers, &figures);
+    out.daemon(&status, &figures);
     // Several daemons, one queue: which host runs what. The task figures above are the whole
     // queue's, as every daemon on the store sees them; those of the daemon and its agents are its
     // own.
     if store.shared() {
-        out.family(
-            "agentq_hosts",
-            "gauge",
-            "Daemons whose host row is in force on the shared store.",
-        );
-        out.sample("agentq_hosts", &[], status.hosts.len() as f64);
-        out.family(
-            "agentq_worker_host",
-            "gauge",
-            "1 for the host whose daemon holds each worker's lease; absent while none does.",
-        );
-        for w in &status.workers {
-            if let Some(host) = &w.host {
-                out.sample(
-                    "agentq_worker_host",
-                    &[("worker", &w.name), ("host", host)],
-                    1.0,
-                );
-            }
-        }
-        out.family(
-            "agentq_worker_moves_total",
-            "counter",
-            "Times each worker's lease was taken by a daemon of another host.",
-        );
-        for w in &status.workers {
-            out.sample(
-                "agentq_worker_moves_total",
-                &[("worker", &w.name)],
-                count(MOVED, Some(&w.name)),
-            );
-        }
+        out.hosts(&status, &figures);
     }
-
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -1196,6 +1019,16 @@ async fn metrics(State(s): State<Shared>) -> Answer {
         out.text,
     )
         .into_response())
+}
+
+/// How many events of `kind` were recorded: of `worker`, or of any.
+fn count(figures: &agentq_store::Metrics, kind: &str, worker: Option<&str>) -> f64 {
+    figures
+        .events
+        .iter()
+        .filter(|(k, w, _)| k == kind && (worker.is_none() || w.as_deref() == worker))
+        .map(|(_, _, n)| n)
+        .sum::<u64>() as f64
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -1233,6 +1066,183 @@ impl Metrics {
         self.sample(&bucket, &[("le", "+Inf")], h.count as f64);
         self.sample(&format!("{name}_sum"), &[], h.sum * scale);
         self.sample(&format!("{name}_count"), &[], h.count as f64);
+    }
+
+    /// A family with one sample, without labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// A family with one sample per worker, labelled with its name.
+    fn per_worker(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        workers: &[WorkerStatus],
+        value: impl Fn(&WorkerStatus) -> f64,
+    ) {
+        self.family(name, kind, help);
+        for w in workers {
+            self.sample(name, &[("worker", &w.name)], value(w));
+        }
+    }
+
+    /// The queue's tasks: how many in each state, and how long and large the ended ones ran.
+    fn tasks(&mut self, figures: &agentq_store::Metrics) {
+        self.family("agentq_tasks", "gauge", "Tasks by state and class.");
+        for (state, class, n) in &figures.tasks {
+            let class = class.as_deref().unwrap_or("none");
+            self.sample(
+                "agentq_tasks",
+                &[("state", state.as_str()), ("class", class)],
+                *n as f64,
+            );
+        }
+        self.histogram(
+            "agentq_task_duration_seconds",
+            "How long ended tasks' last attempts ran.",
+            &figures.duration_ms,
+            DURATION_BOUNDS,
+            1.0 / 1000.0,
+        );
+        let memory_bounds: Vec<f64> = MEMORY_BOUNDS_MIB.iter().map(|b| b * MIB).collect();
+        self.histogram(
+            "agentq_task_memory_peak_bytes",
+            "The most resident memory ended tasks' last attempts held.",
+            &figures.memory_peak_mb,
+            &memory_bounds,
+            MIB,
+        );
+    }
+
+    /// Each worker's state, restarts, spending, queue and memory.
+    fn workers(&mut self, workers: &[WorkerStatus], figures: &agentq_store::Metrics) {
+        self.family(
+            "agentq_worker_state",
+            "gauge",
+            "1 for the state each worker is in, 0 for the others.",
+        );
+        for w in workers {
+            for phase in ["idle", "running", "paused", "errored", "stopped"] {
+                self.sample(
+                    "agentq_worker_state",
+                    &[("worker", &w.name), ("state", phase)],
+                    if w.phase() == phase { 1.0 } else { 0.0 },
+                );
+            }
+        }
+        self.per_worker(
+            "agentq_worker_restarts_total",
+            "counter",
+            "Restarts of workers' long-lived agent processes after they died.",
+            workers,
+            |w| count(figures, RESTARTS, Some(&w.name)),
+        );
+        self.per_worker(
+            "agentq_cost_usd_total",
+            "counter",
+            "What each worker's attempts have cost, US dollars, as the agent reported.",
+            workers,
+            |w| w.cost_total_usd,
+        );
+        self.family(
+            "agentq_tokens_total",
+            "counter",
+            "Tokens each worker's attempts read (kind=input) and wrote (kind=output), as the agent reported.",
+        );
+        for w in workers {
+            for (kind, n) in [
+                ("input", w.input_tokens_total),
+                ("output", w.output_tokens_total),
+            ] {
+                self.sample(
+                    "agentq_tokens_total",
+                    &[("worker", &w.name), ("kind", kind)],
+                    n as f64,
+                );
+            }
+        }
+        self.per_worker(
+            "agentq_queue_depth",
+            "gauge",
+            "Tasks queued for each worker (its pool tasks included).",
+            workers,
+            |w| w.queued as f64,
+        );
+        self.per_worker(
+            "agentq_worker_memory_bytes",
+            "gauge",
+            "Resident memory of each worker's agent processes now (the pool's: all its tasks'); 0 with none.",
+            workers,
+            |w| w.memory_mb.unwrap_or(0.0) * MIB,
+        );
+    }
+
+    /// The daemon itself, its pool and its intake.
+    fn daemon(&mut self, status: &Status, figures: &agentq_store::Metrics) {
+        self.single(
+            "agentq_daemon_memory_bytes",
+            "gauge",
+            "Resident memory of the daemon itself.",
+            status.memory_mb.unwrap_or(0.0) * MIB,
+        );
+        self.single(
+            "agentq_daemon_start_time_seconds",
+            "gauge",
+            "When the daemon started, seconds since the epoch.",
+            status.started_at.unwrap_or(0) as f64 / 1000.0,
+        );
+        self.single(
+            "agentq_pool_running",
+            "gauge",
+            "Pool tasks running now.",
+            status.pool_tasks.len() as f64,
+        );
+        self.single(
+            "agentq_pool_max_workers",
+            "gauge",
+            "Pool tasks that may run at once ([pool] max_workers).",
+            status.max_workers as f64,
+        );
+        self.single(
+            "agentq_intake_rejections_total",
+            "counter",
+            "Prompt files intake set aside in rejected/.",
+            count(figures, REJECTED, None),
+        );
+    }
+
+    /// The daemons on a shared store, and which of them holds each worker.
+    fn hosts(&mut self, status: &Status, figures: &agentq_store::Metrics) {
+        self.single(
+            "agentq_hosts",
+            "gauge",
+            "Daemons whose host row is in force on the shared store.",
+            status.hosts.len() as f64,
+        );
+        self.family(
+            "agentq_worker_host",
+            "gauge",
+            "1 for the host whose daemon holds each worker's lease; absent while none does.",
+        );
+        for w in &status.workers {
+            if let Some(host) = &w.host {
+                self.sample(
+                    "agentq_worker_host",
+                    &[("worker", &w.name), ("host", host)],
+                    1.0,
+                );
+            }
+        }
+        self.per_worker(
+            "agentq_worker_moves_total",
+            "counter",
+            "Times each worker's lease was taken by a daemon of another host.",
+            &status.workers,
+            |w| count(figures, MOVED, Some(&w.name)),
+        );
     }
 }
 

@@ -298,211 +298,303 @@ pub fn daemon_host(config: &Config, pid: Option<i32>) -> String {
 /// Reads the status. `pid` is the daemon's, if one runs: the CLI asks the state lock, the daemon
 /// knows its own (a process cannot see its own record lock with `F_GETLK`).
 pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Result<Status> {
-    let mut sessions: Vec<(String, Option<agentq_core::domain::SessionState>)> = Vec::new();
-    for w in &config.workers {
-        sessions.push((w.name.clone(), store.worker_session(&w.name).await?));
-    }
-    let counts = store.counts().await?;
-    let now = now_ms();
-    let pauses = store.pauses(now).await?;
-    let (today, _) = agentq_agents::local_day(chrono::Local::now());
-    let spend = store.spend_since(today).await?;
-    let spend_ever = store.spend_since(0).await?;
-    let running = store
-        .list(&TaskFilter {
-            state: Some(TaskState::Running),
-            ..Default::default()
-        })
-        .await?;
-    let pool_counts = store.pool_counts().await?;
-    let host = daemon_host(config, pid);
-    let (hosts, leases) = if store.shared() {
-        (store.hosts(now).await?, store.worker_leases(now).await?)
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    // What this run of the daemon did, and the processes it runs now (from its book of process
-    // groups: the CLI sees them from outside, as `ps` would).
-    let started_at = pid.and_then(agentq_agents::procs::started_at).map(epoch_ms);
-    let activity = match (pid, started_at) {
-        (Some(pid), Some(t)) => {
-            let owner = crate::daemon::owner_prefix(&host, pid);
-            store.activity_since(t, &owner).await?
-        }
-        _ => Vec::new(),
-    };
-    let groups = agentq_agents::procs::live_groups(&config.state_dir());
-    let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
-    // The pool's row: when agentq.toml has a [pool], or tasks were submitted to it.
-    let mut names: Vec<(String, String)> = config
-        .workers
-        .iter()
-        .chain(config.pool.defined.then_some(&config.pool.worker))
-        .map(|w| (w.name.clone(), w.agent.kind().to_string()))
+    let r = Readings::read(config, store, pid).await?;
+    let workers: Vec<WorkerStatus> = r
+        .rows(config)
+        .into_iter()
+        .map(|(name, agent)| r.worker_status(config, name, agent))
         .collect();
-    let mode = |name: &str| match config.settings_of(name).map(|w| w.agent.driver()) {
+    let pool_pids = r.pool_pids();
+    Ok(Status {
+        pid,
+        started_at: r.started_at,
+        memory_mb: pid.and_then(agentq_agents::procs::stat).map(|p| mib(p.rss)),
+        workers,
+        pool_tasks: r.pool_tasks,
+        pool_pids,
+        pool: r.pool_counts,
+        max_workers: config.pool.max_workers,
+        config: config.path.clone(),
+        host: r.host,
+        hosts: r.hosts,
+    })
+}
+
+/// Everything [`status`] reads of the store and of the machine, read once before any row is
+/// built, so the rows agree with each other.
+struct Readings {
+    /// The daemon's, if one runs.
+    pid: Option<i32>,
+    shared: bool,
+    sessions: Vec<(String, Option<agentq_core::domain::SessionState>)>,
+    counts: Vec<agentq_store::WorkerCounts>,
+    pauses: Vec<agentq_store::Pause>,
+    /// Since local midnight.
+    spend: Vec<agentq_store::Spend>,
+    /// Since the queue began.
+    spend_ever: Vec<agentq_store::Spend>,
+    running: Vec<agentq_store::TaskSummary>,
+    pool_counts: PoolCounts,
+    /// The host id of this project's daemon.
+    host: String,
+    /// On a shared store, the daemons on it and the worker leases they hold.
+    hosts: Vec<agentq_store::HostRow>,
+    leases: Vec<agentq_store::WorkerLease>,
+    started_at: Option<Millis>,
+    /// What the daemon's current run did, by worker.
+    activity: Vec<agentq_store::Activity>,
+    groups: Vec<agentq_agents::procs::LiveGroup>,
+    /// Pool tasks running now.
+    pool_tasks: Vec<i64>,
+}
+
+impl Readings {
+    async fn read(config: &Config, store: &dyn Store, pid: Option<i32>) -> Result<Readings> {
+        let mut sessions: Vec<(String, Option<agentq_core::domain::SessionState>)> = Vec::new();
+        for w in &config.workers {
+            sessions.push((w.name.clone(), store.worker_session(&w.name).await?));
+        }
+        let counts = store.counts().await?;
+        let now = now_ms();
+        let pauses = store.pauses(now).await?;
+        let (today, _) = agentq_agents::local_day(chrono::Local::now());
+        let spend = store.spend_since(today).await?;
+        let spend_ever = store.spend_since(0).await?;
+        let running = store
+            .list(&TaskFilter {
+                state: Some(TaskState::Running),
+                ..Default::default()
+            })
+            .await?;
+        let pool_counts = store.pool_counts().await?;
+        let host = daemon_host(config, pid);
+        let (hosts, leases) = if store.shared() {
+            (store.hosts(now).await?, store.worker_leases(now).await?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // What this run of the daemon did, and the processes it runs now (from its book of process
+        // groups: the CLI sees them from outside, as `ps` would).
+        let started_at = pid.and_then(agentq_agents::procs::started_at).map(epoch_ms);
+        let activity = match (pid, started_at) {
+            (Some(pid), Some(t)) => {
+                let owner = crate::daemon::owner_prefix(&host, pid);
+                store.activity_since(t, &owner).await?
+            }
+            _ => Vec::new(),
+        };
+        let groups = agentq_agents::procs::live_groups(&config.state_dir());
+        let pool_tasks: Vec<i64> = running.iter().filter(|t| t.pool).map(|t| t.id).collect();
+        Ok(Readings {
+            pid,
+            shared: store.shared(),
+            sessions,
+            counts,
+            pauses,
+            spend,
+            spend_ever,
+            running,
+            pool_counts,
+            host,
+            hosts,
+            leases,
+            started_at,
+            activity,
+            groups,
+            pool_tasks,
+        })
+    }
+
+    /// The rows, as (worker, agent): the config's workers, then the workers it no longer names
+    /// that still have tasks.
+    fn rows(&self, config: &Config) -> Vec<(String, String)> {
+        // The pool's row: when agentq.toml has a [pool], or tasks were submitted to it.
+        let mut names: Vec<(String, String)> = config
+            .workers
+            .iter()
+            .chain(config.pool.defined.then_some(&config.pool.worker))
+            .map(|w| (w.name.clone(), w.agent.kind().to_string()))
+            .collect();
+        for c in &self.counts {
+            if !names.iter().any(|(n, _)| n == &c.worker) {
+                let agent = config
+                    .settings_of(&c.worker)
+                    .map_or("-", |w| w.agent.kind());
+                names.push((c.worker.clone(), agent.into()));
+            }
+        }
+        names
+    }
+
+    /// One worker's row (or the pool's).
+    fn worker_status(&self, config: &Config, name: String, agent: String) -> WorkerStatus {
+        let c = self
+            .counts
+            .iter()
+            .find(|c| c.worker == name)
+            .cloned()
+            .unwrap_or_default();
+        // The worker's own agent; its tasks in the pool show in the pool's line.
+        let task = self
+            .running
+            .iter()
+            .find(|t| t.worker == name && !t.pool)
+            .map(|t| t.id);
+        let pause = self.pauses.iter().find(|p| p.worker == name);
+        let spent = self.spend.iter().find(|s| s.worker == name);
+        let ever = self.spend_ever.iter().find(|s| s.worker == name);
+        let session = self
+            .sessions
+            .iter()
+            .find(|(w, _)| *w == name)
+            .and_then(|(_, s)| s.as_ref());
+        let own = self.groups_of(&name, task);
+        let memory_mb = (!own.is_empty()).then(|| mib(own.iter().map(|g| g.rss).sum::<u64>()));
+        let done = self.activity.iter().find(|a| a.worker == name);
+        let memory_peak_mb = match (done.and_then(|a| a.memory_peak_mb), memory_mb) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let configured = config.settings_of(&name).is_some();
+        let held_by = self.held_by(config, &name, configured);
+        // What this daemon saw of a worker another host runs says nothing of it.
+        let elsewhere = self.shared && name != POOL && held_by.as_deref() != Some(&*self.host);
+        let run_start = self.started_at.filter(|_| configured && !elsewhere);
+        WorkerStatus {
+            mode: mode(config, &name).to_string(),
+            pid: own.first().filter(|_| name != POOL).map(|g| g.record.pgid),
+            memory_mb,
+            memory_peak_mb,
+            restarts: run_start.map(|_| done.map_or(0, |a| a.restarts)),
+            up_since: run_start.map(|t| done.and_then(|a| a.last_restart).map_or(t, |r| r.max(t))),
+            state: self.state(config, &name, held_by.is_some(), task, pause),
+            host: held_by,
+            name,
+            agent,
+            task,
+            paused_until: pause.map(|p| p.until),
+            pause_reason: pause.map(|p| p.reason.clone()),
+            errored: pause.is_some_and(|p| p.errored()),
+            cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
+            cost_total_usd: ever.map_or(0.0, |s| s.cost_usd),
+            input_tokens_total: ever.map_or(0, |s| s.input_tokens),
+            output_tokens_total: ever.map_or(0, |s| s.output_tokens),
+            session_id: session.map(|s| s.id.clone()),
+            session_cost_usd: session.map(|s| s.cost_usd),
+            tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),
+            queued: c.queued,
+            running: c.running,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            dead: c.dead,
+            cancelled: c.cancelled,
+        }
+    }
+
+    /// A worker's process groups, its long-lived agent first, then the process of the task it
+    /// runs; the pool's are those of its running tasks.
+    fn groups_of(&self, name: &str, task: Option<i64>) -> Vec<&agentq_agents::procs::LiveGroup> {
+        let mut own: Vec<&agentq_agents::procs::LiveGroup> = self
+            .groups
+            .iter()
+            .filter(|g| match (name == POOL, g.record.task) {
+                (true, t) => t.is_some_and(|t| self.pool_tasks.contains(&t)),
+                (false, None) => g.record.worker == name,
+                (false, t) => g.record.worker == name && t == task,
+            })
+            .collect();
+        own.sort_by_key(|g| g.record.task.is_some()); // the long-lived process first
+        own
+    }
+
+    /// The host id of the daemon that runs the worker now, if one does.
+    fn held_by(&self, config: &Config, name: &str, configured: bool) -> Option<String> {
+        let runs_here = config
+            .workers
+            .iter()
+            .find(|w| w.name == name)
+            .is_none_or(|w| crate::daemon::runs_here(w, &self.host));
+        match self.shared {
+            true if name == POOL => None,
+            true => self
+                .leases
+                .iter()
+                .find(|l| l.worker == name)
+                .map(|l| l.host.clone()),
+            false => self
+                .pid
+                .filter(|_| runs_here && configured)
+                .map(|_| self.host.clone()),
+        }
+    }
+
+    /// A worker's state in words (see [`WorkerStatus::state`]).
+    fn state(
+        &self,
+        config: &Config,
+        name: &str,
+        held: bool,
+        task: Option<i64>,
+        pause: Option<&agentq_store::Pause>,
+    ) -> String {
+        // Whether a daemon runs this worker: on a shared store, the one holding its lease,
+        // wherever it is (the pool: any daemon on the store); else this project's daemon.
+        let alive = match self.shared {
+            true if name == POOL => self.pid.is_some() || !self.hosts.is_empty(),
+            true => held,
+            false => self.pid.is_some(),
+        };
+        let state = match (alive.then_some(()), config.settings_of(name), task, pause) {
+            (_, None, _, _) => "not in config".to_string(),
+            (None, _, _, _) => "stopped".to_string(),
+            (Some(_), _, _, None) if name == POOL => {
+                if self.running.iter().any(|t| t.pool) {
+                    "running".to_string()
+                } else {
+                    "idle".to_string()
+                }
+            }
+            (Some(_), _, Some(_), _) => "running".to_string(),
+            (_, _, _, Some(p)) if p.errored() => format!("errored: {}", p.reason),
+            (Some(_), _, None, Some(p)) => {
+                format!("paused until {}", short_time(p.until))
+            }
+            (Some(_), _, None, None) => "idle".to_string(),
+        };
+        // Its tasks running in the pool are counted in its row; say so beside its state.
+        let in_pool = self
+            .running
+            .iter()
+            .filter(|t| t.worker == name && t.pool && name != POOL)
+            .count();
+        match in_pool {
+            0 => state,
+            n => format!("{state}, {n} in the pool"),
+        }
+    }
+
+    /// The process groups of the pool's running tasks.
+    fn pool_pids(&self) -> Vec<i32> {
+        // Occupancy from the same read as the running list, so the two agree.
+        let mut pool_pids: Vec<i32> = self
+            .groups
+            .iter()
+            .filter(|g| g.record.task.is_some_and(|t| self.pool_tasks.contains(&t)))
+            .map(|g| g.record.pgid)
+            .collect();
+        pool_pids.sort_unstable();
+        pool_pids
+    }
+}
+
+/// `exec` (a process per task), `persistent` (one long-lived process), or `-` for a worker the
+/// config no longer names.
+fn mode(config: &Config, name: &str) -> &'static str {
+    match config.settings_of(name).map(|w| w.agent.driver()) {
         Some(d) if d.long_lived().is_some() => "persistent",
         Some(_) => "exec",
         None => "-",
-    };
-    for c in &counts {
-        if !names.iter().any(|(n, _)| n == &c.worker) {
-            let agent = config
-                .settings_of(&c.worker)
-                .map_or("-", |w| w.agent.kind());
-            names.push((c.worker.clone(), agent.into()));
-        }
     }
-    let workers: Vec<WorkerStatus> = names
-        .into_iter()
-        .map(|(name, agent)| {
-            let c = counts
-                .iter()
-                .find(|c| c.worker == name)
-                .cloned()
-                .unwrap_or_default();
-            // The worker's own agent; its tasks in the pool show in the pool's line.
-            let task = running
-                .iter()
-                .find(|t| t.worker == name && !t.pool)
-                .map(|t| t.id);
-            let pause = pauses.iter().find(|p| p.worker == name);
-            let spent = spend.iter().find(|s| s.worker == name);
-            let ever = spend_ever.iter().find(|s| s.worker == name);
-            let cost_total_usd = ever.map_or(0.0, |s| s.cost_usd);
-            let session = sessions
-                .iter()
-                .find(|(w, _)| *w == name)
-                .and_then(|(_, s)| s.as_ref());
-            let session_id = session.map(|s| s.id.clone());
-            let session_cost_usd = session.map(|s| s.cost_usd);
-            // Its groups: its long-lived agent, and the process of the task it runs; the pool's
-            // are those of its running tasks.
-            let mut own: Vec<&agentq_agents::procs::LiveGroup> = groups
-                .iter()
-                .filter(|g| match (name == POOL, g.record.task) {
-                    (true, t) => t.is_some_and(|t| pool_tasks.contains(&t)),
-                    (false, None) => g.record.worker == name,
-                    (false, t) => g.record.worker == name && t == task,
-                })
-                .collect();
-            own.sort_by_key(|g| g.record.task.is_some()); // the long-lived process first
-            let memory_mb = (!own.is_empty()).then(|| mib(own.iter().map(|g| g.rss).sum::<u64>()));
-            let done = activity.iter().find(|a| a.worker == name);
-            let memory_peak_mb = match (done.and_then(|a| a.memory_peak_mb), memory_mb) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            let configured = config.settings_of(&name).is_some();
-            let restarts = started_at
-                .filter(|_| configured)
-                .map(|_| done.map_or(0, |a| a.restarts));
-            let up_since = started_at
-                .filter(|_| configured)
-                .map(|t| done.and_then(|a| a.last_restart).map_or(t, |r| r.max(t)));
-            let runs_here = config
-                .workers
-                .iter()
-                .find(|w| w.name == name)
-                .is_none_or(|w| crate::daemon::runs_here(w, &host));
-            let held_by = match store.shared() {
-                true if name == POOL => None,
-                true => leases
-                    .iter()
-                    .find(|l| l.worker == name)
-                    .map(|l| l.host.clone()),
-                false => pid
-                    .filter(|_| runs_here && configured)
-                    .map(|_| host.clone()),
-            };
-            // Whether a daemon runs this worker: on a shared store, the one holding its lease,
-            // wherever it is (the pool: any daemon on the store); else this project's daemon.
-            let alive = match store.shared() {
-                true if name == POOL => pid.is_some() || !hosts.is_empty(),
-                true => held_by.is_some(),
-                false => pid.is_some(),
-            };
-            // What this daemon saw of a worker another host runs says nothing of it.
-            let elsewhere = store.shared() && name != POOL && held_by.as_deref() != Some(&*host);
-            let restarts = restarts.filter(|_| !elsewhere);
-            let up_since = up_since.filter(|_| !elsewhere);
-            let state = match (alive.then_some(()), config.settings_of(&name), task, pause) {
-                (_, None, _, _) => "not in config".to_string(),
-                (None, _, _, _) => "stopped".to_string(),
-                (Some(_), _, _, None) if name == POOL => {
-                    if running.iter().any(|t| t.pool) {
-                        "running".to_string()
-                    } else {
-                        "idle".to_string()
-                    }
-                }
-                (Some(_), _, Some(_), _) => "running".to_string(),
-                (_, _, _, Some(p)) if p.errored() => format!("errored: {}", p.reason),
-                (Some(_), _, None, Some(p)) => {
-                    format!("paused until {}", short_time(p.until))
-                }
-                (Some(_), _, None, None) => "idle".to_string(),
-            };
-            // Its tasks running in the pool are counted in its row; say so beside its state.
-            let in_pool = running
-                .iter()
-                .filter(|t| t.worker == name && t.pool && name != POOL)
-                .count();
-            let state = match in_pool {
-                0 => state,
-                n => format!("{state}, {n} in the pool"),
-            };
-            WorkerStatus {
-                host: held_by,
-                mode: mode(&name).to_string(),
-                pid: own.first().filter(|_| name != POOL).map(|g| g.record.pgid),
-                memory_mb,
-                memory_peak_mb,
-                restarts,
-                up_since,
-                name,
-                agent,
-                state,
-                task,
-                paused_until: pause.map(|p| p.until),
-                pause_reason: pause.map(|p| p.reason.clone()),
-                errored: pause.is_some_and(|p| p.errored()),
-                cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
-                cost_total_usd,
-                input_tokens_total: ever.map_or(0, |s| s.input_tokens),
-                output_tokens_total: ever.map_or(0, |s| s.output_tokens),
-                session_id,
-                session_cost_usd,
-                tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),
-                queued: c.queued,
-                running: c.running,
-                succeeded: c.succeeded,
-                failed: c.failed,
-                dead: c.dead,
-                cancelled: c.cancelled,
-            }
-        })
-        .collect();
-    // Occupancy from the same read as the running list, so the two agree.
-    let mut pool_pids: Vec<i32> = groups
-        .iter()
-        .filter(|g| g.record.task.is_some_and(|t| pool_tasks.contains(&t)))
-        .map(|g| g.record.pgid)
-        .collect();
-    pool_pids.sort_unstable();
-    Ok(Status {
-        pid,
-        started_at,
-        memory_mb: pid.and_then(agentq_agents::procs::stat).map(|p| mib(p.rss)),
-        workers,
-        pool_tasks,
-        pool_pids,
-        pool: pool_counts,
-        max_workers: config.pool.max_workers,
-        config: config.path.clone(),
-        host,
-        hosts,
-    })
 }
 
 /// Bytes as MiB, to a tenth.
