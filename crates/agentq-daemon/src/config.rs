@@ -1212,6 +1212,33 @@ fn build_worker(
     } else {
         format!("worker {name:?}")
     };
+    let agent = build_agent(w, &table, table_span, defaults, root)?;
+    let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+    let cwd = if cwd.is_absolute() {
+        cwd
+    } else {
+        root.join(cwd)
+    };
+    Ok(WorkerConfig {
+        name,
+        agent,
+        cwd,
+        env: w.env.clone(),
+        limits: resolve_limits(&limits_of!(w), base)?,
+        route: Route::Worker,
+        host: None,
+    })
+}
+
+/// The agent of a `[[worker]]` table or `[pool]` (`table` names it in errors), with the settings
+/// its driver takes; a key that only another agent takes is refused.
+fn build_agent(
+    w: &RawWorker,
+    table: &str,
+    table_span: std::ops::Range<usize>,
+    defaults: &RawDefaults,
+    root: &Path,
+) -> std::result::Result<Agent, SpanError> {
     // A worker that names a command but no agent means that command; with neither it is a
     // Claude Code worker, the default agent.
     let agent_kind = match (&w.agent, &w.command) {
@@ -1254,7 +1281,7 @@ fn build_worker(
             }
         })
     };
-    let agent = match agent_kind {
+    Ok(match agent_kind {
         "command" => {
             let argv = w
                 .command
@@ -1301,21 +1328,6 @@ fn build_worker(
             session: session_policy(w)?,
             extra_args: w.extra_args.clone().unwrap_or_default(),
         })),
-    };
-    let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
-    let cwd = if cwd.is_absolute() {
-        cwd
-    } else {
-        root.join(cwd)
-    };
-    Ok(WorkerConfig {
-        name,
-        agent,
-        cwd,
-        env: w.env.clone(),
-        limits: resolve_limits(&limits_of!(w), base)?,
-        route: Route::Worker,
-        host: None,
     })
 }
 
@@ -1854,8 +1866,10 @@ mod tests {
         let start = readme.find("```toml\n").expect("a toml block") + 8;
         let len = readme[start..].find("```").unwrap();
         let c = parse(&readme[start..start + len]).unwrap();
-        assert_eq!(c.workers.len(), 2);
+        assert_eq!(c.workers.len(), 4);
         assert_eq!(c.workers[0].route, Route::Auto);
+        let kinds: Vec<&str> = c.workers.iter().map(|w| w.agent.kind()).collect();
+        assert_eq!(kinds, ["command", "claude", "codex", "gemini"]);
         assert!(c.pool.defined);
         assert_eq!(c.classes.long.priority, Some(-1));
     }
