@@ -676,13 +676,7 @@ async fn check_worker(w: &WorkerConfig, cx: &Context) -> Vec<Check> {
                 Err((detail, _)) => Check::fail(
                     &name,
                     format!("{detail}; the worker's tasks wait until it is installed"),
-                    format!(
-                        "install {} (`{}`), or point {}_bin in agentq.toml (or {}) at it",
-                        driver.title(),
-                        driver.install_hint().unwrap_or("see its documentation"),
-                        driver.name(),
-                        driver.bin_variable().unwrap_or("its variable")
-                    ),
+                    driver.install_advice(),
                 ),
                 Ok(found) => match agent_version(driver, &found, w, cx).await {
                     Ok(version) => {
@@ -853,8 +847,8 @@ pub fn check_markers(env: &BTreeMap<String, String>, workers: &[&WorkerConfig]) 
 }
 
 /// Gemini CLI 0.61's start-up clean-up can delete a resumed session when another session runs in
-/// the same folder (checked against the pinned version): a Gemini worker whose folder another
-/// Gemini worker, or its own tasks in the pool, also run in should turn that clean-up off in
+/// the same folder (checked against the pinned version): another worker, the worker's own tasks
+/// in the pool, a person running gemini there. A Gemini worker should turn that clean-up off in
 /// Gemini's settings.json. `None` without Gemini workers.
 pub fn check_gemini_sessions(
     env: &BTreeMap<String, String>,
@@ -869,12 +863,8 @@ pub fn check_gemini_sessions(
     if gemini.is_empty() {
         return None;
     }
-    let shares = |w: &WorkerConfig| {
-        w.route != agentq_daemon::config::Route::Worker
-            || gemini.iter().filter(|o| o.cwd == w.cwd).count() > 1
-    };
     let mut at_risk = Vec::new();
-    for w in gemini.iter().filter(|w| shares(w)) {
+    for w in &gemini {
         let var = |k: &str| w.env.get(k).or(env.get(k)).cloned();
         let home = var("GEMINI_CLI_HOME")
             .or_else(|| var("HOME"))
@@ -892,13 +882,13 @@ pub fn check_gemini_sessions(
     Some(if at_risk.is_empty() {
         Check::ok(
             NAME,
-            "no Gemini worker shares its folder with another Gemini session, or its clean-up is off",
+            "every Gemini worker's settings keep its sessions (sessionRetention off)",
         )
     } else {
         Check::warn(
             NAME,
             format!(
-                "{} share a folder with other Gemini sessions (another worker, or their tasks in the pool), and Gemini's start-up clean-up may delete their resumed conversation",
+                "{}: Gemini's start-up clean-up may delete a resumed conversation when another Gemini session runs in the same folder (another worker, a pool task, a person)",
                 at_risk.join(", ")
             ),
             "set \"general\": {\"sessionRetention\": {\"enabled\": false}} in that settings.json (agentq then starts a new conversation, losing the context)",
@@ -997,7 +987,7 @@ mod tests {
     }
 
     #[test]
-    fn gemini_workers_sharing_a_folder_are_warned_unless_the_clean_up_is_off() {
+    fn gemini_workers_are_warned_unless_the_session_clean_up_is_off() {
         let d = tempfile::tempdir().unwrap();
         let home = d.path().join("home");
         std::fs::create_dir_all(home.join(".gemini")).unwrap();
@@ -1016,8 +1006,8 @@ mod tests {
             check_gemini_sessions(&BTreeMap::new(), &[&a])
                 .unwrap()
                 .status,
-            Status::Ok,
-            "alone in its folder"
+            Status::Warn,
+            "alone in its folder, a pool task or a person may still run gemini there"
         );
         let shared = check_gemini_sessions(&BTreeMap::new(), &[&a, &b]).unwrap();
         assert_eq!(shared.status, Status::Warn, "{shared:?}");

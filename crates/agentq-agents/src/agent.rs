@@ -49,6 +49,9 @@ pub struct Spec {
     /// Recognises the line an agent prints as its final result (Claude's `result` JSON). Without
     /// one there is no linger watchdog.
     pub final_line: Option<fn(&str) -> bool>,
+    /// Its stdout is a stream of events whose last lines say how it ended (Codex, Gemini): past
+    /// `output_cap`, keep its beginning and its end, not only its beginning.
+    pub keep_tail: bool,
     pub memory: crate::memory::Policy,
     /// Where the agent's process group is recorded while it lives (for reaping after a crash).
     pub book: Option<Booking>,
@@ -183,6 +186,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     let stdout = tokio::spawn(read_head(
         child.stdout.take().expect("stdout was piped"),
         spec.output_cap,
+        spec.keep_tail,
         cut.clone(),
         watch.clone(),
     ));
@@ -489,44 +493,72 @@ fn kill_group(group: Option<Pid>) {
 }
 
 /// Reads up to `cap` bytes, then drains the rest so the writer never blocks. Returns the text
-/// (invalid UTF-8 replaced) and whether anything was dropped.
-/// The final line (when the agent has one) marks the result final. Stdout reaching its end does
-/// not: an agent may well send its stdout elsewhere and go on working.
+/// (invalid UTF-8 replaced) and whether anything was dropped. With `keep_tail`, half of `cap` is
+/// the beginning and half the end (from its first whole line), joined by a newline: an event
+/// stream's last lines say how it ended.
+/// The final line (when the agent has one) marks the result final, wherever it comes, kept or
+/// not. Stdout reaching its end does not: an agent may well send its stdout elsewhere and go on
+/// working.
 async fn read_head(
     mut pipe: impl AsyncRead + Unpin,
     cap: usize,
+    keep_tail: bool,
     cut: CancellationToken,
     activity: Arc<Activity>,
 ) -> (String, bool) {
-    let mut kept = Vec::new();
+    let head_cap = if keep_tail { cap / 2 } else { cap };
+    let tail_cap = cap - head_cap;
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
     let mut truncated = false;
+    // The line being read, for the final-line check (a line longer than `cap` is not one).
+    let mut line: Vec<u8> = Vec::new();
+    let mut line_too_long = false;
     let mut buf = vec![0u8; 64 * 1024];
-    // Where the line being read starts in `kept`.
-    let mut line_start = 0;
     loop {
         let n = tokio::select! {
             biased;
             n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
             _ = cut.cancelled() => break,
         };
-        activity.output(&buf[..n]);
-        let room = cap.saturating_sub(kept.len());
-        let from = kept.len();
-        kept.extend_from_slice(&buf[..n.min(room)]);
-        truncated |= n > room;
-        if let Some(is_final) = activity.final_line {
-            for i in from..kept.len() {
-                if kept[i] == b'\n' {
-                    let line = String::from_utf8_lossy(&kept[line_start..i]);
-                    if is_final(&line) {
-                        activity.finished.cancel();
-                    }
-                    line_start = i + 1;
+        let chunk = &buf[..n];
+        activity.output(chunk);
+        let room = head_cap.saturating_sub(head.len());
+        head.extend_from_slice(&chunk[..n.min(room)]);
+        if n > room {
+            truncated = true;
+            if tail_cap > 0 {
+                tail.extend_from_slice(&chunk[room..]);
+                if tail.len() > tail_cap.saturating_mul(2) {
+                    tail.drain(..tail.len() - tail_cap);
                 }
             }
         }
+        if let Some(is_final) = activity.final_line {
+            for &b in chunk {
+                if b != b'\n' {
+                    if line.len() < cap {
+                        line.push(b);
+                    } else {
+                        line_too_long = true;
+                    }
+                    continue;
+                }
+                if !line_too_long && is_final(&String::from_utf8_lossy(&line)) {
+                    activity.finished.cancel();
+                }
+                line.clear();
+                line_too_long = false;
+            }
+        }
     }
-    (String::from_utf8_lossy(&kept).into_owned(), truncated)
+    if tail.len() > tail_cap {
+        tail.drain(..tail.len() - tail_cap);
+    }
+    if let Some(newline) = tail.iter().position(|b| *b == b'\n') {
+        head.push(b'\n');
+        head.extend_from_slice(&tail[newline + 1..]);
+    }
+    (String::from_utf8_lossy(&head).into_owned(), truncated)
 }
 
 /// Reads everything, keeping only the last `cap` bytes.
@@ -574,6 +606,7 @@ mod tests {
             idle_timeout: None,
             linger: Duration::from_secs(5),
             final_line: None,
+            keep_tail: false,
             memory: crate::memory::Policy::default(),
             book: None,
             log: None,
@@ -606,6 +639,38 @@ mod tests {
         let a = run(s, std::future::pending()).await;
         assert_eq!((a.stdout.len(), a.stdout_truncated), (1000, true));
         assert_eq!(a.stderr_tail, "4999\n5000\n");
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_over_the_cap_keeps_its_first_and_last_lines() {
+        // A first line, 50,000 lines of tool output, and the line that says how it ended.
+        let mut s =
+            spec("echo '{\"type\":\"init\"}'; seq 1 50000; echo '{\"type\":\"result\"}'; sleep 30");
+        s.output_cap = 1000;
+        s.keep_tail = true;
+        s.linger = Duration::from_millis(100);
+        s.final_line = Some(|l| l == "{\"type\":\"result\"}");
+        let started = Instant::now();
+        let a = run(s, std::future::pending()).await;
+        assert!(a.stdout_truncated);
+        assert!(a.stdout.len() <= 1001, "{}", a.stdout.len());
+        assert!(
+            a.stdout.starts_with("{\"type\":\"init\"}\n"),
+            "{}",
+            a.stdout
+        );
+        assert!(
+            a.stdout.ends_with("50000\n{\"type\":\"result\"}\n"),
+            "{}",
+            a.stdout
+        );
+        // The final line past the cap still counts: stopped after lingering, not at sleep's end.
+        assert_eq!(a.outcome, Outcome::Lingered);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

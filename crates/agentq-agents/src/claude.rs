@@ -396,11 +396,7 @@ impl ClaudeResult {
 
     /// Whether a line of output is the result line the CLI ends with.
     pub fn is_result_line(line: &str) -> bool {
-        let line = line.trim();
-        line.starts_with('{')
-            && line.contains("\"result\"")
-            && serde_json::from_str::<Value>(line)
-                .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("result"))
+        super::is_json_of_type(line, &["result"])
     }
 
     /// The result as a reply: a usage limit, a failure (an error result, or any result of a

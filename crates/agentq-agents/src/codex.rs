@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::{
     Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Package, Read, Reply,
-    Reported, SessionPolicy, first_line, last_line,
+    Reported, SessionPolicy, first_line,
 };
 use agentq_core::domain::Cause;
 
@@ -134,10 +134,21 @@ impl Driver for Settings {
         Environment::default().removing(parent, NESTING, &[])
     }
 
+    fn warnings(&self, idle_timeout: Option<std::time::Duration>) -> Vec<String> {
+        match idle_timeout {
+            Some(_) => vec!["idle_timeout applies to codex, which prints nothing while one model call runs: make it longer than its longest call".to_string()],
+            None => Vec::new(),
+        }
+    }
+
     /// A turn ends with `turn.completed` or `turn.failed`: a process still alive
     /// `linger_timeout` after it is stopped, and what it printed stands.
     fn final_line(&self) -> Option<fn(&str) -> bool> {
         Some(is_final_line)
+    }
+
+    fn output_is_a_stream(&self) -> bool {
+        true
     }
 
     fn read(&self, out: &Output) -> Read {
@@ -151,6 +162,17 @@ impl Driver for Settings {
         if both.contains("no rollout found for thread id") {
             return Read::Gone;
         }
+        if code == 2 && both.contains("error: unexpected argument") {
+            // A flag `exec` takes and `exec resume` does not, in extra_args.
+            return Read::Reply(run.reply(End::Failed {
+                cause: Cause::Config,
+                reason: format!(
+                    "codex refused its command line ({}): correct extra_args in agentq.toml",
+                    super::telling_line(out.stderr, "exit code 2")
+                ),
+                retryable: false,
+            }));
+        }
         if both.contains("Not inside a trusted directory") {
             return Read::Reply(run.reply(End::Failed {
                 cause: Cause::Config,
@@ -161,16 +183,19 @@ impl Driver for Settings {
         let Some(message) = said else {
             if run.completed {
                 // A finished turn, then a failed exit: say what stderr said.
-                let last = last_line(out.stderr, "no message");
                 return Read::Reply(run.reply(End::failed(
                     Cause::Crashed,
-                    format!("crashed (exit code {code}): {last}"),
+                    super::crashed(code, out.stderr),
                 )));
             }
             return Read::Nothing;
         };
+        let lower = message.to_lowercase();
         let end = match limit_of(&message, out.now) {
             Some(limit) => End::Limited(limit),
+            None if lower.contains("context window") || lower.contains("context_length") => {
+                End::Full(format!("codex: {}", first_line(&message, 300)))
+            }
             None => failure(&message),
         };
         Read::Reply(run.reply(end))
@@ -179,15 +204,7 @@ impl Driver for Settings {
 
 /// Whether a line of `codex exec --json` output ends the turn.
 pub fn is_final_line(line: &str) -> bool {
-    let line = line.trim();
-    line.starts_with('{')
-        && line.contains("\"turn.")
-        && serde_json::from_str::<Value>(line).is_ok_and(|v| {
-            matches!(
-                v.get("type").and_then(Value::as_str),
-                Some("turn.completed" | "turn.failed")
-            )
-        })
+    super::is_json_of_type(line, &["turn.completed", "turn.failed"])
 }
 
 /// A value for `-c key=value`, which the CLI parses as TOML.
@@ -261,26 +278,16 @@ impl Run {
 /// A usage or rate limit in a failure's message: a 429 the CLI gave up on, an exhausted quota, a
 /// plan's usage limit.
 fn limit_of(message: &str, now: chrono::DateTime<chrono::Local>) -> Option<Limit> {
-    let lower = message.to_lowercase();
-    let limited = lower.contains("429")
-        || lower.contains("too many requests")
-        || lower.contains("quota exceeded")
-        || lower.contains("insufficient_quota")
-        || lower.contains("usage limit")
-        || lower.contains("rate limit");
-    if !limited {
+    if !super::says_limit(message) {
         return None;
     }
-    // "... try again in 2h 5m" / "try again at 3pm": a wait or a moment, when given.
-    let until =
-        super::retry_after(&lower.replace("try again in", "retry after"), now).or_else(|| {
-            lower
-                .rsplit("try again at")
-                .next()
-                .filter(|_| lower.contains("try again at"))
-                .and_then(|at| super::parse_reset(at, now))
-                .map(|t| t.timestamp_millis())
-        });
+    // "... try again in 4 days 2 hours" / "try again at Dec 29th, 2025 10:15 PM": a wait or a
+    // moment, when given.
+    let lower = message.to_lowercase();
+    let until = super::retry_after(&lower, now).or_else(|| {
+        let (_, at) = lower.split_once("try again at")?;
+        super::parse_reset(at.trim_end_matches(['.', ' ']), now).map(|t| t.timestamp_millis())
+    });
     Some(Limit {
         until,
         message: first_line(message, 200),
@@ -297,7 +304,7 @@ fn failure(message: &str) -> End {
         || lower.contains("missing environment variable")
     {
         Cause::Config
-    } else if lower.contains("400 bad request") || lower.contains("context window") {
+    } else if lower.contains("400 bad request") {
         Cause::BadInput
     } else {
         Cause::AgentError
@@ -474,9 +481,35 @@ mod tests {
 
     #[test]
     fn a_limit_says_when_it_resets_when_the_message_does() {
+        use chrono::TimeZone;
         let now = chrono::Local::now();
         let l = limit_of("You've hit your usage limit. Try again in 30s.", now).unwrap();
         assert_eq!(l.until, Some(now.timestamp_millis() + 30_000));
+        let weekly = limit_of(
+            "You've hit your usage limit. Upgrade to Pro, or try again in 4 days 2 hours.",
+            now,
+        )
+        .unwrap();
+        assert_eq!(weekly.until, Some(now.timestamp_millis() + 98 * 3_600_000));
+        let dated = limit_of(
+            "You've hit your usage limit. Try again at Dec 29th, 2099 10:15 PM.",
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            dated.until,
+            Some(
+                chrono::Local
+                    .with_ymd_and_hms(2099, 12, 29, 22, 15, 0)
+                    .unwrap()
+                    .timestamp_millis()
+            )
+        );
+        assert_eq!(
+            limit_of("unexpected status 500, request id req_8f429a1", now),
+            None,
+            "a 429 inside an id is not a limit"
+        );
         assert_eq!(limit_of("429 Too Many Requests", now).unwrap().until, None);
         assert_eq!(limit_of("stream error", now), None);
     }

@@ -59,10 +59,13 @@ impl Default for Settings {
 
 /// Variables the CLI sets for the commands it runs (and its own relaunch): a gemini started
 /// under them would think itself inside a parent's sandbox or trusted folder.
+/// `GEMINI_SANDBOX` too: in a container sandbox the CLI passes the prompt on its command line,
+/// and offline it cannot start one (a worker's `env` may still set it).
 const NESTING: &[&str] = &[
     "GEMINI_CLI",
     "GEMINI_CLI_NO_RELAUNCH",
     "GEMINI_CLI_TRUST_WORKSPACE",
+    "GEMINI_SANDBOX",
     "SANDBOX",
 ];
 
@@ -117,17 +120,26 @@ impl Driver for Settings {
         argv
     }
 
-    /// Its launcher starts node a second time with a larger heap unless told it already has:
-    /// one process, and 0.7 s, saved per task.
+    /// Its launcher starts node a second time, with a heap sized to the machine; a worker's
+    /// `env` may set `GEMINI_CLI_NO_RELAUNCH = "true"` to save that start (0.7 s a task) at the
+    /// cost of node's default heap.
     fn environment(&self, parent: &BTreeMap<String, String>) -> Environment {
-        let mut env = Environment::default().removing(parent, NESTING, &[]);
-        env.set
-            .insert("GEMINI_CLI_NO_RELAUNCH".into(), "true".into());
-        env
+        Environment::default().removing(parent, NESTING, &[])
+    }
+
+    fn warnings(&self, idle_timeout: Option<std::time::Duration>) -> Vec<String> {
+        match idle_timeout {
+            Some(_) => vec!["idle_timeout applies to gemini, which prints nothing while a model call thinks: make it longer than its longest call".to_string()],
+            None => Vec::new(),
+        }
     }
 
     fn final_line(&self) -> Option<fn(&str) -> bool> {
         Some(is_result_line)
+    }
+
+    fn output_is_a_stream(&self) -> bool {
+        true
     }
 
     fn read(&self, out: &Output) -> Read {
@@ -190,11 +202,9 @@ fn verdict(code: i32, message: &str, now: chrono::DateTime<chrono::Local>) -> Op
             reason: "gemini does not trust the worker's folder (exit 55): set trust_workspace = true, or trust the folder in gemini once".into(),
             retryable: false,
         },
-        53 => End::Failed {
-            cause: Cause::AgentError,
-            reason: format!("gemini: the session's turn limit was reached (exit 53): {said}"),
-            retryable: false,
-        },
+        53 => End::Full(format!(
+            "gemini: the session's turn limit was reached (exit 53): {said}"
+        )),
         // 42: its own input checks; 144: the API's 400 (& 0xFF).
         42 | 144 => End::Failed {
             cause: Cause::BadInput,
@@ -214,28 +224,28 @@ fn gone(text: &str) -> bool {
         || (lower.contains("session") && lower.contains("not found"))
 }
 
-/// The JSON error a failed run writes to stderr (`{"session_id":..,"error":{"message":..,"code":429}}`),
-/// with its HTTP status when it has one.
+/// The JSON error a failed run ends its stderr with, pretty-printed over several lines
+/// (`{"session_id":..,"error":{"message":..,"code":429}}`), with its HTTP status when it has one.
 fn stderr_error(stderr: &str) -> Option<(String, Option<u16>)> {
-    stderr.lines().rev().find_map(|line| {
-        let v: Value = serde_json::from_str(line.trim()).ok()?;
-        let error = v.get("error")?;
-        let message = error.get("message")?.as_str()?.to_string();
-        let code = error
-            .get("code")
-            .and_then(Value::as_u64)
-            .and_then(|c| u16::try_from(c).ok());
-        Some((message, code))
-    })
+    let trimmed = stderr.trim_end();
+    let start = if trimmed.starts_with('{') {
+        0
+    } else {
+        trimmed.rfind("\n{")? + 1
+    };
+    let v: Value = serde_json::from_str(&trimmed[start..]).ok()?;
+    let error = v.get("error")?;
+    let message = error.get("message")?.as_str()?.to_string();
+    let code = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok());
+    Some((message, code))
 }
 
 /// Whether a line of stream-json output is the `result` that ends a run.
 pub fn is_result_line(line: &str) -> bool {
-    let line = line.trim();
-    line.starts_with('{')
-        && line.contains("\"result\"")
-        && serde_json::from_str::<Value>(line)
-            .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("result"))
+    super::is_json_of_type(line, &["result"])
 }
 
 /// What one stream-json run printed.
@@ -268,6 +278,9 @@ impl Run {
                         run.text = piece;
                     }
                 }
+                // What it said before a tool call was on the way: the answer is what follows
+                // the last one (as Claude's result and Codex's last message are).
+                "tool_use" | "tool_result" => run.text.clear(),
                 "result" => {
                     run.status = str_at("/status");
                     if let Some(message) = str_at("/error/message") {
@@ -308,14 +321,7 @@ fn limit_of(
     status: Option<u16>,
     now: chrono::DateTime<chrono::Local>,
 ) -> Option<Limit> {
-    let lower = message.to_lowercase();
-    let limited = status == Some(429)
-        || lower.contains("429")
-        || lower.contains("resource_exhausted")
-        || lower.contains("exceeded your current quota")
-        || (lower.contains("exhausted") && lower.contains("quota"))
-        || lower.contains("quota exceeded")
-        || lower.contains("rate limit");
+    let limited = status == Some(429) || super::says_limit(message);
     limited.then(|| Limit {
         until: super::retry_after(message, now),
         message: first_line(message.trim_start_matches("[API Error: "), 200),
@@ -548,5 +554,22 @@ mod tests {
             panic!()
         };
         assert_eq!(r.end, End::Done);
+        assert!(
+            r.text.starts_with("seen "),
+            "the answer after the tool call: {}",
+            r.text
+        );
+        let Read::Reply(r) = read("", fixture!("rate-limit-429.json.stderr"), 173) else {
+            panic!()
+        };
+        let End::Limited(limit) = r.end else { panic!() };
+        assert!(
+            limit.message.contains("exceeded your current quota"),
+            "{limit:?}"
+        );
+        let Read::Reply(r) = read("", "Error: Maximum session turns exceeded\n", 53) else {
+            panic!()
+        };
+        assert!(matches!(r.end, End::Full(_)), "{:?}", r.end);
     }
 }

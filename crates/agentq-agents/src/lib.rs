@@ -89,6 +89,17 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
         self.package().map(|p| p.install)
     }
 
+    /// What to do when it is not installed, in words: install it, or point agentq at it.
+    fn install_advice(&self) -> String {
+        format!(
+            "install {} (`{}`), or point {}_bin in agentq.toml (or {}) at it",
+            self.title(),
+            self.install_hint().unwrap_or("see its documentation"),
+            self.name(),
+            self.bin_variable().unwrap_or("its variable")
+        )
+    }
+
     /// The version agentq's own tests run, for `doctor` to show beside the installed one.
     fn tested_version(&self) -> Option<&'static str> {
         self.package().map(|p| p.tested_version)
@@ -119,6 +130,12 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// process is stopped and the result stands.
     fn final_line(&self) -> Option<fn(&str) -> bool> {
         None
+    }
+
+    /// Whether its stdout is a stream of events whose last lines say how the run ended (then a
+    /// stdout past `output_cap` keeps its end as well as its beginning).
+    fn output_is_a_stream(&self) -> bool {
+        false
     }
 
     /// Reads what a finished process printed.
@@ -305,6 +322,10 @@ pub enum End {
     },
     /// A usage or rate limit: the worker pauses, the task waits without spending an attempt.
     Limited(Limit),
+    /// The conversation has no room left for the task (its context window, its turn limit): a
+    /// resumed one is started anew and the task run again; a new one that is full at once
+    /// means the task's input is too large.
+    Full(String),
 }
 
 impl End {
@@ -417,6 +438,67 @@ pub fn resolve_bin(
     }
 }
 
+/// Whether an agent's error words a usage or rate limit: an HTTP 429 (the number standing alone,
+/// not inside an id), `Too Many Requests`, an exhausted or exceeded quota, a plan's usage limit.
+pub fn says_limit(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    const WORDS: [&str; 8] = [
+        "too many requests",
+        "quota exceeded",
+        "insufficient_quota",
+        "exceeded your current quota",
+        "resource_exhausted",
+        "usage limit",
+        "rate limit reached",
+        "rate_limit_exceeded",
+    ];
+    WORDS.iter().any(|w| lower.contains(w))
+        || (lower.contains("exhausted") && lower.contains("quota"))
+        || says_number(&lower, "429")
+}
+
+/// Whether `number` stands alone in `text` (not as part of a longer word or number).
+fn says_number(text: &str, number: &str) -> bool {
+    text.match_indices(number).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + number.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// Whether `line` is a JSON object whose `type` is one of `types`: the line an event stream
+/// ends a run with. Cheap for the lines that are not (most of them).
+pub fn is_json_of_type(line: &str, types: &[&str]) -> bool {
+    let line = line.trim();
+    line.starts_with('{')
+        && types.iter().any(|t| line.contains(&format!("\"{t}\"")))
+        && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+            v.get("type")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|t| types.contains(&t))
+        })
+}
+
+/// The reason of a process that ended without a result: its exit code and what its stderr said
+/// (an `error:` line if it wrote one, else its last line).
+pub fn crashed(code: i32, stderr: &str) -> String {
+    format!(
+        "crashed (exit code {code}): {}",
+        telling_line(stderr, "no result on stdout")
+    )
+}
+
+/// The line of `stderr` that says most: the first that starts with `error` (a command-line
+/// parser's complaint comes before its usage text), else the last that says anything.
+pub fn telling_line<'a>(stderr: &'a str, otherwise: &'a str) -> &'a str {
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.to_ascii_lowercase().starts_with("error"))
+        .unwrap_or_else(|| last_line(stderr, otherwise))
+}
+
 /// The last line of `text` that says anything, trimmed.
 pub fn last_line<'a>(text: &'a str, otherwise: &'a str) -> &'a str {
     text.lines()
@@ -467,13 +549,22 @@ pub fn parse_reset(
         .first()
         .and_then(|w| MONTHS.iter().position(|m| w.starts_with(m)))
     {
-        let day: u32 = words.get(1)?.parse().ok()?;
-        let mut d = NaiveDate::from_ymd_opt(now.year(), month as u32 + 1, day)?;
-        if d < now.date_naive() {
+        // `29`, `29th`; then perhaps a year (`Dec 29th, 2025 10:15 PM`).
+        let day: u32 = words
+            .get(1)?
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .parse()
+            .ok()?;
+        let year = words
+            .get(2)
+            .filter(|w| w.len() == 4)
+            .and_then(|w| w.parse::<i32>().ok());
+        let mut d = NaiveDate::from_ymd_opt(year.unwrap_or(now.year()), month as u32 + 1, day)?;
+        if year.is_none() && d < now.date_naive() {
             d = NaiveDate::from_ymd_opt(now.year() + 1, month as u32 + 1, day)?;
         }
         date = Some(d);
-        words.drain(..2);
+        words.drain(..if year.is_some() { 3 } else { 2 });
     }
     let mut clock = words.concat();
     let pm = clock.ends_with("pm");
@@ -509,29 +600,50 @@ pub fn parse_reset(
     }
 }
 
-/// A wait an agent suggests (`retry after 2s`, `Retry-After: 30`), as a moment after `now`.
+/// A wait an agent suggests, as a moment after `now`: `retry after 2s`, `Retry-After: 30`,
+/// `retry in 250ms`, `try again in 4 days 2 hours`, `try again in 1h 30m`.
 pub fn retry_after(text: &str, now: chrono::DateTime<chrono::Local>) -> Option<i64> {
     let lower = text.to_lowercase();
-    let at = lower
-        .find("retry after")
-        .or_else(|| lower.find("retry-after"))?;
-    let rest = lower[at + "retry after".len()..].trim_start_matches([':', ' ']);
-    let digits: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let value: f64 = digits.parse().ok()?;
-    let unit = rest[digits.len()..].trim_start();
-    let ms = if unit.starts_with("ms") {
-        value
-    } else if unit.starts_with('m') && !unit.starts_with("ms") {
-        value * 60_000.0
-    } else if unit.starts_with('h') {
-        value * 3_600_000.0
-    } else {
-        value * 1000.0
-    };
+    let at = ["retry after", "retry-after", "retry in", "try again in"]
+        .iter()
+        .filter_map(|m| lower.find(m).map(|at| at + m.len()))
+        .min()?;
+    let ms = duration_words(lower[at..].trim_start_matches([':', ' ']))?;
     Some(now.timestamp_millis() + ms.ceil() as i64)
+}
+
+/// Milliseconds in words such as `2s`, `30`, `1.5 s`, `4 days 2 hours`, `1h 30m`: every number and
+/// unit from the start (a bare number is seconds), until something else comes.
+fn duration_words(text: &str) -> Option<f64> {
+    let mut rest = text;
+    let mut total = None;
+    loop {
+        rest = rest
+            .trim_start_matches([' ', ','])
+            .trim_start_matches("and ");
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let Ok(value) = rest[..digits].trim_end_matches('.').parse::<f64>() else {
+            return total;
+        };
+        let after = rest[digits..].trim_start();
+        let word_len = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let unit = &after[..word_len];
+        let scale = match unit {
+            "ms" | "msec" | "millisecond" | "milliseconds" => 1.0,
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => 1000.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000.0,
+            "d" | "day" | "days" => 86_400_000.0,
+            "w" | "week" | "weeks" => 604_800_000.0,
+            _ => return total,
+        };
+        total = Some(total.unwrap_or(0.0) + value * scale);
+        rest = &after[word_len..];
+    }
 }
 
 /// The start of the local day `now` is in, and of the next, in milliseconds since the epoch.
@@ -608,6 +720,44 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_told_by_their_words_not_by_a_429_inside_an_id() {
+        assert!(says_limit(
+            "exceeded retry limit, last status: 429 Too Many Requests"
+        ));
+        assert!(says_limit(
+            "Quota exceeded. Check your plan and billing details."
+        ));
+        assert!(says_limit(
+            "You've hit your usage limit. Try again in 4 days 2 hours."
+        ));
+        assert!(says_limit(
+            "[API Error: You have exhausted your daily quota on this model.]"
+        ));
+        assert!(says_limit(
+            "{\"code\":429,\"status\":\"RESOURCE_EXHAUSTED\"}"
+        ));
+        assert!(!says_limit(
+            "unexpected status 500 Internal Server Error, request ID req_8f429a1"
+        ));
+        assert!(!says_limit("stream disconnected before completion"));
+        assert!(!says_limit("port 14290 refused"));
+    }
+
+    #[test]
+    fn the_telling_line_of_stderr_is_an_error_line_or_the_last() {
+        let clap = "error: unexpected argument '--sandbox' found\n\nUsage: codex exec resume [OPTIONS]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            telling_line(clap, "-"),
+            "error: unexpected argument '--sandbox' found"
+        );
+        assert_eq!(
+            telling_line("warming up\nSegmentation fault\n", "-"),
+            "Segmentation fault"
+        );
+        assert_eq!(crashed(2, ""), "crashed (exit code 2): no result on stdout");
+    }
+
+    #[test]
     fn a_suggested_retry_is_read_in_its_unit() {
         use chrono::TimeZone;
         let now = chrono::Local.timestamp_millis_opt(1_000_000).unwrap();
@@ -623,6 +773,18 @@ mod tests {
         );
         assert_eq!(retry_after("retry after 2m", now), Some(1_120_000));
         assert_eq!(retry_after("try again later", now), None);
+        assert_eq!(
+            retry_after("Try again in 4 days 2 hours.", now),
+            Some(1_000_000 + (4 * 24 + 2) * 3_600_000)
+        );
+        assert_eq!(
+            retry_after("Please retry in 1h 30m", now),
+            Some(1_000_000 + 5_400_000)
+        );
+        assert_eq!(
+            retry_after("try again in 20 minutes and 5 seconds", now),
+            Some(1_000_000 + 1_205_000)
+        );
     }
 
     #[test]

@@ -265,6 +265,21 @@ pub struct SessionState {
     pub cost_usd: f64,
 }
 
+impl SessionState {
+    /// A conversation of `agent` in `cwd` that has no id yet and has used nothing.
+    pub fn empty(agent: &str, cwd: &str) -> SessionState {
+        SessionState {
+            id: String::new(),
+            agent: agent.to_string(),
+            cwd: cwd.to_string(),
+            tasks: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

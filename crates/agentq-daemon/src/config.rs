@@ -316,31 +316,93 @@ struct RawWorker {
     trust_workspace: Option<bool>,
 }
 
-/// The agent settings of a worker, and which agents take each.
-const AGENT_KEYS: &[(&str, &[&str])] = &[
-    ("claude_bin", &["claude"]),
-    ("mode", &["claude"]),
-    ("model", &["claude", "codex", "gemini"]),
-    ("permission_mode", &["claude"]),
-    ("allowed_tools", &["claude"]),
-    ("disallowed_tools", &["claude"]),
-    ("append_system_prompt", &["claude"]),
-    ("max_turns", &["claude"]),
-    ("max_budget_usd", &["claude"]),
-    ("add_dirs", &["claude"]),
-    ("extra_args", &["claude", "codex", "gemini"]),
-    ("dangerously_skip_permissions", &["claude"]),
-    ("session", &["claude", "codex", "gemini"]),
-    ("rotate_after_tasks", &["claude", "codex", "gemini"]),
-    ("rotate_after_tokens", &["claude", "codex", "gemini"]),
-    ("budget_usd_per_day", &["claude"]),
-    ("recycle_after_tasks", &["claude"]),
-    ("codex_bin", &["codex"]),
-    ("sandbox", &["codex"]),
-    ("skip_git_repo_check", &["codex"]),
-    ("gemini_bin", &["gemini"]),
-    ("approval_mode", &["gemini"]),
-    ("trust_workspace", &["gemini"]),
+/// The agent settings of a worker: each key, whether a worker sets it, and the agents that take it.
+type AgentKey = (
+    &'static str,
+    fn(&RawWorker) -> bool,
+    &'static [&'static str],
+);
+const AGENT_KEYS: &[AgentKey] = &[
+    ("command", |w| w.command.is_some(), &["command"]),
+    ("claude_bin", |w| w.claude_bin.is_some(), &["claude"]),
+    ("mode", |w| w.mode.is_some(), &["claude"]),
+    (
+        "model",
+        |w| w.model.is_some(),
+        &["claude", "codex", "gemini"],
+    ),
+    (
+        "permission_mode",
+        |w| w.permission_mode.is_some(),
+        &["claude"],
+    ),
+    ("allowed_tools", |w| w.allowed_tools.is_some(), &["claude"]),
+    (
+        "disallowed_tools",
+        |w| w.disallowed_tools.is_some(),
+        &["claude"],
+    ),
+    (
+        "append_system_prompt",
+        |w| w.append_system_prompt.is_some(),
+        &["claude"],
+    ),
+    ("max_turns", |w| w.max_turns.is_some(), &["claude"]),
+    (
+        "max_budget_usd",
+        |w| w.max_budget_usd.is_some(),
+        &["claude"],
+    ),
+    ("add_dirs", |w| w.add_dirs.is_some(), &["claude"]),
+    (
+        "extra_args",
+        |w| w.extra_args.is_some(),
+        &["claude", "codex", "gemini"],
+    ),
+    (
+        "dangerously_skip_permissions",
+        |w| w.dangerously_skip_permissions.is_some(),
+        &["claude"],
+    ),
+    (
+        "session",
+        |w| w.session.is_some(),
+        &["claude", "codex", "gemini"],
+    ),
+    (
+        "rotate_after_tasks",
+        |w| w.rotate_after_tasks.is_some(),
+        &["claude", "codex", "gemini"],
+    ),
+    (
+        "rotate_after_tokens",
+        |w| w.rotate_after_tokens.is_some(),
+        &["claude", "codex", "gemini"],
+    ),
+    (
+        "budget_usd_per_day",
+        |w| w.budget_usd_per_day.is_some(),
+        &["claude"],
+    ),
+    (
+        "recycle_after_tasks",
+        |w| w.recycle_after_tasks.is_some(),
+        &["claude"],
+    ),
+    ("codex_bin", |w| w.codex_bin.is_some(), &["codex"]),
+    ("sandbox", |w| w.sandbox.is_some(), &["codex"]),
+    (
+        "skip_git_repo_check",
+        |w| w.skip_git_repo_check.is_some(),
+        &["codex"],
+    ),
+    ("gemini_bin", |w| w.gemini_bin.is_some(), &["gemini"]),
+    ("approval_mode", |w| w.approval_mode.is_some(), &["gemini"]),
+    (
+        "trust_workspace",
+        |w| w.trust_workspace.is_some(),
+        &["gemini"],
+    ),
 ];
 
 /// The drivers `agent = "..."` may name.
@@ -365,48 +427,13 @@ fn agents_in_words(agents: &[&str]) -> String {
 }
 
 impl RawWorker {
-    /// The agent settings this worker sets.
-    fn agent_keys(&self) -> Vec<&'static str> {
-        let set = [
-            self.claude_bin.is_some(),
-            self.mode.is_some(),
-            self.model.is_some(),
-            self.permission_mode.is_some(),
-            self.allowed_tools.is_some(),
-            self.disallowed_tools.is_some(),
-            self.append_system_prompt.is_some(),
-            self.max_turns.is_some(),
-            self.max_budget_usd.is_some(),
-            self.add_dirs.is_some(),
-            self.extra_args.is_some(),
-            self.dangerously_skip_permissions.is_some(),
-            self.session.is_some(),
-            self.rotate_after_tasks.is_some(),
-            self.rotate_after_tokens.is_some(),
-            self.budget_usd_per_day.is_some(),
-            self.recycle_after_tasks.is_some(),
-            self.codex_bin.is_some(),
-            self.sandbox.is_some(),
-            self.skip_git_repo_check.is_some(),
-            self.gemini_bin.is_some(),
-            self.approval_mode.is_some(),
-            self.trust_workspace.is_some(),
-        ];
-        AGENT_KEYS
-            .iter()
-            .zip(set)
-            .filter(|(_, set)| *set)
-            .map(|((key, _), _)| *key)
-            .collect()
-    }
-
     /// The first agent setting this worker sets that `agent` does not take, with the agents
     /// that do take it.
     fn foreign_key(&self, agent: &str) -> Option<(&'static str, &'static [&'static str])> {
-        self.agent_keys().into_iter().find_map(|key| {
-            let takers = AGENT_KEYS.iter().find(|(k, _)| *k == key)?.1;
-            (!takers.contains(&agent)).then_some((key, takers))
-        })
+        AGENT_KEYS
+            .iter()
+            .find(|(_, set, takers)| set(self) && !takers.contains(&agent))
+            .map(|(key, _, takers)| (*key, *takers))
     }
 }
 
@@ -1308,6 +1335,18 @@ fn build_agent(
             bin(&w.claude_bin, &defaults.claude_bin),
             root,
         )?)),
+        "codex" if let Some(flag) = codex_exec_only_flag(w.extra_args.as_deref()) => {
+            return Err((
+                Some(table_span.clone()),
+                format!(
+                    "{table} has {flag} in extra_args, which `codex exec resume` refuses (every task after a worker's first resumes its thread): {}",
+                    match flag {
+                        "--sandbox" | "-s" => "use sandbox = \"...\" instead",
+                        _ => "the worker's cwd is the folder codex runs in",
+                    }
+                ),
+            ));
+        }
         "codex" => Agent::Codex(Box::new(agentq_agents::codex::Settings {
             bin: bin(&w.codex_bin, &defaults.codex_bin),
             model: w.model.clone(),
@@ -1379,6 +1418,16 @@ fn class_limits(
         max_memory: raw.max_memory.map(|m| m.0),
         max_attempts: raw.max_attempts.as_ref().map(|a| *a.get_ref()),
         priority: raw.priority,
+    })
+}
+
+/// A flag in a Codex worker's `extra_args` that `codex exec` takes but `codex exec resume`
+/// refuses (checked against the pinned version).
+fn codex_exec_only_flag(extra_args: Option<&[String]>) -> Option<&'static str> {
+    const EXEC_ONLY: [&str; 4] = ["--sandbox", "-s", "--cd", "-C"];
+    extra_args?.iter().find_map(|a| {
+        let flag = a.split('=').next().unwrap_or(a);
+        EXEC_ONLY.iter().copied().find(|f| *f == flag)
     })
 }
 
@@ -1949,6 +1998,20 @@ mod tests {
             e.contains(
                 "has agent = \"codex\" but sets permission_mode, which only a Claude worker has"
             ),
+            "{e}"
+        );
+        let e = err_text(
+            "[[worker]]\nname = \"x\"\nagent = \"codex\"\nextra_args = [\"--sandbox\", \"workspace-write\"]\n",
+        );
+        assert!(
+            e.starts_with("/p/agentq.toml:1:")
+                && e.contains("--sandbox in extra_args")
+                && e.contains("use sandbox = "),
+            "{e}"
+        );
+        let e = err_text("[[worker]]\nname = \"x\"\nagent = \"gemini\"\ncommand = [\"gemini\"]\n");
+        assert!(
+            e.contains("has agent = \"gemini\" but sets command, which only a command worker has"),
             "{e}"
         );
         let e = err_text("[[worker]]\nname = \"x\"\nagent = \"codex\"\nsandbox = \"open\"\n");

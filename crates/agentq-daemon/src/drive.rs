@@ -27,11 +27,22 @@ use agentq_store::{Task, Usage, now_ms};
 pub(crate) struct Joined {
     /// `None`: the agent keeps no conversation.
     join: Option<Join>,
-    /// What the conversation has cost so far.
-    spent_usd: f64,
+    /// The worker's record of that conversation as it was read before the run (a new one agentq
+    /// named: as it was stored). Its counters are what the run's are charged against; `None`
+    /// for a pool task's conversation or one the agent will name.
+    known: Option<SessionState>,
 }
 
 impl Joined {
+    fn none(join: Option<Join>) -> Joined {
+        Joined { join, known: None }
+    }
+
+    /// What the conversation has cost so far.
+    fn spent_usd(&self) -> f64 {
+        self.known.as_ref().map_or(0.0, |s| s.cost_usd)
+    }
+
     fn id(&self) -> Option<&str> {
         self.join.as_ref().and_then(Join::id)
     }
@@ -54,9 +65,10 @@ impl Runner {
         let mut reset_once = false;
         loop {
             let joined = self.join_for(driver, &cwd).await;
-            let argv = driver.command(&program, joined.join.as_ref(), joined.spent_usd);
+            let argv = driver.command(&program, joined.join.as_ref(), joined.spent_usd());
             let mut spec = self.spec(driver, task, argv);
             spec.final_line = driver.final_line();
+            spec.keep_tail = driver.output_is_a_stream();
             if !driver.prints_while_working() {
                 spec.idle_timeout = None;
             }
@@ -101,17 +113,29 @@ impl Runner {
                 Read::Gone | Read::Nothing => {
                     let end = match code {
                         None => generic_end(&attempt.outcome, &watchdogs),
-                        Some(code) => {
-                            let last = last_line(&attempt.stderr_tail, "no result on stdout");
-                            Ended::Attempt(AttemptEnd::failed(
-                                Cause::Crashed,
-                                format!("crashed (exit code {code}): {last}"),
-                            ))
-                        }
+                        Some(code) => Ended::Attempt(AttemptEnd::failed(
+                            Cause::Crashed,
+                            agentq_agents::crashed(code, &attempt.stderr_tail),
+                        )),
                     };
                     return unread(attempt, end);
                 }
             };
+            if let End::Full(why) = &reply.end
+                && joined.resumes()
+                && !reset_once
+            {
+                // The conversation has no room left: a new one takes the task, within this
+                // attempt.
+                reset_once = true;
+                let id = joined.id().unwrap_or("");
+                self.reset_session(
+                    &format!("conversation {id} is full ({why}; task {})", task.id),
+                    task.id,
+                )
+                .await;
+                continue;
+            }
             let usage = self.record_session(driver, &joined, &reply, &cwd).await;
             let mut text = reply.text;
             let end = match reply.end {
@@ -137,10 +161,7 @@ impl Runner {
     async fn join_for(&self, driver: &dyn Driver, cwd: &str) -> Joined {
         let name = &self.worker.name;
         let Some(conversation) = driver.conversation() else {
-            return Joined {
-                join: None,
-                spent_usd: 0.0,
-            };
+            return Joined::none(None);
         };
         let new = || match conversation.named_by_caller {
             true => Join::Start(agentq_agents::new_session_id()),
@@ -148,10 +169,7 @@ impl Runner {
         };
         if self.pool {
             // Its own conversation, recorded on the task only: the worker's is not touched.
-            return Joined {
-                join: Some(new()),
-                spent_usd: 0.0,
-            };
+            return Joined::none(Some(new()));
         }
         let current = match self.store.worker_session(name).await {
             Ok(current) => current,
@@ -165,36 +183,40 @@ impl Runner {
         {
             return Joined {
                 join: Some(join),
-                spent_usd: current.map_or(0.0, |s| s.cost_usd),
+                known: current,
             };
         }
         let join = new();
-        if let Join::Start(id) = &join {
-            let fresh = SessionState {
-                id: id.clone(),
-                agent: driver.name().to_string(),
-                cwd: cwd.to_string(),
-                tasks: 0,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-            };
-            if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
-                warn!(worker = %name, "cannot store the new session id: {e}");
-            }
+        let Join::Start(id) = &join else {
+            return Joined::none(Some(join));
+        };
+        let fresh = SessionState {
+            id: id.clone(),
+            ..SessionState::empty(driver.name(), cwd)
+        };
+        if let Err(e) = self.store.save_worker_session(name, &fresh, now_ms()).await {
+            warn!(worker = %name, "cannot store the new session id: {e}");
         }
         Joined {
             join: Some(join),
-            spent_usd: 0.0,
+            known: Some(fresh),
         }
     }
 
     /// Forgets a conversation the agent no longer has, so the task starts a new one.
     async fn reset_gone(&self, id: &str, task_id: i64) {
+        self.reset_session(
+            &format!("conversation {id} is gone (task {task_id})"),
+            task_id,
+        )
+        .await;
+    }
+
+    /// Forgets the worker's conversation, for `why`, so the task starts a new one.
+    async fn reset_session(&self, why: &str, task_id: i64) {
         let name = &self.worker.name;
-        let why = format!("conversation {id} is gone (task {task_id})");
         warn!(worker = %name, task = task_id, "{why}; starting a new one and running the task again");
-        if let Err(e) = self.store.reset_worker_session(name, &why, now_ms()).await {
+        if let Err(e) = self.store.reset_worker_session(name, why, now_ms()).await {
             warn!(worker = %name, "cannot reset the session: {e}");
         }
     }
@@ -216,16 +238,7 @@ impl Runner {
             .session
             .clone()
             .or_else(|| joined.id().map(str::to_string));
-        let previous = match (self.pool, joined.id()) {
-            (false, Some(id)) => self
-                .store
-                .worker_session(name)
-                .await
-                .ok()
-                .flatten()
-                .filter(|s| s.id == id),
-            _ => None,
-        };
+        let previous = joined.known.clone();
         // An agent may answer in another conversation than the one it was asked to continue
         // (Codex starts a new thread when it finds no thread of that name): its counters start
         // from nothing.
@@ -236,15 +249,7 @@ impl Runner {
         let before = previous
             .clone()
             .filter(|_| continued)
-            .unwrap_or(SessionState {
-                id: String::new(),
-                agent: driver.name().to_string(),
-                cwd: cwd.to_string(),
-                tasks: 0,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-            });
+            .unwrap_or(SessionState::empty(driver.name(), cwd));
         let u = reply.usage;
         let cost = u.cost_usd.map(|c| c.split(before.cost_usd));
         let input = u.input_tokens.map(|c| c.split(before.input_tokens));
@@ -301,11 +306,10 @@ impl Runner {
             .saturating_mul(1 << (waits - 1).min(10))
             .min(MISSING_MAX_WAIT);
         let reason = format!(
-            "{} is not installed ({} not found); install it with `{}` (or set {}_bin); tasks wait",
+            "{} is not installed ({} not found); {}; tasks wait",
             driver.name(),
             program.display(),
-            driver.install_hint().unwrap_or("its installer"),
-            driver.name()
+            driver.install_advice()
         );
         let until = now_ms() + wait.as_millis() as i64;
         if let Err(e) = self
@@ -411,7 +415,7 @@ impl Runner {
             info!(worker = %name, served = old.served, rss_mb, "replacing the {agent_name} process (its conversation goes on)");
             old.shutdown(grace).await;
         }
-        let argv = protocol.command(&served.program, &join, joined.spent_usd);
+        let argv = protocol.command(&served.program, &join, joined.spent_usd());
         if !self.restart_delay(stop).await {
             return Err(Ended::Interrupted);
         }
@@ -421,6 +425,16 @@ impl Runner {
             task: None,
         };
         let spec = &served.spec;
+        // Spawning in a missing folder fails as a missing program does; say which it is.
+        if !spec.cwd.is_dir() {
+            return Err(Ended::Attempt(AttemptEnd::failed(
+                Cause::Config,
+                format!(
+                    "the working folder {} does not exist (worker cwd)",
+                    spec.cwd.display()
+                ),
+            )));
+        }
         match Persistent::spawn(
             &argv,
             &spec.cwd,
@@ -578,7 +592,7 @@ impl Runner {
         if let (Some(process), Some(budget)) = (slot.as_mut(), served.protocol.budget_usd())
             && let Some(agentq_agents::Counted::Conversation(total)) = reply.usage.cost_usd
         {
-            process.budget_left = Some(budget + joined.spent_usd - total);
+            process.budget_left = Some(budget + joined.spent_usd() - total);
         }
         let mut text = reply.text;
         let cut = cap_text(&mut text, self.config.daemon.output_cap as usize);
@@ -669,5 +683,11 @@ fn attempt_end(end: End) -> AttemptEnd {
             retryable,
         },
         End::Limited(limit) => AttemptEnd::failed(Cause::AgentError, limit.message),
+        // A new conversation that is full at once: the task itself is too large.
+        End::Full(reason) => AttemptEnd::Failed {
+            cause: Cause::BadInput,
+            reason,
+            retryable: false,
+        },
     }
 }

@@ -540,6 +540,7 @@ impl Runner {
             idle_timeout: self.worker.limits.idle_timeout,
             linger: self.worker.limits.linger_timeout,
             final_line: None,
+            keep_tail: false,
             memory: self.memory_policy(Some(task)),
             book: Some(agent::Booking {
                 book: self.book.clone(),
