@@ -510,11 +510,10 @@ impl Runner {
         task: &Task,
         argv: Vec<String>,
     ) -> agent::Spec {
-        let parent: BTreeMap<String, String> = std::env::vars().collect();
         let agentq_agents::Environment {
             set: mut env,
             remove: mut env_remove,
-        } = driver.environment(&parent);
+        } = driver.environment(daemon_env());
         env_remove.extend(crate::config::PRIVATE_ENV.iter().map(|k| k.to_string()));
         env_remove.retain(|k| !self.worker.env.contains_key(k));
         env.extend(self.worker.env.clone());
@@ -651,6 +650,13 @@ impl Runner {
             warn!(worker = %self.worker.name, task = task_id, "cannot record event {kind}: {e}");
         }
     }
+}
+
+/// The daemon's own environment, which agents inherit: read once (nothing changes it while the
+/// daemon runs), not at every attempt.
+fn daemon_env() -> &'static BTreeMap<String, String> {
+    static ENV: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| std::env::vars().collect())
 }
 
 /// A task that stops when its handle is dropped.
