@@ -122,10 +122,7 @@ impl Driver for Settings {
     /// it by hand cost the seeds hours).
     fn environment(&self, parent: &BTreeMap<String, String>) -> Environment {
         #[allow(unused_mut)]
-        let mut env = Environment {
-            remove: inherited_markers(parent, &BTreeMap::new()),
-            ..Environment::default()
-        };
+        let mut env = Environment::default().removing(parent, MARKERS, MARKER_PREFIXES);
         #[cfg(windows)]
         if !parent.contains_key("CLAUDE_CODE_GIT_BASH_PATH")
             && let Some(bash) = find_git_bash(parent, &|p| std::path::Path::new(p).is_file())
@@ -570,21 +567,21 @@ pub fn inherited_markers(
     parent: &BTreeMap<String, String>,
     worker_env: &BTreeMap<String, String>,
 ) -> Vec<String> {
-    const EXACT: &[&str] = &[
-        "CLAUDECODE",
-        "CLAUDE_CODE_ENTRYPOINT",
-        "CLAUDE_CODE_SSE_PORT",
-        "CLAUDE_CODE_SESSION_ID",
-        "CLAUDE_CODE_SESSION_ACCESS_TOKEN",
-        "CLAUDE_CODE_PARENT_SESSION_ID",
-    ];
-    parent
-        .keys()
-        .filter(|k| EXACT.contains(&k.as_str()) || k.starts_with("CLAUDECODE_"))
+    super::named_in(parent, MARKERS, MARKER_PREFIXES)
         .filter(|k| !worker_env.contains_key(*k))
-        .cloned()
+        .map(str::to_string)
         .collect()
 }
+
+const MARKERS: &[&str] = &[
+    "CLAUDECODE",
+    "CLAUDE_CODE_ENTRYPOINT",
+    "CLAUDE_CODE_SSE_PORT",
+    "CLAUDE_CODE_SESSION_ID",
+    "CLAUDE_CODE_SESSION_ACCESS_TOKEN",
+    "CLAUDE_CODE_PARENT_SESSION_ID",
+];
+const MARKER_PREFIXES: &[&str] = &["CLAUDECODE_"];
 
 #[cfg(test)]
 mod tests {

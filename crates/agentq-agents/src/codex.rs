@@ -135,10 +135,7 @@ impl Driver for Settings {
     }
 
     fn warnings(&self, idle_timeout: Option<std::time::Duration>) -> Vec<String> {
-        match idle_timeout {
-            Some(_) => vec!["idle_timeout applies to codex, which prints nothing while one model call runs: make it longer than its longest call".to_string()],
-            None => Vec::new(),
-        }
+        super::quiet_while_thinking("codex", idle_timeout)
     }
 
     /// A turn ends with `turn.completed` or `turn.failed`: a process still alive

@@ -128,10 +128,7 @@ impl Driver for Settings {
     }
 
     fn warnings(&self, idle_timeout: Option<std::time::Duration>) -> Vec<String> {
-        match idle_timeout {
-            Some(_) => vec!["idle_timeout applies to gemini, which prints nothing while a model call thinks: make it longer than its longest call".to_string()],
-            None => Vec::new(),
-        }
+        super::quiet_while_thinking("gemini", idle_timeout)
     }
 
     fn final_line(&self) -> Option<fn(&str) -> bool> {

@@ -266,16 +266,33 @@ impl Environment {
         exact: &[&str],
         prefixes: &[&str],
     ) -> Environment {
-        self.remove.extend(
-            parent
-                .keys()
-                .filter(|k| {
-                    exact.contains(&k.as_str()) || prefixes.iter().any(|p| k.starts_with(p))
-                })
-                .cloned(),
-        );
+        self.remove
+            .extend(named_in(parent, exact, prefixes).map(str::to_string));
         self
     }
+}
+
+/// The variables of `parent` named in `exact` or starting with one of `prefixes`.
+pub fn named_in<'a>(
+    parent: &'a BTreeMap<String, String>,
+    exact: &'a [&str],
+    prefixes: &'a [&str],
+) -> impl Iterator<Item = &'a str> {
+    parent
+        .keys()
+        .map(String::as_str)
+        .filter(|k| exact.contains(k) || prefixes.iter().any(|p| k.starts_with(p)))
+}
+
+/// The start-up warning of an agent that writes nothing while one model call runs, when the
+/// worker has an `idle_timeout`: a long call is not a hang.
+pub fn quiet_while_thinking(agent: &str, idle_timeout: Option<std::time::Duration>) -> Vec<String> {
+    idle_timeout
+        .map(|_| {
+            format!("idle_timeout applies to {agent}, which prints nothing while one model call runs: make it longer than its longest call")
+        })
+        .into_iter()
+        .collect()
 }
 
 /// What a finished process left.
