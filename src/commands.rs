@@ -171,7 +171,7 @@ fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<
     use crate::service::{self, Installed};
     let config = load_config(explicit)?;
     let exe = std::env::current_exe()
-        .map_err(|e| Error::io("finding the agentq binary", "/proc/self/exe", e))?;
+        .map_err(|e| Error::io("finding the agentq binary", "this process's executable", e))?;
     let path_env = std::env::var("PATH").unwrap_or_default();
     let svc = service::Service::for_config(&config, exe, path_env, args.user);
     let plan = service::plan(&svc, &|k| std::env::var(k).ok())?;

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use serde::Serialize;
 
 use agentq_core::error::{Error, Result};
 use agentq_daemon::config::{Agent, Config, DB_FILE, POOL, STATE_DIR, WorkerConfig};
+use agentq_platform::fs as pfs;
 
 /// How long `<claude> --version` may take before the agent counts as unable to start.
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -264,7 +264,10 @@ pub fn check_state_dir(dir: &Path) -> Check {
             return Check::warn(
                 NAME,
                 format!("{shown} is not created yet"),
-                "`agentq init` or the first `agentq run` creates it (mode 0700)",
+                format!(
+                    "`agentq init` or the first `agentq run` creates it ({})",
+                    pfs::private_access()
+                ),
             );
         }
         Err(e) => {
@@ -282,29 +285,37 @@ pub fn check_state_dir(dir: &Path) -> Check {
             format!("move {shown} away; agentq creates the folder it needs"),
         );
     }
-    let mode = meta.permissions().mode() & 0o777;
-    if let Err(e) = nix::unistd::access(
-        dir,
-        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-    ) {
+    let exposure = pfs::exposure(dir);
+    let access = match &exposure {
+        Ok(pfs::Exposure::Open(what)) => what.clone(),
+        _ => pfs::private_access().into(),
+    };
+    if let Err(e) = pfs::writable_dir(dir) {
         return Check::fail(
             NAME,
-            format!("{shown} is not writable by this user (mode {mode:04o}): {e}"),
+            format!("{shown} is not writable by this user ({access}): {e}"),
             format!(
-                "run agentq as the user who owns it, or take it over: `chown -R \"$USER\" {shown}`"
+                "run agentq as the user who owns it, or take it over: {}",
+                pfs::how_to_take_over(&shown.to_string())
             ),
         );
     }
-    if mode & 0o077 != 0 {
-        return Check::fail(
+    match exposure {
+        Ok(pfs::Exposure::Open(what)) => Check::fail(
             NAME,
+            format!("{shown} has {what}: other users can read the prompts, results and logs in it"),
             format!(
-                "{shown} has mode {mode:04o}: other users can read the prompts, results and logs in it"
+                "make it private: {}",
+                pfs::how_to_make_private(&shown.to_string())
             ),
-            format!("make it private: `chmod 700 {shown}`"),
-        );
+        ),
+        Ok(pfs::Exposure::Private) => Check::ok(NAME, format!("{shown} ({access}, writable)")),
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot read who may open {shown}: {e}"),
+            "check the folder's permissions by hand",
+        ),
     }
-    Check::ok(NAME, format!("{shown} (mode {mode:04o}, writable)"))
 }
 
 /// The database: whole (`PRAGMA integrity_check`), and of a schema this binary can use. Opened
@@ -711,7 +722,7 @@ pub fn find_program(
     if program.is_empty() {
         return Err(("the command is empty".into(), config_fix.into()));
     }
-    if program.contains('/') {
+    if pfs::is_path(program) {
         let path = cwd.join(program);
         return match std::fs::metadata(&path) {
             Err(e) => Err((
@@ -722,23 +733,18 @@ pub fn find_program(
                 format!("{} is not a file", path.display()),
                 config_fix.into(),
             )),
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err((
+            Ok(m) if !pfs::is_executable(&path, &m) => Err((
                 format!("{} is not executable", path.display()),
-                format!("`chmod +x {}`", path.display()),
+                if cfg!(windows) {
+                    "name an .exe, .cmd or .bat (an extension PATHEXT lists)".to_string()
+                } else {
+                    format!("`chmod +x {}`", path.display())
+                },
             )),
             Ok(_) => Ok(path),
         };
     }
-    let found = path_var
-        .into_iter()
-        .flat_map(|p| p.split(':'))
-        .find_map(|dir| {
-            let dir = if dir.is_empty() { "." } else { dir };
-            let candidate = Path::new(dir).join(program);
-            std::fs::metadata(&candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .then_some(candidate)
-        });
+    let found = path_var.and_then(|p| pfs::find_on_path(program, p.as_ref()));
     found.ok_or_else(|| {
         (
             match path_var {
@@ -944,10 +950,13 @@ pub fn check_listen(addr: Option<SocketAddr>) -> Check {
     }
 }
 
-#[cfg(test)]
+// Unix tests: they make shell-script agents and set modes (the Windows suite checks doctor
+// through the binary).
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use agentq_store::Store;
+    use std::os::unix::fs::PermissionsExt;
 
     fn private_dir() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

@@ -20,10 +20,7 @@ fn main() -> ExitCode {
         // Like other Unix tools, end quietly when the reader of our output goes away
         // (`agentq tasks | head`); Rust's default turns that into a panic. The daemon keeps
         // ignoring SIGPIPE: a closed log pipe must not kill it.
-        // SAFETY: setting a signal's disposition to its default before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        agentq_platform::signals::default_sigpipe();
     }
     init_logging(cli.log_format, if daemon { "info" } else { "warn" });
 

@@ -103,10 +103,7 @@ pub fn stop_timeout(config: &Config) -> Duration {
 }
 
 fn owner_name(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata(path).ok()?.uid();
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
-    Some(user.name)
+    agentq_platform::host::owner_name(path)
 }
 
 /// The systemd unit file for `s`.

@@ -234,19 +234,15 @@ pub struct Watch {
     pub json: bool,
 }
 
-/// Redraws the status every interval until Ctrl-C, SIGTERM or `count` frames.
+/// Redraws the status every interval until a request to stop (Ctrl-C, SIGTERM) or `count` frames.
 pub async fn watch(config: &Config, store: &dyn Store, how: Watch) -> Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler can be set");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            let mut requests = agentq_platform::signals::StopRequests::listen()
+                .expect("the stop signals can be handled");
+            requests.recv().await;
             stop.cancel();
         });
     }
@@ -354,19 +350,12 @@ impl Drop for Screen {
     }
 }
 
-fn window() -> Option<libc::winsize> {
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ writes a winsize into the pointer it is given, which is valid.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    (ok && size.ws_row > 0).then_some(size)
-}
-
 fn terminal_rows() -> Option<usize> {
-    window().map(|w| w.ws_row as usize)
+    agentq_platform::term::size().map(|(_, rows)| rows as usize)
 }
 
 fn terminal_cols() -> Option<usize> {
-    window().map(|w| w.ws_col as usize).filter(|c| *c > 0)
+    agentq_platform::term::size().map(|(cols, _)| cols as usize)
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! scripts/test at pinned versions) against the fake OpenAI Responses and Gemini APIs on
 //! loopback, driven through the real agentq binary. Each scenario runs once per CLI, the way
 //! Claude's run in tests/claude.rs: the same guarantees for every driver.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Claude workers end to end: the real `claude` CLI (installed by scripts/test) against the fake
 //! Anthropic API on loopback, driven through the real agentq binary.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! test types and clicks as a person would (the token comes in the address's #fragment, which
 //! never reaches the server), waits for the page to show what follows, and asks the CLI whether
 //! the queue really did it. Screenshots are kept under target/tmp/dashboard/ as artifacts.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

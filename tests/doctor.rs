@@ -1,4 +1,6 @@
 //! `agentq doctor` and `agentq service install`, through the real binary in temporary projects.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! End-to-end: the real binary, real SQLite files, real agent processes, in temporary folders.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

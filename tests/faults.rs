@@ -1,6 +1,8 @@
 //! Fault injection: the project's misbehaving agent (`agentq-test-agent`) hangs, ignores SIGTERM,
 //! leaves grandchildren, eats memory, crashes, floods its output and lingers, and each time the
 //! recorded cause, the timing, the process table and the next task on the worker are checked.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

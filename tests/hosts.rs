@@ -2,6 +2,8 @@
 //! (`AGENTQ_TEST_DATABASE_URL`, which scripts/test starts): each "host" is a project folder of
 //! its own with its own `[daemon] host`, so only the database connects them. The store itself is
 //! read directly (the same `Store` the binary uses) to count what happened.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! The HTTP API of a real daemon, over real sockets, with a plain HTTP/1.1 client written here.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The ephemeral pool and routing by class, through the real binary: the pool's running limit
 //! (read from the agents' own start and end marks), a pool task over its memory stopped alone,
 //! and `route = "auto"` sending short tasks to the worker and long ones to the pool.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

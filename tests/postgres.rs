@@ -3,6 +3,8 @@
 //! "host" (another project folder on the same database, so no doorbell socket is shared) wakes a
 //! running daemon through NOTIFY within milliseconds; hosts running different workers say nothing
 //! of each other's; a daemon rides out the server ending all its connections.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

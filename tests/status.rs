@@ -1,6 +1,8 @@
 //! `agentq status`, `status --watch` and `top` against a real daemon: the table and the JSON as
 //! snapshots (with what changes from run to run, such as pids, memory and uptime, masked), and
 //! the figures behind them checked against the processes themselves.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

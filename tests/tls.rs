@@ -5,6 +5,8 @@
 //! `sslmode` is tried as libpq means it, and every refusal must say what was wrong and what to
 //! do, without the password. A server without TLS is a fake on loopback that answers the
 //! request for TLS with no.
+// Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
+#![cfg(unix)]
 
 mod common;
 

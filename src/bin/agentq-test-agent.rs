@@ -44,17 +44,15 @@
 //! After the last directive the result is printed unless `[[result]]` already printed it, and
 //! the agent exits 0.
 
-use std::ffi::c_int;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::hint::black_box;
 use std::io::{self, Read, Write};
 use std::process::{self, Command, Stdio};
-use std::str::FromStr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use serde::Serialize;
+use sys::Signal;
 
 const PIDS_ENV: &str = "AGENTQ_TEST_PIDS";
 const GRANDCHILD_ARG: &str = "--grandchild";
@@ -90,10 +88,7 @@ fn main() {
     // Rust starts every program with SIGPIPE ignored, which turns a closed pipe into an error
     // on each write; a real agent CLI is simply killed by it. Grandchildren inherit this
     // across exec, so it is set before anything is started.
-    // SAFETY: setting a signal's disposition to its default before any thread is started.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    agentq_platform::signals::default_sigpipe();
     record_pid();
 
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -129,18 +124,8 @@ fn run(directives: &[Directive], result: &str) -> ! {
             Directive::Sleep(millis) => thread::sleep(Duration::from_millis(*millis)),
             Directive::Tick { millis, every } => tick(*millis, *every),
             Directive::Hang => sleep_forever(),
-            Directive::IgnoreTerm => {
-                // SAFETY: changing a disposition; no other thread of ours handles signals.
-                unsafe {
-                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
-                }
-            }
-            Directive::StopOnTerm => {
-                // SAFETY: `on_term` calls only write(2) and _exit(2), both async-signal-safe.
-                unsafe {
-                    libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
-                }
-            }
+            Directive::IgnoreTerm => sys::ignore_term(),
+            Directive::StopOnTerm => sys::stop_on_term(),
             Directive::Grandchildren(count) => spawn_grandchildren(*count),
             Directive::Alloc(mib) => held.push(touched_allocation(*mib)),
             Directive::Grow { mib, every } => loop {
@@ -348,16 +333,13 @@ fn parse_directive(body: &str) -> Result<Directive, String> {
 
 /// Accepts `SEGV`, `SIGSEGV`, `segv` or a number.
 fn parse_signal(arg: &str) -> Option<Signal> {
-    if let Ok(number) = arg.parse::<i32>() {
-        return Signal::try_from(number).ok();
-    }
     let upper = arg.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
         upper
     } else {
         format!("SIG{upper}")
     };
-    Signal::from_str(&name).ok()
+    sys::parse_signal(arg, &name)
 }
 
 /// The value of `--session-id` or `--resume`, in either `--x=V` or `--x V` form.
@@ -460,45 +442,165 @@ fn spawn_grandchildren(count: u32) {
 
 /// A leaked descendant: survives SIGTERM and keeps the inherited stdout and stderr open.
 fn run_grandchild() -> ! {
-    // SAFETY: changing a disposition before any thread is started.
-    unsafe {
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-    }
+    sys::ignore_term();
     sleep_forever();
 }
 
 fn crash(signal: Signal) {
     flush_all();
-    // The Rust runtime handles SIGSEGV and SIGBUS itself, and an earlier directive may have
-    // ignored or caught SIGTERM: with the default action the signal really ends the process.
-    // SAFETY: changing a disposition; no other thread of ours handles signals.
-    unsafe {
-        libc::signal(signal as c_int, libc::SIG_DFL);
-    }
-    let _ = nix::sys::signal::raise(signal);
+    sys::crash(signal);
 }
 
-/// SIGTERM handler for `stop-on-term`. Only async-signal-safe calls are allowed here.
-extern "C" fn on_term(_signal: c_int) {
-    const MESSAGE: &[u8] = b"got TERM\n";
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; MESSAGE is a static buffer.
-    unsafe {
-        libc::write(libc::STDERR_FILENO, MESSAGE.as_ptr().cast(), MESSAGE.len());
-        libc::_exit(143);
-    }
-}
-
-/// Lets go of stdout. /dev/null is put in its place rather than leaving fd 1 closed: the
-/// next file opened would otherwise get fd 1 and receive whatever is printed later. For the
-/// reader of the pipe the two are the same: its write end is closed.
+/// Lets go of stdout: the reader of the pipe sees its write end closed.
 fn close_stdout() {
     flush_stdout();
-    let null = File::options()
-        .write(true)
-        .open("/dev/null")
-        .unwrap_or_else(|err| fail(&format!("cannot open /dev/null: {err}")));
-    if let Err(err) = nix::unistd::dup2_stdout(&null) {
+    if let Err(err) = sys::close_stdout() {
         fail(&format!("cannot replace stdout: {err}"));
+    }
+}
+
+/// What differs between Unix and Windows for a misbehaving agent. On Windows there are no
+/// signals: a "polite stop" is CTRL_BREAK (the C runtime's SIGBREAK), and a crash is an exit with
+/// the code Windows gives the crash (an access violation's 0xC0000005, abort's 3).
+#[cfg(unix)]
+mod sys {
+    use std::ffi::c_int;
+    use std::fs::File;
+    use std::str::FromStr;
+
+    pub use nix::sys::signal::Signal;
+
+    pub fn parse_signal(arg: &str, name: &str) -> Option<Signal> {
+        if let Ok(number) = arg.parse::<i32>() {
+            return Signal::try_from(number).ok();
+        }
+        Signal::from_str(name).ok()
+    }
+
+    pub fn ignore_term() {
+        // SAFETY: changing a disposition; no other thread of ours handles signals.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
+
+    pub fn stop_on_term() {
+        // SAFETY: `on_term` calls only write(2) and _exit(2), both async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        }
+    }
+
+    /// SIGTERM handler for `stop-on-term`. Only async-signal-safe calls are allowed here.
+    extern "C" fn on_term(_signal: c_int) {
+        const MESSAGE: &[u8] = b"got TERM\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; MESSAGE is a static buffer.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, MESSAGE.as_ptr().cast(), MESSAGE.len());
+            libc::_exit(143);
+        }
+    }
+
+    pub fn crash(signal: Signal) {
+        // The Rust runtime handles SIGSEGV and SIGBUS itself, and an earlier directive may have
+        // ignored or caught SIGTERM: with the default action the signal really ends the process.
+        // SAFETY: changing a disposition; no other thread of ours handles signals.
+        unsafe {
+            libc::signal(signal as c_int, libc::SIG_DFL);
+        }
+        let _ = nix::sys::signal::raise(signal);
+    }
+
+    /// /dev/null is put in stdout's place rather than leaving fd 1 closed: the next file opened
+    /// would otherwise get fd 1 and receive whatever is printed later.
+    pub fn close_stdout() -> std::io::Result<()> {
+        let null = File::options().write(true).open("/dev/null")?;
+        nix::unistd::dup2_stdout(&null)?;
+        Ok(())
+    }
+}
+
+#[cfg(windows)]
+mod sys {
+    use std::os::windows::io::IntoRawHandle;
+
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Console::{GetStdHandle, STD_OUTPUT_HANDLE, SetStdHandle};
+
+    /// A signal's number, as Unix numbers them (what the tests write).
+    pub type Signal = i32;
+
+    const SIGBREAK: i32 = 21;
+
+    pub fn parse_signal(arg: &str, name: &str) -> Option<Signal> {
+        if let Ok(number) = arg.parse::<i32>() {
+            return (1..=31).contains(&number).then_some(number);
+        }
+        let table = [
+            ("SIGHUP", 1),
+            ("SIGINT", 2),
+            ("SIGQUIT", 3),
+            ("SIGILL", 4),
+            ("SIGABRT", 6),
+            ("SIGBUS", 7),
+            ("SIGFPE", 8),
+            ("SIGKILL", 9),
+            ("SIGUSR1", 10),
+            ("SIGSEGV", 11),
+            ("SIGUSR2", 12),
+            ("SIGPIPE", 13),
+            ("SIGALRM", 14),
+            ("SIGTERM", 15),
+            ("SIGCHLD", 17),
+            ("SIGCONT", 18),
+            ("SIGSTOP", 19),
+        ];
+        table.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    pub fn ignore_term() {
+        // SAFETY: the C runtime's signal() with SIG_IGN.
+        unsafe {
+            libc::signal(SIGBREAK, libc::SIG_IGN);
+        }
+    }
+
+    pub fn stop_on_term() {
+        // SAFETY: the C runtime runs the handler on a thread of its own; it writes and exits.
+        unsafe {
+            libc::signal(SIGBREAK, on_break as *const () as libc::sighandler_t);
+        }
+    }
+
+    extern "C" fn on_break(_signal: i32) {
+        eprintln!("got TERM");
+        std::process::exit(143);
+    }
+
+    pub fn crash(signal: Signal) {
+        let code = match signal {
+            11 | 7 => 0xC000_0005_u32 as i32, // access violation
+            8 => 0xC000_0094_u32 as i32,      // integer divide by zero
+            4 => 0xC000_001D_u32 as i32,      // illegal instruction
+            6 => 3,                           // abort()
+            17 | 18 | 19 => return,           // ignored by default on Unix: go on
+            _ => 1,                           // TerminateProcess's usual code
+        };
+        std::process::exit(code);
+    }
+
+    pub fn close_stdout() -> std::io::Result<()> {
+        let null = std::fs::File::options().write(true).open("NUL")?;
+        // SAFETY: the standard output handle is replaced by one this process owns from now on,
+        // and the old one (the pipe) is closed: its reader sees the end.
+        unsafe {
+            let old = GetStdHandle(STD_OUTPUT_HANDLE);
+            if SetStdHandle(STD_OUTPUT_HANDLE, null.into_raw_handle() as _) == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            CloseHandle(old);
+        }
+        Ok(())
     }
 }
 

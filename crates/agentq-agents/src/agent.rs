@@ -9,23 +9,22 @@
 //!
 //! The prompt goes to the agent's stdin (never argv: argv is size-capped and visible in `ps`), its
 //! stdout is the result (kept up to a cap, the rest drained so the agent never blocks on a full
-//! pipe), and the end of its stderr is kept for diagnosis. The agent runs in its own process group;
-//! stopping it is SIGTERM to the group, `kill_timeout` of grace, then SIGKILL to the group. When the
-//! agent itself exits, whatever it left running in its group is killed too, so a grandchild holding
-//! the output pipe open can neither hang the task nor outlive it. (A process that leaves the group
-//! with `setsid` escapes the group kill; its pipes are still cut off after a moment.)
+//! pipe), and the end of its stderr is kept for diagnosis. The agent runs in a process tree of its own
+//! (`agentq_platform::process`: a process group on Unix, a Job Object on Windows); stopping it is
+//! a graceful stop to the tree, `kill_timeout` of grace, then a kill of the tree. When the agent
+//! itself exits, whatever it left running in its tree is killed too, so a grandchild holding the
+//! output pipe open can neither hang the task nor outlive it. (On Unix a process that leaves the
+//! group with `setsid` escapes the group kill; its pipes are still cut off after a moment.)
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
+use agentq_platform::process::{self, Child, Exit, Tree};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -138,7 +137,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     }
     // std's Command, waited for by hand (see `Child`): the kernel's figure of the most memory
     // the agent held comes with the wait, and tokio's wait does not give it.
-    let mut cmd = std::process::Command::new(&spec.argv[0]);
+    let mut cmd = process::command(&spec.argv[0]);
     for key in &spec.env_remove {
         cmd.env_remove(key);
     }
@@ -148,12 +147,16 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if let Some(b) = &spec.book {
         cmd.env(crate::procs::OWNER_ENV, b.book.owner());
     }
-    let mut child = match cmd.spawn().and_then(Child::new) {
-        Ok(child) => child,
+    let process::Spawned {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+    } = match process::spawn(cmd) {
+        Ok(spawned) => spawned,
         Err(e) => {
             let retryable = !matches!(
                 e.kind(),
@@ -166,8 +169,8 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
             );
         }
     };
-    let pid = Some(child.pid as u32);
-    let group = Some(Pid::from_raw(child.pid));
+    let pid = Some(child.pid());
+    let tree = child.tree();
     let _recorded = match (&spec.book, pid) {
         (Some(b), Some(pid)) => b.book.record(pid, &b.worker, b.task),
         _ => None,
@@ -175,7 +178,7 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
 
     // Feeding stdin runs beside reading stdout: a large prompt and a chatty agent would otherwise
     // deadlock on two full pipes. An agent that does not read its stdin is not an error.
-    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let mut stdin = stdin.expect("stdin was piped");
     let prompt = spec.prompt.clone();
     let feeder = tokio::spawn(async move {
         let _ = stdin.write_all(prompt.as_bytes()).await;
@@ -184,20 +187,20 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     let cut = CancellationToken::new();
     let watch = Arc::new(Activity::new(spec.final_line, spec.log.clone()));
     let stdout = tokio::spawn(read_head(
-        child.stdout.take().expect("stdout was piped"),
+        stdout.expect("stdout was piped"),
         spec.output_cap,
         spec.keep_tail,
         cut.clone(),
         watch.clone(),
     ));
     let stderr = tokio::spawn(read_tail(
-        child.stderr.take().expect("stderr was piped"),
+        stderr.expect("stderr was piped"),
         spec.stderr_cap,
         cut.clone(),
         watch.clone(),
     ));
 
-    let mut memory = crate::memory::Watch::new(group.map(Pid::as_raw), spec.memory.clone());
+    let mut memory = crate::memory::Watch::new(Some(tree.clone()), spec.memory.clone());
     memory.sample_leader();
     let deadline = tokio::time::sleep(spec.timeout);
     tokio::pin!(deadline, stop);
@@ -206,27 +209,27 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         tokio::select! {
             status = child.wait() => break exit_outcome(status),
             _ = &mut deadline => {
-                stop_group(&mut child, group, spec.kill_timeout).await;
+                stop_tree(&mut child, &tree, spec.kill_timeout).await;
                 break Outcome::TimedOut;
             }
             _ = &mut stop => {
-                stop_group(&mut child, group, spec.kill_timeout).await;
+                stop_tree(&mut child, &tree, spec.kill_timeout).await;
                 break Outcome::Interrupted;
             }
             rss = memory.over_limit() => {
-                stop_group(&mut child, group, spec.kill_timeout).await;
+                stop_tree(&mut child, &tree, spec.kill_timeout).await;
                 break Outcome::MemoryLimit(rss);
             }
             // Once the result is final, silence is expected: only the linger watchdog is left.
             _ = watch.idle_for(spec.idle_timeout), if linger_until.is_none() => {
-                stop_group(&mut child, group, spec.kill_timeout).await;
+                stop_tree(&mut child, &tree, spec.kill_timeout).await;
                 break Outcome::IdleTimedOut;
             }
             _ = watch.finished.cancelled(), if linger_until.is_none() => {
                 linger_until = Some(tokio::time::Instant::now() + spec.linger);
             }
             _ = async { tokio::time::sleep_until(linger_until.expect("guarded")).await }, if linger_until.is_some() => {
-                stop_group(&mut child, group, spec.kill_timeout).await;
+                stop_tree(&mut child, &tree, spec.kill_timeout).await;
                 break Outcome::Lingered;
             }
         }
@@ -252,159 +255,6 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         pid,
         memory_peak: memory.peak.max(child.own_peak()),
     }
-}
-
-/// A running agent, waited for through a pidfd (Linux; a short poll elsewhere) and reaped with
-/// `wait4`, which also gives its peak resident memory (its own, or that of a descendant it waited
-/// for, whichever was larger): a task too short for a scheduled sample still has a true peak.
-/// Dropping it unreaped kills its group and reaps it, so an abandoned attempt leaves nothing.
-struct Child {
-    pid: i32,
-    stdin: Option<tokio::process::ChildStdin>,
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
-    pidfd: Option<AsyncFd<std::os::fd::OwnedFd>>,
-    status: Option<ExitStatus>,
-    /// From `wait4`, bytes, when it is the agent's own (see [`Child::own_peak`]).
-    max_rss: Option<u64>,
-    /// The daemon's resident set when the agent was forked.
-    parent_rss: u64,
-}
-
-impl Child {
-    /// Takes over a just-spawned process; if that fails, the process is killed and reaped.
-    fn new(child: std::process::Child) -> std::io::Result<Child> {
-        let pid = child.id() as i32;
-        Child::adopt(child).inspect_err(|_| {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let mut status = 0;
-            // SAFETY: waitpid writes only to `status`; the process was just killed.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-        })
-    }
-
-    fn adopt(mut child: std::process::Child) -> std::io::Result<Child> {
-        let pid = child.id() as i32;
-        let stdin = child.stdin.take().map(tokio::process::ChildStdin::from_std);
-        let stdout = child
-            .stdout
-            .take()
-            .map(tokio::process::ChildStdout::from_std);
-        let stderr = child
-            .stderr
-            .take()
-            .map(tokio::process::ChildStderr::from_std);
-        Ok(Child {
-            pid,
-            stdin: stdin.transpose()?,
-            stdout: stdout.transpose()?,
-            stderr: stderr.transpose()?,
-            pidfd: pidfd_open(pid).and_then(|fd| {
-                // SAFETY: an OwnedFd is open and stays the same descriptor until it is dropped,
-                // which is when the AsyncFd holding it is.
-                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
-            }),
-            status: None,
-            max_rss: None,
-            parent_rss: crate::procs::stat(std::process::id() as i32).map_or(0, |p| p.rss),
-        })
-    }
-
-    /// The kernel's peak for the agent, when it tells something. A forked child starts out with
-    /// a copy of the daemon's memory, and exec records that copy's size as the child's peak so
-    /// far: a figure near the daemon's own size may be just that, and is not taken.
-    fn own_peak(&self) -> Option<u64> {
-        let floor = self.parent_rss + self.parent_rss / 8 + (1 << 20);
-        self.max_rss.filter(|m| *m > floor)
-    }
-
-    /// Waits for the process to end and reaps it. Cancel-safe.
-    async fn wait(&mut self) -> ExitStatus {
-        loop {
-            if let Some(status) = self.status {
-                return status;
-            }
-            if self.try_reap() {
-                continue;
-            }
-            match &self.pidfd {
-                Some(fd) => match fd.readable().await {
-                    // Readable means exited; the reap on the next turn takes it.
-                    Ok(mut ready) => ready.clear_ready(),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                },
-                None => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    }
-
-    /// Reaps the process if it has exited. Returns whether it did. Whatever it left in its group
-    /// is killed first, while the unreaped leader still holds the group's number (after the reap
-    /// the number could be given to a new process).
-    fn try_reap(&mut self) -> bool {
-        use std::os::unix::process::ExitStatusExt;
-        // SAFETY: an all-zero siginfo is a valid value to be overwritten.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid writes only to `info`. WNOWAIT leaves the process to be reaped below.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        // SAFETY: si_pid is valid to read after a successful waitid.
-        if rc == 0 && unsafe { info.si_pid() } == self.pid {
-            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-        }
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value to be overwritten.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: wait4 writes only to the two out-pointers, which are valid.
-        let rc = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
-        if rc == self.pid {
-            self.status = Some(ExitStatus::from_raw(status));
-            // ru_maxrss is in KiB on Linux.
-            self.max_rss = u64::try_from(usage.ru_maxrss).ok().map(|k| k * 1024);
-            true
-        } else if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // Not ours to wait for (ECHILD: reaped by someone else, e.g. with SIGCHLD ignored,
-            // which the daemon undoes at start): gone, how is unknown. A status that is neither
-            // an exit nor a signal reads as "exit status unknown".
-            self.status = Some(ExitStatus::from_raw(0x7f));
-            true
-        } else {
-            false
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-            let mut status = 0;
-            // SAFETY: waitpid writes only to `status`. The process was just killed, so this
-            // returns at once.
-            unsafe { libc::waitpid(self.pid, &mut status, 0) };
-        }
-    }
-}
-
-/// A pidfd for `pid`: readable once it exits (Linux 5.3 and later).
-#[cfg(target_os = "linux")]
-fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
-    // SAFETY: a non-negative return is a descriptor this process now owns.
-    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pidfd_open(_pid: i32) -> Option<std::os::fd::OwnedFd> {
-    None
 }
 
 /// What the output readers saw: when the agent last wrote anything, and whether it gave its final
@@ -465,30 +315,20 @@ impl Activity {
     }
 }
 
-fn exit_outcome(status: ExitStatus) -> Outcome {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => Outcome::Exited(code),
-        (None, Some(signal)) => Outcome::Signalled(signal),
-        (None, None) => Outcome::Signalled(0),
+fn exit_outcome(exit: Exit) -> Outcome {
+    match exit {
+        Exit::Code(code) => Outcome::Exited(code),
+        Exit::Signal(signal) => Outcome::Signalled(signal),
+        Exit::Unknown => Outcome::Signalled(0),
     }
 }
 
-/// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL to the group.
-async fn stop_group(child: &mut Child, group: Option<Pid>, grace: Duration) {
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGTERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        kill_group(group);
-        let _ = child.wait().await;
-    }
-}
-
-fn kill_group(group: Option<Pid>) {
-    if let Some(group) = group {
-        // ESRCH (nobody left) is the common, happy case.
-        let _ = killpg(group, Signal::SIGKILL);
+/// A graceful stop to the tree, up to `grace` for the leader to exit, then the tree killed. Where
+/// no graceful stop can be delivered (Windows without a shared console), it is killed at once.
+async fn stop_tree(child: &mut Child, tree: &Tree, grace: Duration) {
+    let asked = tree.ask_to_stop();
+    if !asked || tokio::time::timeout(grace, child.wait()).await.is_err() {
+        child.kill().await;
     }
 }
 
@@ -727,7 +567,7 @@ mod tests {
     }
 
     fn alive(pid: i32) -> bool {
-        nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+        process::alive(pid as u32)
     }
 
     #[tokio::test]

@@ -36,7 +36,8 @@ pub mod command;
 pub mod gemini;
 pub mod memory;
 pub mod persistent;
-pub mod procs;
+/// The processes agentq starts (moved to `agentq-platform`; the old path is kept).
+pub use agentq_platform::process as procs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,10 @@
-//! How much memory an agent holds: the resident set of every process in its process group,
-//! summed, sampled while it runs.
+//! How much memory an agent holds: the resident set of every process in its tree (process group,
+//! or Job Object), summed, sampled while it runs.
 //!
-//! On Linux the members and their resident sets come from `/proc` (see [`crate::procs`]); a
-//! process that exits while being read is skipped, so a sample is a sample, not a transaction.
-//! Elsewhere there is no figure, and `max_memory` is not enforced. (cgroup v2 would give the
+//! The members and their sizes come from `agentq_platform::process::Tree` (`/proc` on Linux, the
+//! job's processes' working sets on Windows); a process that exits while being read is skipped,
+//! so a sample is a sample, not a transaction. Where there is no figure, `max_memory` is not
+//! enforced. (cgroup v2 would give the
 //! kernel's own count and limit; it needs a delegated memory controller, which the machines this
 //! is tested on do not have.)
 
@@ -12,12 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Resident bytes of all processes in process group `pgid`; `None` where this cannot be read or
-/// nobody is left in the group.
-pub fn group_rss(pgid: i32) -> Option<u64> {
-    let members = crate::procs::group_members(pgid);
-    (!members.is_empty()).then(|| members.iter().map(|p| p.rss).sum())
-}
+use agentq_platform::process::Tree;
 
 /// A memory figure for the event log: the group now, and its peak so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +61,7 @@ const FIRST_SAMPLE: Duration = Duration::from_millis(50);
 
 /// Samples one group on `policy`'s schedule and keeps its peak.
 pub struct Watch {
-    pgid: Option<i32>,
+    tree: Option<Tree>,
     policy: Policy,
     pub peak: Option<u64>,
     next_sample: Instant,
@@ -73,10 +69,10 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(pgid: Option<i32>, policy: Policy) -> Watch {
+    pub fn new(tree: Option<Tree>, policy: Policy) -> Watch {
         let now = Instant::now();
         Watch {
-            pgid,
+            tree,
             // Soon after the start, then on the schedule: the kernel's counters lag a process
             // just started, and a short task still gets a figure.
             next_sample: now + policy.sample_every.min(FIRST_SAMPLE),
@@ -90,13 +86,13 @@ impl Watch {
     /// resident bytes when they are over the limit. Pending forever where there is nothing to
     /// sample.
     pub async fn over_limit(&mut self) -> u64 {
-        let Some(pgid) = self.pgid else {
+        let Some(tree) = self.tree.clone() else {
             return std::future::pending().await;
         };
         loop {
             tokio::time::sleep_until(self.next_sample).await;
             self.next_sample = Instant::now() + self.policy.sample_every;
-            let Some(rss) = group_rss(pgid) else { continue };
+            let Some(rss) = tree.rss() else { continue };
             let peak = self.peak.map_or(rss, |p| p.max(rss));
             self.peak = Some(peak);
             if Instant::now() >= self.next_report {
@@ -115,18 +111,14 @@ impl Watch {
     /// read, so even a task too short for a scheduled sample has a figure.
     pub fn sample_leader(&mut self) {
         // A leader already gone (a zombie, holding nothing) gives no figure.
-        if let Some(p) = self
-            .pgid
-            .and_then(crate::procs::stat)
-            .filter(|p| p.state != 'Z' && p.rss > 0)
-        {
-            self.peak = Some(self.peak.map_or(p.rss, |old| old.max(p.rss)));
+        if let Some(rss) = self.tree.as_ref().and_then(Tree::leader_rss) {
+            self.peak = Some(self.peak.map_or(rss, |old| old.max(rss)));
         }
     }
 
     /// One more sample, outside the schedule (at the end, so a short run has a figure too).
     pub fn sample_now(&mut self) {
-        if let Some(rss) = self.pgid.and_then(group_rss) {
+        if let Some(rss) = self.tree.as_ref().and_then(Tree::rss) {
             self.peak = Some(self.peak.map_or(rss, |p| p.max(rss)));
         }
     }
@@ -154,36 +146,6 @@ pub fn mb(bytes: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
-
-    #[test]
-    fn a_group_with_several_processes_is_summed() {
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 5 & sleep 5 & wait"])
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pgid = child.id() as i32;
-        // Wait (bounded) for both sleeps to be in the group.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let mut rss = group_rss(pgid);
-        while crate::procs::group_members(pgid).len() < 3 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            rss = group_rss(pgid);
-        }
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = child.wait();
-        assert!(rss.unwrap() > 3 * 4096, "{rss:?}");
-        // The killed sleeps are reaped by init; give that a bounded moment.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while group_rss(pgid).is_some() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(group_rss(pgid), None, "nobody left in the group");
-    }
 
     #[test]
     fn mib_to_one_decimal() {

@@ -19,10 +19,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use agentq_platform::process::{self, Child, Tree};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStdin, ChildStdout};
 
 use crate::{Limit, Line, LongLived, Reply};
 
@@ -46,7 +45,7 @@ pub enum TaskEnd {
 
 pub struct Persistent {
     child: Child,
-    group: Option<Pid>,
+    tree: Tree,
     /// `None` once closed (dropping it is what closes the pipe: `shutdown()` does not).
     stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
@@ -89,7 +88,7 @@ impl Persistent {
         session_id: &str,
         booking: Option<&crate::agent::Booking>,
     ) -> std::io::Result<Persistent> {
-        let mut cmd = Command::new(&argv[0]);
+        let mut cmd = process::command(&argv[0]);
         for key in env_remove {
             cmd.env_remove(key);
         }
@@ -98,22 +97,22 @@ impl Persistent {
             .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         if let Some(b) = booking {
             cmd.env(crate::procs::OWNER_ENV, b.book.owner());
         }
-        let mut child = cmd.spawn()?;
-        let group = child.id().map(|p| Pid::from_raw(p as i32));
-        let recorded = match (booking, child.id()) {
-            (Some(b), Some(pid)) => b.book.record(pid, &b.worker, None),
-            _ => None,
-        };
-        let stdin = child.stdin.take().expect("stdin was piped");
-        let lines = BufReader::new(child.stdout.take().expect("stdout was piped")).lines();
+        let process::Spawned {
+            child,
+            stdin,
+            stdout,
+            stderr: err_pipe,
+        } = process::spawn(cmd)?;
+        let tree = child.tree();
+        let recorded = booking.and_then(|b| b.book.record(child.pid(), &b.worker, None));
+        let stdin = stdin.expect("stdin was piped");
+        let lines = BufReader::new(stdout.expect("stdout was piped")).lines();
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut err_pipe = child.stderr.take().expect("stderr was piped");
+        let mut err_pipe = err_pipe.expect("stderr was piped");
         let keep = stderr.clone();
         let stderr_reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
@@ -131,7 +130,7 @@ impl Persistent {
         });
         Ok(Persistent {
             child,
-            group,
+            tree,
             stdin: Some(stdin),
             lines,
             stderr,
@@ -149,18 +148,17 @@ impl Persistent {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        Some(self.child.pid())
     }
 
-    /// Resident memory of the process and everything in its group, where it can be read.
+    /// Resident memory of the process and everything in its tree, where it can be read.
     pub fn rss(&self) -> Option<u64> {
-        self.group
-            .and_then(|g| crate::memory::group_rss(g.as_raw()))
+        self.tree.rss()
     }
 
     /// Whether the process has exited (it may after answering, e.g. when it could not resume).
     pub fn has_exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+        self.child.has_exited()
     }
 
     /// Waits for the process to exit, and says how long it lived.
@@ -228,7 +226,7 @@ impl Persistent {
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
-        let mut watch = crate::memory::Watch::new(self.group.map(Pid::as_raw), memory);
+        let mut watch = crate::memory::Watch::new(Some(self.tree.clone()), memory);
         self.lines_read = 0;
         let end = self
             .serve(
@@ -389,12 +387,9 @@ impl Persistent {
         }
     }
 
-    /// SIGKILL to the whole group, and reap.
+    /// Kills the whole tree, and reaps.
     pub async fn kill(&mut self) {
-        if let Some(group) = self.group {
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-        let _ = self.child.wait().await;
+        self.child.kill().await;
     }
 
     /// Ends the process politely: stdin closed (it exits when done), then the group killed if it
@@ -406,25 +401,24 @@ impl Persistent {
             .is_err()
         {
             self.kill().await;
-        } else if let Some(group) = self.group {
-            // Whatever it left in its group.
-            let _ = killpg(group, Signal::SIGKILL);
+        } else {
+            // Whatever it left in its tree.
+            self.tree.kill();
         }
     }
 }
 
 impl Drop for Persistent {
     fn drop(&mut self) {
-        if let Some(group) = self.group {
-            let _ = killpg(group, Signal::SIGKILL);
-        }
+        self.tree.kill();
     }
 }
 
 /// Where a worker's long-lived process, if any, is kept between tasks.
 pub type Slot = tokio::sync::Mutex<Option<Persistent>>;
 
-#[cfg(test)]
+// Unix tests: their stand-in agents are shell scripts.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

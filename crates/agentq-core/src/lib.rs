@@ -6,13 +6,14 @@
 //! people write durations and sizes ([`units`]); and the one error type with its exit codes
 //! ([`error`]). Beside it, the few pieces of file and socket handling that the store, the agents
 //! and the daemon all share: the private state folder and its lock ([`state`]), files replaced
-//! whole ([`files`]), size-rotated logs and the JSON-lines event log ([`logfile`]), and the
+//! whole ([`files`], from `agentq-platform`), size-rotated logs and the JSON-lines event log ([`logfile`]), and the
 //! doorbell a client rings after changing the queue ([`wake`]).
 
 pub mod classify;
 pub mod domain;
 pub mod error;
-pub mod files;
+/// Files replaced whole; lives in `agentq-platform` (the process book writes them too).
+pub use agentq_platform::files;
 pub mod logfile;
 pub mod state;
 pub mod units;

@@ -24,8 +24,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -97,8 +95,8 @@ impl RotatingFile {
                     Some(l) => lock.insert(l),
                     None => lock.insert(self.open_lock(lock_path)?),
                 };
-                let guard = FileLock::take(lock, libc::LOCK_SH)
-                    .map_err(|e| with_path(e, "locking", lock_path))?;
+                let guard =
+                    FileLock::shared(lock).map_err(|e| with_path(e, "locking", lock_path))?;
                 Some((guard, lock_path))
             }
             None => {
@@ -260,9 +258,7 @@ fn open_generations(path: &Path) -> io::Result<Snapshot> {
         Err(e) => return Err(with_path(e, "opening lock file", &lock_path)),
     };
     let _guard = match &lock_file {
-        Some(f) => Some(
-            FileLock::take(f, libc::LOCK_SH).map_err(|e| with_path(e, "locking", &lock_path))?,
-        ),
+        Some(f) => Some(FileLock::shared(f).map_err(|e| with_path(e, "locking", &lock_path))?),
         None => None,
     };
     let mut rotated = Vec::new();
@@ -294,19 +290,7 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 
 /// Whether `path` names the same file as the open `file`. A missing `path` names nothing.
 fn is_at(path: &Path, file: &File) -> io::Result<bool> {
-    let at_path = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(with_path(e, "checking log", path)),
-    };
-    let open = file
-        .metadata()
-        .map_err(|e| with_path(e, "checking log", path))?;
-    Ok(file_id(&at_path) == file_id(&open))
-}
-
-fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
-    (m.dev(), m.ino())
+    agentq_platform::fs::same_file(path, file).map_err(|e| with_path(e, "checking log", path))
 }
 
 /// `path` with `.suffix` added to its file name: `events.jsonl` -> `events.jsonl.1`.
@@ -322,41 +306,40 @@ fn with_path(e: io::Error, about: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{about} {}: {e}", path.display()))
 }
 
-/// An `flock` on a lock file, released when dropped.
+/// A lock on a lock file (std's: `flock` on Unix, `LockFileEx` on Windows), released when
+/// dropped.
 struct FileLock<'f> {
     file: &'f File,
 }
 
 impl<'f> FileLock<'f> {
-    fn take(file: &'f File, how: libc::c_int) -> io::Result<FileLock<'f>> {
-        flock(file, how)?;
+    fn shared(file: &'f File) -> io::Result<FileLock<'f>> {
+        retry_interrupted(|| file.lock_shared())?;
         Ok(FileLock { file })
     }
 
-    /// Turns a shared lock into an exclusive one. flock drops the shared lock first, so two
-    /// upgraders cannot deadlock; whatever was checked under the shared lock must be checked again.
+    /// Turns a shared lock into an exclusive one. The shared lock is dropped first (as `flock`
+    /// would do anyway, and as Windows needs), so two upgraders cannot deadlock; whatever was
+    /// checked under the shared lock must be checked again.
     fn upgrade(&self) -> io::Result<()> {
-        flock(self.file, libc::LOCK_EX)
+        let _ = self.file.unlock();
+        retry_interrupted(|| self.file.lock())
     }
 }
 
 impl Drop for FileLock<'_> {
     fn drop(&mut self) {
-        // Unlocking a lock this process holds cannot fail in a way worth reporting; closing the
-        // file would release it anyway.
-        let _ = flock(self.file, libc::LOCK_UN);
+        // Unlocking a lock this process holds cannot fail in a way worth reporting (Wine reports
+        // an error though the lock is gone); closing the file would release it anyway.
+        let _ = self.file.unlock();
     }
 }
 
-fn flock(file: &File, how: libc::c_int) -> io::Result<()> {
+fn retry_interrupted(mut f: impl FnMut() -> io::Result<()>) -> io::Result<()> {
     loop {
-        // SAFETY: flock only reads the descriptor number, which `file` keeps open for the call.
-        if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }
@@ -650,10 +633,8 @@ fn switch_file(
         // Appends that came after the last read and before the rotation.
         lines.read(&mut old, path, emit)?;
         lines.finish(emit);
-        let old_id = file_id(
-            &old.metadata()
-                .map_err(|e| with_path(e, "checking log", path))?,
-        );
+        let old_id =
+            agentq_platform::fs::file_id(&old).map_err(|e| with_path(e, "checking log", path))?;
         // The old file is now one of the rotated ones; those after it came in between. If it is
         // not among them it was rotated past the last backup, and so were any between.
         let mut after_old = false;
@@ -661,10 +642,9 @@ fn switch_file(
             if after_old {
                 read_whole(&mut rotated, path, emit)?;
             } else {
-                let id = rotated
-                    .metadata()
+                let id = agentq_platform::fs::file_id(&rotated)
                     .map_err(|e| with_path(e, "checking log", path))?;
-                after_old = file_id(&id) == old_id;
+                after_old = id == old_id;
             }
         }
     }

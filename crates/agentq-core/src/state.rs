@@ -1,40 +1,31 @@
 //! The state folder `.agentq/`: creating it private, and the lock that lets one daemon own it.
 //!
-//! The lock is a POSIX record lock on `.agentq/daemon.lock`, held for the daemon's whole life and
-//! released by the kernel when the process dies however it dies, so a `kill -9` leaves no stale lock
-//! to clean up. Unlike `flock`, a record lock can be *queried* (`F_GETLK`) without taking it, which
-//! gives the holder's pid: `agentq status` and a refused second `agentq run` use that to say which
-//! process holds the folder, and a query can never steal the lock from a daemon that is starting.
+//! The lock is an [`OwnerLock`] on `.agentq/daemon.lock`, held for the daemon's whole life and
+//! released by the system when the process dies however it dies, so a `kill -9` leaves no stale
+//! lock to clean up. Its holder can be asked for (a POSIX record lock's `F_GETLK` on Unix; the pid
+//! the file names on Windows): `agentq status` and a refused second `agentq run` use that to say
+//! which process holds the folder.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use agentq_platform::fs::{self as pfs, OwnerLock};
 
 use crate::error::{Error, Result};
 
 const LOCK_FILE: &str = "daemon.lock";
 
-/// Creates the state folder (mode 0700) if it is missing; an existing folder is left as it is.
+/// Creates the state folder, private to its owner (see `agentq_platform::fs`), if it is
+/// missing; an existing folder is left as it is.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("creating state folder", dir, e))?;
-    // The umask may have narrowed the mode further, never widened it; set it exactly.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io("setting permissions of", dir, e))
+    pfs::create_private_dir(dir).map_err(|e| Error::io("creating state folder", dir, e))
 }
 
 /// Held by the running daemon; dropping it releases the folder.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    _lock: OwnerLock,
     path: PathBuf,
 }
 
@@ -43,26 +34,31 @@ impl StateLock {
     /// `host` is the daemon's host id, which a client needs to know what this run claimed.
     pub fn acquire(state_dir: &Path, host: &str) -> Result<StateLock> {
         let path = state_dir.join(LOCK_FILE);
-        let mut file = open(&path)?;
-        let mut lock = whole_file_lock(libc::F_WRLCK);
-        // SAFETY: fcntl with F_SETLK reads a valid, initialised `flock` struct.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &mut lock) };
-        if rc == -1 {
-            let err = std::io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::EACCES) | Some(libc::EAGAIN) => Err(Error::AlreadyRunning {
-                    state_dir: state_dir.to_path_buf(),
-                    pid: holder(state_dir)?,
-                }),
-                _ => Err(Error::io("locking", &path, err)),
-            };
-        }
+        // Where asking who holds the lock takes it for an instant (Windows), a daemon starting
+        // in that instant tries again rather than be refused by a mere question.
+        let mut tries = 0;
+        let mut lock = loop {
+            match OwnerLock::try_take(open(&path)?).map_err(|e| Error::io("locking", &path, e))? {
+                Ok(lock) => break lock,
+                Err(pid) if tries >= 5 || pid.is_some_and(|p| p != 0) => {
+                    return Err(Error::AlreadyRunning {
+                        state_dir: state_dir.to_path_buf(),
+                        pid: pid.map(|p| p as i32),
+                    });
+                }
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        };
         // For people reading the folder; the lock itself is the authority.
+        let file = lock.file();
         file.set_len(0)
             .map_err(|e| Error::io("writing", &path, e))?;
         writeln!(file, "{} {host}", std::process::id())
             .map_err(|e| Error::io("writing", &path, e))?;
-        Ok(StateLock { _file: file, path })
+        Ok(StateLock { _lock: lock, path })
     }
 
     pub fn path(&self) -> &Path {
@@ -77,17 +73,9 @@ pub fn holder(state_dir: &Path) -> Result<Option<i32>> {
         return Ok(None);
     }
     let file = open(&path)?;
-    let mut lock = whole_file_lock(libc::F_WRLCK);
-    // SAFETY: fcntl with F_GETLK fills in the valid `flock` struct it is given.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
-    if rc == -1 {
-        return Err(Error::io(
-            "querying lock",
-            &path,
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
+    pfs::lock_holder(&file)
+        .map(|pid| pid.map(|p| p as i32))
+        .map_err(|e| Error::io("querying lock", &path, e))
 }
 
 /// The host id the daemon holding `state_dir` runs under (what its lock file says), if one runs.
@@ -109,16 +97,6 @@ fn open(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("opening", path, e))
 }
 
-fn whole_file_lock(kind: i32) -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid value that the fields below complete.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = kind as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = 0;
-    lock.l_len = 0;
-    lock
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,8 +106,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/.agentq");
         ensure_dir(&dir).unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        assert_eq!(pfs::exposure(&dir).unwrap(), pfs::Exposure::Private);
     }
 
     #[test]

@@ -1,21 +1,18 @@
 //! The doorbell: how `agentq submit` in another process wakes the daemon within milliseconds.
 //!
-//! The daemon binds a Unix datagram socket at `.agentq/wake.sock`; a client that changed the queue
+//! The daemon listens on the folder's doorbell (`agentq_platform::doorbell`: a Unix datagram
+//! socket at `.agentq/wake.sock`, a named pipe on Windows); a client that changed the queue
 //! sends one datagram naming the worker concerned (or empty for "everyone"). Sending never blocks and
 //! never fails loudly: with no daemon listening there is nobody to wake, and the task waits in the
 //! store for the next `agentq run`. The database stays the source of truth; a lost datagram only
 //! delays a task until the daemon's next scheduled look, never loses it.
 
-use std::os::unix::net::UnixDatagram as StdDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use tokio::net::UnixDatagram;
-
-const SOCKET: &str = "wake.sock";
+use agentq_platform::doorbell::Listener;
 
 pub struct Doorbell {
-    socket: UnixDatagram,
-    path: PathBuf,
+    listener: Listener,
 }
 
 /// Who a ring is for.
@@ -34,20 +31,14 @@ impl Doorbell {
     /// Binds the socket. The caller holds the state lock, so a socket file already there is a
     /// leftover of a dead daemon and is replaced.
     pub fn bind(state_dir: &Path) -> std::io::Result<Doorbell> {
-        let path = state_dir.join(SOCKET);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let socket = UnixDatagram::bind(&path)?;
-        Ok(Doorbell { socket, path })
+        Ok(Doorbell {
+            listener: Listener::bind(state_dir)?,
+        })
     }
 
     pub async fn next(&self) -> std::io::Result<Ring> {
-        let mut buf = [0u8; 256];
-        let n = self.socket.recv(&mut buf).await?;
-        Ok(Ring::decode(std::str::from_utf8(&buf[..n]).unwrap_or("")))
+        let message = self.listener.recv().await?;
+        Ok(Ring::decode(std::str::from_utf8(&message).unwrap_or("")))
     }
 }
 
@@ -75,12 +66,6 @@ impl Ring {
         } else {
             Ring::Worker(text.to_string())
         }
-    }
-}
-
-impl Drop for Doorbell {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -112,11 +97,7 @@ pub fn send_ring(state_dir: &Path, ring: &Ring) {
 }
 
 fn send(state_dir: &Path, message: &str) {
-    let Ok(socket) = StdDatagram::unbound() else {
-        return;
-    };
-    let _ = socket.set_nonblocking(true);
-    let _ = socket.send_to(message.as_bytes(), state_dir.join(SOCKET));
+    agentq_platform::doorbell::send(state_dir, message.as_bytes());
 }
 
 #[cfg(test)]
@@ -127,16 +108,22 @@ mod tests {
     async fn a_ring_reaches_the_daemon() {
         let dir = tempfile::tempdir().unwrap();
         let bell = Doorbell::bind(dir.path()).unwrap();
-        ring(dir.path(), Some("sentinela"));
-        ring(dir.path(), None);
-        ring_restart(dir.path(), "w");
-        ring_check(dir.path(), "pool");
-        assert_eq!(bell.next().await.unwrap(), Ring::Worker("sentinela".into()));
-        assert_eq!(bell.next().await.unwrap(), Ring::Everyone);
-        assert_eq!(bell.next().await.unwrap(), Ring::Restart("w".into()));
-        assert_eq!(bell.next().await.unwrap(), Ring::Check("pool".into()));
+        type Send = fn(&Path);
+        let rings: [(Send, Ring); 4] = [
+            (
+                |d| ring(d, Some("sentinela")),
+                Ring::Worker("sentinela".into()),
+            ),
+            (|d| ring(d, None), Ring::Everyone),
+            (|d| ring_restart(d, "w"), Ring::Restart("w".into())),
+            (|d| ring_check(d, "pool"), Ring::Check("pool".into())),
+        ];
+        for (send, expected) in rings {
+            let d = dir.path().to_path_buf();
+            tokio::task::spawn_blocking(move || send(&d)).await.unwrap();
+            assert_eq!(bell.next().await.unwrap(), expected);
+        }
         drop(bell);
-        assert!(!dir.path().join(SOCKET).exists());
         ring(dir.path(), Some("nobody listens")); // and nothing happens
     }
 }

@@ -1674,9 +1674,7 @@ pub fn validate_host(host: &str) -> std::result::Result<(), String> {
 /// The machine's name, the host id of a daemon that sets none (`localhost` when the name cannot
 /// be read or is no valid host id).
 pub fn machine_host() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .map(|h| h.to_string_lossy().into_owned())
+    agentq_platform::host::hostname()
         .filter(|h| validate_host(h).is_ok())
         .unwrap_or_else(|| "localhost".into())
 }

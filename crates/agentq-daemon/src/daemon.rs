@@ -40,26 +40,18 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
-    /// Wires SIGINT, SIGTERM and SIGHUP (a closed terminal): the first starts stopping, the
+    /// Wires the requests to stop (SIGINT, SIGTERM and SIGHUP, a closed terminal; Ctrl-C,
+    /// Ctrl-Break, a closed console and shutdown on Windows): the first starts stopping, the
     /// second (or `grace` later) hurries.
     pub fn on_signals(grace: Duration) -> std::io::Result<Shutdown> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let mut requests = agentq_platform::signals::StopRequests::listen()?;
         let shutdown = Shutdown::default();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
-            }
+            requests.recv().await;
             s.stopping.cancel();
             tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
+                _ = requests.recv() => {}
                 _ = tokio::time::sleep(grace) => {}
             }
             s.hurry.cancel();
@@ -136,22 +128,11 @@ fn check_config(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Sets the two signals whose defaults would cost the daemon its agents or its life; the SIGIO
-/// handler it returns must be held for as long as the daemon runs.
-fn own_signals(config: &Config) -> Result<tokio::signal::unix::Signal> {
-    // Agents are reaped by the runner that started them; a SIGCHLD ignored by whoever started the
-    // daemon (inherited across exec) would have the kernel reap them first and lose their status.
-    // SAFETY: setting a signal's disposition to its default has no preconditions.
-    unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGCHLD,
-            nix::sys::signal::SigHandler::SigDfl,
-        );
-    }
-    // Intake's open-for-writing check takes a file lease for an instant; a writer opening the file
-    // in that instant makes the kernel send SIGIO, whose default action would end the daemon.
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io())
-        .map_err(|e| Error::io("handling SIGIO in", &config.root, e))
+/// Owns the signals whose defaults would cost the daemon its agents or its life (see
+/// `agentq_platform::signals::own_daemon_signals`); hold what it returns while the daemon runs.
+fn own_signals(config: &Config) -> Result<agentq_platform::signals::DaemonSignals> {
+    agentq_platform::signals::own_daemon_signals()
+        .map_err(|e| Error::io("handling signals in", &config.root, e))
 }
 
 /// Binds the HTTP API's address, if one is set, before anything starts, so a taken port stops

@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -45,19 +44,15 @@ const SUFFIX: &str = ".prompt";
 /// What a file looked like when last seen: if this stays the same for `settle`, it has settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fingerprint {
-    ino: u64,
     size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    stamp: agentq_platform::fs::Stamp,
 }
 
 impl Fingerprint {
     fn of(m: &std::fs::Metadata) -> Fingerprint {
         Fingerprint {
-            ino: m.ino(),
             size: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
+            stamp: agentq_platform::fs::Stamp::of(m),
         }
     }
 }
@@ -118,36 +113,10 @@ pub fn look(
     }
 }
 
-/// Whether some process has `path` open for writing, where the system can tell: Linux refuses a
-/// read lease (`F_SETLEASE`, `F_RDLCK`) with EAGAIN exactly then. The lease is dropped at once.
-/// Where leases are not to be had (another owner's file, NFS, another OS) the answer is `false`
-/// and the settle time alone decides. The daemon handles SIGIO, the signal a lease holder gets
-/// when a writer opens the file in the moment the lease is held.
-#[cfg(target_os = "linux")]
+/// Whether some process has `path` open for writing, where the system can tell (see
+/// `agentq_platform::fs::held_open_for_writing`); where it cannot, the settle time alone decides.
 pub fn held_open_for_writing(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let file = match file {
-        Ok(f) => f,
-        // Someone else (a file server exporting the folder, say) holds a lease: it is in use.
-        Err(e) => return e.raw_os_error() == Some(libc::EWOULDBLOCK),
-    };
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
-    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0 {
-        // SAFETY: as above. Closing `file` would release the lease as well.
-        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
-        return false;
-    }
-    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn held_open_for_writing(_path: &Path) -> bool {
-    false
+    agentq_platform::fs::held_open_for_writing(path)
 }
 
 /// What reading a taken file found.
@@ -162,22 +131,19 @@ pub enum Content {
 
 /// Reads and checks a file already moved into `.taking/`. Blocking.
 pub fn read_taken(path: &Path, max_size: u64) -> Content {
-    // O_NOFOLLOW and O_NONBLOCK: whatever is there now, a link is not followed and a pipe cannot
-    // block the read.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let mut file = match file {
-        Ok(f) => f,
+    // Whatever is there now, a link is not followed and a pipe cannot block the read.
+    let mut file = match agentq_platform::fs::open_no_follow(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return Content::Reject(
+                "is a symbolic link; prompt files must be regular files".into(),
+            );
+        }
         Err(e) => {
             return match e.kind() {
                 std::io::ErrorKind::NotFound => Content::Gone,
                 std::io::ErrorKind::PermissionDenied => {
                     Content::Reject(format!("is unreadable: {e}"))
-                }
-                _ if e.raw_os_error() == Some(libc::ELOOP) => {
-                    Content::Reject("is a symbolic link; prompt files must be regular files".into())
                 }
                 _ => Content::Retry(format!("cannot be opened: {e}")),
             };
@@ -270,24 +236,9 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Network file systems do not deliver inotify events for changes made by other hosts.
-// f_type is i64 on glibc x86-64 but another width elsewhere, hence the cast.
-#[allow(clippy::unnecessary_cast)]
+/// Network file systems do not deliver file-system events for changes made by other hosts.
 fn is_network_fs(dir: &Path) -> bool {
-    use nix::sys::statfs::{NFS_SUPER_MAGIC, SMB_SUPER_MAGIC, statfs};
-    const CIFS: i64 = 0xFF53_4D42;
-    const SMB2: i64 = 0xFE53_4D42;
-    const FUSE: i64 = 0x6573_5546;
-    const V9FS: i64 = 0x0102_1997;
-    match statfs(dir) {
-        Ok(st) => {
-            let t = st.filesystem_type();
-            t == NFS_SUPER_MAGIC
-                || t == SMB_SUPER_MAGIC
-                || [CIFS, SMB2, FUSE, V9FS].contains(&(t.0 as i64))
-        }
-        Err(_) => false,
-    }
+    agentq_platform::fs::is_network_fs(dir)
 }
 
 /// Called for each task intake creates, so the worker's runner wakes.
@@ -796,6 +747,7 @@ fn list_taking(dir: &Path) -> Vec<Taken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt;
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -819,6 +771,7 @@ mod tests {
         look(path, Some(first), settle, cap)
     }
 
+    #[cfg_attr(not(unix), allow(dead_code))]
     fn rejected(found: Look) -> String {
         match found {
             Look::Reject(r) => r,
@@ -892,6 +845,7 @@ mod tests {
         assert_eq!(read_taken(&dir.join("gone"), 100), Content::Gone);
     }
 
+    #[cfg(unix)] // links and pipes made the Unix way
     #[test]
     fn entries_that_are_not_files_are_rejected_at_once() {
         let d = tempfile::tempdir().unwrap();
@@ -919,6 +873,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)] // mode 000
     #[test]
     fn unreadable_files_are_rejected_when_not_root() {
         let d = tempfile::tempdir().unwrap();

@@ -308,7 +308,9 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
     Ok(Status {
         pid,
         started_at: r.started_at,
-        memory_mb: pid.and_then(agentq_agents::procs::stat).map(|p| mib(p.rss)),
+        memory_mb: pid
+            .and_then(|p| agentq_agents::procs::rss(p as u32))
+            .map(mib),
         workers,
         pool_tasks: r.pool_tasks,
         pool_pids,

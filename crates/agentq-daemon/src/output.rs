@@ -119,11 +119,14 @@ mod tests {
             ]
         );
         // Files are readable by others, as `File::create` made them.
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join("task_2.json"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o044, 0o044, "{mode:o}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("task_2.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o044, 0o044, "{mode:o}");
+        }
     }
 }

@@ -5,9 +5,7 @@
 //! the token is never readable by others, not even for an instant, and two processes creating it
 //! at once agree on one token (the second link fails, and the loser reads the winner's file).
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rand::RngExt;
@@ -31,11 +29,7 @@ pub fn ensure(state_dir: &Path) -> Result<String> {
     let target = path(state_dir);
     let tmp = state_dir.join(format!(".{FILE}.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut file = agentq_platform::fs::create_new_private(&tmp)?;
         file.write_all(format!("{token}\n").as_bytes())?;
         file.sync_all()
     };
@@ -87,7 +81,6 @@ pub fn matches(presented: &[u8], token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_token_is_private_random_hex_and_kept() {
@@ -97,12 +90,10 @@ mod tests {
         let token = ensure(&state).unwrap();
         assert_eq!(token.len(), 64);
         assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
-        let mode = std::fs::metadata(path(&state))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
+        assert_eq!(
+            agentq_platform::fs::exposure(&path(&state)).unwrap(),
+            agentq_platform::fs::Exposure::Private
+        );
         assert_eq!(ensure(&state).unwrap(), token, "an existing token is kept");
         assert_eq!(read(&state).unwrap().as_deref(), Some(token.as_str()));
         let others: Vec<_> = std::fs::read_dir(&state)

@@ -791,8 +791,8 @@ pub(crate) fn cap_text(text: &mut String, cap: usize) -> bool {
 }
 
 fn signal_name(signal: i32) -> String {
-    nix::sys::signal::Signal::try_from(signal)
-        .map(|s| format!(", {}", s.as_str()))
+    agentq_platform::process::signal_name(signal)
+        .map(|s| format!(", {s}"))
         .unwrap_or_default()
 }
 

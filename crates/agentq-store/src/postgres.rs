@@ -2938,6 +2938,7 @@ pub mod tests {
             let config: tokio_postgres::Config = url.expose().parse().unwrap();
             let upstream = match (&config.get_hosts()[0], config.get_ports()[0]) {
                 (tokio_postgres::config::Host::Tcp(h), port) => format!("{h}:{port}"),
+                #[allow(unreachable_patterns)] // only Unix has socket hosts
                 _ => panic!("the test server must be on TCP"),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -276,7 +276,7 @@ impl Journal {
         for record in self.live.values() {
             text.push_str(&record_line(record));
         }
-        agentq_core::files::write_atomic(&self.path, text.as_bytes())?;
+        crate::files::write_atomic(&self.path, text.as_bytes())?;
         self.file = None;
         self.lines = self.live.len();
         Ok(())

@@ -1,0 +1,208 @@
+//! An agent's process tree: starting it apart from the daemon, stopping it gracefully then for
+//! good, knowing when all of it has ended, its memory, and what outlives a daemon that died.
+//!
+//! **Unix.** Every agent leads its own process group (started with `posix_spawn`). Its end is
+//! seen through a pidfd (Linux; a short poll elsewhere); as the leader is reaped, whatever it left
+//! in its group is killed first, while the unreaped leader still holds the group's number. A
+//! graceful stop is SIGTERM to the group; the forced one SIGKILL. What leaves the group (`setsid`)
+//! and what outlives a daemon killed hard is the [`Guardian`]'s and the [`Book`]'s business (see
+//! `book.rs`). Memory is the group's summed resident set from `/proc` (Linux only).
+//!
+//! **Windows.** Every agent runs in its own Job Object with kill-on-job-close, assigned while its
+//! first thread is still suspended, so nothing it starts escapes (breakaway is not allowed). The
+//! daemon holds the only handle: when the daemon ends, however it ends, the system closes it and
+//! the whole tree dies, which is what the guardian and the book do on Unix (there they are
+//! no-ops). A graceful stop is CTRL_BREAK to the agent's process group where the system can
+//! deliver one (the agent shares the daemon's console), then `TerminateJobObject`. The end of an
+//! attempt is the job having no process left, not the first child's exit alone. Memory is the
+//! summed working sets of the job's processes.
+
+#[cfg(unix)]
+mod book;
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub use book::{
+    Book, Guardian, LiveGroup, OWNER_ENV, ProcInfo, Reaped, Record, Recorded, group_members, guard,
+    kill_marked, live_groups, started_at, stat,
+};
+#[cfg(unix)]
+use unix as imp;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+#[cfg(windows)]
+pub use windows::{
+    Book, Guardian, LiveGroup, OWNER_ENV, Reaped, Record, Recorded, guard, live_groups, started_at,
+};
+
+pub use imp::{Child, Tree};
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    /// Ended by a signal (Unix).
+    Signal(i32),
+    /// Gone, how is unknown (reaped by someone else).
+    Unknown,
+}
+
+/// A started agent: its process, and its standard streams as tokio pipes.
+pub struct Spawned {
+    pub child: Child,
+    pub stdin: Option<tokio::process::ChildStdin>,
+    pub stdout: Option<tokio::process::ChildStdout>,
+    pub stderr: Option<tokio::process::ChildStderr>,
+}
+
+/// A command for `program` as an agent's `command` names it. On Windows a bare name without an
+/// extension is looked up on `PATH` with `PATHEXT`, as a shell would (std alone finds only
+/// `.exe`), so npm's `claude.cmd` shims start; std's `Command` then runs a `.cmd`/`.bat` through
+/// `cmd.exe` with its arguments escaped for it, and refuses one it cannot pass safely. Elsewhere
+/// it is `Command::new(program)`.
+pub fn command(program: &str) -> std::process::Command {
+    if cfg!(windows)
+        && !crate::fs::is_path(program)
+        && std::path::Path::new(program).extension().is_none()
+        && let Some(path) = std::env::var_os("PATH")
+        && let Some(found) = crate::fs::find_on_path(program, &path)
+    {
+        return std::process::Command::new(found);
+    }
+    std::process::Command::new(program)
+}
+
+/// Starts `cmd` as the leader of a tree of its own (see the module's doc). Must be called inside
+/// a tokio runtime. If anything fails after the process started, it is killed and reaped.
+pub fn spawn(cmd: std::process::Command) -> std::io::Result<Spawned> {
+    imp::spawn(cmd)
+}
+
+/// Resident memory of process `pid`, bytes (`None` when it is gone or cannot be read).
+pub fn rss(pid: u32) -> Option<u64> {
+    imp::rss(pid)
+}
+
+/// The name of signal `n` (`SIGKILL`), where processes end by signals (Unix).
+pub fn signal_name(n: i32) -> Option<&'static str> {
+    imp::signal_name(n)
+}
+
+/// Whether a process with this pid exists.
+pub fn alive(pid: u32) -> bool {
+    imp::alive(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A shell line that starts two sleepers beside itself and waits, and one whose grandchild
+    /// writes its pid to `pidfile` and ignores a polite stop.
+    #[cfg(unix)]
+    fn two_sleepers() -> std::process::Command {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "sleep 30 & sleep 30 & wait"]);
+        cmd
+    }
+
+    #[cfg(windows)]
+    fn two_sleepers() -> std::process::Command {
+        let mut cmd = std::process::Command::new("cmd");
+        cmd.args([
+            "/c",
+            "start /b ping -n 30 127.0.0.1 >NUL & ping -n 30 127.0.0.1 >NUL",
+        ]);
+        cmd
+    }
+
+    fn quiet(mut cmd: std::process::Command) -> std::process::Command {
+        use std::process::Stdio;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    #[tokio::test]
+    async fn a_tree_is_summed_and_killed_whole() {
+        let Spawned { mut child, .. } = spawn(quiet(two_sleepers())).unwrap();
+        let tree = child.tree();
+        // Wait (bounded) for the sleepers to be in the tree.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tree.members().len() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let members = tree.members();
+        assert!(members.len() >= 3, "{members:?}");
+        let rss = tree.rss();
+        assert!(rss.unwrap() > 3 * 4096, "{rss:?}");
+        assert!(tree.leader_rss().is_some());
+        assert!(child.ended().is_none());
+        let exit = child.kill().await;
+        assert_ne!(exit, Exit::Code(0));
+        // Killed processes are reaped by init (Unix); give that a bounded moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while members.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<_> = members.iter().filter(|p| alive(**p)).collect();
+        assert!(left.is_empty(), "still alive: {left:?}");
+        assert_eq!(tree.rss(), None, "nobody left in the tree");
+    }
+
+    #[tokio::test]
+    async fn when_the_leader_exits_what_it_left_is_ended_too() {
+        #[cfg(unix)]
+        let line = ["sh", "-c", "sleep 30 & echo $!"];
+        #[cfg(windows)]
+        let line = [
+            "cmd",
+            "/c",
+            "start /b ping -n 30 127.0.0.1 >NUL & echo started",
+        ];
+        let mut cmd = std::process::Command::new(line[0]);
+        cmd.args(&line[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let Spawned {
+            mut child, stdout, ..
+        } = spawn(cmd).unwrap();
+        let tree = child.tree();
+        let mut out = String::new();
+        use tokio::io::AsyncReadExt;
+        let read = tokio::spawn(async move {
+            let _ = stdout.unwrap().read_to_string(&mut out).await;
+            out
+        });
+        let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("the leader's end is seen");
+        assert_eq!(exit, Exit::Code(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !tree.members().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(tree.members().is_empty(), "{:?}", tree.members());
+        let out = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .unwrap()
+            .unwrap();
+        #[cfg(unix)]
+        {
+            let sleeper: u32 = out.trim().parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while alive(sleeper) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!alive(sleeper), "the sleeper {sleeper} outlived its leader");
+        }
+        #[cfg(windows)]
+        assert!(out.contains("started"), "{out}");
+    }
+}

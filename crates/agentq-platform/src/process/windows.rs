@@ -1,0 +1,434 @@
+//! The Windows half: one Job Object per agent, with kill-on-job-close.
+
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::os::windows::process::CommandExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use windows_sys::Win32::Foundation::{CloseHandle, FILETIME, HANDLE, INVALID_HANDLE_VALUE};
+use windows_sys::Win32::System::Console::{
+    CTRL_BREAK_EVENT, GenerateConsoleCtrlEvent, GetConsoleWindow,
+};
+use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+    CreateToolhelp32Snapshot, TH32CS_SNAPTHREAD, THREADENTRY32, Thread32First, Thread32Next,
+};
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+    JOBOBJECT_BASIC_PROCESS_ID_LIST, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    JobObjectBasicProcessIdList, JobObjectExtendedLimitInformation, QueryInformationJobObject,
+    SetInformationJobObject, TerminateJobObject,
+};
+use windows_sys::Win32::System::ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS};
+use windows_sys::Win32::System::Threading::{
+    CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_SUSPENDED, GetExitCodeProcess,
+    GetProcessTimes, OpenProcess, OpenThread, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_VM_READ,
+    ResumeThread, THREAD_SUSPEND_RESUME,
+};
+
+use super::{Exit, Spawned};
+
+/// A Job Object handle, closed (killing what is left in the job) when the last owner drops it.
+#[derive(Debug)]
+struct Job(OwnedHandle);
+
+impl Job {
+    fn new() -> std::io::Result<Job> {
+        // SAFETY: no security attributes (the handle is not inherited) and no name.
+        let handle = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+        if handle.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh handle this process now owns.
+        let job = Job(unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) });
+        // SAFETY: all-zero is a valid limit struct; only the kill-on-close flag is set.
+        let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+        limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+        // SAFETY: the struct matches the information class and its size is given.
+        let ok = unsafe {
+            SetInformationJobObject(
+                job.raw(),
+                JobObjectExtendedLimitInformation,
+                (&limits as *const JOBOBJECT_EXTENDED_LIMIT_INFORMATION).cast(),
+                std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+            )
+        };
+        if ok == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(job)
+    }
+
+    fn raw(&self) -> HANDLE {
+        self.0.as_raw_handle() as HANDLE
+    }
+
+    fn terminate(&self) {
+        // SAFETY: a job handle this value owns. Exit code 1 for every process killed.
+        unsafe { TerminateJobObject(self.raw(), 1) };
+    }
+
+    /// The pids of the processes in the job.
+    fn pids(&self) -> Vec<u32> {
+        // A header of two u32 counts, then the ids (pointer-sized); room for 1024 processes.
+        let mut buf = vec![0usize; 2 + 1024];
+        // SAFETY: the buffer is large enough for the header and 1024 ids, and its size is given.
+        let ok = unsafe {
+            QueryInformationJobObject(
+                self.raw(),
+                JobObjectBasicProcessIdList,
+                buf.as_mut_ptr().cast(),
+                (buf.len() * std::mem::size_of::<usize>()) as u32,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Vec::new();
+        }
+        // SAFETY: the call filled in a JOBOBJECT_BASIC_PROCESS_ID_LIST at the start of `buf`.
+        let list = unsafe { &*(buf.as_ptr() as *const JOBOBJECT_BASIC_PROCESS_ID_LIST) };
+        let n = (list.NumberOfProcessIdsInList as usize).min(1024);
+        buf[1..1 + n].iter().map(|id| *id as u32).collect()
+    }
+}
+
+/// An agent's Job Object. Clones share it; the job ends with the [`Child`].
+#[derive(Clone, Debug)]
+pub struct Tree {
+    job: Arc<Job>,
+    leader: u32,
+}
+
+impl Tree {
+    /// CTRL_BREAK to the agent's process group, which works only when it shares this process's
+    /// console (the daemon runs in one). Returns whether it was delivered: without a console (a
+    /// service), or under Wine (not implemented), there is no graceful stop to wait for.
+    pub fn ask_to_stop(&self) -> bool {
+        // SAFETY: no arguments beyond the event and the group id.
+        unsafe {
+            !GetConsoleWindow().is_null()
+                && GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, self.leader) != 0
+        }
+    }
+
+    /// Ends every process in the job.
+    pub fn kill(&self) {
+        self.job.terminate();
+    }
+
+    /// Summed working sets of the job's processes; `None` when none is left.
+    pub fn rss(&self) -> Option<u64> {
+        let sizes: Vec<u64> = self.job.pids().into_iter().filter_map(rss).collect();
+        (!sizes.is_empty()).then(|| sizes.iter().sum())
+    }
+
+    pub fn leader_rss(&self) -> Option<u64> {
+        rss(self.leader)
+    }
+
+    pub fn members(&self) -> Vec<u32> {
+        self.job.pids()
+    }
+}
+
+pub fn spawn(mut cmd: std::process::Command) -> std::io::Result<Spawned> {
+    // Suspended until it is in its job, so not even its first instruction runs outside. A new
+    // process group takes a CTRL_BREAK of its own; without a console to share, no window opens.
+    let console = unsafe { !GetConsoleWindow().is_null() };
+    let window = if console { 0 } else { CREATE_NO_WINDOW };
+    cmd.creation_flags(CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP | window);
+    let job = Job::new()?;
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    // SAFETY: both handles are open: the job's ours, the process's held by `child`.
+    let assigned = unsafe { AssignProcessToJobObject(job.raw(), child.as_raw_handle() as HANDLE) };
+    if assigned == 0 || !resume(pid) {
+        let err = std::io::Error::last_os_error();
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(err);
+    }
+    let tree = Tree {
+        job: Arc::new(job),
+        leader: pid,
+    };
+    let stdin = child.stdin.take().map(tokio::process::ChildStdin::from_std);
+    let stdout = child
+        .stdout
+        .take()
+        .map(tokio::process::ChildStdout::from_std);
+    let stderr = child
+        .stderr
+        .take()
+        .map(tokio::process::ChildStderr::from_std);
+    // The leader's exit, awaited on a blocking thread (the process handle moves there).
+    let waiter = tokio::task::spawn_blocking(move || child.wait());
+    let child = Child {
+        pid,
+        tree,
+        waiter: Some(waiter),
+        status: None,
+    };
+    // From here on, dropping `child` ends the job.
+    Ok(Spawned {
+        stdin: stdin.transpose()?,
+        stdout: stdout.transpose()?,
+        stderr: stderr.transpose()?,
+        child,
+    })
+}
+
+/// Resumes every thread of a process started suspended (there is one, its first).
+fn resume(pid: u32) -> bool {
+    // SAFETY: a snapshot of the system's threads, closed below.
+    let snapshot = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0) };
+    if snapshot == INVALID_HANDLE_VALUE {
+        return false;
+    }
+    let mut resumed = false;
+    // SAFETY: dwSize set as the API asks; the entry is plain data.
+    let mut entry: THREADENTRY32 = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<THREADENTRY32>() as u32;
+    // SAFETY: a valid snapshot and entry.
+    let mut more = unsafe { Thread32First(snapshot, &mut entry) } != 0;
+    while more {
+        if entry.th32OwnerProcessID == pid {
+            // SAFETY: a thread id from the snapshot; the handle is closed at once.
+            unsafe {
+                let thread = OpenThread(THREAD_SUSPEND_RESUME, 0, entry.th32ThreadID);
+                if !thread.is_null() {
+                    resumed |= ResumeThread(thread) != u32::MAX;
+                    CloseHandle(thread);
+                }
+            }
+        }
+        // SAFETY: as above.
+        more = unsafe { Thread32Next(snapshot, &mut entry) } != 0;
+    }
+    // SAFETY: the snapshot is ours.
+    unsafe { CloseHandle(snapshot) };
+    resumed
+}
+
+/// A running agent in its job. Dropping it ends the job.
+pub struct Child {
+    pid: u32,
+    tree: Tree,
+    waiter: Option<tokio::task::JoinHandle<std::io::Result<std::process::ExitStatus>>>,
+    status: Option<Exit>,
+}
+
+/// How long, after the leader ended and the job was terminated, its last processes may take to
+/// be gone before the attempt is called over anyway.
+const JOB_DRAIN: Duration = Duration::from_secs(5);
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn tree(&self) -> Tree {
+        self.tree.clone()
+    }
+
+    /// No kernel peak on Windows (job accounting gives it on real Windows, zeros under Wine):
+    /// the sampled figures are the figure.
+    pub fn own_peak(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether the leader has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.status.is_some() || self.waiter.as_ref().is_some_and(|w| w.is_finished())
+    }
+
+    pub fn ended(&self) -> Option<Exit> {
+        self.status
+    }
+
+    /// Waits for the leader to end, then ends what it left in the job and waits until the job
+    /// is empty. Cancel-safe.
+    pub async fn wait(&mut self) -> Exit {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let exit = match self.waiter.as_mut() {
+            Some(waiter) => match waiter.await {
+                Ok(Ok(status)) => status.code().map_or(Exit::Unknown, |c| Exit::Code(c)),
+                _ => Exit::Unknown,
+            },
+            None => Exit::Unknown,
+        };
+        self.waiter = None;
+        self.tree.kill();
+        let started = Instant::now();
+        while !self.tree.job.pids().is_empty() && started.elapsed() < JOB_DRAIN {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.status = Some(exit);
+        exit
+    }
+
+    pub async fn kill(&mut self) -> Exit {
+        self.tree.kill();
+        self.wait().await
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.tree.kill();
+        }
+    }
+}
+
+fn open(pid: u32, access: u32) -> Option<OwnedHandle> {
+    // SAFETY: opening by id; a null handle is refused below.
+    let handle = unsafe { OpenProcess(access, 0, pid) };
+    // SAFETY: a fresh handle this function owns.
+    (!handle.is_null()).then(|| unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) })
+}
+
+pub fn rss(pid: u32) -> Option<u64> {
+    let process = open(pid, PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_VM_READ)?;
+    // SAFETY: plain data with its size set, filled in by the call.
+    let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
+    counters.cb = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+    // SAFETY: a process handle with query rights and the struct above.
+    let ok = unsafe {
+        K32GetProcessMemoryInfo(
+            process.as_raw_handle() as HANDLE,
+            &mut counters,
+            counters.cb,
+        )
+    };
+    (ok != 0 && counters.WorkingSetSize > 0).then_some(counters.WorkingSetSize as u64)
+}
+
+pub fn alive(pid: u32) -> bool {
+    let Some(process) = open(pid, PROCESS_QUERY_LIMITED_INFORMATION) else {
+        return false;
+    };
+    let mut code = 0u32;
+    // SAFETY: a process handle with query rights.
+    let ok = unsafe { GetExitCodeProcess(process.as_raw_handle() as HANDLE, &mut code) };
+    ok != 0 && code == 259 // STILL_ACTIVE
+}
+
+/// When process `pid` started (Wine gives the caller's own times: verified on real Windows only).
+pub fn started_at(pid: i32) -> Option<std::time::SystemTime> {
+    let process = open(pid as u32, PROCESS_QUERY_LIMITED_INFORMATION)?;
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: a process handle with query rights and four out-structs.
+    let ok = unsafe {
+        GetProcessTimes(
+            process.as_raw_handle() as HANDLE,
+            &mut created,
+            &mut exited,
+            &mut kernel,
+            &mut user,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    let ticks = ((created.dwHighDateTime as u64) << 32) | created.dwLowDateTime as u64;
+    // FILETIME counts 100 ns from 1601; the Unix epoch is 11,644,473,600 s later.
+    let unix = (ticks / 10).checked_sub(11_644_473_600_000_000)?;
+    Some(std::time::UNIX_EPOCH + Duration::from_micros(unix))
+}
+
+pub fn signal_name(_n: i32) -> Option<&'static str> {
+    None
+}
+
+/// Marks an agent's environment with its daemon (kept on Windows for tools that look).
+pub const OWNER_ENV: &str = "AGENTQ_DAEMON";
+
+/// On Unix, the book of live process groups a crashed daemon left. On Windows the job's
+/// kill-on-close does that job: when the daemon dies the system closes its job handles and every
+/// agent tree ends, so there is nothing to record or reap.
+#[derive(Debug)]
+pub struct Book {
+    owner: String,
+}
+
+#[derive(Debug)]
+pub struct Recorded;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub pgid: i32,
+    pub start_ticks: u64,
+    pub boot_id: Option<String>,
+    pub owner: String,
+    pub worker: String,
+    pub task: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub record: Record,
+    pub killed: Vec<i32>,
+}
+
+impl Book {
+    pub fn new(_state_dir: &Path, owner: &str) -> Book {
+        Book {
+            owner: owner.to_string(),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn record(&self, _pid: u32, _worker: &str, _task: Option<i64>) -> Option<Recorded> {
+        Some(Recorded)
+    }
+
+    pub fn reap(&self) -> Vec<Reaped> {
+        Vec::new()
+    }
+}
+
+/// A live agent tree as `agentq status` shows it. Windows keeps no book (see [`Book`]), so none
+/// is listed from another process.
+#[derive(Clone, Debug)]
+pub struct LiveGroup {
+    pub record: Record,
+    pub rss: u64,
+    pub started_at: Option<std::time::SystemTime>,
+}
+
+pub fn live_groups(_state_dir: &Path) -> Vec<LiveGroup> {
+    Vec::new()
+}
+
+/// The Unix guardian's place: on Windows the jobs' kill-on-close needs no helper process.
+pub struct Guardian;
+
+impl Guardian {
+    pub fn start(_owner: &str) -> std::io::Result<Guardian> {
+        Ok(Guardian)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    /// Never: there is no process to end.
+    pub async fn ended(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        std::future::pending().await
+    }
+
+    pub async fn stop(self, _within: Duration) {}
+}
+
+/// `agentq guard` has nothing to do on Windows.
+pub fn guard(_owner: &str) {}

@@ -1,0 +1,327 @@
+//! The Windows suite's end-to-end tests: the Windows build of agentq (`agentq.exe`) through its
+//! CLI, with the Windows build of the misbehaving test agent as a worker's command. Run under Wine
+//! by `scripts/windows/test` (CI), or on real Windows with `cargo test --test windows`.
+//!
+//! What Wine does not implement is not asserted here (see README, "Windows"): job memory limits,
+//! CTRL_BREAK to another process group, accounting. Stopping the daemon is a hard kill
+//! (TerminateProcess), the one stop Wine delivers to another process: that it loses nothing and
+//! leaves nothing is the point of several tests.
+#![cfg(windows)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentq");
+const TEST_AGENT: &str = env!("CARGO_BIN_EXE_agentq-test-agent");
+
+/// A project folder, with a space and a non-ASCII letter in its path, holding agentq.toml.
+struct Project {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Project {
+    /// One worker `w` running the test agent, which writes every pid it starts to pids.log.
+    fn new(extra: &str) -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("agentq win")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("prøject dir");
+        std::fs::create_dir_all(&root).unwrap();
+        let pids = root.join("pids.log");
+        // TOML literal strings: Windows paths keep their backslashes.
+        let config = format!(
+            "[defaults]\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"\nkill_timeout = \"500ms\"\n{extra}\n\
+             [[worker]]\nname = \"w\"\ncommand = ['{TEST_AGENT}']\nenv = {{ AGENTQ_TEST_PIDS = '{}' }}\n",
+            pids.display()
+        );
+        std::fs::write(root.join("agentq.toml"), config).unwrap();
+        Project { _dir: dir, root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(&self.root)
+            .env_remove("AGENTQ_CONFIG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "agentq {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn submit(&self, prompt: &str) -> i64 {
+        self.json(&["submit", "w", prompt])["id"].as_i64().unwrap()
+    }
+
+    fn wait(&self, id: i64) -> Value {
+        self.run(&["wait", "--timeout", "60s", &id.to_string()]);
+        self.json(&["show", &id.to_string()])
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path("pids.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Starts `agentq run` and waits until it says it is running.
+    fn start(&self) -> Daemon {
+        let log = self.path(&format!("daemon-{}.log", rand_suffix()));
+        let child = self
+            .cmd(&["run"])
+            .env("AGENTQ_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child, log };
+        wait_until(Duration::from_secs(60), "the daemon to start", || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "the daemon exited at start with {status}:\n{}",
+                    daemon.log()
+                );
+            }
+            daemon.log().contains("agentq running")
+        });
+        daemon
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// TerminateProcess: the daemon gets no say.
+    fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    agentq_platform::process::alive(pid)
+}
+
+fn none_left(pids: &[u32]) {
+    assert!(!pids.is_empty(), "the agent wrote no pid");
+    wait_until(
+        Duration::from_secs(10),
+        "every agent process to be gone",
+        || pids.iter().all(|p| !alive(*p)),
+    );
+}
+
+#[test]
+fn a_command_worker_runs_tasks_in_order_with_their_output() {
+    let p = Project::new("");
+    let _d = p.start();
+    let ids: Vec<i64> = (1..=3).map(|i| p.submit(&format!("task {i} ✓"))).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let t = p.wait(*id);
+        assert_eq!(t["state"], "done", "{t}");
+        let out = p.ok(&["output", &id.to_string()]);
+        assert_eq!(out.trim_end(), format!("done: task {} ✓", i + 1));
+    }
+}
+
+#[test]
+fn a_hung_agent_is_stopped_by_its_timeout_and_its_grandchildren_end_with_it() {
+    let p = Project::new("timeout = \"2s\"\nmax_attempts = 1\n");
+    let _d = p.start();
+    let started = Instant::now();
+    let id = p.submit("[[grandchildren 2]] [[hang]]");
+    let t = p.wait(id);
+    assert_eq!(t["state"], "dead", "{t}");
+    assert!(t.to_string().contains("timed out"), "{t}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let pids = p.pids();
+    assert_eq!(pids.len(), 3, "the agent and two grandchildren: {pids:?}");
+    none_left(&pids);
+    // The worker goes on.
+    let next = p.submit("next");
+    assert_eq!(p.wait(next)["state"], "done");
+}
+
+#[test]
+fn a_crashed_agent_is_retried_and_the_worker_goes_on() {
+    let p = Project::new("max_attempts = 2\n");
+    let _d = p.start();
+    let id = p.submit("[[crash SEGV]]");
+    let t = p.wait(id);
+    assert_eq!(t["state"], "dead", "{t}");
+    let attempts = t["attempts"].as_array().map_or(0, Vec::len);
+    assert_eq!(attempts, 2, "{t}");
+    let next = p.submit("after the crash");
+    assert_eq!(p.wait(next)["state"], "done");
+}
+
+#[test]
+fn the_daemon_killed_hard_loses_nothing_and_leaves_nothing_running() {
+    let p = Project::new("");
+    let d = p.start();
+    let id = p.submit("[[grandchildren 1]] [[sleep 3000]]");
+    wait_until(
+        Duration::from_secs(30),
+        "the agent and its grandchild",
+        || p.pids().len() >= 2,
+    );
+    let pids = p.pids();
+    d.kill_hard();
+    // Kill-on-job-close: the agent's tree ends with the daemon's handle to its job.
+    none_left(&pids);
+    let _d = p.start();
+    let t = p.wait(id);
+    assert_eq!(
+        t["state"], "done",
+        "the task is run again and finishes: {t}"
+    );
+}
+
+#[test]
+fn a_second_daemon_is_refused_while_the_first_holds_the_folder() {
+    let p = Project::new("");
+    let d = p.start();
+    let out = p.run(&["run"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already"), "{err}");
+    assert!(
+        err.contains(&d.child.id().to_string()),
+        "names the holder: {err}"
+    );
+    let status = p.json(&["status"]);
+    assert_eq!(status["daemon"]["pid"], d.child.id(), "{status}");
+}
+
+#[test]
+fn the_http_api_asks_for_the_token() {
+    let p = Project::new("[http]\nlisten = \"127.0.0.1:0\"\n");
+    let d = p.start();
+    let log = d.log();
+    let at = log
+        .find("HTTP API on http://")
+        .expect("the API's address is logged");
+    let addr = log[at + "HTTP API on http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let token = std::fs::read_to_string(p.path(".agentq/token")).unwrap();
+    let get = |auth: Option<&str>| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let header = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            s,
+            "GET /v1/status HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(get(None).starts_with("HTTP/1.1 401"), "{}", get(None));
+    assert!(get(Some(token.trim())).starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        agentq_platform::fs::exposure(&p.path(".agentq/token")).unwrap(),
+        agentq_platform::fs::Exposure::Private
+    );
+}
+
+#[test]
+fn a_prompt_file_becomes_a_task_and_a_bad_one_is_set_aside() {
+    let p = Project::new("[intake]\nsettle = \"100ms\"\n");
+    let _d = p.start();
+    let q = p.path(".queue/w");
+    wait_until(Duration::from_secs(10), "the queue folder", || q.is_dir());
+    std::fs::write(q.join("a.prompt"), "from a file\r\n").unwrap();
+    std::fs::write(q.join("empty.prompt"), "").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the file's task to be done",
+        || {
+            let tasks = p.json(&["tasks"]);
+            tasks
+                .as_array()
+                .is_some_and(|a| a.iter().any(|t| t["state"] == "done"))
+        },
+    );
+    wait_until(Duration::from_secs(10), "the empty file set aside", || {
+        q.join("rejected/empty.prompt").exists() && q.join("rejected/empty.prompt.reason").exists()
+    });
+    assert!(!q.join("a.prompt").exists());
+}
+
+#[test]
+fn doctor_finds_the_state_folder_private() {
+    let p = Project::new("");
+    p.submit("creates the state folder");
+    let out = p.run(&["doctor", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let checks: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let state = checks
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["check"] == "state folder").cloned())
+        .unwrap_or_else(|| panic!("no state folder check: {text}"));
+    assert_eq!(state["status"], "ok", "{state}");
+}
