@@ -32,7 +32,7 @@ pub use agentq_agents as agents;
 pub use agentq_agents::{agent, memory, persistent, procs};
 pub use agentq_core::{classify, domain, error, files, logfile, state, units, wake};
 pub use agentq_daemon::{
-    config, daemon, drive, hosts, http, intake, ops, output, pool, route, token, worker,
+    config, daemon, drive, hosts, http, intake, ops, output, pool, route, text, token, worker,
 };
 pub use agentq_store as store;
 

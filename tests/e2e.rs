@@ -255,6 +255,87 @@ fn bad_prompt_files_are_set_aside_with_reasons_while_good_ones_succeed() {
 }
 
 #[test]
+fn prompt_files_from_windows_editors_become_utf8_prompts_with_lf() {
+    // An agent that keeps the exact bytes it was given on stdin.
+    const KEEPING_AGENT: &str = r#"["sh", "-c", "cat > \"stdin-$AGENTQ_TASK_ID.txt\""]"#;
+    let p = Project::with_workers(&["w"], KEEPING_AGENT, "[intake]\nsettle = \"50ms\"");
+    let q = p.path(".queue/w");
+    let daemon = p.start();
+
+    /// `text` as UTF-16 with its byte-order mark, as Notepad saves "Unicode" (LE) and
+    /// "Unicode big endian".
+    fn utf16(text: &str, big_endian: bool) -> Vec<u8> {
+        std::iter::once(0xFEFF)
+            .chain(text.encode_utf16())
+            .flat_map(|u| {
+                if big_endian {
+                    u.to_be_bytes()
+                } else {
+                    u.to_le_bytes()
+                }
+            })
+            .collect()
+    }
+    let crlf = b"first line\r\nsecond line\r\n".to_vec();
+    let mut bom8 = b"\xEF\xBB\xBF".to_vec();
+    bom8.extend_from_slice("héllo ✓ 日本 as UTF-8\r\n".as_bytes());
+    let mut odd = utf16("cut short", false);
+    odd.push(b'!');
+    let good: &[(&str, Vec<u8>, &str)] = &[
+        ("crlf.prompt", crlf, "first line\nsecond line\n"),
+        ("bom8.prompt", bom8, "héllo ✓ 日本 as UTF-8\n"),
+        (
+            "le.prompt",
+            utf16("héllo ✓ 日本\r\nlittle end 😀\r\n", false),
+            "héllo ✓ 日本\nlittle end 😀\n",
+        ),
+        (
+            "be.prompt",
+            utf16("héllo ✓ 日本\r\nbig end\r", true),
+            "héllo ✓ 日本\nbig end\n",
+        ),
+    ];
+    for (name, bytes, _) in good {
+        p.drop_file(&format!(".queue/w/{name}"), bytes);
+    }
+    p.drop_file(".queue/w/odd.prompt", &odd);
+
+    let reason_file = q.join("rejected/odd.prompt.reason");
+    wait_until(LONG, "four tasks done and the odd file set aside", || {
+        p.totals()["succeeded"] == 4 && reason_file.exists()
+    });
+    let tasks = p.json(&["tasks", "--limit", "0"]);
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 4, "{tasks:?}");
+    for t in tasks {
+        let id = t["id"].as_i64().unwrap();
+        let task = p.task(id);
+        let source = task["source"].as_str().unwrap();
+        let (name, _, expected) = good
+            .iter()
+            .find(|(name, _, _)| source == format!("file:{name}"))
+            .unwrap_or_else(|| panic!("task {id} from an unexpected file: {task}"));
+        assert_eq!(task["prompt"], *expected, "{name}");
+        assert_eq!(
+            std::fs::read(p.path(&format!("stdin-{id}.txt"))).unwrap(),
+            expected.as_bytes(),
+            "{name}: the agent got the decoded bytes"
+        );
+    }
+    let reason = read(&reason_file);
+    assert!(
+        reason.starts_with("odd.prompt: is UTF-16LE by its byte-order mark but has an odd number of bytes: the last, at offset 20, is half a character; save it as UTF-8\n"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read(q.join("rejected/odd.prompt")).unwrap(),
+        odd,
+        "set aside untouched"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn fifty_concurrent_submits_against_a_running_daemon_lose_nothing() {
     let p = Project::with_workers(&["a", "b"], RECORDING_AGENT, "");
     let daemon = p.start();

@@ -7,16 +7,21 @@
 //! 2. It is renamed into `.queue/<worker>/.taking/<token>.<name>`, where `token` is random. The
 //!    rename is atomic: from here on the name `<name>.prompt` is free, and a new file dropped under
 //!    it is a new task, never mistaken for this one.
-//! 3. It is read, checked (UTF-8, not empty, not too large), and submitted with the dedup key
-//!    `file:<worker>:<token>`. Then the taken file is removed.
+//! 3. It is read (at most `max_prompt_size` bytes and one more), decoded ([`text::decode`]: UTF-8,
+//!    or UTF-16 with its byte-order mark; CRLF made LF), checked (not empty after decoding), and
+//!    submitted with the dedup key `file:<worker>:<token>`. Then the taken file is removed.
 //!
 //! A crash anywhere leaves the file either in the folder (not yet taken) or in `.taking/`; each scan
 //! finishes what is in `.taking/` first. Submitting again with the same token returns the task the
 //! first submit made, so a crash between submit and removal costs only a removal: exactly once.
 //!
-//! A file that cannot be a task (empty, not UTF-8, too large, unreadable, a link, a folder, a pipe)
-//! is moved to `.queue/<worker>/rejected/` with `<name>.reason` beside it and an event. Nothing is
-//! deleted that was not taken.
+//! A file that cannot be a task (empty, not text in an encoding [`text`] reads, too large,
+//! unreadable, a link, a folder, a pipe) is moved to `.queue/<worker>/rejected/` with
+//! `<name>.reason` beside it and an event. Nothing is deleted that was not taken.
+//!
+//! `max_prompt_size` caps the file's bytes, as `ls -l` shows them, before anything is read (so a
+//! huge file costs nothing) and not the decoded text: UTF-16 text can grow by half as UTF-8 (three
+//! bytes for two: Chinese, say) or shrink by half (ASCII).
 //!
 //! Files are taken oldest first (modification time, then name). Scans are triggered by file-system
 //! events, with a slow periodic rescan in case events were dropped; on a network file system (or
@@ -35,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::text;
 use agentq_store::{NewEvent, Store, Submitted, now_ms};
 
 pub const REJECTED_DIR: &str = "rejected";
@@ -161,20 +167,15 @@ pub fn read_taken(path: &Path, max_size: u64) -> Content {
     if bytes.len() as u64 > max_size {
         return Content::Reject(format!("is over max_prompt_size ({max_size} bytes)"));
     }
-    let text = match String::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            return Content::Reject(format!(
-                "is not valid UTF-8 text (bad byte at offset {}); save it as UTF-8",
-                e.utf8_error().valid_up_to()
-            ));
-        }
+    let prompt = match text::decode(bytes) {
+        Ok(prompt) => prompt,
+        Err(e) => return Content::Reject(e.to_string()),
     };
-    let prompt = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    // After decoding: a file that is only a byte-order mark, or only line ends, is empty too.
     if prompt.trim().is_empty() {
         return Content::Reject("is empty (or only white space): a prompt needs text".into());
     }
-    Content::Prompt(prompt.to_string())
+    Content::Prompt(prompt)
 }
 
 /// `<token>.<name>` in `.taking/` back to its token and original name.
@@ -835,6 +836,26 @@ mod tests {
         );
         assert!(content_rejected(read_taken(&write(dir, "e", b""), 100)).contains("empty"));
         assert!(content_rejected(read_taken(&write(dir, "s", b" \n\t"), 100)).contains("empty"));
+        // Decoded first, then found empty: only a byte-order mark, or only line ends.
+        for (name, only) in [
+            ("m8", &b"\xEF\xBB\xBF"[..]),
+            ("m16", b"\xFF\xFE"),
+            ("m16n", b"\xFE\xFF\0\r\0\n"),
+            ("crlf", b"\r\n\r\n"),
+        ] {
+            assert!(
+                content_rejected(read_taken(&write(dir, name, only), 100)).contains("empty"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            read_taken(&write(dir, "u16", b"\xFF\xFEo\0k\0\r\0\n\0"), 100),
+            Content::Prompt("ok\n".into())
+        );
+        assert!(
+            content_rejected(read_taken(&write(dir, "odd", b"\xFF\xFEo\0k"), 100))
+                .contains("odd number of bytes")
+        );
         assert!(
             content_rejected(read_taken(&write(dir, "b", b"ok\xff\xfe"), 100)).contains("offset 2")
         );

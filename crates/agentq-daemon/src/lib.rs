@@ -19,5 +19,6 @@ pub mod ops;
 pub mod output;
 pub mod pool;
 pub mod route;
+pub mod text;
 pub mod token;
 pub mod worker;
