@@ -343,3 +343,96 @@ fn doctor_finds_the_state_folder_private() {
         assert_eq!(state["status"], "ok", "{state}");
     }
 }
+
+/// The Windows build of Claude Code (`claude.exe` of the pinned version, which
+/// scripts/windows/test installs with `npm install --os=win32`), named by AGENTQ_TEST_CLAUDE_EXE.
+fn claude_exe() -> String {
+    std::env::var("AGENTQ_TEST_CLAUDE_EXE")
+        .expect("AGENTQ_TEST_CLAUDE_EXE names claude.exe: run scripts/windows/test")
+}
+
+/// `seen N: p1 | ... | pN`, the fake model's answer: which prompts it saw in the conversation.
+fn seen(output: &str) -> (usize, Vec<String>) {
+    let rest = output
+        .strip_prefix("seen ")
+        .unwrap_or_else(|| panic!("not a seen answer: {output:?}"));
+    let (n, list) = rest.trim_end().split_once(": ").unwrap();
+    (
+        n.parse().unwrap(),
+        list.split(" | ").map(str::to_string).collect(),
+    )
+}
+
+/// A worker `c` running the real claude.exe against the fake Anthropic API on loopback, with a
+/// profile folder of its own.
+fn claude_project(fake: &fake_anthropic::FakeServer, mode: &str) -> Project {
+    let p = Project::new("");
+    let home = p.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = format!(
+        "[defaults]\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"\n\
+         [[worker]]\nname = \"c\"\nagent = \"claude\"\nclaude_bin = '{exe}'\nmode = \"{mode}\"\n\
+         [worker.env]\nANTHROPIC_BASE_URL = \"{url}\"\nANTHROPIC_API_KEY = \"test-key\"\n\
+         USERPROFILE = '{home}'\nHOME = '{home}'\nDISABLE_AUTOUPDATER = \"1\"\n\
+         DISABLE_TELEMETRY = \"1\"\nCLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\"\n\
+         CLAUDE_CODE_MAX_RETRIES = \"0\"\n",
+        exe = claude_exe(),
+        url = fake.url(),
+        home = home.display(),
+    );
+    std::fs::write(p.path("agentq.toml"), config).unwrap();
+    p
+}
+
+fn submit_to(p: &Project, worker: &str, prompt: &str) -> i64 {
+    p.ok(&["submit", "--worker", worker, prompt])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Three tasks, one conversation; the daemon killed hard leaves no claude.exe behind; a new
+/// daemon goes on with the same conversation.
+fn claude_keeps_its_conversation(mode: &str) {
+    let fake = fake_anthropic::FakeServer::start().unwrap();
+    let p = claude_project(&fake, mode);
+    let d = p.start();
+    let mut session = None;
+    for k in 1..=3 {
+        let id = submit_to(&p, "c", &format!("task {k}"));
+        let t = p.wait(id);
+        assert_eq!(t["state"], "succeeded", "{t}");
+        let (n, prompts) = seen(t["output"].as_str().unwrap());
+        assert_eq!(n, k, "task {k} saw {prompts:?}");
+        let sid = t["session_id"].as_str().unwrap().to_string();
+        assert_eq!(*session.get_or_insert(sid.clone()), sid, "one conversation");
+    }
+    // What the daemon started and still runs (persistent mode: the claude.exe serving the
+    // worker) ends with it, by kill-on-job-close.
+    let left = agentq_platform::process::children(d.child.id());
+    if mode == "persistent" {
+        assert!(!left.is_empty(), "the persistent claude.exe runs under the daemon");
+    }
+    d.kill_hard();
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon's processes to end",
+        || left.iter().all(|pid| !alive(*pid)),
+    );
+    let _d = p.start();
+    let id = submit_to(&p, "c", "task 4");
+    let t = p.wait(id);
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(seen(t["output"].as_str().unwrap()).0, 4, "{t}");
+    assert_eq!(t["session_id"].as_str(), session.as_deref());
+}
+
+#[test]
+fn claude_exe_as_an_exec_worker_keeps_its_conversation() {
+    claude_keeps_its_conversation("exec");
+}
+
+#[test]
+fn claude_exe_as_a_persistent_worker_keeps_its_conversation() {
+    claude_keeps_its_conversation("persistent");
+}

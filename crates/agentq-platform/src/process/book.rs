@@ -516,7 +516,7 @@ pub fn live_groups(state_dir: &Path) -> Vec<LiveGroup> {
 }
 
 /// Every process `/proc` shows (empty where it cannot be read).
-fn all_processes() -> Vec<ProcInfo> {
+pub(super) fn all_processes() -> Vec<ProcInfo> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

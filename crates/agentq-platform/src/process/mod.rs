@@ -86,6 +86,12 @@ pub fn rss(pid: u32) -> Option<u64> {
     imp::rss(pid)
 }
 
+/// The pids of the processes whose parent is `pid` (Linux: from `/proc`; Windows: a Toolhelp
+/// snapshot, which keeps naming a parent that has since died).
+pub fn children(pid: u32) -> Vec<u32> {
+    imp::children(pid)
+}
+
 /// The name of signal `n` (`SIGKILL`), where processes end by signals (Unix).
 pub fn signal_name(n: i32) -> Option<&'static str> {
     imp::signal_name(n)

@@ -247,3 +247,11 @@ pub fn alive(pid: u32) -> bool {
 pub fn signal_name(n: i32) -> Option<&'static str> {
     Signal::try_from(n).ok().map(Signal::as_str)
 }
+
+pub fn children(pid: u32) -> Vec<u32> {
+    super::book::all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == pid as i32 && p.state != 'Z')
+        .map(|p| p.pid as u32)
+        .collect()
+}

@@ -343,6 +343,33 @@ pub fn started_at(pid: i32) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + Duration::from_micros(unix))
 }
 
+pub fn children(pid: u32) -> Vec<u32> {
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        PROCESSENTRY32W, Process32FirstW, Process32NextW, TH32CS_SNAPPROCESS,
+    };
+    // SAFETY: a snapshot of the system's processes, closed below.
+    let snapshot = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) };
+    if snapshot == INVALID_HANDLE_VALUE {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    // SAFETY: dwSize set as the API asks; the entry is plain data.
+    let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
+    // SAFETY: a valid snapshot and entry.
+    let mut more = unsafe { Process32FirstW(snapshot, &mut entry) } != 0;
+    while more {
+        if entry.th32ParentProcessID == pid && entry.th32ProcessID != pid {
+            found.push(entry.th32ProcessID);
+        }
+        // SAFETY: as above.
+        more = unsafe { Process32NextW(snapshot, &mut entry) } != 0;
+    }
+    // SAFETY: the snapshot is ours.
+    unsafe { CloseHandle(snapshot) };
+    found
+}
+
 pub fn signal_name(_n: i32) -> Option<&'static str> {
     None
 }
