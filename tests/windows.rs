@@ -99,9 +99,13 @@ impl Project {
 
     /// Starts `agentq run` and waits until it says it is running.
     fn start(&self) -> Daemon {
+        self.start_with(self.cmd(&["run"]))
+    }
+
+    /// Starts `agentq run` as `cmd` says (another PATH, say).
+    fn start_with(&self, mut cmd: Command) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", rand_suffix()));
-        let child = self
-            .cmd(&["run"])
+        let child = cmd
             .env("AGENTQ_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -218,6 +222,10 @@ fn a_crashed_agent_is_retried_and_the_worker_goes_on() {
     assert_eq!(t["state"], "dead", "{t}");
     assert_eq!(t["attempts"], 2, "{t}");
     assert_eq!(t["cause"], "crashed", "{t}");
+    assert_eq!(
+        t["error"], "crashed (exit code 0xC0000005, access violation)",
+        "{t}"
+    );
     let next = p.submit("after the crash");
     assert_eq!(p.wait(next)["state"], "succeeded");
 }
@@ -411,7 +419,10 @@ fn claude_keeps_its_conversation(mode: &str) {
     // worker) ends with it, by kill-on-job-close.
     let left = agentq_platform::process::children(d.child.id());
     if mode == "persistent" {
-        assert!(!left.is_empty(), "the persistent claude.exe runs under the daemon");
+        assert!(
+            !left.is_empty(),
+            "the persistent claude.exe runs under the daemon"
+        );
     }
     d.kill_hard();
     wait_until(
@@ -435,4 +446,92 @@ fn claude_exe_as_an_exec_worker_keeps_its_conversation() {
 #[test]
 fn claude_exe_as_a_persistent_worker_keeps_its_conversation() {
     claude_keeps_its_conversation("persistent");
+}
+
+#[test]
+fn a_tree_over_max_memory_is_stopped_with_its_grandchildren_and_reports_on_the_way() {
+    // Sampled from the job's working sets (Wine does not enforce job memory limits: agentq does
+    // not rely on them).
+    let p = Project::new(
+        "max_memory = \"150MiB\"\nmemory_report_interval = \"200ms\"\nmax_attempts = 1\n\
+         [daemon]\nmemory_sample_interval = \"100ms\"",
+    );
+    let _d = p.start();
+    let id = p.submit("[[grandchildren 1]] [[grow 20 100]]");
+    let t = p.wait(id);
+    assert_eq!(t["cause"], "memory_limit", "{t}");
+    let peak = t["memory_peak_mb"].as_f64().unwrap();
+    assert!(peak > 150.0 && peak < 600.0, "peak {peak} MiB");
+    none_left(&p.pids());
+    let reports = p.json(&[
+        "events",
+        "--kind",
+        "memory_report",
+        "--task",
+        &id.to_string(),
+    ]);
+    assert!(reports.as_array().unwrap().len() >= 2, "{reports}");
+}
+
+#[test]
+fn a_command_naming_a_cmd_shim_on_path_is_found_through_pathext_and_gets_its_prompt_on_stdin() {
+    // As npm installs CLIs on Windows: `name.cmd` in a folder on PATH, forwarding its arguments.
+    let p = Project::new("");
+    let shims = p.path("npm shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    std::fs::write(
+        shims.join("fakeagent.cmd"),
+        format!(
+            "@echo off\r\n\"{}\" %*\r\n",
+            std::path::absolute(TEST_AGENT).unwrap().display()
+        ),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(p.path("agentq.toml"))
+        .unwrap()
+        .replace(
+            &format!("command = ['{TEST_AGENT}']"),
+            "command = ['fakeagent', 'an \"argument\" & more']",
+        );
+    std::fs::write(p.path("agentq.toml"), config).unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut run = p.cmd(&["run"]);
+    run.env("PATH", format!("{};{path}", shims.display()));
+    let d = p.start_with(run);
+    let id = p.submit("through a shim; \"quotes\" & ampersands | pipes");
+    let t = p.wait(id);
+    assert_eq!(t["state"], "succeeded", "{t}\n{}", d.log());
+    assert_eq!(
+        t["output"], "done: through a shim; \"quotes\" & ampersands | pipes\n",
+        "{t}"
+    );
+}
+
+#[test]
+fn prompt_files_from_windows_editors_are_read_as_they_were_meant() {
+    let p = Project::new("[intake]\nsettle = \"100ms\"\n");
+    let _d = p.start();
+    let q = p.path(".queue/w");
+    wait_until(Duration::from_secs(10), "the queue folder", || q.is_dir());
+    let text = "héllo ✓ 日本\r\nsecond line\r\n";
+    let mut utf16 = vec![0xFF, 0xFE];
+    utf16.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    std::fs::write(q.join("notepad.prompt"), utf16).unwrap();
+    let mut bom = vec![0xEF, 0xBB, 0xBF];
+    bom.extend_from_slice(text.as_bytes());
+    std::fs::write(q.join("bom.prompt"), bom).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "both files' tasks to be done",
+        || {
+            let tasks = p.json(&["tasks"]);
+            tasks
+                .as_array()
+                .is_some_and(|a| a.iter().filter(|t| t["state"] == "succeeded").count() == 2)
+        },
+    );
+    for t in p.json(&["tasks"]).as_array().unwrap() {
+        let shown = p.json(&["show", &t["id"].to_string()]);
+        assert_eq!(shown["prompt"], "héllo ✓ 日本\nsecond line\n", "{shown}");
+    }
 }

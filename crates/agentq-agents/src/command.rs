@@ -32,7 +32,10 @@ impl Driver for Settings {
     fn read(&self, out: &Output) -> Read {
         let end = match out.exit_code {
             Some(0) | None => End::Done,
-            Some(code) => End::failed(Cause::Crashed, format!("crashed (exit code {code})")),
+            Some(code) => End::failed(
+                Cause::Crashed,
+                format!("crashed ({})", super::exit_code(code)),
+            ),
         };
         Read::Reply(Reply {
             text: out.stdout.to_string(),

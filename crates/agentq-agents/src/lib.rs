@@ -502,9 +502,19 @@ pub fn is_json_of_type(line: &str, types: &[&str]) -> bool {
 /// (an `error:` line if it wrote one, else its last line).
 pub fn crashed(code: i32, stderr: &str) -> String {
     format!(
-        "crashed (exit code {code}): {}",
+        "crashed ({}): {}",
+        exit_code(code),
         telling_line(stderr, "no result on stdout")
     )
+}
+
+/// `exit code 2`, or with what the code means where it names a crash (Windows' unhandled
+/// exceptions: `exit code 0xC0000005, access violation`).
+pub fn exit_code(code: i32) -> String {
+    match agentq_platform::process::exit_name(code) {
+        Some(name) => format!("exit code {:#010X}, {name}", code as u32),
+        None => format!("exit code {code}"),
+    }
 }
 
 /// The line of `stderr` that says most: the first that starts with `error` (a command-line

@@ -735,9 +735,13 @@ pub(crate) fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
     Ended::Attempt(match outcome {
         Outcome::Interrupted => return Ended::Interrupted,
         Outcome::Exited(0) | Outcome::Lingered | Outcome::Served => AttemptEnd::Succeeded,
-        Outcome::Exited(code) => {
-            AttemptEnd::failed(Cause::Crashed, format!("crashed (exit code {code})"))
-        }
+        Outcome::Exited(code) => AttemptEnd::failed(
+            Cause::Crashed,
+            match agentq_platform::process::exit_name(*code) {
+                Some(name) => format!("crashed (exit code {:#010X}, {name})", *code as u32),
+                None => format!("crashed (exit code {code})"),
+            },
+        ),
         Outcome::Signalled(0) => {
             AttemptEnd::failed(Cause::Crashed, "crashed (exit status unknown)")
         }

@@ -92,6 +92,28 @@ pub fn children(pid: u32) -> Vec<u32> {
     imp::children(pid)
 }
 
+/// What an exit code means where it names a crash rather than a program's own status: on Windows
+/// the NTSTATUS of an unhandled exception (`0xC0000005`, an access violation). `None` elsewhere
+/// and for ordinary codes.
+pub fn exit_name(code: i32) -> Option<&'static str> {
+    if !cfg!(windows) {
+        return None;
+    }
+    Some(match code as u32 {
+        0xC000_0005 => "access violation",
+        0xC000_001D => "illegal instruction",
+        0xC000_0094 => "integer divide by zero",
+        0xC000_00FD => "stack overflow",
+        0xC000_0135 => "a DLL it needs was not found",
+        0xC000_013A => "ended by Ctrl-C",
+        0xC000_0142 => "DLL initialisation failed",
+        0xC000_0374 => "heap corruption",
+        0xC000_0409 => "fail-fast exception (stack buffer overrun)",
+        0xC000_0417 => "invalid argument to a C runtime function",
+        _ => return None,
+    })
+}
+
 /// The name of signal `n` (`SIGKILL`), where processes end by signals (Unix).
 pub fn signal_name(n: i32) -> Option<&'static str> {
     imp::signal_name(n)
