@@ -343,10 +343,11 @@ mod imp {
         }
     }
 
-    fn whole_file_lock(kind: i32) -> libc::flock {
+    /// A write lock on the whole file (`F_WRLCK` is an int on Linux, a short on macOS).
+    fn whole_file_lock() -> libc::flock {
         // SAFETY: flock is plain data; all-zero is a valid value that the fields below complete.
         let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-        lock.l_type = kind as libc::c_short;
+        lock.l_type = libc::F_WRLCK as libc::c_short;
         lock.l_whence = libc::SEEK_SET as libc::c_short;
         lock.l_start = 0;
         lock.l_len = 0;
@@ -354,7 +355,7 @@ mod imp {
     }
 
     pub fn try_owner_lock(file: &File) -> io::Result<bool> {
-        let mut lock = whole_file_lock(libc::F_WRLCK);
+        let mut lock = whole_file_lock();
         // SAFETY: fcntl with F_SETLK reads a valid, initialised `flock` struct.
         let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &mut lock) };
         if rc == 0 {
@@ -372,7 +373,7 @@ mod imp {
     }
 
     pub fn lock_holder(file: &File) -> io::Result<Option<u32>> {
-        let mut lock = whole_file_lock(libc::F_WRLCK);
+        let mut lock = whole_file_lock();
         // SAFETY: fcntl with F_GETLK fills in the valid `flock` struct it is given.
         let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
         if rc == -1 {

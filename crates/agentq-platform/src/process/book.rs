@@ -25,47 +25,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-/// What `/proc/<pid>/stat` says of a process (Linux).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcInfo {
-    pub pid: i32,
-    /// `R`, `S`, `Z`, ...
-    pub state: char,
-    pub ppid: i32,
-    pub pgrp: i32,
-    /// When it started, in clock ticks since boot: with the pid, it names a process for good.
-    pub start_ticks: u64,
-    /// Resident set, bytes.
-    pub rss: u64,
-}
-
-/// Reads one process's stat line; `None` when it is gone (or this is not Linux).
-pub fn stat(pid: i32) -> Option<ProcInfo> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(pid, &text)
-}
-
-fn parse_stat(pid: i32, text: &str) -> Option<ProcInfo> {
-    // The command (field 2) may hold spaces and parentheses: split after its last ')'.
-    let (_, rest) = text.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields from 3 on: state(3) ppid(4) pgrp(5) ... starttime(22) vsize(23) rss(24, pages).
-    let field = |n: usize| fields.get(n - 3).copied();
-    Some(ProcInfo {
-        pid,
-        state: field(3)?.chars().next()?,
-        ppid: field(4)?.parse().ok()?,
-        pgrp: field(5)?.parse().ok()?,
-        start_ticks: field(22)?.parse().ok()?,
-        rss: field(24)?.parse::<u64>().ok()? * page_size(),
-    })
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096)
-}
+pub use super::kernel::{ProcInfo, stat};
+use super::kernel::{all_processes, boot_id, boot_time, environ_has, ticks};
 
 /// The live (not zombie) members of process group `pgid`. Empty where /proc cannot be read.
 pub fn group_members(pgid: i32) -> Vec<ProcInfo> {
@@ -78,20 +39,6 @@ pub fn group_members(pgid: i32) -> Vec<ProcInfo> {
 /// Every agent's environment names the daemon that started it, so its descendants can be told
 /// from strangers after the agent itself is gone.
 pub const OWNER_ENV: &str = "AGENTQ_DAEMON";
-
-/// Whether process `pid`'s environment holds `KEY=value`; `None` when it cannot be read.
-fn environ_has(pid: i32, key: &str, value: &str) -> Option<bool> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let wanted = format!("{key}={value}");
-    Some(environ.split(|b| *b == 0).any(|e| e == wanted.as_bytes()))
-}
-
-/// This boot's id: processes of another boot are long gone.
-fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-}
 
 /// The guardian: a small process each daemon starts beside it (`agentq guard`), holding the
 /// reading end of a pipe whose writing end only the daemon has. When the daemon dies, however it
@@ -515,40 +462,9 @@ pub fn live_groups(state_dir: &Path) -> Vec<LiveGroup> {
         .collect()
 }
 
-/// Every process `/proc` shows (empty where it cannot be read).
-pub(super) fn all_processes() -> Vec<ProcInfo> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(stat)
-        .collect()
-}
-
 /// When process `pid` started, to the second (Linux; `None` elsewhere or when it is gone).
 pub fn started_at(pid: i32) -> Option<std::time::SystemTime> {
     Some(boot_time()? + ticks(stat(pid)?.start_ticks))
-}
-
-/// When the machine booted (`btime` in /proc/stat).
-fn boot_time() -> Option<std::time::SystemTime> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let secs: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-}
-
-/// Clock ticks (as in /proc/<pid>/stat) as a duration.
-fn ticks(n: u64) -> std::time::Duration {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100);
-    std::time::Duration::from_millis(n * 1000 / hz)
 }
 
 /// Kills what is provably left of a recorded group, and returns the pids it signalled.
@@ -581,13 +497,14 @@ fn kill_recorded(record: &Record) -> Vec<i32> {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn stat_lines_with_odd_command_names_are_read() {
         let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1000000 25 18446744073709551615";
-        let p = parse_stat(4242, line).unwrap();
+        let p = super::super::kernel::parse_stat(4242, line).unwrap();
         assert_eq!((p.state, p.ppid, p.pgrp), ('S', 1, 4242));
         assert_eq!(p.start_ticks, 98765);
-        assert_eq!(p.rss, 25 * page_size());
+        assert_eq!(p.rss, 25 * super::super::kernel::page_size());
     }
 
     #[test]

@@ -20,6 +20,8 @@
 #[cfg(unix)]
 mod book;
 #[cfg(unix)]
+mod kernel;
+#[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub use book::{

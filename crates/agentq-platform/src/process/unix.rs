@@ -38,7 +38,7 @@ pub fn spawn(mut cmd: std::process::Command) -> std::io::Result<Spawned> {
         pidfd: None,
         status: None,
         max_rss: None,
-        parent_rss: super::book::stat(std::process::id() as i32).map_or(0, |p| p.rss),
+        parent_rss: super::kernel::stat(std::process::id() as i32).map_or(0, |p| p.rss),
     };
     // From here on, dropping `child` kills and reaps the group.
     let (stdin, stdout, stderr) = pipes?;
@@ -81,7 +81,7 @@ impl Tree {
 
     /// The leader's resident bytes, if it still runs (a zombie holds nothing).
     pub fn leader_rss(&self) -> Option<u64> {
-        super::book::stat(self.pgid)
+        super::kernel::stat(self.pgid)
             .filter(|p| p.state != 'Z' && p.rss > 0)
             .map(|p| p.rss)
     }
@@ -237,7 +237,7 @@ fn pidfd_open(_pid: i32) -> Option<std::os::fd::OwnedFd> {
 }
 
 pub fn rss(pid: u32) -> Option<u64> {
-    super::book::stat(pid as i32).map(|p| p.rss)
+    super::kernel::stat(pid as i32).map(|p| p.rss)
 }
 
 pub fn alive(pid: u32) -> bool {
@@ -249,7 +249,7 @@ pub fn signal_name(n: i32) -> Option<&'static str> {
 }
 
 pub fn children(pid: u32) -> Vec<u32> {
-    super::book::all_processes()
+    super::kernel::all_processes()
         .into_iter()
         .filter(|p| p.ppid == pid as i32 && p.state != 'Z')
         .map(|p| p.pid as u32)
