@@ -535,3 +535,14 @@ fn prompt_files_from_windows_editors_are_read_as_they_were_meant() {
         assert_eq!(shown["prompt"], "héllo ✓ 日本\nsecond line\n", "{shown}");
     }
 }
+
+#[test]
+fn an_agent_cannot_break_away_from_its_job() {
+    let p = Project::new("");
+    let _d = p.start();
+    let id = p.submit("[[escape]]");
+    let t = p.wait(id);
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let out = t["output"].as_str().unwrap();
+    assert!(out.starts_with("escape refused: "), "{out}");
+}

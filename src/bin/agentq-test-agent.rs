@@ -22,6 +22,10 @@
 //!   ignores SIGTERM, appends its pid to `AGENTQ_TEST_PIDS` and sleeps forever. They inherit
 //!   stdout and stderr (so they hold the worker's pipes open), stay in the process group, and
 //!   are not waited for.
+//! - `[[escape]]`: start one grandchild (as `[[grandchildren 1]]`) the way a daemonising tool
+//!   gets out of its parent's reach: in a process group of its own on Unix; with
+//!   `CREATE_BREAKAWAY_FROM_JOB` on Windows. Prints `escaped: <pid>` or `escape refused: <error>`
+//!   to stdout and goes on.
 //! - `[[alloc MB]]`: allocate MB and touch every page, keeping it for the rest of the run.
 //! - `[[grow MB EVERY]]`: forever, allocate and touch MB more every EVERY, keeping all of it.
 //! - `[[crash SIGNAL]]`: flush, restore SIGNAL's default action and raise it. SIGNAL is a name
@@ -70,6 +74,7 @@ enum Directive {
     IgnoreTerm,
     StopOnTerm,
     Grandchildren(u32),
+    Escape,
     Alloc(usize),
     Grow { mib: usize, every: u64 },
     Crash(Signal),
@@ -127,6 +132,7 @@ fn run(directives: &[Directive], result: &str) -> ! {
             Directive::IgnoreTerm => sys::ignore_term(),
             Directive::StopOnTerm => sys::stop_on_term(),
             Directive::Grandchildren(count) => spawn_grandchildren(*count),
+            Directive::Escape => escape(),
             Directive::Alloc(mib) => held.push(touched_allocation(*mib)),
             Directive::Grow { mib, every } => loop {
                 held.push(touched_allocation(*mib));
@@ -264,6 +270,10 @@ fn parse_directive(body: &str) -> Result<Directive, String> {
         "stop-on-term" => {
             expect_args(0)?;
             Directive::StopOnTerm
+        }
+        "escape" => {
+            expect_args(0)?;
+            Directive::Escape
         }
         "grandchildren" => {
             expect_args(1)?;
@@ -440,6 +450,21 @@ fn spawn_grandchildren(count: u32) {
     }
 }
 
+/// Starts a grandchild out of the agent's process group (Unix) or job (Windows), and says
+/// whether that worked.
+fn escape() {
+    let exe = std::env::current_exe()
+        .unwrap_or_else(|err| fail(&format!("cannot find my own executable: {err}")));
+    let mut cmd = Command::new(&exe);
+    cmd.arg(GRANDCHILD_ARG).stdin(Stdio::null());
+    sys::out_of_reach(&mut cmd);
+    match cmd.spawn() {
+        Ok(child) => println!("escaped: {}", child.id()),
+        Err(err) => println!("escape refused: {err}"),
+    }
+    flush_stdout();
+}
+
 /// A leaked descendant: survives SIGTERM and keeps the inherited stdout and stderr open.
 fn run_grandchild() -> ! {
     sys::ignore_term();
@@ -475,6 +500,11 @@ mod sys {
             return Signal::try_from(number).ok();
         }
         Signal::from_str(name).ok()
+    }
+
+    pub fn out_of_reach(cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
     }
 
     pub fn ignore_term() {
@@ -556,6 +586,12 @@ mod sys {
             ("SIGSTOP", 19),
         ];
         table.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    pub fn out_of_reach(cmd: &mut std::process::Command) {
+        use std::os::windows::process::CommandExt;
+        use windows_sys::Win32::System::Threading::CREATE_BREAKAWAY_FROM_JOB;
+        cmd.creation_flags(CREATE_BREAKAWAY_FROM_JOB);
     }
 
     pub fn ignore_term() {
