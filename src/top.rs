@@ -338,6 +338,7 @@ struct Screen;
 
 impl Screen {
     fn enter() -> Screen {
+        agentq_platform::term::enable_escapes();
         print!("\x1b[?1049h\x1b[?25l");
         Screen
     }

@@ -5,8 +5,19 @@ pub fn size() -> Option<(u16, u16)> {
     imp::size().filter(|(c, r)| *c > 0 && *r > 0)
 }
 
+/// Lets the terminal interpret ANSI escape sequences (cursor moves, the alternate screen): a
+/// Windows console does so only when asked (`ENABLE_VIRTUAL_TERMINAL_PROCESSING`, Windows 10 and
+/// later); Unix terminals always do. Returns whether they will be.
+pub fn enable_escapes() -> bool {
+    imp::enable_escapes()
+}
+
 #[cfg(unix)]
 mod imp {
+    pub fn enable_escapes() -> bool {
+        true
+    }
+
     pub fn size() -> Option<(u16, u16)> {
         // SAFETY: winsize is plain data; all-zero is valid and TIOCGWINSZ overwrites it.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
@@ -19,8 +30,20 @@ mod imp {
 #[cfg(windows)]
 mod imp {
     use windows_sys::Win32::System::Console::{
-        CONSOLE_SCREEN_BUFFER_INFO, GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE,
+        CONSOLE_SCREEN_BUFFER_INFO, ENABLE_VIRTUAL_TERMINAL_PROCESSING, GetConsoleMode,
+        GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE, SetConsoleMode,
     };
+
+    pub fn enable_escapes() -> bool {
+        // SAFETY: the standard output handle, and a mode read before it is changed.
+        unsafe {
+            let out = GetStdHandle(STD_OUTPUT_HANDLE);
+            let mut mode = 0;
+            GetConsoleMode(out, &mut mode) != 0
+                && (mode & ENABLE_VIRTUAL_TERMINAL_PROCESSING != 0
+                    || SetConsoleMode(out, mode | ENABLE_VIRTUAL_TERMINAL_PROCESSING) != 0)
+        }
+    }
 
     pub fn size() -> Option<(u16, u16)> {
         // SAFETY: a standard handle and an out-struct of the right type.
