@@ -1,13 +1,37 @@
-//! `agentq service install`: a systemd unit (Linux) or a launchd job (macOS) that runs
-//! `agentq run` for one project folder, restarts it when it fails, and gives it time to stop well.
+//! `agentq service`: what runs `agentq run` for one project folder at boot or logon and starts it
+//! again when it fails — a systemd unit (Linux), a launchd job (macOS), a Task Scheduler task
+//! (Windows) — installed, removed, and asked after.
 //!
-//! The text of each is made by a pure function of a [`Service`] (tested on every OS); only
-//! choosing the place and writing the file is per-OS. Stopping: the daemon's first SIGTERM stops
-//! it claiming and lets running tasks finish for `shutdown_grace`, after which it stops its agents
-//! itself (SIGTERM, `kill_timeout`, SIGKILL to each group). So the service manager sends SIGTERM
-//! to the daemon only (`KillMode=mixed`) and waits longer than all of that before it kills what
-//! is left. The unit's name carries the folder's name and a hash of its path, so two projects
-//! never share one.
+//! The text of each is made by a pure function of a [`Service`] ([`text`], tested on every OS);
+//! only choosing the place, writing the file and asking the service manager is per OS, and the
+//! manager's commands go through a runner the caller passes ([`manager`]), so what is asked of
+//! it and what its answers mean are tested without one. Stopping: the daemon's first SIGTERM
+//! stops it claiming and lets running tasks finish for `shutdown_grace`, after which it stops its
+//! agents itself (SIGTERM, `kill_timeout`, SIGKILL to each group). So the service manager sends
+//! SIGTERM to the daemon only (`KillMode=mixed`) and waits longer than all of that before it
+//! kills what is left. The unit's name carries the folder's name and a hash of its path, so two
+//! projects never share one; a file that is there already is replaced only when agentq would
+//! write the same or with `--force`, and removed only when it runs agentq in this folder.
+//!
+//! **Windows.** A Task Scheduler task of the user who installs it, started at their logon with
+//! their own interactive token, rather than a Windows service: a service runs as LocalSystem, or
+//! as an account whose password the service manager must keep, while the agent CLIs' logins and
+//! settings live in the user's profile. So no password is stored, and there is no boot trigger
+//! (one needs a stored password, or S4U, which a standard user may not register). Task Scheduler
+//! starts a task again only when it failed to *start* (MS-TSCH 2.5.4.2), not when its program
+//! ends with an error, so the task runs `agentq service run` ([`supervise`]), which holds the
+//! daemon in a kill-on-close job, starts it again when it fails, and writes its output to
+//! `.agentq/service.log`. agentq keeps its own copy of the task's definition,
+//! `%LOCALAPPDATA%\agentq\tasks\<name>.xml` (UTF-16, as schtasks reads it): what install compares
+//! and uninstall checks, as the unit file is elsewhere.
+
+mod manager;
+mod supervise;
+mod text;
+
+pub use manager::{Answer, Ran, Run, ask, forget, register, run_tool, stop, task_registered};
+pub use supervise::{SERVICE_LOG, restart_delay, supervise};
+pub use text::{folder_of, launchd_plist, systemd_unit, task_xml, windows_arg};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +45,8 @@ use agentq_daemon::config::Config;
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 /// Pause before a failed daemon is started again.
 const RESTART_SEC: u64 = 5;
+/// A project's stopping time when its config is not read.
+const UNKNOWN_STOP: Duration = Duration::from_secs(600);
 
 /// What a service runs, and where.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,19 +70,27 @@ pub struct Service {
 impl Service {
     /// The service for the project of `config`, run by `exe`.
     pub fn for_config(config: &Config, exe: PathBuf, path_env: String, user: bool) -> Service {
-        let config_path =
-            std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone());
-        let root = config_path
+        Service {
+            stop_timeout: stop_timeout(config),
+            ..Service::for_file(&config.path, exe, path_env, user)
+        }
+    }
+
+    /// The service for the project whose agentq.toml is `path`, without reading it (to remove
+    /// the service of a project whose config no longer loads): its stop time is a default.
+    pub fn for_file(path: &Path, exe: PathBuf, path_env: String, user: bool) -> Service {
+        let config = agentq_platform::fs::canonical(path).unwrap_or_else(|_| path.to_path_buf());
+        let root = config
             .parent()
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| config.root.clone());
+            .unwrap_or_else(|| PathBuf::from("."));
         let run_as = (!user).then(|| owner_name(&root)).flatten();
         Service {
             exe,
-            config: config_path,
+            config,
             root,
             path_env,
-            stop_timeout: stop_timeout(config),
+            stop_timeout: UNKNOWN_STOP,
             user,
             run_as,
         }
@@ -106,203 +140,211 @@ fn owner_name(path: &Path) -> Option<String> {
     agentq_platform::host::owner_name(path)
 }
 
-/// The systemd unit file for `s`.
-pub fn systemd_unit(s: &Service) -> String {
-    let folder = s.root.display().to_string();
-    let mut unit = format!(
-        "# Written by `agentq service install`. Runs agentq for {folder}.\n\
-         [Unit]\n\
-         Description=agentq workers for {desc}\n",
-        desc = specifiers(&folder),
-    );
-    if !s.user {
-        // A user manager has no network-online.target; a system one should wait for the network.
-        unit.push_str("Wants=network-online.target\nAfter=network-online.target\n");
-    }
-    unit.push_str("\n[Service]\nType=simple\n");
-    if let Some(user) = &s.run_as {
-        unit.push_str(&format!("User={user}\n"));
-    }
-    unit.push_str(&format!(
-        "WorkingDirectory={dir}\n\
-         ExecStart={exe} run --config {config}\n\
-         Environment={path}\n\
-         Restart=on-failure\n\
-         RestartSec={RESTART_SEC}\n\
-         # SIGTERM to the daemon alone: it lets running tasks finish for shutdown_grace, then stops\n\
-         # its agents itself. What is left after TimeoutStopSec is killed.\n\
-         KillMode=mixed\n\
-         KillSignal=SIGTERM\n\
-         TimeoutStopSec={stop}\n\
-         \n\
-         [Install]\n\
-         WantedBy={target}\n",
-        dir = specifiers(&folder),
-        exe = exec_word(&s.exe.display().to_string()),
-        config = exec_word(&s.config.display().to_string()),
-        path = exec_word(&format!("PATH={}", s.path_env)),
-        stop = s.stop_timeout.as_secs(),
-        target = if s.user {
-            "default.target"
+/// The kind of service this OS's manager runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A systemd unit file (Linux).
+    Systemd,
+    /// A launchd job's property list (macOS).
+    Launchd,
+    /// A Task Scheduler task (Windows), registered from agentq's copy of its definition.
+    Task,
+}
+
+impl Kind {
+    /// This OS's kind, if agentq installs one here.
+    pub fn here() -> Option<Kind> {
+        if cfg!(windows) {
+            Some(Kind::Task)
+        } else if cfg!(target_os = "macos") {
+            Some(Kind::Launchd)
+        } else if cfg!(target_os = "linux") {
+            Some(Kind::Systemd)
         } else {
-            "multi-user.target"
-        },
-    ));
-    unit
-}
-
-/// `%` starts a specifier in most unit settings; `%%` is a literal one.
-fn specifiers(text: &str) -> String {
-    text.replace('%', "%%")
-}
-
-/// One word of `ExecStart=` or `Environment=`: quoted when it has spaces or quotes in it.
-fn exec_word(word: &str) -> String {
-    let word = specifiers(word);
-    if word
-        .chars()
-        .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
-    {
-        format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\""))
-    } else {
-        word
+            None
+        }
     }
-}
-
-/// The launchd job (a property list) for `s`, labelled `label`.
-pub fn launchd_plist(s: &Service, label: &str) -> String {
-    let x = |t: &str| {
-        t.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    let string = |t: &str| format!("<string>{}</string>", x(t));
-    let log = s
-        .root
-        .join(agentq_daemon::config::STATE_DIR)
-        .join("launchd.log");
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
-<!-- Written by `agentq service install`. Runs agentq for {folder}. -->
-<plist version="1.0">
-<dict>
-  <key>Label</key>
-  {label}
-  <key>ProgramArguments</key>
-  <array>
-    {exe}
-    <string>run</string>
-    <string>--config</string>
-    {config}
-  </array>
-  <key>WorkingDirectory</key>
-  {root}
-  <key>EnvironmentVariables</key>
-  <dict>
-    <key>PATH</key>
-    {path}
-  </dict>
-  <key>RunAtLoad</key>
-  <true/>
-  <key>KeepAlive</key>
-  <dict>
-    <key>SuccessfulExit</key>
-    <false/>
-  </dict>
-  <key>ThrottleInterval</key>
-  <integer>{RESTART_SEC}</integer>
-  <key>ExitTimeOut</key>
-  <integer>{stop}</integer>
-  <key>StandardOutPath</key>
-  {log}
-  <key>StandardErrorPath</key>
-  {log}
-</dict>
-</plist>
-"#,
-        folder = x(&s.root.display().to_string()),
-        label = string(label),
-        exe = string(&s.exe.display().to_string()),
-        config = string(&s.config.display().to_string()),
-        root = string(&s.root.display().to_string()),
-        path = string(&s.path_env),
-        stop = s.stop_timeout.as_secs(),
-        log = string(&log.display().to_string()),
-    )
 }
 
 /// Where the file goes, its text, and the commands that start it.
 #[derive(Debug)]
 pub struct Plan {
+    pub kind: Kind,
+    /// The user's service rather than the system's (systemd, launchd; a task is always the
+    /// user's).
+    pub user: bool,
+    /// What the manager calls it: the unit's file name, the job's label, the task's name.
+    pub name: String,
     pub path: PathBuf,
     pub text: String,
+    /// The commands that start it, for people (install prints them).
     pub enable: Vec<String>,
 }
 
-/// The file for this OS: a systemd unit on Linux (under `$XDG_CONFIG_HOME/systemd/user/` for a
-/// user service, `/etc/systemd/system/` otherwise), a launchd job on macOS.
+impl Plan {
+    /// The file's bytes: the text as UTF-8, or for a task as UTF-16LE with its byte-order mark,
+    /// which is what `schtasks /XML` reads.
+    pub fn bytes(&self) -> Vec<u8> {
+        match self.kind {
+            Kind::Task => [0xFF, 0xFE]
+                .into_iter()
+                .chain(self.text.encode_utf16().flat_map(u16::to_le_bytes))
+                .collect(),
+            Kind::Systemd | Kind::Launchd => self.text.clone().into_bytes(),
+        }
+    }
+
+    /// What it is, in words: "user unit", "system unit", "launchd agent", "task".
+    pub fn what(&self) -> &'static str {
+        match (self.kind, self.user) {
+            (Kind::Systemd, true) => "user unit",
+            (Kind::Systemd, false) => "system unit",
+            (Kind::Launchd, true) => "launchd agent",
+            (Kind::Launchd, false) => "launchd daemon",
+            (Kind::Task, _) => "Task Scheduler task",
+        }
+    }
+
+    /// ` --user` for a user's service where the flag chooses it, for commands to print.
+    fn user_flag(&self) -> &'static str {
+        if self.user && self.kind != Kind::Task {
+            " --user"
+        } else {
+            ""
+        }
+    }
+}
+
+/// Text of a service file as read back: UTF-16 with its byte-order mark (a task's), else UTF-8.
+fn decode(bytes: &[u8]) -> String {
+    match bytes {
+        [0xFF, 0xFE, rest @ ..] => {
+            let units: Vec<u16> = rest
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
+        _ => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The service for this OS: a systemd unit on Linux (under `$XDG_CONFIG_HOME/systemd/user/` for
+/// a user service, `/etc/systemd/system/` otherwise), a launchd job on macOS, a Task Scheduler
+/// task on Windows (its definition kept under `%LOCALAPPDATA%\agentq\tasks\`).
 pub fn plan(s: &Service, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
+    match Kind::here() {
+        Some(kind) => plan_for(kind, s, env),
+        None => Err(Error::Usage(
+            "agentq service installs systemd units (Linux), launchd jobs (macOS) and Task Scheduler tasks (Windows); elsewhere run `agentq run` in the project folder from your service manager (README.md: Running as a service)".into(),
+        )),
+    }
+}
+
+/// The service of `kind` for `s`, with the user's folders from `env`.
+pub fn plan_for(kind: Kind, s: &Service, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
+    let set = |key: &str| env(key).filter(|v| !v.is_empty());
     let home = || {
-        env("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
+        set("HOME").ok_or_else(|| {
             Error::Usage(
                 "HOME is not set, so the user's service folder is unknown; set HOME".into(),
             )
         })
     };
-    if cfg!(target_os = "macos") {
-        let label = format!("com.agentq.{}", s.name());
-        let dir = if s.user {
-            PathBuf::from(home()?).join("Library/LaunchAgents")
-        } else {
-            PathBuf::from("/Library/LaunchDaemons")
-        };
-        let path = dir.join(format!("{label}.plist"));
-        let domain = if s.user { "gui/$(id -u)" } else { "system" };
-        let sudo = if s.user { "" } else { "sudo " };
-        return Ok(Plan {
-            text: launchd_plist(s, &label),
-            enable: vec![format!(
-                "{sudo}launchctl bootstrap {domain} {}",
-                path.display()
-            )],
-            path,
-        });
+    match kind {
+        Kind::Launchd => {
+            let label = format!("com.agentq.{}", s.name());
+            let dir = if s.user {
+                PathBuf::from(home()?).join("Library/LaunchAgents")
+            } else {
+                PathBuf::from("/Library/LaunchDaemons")
+            };
+            let path = dir.join(format!("{label}.plist"));
+            let domain = if s.user { "gui/$(id -u)" } else { "system" };
+            let sudo = if s.user { "" } else { "sudo " };
+            Ok(Plan {
+                kind,
+                user: s.user,
+                text: launchd_plist(s, &label),
+                enable: vec![format!(
+                    "{sudo}launchctl bootstrap {domain} {}",
+                    path.display()
+                )],
+                name: label,
+                path,
+            })
+        }
+        Kind::Systemd => {
+            let name = format!("{}.service", s.name());
+            let (dir, ctl) = if s.user {
+                let config_home = env("XDG_CONFIG_HOME")
+                    .filter(|d| Path::new(d).is_absolute())
+                    .map(PathBuf::from);
+                let config_home = match config_home {
+                    Some(d) => d,
+                    None => PathBuf::from(home()?).join(".config"),
+                };
+                (config_home.join("systemd/user"), "systemctl --user")
+            } else {
+                (PathBuf::from("/etc/systemd/system"), "systemctl")
+            };
+            let mut enable = vec![format!("{ctl} daemon-reload && {ctl} enable --now {name}")];
+            if s.user {
+                enable.push(
+                    "loginctl enable-linger \"$USER\"   # keeps it running without a login session"
+                        .to_string(),
+                );
+                enable.push(format!("journalctl --user -u {name} -f   # its logs"));
+            } else {
+                enable.push(format!("journalctl -u {name} -f   # its logs"));
+            }
+            Ok(Plan {
+                kind,
+                user: s.user,
+                path: dir.join(&name),
+                text: systemd_unit(s),
+                enable,
+                name,
+            })
+        }
+        Kind::Task => {
+            let local = set("LOCALAPPDATA").ok_or_else(|| {
+                Error::Usage(
+                    "LOCALAPPDATA is not set, so there is no folder for the task's definition; set it (usually %USERPROFILE%\\AppData\\Local)".into(),
+                )
+            })?;
+            let name = s.name();
+            // Whom the task runs as and whose logon starts it: the installing user, as Windows
+            // names accounts (DOMAIN\name; the machine's name for a local account).
+            let user = match (set("USERDOMAIN"), set("USERNAME")) {
+                (Some(domain), Some(user)) => Some(format!("{domain}\\{user}")),
+                (None, user) => user,
+                (Some(_), None) => None,
+            };
+            let log = s
+                .root
+                .join(agentq_daemon::config::STATE_DIR)
+                .join(SERVICE_LOG);
+            Ok(Plan {
+                kind,
+                user: true,
+                path: PathBuf::from(local)
+                    .join("agentq")
+                    .join("tasks")
+                    .join(format!("{name}.xml")),
+                text: task_xml(s, user.as_deref()),
+                enable: vec![
+                    format!("schtasks /Run /TN {name}   # now; it starts at every logon"),
+                    format!("schtasks /Query /TN {name} /V /FO LIST   # its state"),
+                    format!(
+                        "type {}   # its log",
+                        windows_arg(&log.display().to_string())
+                    ),
+                ],
+                name,
+            })
+        }
     }
-    if !cfg!(target_os = "linux") {
-        return Err(Error::Usage(
-            "agentq service install writes systemd units (Linux) and launchd jobs (macOS); elsewhere run `agentq run` in the project folder from your service manager (README.md: Running as a service)".into(),
-        ));
-    }
-    let name = format!("{}.service", s.name());
-    let (dir, ctl) = if s.user {
-        let config_home = env("XDG_CONFIG_HOME")
-            .filter(|d| Path::new(d).is_absolute())
-            .map(PathBuf::from);
-        let config_home = match config_home {
-            Some(d) => d,
-            None => PathBuf::from(home()?).join(".config"),
-        };
-        (config_home.join("systemd/user"), "systemctl --user")
-    } else {
-        (PathBuf::from("/etc/systemd/system"), "systemctl")
-    };
-    let mut enable = vec![format!("{ctl} daemon-reload && {ctl} enable --now {name}")];
-    if s.user {
-        enable.push(
-            "loginctl enable-linger \"$USER\"   # keeps it running without a login session"
-                .to_string(),
-        );
-        enable.push(format!("journalctl --user -u {name} -f   # its logs"));
-    } else {
-        enable.push(format!("journalctl -u {name} -f   # its logs"));
-    }
-    Ok(Plan {
-        path: dir.join(&name),
-        text: systemd_unit(s),
-        enable,
-    })
 }
 
 /// What `install` did.
@@ -315,31 +357,32 @@ pub enum Installed {
 }
 
 /// Writes the plan's file; an existing different file is replaced only with `force`.
-pub fn install(plan: &Plan, force: bool, user: bool) -> Result<Installed> {
+pub fn install(plan: &Plan, force: bool) -> Result<Installed> {
     let path = &plan.path;
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => Some(text),
+    let bytes = plan.bytes();
+    let existing = match std::fs::read(path) {
+        Ok(existing) => Some(existing),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io("reading the existing service file", path, e)),
     };
     let outcome = match &existing {
-        Some(text) if *text == plan.text => return Ok(Installed::Unchanged),
+        Some(existing) if *existing == bytes => return Ok(Installed::Unchanged),
         Some(_) if !force => {
             return Err(Error::Usage(format!(
                 "{} exists and differs from what agentq would write; compare it with `agentq service install --print{}`, then pass --force to replace it",
                 path.display(),
-                if user { " --user" } else { "" }
+                plan.user_flag(),
             )));
         }
         Some(_) => Installed::Replaced,
         None => Installed::Written,
     };
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let written = std::fs::create_dir_all(dir)
-        .and_then(|()| agentq_core::files::write_atomic(path, plan.text.as_bytes()));
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| agentq_core::files::write_atomic(path, &bytes));
     match written {
         Ok(()) => Ok(outcome),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !user => {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !plan.user => {
             Err(Error::Usage(format!(
                 "cannot write {}: {e}; run it as root (`sudo {} service install`) or install a user service with --user",
                 path.display(),
@@ -352,11 +395,74 @@ pub fn install(plan: &Plan, force: bool, user: bool) -> Result<Installed> {
     }
 }
 
+/// Whose the plan's file is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// There is no file.
+    Nothing,
+    /// It runs agentq in this folder.
+    Ours,
+    /// It runs agentq in another folder (named), or names none.
+    Other(Option<String>),
+}
+
+/// Whether the plan's file is there, and whether it runs agentq in `root`.
+pub fn found(plan: &Plan, root: &Path) -> Result<Found> {
+    let bytes = match std::fs::read(&plan.path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Nothing),
+        Err(e) => return Err(Error::io("reading the service file", &plan.path, e)),
+    };
+    Ok(match folder_of(plan.kind, &decode(&bytes)) {
+        Some(folder) if folder == root.display().to_string() => Found::Ours,
+        other => Found::Other(other),
+    })
+}
+
+/// What `uninstall` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Uninstalled {
+    /// There was no file.
+    Nothing,
+    Removed,
+}
+
+/// Removes what `install` wrote for `root`: when the file runs agentq in this folder, `stop` (the
+/// service manager's part: see [`manager::stop`]) and then the file. A file that runs agentq
+/// elsewhere, or names no folder, is refused and left as it is; so is the file when `stop` fails.
+pub fn uninstall(
+    plan: &Plan,
+    root: &Path,
+    stop: impl FnOnce(&Plan) -> Result<()>,
+) -> Result<Uninstalled> {
+    match found(plan, root)? {
+        Found::Nothing => Ok(Uninstalled::Nothing),
+        Found::Other(folder) => Err(Error::Usage(format!(
+            "{} is not this folder's: it runs agentq {}, not in {}; it is left as it is (uninstall it from its own folder, or remove it yourself)",
+            plan.path.display(),
+            match folder {
+                Some(f) => format!("in {f}"),
+                None => "in no folder it names".into(),
+            },
+            root.display(),
+        ))),
+        Found::Ours => {
+            stop(plan)?;
+            match std::fs::remove_file(&plan.path) {
+                Ok(()) => Ok(Uninstalled::Removed),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Uninstalled::Removed),
+                Err(e) => Err(Error::io("removing the service file", &plan.path, e)),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn service(user: bool) -> Service {
+    /// A project of Ann's, with a space in its folder's name.
+    pub(super) fn service(user: bool) -> Service {
         Service {
             exe: "/usr/local/bin/agentq".into(),
             config: "/home/ann/my proj/agentq.toml".into(),
@@ -368,90 +474,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_user_unit_runs_agentq_for_the_folder_and_stops_gently() {
-        let s = service(true);
-        let name = s.name();
-        assert!(name.starts_with("agentq-my-proj-"), "{name}");
-        assert_eq!(name.len(), "agentq-my-proj-".len() + 8);
-        let expected = [
-            "# Written by `agentq service install`. Runs agentq for /home/ann/my proj.",
-            "[Unit]",
-            "Description=agentq workers for /home/ann/my proj",
-            "",
-            "[Service]",
-            "Type=simple",
-            "WorkingDirectory=/home/ann/my proj",
-            "ExecStart=/usr/local/bin/agentq run --config \"/home/ann/my proj/agentq.toml\"",
-            "Environment=PATH=/home/ann/.local/bin:/usr/bin:/bin",
-            "Restart=on-failure",
-            "RestartSec=5",
-            "# SIGTERM to the daemon alone: it lets running tasks finish for shutdown_grace, then stops",
-            "# its agents itself. What is left after TimeoutStopSec is killed.",
-            "KillMode=mixed",
-            "KillSignal=SIGTERM",
-            "TimeoutStopSec=45",
-            "",
-            "[Install]",
-            "WantedBy=default.target",
-        ];
-        assert_eq!(systemd_unit(&s).lines().collect::<Vec<_>>(), expected);
-    }
-
-    #[test]
-    fn the_system_unit_waits_for_the_network_and_runs_as_the_folders_owner() {
-        let unit = systemd_unit(&service(false));
-        let lines: Vec<&str> = unit.lines().collect();
-        assert_eq!(
-            lines[3..5],
-            ["Wants=network-online.target", "After=network-online.target"]
-        );
-        assert!(lines.contains(&"User=ann"), "{unit}");
-        assert_eq!(lines.last(), Some(&"WantedBy=multi-user.target"));
-    }
-
-    #[test]
-    fn names_differ_by_path_and_odd_characters_are_escaped() {
-        let mut a = service(true);
-        let mut b = service(true);
-        b.root = "/srv/other/my proj".into();
-        assert_ne!(a.name(), b.name());
-        a.root = "/tmp/Ünïcode & 100%!".into();
-        assert!(a.name().starts_with("agentq-n-code-100-"), "{}", a.name());
-        let mut bare = service(true);
-        bare.root = "/".into();
-        assert!(
-            bare.name().starts_with("agentq-project-"),
-            "{}",
-            bare.name()
-        );
-
-        a.path_env = "/a b:/c%d".into();
-        let unit = systemd_unit(&a);
-        assert!(unit.contains("Environment=\"PATH=/a b:/c%%d\"\n"), "{unit}");
-        assert!(
-            unit.contains("WorkingDirectory=/tmp/Ünïcode & 100%%!\n"),
-            "{unit}"
-        );
-    }
-
-    #[test]
-    fn the_launchd_job_has_the_same_command_and_stop_time() {
-        let plist = launchd_plist(&service(true), "com.agentq.x");
-        for part in [
-            "<string>com.agentq.x</string>",
-            "<string>/usr/local/bin/agentq</string>\n    <string>run</string>\n    <string>--config</string>\n    <string>/home/ann/my proj/agentq.toml</string>",
-            "<key>WorkingDirectory</key>\n  <string>/home/ann/my proj</string>",
-            "<key>PATH</key>\n    <string>/home/ann/.local/bin:/usr/bin:/bin</string>",
-            "<key>ExitTimeOut</key>\n  <integer>45</integer>",
-            "<key>SuccessfulExit</key>\n    <false/>",
-            "<string>/home/ann/my proj/.agentq/launchd.log</string>",
-        ] {
-            assert!(plist.contains(part), "{part} missing from:\n{plist}");
-        }
-        let mut odd = service(true);
-        odd.path_env = "<&>".into();
-        assert!(launchd_plist(&odd, "l").contains("<string>&lt;&amp;&gt;</string>"));
+    /// An environment of these variables only.
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |key| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
     #[test]
@@ -461,24 +490,205 @@ mod tests {
         assert_eq!(stop_timeout(&config), Duration::from_secs(38));
     }
 
+    // Unix paths: on Windows "/home/ann" is not absolute.
+    #[cfg(unix)]
+    #[test]
+    fn units_go_where_systemd_and_launchd_look_and_say_how_to_start_them() {
+        let s = service(true);
+        let name = s.name();
+        let e = env(&[("HOME", "/home/ann"), ("XDG_CONFIG_HOME", "/home/ann/.cfg")]);
+        let unit = plan_for(Kind::Systemd, &s, &e).unwrap();
+        assert_eq!(
+            unit.path,
+            PathBuf::from(format!("/home/ann/.cfg/systemd/user/{name}.service"))
+        );
+        assert_eq!(unit.name, format!("{name}.service"));
+        assert_eq!(
+            unit.enable[0],
+            format!(
+                "systemctl --user daemon-reload && systemctl --user enable --now {name}.service"
+            )
+        );
+        let system = plan_for(Kind::Systemd, &service(false), &e).unwrap();
+        assert_eq!(
+            system.path,
+            PathBuf::from(format!("/etc/systemd/system/{name}.service"))
+        );
+        let job = plan_for(Kind::Launchd, &s, &e).unwrap();
+        assert_eq!(
+            job.path,
+            PathBuf::from(format!(
+                "/home/ann/Library/LaunchAgents/com.agentq.{name}.plist"
+            ))
+        );
+        let err = plan_for(Kind::Systemd, &s, &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("HOME is not set"), "{err}");
+    }
+
+    #[test]
+    fn a_task_is_kept_under_local_app_data_and_started_with_schtasks() {
+        let s = service(true);
+        let name = s.name();
+        let e = env(&[
+            ("LOCALAPPDATA", "/c/Users/ann/AppData/Local"),
+            ("USERDOMAIN", "DESKTOP-1"),
+            ("USERNAME", "ann"),
+        ]);
+        let task = plan_for(Kind::Task, &s, &e).unwrap();
+        assert_eq!(task.name, name);
+        assert_eq!(
+            task.path,
+            PathBuf::from(format!(
+                "/c/Users/ann/AppData/Local/agentq/tasks/{name}.xml"
+            ))
+        );
+        assert!(
+            task.text.contains("<UserId>DESKTOP-1\\ann</UserId>"),
+            "{}",
+            task.text
+        );
+        assert_eq!(
+            task.enable[0],
+            format!("schtasks /Run /TN {name}   # now; it starts at every logon")
+        );
+        assert!(task.enable[2].contains("service.log"), "{:?}", task.enable);
+        let err = plan_for(Kind::Task, &s, &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("LOCALAPPDATA"), "{err}");
+    }
+
+    #[test]
+    fn a_task_file_is_utf16_with_its_byte_order_mark_and_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let mut plan = plan_for(
+            Kind::Task,
+            &service(true),
+            &env(&[("LOCALAPPDATA", d.path().to_str().unwrap())]),
+        )
+        .unwrap();
+        plan.text = "<WorkingDirectory>Ærø</WorkingDirectory>\n".into();
+        let bytes = plan.bytes();
+        assert_eq!(bytes[..4], [0xFF, 0xFE, b'<', 0]);
+        assert_eq!(bytes.len(), 2 + 2 * plan.text.encode_utf16().count());
+        assert_eq!(decode(&bytes), plan.text);
+        assert_eq!(install(&plan, false).unwrap(), Installed::Written);
+        assert_eq!(std::fs::read(&plan.path).unwrap(), bytes);
+        assert_eq!(install(&plan, false).unwrap(), Installed::Unchanged);
+        assert_eq!(found(&plan, Path::new("Ærø")).unwrap(), Found::Ours);
+    }
+
+    /// A plan for a unit at `path` with `text`.
+    fn unit_at(path: PathBuf, text: &str) -> Plan {
+        Plan {
+            kind: Kind::Systemd,
+            user: true,
+            name: "x.service".into(),
+            path,
+            text: text.into(),
+            enable: vec![],
+        }
+    }
+
     #[test]
     fn a_different_file_is_kept_unless_forced() {
         let d = tempfile::tempdir().unwrap();
-        let plan = Plan {
-            path: d.path().join("sub/x.service"),
-            text: "one\n".into(),
-            enable: vec![],
-        };
-        assert_eq!(install(&plan, false, true).unwrap(), Installed::Written);
-        assert_eq!(install(&plan, false, true).unwrap(), Installed::Unchanged);
+        let plan = unit_at(d.path().join("sub/x.service"), "one\n");
+        assert_eq!(install(&plan, false).unwrap(), Installed::Written);
+        assert_eq!(install(&plan, false).unwrap(), Installed::Unchanged);
         let other = Plan {
             text: "two\n".into(),
             ..plan
         };
-        let err = install(&other, false, true).unwrap_err().to_string();
+        let err = install(&other, false).unwrap_err().to_string();
         assert!(err.contains("--force"), "{err}");
+        assert!(err.contains("--print --user"), "{err}");
         assert_eq!(std::fs::read_to_string(&other.path).unwrap(), "one\n");
-        assert_eq!(install(&other, true, true).unwrap(), Installed::Replaced);
+        assert_eq!(install(&other, true).unwrap(), Installed::Replaced);
         assert_eq!(std::fs::read_to_string(&other.path).unwrap(), "two\n");
+    }
+
+    #[test]
+    fn uninstall_removes_only_this_folders_file_and_only_once_the_manager_let_it_go() {
+        let d = tempfile::tempdir().unwrap();
+        let s = service(true);
+        let xdg = d.path().to_str().unwrap();
+        let plan = plan_for(Kind::Systemd, &s, &env(&[("XDG_CONFIG_HOME", xdg)])).unwrap();
+        let mut stops = 0;
+
+        // Nothing there: nothing asked of the manager.
+        let gone = uninstall(&plan, &s.root, |_| {
+            stops += 1;
+            Ok(())
+        });
+        assert_eq!(gone.unwrap(), Uninstalled::Nothing);
+        assert_eq!(stops, 0);
+
+        // Another folder's unit under this name: refused, kept, the manager not asked.
+        let mut other = s.clone();
+        other.root = "/srv/elsewhere".into();
+        std::fs::create_dir_all(plan.path.parent().unwrap()).unwrap();
+        std::fs::write(&plan.path, systemd_unit(&other)).unwrap();
+        let err = uninstall(&plan, &s.root, |_| {
+            stops += 1;
+            Ok(())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("runs agentq in /srv/elsewhere"), "{err}");
+        assert_eq!(stops, 0);
+        assert!(plan.path.exists());
+
+        // One that names no folder: refused too.
+        std::fs::write(&plan.path, "[Service]\nExecStart=/bin/true\n").unwrap();
+        let err = uninstall(&plan, &s.root, |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("in no folder it names"), "{err}");
+        assert!(plan.path.exists());
+
+        // This folder's, but the manager would not let it go: kept, so it can still stop it.
+        assert_eq!(install(&plan, true).unwrap(), Installed::Replaced);
+        let err = uninstall(&plan, &s.root, |_| {
+            Err(Error::ServiceManager {
+                command: "systemctl".into(),
+                message: "no".into(),
+            })
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::ServiceManager { .. }), "{err}");
+        assert!(plan.path.exists());
+
+        // And then it does.
+        let gone = uninstall(&plan, &s.root, |p| {
+            assert_eq!(p.name, plan.name);
+            stops += 1;
+            Ok(())
+        });
+        assert_eq!(gone.unwrap(), Uninstalled::Removed);
+        assert_eq!(stops, 1);
+        assert!(!plan.path.exists());
+    }
+
+    #[test]
+    fn a_task_of_another_folder_is_not_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = service(true);
+        let e = env(&[("LOCALAPPDATA", d.path().to_str().unwrap())]);
+        let mine = plan_for(Kind::Task, &s, &e).unwrap();
+        let mut other = s.clone();
+        other.root = "/home/bob/my proj".into();
+        let theirs = Plan {
+            path: mine.path.clone(),
+            ..plan_for(Kind::Task, &other, &e).unwrap()
+        };
+        install(&theirs, false).unwrap();
+        assert_eq!(
+            found(&mine, &s.root).unwrap(),
+            Found::Other(Some("/home/bob/my proj".into()))
+        );
+        let err = uninstall(&mine, &s.root, |_| panic!("the task is not ours to stop"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/home/bob/my proj"), "{err}");
+        assert!(mine.path.exists());
     }
 }
