@@ -87,22 +87,38 @@ pub struct GuardArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
-    /// Write a systemd unit (launchd job on macOS) that runs `agentq run` for this project, and
-    /// print the commands that start it
+    /// Install what runs `agentq run` for this project at boot or logon and starts it again when
+    /// it fails: a systemd unit (Linux; printing the commands that start it), a launchd job
+    /// (macOS), a Task Scheduler task started at your logon (Windows)
     Install(ServiceInstallArgs),
+    /// Stop and remove what `service install` installed for this project (nothing of another
+    /// folder's)
+    Uninstall(ServiceUninstallArgs),
+    /// (Internal) what the Windows task runs: `agentq run`, started again whenever it fails, its
+    /// output in .agentq/service.log
+    #[command(hide = true)]
+    Run,
 }
 
 #[derive(Args, Debug)]
 pub struct ServiceInstallArgs {
-    /// A service of your user (~/.config/systemd/user/, no root needed) instead of the system's
+    /// A service of your user (~/.config/systemd/user/, no root needed) instead of the system's;
+    /// on Windows the task is always yours
     #[arg(long)]
     pub user: bool,
     /// Print the file instead of writing it
     #[arg(long)]
     pub print: bool,
-    /// Replace an existing file that differs
+    /// Replace an existing file (or Windows task) that differs
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceUninstallArgs {
+    /// Your user's service rather than the system's, as it was installed
+    #[arg(long)]
+    pub user: bool,
 }
 
 #[derive(Subcommand, Debug)]

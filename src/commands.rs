@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::cli::{
     Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
-    ServiceInstallArgs, StatusArgs, SubmitArgs, TasksArgs, WaitArgs, WatchArgs, WorkerCommand,
-    WorkerNameArgs,
+    ServiceInstallArgs, ServiceUninstallArgs, StatusArgs, SubmitArgs, TasksArgs, WaitArgs,
+    WatchArgs, WorkerCommand, WorkerNameArgs,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
@@ -61,6 +61,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Worker(WorkerCommand::Resume(args)) => resume(explicit, args).await,
         Command::Doctor(args) => doctor(explicit, args.json).await,
         Command::Service(ServiceCommand::Install(args)) => service_install(explicit, args),
+        Command::Service(ServiceCommand::Uninstall(args)) => service_uninstall(explicit, args),
+        Command::Service(ServiceCommand::Run) => {
+            let config = config_path(explicit)?;
+            crate::service::supervise(&config, &this_exe()?).await
+        }
         Command::Guard(args) => {
             agentq_agents::procs::guard(&args.owner);
             Ok(())
@@ -70,6 +75,15 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             println!("{}", agentq_daemon::token::ensure(&config.state_dir())?);
             Ok(())
         }
+    }
+}
+
+/// The agentq.toml a command would load, absolute, without reading it.
+fn config_path(explicit: Option<&Path>) -> Result<std::path::PathBuf> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io("reading current folder", ".", e))?;
+    match explicit {
+        Some(path) => Ok(cwd.join(path)),
+        None => Config::find(&cwd).ok_or(Error::ConfigNotFound { start: cwd }),
     }
 }
 
@@ -167,14 +181,41 @@ async fn doctor(explicit: Option<&Path>, json: bool) -> Result<()> {
     }
 }
 
+fn this_exe() -> Result<std::path::PathBuf> {
+    std::env::current_exe()
+        .map_err(|e| Error::io("finding the agentq binary", "this process's executable", e))
+}
+
+/// The service of this project (`user`: the user's), and where this OS keeps it; without a
+/// `config` (one that does not load), that of the agentq.toml a command would load.
+fn service_plan(
+    explicit: Option<&Path>,
+    config: Option<&Config>,
+    user: bool,
+) -> Result<(crate::service::Service, crate::service::Plan)> {
+    use crate::service::Service;
+    let (exe, path_env) = (this_exe()?, std::env::var("PATH").unwrap_or_default());
+    let svc = match config {
+        Some(config) => Service::for_config(config, exe, path_env, user),
+        None => Service::for_file(&config_path(explicit)?, exe, path_env, user),
+    };
+    let plan = crate::service::plan(&svc, &|k| std::env::var(k).ok())?;
+    Ok((svc, plan))
+}
+
+/// Runs the service manager's commands, giving each the service's stopping time and a minute
+/// more (stopping it is what takes longest).
+fn service_tools(
+    svc: &crate::service::Service,
+) -> impl FnMut(&[&str]) -> std::io::Result<crate::service::Ran> + use<> {
+    let limit = svc.stop_timeout + Duration::from_secs(60);
+    move |argv| crate::service::run_tool(argv, limit)
+}
+
 fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<()> {
-    use crate::service::{self, Installed};
+    use crate::service::{self, Installed, Kind};
     let config = load_config(explicit)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io("finding the agentq binary", "this process's executable", e))?;
-    let path_env = std::env::var("PATH").unwrap_or_default();
-    let svc = service::Service::for_config(&config, exe, path_env, args.user);
-    let plan = service::plan(&svc, &|k| std::env::var(k).ok())?;
+    let (svc, plan) = service_plan(explicit, Some(&config), args.user)?;
     if args.print {
         print!("{}", plan.text);
         eprintln!(
@@ -183,16 +224,103 @@ fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<
         );
         return Ok(());
     }
-    let done = service::install(&plan, args.force, args.user)?;
+    let mut tools = service_tools(&svc);
+    // A task of this name that agentq has no copy of is someone else's: like a unit file that
+    // differs, it is replaced only when asked to.
+    if plan.kind == Kind::Task
+        && !args.force
+        && !plan.path.exists()
+        && service::task_registered(&plan, &mut tools) == Some(true)
+    {
+        return Err(Error::Usage(format!(
+            "Task Scheduler has a task {0} that agentq has no copy of (no {1}); look at it with `schtasks /Query /TN {0} /V /FO LIST`, then pass --force to replace it",
+            plan.name,
+            plan.path.display()
+        )));
+    }
+    let done = service::install(&plan, args.force)?;
     let what = match done {
         Installed::Written => "Wrote",
         Installed::Replaced => "Replaced",
         Installed::Unchanged => "Unchanged:",
     };
     println!("{what} {}", plan.path.display());
-    println!("Start it now and at every boot with:");
+    if plan.kind == Kind::Task {
+        service::register(&plan, &mut tools)?;
+        println!(
+            "Registered the task {} with Task Scheduler: it starts at each logon of yours.",
+            plan.name
+        );
+        println!("Start it now with:");
+    } else {
+        println!("Start it now and at every boot with:");
+    }
     for line in &plan.enable {
         println!("  {line}");
+    }
+    Ok(())
+}
+
+fn service_uninstall(explicit: Option<&Path>, args: ServiceUninstallArgs) -> Result<()> {
+    use crate::service::{self, Found, Kind, Uninstalled};
+    // A project whose config no longer loads can still have its service removed.
+    let config = match load_config(explicit) {
+        Ok(config) => Some(config),
+        Err(e @ (Error::Config { .. } | Error::ConfigFile { .. })) => {
+            eprintln!("({e}; removing its service all the same)");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let (svc, plan) = service_plan(explicit, config.as_ref(), args.user)?;
+    let mut tools = service_tools(&svc);
+    let mut said = Vec::new();
+    let done = service::uninstall(&plan, &svc.root, |plan| {
+        said = service::stop(plan, &mut tools)?;
+        Ok(())
+    })?;
+    match done {
+        Uninstalled::Removed => {
+            for line in &said {
+                println!("{line}");
+            }
+            println!("Removed {}", plan.path.display());
+            for line in service::forget(&plan, &mut tools) {
+                println!("{line}");
+            }
+        }
+        Uninstalled::Nothing => {
+            if plan.kind == Kind::Task && service::task_registered(&plan, &mut tools) == Some(true)
+            {
+                return Err(Error::Usage(format!(
+                    "Task Scheduler has a task {0} that agentq has no copy of (no {1}), so it is left as it is; look at it with `schtasks /Query /TN {0} /V /FO LIST`, and delete it with `schtasks /Delete /TN {0} /F` if it is this folder's",
+                    plan.name,
+                    plan.path.display()
+                )));
+            }
+            println!(
+                "No agentq service is installed for {}: there is no {}",
+                svc.root.display(),
+                plan.path.display()
+            );
+            // Installed the other way (with --user, or without)?
+            if plan.kind != Kind::Task {
+                let other = service::Service {
+                    user: !args.user,
+                    ..svc.clone()
+                };
+                if let Ok(other) = service::plan(&other, &|k| std::env::var(k).ok())
+                    && service::found(&other, &svc.root).is_ok_and(|f| f == Found::Ours)
+                {
+                    println!(
+                        "There is a {} for it: {} (agentq service uninstall{})",
+                        other.what(),
+                        other.path.display(),
+                        if other.user { " --user" } else { "" }
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -127,6 +127,10 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
             let (check, pid) = check_daemon(&state_dir);
             daemon_pid = pid;
             checks.push(check);
+            checks.push(match &config {
+                Some(config) => check_service_now(config, cx).await,
+                None => Check::skip("service", "needs an agentq.toml that loads"),
+            });
             if let (Some(config), Some(url)) = (&config, store_url(config.as_ref(), explicit, cx)) {
                 checks.push(match reachable {
                     true => check_hosts(&url, config, daemon_pid).await,
@@ -135,7 +139,7 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
             }
         }
         None => {
-            for name in ["state folder", "database", "daemon"] {
+            for name in ["state folder", "database", "daemon", "service"] {
                 checks.push(Check::skip(
                     name,
                     "no agentq.toml found, so no project folder",
@@ -562,6 +566,89 @@ fn check_daemon(state_dir: &Path) -> (Check, Option<i32>) {
             None,
         ),
     }
+}
+
+/// How long the service manager may take to answer doctor.
+pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`check_service`] with the real service manager, off the async threads.
+async fn check_service_now(config: &Config, cx: &Context) -> Check {
+    let (config, env) = (config.clone(), cx.env.clone());
+    tokio::task::spawn_blocking(move || {
+        check_service(&config, &env, &mut |argv| {
+            crate::service::run_tool(argv, SERVICE_TIMEOUT)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Check::skip("service", format!("cannot tell: {e}")))
+}
+
+/// Whether a service runs agentq for this folder (`agentq service install`): the user's or the
+/// system's unit (launchd job; on Windows, the task), and what its manager, asked through `run`,
+/// says of it. None is no failure (`agentq run` by hand does as well), so it is a skipped check;
+/// one that is installed but not enabled or not running is a warning with its fix.
+pub fn check_service(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+    run: &mut crate::service::Run,
+) -> Check {
+    use crate::service::{self, Answer, Found, Kind, Service};
+    const NAME: &str = "service";
+    let env = |key: &str| env.get(key).cloned();
+    let exe = std::env::current_exe().unwrap_or_else(|_| "agentq".into());
+    let path_env = env("PATH").unwrap_or_default();
+    let mut plans: Vec<(Service, service::Plan)> = Vec::new();
+    for user in [true, false] {
+        let svc = Service::for_config(config, exe.clone(), path_env.clone(), user);
+        match service::plan(&svc, &env) {
+            Ok(plan) if !plans.iter().any(|(_, p)| p.path == plan.path) => plans.push((svc, plan)),
+            Ok(_) => {}
+            // No HOME: no user service to look for. No kind of service on this system at all:
+            Err(e) if plans.is_empty() && !user => return Check::skip(NAME, e.to_string()),
+            Err(_) => {}
+        }
+    }
+    for (svc, plan) in &plans {
+        let place = match plan.kind {
+            Kind::Task => format!("task {} ({})", plan.name, plan.path.display()),
+            Kind::Systemd | Kind::Launchd => format!("{} {}", plan.what(), plan.path.display()),
+        };
+        match service::found(plan, &svc.root) {
+            Ok(Found::Nothing) => {}
+            Ok(Found::Ours) => {
+                return match service::ask(plan, run) {
+                    Answer::Fine(said) => Check::ok(NAME, format!("{place}: {said}")),
+                    Answer::Unknown(why) => {
+                        Check::ok(NAME, format!("{place} (its state is unknown: {why})"))
+                    }
+                    Answer::Amiss { said, fix } => {
+                        Check::warn(NAME, format!("{place}: {said}"), fix)
+                    }
+                };
+            }
+            Ok(Found::Other(folder)) => {
+                return Check::warn(
+                    NAME,
+                    format!(
+                        "{place} runs agentq {}, not in this folder",
+                        folder.map_or("in no folder it names".into(), |f| format!("in {f}"))
+                    ),
+                    "it is another folder's: remove it there (`agentq service uninstall`), or replace it with `agentq service install --force`",
+                );
+            }
+            Err(e) => {
+                return Check::warn(
+                    NAME,
+                    e.to_string(),
+                    format!("make {} readable by this user", plan.path.display()),
+                );
+            }
+        }
+    }
+    Check::skip(
+        NAME,
+        "none installed for this folder (`agentq service install` starts it at boot or logon)",
+    )
 }
 
 /// Several daemons, one queue: which daemons are on the store, and what would keep a worker of
@@ -1336,5 +1423,74 @@ mod tests {
              \x20-    git bash      only on Windows\n\
              \n1 check(s) failed, 1 warning(s)\n"
         );
+    }
+
+    // systemd's answers: Linux's kind of service.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_service_of_this_folder_is_reported_with_what_its_manager_says() {
+        use crate::service::{self, Ran, Service};
+        let project = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let config_path = project.path().join("agentq.toml");
+        let text = "[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = [\"true\"]\n";
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let xdg = home.path().join("xdg");
+        let env: BTreeMap<String, String> = [
+            ("HOME", home.path().to_str().unwrap()),
+            ("XDG_CONFIG_HOME", xdg.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        // systemd's answers: (is-enabled, is-active).
+        let check = |answers: (&str, &str)| {
+            check_service(&config, &env, &mut |argv: &[&str]| {
+                let word = match argv[2] {
+                    "is-enabled" => answers.0,
+                    _ => answers.1,
+                };
+                Ok(Ran {
+                    ok: word == "enabled" || word == "active",
+                    stdout: format!("{word}\n"),
+                    stderr: String::new(),
+                })
+            })
+        };
+
+        let none = check(("enabled", "active"));
+        assert_eq!(none.status, Status::Skip, "{none:?}");
+        assert!(none.detail.starts_with("none installed"), "{none:?}");
+
+        let svc = Service::for_config(&config, "/bin/agentq".into(), String::new(), true);
+        let lookup = |k: &str| env.get(k).cloned();
+        let plan = service::plan(&svc, &lookup).unwrap();
+        service::install(&plan, false).unwrap();
+        let fine = check(("enabled", "active"));
+        assert_eq!(fine.status, Status::Ok, "{fine:?}");
+        assert_eq!(
+            fine.detail,
+            format!("user unit {}: enabled, active", plan.path.display())
+        );
+        let off = check(("disabled", "inactive"));
+        assert_eq!(off.status, Status::Warn, "{off:?}");
+        assert_eq!(off.fix.as_deref(), Some(plan.enable[0].as_str()));
+        let unknown = check_service(&config, &env, &mut |_: &[&str]| {
+            Err(std::io::ErrorKind::NotFound.into())
+        });
+        assert_eq!(unknown.status, Status::Ok, "{unknown:?}");
+        assert!(
+            unknown.detail.contains("its state is unknown"),
+            "{unknown:?}"
+        );
+
+        // Another folder's unit under this name.
+        let mut other = svc.clone();
+        other.root = "/srv/elsewhere".into();
+        std::fs::write(&plan.path, service::systemd_unit(&other)).unwrap();
+        let theirs = check(("enabled", "active"));
+        assert_eq!(theirs.status, Status::Warn, "{theirs:?}");
+        assert!(theirs.detail.contains("in /srv/elsewhere"), "{theirs:?}");
     }
 }

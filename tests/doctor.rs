@@ -1,4 +1,4 @@
-//! `agentq doctor` and `agentq service install`, through the real binary in temporary projects.
+//! `agentq doctor` and `agentq service`, through the real binary in temporary projects.
 // Unix end-to-end tests (shell-script agents, signals); Windows has tests/windows.rs.
 #![cfg(unix)]
 
@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -266,6 +267,49 @@ fn service(p: &Project, home: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A `systemctl` on `PATH` ahead of any real one, in `home/bin`: it appends its arguments to
+/// `home/systemctl.log`, says the unit is enabled and active, and exits with `home/systemctl.exit`
+/// (0 if missing; non-zero with a complaint on stderr).
+fn fake_systemctl(home: &std::path::Path) -> String {
+    let bin = home.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("systemctl");
+    let h = home.display();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo \"$*\" >> '{h}/systemctl.log'\n\
+             case \"$2\" in is-enabled) echo enabled;; is-active) echo active;; esac\n\
+             code=$(cat '{h}/systemctl.exit' 2>/dev/null || echo 0)\n\
+             [ \"$code\" = 0 ] || echo 'Failed to connect to bus: No medium found' >&2\n\
+             exit $code\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+/// `agentq ARGS` with the user's service folder under `home`, as `service` runs it, and the fake
+/// systemctl.
+fn with_fake(p: &Project, home: &std::path::Path, args: &[&str]) -> Output {
+    p.cmd(args)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("xdg"))
+        .env("PATH", fake_systemctl(home))
+        .output()
+        .unwrap()
+}
+
+/// What the fake systemctl was asked, a line per run (and forgets it).
+fn systemctl_runs(home: &std::path::Path) -> Vec<String> {
+    let log = home.join("systemctl.log");
+    let runs = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    runs.lines().map(str::to_string).collect()
+}
+
 fn unit_files(home: &std::path::Path) -> Vec<PathBuf> {
     std::fs::read_dir(home.join("xdg/systemd/user"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
@@ -372,5 +416,202 @@ fn service_install_print_writes_nothing() {
         text(&out.stderr).contains("/etc/systemd/system/agentq-"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn service_uninstall_stops_and_removes_the_unit_install_wrote_and_doctor_follows() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let out = with_fake(&p, h, &["service", "install", "--user"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let files = unit_files(h);
+    assert_eq!(files.len(), 1);
+    let unit = files[0].clone();
+    let name = unit.file_name().unwrap().to_string_lossy().into_owned();
+    // Install asks nothing of systemd: it prints the commands.
+    assert_eq!(systemctl_runs(h), Vec::<String>::new());
+
+    let out = with_fake(&p, h, &["doctor", "--json"]);
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = find(checks.as_array().unwrap(), "service");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert_eq!(
+        check["detail"],
+        format!("user unit {}: enabled, active", unit.display())
+    );
+    assert_eq!(
+        systemctl_runs(h),
+        [
+            format!("--user is-enabled {name}"),
+            format!("--user is-active {name}")
+        ]
+    );
+
+    // systemd cannot be reached: the unit stays, so that it can still be stopped.
+    std::fs::write(h.join("systemctl.exit"), "1").unwrap();
+    let out = with_fake(&p, h, &["service", "uninstall", "--user"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "`systemctl --user disable --now {name}` failed: Failed to connect to bus"
+        )),
+        "{said}"
+    );
+    assert!(unit.exists());
+    std::fs::remove_file(h.join("systemctl.exit")).unwrap();
+    systemctl_runs(h);
+
+    // Without --user it looks for a system unit, finds none, and points at the user's.
+    let out = with_fake(&p, h, &["service", "uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!("there is no /etc/systemd/system/{name}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "There is a user unit for it: {} (agentq service uninstall --user)",
+            unit.display()
+        )),
+        "{said}"
+    );
+    assert!(unit.exists());
+
+    let out = with_fake(&p, h, &["service", "uninstall", "--user"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert_eq!(
+        said,
+        format!(
+            "Ran `systemctl --user disable --now {name}`\nRemoved {}\nRan `systemctl --user daemon-reload`\n",
+            unit.display()
+        )
+    );
+    assert!(!unit.exists());
+    assert_eq!(
+        systemctl_runs(h),
+        [
+            format!("--user disable --now {name}"),
+            "--user daemon-reload".to_string()
+        ]
+    );
+
+    // Nothing left: said so, and no failure.
+    let out = with_fake(&p, h, &["service", "uninstall", "--user"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("No agentq service is installed for "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(systemctl_runs(h), Vec::<String>::new());
+    let out = with_fake(&p, h, &["doctor", "--json"]);
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        find(checks.as_array().unwrap(), "service")["status"],
+        "skip"
+    );
+}
+
+#[test]
+fn service_uninstall_leaves_another_folders_unit_alone() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let out = with_fake(&p, h, &["service", "install", "--user"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit = unit_files(h).remove(0);
+    let root = std::fs::canonicalize(p.dir.path()).unwrap();
+    let theirs = read(&unit).replace(
+        &format!("WorkingDirectory={}", root.display()),
+        "WorkingDirectory=/srv/someone else",
+    );
+    std::fs::write(&unit, &theirs).unwrap();
+    let out = with_fake(&p, h, &["service", "uninstall", "--user"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("is not this folder's: it runs agentq in /srv/someone else"),
+        "{said}"
+    );
+    assert_eq!(read(&unit), theirs);
+    assert_eq!(systemctl_runs(h), Vec::<String>::new());
+}
+
+#[test]
+fn service_run_starts_a_daemon_that_died_again_and_passes_a_stop_on() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let log = p.path("supervisor.log");
+    let mut supervisor = p
+        .cmd(&["service", "run"])
+        .env("AGENTQ_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon_pid = || -> Option<i64> {
+        let status = p.json(&["status"]);
+        status["daemon"]["running"]
+            .as_bool()
+            .unwrap_or(false)
+            .then(|| status["daemon"]["pid"].as_i64())
+            .flatten()
+    };
+    let mut first = None;
+    wait_until(Duration::from_secs(20), "the daemon to start", || {
+        first = daemon_pid();
+        first.is_some()
+    });
+    let first = first.unwrap() as i32;
+    let kill = |pid: i32, sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    kill(first, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Started again after its pause (5 s).
+    let mut second = None;
+    wait_until(Duration::from_secs(30), "the daemon to start again", || {
+        second = daemon_pid().filter(|p| *p != first as i64);
+        second.is_some()
+    });
+    let second = second.unwrap() as i32;
+    // Its output goes to the service's log; it is up (its signals handled) once it says so.
+    let restarted = "the daemon ended (killed by SIGKILL); starting it again in 5s";
+    wait_until(
+        Duration::from_secs(20),
+        "the new daemon's first words",
+        || {
+            std::fs::read_to_string(p.path(".agentq/service.log"))
+                .unwrap_or_default()
+                .split(restarted)
+                .nth(1)
+                .is_some_and(|after| after.contains("agentq running"))
+        },
+    );
+
+    // A stop is passed on; the daemon ends well, and is not started again.
+    kill(supervisor.id() as i32, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = supervisor.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", read(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}: {}", read(&log));
+    wait_until(Duration::from_secs(5), "the daemon to be gone", || {
+        !alive(second)
+    });
+    let said = read(&log);
+    assert!(
+        said.contains("asked to stop; passing it on to the daemon"),
+        "{said}"
+    );
+    assert!(
+        said.contains("the daemon ended (exit code 0); not starting it again"),
+        "{said}"
     );
 }

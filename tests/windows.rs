@@ -536,6 +536,186 @@ fn prompt_files_from_windows_editors_are_read_as_they_were_meant() {
     }
 }
 
+/// The Task Scheduler task of a project, deleted when dropped (should a test fail half-way), and
+/// the folder agentq keeps its copy in (`LOCALAPPDATA` of the test's own).
+struct Task {
+    name: String,
+    local: tempfile::TempDir,
+}
+
+impl Task {
+    fn of(install_said: &str) -> String {
+        install_said
+            .split("Registered the task ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no task named in: {install_said}"))
+            .to_string()
+    }
+
+    fn copy(&self) -> PathBuf {
+        self.local
+            .path()
+            .join("agentq")
+            .join("tasks")
+            .join(format!("{}.xml", self.name))
+    }
+
+    /// Whether Task Scheduler has it: `schtasks /Query` on Windows; under Wine, whose schtasks
+    /// has no `/Query`, the definition Wine keeps in system32\Tasks.
+    fn registered(&self) -> bool {
+        if agentq_platform::under_wine() {
+            let root = std::env::var("SystemRoot").unwrap_or_else(|_| r"C:\windows".into());
+            PathBuf::from(root)
+                .join("System32")
+                .join("Tasks")
+                .join(&self.name)
+                .exists()
+        } else {
+            Command::new("schtasks")
+                .args(["/Query", "/TN", &self.name])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            let _ = Command::new("schtasks")
+                .args(["/Delete", "/TN", &self.name, "/F"])
+                .output();
+        }
+    }
+}
+
+impl Project {
+    /// `agentq service ARGS` with `local` as LOCALAPPDATA.
+    fn service(&self, local: &std::path::Path, args: &[&str]) -> Output {
+        let mut all = vec!["service"];
+        all.extend(args);
+        self.cmd(&all).env("LOCALAPPDATA", local).output().unwrap()
+    }
+}
+
+fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn service_install_registers_a_logon_task_doctor_reports_it_and_uninstall_removes_it() {
+    let p = Project::new("");
+    let mut task = Task {
+        name: String::new(),
+        local: tempfile::tempdir().unwrap(),
+    };
+    let local = task.local.path().to_path_buf();
+    let root = agentq_platform::fs::canonical(&p.root).unwrap();
+
+    // --print: the task's XML, with the paths as written, registering nothing.
+    let out = p.service(&local, &["install", "--print"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+    let exe = agentq_platform::fs::canonical(std::path::Path::new(BIN)).unwrap();
+    for part in [
+        format!("<Command>{}</Command>", exe.display()),
+        "<LogonTrigger>".to_string(),
+        "<LogonType>InteractiveToken</LogonType>".to_string(),
+        "<ExecutionTimeLimit>PT0S</ExecutionTimeLimit>".to_string(),
+        format!("<WorkingDirectory>{}</WorkingDirectory>", root.display()),
+        format!(
+            "<Arguments>service run --config &quot;{}&quot;</Arguments>",
+            root.join("agentq.toml").display()
+        ),
+    ] {
+        assert!(xml.contains(&part), "{part} missing from:\n{xml}");
+    }
+    assert!(!xml.contains(r"\\?\"), "{xml}");
+    assert!(!local.join("agentq").exists());
+
+    let out = p.service(&local, &["install"]);
+    assert!(out.status.success(), "{}", said(&out));
+    task.name = Task::of(&said(&out));
+    assert!(
+        task.name.starts_with("agentq-pr-ject-dir-"),
+        "{}",
+        task.name
+    );
+    let copy = std::fs::read(task.copy()).unwrap();
+    assert_eq!(copy[..2], [0xFF, 0xFE], "UTF-16LE with its byte-order mark");
+    assert!(task.registered(), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("schtasks /Run /TN {}", task.name)),
+        "{}",
+        said(&out)
+    );
+
+    let service_check = |local: &std::path::Path| -> Value {
+        let out = p
+            .cmd(&["doctor", "--json"])
+            .env("LOCALAPPDATA", local)
+            .output()
+            .unwrap();
+        let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+        checks
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["check"] == "service").cloned())
+            .unwrap_or_else(|| panic!("no service check: {checks}"))
+    };
+    let check_here = service_check(&local);
+    assert_eq!(check_here["status"], "ok", "{check_here}");
+    let detail = check_here["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("task {} (", task.name)),
+        "{detail}"
+    );
+    if agentq_platform::under_wine() {
+        assert!(detail.contains("its state is unknown"), "{detail}");
+    }
+
+    let out = p.service(&local, &["install"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).starts_with("Unchanged:"), "{}", said(&out));
+
+    let out = p.service(&local, &["uninstall"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("Ran `schtasks /Delete /TN {} /F`", task.name)),
+        "{}",
+        said(&out)
+    );
+    assert!(!task.copy().exists());
+    assert!(!task.registered());
+
+    let out = p.service(&local, &["uninstall"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).starts_with("No agentq service is installed for "),
+        "{}",
+        said(&out)
+    );
+}
+
+/// Ends process `pid` at once, as Task Manager does.
+fn terminate(pid: u32) {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_TERMINATE, TerminateProcess};
+    // SAFETY: a handle opened here by id, used once and closed.
+    unsafe {
+        let process = OpenProcess(PROCESS_TERMINATE, 0, pid);
+        assert!(!process.is_null(), "process {pid} cannot be opened");
+        TerminateProcess(process, 1);
+        CloseHandle(process);
+    }
+}
+
 #[test]
 fn an_agent_cannot_break_away_from_its_job() {
     let p = Project::new("");
@@ -545,4 +725,51 @@ fn an_agent_cannot_break_away_from_its_job() {
     assert_eq!(t["state"], "succeeded", "{t}");
     let out = t["output"].as_str().unwrap();
     assert!(out.starts_with("escape refused: "), "{out}");
+}
+
+#[test]
+fn service_run_starts_a_daemon_that_died_again_and_takes_it_along_when_ended() {
+    let p = Project::new("");
+    let mut supervisor = p
+        .cmd(&["service", "run"])
+        .env("AGENTQ_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = || -> Option<u32> {
+        let status = p.json(&["status"]);
+        (status["daemon"]["running"] == true)
+            .then(|| status["daemon"]["pid"].as_u64().map(|p| p as u32))
+            .flatten()
+    };
+    let mut first = None;
+    wait_until(Duration::from_secs(60), "the daemon to start", || {
+        first = daemon();
+        first.is_some()
+    });
+    let first = first.unwrap();
+    terminate(first);
+    let mut second = None;
+    wait_until(Duration::from_secs(60), "the daemon to start again", || {
+        second = daemon().filter(|p| *p != first);
+        second.is_some()
+    });
+    let second = second.unwrap();
+    let log = std::fs::read_to_string(p.path(".agentq/service.log")).unwrap();
+    assert!(
+        log.contains("the daemon ended (exit code 1); starting it again in 5s"),
+        "{log}"
+    );
+    // Its agents run in jobs of their own inside the daemon's.
+    let id = p.submit("under the supervisor");
+    assert_eq!(p.wait(id)["state"], "succeeded");
+
+    // `schtasks /End` ends the task's process: the daemon's job goes with it.
+    let _ = supervisor.kill();
+    let _ = supervisor.wait();
+    wait_until(Duration::from_secs(10), "the daemon to end with it", || {
+        !alive(second)
+    });
 }

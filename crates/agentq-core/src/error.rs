@@ -117,6 +117,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A service manager's command (`systemctl`, `launchctl`, `schtasks`) could not do its part.
+    #[error("`{command}` failed: {message}")]
+    ServiceManager { command: String, message: String },
+
     #[error("background work failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

@@ -109,6 +109,51 @@ pub fn is_path(program: &str) -> bool {
     program.contains('/') || (cfg!(windows) && (program.contains('\\') || program.contains(':')))
 }
 
+/// `path` made absolute with every link resolved, written as the system's own tools write it. On
+/// Windows that is without the `\\?\` prefix std's `canonicalize` puts before every path, which
+/// Task Scheduler, `cmd.exe` and many programs do not take, wherever the plain form names the same
+/// file (see [`plain_windows_path`]).
+pub fn canonical(path: &Path) -> io::Result<std::path::PathBuf> {
+    let full = std::fs::canonicalize(path)?;
+    if cfg!(windows)
+        && let Some(plain) = full.to_str().and_then(plain_windows_path)
+    {
+        return Ok(plain.into());
+    }
+    Ok(full)
+}
+
+/// A Windows verbatim path (`\\?\C:\x`, `\\?\UNC\server\share\x`) in its plain form
+/// (`C:\x`, `\\server\share\x`), when that form means the same: shorter than `MAX_PATH`, and
+/// no part that the plain form would change (a trailing dot or space, a device name such as
+/// `CON` or `nul.txt`, a `.` or `..`). `None` otherwise, and for a path that is not verbatim.
+pub fn plain_windows_path(verbatim: &str) -> Option<String> {
+    let plain = if let Some(rest) = verbatim.strip_prefix(r"\\?\UNC\") {
+        format!(r"\\{rest}")
+    } else {
+        let rest = verbatim.strip_prefix(r"\\?\")?;
+        let drive = rest.as_bytes();
+        if drive.len() < 3 || !drive[0].is_ascii_alphabetic() || &drive[1..3] != b":\\" {
+            return None;
+        }
+        rest.to_string()
+    };
+    const DEVICES: &[&str] = &[
+        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+        "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    ];
+    let changed_by_plain = |part: &str| {
+        let stem = part.split('.').next().unwrap_or("").trim_end();
+        part == "."
+            || part == ".."
+            || part.ends_with('.')
+            || part.ends_with(' ')
+            || DEVICES.iter().any(|d| d.eq_ignore_ascii_case(stem))
+    };
+    let parts = plain.trim_start_matches('\\').split('\\').skip(1);
+    (plain.len() < 260 && !parts.filter(|p| !p.is_empty()).any(changed_by_plain)).then_some(plain)
+}
+
 /// Creates a new file no other user can read, not even for an instant (Unix: created with mode
 /// 0600; Windows: created, then made private; callers create it in a private folder, whose
 /// entry the new file inherits from the start). Fails if `path` exists.
@@ -766,6 +811,38 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbatim_windows_paths_are_written_plain_where_that_means_the_same() {
+        assert_eq!(
+            plain_windows_path(r"\\?\C:\Users\ann\my proj").as_deref(),
+            Some(r"C:\Users\ann\my proj")
+        );
+        assert_eq!(
+            plain_windows_path(r"\\?\UNC\srv\share\p").as_deref(),
+            Some(r"\\srv\share\p")
+        );
+        assert_eq!(plain_windows_path(r"C:\already\plain"), None);
+        assert_eq!(plain_windows_path(r"\\?\Volume{x}\p"), None);
+        for kept in [
+            r"\\?\C:\a\con",
+            r"\\?\C:\a\nul.txt",
+            r"\\?\C:\dot.",
+            r"\\?\C:\sp ",
+        ] {
+            assert_eq!(plain_windows_path(kept), None, "{kept}");
+        }
+        let long = format!(r"\\?\C:\{}", "a".repeat(300));
+        assert_eq!(plain_windows_path(&long), None);
+        let here = tempfile::tempdir().unwrap();
+        let found = canonical(here.path()).unwrap();
+        assert!(found.is_absolute(), "{}", found.display());
+        assert!(
+            !found.to_string_lossy().starts_with(r"\\?\"),
+            "{}",
+            found.display()
+        );
+    }
 
     #[test]
     fn a_private_folder_and_file_are_private_and_a_plain_one_is_not() {

@@ -5,6 +5,11 @@ pub fn hostname() -> Option<String> {
     imp::hostname().filter(|h| !h.is_empty())
 }
 
+/// This process's user id, where users have numbers (Unix); launchd names a user's domain by it.
+pub fn user_id() -> Option<u32> {
+    imp::user_id()
+}
+
 /// The name of the user owning `path` (Unix: its uid's login name; Windows: not looked up).
 pub fn owner_name(path: &std::path::Path) -> Option<String> {
     imp::owner_name(path)
@@ -16,6 +21,10 @@ mod imp {
         nix::unistd::gethostname()
             .ok()
             .map(|h| h.to_string_lossy().into_owned())
+    }
+
+    pub fn user_id() -> Option<u32> {
+        Some(nix::unistd::getuid().as_raw())
     }
 
     pub fn owner_name(path: &std::path::Path) -> Option<String> {
@@ -30,6 +39,10 @@ mod imp {
 mod imp {
     pub fn hostname() -> Option<String> {
         std::env::var("COMPUTERNAME").ok()
+    }
+
+    pub fn user_id() -> Option<u32> {
+        None
     }
 
     pub fn owner_name(_path: &std::path::Path) -> Option<String> {

@@ -15,7 +15,7 @@
 //!   the kernel can tell about.
 //! - [`signals`]: what asks the daemon to stop (SIGINT/SIGTERM/SIGHUP; Ctrl-C, Ctrl-Break, console
 //!   close and system shutdown), and the dispositions a daemon must own.
-//! - [`term`]: the terminal's size.
+//! - [`term`]: the terminal's size, and the console window a program is given.
 //! - [`host`]: the machine's name and the user's.
 //!
 //! The Unix half is written for Linux and macOS alike: what reads Linux's `/proc` says so and has

@@ -1,4 +1,5 @@
-//! The terminal agentq's interactive views draw on.
+//! The terminal agentq's interactive views draw on, and the console window a program started
+//! without one is given.
 
 /// Columns and rows of the terminal standard output goes to, if it is one.
 pub fn size() -> Option<(u16, u16)> {
@@ -10,6 +11,14 @@ pub fn size() -> Option<(u16, u16)> {
 /// later); Unix terminals always do. Returns whether they will be.
 pub fn enable_escapes() -> bool {
     imp::enable_escapes()
+}
+
+/// Closes this process's console window if the system opened it for this process alone, as it
+/// does for a console program Task Scheduler starts in the user's session: no window stays on
+/// the desktop. A console shared with a shell (a command typed in a terminal) is kept. Returns
+/// whether it was closed. Unix has no such window: always `false`.
+pub fn detach_own_console() -> bool {
+    imp::detach_own_console()
 }
 
 #[cfg(unix)]
@@ -25,13 +34,18 @@ mod imp {
         let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
         ok.then_some((ws.ws_col, ws.ws_row))
     }
+
+    pub fn detach_own_console() -> bool {
+        false
+    }
 }
 
 #[cfg(windows)]
 mod imp {
     use windows_sys::Win32::System::Console::{
-        CONSOLE_SCREEN_BUFFER_INFO, ENABLE_VIRTUAL_TERMINAL_PROCESSING, GetConsoleMode,
-        GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE, SetConsoleMode,
+        CONSOLE_SCREEN_BUFFER_INFO, ENABLE_VIRTUAL_TERMINAL_PROCESSING, FreeConsole,
+        GetConsoleMode, GetConsoleProcessList, GetConsoleScreenBufferInfo, GetStdHandle,
+        STD_OUTPUT_HANDLE, SetConsoleMode,
     };
 
     pub fn enable_escapes() -> bool {
@@ -55,5 +69,11 @@ mod imp {
             let w = info.srWindow;
             Some(((w.Right - w.Left + 1) as u16, (w.Bottom - w.Top + 1) as u16))
         }
+    }
+
+    pub fn detach_own_console() -> bool {
+        let mut attached = [0u32; 2];
+        // SAFETY: the buffer holds two ids and its length is given; FreeConsole takes nothing.
+        unsafe { GetConsoleProcessList(attached.as_mut_ptr(), 2) == 1 && FreeConsole() != 0 }
     }
 }
