@@ -22,8 +22,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use super::{LiveGroup, OWNER_ENV, Reaped, Record};
 
 pub use super::kernel::{ProcInfo, stat};
 use super::kernel::{all_processes, boot_id, boot_time, environ_has, ticks};
@@ -35,10 +36,6 @@ pub fn group_members(pgid: i32) -> Vec<ProcInfo> {
         .filter(|p| p.pgrp == pgid && p.state != 'Z')
         .collect()
 }
-
-/// Every agent's environment names the daemon that started it, so its descendants can be told
-/// from strangers after the agent itself is gone.
-pub const OWNER_ENV: &str = "AGENTQ_DAEMON";
 
 /// The guardian: a small process each daemon starts beside it (`agentq guard`), holding the
 /// reading end of a pipe whose writing end only the daemon has. When the daemon dies, however it
@@ -151,17 +148,6 @@ pub fn kill_marked(key: &str, value: &str) -> Vec<i32> {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     killed
-}
-
-/// One page of the book: a live process group.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
-    pub pgid: i32,
-    pub start_ticks: u64,
-    pub boot_id: Option<String>,
-    pub owner: String,
-    pub worker: String,
-    pub task: Option<i64>,
 }
 
 /// The book of live process groups, in `.agentq/procs/`: one journal per daemon run,
@@ -308,14 +294,6 @@ impl Drop for Recorded {
     }
 }
 
-/// What start-up found of an earlier daemon's process group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reaped {
-    pub record: Record,
-    /// The pids killed (empty: the group was already gone).
-    pub killed: Vec<i32>,
-}
-
 impl Book {
     /// The mark this daemon's agents carry (see [`OWNER_ENV`]).
     pub fn owner(&self) -> &str {
@@ -414,17 +392,6 @@ impl Book {
         }
         reaped
     }
-}
-
-/// A live agent group as the book records it, seen from any process (for `agentq status`): the
-/// leader still runs with the recorded start time.
-#[derive(Clone, Debug)]
-pub struct LiveGroup {
-    pub record: Record,
-    /// The group's resident memory now, bytes.
-    pub rss: u64,
-    /// When its leader started, if the boot time can be read.
-    pub started_at: Option<std::time::SystemTime>,
 }
 
 /// The live groups recorded in `state_dir`'s book, whoever recorded them. `/proc` is read once,

@@ -25,8 +25,8 @@ mod kernel;
 mod unix;
 #[cfg(unix)]
 pub use book::{
-    Book, Guardian, LiveGroup, OWNER_ENV, ProcInfo, Reaped, Record, Recorded, group_members, guard,
-    kill_marked, live_groups, started_at, stat,
+    Book, Guardian, ProcInfo, Recorded, group_members, guard, kill_marked, live_groups, started_at,
+    stat,
 };
 #[cfg(unix)]
 use unix as imp;
@@ -36,11 +36,44 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 #[cfg(windows)]
-pub use windows::{
-    Book, Guardian, LiveGroup, OWNER_ENV, Reaped, Record, Recorded, guard, live_groups, started_at,
-};
+pub use windows::{Book, Guardian, Recorded, guard, live_groups, started_at};
 
 pub use imp::{Child, Tree};
+
+/// Every agent's environment names the daemon that started it, so its descendants can be told
+/// from strangers after the agent itself is gone (Unix's guardian and book go by it; on Windows
+/// it is kept for tools that look).
+pub const OWNER_ENV: &str = "AGENTQ_DAEMON";
+
+/// One page of the book (Unix): a live process group.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub pgid: i32,
+    pub start_ticks: u64,
+    pub boot_id: Option<String>,
+    pub owner: String,
+    pub worker: String,
+    pub task: Option<i64>,
+}
+
+/// What start-up found of an earlier daemon's process group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub record: Record,
+    /// The pids killed (empty: the group was already gone).
+    pub killed: Vec<i32>,
+}
+
+/// A live agent group as the book records it, seen from any process (for `agentq status`): the
+/// leader still runs with the recorded start time. (Windows keeps no book: none is listed.)
+#[derive(Clone, Debug)]
+pub struct LiveGroup {
+    pub record: Record,
+    /// The group's resident memory now, bytes.
+    pub rss: u64,
+    /// When its leader started, if the boot time can be read.
+    pub started_at: Option<std::time::SystemTime>,
+}
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use windows_sys::Win32::System::Threading::{
     ResumeThread, THREAD_SUSPEND_RESUME,
 };
 
-use super::{Exit, Spawned};
+use super::{Exit, LiveGroup, Reaped, Spawned};
 
 /// A Job Object handle, closed (killing what is left in the job) when the last owner drops it.
 #[derive(Debug)]
@@ -374,9 +374,6 @@ pub fn signal_name(_n: i32) -> Option<&'static str> {
     None
 }
 
-/// Marks an agent's environment with its daemon (kept on Windows for tools that look).
-pub const OWNER_ENV: &str = "AGENTQ_DAEMON";
-
 /// On Unix, the book of live process groups a crashed daemon left. On Windows the job's
 /// kill-on-close does that job: when the daemon dies the system closes its job handles and every
 /// agent tree ends, so there is nothing to record or reap.
@@ -387,22 +384,6 @@ pub struct Book {
 
 #[derive(Debug)]
 pub struct Recorded;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub pgid: i32,
-    pub start_ticks: u64,
-    pub boot_id: Option<String>,
-    pub owner: String,
-    pub worker: String,
-    pub task: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reaped {
-    pub record: Record,
-    pub killed: Vec<i32>,
-}
 
 impl Book {
     pub fn new(_state_dir: &Path, owner: &str) -> Book {
@@ -422,15 +403,6 @@ impl Book {
     pub fn reap(&self) -> Vec<Reaped> {
         Vec::new()
     }
-}
-
-/// A live agent tree as `agentq status` shows it. Windows keeps no book (see [`Book`]), so none
-/// is listed from another process.
-#[derive(Clone, Debug)]
-pub struct LiveGroup {
-    pub record: Record,
-    pub rss: u64,
-    pub started_at: Option<std::time::SystemTime>,
 }
 
 pub fn live_groups(_state_dir: &Path) -> Vec<LiveGroup> {
