@@ -131,6 +131,15 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
                 Some(config) => check_service_now(config, cx).await,
                 None => Check::skip("service", "needs an agentq.toml that loads"),
             });
+            checks.push(match &config {
+                Some(config) => {
+                    let containment = config.daemon.containment;
+                    tokio::task::spawn_blocking(move || check_containment(containment))
+                        .await
+                        .unwrap_or_else(|e| Check::skip("containment", format!("cannot tell: {e}")))
+                }
+                None => Check::skip("containment", "needs an agentq.toml that loads"),
+            });
             if let (Some(config), Some(url)) = (&config, store_url(config.as_ref(), explicit, cx)) {
                 checks.push(match reachable {
                     true => check_hosts(&url, config, daemon_pid).await,
@@ -139,7 +148,13 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
             }
         }
         None => {
-            for name in ["state folder", "database", "daemon", "service"] {
+            for name in [
+                "state folder",
+                "database",
+                "daemon",
+                "service",
+                "containment",
+            ] {
                 checks.push(Check::skip(
                     name,
                     "no agentq.toml found, so no project folder",
@@ -572,6 +587,87 @@ fn check_daemon(state_dir: &Path) -> (Check, Option<i32>) {
 pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// [`check_service`] with the real service manager, off the async threads.
+/// What keeps an attempt's processes from outliving it, and, where that is a keeper, that it
+/// works here: a keeper runs a shell that leaves a `setsid` sleeper behind and exits; the sleeper
+/// must be gone when the keeper is.
+pub fn check_containment(containment: agentq_daemon::config::Containment) -> Check {
+    use agentq_daemon::config::Containment;
+    const NAME: &str = "containment";
+    let what = containment.describe();
+    if cfg!(windows) {
+        return Check::ok(NAME, what);
+    }
+    if containment == Containment::Group {
+        return Check::warn(
+            NAME,
+            what,
+            "remove `containment` from [daemon] (or set it to \"auto\") to end what an agent starts with its attempt",
+        );
+    }
+    let Some(keep) = containment.keep(Duration::from_millis(200)) else {
+        return Check::warn(
+            NAME,
+            what,
+            "on Linux, agentq ends everything an attempt started, wherever it went",
+        );
+    };
+    match probe_keeper(&keep) {
+        Ok(()) => Check::ok(
+            NAME,
+            format!("{what}; checked: a setsid child ended with its attempt"),
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("{what}, but it does not work here: {e}"),
+            "set [daemon] containment = \"group\" to run agents without a keeper, and report this",
+        ),
+    }
+}
+
+#[cfg(unix)]
+fn probe_keeper(keep: &agentq_platform::process::Keep) -> std::result::Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find agentq itself: {e}"))?;
+    let keep = agentq_platform::process::Keep {
+        exe,
+        grace: keep.grace,
+    };
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut spawned = agentq_platform::process::spawn_kept(sh, Some(&keep))
+            .map_err(|e| format!("cannot start a keeper: {e}"))?;
+        drop(spawned.stdin.take());
+        let mut out = String::new();
+        if let Some(mut stdout) = spawned.stdout.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stdout.read_to_string(&mut out)).await;
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(5), spawned.child.wait())
+            .await
+            .map_err(|_| "the keeper did not end within 5 s".to_string())?;
+        let sleeper: u32 = out
+            .trim()
+            .parse()
+            .map_err(|_| format!("the probe printed {out:?}, not a pid ({exit:?})"))?;
+        if agentq_platform::process::stat(sleeper as i32).is_some_and(|p| p.state != 'Z') {
+            // SAFETY: kill takes plain integers; this is the probe's own sleeper.
+            unsafe { libc::kill(sleeper as i32, libc::SIGKILL) };
+            return Err(format!("its setsid child {sleeper} outlived it"));
+        }
+        Ok(())
+    })
+}
+
+#[cfg(not(unix))]
+fn probe_keeper(_keep: &agentq_platform::process::Keep) -> std::result::Result<(), String> {
+    Ok(())
+}
+
 async fn check_service_now(config: &Config, cx: &Context) -> Check {
     let (config, env) = (config.clone(), cx.env.clone());
     tokio::task::spawn_blocking(move || {

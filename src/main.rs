@@ -9,6 +9,15 @@ use tracing_subscriber::EnvFilter;
 use agentq::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
+    // A keeper (`agentq keep`, one per agent on Linux) starts before anything else: it runs for
+    // every attempt, so it pays for no parsing, logging or runtime it does not use.
+    #[cfg(target_os = "linux")]
+    {
+        let mut args = std::env::args_os().skip(1);
+        if args.next().as_deref() == Some(agentq_platform::process::KEEP_COMMAND.as_ref()) {
+            agentq_platform::process::keep(&args.collect::<Vec<_>>());
+        }
+    }
     let cli = Cli::parse();
     if let Command::Guard(args) = &cli.command {
         // Before logging and the runtime: the guardian is one blocking read and a /proc scan.

@@ -18,6 +18,8 @@
 //! - `[[limited 1767225600]]` answers 429 with the unified rate-limit headers saying `rejected` and
 //!   resetting at that epoch, as the API does when a subscription's usage limit is reached.
 //! - `[[reply some text]]` answers with exactly that text.
+//! - `[[bash echo hi > f]]` first answers with a call of Claude Code's `Bash` tool running that
+//!   command; once the request carries the tool's result, answers `ran: <the result's first line>`.
 //!
 //! Every request is counted; [`FakeServer::requests`] tells how many `/v1/messages` calls came.
 //!
@@ -381,6 +383,55 @@ fn seen(prompts: &[String]) -> String {
     format!("seen {}: {}", prompts.len(), shown.join(" | "))
 }
 
+/// The text of the tool result the request ends with, if its last message is one.
+fn tool_result(body: &Value) -> Option<String> {
+    let last = body["messages"].as_array()?.last()?;
+    let blocks = last["content"].as_array()?;
+    let result = blocks.iter().find(|b| b["type"] == "tool_result")?;
+    Some(match &result["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    })
+}
+
+/// The event stream of a message that calls Claude Code's `Bash` tool with `command`.
+fn bash_call(model: &str, command: &str) -> String {
+    let input = json!({ "command": command, "description": "Run the test's command" }).to_string();
+    let events = [
+        (
+            "message_start",
+            json!({ "type": "message_start", "message": { "id": "msg_fake_tool", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": { "input_tokens": 100, "output_tokens": 1 } } }),
+        ),
+        (
+            "content_block_start",
+            json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "tool_use", "id": "toolu_fake_1", "name": "Bash", "input": {} } }),
+        ),
+        (
+            "content_block_delta",
+            json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "input_json_delta", "partial_json": input } }),
+        ),
+        (
+            "content_block_stop",
+            json!({ "type": "content_block_stop", "index": 0 }),
+        ),
+        (
+            "message_delta",
+            json!({ "type": "message_delta", "delta": { "stop_reason": "tool_use", "stop_sequence": null }, "usage": { "output_tokens": 10 } }),
+        ),
+        ("message_stop", json!({ "type": "message_stop" })),
+    ];
+    let mut out = String::new();
+    for (name, data) in events {
+        out.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    }
+    out
+}
+
 fn messages(body: &Value, state: &State) -> Answer {
     let all = prompts(body);
     let last = all.last().cloned().unwrap_or_default();
@@ -388,6 +439,22 @@ fn messages(body: &Value, state: &State) -> Answer {
     let mut text = None;
     for (name, args) in directives(&last) {
         match name.as_str() {
+            "bash" => match tool_result(body) {
+                Some(result) => {
+                    text = Some(format!("ran: {}", result.lines().next().unwrap_or("")));
+                }
+                None if body["stream"] == true => {
+                    let model = body["model"].as_str().unwrap_or("claude-fake");
+                    return (
+                        200,
+                        "text/event-stream",
+                        bash_call(model, &args).into_bytes(),
+                        delay,
+                        Vec::new(),
+                    );
+                }
+                None => {}
+            },
             "delay" => delay = parse_delay(&args),
             "hang" => delay = Some(Duration::from_secs(24 * 3600)),
             "reply" => text = Some(args),

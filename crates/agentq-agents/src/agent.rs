@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,12 +58,14 @@ pub struct Spec {
     pub log: Option<Arc<agentq_core::logfile::RotatingFile>>,
 }
 
-/// Who records an agent's process group, and under which worker and task.
+/// Who records an agent's process group, and under which worker and task; and the keeper each
+/// agent runs under, where there is one (`agentq_platform::process::Keep`: Linux).
 #[derive(Clone, Debug)]
 pub struct Booking {
     pub book: std::sync::Arc<crate::procs::Book>,
     pub worker: String,
     pub task: Option<i64>,
+    pub keep: Option<process::Keep>,
 }
 
 /// How the attempt ended.
@@ -143,19 +144,17 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     }
     cmd.args(&spec.argv[1..])
         .current_dir(&spec.cwd)
-        .envs(&spec.env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(&spec.env);
     if let Some(b) = &spec.book {
         cmd.env(crate::procs::OWNER_ENV, b.book.owner());
     }
+    let keep = spec.book.as_ref().and_then(|b| b.keep.as_ref());
     let process::Spawned {
         mut child,
         stdin,
         stdout,
         stderr,
-    } = match process::spawn(cmd) {
+    } = match process::spawn_kept(cmd, keep) {
         Ok(spawned) => spawned,
         Err(e) => {
             let retryable = !matches!(

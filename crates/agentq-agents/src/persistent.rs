@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,12 +91,7 @@ impl Persistent {
         for key in env_remove {
             cmd.env_remove(key);
         }
-        cmd.args(&argv[1..])
-            .current_dir(cwd)
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(&argv[1..]).current_dir(cwd).envs(env);
         if let Some(b) = booking {
             cmd.env(crate::procs::OWNER_ENV, b.book.owner());
         }
@@ -106,7 +100,7 @@ impl Persistent {
             stdin,
             stdout,
             stderr: err_pipe,
-        } = process::spawn(cmd)?;
+        } = process::spawn_kept(cmd, booking.and_then(|b| b.keep.as_ref()))?;
         let tree = child.tree();
         let recorded = booking.and_then(|b| b.book.record(child.pid(), &b.worker, None));
         let stdin = stdin.expect("stdin was piped");
@@ -148,7 +142,7 @@ impl Persistent {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        Some(self.child.pid())
+        Some(self.child.agent_pid())
     }
 
     /// Resident memory of the process and everything in its tree, where it can be read.
@@ -244,6 +238,10 @@ impl Persistent {
             watch.sample_now();
         }
         self.last_peak = watch.peak;
+        // The task is over: what it started is ended (under a keeper), the agent lives on.
+        if self.child.ended().is_none() {
+            self.tree.sweep();
+        }
         end
     }
 
@@ -293,6 +291,9 @@ impl Persistent {
         let mut interrupted: Option<(Why, tokio::time::Instant)> = None;
         let mut limit = None;
         let mut last_line = tokio::time::Instant::now();
+        // The process (or its keeper) has ended: what is left in the pipe is still read, and the
+        // end of stdout says the rest (its group was killed as it was reaped).
+        let mut exited = self.child.ended().is_some();
         let ended = |why: Why, kept: bool| match why {
             Why::Timeout => TaskEnd::TimedOut { kept },
             Why::Idle => TaskEnd::IdleTimedOut { kept },
@@ -312,6 +313,7 @@ impl Persistent {
                 }
             };
             tokio::select! {
+                _ = self.child.wait(), if !exited => exited = true,
                 read = self.lines.next_line() => {
                     let Ok(Some(text)) = read else { return self.died().await };
                     last_line = tokio::time::Instant::now();
@@ -401,16 +403,19 @@ impl Persistent {
             .is_err()
         {
             self.kill().await;
-        } else {
-            // Whatever it left in its tree.
-            self.tree.kill();
         }
+        // Whatever it left in its tree went as it was reaped (by its keeper, or by the kill of
+        // its group before the reap).
     }
 }
 
 impl Drop for Persistent {
     fn drop(&mut self) {
-        self.tree.kill();
+        // Not once reaped: the number may belong to another process by now. Dropping the child
+        // kills and reaps an unreaped one.
+        if self.child.ended().is_none() {
+            self.tree.kill();
+        }
     }
 }
 

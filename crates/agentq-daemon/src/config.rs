@@ -68,6 +68,8 @@ cwd = "."
 # With several daemons on one database, each needs a host id of its own:
 # [daemon]
 # host = "build-1"         # default: the machine's name (`agentq run --host NAME` overrides)
+# containment = "auto"     # Linux: a keeper per attempt ends what an agent started, setsid or not;
+#                          # "group": the process group alone (one process fewer per attempt)
 # shared_sessions = false  # true if every host's Claude reads the same session store
 # and a [[worker]] may be pinned to one of them with host = "build-1".
 "#;
@@ -227,6 +229,7 @@ struct RawDaemon {
     task_logs_keep: Option<u32>,
     host: Option<Spanned<String>>,
     shared_sessions: Option<bool>,
+    containment: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -626,6 +629,51 @@ pub struct DaemonSettings {
     /// Every host's Claude reads the same session store, so a worker that moves to another host
     /// resumes its conversation there instead of starting a new one.
     pub shared_sessions: bool,
+    /// How each attempt's processes are held together (`[daemon] containment`).
+    pub containment: Containment,
+}
+
+/// `[daemon] containment`: what keeps an agent's processes from outliving its attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containment {
+    /// The strongest this platform has: on Linux a keeper process per attempt (a child
+    /// subreaper: nothing the agent starts gets away, `setsid` and double forks included); on
+    /// Windows a Job Object; elsewhere the process group.
+    Auto,
+    /// The agent's process group (a Job Object on Windows) and nothing more: one process fewer
+    /// per attempt, but what leaves the group (`setsid`) lives until the daemon stops.
+    Group,
+}
+
+impl Containment {
+    /// The keeper each attempt runs under, if any (Linux, `auto`).
+    pub fn keep(self, kill_timeout: Duration) -> Option<agentq_platform::process::Keep> {
+        use agentq_platform::process::Keep;
+        if self != Containment::Auto || !Keep::AVAILABLE {
+            return None;
+        }
+        Keep::this_binary(kill_timeout).ok()
+    }
+
+    /// What `doctor` and the start-up log say is in force.
+    pub fn describe(self) -> &'static str {
+        match (
+            self,
+            cfg!(windows),
+            agentq_platform::process::Keep::AVAILABLE,
+        ) {
+            (_, true, _) => "a Job Object per attempt (nothing breaks away)",
+            (Containment::Auto, _, true) => {
+                "a keeper process per attempt (a child subreaper: what leaves the process group stays below it)"
+            }
+            (Containment::Auto, _, false) => {
+                "the process group of each attempt (no subreaper on this system: what leaves the group lives until the daemon stops)"
+            }
+            (Containment::Group, _, _) => {
+                "the process group of each attempt ([daemon] containment = \"group\": what leaves the group lives until the daemon stops)"
+            }
+        }
+    }
 }
 
 /// The HTTP API (`[http]`): off unless `listen` is set.
@@ -1154,6 +1202,21 @@ fn daemon_settings(raw: &RawDaemon) -> std::result::Result<DaemonSettings, SpanE
         task_logs_keep: raw.task_logs_keep.unwrap_or(200),
         host,
         shared_sessions: raw.shared_sessions.unwrap_or(false),
+        containment: match &raw.containment {
+            None => Containment::Auto,
+            Some(c) => match c.get_ref().as_str() {
+                "auto" => Containment::Auto,
+                "group" => Containment::Group,
+                other => {
+                    return Err((
+                        Some(c.span()),
+                        format!(
+                            "[daemon] containment must be \"auto\" or \"group\", not {other:?}"
+                        ),
+                    ));
+                }
+            },
+        },
     })
 }
 

@@ -423,6 +423,7 @@ impl Runner {
             book: self.book.clone(),
             worker: name.clone(),
             task: None,
+            keep: self.config.daemon.containment.keep(grace),
         };
         let spec = &served.spec;
         // Spawning in a missing folder fails as a missing program does; say which it is.

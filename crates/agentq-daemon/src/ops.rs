@@ -464,7 +464,7 @@ impl Readings {
         let run_start = self.started_at.filter(|_| configured && !elsewhere);
         WorkerStatus {
             mode: mode(config, &name).to_string(),
-            pid: own.first().filter(|_| name != POOL).map(|g| g.record.pgid),
+            pid: own.first().filter(|_| name != POOL).map(|g| g.agent),
             memory_mb,
             memory_peak_mb,
             restarts: run_start.map(|_| done.map_or(0, |a| a.restarts)),
@@ -582,7 +582,7 @@ impl Readings {
             .groups
             .iter()
             .filter(|g| g.record.task.is_some_and(|t| self.pool_tasks.contains(&t)))
-            .map(|g| g.record.pgid)
+            .map(|g| g.agent)
             .collect();
         pool_pids.sort_unstable();
         pool_pids

@@ -545,6 +545,11 @@ impl Runner {
                 book: self.book.clone(),
                 worker: self.worker.name.clone(),
                 task: Some(task.id),
+                keep: self
+                    .config
+                    .daemon
+                    .containment
+                    .keep(self.worker.limits.kill_timeout),
             }),
             log: Some(Arc::new(self.task_log(task))),
         }

@@ -111,6 +111,15 @@ pub fn guard(owner: &str) {
             Err(_) => break,
         }
     }
+    // Keepers first, asked to stop: they end what got away from the agents' mark.
+    #[cfg(target_os = "linux")]
+    for keeper in all_processes()
+        .into_iter()
+        .filter(|p| p.state != 'Z' && environ_has(p.pid, super::KEEPER_ENV, owner) == Some(true))
+    {
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(keeper.pid, libc::SIGTERM) };
+    }
     let killed = kill_marked(OWNER_ENV, owner);
     if !killed.is_empty() {
         eprintln!(
@@ -414,14 +423,28 @@ pub fn live_groups(state_dir: &Path) -> Vec<LiveGroup> {
             })
         })
         .map(|record| {
-            let rss = processes
-                .iter()
-                .filter(|p| p.pgrp == record.pgid && p.state != 'Z')
-                .map(|p| p.rss)
-                .sum();
+            let (agent, rss) = match super::kernel::is_keeper(record.pgid) {
+                // A keeper's tree is everything below it; the agent, its child in its group.
+                true => (
+                    super::kernel::keepers_agent(record.pgid, &processes).unwrap_or(record.pgid),
+                    super::kernel::descendants(record.pgid, &processes)
+                        .iter()
+                        .map(|p| p.rss)
+                        .sum(),
+                ),
+                false => (
+                    record.pgid,
+                    processes
+                        .iter()
+                        .filter(|p| p.pgrp == record.pgid && p.state != 'Z')
+                        .map(|p| p.rss)
+                        .sum(),
+                ),
+            };
             let started_at = boot.map(|b| b + ticks(record.start_ticks));
             LiveGroup {
                 record,
+                agent,
                 rss,
                 started_at,
             }

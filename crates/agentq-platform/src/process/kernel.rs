@@ -15,6 +15,50 @@ pub struct ProcInfo {
     pub rss: u64,
 }
 
+/// The live processes below `root` in `table` (by parent links; `root` left out).
+pub fn descendants(root: i32, table: &[ProcInfo]) -> Vec<ProcInfo> {
+    let mut children: std::collections::HashMap<i32, Vec<&ProcInfo>> =
+        std::collections::HashMap::new();
+    for p in table {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            if child.pid != root {
+                next.push(child.pid);
+                if child.state != 'Z' {
+                    found.push((*child).clone());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The agent a keeper (`keeper.rs`) started: its child in its process group (the oldest, should
+/// there be more than one).
+pub fn keepers_agent(keeper: i32, table: &[ProcInfo]) -> Option<i32> {
+    table
+        .iter()
+        .filter(|p| p.ppid == keeper && p.pgrp == keeper && p.state != 'Z')
+        .min_by_key(|p| (p.start_ticks, p.pid))
+        .map(|p| p.pid)
+}
+
+/// Whether process `pid` is a keeper: `agentq keep ...` (Linux only).
+pub fn is_keeper(pid: i32) -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|b| *b == 0);
+    args.next() == Some(b"agentq".as_slice()) && args.next() == Some(super::KEEP_COMMAND.as_bytes())
+}
+
 #[cfg(target_os = "linux")]
 pub use procfs::*;
 #[cfg(not(target_os = "linux"))]
@@ -174,5 +218,32 @@ mod tables {
 
     pub fn ticks(n: u64) -> std::time::Duration {
         std::time::Duration::from_secs(n / HZ)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_follow_parent_links_and_skip_zombies() {
+        let p = |pid, ppid, state| ProcInfo {
+            pid,
+            state,
+            ppid,
+            pgrp: pid,
+            start_ticks: 0,
+            rss: 0,
+        };
+        let table = [
+            p(10, 1, 'S'),
+            p(11, 10, 'S'),
+            p(12, 11, 'Z'),
+            p(13, 12, 'S'),
+            p(14, 1, 'S'),
+        ];
+        let mut found: Vec<i32> = descendants(10, &table).iter().map(|p| p.pid).collect();
+        found.sort();
+        assert_eq!(found, [11, 13]);
     }
 }

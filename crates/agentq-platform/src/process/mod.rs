@@ -19,8 +19,12 @@
 
 #[cfg(unix)]
 mod book;
+#[cfg(target_os = "linux")]
+mod keeper;
 #[cfg(unix)]
 mod kernel;
+#[cfg(target_os = "linux")]
+pub use keeper::{KEEPER_ENV, main as keep};
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -69,6 +73,8 @@ pub struct Reaped {
 #[derive(Clone, Debug)]
 pub struct LiveGroup {
     pub record: Record,
+    /// The agent's pid: the group's leader, or the agent below it where the leader is a keeper.
+    pub agent: i32,
     /// The group's resident memory now, bytes.
     pub rss: u64,
     /// When its leader started, if the boot time can be read.
@@ -113,7 +119,57 @@ pub fn command(program: &str) -> std::process::Command {
 /// Starts `cmd` as the leader of a tree of its own (see the module's doc). Must be called inside
 /// a tokio runtime. If anything fails after the process started, it is killed and reaped.
 pub fn spawn(cmd: std::process::Command) -> std::io::Result<Spawned> {
-    imp::spawn(cmd)
+    imp::spawn(cmd, false)
+}
+
+/// The subcommand (`agentq keep`) the daemon starts a keeper with (Linux).
+pub const KEEP_COMMAND: &str = "keep";
+
+/// How the daemon contains each agent beyond its process tree: on Linux, a keeper process per
+/// attempt (`keeper.rs`), which nothing the agent starts can get away from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keep {
+    /// The program that answers `agentq keep` (the daemon's own binary).
+    pub exe: std::path::PathBuf,
+    /// How long a process asked to stop has before it is killed (`kill_timeout`).
+    pub grace: std::time::Duration,
+}
+
+impl Keep {
+    /// A keeper run by this very binary, which must answer `agentq keep` (agentq's `main` does).
+    pub fn this_binary(grace: std::time::Duration) -> std::io::Result<Keep> {
+        Ok(Keep {
+            exe: if cfg!(target_os = "linux") {
+                std::path::PathBuf::from("/proc/self/exe")
+            } else {
+                std::env::current_exe()?
+            },
+            grace,
+        })
+    }
+
+    /// Whether this platform has keepers (Linux); elsewhere `spawn_kept` is `spawn`.
+    pub const AVAILABLE: bool = cfg!(target_os = "linux");
+}
+
+/// `spawn`, with the agent under a keeper where there is one (`keep`, on Linux). Its standard
+/// streams are piped, whatever `cmd` said. The tree's stop, kill and memory then go through the
+/// keeper, and [`Tree::sweep`] ends what a task of a long-lived agent left.
+pub fn spawn_kept(mut cmd: std::process::Command, keep: Option<&Keep>) -> std::io::Result<Spawned> {
+    use std::process::Stdio;
+    #[cfg(target_os = "linux")]
+    if let Some(keep) = keep {
+        let mut kept = keep.wrap(&cmd)?;
+        kept.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        return imp::spawn(kept, true);
+    }
+    let _ = keep;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    imp::spawn(cmd, false)
 }
 
 /// Resident memory of process `pid`, bytes (`None` when it is gone or cannot be read).

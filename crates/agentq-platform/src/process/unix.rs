@@ -10,7 +10,9 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Exit, Spawned};
 
-pub fn spawn(mut cmd: std::process::Command) -> std::io::Result<Spawned> {
+/// Starts `cmd` leading a process group of its own. `kept`: `cmd` is a keeper (`keeper.rs`), and
+/// the tree is stopped, killed and measured through it.
+pub fn spawn(mut cmd: std::process::Command, kept: bool) -> std::io::Result<Spawned> {
     cmd.process_group(0);
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
@@ -35,6 +37,7 @@ pub fn spawn(mut cmd: std::process::Command) -> std::io::Result<Spawned> {
     })();
     let mut child = Child {
         pid,
+        kept,
         pidfd: None,
         status: None,
         max_rss: None,
@@ -55,43 +58,77 @@ pub fn spawn(mut cmd: std::process::Command) -> std::io::Result<Spawned> {
     })
 }
 
-/// An agent's process group, named by its leader's pid. (Clone, not Copy: Windows' holds a job.)
+/// An agent's process group, named by its leader's pid; or, `kept`, everything below the keeper
+/// that leads the group (see `keeper.rs`). (Clone, not Copy: Windows' holds a job.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
     pgid: i32,
+    kept: bool,
 }
 
 impl Tree {
-    /// SIGTERM to the group. Returns whether it was delivered (nobody left: `false`).
+    /// SIGTERM to the group, or to its keeper, which passes it to everything below it. Returns
+    /// whether it was delivered (nobody left: `false`).
     pub fn ask_to_stop(&self) -> bool {
+        if self.kept {
+            return kill(Pid::from_raw(self.pgid), Signal::SIGTERM).is_ok();
+        }
         killpg(Pid::from_raw(self.pgid), Signal::SIGTERM).is_ok()
     }
 
-    /// SIGKILL to the group. ESRCH (nobody left) is the common, happy case.
+    /// SIGKILL to the group; a keeper is told to kill everything below it (SIGUSR1), and the
+    /// group is killed only if the keeper is gone. ESRCH (nobody left) is the common, happy case.
     pub fn kill(&self) {
+        if self.kept && kill(Pid::from_raw(self.pgid), Signal::SIGUSR1).is_ok() {
+            return;
+        }
         let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
     }
 
-    /// Resident bytes of every live process in the group; `None` where this cannot be read or
+    /// A task of a long-lived agent ended: its keeper ends what the task left (SIGUSR2; see
+    /// `keeper.rs`). Without a keeper, nothing: the group lives on with the agent.
+    pub fn sweep(&self) {
+        if self.kept {
+            let _ = kill(Pid::from_raw(self.pgid), Signal::SIGUSR2);
+        }
+    }
+
+    /// The live processes of the tree: the group's members, or everything below the keeper.
+    fn processes(&self) -> Vec<super::kernel::ProcInfo> {
+        if self.kept {
+            return super::kernel::descendants(self.pgid, &super::kernel::all_processes());
+        }
+        super::book::group_members(self.pgid)
+    }
+
+    /// Resident bytes of every live process in the tree; `None` where this cannot be read or
     /// nobody is left.
     pub fn rss(&self) -> Option<u64> {
-        let members = super::book::group_members(self.pgid);
+        let members = self.processes();
         (!members.is_empty()).then(|| members.iter().map(|p| p.rss).sum())
     }
 
-    /// The leader's resident bytes, if it still runs (a zombie holds nothing).
+    /// The agent's resident bytes, if it still runs (a zombie holds nothing): the leader's, or
+    /// the keeper's child's.
     pub fn leader_rss(&self) -> Option<u64> {
-        super::kernel::stat(self.pgid)
+        let agent = if self.kept {
+            *super::kernel::all_processes()
+                .iter()
+                .filter(|p| p.ppid == self.pgid && p.pgrp == self.pgid)
+                .map(|p| p.pid)
+                .collect::<Vec<_>>()
+                .first()?
+        } else {
+            self.pgid
+        };
+        super::kernel::stat(agent)
             .filter(|p| p.state != 'Z' && p.rss > 0)
             .map(|p| p.rss)
     }
 
-    /// The pids of the group's live members.
+    /// The pids of the tree's live processes.
     pub fn members(&self) -> Vec<u32> {
-        super::book::group_members(self.pgid)
-            .iter()
-            .map(|p| p.pid as u32)
-            .collect()
+        self.processes().iter().map(|p| p.pid as u32).collect()
     }
 }
 
@@ -101,6 +138,8 @@ impl Tree {
 /// Dropping it unreaped kills its group and reaps it, so an abandoned attempt leaves nothing.
 pub struct Child {
     pid: i32,
+    /// It is a keeper (`keeper.rs`).
+    kept: bool,
     pidfd: Option<AsyncFd<std::os::fd::OwnedFd>>,
     status: Option<Exit>,
     /// From `wait4`, bytes, when it is the agent's own (see [`Child::own_peak`]).
@@ -110,12 +149,40 @@ pub struct Child {
 }
 
 impl Child {
+    /// The pid of the process started: the agent, or its keeper.
     pub fn pid(&self) -> u32 {
         self.pid as u32
     }
 
+    /// The agent's pid: the process itself, or the agent its keeper started (waiting up to
+    /// 100 ms for the keeper to have started it; the keeper's own pid if it has not).
+    pub fn agent_pid(&self) -> u32 {
+        if !self.kept {
+            return self.pid as u32;
+        }
+        for _ in 0..100 {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid));
+            let first = match children {
+                Ok(text) => text.split_whitespace().next().and_then(|p| p.parse().ok()),
+                Err(_) => super::kernel::keepers_agent(self.pid, &super::kernel::all_processes()),
+            };
+            if let Some(pid) = first {
+                return pid as u32;
+            }
+            if self.status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.pid as u32
+    }
+
     pub fn tree(&self) -> Tree {
-        Tree { pgid: self.pid }
+        Tree {
+            pgid: self.pid,
+            kept: self.kept,
+        }
     }
 
     /// The kernel's peak for the agent, when it tells something. A forked child starts out with
@@ -212,6 +279,16 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if self.status.is_none() {
+            // A keeper is given a moment to kill what is below it (milliseconds); the group's
+            // kill is for a keeper that did not answer.
+            if self.kept && kill(Pid::from_raw(self.pid), Signal::SIGUSR1).is_ok() {
+                for _ in 0..200 {
+                    if self.try_reap() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
             let mut status = 0;
             // SAFETY: waitpid writes only to `status`. The process was just killed, so this

@@ -129,9 +129,13 @@ impl Tree {
     pub fn members(&self) -> Vec<u32> {
         self.job.pids()
     }
+
+    /// A task of a long-lived agent ended. Nothing is ended here yet: what the task left stays in
+    /// the job, so it cannot outlive the agent's process, but it lives until then.
+    pub fn sweep(&self) {}
 }
 
-pub fn spawn(mut cmd: std::process::Command) -> std::io::Result<Spawned> {
+pub fn spawn(mut cmd: std::process::Command, _kept: bool) -> std::io::Result<Spawned> {
     // Suspended until it is in its job, so not even its first instruction runs outside. A new
     // process group takes a CTRL_BREAK of its own; without a console to share, no window opens.
     let console = unsafe { !GetConsoleWindow().is_null() };
@@ -224,6 +228,11 @@ const JOB_DRAIN: Duration = Duration::from_secs(5);
 
 impl Child {
     pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The agent's pid (there is no keeper on Windows: the process itself).
+    pub fn agent_pid(&self) -> u32 {
         self.pid
     }
 

@@ -1,0 +1,228 @@
+//! Nothing an attempt starts outlives it: processes that leave the agent's process group
+//! (`setsid`), double-forked daemons, processes that clear their environment and grandchildren
+//! that ignore SIGTERM are all gone within `kill_timeout` + 1 s of the attempt's end, whether the
+//! agent exits by itself or is stopped; and with `[daemon] containment = "group"` (the process
+//! group alone) the `setsid` one is shown to get away, which is what the keeper is for.
+// Linux: the keeper is a child subreaper (prctl), and these agents are shell scripts.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// An agent (a shell script) that starts four processes that try to outlive it, each writing its
+/// pid to `pids.log`, waits until all four have, prints `escaped` and exits, or with `hang` in
+/// its prompt, sleeps on instead.
+const ESCAPER: &str = r#"#!/bin/sh
+log="$PWD/pids.log"
+# A new session (and so a new process group).
+setsid sh -c 'echo $$ >> "$1"; exec sleep 300' sh "$log" </dev/null >/dev/null 2>&1 &
+# A double fork: the middle process exits at once, its child is an orphan.
+sh -c 'sh -c "echo \$\$ >> \"\$1\"; exec sleep 300" sh "$1" </dev/null >/dev/null 2>&1 & exit 0' sh "$log"
+# A new session with its environment cleared (no mark to find it by).
+setsid env -i /bin/sh -c 'echo $$ >> "$1"; exec sleep 300' sh "$log" </dev/null >/dev/null 2>&1 &
+# A new session that ignores SIGTERM, and whose sleeps ignore it too.
+setsid sh -c 'trap "" TERM; echo $$ >> "$1"; while :; do sleep 1; done' sh "$log" </dev/null >/dev/null 2>&1 &
+while [ "$(wc -l < "$log" 2>/dev/null || echo 0)" -lt 4 ]; do sleep 0.02; done
+prompt=$(cat)
+case "$prompt" in
+  *hang*) exec sleep 300 ;;
+esac
+echo escaped
+"#;
+
+fn project(extra: &str) -> Project {
+    let p = Project::new("");
+    let agent = p.path("escaper.sh");
+    std::fs::write(&agent, ESCAPER).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        p.path("agentq.toml"),
+        format!(
+            "[defaults]\nkill_timeout = \"500ms\"\nmax_attempts = 1\n{extra}\n\
+             [[worker]]\nname = \"w\"\ncommand = [\"{}\"]\n",
+            agent.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn escaped(p: &Project) -> Vec<i32> {
+    std::fs::read_to_string(p.path("pids.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Runs one task to its end; returns its record and the pids that tried to escape.
+fn run_one(p: &Project, prompt: &str) -> (serde_json::Value, Vec<i32>) {
+    let id = p.submit("w", prompt);
+    p.run(&["wait", "--timeout", "60s", &id.to_string()]);
+    let pids = escaped(p);
+    assert_eq!(pids.len(), 4, "four escapers started: {pids:?}");
+    (p.task(id), pids)
+}
+
+/// kill_timeout (500 ms) + 1 s, counted from when `wait` saw the task end.
+fn all_gone_soon(pids: &[i32]) {
+    let ended = Instant::now();
+    wait_until(
+        Duration::from_millis(1500),
+        "every escaper to be gone",
+        || pids.iter().all(|pid| !alive(*pid)),
+    );
+    eprintln!("all gone {:?} after the task's end", ended.elapsed());
+}
+
+#[test]
+fn what_leaves_the_group_is_ended_with_an_attempt_that_succeeds() {
+    let p = project("");
+    let daemon = p.start();
+    let (t, pids) = run_one(&p, "go");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(p.output(t["id"].as_i64().unwrap()), "escaped\n");
+    all_gone_soon(&pids);
+    assert!(p.agent_processes().is_empty(), "{:?}", p.agent_processes());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn what_leaves_the_group_is_ended_with_an_attempt_that_times_out() {
+    let p = project("timeout = \"2s\"");
+    let daemon = p.start();
+    let started = Instant::now();
+    let (t, pids) = run_one(&p, "hang");
+    assert_eq!(t["cause"], "timeout", "{t}");
+    // 2 s of timeout, then 0.5 s of grace for the TERM-ignoring one.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    all_gone_soon(&pids);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn what_leaves_the_group_is_ended_with_an_attempt_that_is_cancelled() {
+    let p = project("");
+    let daemon = p.start();
+    let id = p.submit("w", "hang");
+    wait_until(Duration::from_secs(20), "the escapers to start", || {
+        escaped(&p).len() == 4
+    });
+    p.ok(&["cancel", &id.to_string()]);
+    p.run(&["wait", "--timeout", "60s", &id.to_string()]);
+    assert_eq!(p.state(id), "cancelled");
+    all_gone_soon(&escaped(&p));
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn with_the_process_group_alone_a_new_session_gets_away() {
+    let p = project("[daemon]\ncontainment = \"group\"");
+    let daemon = p.start();
+    let (t, pids) = run_one(&p, "go");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let left: Vec<i32> = pids.iter().copied().filter(|pid| alive(*pid)).collect();
+    // What the keeper is for: the session leaders outlive the attempt here.
+    assert!(
+        left.len() >= 3,
+        "only {left:?} of {pids:?} outlived the attempt"
+    );
+    // The daemon's guardian ends them with the daemon (they carry its mark, or their group does
+    // not matter: the one with a cleared environment is ended here by hand).
+    assert!(daemon.stop().success());
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn a_killed_daemons_guardian_asks_the_keepers_to_end_what_got_away() {
+    let p = project("");
+    let daemon = p.start();
+    let id = p.submit("w", "hang");
+    wait_until(Duration::from_secs(20), "the escapers to start", || {
+        escaped(&p).len() == 4
+    });
+    let _ = id;
+    daemon.kill9();
+    // The guardian kills the marked agents at once and asks the keepers to stop, which end the
+    // rest (the one without a mark included) within the grace.
+    all_gone_soon(&escaped(&p));
+}
+
+/// A long-lived Claude worker (the real `claude` against the fake API) whose Bash tool leaves
+/// a process in a session of its own, and one in the background of a shell that exits: both end
+/// with the task, and the worker's process and conversation go on to the next task.
+#[test]
+fn a_persistent_claude_workers_tool_leaves_nothing_behind_its_task() {
+    let (pids, daemon, _project) = claude_tool_escapes("");
+    all_gone_soon(&pids);
+    assert!(daemon.stop().success());
+}
+
+/// The same with the process group alone: the session leader outlives the task, so what ended
+/// it above was the keeper's sweep, not Claude Code.
+#[test]
+fn without_a_keeper_a_persistent_claude_workers_tool_leaves_its_setsid_child() {
+    let (pids, daemon, _project) = claude_tool_escapes("[daemon]\ncontainment = \"group\"\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let setsid_child = pids[0];
+    let outlived = alive(setsid_child);
+    drop(daemon);
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        outlived,
+        "the setsid child {setsid_child} was ended without a keeper"
+    );
+}
+
+/// Runs a Bash tool call that leaves two processes (their pids in `pids.log`, the setsid one
+/// first), checks the task and that the conversation goes on to a second task, and returns the
+/// pids with the daemon still running (and its project, which must outlive it).
+fn claude_tool_escapes(daemon_section: &str) -> (Vec<i32>, Daemon, Project) {
+    let fake = fake_anthropic::FakeServer::start().unwrap();
+    let p = Project::with_claude(
+        &fake,
+        "mode = \"persistent\"\nallowed_tools = [\"Bash\"]\nkill_timeout = \"500ms\"\nmax_attempts = 1",
+    );
+    if !daemon_section.is_empty() {
+        let config = std::fs::read_to_string(p.path("agentq.toml")).unwrap();
+        std::fs::write(p.path("agentq.toml"), format!("{daemon_section}{config}")).unwrap();
+    }
+    let log = p.path("pids.log");
+    let daemon = p.start();
+    let command = format!(
+        "setsid sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 & sleep 0.2; \
+         sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 & echo started",
+        log = log.display()
+    );
+    let id = p.submit("c", &format!("[[bash {command}]]"));
+    p.ok(&["wait", "--timeout", "120s", &id.to_string()]);
+    let t = p.task(id);
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(p.output(id), "ran: started", "{t}");
+    let pids = escaped(&p);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let next = p.submit("c", "and now?");
+    p.ok(&["wait", "--timeout", "120s", &next.to_string()]);
+    let (count, _) = seen(&p.output(next));
+    assert_eq!(count, 2, "the conversation goes on: {}", p.output(next));
+    (pids, daemon, p)
+}
