@@ -604,14 +604,14 @@ pub fn check_containment(containment: agentq_daemon::config::Containment) -> Che
             "remove `containment` from [daemon] (or set it to \"auto\") to end what an agent starts with its attempt",
         );
     }
-    let Some(keep) = containment.keep(Duration::from_millis(200)) else {
+    if !agentq_platform::process::Keep::AVAILABLE {
         return Check::warn(
             NAME,
             what,
             "on Linux, agentq ends everything an attempt started, wherever it went",
         );
-    };
-    match probe_keeper(&keep) {
+    }
+    match probe_keeper() {
         Ok(()) => Check::ok(
             NAME,
             format!("{what}; checked: a setsid child ended with its attempt"),
@@ -625,11 +625,11 @@ pub fn check_containment(containment: agentq_daemon::config::Containment) -> Che
 }
 
 #[cfg(unix)]
-fn probe_keeper(keep: &agentq_platform::process::Keep) -> std::result::Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find agentq itself: {e}"))?;
+fn probe_keeper() -> std::result::Result<(), String> {
     let keep = agentq_platform::process::Keep {
-        exe,
-        grace: keep.grace,
+        exe: std::env::current_exe().map_err(|e| format!("cannot find agentq itself: {e}"))?,
+        grace: Duration::from_millis(200),
+        max_processes: None,
     };
     let mut sh = std::process::Command::new("sh");
     sh.args(["-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"]);
@@ -664,7 +664,7 @@ fn probe_keeper(keep: &agentq_platform::process::Keep) -> std::result::Result<()
 }
 
 #[cfg(not(unix))]
-fn probe_keeper(_keep: &agentq_platform::process::Keep) -> std::result::Result<(), String> {
+fn probe_keeper() -> std::result::Result<(), String> {
     Ok(())
 }
 

@@ -226,3 +226,70 @@ fn claude_tool_escapes(daemon_section: &str) -> (Vec<i32>, Daemon, Project) {
     assert_eq!(count, 2, "the conversation goes on: {}", p.output(next));
     (pids, daemon, p)
 }
+
+/// A fork bomb (bounded here at 2,047 processes, in case the cap failed) under
+/// `max_processes = 40`: the keeper kills all of it, the attempt fails as `process_limit`, and
+/// nothing is left; a task under the cap on the same worker runs as usual.
+#[test]
+fn a_fork_bomb_is_capped_by_max_processes() {
+    let p = Project::new("");
+    let bomb = p.path("bomb.sh");
+    std::fs::write(
+        &bomb,
+        "#!/bin/sh\n\
+         prompt=$(cat)\n\
+         case \"$prompt\" in *calm*) echo calm; exit 0 ;; esac\n\
+         spawn() { if [ \"$1\" -gt 0 ]; then spawn $(($1 - 1)) & spawn $(($1 - 1)) & fi; exec sleep 300; }\n\
+         spawn 10\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bomb, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        p.path("agentq.toml"),
+        format!(
+            "[defaults]\nkill_timeout = \"500ms\"\nmax_attempts = 1\nmax_processes = 40\n\
+             [[worker]]\nname = \"w\"\ncommand = [\"{}\"]\n",
+            bomb.display()
+        ),
+    )
+    .unwrap();
+    let daemon = p.start();
+    let started = Instant::now();
+    let id = p.submit("w", "boom");
+    p.run(&["wait", "--timeout", "60s", &id.to_string()]);
+    let t = p.task(id);
+    assert_eq!(t["cause"], "process_limit", "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 40 processes"),
+        "{t}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until(Duration::from_millis(1500), "the bomb to be gone", || {
+        p.agent_processes().is_empty()
+    });
+    let calm = p.submit("w", "calm");
+    p.ok(&["wait", "--timeout", "60s", &calm.to_string()]);
+    assert_eq!(p.output(calm), "calm\n");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn max_processes_below_two_is_refused_with_its_line() {
+    let p = Project::new(
+        "[defaults]\nmax_processes = 1\n[[worker]]\nname = \"w\"\ncommand = [\"cat\"]\n",
+    );
+    let out = p.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("agentq.toml:2:") && text.contains("max_processes must be at least 2"),
+        "{text}"
+    );
+}

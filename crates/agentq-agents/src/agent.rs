@@ -78,6 +78,8 @@ pub enum Outcome {
     IdleTimedOut,
     /// Its group held this many bytes, over `max_memory`.
     MemoryLimit(u64),
+    /// It had more processes at once than its keeper allows (`max_processes`): all were killed.
+    ProcessLimit(u32),
     /// It gave its final result, then stayed alive past `linger` and was stopped.
     Lingered,
     /// The caller's stop future fired first; the caller knows why.
@@ -245,6 +247,15 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     let (stdout, stdout_truncated) = stdout.await.unwrap_or_default();
     let stderr_tail = stderr.await.unwrap_or_default();
     cutter.abort();
+    // A keeper that ended the attempt for its process count said so last on stderr.
+    let outcome = match (outcome, keep.and_then(|k| k.max_processes)) {
+        (Outcome::Exited(_) | Outcome::Signalled(_), Some(max))
+            if stderr_tail.contains(process::PROCESS_LIMIT_MARK) =>
+        {
+            Outcome::ProcessLimit(max)
+        }
+        (outcome, _) => outcome,
+    };
     Attempt {
         outcome,
         stdout,

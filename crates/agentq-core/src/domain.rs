@@ -107,6 +107,8 @@ pub enum Cause {
     IdleTimeout,
     /// Its process tree held more than `max_memory`.
     MemoryLimit,
+    /// It had more than `max_processes` processes at once (a fork bomb).
+    ProcessLimit,
     /// Ended by a signal or with a non-zero exit code.
     Crashed,
     /// The agent answered with an error (e.g. a Claude error result).
@@ -120,10 +122,11 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 8] = [
+    pub const ALL: [Cause; 9] = [
         Cause::Timeout,
         Cause::IdleTimeout,
         Cause::MemoryLimit,
+        Cause::ProcessLimit,
         Cause::Crashed,
         Cause::AgentError,
         Cause::SpawnFailed,
@@ -136,6 +139,7 @@ impl Cause {
             Cause::Timeout => "timeout",
             Cause::IdleTimeout => "idle_timeout",
             Cause::MemoryLimit => "memory_limit",
+            Cause::ProcessLimit => "process_limit",
             Cause::Crashed => "crashed",
             Cause::AgentError => "agent_error",
             Cause::SpawnFailed => "spawn_failed",

@@ -176,6 +176,7 @@ struct RawLimits {
     idle_timeout: Option<Dur>,
     linger_timeout: Option<Dur>,
     max_memory: Option<Size>,
+    max_processes: Option<Spanned<u32>>,
     memory_report_interval: Option<Dur>,
     autorestart: Option<bool>,
     max_restarts: Option<u32>,
@@ -194,6 +195,7 @@ struct RawDefaults {
     idle_timeout: Option<Dur>,
     linger_timeout: Option<Dur>,
     max_memory: Option<Size>,
+    max_processes: Option<Spanned<u32>>,
     memory_report_interval: Option<Dur>,
     autorestart: Option<bool>,
     max_restarts: Option<u32>,
@@ -285,6 +287,7 @@ struct RawWorker {
     linger_timeout: Option<Dur>,
     /// The most memory the agent's process tree may hold.
     max_memory: Option<Size>,
+    max_processes: Option<Spanned<u32>>,
     memory_report_interval: Option<Dur>,
     autorestart: Option<bool>,
     max_restarts: Option<u32>,
@@ -453,6 +456,7 @@ macro_rules! limits_of {
             idle_timeout: $raw.idle_timeout,
             linger_timeout: $raw.linger_timeout,
             max_memory: $raw.max_memory,
+            max_processes: $raw.max_processes.clone(),
             memory_report_interval: $raw.memory_report_interval,
             autorestart: $raw.autorestart,
             max_restarts: $raw.max_restarts,
@@ -505,6 +509,9 @@ pub struct Limits {
     pub linger_timeout: Duration,
     /// The most resident memory the agent's process tree may hold.
     pub max_memory: Option<u64>,
+    /// The most processes an attempt may have at once (the agent and all it started); past it,
+    /// all of them are killed (`process_limit`). Enforced by the keeper (Linux).
+    pub max_processes: Option<u32>,
     pub memory_report_interval: Duration,
     pub restart: RestartPolicy,
 }
@@ -647,12 +654,12 @@ pub enum Containment {
 
 impl Containment {
     /// The keeper each attempt runs under, if any (Linux, `auto`).
-    pub fn keep(self, kill_timeout: Duration) -> Option<agentq_platform::process::Keep> {
+    pub fn keep(self, limits: &Limits) -> Option<agentq_platform::process::Keep> {
         use agentq_platform::process::Keep;
         if self != Containment::Auto || !Keep::AVAILABLE {
             return None;
         }
-        Keep::this_binary(kill_timeout).ok()
+        Keep::this_binary(limits.kill_timeout, limits.max_processes).ok()
     }
 
     /// What `doctor` and the start-up log say is in force.
@@ -1617,6 +1624,15 @@ fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limi
             Duration::from_secs(10),
         ),
         max_memory: own.max_memory.or(base.max_memory).map(|m| m.0),
+        max_processes: match own.max_processes.as_ref().or(base.max_processes.as_ref()) {
+            Some(m) if *m.get_ref() < 2 => {
+                return Err((
+                    Some(m.span()),
+                    "max_processes must be at least 2 (the agent and one process it starts)".into(),
+                ));
+            }
+            m => m.map(|m| *m.get_ref()),
+        },
         memory_report_interval: pick(
             own.memory_report_interval,
             base.memory_report_interval,

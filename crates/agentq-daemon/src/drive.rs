@@ -423,7 +423,7 @@ impl Runner {
             book: self.book.clone(),
             worker: name.clone(),
             task: None,
-            keep: self.config.daemon.containment.keep(grace),
+            keep: self.config.daemon.containment.keep(&self.worker.limits),
         };
         let spec = &served.spec;
         // Spawning in a missing folder fails as a missing program does; say which it is.
@@ -615,6 +615,19 @@ impl Runner {
         stderr: &str,
         answered: bool,
     ) -> Ended {
+        if let Some(max) = self.worker.limits.max_processes
+            && stderr.contains(agentq_platform::process::PROCESS_LIMIT_MARK)
+        {
+            let _ = self
+                .process_died(uptime, "mid-task: over max_processes")
+                .await;
+            return Ended::Attempt(AttemptEnd::failed(
+                Cause::ProcessLimit,
+                format!(
+                    "process_limit: the {agent_name} process and what it started were more than {max} processes at once (max_processes); all were killed"
+                ),
+            ));
+        }
         let last = last_line(stderr, "no output");
         let alive = self
             .process_died(uptime, &format!("mid-task: {last}"))

@@ -545,11 +545,7 @@ impl Runner {
                 book: self.book.clone(),
                 worker: self.worker.name.clone(),
                 task: Some(task.id),
-                keep: self
-                    .config
-                    .daemon
-                    .containment
-                    .keep(self.worker.limits.kill_timeout),
+                keep: self.config.daemon.containment.keep(&self.worker.limits),
             }),
             log: Some(Arc::new(self.task_log(task))),
         }
@@ -771,6 +767,12 @@ pub(crate) fn generic_end(outcome: &Outcome, limits: &Watchdogs) -> Ended {
                 "memory_limit: its processes held {}, over max_memory ({})",
                 memory::human(*rss),
                 memory::human(limits.max_memory.unwrap_or_default())
+            ),
+        ),
+        Outcome::ProcessLimit(max) => AttemptEnd::failed(
+            Cause::ProcessLimit,
+            format!(
+                "process_limit: it had more than {max} processes at once (max_processes); all were killed"
             ),
         ),
         Outcome::SpawnFailed {

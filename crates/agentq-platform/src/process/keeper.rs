@@ -69,6 +69,9 @@ impl super::Keep {
         kept.arg("--grace-ms")
             .arg(self.grace.as_millis().to_string());
         kept.arg("--arg0").arg(program);
+        if let Some(max) = self.max_processes {
+            kept.arg("--max-processes").arg(max.to_string());
+        }
         kept.arg("--").arg(found).args(cmd.get_args());
         for (key, value) in cmd.get_envs() {
             match value {
@@ -136,13 +139,14 @@ fn resolve(
 struct Args {
     grace: Duration,
     arg0: Option<OsString>,
+    max_processes: Option<usize>,
     program: OsString,
     args: Vec<OsString>,
 }
 
 fn parse(args: &[OsString]) -> Result<Args, String> {
     let mut grace = Duration::from_secs(5);
-    let mut arg0 = None;
+    let (mut arg0, mut max_processes) = (None, None);
     let mut it = args.iter();
     loop {
         let Some(flag) = it.next() else {
@@ -164,6 +168,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
         match flag {
             "--grace-ms" => grace = Duration::from_millis(number(&value)?),
             "--arg0" => arg0 = Some(value),
+            "--max-processes" => max_processes = Some(number(&value)? as usize),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -171,6 +176,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
     Ok(Args {
         grace,
         arg0,
+        max_processes,
         program,
         args: it.cloned().collect(),
     })
@@ -223,6 +229,13 @@ pub fn main(args: &[OsString]) -> ! {
             Ok(())
         });
     }
+    // The keeper's own word to the daemon (a process limit) goes to the agent's stderr, through
+    // a copy of it the agent does not inherit.
+    // SAFETY: fcntl duplicates a descriptor this process owns; the copy is owned by the File.
+    let report = unsafe {
+        let fd = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3);
+        (fd >= 0).then(|| <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd))
+    };
     let agent = match cmd.spawn() {
         Ok(child) => child.id() as i32,
         Err(e) => {
@@ -245,6 +258,8 @@ pub fn main(args: &[OsString]) -> ! {
         status: None,
         kill_at: None,
         doomed: HashMap::new(),
+        max_processes: args.max_processes,
+        report,
     };
     loop {
         if let Some(status) = keeper.status
@@ -262,6 +277,10 @@ pub fn main(args: &[OsString]) -> ! {
         if keeper.status.is_some() {
             timeout = timeout.map(|t| t.min(Duration::from_millis(5)));
         }
+        // With a process limit, the tree is counted every few tens of milliseconds.
+        if keeper.max_processes.is_some() && keeper.status.is_none() {
+            timeout = Some(timeout.map_or(LIMIT_POLL, |t| t.min(LIMIT_POLL)));
+        }
         match wait_signal(&set, timeout) {
             Some(libc::SIGCHLD) => keeper.reap(),
             Some(libc::SIGTERM | libc::SIGINT | libc::SIGHUP) => keeper.stop_all(),
@@ -272,6 +291,7 @@ pub fn main(args: &[OsString]) -> ! {
         if keeper.kill_at.is_some_and(|at| Instant::now() >= at) {
             keeper.deadline();
         }
+        keeper.enforce_limit();
     }
 }
 
@@ -285,7 +305,14 @@ struct Keeper {
     kill_at: Option<Instant>,
     /// Asked to stop by a task's sweep: killed at `kill_at` if still there (pid -> start time).
     doomed: HashMap<i32, u64>,
+    /// `--max-processes`: the most processes below the keeper at once.
+    max_processes: Option<usize>,
+    /// Where the keeper says why it ended an attempt (the agent's stderr), closed once said.
+    report: Option<std::fs::File>,
 }
+
+/// How often the tree is counted against `--max-processes`.
+const LIMIT_POLL: Duration = Duration::from_millis(25);
 
 impl Keeper {
     /// The live processes below the keeper (itself left out).
@@ -318,6 +345,31 @@ impl Keeper {
             self.kill_at = Some(Instant::now() + self.grace);
         }
         self.doomed.clear();
+    }
+
+    /// Past `--max-processes`: says so on the agent's stderr, and kills everything below. The
+    /// count walks the tree through the kernel's children lists, which costs a read per thread
+    /// of each process in it, not a scan of every process on the machine.
+    fn enforce_limit(&mut self) {
+        let Some(max) = self.max_processes else {
+            return;
+        };
+        if self.status.is_some() {
+            return;
+        }
+        let count = count_below(self.me, max + 1);
+        if count <= max {
+            return;
+        }
+        if let Some(mut report) = self.report.take() {
+            use std::io::Write;
+            let _ = writeln!(
+                report,
+                "{} more than {max} processes at once (max_processes); all of them were killed",
+                super::PROCESS_LIMIT_MARK
+            );
+        }
+        self.kill_all();
     }
 
     /// SIGKILL to everything below, until nothing is left.
@@ -380,6 +432,34 @@ fn signal_all(processes: &[ProcInfo], signal: i32) {
         // reaper of everything below it, so a reused number is its own child's).
         unsafe { libc::kill(p.pid, signal) };
     }
+}
+
+/// How many processes are below `root`, counting up to `enough` (a fork bomb is not counted to
+/// its end): by the children lists of each thread in `/proc/<pid>/task/<tid>/children`.
+fn count_below(root: i32, enough: usize) -> usize {
+    let mut count = 0;
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in text
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                count += 1;
+                if count >= enough {
+                    return count;
+                }
+                next.push(child);
+            }
+        }
+    }
+    count
 }
 
 /// Points stdin, stdout and stderr at /dev/null: the daemon's pipes are the agent's alone, so

@@ -133,11 +133,21 @@ pub struct Keep {
     pub exe: std::path::PathBuf,
     /// How long a process asked to stop has before it is killed (`kill_timeout`).
     pub grace: std::time::Duration,
+    /// The most processes the attempt may have at once (`max_processes`): past it, the keeper
+    /// kills them all and says so on the agent's stderr ([`PROCESS_LIMIT_MARK`]).
+    pub max_processes: Option<u32>,
 }
+
+/// How a keeper's line on the agent's stderr begins when it ended an attempt for having more
+/// than `max_processes` processes.
+pub const PROCESS_LIMIT_MARK: &str = "agentq keep: process limit:";
 
 impl Keep {
     /// A keeper run by this very binary, which must answer `agentq keep` (agentq's `main` does).
-    pub fn this_binary(grace: std::time::Duration) -> std::io::Result<Keep> {
+    pub fn this_binary(
+        grace: std::time::Duration,
+        max_processes: Option<u32>,
+    ) -> std::io::Result<Keep> {
         Ok(Keep {
             exe: if cfg!(target_os = "linux") {
                 std::path::PathBuf::from("/proc/self/exe")
@@ -145,6 +155,7 @@ impl Keep {
                 std::env::current_exe()?
             },
             grace,
+            max_processes,
         })
     }
 
