@@ -37,7 +37,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::kernel::{ProcInfo, all_processes, descendants};
+use super::kernel::{ProcInfo, tree_below};
 
 /// A keeper's environment names the daemon it keeps agents for (the value of `OWNER_ENV`).
 pub const KEEPER_ENV: &str = "AGENTQ_KEEPER";
@@ -317,7 +317,7 @@ const LIMIT_POLL: Duration = Duration::from_millis(25);
 impl Keeper {
     /// The live processes below the keeper (itself left out).
     fn below(&self) -> Vec<ProcInfo> {
-        descendants(self.me, &all_processes())
+        tree_below(self.me)
     }
 
     /// Reaps every ended child (the agent, and orphans given to the keeper). The agent's end
@@ -390,12 +390,8 @@ impl Keeper {
 
     /// A task of a long-lived agent ended: what it left is asked to stop.
     fn sweep_task(&mut self) {
-        let table = all_processes();
-        let below = descendants(self.me, &table);
-        let agents: HashSet<i32> = descendants(self.agent, &table)
-            .iter()
-            .map(|p| p.pid)
-            .collect();
+        let below = tree_below(self.me);
+        let agents: HashSet<i32> = tree_below(self.agent).iter().map(|p| p.pid).collect();
         let left: Vec<ProcInfo> = below
             .into_iter()
             .filter(|p| p.pid != self.agent && (!agents.contains(&p.pid) || p.pgrp != self.me))

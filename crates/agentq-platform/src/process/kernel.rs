@@ -68,10 +68,51 @@ pub use tables::*;
 mod procfs {
     use super::ProcInfo;
 
-    /// Reads one process's stat line; `None` when it is gone (or this is not Linux).
+    /// Reads one process's stat line; `None` when it is gone (or this is not Linux). One read
+    /// into a buffer on the stack: a stat line is a few hundred bytes, and this runs for every
+    /// process of every scan.
     pub fn stat(pid: i32) -> Option<ProcInfo> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        parse_stat(pid, &text)
+        use std::io::Read;
+        let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        let mut buf = [0u8; 1024];
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
+        }
+        parse_stat(pid, std::str::from_utf8(&buf[..len]).ok()?)
+    }
+
+    /// The live processes below `root` (itself left out), found through the kernel's list of
+    /// each thread's children (`/proc/<pid>/task/<tid>/children`): reads in proportion to the
+    /// tree, not to every process on the machine.
+    pub fn tree_below(root: i32) -> Vec<ProcInfo> {
+        let mut found = Vec::new();
+        let mut next = vec![root];
+        while let Some(pid) = next.pop() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+                    continue;
+                };
+                for child in text
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok())
+                {
+                    next.push(child);
+                    if let Some(info) = stat(child).filter(|p| p.state != 'Z') {
+                        found.push(info);
+                    }
+                }
+            }
+        }
+        found
     }
 
     pub fn parse_stat(pid: i32, text: &str) -> Option<ProcInfo> {
@@ -205,6 +246,11 @@ mod tables {
                 .iter()
                 .any(|e| e.to_str() == Some(wanted.as_str())),
         )
+    }
+
+    /// The live processes below `root` (itself left out).
+    pub fn tree_below(root: i32) -> Vec<ProcInfo> {
+        super::descendants(root, &all_processes())
     }
 
     /// No boot id is kept here: the boot time stands for it.

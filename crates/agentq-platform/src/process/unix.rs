@@ -96,7 +96,7 @@ impl Tree {
     /// The live processes of the tree: the group's members, or everything below the keeper.
     fn processes(&self) -> Vec<super::kernel::ProcInfo> {
         if self.kept {
-            return super::kernel::descendants(self.pgid, &super::kernel::all_processes());
+            return super::kernel::tree_below(self.pgid);
         }
         super::book::group_members(self.pgid)
     }
