@@ -61,6 +61,9 @@ pub enum Command {
     Retry(IdsArgs),
     /// Say whether a prompt is a long or a short task, and why
     Classify(ClassifyArgs),
+    /// Remove finished tasks with their events, agent logs and output files (never queued or
+    /// running ones); the database's space is given back
+    Clean(CleanArgs),
     /// Act on a worker
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -255,6 +258,25 @@ pub struct TasksArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct CleanArgs {
+    /// Only tasks that finished longer ago than this (e.g. 7d, 12h); without it, every finished
+    /// task that the other options allow
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Only tasks in this state: succeeded, failed, dead or cancelled (may be given more than once)
+    #[arg(long, short, value_parser = parse_finished_state)]
+    pub state: Vec<TaskState>,
+    /// Only this worker's tasks (`pool` for the pool's)
+    #[arg(long, short)]
+    pub worker: Option<String>,
+    /// Say what would be removed, and remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Refresh it in the terminal until interrupted
     #[arg(long, short)]
@@ -347,4 +369,15 @@ fn parse_complexity(s: &str) -> Result<f64, String> {
 
 fn parse_state(s: &str) -> Result<TaskState, String> {
     s.parse()
+}
+
+/// A state a task ends in: `clean` never touches queued or running tasks.
+fn parse_finished_state(s: &str) -> Result<TaskState, String> {
+    let state: TaskState = s.parse()?;
+    if !state.is_terminal() {
+        return Err(format!(
+            "{state} tasks are never removed; a finished state is one of succeeded, failed, dead, cancelled"
+        ));
+    }
+    Ok(state)
 }

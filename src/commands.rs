@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{
-    Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
+    CleanArgs, Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
     ServiceInstallArgs, ServiceUninstallArgs, StatusArgs, SubmitArgs, TasksArgs, WaitArgs,
     WatchArgs, WorkerCommand, WorkerNameArgs,
 };
@@ -51,6 +51,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Show(args) => show(explicit, args).await,
         Command::Events(args) => events(explicit, args).await,
         Command::Classify(args) => classify(explicit, args),
+        Command::Clean(args) => clean(explicit, args).await,
         Command::Result(args) => result(explicit, args).await,
         Command::Wait(args) => wait_cmd(explicit, args).await,
         Command::Cancel(args) => cancel(explicit, args).await,
@@ -877,6 +878,80 @@ async fn wait_cmd(explicit: Option<&Path>, args: WaitArgs) -> Result<()> {
         Some(t) => Err(not_succeeded(t)),
         None => Ok(()),
     }
+}
+
+async fn clean(explicit: Option<&Path>, args: CleanArgs) -> Result<()> {
+    let config = load_config(explicit)?;
+    let store = open_store(&config).await?;
+    let rule = agentq_store::Prune {
+        finished_before: args
+            .older_than
+            .map(|d| now_ms() - d.as_millis() as agentq_store::Millis),
+        states: args.state,
+        worker: args.worker,
+        limit: config.retention.batch,
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    let cleaned = agentq_daemon::ops::clean(
+        &config,
+        store.as_ref(),
+        rule,
+        std::time::Duration::from_millis(5),
+    )
+    .await?;
+    if args.out.json {
+        print_json(&serde_json::json!({
+            "dry_run": args.dry_run,
+            "removed": cleaned.tasks.len(),
+            "tasks": cleaned.tasks,
+            "files": cleaned.files,
+            "reclaimed_bytes": cleaned.reclaimed_bytes,
+        }));
+        return Ok(());
+    }
+    let n = cleaned.tasks.len();
+    if n == 0 {
+        println!("no finished task matches: nothing to remove");
+        return Ok(());
+    }
+    let ids: Vec<i64> = cleaned.tasks.iter().map(|t| t.id).collect();
+    let shown = if ids.len() > 20 {
+        format!(
+            "{} ... {}",
+            ids[..10]
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+            ids[ids.len() - 5..]
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    } else {
+        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(" ")
+    };
+    if args.dry_run {
+        println!("would remove {n} finished task(s): {shown}");
+    } else {
+        let reclaimed = cleaned
+            .reclaimed_bytes
+            .filter(|b| *b > 0)
+            .map(|b| {
+                format!(
+                    "; the database gave back {}",
+                    agentq_agents::memory::human(b)
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "removed {n} finished task(s) with their events and {} file(s){reclaimed}: {shown}",
+            cleaned.files
+        );
+    }
+    Ok(())
 }
 
 async fn cancel(explicit: Option<&Path>, args: IdsArgs) -> Result<()> {

@@ -1177,3 +1177,62 @@ fn classify_says_long_or_short_and_why_with_the_configs_rules_or_the_seeds() {
     // Several workers and none named: the class alone.
     assert!(p.json(&["classify", "x"]).get("worker").is_none());
 }
+
+/// `agentq clean`: a dry run lists and keeps; filters by state, worker and age; what goes takes
+/// its events, output files and agent log with it; queued tasks are never touched; a state that
+/// is not finished is refused with the reason.
+#[test]
+fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
+    let p = Project::with_workers(&["w", "v"], r#"["cat"]"#, "");
+    let daemon = p.start();
+    let ids: Vec<i64> = (0..3).map(|i| p.submit("w", &format!("w {i}"))).collect();
+    let v = p.submit("v", "v 0");
+    p.wait_all(&[ids.clone(), vec![v]].concat());
+    assert!(daemon.stop().success());
+    let queued = p.submit("w", "waits for the next daemon");
+    let files = |id: i64| {
+        [
+            p.path(&format!(".output/w/task_{id}.txt")),
+            p.path(&format!(".output/w/task_{id}.json")),
+            p.path(&format!(".agentq/logs/w/task_{id}.log")),
+        ]
+    };
+    assert!(
+        files(ids[0]).iter().all(|f| f.exists()),
+        "{:?}",
+        files(ids[0])
+    );
+
+    let dry = p.json(&["clean", "--dry-run"]);
+    assert_eq!(dry["removed"], 4, "{dry}");
+    assert!(p.path(&format!(".output/w/task_{}.txt", ids[0])).exists());
+    assert!(
+        p.ok(&["clean", "--dry-run"])
+            .starts_with("would remove 4 finished task(s)")
+    );
+
+    assert_eq!(p.json(&["clean", "--state", "dead"])["removed"], 0);
+    assert_eq!(p.json(&["clean", "--older-than", "1h"])["removed"], 0);
+    let out = p.json(&["clean", "--worker", "v"]);
+    assert_eq!(out["removed"], 1, "{out}");
+    assert!(!p.run(&["show", &v.to_string()]).status.success());
+
+    let out = p.ok(&["clean", "--state", "succeeded"]);
+    assert!(out.starts_with("removed 3 finished task(s)"), "{out}");
+    // (Their events left the database with them, as the store's suite checks; events.jsonl is a
+    // log, bounded by its rotation, and keeps its lines.)
+    for id in &ids {
+        assert!(files(*id).iter().all(|f| !f.exists()), "{:?}", files(*id));
+        assert!(!p.run(&["show", &id.to_string()]).status.success());
+    }
+    assert_eq!(p.state(queued), "queued");
+    assert_eq!(
+        p.ok(&["clean"]).trim(),
+        "no finished task matches: nothing to remove"
+    );
+
+    let refused = p.run(&["clean", "--state", "queued"]);
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(err.contains("queued tasks are never removed"), "{err}");
+}

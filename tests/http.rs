@@ -1048,3 +1048,58 @@ fn init_and_token_make_one_private_token() {
     assert_eq!(made.trim().len(), 64);
     assert_eq!(p.ok(&["token"]), made);
 }
+
+/// `[retention]` keeps the newest two finished tasks of each worker: the daemon removes the
+/// others with their events and files, and `/metrics` goes on counting them (its counters never
+/// go down).
+#[test]
+fn retention_removes_old_tasks_and_metrics_counters_never_go_down() {
+    let s = Served::start(config(
+        "\n[retention]\nkeep_per_worker = 2\ninterval = \"1s\"\nbatch = 2\n",
+    ));
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = s.json(
+            "POST",
+            "/api/tasks",
+            Some(&format!(r#"{{"prompt": "task {i}"}}"#)),
+            201,
+        )["id"]
+            .as_i64()
+            .unwrap();
+        s.wait_state(id, "succeeded");
+        ids.push(id);
+    }
+    assert!(
+        s.project
+            .path(&format!(".output/w/task_{}.txt", ids[0]))
+            .exists()
+    );
+    wait_until(Duration::from_secs(20), "retention to keep two", || {
+        s.project.json(&["tasks"]).as_array().unwrap().len() == 2
+    });
+    for id in &ids[..3] {
+        assert!(!s.project.path(&format!(".output/w/task_{id}.txt")).exists());
+        assert!(
+            !s.project
+                .path(&format!(".output/w/task_{id}.json"))
+                .exists()
+        );
+        assert!(!s.project.run(&["show", &id.to_string()]).status.success());
+    }
+    assert!(
+        s.project
+            .path(&format!(".output/w/task_{}.txt", ids[4]))
+            .exists()
+    );
+    let text = s.call("GET", "/metrics", None).body;
+    for line in [
+        "agentq_tasks{state=\"succeeded\",class=\"short\"} 5",
+        "agentq_task_duration_seconds_count 5",
+        "agentq_task_duration_seconds_bucket{le=\"+Inf\"} 5",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    let removed = s.project.json(&["events", "--kind", "tasks_removed"]);
+    assert!(!removed.as_array().unwrap().is_empty(), "{removed}");
+}

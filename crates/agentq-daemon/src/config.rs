@@ -141,6 +141,8 @@ struct RawFile {
     http: RawHttp,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    retention: RawRetention,
     /// The ephemeral pool: a worker's settings without a name, plus `max_workers`.
     pool: Option<Spanned<RawWorker>>,
     #[serde(default)]
@@ -244,6 +246,15 @@ struct RawHttp {
     request_timeout: Option<Spanned<Dur>>,
     max_connections: Option<Spanned<u32>>,
     max_streams: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_tasks: Option<Spanned<String>>,
+    keep_per_worker: Option<Spanned<u32>>,
+    interval: Option<Spanned<Dur>>,
+    batch: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -751,6 +762,94 @@ pub struct Config {
     pub workers: Vec<WorkerConfig>,
     pub http: HttpSettings,
     pub store: StoreSettings,
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: which finished tasks the daemon removes, with their events, agent logs and
+/// output files (`agentq clean` does the same on demand).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetentionSettings {
+    /// Finished tasks older than this go (`keep_tasks`; default 30 days, `"forever"`: none).
+    pub keep_for: Option<Duration>,
+    /// Beyond the newest this many finished tasks of a worker (the pool counting as one), they
+    /// go too (`keep_per_worker`; default: no such limit).
+    pub keep_per_worker: Option<u32>,
+    /// How often the daemon looks (default 10 minutes; and a minute after it starts).
+    pub interval: Duration,
+    /// Tasks removed per transaction (default 500), so that a large backlog never holds the
+    /// store for long.
+    pub batch: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            keep_for: Some(Duration::from_secs(30 * 24 * 3600)),
+            keep_per_worker: None,
+            interval: Duration::from_secs(600),
+            batch: 500,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// Whether the daemon removes anything at all.
+    pub fn on(&self) -> bool {
+        self.keep_for.is_some() || self.keep_per_worker.is_some()
+    }
+}
+
+/// `[retention]`, with its defaults.
+fn retention_settings(raw: &RawRetention) -> std::result::Result<RetentionSettings, SpanError> {
+    let mut settings = RetentionSettings::default();
+    if let Some(keep) = &raw.keep_tasks {
+        settings.keep_for = match keep.get_ref().trim() {
+            "forever" => None,
+            text => {
+                let d = parse_duration(text).map_err(|e| {
+                    (
+                        Some(keep.span()),
+                        format!("[retention] keep_tasks: {e} (a duration such as \"30d\", or \"forever\")"),
+                    )
+                })?;
+                if d < Duration::from_secs(60) {
+                    return Err((
+                        Some(keep.span()),
+                        "[retention] keep_tasks must be at least 1m (or \"forever\")".into(),
+                    ));
+                }
+                Some(d)
+            }
+        };
+    }
+    if let Some(n) = &raw.keep_per_worker {
+        if *n.get_ref() == 0 {
+            return Err((
+                Some(n.span()),
+                "[retention] keep_per_worker must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        settings.keep_per_worker = Some(*n.get_ref());
+    }
+    if let Some(i) = &raw.interval {
+        if i.get_ref().0 < Duration::from_secs(1) {
+            return Err((
+                Some(i.span()),
+                "[retention] interval must be at least 1s".into(),
+            ));
+        }
+        settings.interval = i.get_ref().0;
+    }
+    if let Some(b) = &raw.batch {
+        if *b.get_ref() == 0 {
+            return Err((
+                Some(b.span()),
+                "[retention] batch must be at least 1".into(),
+            ));
+        }
+        settings.batch = *b.get_ref();
+    }
+    Ok(settings)
 }
 
 impl Config {
@@ -829,7 +928,9 @@ impl Config {
         let classify = classify_rules(&raw.classify).map_err(at)?;
         let http = http_settings(&raw.http).map_err(at)?;
         let store = store_settings(&raw.store).map_err(at)?;
+        let retention = retention_settings(&raw.retention).map_err(at)?;
         Ok(Config {
+            retention,
             http,
             store,
             classify,

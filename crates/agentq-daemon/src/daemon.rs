@@ -89,6 +89,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let worker_leases = WorkerLeases::start(&daemon);
     daemon.start_intake(&mut tasks, intake_folders, &bells);
     daemon.start_lease_keeper(&mut tasks, &bells);
+    daemon.start_retention(&mut tasks);
     let bell = bells.dispatch(daemon.store.shared());
     daemon.relay_store_rings(&mut tasks, &bell);
     daemon.listen_at_doorbell(&mut tasks, &bell, &bells);
@@ -334,6 +335,73 @@ impl Daemon {
             // Other daemons' leases, which no claim of ours announces, are looked at this often.
             self.store.shared().then_some(self.config.daemon.lease),
         ));
+    }
+
+    /// Removes finished tasks as `[retention]` says: a first pass a minute after the start (or
+    /// sooner, with a shorter interval), then one every `interval`; each in batches of `batch`
+    /// tasks, each batch its own short transaction, with a pause between them so that claims and
+    /// results never wait long behind it.
+    fn start_retention(&self, tasks: &mut JoinSet<()>) {
+        let retention = self.config.retention.clone();
+        if !retention.on() {
+            return;
+        }
+        let (config, store) = (self.config.clone(), self.store.clone());
+        let stopping = self.shutdown.stopping.clone();
+        tasks.spawn(async move {
+            let mut wait = retention.interval.min(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopping.cancelled() => return,
+                }
+                wait = retention.interval;
+                let rule = agentq_store::Prune {
+                    finished_before: retention
+                        .keep_for
+                        .map(|d| now_ms() - d.as_millis() as agentq_store::Millis),
+                    keep_newest: retention.keep_per_worker,
+                    limit: retention.batch,
+                    ..Default::default()
+                };
+                let pass = crate::ops::clean(&config, store.as_ref(), rule, Duration::from_millis(20));
+                let cleaned = tokio::select! {
+                    cleaned = pass => cleaned,
+                    _ = stopping.cancelled() => return,
+                };
+                match cleaned {
+                    Ok(c) if c.tasks.is_empty() => {}
+                    Ok(c) => {
+                        let message = format!(
+                            "retention removed {} finished task(s) with their events and {} file(s){}",
+                            c.tasks.len(),
+                            c.files,
+                            c.reclaimed_bytes
+                                .filter(|b| *b > 0)
+                                .map(|b| format!("; the database gave back {}", agentq_agents::memory::human(b)))
+                                .unwrap_or_default()
+                        );
+                        info!("{message}");
+                        let event = NewEvent {
+                            task_id: None,
+                            worker: None,
+                            kind: "tasks_removed".into(),
+                            message,
+                            data: Some(serde_json::json!({
+                                "tasks": c.tasks.len(),
+                                "files": c.files,
+                                "reclaimed_bytes": c.reclaimed_bytes,
+                            })),
+                            now: now_ms(),
+                        };
+                        if let Err(e) = store.record_event(&event).await {
+                            warn!("cannot record what retention removed: {e}");
+                        }
+                    }
+                    Err(e) => warn!("retention could not remove finished tasks: {e}"),
+                }
+            }
+        });
     }
 
     /// Hands a shared store's rings from other hosts (PostgreSQL's NOTIFY) to the same dispatch

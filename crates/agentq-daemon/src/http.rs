@@ -980,12 +980,7 @@ async fn openapi() -> Answer {
     ok(StatusCode::OK, openapi_document())
 }
 
-/// Upper bounds of the duration histogram, seconds.
-const DURATION_BOUNDS: &[f64] = &[
-    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
-];
-/// Upper bounds of the memory histogram, MiB.
-const MEMORY_BOUNDS_MIB: &[f64] = &[16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
+use crate::ops::{DURATION_BOUNDS, MEMORY_BOUNDS_MIB};
 const RESTARTS: &str = "agent_restarting";
 const REJECTED: &str = "file_rejected";
 const MOVED: &str = "worker_moved";

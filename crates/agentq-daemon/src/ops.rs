@@ -19,6 +19,88 @@ use agentq_core::logfile::{LogEvent, LogFilter};
 use agentq_core::wake::Ring;
 use agentq_store::{Millis, PoolCounts, Store, Task, TaskFilter, now_ms};
 
+/// Upper bounds of `/metrics`' duration histogram, seconds.
+pub const DURATION_BOUNDS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+/// Upper bounds of its memory histogram, MiB.
+pub const MEMORY_BOUNDS_MIB: &[f64] = &[16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
+
+/// What [`clean`] removed (or, dry, would remove).
+#[derive(Debug, Default, Serialize)]
+pub struct Cleaned {
+    pub tasks: Vec<agentq_store::Pruned>,
+    /// Output files and agent logs removed.
+    pub files: u64,
+    /// Bytes the database gave back, where it says.
+    pub reclaimed_bytes: Option<u64>,
+}
+
+/// Removes finished tasks as `rule` says, in batches of `rule.limit` (each its own transaction),
+/// with their output files (`.output/<worker>/task_<id>.*`) and agent logs
+/// (`.agentq/logs/<worker>/task_<id>.log*`), then gives the database's space back. Queued and
+/// running tasks are never touched (the store checks, in the transaction that removes). Dry, it
+/// only lists. `pause` runs between batches: the daemon yields there to its own work.
+pub async fn clean(
+    config: &Config,
+    store: &dyn Store,
+    mut rule: agentq_store::Prune,
+    pause: Duration,
+) -> Result<Cleaned> {
+    rule.duration_bounds_ms = DURATION_BOUNDS.iter().map(|b| b * 1000.0).collect();
+    rule.memory_bounds_mb = MEMORY_BOUNDS_MIB.to_vec();
+    let mut cleaned = Cleaned::default();
+    if rule.dry_run {
+        rule.limit = u32::MAX;
+        cleaned.tasks = store.prune(&rule, now_ms()).await?;
+        return Ok(cleaned);
+    }
+    loop {
+        let batch = store.prune(&rule, now_ms()).await?;
+        cleaned.files += remove_task_files(config, &batch);
+        let done = batch.len() < rule.limit as usize;
+        cleaned.tasks.extend(batch);
+        if done {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    if !cleaned.tasks.is_empty() {
+        cleaned.reclaimed_bytes = store.reclaim().await?;
+    }
+    Ok(cleaned)
+}
+
+/// Removes the output files and agent logs of removed tasks: each folder is listed once.
+fn remove_task_files(config: &Config, tasks: &[agentq_store::Pruned]) -> u64 {
+    use std::collections::{BTreeMap, HashSet};
+    let mut by_folder: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
+    for t in tasks {
+        by_folder
+            .entry(t.runs_on())
+            .or_default()
+            .insert(format!("task_{}", t.id));
+    }
+    let mut removed = 0;
+    for (name, stems) in by_folder {
+        for dir in [config.output_dir(name), config.task_log_dir(name)] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file = entry.file_name();
+                let Some(file) = file.to_str() else { continue };
+                // task_<id>.txt, .json, .log, .log.1, ...: the stem is what precedes the first dot.
+                let stem = file.split('.').next().unwrap_or(file);
+                if stems.contains(stem) && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// Who is told of a change: the daemon's runners.
 pub type Bell<'a> = &'a (dyn Fn(Ring) + Send + Sync);
 

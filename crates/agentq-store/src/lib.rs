@@ -439,6 +439,47 @@ pub struct Metrics {
     pub events: Vec<(String, Option<String>, u64)>,
 }
 
+/// Which finished tasks [`Store::prune`] removes: those in a terminal state (of `states`, all
+/// four when empty), of `worker` if given (the pool's under `pool`), that are either finished
+/// before `finished_before` or beyond the newest `keep_newest` of their worker (the pool's under
+/// `pool`). With neither of the two, every such task. At most `limit` of them, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct Prune {
+    pub finished_before: Option<Millis>,
+    pub keep_newest: Option<u32>,
+    pub states: Vec<TaskState>,
+    pub worker: Option<String>,
+    pub limit: u32,
+    /// Only say what would go.
+    pub dry_run: bool,
+    /// The bounds of `/metrics`' histograms, into which what is removed is folded, so that its
+    /// counters never go down.
+    pub duration_bounds_ms: Vec<f64>,
+    pub memory_bounds_mb: Vec<f64>,
+}
+
+/// A task [`Store::prune`] removed (or, dry, would remove).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Pruned {
+    pub id: i64,
+    pub worker: String,
+    pub pool: bool,
+    pub state: TaskState,
+    pub finished_at: Option<Millis>,
+}
+
+impl Pruned {
+    /// The folder name its files are under (`.output/<name>/`, its agent logs): its worker's,
+    /// or `pool`.
+    pub fn runs_on(&self) -> &str {
+        if self.pool {
+            agentq_core::domain::POOL
+        } else {
+            &self.worker
+        }
+    }
+}
+
 /// What [`Store::take_worker_lease`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseTake {
@@ -699,4 +740,18 @@ pub trait Store: Send + Sync {
         memory_bounds_mb: &[f64],
         kinds: &[&str],
     ) -> Result<Metrics>;
+
+    /// Removes finished tasks as `rule` says, with their attempts and events, in one transaction;
+    /// queued and running tasks are never touched. What goes is first folded into the counts
+    /// that `metrics` adds to what is left (tasks by state and class, the histograms, events by
+    /// kind), so `/metrics` counters only grow. Returns what went, oldest first. Task-less
+    /// events finished before `rule.finished_before` go too, and the usage ledger's rows older
+    /// than that and than two days (budgets count today's).
+    async fn prune(&self, rule: &Prune, now: Millis) -> Result<Vec<Pruned>>;
+
+    /// Gives back the space removed rows leave (SQLite: incremental vacuum; PostgreSQL's
+    /// autovacuum does it on its own). Returns the bytes given back, where known.
+    async fn reclaim(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }

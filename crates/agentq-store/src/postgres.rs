@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_hosts.sql"),
     include_str!("../migrations/postgres/0003_agents.sql"),
+    include_str!("../migrations/postgres/0004_retention.sql"),
 ];
 
 /// The schema version this binary writes (the highest row of `schema_version`).
@@ -1188,6 +1189,43 @@ async fn listen_once(
     }
 }
 
+/// The tasks `rule` removes, as [`Store::prune`] says (at most `$4` of them, oldest first).
+fn prune_query(rule: &super::Prune) -> String {
+    format!(
+        "SELECT id, worker, pool, state, class, duration_ms, memory_peak_mb, \
+                coalesce(finished_at, updated_at) FROM ( \
+           SELECT id, worker, pool, state, class, duration_ms, memory_peak_mb, finished_at, \
+                  updated_at, row_number() OVER ( \
+                      PARTITION BY CASE WHEN pool THEN 'pool' ELSE worker END \
+                      ORDER BY id DESC) AS newest \
+             FROM tasks WHERE state IN ({}) \
+              AND ($1::text IS NULL OR CASE WHEN pool THEN 'pool' ELSE worker END = $1::text)) t \
+          WHERE ($2::bigint IS NULL AND $3::bigint IS NULL) \
+             OR coalesce(finished_at, updated_at) < $2::bigint OR newest > $3::bigint \
+          ORDER BY id LIMIT $4",
+        common::prunable_states(&rule.states)
+    )
+}
+
+fn pruned_row(r: &Row) -> Op<(super::Pruned, common::Gone)> {
+    let state = state_from(r, 3)?;
+    Ok((
+        super::Pruned {
+            id: r.try_get(0)?,
+            worker: r.try_get(1)?,
+            pool: r.try_get(2)?,
+            state,
+            finished_at: r.try_get(7)?,
+        },
+        common::Gone {
+            state,
+            class: r.try_get(4)?,
+            duration_ms: r.try_get::<_, Option<i64>>(5)?.map(|d| d as f64),
+            memory_peak_mb: r.try_get(6)?,
+        },
+    ))
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn shared(&self) -> bool {
@@ -1973,6 +2011,110 @@ impl Store for PgStore {
         })
     }
 
+    async fn prune(&self, rule: &super::Prune, now: Millis) -> Result<Vec<super::Pruned>> {
+        let sql = prune_query(rule);
+        let worker = rule.worker.clone();
+        let keep = rule.keep_newest.map(i64::from);
+        let limit = i64::from(rule.limit);
+        if rule.dry_run {
+            return read!(self, "listing the tasks to remove", |c| {
+                query(c, &sql, &[&worker, &rule.finished_before, &keep, &limit])
+                    .await?
+                    .iter()
+                    .map(|r| Ok(pruned_row(r)?.0))
+                    .collect::<Op<Vec<_>>>()
+            });
+        }
+        let terminal = common::prunable_states(&[]);
+        write!(self, "removing finished tasks", |tx| {
+            let rows = tx
+                .query(&sql, &[&worker, &rule.finished_before, &keep, &limit])
+                .await?
+                .iter()
+                .map(pruned_row)
+                .collect::<Op<Vec<_>>>()?;
+            let ids: Vec<i64> = rows.iter().map(|(p, _)| p.id).collect();
+            // Only what is still finished goes (a retry may have come between), and only its
+            // rows are folded and removed.
+            let gone: Vec<i64> = tx
+                .query(
+                    &format!(
+                        "DELETE FROM tasks WHERE id = ANY($1) AND state IN ({terminal}) RETURNING id"
+                    ),
+                    &[&ids],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            let (pruned, figures): (Vec<_>, Vec<_>) = rows
+                .into_iter()
+                .filter(|(p, _)| gone.contains(&p.id))
+                .unzip();
+            let fold = common::fold(&figures, &rule.duration_bounds_ms, &rule.memory_bounds_mb);
+            for ((state, class), n) in &fold.counts {
+                tx.execute(
+                    "INSERT INTO pruned_counts (state, class, n) VALUES ($1, $2, $3) \
+                     ON CONFLICT (state, class) DO UPDATE SET n = pruned_counts.n + excluded.n",
+                    &[state, class, n],
+                )
+                .await?;
+            }
+            for (metric, bound, n) in &fold.buckets {
+                tx.execute(
+                    "INSERT INTO pruned_buckets (metric, bound, n) VALUES ($1, $2, $3) \
+                     ON CONFLICT (metric, bound) DO UPDATE SET n = pruned_buckets.n + excluded.n",
+                    &[metric, bound, n],
+                )
+                .await?;
+            }
+            for (metric, count, total) in &fold.sums {
+                tx.execute(
+                    "INSERT INTO pruned_sums (metric, count, total) VALUES ($1, $2, $3) \
+                     ON CONFLICT (metric) DO UPDATE SET count = pruned_sums.count + excluded.count, \
+                     total = pruned_sums.total + excluded.total",
+                    &[metric, count, total],
+                )
+                .await?;
+            }
+            let fold_events = "INSERT INTO pruned_events (kind, worker, n) \
+                 SELECT kind, coalesce(worker, ''), count(*) FROM events WHERE id = ANY($1) \
+                 GROUP BY 1, 2 ON CONFLICT (kind, worker) DO UPDATE SET n = pruned_events.n + excluded.n";
+            let of_tasks: Vec<i64> = tx
+                .query("SELECT id FROM events WHERE task_id = ANY($1)", &[&gone])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            tx.execute(fold_events, &[&of_tasks]).await?;
+            tx.execute("DELETE FROM events WHERE id = ANY($1)", &[&of_tasks])
+                .await?;
+            tx.execute("DELETE FROM attempts WHERE task_id = ANY($1)", &[&gone])
+                .await?;
+            if let Some(cutoff) = rule.finished_before {
+                let taskless: Vec<i64> = tx
+                    .query(
+                        "SELECT id FROM events WHERE task_id IS NULL AND ts < $1 ORDER BY id LIMIT $2",
+                        &[&cutoff, &limit],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<std::result::Result<_, _>>()?;
+                tx.execute(fold_events, &[&taskless]).await?;
+                tx.execute("DELETE FROM events WHERE id = ANY($1)", &[&taskless])
+                    .await?;
+                tx.execute(
+                    "DELETE FROM usage_log WHERE id IN \
+                     (SELECT id FROM usage_log WHERE ts < $1 ORDER BY id LIMIT $2)",
+                    &[&common::ledger_cutoff(cutoff, now), &limit],
+                )
+                .await?;
+            }
+            Ok(pruned)
+        })
+    }
+
     async fn metrics(
         &self,
         duration_bounds_ms: &[f64],
@@ -2040,12 +2182,43 @@ impl Store for PgStore {
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<_, i64>(2)? as u64)))
             .collect::<Op<Vec<_>>>()?;
-            Ok(super::Metrics {
+            let mut metrics = super::Metrics {
                 tasks,
                 duration_ms: duration,
                 memory_peak_mb: memory_peak,
                 events,
-            })
+            };
+            // What removed tasks counted.
+            let mut kept = Vec::new();
+            for sql in [
+                "SELECT state, class, n::float8, 0::float8 FROM pruned_counts",
+                "SELECT metric, '', bound, n::float8 FROM pruned_buckets",
+                "SELECT metric, '', count::float8, total FROM pruned_sums",
+                "SELECT kind, worker, n::float8, 0::float8 FROM pruned_events",
+            ] {
+                kept.push(
+                    query(c, sql, &[])
+                        .await?
+                        .iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                        .collect::<Op<Vec<_>>>()?,
+                );
+            }
+            let events = kept.pop().unwrap_or_default();
+            let sums = kept.pop().unwrap_or_default();
+            let buckets = kept.pop().unwrap_or_default();
+            let counts = kept.pop().unwrap_or_default();
+            common::add_pruned(
+                &mut metrics,
+                &common::PrunedRows {
+                    counts,
+                    buckets,
+                    sums,
+                    events,
+                },
+                &kinds,
+            );
+            Ok(metrics)
         })
     }
 

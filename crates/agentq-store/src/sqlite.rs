@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_worker_activity.sql"),
     include_str!("../migrations/sqlite/0007_hosts.sql"),
     include_str!("../migrations/sqlite/0008_agents.sql"),
+    include_str!("../migrations/sqlite/0009_retention.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -149,6 +150,10 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(db("opening"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(db("setting busy timeout"))?;
+        // Space removed rows leave is given back a little at a time (`reclaim`): this takes
+        // effect on a new file; an older one is converted by the first `reclaim`.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(db("setting auto_vacuum"))?;
         enable_wal(&conn).map_err(db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db("setting synchronous"))?;
@@ -258,6 +263,22 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Adds the events `ids` (a query selecting event ids) to what `/metrics` keeps of removed ones.
+fn fold_events<P: rusqlite::Params>(
+    tx: &Connection,
+    ids: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    tx.exec(
+        &format!(
+            "INSERT INTO pruned_events (kind, worker, n) \
+             SELECT kind, coalesce(worker, ''), count(*) FROM events WHERE id IN ({ids}) \
+             GROUP BY 1, 2 ON CONFLICT (kind, worker) DO UPDATE SET n = n + excluded.n"
+        ),
+        params,
+    )
 }
 
 /// Switches a database to WAL. On a new file this needs the database to itself, and SQLite answers
@@ -1297,12 +1318,174 @@ impl Store for SqliteStore {
                     Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(super::Metrics {
+            let mut metrics = super::Metrics {
                 tasks,
                 duration_ms: duration,
                 memory_peak_mb: memory_peak,
                 events,
-            })
+            };
+            // What removed tasks counted.
+            let rows = |sql: &str| -> rusqlite::Result<Vec<(String, String, f64, f64)>> {
+                conn.prepare_cached(sql)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            };
+            let kept = common::PrunedRows {
+                counts: rows("SELECT state, class, n, 0.0 FROM pruned_counts")?,
+                buckets: rows("SELECT metric, '', bound, n FROM pruned_buckets")?,
+                sums: rows("SELECT metric, '', count, total FROM pruned_sums")?,
+                events: rows("SELECT kind, worker, n, 0.0 FROM pruned_events")?,
+            };
+            common::add_pruned(&mut metrics, &kept, &kinds);
+            Ok(metrics)
+        })
+        .await
+    }
+
+    async fn prune(&self, rule: &super::Prune, now: Millis) -> Result<Vec<super::Pruned>> {
+        let rule = rule.clone();
+        let select = move |tx: &Connection| -> Op<(Vec<super::Pruned>, Vec<common::Gone>)> {
+            let states = common::prunable_states(&rule.states);
+            let sql = format!(
+                "SELECT id, worker, pool, state, class, duration_ms, memory_peak_mb, \
+                        coalesce(finished_at, updated_at) FROM ( \
+                   SELECT *, row_number() OVER ( \
+                       PARTITION BY CASE WHEN pool = 1 THEN 'pool' ELSE worker END \
+                       ORDER BY id DESC) AS newest \
+                     FROM tasks WHERE state IN ({states}) \
+                      AND (?1 IS NULL OR CASE WHEN pool = 1 THEN 'pool' ELSE worker END = ?1)) \
+                  WHERE (?2 IS NULL AND ?3 IS NULL) \
+                     OR coalesce(finished_at, updated_at) < ?2 OR newest > ?3 \
+                  ORDER BY id LIMIT ?4"
+            );
+            let mut stmt = tx.prepare(&sql)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        rule.worker,
+                        rule.finished_before,
+                        rule.keep_newest,
+                        rule.limit
+                    ],
+                    |r| {
+                        let state = state_from(r, 3)?;
+                        Ok((
+                            super::Pruned {
+                                id: r.get(0)?,
+                                worker: r.get(1)?,
+                                pool: r.get(2)?,
+                                state,
+                                finished_at: r.get(7)?,
+                            },
+                            common::Gone {
+                                state,
+                                class: r.get(4)?,
+                                duration_ms: r.get::<_, Option<i64>>(5)?.map(|d| d as f64),
+                                memory_peak_mb: r.get(6)?,
+                            },
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().unzip())
+        };
+        if rule.dry_run {
+            return self
+                .call("listing the tasks to remove", move |conn| {
+                    Ok(select(conn)?.0)
+                })
+                .await;
+        }
+        let (limit, finished_before) = (rule.limit, rule.finished_before);
+        let bounds = (
+            rule.duration_bounds_ms.clone(),
+            rule.memory_bounds_mb.clone(),
+        );
+        self.write("removing finished tasks", move |tx| {
+            let (pruned, gone) = select(tx)?;
+            let fold = common::fold(&gone, &bounds.0, &bounds.1);
+            for ((state, class), n) in &fold.counts {
+                tx.exec(
+                    "INSERT INTO pruned_counts (state, class, n) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (state, class) DO UPDATE SET n = n + excluded.n",
+                    params![state, class, n],
+                )?;
+            }
+            for (metric, bound, n) in &fold.buckets {
+                tx.exec(
+                    "INSERT INTO pruned_buckets (metric, bound, n) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (metric, bound) DO UPDATE SET n = n + excluded.n",
+                    params![metric, bound, n],
+                )?;
+            }
+            for (metric, count, total) in &fold.sums {
+                tx.exec(
+                    "INSERT INTO pruned_sums (metric, count, total) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (metric) DO UPDATE SET count = count + excluded.count, \
+                     total = total + excluded.total",
+                    params![metric, count, total],
+                )?;
+            }
+            let ids = format!(
+                "[{}]",
+                pruned
+                    .iter()
+                    .map(|p| p.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let of_tasks =
+                "SELECT id FROM events WHERE task_id IN (SELECT value FROM json_each(?1))";
+            fold_events(tx, of_tasks, params![ids])?;
+            tx.exec(
+                &format!("DELETE FROM events WHERE id IN ({of_tasks})"),
+                [&ids],
+            )?;
+            tx.exec(
+                "DELETE FROM attempts WHERE task_id IN (SELECT value FROM json_each(?1))",
+                [&ids],
+            )?;
+            tx.exec(
+                &format!(
+                    "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
+                     AND state IN ({})",
+                    common::prunable_states(&[])
+                ),
+                [&ids],
+            )?;
+            if let Some(cutoff) = finished_before {
+                let taskless =
+                    "SELECT id FROM events WHERE task_id IS NULL AND ts < ?1 ORDER BY id LIMIT ?2";
+                fold_events(tx, taskless, params![cutoff, limit])?;
+                tx.exec(
+                    &format!("DELETE FROM events WHERE id IN ({taskless})"),
+                    params![cutoff, limit],
+                )?;
+                tx.exec(
+                    "DELETE FROM usage_log WHERE id IN \
+                     (SELECT id FROM usage_log WHERE ts < ?1 ORDER BY id LIMIT ?2)",
+                    params![common::ledger_cutoff(cutoff, now), limit],
+                )?;
+            }
+            Ok(pruned)
+        })
+        .await
+    }
+
+    async fn reclaim(&self) -> Result<Option<u64>> {
+        self.call("giving back free space", move |conn| {
+            let page: i64 = conn.row("PRAGMA page_size", [], |r| r.get(0))?;
+            let free_before: i64 = conn.row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let mode: i64 = conn.row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+            if mode != 2 {
+                // A database made before retention: converted once, by a whole VACUUM.
+                conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+                conn.execute_batch("VACUUM")?;
+                return Ok(Some((free_before * page) as u64));
+            }
+            conn.execute_batch("PRAGMA incremental_vacuum")?;
+            let free_after: i64 = conn.row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            Ok(Some(((free_before - free_after).max(0) * page) as u64))
         })
         .await
     }

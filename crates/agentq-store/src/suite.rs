@@ -78,6 +78,7 @@ macro_rules! store_suite {
         $crate::suite::store_suite!(@each $open; kept_counts_follow_every_change_of_state,
             activity_counts_restarts_and_peaks_since_a_start_by_where_tasks_ran,
             metrics_count_ended_tasks_into_buckets_and_events_by_kind,
+            pruning_removes_finished_tasks_only_and_metrics_never_go_down,
             highest_priority_first_then_fifo,
             a_worker_runs_one_task_at_a_time_and_workers_are_independent,
             an_empty_queue_has_no_next_due_time,
@@ -1321,4 +1322,148 @@ pub async fn pool_room_is_counted_per_daemon(f: &Fixture) {
     assert!(s.claim_pool("h1", 2, LEASE, 1, &w).await.unwrap().is_none());
     // Another daemon's room is its own.
     assert!(s.claim_pool("h2", 2, LEASE, 1, &w).await.unwrap().is_some());
+}
+
+pub async fn pruning_removes_finished_tasks_only_and_metrics_never_go_down(f: &Fixture) {
+    let s = f.store();
+    // Five finished tasks of w (finished at 10, 20, ... 50), one of v, one queued and one
+    // running of w, and an event of w's without a task at 5.
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        let now = i * 10;
+        let id = s.submit(&task("w", "t", 0, now - 5)).await.unwrap().id();
+        let claim = s.claim("w", "me", now - 4, LEASE).await.unwrap().unwrap();
+        let finish = Finish {
+            duration_ms: 50 * i,
+            memory_peak_mb: Some(10.0 * i as f64),
+            ..done(
+                if i == 2 {
+                    TaskState::Dead
+                } else {
+                    TaskState::Succeeded
+                },
+                now,
+            )
+        };
+        assert!(s.finish(&claim.fence(), &finish, None).await.unwrap());
+        ids.push(id);
+    }
+    let v = s.submit(&task("v", "t", 0, 55)).await.unwrap().id();
+    let claim = s.claim("v", "me", 56, LEASE).await.unwrap().unwrap();
+    assert!(
+        s.finish(&claim.fence(), &done(TaskState::Succeeded, 60), None)
+            .await
+            .unwrap()
+    );
+    let running = s.submit(&task("w", "runs", 0, 61)).await.unwrap().id();
+    s.claim("w", "me", 62, LEASE).await.unwrap().unwrap();
+    let queued = s.submit(&task("w", "waits", 0, 63)).await.unwrap().id();
+    s.record_event(&NewEvent {
+        task_id: None,
+        worker: Some("w".into()),
+        kind: "file_rejected".into(),
+        message: String::new(),
+        data: None,
+        now: 5,
+    })
+    .await
+    .unwrap();
+    let bounds = ([100.0, 1000.0], [25.0]);
+    let kinds = ["file_rejected", "task_finished"];
+    let metrics = || s.metrics(&bounds.0, &bounds.1, &kinds);
+    let before = metrics().await.unwrap();
+    let rule = |finished_before, keep_newest| super::Prune {
+        finished_before,
+        keep_newest,
+        limit: 100,
+        duration_bounds_ms: bounds.0.to_vec(),
+        memory_bounds_mb: bounds.1.to_vec(),
+        ..Default::default()
+    };
+    let ids_of = |p: &[super::Pruned]| p.iter().map(|p| p.id).collect::<Vec<_>>();
+
+    // Dry: says what would go, removes nothing.
+    let dry = s
+        .prune(
+            &super::Prune {
+                dry_run: true,
+                ..rule(Some(31), None)
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&dry), ids[..3]);
+    assert!(s.get(ids[0]).await.unwrap().is_some());
+
+    // By age: finished before 31.
+    let gone = s.prune(&rule(Some(31), None), 100).await.unwrap();
+    assert_eq!(ids_of(&gone), ids[..3]);
+    assert_eq!(gone[1].state, TaskState::Dead);
+    assert_eq!((gone[0].worker.as_str(), gone[0].pool), ("w", false));
+    for id in &ids[..3] {
+        assert!(s.get(*id).await.unwrap().is_none());
+        assert!(s.events_of(*id).await.unwrap().is_empty());
+        assert!(s.attempts_of(*id).await.unwrap().is_empty());
+    }
+    let after = metrics().await.unwrap();
+    assert_eq!(after.tasks, before.tasks, "tasks by state stay counted");
+    assert_eq!(after.duration_ms, before.duration_ms);
+    assert_eq!(after.memory_peak_mb, before.memory_peak_mb);
+    assert_eq!(after.events, before.events, "events by kind stay counted");
+    let left = s
+        .events(&EventFilter {
+            kind: Some("file_rejected".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "the task-less event before the cutoff went: {left:?}"
+    );
+
+    // By count: the newest one of each worker is kept; queued and running never go.
+    let gone = s.prune(&rule(None, Some(1)), 100).await.unwrap();
+    assert_eq!(ids_of(&gone), [ids[3]]);
+    assert!(s.get(ids[4]).await.unwrap().is_some());
+    assert!(s.get(v).await.unwrap().is_some());
+    // Everything finished, of one state, of one worker, in batches of one.
+    let only = |worker: &str, states: Vec<TaskState>| super::Prune {
+        worker: Some(worker.into()),
+        states,
+        limit: 1,
+        ..rule(None, None)
+    };
+    assert!(
+        s.prune(&only("w", vec![TaskState::Dead]), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids_of(&s.prune(&only("v", vec![]), 100).await.unwrap()),
+        [v]
+    );
+    assert_eq!(
+        ids_of(&s.prune(&only("w", vec![]), 100).await.unwrap()),
+        [ids[4]]
+    );
+    assert!(s.prune(&only("w", vec![]), 100).await.unwrap().is_empty());
+    assert_eq!(
+        s.get(running).await.unwrap().unwrap().state,
+        TaskState::Running
+    );
+    assert_eq!(
+        s.get(queued).await.unwrap().unwrap().state,
+        TaskState::Queued
+    );
+    let last = metrics().await.unwrap();
+    assert_eq!(last.tasks, before.tasks);
+    assert_eq!(last.duration_ms, before.duration_ms);
+    assert_eq!(last.events, before.events);
+    s.reclaim().await.unwrap();
+    // Counts kept as tasks change still agree with the tasks that are left.
+    let (kept, counted) = s.kept_and_counted().await;
+    assert_eq!(kept, counted);
 }
