@@ -293,3 +293,30 @@ fn max_processes_below_two_is_refused_with_its_line() {
         "{text}"
     );
 }
+
+/// Codex (the real CLI against the fake Responses API) runs a command through its
+/// `exec_command` tool that leaves a process in a session of its own: it ends with the task.
+/// (`danger-full-access`: nothing of Codex's own sandbox stands between the command and its
+/// escape, so what ends it is agentq's.)
+#[test]
+fn a_codex_tools_setsid_child_ends_with_its_task() {
+    let fake = fake_anthropic::FakeServer::start().unwrap();
+    let p = Project::with_codex(
+        &fake,
+        "sandbox = \"danger-full-access\"\nkill_timeout = \"500ms\"\nmax_attempts = 1",
+    );
+    let log = p.path("pids.log");
+    let daemon = p.start();
+    let command = format!(
+        "setsid sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 &",
+        log = log.display()
+    );
+    let id = p.submit("x", &format!("go [[exec {command}]]"));
+    p.ok(&["wait", "--timeout", "120s", &id.to_string()]);
+    let t = p.task(id);
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let pids = escaped(&p);
+    assert_eq!(pids.len(), 1, "{pids:?}: {t}");
+    all_gone_soon(&pids);
+    assert!(daemon.stop().success());
+}
