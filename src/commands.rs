@@ -936,19 +936,10 @@ async fn clean(explicit: Option<&Path>, args: CleanArgs) -> Result<()> {
     if args.dry_run {
         println!("would remove {n} finished task(s): {shown}");
     } else {
-        let reclaimed = cleaned
-            .reclaimed_bytes
-            .filter(|b| *b > 0)
-            .map(|b| {
-                format!(
-                    "; the database gave back {}",
-                    agentq_agents::memory::human(b)
-                )
-            })
-            .unwrap_or_default();
         println!(
-            "removed {n} finished task(s) with their events and {} file(s){reclaimed}: {shown}",
-            cleaned.files
+            "removed {n} finished task(s) with their events and {} file(s){}: {shown}",
+            cleaned.files,
+            cleaned.gave_back()
         );
     }
     Ok(())

@@ -376,10 +376,7 @@ impl Daemon {
                             "retention removed {} finished task(s) with their events and {} file(s){}",
                             c.tasks.len(),
                             c.files,
-                            c.reclaimed_bytes
-                                .filter(|b| *b > 0)
-                                .map(|b| format!("; the database gave back {}", agentq_agents::memory::human(b)))
-                                .unwrap_or_default()
+                            c.gave_back()
                         );
                         info!("{message}");
                         let event = NewEvent {

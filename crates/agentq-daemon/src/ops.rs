@@ -36,6 +36,21 @@ pub struct Cleaned {
     pub reclaimed_bytes: Option<u64>,
 }
 
+impl Cleaned {
+    /// `; the database gave back 1.2 MiB`, when it gave back anything.
+    pub fn gave_back(&self) -> String {
+        self.reclaimed_bytes
+            .filter(|b| *b > 0)
+            .map(|b| {
+                format!(
+                    "; the database gave back {}",
+                    agentq_agents::memory::human(b)
+                )
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Removes finished tasks as `rule` says, in batches of `rule.limit` (each its own transaction),
 /// with their output files (`.output/<worker>/task_<id>.*`) and agent logs
 /// (`.agentq/logs/<worker>/task_<id>.log*`), then gives the database's space back. Queued and

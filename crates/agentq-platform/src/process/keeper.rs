@@ -431,30 +431,13 @@ fn signal_all(processes: &[ProcInfo], signal: i32) {
 }
 
 /// How many processes are below `root`, counting up to `enough` (a fork bomb is not counted to
-/// its end): by the children lists of each thread in `/proc/<pid>/task/<tid>/children`.
+/// its end).
 fn count_below(root: i32, enough: usize) -> usize {
     let mut count = 0;
-    let mut next = vec![root];
-    while let Some(pid) = next.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            for child in text
-                .split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok())
-            {
-                count += 1;
-                if count >= enough {
-                    return count;
-                }
-                next.push(child);
-            }
-        }
-    }
+    super::kernel::walk_below(root, |_| {
+        count += 1;
+        count < enough
+    });
     count
 }
 

@@ -87,11 +87,11 @@ mod procfs {
         parse_stat(pid, std::str::from_utf8(&buf[..len]).ok()?)
     }
 
-    /// The live processes below `root` (itself left out), found through the kernel's list of
-    /// each thread's children (`/proc/<pid>/task/<tid>/children`): reads in proportion to the
-    /// tree, not to every process on the machine.
-    pub fn tree_below(root: i32) -> Vec<ProcInfo> {
-        let mut found = Vec::new();
+    /// Visits the pids below `root` (itself left out), parents before their children, through
+    /// the kernel's list of each thread's children (`/proc/<pid>/task/<tid>/children`): reads in
+    /// proportion to the tree, not to every process on the machine. Zombies are visited too.
+    /// Stops when `visit` returns false.
+    pub fn walk_below(root: i32, mut visit: impl FnMut(i32) -> bool) {
         let mut next = vec![root];
         while let Some(pid) = next.pop() {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -105,13 +105,22 @@ mod procfs {
                     .split_whitespace()
                     .filter_map(|c| c.parse::<i32>().ok())
                 {
-                    next.push(child);
-                    if let Some(info) = stat(child).filter(|p| p.state != 'Z') {
-                        found.push(info);
+                    if !visit(child) {
+                        return;
                     }
+                    next.push(child);
                 }
             }
         }
+    }
+
+    /// The live processes below `root` (itself left out): see [`walk_below`].
+    pub fn tree_below(root: i32) -> Vec<ProcInfo> {
+        let mut found = Vec::new();
+        walk_below(root, |pid| {
+            found.extend(stat(pid).filter(|p| p.state != 'Z'));
+            true
+        });
         found
     }
 
