@@ -262,6 +262,15 @@ mod tables {
         super::descendants(root, &all_processes())
     }
 
+    /// Visits the pids below `root` (itself left out) until `visit` returns false.
+    pub fn walk_below(root: i32, mut visit: impl FnMut(i32) -> bool) {
+        for p in tree_below(root) {
+            if !visit(p.pid) {
+                return;
+            }
+        }
+    }
+
     /// No boot id is kept here: the boot time stands for it.
     pub fn boot_id() -> Option<String> {
         Some(System::boot_time().to_string())

@@ -112,12 +112,13 @@ impl Tree {
     /// the keeper's child's.
     pub fn leader_rss(&self) -> Option<u64> {
         let agent = if self.kept {
-            *super::kernel::all_processes()
-                .iter()
-                .filter(|p| p.ppid == self.pgid && p.pgrp == self.pgid)
-                .map(|p| p.pid)
-                .collect::<Vec<_>>()
-                .first()?
+            // The keeper's first child: the agent (what it adopts comes later).
+            let mut first = None;
+            super::kernel::walk_below(self.pgid, |pid| {
+                first = Some(pid);
+                false
+            });
+            first?
         } else {
             self.pgid
         };
