@@ -320,3 +320,30 @@ fn a_codex_tools_setsid_child_ends_with_its_task() {
     all_gone_soon(&pids);
     assert!(daemon.stop().success());
 }
+
+/// Gemini (the real CLI against the fake Gemini API, in `yolo` approval mode) runs a command
+/// through its `run_shell_command` tool that leaves a process in a session of its own: it ends
+/// with the task.
+#[test]
+fn a_gemini_shell_commands_setsid_child_ends_with_its_task() {
+    let fake = fake_anthropic::FakeServer::start().unwrap();
+    let p = Project::with_gemini(
+        &fake,
+        "approval_mode = \"yolo\"\nkill_timeout = \"500ms\"\nmax_attempts = 1",
+    );
+    let log = p.path("pids.log");
+    let daemon = p.start();
+    let command = format!(
+        "setsid sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 &",
+        log = log.display()
+    );
+    let args = serde_json::json!({ "command": command }).to_string();
+    let id = p.submit("g", &format!("go [[tool run_shell_command {args}]]"));
+    p.ok(&["wait", "--timeout", "120s", &id.to_string()]);
+    let t = p.task(id);
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let pids = escaped(&p);
+    assert_eq!(pids.len(), 1, "{pids:?}: {t}");
+    all_gone_soon(&pids);
+    assert!(daemon.stop().success());
+}
