@@ -526,3 +526,179 @@ fn a_daemon_started_with_sigchld_ignored_still_sees_how_its_agents_end() {
     );
     assert!(daemon.stop().success());
 }
+
+/// A database file that is not one, or whose pages are damaged, is refused at start with an
+/// error naming the file and how to recover; the file is left exactly as it was (never replaced
+/// by a new, empty database), and `doctor` fails on it too.
+#[test]
+fn a_damaged_database_is_refused_at_start_and_left_as_it_was() {
+    for damage in ["not a database", "damaged pages"] {
+        let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+        for i in 0..50 {
+            p.submit("w", &format!("task {i} {}", "x".repeat(2000)));
+        }
+        let db = p.path(".agentq/agentq.db");
+        match damage {
+            "not a database" => std::fs::write(&db, b"this is not an SQLite file").unwrap(),
+            _ => {
+                // Overwrite pages in the middle of the file (not its header).
+                use std::io::{Seek, SeekFrom, Write};
+                let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+                f.seek(SeekFrom::Start(8192)).unwrap();
+                f.write_all(&[0xA5; 16384]).unwrap();
+            }
+        }
+        let before = std::fs::read(&db).unwrap();
+        let out = p.run(&["run"]);
+        assert_eq!(out.status.code(), Some(3), "{damage}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("the database {} is damaged", db.display()))
+                && err.contains("will not run on it")
+                && err.contains(".recover"),
+            "{damage}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            before,
+            "{damage}: the file was changed"
+        );
+        let doctor = p.run(&["doctor"]);
+        assert!(!doctor.status.success(), "{damage}");
+        let report = text(&doctor.stdout);
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("FAIL") && l.contains("database")),
+            "{damage}: {report}"
+        );
+    }
+}
+
+/// After a clean stop the database file holds everything: its write-ahead log and shared-memory
+/// files deleted, the next daemon finds every task as it was.
+#[test]
+fn a_deleted_wal_after_a_clean_stop_loses_nothing() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let daemon = p.start();
+    let ids: Vec<i64> = (0..20)
+        .map(|i| p.submit("w", &format!("task {i}")))
+        .collect();
+    p.wait_all(&ids);
+    assert!(daemon.stop().success());
+    let queued = p.submit("w", "queued while no daemon runs");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(p.path(&format!(".agentq/agentq.db{suffix}")));
+    }
+    for id in &ids {
+        assert_eq!(p.state(*id), "succeeded");
+        assert_eq!(p.output(*id), format!("task {}", id - 1));
+    }
+    assert_eq!(p.state(queued), "queued");
+    let daemon = p.start();
+    p.wait_all(&[queued]);
+    assert!(daemon.stop().success());
+}
+
+/// Three `kill -9`s of the daemon while 500 tasks run: every task ends succeeded exactly once,
+/// and every run of an agent is one of its task's recorded attempts (a run cut short by a kill is
+/// recorded as interrupted and run again, never as an unrecorded extra).
+#[test]
+fn three_kill_9s_during_500_tasks_record_each_task_done_exactly_once() {
+    let p = Project::new("");
+    let effects = p.path("effects.log");
+    let mut config = String::from("[defaults]\nkill_timeout = \"200ms\"\nmax_attempts = 10\n");
+    for w in ["a", "b", "c", "d"] {
+        config.push_str(&format!(
+            "[[worker]]\nname = \"{w}\"\ncommand = [\"sh\", \"-c\", \
+             \"cat >/dev/null; echo \\\"$AGENTQ_TASK_ID $AGENTQ_ATTEMPT\\\" >> {}; sleep 0.01; echo done\"]\n",
+            effects.display()
+        ));
+    }
+    std::fs::write(p.path("agentq.toml"), config).unwrap();
+    let mut ids = Vec::new();
+    for w in ["a", "b", "c", "d"] {
+        let lines: String = (0..125).map(|i| format!("{w} {i}\n")).collect();
+        let mut cmd = p.cmd(&["submit", "--worker", w, "--lines", "-"]);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        ids.extend(
+            text(&out.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse::<i64>().ok()),
+        );
+    }
+    assert_eq!(ids.len(), 500);
+    for goal in [60, 180, 300] {
+        let daemon = p.start();
+        wait_until(Duration::from_secs(120), "tasks to run", || {
+            p.totals()["succeeded"].as_u64().unwrap_or(0) >= goal
+        });
+        daemon.kill9();
+    }
+    let daemon = p.start();
+    wait_until(Duration::from_secs(180), "all 500 to succeed", || {
+        p.totals()["succeeded"].as_u64().unwrap_or(0) == 500
+    });
+    assert!(daemon.stop().success());
+    let mut runs: std::collections::HashMap<i64, Vec<u32>> = Default::default();
+    for line in read(&effects).lines() {
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(attempt)) = (words.next(), words.next()) else {
+            panic!("effect line {line:?}");
+        };
+        runs.entry(id.parse().unwrap())
+            .or_default()
+            .push(attempt.parse().unwrap());
+    }
+    let mut rerun = 0;
+    for id in &ids {
+        let t = p.task(*id);
+        assert_eq!(t["state"], "succeeded", "{t}");
+        let finished = t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "task_finished")
+            .count();
+        assert_eq!(finished, 1, "task {id} done once: {t}");
+        // Every run is a row of its attempt history: a run cut short by a kill is recorded as
+        // `interrupted` (its attempt given back, so the re-run carries the same number), and
+        // exactly one run succeeded.
+        let history = t["attempt_history"].as_array().unwrap();
+        let outcomes: Vec<&str> = history
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == "succeeded").count(),
+            1,
+            "task {id}: {outcomes:?}"
+        );
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| *o == "succeeded" || *o == "interrupted"),
+            "task {id}: {outcomes:?}"
+        );
+        let seen = runs.remove(id).unwrap_or_default();
+        assert!(
+            !seen.is_empty() && seen.len() <= history.len(),
+            "task {id}: {} run(s) against {} recorded attempt(s): {outcomes:?}",
+            seen.len(),
+            history.len()
+        );
+        rerun += usize::from(seen.len() > 1);
+    }
+    assert!(runs.is_empty(), "runs of unknown tasks: {runs:?}");
+    eprintln!("{rerun} task(s) ran again after a kill");
+}

@@ -40,6 +40,16 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// The SQLite file is not a database, or its pages are damaged: the daemon refuses it rather
+    /// than start on it (or make a new, empty one in its place).
+    #[error(
+        "the database {path} is damaged ({detail}); agentq will not run on it, nor make a new one in its place. \
+         To recover: stop every agentq using this folder, move the file aside with its -wal and -shm files \
+         (keep them: the queue is in them), then either let agentq create a new database, or save what can \
+         be read first: `sqlite3 OLD.db .recover | sqlite3 {path}`"
+    )]
+    DatabaseDamaged { path: PathBuf, detail: String },
+
     /// A PostgreSQL store failed; `url` is shown without its password.
     #[error("database {url}: {about}: {message}")]
     Postgres {

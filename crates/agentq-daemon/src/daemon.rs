@@ -177,6 +177,8 @@ impl Daemon {
             config.daemon.log_backups,
         ));
         let store: Arc<dyn Store> = Arc::from(config.open_store(Some(log.clone())).await?);
+        // A damaged file is refused with how to recover, before anything is claimed from it.
+        store.verify().await?;
         let owner = owner_id(&host);
         // On a shared store, the host id is this daemon's alone while it runs (a second daemon
         // under it is refused here), so any other run of this host is a previous one, gone.

@@ -749,6 +749,12 @@ pub trait Store: Send + Sync {
     /// than that and than two days (budgets count today's).
     async fn prune(&self, rule: &Prune, now: Millis) -> Result<Vec<Pruned>>;
 
+    /// Checks that the store's files are whole (SQLite: `PRAGMA quick_check`), for the daemon
+    /// to refuse a damaged one at start. PostgreSQL looks after its own.
+    async fn verify(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Gives back the space removed rows leave (SQLite: incremental vacuum; PostgreSQL's
     /// autovacuum does it on its own). Returns the bytes given back, where known.
     async fn reclaim(&self) -> Result<Option<u64>> {

@@ -140,20 +140,20 @@ fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        let db = |about: &'static str| {
-            move |source| Error::Database {
-                about,
-                path: path.to_path_buf(),
-                source,
-            }
-        };
+        let db = |about: &'static str| move |source| database_error(about, path, source);
         let mut conn = Connection::open(path).map_err(db("opening"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(db("setting busy timeout"))?;
-        // Space removed rows leave is given back a little at a time (`reclaim`): this takes
-        // effect on a new file; an older one is converted by the first `reclaim`.
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-            .map_err(db("setting auto_vacuum"))?;
+        // Space removed rows leave is given back a little at a time (`reclaim`): set on a new,
+        // empty file only (setting it on an existing one writes its header, every time); an
+        // older file is converted by the first `reclaim`.
+        let pages: i64 = conn
+            .row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(db("reading the database"))?;
+        if pages == 0 {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(db("setting auto_vacuum"))?;
+        }
         enable_wal(&conn).map_err(db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db("setting synchronous"))?;
@@ -200,11 +200,7 @@ impl SqliteStore {
             // unfinished transaction when it is dropped.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             op(&mut guard).map_err(|e| match e {
-                OpError::Sql(source) => Error::Database {
-                    about,
-                    path,
-                    source,
-                },
+                OpError::Sql(source) => database_error(about, &path, source),
                 OpError::Rule(e) => e,
             })
         })
@@ -262,6 +258,28 @@ impl SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+/// A database error as [`Error::Database`], or [`Error::DatabaseDamaged`] when SQLite says the
+/// file is not a database or is corrupt: the daemon refuses such a file with how to recover,
+/// rather than go on (or have it replaced by a new, empty one).
+fn database_error(about: &'static str, path: &Path, source: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(e, _) = &source
+        && matches!(
+            e.code,
+            rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+        )
+    {
+        return Error::DatabaseDamaged {
+            path: path.to_path_buf(),
+            detail: format!("{about}: {source}"),
+        };
+    }
+    Error::Database {
+        about,
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -1470,6 +1488,26 @@ impl Store for SqliteStore {
             Ok(pruned)
         })
         .await
+    }
+
+    async fn verify(&self) -> Result<()> {
+        let path = self.path.clone();
+        let problems: Vec<String> = self
+            .call("checking the database", move |conn| {
+                let mut stmt = conn.prepare("PRAGMA quick_check(3)")?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            return Ok(());
+        }
+        Err(Error::DatabaseDamaged {
+            path,
+            detail: format!("quick_check: {}", problems.join("; ").replace('\n', " ")),
+        })
     }
 
     async fn reclaim(&self) -> Result<Option<u64>> {
