@@ -260,10 +260,13 @@ pub fn main(args: &[OsString]) -> ! {
         doomed: HashMap::new(),
         max_processes: args.max_processes,
         report,
+        killed: false,
     };
     loop {
+        // Done when nothing is left below, or once everything was killed: a process that cannot
+        // die yet (in uninterruptible sleep) holds its SIGKILL, and must not hold the attempt.
         if let Some(status) = keeper.status
-            && keeper.below().is_empty()
+            && (keeper.killed || keeper.below().is_empty())
         {
             // What died last may still wait to be reaped: it goes with the keeper, not to init.
             keeper.reap();
@@ -309,6 +312,8 @@ struct Keeper {
     max_processes: Option<usize>,
     /// Where the keeper says why it ended an attempt (the agent's stderr), closed once said.
     report: Option<std::fs::File>,
+    /// Everything below was sent SIGKILL (it may take a moment to die).
+    killed: bool,
 }
 
 /// How often the tree is counted against `--max-processes`.
@@ -385,6 +390,7 @@ impl Keeper {
         }
         self.kill_at = None;
         self.doomed.clear();
+        self.killed = true;
         self.reap();
     }
 
