@@ -884,9 +884,7 @@ async fn clean(explicit: Option<&Path>, args: CleanArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config).await?;
     let rule = agentq_store::Prune {
-        finished_before: args
-            .older_than
-            .map(|d| now_ms() - d.as_millis() as agentq_store::Millis),
+        finished_before: args.older_than.map(agentq_store::ms_ago),
         states: args.state,
         worker: args.worker,
         limit: config.retention.batch,

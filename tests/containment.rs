@@ -206,12 +206,11 @@ fn claude_tool_escapes(daemon_section: &str) -> (Vec<i32>, Daemon, Project) {
         let config = std::fs::read_to_string(p.path("agentq.toml")).unwrap();
         std::fs::write(p.path("agentq.toml"), format!("{daemon_section}{config}")).unwrap();
     }
-    let log = p.path("pids.log");
     let daemon = p.start();
     let command = format!(
-        "setsid sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 & sleep 0.2; \
-         sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 & echo started",
-        log = log.display()
+        "{} sleep 0.2; sh -c 'echo $$ >> {}; exec sleep 300' </dev/null >/dev/null 2>&1 & echo started",
+        setsid_sleeper(&p),
+        p.path("pids.log").display()
     );
     let id = p.submit("c", &format!("[[bash {command}]]"));
     p.ok(&["wait", "--timeout", "120s", &id.to_string()]);
@@ -305,20 +304,7 @@ fn a_codex_tools_setsid_child_ends_with_its_task() {
         &fake,
         "sandbox = \"danger-full-access\"\nkill_timeout = \"500ms\"\nmax_attempts = 1",
     );
-    let log = p.path("pids.log");
-    let daemon = p.start();
-    let command = format!(
-        "setsid sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 &",
-        log = log.display()
-    );
-    let id = p.submit("x", &format!("go [[exec {command}]]"));
-    p.ok(&["wait", "--timeout", "120s", &id.to_string()]);
-    let t = p.task(id);
-    assert_eq!(t["state"], "succeeded", "{t}");
-    let pids = escaped(&p);
-    assert_eq!(pids.len(), 1, "{pids:?}: {t}");
-    all_gone_soon(&pids);
-    assert!(daemon.stop().success());
+    a_tools_setsid_child_ends_with_its_task(&p, "x", |command| format!("go [[exec {command}]]"));
 }
 
 /// Gemini (the real CLI against the fake Gemini API, in `yolo` approval mode) runs a command
@@ -331,18 +317,34 @@ fn a_gemini_shell_commands_setsid_child_ends_with_its_task() {
         &fake,
         "approval_mode = \"yolo\"\nkill_timeout = \"500ms\"\nmax_attempts = 1",
     );
-    let log = p.path("pids.log");
+    a_tools_setsid_child_ends_with_its_task(&p, "g", |command| {
+        let args = serde_json::json!({ "command": command }).to_string();
+        format!("go [[tool run_shell_command {args}]]")
+    });
+}
+
+/// A shell line that starts a process in a session of its own, which writes its pid to
+/// `pids.log` and sleeps.
+fn setsid_sleeper(p: &Project) -> String {
+    format!(
+        "setsid sh -c 'echo $$ >> {}; exec sleep 300' </dev/null >/dev/null 2>&1 &",
+        p.path("pids.log").display()
+    )
+}
+
+/// Runs, on `worker`, the prompt `ask` makes of a [`setsid_sleeper`] command for the agent's
+/// tool to run; the task succeeds, and the sleeper is gone soon after.
+fn a_tools_setsid_child_ends_with_its_task(
+    p: &Project,
+    worker: &str,
+    ask: impl Fn(&str) -> String,
+) {
     let daemon = p.start();
-    let command = format!(
-        "setsid sh -c 'echo $$ >> {log}; exec sleep 300' </dev/null >/dev/null 2>&1 &",
-        log = log.display()
-    );
-    let args = serde_json::json!({ "command": command }).to_string();
-    let id = p.submit("g", &format!("go [[tool run_shell_command {args}]]"));
+    let id = p.submit(worker, &ask(&setsid_sleeper(p)));
     p.ok(&["wait", "--timeout", "120s", &id.to_string()]);
     let t = p.task(id);
     assert_eq!(t["state"], "succeeded", "{t}");
-    let pids = escaped(&p);
+    let pids = escaped(p);
     assert_eq!(pids.len(), 1, "{pids:?}: {t}");
     all_gone_soon(&pids);
     assert!(daemon.stop().success());

@@ -361,7 +361,7 @@ impl Daemon {
                 let rule = agentq_store::Prune {
                     finished_before: retention
                         .keep_for
-                        .map(|d| now_ms() - d.as_millis() as agentq_store::Millis),
+                        .map(agentq_store::ms_ago),
                     keep_newest: retention.keep_per_worker,
                     limit: retention.batch,
                     ..Default::default()

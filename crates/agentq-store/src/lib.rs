@@ -94,6 +94,11 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// The instant `age` before now (what `finished_before` of a [`Prune`] takes for an age).
+pub fn ms_ago(age: Duration) -> Millis {
+    now_ms() - age.as_millis() as Millis
+}
+
 #[derive(Clone, Debug)]
 pub struct NewTask {
     pub worker: String,

@@ -92,45 +92,39 @@ impl super::Keep {
 }
 
 /// `program` as the kernel will exec it: a path as it is (relative to `cwd`), a bare name looked up
-/// on `path`. NotFound / PermissionDenied as a spawn would fail.
+/// on `path` as [`crate::fs::find_on_path`] does (its relative folders taken from `cwd`, where the
+/// agent runs). NotFound / PermissionDenied as a spawn would fail.
 fn resolve(
     program: &OsStr,
     path: Option<&OsStr>,
     cwd: Option<&std::path::Path>,
 ) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    use crate::fs::{find_on_path, is_executable, is_path};
+    let in_cwd = |p: PathBuf| match cwd {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
     };
-    let as_path = std::path::Path::new(program);
-    if program.as_encoded_bytes().contains(&b'/') {
-        let full = match cwd {
-            Some(dir) if as_path.is_relative() => dir.join(as_path),
-            _ => as_path.to_path_buf(),
-        };
-        return match std::fs::metadata(&full) {
-            Err(e) => Err(e),
-            Ok(_) if !executable(&full) => Err(std::io::ErrorKind::PermissionDenied.into()),
-            Ok(_) => Ok(full),
+    // A name that is not UTF-8 cannot be a configured one: the exec is left to say what it finds.
+    let Some(name) = program.to_str() else {
+        return Ok(PathBuf::from(program));
+    };
+    if is_path(name) {
+        let full = in_cwd(PathBuf::from(name));
+        let meta = std::fs::metadata(&full)?;
+        return match is_executable(&full, &meta) {
+            true => Ok(full),
+            false => Err(std::io::ErrorKind::PermissionDenied.into()),
         };
     }
     let path = path.unwrap_or_else(|| OsStr::new("/usr/local/bin:/usr/bin:/bin"));
-    let mut denied = false;
-    for dir in std::env::split_paths(path) {
-        let dir = match cwd {
-            Some(cwd) if dir.is_relative() => cwd.join(dir),
-            _ => dir,
-        };
-        let candidate = dir.join(as_path);
-        if executable(&candidate) {
-            return Ok(candidate);
-        }
-        denied |= candidate.is_file();
+    let dirs: Vec<PathBuf> = std::env::split_paths(path).map(in_cwd).collect();
+    let joined = std::env::join_paths(&dirs).map_err(std::io::Error::other)?;
+    if let Some(found) = find_on_path(name, &joined) {
+        return Ok(found);
     }
-    Err(if denied {
-        std::io::ErrorKind::PermissionDenied.into()
-    } else {
-        std::io::ErrorKind::NotFound.into()
+    Err(match dirs.iter().any(|d| d.join(name).is_file()) {
+        true => std::io::ErrorKind::PermissionDenied.into(),
+        false => std::io::ErrorKind::NotFound.into(),
     })
 }
 
