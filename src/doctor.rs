@@ -133,10 +133,17 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
             });
             checks.push(match &config {
                 Some(config) => {
-                    let containment = config.daemon.containment;
-                    tokio::task::spawn_blocking(move || check_containment(containment))
-                        .await
-                        .unwrap_or_else(|e| Check::skip("containment", format!("cannot tell: {e}")))
+                    let settings = config.daemon.clone();
+                    let running = daemon_pid.and_then(|pid| {
+                        let path = state_dir.join(agentq_daemon::daemon::CONTAINMENT_FILE);
+                        let text = std::fs::read_to_string(path).ok()?;
+                        Some((pid, text.trim().to_string()))
+                    });
+                    tokio::task::spawn_blocking(move || {
+                        check_containment(settings.containment, settings.cgroup.as_deref(), running)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Check::skip("containment", format!("cannot tell: {e}")))
                 }
                 None => Check::skip("containment", "needs an agentq.toml that loads"),
             });
@@ -587,13 +594,56 @@ fn check_daemon(state_dir: &Path) -> (Check, Option<i32>) {
 pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// [`check_service`] with the real service manager, off the async threads.
-/// What keeps an attempt's processes from outliving it, and, where that is a keeper, that it
-/// works here: a keeper runs a shell that leaves a `setsid` sleeper behind and exits; the sleeper
-/// must be gone when the keeper is.
-pub fn check_containment(containment: agentq_daemon::config::Containment) -> Check {
-    use agentq_daemon::config::Containment;
+/// What keeps an attempt's processes from outliving it, and why: as the running daemon settled
+/// it (`running`: its pid and what it wrote in `.agentq/containment`), or else as a daemon started
+/// now would (a cgroup where one may be divided, found without changing anything). Where a keeper
+/// is used (with or without a cgroup), that it works here: a keeper runs a shell that leaves a
+/// `setsid` sleeper behind and exits; the sleeper must be gone when the keeper is.
+pub fn check_containment(
+    containment: agentq_daemon::config::Containment,
+    cgroup: Option<&Path>,
+    running: Option<(i32, String)>,
+) -> Check {
+    use agentq_daemon::config::{Contained, Containment};
     const NAME: &str = "containment";
-    let what = containment.describe();
+    let what = match running {
+        Some((pid, text)) => format!("the running daemon (pid {pid}) uses {text}"),
+        None => {
+            let mut contained = Contained::without_cgroups(containment);
+            if cfg!(target_os = "linux")
+                && matches!(containment, Containment::Auto | Containment::Cgroup)
+            {
+                match agentq_platform::process::cgroup::find(cgroup) {
+                    Ok(found) => {
+                        return Check::ok(
+                            NAME,
+                            format!(
+                                "a daemon started now would put each attempt in a cgroup v2 under {} ({}; controllers offered: {}), each under a keeper",
+                                found.dir.display(),
+                                found.why,
+                                if found.controllers.is_empty() {
+                                    "none of memory, pids".to_string()
+                                } else {
+                                    found.controllers.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                    Err(why) if containment == Containment::Cgroup => {
+                        return Check::fail(
+                            NAME,
+                            format!(
+                                "[daemon] containment = \"cgroup\", but there is no cgroup to use: {why}"
+                            ),
+                            "run agentq as a systemd service (`agentq service install` sets Delegate=yes), name a cgroup v2 folder this user may write in [daemon] cgroup, or set containment = \"auto\"",
+                        );
+                    }
+                    Err(why) => contained.no_cgroup = Some(why),
+                }
+            }
+            format!("a daemon started now would use {}", contained.describe())
+        }
+    };
     if cfg!(windows) {
         return Check::ok(NAME, what);
     }
@@ -630,6 +680,7 @@ fn probe_keeper() -> std::result::Result<(), String> {
         exe: std::env::current_exe().map_err(|e| format!("cannot find agentq itself: {e}"))?,
         grace: Duration::from_millis(200),
         max_processes: None,
+        cgroups: None,
     };
     let mut sh = std::process::Command::new("sh");
     sh.args(["-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"]);

@@ -172,6 +172,26 @@ fn a_persistent_claude_workers_tool_leaves_nothing_behind_its_task() {
     assert!(daemon.stop().success());
 }
 
+/// The same with the worker's process in a cgroup of its own: the keeper's sweep after the task
+/// finds what the tool left in the cgroup.
+#[test]
+fn in_a_cgroup_a_persistent_claude_workers_tool_leaves_nothing_behind_its_task() {
+    let Some(root) = CgroupRoot::new("claude") else {
+        return;
+    };
+    let (pids, daemon, _project) = claude_tool_escapes(&root.daemon_section());
+    all_gone_soon(&pids);
+    assert_eq!(
+        root.attempts().len(),
+        1,
+        "the worker's process lives on in its cgroup"
+    );
+    assert!(daemon.stop().success());
+    wait_until(Duration::from_secs(2), "its cgroup to go with it", || {
+        root.attempts().is_empty()
+    });
+}
+
 /// The same with the process group alone: the session leader outlives the task, so what ended
 /// it above was the keeper's sweep, not Claude Code.
 #[test]
@@ -231,6 +251,21 @@ fn claude_tool_escapes(daemon_section: &str) -> (Vec<i32>, Daemon, Project) {
 /// nothing is left; a task under the cap on the same worker runs as usual.
 #[test]
 fn a_fork_bomb_is_capped_by_max_processes() {
+    fork_bomb("");
+}
+
+/// The same with the attempt in a cgroup: the keeper counts its `cgroup.procs` (and where the
+/// pids controller is offered, the kernel caps it too).
+#[test]
+fn in_a_cgroup_a_fork_bomb_is_capped_by_max_processes() {
+    let Some(root) = CgroupRoot::new("bomb") else {
+        return;
+    };
+    fork_bomb(&root.daemon_section());
+    assert!(root.attempts().is_empty());
+}
+
+fn fork_bomb(daemon_section: &str) {
     let p = Project::new("");
     let bomb = p.path("bomb.sh");
     std::fs::write(
@@ -247,7 +282,7 @@ fn a_fork_bomb_is_capped_by_max_processes() {
     std::fs::write(
         p.path("agentq.toml"),
         format!(
-            "[defaults]\nkill_timeout = \"500ms\"\nmax_attempts = 1\nmax_processes = 40\n\
+            "{daemon_section}[defaults]\nkill_timeout = \"500ms\"\nmax_attempts = 1\nmax_processes = 40\n\
              [[worker]]\nname = \"w\"\ncommand = [\"{}\"]\n",
             bomb.display()
         ),
@@ -348,4 +383,202 @@ fn a_tools_setsid_child_ends_with_its_task(
     assert_eq!(pids.len(), 1, "{pids:?}: {t}");
     all_gone_soon(&pids);
     assert!(daemon.stop().success());
+}
+
+/// A cgroup v2 folder of a test's own under the cgroup2 mount, for `[daemon] cgroup`; removed
+/// (with anything left in it killed) when dropped. `None`, with the reason printed, where this
+/// user may not make one (the test is then skipped).
+struct CgroupRoot {
+    dir: std::path::PathBuf,
+}
+
+impl CgroupRoot {
+    fn new(name: &str) -> Option<CgroupRoot> {
+        let Some(mount) = agentq_platform::process::cgroup::mount_point() else {
+            eprintln!("skipped: no cgroup v2 file system is mounted here");
+            return None;
+        };
+        let dir = mount.join(format!("agentq-e2e-{name}-{}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Some(CgroupRoot { dir }),
+            Err(e) => {
+                eprintln!(
+                    "skipped: cannot make a cgroup under {}: {e}",
+                    mount.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// The attempts' cgroups in it now.
+    fn attempts(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn daemon_section(&self) -> String {
+        format!(
+            "[daemon]\ncontainment = \"cgroup\"\ncgroup = \"{}\"\n",
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for CgroupRoot {
+    fn drop(&mut self) {
+        for dir in self.attempts() {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            for _ in 0..200 {
+                if std::fs::remove_dir(&dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// With a cgroup to divide, each attempt's processes are in a cgroup of its own, whatever they
+/// did to leave the agent's session or environment; a cancel and an agent's own end both leave
+/// nothing, and the attempt's cgroup goes with it. `doctor` says what is in force.
+#[test]
+fn in_a_cgroup_of_its_own_nothing_gets_away_and_the_cgroup_goes_with_the_attempt() {
+    let Some(root) = CgroupRoot::new("escape") else {
+        return;
+    };
+    let p = project(&root.daemon_section());
+    let daemon = p.start();
+    let id = p.submit("w", "hang");
+    wait_until(Duration::from_secs(20), "the escapers to start", || {
+        escaped(&p).len() == 4
+    });
+    let attempts = root.attempts();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    let inside = cgroup_procs(&attempts[0]);
+    for pid in escaped(&p) {
+        assert!(inside.contains(&pid), "{pid} is in {inside:?}");
+    }
+    let doctor = p.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains(&format!(
+            "uses a cgroup v2 per attempt under {}",
+            root.dir.display()
+        )),
+        "{text}"
+    );
+    p.ok(&["cancel", &id.to_string()]);
+    p.run(&["wait", "--timeout", "60s", &id.to_string()]);
+    assert_eq!(p.state(id), "cancelled");
+    all_gone_soon(&escaped(&p));
+    wait_until(Duration::from_secs(2), "the attempt's cgroup to go", || {
+        root.attempts().is_empty()
+    });
+
+    std::fs::remove_file(p.path("pids.log")).unwrap();
+    let (t, pids) = run_one(&p, "go");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    all_gone_soon(&pids);
+    wait_until(Duration::from_secs(2), "the attempt's cgroup to go", || {
+        root.attempts().is_empty()
+    });
+    assert!(daemon.stop().success());
+}
+
+/// The daemon, its guardian and the attempt's keeper all killed at once (SIGKILL, nothing can
+/// clean up): what the agent started in new sessions runs on, orphaned, in the attempt's cgroup,
+/// until the next daemon starts and kills it there, and says so.
+#[test]
+fn what_a_daemon_killed_with_its_keepers_left_in_a_cgroup_dies_at_the_next_start() {
+    let Some(root) = CgroupRoot::new("stale") else {
+        return;
+    };
+    let p = project(&root.daemon_section());
+    let daemon = p.start();
+    let id = p.submit("w", "hang");
+    wait_until(Duration::from_secs(20), "the escapers to start", || {
+        escaped(&p).len() == 4
+    });
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // Frozen first, so that it starts no guardian again and stops nothing.
+    daemon.signal(Signal::SIGSTOP);
+    let keepers: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().nth(1));
+            args.get(1) == Some(&&b"keep"[..]) && ppid == Some(&daemon.pid().to_string())
+        })
+        .collect();
+    assert_eq!(keepers.len(), 1, "{keepers:?}");
+    for pid in daemon.guardian().into_iter().chain(keepers) {
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    }
+    daemon.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = escaped(&p);
+    let left: Vec<i32> = pids.iter().copied().filter(|pid| alive(*pid)).collect();
+    assert_eq!(left.len(), 4, "all four ran on, orphaned: {left:?}");
+    let stale = root.attempts();
+    assert_eq!(stale.len(), 1);
+
+    let daemon = p.start();
+    all_gone_soon(&pids);
+    wait_until(Duration::from_secs(5), "the stale cgroup to go", || {
+        !stale[0].exists()
+    });
+    // The task was given back and runs again, in a cgroup of the new daemon's.
+    p.ok(&["cancel", &id.to_string()]);
+    p.run(&["wait", "--timeout", "60s", &id.to_string()]);
+    let events = p.ok(&["events", "--json"]);
+    assert!(
+        events.contains("agent_reaped") && events.contains(&root.dir.display().to_string()),
+        "{events}"
+    );
+    assert!(daemon.stop().success());
+}
+
+/// `containment = "cgroup"` where there is none to use is refused at start, saying why and
+/// what to do; `doctor` fails the same way.
+#[test]
+fn a_required_cgroup_that_cannot_be_had_is_refused_with_the_reason() {
+    let p = project("[daemon]\ncontainment = \"cgroup\"\ncgroup = \"/tmp/not-a-cgroup\"\n");
+    let out = p.run(&["run"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("containment = \"cgroup\", but there is no cgroup to use")
+            && err.contains("containment = \"auto\""),
+        "{err}"
+    );
+    let doctor = p.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("there is no cgroup to use") && text.contains("Delegate=yes"),
+        "{text}"
+    );
 }

@@ -31,6 +31,9 @@ pub fn systemd_unit(s: &Service) -> String {
          KillMode=mixed\n\
          KillSignal=SIGTERM\n\
          TimeoutStopSec={stop}\n\
+         # The service's cgroup is the daemon's to divide: each attempt gets a cgroup of its own,\n\
+         # which nothing the agent starts can leave (`agentq doctor` says what is in force).\n\
+         Delegate=yes\n\
          \n\
          [Install]\n\
          WantedBy={target}\n",
@@ -293,6 +296,9 @@ mod tests {
             "KillMode=mixed",
             "KillSignal=SIGTERM",
             "TimeoutStopSec=45",
+            "# The service's cgroup is the daemon's to divide: each attempt gets a cgroup of its own,",
+            "# which nothing the agent starts can leave (`agentq doctor` says what is in force).",
+            "Delegate=yes",
             "",
             "[Install]",
             "WantedBy=default.target",

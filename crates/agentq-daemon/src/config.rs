@@ -68,8 +68,11 @@ cwd = "."
 # With several daemons on one database, each needs a host id of its own:
 # [daemon]
 # host = "build-1"         # default: the machine's name (`agentq run --host NAME` overrides)
-# containment = "auto"     # Linux: a keeper per attempt ends what an agent started, setsid or not;
-#                          # "group": the process group alone (one process fewer per attempt)
+# containment = "auto"     # Linux: a cgroup v2 per attempt where the daemon was given one (a service
+#                          # with Delegate=yes, or `cgroup` below), else a keeper per attempt: either
+#                          # ends what an agent started, setsid or not. "cgroup": refuse to start
+#                          # without one; "keeper": never a cgroup; "group": the process group alone
+# cgroup = "/sys/fs/cgroup/agentq"  # a cgroup v2 folder this user may divide (made if missing)
 # shared_sessions = false  # true if every host's Claude reads the same session store
 # and a [[worker]] may be pinned to one of them with host = "build-1".
 "#;
@@ -234,6 +237,7 @@ struct RawDaemon {
     host: Option<Spanned<String>>,
     shared_sessions: Option<bool>,
     containment: Option<Spanned<String>>,
+    cgroup: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -649,47 +653,80 @@ pub struct DaemonSettings {
     pub shared_sessions: bool,
     /// How each attempt's processes are held together (`[daemon] containment`).
     pub containment: Containment,
+    /// `[daemon] cgroup`: the cgroup v2 folder to make the attempts' cgroups in.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// `[daemon] containment`: what keeps an agent's processes from outliving its attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Containment {
-    /// The strongest this platform has: on Linux a keeper process per attempt (a child
-    /// subreaper: nothing the agent starts gets away, `setsid` and double forks included); on
-    /// Windows a Job Object; elsewhere the process group.
+    /// The strongest this platform has: on Linux a cgroup v2 per attempt where the daemon was
+    /// given a cgroup to divide (`cgroup.rs` in agentq-platform says when), else a keeper
+    /// process per attempt (a child subreaper: nothing the agent starts gets away, `setsid` and
+    /// double forks included); on Windows a Job Object; elsewhere the process group.
     Auto,
+    /// A cgroup per attempt, or the daemon does not start (Linux).
+    Cgroup,
+    /// A keeper per attempt, never a cgroup (Linux).
+    Keeper,
     /// The agent's process group (a Job Object on Windows) and nothing more: one process fewer
     /// per attempt, but what leaves the group (`setsid`) lives until the daemon stops.
     Group,
 }
 
-impl Containment {
-    /// The keeper each attempt runs under, if any (Linux, `auto`).
-    pub fn keep(self, limits: &Limits) -> Option<agentq_platform::process::Keep> {
-        use agentq_platform::process::Keep;
-        if self != Containment::Auto || !Keep::AVAILABLE {
-            return None;
+/// Where each attempt's processes are held, as the daemon settled it at start: the mode, and
+/// the cgroups it divides, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contained {
+    pub mode: Containment,
+    pub cgroups: Option<std::sync::Arc<agentq_platform::process::cgroup::Cgroups>>,
+    /// Why there are no cgroups, where the mode would have used them.
+    pub no_cgroup: Option<String>,
+}
+
+impl Contained {
+    /// What the settings say, before the daemon has looked for a cgroup (and in tests).
+    pub fn without_cgroups(mode: Containment) -> Contained {
+        Contained {
+            mode,
+            cgroups: None,
+            no_cgroup: None,
         }
-        Keep::this_binary(limits.kill_timeout, limits.max_processes).ok()
     }
 
-    /// What `doctor` and the start-up log say is in force.
-    pub fn describe(self) -> &'static str {
-        match (
-            self,
-            cfg!(windows),
-            agentq_platform::process::Keep::AVAILABLE,
-        ) {
-            (_, true, _) => "a Job Object per attempt (nothing breaks away)",
-            (Containment::Auto, _, true) => {
-                "a keeper process per attempt (a child subreaper: what leaves the process group stays below it)"
-            }
-            (Containment::Auto, _, false) => {
-                "the process group of each attempt (no subreaper on this system: what leaves the group lives until the daemon stops)"
-            }
-            (Containment::Group, _, _) => {
-                "the process group of each attempt ([daemon] containment = \"group\": what leaves the group lives until the daemon stops)"
-            }
+    /// The keeper each attempt runs under, if any (Linux, unless `group`), with the cgroups it
+    /// makes each attempt's in.
+    pub fn keep(&self, limits: &Limits) -> Option<agentq_platform::process::Keep> {
+        use agentq_platform::process::Keep;
+        if self.mode == Containment::Group || !Keep::AVAILABLE {
+            return None;
+        }
+        Keep::this_binary(limits.kill_timeout, limits.max_processes)
+            .ok()
+            .map(|k| k.in_cgroups(self.cgroups.clone()))
+    }
+
+    /// What `doctor` and the start-up log say is in force, and why.
+    pub fn describe(&self) -> String {
+        use agentq_platform::process::Keep;
+        if cfg!(windows) {
+            return "a Job Object per attempt (nothing breaks away)".into();
+        }
+        if let Some(cgroups) = &self.cgroups {
+            return format!(
+                "{}, each under a keeper process (the cgroup is the fence: cgroup.kill ends everything in it at once)",
+                cgroups.describe()
+            );
+        }
+        let keeper = "a keeper process per attempt (a child subreaper: what leaves the process group stays below it)";
+        match (self.mode, Keep::AVAILABLE) {
+            (Containment::Group, _) => "the process group of each attempt ([daemon] containment = \"group\": what leaves the group lives until the daemon stops)".into(),
+            (_, false) => "the process group of each attempt (no subreaper on this system: what leaves the group lives until the daemon stops)".into(),
+            (Containment::Keeper, true) => format!("{keeper} ([daemon] containment = \"keeper\": no cgroup)"),
+            (_, true) => match &self.no_cgroup {
+                Some(why) => format!("{keeper}; no cgroup: {why}"),
+                None => keeper.into(),
+            },
         }
     }
 }
@@ -1314,16 +1351,31 @@ fn daemon_settings(raw: &RawDaemon) -> std::result::Result<DaemonSettings, SpanE
             None => Containment::Auto,
             Some(c) => match c.get_ref().as_str() {
                 "auto" => Containment::Auto,
+                "cgroup" => Containment::Cgroup,
+                "keeper" => Containment::Keeper,
                 "group" => Containment::Group,
                 other => {
                     return Err((
                         Some(c.span()),
                         format!(
-                            "[daemon] containment must be \"auto\" or \"group\", not {other:?}"
+                            "[daemon] containment must be \"auto\", \"cgroup\", \"keeper\" or \"group\", not {other:?}"
                         ),
                     ));
                 }
             },
+        },
+        cgroup: match &raw.cgroup {
+            None => None,
+            Some(c) if Path::new(c.get_ref()).is_absolute() => Some(PathBuf::from(c.get_ref())),
+            Some(c) => {
+                return Err((
+                    Some(c.span()),
+                    format!(
+                        "[daemon] cgroup must be an absolute path under the cgroup v2 mount (e.g. \"/sys/fs/cgroup/agentq\"), not {:?}",
+                        c.get_ref()
+                    ),
+                ));
+            }
         },
     })
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, POOL, WorkerConfig};
+use crate::config::{Config, Contained, Containment, POOL, WorkerConfig};
 use crate::pool::Pool;
 use crate::worker::Runner;
 use agentq_agents::procs::{Book, Guardian};
@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
     // What a previous daemon left running dies before its tasks are handed out again.
     let book = Arc::new(Book::new(&daemon.state_dir, &daemon.owner));
+    let contained = daemon.settle_containment().await?;
     // And what this one starts dies with it, however it dies.
     let guardian = start_guardian(&daemon.owner);
     daemon.reap(&book).await;
@@ -93,7 +94,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let bell = bells.dispatch(daemon.store.shared());
     daemon.relay_store_rings(&mut tasks, &bell);
     daemon.listen_at_doorbell(&mut tasks, &bell, &bells);
-    daemon.start_runners(&mut tasks, &bells, &book, &worker_leases.leases);
+    daemon.start_runners(&mut tasks, &bells, &book, &contained, &worker_leases.leases);
     if let Some(listener) = http_listener {
         daemon.serve_http(&mut tasks, listener, token, &bell)?;
     }
@@ -202,6 +203,73 @@ impl Daemon {
             log,
             shutdown,
         })
+    }
+
+    /// Settles where each attempt's processes are held (`[daemon] containment`): a cgroup per
+    /// attempt where the daemon was given one to divide, else a keeper. What an earlier daemon
+    /// left in its attempts' cgroups is killed here, and said so as the book's reaping is. The
+    /// outcome is written to `.agentq/containment` for `doctor`.
+    async fn settle_containment(&self) -> Result<Contained> {
+        use agentq_platform::process::cgroup;
+        let mode = self.config.daemon.containment;
+        let mut contained = Contained::without_cgroups(mode);
+        if cfg!(target_os = "linux") && matches!(mode, Containment::Auto | Containment::Cgroup) {
+            let configured = self.config.daemon.cgroup.clone();
+            let project = project_key(&self.state_dir);
+            let taken = tokio::task::spawn_blocking(move || {
+                let found = cgroup::find(configured.as_deref())?;
+                let dir = found.dir.clone();
+                found
+                    .take(&project)
+                    .map_err(|e| format!("cannot divide {}: {e}", dir.display()))
+            })
+            .await?;
+            match taken {
+                Ok((cgroups, stale)) => {
+                    for s in stale.iter().filter(|s| !s.killed.is_empty()) {
+                        let message = format!(
+                            "killed {} process(es) left by a previous daemon in {} (pids {:?})",
+                            s.killed.len(),
+                            s.cgroup.display(),
+                            s.killed
+                        );
+                        warn!("{message}");
+                        let event = NewEvent {
+                            task_id: None,
+                            worker: None,
+                            kind: "agent_reaped".into(),
+                            message,
+                            data: Some(serde_json::json!({
+                                "cgroup": s.cgroup.display().to_string(),
+                                "pids": s.killed,
+                            })),
+                            now: now_ms(),
+                        };
+                        if let Err(e) = self.store.record_event(&event).await {
+                            warn!("cannot record the reaping: {e}");
+                        }
+                    }
+                    contained.cgroups = Some(cgroups);
+                }
+                Err(why) if mode == Containment::Cgroup => {
+                    return Err(Error::ConfigFile {
+                        path: self.config.path.clone(),
+                        message: format!(
+                            "[daemon] containment = \"cgroup\", but there is no cgroup to use: {why}. \
+                             Set containment = \"auto\" to run each attempt under a keeper instead"
+                        ),
+                    });
+                }
+                Err(why) => contained.no_cgroup = Some(why),
+            }
+        }
+        let what = contained.describe();
+        info!("containment: {what}");
+        let path = self.state_dir.join(CONTAINMENT_FILE);
+        if let Err(e) = std::fs::write(&path, format!("{what}\n")) {
+            warn!("cannot write {}: {e}", path.display());
+        }
+        Ok(contained)
     }
 
     /// Kills the agents a previous daemon left running, as its book records them, and says so in
@@ -463,6 +531,7 @@ impl Daemon {
         tasks: &mut JoinSet<()>,
         bells: &Bells,
         book: &Arc<Book>,
+        contained: &Contained,
         leases: &Option<Arc<crate::hosts::Leases>>,
     ) {
         let (config, shutdown) = (&self.config, &self.shutdown);
@@ -485,6 +554,7 @@ impl Daemon {
             hurry: shutdown.hurry.clone(),
             persistent: Default::default(),
             book: book.clone(),
+            contained: contained.clone(),
             log: self.log.clone(),
             life: Default::default(),
             pool,
@@ -853,4 +923,20 @@ fn owner_id(host: &str) -> String {
 /// holds no `:`, so `host:` begins the owner ids of that host's runs and no other's.
 pub fn owner_prefix(host: &str, pid: i32) -> String {
     format!("{host}:{pid}:")
+}
+
+/// What `.agentq/containment` is called: the running daemon's containment, for `doctor`.
+pub const CONTAINMENT_FILE: &str = "containment";
+
+/// A short name for this project, from its state folder's full path, for the names of its
+/// attempts' cgroups (FNV-1a, 32 bits: stable across builds, unlike std's hasher).
+fn project_key(state_dir: &std::path::Path) -> String {
+    let path =
+        agentq_platform::fs::canonical(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in path.to_string_lossy().bytes() {
+        hash ^= b as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("{hash:08x}")
 }

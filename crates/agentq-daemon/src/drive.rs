@@ -423,7 +423,7 @@ impl Runner {
             book: self.book.clone(),
             worker: name.clone(),
             task: None,
-            keep: self.config.daemon.containment.keep(&self.worker.limits),
+            keep: self.contained.keep(&self.worker.limits),
         };
         let spec = &served.spec;
         // Spawning in a missing folder fails as a missing program does; say which it is.

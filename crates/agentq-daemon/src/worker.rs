@@ -42,6 +42,8 @@ pub struct Runner {
     pub persistent: persistent::Slot,
     /// Where agents' process groups are recorded while they live.
     pub book: Arc<Book>,
+    /// Where each attempt's processes are held (settled at the daemon's start).
+    pub contained: crate::config::Contained,
     /// The JSON-lines event log (memory reports go only there).
     pub log: Arc<EventLog>,
     /// Set by `agentq worker restart`: replace the long-lived process, forget its deaths.
@@ -545,7 +547,7 @@ impl Runner {
                 book: self.book.clone(),
                 worker: self.worker.name.clone(),
                 task: Some(task.id),
-                keep: self.config.daemon.containment.keep(&self.worker.limits),
+                keep: self.contained.keep(&self.worker.limits),
             }),
             log: Some(Arc::new(self.task_log(task))),
         }

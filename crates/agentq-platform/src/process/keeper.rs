@@ -52,6 +52,7 @@ impl super::Keep {
     pub(super) fn wrap(
         &self,
         cmd: &std::process::Command,
+        cgroup: Option<&std::path::Path>,
     ) -> std::io::Result<std::process::Command> {
         let program = cmd.get_program();
         let mut path_env = std::env::var_os("PATH");
@@ -71,6 +72,9 @@ impl super::Keep {
         kept.arg("--arg0").arg(program);
         if let Some(max) = self.max_processes {
             kept.arg("--max-processes").arg(max.to_string());
+        }
+        if let Some(dir) = cgroup {
+            kept.arg("--cgroup").arg(dir);
         }
         kept.arg("--").arg(found).args(cmd.get_args());
         for (key, value) in cmd.get_envs() {
@@ -134,13 +138,15 @@ struct Args {
     grace: Duration,
     arg0: Option<OsString>,
     max_processes: Option<usize>,
+    /// The attempt's cgroup (`cgroup.rs`), which the agent is started in.
+    cgroup: Option<PathBuf>,
     program: OsString,
     args: Vec<OsString>,
 }
 
 fn parse(args: &[OsString]) -> Result<Args, String> {
     let mut grace = Duration::from_secs(5);
-    let (mut arg0, mut max_processes) = (None, None);
+    let (mut arg0, mut max_processes, mut cgroup) = (None, None, None);
     let mut it = args.iter();
     loop {
         let Some(flag) = it.next() else {
@@ -163,6 +169,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
             "--grace-ms" => grace = Duration::from_millis(number(&value)?),
             "--arg0" => arg0 = Some(value),
             "--max-processes" => max_processes = Some(number(&value)? as usize),
+            "--cgroup" => cgroup = Some(PathBuf::from(value)),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -171,6 +178,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
         grace,
         arg0,
         max_processes,
+        cgroup,
         program,
         args: it.cloned().collect(),
     })
@@ -223,6 +231,16 @@ pub fn main(args: &[OsString]) -> ! {
             Ok(())
         });
     }
+    // The agent starts inside the attempt's cgroup; the keeper stays outside, out of its kill.
+    if let Some(dir) = &args.cgroup
+        && let Err(e) = super::cgroup::enter_on_exec(&mut cmd, dir)
+    {
+        eprintln!(
+            "agentq keep: cannot enter the attempt's cgroup {}: {e}",
+            dir.display()
+        );
+        std::process::exit(127);
+    }
     // The keeper's own word to the daemon (a process limit) goes to the agent's stderr, through
     // a copy of it the agent does not inherit.
     // SAFETY: fcntl duplicates a descriptor this process owns; the copy is owned by the File.
@@ -253,6 +271,7 @@ pub fn main(args: &[OsString]) -> ! {
         kill_at: None,
         doomed: HashMap::new(),
         max_processes: args.max_processes,
+        cgroup: args.cgroup.clone(),
         report,
         killed: false,
     };
@@ -308,15 +327,29 @@ struct Keeper {
     report: Option<std::fs::File>,
     /// Everything below was sent SIGKILL (it may take a moment to die).
     killed: bool,
+    /// The attempt's cgroup: what is in it is the attempt's too, wherever it went.
+    cgroup: Option<PathBuf>,
 }
 
 /// How often the tree is counted against `--max-processes`.
 const LIMIT_POLL: Duration = Duration::from_millis(25);
 
 impl Keeper {
-    /// The live processes below the keeper (itself left out).
+    /// The live processes below the keeper (itself left out), and those in the attempt's cgroup.
     fn below(&self) -> Vec<ProcInfo> {
-        tree_below(self.me)
+        let mut below = tree_below(self.me);
+        if let Some(dir) = &self.cgroup {
+            let known: HashSet<i32> = below.iter().map(|p| p.pid).collect();
+            let inside = super::cgroup::procs(dir);
+            below.extend(
+                inside
+                    .into_iter()
+                    .filter(|pid| !known.contains(pid))
+                    .filter_map(super::kernel::stat)
+                    .filter(|p| p.state != 'Z'),
+            );
+        }
+        below
     }
 
     /// Reaps every ended child (the agent, and orphans given to the keeper). The agent's end
@@ -356,7 +389,11 @@ impl Keeper {
         if self.status.is_some() {
             return;
         }
-        let count = count_below(self.me, max + 1);
+        // The cgroup's list, where there is one, is one read (and holds what left the tree).
+        let count = match &self.cgroup {
+            Some(dir) => super::cgroup::procs(dir).len(),
+            None => count_below(self.me, max + 1),
+        };
         if count <= max {
             return;
         }
@@ -371,8 +408,12 @@ impl Keeper {
         self.kill_all();
     }
 
-    /// SIGKILL to everything below, until nothing is left.
+    /// SIGKILL to everything below, until nothing is left: the cgroup's at once, where there is
+    /// one.
     fn kill_all(&mut self) {
+        if let Some(dir) = &self.cgroup {
+            super::cgroup::kill(dir);
+        }
         for _ in 0..1000 {
             let below = self.below();
             if below.is_empty() {
@@ -390,7 +431,7 @@ impl Keeper {
 
     /// A task of a long-lived agent ended: what it left is asked to stop.
     fn sweep_task(&mut self) {
-        let below = tree_below(self.me);
+        let below = self.below();
         let agents: HashSet<i32> = tree_below(self.agent).iter().map(|p| p.pid).collect();
         let left: Vec<ProcInfo> = below
             .into_iter()

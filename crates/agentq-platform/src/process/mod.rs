@@ -20,6 +20,61 @@
 #[cfg(unix)]
 mod book;
 #[cfg(target_os = "linux")]
+pub mod cgroup;
+#[cfg(not(target_os = "linux"))]
+pub mod cgroup {
+    //! cgroups are Linux's: elsewhere none is ever found, and none is ever made.
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Found {
+        pub dir: PathBuf,
+        pub why: String,
+        pub controllers: Vec<String>,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Cgroups {}
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum AttemptCgroup {}
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Stale {
+        pub cgroup: PathBuf,
+        pub killed: Vec<i32>,
+    }
+
+    pub fn find(_configured: Option<&Path>) -> Result<Found, String> {
+        Err("cgroups are Linux's".into())
+    }
+
+    impl Found {
+        pub fn take(self, _project: &str) -> std::io::Result<(Arc<Cgroups>, Vec<Stale>)> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    impl Cgroups {
+        pub fn describe(&self) -> String {
+            match *self {}
+        }
+    }
+
+    impl AttemptCgroup {
+        pub fn procs(&self) -> Vec<i32> {
+            match *self {}
+        }
+        pub fn kill(&self) {
+            match *self {}
+        }
+        pub fn memory(&self) -> Option<u64> {
+            match *self {}
+        }
+    }
+}
+#[cfg(target_os = "linux")]
 mod keeper;
 #[cfg(unix)]
 mod kernel;
@@ -119,7 +174,7 @@ pub fn command(program: &str) -> std::process::Command {
 /// Starts `cmd` as the leader of a tree of its own (see the module's doc). Must be called inside
 /// a tokio runtime. If anything fails after the process started, it is killed and reaped.
 pub fn spawn(cmd: std::process::Command) -> std::io::Result<Spawned> {
-    imp::spawn(cmd, false)
+    imp::spawn(cmd, false, None)
 }
 
 /// The subcommand (`agentq keep`) the daemon starts a keeper with (Linux).
@@ -136,6 +191,8 @@ pub struct Keep {
     /// The most processes the attempt may have at once (`max_processes`): past it, the keeper
     /// kills them all and says so on the agent's stderr ([`PROCESS_LIMIT_MARK`]).
     pub max_processes: Option<u32>,
+    /// Where each attempt gets a cgroup of its own (`cgroup.rs`), if the daemon has one to divide.
+    pub cgroups: Option<std::sync::Arc<cgroup::Cgroups>>,
 }
 
 /// How a keeper's line on the agent's stderr begins when it ended an attempt for having more
@@ -156,31 +213,49 @@ impl Keep {
             },
             grace,
             max_processes,
+            cgroups: None,
         })
+    }
+
+    /// The same, with each attempt in a cgroup of its own under `cgroups`.
+    pub fn in_cgroups(mut self, cgroups: Option<std::sync::Arc<cgroup::Cgroups>>) -> Keep {
+        self.cgroups = cgroups;
+        self
     }
 
     /// Whether this platform has keepers (Linux); elsewhere `spawn_kept` is `spawn`.
     pub const AVAILABLE: bool = cfg!(target_os = "linux");
 }
 
-/// `spawn`, with the agent under a keeper where there is one (`keep`, on Linux). Its standard
-/// streams are piped, whatever `cmd` said. The tree's stop, kill and memory then go through the
-/// keeper, and [`Tree::sweep`] ends what a task of a long-lived agent left.
+/// `spawn`, with the agent under a keeper where there is one (`keep`, on Linux), and in a cgroup
+/// of its own where the keeper has cgroups to make it in. Its standard streams are piped,
+/// whatever `cmd` said. The tree's stop, kill and memory then go through the keeper and the
+/// cgroup, and [`Tree::sweep`] ends what a task of a long-lived agent left.
 pub fn spawn_kept(mut cmd: std::process::Command, keep: Option<&Keep>) -> std::io::Result<Spawned> {
     use std::process::Stdio;
     #[cfg(target_os = "linux")]
     if let Some(keep) = keep {
-        let mut kept = keep.wrap(&cmd)?;
+        // Without its cgroup (a folder that cannot be made now), the attempt still has its
+        // keeper, which holds everything below it.
+        let cgroup = keep.cgroups.as_ref().and_then(|c| {
+            c.attempt(keep.max_processes)
+                .inspect_err(|e| {
+                    tracing::warn!(root = %c.root().display(), "cannot make the attempt's cgroup ({e}): it runs under its keeper alone")
+                })
+                .ok()
+                .map(std::sync::Arc::new)
+        });
+        let mut kept = keep.wrap(&cmd, cgroup.as_deref().map(cgroup::AttemptCgroup::dir))?;
         kept.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        return imp::spawn(kept, true);
+        return imp::spawn(kept, true, cgroup);
     }
     let _ = keep;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    imp::spawn(cmd, false)
+    imp::spawn(cmd, false, None)
 }
 
 /// Resident memory of process `pid`, bytes (`None` when it is gone or cannot be read).

@@ -2,17 +2,24 @@
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
+use super::cgroup::AttemptCgroup;
 use super::{Exit, Spawned};
 
 /// Starts `cmd` leading a process group of its own. `kept`: `cmd` is a keeper (`keeper.rs`), and
-/// the tree is stopped, killed and measured through it.
-pub fn spawn(mut cmd: std::process::Command, kept: bool) -> std::io::Result<Spawned> {
+/// the tree is stopped, killed and measured through it; `cgroup`: the attempt's cgroup, which the
+/// keeper starts the agent in (removed when the child and its trees are gone).
+pub fn spawn(
+    mut cmd: std::process::Command,
+    kept: bool,
+    cgroup: Option<Arc<AttemptCgroup>>,
+) -> std::io::Result<Spawned> {
     cmd.process_group(0);
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
@@ -38,6 +45,7 @@ pub fn spawn(mut cmd: std::process::Command, kept: bool) -> std::io::Result<Spaw
     let mut child = Child {
         pid,
         kept,
+        cgroup,
         pidfd: None,
         status: None,
         max_rss: None,
@@ -59,11 +67,13 @@ pub fn spawn(mut cmd: std::process::Command, kept: bool) -> std::io::Result<Spaw
 }
 
 /// An agent's process group, named by its leader's pid; or, `kept`, everything below the keeper
-/// that leads the group (see `keeper.rs`). (Clone, not Copy: Windows' holds a job.)
+/// that leads the group (see `keeper.rs`), and everything in the attempt's cgroup, if it has one.
+/// (Clone, not Copy: Windows' holds a job.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
     pgid: i32,
     kept: bool,
+    cgroup: Option<Arc<AttemptCgroup>>,
 }
 
 impl Tree {
@@ -79,6 +89,11 @@ impl Tree {
     /// SIGKILL to the group; a keeper is told to kill everything below it (SIGUSR1), and the
     /// group is killed only if the keeper is gone. ESRCH (nobody left) is the common, happy case.
     pub fn kill(&self) {
+        // The cgroup's kill is at once, and nothing in it can dodge it; the keeper then kills
+        // what might be outside it, and exits.
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
         if self.kept && kill(Pid::from_raw(self.pgid), Signal::SIGUSR1).is_ok() {
             return;
         }
@@ -95,15 +110,33 @@ impl Tree {
 
     /// The live processes of the tree: the group's members, or everything below the keeper.
     fn processes(&self) -> Vec<super::kernel::ProcInfo> {
-        if self.kept {
-            return super::kernel::tree_below(self.pgid);
+        if !self.kept {
+            return super::book::group_members(self.pgid);
         }
-        super::book::group_members(self.pgid)
+        let mut below = super::kernel::tree_below(self.pgid);
+        if let Some(cgroup) = &self.cgroup {
+            let known: std::collections::HashSet<i32> = below.iter().map(|p| p.pid).collect();
+            let inside = cgroup.procs();
+            below.extend(
+                inside
+                    .into_iter()
+                    .filter(|pid| !known.contains(pid))
+                    .filter_map(super::kernel::stat)
+                    .filter(|p| p.state != 'Z'),
+            );
+        }
+        below
     }
 
     /// Resident bytes of every live process in the tree; `None` where this cannot be read or
-    /// nobody is left.
+    /// nobody is left. With a cgroup that has the memory controller, the kernel's own figure for
+    /// it (`memory.current`: page cache and kernel memory too).
     pub fn rss(&self) -> Option<u64> {
+        if let Some(bytes) = self.cgroup.as_ref().and_then(|c| c.memory())
+            && bytes > 0
+        {
+            return Some(bytes);
+        }
         let members = self.processes();
         (!members.is_empty()).then(|| members.iter().map(|p| p.rss).sum())
     }
@@ -141,6 +174,8 @@ pub struct Child {
     pid: i32,
     /// It is a keeper (`keeper.rs`).
     kept: bool,
+    /// The attempt's cgroup, kept (and so not removed) until the child is gone.
+    cgroup: Option<Arc<AttemptCgroup>>,
     pidfd: Option<AsyncFd<std::os::fd::OwnedFd>>,
     status: Option<Exit>,
     /// From `wait4`, bytes, when it is the agent's own (see [`Child::own_peak`]).
@@ -183,6 +218,7 @@ impl Child {
         Tree {
             pgid: self.pid,
             kept: self.kept,
+            cgroup: self.cgroup.clone(),
         }
     }
 
@@ -280,6 +316,9 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if self.status.is_none() {
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill();
+            }
             // A keeper is given a moment to kill what is below it (milliseconds); the group's
             // kill is for a keeper that did not answer.
             if self.kept && kill(Pid::from_raw(self.pid), Signal::SIGUSR1).is_ok() {

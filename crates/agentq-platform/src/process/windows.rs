@@ -135,7 +135,11 @@ impl Tree {
     pub fn sweep(&self) {}
 }
 
-pub fn spawn(mut cmd: std::process::Command, _kept: bool) -> std::io::Result<Spawned> {
+pub fn spawn(
+    mut cmd: std::process::Command,
+    _kept: bool,
+    _cgroup: Option<std::sync::Arc<super::cgroup::AttemptCgroup>>,
+) -> std::io::Result<Spawned> {
     // Suspended until it is in its job, so not even its first instruction runs outside. A new
     // process group takes a CTRL_BREAK of its own; without a console to share, no window opens.
     let console = unsafe { !GetConsoleWindow().is_null() };
