@@ -4,9 +4,8 @@
 //! The members and their sizes come from `agentq_platform::process::Tree` (`/proc` on Linux, the
 //! job's processes' working sets on Windows); a process that exits while being read is skipped,
 //! so a sample is a sample, not a transaction. Where there is no figure, `max_memory` is not
-//! enforced. (cgroup v2 would give the
-//! kernel's own count and limit; it needs a delegated memory controller, which the machines this
-//! is tested on do not have.)
+//! enforced. Where the attempt has a cgroup with the memory controller (`cgroup.rs` in
+//! agentq-platform), the figure is the kernel's own for it, `memory.current`.
 
 use std::sync::Arc;
 use std::time::Duration;
