@@ -213,6 +213,28 @@ fn a_hung_agent_is_stopped_by_its_timeout_and_its_grandchildren_end_with_it() {
     assert_eq!(p.wait(next)["state"], "succeeded");
 }
 
+/// More processes than `max_processes` at once: the job is counted (Wine does not enforce the
+/// system's active-process limit, so the count is what ends it here), ended whole, and the task
+/// fails as `process_limit`; the worker goes on.
+#[test]
+fn more_processes_than_max_processes_end_the_attempt_as_a_process_limit() {
+    let p = Project::new("max_processes = 4\nmax_attempts = 1\n");
+    let _d = p.start();
+    let id = p.submit("[[grandchildren 8]] [[hang]]");
+    let t = p.wait(id);
+    assert_eq!(t["cause"], "process_limit", "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than 4 processes"),
+        "{t}"
+    );
+    none_left(&p.pids());
+    let next = p.submit("next");
+    assert_eq!(p.wait(next)["state"], "succeeded");
+}
+
 #[test]
 fn a_crashed_agent_is_retried_and_the_worker_goes_on() {
     let p = Project::new("max_attempts = 2\n");

@@ -245,8 +245,14 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         cut.cancel();
     });
     let (stdout, stdout_truncated) = stdout.await.unwrap_or_default();
-    let stderr_tail = stderr.await.unwrap_or_default();
+    let mut stderr_tail = stderr.await.unwrap_or_default();
     cutter.abort();
+    // Where no keeper says it (Windows), the job's own word that it ended the attempt for its
+    // process count.
+    if let Some(note) = tree.process_limit_note() {
+        stderr_tail.push_str(&note);
+        stderr_tail.push('\n');
+    }
     // A keeper that ended the attempt for its process count said so last on stderr.
     let outcome = match (outcome, keep.and_then(|k| k.max_processes)) {
         (Outcome::Exited(_) | Outcome::Signalled(_), Some(max))

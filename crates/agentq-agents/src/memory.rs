@@ -91,7 +91,14 @@ impl Watch {
         loop {
             tokio::time::sleep_until(self.next_sample).await;
             self.next_sample = Instant::now() + self.policy.sample_every;
-            let Some(rss) = tree.rss() else { continue };
+            let Some(rss) = tree.rss() else {
+                // Nothing to read yet (a keeper that has not started its agent, on a loaded
+                // machine): soon again, until there is a first figure.
+                if self.peak.is_none() {
+                    self.next_sample = Instant::now() + self.policy.sample_every.min(FIRST_SAMPLE);
+                }
+                continue;
+            };
             let peak = self.peak.map_or(rss, |p| p.max(rss));
             self.peak = Some(peak);
             if Instant::now() >= self.next_report {

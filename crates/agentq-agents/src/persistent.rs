@@ -383,8 +383,14 @@ impl Persistent {
         // Its stdout closed; give it a moment to exit and its stderr to drain.
         let _ = self.exited_within(Duration::from_millis(500)).await;
         self.kill().await;
+        let mut stderr = self.stderr_tail();
+        // Where no keeper says it (Windows), the job's word that it was ended for its count.
+        if let Some(note) = self.tree.process_limit_note() {
+            stderr.push_str(&note);
+            stderr.push('\n');
+        }
         TaskEnd::Died {
-            stderr: self.stderr_tail(),
+            stderr,
             answered: self.lines_read > 0,
         }
     }

@@ -698,6 +698,10 @@ impl Contained {
     /// makes each attempt's in.
     pub fn keep(&self, limits: &Limits) -> Option<agentq_platform::process::Keep> {
         use agentq_platform::process::Keep;
+        // Windows has no keeper, but its job counts the processes against `max_processes`.
+        if cfg!(windows) && limits.max_processes.is_some() {
+            return Keep::this_binary(limits.kill_timeout, limits.max_processes).ok();
+        }
         if self.mode == Containment::Group || !Keep::AVAILABLE {
             return None;
         }

@@ -223,7 +223,8 @@ impl Keep {
         self
     }
 
-    /// Whether this platform has keepers (Linux); elsewhere `spawn_kept` is `spawn`.
+    /// Whether this platform has keepers (Linux); elsewhere `spawn_kept` is `spawn`, except that
+    /// on Windows the job enforces `max_processes` itself.
     pub const AVAILABLE: bool = cfg!(target_os = "linux");
 }
 
@@ -251,11 +252,17 @@ pub fn spawn_kept(mut cmd: std::process::Command, keep: Option<&Keep>) -> std::i
             .stderr(Stdio::piped());
         return imp::spawn(kept, true, cgroup);
     }
-    let _ = keep;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    imp::spawn(cmd, false, None)
+    // Windows: the job counts the processes itself (no keeper there).
+    #[cfg(windows)]
+    return imp::spawn_limited(cmd, keep.and_then(|k| k.max_processes));
+    #[cfg(not(windows))]
+    {
+        let _ = keep;
+        imp::spawn(cmd, false, None)
+    }
 }
 
 /// Resident memory of process `pid`, bytes (`None` when it is gone or cannot be read).

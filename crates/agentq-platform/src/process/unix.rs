@@ -164,6 +164,12 @@ impl Tree {
     pub fn members(&self) -> Vec<u32> {
         self.processes().iter().map(|p| p.pid as u32).collect()
     }
+
+    /// On Windows, the line a keeper writes when it ended an attempt for its process count, if
+    /// the job was ended so. Here the keeper writes it on the agent's stderr itself: `None`.
+    pub fn process_limit_note(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A running agent, waited for through a pidfd (Linux; a short poll elsewhere) and reaped with

@@ -1,9 +1,11 @@
 //! The Windows half: one Job Object per agent, with kill-on-job-close.
 
+use std::collections::{HashMap, HashSet};
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{CloseHandle, FILETIME, HANDLE, INVALID_HANDLE_VALUE};
@@ -14,36 +16,50 @@ use windows_sys::Win32::System::Diagnostics::ToolHelp::{
     CreateToolhelp32Snapshot, TH32CS_SNAPTHREAD, THREADENTRY32, Thread32First, Thread32Next,
 };
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
-    JOBOBJECT_BASIC_PROCESS_ID_LIST, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
-    JobObjectBasicProcessIdList, JobObjectExtendedLimitInformation, QueryInformationJobObject,
-    SetInformationJobObject, TerminateJobObject,
+    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_ACTIVE_PROCESS,
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOBOBJECT_BASIC_PROCESS_ID_LIST,
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectBasicProcessIdList,
+    JobObjectExtendedLimitInformation, QueryInformationJobObject, SetInformationJobObject,
+    TerminateJobObject,
 };
 use windows_sys::Win32::System::ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS};
 use windows_sys::Win32::System::Threading::{
     CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, CREATE_SUSPENDED, GetExitCodeProcess,
-    GetProcessTimes, OpenProcess, OpenThread, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_VM_READ,
-    ResumeThread, THREAD_SUSPEND_RESUME,
+    GetProcessTimes, OpenProcess, OpenThread, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_TERMINATE,
+    PROCESS_VM_READ, ResumeThread, THREAD_SUSPEND_RESUME, TerminateProcess,
 };
 
 use super::{Exit, LiveGroup, Reaped, Spawned};
 
 /// A Job Object handle, closed (killing what is left in the job) when the last owner drops it.
 #[derive(Debug)]
-struct Job(OwnedHandle);
+struct Job {
+    handle: OwnedHandle,
+    /// `max_processes` when the job was ended for having more processes than that (0: not).
+    over_limit: AtomicU32,
+}
 
 impl Job {
-    fn new() -> std::io::Result<Job> {
+    /// A job with kill-on-close; with `max_processes`, the system's active-process limit one
+    /// above it (real Windows enforces it; Wine does not: the count in [`watch_limit`] does).
+    fn new(max_processes: Option<u32>) -> std::io::Result<Job> {
         // SAFETY: no security attributes (the handle is not inherited) and no name.
         let handle = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
         if handle.is_null() {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: a fresh handle this process now owns.
-        let job = Job(unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) });
-        // SAFETY: all-zero is a valid limit struct; only the kill-on-close flag is set.
+        let job = Job {
+            // SAFETY: a fresh handle this process now owns.
+            handle: unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) },
+            over_limit: AtomicU32::new(0),
+        };
+        // SAFETY: all-zero is a valid limit struct; only the flags below are set.
         let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
         limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+        if let Some(max) = max_processes {
+            limits.BasicLimitInformation.LimitFlags |= JOB_OBJECT_LIMIT_ACTIVE_PROCESS;
+            limits.BasicLimitInformation.ActiveProcessLimit = max.saturating_add(1);
+        }
         // SAFETY: the struct matches the information class and its size is given.
         let ok = unsafe {
             SetInformationJobObject(
@@ -60,12 +76,32 @@ impl Job {
     }
 
     fn raw(&self) -> HANDLE {
-        self.0.as_raw_handle() as HANDLE
+        self.handle.as_raw_handle() as HANDLE
     }
 
     fn terminate(&self) {
         // SAFETY: a job handle this value owns. Exit code 1 for every process killed.
         unsafe { TerminateJobObject(self.raw(), 1) };
+    }
+
+    /// How many processes the job has now (the list's header counts them all, even past the
+    /// room [`Job::pids`] gives the list).
+    fn count(&self) -> usize {
+        let mut buf = vec![0usize; 3];
+        // SAFETY: as in `pids`, with room for the header and one id: a longer list fills in the
+        // header and fails with ERROR_MORE_DATA.
+        unsafe {
+            QueryInformationJobObject(
+                self.raw(),
+                JobObjectBasicProcessIdList,
+                buf.as_mut_ptr().cast(),
+                (buf.len() * std::mem::size_of::<usize>()) as u32,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: the header is at the start of `buf`, zeroed if the call wrote nothing.
+        let list = unsafe { &*(buf.as_ptr() as *const JOBOBJECT_BASIC_PROCESS_ID_LIST) };
+        list.NumberOfAssignedProcesses as usize
     }
 
     /// The pids of the processes in the job.
@@ -130,22 +166,134 @@ impl Tree {
         self.job.pids()
     }
 
-    /// A task of a long-lived agent ended. Nothing is ended here yet: what the task left stays in
-    /// the job, so it cannot outlive the agent's process, but it lives until then.
-    pub fn sweep(&self) {}
+    /// A task of a long-lived agent ended: what it left that no longer descends from the agent
+    /// through living processes of the job (its parent ended: a detached server, a background
+    /// job of a shell that exited) is ended now. There is no gentler stop to give it first
+    /// (CTRL_BREAK reaches only a whole console group).
+    pub fn sweep(&self) {
+        let members = self.job.pids();
+        let parents = parents_of(&members);
+        for pid in orphans(self.leader, &members, &parents) {
+            if let Some(process) = open(pid, PROCESS_TERMINATE) {
+                // SAFETY: a process handle with terminate rights, closed when dropped.
+                unsafe { TerminateProcess(process.as_raw_handle() as HANDLE, 1) };
+            }
+        }
+    }
+
+    /// The line a keeper writes on Linux when it ended an attempt for its process count
+    /// ([`super::PROCESS_LIMIT_MARK`]), if this job was ended so.
+    pub fn process_limit_note(&self) -> Option<String> {
+        let max = self.job.over_limit.load(Ordering::SeqCst);
+        (max > 0).then(|| {
+            format!(
+                "{} more than {max} processes at once (max_processes); all of them were killed",
+                super::PROCESS_LIMIT_MARK
+            )
+        })
+    }
+}
+
+/// The processes of `members` to end after a task of the long-lived `leader`: every one but the
+/// leader whose chain of parents, through members, does not reach the leader. (Windows keeps a
+/// dead parent's id in its children's entries; the id may since name another process, which at
+/// worst keeps an orphan alive, never ends a descendant.)
+fn orphans(leader: u32, members: &[u32], parents: &HashMap<u32, u32>) -> Vec<u32> {
+    let inside: HashSet<u32> = members.iter().copied().collect();
+    members
+        .iter()
+        .copied()
+        .filter(|&pid| pid != leader)
+        .filter(|&pid| {
+            let mut at = pid;
+            for _ in 0..=members.len() {
+                match parents.get(&at) {
+                    Some(&parent) if parent == leader => return false,
+                    Some(&parent) if inside.contains(&parent) && parent != at => at = parent,
+                    _ => return true,
+                }
+            }
+            true
+        })
+        .collect()
+}
+
+/// Each of `pids`' parent, from a Toolhelp snapshot.
+fn parents_of(pids: &[u32]) -> HashMap<u32, u32> {
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        PROCESSENTRY32W, Process32FirstW, Process32NextW, TH32CS_SNAPPROCESS,
+    };
+    let wanted: HashSet<u32> = pids.iter().copied().collect();
+    let mut parents = HashMap::new();
+    // SAFETY: a snapshot of the system's processes, closed below.
+    let snapshot = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) };
+    if snapshot == INVALID_HANDLE_VALUE {
+        return parents;
+    }
+    // SAFETY: dwSize set as the API asks; the entry is plain data.
+    let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
+    // SAFETY: a valid snapshot and entry.
+    let mut more = unsafe { Process32FirstW(snapshot, &mut entry) } != 0;
+    while more {
+        if wanted.contains(&entry.th32ProcessID) {
+            parents.insert(entry.th32ProcessID, entry.th32ParentProcessID);
+        }
+        // SAFETY: as above.
+        more = unsafe { Process32NextW(snapshot, &mut entry) } != 0;
+    }
+    // SAFETY: the snapshot is ours.
+    unsafe { CloseHandle(snapshot) };
+    parents
+}
+
+/// How often a job with `max_processes` is counted.
+const LIMIT_POLL: Duration = Duration::from_millis(25);
+
+/// Counts the job's processes every [`LIMIT_POLL`] while it lives; past `max`, ends it and notes
+/// why (the system's active-process limit stops a fork bomb on real Windows; Wine has none).
+fn watch_limit(job: &Arc<Job>, max: u32) {
+    let job = Arc::downgrade(job);
+    let watch = move || {
+        loop {
+            std::thread::sleep(LIMIT_POLL);
+            let Some(job) = job.upgrade() else { return };
+            if job.count() > max as usize {
+                job.over_limit.store(max, Ordering::SeqCst);
+                job.terminate();
+                return;
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("process-limit".into())
+        .spawn(watch)
+    {
+        tracing::warn!(
+            "cannot watch an agent's process count ({e}): max_processes is not enforced for it"
+        );
+    }
 }
 
 pub fn spawn(
-    mut cmd: std::process::Command,
+    cmd: std::process::Command,
     _kept: bool,
     _cgroup: Option<std::sync::Arc<super::cgroup::AttemptCgroup>>,
+) -> std::io::Result<Spawned> {
+    spawn_limited(cmd, None)
+}
+
+/// [`spawn`], with the job ended when it has more than `max_processes` processes at once.
+pub fn spawn_limited(
+    mut cmd: std::process::Command,
+    max_processes: Option<u32>,
 ) -> std::io::Result<Spawned> {
     // Suspended until it is in its job, so not even its first instruction runs outside. A new
     // process group takes a CTRL_BREAK of its own; without a console to share, no window opens.
     let console = unsafe { !GetConsoleWindow().is_null() };
     let window = if console { 0 } else { CREATE_NO_WINDOW };
     cmd.creation_flags(CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP | window);
-    let job = Job::new()?;
+    let job = Job::new(max_processes)?;
     let mut child = cmd.spawn()?;
     let pid = child.id();
     // SAFETY: both handles are open: the job's ours, the process's held by `child`.
@@ -160,6 +308,9 @@ pub fn spawn(
         job: Arc::new(job),
         leader: pid,
     };
+    if let Some(max) = max_processes {
+        watch_limit(&tree.job, max);
+    }
     let stdin = child.stdin.take().map(tokio::process::ChildStdin::from_std);
     let stdout = child
         .stdout
@@ -444,3 +595,31 @@ impl Guardian {
 
 /// `agentq guard` has nothing to do on Windows.
 pub fn guard(_owner: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tasks_sweep_ends_what_no_longer_descends_from_the_agent() {
+        // 10 is the agent; 11 its MCP server, 12 a shell of it with a child 13; 20 was started
+        // by a shell that exited (its parent 19 is gone); 30's parent id now names 40, which is
+        // in the job but descends from no one (an orphan itself).
+        let members = [10, 11, 12, 13, 20, 30, 40];
+        let parents: HashMap<u32, u32> = [
+            (10, 1),
+            (11, 10),
+            (12, 10),
+            (13, 12),
+            (20, 19),
+            (30, 40),
+            (40, 39),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(orphans(10, &members, &parents), vec![20, 30, 40]);
+        // A loop of stale ids (a parent id reused by its own descendant) ends too.
+        let looped: HashMap<u32, u32> = [(10, 1), (50, 51), (51, 50)].into_iter().collect();
+        assert_eq!(orphans(10, &[10, 50, 51], &looped), vec![50, 51]);
+    }
+}
