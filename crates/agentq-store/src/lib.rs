@@ -754,6 +754,11 @@ pub trait Store: Send + Sync {
     /// than that and than two days (budgets count today's).
     async fn prune(&self, rule: &Prune, now: Millis) -> Result<Vec<Pruned>>;
 
+    /// Which of `ids` are tasks in the store: the daemon removes the output files and agent logs
+    /// of those that are not (a crash between a task's removal and its files', or another
+    /// host's retention on a shared store, which cannot reach this host's files).
+    async fn known_tasks(&self, ids: &[i64]) -> Result<Vec<i64>>;
+
     /// Checks that the store's files are whole (SQLite: `PRAGMA quick_check`), for the daemon
     /// to refuse a damaged one at start. PostgreSQL looks after its own.
     async fn verify(&self) -> Result<()> {

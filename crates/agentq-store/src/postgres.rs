@@ -2011,6 +2011,19 @@ impl Store for PgStore {
         })
     }
 
+    async fn known_tasks(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        let ids = ids.to_vec();
+        read!(self, "looking up tasks", |c| {
+            let mut known: Vec<i64> = query(c, "SELECT id FROM tasks WHERE id = ANY($1)", &[&ids])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            known.sort_unstable();
+            Ok(known)
+        })
+    }
+
     async fn prune(&self, rule: &super::Prune, now: Millis) -> Result<Vec<super::Pruned>> {
         let sql = prune_query(rule);
         let worker = rule.worker.clone();

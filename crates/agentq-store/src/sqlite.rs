@@ -1490,6 +1490,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn known_tasks(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        let ids = ids.to_vec();
+        self.call("looking up tasks", move |conn| {
+            let mut known = Vec::new();
+            // A statement per 500: well within SQLite's limit on bound values.
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let mut stmt =
+                    conn.prepare(&format!("SELECT id FROM tasks WHERE id IN ({marks})"))?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, i64>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                known.extend(rows);
+            }
+            known.sort_unstable();
+            Ok(known)
+        })
+        .await
+    }
+
     async fn verify(&self) -> Result<()> {
         let path = self.path.clone();
         let problems: Vec<String> = self

@@ -1406,6 +1406,17 @@ pub async fn pruning_removes_finished_tasks_only_and_metrics_never_go_down(f: &F
         assert!(s.events_of(*id).await.unwrap().is_empty());
         assert!(s.attempts_of(*id).await.unwrap().is_empty());
     }
+    // What is left is known by id (the daemon removes the files of what is not).
+    let asked: Vec<i64> = ids
+        .iter()
+        .copied()
+        .chain([v, running, queued, 9_999])
+        .collect();
+    let mut left_ids = ids[3..].to_vec();
+    left_ids.extend([v, running, queued]);
+    left_ids.sort_unstable();
+    assert_eq!(s.known_tasks(&asked).await.unwrap(), left_ids);
+    assert!(s.known_tasks(&[]).await.unwrap().is_empty());
     let after = metrics().await.unwrap();
     assert_eq!(after.tasks, before.tasks, "tasks by state stay counted");
     assert_eq!(after.duration_ms, before.duration_ms);
