@@ -16,7 +16,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use agentq_core::error::{Error, Result};
-use agentq_daemon::config::{Agent, Config, DB_FILE, POOL, STATE_DIR, WorkerConfig};
+use agentq_daemon::config::{
+    Agent, Config, DB_FILE, DEFAULT_MIN_FREE_SPACE, POOL, STATE_DIR, WorkerConfig,
+};
+use agentq_daemon::space;
 use agentq_platform::fs as pfs;
 
 /// How long `<claude> --version` may take before the agent counts as unable to start.
@@ -116,6 +119,10 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
         Some(root) => {
             let state_dir = root.join(STATE_DIR);
             checks.push(check_state_dir(&state_dir));
+            let min_free = config
+                .as_ref()
+                .map_or(DEFAULT_MIN_FREE_SPACE, |c| c.daemon.min_free_space);
+            checks.push(check_disk(root, min_free));
             match store_url(config.as_ref(), explicit, cx) {
                 Some(url) => {
                     let found = check_postgres(&url, DB_TIMEOUT).await;
@@ -157,6 +164,7 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
         None => {
             for name in [
                 "state folder",
+                "disk",
                 "database",
                 "daemon",
                 "service",
@@ -277,6 +285,52 @@ fn check_config(explicit: Option<&Path>, cwd: &Path) -> (Check, Option<Config>, 
             (Check::fail(NAME, e.to_string(), fix), None, root)
         }
     }
+}
+
+/// The file systems of the project's state folder and results folder (each, or the folder above
+/// it that exists): FAIL with less free than a daemon needs to claim tasks (`min_free_space`, at
+/// least [`space::FLOOR`]), naming the folder, its free space and what to do; OK with each one's
+/// free space.
+pub fn check_disk(root: &Path, min_free_space: u64) -> Check {
+    const NAME: &str = "disk";
+    let needed = space::needed(min_free_space);
+    let mut found = Vec::new();
+    for path in space::folders(root) {
+        match pfs::free_space(&path) {
+            Ok(free) if free < needed => {
+                let low = space::Low {
+                    path,
+                    free_bytes: free,
+                    needed_bytes: needed,
+                };
+                return Check::fail(
+                    NAME,
+                    format!(
+                        "{}: a daemon claims no task until there is room",
+                        low.describe()
+                    ),
+                    format!("{}; a running daemon resumes by itself", space::FIX),
+                );
+            }
+            Ok(free) => found.push(format!("{} {} free", path.display(), space::human(free))),
+            Err(e) => {
+                return Check::warn(
+                    NAME,
+                    format!("cannot read the free space of {}: {e}", path.display()),
+                    "make the folder (or the one above it) readable by this user; a daemon still \
+                     pauses claiming when a write finds the disk full",
+                );
+            }
+        }
+    }
+    Check::ok(
+        NAME,
+        format!(
+            "{} ({} needed: min_free_space)",
+            found.join(", "),
+            space::human(needed)
+        ),
+    )
 }
 
 /// The state folder: present, writable by this user and private (it holds prompts, results and
@@ -1500,6 +1554,27 @@ mod tests {
         );
         let checks = check_worker(&w, &cx).await;
         assert!(checks.iter().all(|c| c.status == Status::Ok), "{checks:?}");
+    }
+
+    #[test]
+    fn a_disk_with_room_passes_and_one_short_of_min_free_space_fails_with_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = check_disk(d.path(), 0);
+        assert_eq!(ok.status, Status::Ok, "{ok:?}");
+        assert!(
+            ok.detail.contains(".agentq") && ok.detail.contains(".output"),
+            "{ok:?}"
+        );
+        // No disk has this much free.
+        let short = check_disk(d.path(), u64::MAX);
+        assert_eq!(short.status, Status::Fail, "{short:?}");
+        assert!(
+            short
+                .detail
+                .contains(&d.path().join(".agentq").display().to_string())
+        );
+        assert!(short.detail.contains("claims no task"), "{short:?}");
+        assert!(short.fix.unwrap().contains("min_free_space"));
     }
 
     #[test]

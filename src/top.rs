@@ -38,6 +38,19 @@ pub fn render(status: &Status, root: &Path, now: Millis) -> String {
         ),
     }
     .expect("writing to a String");
+    if let Some(low) = &status.disk_full {
+        let what = match status.pid {
+            Some(_) => "claiming paused",
+            None => "`agentq run` would claim nothing",
+        };
+        writeln!(
+            out,
+            "disk full: {what}: {}; {}",
+            low.describe(),
+            agentq_daemon::space::FIX
+        )
+        .expect("writing to a String");
+    }
     // Several daemons share the store: which host runs which worker, and who they are.
     let shared = !status.hosts.is_empty();
     if shared {
@@ -476,7 +489,32 @@ mod tests {
             config: "/srv/agents/agentq.toml".into(),
             host: "build-1".into(),
             hosts: Vec::new(),
+            disk_full: None,
         }
+    }
+
+    #[test]
+    fn a_full_disk_is_said_under_the_daemon_with_what_to_do() {
+        let mut status = busy();
+        status.disk_full = Some(agentq_daemon::space::Low {
+            path: "/srv/agents/.output".into(),
+            free_bytes: 300 << 10,
+            needed_bytes: 64 << 20,
+        });
+        let text = render(&status, Path::new("/srv/agents"), NOW);
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            line.starts_with("disk full: claiming paused: /srv/agents/.output has 300 KiB free, under the 64.0 MiB"),
+            "{line}"
+        );
+        assert!(line.contains("agentq clean"), "{line}");
+        status.pid = None;
+        let text = render(&status, Path::new("/srv/agents"), NOW);
+        assert!(
+            text.contains("disk full: `agentq run` would claim nothing"),
+            "{text}"
+        );
+        assert_eq!(status.to_json()["disk_full"]["free_bytes"], 300 << 10);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 const TEST_AGENT: &str = env!("CARGO_BIN_EXE_agentq-test-agent");
 
@@ -701,4 +702,235 @@ fn three_kill_9s_during_500_tasks_record_each_task_done_exactly_once() {
     }
     assert!(runs.is_empty(), "runs of unknown tasks: {runs:?}");
     eprintln!("{rerun} task(s) ran again after a kill");
+}
+
+/// A small tmpfs mounted on a folder for one test, unmounted when dropped (declare it before the
+/// daemon, so the daemon stops first).
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts `size` (as mount's `size=` takes it) on `dir`. `None`, with the reason printed,
+    /// where this machine does not let the test mount one (not root, no mount namespace): the
+    /// test is skipped, not failed.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                dir: dir.to_path_buf(),
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs on {} ({}): {}",
+                    dir.display(),
+                    o.status,
+                    text(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// Fills the file system with `filler` until `leave` bytes are free (or it is full).
+    fn fill(&self, leave: u64) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 16 << 10];
+        let free = |dir: &std::path::Path| {
+            let st = nix::sys::statvfs::statvfs(dir).unwrap();
+            st.blocks_available() as u64 * st.fragment_size() as u64
+        };
+        while free(&self.dir) > leave {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |args: &[&str]| {
+            std::process::Command::new("umount")
+                .args(args)
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // Lazily if something still holds it, so the temporary folder can go.
+        if !umount(&[]) && !umount(&["-l"]) {
+            eprintln!("could not unmount {}", self.dir.display());
+        }
+    }
+}
+
+/// The `disk_full` and `disk_space_back` events recorded so far.
+fn disk_events(p: &Project) -> (Vec<Value>, Vec<Value>) {
+    let of = |kind: &str| {
+        p.json(&["events", "--kind", kind])
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    (of("disk_full"), of("disk_space_back"))
+}
+
+/// The `disk` line of `agentq doctor --json`.
+fn doctor_disk(p: &Project) -> Value {
+    let out = p.run(&["doctor", "--json"]);
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "disk")
+        .cloned()
+        .unwrap_or_else(|| panic!("no disk check: {checks:#}"))
+}
+
+#[test]
+fn a_full_disk_under_output_pauses_claiming_until_there_is_room_and_loses_nothing() {
+    let p = Project::with_workers(
+        &["w"],
+        RECORDING_AGENT,
+        "[daemon]\nmin_free_space = \"1MiB\"",
+    );
+    let Some(disk) = Tmpfs::mount(&p.path(".output"), "4m") else {
+        return;
+    };
+    let filler = disk.fill(512 << 10);
+    let daemon = p.start();
+    let ids = [
+        p.submit("w", "one"),
+        p.submit("w", "two"),
+        p.ok(&["submit", "--pool", "--worker", "w", "three"])
+            .trim()
+            .parse()
+            .unwrap(),
+    ];
+    wait_until(Duration::from_secs(20), "a disk_full event", || {
+        !disk_events(&p).0.is_empty()
+    });
+    let (full, _) = disk_events(&p);
+    let said = full[0]["message"].as_str().unwrap();
+    assert!(
+        said.contains(&p.path(".output").display().to_string()),
+        "{said}"
+    );
+    assert!(
+        said.contains("agentq clean") && said.contains("resumes by itself"),
+        "{said}"
+    );
+    assert!(
+        full[0]["free_bytes"].as_u64().unwrap() < 1 << 20,
+        "{:?}",
+        full[0]
+    );
+    assert!(
+        daemon.log().contains("the disk is full"),
+        "{}",
+        daemon.log()
+    );
+    // Nothing is claimed meanwhile, by the worker or the pool, and it is said once.
+    std::thread::sleep(Duration::from_millis(2500));
+    for id in ids {
+        assert_eq!(p.state(id), "queued", "task {id}");
+    }
+    assert!(p.runs().is_empty(), "no agent ran: {:?}", p.runs());
+    assert_eq!(disk_events(&p).0.len(), 1, "one event for one pause");
+    let check = doctor_disk(&p);
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["detail"].as_str().unwrap().contains(".output has"),
+        "{check}"
+    );
+    assert!(
+        check["fix"].as_str().unwrap().contains("free space"),
+        "{check}"
+    );
+    let status = p.json(&["status"]);
+    assert!(
+        status["disk_full"]["free_bytes"].as_u64().is_some(),
+        "{status}"
+    );
+    assert!(p.ok(&["status"]).contains("disk full: claiming paused"));
+
+    std::fs::remove_file(filler).unwrap();
+    p.wait_all(&ids);
+    for id in ids {
+        assert_eq!(
+            read(&p.path(&format!(".output/w/task_{id}.txt"))),
+            p.output(id),
+            "task {id} is done with its output"
+        );
+    }
+    let (full, back) = disk_events(&p);
+    assert_eq!((full.len(), back.len()), (1, 1), "{full:?} {back:?}");
+    assert!(back[0]["ts"].as_i64() > full[0]["ts"].as_i64());
+    assert_eq!(doctor_disk(&p)["status"], "ok");
+    assert!(p.json(&["status"])["disk_full"].is_null());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_result_whose_files_do_not_fit_is_not_done_and_runs_again_when_there_is_room() {
+    let p = project("max_attempts = 1\n[daemon]\nmin_free_space = \"1MiB\"");
+    let Some(disk) = Tmpfs::mount(&p.path(".output"), "8m") else {
+        return;
+    };
+    // Room enough to claim, not for a result of a million bytes written twice (text and record).
+    let filler = disk.fill(1536 << 10);
+    let daemon = p.start();
+    let big = p.submit("w", "[[huge 1000000]]");
+    wait_until(Duration::from_secs(30), "a disk_full event", || {
+        !disk_events(&p).0.is_empty()
+    });
+    let t = p.task(big);
+    assert_eq!(t["state"], "queued", "not done without its files: {t}");
+    assert_eq!(t["attempts"], 0, "its attempt was given back: {t}");
+    let kinds = event_kinds(&t);
+    assert!(!kinds.contains(&"task_finished"), "{kinds:?}");
+    let full = &disk_events(&p).0[0];
+    let said = full["message"].as_str().unwrap();
+    assert!(said.contains("No space left on device"), "{said}");
+    assert!(
+        !p.path(".output/w/task_1.txt").exists(),
+        "no text without its record"
+    );
+    let next = p.submit("w", "small");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(p.state(next), "queued", "claiming is paused");
+    assert_eq!(p.state(big), "queued");
+    assert_eq!(disk_events(&p).0.len(), 1);
+
+    std::fs::remove_file(filler).unwrap();
+    p.wait_all(&[big, next]);
+    assert_eq!(read(&p.path(".output/w/task_1.txt")), p.output(big));
+    assert!(p.output(big).len() >= 1_000_000);
+    assert!(p.path(".output/w/task_1.json").exists());
+    assert_eq!(
+        read(&p.path(&format!(".output/w/task_{next}.txt"))),
+        "done: small\n"
+    );
+    let t = p.task(big);
+    assert_eq!(t["attempts"], 1, "one attempt counted: {t}");
+    assert_eq!(disk_events(&p).1.len(), 1);
+    assert!(daemon.stop().success());
 }

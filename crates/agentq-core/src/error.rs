@@ -50,6 +50,18 @@ pub enum Error {
     )]
     DatabaseDamaged { path: PathBuf, detail: String },
 
+    /// SQLite could not write: the file system holding the database (or its quota) is full.
+    /// Nothing was written; the daemon pauses claiming until there is room again.
+    #[error(
+        "database {path}: {about}: the disk is full ({detail}); free space on the file system that \
+         holds it (remove files there, or `agentq clean` old tasks), then try again"
+    )]
+    StorageFull {
+        about: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+
     /// A PostgreSQL store failed; `url` is shown without its password.
     #[error("database {url}: {about}: {message}")]
     Postgres {
@@ -141,6 +153,27 @@ impl Error {
             about,
             path: path.into(),
             source,
+        }
+    }
+
+    /// Whether this is a full disk (or quota): the database's SQLITE_FULL, or a file write's
+    /// ENOSPC/EDQUOT. What failed can be done again once there is room.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Error::StorageFull { .. } => true,
+            Error::Io { source, .. } => agentq_platform::fs::is_storage_full(source),
+            _ => false,
+        }
+    }
+
+    /// The file or folder an error is about, where it names one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::StorageFull { path, .. }
+            | Error::Io { path, .. }
+            | Error::Database { path, .. }
+            | Error::DatabaseDamaged { path, .. } => Some(path),
+            _ => None,
         }
     }
 

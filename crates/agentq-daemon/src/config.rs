@@ -20,6 +20,10 @@ use agentq_core::error::{Error, Result};
 
 pub const CONFIG_FILE: &str = "agentq.toml";
 pub const STATE_DIR: &str = ".agentq";
+/// The results folder, `.output/<worker>/`, in the project root.
+pub const OUTPUT_DIR: &str = ".output";
+/// `[daemon] min_free_space` unless the file sets it.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 64 << 20;
 /// The database's file name in the state folder.
 pub const DB_FILE: &str = "agentq.db";
 
@@ -73,6 +77,8 @@ cwd = "."
 #                          # ends what an agent started, setsid or not. "cgroup": refuse to start
 #                          # without one; "keeper": never a cgroup; "group": the process group alone
 # cgroup = "/sys/fs/cgroup/agentq"  # a cgroup v2 folder this user may divide (made if missing)
+# min_free_space = "64MiB" # no task is claimed while .agentq/ or .output/ has less free (1MiB at
+#                          # least); claiming resumes by itself when there is room again
 # shared_sessions = false  # true if every host's Claude reads the same session store
 # and a [[worker]] may be pinned to one of them with host = "build-1".
 "#;
@@ -238,6 +244,7 @@ struct RawDaemon {
     shared_sessions: Option<bool>,
     containment: Option<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
+    min_free_space: Option<Size>,
 }
 
 #[derive(Deserialize, Default)]
@@ -655,6 +662,9 @@ pub struct DaemonSettings {
     pub containment: Containment,
     /// `[daemon] cgroup`: the cgroup v2 folder to make the attempts' cgroups in.
     pub cgroup: Option<PathBuf>,
+    /// No task is claimed while the file system of `.agentq/` or `.output/` has less than this
+    /// free (never less than [`crate::space::FLOOR`]); see [`crate::space`].
+    pub min_free_space: u64,
 }
 
 /// `[daemon] containment`: what keeps an agent's processes from outliving its attempt.
@@ -1017,8 +1027,13 @@ impl Config {
         self.root.join(".queue").join(worker)
     }
 
+    /// Where every worker's result folder is.
+    pub fn output_root(&self) -> PathBuf {
+        self.root.join(OUTPUT_DIR)
+    }
+
     pub fn output_dir(&self, worker: &str) -> PathBuf {
-        self.root.join(".output").join(worker)
+        self.output_root().join(worker)
     }
 
     pub fn worker(&self, name: &str) -> Option<&WorkerConfig> {
@@ -1351,6 +1366,10 @@ fn daemon_settings(raw: &RawDaemon) -> std::result::Result<DaemonSettings, SpanE
         task_logs_keep: raw.task_logs_keep.unwrap_or(200),
         host,
         shared_sessions: raw.shared_sessions.unwrap_or(false),
+        min_free_space: raw
+            .min_free_space
+            .map(|s| s.0)
+            .unwrap_or(DEFAULT_MIN_FREE_SPACE),
         containment: match &raw.containment {
             None => Containment::Auto,
             Some(c) => match c.get_ref().as_str() {
@@ -2008,6 +2027,12 @@ mod tests {
         assert_eq!(l.max_memory, None);
         assert!(l.restart.autorestart);
         assert_eq!(c.daemon.memory_sample_interval, Duration::from_secs(1));
+        assert_eq!(c.daemon.min_free_space, 64 << 20);
+        let small = parse(
+            "[daemon]\nmin_free_space = \"2MiB\"\n[[worker]]\nname = \"a\"\ncommand = [\"x\"]\n",
+        )
+        .unwrap();
+        assert_eq!(small.daemon.min_free_space, 2 << 20);
 
         let c = parse(
             "[defaults]\nidle_timeout = \"2m\"\nmax_memory = \"2GiB\"\nmax_restarts = 4\nrestart_delay = \"2s\"\n\

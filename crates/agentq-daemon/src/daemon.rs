@@ -537,6 +537,13 @@ impl Daemon {
         let (config, shutdown) = (&self.config, &self.shutdown);
         // Runners start last: their first claim comes after the doorbell listens, so a task
         // submitted at any moment is either seen by that claim or rings a bell that is heard.
+        // One view of the disk for every runner and the pool: a full disk pauses all claiming.
+        let space = crate::space::Space::new(
+            config,
+            self.store.clone(),
+            bells.ring_all(),
+            shutdown.stopping.clone(),
+        );
         let runner = |worker: WorkerConfig, wake: &Arc<Notify>, pool: bool| Runner {
             restart: bells
                 .restarts
@@ -559,6 +566,7 @@ impl Daemon {
             life: Default::default(),
             pool,
             leases: leases.clone(),
+            space: space.clone(),
         };
         for w in &config.workers {
             tasks.spawn(runner(w.clone(), &bells.wakes[&w.name], false).run());
@@ -590,6 +598,7 @@ impl Daemon {
                 wake: bells.wakes[POOL].clone(),
                 leased: bells.leased.clone(),
                 stopping: shutdown.stopping.clone(),
+                space,
             }
             .run(),
         );

@@ -4,7 +4,8 @@
 //! task runs ([`route`]), and the daemon itself ([`daemon`]): the state lock, recovery, one
 //! [`worker::Runner`] per named worker and the [`pool`], each claiming tasks from the store and
 //! running them through their agent's driver ([`drive`]); prompt-file [`intake`]; the worker
-//! leases of several daemons on one store ([`hosts`]); result files ([`output`]); and the HTTP API
+//! leases of several daemons on one store ([`hosts`]); result files ([`output`]); room on the disk
+//! ([`space`]: claiming pauses while it is full); and the HTTP API
 //! and dashboard ([`http`], behind the [`token`]). What a client asks (submit, cancel, status, ...)
 //! is written once in [`ops`], for the command line and the API alike. It stands on
 //! `agentq-core`, `agentq-store` and `agentq-agents`, and knows nothing of the command line.
@@ -19,6 +20,7 @@ pub mod ops;
 pub mod output;
 pub mod pool;
 pub mod route;
+pub mod space;
 pub mod text;
 pub mod token;
 pub mod worker;

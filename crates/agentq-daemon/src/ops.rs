@@ -337,6 +337,9 @@ pub struct Status {
     pub host: String,
     /// On a shared store, every daemon using it (empty on SQLite: the one daemon is `pid`).
     pub hosts: Vec<agentq_store::HostRow>,
+    /// A folder (`.agentq/`, `.output/`) whose file system has less free than the daemon needs:
+    /// while it does, a daemon claims no task.
+    pub disk_full: Option<crate::space::Low>,
 }
 
 impl Status {
@@ -366,6 +369,7 @@ impl Status {
                 "host": self.host,
             },
             "hosts": self.hosts,
+            "disk_full": self.disk_full,
             "config": self.config,
             "workers": self.workers,
             "pool": {
@@ -416,6 +420,10 @@ pub async fn status(config: &Config, store: &dyn Store, pid: Option<i32>) -> Res
         config: config.path.clone(),
         host: r.host,
         hosts: r.hosts,
+        disk_full: crate::space::look(
+            &config.root,
+            crate::space::needed(config.daemon.min_free_space),
+        ),
     })
 }
 

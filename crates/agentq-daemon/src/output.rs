@@ -28,7 +28,19 @@ pub struct TaskRecord<'a> {
 }
 
 /// Writes a finished task's files into `dir` (`.output/<worker>/`). Returns the text file's path.
+/// On an error (a full disk), the task's files written so far are removed again: a script that
+/// finds `task_<id>.txt` may take the task for done, and it is not (the runner gives it back).
 pub fn write_task(dir: &Path, task: &Task, events: &[Event]) -> std::io::Result<PathBuf> {
+    let written = write_files(dir, task, events);
+    if written.is_err() {
+        for ext in ["txt", "json"] {
+            let _ = std::fs::remove_file(dir.join(format!("task_{}.{ext}", task.id)));
+        }
+    }
+    written
+}
+
+fn write_files(dir: &Path, task: &Task, events: &[Event]) -> std::io::Result<PathBuf> {
     let text = task.output.as_deref().unwrap_or("");
     let txt = dir.join(format!("task_{}.txt", task.id));
     if let Err(e) = replace(&txt, text.as_bytes(), false) {
@@ -81,6 +93,25 @@ mod tests {
             usage: Default::default(),
             routing: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_task_whose_files_cannot_all_be_written_leaves_none_of_them() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("w");
+        write_task(&dir, &task(1, "one"), &[]).unwrap();
+        // The record cannot take its place (a folder holds its name), as on a full disk.
+        std::fs::create_dir(dir.join("task_2.json")).unwrap();
+        assert!(write_task(&dir, &task(2, "two"), &[]).is_err());
+        assert!(
+            !dir.join("task_2.txt").exists(),
+            "no text without its record"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("latest.txt")).unwrap(),
+            "one",
+            "latest is still the last task written whole"
+        );
     }
 
     #[test]

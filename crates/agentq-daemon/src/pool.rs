@@ -36,6 +36,8 @@ pub struct Pool {
     /// Told when a claim (and so a lease) starts, for the lease keeper.
     pub leased: Arc<Notify>,
     pub stopping: CancellationToken,
+    /// Room on the disk: no claim while `.agentq/` or `.output/` is full.
+    pub space: Arc<crate::space::Space>,
 }
 
 impl Pool {
@@ -45,7 +47,9 @@ impl Pool {
         let mut pause = Duration::from_millis(100);
         while !self.stopping.is_cancelled() {
             let room = running.len() < self.max_workers as usize;
-            if room {
+            // A full disk pauses claiming; running attempts go on.
+            let paused = room && !self.space.may_claim().await;
+            if room && !paused {
                 let claimed = self
                     .store
                     .claim_pool(&self.owner, now_ms(), self.lease, self.max_workers, &names)
@@ -59,6 +63,10 @@ impl Pool {
                         continue;
                     }
                     Ok(None) => {}
+                    Err(e) if e.is_storage_full() => {
+                        self.space.hit(&e).await;
+                        continue;
+                    }
                     Err(e) => {
                         error!("cannot claim a pool task: {e}; trying again in {pause:?}");
                         tokio::select! {
@@ -71,7 +79,7 @@ impl Pool {
                 }
             }
             // A full pool looks again when an attempt ends; one with room, when a task is due.
-            let nap = match room {
+            let nap = match room && !paused {
                 true => self.nap(&names).await,
                 false => None,
             };
@@ -83,6 +91,7 @@ impl Pool {
                     }
                 }
                 _ = async { tokio::time::sleep(nap.unwrap_or_default()).await }, if nap.is_some() => {}
+                _ = self.space.room(), if paused => {}
                 _ = self.stopping.cancelled() => {}
             }
         }

@@ -22,6 +22,7 @@ use agentq_agents::memory;
 use agentq_agents::persistent;
 use agentq_agents::procs::Book;
 use agentq_core::domain::{AttemptEnd, Backoff, Cause, Next, after_attempt};
+use agentq_core::error::Error;
 use agentq_core::logfile::{EventLog, LogEvent};
 use agentq_store::{Claim, EndHook, Event, Fence, Finish, NewEvent, Store, Task, Usage, now_ms};
 
@@ -56,6 +57,8 @@ pub struct Runner {
     /// The daemon's worker leases, on a store several daemons share: the runner claims only
     /// while it holds its worker's. `None`: the worker is trivially this daemon's (SQLite).
     pub leases: Option<Arc<crate::hosts::Leases>>,
+    /// Room on the disk: no claim while `.agentq/` or `.output/` is full.
+    pub space: Arc<crate::space::Space>,
 }
 
 /// What the restart policy remembers of a worker's long-lived process.
@@ -138,6 +141,10 @@ impl Runner {
                 }
             }
             self.restart_if_asked().await;
+            if !self.space.may_claim().await {
+                self.space.room().await;
+                continue;
+            }
             match self
                 .store
                 .claim(&name, &self.owner, now_ms(), self.config.daemon.lease)
@@ -149,6 +156,10 @@ impl Runner {
                     self.attempt(claim).await;
                 }
                 Ok(None) => self.idle().await,
+                // The disk is full: claiming pauses until there is room.
+                Err(e) if e.is_storage_full() => {
+                    self.space.hit(&e).await;
+                }
                 Err(e) => {
                     error!(worker = %name, "cannot claim a task: {e}; trying again in {pause:?}");
                     tokio::select! {
@@ -316,7 +327,6 @@ impl Runner {
             }
             _ => self.run_exec(driver, task, &stop).await,
         };
-        drop(keeper);
 
         let end = match ran.end {
             Ended::Interrupted if lost.is_cancelled() => {
@@ -396,23 +406,42 @@ impl Runner {
             now,
         };
         // Output files are written inside the transaction that records the end, so anyone who sees
-        // the task ended finds its files.
+        // the task ended finds its files. A full disk undoes the result: no task is done without
+        // its files. Other failures leave the result in the store, its files missing, and say so.
         let on_end: Option<EndHook> = finish.state.is_terminal().then(|| {
             let dir = self.config.output_dir(name);
-            Box::new(move |task: &Task, events: &[Event]| {
-                if let Err(e) = crate::output::write_task(&dir, task, events) {
-                    warn!(
-                        task = task.id,
-                        "cannot write output files in {}: {e}",
-                        dir.display()
-                    );
-                }
-            }) as EndHook
+            Box::new(
+                move |task: &Task, events: &[Event]| match crate::output::write_task(
+                    &dir, task, events,
+                ) {
+                    Ok(_) => Ok(()),
+                    Err(e) if agentq_platform::fs::is_storage_full(&e) => {
+                        Err(Error::io("writing the output files in", dir, e))
+                    }
+                    Err(e) => {
+                        warn!(
+                            task = task.id,
+                            "cannot write output files in {}: {e}; the result is in the store (`agentq show {}`)",
+                            dir.display(),
+                            task.id
+                        );
+                        Ok(())
+                    }
+                },
+            ) as EndHook
         });
         match self.store.finish(&fence, &finish, on_end).await {
             Ok(true) => {}
             Ok(false) => {
                 warn!(worker = %name, task = task.id, "result not recorded: the task was cancelled or taken over meanwhile");
+                return;
+            }
+            Err(e) if e.is_storage_full() => {
+                // Neither the result nor its files were written. The heartbeat keeps the claim
+                // while the task waits to be given back.
+                self.space.hit(&e).await;
+                self.give_back_when_room(&fence, &lost, &format!("result not recorded: {e}"))
+                    .await;
                 return;
             }
             Err(e) => {
@@ -421,6 +450,7 @@ impl Runner {
                 return;
             }
         }
+        drop(keeper);
         if let Some(budget) = self.worker.agent.driver().daily_budget_usd() {
             self.check_budget(budget).await;
         }
@@ -474,6 +504,37 @@ impl Runner {
             Err(e) => {
                 warn!(worker = %self.worker.name, task = fence.id, "could not put the task back: {e}; it is recovered at the next start");
                 false
+            }
+        }
+    }
+
+    /// Gives back a task whose result a full disk kept from being recorded: to run again, its
+    /// attempt not spent, as after an interruption. If the store cannot take even that now, waits
+    /// for room (claiming is paused meanwhile); a task still held when the daemon stops, or whose
+    /// lease runs out, is recovered as any other.
+    async fn give_back_when_room(&self, fence: &Fence, lost: &CancellationToken, why: &str) {
+        let name = &self.worker.name;
+        loop {
+            match self.store.release(fence, why, now_ms()).await {
+                Ok(true) => {
+                    return warn!(worker = %name, task = fence.id, "{why}; queued again, its attempt not spent");
+                }
+                Ok(false) => return,
+                Err(e) if e.is_storage_full() && !self.stopping.is_cancelled() => {
+                    self.space.hit(&e).await;
+                    tokio::select! {
+                        _ = async {
+                            self.space.room().await;
+                            // Not again at once, should the store still be short of room.
+                            tokio::time::sleep(crate::space::LOOK_EVERY).await;
+                        } => {}
+                        _ = lost.cancelled() => return,
+                        _ = self.stopping.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    return warn!(worker = %name, task = fence.id, "could not put the task back: {e}; it is recovered when its lease runs out, or at the next start");
+                }
             }
         }
     }

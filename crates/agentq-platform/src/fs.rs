@@ -214,6 +214,33 @@ pub fn is_network_fs(dir: &Path) -> bool {
     imp::is_network_fs(dir)
 }
 
+/// The bytes this user may still write on the file system that holds `path` (statvfs's
+/// `f_bavail` blocks: what is left after the root's reserve; `GetDiskFreeSpaceExW`'s
+/// caller-available bytes, which count a disk quota). `path` may be a file or a folder; one that
+/// does not exist yet is looked up by its nearest existing ancestor, on whose file system it would
+/// be created.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    let mut at = path;
+    loop {
+        match imp::free_space(at) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                _ => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Whether an I/O error says the disk (or the user's quota) is full: ENOSPC and EDQUOT;
+/// ERROR_DISK_FULL and ERROR_HANDLE_DISK_FULL on Windows (std maps them all).
+pub fn is_storage_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// An exclusive lock on a file, held while the value lives and released by the system when the
 /// process ends however it ends. Unlike a plain file lock, its holder can be asked for without
 /// taking it: a POSIX record lock on Unix (`F_GETLK` gives the holder's pid); on Windows a lock on
@@ -386,6 +413,12 @@ mod imp {
             }
             Err(_) => false,
         }
+    }
+
+    #[allow(clippy::unnecessary_cast)] // the fields' widths differ between targets
+    pub fn free_space(path: &Path) -> io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 
     /// A write lock on the whole file (`F_WRLCK` is an int on Linux, a short on macOS).
@@ -751,6 +784,28 @@ mod imp {
         unsafe { GetDriveTypeW(name.as_ptr()) == DRIVE_REMOTE }
     }
 
+    pub fn free_space(path: &Path) -> io::Result<u64> {
+        use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
+        // Any folder of the volume will do; a file's own path is refused.
+        let dir = if path.is_file() {
+            path.parent().unwrap_or(path)
+        } else {
+            path
+        };
+        if !dir.exists() {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        let name = wide(dir);
+        let mut available: u64 = 0;
+        // SAFETY: a NUL-terminated path; the one out-pointer is a live u64, the others null.
+        let ok =
+            unsafe { GetDiskFreeSpaceExW(name.as_ptr(), &mut available, null_mut(), null_mut()) };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(available)
+    }
+
     /// The pid a lock file's text names first (`pid host`).
     fn pid_in(file: &File) -> Option<u32> {
         use std::io::{Read, Seek};
@@ -811,6 +866,35 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_is_read_for_a_folder_a_file_and_a_path_not_made_yet() {
+        let d = tempfile::tempdir().unwrap();
+        let free = free_space(d.path()).unwrap();
+        assert!(free > 0, "a temporary folder's file system has room");
+        let file = d.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(free_space(&file).unwrap() > 0);
+        // Not there yet: the file system it would be made on.
+        assert!(free_space(&d.path().join("a/b/c")).unwrap() > 0);
+    }
+
+    #[test]
+    fn a_full_disk_and_a_full_quota_are_told_from_other_errors() {
+        assert!(is_storage_full(&io::Error::from(
+            io::ErrorKind::StorageFull
+        )));
+        assert!(is_storage_full(&io::Error::from(
+            io::ErrorKind::QuotaExceeded
+        )));
+        assert!(!is_storage_full(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
+        #[cfg(unix)]
+        assert!(is_storage_full(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        #[cfg(windows)]
+        assert!(is_storage_full(&io::Error::from_raw_os_error(112))); // ERROR_DISK_FULL
+    }
 
     #[test]
     fn verbatim_windows_paths_are_written_plain_where_that_means_the_same() {

@@ -281,9 +281,12 @@ pub struct Finish {
 /// Runs inside `finish`'s transaction when a task ends: after the result is written and before it
 /// is committed, with the task and its history exactly as they will be committed. Whoever sees the
 /// task ended therefore also sees what the hook did (the runner writes the output files with it, so
-/// `agentq wait N && cat .output/w/task_N.txt` never races). It reports its own errors: a failed
-/// hook must not undo a result.
-pub type EndHook = Box<dyn FnOnce(&Task, &[Event]) + Send + 'static>;
+/// `agentq wait N && cat .output/w/task_N.txt` never races). An error it returns undoes the
+/// result: the transaction is rolled back, `finish` returns that error, and the claim is still
+/// held, for the caller to give the task back (the runner does so when the disk is full, so that
+/// no task is ever done without its output files). An error the result should outlive, it reports
+/// itself and returns `Ok`.
+pub type EndHook = Box<dyn FnOnce(&Task, &[Event]) -> Result<()> + Send + 'static>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {

@@ -1413,7 +1413,8 @@ impl Store for PgStore {
                     },
                 )
                 .await?;
-                hook(&task, &events);
+                // A hook that fails undoes the result: the transaction is rolled back.
+                hook(&task, &events).map_err(OpError::Rule)?;
             }
             Ok(true)
         })

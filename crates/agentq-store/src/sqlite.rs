@@ -263,7 +263,8 @@ impl SqliteStore {
 
 /// A database error as [`Error::Database`], or [`Error::DatabaseDamaged`] when SQLite says the
 /// file is not a database or is corrupt: the daemon refuses such a file with how to recover,
-/// rather than go on (or have it replaced by a new, empty one).
+/// rather than go on (or have it replaced by a new, empty one). SQLITE_FULL is
+/// [`Error::StorageFull`]: nothing was written, and the daemon waits for room.
 fn database_error(about: &'static str, path: &Path, source: rusqlite::Error) -> Error {
     if let rusqlite::Error::SqliteFailure(e, _) = &source
         && matches!(
@@ -274,6 +275,15 @@ fn database_error(about: &'static str, path: &Path, source: rusqlite::Error) -> 
         return Error::DatabaseDamaged {
             path: path.to_path_buf(),
             detail: format!("{about}: {source}"),
+        };
+    }
+    if let rusqlite::Error::SqliteFailure(e, _) = &source
+        && e.code == rusqlite::ErrorCode::DiskFull
+    {
+        return Error::StorageFull {
+            about,
+            path: path.to_path_buf(),
+            detail: source.to_string(),
         };
     }
     Error::Database {
@@ -756,7 +766,8 @@ impl Store for SqliteStore {
                         ..Default::default()
                     },
                 )?;
-                hook(&task, &events);
+                // A hook that fails undoes the result: the transaction is dropped, rolled back.
+                hook(&task, &events).map_err(OpError::Rule)?;
             }
             Ok(true)
         })
@@ -1831,6 +1842,43 @@ mod tests {
         let activity = s.activity_since(0, "h:7:").await.unwrap();
         assert_eq!(activity[0].memory_peak_mb, Some(50.0));
         assert_eq!(s.pool_counts().await.unwrap().queued, 1);
+    }
+
+    /// SQLITE_FULL, as a full disk gives it (here a page limit does): the write is refused whole,
+    /// as a full disk that names the database and what to do, and works again once there is room.
+    #[tokio::test]
+    async fn a_full_database_is_a_full_disk_that_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.submit(&task("w", "small", 0, 1)).await.unwrap();
+        let limit = |pages: Option<i64>| {
+            s.call("limiting the file", move |conn| {
+                let now: i64 = conn.row("PRAGMA page_count", [], |r| r.get(0))?;
+                conn.pragma_update(None, "max_page_count", pages.unwrap_or(now))?;
+                Ok(())
+            })
+        };
+        limit(None).await.unwrap();
+        let e = s
+            .submit(&task("w", &"x".repeat(1 << 20), 0, 2))
+            .await
+            .unwrap_err();
+        assert!(e.is_storage_full(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("the disk is full"), "{text}");
+        assert!(text.contains("free space"), "{text}");
+        assert_eq!(
+            s.counts().await.unwrap()[0].queued,
+            1,
+            "nothing was written"
+        );
+        limit(Some(1 << 30)).await.unwrap();
+        s.submit(&task("w", &"x".repeat(1 << 20), 0, 3))
+            .await
+            .unwrap();
+        assert_eq!(s.counts().await.unwrap()[0].queued, 2);
     }
 
     #[tokio::test]

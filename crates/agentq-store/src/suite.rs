@@ -87,6 +87,7 @@ macro_rules! store_suite {
             a_stale_claim_cannot_record_a_result,
             a_task_that_keeps_killing_its_daemon_ends_dead,
             the_end_hook_sees_the_committed_view_and_only_at_the_end,
+            a_failing_end_hook_undoes_the_result_and_leaves_the_claim_to_give_back,
             heartbeats_keep_a_lease,
             recover_all_but_spares_the_current_owner,
             dedup_key_makes_submit_idempotent,
@@ -524,7 +525,8 @@ pub async fn the_end_hook_sees_the_committed_view_and_only_at_the_end(f: &Fixtur
     let hook = |seen: &std::sync::Arc<std::sync::Mutex<Vec<(TaskState, usize)>>>| -> EndHook {
         let seen = seen.clone();
         Box::new(move |t: &Task, events: &[Event]| {
-            seen.lock().unwrap().push((t.state, events.len()))
+            seen.lock().unwrap().push((t.state, events.len()));
+            Ok(())
         })
     };
     let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
@@ -553,6 +555,54 @@ pub async fn the_end_hook_sees_the_committed_view_and_only_at_the_end(f: &Fixtur
         seen.lock().unwrap().len(),
         1,
         "a fenced-out finish runs no hook"
+    );
+    assert_eq!(
+        s.get(id).await.unwrap().unwrap().state,
+        TaskState::Succeeded
+    );
+}
+
+/// The runner's output files could not be written (a full disk): nothing of the result is
+/// recorded, the claim still holds, and the task goes back to the queue with its attempt given
+/// back, to run again, as after an interrupted attempt.
+pub async fn a_failing_end_hook_undoes_the_result_and_leaves_the_claim_to_give_back(f: &Fixture) {
+    let s = f.store();
+    let id = s.submit(&task("w", "a", 0, 1)).await.unwrap().id();
+    let c = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+    let full: EndHook = Box::new(|_: &Task, _: &[Event]| {
+        Err(Error::io(
+            "writing the output files in",
+            "/out/w",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ))
+    });
+    let e = s
+        .finish(&c.fence(), &done(TaskState::Succeeded, 3), Some(full))
+        .await
+        .unwrap_err();
+    assert!(e.is_storage_full(), "{e}");
+    let t = s.get(id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Running, "the result was undone");
+    assert_eq!((t.output, t.finished_at), (None, None));
+    let kinds: Vec<String> = s
+        .events_of(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(!kinds.iter().any(|k| k == "task_finished"), "{kinds:?}");
+    // The claim holds: the runner gives the task back, its attempt not spent.
+    assert!(s.release(&c.fence(), "disk full", 4).await.unwrap());
+    let t = s.get(id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::Queued, 0));
+    // And it runs again to its end, with a hook that succeeds.
+    let c = s.claim("w", "me", 5, LEASE).await.unwrap().unwrap();
+    let fine: EndHook = Box::new(|_: &Task, _: &[Event]| Ok(()));
+    assert!(
+        s.finish(&c.fence(), &done(TaskState::Succeeded, 6), Some(fine))
+            .await
+            .unwrap()
     );
     assert_eq!(
         s.get(id).await.unwrap().unwrap().state,
