@@ -904,11 +904,19 @@ async fn clean(explicit: Option<&Path>, args: CleanArgs) -> Result<()> {
             "removed": cleaned.tasks.len(),
             "tasks": cleaned.tasks,
             "files": cleaned.files,
+            "orphan_files": cleaned.orphans,
             "reclaimed_bytes": cleaned.reclaimed_bytes,
         }));
         return Ok(());
     }
     let n = cleaned.tasks.len();
+    if n == 0 && cleaned.orphans > 0 {
+        println!(
+            "no finished task matches; removed {} file(s) of tasks no longer in the store",
+            cleaned.orphans
+        );
+        return Ok(());
+    }
     if n == 0 {
         println!("no finished task matches: nothing to remove");
         return Ok(());
@@ -935,8 +943,9 @@ async fn clean(explicit: Option<&Path>, args: CleanArgs) -> Result<()> {
         println!("would remove {n} finished task(s): {shown}");
     } else {
         println!(
-            "removed {n} finished task(s) with their events and {} file(s){}: {shown}",
+            "removed {n} finished task(s) with their events and {} file(s){}{}: {shown}",
             cleaned.files,
+            cleaned.orphans_removed(),
             cleaned.gave_back()
         );
     }

@@ -1235,4 +1235,33 @@ fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
     assert!(!refused.status.success());
     let err = text(&refused.stderr);
     assert!(err.contains("queued tasks are never removed"), "{err}");
+
+    // Files whose task is no longer in the store (a crash between the two, or another host's
+    // retention on a shared store) go with the next clean, once a minute old; a live task's
+    // files, and a young orphan, stay.
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    let orphan = p.path(".output/w/task_9999.txt");
+    let young = p.path(".output/w/task_9998.txt");
+    let log = p.path(".agentq/logs/v/task_9999.log.1");
+    let live = p.path(&format!(".output/w/task_{queued}.txt"));
+    for f in [&orphan, &young, &log, &live] {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, "x").unwrap();
+        if *f != young {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+    assert_eq!(p.json(&["clean", "--dry-run"])["orphan_files"], 0);
+    assert!(orphan.exists());
+    assert_eq!(
+        p.ok(&["clean"]).trim(),
+        "no finished task matches; removed 2 file(s) of tasks no longer in the store"
+    );
+    assert!(!orphan.exists() && !log.exists());
+    assert!(young.exists() && live.exists());
 }

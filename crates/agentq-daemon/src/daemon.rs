@@ -440,12 +440,13 @@ impl Daemon {
                     _ = stopping.cancelled() => return,
                 };
                 match cleaned {
-                    Ok(c) if c.tasks.is_empty() => {}
+                    Ok(c) if c.tasks.is_empty() && c.orphans == 0 => {}
                     Ok(c) => {
                         let message = format!(
-                            "retention removed {} finished task(s) with their events and {} file(s){}",
+                            "retention removed {} finished task(s) with their events and {} file(s){}{}",
                             c.tasks.len(),
                             c.files,
+                            c.orphans_removed(),
                             c.gave_back()
                         );
                         info!("{message}");
@@ -457,6 +458,7 @@ impl Daemon {
                             data: Some(serde_json::json!({
                                 "tasks": c.tasks.len(),
                                 "files": c.files,
+                                "orphan_files": c.orphans,
                                 "reclaimed_bytes": c.reclaimed_bytes,
                             })),
                             now: now_ms(),

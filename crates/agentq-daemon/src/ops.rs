@@ -5,6 +5,7 @@
 //! is the difference between the two callers: the CLI sends a datagram to the daemon's doorbell
 //! ([`agentq_core::wake::send_ring`]), the API, inside the daemon, wakes the runner directly.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -32,11 +33,21 @@ pub struct Cleaned {
     pub tasks: Vec<agentq_store::Pruned>,
     /// Output files and agent logs removed.
     pub files: u64,
+    /// Of those, the files of tasks that were no longer in the store (see [`remove_orphan_files`]).
+    pub orphans: u64,
     /// Bytes the database gave back, where it says.
     pub reclaimed_bytes: Option<u64>,
 }
 
 impl Cleaned {
+    /// ` (3 of tasks no longer in the store)`, when there were any.
+    pub fn orphans_removed(&self) -> String {
+        match self.orphans {
+            0 => String::new(),
+            n => format!(" ({n} of tasks no longer in the store)"),
+        }
+    }
+
     /// `; the database gave back 1.2 MiB`, when it gave back anything.
     pub fn gave_back(&self) -> String {
         self.reclaimed_bytes
@@ -83,7 +94,92 @@ pub async fn clean(
     if !cleaned.tasks.is_empty() {
         cleaned.reclaimed_bytes = store.reclaim().await?;
     }
+    cleaned.orphans = remove_orphan_files(config, store, rule.worker.as_deref()).await?;
+    cleaned.files += cleaned.orphans;
     Ok(cleaned)
+}
+
+/// How old a task's file must be before it may be taken for an orphan: its task's row was
+/// committed before it was written, so this is only a margin.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
+
+/// Removes output files and agent logs (`task_<id>.*` under `.output/<folder>/` and
+/// `.agentq/logs/<folder>/`, of every folder or of `only`'s) whose task is no longer in the
+/// store: left by a crash between a task's removal and its files', or by another host's
+/// retention on a shared store, which removes this host's tasks but cannot reach their files.
+/// Files younger than a minute are left alone.
+pub async fn remove_orphan_files(
+    config: &Config,
+    store: &dyn Store,
+    only: Option<&str>,
+) -> Result<u64> {
+    let roots: Vec<PathBuf> = [config.output_dir("_"), config.task_log_dir("_")]
+        .iter()
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    let only = only.map(str::to_string);
+    let found = run_blocking(move || {
+        let mut found: Vec<(PathBuf, i64)> = Vec::new();
+        let now = std::time::SystemTime::now();
+        for root in roots {
+            let Ok(folders) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for folder in folders.flatten() {
+                let name = folder.file_name();
+                if only.as_deref().is_some_and(|o| name.to_str() != Some(o)) {
+                    continue;
+                }
+                let Ok(files) = std::fs::read_dir(folder.path()) else {
+                    continue;
+                };
+                for file in files.flatten() {
+                    let name = file.file_name();
+                    let Some(id) = name
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("task_"))
+                        .and_then(|n| n.split('.').next())
+                        .and_then(|n| n.parse::<i64>().ok())
+                    else {
+                        continue;
+                    };
+                    let old = file
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age >= ORPHAN_AGE));
+                    if old {
+                        found.push((file.path(), id));
+                    }
+                }
+            }
+        }
+        found
+    })
+    .await?;
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let mut ids: Vec<i64> = found.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let known: std::collections::HashSet<i64> =
+        store.known_tasks(&ids).await?.into_iter().collect();
+    let gone: Vec<PathBuf> = found
+        .into_iter()
+        .filter(|(_, id)| !known.contains(id))
+        .map(|(path, _)| path)
+        .collect();
+    run_blocking(move || {
+        gone.iter()
+            .filter(|path| std::fs::remove_file(path).is_ok())
+            .count() as u64
+    })
+    .await
+}
+
+/// Runs file-system work off the async threads.
+async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    Ok(tokio::task::spawn_blocking(work).await?)
 }
 
 /// Removes the output files and agent logs of removed tasks: each folder is listed once.
