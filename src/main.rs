@@ -25,6 +25,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let daemon = matches!(cli.command, Command::Run(_));
+    if daemon {
+        agentq_platform::host::few_malloc_arenas();
+    }
     if !daemon {
         // Like other Unix tools, end quietly when the reader of our output goes away
         // (`agentq tasks | head`); Rust's default turns that into a panic. The daemon keeps
