@@ -1265,3 +1265,22 @@ fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
     assert!(!orphan.exists() && !log.exists());
     assert!(young.exists() && live.exists());
 }
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    let codes = &help[help.find("Exit codes:").expect("an Exit codes section")..];
+    for code in ["0", "1", "2", "3", "124"] {
+        assert!(
+            codes
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+            "exit code {code} is not listed:\n{codes}"
+        );
+    }
+}
