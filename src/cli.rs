@@ -104,10 +104,29 @@ pub enum Command {
     /// Run agentq as a service of the system
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Print a completion script for a shell, to save where the shell looks for one
+    Completions(CompletionsArgs),
+    /// Print the man page agentq(1), or write it and one page per command into a folder
+    Man(ManArgs),
     /// (Internal) the daemon's guardian: waits for its stdin to close, then kills every process
     /// that carries the daemon's mark. `agentq run` starts it; see `procs::guard`.
     #[command(hide = true)]
     Guard(GuardArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete agentq's commands and options in
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write agentq.1 and a page per command (agentq-submit.1, agentq-worker-restart.1, ...)
+    /// into this folder, created if missing, instead of printing agentq.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
