@@ -6,13 +6,42 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use agentq_core::domain::TaskState;
 
+/// The end of `agentq -h`: where to begin. A macro, not a `const`, so that `concat!` can join it
+/// to [`exit_codes!`] for `--help` and the man page.
+macro_rules! start_here {
+    () => {
+        "Start with `agentq init`, then `agentq run`. Tasks come from `agentq submit` or from \
+         *.prompt files dropped into .queue/<worker>/; results go to .output/<worker>/."
+    };
+}
+
+/// What each exit code means, as `agentq_core::error::Error::exit_code` chooses it (and clap, for
+/// a command line it cannot read: 2). README's list says the same. Lines short enough that `man`
+/// does not fill them (each starts with a space, so each starts a line of its own there).
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
+  0    success
+  1    a task did not succeed (`result`, `wait`, `submit --wait`),
+       or a `doctor` check failed
+  2    a mistake in what was asked: the command line, the config (or
+       none found), an unknown task, a task in the wrong state;
+       `cancel` and `retry` act on every id, then exit 2 if any
+       could not be done
+  3    a problem of the environment: I/O, the database (unreachable,
+       damaged, a newer schema), another `agentq run` on this folder
+       or host id, the HTTP port, the service manager
+  124  `wait --timeout` gave up before the tasks ended"
+    };
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "agentq",
     version,
     about = "Run coding-agent CLIs as reliable, always-on workers, fed from a durable queue.",
-    after_help = "Start with `agentq init`, then `agentq run`. Tasks come from `agentq submit` or from \
-                  *.prompt files dropped into .queue/<worker>/; results go to .output/<worker>/."
+    after_help = start_here!(),
+    after_long_help = concat!(start_here!(), "\n\n", exit_codes!())
 )]
 pub struct Cli {
     /// The agentq.toml to use [default: ./agentq.toml or the nearest one above]
@@ -75,10 +104,29 @@ pub enum Command {
     /// Run agentq as a service of the system
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Print a completion script for a shell, to save where the shell looks for one
+    Completions(CompletionsArgs),
+    /// Print the man page agentq(1), or write it and one page per command into a folder
+    Man(ManArgs),
     /// (Internal) the daemon's guardian: waits for its stdin to close, then kills every process
     /// that carries the daemon's mark. `agentq run` starts it; see `procs::guard`.
     #[command(hide = true)]
     Guard(GuardArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete agentq's commands and options in
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write agentq.1 and a page per command (agentq-submit.1, agentq-worker-restart.1, ...)
+    /// into this folder, created if missing, instead of printing agentq.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -341,7 +389,7 @@ pub struct IdsArgs {
 pub struct WaitArgs {
     #[arg(required = true)]
     pub ids: Vec<i64>,
-    /// Give up after this long (exit 1) [default: wait forever]
+    /// Give up after this long (exit 124) [default: wait forever]
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]

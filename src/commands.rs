@@ -67,6 +67,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let config = config_path(explicit)?;
             crate::service::supervise(&config, &this_exe()?).await
         }
+        Command::Completions(args) => crate::manual::completions(args.shell),
+        Command::Man(args) => crate::manual::man(args.dir.as_deref()),
         Command::Guard(args) => {
             agentq_agents::procs::guard(&args.owner);
             Ok(())

@@ -1265,3 +1265,130 @@ fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
     assert!(!orphan.exists() && !log.exists());
     assert!(young.exists() && live.exists());
 }
+
+/// Runs agentq in an empty folder with no agentq.toml in reach (`--config` names a missing one):
+/// completions and man pages must work anywhere, e.g. in a package's build.
+fn run_anywhere(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("AGENTQ_CONFIG", dir.join("missing/agentq.toml"))
+        .env_remove("AGENTQ_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Checks a script's syntax with `shell` and `flag`, or says why it cannot.
+fn check_syntax(shell: &str, flag: &str, script: &std::path::Path) {
+    match std::process::Command::new(shell)
+        .arg(flag)
+        .arg(script)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{shell} {flag}: {}",
+            text(&out.stderr)
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("skipped the {shell} syntax check: {shell} is not on PATH")
+        }
+        Err(e) => panic!("{shell}: {e}"),
+    }
+}
+
+#[test]
+fn completions_for_every_shell_need_no_project_and_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = run_anywhere(dir.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in ["submit", "status", "worker", "restart", "completions"] {
+            assert!(script.contains(command), "{shell} completes no {command}");
+        }
+        let file = dir.path().join(format!("agentq.{shell}"));
+        std::fs::write(&file, &script).unwrap();
+        match shell {
+            "bash" => check_syntax("bash", "-n", &file),
+            "zsh" => check_syntax("zsh", "-n", &file),
+            "fish" => check_syntax("fish", "--no-execute", &file),
+            _ => {}
+        }
+    }
+    assert!(
+        !dir.path().join(".agentq").exists(),
+        "no state folder, no store"
+    );
+
+    let out = run_anywhere(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("tcsh") && err.contains("bash, elvish, fish, powershell, zsh"),
+        "{err}"
+    );
+}
+
+#[test]
+fn man_prints_agentq_1_or_writes_a_page_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_anywhere(dir.path(), &["man"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = text(&out.stdout);
+    let title = page.lines().find(|l| l.starts_with(".TH")).unwrap();
+    assert!(title.starts_with(".TH agentq 1"), "{title}");
+    assert!(
+        page.contains("Exit codes:"),
+        "the page lists the exit codes"
+    );
+
+    let folder = dir.path().join("share/man/man1");
+    let out = run_anywhere(dir.path(), &["man", "--dir", folder.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: HashSet<String> = text(&out.stdout).lines().map(String::from).collect();
+    for name in [
+        "agentq.1",
+        "agentq-submit.1",
+        "agentq-worker.1",
+        "agentq-worker-restart.1",
+        "agentq-service-install.1",
+    ] {
+        let path = folder.join(name);
+        assert!(
+            listed.contains(path.to_str().unwrap()),
+            "{name} not listed in {listed:?}"
+        );
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(page.contains(".TH"), "{name}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(folder.join("agentq.1")).unwrap(),
+        page,
+        "the folder's agentq.1 is the page printed"
+    );
+    // Internal commands and clap's `help` get no page.
+    for name in ["agentq-guard.1", "agentq-service-run.1", "agentq-help.1"] {
+        assert!(!folder.join(name).exists(), "{name}");
+    }
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), listed.len());
+    assert!(!dir.path().join(".agentq").exists());
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_anywhere(dir.path(), &["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    let codes = &help[help.find("Exit codes:").expect("an Exit codes section")..];
+    for code in ["0", "1", "2", "3", "124"] {
+        assert!(
+            codes
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+            "exit code {code} is not listed:\n{codes}"
+        );
+    }
+}
