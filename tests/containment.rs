@@ -446,6 +446,19 @@ impl Drop for CgroupRoot {
     }
 }
 
+/// A daemon dividing a cgroup of the test's own, running a task whose escapers have all started
+/// (and hang on); `None` where no cgroup may be made here (the test is skipped).
+fn hanging_in_a_cgroup(name: &str) -> Option<(CgroupRoot, Project, Daemon, i64)> {
+    let root = CgroupRoot::new(name)?;
+    let p = project(&root.daemon_section());
+    let daemon = p.start();
+    let id = p.submit("w", "hang");
+    wait_until(Duration::from_secs(20), "the escapers to start", || {
+        escaped(&p).len() == 4
+    });
+    Some((root, p, daemon, id))
+}
+
 fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
@@ -459,15 +472,9 @@ fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
 /// nothing, and the attempt's cgroup goes with it. `doctor` says what is in force.
 #[test]
 fn in_a_cgroup_of_its_own_nothing_gets_away_and_the_cgroup_goes_with_the_attempt() {
-    let Some(root) = CgroupRoot::new("escape") else {
+    let Some((root, p, daemon, id)) = hanging_in_a_cgroup("escape") else {
         return;
     };
-    let p = project(&root.daemon_section());
-    let daemon = p.start();
-    let id = p.submit("w", "hang");
-    wait_until(Duration::from_secs(20), "the escapers to start", || {
-        escaped(&p).len() == 4
-    });
     let attempts = root.attempts();
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     let inside = cgroup_procs(&attempts[0]);
@@ -506,15 +513,9 @@ fn in_a_cgroup_of_its_own_nothing_gets_away_and_the_cgroup_goes_with_the_attempt
 /// until the next daemon starts and kills it there, and says so.
 #[test]
 fn what_a_daemon_killed_with_its_keepers_left_in_a_cgroup_dies_at_the_next_start() {
-    let Some(root) = CgroupRoot::new("stale") else {
+    let Some((root, p, daemon, id)) = hanging_in_a_cgroup("stale") else {
         return;
     };
-    let p = project(&root.daemon_section());
-    let daemon = p.start();
-    let id = p.submit("w", "hang");
-    wait_until(Duration::from_secs(20), "the escapers to start", || {
-        escaped(&p).len() == 4
-    });
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     // Frozen first, so that it starts no guardian again and stops nothing.

@@ -354,6 +354,23 @@ impl Cgroups {
     }
 }
 
+/// The live processes below `root` (walked down the kernel's children lists) and, with a
+/// cgroup, those in it that are not below `root` (which holds what a killed keeper let go).
+pub fn below_and_inside(root: i32, cgroup: Option<&Path>) -> Vec<super::kernel::ProcInfo> {
+    let mut below = super::kernel::tree_below(root);
+    if let Some(dir) = cgroup {
+        let known: std::collections::HashSet<i32> = below.iter().map(|p| p.pid).collect();
+        below.extend(
+            procs(dir)
+                .into_iter()
+                .filter(|pid| !known.contains(pid))
+                .filter_map(super::kernel::stat)
+                .filter(|p| p.state != 'Z'),
+        );
+    }
+    below
+}
+
 /// The pids listed in a cgroup's `cgroup.procs`.
 pub fn procs(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))

@@ -337,19 +337,7 @@ const LIMIT_POLL: Duration = Duration::from_millis(25);
 impl Keeper {
     /// The live processes below the keeper (itself left out), and those in the attempt's cgroup.
     fn below(&self) -> Vec<ProcInfo> {
-        let mut below = tree_below(self.me);
-        if let Some(dir) = &self.cgroup {
-            let known: HashSet<i32> = below.iter().map(|p| p.pid).collect();
-            let inside = super::cgroup::procs(dir);
-            below.extend(
-                inside
-                    .into_iter()
-                    .filter(|pid| !known.contains(pid))
-                    .filter_map(super::kernel::stat)
-                    .filter(|p| p.state != 'Z'),
-            );
-        }
-        below
+        super::cgroup::below_and_inside(self.me, self.cgroup.as_deref())
     }
 
     /// Reaps every ended child (the agent, and orphans given to the keeper). The agent's end

@@ -113,19 +113,10 @@ impl Tree {
         if !self.kept {
             return super::book::group_members(self.pgid);
         }
-        let mut below = super::kernel::tree_below(self.pgid);
-        if let Some(cgroup) = &self.cgroup {
-            let known: std::collections::HashSet<i32> = below.iter().map(|p| p.pid).collect();
-            let inside = cgroup.procs();
-            below.extend(
-                inside
-                    .into_iter()
-                    .filter(|pid| !known.contains(pid))
-                    .filter_map(super::kernel::stat)
-                    .filter(|p| p.state != 'Z'),
-            );
-        }
-        below
+        #[cfg(target_os = "linux")]
+        return super::cgroup::below_and_inside(self.pgid, self.cgroup.as_ref().map(|c| c.dir()));
+        #[cfg(not(target_os = "linux"))]
+        super::kernel::tree_below(self.pgid)
     }
 
     /// Resident bytes of every live process in the tree; `None` where this cannot be read or
