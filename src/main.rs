@@ -79,7 +79,10 @@ fn init_logging(format: LogFormat, default_level: &str) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && agentq_platform::term::color_allowed(),
+            )
             .init(),
     }
 }

@@ -19,8 +19,33 @@ const BIN: &str = "agentq";
 /// Prints the completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);
+    clap_complete::generate(shell, &mut visible(&Cli::command()), BIN, &mut script);
     print_bytes(&script)
+}
+
+/// `cmd` without its hidden subcommands (the daemon's own `guard`, `service run`), at every
+/// level: clap_complete's scripts would offer them (it leaves out hidden arguments, not hidden
+/// commands). Made anew, as clap can add subcommands but not remove them: the name, texts,
+/// aliases, arguments and groups are what a completion script reads. (clap takes names as
+/// `&'static str`: the few dozen bytes of names are leaked, once, by a command that prints and
+/// exits.)
+fn visible(cmd: &clap::Command) -> clap::Command {
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+    let mut out = clap::Command::new(leak(cmd.get_name()))
+        .args(cmd.get_arguments().cloned())
+        .groups(cmd.get_groups().cloned())
+        .visible_aliases(cmd.get_visible_aliases().map(leak).collect::<Vec<_>>());
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    if let Some(version) = cmd.get_version() {
+        out = out.version(leak(version));
+    }
+    out.subcommands(
+        cmd.get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(visible),
+    )
 }
 
 /// Prints agentq(1), or with `dir`, writes it and a page per command into `dir` and prints the

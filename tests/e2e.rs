@@ -1308,6 +1308,12 @@ fn completions_for_every_shell_need_no_project_and_parse() {
         for command in ["submit", "status", "worker", "restart", "completions"] {
             assert!(script.contains(command), "{shell} completes no {command}");
         }
+        // The daemon's own commands (hidden) are not offered.
+        assert!(!script.contains("guard"), "{shell} offers `guard`");
+        assert!(
+            !script.contains("Internal"),
+            "{shell} offers a hidden command"
+        );
         let file = dir.path().join(format!("agentq.{shell}"));
         std::fs::write(&file, &script).unwrap();
         match shell {

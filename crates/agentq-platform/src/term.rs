@@ -1,6 +1,16 @@
 //! The terminal agentq's interactive views draw on, and the console window a program started
 //! without one is given.
 
+/// Whether colour may be written: not where `NO_COLOR` is set to anything but the empty string
+/// (no-color.org), whatever the stream is.
+pub fn color_allowed() -> bool {
+    color_allowed_by(std::env::var_os("NO_COLOR").as_deref())
+}
+
+fn color_allowed_by(no_color: Option<&std::ffi::OsStr>) -> bool {
+    no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Columns and rows of the terminal standard output goes to, if it is one.
 pub fn size() -> Option<(u16, u16)> {
     imp::size().filter(|(c, r)| *c > 0 && *r > 0)
@@ -75,5 +85,17 @@ mod imp {
         let mut attached = [0u32; 2];
         // SAFETY: the buffer holds two ids and its length is given; FreeConsole takes nothing.
         unsafe { GetConsoleProcessList(attached.as_mut_ptr(), 2) == 1 && FreeConsole() != 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_color_set_to_anything_but_empty_turns_colour_off() {
+        use std::ffi::OsStr;
+        assert!(super::color_allowed_by(None));
+        assert!(super::color_allowed_by(Some(OsStr::new(""))));
+        assert!(!super::color_allowed_by(Some(OsStr::new("1"))));
+        assert!(!super::color_allowed_by(Some(OsStr::new("false"))));
     }
 }
