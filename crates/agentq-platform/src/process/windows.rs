@@ -85,12 +85,24 @@ impl Job {
     }
 
     /// How many processes the job has now (the list's header counts them all, even past the
-    /// room [`Job::pids`] gives the list).
+    /// room the list is given).
     fn count(&self) -> usize {
-        let mut buf = vec![0usize; 3];
-        // SAFETY: as in `pids`, with room for the header and one id: a longer list fills in the
-        // header and fails with ERROR_MORE_DATA.
-        unsafe {
+        self.process_list(1).0
+    }
+
+    /// The pids of the processes in the job (up to 1024).
+    fn pids(&self) -> Vec<u32> {
+        self.process_list(1024).1
+    }
+
+    /// The job's process list with room for `room` ids: how many processes it has, and their
+    /// ids, none if they did not fit (the call then fails with ERROR_MORE_DATA, the header
+    /// filled in all the same).
+    fn process_list(&self, room: usize) -> (usize, Vec<u32>) {
+        // A header of two u32 counts (one usize), then the ids, pointer-sized.
+        let mut buf = vec![0usize; 1 + room];
+        // SAFETY: the buffer holds the header and `room` ids, and its size is given.
+        let ok = unsafe {
             QueryInformationJobObject(
                 self.raw(),
                 JobObjectBasicProcessIdList,
@@ -101,30 +113,12 @@ impl Job {
         };
         // SAFETY: the header is at the start of `buf`, zeroed if the call wrote nothing.
         let list = unsafe { &*(buf.as_ptr() as *const JOBOBJECT_BASIC_PROCESS_ID_LIST) };
-        list.NumberOfAssignedProcesses as usize
-    }
-
-    /// The pids of the processes in the job.
-    fn pids(&self) -> Vec<u32> {
-        // A header of two u32 counts, then the ids (pointer-sized); room for 1024 processes.
-        let mut buf = vec![0usize; 2 + 1024];
-        // SAFETY: the buffer is large enough for the header and 1024 ids, and its size is given.
-        let ok = unsafe {
-            QueryInformationJobObject(
-                self.raw(),
-                JobObjectBasicProcessIdList,
-                buf.as_mut_ptr().cast(),
-                (buf.len() * std::mem::size_of::<usize>()) as u32,
-                std::ptr::null_mut(),
-            )
-        };
+        let total = list.NumberOfAssignedProcesses as usize;
         if ok == 0 {
-            return Vec::new();
+            return (total, Vec::new());
         }
-        // SAFETY: the call filled in a JOBOBJECT_BASIC_PROCESS_ID_LIST at the start of `buf`.
-        let list = unsafe { &*(buf.as_ptr() as *const JOBOBJECT_BASIC_PROCESS_ID_LIST) };
-        let n = (list.NumberOfProcessIdsInList as usize).min(1024);
-        buf[1..1 + n].iter().map(|id| *id as u32).collect()
+        let n = (list.NumberOfProcessIdsInList as usize).min(room);
+        (total, buf[1..1 + n].iter().map(|id| *id as u32).collect())
     }
 }
 
