@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
@@ -94,26 +95,24 @@ fn a_bad_config_names_file_line_and_expectation() {
 fn hundred_prompt_files_across_three_workers_are_each_done_exactly_once() {
     let p = Project::with_workers(&["alpha", "beta", "gamma"], RECORDING_AGENT, "");
     let workers = ["alpha", "beta", "gamma"];
-    std::fs::create_dir_all(p.path(".queue/alpha")).unwrap();
     // Some files wait before the daemon starts; the rest arrive while it runs, written directly
-    // (not renamed into place), so intake must wait for them to settle.
-    for i in 0..30 {
+    // (not renamed into place), so intake must wait for them to settle. Intake takes the oldest
+    // file first (modification time, then name): each file's time is read from the still-open
+    // handle, since the clock the kernel stamps files with may step or come in coarse grains.
+    let mut stamped: BTreeMap<usize, std::time::SystemTime> = BTreeMap::new();
+    let mut write = |i: usize| {
         let w = workers[i % 3];
         std::fs::create_dir_all(p.path(&format!(".queue/{w}"))).unwrap();
-        std::fs::write(
-            p.path(&format!(".queue/{w}/{i:03}.prompt")),
-            format!("prompt {i}"),
-        )
-        .unwrap();
+        let mut f = std::fs::File::create(p.path(&format!(".queue/{w}/{i:03}.prompt"))).unwrap();
+        f.write_all(format!("prompt {i}").as_bytes()).unwrap();
+        stamped.insert(i, f.metadata().unwrap().modified().unwrap());
+    };
+    for i in 0..30 {
+        write(i);
     }
     let daemon = p.start();
     for i in 30..100 {
-        let w = workers[i % 3];
-        std::fs::write(
-            p.path(&format!(".queue/{w}/{i:03}.prompt")),
-            format!("prompt {i}"),
-        )
-        .unwrap();
+        write(i);
     }
     wait_until(LONG, "100 tasks to succeed", || {
         p.totals()["succeeded"] == 100
@@ -151,9 +150,13 @@ fn hundred_prompt_files_across_three_workers_are_each_done_exactly_once() {
         // Oldest file first: task ids follow the order the files were written in.
         list.sort();
         let order: Vec<usize> = list.iter().map(|(_, n)| *n).collect();
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(order, sorted, "{worker} took its files out of order");
+        let mut oldest_first = order.clone();
+        oldest_first.sort_by_key(|n| (stamped[n], *n));
+        let times: Vec<_> = order.iter().map(|n| (n, stamped[n])).collect();
+        assert_eq!(
+            order, oldest_first,
+            "{worker} took its files out of order; their times: {times:?}"
+        );
         assert!(p.path(&format!(".output/{worker}/latest.txt")).exists());
         let left: Vec<_> = std::fs::read_dir(p.path(&format!(".queue/{worker}")))
             .unwrap()
