@@ -80,6 +80,9 @@ pub enum Command {
     Show(IdArgs),
     /// The event log: what happened to tasks, and files set aside by intake
     Events(EventsArgs),
+    /// What agents write, as they work: every worker's latest lines interleaved, or those of the
+    /// workers and tasks named; a task's whole transcript
+    Logs(LogsArgs),
     /// Print a task's result text; exits 1 unless it succeeded
     Result(IdArgs),
     /// Wait for tasks to end; exits 1 if any did not succeed
@@ -260,9 +263,13 @@ pub struct SubmitArgs {
     /// worker's max_memory]
     #[arg(long, value_parser = parse_positive_size)]
     pub max_memory: Option<u64>,
-    /// Wait for the task to end, print its result, and exit 1 if it did not succeed
+    /// Wait for the task to end, print its result, and exit 1 if it did not succeed; what
+    /// happens to it on the way (queued, started, retrying and why) is told on stderr
     #[arg(long, conflicts_with = "lines")]
     pub wait: bool,
+    /// With --wait (which it implies): also print the agent's transcript on stderr as it comes
+    #[arg(long, short = 'f', conflicts_with = "lines")]
+    pub follow: bool,
     /// Queue one task per non-empty line of PROMPT (or of stdin, with -), all in one transaction;
     /// prints their ids, one a line
     #[arg(long)]
@@ -366,6 +373,22 @@ pub struct EventsArgs {
     /// Keep printing events as they happen, until interrupted
     #[arg(long, short)]
     pub follow: bool,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Task ids and worker names (`pool` for the pool's own tasks) [default: every worker]
+    #[arg(value_name = "WORKER|TASK_ID")]
+    pub targets: Vec<String>,
+    /// Keep printing as agents write, across tasks and attempts, until interrupted (tasks named
+    /// by id: until they have ended)
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only the last N lines [default: a task's whole transcript; 20 of workers]
+    #[arg(long, short = 'n', value_name = "N")]
+    pub lines: Option<usize>,
     #[command(flatten)]
     pub out: JsonArgs,
 }

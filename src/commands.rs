@@ -50,6 +50,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Tasks(args) => tasks(explicit, args).await,
         Command::Show(args) => show(explicit, args).await,
         Command::Events(args) => events(explicit, args).await,
+        Command::Logs(args) => crate::logs::run(explicit, args).await,
         Command::Classify(args) => classify(explicit, args),
         Command::Clean(args) => clean(explicit, args).await,
         Command::Result(args) => result(explicit, args).await,
@@ -90,7 +91,7 @@ fn config_path(explicit: Option<&Path>) -> Result<std::path::PathBuf> {
     }
 }
 
-fn load_config(explicit: Option<&Path>) -> Result<Config> {
+pub(crate) fn load_config(explicit: Option<&Path>) -> Result<Config> {
     match explicit {
         Some(path) => Config::load(path),
         None => {
@@ -103,7 +104,7 @@ fn load_config(explicit: Option<&Path>) -> Result<Config> {
 
 /// The store the config names (SQLite, or PostgreSQL with `[store] url`), with the events it
 /// commits also appended to the event log (commands record events too: a submit, a cancel).
-async fn open_store(config: &Config) -> Result<Box<dyn Store>> {
+pub(crate) async fn open_store(config: &Config) -> Result<Box<dyn Store>> {
     config
         .open_store(Some(std::sync::Arc::new(event_log(config))))
         .await
@@ -123,7 +124,7 @@ fn doorbell(config: &Config) -> impl Fn(wake::Ring) + Send + Sync + use<> {
     move |ring| wake::send_ring(&state_dir, &ring)
 }
 
-fn print_json(value: &(impl Serialize + ?Sized)) {
+pub(crate) fn print_json(value: &(impl Serialize + ?Sized)) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("our types serialise")
@@ -381,7 +382,7 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
     let bell = doorbell(&config);
     let (id, submitted) =
         agentq_daemon::ops::submit(&config, &*store, &bell, prompt, &ask, "cli").await?;
-    if !args.wait {
+    if !(args.wait || args.follow) {
         if args.out.json {
             print_json(&submitted);
         } else {
@@ -389,8 +390,54 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let task = wait_for(&*store, id, None).await?;
+    let task = wait_telling(&config, &*store, id, args.follow).await?;
     print_result(&task, args.out.json)
+}
+
+/// Waits for the task to end as [`wait_for`] does, telling on stderr what happens to it (each of
+/// its events: queued, started, retrying and why) and, with `follow`, its transcript as it comes.
+async fn wait_telling(config: &Config, store: &dyn Store, id: i64, follow: bool) -> Result<Task> {
+    let mut err = std::io::stderr();
+    let mut told = 0i64;
+    let mut transcript: Option<agentq_daemon::watch::TaskFollow> = None;
+    let style = crate::logs::Style {
+        color: std::io::IsTerminal::is_terminal(&err) && agentq_platform::term::color_allowed(),
+        prefix: false,
+    };
+    let mut pause = Duration::from_millis(5);
+    loop {
+        // The task is read first, so that what it did before it ended is all told below.
+        let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
+        // Events and transcript lines, told in the order they happened.
+        let mut news: Vec<(Millis, Vec<String>)> = Vec::new();
+        if follow {
+            let cursor = transcript
+                .get_or_insert_with(|| agentq_daemon::watch::TaskFollow::new(config, &task, 0));
+            for entry in cursor.next().await?.entries {
+                news.push((
+                    entry.ts,
+                    crate::logs::render(&task.worker, id, &entry, style),
+                ));
+            }
+        }
+        for e in store.events_of(id).await? {
+            if e.id <= told {
+                continue;
+            }
+            told = e.id;
+            let what = e.kind.strip_prefix("task_").unwrap_or(&e.kind);
+            news.push((e.ts, vec![format!("task {id} {what}: {}", e.message)]));
+        }
+        news.sort_by_key(|(ts, _)| *ts);
+        for line in news.into_iter().flat_map(|(_, lines)| lines) {
+            let _ = writeln!(err, "{line}");
+        }
+        if task.state.is_terminal() {
+            return Ok(task);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
 }
 
 /// `submit --lines`: a task for each non-empty line of `text`, all queued in one transaction (so
@@ -621,6 +668,13 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     println!("created:     {}", when(task.created_at));
     println!("started:     {}", opt(task.started_at.map(when)));
     println!("finished:    {}", opt(task.finished_at.map(when)));
+    if let (TaskState::Running, Some(started)) = (task.state, task.started_at) {
+        println!(
+            "elapsed:     {} (attempt {})",
+            fmt_ms((now_ms() - started).max(0)),
+            task.attempts
+        );
+    }
     if task.state == TaskState::Queued && task.not_before > now_ms() {
         println!("not before:  {}", when(task.not_before));
     }
@@ -690,7 +744,26 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
         }
     }
     section("prompt", &task.prompt);
-    section("output", task.output.as_deref().unwrap_or(""));
+    if task.state == TaskState::Running {
+        // What the agent is doing now, instead of the output it has not given yet.
+        let latest: Vec<agentq_core::transcript::Entry> =
+            serde_json::from_value(record["transcript_latest"].clone()).unwrap_or_default();
+        println!("\n--- transcript (latest; `agentq logs -f {id}` follows it)");
+        if latest.is_empty() {
+            println!("(nothing yet)");
+        }
+        let style = crate::logs::Style::for_stdout(false);
+        for e in &latest {
+            for line in crate::logs::render(&task.worker, id, e, style) {
+                println!("{line}");
+            }
+        }
+    } else {
+        section("output", task.output.as_deref().unwrap_or(""));
+        if record["transcript"].is_string() {
+            println!("\n(the agent's transcript: `agentq logs {id}`)");
+        }
+    }
     section("stderr (end)", task.stderr_tail.as_deref().unwrap_or(""));
     println!("\n--- events");
     for e in &events {

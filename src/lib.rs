@@ -32,13 +32,15 @@ pub use agentq_agents as agents;
 pub use agentq_agents::{agent, memory, persistent, procs};
 pub use agentq_core::{classify, domain, error, files, logfile, state, units, wake};
 pub use agentq_daemon::{
-    config, daemon, drive, hosts, http, intake, ops, output, pool, route, text, token, worker,
+    config, daemon, drive, hosts, http, intake, ops, output, pool, route, text, token, watch,
+    worker,
 };
 pub use agentq_store as store;
 
 pub mod cli;
 pub mod commands;
 pub mod doctor;
+pub mod logs;
 pub mod manual;
 pub mod service;
 pub mod top;

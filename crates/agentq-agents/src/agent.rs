@@ -56,6 +56,8 @@ pub struct Spec {
     /// The task's agent log: everything the agent writes, stdout and stderr as it comes, uncut
     /// by the caps (rotated by size instead).
     pub log: Option<Arc<agentq_core::logfile::RotatingFile>>,
+    /// The attempt's transcript: its output read into entries by the driver, as it comes.
+    pub transcript: Option<Arc<crate::transcript::Transcript>>,
 }
 
 /// Who records an agent's process group, and under which worker and task; and the keeper each
@@ -186,7 +188,11 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
         let _ = stdin.shutdown().await;
     });
     let cut = CancellationToken::new();
-    let watch = Arc::new(Activity::new(spec.final_line, spec.log.clone()));
+    let watch = Arc::new(Activity::new(
+        spec.final_line,
+        spec.log.clone(),
+        spec.transcript.clone(),
+    ));
     let stdout = tokio::spawn(read_head(
         stdout.expect("stdout was piped"),
         spec.output_cap,
@@ -247,6 +253,9 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Attempt {
     let (stdout, stdout_truncated) = stdout.await.unwrap_or_default();
     let mut stderr_tail = stderr.await.unwrap_or_default();
     cutter.abort();
+    if let Some(t) = &spec.transcript {
+        t.finish();
+    }
     // Where no keeper says it (Windows), the job's own word that it ended the attempt for its
     // process count.
     if let Some(note) = tree.process_limit_note() {
@@ -285,12 +294,21 @@ struct Activity {
     log: Option<Arc<agentq_core::logfile::RotatingFile>>,
     /// Set once writing the log failed: said once, then the log is left alone.
     log_failed: std::sync::atomic::AtomicBool,
+    transcript: Option<Arc<crate::transcript::Transcript>>,
+}
+
+/// Which pipe output came on.
+#[derive(Clone, Copy)]
+enum Pipe {
+    Stdout,
+    Stderr,
 }
 
 impl Activity {
     fn new(
         final_line: Option<fn(&str) -> bool>,
         log: Option<Arc<agentq_core::logfile::RotatingFile>>,
+        transcript: Option<Arc<crate::transcript::Transcript>>,
     ) -> Activity {
         Activity {
             born: Instant::now(),
@@ -299,11 +317,18 @@ impl Activity {
             finished: CancellationToken::new(),
             log,
             log_failed: Default::default(),
+            transcript,
         }
     }
 
-    /// Output arrived: note the time, and keep it in the task's log.
-    fn output(&self, bytes: &[u8]) {
+    /// Output arrived: note the time, and keep it in the task's log and transcript.
+    fn output(&self, pipe: Pipe, bytes: &[u8]) {
+        if let Some(t) = &self.transcript {
+            match pipe {
+                Pipe::Stdout => t.stdout(bytes),
+                Pipe::Stderr => t.stderr(bytes),
+            }
+        }
         self.last
             .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Some(log) = &self.log
@@ -377,7 +402,7 @@ async fn read_head(
             _ = cut.cancelled() => break,
         };
         let chunk = &buf[..n];
-        activity.output(chunk);
+        activity.output(Pipe::Stdout, chunk);
         let room = head_cap.saturating_sub(head.len());
         head.extend_from_slice(&chunk[..n.min(room)]);
         if n > room {
@@ -432,7 +457,7 @@ async fn read_tail(
             n = pipe.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
             _ = cut.cancelled() => break,
         };
-        activity.output(&buf[..n]);
+        activity.output(Pipe::Stderr, &buf[..n]);
         kept.extend_from_slice(&buf[..n]);
         if kept.len() > cap.saturating_mul(2).max(1) {
             kept.drain(..kept.len() - cap);
@@ -466,6 +491,7 @@ mod tests {
             memory: crate::memory::Policy::default(),
             book: None,
             log: None,
+            transcript: None,
         }
     }
 

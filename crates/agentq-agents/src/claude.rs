@@ -9,6 +9,10 @@
 //! - `--session-id <uuid>` starts a conversation under an id the caller chose, `--resume <id>`
 //!   continues it, and a resume of an unknown id fails with `No conversation found with session ID`;
 //! - `--output-format json` prints one result object; its fields are read tolerantly;
+//!   `--output-format stream-json --verbose` prints the run as it goes, one event per line
+//!   (`system` init, `assistant` and `user` messages with text, thinking, tool calls and their
+//!   results), ending with that same result object as a line: exec mode uses it, so that a
+//!   task's transcript is live and its idle watchdog has something to watch;
 //! - `--input-format stream-json --output-format stream-json --verbose` stays up and serves one
 //!   user message per line, each ending with a `result` line; a `control_request` of subtype
 //!   `interrupt` ends the task in flight with a result within milliseconds.
@@ -17,6 +21,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+
+use crate::transcript::{Kind, Note, Transcribe, summarise_input, text_of};
 
 use super::{
     Conversation, Counted, Driver, End, Environment, Join, Limit, Line, LongLived, Output, Package,
@@ -27,7 +33,7 @@ use agentq_core::domain::Cause;
 /// How a worker runs Claude.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// One `claude -p --output-format json` process per task.
+    /// One `claude -p --output-format stream-json` process per task.
     Exec,
     /// One long-lived stream-json process per worker.
     Persistent,
@@ -132,9 +138,9 @@ impl Driver for Settings {
         env
     }
 
-    /// With `--output-format=json` it prints nothing until the end.
-    fn prints_while_working(&self) -> bool {
-        false
+    /// Its stream-json output is a stream of events ending with the result.
+    fn output_is_a_stream(&self) -> bool {
+        true
     }
 
     /// The CLI has been seen to hang after printing its result: the result line is final.
@@ -154,15 +160,16 @@ impl Driver for Settings {
         (self.mode == Mode::Persistent).then_some(self as &dyn LongLived)
     }
 
+    fn transcriber(&self) -> Box<dyn Transcribe> {
+        Box::new(Transcriber::default())
+    }
+
     fn daily_budget_usd(&self) -> Option<f64> {
         self.budget_usd_per_day
     }
 
-    fn warnings(&self, idle_timeout: Option<std::time::Duration>) -> Vec<String> {
+    fn warnings(&self, _idle_timeout: Option<std::time::Duration>) -> Vec<String> {
         let mut out = Vec::new();
-        if self.mode == Mode::Exec && idle_timeout.is_some() {
-            out.push("idle_timeout does not apply to claude in exec mode, which prints nothing until its result; use mode = \"persistent\" to watch for hangs".to_string());
-        }
         if self.skip_permissions {
             out.push(
                 "runs claude with --dangerously-skip-permissions: it may run any tool without asking"
@@ -264,7 +271,8 @@ pub fn exec_argv(bin: &Path, settings: &Settings, join: &Join) -> Vec<String> {
     let mut argv = vec![
         bin.to_string_lossy().into_owned(),
         "-p".into(),
-        "--output-format=json".into(),
+        "--output-format=stream-json".into(),
+        "--verbose".into(),
     ];
     push_common(&mut argv, settings, join);
     argv
@@ -583,10 +591,196 @@ const MARKERS: &[&str] = &[
 ];
 const MARKER_PREFIXES: &[&str] = &["CLAUDECODE_"];
 
+/// Claude's stream-json events as transcript entries: `system` init as a status, each block of an
+/// `assistant` message (text, thinking, tool use), each `tool_result` of a `user` message (named
+/// by its call), a rejected rate limit, and the `result` as how the run ended.
+#[derive(Default)]
+pub struct Transcriber {
+    /// Tool call ids and their tools' names, to name their results.
+    tools: BTreeMap<String, String>,
+}
+
+impl Transcribe for Transcriber {
+    fn line(&mut self, line: &str, out: &mut Vec<Note>) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            if !line.trim().is_empty() {
+                out.push(Note::new(Kind::Stdout, line));
+            }
+            return;
+        };
+        let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        match v.get("type").and_then(Value::as_str) {
+            Some("system") => match field(&v, "subtype").as_deref() {
+                Some("init") => {
+                    let mut said = format!(
+                        "session {}",
+                        field(&v, "session_id").unwrap_or_else(|| "?".into())
+                    );
+                    if let Some(model) = field(&v, "model") {
+                        said.push_str(&format!(", model {model}"));
+                    }
+                    out.push(Note::new(Kind::Status, said));
+                }
+                Some(other) => {
+                    let detail = field(&v, "message")
+                        .or_else(|| field(&v, "error"))
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default();
+                    out.push(Note::new(Kind::Status, format!("{other}{detail}")));
+                }
+                None => {}
+            },
+            Some("assistant") => {
+                for block in blocks(&v) {
+                    match block.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            if let Some(text) = field(block, "text").filter(|t| !t.is_empty()) {
+                                out.push(Note::new(Kind::Text, text));
+                            }
+                        }
+                        Some("thinking") => {
+                            if let Some(text) = field(block, "thinking").filter(|t| !t.is_empty()) {
+                                out.push(Note::new(Kind::Thinking, text));
+                            }
+                        }
+                        Some("tool_use" | "server_tool_use") => {
+                            let name = field(block, "name").unwrap_or_else(|| "tool".into());
+                            if let Some(id) = field(block, "id") {
+                                self.tools.insert(id, name.clone());
+                            }
+                            let input = block.get("input").cloned().unwrap_or(Value::Null);
+                            out.push(Note::new(Kind::ToolCall, summarise_input(&input)).tool(name));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Some("user") => {
+                for block in blocks(&v) {
+                    if block.get("type").and_then(Value::as_str) != Some("tool_result") {
+                        continue;
+                    }
+                    let name = field(block, "tool_use_id")
+                        .and_then(|id| self.tools.get(&id).cloned())
+                        .unwrap_or_else(|| "tool".into());
+                    let error = block.get("is_error").and_then(Value::as_bool) == Some(true);
+                    let text = text_of(block.get("content").unwrap_or(&Value::Null));
+                    out.push(Note::new(Kind::ToolResult, text).tool(name).error(error));
+                }
+            }
+            Some("rate_limit_event") => {
+                if let Some(limit) = rate_limit_of(&v) {
+                    out.push(Note::new(Kind::Status, limit.message).error(true));
+                }
+            }
+            Some("result") => {
+                if let Some(r) = ClaudeResult::from_value(&v) {
+                    out.push(Note::new(Kind::Result, r.summary()).error(r.is_error));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The content blocks of a message event.
+fn blocks(v: &Value) -> impl Iterator<Item = &Value> {
+    v.pointer("/message/content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+impl ClaudeResult {
+    /// How the run ended, in one line: its kind, cost, tokens and turns, and the error's text.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![match (&self.subtype, self.is_error) {
+            (Some(s), _) if s != "success" => s.clone(),
+            (_, true) => "error".to_string(),
+            _ => "done".to_string(),
+        }];
+        if let Some(cost) = self.total_cost_usd {
+            parts.push(format!("${cost:.4}"));
+        }
+        if let (Some(i), Some(o)) = (self.input_tokens, self.output_tokens) {
+            parts.push(format!("{i} in / {o} out tokens"));
+        }
+        if let Some(n) = self.num_turns {
+            parts.push(format!("{n} turn{}", if n == 1 { "" } else { "s" }));
+        }
+        let mut line = parts.join(" · ");
+        if self.is_error && !self.text.is_empty() {
+            line.push_str(": ");
+            line.push_str(&self.text);
+        }
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_recorded_stream_reads_as_status_tool_call_result_text_and_end() {
+        let recorded = include_str!("../../../fake-anthropic/fixtures/claude/stream-tool.jsonl");
+        let mut t = Transcriber::default();
+        let mut notes = Vec::new();
+        for line in recorded.lines() {
+            t.line(line, &mut notes);
+        }
+        let got: Vec<(Kind, Option<&str>, &str)> = notes
+            .iter()
+            .map(|n| (n.kind, n.tool.as_deref(), n.text.as_str()))
+            .collect();
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got[0].0, Kind::Status);
+        assert!(got[0].2.starts_with("session 79a8e422"), "{got:?}");
+        assert_eq!(
+            got[1],
+            (
+                Kind::ToolCall,
+                Some("Bash"),
+                "echo hello > f.txt && cat f.txt"
+            )
+        );
+        assert_eq!(got[2], (Kind::ToolResult, Some("Bash"), "hello"));
+        assert_eq!(got[3], (Kind::Text, None, "ran: hello"));
+        assert_eq!(got[4].0, Kind::Result);
+        assert!(got[4].2.starts_with("done · $0.0007"), "{got:?}");
+        // And the same stream is still read for its result.
+        let read = Settings::DEFAULT.read(&Output {
+            stdout: recorded,
+            stderr: "",
+            exit_code: Some(0),
+            now: chrono::Local::now(),
+        });
+        assert!(matches!(read, Read::Reply(r) if r.text == "ran: hello"));
+    }
+
+    #[test]
+    fn an_error_result_and_a_failed_tool_say_so() {
+        let mut t = Transcriber::default();
+        let mut notes = Vec::new();
+        t.line(r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t1","name":"Read","input":{"file_path":"/x"}},{"type":"thinking","thinking":"hmm"}]}}"#, &mut notes);
+        t.line(r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t1","content":[{"type":"text","text":"no such file"}],"is_error":true}]}}"#, &mut notes);
+        t.line(r#"{"type":"result","subtype":"error_max_turns","is_error":true,"errors":["too many turns"]}"#, &mut notes);
+        t.line("not json", &mut notes);
+        assert_eq!(notes[0], Note::new(Kind::ToolCall, "/x").tool("Read"));
+        assert_eq!(notes[1], Note::new(Kind::Thinking, "hmm"));
+        assert_eq!(
+            notes[2],
+            Note::new(Kind::ToolResult, "no such file")
+                .tool("Read")
+                .error(true)
+        );
+        assert_eq!(
+            notes[3],
+            Note::new(Kind::Result, "error_max_turns: too many turns").error(true)
+        );
+        assert_eq!(notes[4], Note::new(Kind::Stdout, "not json"));
+    }
 
     #[test]
     fn every_value_is_one_argument_and_nothing_is_positional() {
@@ -608,7 +802,8 @@ mod tests {
             [
                 "/bin/claude",
                 "-p",
-                "--output-format=json",
+                "--output-format=stream-json",
+                "--verbose",
                 "--session-id=u-1",
                 "--model=opus",
                 "--permission-mode=acceptEdits",
@@ -631,7 +826,7 @@ mod tests {
             },
             &Join::Resume("u-2".into()),
         );
-        assert_eq!(resume[3], "--resume=u-2");
+        assert_eq!(resume[4], "--resume=u-2");
         assert_eq!(resume.last().unwrap(), "--dangerously-skip-permissions");
     }
 

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::transcript::{Kind, Note, Transcribe, summarise_input};
+
 use super::{
     Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Package, Read, Reply,
     Reported, SessionPolicy, first_line,
@@ -146,6 +148,10 @@ impl Driver for Settings {
 
     fn output_is_a_stream(&self) -> bool {
         true
+    }
+
+    fn transcriber(&self) -> Box<dyn Transcribe> {
+        Box::new(Transcriber)
     }
 
     fn read(&self, out: &Output) -> Read {
@@ -309,9 +315,167 @@ fn failure(message: &str) -> End {
     End::failed(cause, format!("codex: {}", first_line(message, 300)))
 }
 
+/// Codex's `exec --json` events as transcript entries: the thread as a status, a command when it
+/// starts and its output when it completes, file changes, MCP tool calls and web searches as tool
+/// calls, the agent's messages and reasoning, and each turn's end (tokens, or why it failed).
+#[derive(Default)]
+pub struct Transcriber;
+
+impl Transcribe for Transcriber {
+    fn line(&mut self, line: &str, out: &mut Vec<Note>) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            if !line.trim().is_empty() {
+                out.push(Note::new(Kind::Stdout, line));
+            }
+            return;
+        };
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let item = v.get("item").unwrap_or(&Value::Null);
+        match (
+            v.get("type").and_then(Value::as_str),
+            item.get("type").and_then(Value::as_str),
+        ) {
+            (Some("thread.started"), _) => out.push(Note::new(
+                Kind::Status,
+                format!(
+                    "thread {}",
+                    text(&v, "thread_id").unwrap_or_else(|| "?".into())
+                ),
+            )),
+            (Some("item.started"), Some("command_execution")) => out.push(
+                Note::new(Kind::ToolCall, text(item, "command").unwrap_or_default()).tool("shell"),
+            ),
+            (Some("item.completed"), Some(kind)) => match kind {
+                "agent_message" => out.push(Note::new(
+                    Kind::Text,
+                    text(item, "text").unwrap_or_default(),
+                )),
+                "reasoning" => out.push(Note::new(
+                    Kind::Thinking,
+                    text(item, "text").unwrap_or_default(),
+                )),
+                "command_execution" => {
+                    let code = item.get("exit_code").and_then(Value::as_i64);
+                    let mut said = text(item, "aggregated_output").unwrap_or_default();
+                    if let Some(code) = code.filter(|c| *c != 0) {
+                        said.push_str(&format!("(exit {code})"));
+                    }
+                    out.push(
+                        Note::new(Kind::ToolResult, said.trim_end().to_string())
+                            .tool("shell")
+                            .error(code.is_some_and(|c| c != 0)),
+                    );
+                }
+                "file_change" => {
+                    let changes: Vec<String> = item
+                        .get("changes")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            format!(
+                                "{} {}",
+                                text(c, "kind").unwrap_or_else(|| "change".into()),
+                                text(c, "path").unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    out.push(Note::new(Kind::ToolCall, changes.join(", ")).tool("edit"));
+                }
+                "mcp_tool_call" => {
+                    let name = format!(
+                        "{}.{}",
+                        text(item, "server").unwrap_or_default(),
+                        text(item, "tool").unwrap_or_default()
+                    );
+                    let args = item.get("arguments").cloned().unwrap_or(Value::Null);
+                    out.push(Note::new(Kind::ToolCall, summarise_input(&args)).tool(name));
+                }
+                "web_search" => out.push(
+                    Note::new(Kind::ToolCall, text(item, "query").unwrap_or_default())
+                        .tool("web_search"),
+                ),
+                "error" => out.push(
+                    Note::new(Kind::Status, text(item, "message").unwrap_or_default()).error(true),
+                ),
+                _ => {}
+            },
+            (Some("turn.completed"), _) => {
+                let usage = v.get("usage").unwrap_or(&Value::Null);
+                let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+                out.push(Note::new(
+                    Kind::Result,
+                    format!(
+                        "done · {} in / {} out tokens",
+                        n("input_tokens"),
+                        n("output_tokens")
+                    ),
+                ));
+            }
+            (Some("turn.failed"), _) => out.push(
+                Note::new(
+                    Kind::Result,
+                    format!(
+                        "failed: {}",
+                        v.pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                    ),
+                )
+                .error(true),
+            ),
+            (Some("error"), _) => out
+                .push(Note::new(Kind::Status, text(&v, "message").unwrap_or_default()).error(true)),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn transcribed(recorded: &str) -> Vec<(Kind, Option<String>, String, bool)> {
+        let mut t = Transcriber;
+        let mut notes = Vec::new();
+        for line in recorded.lines() {
+            t.line(line, &mut notes);
+        }
+        notes
+            .into_iter()
+            .map(|n| (n.kind, n.tool, n.text, n.error))
+            .collect()
+    }
+
+    #[test]
+    fn recorded_runs_read_as_commands_their_output_messages_and_ends() {
+        let run = transcribed(include_str!(
+            "../../../fake-anthropic/fixtures/codex/exec-fail.jsonl"
+        ));
+        let kinds: Vec<Kind> = run.iter().map(|n| n.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Status,
+                Kind::ToolCall,
+                Kind::ToolResult,
+                Kind::Text,
+                Kind::Result
+            ]
+        );
+        assert_eq!(run[1].1.as_deref(), Some("shell"));
+        assert!(run[1].2.contains("echo oops; exit 3"), "{run:?}");
+        assert_eq!((run[2].2.as_str(), run[2].3), ("oops\n(exit 3)", true));
+        assert_eq!(run[3].2, "ran: oops");
+        assert_eq!(run[4].2, "done · 2007 in / 13 out tokens");
+
+        let quota = transcribed(include_str!(
+            "../../../fake-anthropic/fixtures/codex/quota.jsonl"
+        ));
+        let last = quota.last().unwrap();
+        assert_eq!(last.0, Kind::Result);
+        assert!(last.3 && last.2.contains("Quota exceeded"), "{quota:?}");
+    }
 
     fn out(stdout: &str, stderr: &str, code: i32) -> Output<'static> {
         Output {

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::transcript::{Kind, Note, Transcribe, summarise_input};
+
 use super::{
     Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Package, Read, Reply,
     Reported, SessionPolicy, first_line, last_line,
@@ -137,6 +139,10 @@ impl Driver for Settings {
 
     fn output_is_a_stream(&self) -> bool {
         true
+    }
+
+    fn transcriber(&self) -> Box<dyn Transcribe> {
+        Box::new(Transcriber::default())
     }
 
     fn read(&self, out: &Output) -> Read {
@@ -325,9 +331,176 @@ fn limit_of(
     })
 }
 
+/// Gemini's stream-json events as transcript entries: `init` as a status, the assistant's text
+/// (which comes in pieces: held until a line is whole or another event comes), tool calls and their
+/// results (named by their call), errors, and the `result` as how the run ended.
+#[derive(Default)]
+pub struct Transcriber {
+    /// Tool call ids and their tools' names.
+    tools: BTreeMap<String, String>,
+    /// Assistant text not yet a whole line.
+    text: String,
+}
+
+impl Transcriber {
+    /// Gives out the held text's whole lines; with `all`, the rest too.
+    fn flush(&mut self, all: bool, out: &mut Vec<Note>) {
+        let end = if all {
+            self.text.len()
+        } else {
+            match self.text.rfind('\n') {
+                Some(at) => at + 1,
+                None => return,
+            }
+        };
+        let said: String = self.text.drain(..end).collect();
+        let said = said.trim_end_matches('\n');
+        if !said.trim().is_empty() {
+            out.push(Note::new(Kind::Text, said));
+        }
+    }
+}
+
+impl Transcribe for Transcriber {
+    fn line(&mut self, line: &str, out: &mut Vec<Note>) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            if !line.trim().is_empty() {
+                self.flush(true, out);
+                out.push(Note::new(Kind::Stdout, line));
+            }
+            return;
+        };
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let kind = v.get("type").and_then(Value::as_str);
+        if kind == Some("message") {
+            if text(&v, "role").as_deref() == Some("assistant") {
+                self.text.push_str(&text(&v, "content").unwrap_or_default());
+                if v.get("delta").and_then(Value::as_bool) == Some(true) {
+                    self.flush(false, out);
+                } else {
+                    self.flush(true, out);
+                }
+            }
+            return;
+        }
+        self.flush(true, out);
+        let error_text = |v: &Value| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| text(v, "message"))
+                .unwrap_or_default()
+        };
+        match kind {
+            Some("init") => {
+                let mut said = format!(
+                    "session {}",
+                    text(&v, "session_id").unwrap_or_else(|| "?".into())
+                );
+                if let Some(model) = text(&v, "model") {
+                    said.push_str(&format!(", model {model}"));
+                }
+                out.push(Note::new(Kind::Status, said));
+            }
+            Some("tool_use") => {
+                let name = text(&v, "tool_name").unwrap_or_else(|| "tool".into());
+                if let Some(id) = text(&v, "tool_id") {
+                    self.tools.insert(id, name.clone());
+                }
+                let input = v.get("parameters").cloned().unwrap_or(Value::Null);
+                out.push(Note::new(Kind::ToolCall, summarise_input(&input)).tool(name));
+            }
+            Some("tool_result") => {
+                let name = text(&v, "tool_id")
+                    .and_then(|id| self.tools.get(&id).cloned())
+                    .unwrap_or_else(|| "tool".into());
+                let failed = text(&v, "status").is_some_and(|s| s != "success");
+                let said = text(&v, "output")
+                    .or_else(|| text(&v, "status"))
+                    .unwrap_or_default();
+                out.push(Note::new(Kind::ToolResult, said).tool(name).error(failed));
+            }
+            Some("error") => out.push(Note::new(Kind::Status, error_text(&v)).error(true)),
+            Some("result") => {
+                if text(&v, "status").as_deref() == Some("success") {
+                    let stats = v.get("stats").unwrap_or(&Value::Null);
+                    let n = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    out.push(Note::new(
+                        Kind::Result,
+                        format!(
+                            "done · {} in / {} out tokens",
+                            n("input_tokens"),
+                            n("output_tokens")
+                        ),
+                    ));
+                } else {
+                    out.push(
+                        Note::new(Kind::Result, format!("failed: {}", error_text(&v))).error(true),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<Note>) {
+        self.flush(true, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn transcribed(recorded: &str) -> Vec<(Kind, Option<String>, String, bool)> {
+        let mut t = Transcriber::default();
+        let mut notes = Vec::new();
+        for line in recorded.lines() {
+            t.line(line, &mut notes);
+        }
+        t.finish(&mut notes);
+        notes
+            .into_iter()
+            .map(|n| (n.kind, n.tool, n.text, n.error))
+            .collect()
+    }
+
+    #[test]
+    fn recorded_runs_read_as_tool_calls_whole_text_and_ends() {
+        let run = transcribed(include_str!(
+            "../../../fake-anthropic/fixtures/gemini/tool-not-registered.stream.jsonl"
+        ));
+        let kinds: Vec<Kind> = run.iter().map(|n| n.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Status,
+                Kind::ToolCall,
+                Kind::ToolResult,
+                Kind::Text,
+                Kind::Result
+            ],
+            "{run:?}"
+        );
+        assert_eq!(
+            (run[1].1.as_deref(), run[1].2.as_str()),
+            (Some("run_shell_command"), "echo hi")
+        );
+        assert_eq!(run[2].1.as_deref(), Some("run_shell_command"));
+        assert!(run[2].3, "the tool failed");
+        // The two pieces of the answer make one entry.
+        assert_eq!(
+            run[3].2,
+            r#"seen 1: shell [[tool run_shell_command {"command":"echo hi"}]]"#
+        );
+        assert_eq!(run[4].2, "done · 2028 in / 31 out tokens");
+
+        let failed = transcribed(include_str!(
+            "../../../fake-anthropic/fixtures/gemini/server-error-500.stream.jsonl"
+        ));
+        let last = failed.last().unwrap();
+        assert!(last.0 == Kind::Result && last.3 && last.2.starts_with("failed: [API Error"));
+    }
 
     fn out(stdout: &'static str, stderr: &'static str, code: i32) -> Output<'static> {
         Output {

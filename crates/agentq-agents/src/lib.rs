@@ -36,6 +36,7 @@ pub mod command;
 pub mod gemini;
 pub mod memory;
 pub mod persistent;
+pub mod transcript;
 /// The processes agentq starts (moved to `agentq-platform`; the old path is kept).
 pub use agentq_platform::process as procs;
 
@@ -141,6 +142,12 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
 
     /// Reads what a finished process printed.
     fn read(&self, out: &Output) -> Read;
+
+    /// Reads its stdout, as it comes, into transcript entries: one per attempt (and per task of
+    /// its long-lived process). Each line as it is, unless the driver knows its events.
+    fn transcriber(&self) -> Box<dyn transcript::Transcribe> {
+        Box::new(transcript::Plain)
+    }
 
     /// Its long-lived mode, when it has one and the worker asked for it.
     fn long_lived(&self) -> Option<&dyn LongLived> {

@@ -22,6 +22,7 @@ use agentq_platform::process::{self, Child, Tree};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
+use crate::transcript::Transcript;
 use crate::{Limit, Line, LongLived, Reply};
 
 /// How one task in the long-lived process ended.
@@ -50,6 +51,8 @@ pub struct Persistent {
     lines: Lines<BufReader<ChildStdout>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<tokio::task::JoinHandle<()>>,
+    /// The transcript of the task being served, which its stderr goes to as well.
+    serving: Arc<Mutex<Option<Arc<Transcript>>>>,
     /// The conversation this process is in, as last reported.
     pub session_id: String,
     /// Tasks served since it started.
@@ -108,11 +111,17 @@ impl Persistent {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut err_pipe = err_pipe.expect("stderr was piped");
         let keep = stderr.clone();
+        let serving: Arc<Mutex<Option<Arc<Transcript>>>> = Arc::default();
+        let transcript = serving.clone();
         let stderr_reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             while let Ok(n) = err_pipe.read(&mut buf).await {
                 if n == 0 {
                     break;
+                }
+                let serving = transcript.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(t) = serving {
+                    t.stderr(&buf[..n]);
                 }
                 let mut kept = keep.lock().unwrap_or_else(|p| p.into_inner());
                 kept.extend_from_slice(&buf[..n]);
@@ -129,6 +138,7 @@ impl Persistent {
             lines,
             stderr,
             stderr_reader: Some(stderr_reader),
+            serving,
             session_id: session_id.to_string(),
             served: 0,
             budget_left: None,
@@ -201,13 +211,15 @@ impl Persistent {
             None,
             crate::memory::Policy::default(),
             None,
+            None,
             grace,
             stop,
         )
         .await
     }
 
-    /// [`Persistent::run`] with the idle and memory watchdogs, and the task's lines kept in `log`.
+    /// [`Persistent::run`] with the idle and memory watchdogs, the task's lines kept in `log`,
+    /// and its output read into its `transcript`.
     #[allow(clippy::too_many_arguments)]
     pub async fn run_watched(
         &mut self,
@@ -217,11 +229,13 @@ impl Persistent {
         idle_timeout: Option<Duration>,
         memory: crate::memory::Policy,
         log: Option<Arc<agentq_core::logfile::RotatingFile>>,
+        transcript: Option<Arc<Transcript>>,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
         let mut watch = crate::memory::Watch::new(Some(self.tree.clone()), memory);
         self.lines_read = 0;
+        *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = transcript.clone();
         let end = self
             .serve(
                 protocol,
@@ -230,10 +244,15 @@ impl Persistent {
                 idle_timeout,
                 &mut watch,
                 log,
+                transcript.as_deref(),
                 grace,
                 stop,
             )
             .await;
+        *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(t) = &transcript {
+            t.finish();
+        }
         if watch.peak.is_none() {
             watch.sample_now();
         }
@@ -254,6 +273,7 @@ impl Persistent {
         idle_timeout: Option<Duration>,
         watch: &mut crate::memory::Watch,
         log: Option<Arc<agentq_core::logfile::RotatingFile>>,
+        transcript: Option<&Transcript>,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> TaskEnd {
@@ -321,6 +341,9 @@ impl Persistent {
                     if let Some(log) = &log {
                         // The transcript is a record, not the result: a failed write loses only it.
                         let _ = log.append(format!("{text}\n").as_bytes());
+                    }
+                    if let Some(t) = transcript {
+                        t.stdout_line(&text);
                     }
                     match protocol.read_line(&text, chrono::Local::now()) {
                         Line::Session(id) => self.session_id = id,

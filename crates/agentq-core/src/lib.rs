@@ -6,7 +6,8 @@
 //! people write durations and sizes ([`units`]); and the one error type with its exit codes
 //! ([`error`]). Beside it, the few pieces of file and socket handling that the store, the agents
 //! and the daemon all share: the private state folder and its lock ([`state`]), files replaced
-//! whole ([`files`], from `agentq-platform`), size-rotated logs and the JSON-lines event log ([`logfile`]), and the
+//! whole ([`files`], from `agentq-platform`), size-rotated logs and the JSON-lines event log ([`logfile`]), tasks' transcripts
+//! ([`transcript`]), and the
 //! doorbell a client rings after changing the queue ([`wake`]).
 
 pub mod classify;
@@ -16,5 +17,6 @@ pub mod error;
 pub use agentq_platform::files;
 pub mod logfile;
 pub mod state;
+pub mod transcript;
 pub mod units;
 pub mod wake;

@@ -1023,6 +1023,18 @@ impl Config {
         self.state_dir().join("logs").join(worker)
     }
 
+    /// Where a task's transcripts are kept: `.agentq/transcripts/<worker or pool>/`.
+    pub fn transcript_dir(&self, folder: &str) -> PathBuf {
+        self.state_dir()
+            .join(agentq_core::transcript::DIR)
+            .join(folder)
+    }
+
+    /// A task's transcript, `.agentq/transcripts/<worker or pool>/task_<id>.jsonl`.
+    pub fn transcript_path(&self, folder: &str, task: i64) -> PathBuf {
+        agentq_core::transcript::path(&self.state_dir(), folder, task)
+    }
+
     pub fn queue_dir(&self, worker: &str) -> PathBuf {
         self.root.join(".queue").join(worker)
     }

@@ -485,6 +485,7 @@ impl Runner {
                 served.spec.idle_timeout,
                 self.memory_policy(Some(task)),
                 served.spec.log.clone(),
+                served.spec.transcript.clone(),
                 self.worker.limits.kill_timeout,
                 stop.future(),
             )

@@ -184,6 +184,7 @@ fn router(state: Shared) -> axum::Router {
         .route("/api/tasks/{id}", get(show))
         .route("/api/tasks/{id}/cancel", post(cancel))
         .route("/api/tasks/{id}/retry", post(retry))
+        .route("/api/tasks/{id}/transcript", get(transcript))
         .route("/api/workers/{name}/pause", post(pause))
         .route("/api/workers/{name}/resume", post(resume))
         .route("/api/workers/{name}/reset-session", post(reset_session))
@@ -832,16 +833,7 @@ async fn events(
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     let p = params(query, &["follow", "limit", "task", "worker", "kind"])?;
-    let follow = match p.get("follow").map(String::as_str) {
-        None | Some("0" | "false") => false,
-        Some("1" | "true" | "") => true,
-        Some(other) => {
-            return Err(ApiError::field(
-                "follow",
-                format!("{other:?} is not 1 or 0"),
-            ));
-        }
-    };
+    let follow = flag(&p, "follow")?;
     let limit = number::<u32>(&p, "limit")?.unwrap_or(50);
     let filter = LogFilter {
         worker: p.get("worker").cloned(),
@@ -898,6 +890,164 @@ async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A task's transcript: its entries after `after` as JSON, or with `follow=1` a
+/// `text/event-stream` of them and of every new one until the task has ended. Each entry is an
+/// `entry` event whose id is its `seq`, so a client that reconnects with `Last-Event-ID` (or
+/// `after`) continues where it was. The stream reads the transcript file as the client takes its
+/// events: a slow reader costs the agent nothing. Entries rotated away before the stream began
+/// are said in a `missed` event; a reader so slow that entries were rotated away while it was
+/// reading gets a last `lagged` event and the stream ends. An `end` event, with the task's state,
+/// closes the stream of a task that has ended.
+async fn transcript(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let id = task_id(&id)?;
+    let p = params(query, &["follow", "after"])?;
+    let follow = flag(&p, "follow")?;
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad("the Last-Event-ID header is not an entry's seq (a whole number)")
+                })
+        })
+        .transpose()?;
+    let after = resume.or(number::<u64>(&p, "after")?).unwrap_or(0);
+    let (config, store) = (s.api.config.clone(), s.api.store.clone());
+    if !follow {
+        let read = crate::watch::task_transcript(&config, store.as_ref(), id, after).await?;
+        return ok(StatusCode::OK, read.json());
+    }
+    let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
+    let permit = s.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many event streams: [http] max_streams is {}; close one, or raise max_streams in agentq.toml",
+                config.http.max_streams
+            ),
+        )
+    })?;
+    let follower = crate::watch::TaskFollow::new(&config, &task, after);
+    let stop = s.stop.child_token();
+    struct Reading {
+        follower: crate::watch::TaskFollow,
+        store: Arc<dyn Store>,
+        id: i64,
+        queue: std::collections::VecDeque<SseEvent>,
+        first: bool,
+        done: bool,
+        stop: CancellationToken,
+        _place: tokio::sync::OwnedSemaphorePermit,
+    }
+    let reading = Reading {
+        follower,
+        store,
+        id,
+        queue: Default::default(),
+        first: true,
+        done: false,
+        stop,
+        _place: permit,
+    };
+    let stream = futures_util::stream::unfold(reading, |mut r| async move {
+        loop {
+            if let Some(event) = r.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(event), r));
+            }
+            if r.done {
+                return None;
+            }
+            // Whether it has ended is asked before reading, so its last entries are read.
+            let task = match r.store.get(r.id).await {
+                Ok(task) => task,
+                Err(e) => {
+                    r.queue.push_back(stream_error(&e.to_string()));
+                    r.done = true;
+                    continue;
+                }
+            };
+            let found = match r.follower.next().await {
+                Ok(found) => found,
+                Err(e) => {
+                    r.queue.push_back(stream_error(&e.to_string()));
+                    r.done = true;
+                    continue;
+                }
+            };
+            let first = std::mem::replace(&mut r.first, false);
+            if let Some((from, to)) = found.missed {
+                let said = json!({ "from": from, "to": to });
+                if first {
+                    r.queue.push_back(SseEvent::default().event("missed").data(
+                        json!({ "missed": said, "note": format!("entries {from} to {to} were rotated away (the agent log keeps all its output)") }).to_string(),
+                    ));
+                } else {
+                    r.queue.push_back(SseEvent::default().event("lagged").data(
+                        json!({ "missed": said, "error": format!("this stream fell behind: entries {from} to {to} were rotated away before it took them; it ends here, reconnect with Last-Event-ID to follow from what is kept") }).to_string(),
+                    ));
+                    r.done = true;
+                    continue;
+                }
+            }
+            for entry in found.entries {
+                r.queue.push_back(
+                    SseEvent::default()
+                        .event("entry")
+                        .id(entry.seq.to_string())
+                        .data(serde_json::to_string(&entry).expect("entries serialise")),
+                );
+            }
+            match task {
+                None => {
+                    r.queue
+                        .push_back(stream_error(&format!("task {} was removed", r.id)));
+                    r.done = true;
+                }
+                Some(t) if t.state.is_terminal() => {
+                    r.queue.push_back(
+                        SseEvent::default()
+                            .event("end")
+                            .data(json!({ "task": t.id, "state": t.state }).to_string()),
+                    );
+                    r.done = true;
+                }
+                Some(_) if r.queue.is_empty() => {
+                    tokio::select! {
+                        _ = r.stop.cancelled() => return None,
+                        _ = tokio::time::sleep(crate::watch::FOLLOW_EVERY) => {}
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn stream_error(message: &str) -> SseEvent {
+    SseEvent::default()
+        .event("error")
+        .data(json!({ "error": message }).to_string())
+}
+
+/// A `1`/`0` (`true`/`false`) query parameter; absent is false.
+fn flag(p: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match p.get(name).map(String::as_str) {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true" | "") => Ok(true),
+        Some(other) => Err(ApiError::field(name, format!("{other:?} is not 1 or 0"))),
+    }
 }
 
 /// The most events an event stream keeps for a reader that has not taken them. A reader further
@@ -1306,6 +1456,23 @@ fn openapi_document() -> Value {
                     "summary": "Queue a failed, dead or cancelled task again",
                     "parameters": [id],
                     "responses": { "200": object("{id, state}"), "401": error, "404": error, "409": error }
+                }
+            },
+            "/api/tasks/{id}/transcript": {
+                "get": {
+                    "summary": "What the task's agent did, as typed entries (text, thinking, tool_call, tool_result, status, stdout, stderr, result; each with seq, ts, attempt): all after `after` as JSON, or with follow=1 a text/event-stream of `entry` events (id: the entry's seq, so Last-Event-ID resumes), then `end` when the task has ended; `missed` says entries rotated away before the stream began, `lagged` ends a stream whose reader fell behind the rotation",
+                    "parameters": [
+                        id,
+                        query("follow", "integer", "1: stream server-sent events until the task has ended"),
+                        query("after", "integer", "only entries after this seq (the Last-Event-ID header wins)")
+                    ],
+                    "responses": {
+                        "200": { "description": "the transcript", "content": {
+                            "application/json": { "schema": { "type": "object" } },
+                            "text/event-stream": { "schema": { "type": "string" } }
+                        } },
+                        "400": error, "401": error, "404": error, "503": error
+                    }
                 }
             },
             "/api/workers/{name}/pause": {

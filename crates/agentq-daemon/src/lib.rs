@@ -23,4 +23,5 @@ pub mod route;
 pub mod space;
 pub mod text;
 pub mod token;
+pub mod watch;
 pub mod worker;

@@ -103,8 +103,8 @@ pub async fn clean(
 /// committed before it was written, so this is only a margin.
 const ORPHAN_AGE: Duration = Duration::from_secs(60);
 
-/// Removes output files and agent logs (`task_<id>.*` under `.output/<folder>/` and
-/// `.agentq/logs/<folder>/`, of every folder or of `only`'s) whose task is no longer in the
+/// Removes output files, agent logs and transcripts (`task_<id>.*` under `.output/<folder>/`,
+/// `.agentq/logs/<folder>/` and `.agentq/transcripts/<folder>/`, of every folder or of `only`'s) whose task is no longer in the
 /// store: left by a crash between a task's removal and its files', or by another host's
 /// retention on a shared store, which removes this host's tasks but cannot reach their files.
 /// Files younger than a minute are left alone.
@@ -113,10 +113,14 @@ pub async fn remove_orphan_files(
     store: &dyn Store,
     only: Option<&str>,
 ) -> Result<u64> {
-    let roots: Vec<PathBuf> = [config.output_dir("_"), config.task_log_dir("_")]
-        .iter()
-        .filter_map(|d| d.parent().map(Path::to_path_buf))
-        .collect();
+    let roots: Vec<PathBuf> = [
+        config.output_dir("_"),
+        config.task_log_dir("_"),
+        config.transcript_dir("_"),
+    ]
+    .iter()
+    .filter_map(|d| d.parent().map(Path::to_path_buf))
+    .collect();
     let only = only.map(str::to_string);
     let found = run_blocking(move || {
         let mut found: Vec<(PathBuf, i64)> = Vec::new();
@@ -182,19 +186,28 @@ async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
     Ok(tokio::task::spawn_blocking(work).await?)
 }
 
-/// Removes the output files and agent logs of removed tasks: each folder is listed once.
+/// Removes the output files, agent logs and transcripts of removed tasks: each folder is listed
+/// once.
 fn remove_task_files(config: &Config, tasks: &[agentq_store::Pruned]) -> u64 {
     use std::collections::{BTreeMap, HashSet};
     let mut by_folder: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
+    // A pool task's output is under `pool`, its logs and transcript under the worker whose
+    // settings its runner had: both folders are looked in.
     for t in tasks {
-        by_folder
-            .entry(t.runs_on())
-            .or_default()
-            .insert(format!("task_{}", t.id));
+        for folder in [t.runs_on(), t.worker.as_str()] {
+            by_folder
+                .entry(folder)
+                .or_default()
+                .insert(format!("task_{}", t.id));
+        }
     }
     let mut removed = 0;
     for (name, stems) in by_folder {
-        for dir in [config.output_dir(name), config.task_log_dir(name)] {
+        for dir in [
+            config.output_dir(name),
+            config.task_log_dir(name),
+            config.transcript_dir(name),
+        ] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -332,8 +345,12 @@ pub async fn reset_session(
     Ok(json!({ "worker": worker.name, "had_session": had }))
 }
 
+/// How many of a running task's latest transcript entries `show` gives.
+pub const LATEST_LINES: usize = 10;
+
 /// Everything about one task, as `agentq show --json` prints it: the task, its events, its
-/// attempts and where its agent log is.
+/// attempts, where its agent log and transcript are, and, while it runs, how long it has been
+/// running and its latest transcript entries.
 pub async fn task_record(config: &Config, store: &dyn Store, id: i64) -> Result<(Task, Value)> {
     let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
     let events = store.events_of(id).await?;
@@ -349,6 +366,21 @@ pub async fn task_record(config: &Config, store: &dyn Store, id: i64) -> Result<
     .expect("our types serialise");
     record["attempt_history"] = serde_json::to_value(&attempts).expect("our types serialise");
     record["agent_log"] = serde_json::to_value(&agent_log).expect("paths serialise");
+    let transcript = crate::watch::path_of(config, &task);
+    let exists = agentq_core::transcript::exists(&transcript);
+    record["transcript"] =
+        serde_json::to_value(exists.then_some(&transcript)).expect("paths serialise");
+    if task.state == agentq_core::domain::TaskState::Running {
+        if let Some(started) = task.started_at {
+            record["elapsed_ms"] = json!((now_ms() - started).max(0));
+        }
+        let latest = if exists {
+            agentq_core::transcript::read_last(&transcript, LATEST_LINES).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        record["transcript_latest"] = serde_json::to_value(latest).expect("entries serialise");
+    }
     Ok((task, record))
 }
 

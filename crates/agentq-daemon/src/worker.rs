@@ -611,6 +611,14 @@ impl Runner {
                 keep: self.contained.keep(&self.worker.limits),
             }),
             log: Some(Arc::new(self.task_log(task))),
+            transcript: Some(agentq_agents::transcript::Transcript::new(
+                agentq_core::transcript::Writer::open(
+                    self.config.transcript_path(&self.worker.name, task.id),
+                    self.config.daemon.log_max_size,
+                    task.attempts,
+                ),
+                driver.transcriber(),
+            )),
         }
     }
 
@@ -629,7 +637,7 @@ impl Runner {
     }
 
     /// Every hundredth task of this runner (and its first), removes the worker's oldest agent
-    /// logs beyond `task_logs_keep`, never one of a task still running (its worker's runner and
+    /// logs and transcripts beyond `task_logs_keep` (each), never one of a task still running (its worker's runner and
     /// the pool may both be writing in the folder).
     async fn prune_logs(&self) {
         let nth = {
@@ -649,14 +657,22 @@ impl Runner {
                 limit: None,
             })
             .await;
-        let running: Vec<String> = match running {
-            Ok(list) => list.iter().map(|t| format!("task_{}.log", t.id)).collect(),
+        let running = match running {
+            Ok(list) => list,
             Err(e) => return warn!(worker = %name, "not pruning agent logs: {e}"),
         };
-        let dir = self.config.task_log_dir(name);
         let keep = self.config.daemon.task_logs_keep as usize;
-        if let Err(e) = agentq_core::logfile::prune(&dir, "task_", keep, &running) {
-            warn!(worker = %name, "cannot prune the agent logs in {}: {e}", dir.display());
+        for (dir, suffix) in [
+            (self.config.task_log_dir(name), "log"),
+            (self.config.transcript_dir(name), "jsonl"),
+        ] {
+            let spare: Vec<String> = running
+                .iter()
+                .map(|t| format!("task_{}.{suffix}", t.id))
+                .collect();
+            if let Err(e) = agentq_core::logfile::prune(&dir, "task_", keep, &spare) {
+                warn!(worker = %name, "cannot prune the task logs in {}: {e}", dir.display());
+            }
         }
     }
 
