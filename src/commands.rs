@@ -408,14 +408,15 @@ async fn wait_telling(config: &Config, store: &dyn Store, id: i64, follow: bool)
     loop {
         // The task is read first, so that what it did before it ended is all told below.
         let task = store.get(id).await?.ok_or(Error::NoSuchTask { id })?;
-        // Events and transcript lines, told in the order they happened.
-        let mut news: Vec<(Millis, Vec<String>)> = Vec::new();
+        // Events and transcript lines, told in the order they happened; within a millisecond, a
+        // task's queueing and start come before what its agent wrote, and its end after.
+        let mut news: Vec<((Millis, u8), Vec<String>)> = Vec::new();
         if follow {
             let cursor = transcript
                 .get_or_insert_with(|| agentq_daemon::watch::TaskFollow::new(config, &task, 0));
             for entry in cursor.next().await?.entries {
                 news.push((
-                    entry.ts,
+                    (entry.ts, 1),
                     crate::logs::render(&task.worker, id, &entry, style),
                 ));
             }
@@ -426,7 +427,15 @@ async fn wait_telling(config: &Config, store: &dyn Store, id: i64, follow: bool)
             }
             told = e.id;
             let what = e.kind.strip_prefix("task_").unwrap_or(&e.kind);
-            news.push((e.ts, vec![format!("task {id} {what}: {}", e.message)]));
+            let rank = if matches!(what, "queued" | "started") {
+                0
+            } else {
+                2
+            };
+            news.push((
+                (e.ts, rank),
+                vec![format!("task {id} {what}: {}", e.message)],
+            ));
         }
         news.sort_by_key(|(ts, _)| *ts);
         for line in news.into_iter().flat_map(|(_, lines)| lines) {

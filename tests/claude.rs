@@ -237,7 +237,7 @@ fn flags_environment_and_prompt_reach_the_cli_as_configured() {
     );
     let argv = out.split('|').next().unwrap();
     assert!(
-        argv.starts_with("argv=-p --output-format=json --session-id="),
+        argv.starts_with("argv=-p --output-format=stream-json --verbose --session-id="),
         "{argv}"
     );
     assert!(argv.contains("--model=opus --allowed-tools=Read --allowed-tools=Bash(git log:*) --append-system-prompt=-be brief --max-turns=3"), "{argv}");
@@ -340,6 +340,75 @@ fn a_spent_daily_budget_pauses_the_worker_and_resume_lets_it_go_on() {
     assert!(p.ok(&["worker", "resume", "c"]).contains("resumed"));
     p.ok(&["wait", "--timeout", "60s", &second.to_string()]);
     assert!(daemon.stop().success());
+}
+
+/// The kinds, tools and texts of a task's transcript, from `agentq logs --json`.
+fn transcript(p: &Project, id: i64) -> Vec<(String, String, String)> {
+    p.json(&["logs", &id.to_string()])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (s("kind"), s("tool"), s("text"))
+        })
+        .collect()
+}
+
+/// A task's transcript is live while it runs, and holds the tool call, its result, the answer and
+/// how the run ended; each task of a long-lived process has its own.
+fn transcripts(mode: &str) {
+    let fake = FakeServer::start().unwrap();
+    let p = Project::with_claude(
+        &fake,
+        &format!("mode = \"{mode}\"\nallowed_tools = [\"Bash\"]"),
+    );
+    let daemon = p.start();
+    let slow = p.submit("c", "take your time [[delay 3s]]");
+    wait_until(
+        Duration::from_secs(60),
+        "the running task's transcript to say its session",
+        || {
+            transcript(&p, slow)
+                .iter()
+                .any(|(kind, _, text)| kind == "status" && text.starts_with("session "))
+        },
+    );
+    let shown = p.ok(&["show", &slow.to_string()]);
+    if p.task(slow)["state"] == "running" {
+        assert!(shown.contains("elapsed:"), "{shown}");
+        assert!(shown.contains("· session "), "{shown}");
+    }
+    p.ok(&["wait", "--timeout", "60s", &slow.to_string()]);
+
+    let tool = p.submit("c", "look [[bash echo hi there]]");
+    p.ok(&["wait", "--timeout", "60s", &tool.to_string()]);
+    let t = transcript(&p, tool);
+    let kinds: Vec<&str> = t.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["status", "tool_call", "tool_result", "text", "result"],
+        "{t:?}"
+    );
+    assert_eq!(t[1].1, "Bash");
+    assert_eq!(t[1].2, "echo hi there");
+    assert_eq!(t[2].2, "hi there");
+    assert_eq!(t[3].2, "ran: hi there");
+    assert!(t[4].2.starts_with("done · $"), "{t:?}");
+    let text = p.ok(&["logs", &tool.to_string()]);
+    assert!(text.contains("→ Bash echo hi there"), "{text}");
+    assert!(text.contains("= done"), "{text}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn transcripts_exec() {
+    transcripts("exec");
+}
+
+#[test]
+fn transcripts_persistent() {
+    transcripts("persistent");
 }
 
 #[test]

@@ -1401,3 +1401,156 @@ fn help_lists_the_exit_codes() {
         );
     }
 }
+
+/// An agent that writes a line on stdout and one on stderr, then its answer; it fails its first
+/// attempt when the prompt says `flaky`.
+const CHATTY_AGENT: &str = r#"["sh", "-c", "read p; echo \"working on $p\"; echo \"careful $p\" >&2; case $p in flaky*) [ \"$AGENTQ_ATTEMPT\" -gt 1 ] || { echo broke >&2; exit 3; };; esac; echo \"done $p\""]"#;
+
+/// Reads lines from a child's stdout on a thread, so a test can wait for them with a limit.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn logs_interleave_workers_follow_new_tasks_and_print_a_task_whole() {
+    let p = Project::with_workers(&["alpha", "beta"], CHATTY_AGENT, "");
+    let daemon = p.start();
+    let first = p.submit("alpha", "one");
+    p.ok(&["wait", "--timeout", "60s", &first.to_string()]);
+
+    // A finished task: its whole transcript.
+    let whole = p.ok(&["logs", &first.to_string()]);
+    let lines: Vec<&str> = whole
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    // Each pipe's lines in order (stdout and stderr are read apart, so not against each other).
+    let stdout: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("stderr:"))
+        .collect();
+    assert_eq!(stdout, ["working on one", "done one"], "{whole}");
+    assert!(lines.contains(&"stderr: careful one"), "{whole}");
+    let last = p.ok(&["logs", "-n", "1", &first.to_string()]);
+    assert!(last.trim_end().ends_with(" done one"), "{last}");
+
+    // Following every worker: what was there, then new tasks of both workers as they run.
+    let mut follow = p
+        .cmd(&["logs", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut follow);
+    let backlog = lines.recv_timeout(LONG).unwrap();
+    assert!(
+        backlog.ends_with(&format!("alpha#{first} done one")),
+        "{backlog}"
+    );
+    let a = p.submit("alpha", "two");
+    let b = p.submit("beta", "three");
+    let mut seen = Vec::new();
+    let want = [
+        format!("alpha#{a} working on two"),
+        format!("alpha#{a} done two"),
+        format!("beta#{b} stderr: careful three"),
+        format!("beta#{b} done three"),
+    ];
+    while !want
+        .iter()
+        .all(|w| seen.iter().any(|l: &String| l.ends_with(w.as_str())))
+    {
+        match lines.recv_timeout(LONG) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("logs -f printed {seen:?}, not all of {want:?}"),
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follow.id() as i32),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(
+        follow.wait().unwrap().success(),
+        "Ctrl-C ends logs -f cleanly"
+    );
+
+    // One worker's, as JSON, each line naming worker and task.
+    let beta = p.json(&["logs", "beta"]);
+    let beta = beta.as_array().unwrap();
+    assert!(!beta.is_empty());
+    assert!(beta.iter().all(|l| l["worker"] == "beta" && l["task"] == b));
+
+    // Mistakes and a task with nothing yet.
+    let out = p.run(&["logs", "999"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no task 999"));
+    let out = p.run(&["logs", "gamma"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("\"gamma\" is neither a task id nor a worker (workers: alpha, beta"),
+        "{}",
+        text(&out.stderr)
+    );
+    p.ok(&["worker", "pause", "beta"]);
+    let waiting = p.submit("beta", "later");
+    let out = p.run(&["logs", &waiting.to_string()]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "task {waiting} has no transcript yet: it is queued"
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn submit_wait_tells_what_happens_on_stderr_and_follow_adds_the_transcript() {
+    let p = Project::with_workers(&["w"], CHATTY_AGENT, "");
+    let daemon = p.start();
+    let out = p.run(&["submit", "--wait", "--follow", "flaky job"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim_end(),
+        "working on flaky job\ndone flaky job"
+    );
+    let told = text(&out.stderr);
+    let find = |needle: &str| {
+        told.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{told}"))
+    };
+    // In the order it happened: queued, started, the first attempt's lines, the retry and why,
+    // the second attempt, the end.
+    let order = [
+        find("task 1 queued: from cli"),
+        find("task 1 started: attempt 1 of 3"),
+        find("stderr: broke"),
+        find("task 1 retrying: attempt 1 failed: crashed (exit code 3); retry in"),
+        find("task 1 started: attempt 2 of 3"),
+        find("done flaky job"),
+        find("task 1 finished: succeeded: attempt 2"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{told}");
+
+    // Without --follow: what happens, not what the agent says.
+    let out = p.run(&["submit", "--wait", "steady"]);
+    assert!(out.status.success());
+    let told = text(&out.stderr);
+    assert!(told.contains("task 2 finished: succeeded"), "{told}");
+    assert!(!told.contains("working on"), "{told}");
+    assert!(daemon.stop().success());
+}

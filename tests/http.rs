@@ -1103,3 +1103,121 @@ fn retention_removes_old_tasks_and_metrics_counters_never_go_down() {
     let removed = s.project.json(&["events", "--kind", "tasks_removed"]);
     assert!(!removed.as_array().unwrap().is_empty(), "{removed}");
 }
+
+/// An agent that says a line, waits for `go` to appear, says another, and answers.
+const TALKING_AGENT: &str = r#"["sh", "-c", "read p; echo \"first $p\"; echo warn >&2; while [ ! -e go ]; do sleep 0.05; done; echo \"second $p\""]"#;
+
+/// Reads server-sent events until one named `until`: each as (event, id, data).
+fn read_events(
+    reader: &mut BufReader<TcpStream>,
+    until: &str,
+) -> Vec<(String, Option<String>, Value)> {
+    let mut events = Vec::new();
+    let (mut event, mut id, mut data) = (String::new(), None, String::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "events so far: {events:?}");
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("the stream ended before {until}: {events:?}");
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            if data.is_empty() {
+                continue;
+            }
+            let done = event == until;
+            events.push((
+                std::mem::take(&mut event),
+                id.take(),
+                serde_json::from_str(&std::mem::take(&mut data)).unwrap(),
+            ));
+            if done {
+                return events;
+            }
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data.push_str(v);
+        }
+    }
+}
+
+#[test]
+fn a_tasks_transcript_is_read_whole_and_followed_live_and_resumed_by_last_event_id() {
+    let s = Served::start(Project::with_workers(&["w"], TALKING_AGENT, HTTP));
+    s.error("GET", "/api/tasks/99/transcript", None, 404, "no task 99");
+    s.error(
+        "GET",
+        "/api/tasks/1/transcript?follow=2",
+        None,
+        400,
+        "follow",
+    );
+    let unauthorised = request(&s.addr, "GET", "/api/tasks/1/transcript", None, None);
+    assert_eq!(unauthorised.status, 401);
+
+    // Paused: the task waits, and has no transcript yet.
+    s.json("POST", "/api/workers/w/pause", None, 200);
+    let id = s.json("POST", "/api/tasks", Some(r#"{"prompt": "hi"}"#), 201)["id"]
+        .as_i64()
+        .unwrap();
+    let none = s.json("GET", &format!("/api/tasks/{id}/transcript"), None, 200);
+    assert_eq!(none["exists"], false);
+    assert!(
+        none["note"]
+            .as_str()
+            .unwrap()
+            .contains("no transcript yet: it is queued"),
+        "{none}"
+    );
+
+    // Followed live: the first lines come while the agent still works.
+    let (head, mut reader) = s.follow(&format!("/api/tasks/{id}/transcript?follow=1"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.json("POST", "/api/workers/w/resume", None, 200);
+    let early = read_events(&mut reader, "entry");
+    let mut seen = early;
+    seen.extend(read_events(&mut reader, "entry"));
+    let texts: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(_, _, d)| (d["kind"].as_str().unwrap(), d["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(texts, [("stdout", "first hi"), ("stderr", "warn")]);
+    assert_eq!(seen[1].1.as_deref(), Some("2"), "an entry's id is its seq");
+    assert_eq!(
+        s.json("GET", &format!("/api/tasks/{id}"), None, 200)["state"],
+        "running"
+    );
+    std::fs::write(s.project.path("go"), "").unwrap();
+    let rest = read_events(&mut reader, "end");
+    assert_eq!(rest[0].2["text"], "second hi");
+    assert_eq!(rest.last().unwrap().2["state"], "succeeded");
+
+    // Whole, or after a seq; and a stream resumed with Last-Event-ID gives only what came after.
+    let whole = s.json("GET", &format!("/api/tasks/{id}/transcript"), None, 200);
+    assert_eq!(whole["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(whole["next"], 3);
+    let after = s.json(
+        "GET",
+        &format!("/api/tasks/{id}/transcript?after=2"),
+        None,
+        200,
+    );
+    assert_eq!(after["entries"][0]["text"], "second hi");
+    // The Last-Event-ID header rides on the line after the token's.
+    let auth = format!("Bearer {}\r\nLast-Event-ID: 2", s.token);
+    let mut resumed = BufReader::new(send(
+        &s.addr,
+        "GET",
+        &format!("/api/tasks/{id}/transcript?follow=1"),
+        Some(&auth),
+        None,
+    ));
+    read_head(&mut resumed);
+    let again = read_events(&mut resumed, "end");
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(again[0].1.as_deref(), Some("3"));
+}

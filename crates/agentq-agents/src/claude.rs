@@ -150,6 +150,10 @@ impl Driver for Settings {
 
     fn read(&self, out: &Output) -> Read {
         match ClaudeResult::from_exec_stdout(out.stdout) {
+            // stream-json ends a failed resume with an error result that says so.
+            Some(result) if result.is_error && conversation_gone(out.stderr, &result.text) => {
+                Read::Gone
+            }
             Some(result) => Read::Reply(result.reply(out.exit_code.unwrap_or(0), out.now)),
             None if conversation_gone(out.stderr, out.stdout) => Read::Gone,
             None => Read::Nothing,
