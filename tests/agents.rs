@@ -93,6 +93,28 @@ fn context_is_kept_across_tasks_and_restarts(cli: &Cli) {
     assert_eq!(status["workers"][0]["session_id"].as_str(), Some(session));
     assert!(status["workers"][0]["tokens_today"].as_i64().unwrap() > 0);
     assert_eq!((cli.requests)(&fake), 3);
+    // Its transcript: the session (thread), the answer, and how the run ended.
+    let transcript = p.json(&["logs", &third.to_string()]);
+    // (Gemini says a word or two on stderr first.)
+    let kinds: Vec<&str> = transcript
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| *k != "stderr")
+        .collect();
+    assert_eq!(kinds.first(), Some(&"status"), "{transcript}");
+    assert_eq!(kinds.last(), Some(&"result"), "{transcript}");
+    let answer = transcript
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "text")
+        .unwrap_or_else(|| panic!("an answer: {transcript}"));
+    assert!(
+        answer["text"].as_str().unwrap().starts_with("seen 3: "),
+        "{transcript}"
+    );
     assert!(daemon.stop().success());
 }
 
@@ -205,6 +227,18 @@ fn codex_runs_in_the_configured_sandbox_on_every_resume() {
         p.task(first)["session_id"],
         p.task(second)["session_id"],
         "the second resumed the first's thread"
+    );
+    let transcript = p.json(&["logs", &first.to_string()]);
+    let call = transcript
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "tool_call")
+        .unwrap_or_else(|| panic!("a tool call: {transcript}"));
+    assert_eq!(call["tool"], "shell");
+    assert!(
+        call["text"].as_str().unwrap().contains("echo first > first.txt"),
+        "{transcript}"
     );
     for file in ["first.txt", "second.txt"] {
         assert!(
