@@ -1182,7 +1182,7 @@ fn classify_says_long_or_short_and_why_with_the_configs_rules_or_the_seeds() {
 }
 
 /// `agentq clean`: a dry run lists and keeps; filters by state, worker and age; what goes takes
-/// its events, output files and agent log with it; queued tasks are never touched; a state that
+/// its events, output files, agent log and transcript with it; queued tasks are never touched; a state that
 /// is not finished is refused with the reason.
 #[test]
 fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
@@ -1198,6 +1198,7 @@ fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
             p.path(&format!(".output/w/task_{id}.txt")),
             p.path(&format!(".output/w/task_{id}.json")),
             p.path(&format!(".agentq/logs/w/task_{id}.log")),
+            p.path(&format!(".agentq/transcripts/w/task_{id}.jsonl")),
         ]
     };
     assert!(
@@ -1246,8 +1247,9 @@ fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
     let orphan = p.path(".output/w/task_9999.txt");
     let young = p.path(".output/w/task_9998.txt");
     let log = p.path(".agentq/logs/v/task_9999.log.1");
+    let transcript = p.path(".agentq/transcripts/v/task_9999.jsonl");
     let live = p.path(&format!(".output/w/task_{queued}.txt"));
-    for f in [&orphan, &young, &log, &live] {
+    for f in [&orphan, &young, &log, &transcript, &live] {
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(f, "x").unwrap();
         if *f != young {
@@ -1263,9 +1265,9 @@ fn clean_removes_finished_tasks_with_their_files_and_never_queued_ones() {
     assert!(orphan.exists());
     assert_eq!(
         p.ok(&["clean"]).trim(),
-        "no finished task matches; removed 2 file(s) of tasks no longer in the store"
+        "no finished task matches; removed 3 file(s) of tasks no longer in the store"
     );
-    assert!(!orphan.exists() && !log.exists());
+    assert!(!orphan.exists() && !log.exists() && !transcript.exists());
     assert!(young.exists() && live.exists());
 }
 
