@@ -1164,26 +1164,22 @@ async fn pause(explicit: Option<&Path>, args: PauseArgs) -> Result<()> {
 /// Clears an errored worker (or a pause) and has the daemon replace its long-lived process.
 async fn restart(explicit: Option<&Path>, args: WorkerNameArgs) -> Result<()> {
     let config = load_config(explicit)?;
-    let worker = config.resolve_worker(Some(&args.name))?;
     let store = open_store(&config).await?;
-    let cleared = store.restart_worker(&worker.name, now_ms()).await?;
-    wake::ring_restart(&config.state_dir(), &worker.name);
+    let mut done =
+        agentq_daemon::ops::restart(&config, &*store, &doorbell(&config), &args.name).await?;
     let running = state::holder(&config.state_dir())?.is_some();
+    done["daemon_running"] = json!(running);
     if args.out.json {
-        print_json(&json!({
-            "worker": worker.name,
-            "was_errored": cleared.as_ref().is_some_and(|p| p.errored()),
-            "was_paused": cleared.as_ref().is_some_and(|p| !p.errored()),
-            "daemon_running": running,
-        }));
+        print_json(&done);
         return Ok(());
     }
-    match &cleared {
-        Some(p) if p.errored() => {
-            println!("{}: no longer errored (was: {})", worker.name, p.reason)
+    let name = done["worker"].as_str().unwrap_or("");
+    match done["was"].as_str() {
+        Some(was) if done["was_errored"] == json!(true) => {
+            println!("{name}: no longer errored (was: {was})")
         }
-        Some(p) => println!("{}: no longer paused (was: {})", worker.name, p.reason),
-        None => println!("{}: restarted", worker.name),
+        Some(was) => println!("{name}: no longer paused (was: {was})"),
+        None => println!("{name}: restarted"),
     }
     if !running {
         println!("no daemon is running; the worker starts with the next `agentq run`");

@@ -237,7 +237,10 @@ fn codex_runs_in_the_configured_sandbox_on_every_resume() {
         .unwrap_or_else(|| panic!("a tool call: {transcript}"));
     assert_eq!(call["tool"], "shell");
     assert!(
-        call["text"].as_str().unwrap().contains("echo first > first.txt"),
+        call["text"]
+            .as_str()
+            .unwrap()
+            .contains("echo first > first.txt"),
         "{transcript}"
     );
     for file in ["first.txt", "second.txt"] {

@@ -192,7 +192,18 @@ fn the_dashboards_buttons_submit_cancel_retry_and_pause_and_a_wrong_token_is_ref
     let button = |id: i64, action: &str| {
         format!(r#"#tasks tr[data-id="{id}"] button[data-action="{action}"]"#)
     };
+    // A running task is cancelled on a second, confirming click only.
     b.click(&button(slow, "cancel"));
+    b.wait_for(
+        WAIT,
+        "the cancel button to ask for confirmation",
+        &format!(
+            "document.querySelector('{}') !== null",
+            button(slow, "confirm-cancel")
+        ),
+    );
+    assert_eq!(p.state(slow), "running", "one click cancels nothing");
+    b.click(&button(slow, "confirm-cancel"));
     wait_row(&mut b, slow, &["cancelled"]);
     assert_eq!(p.state(slow), "cancelled");
     wait_until(WAIT, "the cancelled agent to be stopped", || {
@@ -311,4 +322,143 @@ fn on_a_shared_store_the_dashboard_and_metrics_show_which_host_runs_each_worker(
             "{line:?} in:\n{metrics}"
         );
     }
+}
+
+/// First fails (exit 3), then on its second attempt says a line and waits for `go` before its
+/// last one.
+const STEPPING: &str = r#"["sh", "-c", "read p; echo \"step one $p\"; echo careful >&2; [ \"$AGENTQ_ATTEMPT\" = 1 ] && exit 3; while [ ! -e go ]; do sleep 0.05; done; echo \"step two $p\""]"#;
+
+/// Whether the page scrolls sideways, as a JavaScript expression.
+const SIDEWAYS: &str = "document.documentElement.scrollWidth > window.innerWidth";
+
+fn viewport(b: &mut Browser, width: u32, height: u32, mobile: bool) {
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+    );
+}
+
+#[test]
+fn the_task_panel_follows_the_transcript_across_attempts_and_fits_a_phone() {
+    let p = Project::new(&format!(
+        "[defaults]\nbackoff = \"3s\"\nmax_backoff = \"3s\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = {STEPPING}\n\
+         [[worker]]\nname = \"v\"\nagent = \"command\"\ncommand = [\"cat\"]\n"
+    ));
+    let daemon = p.start();
+    let base = format!("http://{}/", api_address(&daemon.log()));
+    let token = p.ok(&["token"]).trim().to_string();
+    let mut b = Browser::launch(&chromium(), &artifacts());
+    // A phone first: nothing scrolls sideways, the workers' table included.
+    viewport(&mut b, 390, 844, true);
+    b.goto(&format!("{base}#token={token}"));
+    b.wait_for(
+        WAIT,
+        "the workers",
+        &format!("{} !== null || null", worker_row("w")),
+    );
+    assert_eq!(
+        b.evaluate(SIDEWAYS),
+        false,
+        "the page scrolls sideways at 390 px"
+    );
+    // Many tasks below the fold: the panel must come into view when a row is clicked.
+    let fillers: Vec<i64> = (0..12).map(|i| p.submit("v", &format!("filler {i}"))).collect();
+    p.wait_all(&fillers);
+    let id = p.submit("w", "job");
+    wait_row(&mut b, id, &["queued", "running"]);
+    b.click(&format!(r#"#tasks tr[data-id="{id}"]"#));
+    b.wait_for(
+        WAIT,
+        "the panel to open in view",
+        "(r => r.top >= -1 && r.top < window.innerHeight)(document.querySelector('#detail').getBoundingClientRect()) || null",
+    );
+
+    // The first attempt fails: the panel says the task waits for a retry, when, and why.
+    b.wait_for(
+        WAIT,
+        "the panel to say it waits for a retry and why",
+        "(s => s && /for a retry at .*because attempt 1 ended: .*exit code 3/.test(s.innerText))(document.querySelector('#detail-waiting')) || null",
+    );
+    b.screenshot("retry-waiting-phone.png");
+    // The second runs: the transcript streams both attempts' lines, and the elapsed time ticks.
+    b.wait_for(
+        WAIT,
+        "the second attempt's first line in the transcript",
+        "[...document.querySelectorAll('#transcript [data-kind=stdout]')].filter(e => e.innerText === 'step one job').length === 2 || null",
+    );
+    let stderr =
+        b.evaluate("[...document.querySelectorAll('#transcript .t-stderr')].map(e => e.innerText)");
+    assert!(
+        stderr.as_array().unwrap().iter().any(|t| t == "careful"),
+        "{stderr}"
+    );
+    let first = b.wait_for(
+        WAIT,
+        "the elapsed time",
+        "document.querySelector('#detail-elapsed')?.innerText ?? null",
+    );
+    b.wait_for(
+        WAIT,
+        "the elapsed time to tick",
+        &format!("document.querySelector('#detail-elapsed')?.innerText !== {first} || null"),
+    );
+    assert_eq!(
+        b.evaluate(SIDEWAYS),
+        false,
+        "the open panel scrolls sideways at 390 px"
+    );
+    b.screenshot("running-phone.png");
+
+    // A desktop: the same panel, the tables as tables.
+    viewport(&mut b, 1280, 900, false);
+    assert_eq!(b.evaluate(SIDEWAYS), false);
+    assert_eq!(
+        b.evaluate("getComputedStyle(document.querySelector('#tasks thead')).display"),
+        "table-header-group"
+    );
+    b.screenshot("running-desktop.png");
+
+    std::fs::write(p.path("go"), "").unwrap();
+    b.wait_for(
+        WAIT,
+        "the last line and the end of the transcript",
+        "document.querySelector('#transcript').dataset.ended === '1' && document.querySelector('#detail').dataset.state === 'succeeded' || null",
+    );
+    let lines = b.evaluate(
+        "[...document.querySelectorAll('#transcript [data-kind=stdout]')].map(e => e.innerText)",
+    );
+    assert_eq!(
+        lines,
+        json!(["step one job", "step one job", "step two job"])
+    );
+    // Every attempt, with its cause.
+    let attempts =
+        b.evaluate("[...document.querySelectorAll('#attempts tbody tr')].map(r => r.innerText)");
+    let attempts = attempts.as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        attempts[0].as_str().unwrap().contains("crashed"),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[1].as_str().unwrap().contains("succeeded"),
+        "{attempts:?}"
+    );
+
+    // The worker's restart button reaches the daemon.
+    b.click(r#"#workers tr[data-worker="w"] button[data-action="restart"]"#);
+    wait_until(WAIT, "the restart to be recorded", || {
+        !p.json(&["events", "--kind", "worker_restarted"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    assert!(
+        b.problems.is_empty(),
+        "the page alerted or threw: {:?}",
+        b.problems
+    );
+    drop(b);
+    assert!(daemon.stop().success());
 }

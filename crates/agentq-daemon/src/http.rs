@@ -188,6 +188,7 @@ fn router(state: Shared) -> axum::Router {
         .route("/api/workers/{name}/pause", post(pause))
         .route("/api/workers/{name}/resume", post(resume))
         .route("/api/workers/{name}/reset-session", post(reset_session))
+        .route("/api/workers/{name}/restart", post(restart))
         .route("/api/status", get(status))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
@@ -820,6 +821,16 @@ async fn reset_session(State(s): State<Shared>, Path(name): Path<String>) -> Ans
         "asked through the HTTP API",
     )
     .await?;
+    ok(StatusCode::OK, done)
+}
+
+async fn restart(State(s): State<Shared>, Path(name): Path<String>) -> Answer {
+    let config = &s.api.config;
+    config
+        .worker(&name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no worker named {name:?}")))?;
+    let done =
+        crate::ops::restart(config, s.api.store.as_ref(), s.api.bell.as_ref(), &name).await?;
     ok(StatusCode::OK, done)
 }
 
@@ -1488,6 +1499,13 @@ fn openapi_document() -> Value {
                     "summary": "End a worker's pause",
                     "parameters": [name],
                     "responses": { "200": object("{worker, was_paused}"), "401": error, "404": error }
+                }
+            },
+            "/api/workers/{name}/restart": {
+                "post": {
+                    "summary": "Restart a worker: clear its pause or error, and start its agent afresh (a long-lived process is replaced), as `agentq worker restart` does",
+                    "parameters": [name],
+                    "responses": { "200": object("{worker, was_errored, was_paused, was}"), "401": error, "404": error }
                 }
             },
             "/api/workers/{name}/reset-session": {

@@ -345,6 +345,25 @@ pub async fn reset_session(
     Ok(json!({ "worker": worker.name, "had_session": had }))
 }
 
+/// `agentq worker restart` (and `POST /api/workers/{name}/restart`): clears the worker's pause
+/// or error and has its runner start its agent afresh (a long-lived process is replaced).
+pub async fn restart(
+    config: &Config,
+    store: &dyn Store,
+    bell: Bell<'_>,
+    name: &str,
+) -> Result<Value> {
+    let worker = config.resolve_worker(Some(name))?;
+    let cleared = store.restart_worker(&worker.name, now_ms()).await?;
+    bell(Ring::Restart(worker.name.clone()));
+    Ok(json!({
+        "worker": worker.name,
+        "was_errored": cleared.as_ref().is_some_and(|p| p.errored()),
+        "was_paused": cleared.as_ref().is_some_and(|p| !p.errored()),
+        "was": cleared.as_ref().map(|p| p.reason.clone()),
+    }))
+}
+
 /// How many of a running task's latest transcript entries `show` gives.
 pub const LATEST_LINES: usize = 10;
 
@@ -364,7 +383,20 @@ pub async fn task_record(config: &Config, store: &dyn Store, id: i64) -> Result<
         events: &events,
     })
     .expect("our types serialise");
-    record["attempt_history"] = serde_json::to_value(&attempts).expect("our types serialise");
+    let mut history = serde_json::to_value(&attempts).expect("our types serialise");
+    // What each attempt cost, from the event that recorded its end.
+    for a in history.as_array_mut().into_iter().flatten() {
+        let ended = events.iter().rev().find(|e| {
+            matches!(e.kind.as_str(), "task_finished" | "task_retrying")
+                && e.data.as_ref().and_then(|d| d.get("attempt")) == a.get("attempt")
+        });
+        if let Some(data) = ended.and_then(|e| e.data.as_ref()) {
+            for key in ["cost_usd", "input_tokens", "output_tokens"] {
+                a[key] = data.get(key).cloned().unwrap_or(Value::Null);
+            }
+        }
+    }
+    record["attempt_history"] = history;
     record["agent_log"] = serde_json::to_value(&agent_log).expect("paths serialise");
     let transcript = crate::watch::path_of(config, &task);
     let exists = agentq_core::transcript::exists(&transcript);

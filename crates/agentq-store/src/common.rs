@@ -141,6 +141,8 @@ pub fn finished(f: &Finish, id: i64, worker: &str, attempts: i64) -> NewEvent {
         "duration_ms": f.duration_ms,
         "memory_peak_mb": f.memory_peak_mb,
         "cost_usd": f.usage.cost_usd,
+        "input_tokens": f.usage.input_tokens,
+        "output_tokens": f.usage.output_tokens,
     });
     let data = Value::Object(
         data.as_object()
