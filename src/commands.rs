@@ -119,7 +119,7 @@ fn event_log(config: &Config) -> agentq_core::logfile::EventLog {
 }
 
 /// Rings the daemon of `config`'s state folder, if one listens.
-fn doorbell(config: &Config) -> impl Fn(wake::Ring) + Send + Sync + use<> {
+pub(crate) fn doorbell(config: &Config) -> impl Fn(wake::Ring) + Send + Sync + use<> {
     let state_dir = config.state_dir();
     move |ring| wake::send_ring(&state_dir, &ring)
 }
@@ -580,6 +580,13 @@ async fn status(explicit: Option<&Path>, args: StatusArgs) -> Result<()> {
 async fn top(explicit: Option<&Path>, args: WatchArgs) -> Result<()> {
     let config = load_config(explicit)?;
     let store = open_store(&config).await?;
+    // On a terminal, the interactive view; elsewhere (a pipe, a log, `--count`) frames of text.
+    if args.count == 0
+        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
+    {
+        return crate::tui::run(&config, &*store, args.interval).await;
+    }
     let how = crate::top::Watch {
         interval: args.interval,
         count: args.count,

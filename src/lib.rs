@@ -44,3 +44,4 @@ pub mod logs;
 pub mod manual;
 pub mod service;
 pub mod top;
+pub mod tui;

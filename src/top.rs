@@ -179,7 +179,7 @@ fn spent_today(w: &WorkerStatus) -> String {
     }
 }
 
-fn megabytes(mb: f64) -> String {
+pub(crate) fn megabytes(mb: f64) -> String {
     match mb {
         mb if mb < 10.0 => format!("{mb:.1} MiB"),
         mb if mb < 1024.0 => format!("{mb:.0} MiB"),
@@ -373,12 +373,12 @@ fn terminal_cols() -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use agentq_store::PoolCounts;
 
-    const NOW: Millis = 1_795_000_000_000;
+    pub(crate) const NOW: Millis = 1_795_000_000_000;
     const MIN: Millis = 60_000;
 
     fn worker(name: &str, state: &str) -> WorkerStatus {
@@ -415,7 +415,7 @@ mod tests {
 
     /// Every kind of row: a persistent worker at work, an idle one, a paused one, an errored
     /// one, the pool, and tasks of a worker the config no longer names.
-    fn busy() -> Status {
+    pub(crate) fn busy() -> Status {
         let reviewer = WorkerStatus {
             mode: "persistent".into(),
             task: Some(412),

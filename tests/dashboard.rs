@@ -363,7 +363,9 @@ fn the_task_panel_follows_the_transcript_across_attempts_and_fits_a_phone() {
         "the page scrolls sideways at 390 px"
     );
     // Many tasks below the fold: the panel must come into view when a row is clicked.
-    let fillers: Vec<i64> = (0..12).map(|i| p.submit("v", &format!("filler {i}"))).collect();
+    let fillers: Vec<i64> = (0..12)
+        .map(|i| p.submit("v", &format!("filler {i}")))
+        .collect();
     p.wait_all(&fillers);
     let id = p.submit("w", "job");
     wait_row(&mut b, id, &["queued", "running"]);

@@ -208,3 +208,211 @@ fn watch_redraws_until_its_count_and_top_shows_the_latest_events() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// `agentq top` on a terminal (a pty of 80x24, read through a terminal emulator): the screen it
+/// draws, and its keys.
+mod tui {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+
+    struct Pty {
+        child: std::process::Child,
+        input: std::fs::File,
+        screen: Arc<Mutex<vt100::Parser>>,
+    }
+
+    impl Pty {
+        fn spawn(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Pty {
+            let size = nix::pty::Winsize {
+                ws_row: 24,
+                ws_col: 80,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let pty = nix::pty::openpty(Some(&size), None).unwrap();
+            let slave: OwnedFd = pty.slave;
+            let mut cmd = p.cmd(args);
+            cmd.env("TERM", "xterm-256color").env_remove("NO_COLOR");
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            cmd.stdin(slave.try_clone().unwrap())
+                .stdout(slave.try_clone().unwrap())
+                .stderr(slave.try_clone().unwrap());
+            let fd = slave.as_raw_fd();
+            // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+            // controlling terminal is the pty, as a terminal emulator starts a shell.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::setsid().map_err(std::io::Error::from)?;
+                    if libc::ioctl(fd, libc::TIOCSCTTY as _, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().unwrap();
+            drop(slave);
+            let master = std::fs::File::from(pty.master);
+            let input = master.try_clone().unwrap();
+            let screen = Arc::new(Mutex::new(vt100::Parser::new(24, 80, 0)));
+            let parser = screen.clone();
+            std::thread::spawn(move || {
+                let mut master = master;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = master.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    parser.lock().unwrap().process(&buf[..n]);
+                }
+            });
+            Pty {
+                child,
+                input,
+                screen,
+            }
+        }
+
+        fn contents(&self) -> String {
+            self.screen.lock().unwrap().screen().contents()
+        }
+
+        fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let shown = self.contents();
+                if check(&shown) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "waiting for {what}; the screen shows:\n{shown}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        fn keys(&mut self, keys: &str) {
+            self.input.write_all(keys.as_bytes()).unwrap();
+        }
+
+        fn exit(mut self) -> std::process::ExitStatus {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return status;
+                }
+                assert!(std::time::Instant::now() < deadline, "top did not quit");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    const TALKER: &str = r#"["sh", "-c", "read p; echo \"thinking about $p\"; while [ ! -e go ]; do sleep 0.05; done; echo \"finished $p\""]"#;
+
+    #[test]
+    fn top_on_a_terminal_selects_follows_a_transcript_filters_cancels_and_quits() {
+        let p = Project::new(&format!(
+            "[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = {TALKER}\n\
+             [[worker]]\nname = \"v\"\nagent = \"command\"\ncommand = [\"cat\"]\n"
+        ));
+        let daemon = p.start();
+        let done = p.submit("v", "warm up");
+        p.ok(&["wait", "--timeout", "60s", &done.to_string()]);
+        let running = p.submit("w", "the long one");
+        let mut top = Pty::spawn(&p, &["top", "-n", "200ms"], &[]);
+        top.wait_for("the workers and tasks", |s| {
+            s.contains("WORKER") && s.contains("the long one") && s.contains("q quit")
+        });
+        // Every row fits its line: nothing wrapped onto the next.
+        {
+            let parser = top.screen.lock().unwrap();
+            let screen = parser.screen();
+            assert!(screen.alternate_screen(), "drawn in the alternate screen");
+            for row in 0..24 {
+                assert!(
+                    !screen.row_wrapped(row),
+                    "row {row} wrapped:\n{}",
+                    screen.contents()
+                );
+            }
+        }
+        // The newest task is selected; Enter shows its live transcript.
+        top.keys("\r");
+        top.wait_for("the running task's transcript", |s| {
+            s.contains(&format!("task {running} transcript"))
+                && s.contains("thinking about the long one")
+        });
+        // Down selects the older task, whose transcript follows.
+        top.keys("\x1b[B");
+        top.wait_for("the other task's transcript", |s| {
+            s.contains(&format!("task {done} transcript")) && s.contains("warm up")
+        });
+        top.keys("\r");
+        top.wait_for("the events again", |s| s.contains("latest events"));
+        // A filter, which leaves the running task alone and selected; a cancel of it, confirmed.
+        top.keys("/long");
+        top.wait_for("the filter being typed", |s| s.contains("filter: long"));
+        top.keys("\r");
+        top.keys("c");
+        top.wait_for("the question", |s| s.contains("y to confirm"));
+        assert_eq!(p.state(running), "running", "one key cancels nothing");
+        top.keys("y");
+        top.wait_for("the cancel to be done", |s| {
+            s.contains(&format!("task {running} cancelled"))
+        });
+        assert_eq!(p.state(running), "cancelled");
+        top.keys("q");
+        let screen = top.screen.clone();
+        assert!(top.exit().success());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !screen.lock().unwrap().screen().alternate_screen(),
+            "q gives the terminal's own screen back"
+        );
+        assert!(daemon.stop().success());
+    }
+
+    #[test]
+    fn top_honours_no_color_and_gives_the_terminal_back_on_sigterm() {
+        let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+        let daemon = p.start();
+        let id = p.submit("w", "colourful");
+        p.ok(&["wait", "--timeout", "60s", &id.to_string()]);
+        let colour_of = |env: &[(&str, &str)]| {
+            let top = Pty::spawn(&p, &["top", "-n", "200ms"], env);
+            top.wait_for("the finished task", |s| s.contains("colourful"));
+            let coloured = {
+                let parser = top.screen.lock().unwrap();
+                let screen = parser.screen();
+                (0..24).any(|row| {
+                    (0..80).any(|col| {
+                        screen
+                            .cell(row, col)
+                            .is_some_and(|c| c.fgcolor() != vt100::Color::Default)
+                    })
+                })
+            };
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(top.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let screen = top.screen.clone();
+            assert!(top.exit().success());
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(
+                !screen.lock().unwrap().screen().alternate_screen(),
+                "the terminal's own screen is back"
+            );
+            coloured
+        };
+        assert!(colour_of(&[]), "states are coloured");
+        assert!(!colour_of(&[("NO_COLOR", "1")]), "NO_COLOR: no colour");
+        assert!(daemon.stop().success());
+    }
+}
