@@ -1445,7 +1445,8 @@ fn logs_interleave_workers_follow_new_tasks_and_print_a_task_whole() {
     assert_eq!(stdout, ["working on one", "done one"], "{whole}");
     assert!(lines.contains(&"stderr: careful one"), "{whole}");
     let last = p.ok(&["logs", "-n", "1", &first.to_string()]);
-    assert!(last.trim_end().ends_with(" done one"), "{last}");
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(whole.ends_with(&last), "the last line: {last}");
 
     // Following every worker: what was there, then new tasks of both workers as they run.
     let mut follow = p
@@ -1456,10 +1457,7 @@ fn logs_interleave_workers_follow_new_tasks_and_print_a_task_whole() {
         .unwrap();
     let lines = lines_of(&mut follow);
     let backlog = lines.recv_timeout(LONG).unwrap();
-    assert!(
-        backlog.ends_with(&format!("alpha#{first} done one")),
-        "{backlog}"
-    );
+    assert!(backlog.contains(&format!(" alpha#{first} ")), "{backlog}");
     let a = p.submit("alpha", "two");
     let b = p.submit("beta", "three");
     let mut seen = Vec::new();

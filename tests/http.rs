@@ -1181,11 +1181,13 @@ fn a_tasks_transcript_is_read_whole_and_followed_live_and_resumed_by_last_event_
     let early = read_events(&mut reader, "entry");
     let mut seen = early;
     seen.extend(read_events(&mut reader, "entry"));
-    let texts: Vec<(&str, &str)> = seen
+    // (stdout and stderr are read apart: in either order.)
+    let mut texts: Vec<(&str, &str)> = seen
         .iter()
         .map(|(_, _, d)| (d["kind"].as_str().unwrap(), d["text"].as_str().unwrap()))
         .collect();
-    assert_eq!(texts, [("stdout", "first hi"), ("stderr", "warn")]);
+    texts.sort();
+    assert_eq!(texts, [("stderr", "warn"), ("stdout", "first hi")]);
     assert_eq!(seen[1].1.as_deref(), Some("2"), "an entry's id is its seq");
     assert_eq!(
         s.json("GET", &format!("/api/tasks/{id}"), None, 200)["state"],
