@@ -104,6 +104,10 @@ pub enum Command {
     /// Run agentq as a service of the system
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// agentq.toml's schema, and the settings agentq takes from it
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
     /// Print a completion script for a shell, to save where the shell looks for one
     Completions(CompletionsArgs),
     /// Print the man page agentq(1), or write it and one page per command into a folder
@@ -134,6 +138,16 @@ pub struct GuardArgs {
     /// The mark (`AGENTQ_DAEMON`) of the daemon's agents
     #[arg(long)]
     pub owner: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the JSON Schema (draft 2020-12) of agentq.toml, for editors and for checking a file
+    /// before agentq reads it; needs no agentq.toml
+    Schema,
+    /// Print the settings agentq uses: every default filled in, each worker resolved over
+    /// [defaults], secrets hidden (TOML that loads as the same config; --json: the same as JSON)
+    Show(JsonArgs),
 }
 
 #[derive(Subcommand, Debug)]

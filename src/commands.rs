@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{
-    CleanArgs, Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
-    ServiceInstallArgs, ServiceUninstallArgs, StatusArgs, SubmitArgs, TasksArgs, WaitArgs,
-    WatchArgs, WorkerCommand, WorkerNameArgs,
+    CleanArgs, Cli, Command, ConfigCommand, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs,
+    ServiceCommand, ServiceInstallArgs, ServiceUninstallArgs, StatusArgs, SubmitArgs, TasksArgs,
+    WaitArgs, WatchArgs, WorkerCommand, WorkerNameArgs,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
@@ -67,6 +67,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let config = config_path(explicit)?;
             crate::service::supervise(&config, &this_exe()?).await
         }
+        Command::Config(ConfigCommand::Schema) => {
+            print_json(&agentq_daemon::config::schema());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show(args)) => config_show(explicit, args.json),
         Command::Completions(args) => crate::manual::completions(args.shell),
         Command::Man(args) => crate::manual::man(args.dir.as_deref()),
         Command::Guard(args) => {
@@ -165,6 +170,18 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
             config.path.display(),
             config.state_dir().display()
         );
+    }
+    Ok(())
+}
+
+/// The settings agentq takes from the config, every default filled in.
+fn config_show(explicit: Option<&Path>, json: bool) -> Result<()> {
+    let config = load_config(explicit)?;
+    let shown = agentq_daemon::effective::Effective::of(&config);
+    if json {
+        print_json(&shown);
+    } else {
+        print!("{}", shown.to_toml(&config));
     }
     Ok(())
 }

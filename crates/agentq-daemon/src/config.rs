@@ -718,6 +718,95 @@ impl RawWorker {
     }
 }
 
+/// The JSON Schema (draft 2020-12) of `agentq.toml`, derived from the types the file is parsed
+/// into, each key described by its doc comment: for editors, and for checking a file before
+/// agentq reads it. Beyond what the types say, it holds the rules the parser keeps in tables:
+/// the keys each agent takes ([`AGENT_KEYS`], with the default agent as `build_agent` chooses
+/// it), and the keys `[pool]` and a `[[worker]]` each have not. TOML has no null, so no setting
+/// may be one.
+pub fn schema() -> serde_json::Value {
+    use serde_json::{Value, json};
+    let settings = schemars::generate::SchemaSettings::draft2020_12().with(|s| {
+        s.transforms
+            .push(Box::new(schemars::transform::RecursiveTransform(no_null)));
+    });
+    let mut schema = settings
+        .into_generator()
+        .into_root_schema_for::<RawFile>()
+        .to_value();
+
+    let is_agent =
+        |agent: &str| json!({"required": ["agent"], "properties": {"agent": {"const": agent}}});
+    let rules: Vec<Value> = AGENTS
+        .iter()
+        .map(|&agent| {
+            let when = match agent {
+                "claude" => json!({"anyOf": [
+                    is_agent(agent),
+                    {"not": {"anyOf": [{"required": ["agent"]}, {"required": ["command"]}]}}
+                ]}),
+                "command" => json!({"anyOf": [
+                    is_agent(agent),
+                    {"required": ["command"], "not": {"required": ["agent"]}}
+                ]}),
+                _ => is_agent(agent),
+            };
+            let foreign: serde_json::Map<String, Value> = AGENT_KEYS
+                .iter()
+                .filter(|(_, _, takers)| !takers.contains(&agent))
+                .map(|(key, _, _)| (key.to_string(), Value::Bool(false)))
+                .collect();
+            json!({
+                "if": when,
+                "then": {
+                    "description": format!("The keys {} has not.", agents_in_words(&[agent])),
+                    "properties": foreign
+                }
+            })
+        })
+        .collect();
+    schema["$defs"]["Worker"]["allOf"] = Value::Array(rules);
+
+    let refused = |keys: &[&[(&str, KeySpan)]]| -> serde_json::Map<String, Value> {
+        keys.iter()
+            .flat_map(|k| k.iter())
+            .map(|(key, _)| (key.to_string(), Value::Bool(false)))
+            .collect()
+    };
+    let mut pool_refuses = refused(&[NAMED_ONLY, LONG_LIVED_ONLY]);
+    pool_refuses.insert("mode".into(), json!({"not": {"const": "persistent"}}));
+    let properties = &mut schema["properties"];
+    properties["pool"]["properties"] = Value::Object(pool_refuses);
+    properties["worker"]["items"]["required"] = json!(["name"]);
+    properties["worker"]["items"]["properties"] = json!({"max_workers": false});
+    schema
+}
+
+/// Takes null out of a schema: schemars lets an `Option` be null, which TOML cannot write.
+fn no_null(schema: &mut Schema) {
+    use serde_json::Value;
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(types)) = object.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            object.insert("type".into(), only);
+        }
+    }
+    if let Some(Value::Array(any)) = object.get_mut("anyOf") {
+        any.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+        if let [Value::Object(only)] = any.as_slice() {
+            let only = only.clone();
+            object.remove("anyOf");
+            for (key, value) in only {
+                object.entry(key).or_insert(value);
+            }
+        }
+    }
+}
+
 /// The limit fields of `[defaults]` and of a `[[worker]]` are the same; serde cannot flatten them
 /// into both while also denying unknown keys, so they are gathered here.
 macro_rules! limits_of {
@@ -937,6 +1026,18 @@ pub enum Containment {
     Group,
 }
 
+impl Containment {
+    /// As `[daemon] containment` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Containment::Auto => "auto",
+            Containment::Cgroup => "cgroup",
+            Containment::Keeper => "keeper",
+            Containment::Group => "group",
+        }
+    }
+}
+
 /// Where each attempt's processes are held, as the daemon settled it at start: the mode, and
 /// the cgroups it divides, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1055,6 +1156,8 @@ pub struct Config {
     /// The folder holding it: everything relative is relative to this.
     pub root: PathBuf,
     pub default_worker: Option<String>,
+    /// What `[defaults]` sets, over agentq's own: the limits of a worker that sets none.
+    pub defaults: Limits,
     pub max_prompt_size: u64,
     pub intake: IntakeSettings,
     pub daemon: DaemonSettings,
@@ -1225,7 +1328,7 @@ impl Config {
             short: class_limits(raw.class.short.as_ref(), "short").map_err(at)?,
         };
         // Defaults that name no worker are still checked, so a typo there is caught before submit.
-        resolve_limits(&RawLimits::default(), &base).map_err(at)?;
+        let defaults = resolve_limits(&RawLimits::default(), &base).map_err(at)?;
         let default_worker = default_worker(&raw.defaults, &workers).map_err(at)?;
         let intake = intake_settings(&raw.intake).map_err(at)?;
         let daemon = daemon_settings(&raw.daemon).map_err(at)?;
@@ -1234,6 +1337,7 @@ impl Config {
         let store = store_settings(&raw.store).map_err(at)?;
         let retention = retention_settings(&raw.retention).map_err(at)?;
         Ok(Config {
+            defaults,
             retention,
             http,
             store,
@@ -1500,17 +1604,11 @@ fn parse_pool(
 /// Refuses in `[pool]` the settings of a named worker and of a long-lived agent, which the pool,
 /// a fresh process and conversation per task, has not.
 fn refuse_worker_only_keys(p: &RawWorker) -> std::result::Result<(), SpanError> {
-    for (key, span) in [
-        ("name", p.name.as_ref().map(Spanned::span)),
-        ("route", p.route.as_ref().map(Spanned::span)),
-        ("host", p.host.as_ref().map(Spanned::span)),
-    ] {
-        if let Some(span) = span {
-            return Err((
-                Some(span.into()),
-                format!("[pool] has no {key}: it is the pool, and runs every task it is given"),
-            ));
-        }
+    if let Some((key, span)) = set_in(p, NAMED_ONLY) {
+        return Err((
+            Some(span.into()),
+            format!("[pool] has no {key}: it is the pool, and runs every task it is given"),
+        ));
     }
     if let Some(mode) = p.mode.as_ref().filter(|m| m.get_ref() == "persistent") {
         return Err((
@@ -1518,36 +1616,57 @@ fn refuse_worker_only_keys(p: &RawWorker) -> std::result::Result<(), SpanError> 
             "[pool] runs every task in a fresh process: mode = \"persistent\" does not apply (leave mode out)".into(),
         ));
     }
-    // Settings of a long-lived process or a kept conversation, which the pool has not.
-    for (key, span) in [
-        ("session", p.session.as_ref().map(Spanned::span)),
-        (
-            "rotate_after_tasks",
-            p.rotate_after_tasks.as_ref().map(Spanned::span),
-        ),
-        (
-            "rotate_after_tokens",
-            p.rotate_after_tokens.as_ref().map(Spanned::span),
-        ),
-        (
-            "recycle_after_tasks",
-            p.recycle_after_tasks.as_ref().map(Spanned::span),
-        ),
-        ("autorestart", p.autorestart.as_ref().map(Spanned::span)),
-        ("max_restarts", p.max_restarts.as_ref().map(Spanned::span)),
-        ("min_uptime", p.min_uptime.as_ref().map(Spanned::span)),
-        ("restart_delay", p.restart_delay.as_ref().map(Spanned::span)),
-    ] {
-        if let Some(span) = span {
-            return Err((
-                Some(Place::Key(span)),
-                format!(
-                    "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
-                ),
-            ));
-        }
+    if let Some((key, span)) = set_in(p, LONG_LIVED_ONLY) {
+        return Err((
+            Some(Place::Key(span)),
+            format!(
+                "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Where a `[[worker]]` or `[pool]` table sets a key, if it does.
+type KeySpan = fn(&RawWorker) -> Option<Range<usize>>;
+
+/// The keys of a named worker, which `[pool]` has not: it is the pool.
+const NAMED_ONLY: &[(&str, KeySpan)] = &[
+    ("name", |w| w.name.as_ref().map(Spanned::span)),
+    ("route", |w| w.route.as_ref().map(Spanned::span)),
+    ("host", |w| w.host.as_ref().map(Spanned::span)),
+];
+
+/// The keys of a long-lived process or a kept conversation, which `[pool]` has not: each of its
+/// tasks runs in a fresh process and conversation of its own.
+const LONG_LIVED_ONLY: &[(&str, KeySpan)] = &[
+    ("session", |w| w.session.as_ref().map(Spanned::span)),
+    ("rotate_after_tasks", |w| {
+        w.rotate_after_tasks.as_ref().map(Spanned::span)
+    }),
+    ("rotate_after_tokens", |w| {
+        w.rotate_after_tokens.as_ref().map(Spanned::span)
+    }),
+    ("recycle_after_tasks", |w| {
+        w.recycle_after_tasks.as_ref().map(Spanned::span)
+    }),
+    ("autorestart", |w| w.autorestart.as_ref().map(Spanned::span)),
+    ("max_restarts", |w| {
+        w.max_restarts.as_ref().map(Spanned::span)
+    }),
+    ("min_uptime", |w| w.min_uptime.as_ref().map(Spanned::span)),
+    ("restart_delay", |w| {
+        w.restart_delay.as_ref().map(Spanned::span)
+    }),
+];
+
+/// The first of `keys` that `table` sets, with where.
+fn set_in(
+    table: &RawWorker,
+    keys: &[(&'static str, KeySpan)],
+) -> Option<(&'static str, Range<usize>)> {
+    keys.iter()
+        .find_map(|(key, span)| span(table).map(|s| (*key, s)))
 }
 
 /// `[defaults] worker`, which must name a `[[worker]]` of the file.
