@@ -162,7 +162,15 @@ pub enum ServiceCommand {
     /// (Internal) what the Windows task runs: `agentq run`, started again whenever it fails, its
     /// output in .agentq/service.log
     #[command(hide = true)]
-    Run,
+    Run(ServiceRunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceRunArgs {
+    /// Start the daemon with the variables of this environment file (KEY="value" lines, as
+    /// `service install` writes), read again at each start
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +185,12 @@ pub struct ServiceInstallArgs {
     /// Replace an existing file (or Windows task) that differs
     #[arg(long)]
     pub force: bool,
+    /// Carry this variable to the daemon and its agents too: KEY=VALUE, or KEY for its value in
+    /// this shell (may be given more than once). AGENTQ_DATABASE_URL and the agent CLIs' API
+    /// variables (ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY, ...) are carried when set.
+    /// They go into a file only you can read
+    #[arg(long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -63,9 +63,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Doctor(args) => doctor(explicit, args.json).await,
         Command::Service(ServiceCommand::Install(args)) => service_install(explicit, args),
         Command::Service(ServiceCommand::Uninstall(args)) => service_uninstall(explicit, args),
-        Command::Service(ServiceCommand::Run) => {
+        Command::Service(ServiceCommand::Run(args)) => {
             let config = config_path(explicit)?;
-            crate::service::supervise(&config, &this_exe()?).await
+            crate::service::supervise(&config, &this_exe()?, args.env_file.as_deref()).await
         }
         Command::Config(ConfigCommand::Schema) => {
             print_json(&agentq_daemon::config::schema());
@@ -206,12 +206,13 @@ fn this_exe() -> Result<std::path::PathBuf> {
         .map_err(|e| Error::io("finding the agentq binary", "this process's executable", e))
 }
 
-/// The service of this project (`user`: the user's), and where this OS keeps it; without a
-/// `config` (one that does not load), that of the agentq.toml a command would load.
+/// The service of this project (`user`: the user's), carrying `env`, and where this OS keeps it;
+/// without a `config` (one that does not load), that of the agentq.toml a command would load.
 fn service_plan(
     explicit: Option<&Path>,
     config: Option<&Config>,
     user: bool,
+    env: crate::service::Carried,
 ) -> Result<(crate::service::Service, crate::service::Plan)> {
     use crate::service::Service;
     let (exe, path_env) = (this_exe()?, std::env::var("PATH").unwrap_or_default());
@@ -219,6 +220,7 @@ fn service_plan(
         Some(config) => Service::for_config(config, exe, path_env, user),
         None => Service::for_file(&config_path(explicit)?, exe, path_env, user),
     };
+    let svc = Service { env, ..svc };
     let plan = crate::service::plan(&svc, &|k| std::env::var(k).ok())?;
     Ok((svc, plan))
 }
@@ -233,17 +235,31 @@ fn service_tools(
 }
 
 fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<()> {
-    use crate::service::{self, Installed, Kind};
+    use crate::service::{self, Carried, Installed, Kind};
     let config = load_config(explicit)?;
-    let (svc, plan) = service_plan(explicit, Some(&config), args.user)?;
+    let env = service::carried(&args.env, &|k| std::env::var(k).ok())?;
     if args.print {
+        // The variables' values are secrets: shown as *** (a launchd job holds them itself).
+        let hidden = Carried(env.0.keys().map(|k| (k.clone(), "***".into())).collect());
+        let (_, plan) = service_plan(explicit, Some(&config), args.user, hidden)?;
         print!("{}", plan.text);
         eprintln!(
             "(not written; without --print it goes to {})",
             plan.path.display()
         );
+        if !env.0.is_empty() {
+            eprintln!(
+                "(it carries {}, whose values are shown as ***{})",
+                env.names(),
+                match &plan.env_file {
+                    Some(f) => format!(", in {}, readable by you only", f.path.display()),
+                    None => String::new(),
+                }
+            );
+        }
         return Ok(());
     }
+    let (svc, plan) = service_plan(explicit, Some(&config), args.user, env)?;
     let mut tools = service_tools(&svc);
     // A task of this name that agentq has no copy of is someone else's: like a unit file that
     // differs, it is replaced only when asked to.
@@ -265,6 +281,17 @@ fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<
         Installed::Unchanged => "Unchanged:",
     };
     println!("{what} {}", plan.path.display());
+    match &plan.env_file {
+        Some(f) => println!(
+            "Wrote {} (readable by you only), carrying {}",
+            f.path.display(),
+            svc.env.names()
+        ),
+        None if plan.private => println!("It carries {} (readable by you only)", svc.env.names()),
+        None => println!(
+            "It carries no variables (AGENTQ_DATABASE_URL and the agent CLIs' API variables are carried when set here; --env KEY adds one)"
+        ),
+    }
     if plan.kind == Kind::Task {
         service::register(&plan, &mut tools)?;
         println!(
@@ -292,7 +319,7 @@ fn service_uninstall(explicit: Option<&Path>, args: ServiceUninstallArgs) -> Res
         }
         Err(e) => return Err(e),
     };
-    let (svc, plan) = service_plan(explicit, config.as_ref(), args.user)?;
+    let (svc, plan) = service_plan(explicit, config.as_ref(), args.user, Default::default())?;
     let mut tools = service_tools(&svc);
     let mut said = Vec::new();
     let done = service::uninstall(&plan, &svc.root, |plan| {
@@ -300,11 +327,14 @@ fn service_uninstall(explicit: Option<&Path>, args: ServiceUninstallArgs) -> Res
         Ok(())
     })?;
     match done {
-        Uninstalled::Removed => {
+        Uninstalled::Removed { env_file } => {
             for line in &said {
                 println!("{line}");
             }
             println!("Removed {}", plan.path.display());
+            if let Some(env) = env_file {
+                println!("Removed {}", env.display());
+            }
             for line in service::forget(&plan, &mut tools) {
                 println!("{line}");
             }
