@@ -107,6 +107,9 @@ pub enum Command {
     /// agentq.toml's schema, and the settings agentq takes from it
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Turn another tool's setup into agentq workers
+    #[command(subcommand)]
+    Import(ImportCommand),
 
     /// Print a completion script for a shell, to save where the shell looks for one
     Completions(CompletionsArgs),
@@ -148,6 +151,24 @@ pub enum ConfigCommand {
     /// Print the settings agentq uses: every default filled in, each worker resolved over
     /// [defaults], secrets hidden (TOML that loads as the same config; --json: the same as JSON)
     Show(JsonArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// Turn a PM2 ecosystem file's apps into [[worker]] tables: printed, or added to agentq.toml
+    /// with --write; what has no counterpart in agentq is listed on stderr and left out
+    Pm2(ImportPm2Args),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportPm2Args {
+    /// The ecosystem file: JavaScript (read with `node`, which must be on PATH) or JSON
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Add the workers to agentq.toml (skipping any whose name it has already) instead of
+    /// printing them
+    #[arg(long)]
+    pub write: bool,
 }
 
 #[derive(Subcommand, Debug)]

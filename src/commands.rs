@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{
-    CleanArgs, Cli, Command, ConfigCommand, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs,
-    ServiceCommand, ServiceInstallArgs, ServiceUninstallArgs, StatusArgs, SubmitArgs, TasksArgs,
-    WaitArgs, WatchArgs, WorkerCommand, WorkerNameArgs,
+    CleanArgs, Cli, Command, ConfigCommand, EventsArgs, IdArgs, IdsArgs, ImportCommand,
+    ImportPm2Args, InitArgs, PauseArgs, ServiceCommand, ServiceInstallArgs, ServiceUninstallArgs,
+    StatusArgs, SubmitArgs, TasksArgs, WaitArgs, WatchArgs, WorkerCommand, WorkerNameArgs,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
@@ -72,6 +72,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Show(args)) => config_show(explicit, args.json),
+        Command::Import(ImportCommand::Pm2(args)) => import_pm2(explicit, args),
         Command::Completions(args) => crate::manual::completions(args.shell),
         Command::Man(args) => crate::manual::man(args.dir.as_deref()),
         Command::Guard(args) => {
@@ -182,6 +183,95 @@ fn config_show(explicit: Option<&Path>, json: bool) -> Result<()> {
         print_json(&shown);
     } else {
         print!("{}", shown.to_toml(&config));
+    }
+    Ok(())
+}
+
+/// A PM2 ecosystem file's apps as workers: printed as TOML, or with `--write` added to agentq.toml
+/// (never over a worker of the same name, and only when the file then still loads); what was left
+/// out goes to stderr.
+fn import_pm2(explicit: Option<&Path>, args: ImportPm2Args) -> Result<()> {
+    use crate::import;
+    let ecosystem = import::read_ecosystem(&args.file)?;
+    let base = std::path::absolute(&args.file)
+        .map_err(|e| Error::io("resolving", &args.file, e))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let shown = args.file.display().to_string();
+    let mut imported = import::pm2(&ecosystem, &base, &shown)?;
+    let target = if args.write {
+        let path = config_path(explicit).map_err(|e| match e {
+            Error::ConfigNotFound { start } => Error::Usage(format!(
+                "--write adds the workers to agentq.toml, and there is none in {} or above; run `agentq init` first, or leave out --write and copy the printed workers into your file",
+                start.display()
+            )),
+            e => e,
+        })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+        let config = Config::parse(&path, &text)?;
+        imported.workers.retain(|w| {
+            let taken = config.worker(&w.name).is_some();
+            if taken {
+                imported.notes.push(format!(
+                    "app {0}: {1} has a worker named {0} already; not added",
+                    w.name,
+                    path.display()
+                ));
+            }
+            !taken
+        });
+        Some((path, text))
+    } else {
+        None
+    };
+    for note in &imported.notes {
+        eprintln!("agentq import pm2: {note}");
+    }
+    if imported.workers.iter().any(|w| w.agent == "command") {
+        eprintln!(
+            "agentq import pm2: note: agentq runs a command worker's command once per task, with the prompt on stdin, where PM2 kept a process running; a script that polls for work itself (as a claude wrapper does) is better replaced by agent = \"claude\", and the restart settings apply to a Claude worker in mode = \"persistent\""
+        );
+    }
+    if imported.workers.is_empty() {
+        return Err(Error::Usage(format!(
+            "nothing to {} from {shown}: no app could be imported (see above)",
+            if args.write { "add" } else { "print" }
+        )));
+    }
+    let workers = import::to_toml(&imported.workers);
+    let names = || {
+        imported
+            .workers
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match target {
+        None => {
+            // What is printed loads as a config: a mistake here is agentq's, not the file's.
+            Config::parse(&base.join(CONFIG_FILE), &workers)?;
+            print!("# Imported from {shown} by `agentq import pm2`.\n{workers}");
+        }
+        Some((path, text)) => {
+            let mut new = text;
+            if !new.is_empty() && !new.ends_with('\n') {
+                new.push('\n');
+            }
+            new.push_str(&format!(
+                "\n# Imported from {shown} by `agentq import pm2`.\n{workers}"
+            ));
+            Config::parse(&path, &new).map_err(|e| {
+                Error::Usage(format!(
+                    "{path} would not load with the imported workers, so it is left as it is: {e}",
+                    path = path.display()
+                ))
+            })?;
+            agentq_core::files::write_atomic(&path, new.as_bytes())
+                .map_err(|e| Error::io("writing", &path, e))?;
+            println!("Added {} to {}", names(), path.display());
+        }
     }
     Ok(())
 }

@@ -318,6 +318,9 @@ impl Effective {
         }
         text.push('\n');
         text.push_str(&toml::to_string(self).expect("the effective config is TOML"));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
         text
     }
 }
