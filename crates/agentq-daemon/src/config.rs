@@ -7,13 +7,12 @@
 //! project root, with the state folder `.agentq/`, the prompt folders `.queue/<worker>/` and the
 //! result folders `.output/<worker>/` inside it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use std::borrow::Cow;
-use std::ops::Range;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
