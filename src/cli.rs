@@ -107,6 +107,13 @@ pub enum Command {
     /// Run agentq as a service of the system
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// agentq.toml's schema, and the settings agentq takes from it
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Turn another tool's setup into agentq workers
+    #[command(subcommand)]
+    Import(ImportCommand),
+
     /// Print a completion script for a shell, to save where the shell looks for one
     Completions(CompletionsArgs),
     /// Print the man page agentq(1), or write it and one page per command into a folder
@@ -140,6 +147,34 @@ pub struct GuardArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the JSON Schema (draft 2020-12) of agentq.toml, for editors and for checking a file
+    /// before agentq reads it; needs no agentq.toml
+    Schema,
+    /// Print the settings agentq uses: every default filled in, each worker resolved over
+    /// [defaults], secrets hidden (TOML that loads as the same config; --json: the same as JSON)
+    Show(JsonArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// Turn a PM2 ecosystem file's apps into [[worker]] tables: printed, or added to agentq.toml
+    /// with --write; what has no counterpart in agentq is listed on stderr and left out
+    Pm2(ImportPm2Args),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportPm2Args {
+    /// The ecosystem file: JavaScript (read with `node`, which must be on PATH) or JSON
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Add the workers to agentq.toml (skipping any whose name it has already) instead of
+    /// printing them
+    #[arg(long)]
+    pub write: bool,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
     /// Install what runs `agentq run` for this project at boot or logon and starts it again when
     /// it fails: a systemd unit (Linux; printing the commands that start it), a launchd job
@@ -151,7 +186,15 @@ pub enum ServiceCommand {
     /// (Internal) what the Windows task runs: `agentq run`, started again whenever it fails, its
     /// output in .agentq/service.log
     #[command(hide = true)]
-    Run,
+    Run(ServiceRunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceRunArgs {
+    /// Start the daemon with the variables of this environment file (KEY="value" lines, as
+    /// `service install` writes), read again at each start
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +209,12 @@ pub struct ServiceInstallArgs {
     /// Replace an existing file (or Windows task) that differs
     #[arg(long)]
     pub force: bool,
+    /// Carry this variable to the daemon and its agents too: KEY=VALUE, or KEY for its value in
+    /// this shell (may be given more than once). AGENTQ_DATABASE_URL and the agent CLIs' API
+    /// variables (ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY, ...) are carried when set.
+    /// They go into a file only you can read
+    #[arg(long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
 }
 
 #[derive(Args, Debug)]

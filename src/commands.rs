@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{
-    CleanArgs, Cli, Command, EventsArgs, IdArgs, IdsArgs, InitArgs, PauseArgs, ServiceCommand,
-    ServiceInstallArgs, ServiceUninstallArgs, StatusArgs, SubmitArgs, TasksArgs, WaitArgs,
-    WatchArgs, WorkerCommand, WorkerNameArgs,
+    CleanArgs, Cli, Command, ConfigCommand, EventsArgs, IdArgs, IdsArgs, ImportCommand,
+    ImportPm2Args, InitArgs, PauseArgs, ServiceCommand, ServiceInstallArgs, ServiceUninstallArgs,
+    StatusArgs, SubmitArgs, TasksArgs, WaitArgs, WatchArgs, WorkerCommand, WorkerNameArgs,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
@@ -64,10 +64,16 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Doctor(args) => doctor(explicit, args.json).await,
         Command::Service(ServiceCommand::Install(args)) => service_install(explicit, args),
         Command::Service(ServiceCommand::Uninstall(args)) => service_uninstall(explicit, args),
-        Command::Service(ServiceCommand::Run) => {
+        Command::Service(ServiceCommand::Run(args)) => {
             let config = config_path(explicit)?;
-            crate::service::supervise(&config, &this_exe()?).await
+            crate::service::supervise(&config, &this_exe()?, args.env_file.as_deref()).await
         }
+        Command::Config(ConfigCommand::Schema) => {
+            print_json(&agentq_daemon::config::schema());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show(args)) => config_show(explicit, args.json),
+        Command::Import(ImportCommand::Pm2(args)) => import_pm2(explicit, args),
         Command::Completions(args) => crate::manual::completions(args.shell),
         Command::Man(args) => crate::manual::man(args.dir.as_deref()),
         Command::Guard(args) => {
@@ -170,6 +176,107 @@ async fn init(explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     Ok(())
 }
 
+/// The settings agentq takes from the config, every default filled in.
+fn config_show(explicit: Option<&Path>, json: bool) -> Result<()> {
+    let config = load_config(explicit)?;
+    let shown = agentq_daemon::effective::Effective::of(&config);
+    if json {
+        print_json(&shown);
+    } else {
+        print!("{}", shown.to_toml(&config));
+    }
+    Ok(())
+}
+
+/// A PM2 ecosystem file's apps as workers: printed as TOML, or with `--write` added to agentq.toml
+/// (never over a worker of the same name, and only when the file then still loads); what was left
+/// out goes to stderr.
+fn import_pm2(explicit: Option<&Path>, args: ImportPm2Args) -> Result<()> {
+    use crate::import;
+    let ecosystem = import::read_ecosystem(&args.file)?;
+    let base = std::path::absolute(&args.file)
+        .map_err(|e| Error::io("resolving", &args.file, e))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let shown = args.file.display().to_string();
+    let mut imported = import::pm2(&ecosystem, &base, &shown)?;
+    let target = if args.write {
+        let path = config_path(explicit).map_err(|e| match e {
+            Error::ConfigNotFound { start } => Error::Usage(format!(
+                "--write adds the workers to agentq.toml, and there is none in {} or above; run `agentq init` first, or leave out --write and copy the printed workers into your file",
+                start.display()
+            )),
+            e => e,
+        })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+        let config = Config::parse(&path, &text)?;
+        imported.workers.retain(|w| {
+            let taken = config.worker(&w.name).is_some();
+            if taken {
+                imported.notes.push(format!(
+                    "app {0}: {1} has a worker named {0} already; not added",
+                    w.name,
+                    path.display()
+                ));
+            }
+            !taken
+        });
+        Some((path, text))
+    } else {
+        None
+    };
+    for note in &imported.notes {
+        eprintln!("agentq import pm2: {note}");
+    }
+    if imported.workers.iter().any(|w| w.agent == "command") {
+        eprintln!(
+            "agentq import pm2: note: agentq runs a command worker's command once per task, with the prompt on stdin, where PM2 kept a process running; a script that polls for work itself (as a claude wrapper does) is better replaced by agent = \"claude\", and the restart settings apply to a Claude worker in mode = \"persistent\""
+        );
+    }
+    if imported.workers.is_empty() {
+        return Err(Error::Usage(format!(
+            "nothing to {} from {shown}: no app could be imported (see above)",
+            if args.write { "add" } else { "print" }
+        )));
+    }
+    let workers = import::to_toml(&imported.workers);
+    let names = || {
+        imported
+            .workers
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match target {
+        None => {
+            // What is printed loads as a config: a mistake here is agentq's, not the file's.
+            Config::parse(&base.join(CONFIG_FILE), &workers)?;
+            print!("# Imported from {shown} by `agentq import pm2`.\n{workers}");
+        }
+        Some((path, text)) => {
+            let mut new = text;
+            if !new.is_empty() && !new.ends_with('\n') {
+                new.push('\n');
+            }
+            new.push_str(&format!(
+                "\n# Imported from {shown} by `agentq import pm2`.\n{workers}"
+            ));
+            Config::parse(&path, &new).map_err(|e| {
+                Error::Usage(format!(
+                    "{path} would not load with the imported workers, so it is left as it is: {e}",
+                    path = path.display()
+                ))
+            })?;
+            agentq_core::files::write_atomic(&path, new.as_bytes())
+                .map_err(|e| Error::io("writing", &path, e))?;
+            println!("Added {} to {}", names(), path.display());
+        }
+    }
+    Ok(())
+}
+
 async fn doctor(explicit: Option<&Path>, json: bool) -> Result<()> {
     use crate::doctor::{self, Status};
     let cx = doctor::Context::from_process()?;
@@ -190,12 +297,13 @@ fn this_exe() -> Result<std::path::PathBuf> {
         .map_err(|e| Error::io("finding the agentq binary", "this process's executable", e))
 }
 
-/// The service of this project (`user`: the user's), and where this OS keeps it; without a
-/// `config` (one that does not load), that of the agentq.toml a command would load.
+/// The service of this project (`user`: the user's), carrying `env`, and where this OS keeps it;
+/// without a `config` (one that does not load), that of the agentq.toml a command would load.
 fn service_plan(
     explicit: Option<&Path>,
     config: Option<&Config>,
     user: bool,
+    env: crate::service::Carried,
 ) -> Result<(crate::service::Service, crate::service::Plan)> {
     use crate::service::Service;
     let (exe, path_env) = (this_exe()?, std::env::var("PATH").unwrap_or_default());
@@ -203,6 +311,7 @@ fn service_plan(
         Some(config) => Service::for_config(config, exe, path_env, user),
         None => Service::for_file(&config_path(explicit)?, exe, path_env, user),
     };
+    let svc = Service { env, ..svc };
     let plan = crate::service::plan(&svc, &|k| std::env::var(k).ok())?;
     Ok((svc, plan))
 }
@@ -217,17 +326,31 @@ fn service_tools(
 }
 
 fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<()> {
-    use crate::service::{self, Installed, Kind};
+    use crate::service::{self, Carried, Installed, Kind};
     let config = load_config(explicit)?;
-    let (svc, plan) = service_plan(explicit, Some(&config), args.user)?;
+    let env = service::carried(&args.env, &|k| std::env::var(k).ok())?;
     if args.print {
+        // The variables' values are secrets: shown as *** (a launchd job holds them itself).
+        let hidden = Carried(env.0.keys().map(|k| (k.clone(), "***".into())).collect());
+        let (_, plan) = service_plan(explicit, Some(&config), args.user, hidden)?;
         print!("{}", plan.text);
         eprintln!(
             "(not written; without --print it goes to {})",
             plan.path.display()
         );
+        if !env.0.is_empty() {
+            eprintln!(
+                "(it carries {}, whose values are shown as ***{})",
+                env.names(),
+                match &plan.env_file {
+                    Some(f) => format!(", in {}, readable by you only", f.path.display()),
+                    None => String::new(),
+                }
+            );
+        }
         return Ok(());
     }
+    let (svc, plan) = service_plan(explicit, Some(&config), args.user, env)?;
     let mut tools = service_tools(&svc);
     // A task of this name that agentq has no copy of is someone else's: like a unit file that
     // differs, it is replaced only when asked to.
@@ -249,6 +372,17 @@ fn service_install(explicit: Option<&Path>, args: ServiceInstallArgs) -> Result<
         Installed::Unchanged => "Unchanged:",
     };
     println!("{what} {}", plan.path.display());
+    match &plan.env_file {
+        Some(f) => println!(
+            "Wrote {} (readable by you only), carrying {}",
+            f.path.display(),
+            svc.env.names()
+        ),
+        None if plan.private => println!("It carries {} (readable by you only)", svc.env.names()),
+        None => println!(
+            "It carries no variables (AGENTQ_DATABASE_URL and the agent CLIs' API variables are carried when set here; --env KEY adds one)"
+        ),
+    }
     if plan.kind == Kind::Task {
         service::register(&plan, &mut tools)?;
         println!(
@@ -276,7 +410,7 @@ fn service_uninstall(explicit: Option<&Path>, args: ServiceUninstallArgs) -> Res
         }
         Err(e) => return Err(e),
     };
-    let (svc, plan) = service_plan(explicit, config.as_ref(), args.user)?;
+    let (svc, plan) = service_plan(explicit, config.as_ref(), args.user, Default::default())?;
     let mut tools = service_tools(&svc);
     let mut said = Vec::new();
     let done = service::uninstall(&plan, &svc.root, |plan| {
@@ -284,11 +418,14 @@ fn service_uninstall(explicit: Option<&Path>, args: ServiceUninstallArgs) -> Res
         Ok(())
     })?;
     match done {
-        Uninstalled::Removed => {
+        Uninstalled::Removed { env_file } => {
             for line in &said {
                 println!("{line}");
             }
             println!("Removed {}", plan.path.display());
+            if let Some(env) = env_file {
+                println!("Removed {}", env.display());
+            }
             for line in service::forget(&plan, &mut tools) {
                 println!("{line}");
             }

@@ -1710,7 +1710,7 @@ mod tests {
         // Another folder's unit under this name.
         let mut other = svc.clone();
         other.root = "/srv/elsewhere".into();
-        std::fs::write(&plan.path, service::systemd_unit(&other)).unwrap();
+        std::fs::write(&plan.path, service::systemd_unit(&other, None)).unwrap();
         let theirs = check(("enabled", "active"));
         assert_eq!(theirs.status, Status::Warn, "{theirs:?}");
         assert!(theirs.detail.contains("in /srv/elsewhere"), "{theirs:?}");

@@ -1,9 +1,10 @@
 //! agentq: coding-agent CLIs as reliable, always-on workers, fed from a durable queue.
 //!
 //! This package is the `agentq` binary: its command line ([`cli`], [`commands`]), the status
-//! views ([`top`]), `agentq doctor` ([`doctor`]), `agentq service` ([`service`]), and the
-//! completion scripts and man pages ([`manual`]). The rest lives in the workspace's crates,
-//! dependencies pointing one way, and is re-exported here under the names it has always had:
+//! views ([`top`]), `agentq doctor` ([`doctor`]), `agentq service` ([`service`]), `agentq import`
+//! ([`import`]), and the completion scripts and man pages ([`manual`]). The rest lives in the
+//! workspace's crates, dependencies pointing one way, and is re-exported here under the names it
+//! has always had:
 //!
 //! - `agentq-core`: the domain (task states, retries, classification, a worker's conversation),
 //!   errors, units, the state folder, log files and the doorbell;
@@ -40,6 +41,7 @@ pub use agentq_store as store;
 pub mod cli;
 pub mod commands;
 pub mod doctor;
+pub mod import;
 pub mod logs;
 pub mod manual;
 pub mod service;

@@ -615,3 +615,154 @@ fn service_run_starts_a_daemon_that_died_again_and_passes_a_stop_on() {
         "{said}"
     );
 }
+
+#[test]
+fn service_install_carries_the_environment_in_a_file_only_its_owner_reads_and_uninstall_takes_it() {
+    let p = Project::with_workers(&["w"], r#"["cat"]"#, "");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let install = |args: &[&str]| {
+        let mut all = vec!["service", "install", "--user"];
+        all.extend(args);
+        p.cmd(&all)
+            .env("HOME", h)
+            .env("XDG_CONFIG_HOME", h.join("xdg"))
+            .env("PATH", fake_systemctl(h))
+            .env("ANTHROPIC_API_KEY", "sk-ant-from-the-shell")
+            .env(
+                "AGENTQ_DATABASE_URL",
+                "postgres://agentq:db-pw@127.0.0.1:9/q",
+            )
+            .env("OPENAI_API_KEY", "")
+            .env("MY_LANG", "pt_BR")
+            .output()
+            .unwrap()
+    };
+    let out = install(&[
+        "--env",
+        "EXTRA=with \"quotes\" and $dollar",
+        "--env",
+        "MY_LANG",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit = unit_files(h)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "service"))
+        .unwrap();
+    let env_file = unit.with_extension("env");
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "Wrote {} (readable by you only), carrying AGENTQ_DATABASE_URL, ANTHROPIC_API_KEY, EXTRA, MY_LANG\n",
+            env_file.display()
+        )),
+        "{said}"
+    );
+    for secret in ["sk-ant", "db-pw", "pt_BR"] {
+        assert!(
+            !said.contains(secret) && !text(&out.stderr).contains(secret),
+            "{said}"
+        );
+    }
+    let unit_text = read(&unit);
+    assert!(
+        unit_text
+            .lines()
+            .any(|l| l == format!("EnvironmentFile={}", env_file.display())),
+        "{unit_text}"
+    );
+    assert!(!unit_text.contains("sk-ant"), "{unit_text}");
+    let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{:o}", mode);
+    let vars = read(&env_file);
+    for line in [
+        "ANTHROPIC_API_KEY=\"sk-ant-from-the-shell\"",
+        "AGENTQ_DATABASE_URL=\"postgres://agentq:db-pw@127.0.0.1:9/q\"",
+        "EXTRA=\"with \\\"quotes\\\" and \\$dollar\"",
+        "MY_LANG=\"pt_BR\"",
+    ] {
+        assert!(
+            vars.lines().any(|l| l == line),
+            "{line} missing from:\n{vars}"
+        );
+    }
+    assert!(
+        !vars.contains("OPENAI_API_KEY"),
+        "an empty variable is not carried"
+    );
+
+    // --print shows no value; a name that is not set is refused.
+    let out = install(&["--print"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("sk-ant"));
+    assert!(
+        text(&out.stderr).contains(
+            "it carries AGENTQ_DATABASE_URL, ANTHROPIC_API_KEY, whose values are shown as ***"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = install(&["--env", "NOT_SET_ANYWHERE"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("--env NOT_SET_ANYWHERE: NOT_SET_ANYWHERE is not set in this shell"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(read(&env_file), vars, "left as it was");
+
+    let out = with_fake(&p, h, &["service", "uninstall", "--user"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("Removed {}\n", env_file.display())),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!unit.exists() && !env_file.exists());
+}
+
+#[test]
+fn service_run_starts_the_daemon_with_the_variables_of_its_environment_file() {
+    let p = Project::with_workers(
+        &["w"],
+        r#"["sh", "-c", "printf '%s|%s' \"$CARRIED_KEY\" \"$FROM_HAND\""]"#,
+        "",
+    );
+    let env_file = p.path("service.env");
+    std::fs::write(
+        &env_file,
+        "# as `service install` writes it\nCARRIED_KEY=\"a \\\"quoted\\\" \\$value\"\nFROM_HAND=bare\n",
+    )
+    .unwrap();
+    let supervisor = p
+        .cmd(&["service", "run", "--env-file", env_file.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    /// Asks `service run` to stop (it stops its daemon) when the test ends, however it ends.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while self.0.try_wait().ok().flatten().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = self.0.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let supervisor = Stopped(supervisor);
+    let id = p.submit("w", "hello");
+    p.wait_all(&[id]);
+    assert_eq!(p.output(id), "a \"quoted\" $value|bare");
+    drop(supervisor);
+    let status = p.json(&["status"]);
+    assert_eq!(status["daemon"]["running"], false, "{status}");
+}

@@ -52,6 +52,10 @@ impl Project {
         c.args(args)
             .current_dir(&self.root)
             .env_remove("AGENTQ_CONFIG");
+        // Nor the API keys of whoever runs the tests (`service install` would carry them).
+        for var in agentq::service::carried_by_default() {
+            c.env_remove(var);
+        }
         c
     }
 

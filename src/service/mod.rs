@@ -24,6 +24,16 @@
 //! `.agentq/service.log`. agentq keeps its own copy of the task's definition,
 //! `%LOCALAPPDATA%\agentq\tasks\<name>.xml` (UTF-16, as schtasks reads it): what install compares
 //! and uninstall checks, as the unit file is elsewhere.
+//!
+//! **The environment.** A service does not start from the installing shell, so what the daemon
+//! and its agents need of that shell is carried ([`Carried`]): `AGENTQ_DATABASE_URL` and the
+//! agent CLIs' API variables ([`agentq_agents::Package::credentials`]) that are set there, and
+//! what `--env` adds. They hold secrets, so they go into a file only its owner can read (0600):
+//! for systemd an environment file beside the unit (`<name>.env`, named by `EnvironmentFile=`);
+//! for launchd the job's own `EnvironmentVariables`, the plist then written 0600; for the task
+//! an environment file beside agentq's copy of its definition, which `service run --env-file`
+//! reads each time it starts the daemon (a task has no environment of its own to give). The
+//! values are never printed; uninstall removes the file with the service.
 
 mod manager;
 mod supervise;
@@ -31,15 +41,18 @@ mod text;
 
 pub use manager::{Answer, Ran, Run, ask, forget, register, run_tool, stop, task_registered};
 pub use supervise::{SERVICE_LOG, restart_delay, supervise};
-pub use text::{folder_of, launchd_plist, systemd_unit, task_xml, windows_arg};
+pub use text::{
+    env_file_text, folder_of, launchd_plist, read_env_file, systemd_unit, task_xml, windows_arg,
+};
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::Digest;
 
 use agentq_core::error::{Error, Result};
-use agentq_daemon::config::Config;
+use agentq_daemon::config::{Config, DATABASE_URL_ENV};
 
 /// How long the service manager waits beyond the daemon's own stopping time.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
@@ -65,6 +78,75 @@ pub struct Service {
     pub user: bool,
     /// For a system service: the user it runs as (the owner of the project folder).
     pub run_as: Option<String>,
+    /// The variables it carries from the shell that installed it.
+    pub env: Carried,
+}
+
+/// Variables a service carries from the shell that installs it to the daemon and its agents
+/// (`AGENTQ_DATABASE_URL`, API keys): secrets, so their values are never shown (its `Debug`
+/// names them only).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Carried(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Carried {
+    /// The variables' names, for people: "ANTHROPIC_API_KEY, OPENAI_API_KEY".
+    pub fn names(&self) -> String {
+        self.0.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The variables a service carries when they are set in the installing shell: the database's URL
+/// and every agent CLI's API variables.
+pub fn carried_by_default() -> Vec<&'static str> {
+    std::iter::once(DATABASE_URL_ENV)
+        .chain(
+            agentq_agents::PACKAGES
+                .iter()
+                .flat_map(|p| p.credentials.iter().copied()),
+        )
+        .collect()
+}
+
+/// What a service carries: each of [`carried_by_default`] that `env` has (and not empty), and
+/// each `--env` asked for: `KEY=VALUE`, or `KEY` for its value in `env` (which must be set).
+pub fn carried(asked: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Carried> {
+    let mut vars: BTreeMap<String, String> = carried_by_default()
+        .into_iter()
+        .filter_map(|key| Some((key.to_string(), env(key).filter(|v| !v.is_empty())?)))
+        .collect();
+    for one in asked {
+        let (key, value) = match one.split_once('=') {
+            Some((key, value)) => (key, value.to_string()),
+            None => (
+                one.as_str(),
+                env(one).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--env {one}: {one} is not set in this shell; set it, or give its value with --env {one}=VALUE"
+                    ))
+                })?,
+            ),
+        };
+        let name_ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err(Error::Usage(format!(
+                "--env {one}: {key:?} is not a variable name: use letters, digits and '_', not starting with a digit (--env KEY=VALUE or --env KEY)"
+            )));
+        }
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(Error::Usage(format!(
+                "--env {key}: its value has a line break or a NUL, which an environment file cannot carry"
+            )));
+        }
+        vars.insert(key.to_string(), value);
+    }
+    Ok(Carried(vars))
 }
 
 impl Service {
@@ -93,6 +175,7 @@ impl Service {
             stop_timeout: UNKNOWN_STOP,
             user,
             run_as,
+            env: Carried::default(),
         }
     }
 
@@ -169,6 +252,10 @@ impl Kind {
 /// Where the file goes, its text, and the commands that start it.
 #[derive(Debug)]
 pub struct Plan {
+    /// The environment file that goes with it, when the service carries variables in one.
+    pub env_file: Option<EnvFile>,
+    /// The file holds secrets (a launchd job's variables): written readable by its owner only.
+    pub private: bool,
     pub kind: Kind,
     /// The user's service rather than the system's (systemd, launchd; a task is always the
     /// user's).
@@ -181,7 +268,28 @@ pub struct Plan {
     pub enable: Vec<String>,
 }
 
+/// A service's environment file: where it goes, and its text (never shown: its `Debug` leaves the
+/// text out).
+pub struct EnvFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl std::fmt::Debug for EnvFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Plan {
+    /// Where this kind of service keeps its environment file, beside its own file (`<name>.env`):
+    /// systemd's and the task's; a launchd job holds its variables itself.
+    pub fn env_path(&self) -> Option<PathBuf> {
+        (self.kind != Kind::Launchd).then(|| self.path.with_extension("env"))
+    }
+
     /// The file's bytes: the text as UTF-8, or for a task as UTF-16LE with its byte-order mark,
     /// which is what `schtasks /XML` reads.
     pub fn bytes(&self) -> Vec<u8> {
@@ -265,6 +373,8 @@ pub fn plan_for(kind: Kind, s: &Service, env: &dyn Fn(&str) -> Option<String>) -
             Ok(Plan {
                 kind,
                 user: s.user,
+                env_file: None,
+                private: !s.env.0.is_empty(),
                 text: launchd_plist(s, &label),
                 enable: vec![format!(
                     "{sudo}launchctl bootstrap {domain} {}",
@@ -298,11 +408,15 @@ pub fn plan_for(kind: Kind, s: &Service, env: &dyn Fn(&str) -> Option<String>) -
             } else {
                 enable.push(format!("journalctl -u {name} -f   # its logs"));
             }
+            let path = dir.join(&name);
+            let env_file = env_file(s, path.with_extension("env"));
             Ok(Plan {
                 kind,
                 user: s.user,
-                path: dir.join(&name),
-                text: systemd_unit(s),
+                text: systemd_unit(s, env_file.as_ref().map(|f| f.path.as_path())),
+                env_file,
+                private: false,
+                path,
                 enable,
                 name,
             })
@@ -325,14 +439,22 @@ pub fn plan_for(kind: Kind, s: &Service, env: &dyn Fn(&str) -> Option<String>) -
                 .root
                 .join(agentq_daemon::config::STATE_DIR)
                 .join(SERVICE_LOG);
+            let path = PathBuf::from(local)
+                .join("agentq")
+                .join("tasks")
+                .join(format!("{name}.xml"));
+            let env_file = env_file(s, path.with_extension("env"));
             Ok(Plan {
                 kind,
                 user: true,
-                path: PathBuf::from(local)
-                    .join("agentq")
-                    .join("tasks")
-                    .join(format!("{name}.xml")),
-                text: task_xml(s, user.as_deref()),
+                text: task_xml(
+                    s,
+                    user.as_deref(),
+                    env_file.as_ref().map(|f| f.path.as_path()),
+                ),
+                env_file,
+                private: false,
+                path,
                 enable: vec![
                     format!("schtasks /Run /TN {name}   # now; it starts at every logon"),
                     format!("schtasks /Query /TN {name} /V /FO LIST   # its state"),
@@ -345,6 +467,14 @@ pub fn plan_for(kind: Kind, s: &Service, env: &dyn Fn(&str) -> Option<String>) -
             })
         }
     }
+}
+
+/// The environment file of `s` at `path`, if it carries anything.
+fn env_file(s: &Service, path: PathBuf) -> Option<EnvFile> {
+    (!s.env.0.is_empty()).then(|| EnvFile {
+        text: env_file_text(s),
+        path,
+    })
 }
 
 /// What `install` did.
@@ -366,7 +496,10 @@ pub fn install(plan: &Plan, force: bool) -> Result<Installed> {
         Err(e) => return Err(Error::io("reading the existing service file", path, e)),
     };
     let outcome = match &existing {
-        Some(existing) if *existing == bytes => return Ok(Installed::Unchanged),
+        Some(existing) if *existing == bytes && plan.env_file.is_none() => {
+            return Ok(Installed::Unchanged);
+        }
+        Some(existing) if *existing == bytes => Installed::Unchanged,
         Some(_) if !force => {
             return Err(Error::Usage(format!(
                 "{} exists and differs from what agentq would write; compare it with `agentq service install --print{}`, then pass --force to replace it",
@@ -378,8 +511,21 @@ pub fn install(plan: &Plan, force: bool) -> Result<Installed> {
         None => Installed::Written,
     };
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let written =
-        std::fs::create_dir_all(dir).and_then(|()| agentq_core::files::write_atomic(path, &bytes));
+    // The environment first, so that the unit never names a file not yet there; one left by an
+    // install that carried variables goes when this one carries none.
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| match (&plan.env_file, plan.env_path()) {
+            (Some(env), _) => agentq_core::files::write_private(&env.path, env.text.as_bytes()),
+            (None, Some(stale)) => remove_if_there(&stale),
+            (None, None) => Ok(()),
+        })
+        .and_then(|()| {
+            if plan.private {
+                agentq_core::files::write_private(path, &bytes)
+            } else {
+                agentq_core::files::write_atomic(path, &bytes)
+            }
+        });
     match written {
         Ok(()) => Ok(outcome),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !plan.user => {
@@ -392,6 +538,14 @@ pub fn install(plan: &Plan, force: bool) -> Result<Installed> {
             )))
         }
         Err(e) => Err(Error::io("writing the service file", path, e)),
+    }
+}
+
+/// Removes `path`; one already gone is no failure.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -424,7 +578,8 @@ pub fn found(plan: &Plan, root: &Path) -> Result<Found> {
 pub enum Uninstalled {
     /// There was no file.
     Nothing,
-    Removed,
+    /// The file, and the environment file that went with it, if there was one.
+    Removed { env_file: Option<PathBuf> },
 }
 
 /// Removes what `install` wrote for `root`: when the file runs agentq in this folder, `stop` (the
@@ -448,11 +603,14 @@ pub fn uninstall(
         ))),
         Found::Ours => {
             stop(plan)?;
-            match std::fs::remove_file(&plan.path) {
-                Ok(()) => Ok(Uninstalled::Removed),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Uninstalled::Removed),
-                Err(e) => Err(Error::io("removing the service file", &plan.path, e)),
+            remove_if_there(&plan.path)
+                .map_err(|e| Error::io("removing the service file", &plan.path, e))?;
+            let env_file = plan.env_path().filter(|env| env.exists());
+            if let Some(env) = &env_file {
+                remove_if_there(env)
+                    .map_err(|e| Error::io("removing the service's environment file", env, e))?;
             }
+            Ok(Uninstalled::Removed { env_file })
         }
     }
 }
@@ -471,6 +629,7 @@ mod tests {
             stop_timeout: Duration::from_secs(45),
             user,
             run_as: (!user).then(|| "ann".to_string()),
+            env: Carried::default(),
         }
     }
 
@@ -581,6 +740,8 @@ mod tests {
         Plan {
             kind: Kind::Systemd,
             user: true,
+            env_file: None,
+            private: false,
             name: "x.service".into(),
             path,
             text: text.into(),
@@ -626,7 +787,7 @@ mod tests {
         let mut other = s.clone();
         other.root = "/srv/elsewhere".into();
         std::fs::create_dir_all(plan.path.parent().unwrap()).unwrap();
-        std::fs::write(&plan.path, systemd_unit(&other)).unwrap();
+        std::fs::write(&plan.path, systemd_unit(&other, None)).unwrap();
         let err = uninstall(&plan, &s.root, |_| {
             stops += 1;
             Ok(())
@@ -663,9 +824,137 @@ mod tests {
             stops += 1;
             Ok(())
         });
-        assert_eq!(gone.unwrap(), Uninstalled::Removed);
+        assert_eq!(gone.unwrap(), Uninstalled::Removed { env_file: None });
         assert_eq!(stops, 1);
         assert!(!plan.path.exists());
+    }
+
+    #[test]
+    fn the_installing_shells_database_url_and_api_variables_are_carried_and_env_adds_more() {
+        let e = env(&[
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+            ("GEMINI_API_KEY", ""),
+            ("AGENTQ_DATABASE_URL", "postgres://u:pw@db/q"),
+            ("HOME", "/home/ann"),
+            ("LANG", "C"),
+        ]);
+        let asked = ["EXTRA=a=b".to_string(), "LANG".into(), "EMPTY=".into()];
+        let got = carried(&asked, &e).unwrap();
+        assert_eq!(
+            got.0,
+            BTreeMap::from(
+                [
+                    ("AGENTQ_DATABASE_URL", "postgres://u:pw@db/q"),
+                    ("ANTHROPIC_API_KEY", "sk-ant"),
+                    ("EMPTY", ""),
+                    ("EXTRA", "a=b"),
+                    ("LANG", "C"),
+                    ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+            )
+        );
+        let debug = format!("{got:?}");
+        assert!(
+            !debug.contains("sk-ant") && debug.contains("ANTHROPIC_API_KEY"),
+            "{debug}"
+        );
+        for name in [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "OPENAI_API_KEY",
+            "GOOGLE_API_KEY",
+        ] {
+            assert!(carried_by_default().contains(&name), "{name}");
+        }
+
+        for (asked, says) in [
+            (
+                "NOPE",
+                "--env NOPE: NOPE is not set in this shell; set it, or give its value with --env NOPE=VALUE",
+            ),
+            ("1A=x", "\"1A\" is not a variable name"),
+            ("A B=x", "\"A B\" is not a variable name"),
+            ("=x", "\"\" is not a variable name"),
+            ("K=a\nb", "--env K: its value has a line break"),
+        ] {
+            let err = carried(&[asked.to_string()], &e).unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{err}");
+            assert!(err.to_string().contains(says), "{asked:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_environment_file_is_written_private_beside_the_unit_and_goes_with_it() {
+        let d = tempfile::tempdir().unwrap();
+        let xdg = d.path().to_str().unwrap();
+        let mut s = service(true);
+        s.env.0.insert("ANTHROPIC_API_KEY".into(), "sk-ant".into());
+        let plan = plan_for(Kind::Systemd, &s, &env(&[("XDG_CONFIG_HOME", xdg)])).unwrap();
+        let env_file = plan.env_file.as_ref().unwrap();
+        assert_eq!(env_file.path, plan.path.with_extension("env"));
+        assert_eq!(plan.env_path().as_ref(), Some(&env_file.path));
+        assert!(!format!("{plan:?}").contains("sk-ant"));
+        assert_eq!(install(&plan, false).unwrap(), Installed::Written);
+        let text = std::fs::read_to_string(&env_file.path).unwrap();
+        assert!(text.ends_with("ANTHROPIC_API_KEY=\"sk-ant\"\n"), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&env_file.path), 0o600);
+            assert_ne!(mode(&plan.path), 0o600, "the unit holds no secret");
+        }
+        // Installed again with another key: the unit is the same, the file new.
+        s.env.0.insert("ANTHROPIC_API_KEY".into(), "sk-new".into());
+        let again = plan_for(Kind::Systemd, &s, &env(&[("XDG_CONFIG_HOME", xdg)])).unwrap();
+        assert_eq!(install(&again, false).unwrap(), Installed::Unchanged);
+        assert!(
+            std::fs::read_to_string(&env_file.path)
+                .unwrap()
+                .contains("sk-new")
+        );
+
+        // Installed carrying nothing (forced: the unit differs), the file goes.
+        s.env = Carried::default();
+        let bare = plan_for(Kind::Systemd, &s, &env(&[("XDG_CONFIG_HOME", xdg)])).unwrap();
+        assert!(bare.env_file.is_none());
+        assert!(install(&bare, false).is_err());
+        assert_eq!(install(&bare, true).unwrap(), Installed::Replaced);
+        assert!(!env_file.path.exists());
+
+        // Uninstall takes both.
+        install(&again, true).unwrap();
+        let gone = uninstall(&again, &s.root, |_| Ok(())).unwrap();
+        assert_eq!(
+            gone,
+            Uninstalled::Removed {
+                env_file: Some(env_file.path.clone())
+            }
+        );
+        assert!(!env_file.path.exists() && !again.path.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_launchd_job_that_carries_variables_is_written_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().to_str().unwrap();
+        let mut s = service(true);
+        let bare = plan_for(Kind::Launchd, &s, &env(&[("HOME", home)])).unwrap();
+        assert!(!bare.private && bare.env_path().is_none());
+        s.env.0.insert("OPENAI_API_KEY".into(), "sk-oa".into());
+        let plan = plan_for(Kind::Launchd, &s, &env(&[("HOME", home)])).unwrap();
+        assert!(plan.private && plan.env_file.is_none());
+        assert_eq!(install(&plan, false).unwrap(), Installed::Written);
+        let mode = std::fs::metadata(&plan.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            std::fs::read_to_string(&plan.path)
+                .unwrap()
+                .contains("sk-oa")
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! (size-rotated as the event log is). When the daemon ends with a failure it is started again
 //! after [`restart_delay`]; when it ends well, or after a request to stop, so does `service run`.
 //! A request to stop (Ctrl-C, SIGTERM, ...) is passed on to the daemon (SIGTERM; CTRL_BREAK
-//! where it shares the console, else the job is ended), a second one too. When the system
+//! where it shares the console, else the job is ended), a second one too. The variables the
+//! service carries (see [`super`]) are read from its environment file, with `--env-file`, at
+//! each start, and given to the daemon: a task has no environment of its own. When the system
 //! opened a console window for it alone (a task in the user's session), it closes it first, so
 //! none stays on the desktop.
 
@@ -48,8 +50,8 @@ pub fn restart_delay(previous: Option<Duration>, ran: Duration) -> Duration {
 
 /// Runs the daemon of the `config` file (a path, not yet loaded: a config with a mistake is the
 /// daemon's to report, each time it starts, until it is fixed) with `exe`, until it ends well or
-/// is asked to stop.
-pub async fn supervise(config: &Path, exe: &Path) -> Result<()> {
+/// is asked to stop; each start with the variables of `env_file`, if given.
+pub async fn supervise(config: &Path, exe: &Path, env_file: Option<&Path>) -> Result<()> {
     let detached = agentq_platform::term::detach_own_console();
     let root = config
         .parent()
@@ -79,7 +81,8 @@ pub async fn supervise(config: &Path, exe: &Path) -> Result<()> {
     let mut pause = None;
     loop {
         let started = Instant::now();
-        let (exit, asked_to_stop) = run_once(exe, config, &root, &log, &mut stops).await?;
+        let env = env_file.map(|f| carried(f, &log)).unwrap_or_default();
+        let (exit, asked_to_stop) = run_once(exe, config, &root, &env, &log, &mut stops).await?;
         if asked_to_stop || exit == Exit::Code(0) {
             log.note(&format!(
                 "the daemon ended ({}); not starting it again",
@@ -102,6 +105,21 @@ pub async fn supervise(config: &Path, exe: &Path) -> Result<()> {
         }
         pause = Some(delay);
     }
+}
+
+/// The variables of the environment file `path`, read again at each start (so an edit is taken at
+/// the next); one that cannot be read is said in the log, and the daemon starts without them.
+fn carried(path: &Path, log: &Log) -> Vec<(String, String)> {
+    let read = std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| super::read_env_file(&text));
+    read.unwrap_or_else(|e| {
+        log.note(&format!(
+            "cannot read the environment file {}: {e}; starting the daemon without its variables",
+            path.display()
+        ));
+        Vec::new()
+    })
 }
 
 /// The service log, echoed to stderr while there is a terminal to read it.
@@ -139,11 +157,13 @@ async fn run_once(
     exe: &Path,
     config: &Path,
     root: &Path,
+    env: &[(String, String)],
     log: &Arc<Log>,
     stops: &mut Option<StopRequests>,
 ) -> Result<(Exit, bool)> {
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("run")
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("run")
         .arg("--config")
         .arg(config)
         .current_dir(root)

@@ -1,10 +1,13 @@
 //! The text of each kind of service, pure functions of a [`Service`]: a systemd unit, a launchd
-//! job, a Task Scheduler task; and, read back from such a text, the folder it runs agentq in.
+//! job, a Task Scheduler task, the environment file that goes with one; and, read back from such
+//! a text, the folder it runs agentq in, or the variables it carries.
+
+use std::path::Path;
 
 use super::{Kind, RESTART_SEC, Service};
 
-/// The systemd unit file for `s`.
-pub fn systemd_unit(s: &Service) -> String {
+/// The systemd unit file for `s`, which reads its variables from `env_file` if it has one.
+pub fn systemd_unit(s: &Service, env_file: Option<&Path>) -> String {
     let folder = s.root.display().to_string();
     let mut unit = format!(
         "# Written by `agentq service install`. Runs agentq for {folder}.\n\
@@ -24,6 +27,7 @@ pub fn systemd_unit(s: &Service) -> String {
         "WorkingDirectory={dir}\n\
          ExecStart={exe} run --config {config}\n\
          Environment={path}\n\
+         {env_file}\
          Restart=on-failure\n\
          RestartSec={RESTART_SEC}\n\
          # SIGTERM to the daemon alone: it lets running tasks finish for shutdown_grace, then stops\n\
@@ -41,6 +45,16 @@ pub fn systemd_unit(s: &Service) -> String {
         exe = exec_word(&s.exe.display().to_string()),
         config = exec_word(&s.config.display().to_string()),
         path = exec_word(&format!("PATH={}", s.path_env)),
+        env_file = env_file
+            .map(|f| {
+                format!(
+                    "# {}, carried from the shell that installed it (readable by its owner only).\n\
+                     EnvironmentFile={}\n",
+                    s.env.names(),
+                    specifiers(&f.display().to_string())
+                )
+            })
+            .unwrap_or_default(),
         stop = s.stop_timeout.as_secs(),
         target = if s.user {
             "default.target"
@@ -114,7 +128,7 @@ pub fn launchd_plist(s: &Service, label: &str) -> String {
   <key>EnvironmentVariables</key>
   <dict>
     <key>PATH</key>
-    {path}
+    {path}{carried}
   </dict>
   <key>RunAtLoad</key>
   <true/>
@@ -139,6 +153,12 @@ pub fn launchd_plist(s: &Service, label: &str) -> String {
         config = string(&s.config.display().to_string()),
         root = string(&s.root.display().to_string()),
         path = string(&s.path_env),
+        carried = s
+            .env
+            .0
+            .iter()
+            .map(|(k, v)| format!("\n    <key>{}</key>\n    {}", xml(k), string(v)))
+            .collect::<String>(),
         stop = s.stop_timeout.as_secs(),
         log = string(&log.display().to_string()),
     )
@@ -149,7 +169,8 @@ pub fn launchd_plist(s: &Service, label: &str) -> String {
 const TASK_RESTART_COUNT: u8 = u8::MAX;
 
 /// The Task Scheduler task (schema 1.2, Vista and later) for `s`, run as `user` (`DOMAIN\name`;
-/// `None`: as whoever registers it, started at anyone's logon).
+/// `None`: as whoever registers it, started at anyone's logon), whose `service run` reads the
+/// variables it carries from `env_file`, if it has one.
 ///
 /// Its action is `agentq service run` (see [`super::supervise`]), in the project folder, with the
 /// project's config; started at the user's logon with their interactive token, so no password is
@@ -157,15 +178,19 @@ const TASK_RESTART_COUNT: u8 = u8::MAX;
 /// running long, on batteries or at idle; one instance at a time; hidden from Task Scheduler's
 /// default view; at normal priority (a task's default, 7, is below normal). Task Scheduler's own
 /// restart covers a failure to start; `service run` starts the daemon again when it fails.
-pub fn task_xml(s: &Service, user: Option<&str>) -> String {
+pub fn task_xml(s: &Service, user: Option<&str>, env_file: Option<&Path>) -> String {
     let folder = xml(&s.root.display().to_string());
     let user_id = user
         .map(|u| format!("\n      <UserId>{}</UserId>", xml(u)))
         .unwrap_or_default();
     let config = s.config.display().to_string();
-    let arguments = ["service", "run", "--config", &config]
+    let mut arguments = ["service", "run", "--config", &config]
         .map(windows_arg)
         .join(" ");
+    if let Some(env_file) = env_file {
+        arguments.push_str(" --env-file ");
+        arguments.push_str(&windows_arg(&env_file.display().to_string()));
+    }
     format!(
         r#"<?xml version="1.0" encoding="UTF-16"?>
 <!-- Written by `agentq service install`. Runs agentq in its WorkingDirectory. -->
@@ -248,6 +273,79 @@ pub fn windows_arg(arg: &str) -> String {
     out
 }
 
+/// The environment file of `s`: a line `KEY="value"` per variable it carries, the value in
+/// double quotes with `\`, `"`, `` ` `` and `$` escaped by a backslash, as systemd reads an
+/// `EnvironmentFile=` (and [`read_env_file`] reads it back, for the Windows task). Values with a
+/// line break are refused before this ([`super::carried`]).
+pub fn env_file_text(s: &Service) -> String {
+    let mut text = format!(
+        "# Written by `agentq service install`: the environment of agentq for {}.\n\
+         # It holds secrets: keep it readable by its owner only.\n",
+        s.root.display()
+    );
+    for (key, value) in &s.env.0 {
+        let mut quoted = String::with_capacity(value.len() + 2);
+        for c in value.chars() {
+            if matches!(c, '\\' | '"' | '`' | '$') {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        text.push_str(&format!("{key}=\"{quoted}\"\n"));
+    }
+    text
+}
+
+/// The variables of an environment file: `KEY=value` lines, the value bare (its ends trimmed), in
+/// single quotes (as it is), or in double quotes (where a backslash escapes `\`, `"`, `` ` `` and
+/// `$`, and is itself before any other character); empty lines and those starting with `#` or
+/// `;` are skipped: as systemd reads them.
+pub fn read_env_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=value", n + 1));
+        };
+        let value = value.trim();
+        let value = if let Some(inner) = value.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = inner.chars();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some(c @ ('\\' | '"' | '`' | '$')) => out.push(c),
+                        Some(c) => out.extend(['\\', c]),
+                        None => out.push('\\'),
+                    },
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    c => out.push(c),
+                }
+            }
+            if !closed {
+                return Err(format!("line {}: the value's quote is not closed", n + 1));
+            }
+            out
+        } else if let Some(inner) = value.strip_prefix('\'') {
+            match inner.split_once('\'') {
+                Some((inner, _)) => inner.to_string(),
+                None => return Err(format!("line {}: the value's quote is not closed", n + 1)),
+            }
+        } else {
+            value.to_string()
+        };
+        vars.push((key.trim().to_string(), value));
+    }
+    Ok(vars)
+}
+
 /// The folder a service's text runs agentq in (its working directory), as written there; `None`
 /// when it names none.
 pub fn folder_of(kind: Kind, text: &str) -> Option<String> {
@@ -303,12 +401,12 @@ mod tests {
             "[Install]",
             "WantedBy=default.target",
         ];
-        assert_eq!(systemd_unit(&s).lines().collect::<Vec<_>>(), expected);
+        assert_eq!(systemd_unit(&s, None).lines().collect::<Vec<_>>(), expected);
     }
 
     #[test]
     fn the_system_unit_waits_for_the_network_and_runs_as_the_folders_owner() {
-        let unit = systemd_unit(&service(false));
+        let unit = systemd_unit(&service(false), None);
         let lines: Vec<&str> = unit.lines().collect();
         assert_eq!(
             lines[3..5],
@@ -316,6 +414,99 @@ mod tests {
         );
         assert!(lines.contains(&"User=ann"), "{unit}");
         assert_eq!(lines.last(), Some(&"WantedBy=multi-user.target"));
+    }
+
+    /// Ann's service, carrying a key (with characters XML and systemd's quoting care about) and a
+    /// database URL.
+    fn carrying() -> Service {
+        let mut s = service(true);
+        s.env.0.insert(
+            "ANTHROPIC_API_KEY".into(),
+            r#"sk-<a&b> "q" $x `y` \z"#.into(),
+        );
+        s.env
+            .0
+            .insert("AGENTQ_DATABASE_URL".into(), "postgres://u:pw@db/q".into());
+        s
+    }
+
+    #[test]
+    fn the_environment_file_quotes_as_systemd_reads_it_and_reads_back() {
+        let s = carrying();
+        let text = env_file_text(&s);
+        assert_eq!(
+            text.lines().skip(2).collect::<Vec<_>>(),
+            [
+                r#"AGENTQ_DATABASE_URL="postgres://u:pw@db/q""#,
+                r#"ANTHROPIC_API_KEY="sk-<a&b> \"q\" \$x \`y\` \\z""#,
+            ]
+        );
+        assert!(
+            text.starts_with("# Written by `agentq service install`"),
+            "{text}"
+        );
+        let back: std::collections::BTreeMap<String, String> =
+            read_env_file(&text).unwrap().into_iter().collect();
+        assert_eq!(back, s.env.0);
+
+        // Written by hand, as systemd takes it.
+        let hand =
+            "# mine\n; also a comment\n\nA = bare value  \nB='single $x \\n'\nC=\"a\\nb\"\nD=\n";
+        assert_eq!(
+            read_env_file(hand).unwrap(),
+            [
+                ("A".to_string(), "bare value".to_string()),
+                ("B".into(), r"single $x \n".into()),
+                ("C".into(), r"a\nb".into()),
+                ("D".into(), String::new()),
+            ]
+        );
+        for bad in ["NOEQUALS\n", "A=\"open\n", "A='open\n"] {
+            let e = read_env_file(bad).unwrap_err();
+            assert!(e.starts_with("line 1: "), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_unit_names_its_environment_file_and_no_value() {
+        let s = carrying();
+        let unit = systemd_unit(&s, Some(Path::new("/home/ann/.config/systemd/user/x.env")));
+        let lines: Vec<&str> = unit.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("Environment=PATH="))
+            .unwrap();
+        assert_eq!(
+            lines[at + 1..at + 3],
+            [
+                "# AGENTQ_DATABASE_URL, ANTHROPIC_API_KEY, carried from the shell that installed it (readable by its owner only).",
+                "EnvironmentFile=/home/ann/.config/systemd/user/x.env",
+            ]
+        );
+        assert!(!unit.contains("pw@db") && !unit.contains("sk-"), "{unit}");
+        assert!(!systemd_unit(&s, None).contains("EnvironmentFile"));
+    }
+
+    #[test]
+    fn a_launchd_job_holds_its_variables_and_a_task_names_its_file() {
+        let plist = launchd_plist(&carrying(), "l");
+        assert!(
+            plist.contains(
+                "<key>PATH</key>\n    <string>/home/ann/.local/bin:/usr/bin:/bin</string>\n    \
+                 <key>AGENTQ_DATABASE_URL</key>\n    <string>postgres://u:pw@db/q</string>\n    \
+                 <key>ANTHROPIC_API_KEY</key>\n    <string>sk-&lt;a&amp;b&gt; &quot;q&quot; $x `y` \\z</string>\n  </dict>"
+            ),
+            "{plist}"
+        );
+        let xml = task_xml(
+            &windows_service(),
+            None,
+            Some(Path::new(r"C:\Users\ann\AppData\Local\agentq\tasks\x.env")),
+        );
+        assert!(
+            xml.contains(r#"<Arguments>service run --config &quot;C:\Users\ann\Ærø &amp; co\agentq.toml&quot; --env-file C:\Users\ann\AppData\Local\agentq\tasks\x.env</Arguments>"#),
+            "{xml}"
+        );
     }
 
     #[test]
@@ -335,7 +526,7 @@ mod tests {
         );
 
         a.path_env = "/a b:/c%d".into();
-        let unit = systemd_unit(&a);
+        let unit = systemd_unit(&a, None);
         assert!(unit.contains("Environment=\"PATH=/a b:/c%%d\"\n"), "{unit}");
         assert!(
             unit.contains("WorkingDirectory=/tmp/Ünïcode & 100%%!\n"),
@@ -396,12 +587,13 @@ mod tests {
             stop_timeout: std::time::Duration::from_secs(45),
             user: true,
             run_as: None,
+            env: Default::default(),
         }
     }
 
     #[test]
     fn the_task_runs_agentq_at_logon_as_the_user_and_is_never_stopped_for_running_long() {
-        let xml = task_xml(&windows_service(), Some(r"DESKTOP-1\ann"));
+        let xml = task_xml(&windows_service(), Some(r"DESKTOP-1\ann"), None);
         let expected = r#"<?xml version="1.0" encoding="UTF-16"?>
 <!-- Written by `agentq service install`. Runs agentq in its WorkingDirectory. -->
 <Task version="1.2" xmlns="http://schemas.microsoft.com/windows/2004/02/mit/task">
@@ -465,7 +657,7 @@ mod tests {
         let mut s = windows_service();
         s.root = r"C:\a<b>'c'".into();
         s.exe = r"C:\x&y\agentq.exe".into();
-        let xml = task_xml(&s, None);
+        let xml = task_xml(&s, None, None);
         assert!(!xml.contains("<UserId>"), "{xml}");
         assert!(
             xml.contains("<LogonTrigger>\n      <Enabled>true</Enabled>\n    </LogonTrigger>"),

@@ -61,8 +61,12 @@ impl Project {
         c.args(args)
             .current_dir(self.dir.path())
             .env_remove("AGENTQ_LOG")
-            .env_remove("AGENTQ_CONFIG")
-            .env_remove("AGENTQ_DATABASE_URL");
+            .env_remove("AGENTQ_CONFIG");
+        // Nor the database's URL or API keys of whoever runs the tests (`service install` would
+        // carry them).
+        for var in agentq::service::carried_by_default() {
+            c.env_remove(var);
+        }
         c
     }
 

@@ -94,6 +94,11 @@ pub const PACKAGE: Package = Package {
     bin_variable: "AGENTQ_CLAUDE_BIN",
     install: "npm install -g @anthropic-ai/claude-code",
     tested_version: "2.1.330",
+    credentials: &[
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+    ],
 };
 
 impl Driver for Settings {

@@ -82,6 +82,7 @@ pub const PACKAGE: Package = Package {
     bin_variable: "AGENTQ_CODEX_BIN",
     install: "npm install -g @openai/codex",
     tested_version: "0.171.0",
+    credentials: &["OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEX_API_KEY"],
 };
 
 impl Driver for Settings {

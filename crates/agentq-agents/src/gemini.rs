@@ -77,6 +77,13 @@ pub const PACKAGE: Package = Package {
     bin_variable: "AGENTQ_GEMINI_BIN",
     install: "npm install -g @google/gemini-cli",
     tested_version: "0.61.0",
+    credentials: &[
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GEMINI_BASE_URL",
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+    ],
 };
 
 impl Driver for Settings {

@@ -177,7 +177,13 @@ pub struct Package {
     pub install: &'static str,
     /// The version agentq's tests run (scripts/test pins it).
     pub tested_version: &'static str,
+    /// The variables it reads its API key, login or API endpoint from: what a service that runs
+    /// agentq must carry from the shell that installs it (`agentq service install`).
+    pub credentials: &'static [&'static str],
 }
+
+/// The published agent CLIs agentq drives.
+pub const PACKAGES: [&Package; 3] = [&claude::PACKAGE, &codex::PACKAGE, &gemini::PACKAGE];
 
 /// One process serving many tasks, one after another, over lines of its stdin and stdout.
 pub trait LongLived: Send + Sync {

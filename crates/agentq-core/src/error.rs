@@ -139,6 +139,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A program a command runs is not installed (not found on PATH).
+    #[error("{program} is not installed (not found on PATH); it is needed to {needed_for}: {fix}")]
+    ProgramMissing {
+        program: String,
+        needed_for: String,
+        fix: String,
+    },
+
     /// A service manager's command (`systemctl`, `launchctl`, `schtasks`) could not do its part.
     #[error("`{command}` failed: {message}")]
     ServiceManager { command: String, message: String },

@@ -41,6 +41,31 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((number * factor as f64) as u64)
 }
 
+/// A duration as `parse_duration` reads it: `"10m"`, `"1h 30m"`, `"250ms"`, `"30days"`.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A size as `parse_size` reads it, in the largest unit it is a whole number of (`"4GiB"`,
+/// `"64KiB"`, `"1MB"`), or in bytes (`"1234B"`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 6] = [
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1_000),
+    ];
+    UNITS
+        .iter()
+        .find(|(_, factor)| bytes >= *factor && bytes.is_multiple_of(*factor))
+        .map_or_else(
+            || format!("{bytes}B"),
+            |(unit, factor)| format!("{}{unit}", bytes / factor),
+        )
+}
+
 /// A duration that must be above zero.
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
@@ -54,5 +79,33 @@ pub fn parse_positive_size(s: &str) -> Result<u64, String> {
     match parse_size(s)? {
         0 => Err("must be above zero".into()),
         n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_formatted_reads_back_the_same() {
+        for (bytes, text) in [
+            (4 << 30, "4GiB"),
+            (64 << 20, "64MiB"),
+            (1536, "1536B"),
+            (3 << 10, "3KiB"),
+            (2_000_000, "2MB"),
+            (0, "0B"),
+            (4097, "4097B"),
+        ] {
+            assert_eq!(format_size(bytes), text);
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for secs in [0, 1, 90, 600, 5400, 30 * 86_400] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{secs}");
+        }
+        let d = Duration::from_millis(250);
+        assert_eq!(format_duration(d), "250ms");
+        assert_eq!(parse_duration("250ms"), Ok(d));
     }
 }

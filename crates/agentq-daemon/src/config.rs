@@ -7,14 +7,16 @@
 //! project root, with the state folder `.agentq/`, the prompt folders `.queue/<worker>/` and the
 //! result folders `.output/<worker>/` inside it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
-use toml::Spanned;
 
 use agentq_core::error::{Error, Result};
 
@@ -135,212 +137,459 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// A value of the file with where it is in the text: toml's `Spanned`, which schemars knows
+/// nothing of, so the schema describes the value alone. Every mistake found after parsing names
+/// its line from one of these.
+#[derive(Clone, Debug)]
+struct Spanned<T> {
+    span: Range<usize>,
+    value: T,
+}
+
+impl<T> Spanned<T> {
+    /// A value agentq fills in itself, which is nowhere in the file.
+    fn new(span: Range<usize>, value: T) -> Self {
+        Spanned { span, value }
+    }
+
+    fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+
+    fn get_ref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let spanned = toml::Spanned::<T>::deserialize(d)?;
+        Ok(Spanned {
+            span: spanned.span(),
+            value: spanned.into_inner(),
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Spanned<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+impl JsonSchema for Dur {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A length of time: a number and a unit (\"250ms\", \"30s\", \"10m\", \"1h 30m\", \"7d\"), or a whole number of seconds.",
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*[0-9]+\s*[a-zA-Zµ]*(\s*[0-9]+\s*[a-zA-Zµ]+)*\s*$"},
+                {"type": "integer", "minimum": 0}
+            ]
+        })
+    }
+}
+
+impl JsonSchema for Size {
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A number of bytes: a number and a unit (\"512KiB\", \"10MiB\", \"1GB\"; KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000), or a whole number of bytes.",
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*[0-9.]+\s*([KkMmGg][Ii]?[Bb]?|[Bb])?\s*$"},
+                {"type": "integer", "minimum": 0}
+            ]
+        })
+    }
+}
+
+/// `agentq.toml`: the settings of one project's agentq. Every setting has a default; unknown keys
+/// are refused.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "agentq.toml")]
 struct RawFile {
+    /// Settings every worker (and the pool) inherits unless it sets its own.
     #[serde(default)]
     defaults: RawDefaults,
+    /// Prompt files dropped into .queue/<worker>/.
     #[serde(default)]
     intake: RawIntake,
+    /// The supervisor itself.
     #[serde(default)]
     daemon: RawDaemon,
+    /// How a task is told long from short (the Worker Pattern seed's rules by default).
     #[serde(default)]
     classify: RawClassify,
+    /// The HTTP API, Prometheus metrics and the dashboard: off unless `listen` is set.
     #[serde(default)]
     http: RawHttp,
+    /// Where the queue lives: the SQLite file .agentq/agentq.db unless a PostgreSQL URL is given.
     #[serde(default)]
     store: RawStore,
+    /// Which finished tasks the daemon removes, with their events, logs and output files.
     #[serde(default)]
     retention: RawRetention,
-    /// The ephemeral pool: a worker's settings without a name, plus `max_workers`.
+    /// The ephemeral pool: a worker's settings without a name, plus `max_workers`. Each pool task
+    /// runs in a fresh process and conversation of its own.
     pool: Option<Spanned<RawWorker>>,
+    /// Limits applied to tasks of a class (long or short) unless the task sets its own.
     #[serde(default)]
     class: RawClasses,
+    /// The named workers: each runs its tasks one at a time, in priority order, and takes the
+    /// prompt files dropped into .queue/<name>/.
     #[serde(default, rename = "worker")]
     workers: Vec<Spanned<RawWorker>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[class.long]` and `[class.short]`.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Classes")]
 struct RawClasses {
+    /// Limits of long tasks.
     long: Option<RawClassLimits>,
+    /// Limits of short tasks.
     short: Option<RawClassLimits>,
 }
 
-#[derive(Deserialize, Default)]
+/// What a class sets for its tasks that do not set their own.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ClassLimits")]
 struct RawClassLimits {
-    timeout: Option<Dur>,
-    max_memory: Option<Size>,
+    /// Wall-clock limit of each attempt (above 0).
+    timeout: Option<Spanned<Dur>>,
+    /// The most memory the agent's process tree may hold (above 0).
+    max_memory: Option<Spanned<Size>>,
+    /// Attempts before the task is dead (at least 1).
     max_attempts: Option<Spanned<u32>>,
+    /// Higher runs first; equal priorities run in submission order.
     priority: Option<i64>,
 }
 
 /// Settings a worker inherits unless it sets its own.
 #[derive(Default, Clone)]
 struct RawLimits {
-    timeout: Option<Dur>,
+    timeout: Option<Spanned<Dur>>,
     max_attempts: Option<Spanned<u32>>,
-    backoff: Option<Dur>,
-    max_backoff: Option<Dur>,
-    kill_timeout: Option<Dur>,
-    idle_timeout: Option<Dur>,
-    linger_timeout: Option<Dur>,
-    max_memory: Option<Size>,
+    backoff: Option<Spanned<Dur>>,
+    max_backoff: Option<Spanned<Dur>>,
+    kill_timeout: Option<Spanned<Dur>>,
+    idle_timeout: Option<Spanned<Dur>>,
+    linger_timeout: Option<Spanned<Dur>>,
+    max_memory: Option<Spanned<Size>>,
     max_processes: Option<Spanned<u32>>,
-    memory_report_interval: Option<Dur>,
-    autorestart: Option<bool>,
-    max_restarts: Option<u32>,
-    min_uptime: Option<Dur>,
-    restart_delay: Option<Dur>,
+    memory_report_interval: Option<Spanned<Dur>>,
+    autorestart: Option<Spanned<bool>>,
+    max_restarts: Option<Spanned<u32>>,
+    min_uptime: Option<Spanned<Dur>>,
+    restart_delay: Option<Spanned<Dur>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[defaults]`: the limits every worker inherits, and a few settings of the whole file.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Defaults")]
 struct RawDefaults {
-    timeout: Option<Dur>,
+    /// Wall-clock limit of one attempt (default 10m).
+    timeout: Option<Spanned<Dur>>,
+    /// Attempts before a task is dead (default 3, at least 1).
     max_attempts: Option<Spanned<u32>>,
-    backoff: Option<Dur>,
-    max_backoff: Option<Dur>,
-    kill_timeout: Option<Dur>,
-    idle_timeout: Option<Dur>,
-    linger_timeout: Option<Dur>,
-    max_memory: Option<Size>,
+    /// First retry delay; doubles each attempt, with jitter (default 5s).
+    backoff: Option<Spanned<Dur>>,
+    /// Ceiling of the retry delay (default 10m).
+    max_backoff: Option<Spanned<Dur>>,
+    /// Grace between SIGTERM and SIGKILL when an agent is stopped (default 5s).
+    kill_timeout: Option<Spanned<Dur>>,
+    /// No output for this long means the agent hangs (default: off).
+    idle_timeout: Option<Spanned<Dur>>,
+    /// How long an agent may live on after printing its final result (default 10s).
+    linger_timeout: Option<Spanned<Dur>>,
+    /// The most memory an agent's process tree may hold, sampled; over it the attempt is stopped
+    /// (default: off).
+    max_memory: Option<Spanned<Size>>,
+    /// The most processes an attempt may have at once; past it all are killed (default: off; at
+    /// least 2).
     max_processes: Option<Spanned<u32>>,
-    memory_report_interval: Option<Dur>,
-    autorestart: Option<bool>,
-    max_restarts: Option<u32>,
-    min_uptime: Option<Dur>,
-    restart_delay: Option<Dur>,
+    /// How often a memory_report line is written while a task runs (default 10s).
+    memory_report_interval: Option<Spanned<Dur>>,
+    /// Persistent mode: start a long-lived agent again when it dies (default true).
+    autorestart: Option<Spanned<bool>>,
+    /// Persistent mode: deaths in a row, each within min_uptime of its start, before the worker is
+    /// errored (default 10).
+    max_restarts: Option<Spanned<u32>>,
+    /// Persistent mode: a process that lived this long was stable (default 10s).
+    min_uptime: Option<Spanned<Dur>>,
+    /// Persistent mode: wait before a restart, doubling with each quick death, up to a minute
+    /// (default 1s).
+    restart_delay: Option<Spanned<Dur>>,
+    /// Where `agentq submit` sends a task without --worker (default: the only worker).
     worker: Option<Spanned<String>>,
-    max_prompt_size: Option<Size>,
+    /// Larger prompts (and prompt files) are refused (default 10MiB).
+    max_prompt_size: Option<Spanned<Size>>,
+    /// The claude binary of every Claude worker that names none (default: claude on PATH, or
+    /// AGENTQ_CLAUDE_BIN).
     claude_bin: Option<PathBuf>,
+    /// The codex binary of every Codex worker that names none (default: codex on PATH, or
+    /// AGENTQ_CODEX_BIN).
     codex_bin: Option<PathBuf>,
+    /// The gemini binary of every Gemini worker that names none (default: gemini on PATH, or
+    /// AGENTQ_GEMINI_BIN).
     gemini_bin: Option<PathBuf>,
+    /// Where a worker's tasks run unless it says: "worker" (its own agent), "pool" (a fresh
+    /// process per task) or "auto" (short tasks on the worker, long ones in the pool).
+    #[schemars(extend("enum" = ROUTES))]
     route: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[intake]`: how prompt files are taken.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Intake")]
 struct RawIntake {
-    settle: Option<Dur>,
+    /// A prompt file must be unchanged this long before it is taken (default 200ms).
+    settle: Option<Spanned<Dur>>,
+    /// Scan the folders on a timer instead of waiting for file-system events (default false).
     poll: Option<bool>,
-    poll_interval: Option<Dur>,
-    rescan_interval: Option<Dur>,
+    /// The scan period when polling (default 1s, at least 10ms).
+    poll_interval: Option<Spanned<Dur>>,
+    /// With events, a full rescan this often anyway (default 30s, at least 100ms).
+    rescan_interval: Option<Spanned<Dur>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[daemon]`: the supervisor's own settings.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Daemon")]
 struct RawDaemon {
-    lease: Option<Dur>,
-    shutdown_grace: Option<Dur>,
-    output_cap: Option<Size>,
-    stderr_cap: Option<Size>,
-    memory_sample_interval: Option<Dur>,
-    log_max_size: Option<Size>,
+    /// A claim expires this long after its last heartbeat (default 30s, at least 300ms).
+    lease: Option<Spanned<Dur>>,
+    /// On the first stop signal, running tasks may finish for this long (default 30s).
+    shutdown_grace: Option<Spanned<Dur>>,
+    /// The most of an agent's stdout kept as the result (default 16MiB).
+    output_cap: Option<Spanned<Size>>,
+    /// How much of the end of an agent's stderr is kept (default 64KiB).
+    stderr_cap: Option<Spanned<Size>>,
+    /// How often a running agent's memory is read (default 1s, at least 50ms).
+    memory_sample_interval: Option<Spanned<Dur>>,
+    /// events.jsonl and each task's agent log rotate past this size (default 10MiB, at least
+    /// 4KiB).
+    log_max_size: Option<Spanned<Size>>,
+    /// Older event logs kept (default 5).
     log_backups: Option<u32>,
+    /// Per worker, the newest task logs kept (default 200).
     task_logs_keep: Option<u32>,
+    /// This daemon's host id (default: the machine's name; `agentq run --host` wins).
     host: Option<Spanned<String>>,
+    /// Every host's Claude reads one session store (default false).
     shared_sessions: Option<bool>,
+    /// What keeps an agent's processes from outliving its attempt (default "auto").
+    #[schemars(extend("enum" = ["auto", "cgroup", "keeper", "group"]))]
     containment: Option<Spanned<String>>,
+    /// A cgroup v2 folder this user may divide, absolute (made if missing).
     cgroup: Option<Spanned<String>>,
-    min_free_space: Option<Size>,
+    /// No task is claimed while .agentq/ or .output/ has less free (default 64MiB, 1MiB at
+    /// least).
+    min_free_space: Option<Spanned<Size>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[http]`: the HTTP API.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Http")]
 struct RawHttp {
+    /// The address to serve on, e.g. "127.0.0.1:7777" (default: off).
     listen: Option<Spanned<String>>,
+    /// Allow an address other than loopback (default false).
     allow_remote: Option<bool>,
+    /// Larger request bodies are answered 413 (default 1MiB).
     max_body: Option<Spanned<Size>>,
+    /// A request's headers must arrive within this, else 408 (default 10s, at least 100ms).
     header_timeout: Option<Spanned<Dur>>,
+    /// A request's body must arrive within this of its headers, else 408 (default 30s, at least
+    /// 100ms).
     request_timeout: Option<Spanned<Dur>>,
+    /// Connections served at once; more are answered 503 (default 256).
     max_connections: Option<Spanned<u32>>,
+    /// Event streams open at once; more are answered 503 (default 64).
     max_streams: Option<Spanned<u32>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[retention]`: which finished tasks the daemon removes.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Retention")]
 struct RawRetention {
+    /// Finished tasks older than this go (default "30d", at least 1m; "forever": none by age).
     keep_tasks: Option<Spanned<String>>,
+    /// Beyond the newest this many finished tasks of a worker (the pool as one), they go too
+    /// (default: no limit).
     keep_per_worker: Option<Spanned<u32>>,
+    /// How often the daemon looks (default 10m, at least 1s).
     interval: Option<Spanned<Dur>>,
+    /// Tasks removed per transaction (default 500).
     batch: Option<Spanned<u32>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[store]`: where the queue lives.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Store")]
 struct RawStore {
+    /// A PostgreSQL database: a postgres:// URL or a libpq "key=value" string
+    /// (AGENTQ_DATABASE_URL wins over it).
     url: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[classify]`: long or short, by the Worker Pattern seed's rules.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Classify")]
 struct RawClassify {
+    /// Words that make a prompt a long task.
     long_keywords: Option<Spanned<Vec<String>>>,
+    /// Words that make a prompt a short task.
     short_keywords: Option<Spanned<Vec<String>>>,
+    /// Complexity at or above this: always long (default 0.8).
     high: Option<Spanned<f64>>,
+    /// Between low and high with no keyword: long at or above this (default 0.5).
     medium: Option<Spanned<f64>>,
+    /// At or below this: short unless a long keyword appears (default 0.3).
     low: Option<Spanned<f64>>,
 }
 
-#[derive(Deserialize, Default)]
+/// A `[[worker]]`, or `[pool]`: its agent, folder, environment and limits (each limit as in
+/// `[defaults]`, which it overrides), and the settings of its agent.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Worker")]
 struct RawWorker {
-    /// Required in a `[[worker]]`; `[pool]` has none.
+    /// The worker's name: its folders .queue/<name>/ and .output/<name>/ (`[[worker]]` only,
+    /// where it is required; 1 to 64 letters, digits, '-' or '_').
     name: Option<Spanned<String>>,
+    /// What runs each task (default: "command" when a command is given, else "claude").
+    #[schemars(extend("enum" = AGENTS))]
     agent: Option<Spanned<String>>,
     /// Where its tasks run: "worker", "pool" or "auto" (`[[worker]]` only).
+    #[schemars(extend("enum" = ROUTES))]
     route: Option<Spanned<String>>,
-    /// How many pool tasks may run at once (`[pool]` only).
+    /// How many pool tasks may run at once (`[pool]` only; default 4).
     max_workers: Option<Spanned<u32>>,
     /// The only daemon host that runs it (`[[worker]]` only).
     host: Option<Spanned<String>>,
+    /// agent = "command": the program and its arguments; the prompt goes to its stdin, its
+    /// stdout is the result, exit code 0 is success.
     command: Option<Spanned<Vec<String>>>,
+    /// The folder the agent runs in, relative to agentq.toml's (default ".").
     cwd: Option<PathBuf>,
+    /// Variables added to the agent's environment.
     #[serde(default)]
     env: BTreeMap<String, String>,
-    timeout: Option<Dur>,
+    /// Wall-clock limit of one attempt.
+    timeout: Option<Spanned<Dur>>,
+    /// Attempts before a task is dead (at least 1).
     max_attempts: Option<Spanned<u32>>,
-    backoff: Option<Dur>,
-    max_backoff: Option<Dur>,
-    kill_timeout: Option<Dur>,
-    idle_timeout: Option<Dur>,
-    linger_timeout: Option<Dur>,
+    /// First retry delay; doubles each attempt, with jitter.
+    backoff: Option<Spanned<Dur>>,
+    /// Ceiling of the retry delay.
+    max_backoff: Option<Spanned<Dur>>,
+    /// Grace between SIGTERM and SIGKILL when the agent is stopped.
+    kill_timeout: Option<Spanned<Dur>>,
+    /// No output for this long means the agent hangs.
+    idle_timeout: Option<Spanned<Dur>>,
+    /// How long the agent may live on after printing its final result.
+    linger_timeout: Option<Spanned<Dur>>,
     /// The most memory the agent's process tree may hold.
-    max_memory: Option<Size>,
+    max_memory: Option<Spanned<Size>>,
+    /// The most processes an attempt may have at once (at least 2).
     max_processes: Option<Spanned<u32>>,
-    memory_report_interval: Option<Dur>,
-    autorestart: Option<bool>,
-    max_restarts: Option<u32>,
-    min_uptime: Option<Dur>,
-    restart_delay: Option<Dur>,
+    /// How often a memory_report line is written while a task runs.
+    memory_report_interval: Option<Spanned<Dur>>,
+    /// Persistent mode: start the long-lived agent again when it dies (`[[worker]]` only).
+    autorestart: Option<Spanned<bool>>,
+    /// Persistent mode: quick deaths in a row before the worker is errored (`[[worker]]` only).
+    max_restarts: Option<Spanned<u32>>,
+    /// Persistent mode: a process that lived this long was stable (`[[worker]]` only).
+    min_uptime: Option<Spanned<Dur>>,
+    /// Persistent mode: wait before a restart, doubling with each quick death (`[[worker]]`
+    /// only).
+    restart_delay: Option<Spanned<Dur>>,
     // The settings of `agent = "claude"` workers (inline: serde cannot flatten them and still
     // deny unknown keys).
+    /// Claude: the claude binary, a name on PATH or a path relative to agentq.toml's folder.
     claude_bin: Option<PathBuf>,
+    /// Claude: "exec" (a process per task) or "persistent" (one long-lived process per worker,
+    /// stream-json; `[[worker]]` only).
+    #[schemars(extend("enum" = ["exec", "persistent"]))]
     mode: Option<Spanned<String>>,
+    /// Claude, Codex, Gemini: the model (the CLI's --model).
     model: Option<String>,
+    /// Claude: --permission-mode.
     permission_mode: Option<String>,
+    /// Claude: --allowedTools.
     allowed_tools: Option<Vec<String>>,
+    /// Claude: --disallowedTools.
     disallowed_tools: Option<Vec<String>>,
+    /// Claude: --append-system-prompt.
     append_system_prompt: Option<String>,
+    /// Claude: --max-turns.
     max_turns: Option<u32>,
+    /// Claude: --max-budget-usd, per task.
     max_budget_usd: Option<f64>,
+    /// Claude: --add-dir, each relative to agentq.toml's folder.
     add_dirs: Option<Vec<PathBuf>>,
+    /// Claude, Codex, Gemini: more arguments for the CLI.
     extra_args: Option<Vec<String>>,
+    /// Claude: --dangerously-skip-permissions (never a default).
     dangerously_skip_permissions: Option<bool>,
+    /// Claude, Codex, Gemini: which conversation a task joins: "resume" (one for all tasks),
+    /// "fresh" (one per task) or "rotate" (a new one after rotate_after_tasks or
+    /// rotate_after_tokens; `[[worker]]` only).
+    #[schemars(extend("enum" = ["resume", "fresh", "rotate"]))]
     session: Option<Spanned<String>>,
-    rotate_after_tasks: Option<u32>,
-    rotate_after_tokens: Option<u64>,
+    /// session = "rotate": a new conversation after this many tasks (`[[worker]]` only).
+    rotate_after_tasks: Option<Spanned<u32>>,
+    /// session = "rotate": a new conversation after this many tokens (`[[worker]]` only).
+    rotate_after_tokens: Option<Spanned<u64>>,
+    /// Claude: pause the worker for the rest of the day once it has spent this much.
     budget_usd_per_day: Option<f64>,
-    recycle_after_tasks: Option<u32>,
+    /// Claude, persistent mode: a new process (same conversation) after this many tasks
+    /// (`[[worker]]` only).
+    recycle_after_tasks: Option<Spanned<u32>>,
     // `agent = "codex"`.
+    /// Codex: the codex binary, a name on PATH or a path relative to agentq.toml's folder.
     codex_bin: Option<PathBuf>,
+    /// Codex: --sandbox (default: the CLI's own).
+    #[schemars(extend("enum" = agentq_agents::codex::SANDBOXES))]
     sandbox: Option<Spanned<String>>,
+    /// Codex: --skip-git-repo-check, to run outside a git repository.
     skip_git_repo_check: Option<bool>,
     // `agent = "gemini"`.
+    /// Gemini: the gemini binary, a name on PATH or a path relative to agentq.toml's folder.
     gemini_bin: Option<PathBuf>,
+    /// Gemini: --approval-mode (default: the CLI's own).
+    #[schemars(extend("enum" = agentq_agents::gemini::APPROVAL_MODES))]
     approval_mode: Option<Spanned<String>>,
+    /// Gemini: --skip-trust, to run in a folder gemini has not been told to trust.
     trust_workspace: Option<bool>,
 }
 
@@ -436,6 +685,9 @@ const AGENT_KEYS: &[AgentKey] = &[
 /// The drivers `agent = "..."` may name.
 pub const AGENTS: [&str; 4] = ["claude", "codex", "gemini", "command"];
 
+/// The words `route = "..."` may be.
+const ROUTES: [&str; 3] = ["worker", "pool", "auto"];
+
 /// "a Claude worker", "a Claude, Codex or Gemini worker".
 fn agents_in_words(agents: &[&str]) -> String {
     let names: Vec<String> = agents
@@ -465,25 +717,114 @@ impl RawWorker {
     }
 }
 
+/// The JSON Schema (draft 2020-12) of `agentq.toml`, derived from the types the file is parsed
+/// into, each key described by its doc comment: for editors, and for checking a file before
+/// agentq reads it. Beyond what the types say, it holds the rules the parser keeps in tables:
+/// the keys each agent takes ([`AGENT_KEYS`], with the default agent as `build_agent` chooses
+/// it), and the keys `[pool]` and a `[[worker]]` each have not. TOML has no null, so no setting
+/// may be one.
+pub fn schema() -> serde_json::Value {
+    use serde_json::{Value, json};
+    let settings = schemars::generate::SchemaSettings::draft2020_12().with(|s| {
+        s.transforms
+            .push(Box::new(schemars::transform::RecursiveTransform(no_null)));
+    });
+    let mut schema = settings
+        .into_generator()
+        .into_root_schema_for::<RawFile>()
+        .to_value();
+
+    let is_agent =
+        |agent: &str| json!({"required": ["agent"], "properties": {"agent": {"const": agent}}});
+    let rules: Vec<Value> = AGENTS
+        .iter()
+        .map(|&agent| {
+            let when = match agent {
+                "claude" => json!({"anyOf": [
+                    is_agent(agent),
+                    {"not": {"anyOf": [{"required": ["agent"]}, {"required": ["command"]}]}}
+                ]}),
+                "command" => json!({"anyOf": [
+                    is_agent(agent),
+                    {"required": ["command"], "not": {"required": ["agent"]}}
+                ]}),
+                _ => is_agent(agent),
+            };
+            let foreign: serde_json::Map<String, Value> = AGENT_KEYS
+                .iter()
+                .filter(|(_, _, takers)| !takers.contains(&agent))
+                .map(|(key, _, _)| (key.to_string(), Value::Bool(false)))
+                .collect();
+            json!({
+                "if": when,
+                "then": {
+                    "description": format!("The keys {} has not.", agents_in_words(&[agent])),
+                    "properties": foreign
+                }
+            })
+        })
+        .collect();
+    schema["$defs"]["Worker"]["allOf"] = Value::Array(rules);
+
+    let refused = |keys: &[&[(&str, KeySpan)]]| -> serde_json::Map<String, Value> {
+        keys.iter()
+            .flat_map(|k| k.iter())
+            .map(|(key, _)| (key.to_string(), Value::Bool(false)))
+            .collect()
+    };
+    let mut pool_refuses = refused(&[NAMED_ONLY, LONG_LIVED_ONLY]);
+    pool_refuses.insert("mode".into(), json!({"not": {"const": "persistent"}}));
+    let properties = &mut schema["properties"];
+    properties["pool"]["properties"] = Value::Object(pool_refuses);
+    properties["worker"]["items"]["required"] = json!(["name"]);
+    properties["worker"]["items"]["properties"] = json!({"max_workers": false});
+    schema
+}
+
+/// Takes null out of a schema: schemars lets an `Option` be null, which TOML cannot write.
+fn no_null(schema: &mut Schema) {
+    use serde_json::Value;
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(types)) = object.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            object.insert("type".into(), only);
+        }
+    }
+    if let Some(Value::Array(any)) = object.get_mut("anyOf") {
+        any.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+        if let [Value::Object(only)] = any.as_slice() {
+            let only = only.clone();
+            object.remove("anyOf");
+            for (key, value) in only {
+                object.entry(key).or_insert(value);
+            }
+        }
+    }
+}
+
 /// The limit fields of `[defaults]` and of a `[[worker]]` are the same; serde cannot flatten them
 /// into both while also denying unknown keys, so they are gathered here.
 macro_rules! limits_of {
     ($raw:expr) => {
         RawLimits {
-            timeout: $raw.timeout,
+            timeout: $raw.timeout.clone(),
             max_attempts: $raw.max_attempts.clone(),
-            backoff: $raw.backoff,
-            max_backoff: $raw.max_backoff,
-            kill_timeout: $raw.kill_timeout,
-            idle_timeout: $raw.idle_timeout,
-            linger_timeout: $raw.linger_timeout,
-            max_memory: $raw.max_memory,
+            backoff: $raw.backoff.clone(),
+            max_backoff: $raw.max_backoff.clone(),
+            kill_timeout: $raw.kill_timeout.clone(),
+            idle_timeout: $raw.idle_timeout.clone(),
+            linger_timeout: $raw.linger_timeout.clone(),
+            max_memory: $raw.max_memory.clone(),
             max_processes: $raw.max_processes.clone(),
-            memory_report_interval: $raw.memory_report_interval,
-            autorestart: $raw.autorestart,
-            max_restarts: $raw.max_restarts,
-            min_uptime: $raw.min_uptime,
-            restart_delay: $raw.restart_delay,
+            memory_report_interval: $raw.memory_report_interval.clone(),
+            autorestart: $raw.autorestart.clone(),
+            max_restarts: $raw.max_restarts.clone(),
+            min_uptime: $raw.min_uptime.clone(),
+            restart_delay: $raw.restart_delay.clone(),
         }
     };
 }
@@ -684,6 +1025,18 @@ pub enum Containment {
     Group,
 }
 
+impl Containment {
+    /// As `[daemon] containment` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Containment::Auto => "auto",
+            Containment::Cgroup => "cgroup",
+            Containment::Keeper => "keeper",
+            Containment::Group => "group",
+        }
+    }
+}
+
 /// Where each attempt's processes are held, as the daemon settled it at start: the mode, and
 /// the cgroups it divides, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -802,6 +1155,8 @@ pub struct Config {
     /// The folder holding it: everything relative is relative to this.
     pub root: PathBuf,
     pub default_worker: Option<String>,
+    /// What `[defaults]` sets, over agentq's own: the limits of a worker that sets none.
+    pub defaults: Limits,
     pub max_prompt_size: u64,
     pub intake: IntakeSettings,
     pub daemon: DaemonSettings,
@@ -859,13 +1214,13 @@ fn retention_settings(raw: &RawRetention) -> std::result::Result<RetentionSettin
             text => {
                 let d = parse_duration(text).map_err(|e| {
                     (
-                        Some(keep.span()),
+                        Some(keep.span().into()),
                         format!("[retention] keep_tasks: {e} (a duration such as \"30d\", or \"forever\")"),
                     )
                 })?;
                 if d < Duration::from_secs(60) {
                     return Err((
-                        Some(keep.span()),
+                        Some(keep.span().into()),
                         "[retention] keep_tasks must be at least 1m (or \"forever\")".into(),
                     ));
                 }
@@ -876,7 +1231,7 @@ fn retention_settings(raw: &RawRetention) -> std::result::Result<RetentionSettin
     if let Some(n) = &raw.keep_per_worker {
         if *n.get_ref() == 0 {
             return Err((
-                Some(n.span()),
+                Some(n.span().into()),
                 "[retention] keep_per_worker must be at least 1 (leave it out for no limit)".into(),
             ));
         }
@@ -885,7 +1240,7 @@ fn retention_settings(raw: &RawRetention) -> std::result::Result<RetentionSettin
     if let Some(i) = &raw.interval {
         if i.get_ref().0 < Duration::from_secs(1) {
             return Err((
-                Some(i.span()),
+                Some(i.span().into()),
                 "[retention] interval must be at least 1s".into(),
             ));
         }
@@ -894,7 +1249,7 @@ fn retention_settings(raw: &RawRetention) -> std::result::Result<RetentionSettin
     if let Some(b) = &raw.batch {
         if *b.get_ref() == 0 {
             return Err((
-                Some(b.span()),
+                Some(b.span().into()),
                 "[retention] batch must be at least 1".into(),
             ));
         }
@@ -942,12 +1297,12 @@ impl Config {
 
     /// Parses the text of a config file that lives at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
-        let at = |(span, message): SpanError| {
-            // A rule about one key ("idle_timeout must be above 0") points at where it is set.
-            let offset = span
-                .map(|s| s.start)
-                .or_else(|| key_offset(text, &message))
-                .unwrap_or(0);
+        let at = |(place, message): SpanError| {
+            let offset = match place {
+                Some(Place::Value(span)) => span.start,
+                Some(Place::Key(span)) => line_start(text, span.start),
+                None => 0,
+            };
             let (line, column) = line_col(text, offset);
             Error::Config {
                 path: path.to_path_buf(),
@@ -956,8 +1311,8 @@ impl Config {
                 message,
             }
         };
-        let raw: RawFile =
-            toml::from_str(text).map_err(|e| at((e.span(), plain_words(e.message()))))?;
+        let raw: RawFile = toml::from_str(text)
+            .map_err(|e| at((e.span().map(Place::Value), plain_words(e.message()))))?;
         let root = path
             .parent()
             .map(Path::to_path_buf)
@@ -972,7 +1327,7 @@ impl Config {
             short: class_limits(raw.class.short.as_ref(), "short").map_err(at)?,
         };
         // Defaults that name no worker are still checked, so a typo there is caught before submit.
-        resolve_limits(&RawLimits::default(), &base).map_err(at)?;
+        let defaults = resolve_limits(&RawLimits::default(), &base).map_err(at)?;
         let default_worker = default_worker(&raw.defaults, &workers).map_err(at)?;
         let intake = intake_settings(&raw.intake).map_err(at)?;
         let daemon = daemon_settings(&raw.daemon).map_err(at)?;
@@ -981,6 +1336,7 @@ impl Config {
         let store = store_settings(&raw.store).map_err(at)?;
         let retention = retention_settings(&raw.retention).map_err(at)?;
         Ok(Config {
+            defaults,
             retention,
             http,
             store,
@@ -1113,15 +1469,39 @@ impl Config {
     }
 }
 
-type SpanError = (Option<std::ops::Range<usize>>, String);
+/// A mistake found after parsing: where it is, and what.
+type SpanError = (Option<Place>, String);
+
+/// Where in the file a mistake is, from the spans the parser kept: at a value, or, for a rule
+/// about a setting as a whole ("idle_timeout must be above 0"), at the start of the line that
+/// sets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Place {
+    Value(Range<usize>),
+    Key(Range<usize>),
+}
+
+impl From<Range<usize>> for Place {
+    fn from(span: Range<usize>) -> Place {
+        Place::Value(span)
+    }
+}
+
+/// Where the setting of `value` is: the line that sets it.
+fn key_of<T>(value: &Spanned<T>) -> Option<Place> {
+    Some(Place::Key(value.span()))
+}
 
 /// `[defaults] max_prompt_size`, 10 MiB when unset: a cap of 0 would refuse every prompt.
 fn max_prompt_size(defaults: &RawDefaults) -> std::result::Result<u64, SpanError> {
-    let max_prompt_size = defaults.max_prompt_size.map(|s| s.0).unwrap_or(10 << 20);
-    if max_prompt_size == 0 {
-        return Err((None, "[defaults] max_prompt_size must be above 0".into()));
+    match &defaults.max_prompt_size {
+        Some(s) if s.get_ref().0 == 0 => Err((
+            key_of(s),
+            "[defaults] max_prompt_size must be above 0".into(),
+        )),
+        Some(s) => Ok(s.get_ref().0),
+        None => Ok(10 << 20),
     }
-    Ok(max_prompt_size)
 }
 
 /// Every `[[worker]]`, in the file's order, each with its name checked against the others'.
@@ -1139,14 +1519,14 @@ fn parse_workers(
         let w = spanned.get_ref();
         let Some(name) = &w.name else {
             return Err((
-                Some(spanned.span()),
+                Some(spanned.span().into()),
                 "a [[worker]] needs a name, e.g. name = \"main\"".into(),
             ));
         };
-        validate_name(name.get_ref()).map_err(|m| (Some(name.span()), m))?;
+        validate_name(name.get_ref()).map_err(|m| (Some(name.span().into()), m))?;
         if workers.iter().any(|o| &o.name == name.get_ref()) {
             return Err((
-                Some(name.span()),
+                Some(name.span().into()),
                 format!(
                     "worker {:?} is defined twice; worker names must be unique",
                     name.get_ref()
@@ -1155,7 +1535,7 @@ fn parse_workers(
         }
         if let Some(m) = &w.max_workers {
             return Err((
-                Some(m.span()),
+                Some(m.span().into()),
                 "max_workers is a [pool] setting; a worker runs one task at a time".into(),
             ));
         }
@@ -1167,7 +1547,7 @@ fn parse_workers(
             Some(h) => Some(
                 validate_host(h.get_ref())
                     .map(|()| h.get_ref().clone())
-                    .map_err(|m| (Some(h.span()), m))?,
+                    .map_err(|m| (Some(h.span().into()), m))?,
             ),
             None => None,
         };
@@ -1214,7 +1594,7 @@ fn parse_pool(
     let max_workers = p.max_workers.as_ref().map_or(4, |m| *m.get_ref());
     if max_workers == 0 {
         return Err((
-            p.max_workers.as_ref().map(|m| m.span()),
+            p.max_workers.as_ref().map(|m| m.span().into()),
             "[pool] max_workers must be at least 1".into(),
         ));
     }
@@ -1235,45 +1615,69 @@ fn parse_pool(
 /// Refuses in `[pool]` the settings of a named worker and of a long-lived agent, which the pool,
 /// a fresh process and conversation per task, has not.
 fn refuse_worker_only_keys(p: &RawWorker) -> std::result::Result<(), SpanError> {
-    for (key, span) in [
-        ("name", p.name.as_ref().map(|n| n.span())),
-        ("route", p.route.as_ref().map(|r| r.span())),
-        ("host", p.host.as_ref().map(|h| h.span())),
-    ] {
-        if let Some(span) = span {
-            return Err((
-                Some(span),
-                format!("[pool] has no {key}: it is the pool, and runs every task it is given"),
-            ));
-        }
+    if let Some((key, span)) = set_in(p, NAMED_ONLY) {
+        return Err((
+            Some(span.into()),
+            format!("[pool] has no {key}: it is the pool, and runs every task it is given"),
+        ));
     }
     if let Some(mode) = p.mode.as_ref().filter(|m| m.get_ref() == "persistent") {
         return Err((
-            Some(mode.span()),
+            Some(mode.span().into()),
             "[pool] runs every task in a fresh process: mode = \"persistent\" does not apply (leave mode out)".into(),
         ));
     }
-    // Settings of a long-lived process or a kept conversation, which the pool has not.
-    for (key, set) in [
-        ("session", p.session.is_some()),
-        ("rotate_after_tasks", p.rotate_after_tasks.is_some()),
-        ("rotate_after_tokens", p.rotate_after_tokens.is_some()),
-        ("recycle_after_tasks", p.recycle_after_tasks.is_some()),
-        ("autorestart", p.autorestart.is_some()),
-        ("max_restarts", p.max_restarts.is_some()),
-        ("min_uptime", p.min_uptime.is_some()),
-        ("restart_delay", p.restart_delay.is_some()),
-    ] {
-        if set {
-            return Err((
-                None,
-                format!(
-                    "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
-                ),
-            ));
-        }
+    if let Some((key, span)) = set_in(p, LONG_LIVED_ONLY) {
+        return Err((
+            Some(Place::Key(span)),
+            format!(
+                "[pool] {key} does not apply: every pool task runs in a fresh process and conversation of its own"
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Where a `[[worker]]` or `[pool]` table sets a key, if it does.
+type KeySpan = fn(&RawWorker) -> Option<Range<usize>>;
+
+/// The keys of a named worker, which `[pool]` has not: it is the pool.
+const NAMED_ONLY: &[(&str, KeySpan)] = &[
+    ("name", |w| w.name.as_ref().map(Spanned::span)),
+    ("route", |w| w.route.as_ref().map(Spanned::span)),
+    ("host", |w| w.host.as_ref().map(Spanned::span)),
+];
+
+/// The keys of a long-lived process or a kept conversation, which `[pool]` has not: each of its
+/// tasks runs in a fresh process and conversation of its own.
+const LONG_LIVED_ONLY: &[(&str, KeySpan)] = &[
+    ("session", |w| w.session.as_ref().map(Spanned::span)),
+    ("rotate_after_tasks", |w| {
+        w.rotate_after_tasks.as_ref().map(Spanned::span)
+    }),
+    ("rotate_after_tokens", |w| {
+        w.rotate_after_tokens.as_ref().map(Spanned::span)
+    }),
+    ("recycle_after_tasks", |w| {
+        w.recycle_after_tasks.as_ref().map(Spanned::span)
+    }),
+    ("autorestart", |w| w.autorestart.as_ref().map(Spanned::span)),
+    ("max_restarts", |w| {
+        w.max_restarts.as_ref().map(Spanned::span)
+    }),
+    ("min_uptime", |w| w.min_uptime.as_ref().map(Spanned::span)),
+    ("restart_delay", |w| {
+        w.restart_delay.as_ref().map(Spanned::span)
+    }),
+];
+
+/// The first of `keys` that `table` sets, with where.
+fn set_in(
+    table: &RawWorker,
+    keys: &[(&'static str, KeySpan)],
+) -> Option<(&'static str, Range<usize>)> {
+    keys.iter()
+        .find_map(|(key, span)| span(table).map(|s| (*key, s)))
 }
 
 /// `[defaults] worker`, which must name a `[[worker]]` of the file.
@@ -1283,7 +1687,7 @@ fn default_worker(
 ) -> std::result::Result<Option<String>, SpanError> {
     match &defaults.worker {
         Some(w) if !workers.iter().any(|x| &x.name == w.get_ref()) => Err((
-            Some(w.span()),
+            Some(w.span().into()),
             format!(
                 "[defaults] worker = {:?} names no [[worker]] in this file",
                 w.get_ref()
@@ -1300,18 +1704,18 @@ fn intake_settings(raw: &RawIntake) -> std::result::Result<IntakeSettings, SpanE
     for (key, value, floor) in [
         (
             "[intake] poll_interval",
-            raw.poll_interval,
+            &raw.poll_interval,
             Duration::from_millis(10),
         ),
         (
             "[intake] rescan_interval",
-            raw.rescan_interval,
+            &raw.rescan_interval,
             Duration::from_millis(100),
         ),
     ] {
-        if value.is_some_and(|v| v.0 < floor) {
+        if let Some(value) = value.as_ref().filter(|v| v.get_ref().0 < floor) {
             return Err((
-                None,
+                key_of(value),
                 format!(
                     "{key} must be at least {}",
                     humantime::format_duration(floor)
@@ -1320,19 +1724,10 @@ fn intake_settings(raw: &RawIntake) -> std::result::Result<IntakeSettings, SpanE
         }
     }
     Ok(IntakeSettings {
-        settle: raw
-            .settle
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_millis(200)),
+        settle: dur_or(&raw.settle, Duration::from_millis(200)),
         poll: raw.poll.unwrap_or(false),
-        poll_interval: raw
-            .poll_interval
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(1)),
-        rescan_interval: raw
-            .rescan_interval
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30)),
+        poll_interval: dur_or(&raw.poll_interval, Duration::from_secs(1)),
+        rescan_interval: dur_or(&raw.rescan_interval, Duration::from_secs(30)),
     })
 }
 
@@ -1340,48 +1735,49 @@ fn intake_settings(raw: &RawIntake) -> std::result::Result<IntakeSettings, SpanE
 fn daemon_settings(raw: &RawDaemon) -> std::result::Result<DaemonSettings, SpanError> {
     let host = match &raw.host {
         Some(h) => {
-            validate_host(h.get_ref()).map_err(|m| (Some(h.span()), m))?;
+            validate_host(h.get_ref()).map_err(|m| (Some(h.span().into()), m))?;
             h.get_ref().clone()
         }
         None => machine_host(),
     };
-    let lease = raw.lease.map(|d| d.0).unwrap_or(Duration::from_secs(30));
-    if lease < Duration::from_millis(300) {
-        return Err((None, "[daemon] lease must be at least 300ms".into()));
-    }
-    if raw
-        .memory_sample_interval
-        .is_some_and(|d| d.0 < Duration::from_millis(50))
+    if let Some(lease) = raw
+        .lease
+        .as_ref()
+        .filter(|d| d.get_ref().0 < Duration::from_millis(300))
     {
         return Err((
-            None,
+            key_of(lease),
+            "[daemon] lease must be at least 300ms".into(),
+        ));
+    }
+    if let Some(interval) = raw
+        .memory_sample_interval
+        .as_ref()
+        .filter(|d| d.get_ref().0 < Duration::from_millis(50))
+    {
+        return Err((
+            key_of(interval),
             "[daemon] memory_sample_interval must be at least 50ms".into(),
         ));
     }
-    if raw.log_max_size.is_some_and(|s| s.0 < 4096) {
-        return Err((None, "[daemon] log_max_size must be at least 4KiB".into()));
+    if let Some(size) = raw.log_max_size.as_ref().filter(|s| s.get_ref().0 < 4096) {
+        return Err((
+            key_of(size),
+            "[daemon] log_max_size must be at least 4KiB".into(),
+        ));
     }
     Ok(DaemonSettings {
-        lease,
-        shutdown_grace: raw
-            .shutdown_grace
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30)),
-        output_cap: raw.output_cap.map(|s| s.0).unwrap_or(16 << 20),
-        stderr_cap: raw.stderr_cap.map(|s| s.0).unwrap_or(64 << 10),
-        memory_sample_interval: raw
-            .memory_sample_interval
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(1)),
-        log_max_size: raw.log_max_size.map(|s| s.0).unwrap_or(10 << 20),
+        lease: dur_or(&raw.lease, Duration::from_secs(30)),
+        shutdown_grace: dur_or(&raw.shutdown_grace, Duration::from_secs(30)),
+        output_cap: size_or(&raw.output_cap, 16 << 20),
+        stderr_cap: size_or(&raw.stderr_cap, 64 << 10),
+        memory_sample_interval: dur_or(&raw.memory_sample_interval, Duration::from_secs(1)),
+        log_max_size: size_or(&raw.log_max_size, 10 << 20),
         log_backups: raw.log_backups.unwrap_or(5),
         task_logs_keep: raw.task_logs_keep.unwrap_or(200),
         host,
         shared_sessions: raw.shared_sessions.unwrap_or(false),
-        min_free_space: raw
-            .min_free_space
-            .map(|s| s.0)
-            .unwrap_or(DEFAULT_MIN_FREE_SPACE),
+        min_free_space: size_or(&raw.min_free_space, DEFAULT_MIN_FREE_SPACE),
         containment: match &raw.containment {
             None => Containment::Auto,
             Some(c) => match c.get_ref().as_str() {
@@ -1391,7 +1787,7 @@ fn daemon_settings(raw: &RawDaemon) -> std::result::Result<DaemonSettings, SpanE
                 "group" => Containment::Group,
                 other => {
                     return Err((
-                        Some(c.span()),
+                        Some(c.span().into()),
                         format!(
                             "[daemon] containment must be \"auto\", \"cgroup\", \"keeper\" or \"group\", not {other:?}"
                         ),
@@ -1404,7 +1800,7 @@ fn daemon_settings(raw: &RawDaemon) -> std::result::Result<DaemonSettings, SpanE
             Some(c) if Path::new(c.get_ref()).is_absolute() => Some(PathBuf::from(c.get_ref())),
             Some(c) => {
                 return Err((
-                    Some(c.span()),
+                    Some(c.span().into()),
                     format!(
                         "[daemon] cgroup must be an absolute path under the cgroup v2 mount (e.g. \"/sys/fs/cgroup/agentq\"), not {:?}",
                         c.get_ref()
@@ -1422,14 +1818,17 @@ fn http_settings(raw: &RawHttp) -> std::result::Result<HttpSettings, SpanError> 
         listen: match &raw.listen {
             Some(l) => Some(
                 HttpSettings::parse_listen(l.get_ref(), allow_remote)
-                    .map_err(|m| (Some(l.span()), format!("[http] {m}")))?,
+                    .map_err(|m| (Some(l.span().into()), format!("[http] {m}")))?,
             ),
             None => None,
         },
         allow_remote,
         max_body: match &raw.max_body {
             Some(s) if s.get_ref().0 == 0 => {
-                return Err((Some(s.span()), "[http] max_body must be above 0".into()));
+                return Err((
+                    Some(s.span().into()),
+                    "[http] max_body must be above 0".into(),
+                ));
             }
             Some(s) => s.get_ref().0,
             None => 1 << 20,
@@ -1446,7 +1845,7 @@ fn store_settings(raw: &RawStore) -> std::result::Result<StoreSettings, SpanErro
     Ok(match &raw.url {
         Some(url) => StoreSettings::Postgres(
             agentq_store::url::DatabaseUrl::parse(url.get_ref(), "[store] url")
-                .map_err(|m| (Some(url.span()), m))?,
+                .map_err(|m| (Some(url.span().into()), m))?,
         ),
         None => StoreSettings::Sqlite,
     })
@@ -1460,7 +1859,7 @@ fn http_timeout(
 ) -> std::result::Result<Duration, SpanError> {
     match value {
         Some(d) if d.get_ref().0 < Duration::from_millis(100) => Err((
-            Some(d.span()),
+            Some(d.span().into()),
             format!("[http] {key} must be at least 100ms"),
         )),
         Some(d) => Ok(d.get_ref().0),
@@ -1475,9 +1874,10 @@ fn http_limit(
     default: u32,
 ) -> std::result::Result<u32, SpanError> {
     match value {
-        Some(n) if *n.get_ref() == 0 => {
-            Err((Some(n.span()), format!("[http] {key} must be at least 1")))
-        }
+        Some(n) if *n.get_ref() == 0 => Err((
+            Some(n.span().into()),
+            format!("[http] {key} must be at least 1"),
+        )),
         Some(n) => Ok(*n.get_ref()),
         None => Ok(default),
     }
@@ -1533,7 +1933,7 @@ fn build_agent(
     };
     if !AGENTS.contains(&agent_kind) {
         return Err((
-            w.agent.as_ref().map(|a| a.span()),
+            w.agent.as_ref().map(|a| a.span().into()),
             format!(
                 "unknown agent {agent_kind:?}: expected one of {}",
                 AGENTS.map(|a| format!("\"{a}\"")).join(", ")
@@ -1542,7 +1942,7 @@ fn build_agent(
     }
     if let Some((key, takers)) = w.foreign_key(agent_kind) {
         return Err((
-            Some(table_span.clone()),
+            Some(table_span.clone().into()),
             format!(
                 "{table} has agent = \"{agent_kind}\" but sets {key}, which only {} has",
                 agents_in_words(takers)
@@ -1580,7 +1980,7 @@ fn build_agent(
                     .map(|c| c.span())
                     .unwrap_or(table_span.clone());
                 return Err((
-                    Some(span),
+                    Some(span.into()),
                     format!(
                         "{table} has agent = \"command\" but no command: write e.g. command = [\"python3\", \"agent.py\"]"
                     ),
@@ -1595,7 +1995,7 @@ fn build_agent(
         )?)),
         "codex" if let Some(flag) = codex_exec_only_flag(w.extra_args.as_deref()) => {
             return Err((
-                Some(table_span.clone()),
+                Some(table_span.clone().into()),
                 format!(
                     "{table} has {flag} in extra_args, which `codex exec resume` refuses (every task after a worker's first resumes its thread): {}",
                     match flag {
@@ -1631,8 +2031,8 @@ fn build_agent(
 /// `[defaults]` for the pool: the seed's pool ran each task for at most 10 minutes in 4 GiB.
 fn pool_base(base: &RawLimits) -> RawLimits {
     RawLimits {
-        timeout: base.timeout.or(Some(Dur(Duration::from_secs(600)))),
-        max_memory: base.max_memory.or(Some(Size(4 << 30))),
+        timeout: (base.timeout.clone()).or(Some(Spanned::new(0..0, Dur(Duration::from_secs(600))))),
+        max_memory: (base.max_memory.clone()).or(Some(Spanned::new(0..0, Size(4 << 30)))),
         ..base.clone()
     }
 }
@@ -1643,7 +2043,7 @@ fn parse_route(raw: &Spanned<String>) -> std::result::Result<Route, SpanError> {
         "pool" => Ok(Route::Pool),
         "auto" => Ok(Route::Auto),
         other => Err((
-            Some(raw.span()),
+            Some(raw.span().into()),
             format!(
                 "unknown route {other:?}: expected \"worker\" (its own agent), \"pool\" (a fresh process per task) or \"auto\" (short tasks on the worker, long ones in the pool)"
             ),
@@ -1661,19 +2061,25 @@ fn class_limits(
     };
     if let Some(a) = raw.max_attempts.as_ref().filter(|a| *a.get_ref() == 0) {
         return Err((
-            Some(a.span()),
+            Some(a.span().into()),
             format!("[class.{class}] max_attempts must be at least 1"),
         ));
     }
-    if raw.timeout.is_some_and(|t| t.0.is_zero()) {
-        return Err((None, format!("[class.{class}] timeout must be above 0")));
+    if let Some(t) = raw.timeout.as_ref().filter(|t| t.get_ref().0.is_zero()) {
+        return Err((
+            key_of(t),
+            format!("[class.{class}] timeout must be above 0"),
+        ));
     }
-    if raw.max_memory.is_some_and(|m| m.0 == 0) {
-        return Err((None, format!("[class.{class}] max_memory must be above 0")));
+    if let Some(m) = raw.max_memory.as_ref().filter(|m| m.get_ref().0 == 0) {
+        return Err((
+            key_of(m),
+            format!("[class.{class}] max_memory must be above 0"),
+        ));
     }
     Ok(ClassLimits {
-        timeout: raw.timeout.map(|t| t.0),
-        max_memory: raw.max_memory.map(|m| m.0),
+        timeout: raw.timeout.as_ref().map(|t| t.get_ref().0),
+        max_memory: raw.max_memory.as_ref().map(|m| m.get_ref().0),
         max_attempts: raw.max_attempts.as_ref().map(|a| *a.get_ref()),
         priority: raw.priority,
     })
@@ -1699,7 +2105,7 @@ fn one_of(
         None => Ok(None),
         Some(v) if words.contains(&v.get_ref().as_str()) => Ok(Some(v.get_ref().clone())),
         Some(v) => Err((
-            Some(v.span()),
+            Some(v.span().into()),
             format!(
                 "unknown {key} {:?}: expected {}",
                 v.get_ref(),
@@ -1723,19 +2129,19 @@ fn session_policy(w: &RawWorker) -> std::result::Result<agentq_agents::SessionPo
             Some(("rotate", span)) => {
                 if w.rotate_after_tasks.is_none() && w.rotate_after_tokens.is_none() {
                     return Err((
-                        Some(span),
+                        Some(span.into()),
                         "session = \"rotate\" needs rotate_after_tasks or rotate_after_tokens"
                             .into(),
                     ));
                 }
                 SessionPolicy::Rotate {
-                    after_tasks: w.rotate_after_tasks,
-                    after_tokens: w.rotate_after_tokens,
+                    after_tasks: w.rotate_after_tasks.as_ref().map(|n| *n.get_ref()),
+                    after_tokens: w.rotate_after_tokens.as_ref().map(|n| *n.get_ref()),
                 }
             }
             Some((other, span)) => {
                 return Err((
-                    Some(span),
+                    Some(span.into()),
                     format!(
                         "unknown session {other:?}: expected \"resume\", \"fresh\" or \"rotate\""
                     ),
@@ -1756,7 +2162,7 @@ fn claude_settings(
         Some(("persistent", _)) => Mode::Persistent,
         Some((other, span)) => {
             return Err((
-                Some(span),
+                Some(span.into()),
                 format!("unknown mode {other:?}: expected \"exec\" or \"persistent\""),
             ));
         }
@@ -1784,75 +2190,97 @@ fn claude_settings(
         skip_permissions: w.dangerously_skip_permissions.unwrap_or(false),
         session,
         budget_usd_per_day: w.budget_usd_per_day,
-        recycle_after_tasks: w.recycle_after_tasks,
+        recycle_after_tasks: w.recycle_after_tasks.as_ref().map(|n| *n.get_ref()),
     })
 }
 
 fn resolve_limits(own: &RawLimits, base: &RawLimits) -> std::result::Result<Limits, SpanError> {
-    let pick =
-        |a: Option<Dur>, b: Option<Dur>, default: Duration| a.or(b).map(|d| d.0).unwrap_or(default);
-    let attempts = own.max_attempts.as_ref().or(base.max_attempts.as_ref());
-    let max_attempts = attempts.map(|a| *a.get_ref()).unwrap_or(3);
-    if max_attempts == 0 {
+    // Each setting is the worker's own, else [defaults]'s, with the span of the one that counts.
+    fn pick<'a, T>(
+        own: &'a Option<Spanned<T>>,
+        base: &'a Option<Spanned<T>>,
+    ) -> Option<&'a Spanned<T>> {
+        own.as_ref().or(base.as_ref())
+    }
+    let dur =
+        |own, base, default| pick(own, base).map_or(default, |d: &Spanned<Dur>| d.get_ref().0);
+    let attempts = pick(&own.max_attempts, &base.max_attempts);
+    if let Some(a) = attempts.filter(|a| *a.get_ref() == 0) {
         return Err((
-            attempts.map(|a| a.span()),
+            Some(a.span().into()),
             "max_attempts must be at least 1".into(),
         ));
     }
-    let limits = Limits {
-        timeout: pick(own.timeout, base.timeout, Duration::from_secs(600)),
-        max_attempts,
-        backoff: pick(own.backoff, base.backoff, Duration::from_secs(5)),
-        max_backoff: pick(own.max_backoff, base.max_backoff, Duration::from_secs(600)),
-        kill_timeout: pick(own.kill_timeout, base.kill_timeout, Duration::from_secs(5)),
-        idle_timeout: own.idle_timeout.or(base.idle_timeout).map(|d| d.0),
-        linger_timeout: pick(
-            own.linger_timeout,
-            base.linger_timeout,
+    if let Some(m) = pick(&own.max_processes, &base.max_processes).filter(|m| *m.get_ref() < 2) {
+        return Err((
+            Some(m.span().into()),
+            "max_processes must be at least 2 (the agent and one process it starts)".into(),
+        ));
+    }
+    for (key, value) in [
+        ("timeout", pick(&own.timeout, &base.timeout)),
+        ("idle_timeout", pick(&own.idle_timeout, &base.idle_timeout)),
+        (
+            "memory_report_interval",
+            pick(&own.memory_report_interval, &base.memory_report_interval),
+        ),
+    ] {
+        if let Some(v) = value.filter(|v| v.get_ref().0.is_zero()) {
+            return Err((key_of(v), format!("{key} must be above 0")));
+        }
+    }
+    let max_memory = pick(&own.max_memory, &base.max_memory);
+    if let Some(m) = max_memory.filter(|m| m.get_ref().0 == 0) {
+        return Err((key_of(m), "max_memory must be above 0".into()));
+    }
+    Ok(Limits {
+        timeout: dur(&own.timeout, &base.timeout, Duration::from_secs(600)),
+        max_attempts: attempts.map_or(3, |a| *a.get_ref()),
+        backoff: dur(&own.backoff, &base.backoff, Duration::from_secs(5)),
+        max_backoff: dur(
+            &own.max_backoff,
+            &base.max_backoff,
+            Duration::from_secs(600),
+        ),
+        kill_timeout: dur(
+            &own.kill_timeout,
+            &base.kill_timeout,
+            Duration::from_secs(5),
+        ),
+        idle_timeout: pick(&own.idle_timeout, &base.idle_timeout).map(|d| d.get_ref().0),
+        linger_timeout: dur(
+            &own.linger_timeout,
+            &base.linger_timeout,
             Duration::from_secs(10),
         ),
-        max_memory: own.max_memory.or(base.max_memory).map(|m| m.0),
-        max_processes: match own.max_processes.as_ref().or(base.max_processes.as_ref()) {
-            Some(m) if *m.get_ref() < 2 => {
-                return Err((
-                    Some(m.span()),
-                    "max_processes must be at least 2 (the agent and one process it starts)".into(),
-                ));
-            }
-            m => m.map(|m| *m.get_ref()),
-        },
-        memory_report_interval: pick(
-            own.memory_report_interval,
-            base.memory_report_interval,
+        max_memory: max_memory.map(|m| m.get_ref().0),
+        max_processes: pick(&own.max_processes, &base.max_processes).map(|m| *m.get_ref()),
+        memory_report_interval: dur(
+            &own.memory_report_interval,
+            &base.memory_report_interval,
             Duration::from_secs(10),
         ),
         restart: RestartPolicy {
-            autorestart: own.autorestart.or(base.autorestart).unwrap_or(true),
-            max_restarts: own.max_restarts.or(base.max_restarts).unwrap_or(10),
-            min_uptime: pick(own.min_uptime, base.min_uptime, Duration::from_secs(10)),
-            restart_delay: pick(
-                own.restart_delay,
-                base.restart_delay,
+            autorestart: pick(&own.autorestart, &base.autorestart).is_none_or(|a| *a.get_ref()),
+            max_restarts: pick(&own.max_restarts, &base.max_restarts).map_or(10, |m| *m.get_ref()),
+            min_uptime: dur(&own.min_uptime, &base.min_uptime, Duration::from_secs(10)),
+            restart_delay: dur(
+                &own.restart_delay,
+                &base.restart_delay,
                 Duration::from_secs(1),
             ),
         },
-    };
-    for (key, value) in [
-        ("timeout", Some(limits.timeout)),
-        ("idle_timeout", limits.idle_timeout),
-        (
-            "memory_report_interval",
-            Some(limits.memory_report_interval),
-        ),
-    ] {
-        if value.is_some_and(|v| v.is_zero()) {
-            return Err((None, format!("{key} must be above 0")));
-        }
-    }
-    if limits.max_memory == Some(0) {
-        return Err((None, "max_memory must be above 0".into()));
-    }
-    Ok(limits)
+    })
+}
+
+/// A duration setting, or its default.
+fn dur_or(value: &Option<Spanned<Dur>>, default: Duration) -> Duration {
+    value.as_ref().map_or(default, |d| d.get_ref().0)
+}
+
+/// A size setting, or its default.
+fn size_or(value: &Option<Spanned<Size>>, default: u64) -> u64 {
+    value.as_ref().map_or(default, |s| s.get_ref().0)
 }
 
 /// `[classify]` over the seed's defaults: thresholds in order within 0..1, keywords non-empty.
@@ -1867,7 +2295,7 @@ fn classify_rules(
         if let Some(list) = list {
             if list.get_ref().iter().any(|k| k.trim().is_empty()) {
                 return Err((
-                    Some(list.span()),
+                    Some(list.span().into()),
                     "[classify] keywords cannot be empty strings".into(),
                 ));
             }
@@ -1896,7 +2324,7 @@ fn classify_rules(
             .into_iter()
             .flatten()
             .next()
-            .map(|v| v.span());
+            .map(|v| v.span().into());
         return Err((
             span,
             format!(
@@ -1963,26 +2391,15 @@ fn plain_words(message: &str) -> String {
     m
 }
 
-/// Where the key a message is about (its first word, after a `[section] `) is set in `text`: the
-/// last line that assigns it, as that is the one that counts for a worker's own setting.
-fn key_offset(text: &str, message: &str) -> Option<usize> {
-    let rest = message
-        .strip_prefix('[')
-        .and_then(|m| m.split_once("] "))
-        .map_or(message, |(_, r)| r);
-    let key = rest.split_whitespace().next()?;
-    let mut offset = 0;
-    let mut found = None;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some(after) = trimmed.strip_prefix(key)
-            && after.trim_start().starts_with('=')
-        {
-            found = Some(offset + (line.len() - trimmed.len()));
-        }
-        offset += line.len();
-    }
-    found
+/// The offset of the first character of the line that holds `offset`, past its indentation: where
+/// the key of a value on that line begins.
+fn line_start(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |n| n + 1);
+    let indent = text[start..]
+        .find(|c: char| c != ' ' && c != '\t')
+        .unwrap_or(0);
+    (start + indent).min(offset)
 }
 
 /// 1-based line and column of a byte offset.
@@ -2387,6 +2804,79 @@ mod tests {
 
         let e = err_text("[[worker]\n");
         assert!(e.starts_with("/p/agentq.toml:1:"), "{e}");
+    }
+
+    /// Each mistake found after parsing is placed by the span the parser kept of the value it is
+    /// about, not by looking for its key in the text: the same key set in several tables is told
+    /// apart.
+    #[test]
+    fn errors_found_after_parsing_name_the_line_of_the_setting_that_is_wrong() {
+        let two = |first: &str, second: &str| {
+            format!(
+                "[[worker]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout = {first}\n\n\
+                 [[worker]]\nname = \"b\"\ncommand = [\"x\"]\ntimeout = {second}\n"
+            )
+        };
+        let e = err_text(&two("\"1m\"", "\"0s\""));
+        assert!(
+            e.starts_with("/p/agentq.toml:9:1: timeout must be above 0"),
+            "{e}"
+        );
+        let e = err_text(&two("\"0s\"", "\"1m\""));
+        assert!(
+            e.starts_with("/p/agentq.toml:4:1: timeout must be above 0"),
+            "{e}"
+        );
+        // [defaults]' own, though a worker below sets the same key.
+        let e = err_text(
+            "[defaults]\nmemory_report_interval = \"0s\"\n[[worker]]\nname = \"a\"\ncommand = [\"x\"]\nmemory_report_interval = \"5s\"\n",
+        );
+        assert!(
+            e.starts_with("/p/agentq.toml:2:1: memory_report_interval"),
+            "{e}"
+        );
+        // A worker inherits [defaults]' value: the mistake is where that is written.
+        let e =
+            err_text("[[worker]]\nname = \"a\"\ncommand = [\"x\"]\n[defaults]\n  max_memory = 0\n");
+        assert!(
+            e.starts_with("/p/agentq.toml:5:3: max_memory must be above 0"),
+            "{e}"
+        );
+
+        let e = err_text(
+            "[[worker]]\nname = \"a\"\ncommand = [\"x\"]\n[[worker]]\nname = \"b\"\ncommand = [\"x\"]\n\
+             [[worker]]\n# the third\nname = \"a\"\ncommand = [\"x\"]\n",
+        );
+        assert!(
+            e.starts_with("/p/agentq.toml:9:8: worker \"a\" is defined twice"),
+            "{e}"
+        );
+
+        for (text, at) in [
+            ("[defaults]\nmax_prompt_size = 0\n", "2:1"),
+            ("[daemon]\nhost = \"h\"\nlease = \"1ms\"\n", "3:1"),
+            ("[daemon]\n\nlog_max_size = 10\n", "3:1"),
+            (
+                "[intake]\nsettle = \"1s\"\nrescan_interval = \"1ms\"\n",
+                "3:1",
+            ),
+            (
+                "[class.long]\ntimeout = \"1m\"\n[class.short]\ntimeout = 0\n",
+                "4:1",
+            ),
+            ("[class.short]\nmax_attempts = 1\nmax_memory = 0\n", "3:1"),
+            (
+                "[pool]\nmax_workers = 2\n\nrecycle_after_tasks = 3\n",
+                "4:1",
+            ),
+            ("[pool]\nmin_uptime = \"1s\"\n", "2:1"),
+        ] {
+            let e = err_text(text);
+            assert!(
+                e.starts_with(&format!("/p/agentq.toml:{at}: ")),
+                "{text:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! agentq-daemon: the supervisor, `agentq run`, and what a client asks of the queue.
 //!
-//! It owns `agentq.toml` ([`config`]: parsed, checked, every error with its line), where a new
+//! It owns `agentq.toml` ([`config`]: parsed, checked, every error with its line; its schema and
+//! its [`effective`] settings, as `agentq config` prints them), where a new
 //! task runs ([`route`]), and the daemon itself ([`daemon`]): the state lock, recovery, one
 //! [`worker::Runner`] per named worker and the [`pool`], each claiming tasks from the store and
 //! running them through their agent's driver ([`drive`]); prompt-file [`intake`]; the worker
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod daemon;
 pub mod drive;
+pub mod effective;
 pub mod hosts;
 pub mod http;
 pub mod intake;

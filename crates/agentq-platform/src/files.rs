@@ -39,6 +39,24 @@ pub fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> 
     result
 }
 
+/// Writes `bytes` to `path` as [`write_atomic`] does, as a private file (see [`crate::fs`]: 0600
+/// on Unix): the temporary file is created private, so what it holds (a secret) is never
+/// readable by another user, not even before the rename.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temporary(path);
+    let result = (|| {
+        let mut f = crate::fs::create_new_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Makes `link` another name of `target` (same folder), replacing what `link` was, atomically.
 pub fn relink(target: &Path, link: &Path) -> std::io::Result<()> {
     let tmp = temporary(link);
@@ -51,6 +69,21 @@ pub fn relink(target: &Path, link: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_is_0600_and_replaces_a_readable_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("service.env");
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&p, b"KEY=secret\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "KEY=secret\n");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn atomic_writes_replace_and_leave_no_temporary() {
