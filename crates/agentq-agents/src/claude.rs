@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::transcript::{Kind, Note, Transcribe, summarise_input, text_of};
+use crate::transcript::{
+    Kind, Note, Transcribe, not_json, session_started, summarise_input, text_of,
+};
 
 use super::{
     Conversation, Counted, Driver, End, Environment, Join, Limit, Line, LongLived, Output, Package,
@@ -612,24 +614,15 @@ pub struct Transcriber {
 impl Transcribe for Transcriber {
     fn line(&mut self, line: &str, out: &mut Vec<Note>) {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
-            if !line.trim().is_empty() {
-                out.push(Note::new(Kind::Stdout, line));
-            }
-            return;
+            return not_json(line, out);
         };
         let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         match v.get("type").and_then(Value::as_str) {
             Some("system") => match field(&v, "subtype").as_deref() {
-                Some("init") => {
-                    let mut said = format!(
-                        "session {}",
-                        field(&v, "session_id").unwrap_or_else(|| "?".into())
-                    );
-                    if let Some(model) = field(&v, "model") {
-                        said.push_str(&format!(", model {model}"));
-                    }
-                    out.push(Note::new(Kind::Status, said));
-                }
+                Some("init") => out.push(session_started(
+                    field(&v, "session_id").as_deref(),
+                    field(&v, "model").as_deref(),
+                )),
                 Some(other) => {
                     let detail = field(&v, "message")
                         .or_else(|| field(&v, "error"))
@@ -734,11 +727,7 @@ mod tests {
     #[test]
     fn a_recorded_stream_reads_as_status_tool_call_result_text_and_end() {
         let recorded = include_str!("../../../fake-anthropic/fixtures/claude/stream-tool.jsonl");
-        let mut t = Transcriber::default();
-        let mut notes = Vec::new();
-        for line in recorded.lines() {
-            t.line(line, &mut notes);
-        }
+        let notes = crate::transcript::read_all(Transcriber::default(), recorded);
         let got: Vec<(Kind, Option<&str>, &str)> = notes
             .iter()
             .map(|n| (n.kind, n.tool.as_deref(), n.text.as_str()))

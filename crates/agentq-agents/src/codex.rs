@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::transcript::{Kind, Note, Transcribe, summarise_input};
+use crate::transcript::{Kind, Note, Transcribe, not_json, summarise_input};
 
 use super::{
     Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Package, Read, Reply,
@@ -325,10 +325,7 @@ pub struct Transcriber;
 impl Transcribe for Transcriber {
     fn line(&mut self, line: &str, out: &mut Vec<Note>) {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
-            if !line.trim().is_empty() {
-                out.push(Note::new(Kind::Stdout, line));
-            }
-            return;
+            return not_json(line, out);
         };
         let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let item = v.get("item").unwrap_or(&Value::Null);
@@ -437,12 +434,7 @@ mod tests {
     use super::*;
 
     fn transcribed(recorded: &str) -> Vec<(Kind, Option<String>, String, bool)> {
-        let mut t = Transcriber;
-        let mut notes = Vec::new();
-        for line in recorded.lines() {
-            t.line(line, &mut notes);
-        }
-        notes
+        crate::transcript::read_all(Transcriber, recorded)
             .into_iter()
             .map(|n| (n.kind, n.tool, n.text, n.error))
             .collect()

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::transcript::{Kind, Note, Transcribe, summarise_input};
+use crate::transcript::{Kind, Note, Transcribe, not_json, session_started, summarise_input};
 
 use super::{
     Conversation, Counted, Driver, End, Environment, Join, Limit, Output, Package, Read, Reply,
@@ -373,9 +373,8 @@ impl Transcribe for Transcriber {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             if !line.trim().is_empty() {
                 self.flush(true, out);
-                out.push(Note::new(Kind::Stdout, line));
             }
-            return;
+            return not_json(line, out);
         };
         let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let kind = v.get("type").and_then(Value::as_str);
@@ -399,16 +398,10 @@ impl Transcribe for Transcriber {
                 .unwrap_or_default()
         };
         match kind {
-            Some("init") => {
-                let mut said = format!(
-                    "session {}",
-                    text(&v, "session_id").unwrap_or_else(|| "?".into())
-                );
-                if let Some(model) = text(&v, "model") {
-                    said.push_str(&format!(", model {model}"));
-                }
-                out.push(Note::new(Kind::Status, said));
-            }
+            Some("init") => out.push(session_started(
+                text(&v, "session_id").as_deref(),
+                text(&v, "model").as_deref(),
+            )),
             Some("tool_use") => {
                 let name = text(&v, "tool_name").unwrap_or_else(|| "tool".into());
                 if let Some(id) = text(&v, "tool_id") {
@@ -460,13 +453,7 @@ mod tests {
     use super::*;
 
     fn transcribed(recorded: &str) -> Vec<(Kind, Option<String>, String, bool)> {
-        let mut t = Transcriber::default();
-        let mut notes = Vec::new();
-        for line in recorded.lines() {
-            t.line(line, &mut notes);
-        }
-        t.finish(&mut notes);
-        notes
+        crate::transcript::read_all(Transcriber::default(), recorded)
             .into_iter()
             .map(|n| (n.kind, n.tool, n.text, n.error))
             .collect()

@@ -25,6 +25,34 @@ impl Transcribe for Plain {
     }
 }
 
+/// A stdout line of a JSON-speaking agent that is not JSON (a warning, say): kept as it is,
+/// unless blank.
+pub fn not_json(line: &str, out: &mut Vec<Note>) {
+    if !line.trim().is_empty() {
+        out.push(Note::new(Kind::Stdout, line));
+    }
+}
+
+/// The status line a session's start gives: its id, and the model where it is said.
+pub fn session_started(session: Option<&str>, model: Option<&str>) -> Note {
+    let mut said = format!("session {}", session.unwrap_or("?"));
+    if let Some(model) = model {
+        said.push_str(&format!(", model {model}"));
+    }
+    Note::new(Kind::Status, said)
+}
+
+/// Every note a reader makes of `recorded`, read line by line to its end (for drivers' tests).
+#[cfg(test)]
+pub(crate) fn read_all(mut reader: impl Transcribe, recorded: &str) -> Vec<Note> {
+    let mut notes = Vec::new();
+    for line in recorded.lines() {
+        reader.line(line, &mut notes);
+    }
+    reader.finish(&mut notes);
+    notes
+}
+
 /// A summary of a tool's input for a transcript line: the one field that says what it does
 /// (a command, a path, a pattern, a query), else the input's JSON.
 pub fn summarise_input(input: &serde_json::Value) -> String {
