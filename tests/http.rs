@@ -695,9 +695,14 @@ fn metrics_are_named_typed_and_counted() {
     );
     let text = reply.body;
     for (name, kind) in [
+        ("agentq_build_info", "gauge"),
         ("agentq_tasks", "gauge"),
+        ("agentq_tasks_finished_total", "counter"),
+        ("agentq_task_retries_total", "counter"),
         ("agentq_task_duration_seconds", "histogram"),
+        ("agentq_task_queue_wait_seconds", "histogram"),
         ("agentq_task_memory_peak_bytes", "histogram"),
+        ("agentq_tokens_total", "counter"),
         ("agentq_worker_state", "gauge"),
         ("agentq_worker_restarts_total", "counter"),
         ("agentq_cost_usd_total", "counter"),
@@ -721,8 +726,10 @@ fn metrics_are_named_typed_and_counted() {
     }
     for line in [
         "agentq_tasks{state=\"succeeded\",class=\"short\"} 1",
-        "agentq_task_duration_seconds_bucket{le=\"+Inf\"} 1",
-        "agentq_task_duration_seconds_count 1",
+        "agentq_tasks_finished_total{worker=\"w\",state=\"succeeded\",cause=\"none\"} 1",
+        "agentq_task_duration_seconds_bucket{worker=\"w\",le=\"+Inf\"} 1",
+        "agentq_task_duration_seconds_count{worker=\"w\"} 1",
+        "agentq_task_queue_wait_seconds_count{worker=\"w\"} 1",
         "agentq_worker_state{worker=\"w\",state=\"idle\"} 1",
         "agentq_worker_state{worker=\"w\",state=\"running\"} 0",
         "agentq_worker_restarts_total{worker=\"w\"} 0",
@@ -746,8 +753,8 @@ fn metrics_are_named_typed_and_counted() {
             .to_string()
     };
     assert_eq!(
-        value_of("agentq_task_memory_peak_bytes_bucket{le=\"+Inf\"} "),
-        value_of("agentq_task_memory_peak_bytes_count ")
+        value_of("agentq_task_memory_peak_bytes_bucket{worker=\"w\",le=\"+Inf\"} "),
+        value_of("agentq_task_memory_peak_bytes_count{worker=\"w\"} ")
     );
     let daemon_mb = value_of("agentq_daemon_memory_bytes ")
         .parse::<f64>()
@@ -1095,8 +1102,9 @@ fn retention_removes_old_tasks_and_metrics_counters_never_go_down() {
     let text = s.call("GET", "/metrics", None).body;
     for line in [
         "agentq_tasks{state=\"succeeded\",class=\"short\"} 5",
-        "agentq_task_duration_seconds_count 5",
-        "agentq_task_duration_seconds_bucket{le=\"+Inf\"} 5",
+        "agentq_task_duration_seconds_count{worker=\"w\"} 5",
+        "agentq_task_duration_seconds_bucket{worker=\"w\",le=\"+Inf\"} 5",
+        "agentq_tasks_finished_total{worker=\"w\",state=\"succeeded\",cause=\"none\"} 5",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
     }
@@ -1222,4 +1230,123 @@ fn a_tasks_transcript_is_read_whole_and_followed_live_and_resumed_by_last_event_
     let again = read_events(&mut resumed, "end");
     assert_eq!(again.len(), 2, "{again:?}");
     assert_eq!(again[0].1.as_deref(), Some("3"));
+}
+
+/// Every sample of a scrape, by its name and labels.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `/metrics`' counters have every series from the start (at 0), count each task's end, retry and
+/// wait as it happens, and do not go down when `agentq clean` removes the history.
+#[test]
+fn metrics_counters_start_at_zero_and_never_go_down_when_history_is_cleaned() {
+    let s = Served::start(config(
+        "\n[[worker]]\nname = \"bad\"\nagent = \"command\"\ncommand = [\"sh\", \"-c\", \"exit 3\"]\n",
+    ));
+    let fresh = samples(&s.call("GET", "/metrics", None).body);
+    let build = fresh
+        .iter()
+        .find(|(k, _)| k.starts_with("agentq_build_info{"))
+        .expect("agentq_build_info");
+    assert!(
+        build
+            .0
+            .contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && *build.1 == 1.0,
+        "{build:?}"
+    );
+    for worker in ["w", "other", "bad", "pool"] {
+        for series in [
+            format!(
+                "agentq_tasks_finished_total{{worker=\"{worker}\",state=\"succeeded\",cause=\"none\"}}"
+            ),
+            format!(
+                "agentq_tasks_finished_total{{worker=\"{worker}\",state=\"dead\",cause=\"interrupted\"}}"
+            ),
+            format!(
+                "agentq_tasks_finished_total{{worker=\"{worker}\",state=\"cancelled\",cause=\"cancelled\"}}"
+            ),
+            format!("agentq_task_retries_total{{worker=\"{worker}\",cause=\"crashed\"}}"),
+            format!("agentq_task_duration_seconds_count{{worker=\"{worker}\"}}"),
+            format!("agentq_task_queue_wait_seconds_bucket{{worker=\"{worker}\",le=\"0.1\"}}"),
+            format!("agentq_task_memory_peak_bytes_sum{{worker=\"{worker}\"}}"),
+            format!("agentq_tokens_total{{worker=\"{worker}\",kind=\"output\"}}"),
+            format!("agentq_cost_usd_total{{worker=\"{worker}\"}}"),
+        ] {
+            assert_eq!(fresh.get(&series), Some(&0.0), "{series} in {fresh:#?}");
+        }
+    }
+
+    for prompt in ["one", "two"] {
+        let id = s.json(
+            "POST",
+            "/api/tasks",
+            Some(&format!(r#"{{"prompt": "{prompt}"}}"#)),
+            201,
+        )["id"]
+            .as_i64()
+            .unwrap();
+        s.wait_state(id, "succeeded");
+    }
+    let bad = s.json(
+        "POST",
+        "/api/tasks",
+        Some(r#"{"prompt": "fails", "worker": "bad", "max_attempts": 2}"#),
+        201,
+    )["id"]
+        .as_i64()
+        .unwrap();
+    s.wait_state(bad, "dead");
+    let before = samples(&s.call("GET", "/metrics", None).body);
+    for (series, want) in [
+        (
+            "agentq_tasks_finished_total{worker=\"w\",state=\"succeeded\",cause=\"none\"}",
+            2.0,
+        ),
+        (
+            "agentq_tasks_finished_total{worker=\"bad\",state=\"dead\",cause=\"crashed\"}",
+            1.0,
+        ),
+        (
+            "agentq_task_retries_total{worker=\"bad\",cause=\"crashed\"}",
+            1.0,
+        ),
+        ("agentq_task_duration_seconds_count{worker=\"w\"}", 2.0),
+        (
+            "agentq_task_queue_wait_seconds_bucket{worker=\"w\",le=\"+Inf\"}",
+            2.0,
+        ),
+        ("agentq_task_duration_seconds_count{worker=\"bad\"}", 1.0),
+        ("agentq_tasks{state=\"succeeded\",class=\"short\"}", 2.0),
+    ] {
+        assert_eq!(before.get(series), Some(&want), "{series} in {before:#?}");
+    }
+
+    let cleaned = s.project.json(&["clean"]);
+    assert!(
+        s.project.json(&["tasks"]).as_array().unwrap().is_empty(),
+        "{cleaned}"
+    );
+    let after = samples(&s.call("GET", "/metrics", None).body);
+    let mut compared = 0;
+    for (series, was) in &before {
+        let name = series.split('{').next().unwrap();
+        let counts = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .any(|end| name.ends_with(end))
+            || name == "agentq_tasks";
+        // The daemon's own figures move on their own (its memory); the rest must stay as they were.
+        if counts && !name.starts_with("agentq_daemon_") {
+            assert_eq!(after.get(series), Some(was), "{series} after clean");
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "{compared} series compared");
 }

@@ -27,7 +27,7 @@
 //!   further behind gets a last `lagged` event and the stream ends, so the follower never waits
 //!   and the daemon's memory does not grow with a slow reader.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
@@ -66,6 +66,7 @@ use crate::route::Ask;
 use agentq_core::error::Error;
 use agentq_core::logfile::LogFilter;
 use agentq_core::wake::Ring;
+use agentq_store::counters::Counters;
 use agentq_store::{Histogram, Store, TaskFilter};
 
 /// What the API serves from.
@@ -1141,25 +1142,25 @@ async fn openapi() -> Answer {
     ok(StatusCode::OK, openapi_document())
 }
 
-use crate::ops::{DURATION_BOUNDS, MEMORY_BOUNDS_MIB};
 const RESTARTS: &str = "agent_restarting";
 const REJECTED: &str = "file_rejected";
 const MOVED: &str = "worker_moved";
 
 async fn metrics(State(s): State<Shared>) -> Answer {
     let (config, store) = (&s.api.config, s.api.store.as_ref());
-    let duration_ms: Vec<f64> = DURATION_BOUNDS.iter().map(|b| b * 1000.0).collect();
-    let figures = store
-        .metrics(
-            &duration_ms,
-            MEMORY_BOUNDS_MIB,
-            &[RESTARTS, REJECTED, MOVED],
-        )
-        .await?;
+    let figures = store.metrics(&[RESTARTS, REJECTED, MOVED]).await?;
     let status = crate::ops::status(config, store, s.api.pid).await?;
+    // Every series of the workers in sight (configured, or with tasks) and the pool, from the
+    // start: `rate()` misses the first increase of a series that appears with it.
+    let known = status.workers.iter().map(|w| w.name.as_str());
+    let counted = figures
+        .counters
+        .clone()
+        .with_known(known.chain([agentq_core::domain::POOL]));
     let mut out = Metrics::default();
-    out.tasks(&figures);
-    out.workers(&status.workers, &figures);
+    out.build();
+    out.tasks(&figures, &counted);
+    out.workers(&status.workers, &figures, &counted);
     out.daemon(&status, &figures);
     // Several daemons, one queue: which host runs what. The task figures above are the whole
     // queue's, as every daemon on the store sees them; those of the daemon and its agents are its
@@ -1212,16 +1213,52 @@ impl Metrics {
         let _ = writeln!(self.text, " {value}");
     }
 
-    /// A histogram from store figures in another unit: `scale` turns them into the metric's.
-    fn histogram(&mut self, name: &str, help: &str, h: &Histogram, bounds: &[f64], scale: f64) {
+    /// A histogram per worker from store figures in another unit, which `unit` turns into the
+    /// metric's.
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        by_worker: &BTreeMap<String, Histogram>,
+        unit: fn(f64) -> f64,
+    ) {
         self.family(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        for (bound, n) in bounds.iter().zip(&h.counts) {
-            self.sample(&bucket, &[("le", &bound.to_string())], *n as f64);
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
+        for (worker, h) in by_worker {
+            for (bound, n) in h.bounds.iter().zip(&h.counts) {
+                let le = unit(*bound).to_string();
+                self.sample(&bucket, &[("worker", worker), ("le", &le)], *n as f64);
+            }
+            self.sample(
+                &bucket,
+                &[("worker", worker), ("le", "+Inf")],
+                h.count as f64,
+            );
+            self.sample(&sum, &[("worker", worker)], unit(h.sum));
+            self.sample(&count, &[("worker", worker)], h.count as f64);
         }
-        self.sample(&bucket, &[("le", "+Inf")], h.count as f64);
-        self.sample(&format!("{name}_sum"), &[], h.sum * scale);
-        self.sample(&format!("{name}_count"), &[], h.count as f64);
+    }
+
+    /// Which agentq serves this, as Prometheus's `*_build_info` convention has it.
+    fn build(&mut self) {
+        self.family(
+            "agentq_build_info",
+            "gauge",
+            "1, labelled with agentq's version and the system it was built for.",
+        );
+        self.sample(
+            "agentq_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("os", std::env::consts::OS),
+                ("arch", std::env::consts::ARCH),
+            ],
+            1.0,
+        );
     }
 
     /// A family with one sample, without labels.
@@ -1245,8 +1282,9 @@ impl Metrics {
         }
     }
 
-    /// The queue's tasks: how many in each state, and how long and large the ended ones ran.
-    fn tasks(&mut self, figures: &agentq_store::Metrics) {
+    /// The queue's tasks: how many in each state; and, counted as they ended, how they ended,
+    /// the retries, how long they waited and ran, and how much memory they held.
+    fn tasks(&mut self, figures: &agentq_store::Metrics, counted: &Counters) {
         self.family("agentq_tasks", "gauge", "Tasks by state and class.");
         for (state, class, n) in &figures.tasks {
             let class = class.as_deref().unwrap_or("none");
@@ -1256,25 +1294,52 @@ impl Metrics {
                 *n as f64,
             );
         }
+        let name = "agentq_tasks_finished_total";
+        self.family(
+            name,
+            "counter",
+            "Tasks that ended, by worker, state and cause (none: succeeded; interrupted: its daemon died under it too often).",
+        );
+        for ((worker, state, cause), n) in &counted.finished {
+            let labels = [("worker", worker), ("state", state), ("cause", cause)];
+            self.sample(name, &labels.map(|(k, v)| (k, v.as_str())), *n as f64);
+        }
+        let name = "agentq_task_retries_total";
+        self.family(
+            name,
+            "counter",
+            "Retries scheduled after a failed attempt, by worker and the attempt's cause.",
+        );
+        for ((worker, cause), n) in &counted.retries {
+            self.sample(name, &[("worker", worker), ("cause", cause)], *n as f64);
+        }
         self.histogram(
             "agentq_task_duration_seconds",
             "How long ended tasks' last attempts ran.",
-            &figures.duration_ms,
-            DURATION_BOUNDS,
-            1.0 / 1000.0,
+            &counted.duration_ms,
+            |ms| ms / 1000.0,
         );
-        let memory_bounds: Vec<f64> = MEMORY_BOUNDS_MIB.iter().map(|b| b * MIB).collect();
+        self.histogram(
+            "agentq_task_queue_wait_seconds",
+            "How long ended tasks waited from being queued to their first attempt's start.",
+            &counted.queue_wait_ms,
+            |ms| ms / 1000.0,
+        );
         self.histogram(
             "agentq_task_memory_peak_bytes",
             "The most resident memory ended tasks' last attempts held.",
-            &figures.memory_peak_mb,
-            &memory_bounds,
-            MIB,
+            &counted.memory_peak_mb,
+            |mib| mib * MIB,
         );
     }
 
     /// Each worker's state, restarts, spending, queue and memory.
-    fn workers(&mut self, workers: &[WorkerStatus], figures: &agentq_store::Metrics) {
+    fn workers(
+        &mut self,
+        workers: &[WorkerStatus],
+        figures: &agentq_store::Metrics,
+        counted: &Counters,
+    ) {
         self.family(
             "agentq_worker_state",
             "gauge",
@@ -1296,29 +1361,23 @@ impl Metrics {
             workers,
             |w| count(figures, RESTARTS, Some(&w.name)),
         );
-        self.per_worker(
-            "agentq_cost_usd_total",
+        let name = "agentq_cost_usd_total";
+        self.family(
+            name,
             "counter",
             "What each worker's attempts have cost, US dollars, as the agent reported.",
-            workers,
-            |w| w.cost_total_usd,
         );
+        for (worker, cost) in &counted.cost_usd {
+            self.sample(name, &[("worker", worker)], *cost);
+        }
+        let name = "agentq_tokens_total";
         self.family(
-            "agentq_tokens_total",
+            name,
             "counter",
             "Tokens each worker's attempts read (kind=input) and wrote (kind=output), as the agent reported.",
         );
-        for w in workers {
-            for (kind, n) in [
-                ("input", w.input_tokens_total),
-                ("output", w.output_tokens_total),
-            ] {
-                self.sample(
-                    "agentq_tokens_total",
-                    &[("worker", &w.name), ("kind", kind)],
-                    n as f64,
-                );
-            }
+        for ((worker, kind), n) in &counted.tokens {
+            self.sample(name, &[("worker", worker), ("kind", kind)], *n as f64);
         }
         self.per_worker(
             "agentq_queue_depth",

@@ -20,13 +20,6 @@ use agentq_core::logfile::{LogEvent, LogFilter};
 use agentq_core::wake::Ring;
 use agentq_store::{Millis, PoolCounts, Store, Task, TaskFilter, now_ms};
 
-/// Upper bounds of `/metrics`' duration histogram, seconds.
-pub const DURATION_BOUNDS: &[f64] = &[
-    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
-];
-/// Upper bounds of its memory histogram, MiB.
-pub const MEMORY_BOUNDS_MIB: &[f64] = &[16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
-
 /// What [`clean`] removed (or, dry, would remove).
 #[derive(Debug, Default, Serialize)]
 pub struct Cleaned {
@@ -73,8 +66,6 @@ pub async fn clean(
     mut rule: agentq_store::Prune,
     pause: Duration,
 ) -> Result<Cleaned> {
-    rule.duration_bounds_ms = DURATION_BOUNDS.iter().map(|b| b * 1000.0).collect();
-    rule.memory_bounds_mb = MEMORY_BOUNDS_MIB.to_vec();
     let mut cleaned = Cleaned::default();
     if rule.dry_run {
         rule.limit = u32::MAX;
@@ -598,8 +589,9 @@ struct Readings {
     pauses: Vec<agentq_store::Pause>,
     /// Since local midnight.
     spend: Vec<agentq_store::Spend>,
-    /// Since the queue began.
-    spend_ever: Vec<agentq_store::Spend>,
+    /// What was counted since the queue began (all-time tokens and cost), which removing
+    /// history leaves alone.
+    counters: agentq_store::counters::Counters,
     running: Vec<agentq_store::TaskSummary>,
     pool_counts: PoolCounts,
     /// The host id of this project's daemon.
@@ -626,7 +618,7 @@ impl Readings {
         let pauses = store.pauses(now).await?;
         let (today, _) = agentq_agents::local_day(chrono::Local::now());
         let spend = store.spend_since(today).await?;
-        let spend_ever = store.spend_since(0).await?;
+        let counters = store.counters().await?;
         let running = store
             .list(&TaskFilter {
                 state: Some(TaskState::Running),
@@ -659,7 +651,7 @@ impl Readings {
             counts,
             pauses,
             spend,
-            spend_ever,
+            counters,
             running,
             pool_counts,
             host,
@@ -709,7 +701,12 @@ impl Readings {
             .map(|t| t.id);
         let pause = self.pauses.iter().find(|p| p.worker == name);
         let spent = self.spend.iter().find(|s| s.worker == name);
-        let ever = self.spend_ever.iter().find(|s| s.worker == name);
+        let ever = &self.counters;
+        let ever = (
+            ever.cost_of(&name),
+            ever.tokens_of(&name, "input") as i64,
+            ever.tokens_of(&name, "output") as i64,
+        );
         let session = self
             .sessions
             .iter()
@@ -743,9 +740,9 @@ impl Readings {
             pause_reason: pause.map(|p| p.reason.clone()),
             errored: pause.is_some_and(|p| p.errored()),
             cost_today_usd: spent.map_or(0.0, |s| s.cost_usd),
-            cost_total_usd: ever.map_or(0.0, |s| s.cost_usd),
-            input_tokens_total: ever.map_or(0, |s| s.input_tokens),
-            output_tokens_total: ever.map_or(0, |s| s.output_tokens),
+            cost_total_usd: ever.0,
+            input_tokens_total: ever.1,
+            output_tokens_total: ever.2,
             session_id: session.map(|s| s.id.clone()),
             session_cost_usd: session.map(|s| s.cost_usd),
             tokens_today: spent.map_or(0, |s| s.input_tokens + s.output_tokens),

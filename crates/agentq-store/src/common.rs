@@ -463,28 +463,21 @@ mod tests {
     }
 }
 
-/// What removed tasks leave in `/metrics`: their counts by state and class (`''` for none), each
-/// histogram's count at or under each bound, and its count and sum.
+/// What removed tasks leave in `/metrics`' count of tasks: how many of each state and class
+/// (`''` for none). (Its counters are kept apart, and removing tasks does not touch them.)
 #[derive(Debug, Default, PartialEq)]
 pub struct Fold {
     pub counts: std::collections::BTreeMap<(String, String), i64>,
-    /// (metric, bound) -> count at or under it.
-    pub buckets: Vec<(&'static str, f64, i64)>,
-    /// metric -> (count, sum).
-    pub sums: Vec<(&'static str, i64, f64)>,
 }
 
 /// One removed task's figures, as [`fold`] reads them.
 pub struct Gone {
     pub state: TaskState,
     pub class: Option<String>,
-    pub duration_ms: Option<f64>,
-    pub memory_peak_mb: Option<f64>,
 }
 
-/// Folds removed tasks into what `/metrics` keeps of them: as its histograms count, only ended
-/// tasks (succeeded, failed, dead) with a figure.
-pub fn fold(gone: &[Gone], duration_bounds: &[f64], memory_bounds: &[f64]) -> Fold {
+/// Folds removed tasks into what `/metrics` keeps of them.
+pub fn fold(gone: &[Gone]) -> Fold {
     let mut fold = Fold::default();
     for g in gone {
         *fold
@@ -494,31 +487,6 @@ pub fn fold(gone: &[Gone], duration_bounds: &[f64], memory_bounds: &[f64]) -> Fo
                 g.class.clone().unwrap_or_default(),
             ))
             .or_insert(0) += 1;
-    }
-    let ended = |g: &&Gone| {
-        matches!(
-            g.state,
-            TaskState::Succeeded | TaskState::Failed | TaskState::Dead
-        )
-    };
-    for (metric, bounds, value) in [
-        (
-            "duration_ms",
-            duration_bounds,
-            (|g: &Gone| g.duration_ms) as fn(&Gone) -> Option<f64>,
-        ),
-        ("memory_peak_mb", memory_bounds, |g: &Gone| g.memory_peak_mb),
-    ] {
-        let values: Vec<f64> = gone.iter().filter(ended).filter_map(value).collect();
-        if values.is_empty() {
-            continue;
-        }
-        for bound in bounds {
-            let n = values.iter().filter(|v| **v <= *bound).count() as i64;
-            fold.buckets.push((metric, *bound, n));
-        }
-        fold.sums
-            .push((metric, values.len() as i64, values.iter().sum()));
     }
     fold
 }
@@ -539,18 +507,14 @@ pub fn ledger_cutoff(cutoff: super::Millis, now: super::Millis) -> super::Millis
     cutoff.min(now - 2 * 24 * 3600 * 1000)
 }
 
-/// The rows of the `pruned_*` tables, each as (name, second key, first figure, second figure):
-/// counts (state, class, n, -), buckets (metric, -, bound, n), sums (metric, -, count, total),
-/// events (kind, worker, n, -).
+/// The rows of the `pruned_*` tables, each as (name, second key, figure): counts (state,
+/// class, n), events (kind, worker, n).
 pub struct PrunedRows {
-    pub counts: Vec<(String, String, f64, f64)>,
-    pub buckets: Vec<(String, String, f64, f64)>,
-    pub sums: Vec<(String, String, f64, f64)>,
-    pub events: Vec<(String, String, f64, f64)>,
+    pub counts: Vec<(String, String, i64)>,
+    pub events: Vec<(String, String, i64)>,
 }
 
 /// Adds what removed tasks counted to the metrics of what is left: `/metrics` counters only grow.
-/// Histogram buckets are matched by their bound (the daemon's constants).
 pub fn add_pruned(metrics: &mut super::Metrics, kept: &PrunedRows, kinds: &[String]) {
     use std::collections::BTreeMap;
     // By state's name, then class: the order the stores read them in.
@@ -558,7 +522,7 @@ pub fn add_pruned(metrics: &mut super::Metrics, kept: &PrunedRows, kinds: &[Stri
     for (state, class, n) in metrics.tasks.drain(..) {
         tasks.entry((state.as_str(), class)).or_insert((state, 0)).1 += n;
     }
-    for (state, class, n, _) in &kept.counts {
+    for (state, class, n) in &kept.counts {
         if let Ok(state) = state.parse::<TaskState>() {
             let class = (!class.is_empty()).then(|| class.clone());
             tasks.entry((state.as_str(), class)).or_insert((state, 0)).1 += *n as u64;
@@ -569,29 +533,11 @@ pub fn add_pruned(metrics: &mut super::Metrics, kept: &PrunedRows, kinds: &[Stri
         .filter(|(_, (_, n))| *n > 0)
         .map(|((_, c), (s, n))| (s, c, n))
         .collect();
-    for (name, histogram) in [
-        ("duration_ms", &mut metrics.duration_ms),
-        ("memory_peak_mb", &mut metrics.memory_peak_mb),
-    ] {
-        for (metric, _, bound, n) in &kept.buckets {
-            if metric == name
-                && let Some(i) = histogram.bounds.iter().position(|b| b == bound)
-            {
-                histogram.counts[i] += *n as u64;
-            }
-        }
-        for (metric, _, count, total) in &kept.sums {
-            if metric == name {
-                histogram.count += *count as u64;
-                histogram.sum += total;
-            }
-        }
-    }
     let mut events: BTreeMap<(String, Option<String>), u64> = BTreeMap::new();
     for (kind, worker, n) in metrics.events.drain(..) {
         *events.entry((kind, worker)).or_insert(0) += n;
     }
-    for (kind, worker, n, _) in &kept.events {
+    for (kind, worker, n) in &kept.events {
         if kinds.contains(kind) {
             let worker = (!worker.is_empty()).then(|| worker.clone());
             *events.entry((kind.clone(), worker)).or_insert(0) += *n as u64;

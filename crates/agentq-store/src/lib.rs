@@ -4,8 +4,9 @@
 //! [`sqlite::SqliteStore`] (embedded, the default) and [`postgres::PgStore`] (shared by several
 //! hosts, over TLS as libpq's `sslmode` says: [`url`], [`tls`]), each with its numbered migrations
 //! in `migrations/`; and [`open`], which picks one from its [`StoreSettings`]. It stands on
-//! `agentq-core` and knows nothing of the daemon. Both pass the same test suite (`suite`), and write their
-//! events' words through [`common`], so nothing but the SQL differs. Nothing backend-specific
+//! `agentq-core` and knows nothing of the daemon. Both pass the same test suite (`suite`), write their
+//! events' words through [`common`] and what `/metrics` counts as tasks end through [`counters`],
+//! so nothing but the SQL differs. Nothing backend-specific
 //! crosses the interface: times are milliseconds since the Unix epoch passed in by the caller (so backends agree
 //! on the clock and tests control it), ids are integers, and every state change is one transaction
 //! that also appends its event, so the history can never disagree with the state. One exception:
@@ -18,6 +19,7 @@
 //! can never overwrite the newer owner's result.
 
 pub mod common;
+pub mod counters;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
@@ -439,10 +441,10 @@ pub struct Histogram {
 /// What [`Store::metrics`] reads.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    /// (state, class, how many).
+    /// Tasks there are or were (removed ones stay counted), by (state, class, how many).
     pub tasks: Vec<(TaskState, Option<String>, u64)>,
-    pub duration_ms: Histogram,
-    pub memory_peak_mb: Histogram,
+    /// What was counted as tasks ended and retries were scheduled.
+    pub counters: counters::Counters,
     /// (kind, worker, how many).
     pub events: Vec<(String, Option<String>, u64)>,
 }
@@ -460,10 +462,6 @@ pub struct Prune {
     pub limit: u32,
     /// Only say what would go.
     pub dry_run: bool,
-    /// The bounds of `/metrics`' histograms, into which what is removed is folded, so that its
-    /// counters never go down.
-    pub duration_bounds_ms: Vec<f64>,
-    pub memory_bounds_mb: Vec<f64>,
 }
 
 /// A task [`Store::prune`] removed (or, dry, would remove).
@@ -739,22 +737,20 @@ pub trait Store: Send + Sync {
     /// the restart policy or `agentq worker restart`), and the highest memory peak of its
     /// attempts. The pool's tasks count under `pool`, not their worker.
     async fn activity_since(&self, since: Millis, owner: &str) -> Result<Vec<Activity>>;
-    /// The figures behind `/metrics`: tasks by state and class, histograms of the durations and
-    /// memory peaks of ended tasks (with these upper bounds), and the count of events of each
-    /// of `kinds` by worker.
-    async fn metrics(
-        &self,
-        duration_bounds_ms: &[f64],
-        memory_bounds_mb: &[f64],
-        kinds: &[&str],
-    ) -> Result<Metrics>;
+    /// The figures behind `/metrics`: tasks by state and class, the [`counters`] (kept as tasks
+    /// end, not counted here), and the count of events of each of `kinds` by worker.
+    async fn metrics(&self, kinds: &[&str]) -> Result<Metrics>;
+
+    /// The [`counters`]: what was counted as tasks ended and retries were scheduled, a few
+    /// rows however long the history.
+    async fn counters(&self) -> Result<counters::Counters>;
 
     /// Removes finished tasks as `rule` says, with their attempts and events, in one transaction;
-    /// queued and running tasks are never touched. What goes is first folded into the counts
-    /// that `metrics` adds to what is left (tasks by state and class, the histograms, events by
-    /// kind), so `/metrics` counters only grow. Returns what went, oldest first. Task-less
-    /// events finished before `rule.finished_before` go too, and the usage ledger's rows older
-    /// than that and than two days (budgets count today's).
+    /// queued and running tasks are never touched. The [`counters`] are not touched either, and
+    /// what goes is first folded into the counts that `metrics` adds to what is left (tasks by
+    /// state and class, events by kind), so `/metrics` counters only grow. Returns what went,
+    /// oldest first. Task-less events finished before `rule.finished_before` go too, and the
+    /// usage ledger's rows older than that and than two days (budgets count today's).
     async fn prune(&self, rule: &Prune, now: Millis) -> Result<Vec<Pruned>>;
 
     /// Which of `ids` are tasks in the store: the daemon removes the output files and agent logs

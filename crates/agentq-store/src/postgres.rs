@@ -13,10 +13,12 @@
 //!   row (`FOR UPDATE`) with the token in the condition, so a finish racing a recovery sees the
 //!   winner's row and writes nothing.
 //! - **Lock order.** Every transaction takes its locks in one order: an advisory lock (a claim's
-//!   worker or pool, or recovery), task rows in id order, then `task_counts` rows in key order.
-//!   The counts (`task_counts`, `attempt_peaks`) are kept by PL/pgSQL triggers that lock the two
-//!   count rows of one task's change lesser key first; recovery, the only write that moves many
-//!   tasks, locks all the count rows it will change, in key order, before it moves any. So no
+//!   worker or pool, or recovery), task rows in id order, then `task_counts` rows in key order,
+//!   then `counters` rows in key order (by bytes: one statement per transaction adds to them all,
+//!   [`counters::settle`]d, after everything else). The counts (`task_counts`, `attempt_peaks`)
+//!   are kept by PL/pgSQL triggers that lock the two count rows of one task's change lesser key
+//!   first; recovery, the only write that moves many tasks, locks all the count rows it will
+//!   change, in key order, before it moves any. So no
 //!   two transactions wait for each other in a cycle; one that still loses a deadlock or a
 //!   serialisation race is run again from the start (at most [`TRIES`] times), with a warning.
 //! - **Leases** are written and compared by the server's clock (`clock_timestamp()`), not the
@@ -57,19 +59,21 @@ use super::tls::MakeRustlsConnect;
 use super::url::DatabaseUrl;
 use super::{
     Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
-    Task, TaskFilter, TaskSummary, WorkerCounts, common,
+    Task, TaskFilter, TaskSummary, WorkerCounts, common, counters,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
 use agentq_core::logfile::EventLog;
 use agentq_core::wake::Ring;
 use common::{AttemptEnding, TASK_COLUMNS};
+use counters::Bump;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_hosts.sql"),
     include_str!("../migrations/postgres/0003_agents.sql"),
     include_str!("../migrations/postgres/0004_retention.sql"),
+    include_str!("../migrations/postgres/0005_counters.sql"),
 ];
 
 /// The schema version this binary writes (the highest row of `schema_version`).
@@ -735,6 +739,25 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Adds `bumps` ([`counters::settle`]d: each row once, in key order, the order every
+    /// transaction locks counter rows in) to the counters, in one statement.
+    async fn bump(&self, bumps: &[Bump]) -> Op<()> {
+        if bumps.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = bumps.iter().map(|b| b.name.as_str()).collect();
+        let labels: Vec<&str> = bumps.iter().map(|b| b.labels.as_str()).collect();
+        let values: Vec<f64> = bumps.iter().map(|b| b.by).collect();
+        self.execute(
+            "INSERT INTO counters AS c (name, labels, value) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) \
+             ON CONFLICT (name, labels) DO UPDATE SET value = c.value + excluded.value",
+            &[&names, &labels, &values],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Records an event, to be appended to the event log once committed. (It may quote an agent,
     /// so NUL is replaced in what is written.)
     async fn record(&mut self, e: NewEvent) -> Op<()> {
@@ -931,6 +954,7 @@ impl Tx<'_> {
             self.lock_counts(&counts).await?;
         }
         let mut ids = Vec::with_capacity(recoveries.len());
+        let mut ended = Vec::new();
         for r in recoveries {
             self.attempt_row(r.id, None, &AttemptEnding::interrupted(why), now)
                 .await?;
@@ -942,6 +966,11 @@ impl Tx<'_> {
                     &[&r.id, &r.interruptions, error, &now],
                 )
                 .await?;
+                ended.extend(counters::ended(
+                    &r.worker,
+                    TaskState::Dead,
+                    counters::INTERRUPTED,
+                ));
             } else {
                 self.execute(
                     "UPDATE tasks SET state = 'queued', attempts = greatest(attempts - 1, 0), \
@@ -954,6 +983,8 @@ impl Tx<'_> {
             self.record(r.event).await?;
             ids.push(r.id);
         }
+        // The counter rows last, all at once in key order, after every task and count row.
+        self.bump(&counters::settle(ended)).await?;
         if !ids.is_empty() {
             // Another daemon may be the one that runs them.
             self.ring(Ring::Everyone);
@@ -979,6 +1010,16 @@ async fn query_one(
 ) -> Op<Row> {
     let statement = client.prepare_cached(sql).await?;
     Ok(client.query_one(&statement, params).await?)
+}
+
+/// The counters, read whole (a few rows a worker).
+async fn read_counters(client: &impl GenericClient) -> Op<counters::Counters> {
+    let rows = query(client, "SELECT name, labels, value FROM counters", &[])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Op<Vec<_>>>()?;
+    Ok(counters::Counters::read(rows))
 }
 
 /// PostgreSQL's text (and jsonb) cannot hold NUL, which an agent's output may: it becomes U+FFFD,
@@ -1192,10 +1233,8 @@ async fn listen_once(
 /// The tasks `rule` removes, as [`Store::prune`] says (at most `$4` of them, oldest first).
 fn prune_query(rule: &super::Prune) -> String {
     format!(
-        "SELECT id, worker, pool, state, class, duration_ms, memory_peak_mb, \
-                coalesce(finished_at, updated_at) FROM ( \
-           SELECT id, worker, pool, state, class, duration_ms, memory_peak_mb, finished_at, \
-                  updated_at, row_number() OVER ( \
+        "SELECT id, worker, pool, state, class, coalesce(finished_at, updated_at) FROM ( \
+           SELECT id, worker, pool, state, class, finished_at, updated_at, row_number() OVER ( \
                       PARTITION BY CASE WHEN pool THEN 'pool' ELSE worker END \
                       ORDER BY id DESC) AS newest \
              FROM tasks WHERE state IN ({}) \
@@ -1215,13 +1254,11 @@ fn pruned_row(r: &Row) -> Op<(super::Pruned, common::Gone)> {
             worker: r.try_get(1)?,
             pool: r.try_get(2)?,
             state,
-            finished_at: r.try_get(7)?,
+            finished_at: r.try_get(5)?,
         },
         common::Gone {
             state,
             class: r.try_get(4)?,
-            duration_ms: r.try_get::<_, Option<i64>>(5)?.map(|d| d as f64),
-            memory_peak_mb: r.try_get(6)?,
         },
     ))
 }
@@ -1350,7 +1387,8 @@ impl Store for PgStore {
                      cost_usd = $13, input_tokens = $14, output_tokens = $15, num_turns = $16, \
                      cause = $17, memory_peak_mb = $18 \
                      WHERE id = $1 AND claim_token = $2 AND state = 'running' \
-                     RETURNING attempts, worker, pool",
+                     RETURNING attempts, worker, pool, \
+                     (SELECT min(started_at) FROM attempts WHERE task_id = $1) - created_at",
                     &[
                         &fence.id,
                         &fence.token,
@@ -1396,6 +1434,9 @@ impl Store for PgStore {
                 )
                 .await?;
             }
+            // The wait for the first attempt: the attempts' rows keep its start.
+            let waited: Option<i64> = row.try_get(3)?;
+            tx.bump(&counters::finished(f, &worker, waited)).await?;
             if terminal && let Some(hook) = hook.take() {
                 let row = tx
                     .query_opt(
@@ -1505,6 +1546,12 @@ impl Store for PgStore {
             .await?;
             tx.record(common::cancelled(id, &worker, state, now))
                 .await?;
+            tx.bump(&counters::ended(
+                &worker,
+                TaskState::Cancelled,
+                counters::CANCELLED,
+            ))
+            .await?;
             if state == TaskState::Running {
                 let runs_on = if pool {
                     agentq_core::domain::POOL
@@ -2065,29 +2112,12 @@ impl Store for PgStore {
                 .into_iter()
                 .filter(|(p, _)| gone.contains(&p.id))
                 .unzip();
-            let fold = common::fold(&figures, &rule.duration_bounds_ms, &rule.memory_bounds_mb);
+            let fold = common::fold(&figures);
             for ((state, class), n) in &fold.counts {
                 tx.execute(
                     "INSERT INTO pruned_counts (state, class, n) VALUES ($1, $2, $3) \
                      ON CONFLICT (state, class) DO UPDATE SET n = pruned_counts.n + excluded.n",
                     &[state, class, n],
-                )
-                .await?;
-            }
-            for (metric, bound, n) in &fold.buckets {
-                tx.execute(
-                    "INSERT INTO pruned_buckets (metric, bound, n) VALUES ($1, $2, $3) \
-                     ON CONFLICT (metric, bound) DO UPDATE SET n = pruned_buckets.n + excluded.n",
-                    &[metric, bound, n],
-                )
-                .await?;
-            }
-            for (metric, count, total) in &fold.sums {
-                tx.execute(
-                    "INSERT INTO pruned_sums (metric, count, total) VALUES ($1, $2, $3) \
-                     ON CONFLICT (metric) DO UPDATE SET count = pruned_sums.count + excluded.count, \
-                     total = pruned_sums.total + excluded.total",
-                    &[metric, count, total],
                 )
                 .await?;
             }
@@ -2129,12 +2159,7 @@ impl Store for PgStore {
         })
     }
 
-    async fn metrics(
-        &self,
-        duration_bounds_ms: &[f64],
-        memory_bounds_mb: &[f64],
-        kinds: &[&str],
-    ) -> Result<super::Metrics> {
+    async fn metrics(&self, kinds: &[&str]) -> Result<super::Metrics> {
         let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
         read!(self, "reading metrics", |c| {
             let tasks = query(
@@ -2153,39 +2178,6 @@ impl Store for PgStore {
                 ))
             })
             .collect::<Op<Vec<_>>>()?;
-            // Both histograms in one pass over the ended tasks: a cumulative count per bound,
-            // then the count and sum of each.
-            let bucket = |column: &str, bounds: &[f64]| {
-                bounds
-                    .iter()
-                    .map(|b| format!("count(*) FILTER (WHERE {column} <= {b:?})"))
-                    .chain([
-                        format!("count({column})"),
-                        format!("coalesce(sum({column}), 0)::float8"),
-                    ])
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let sql = format!(
-                "SELECT {}, {} FROM tasks WHERE state IN ('succeeded', 'failed', 'dead')",
-                bucket("duration_ms", duration_bounds_ms),
-                bucket("memory_peak_mb", memory_bounds_mb)
-            );
-            let r = query_one(c, &sql, &[]).await?;
-            let histogram = |from: usize, bounds: &[f64]| -> Op<super::Histogram> {
-                let mut counts = Vec::with_capacity(bounds.len());
-                for i in 0..bounds.len() {
-                    counts.push(r.try_get::<_, i64>(from + i)? as u64);
-                }
-                Ok(super::Histogram {
-                    bounds: bounds.to_vec(),
-                    counts,
-                    count: r.try_get::<_, i64>(from + bounds.len())? as u64,
-                    sum: r.try_get::<_, f64>(from + bounds.len() + 1)?,
-                })
-            };
-            let duration = histogram(0, duration_bounds_ms)?;
-            let memory_peak = histogram(duration_bounds_ms.len() + 2, memory_bounds_mb)?;
             let events = query(
                 c,
                 "SELECT kind, worker, count(*) FROM events WHERE kind = ANY($1) \
@@ -2198,42 +2190,32 @@ impl Store for PgStore {
             .collect::<Op<Vec<_>>>()?;
             let mut metrics = super::Metrics {
                 tasks,
-                duration_ms: duration,
-                memory_peak_mb: memory_peak,
+                counters: read_counters(c).await?,
                 events,
             };
             // What removed tasks counted.
             let mut kept = Vec::new();
             for sql in [
-                "SELECT state, class, n::float8, 0::float8 FROM pruned_counts",
-                "SELECT metric, '', bound, n::float8 FROM pruned_buckets",
-                "SELECT metric, '', count::float8, total FROM pruned_sums",
-                "SELECT kind, worker, n::float8, 0::float8 FROM pruned_events",
+                "SELECT state, class, n FROM pruned_counts",
+                "SELECT kind, worker, n FROM pruned_events",
             ] {
                 kept.push(
                     query(c, sql, &[])
                         .await?
                         .iter()
-                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
                         .collect::<Op<Vec<_>>>()?,
                 );
             }
             let events = kept.pop().unwrap_or_default();
-            let sums = kept.pop().unwrap_or_default();
-            let buckets = kept.pop().unwrap_or_default();
             let counts = kept.pop().unwrap_or_default();
-            common::add_pruned(
-                &mut metrics,
-                &common::PrunedRows {
-                    counts,
-                    buckets,
-                    sums,
-                    events,
-                },
-                &kinds,
-            );
+            common::add_pruned(&mut metrics, &common::PrunedRows { counts, events }, &kinds);
             Ok(metrics)
         })
+    }
+
+    async fn counters(&self) -> Result<counters::Counters> {
+        read!(self, "reading counters", |c| { read_counters(c).await })
     }
 
     /// In this host's clock: the time left by the server's clock, from this host's now.
@@ -2695,6 +2677,38 @@ pub mod tests {
         assert!(matches!(e, Error::SchemaTooNew { found: 99, .. }), "{e}");
         let found = inspect(&db.url, Duration::from_secs(5)).await.unwrap();
         assert_eq!(found.schema, Some(99));
+    }
+
+    #[tokio::test]
+    async fn version_5_counts_the_history_a_version_4_database_already_has() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let (client, driver) = super::test_db::connect(&db.url).await.unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .await
+            .unwrap();
+        for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+            client.batch_execute(sql).await.unwrap();
+            client
+                .execute(
+                    "INSERT INTO schema_version VALUES ($1, 0)",
+                    &[&(i as i64 + 1)],
+                )
+                .await
+                .unwrap();
+        }
+        client
+            .batch_execute(suite::HISTORY_BEFORE_COUNTERS)
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+        let s = PgStore::connect(&db.url).await.unwrap();
+        suite::check_counters_seeded_from_history(&s).await;
     }
 
     /// Receives rings until one matches, or fails after a few seconds.

@@ -27,12 +27,13 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
-    Task, TaskFilter, TaskSummary, WorkerCounts, common,
+    Task, TaskFilter, TaskSummary, WorkerCounts, common, counters,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
 use agentq_core::logfile::EventLog;
 use common::{AttemptEnding, TASK_COLUMNS};
+use counters::Bump;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
@@ -44,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0007_hosts.sql"),
     include_str!("../migrations/sqlite/0008_agents.sql"),
     include_str!("../migrations/sqlite/0009_retention.sql"),
+    include_str!("../migrations/sqlite/0010_counters.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -309,6 +311,27 @@ fn fold_events<P: rusqlite::Params>(
     )
 }
 
+/// Adds `bumps` to the counters, in the caller's transaction.
+fn bump(tx: &Connection, bumps: &[Bump]) -> rusqlite::Result<()> {
+    for b in bumps {
+        tx.exec(
+            "INSERT INTO counters (name, labels, value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value",
+            params![b.name, b.labels, b.by],
+        )?;
+    }
+    Ok(())
+}
+
+/// The counters, read whole (a few rows a worker).
+fn read_counters(conn: &Connection) -> rusqlite::Result<counters::Counters> {
+    let rows = conn
+        .prepare_cached("SELECT name, labels, value FROM counters")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(counters::Counters::read(rows))
+}
+
 /// Switches a database to WAL. On a new file this needs the database to itself, and SQLite answers
 /// "locked" at once, without its busy handler, while another process is still creating the schema:
 /// so the switch is retried for as long as the busy timeout would have waited.
@@ -547,6 +570,8 @@ fn recover_where(
                  claim_token = NULL, lease_expires = NULL, finished_at = ?4, updated_at = ?4 WHERE id = ?1",
                 params![r.id, r.interruptions, error, now],
             )?;
+            let ended = counters::ended(&r.worker, TaskState::Dead, counters::INTERRUPTED);
+            bump(tx, &ended)?;
         } else {
             tx.exec(
                 "UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), interruptions = ?3, \
@@ -740,12 +765,15 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            let (attempts, worker): (i64, String) = tx.row(
-                "SELECT attempts, worker FROM tasks WHERE id = ?1",
+            // The wait for the first attempt: the attempts' rows keep its start.
+            let (attempts, worker, waited): (i64, String, Option<i64>) = tx.row(
+                "SELECT attempts, worker, (SELECT min(started_at) FROM attempts WHERE task_id = ?1) \
+                 - created_at FROM tasks WHERE id = ?1",
                 [fence.id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             record(tx, common::finished(&f, fence.id, &worker, attempts))?;
+            bump(tx, &counters::finished(&f, &worker, waited))?;
             if let Some((cost_usd, input_tokens, output_tokens)) = common::usage_row(&f) {
                 tx.exec(
                     "INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) \
@@ -839,6 +867,8 @@ impl Store for SqliteStore {
                 params![id, now],
             )?;
             record(tx, common::cancelled(id, &worker, state, now))?;
+            let ended = counters::ended(&worker, TaskState::Cancelled, counters::CANCELLED);
+            bump(tx, &ended)?;
             Ok(state)
         })
         .await
@@ -1282,13 +1312,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn metrics(
-        &self,
-        duration_bounds_ms: &[f64],
-        memory_bounds_mb: &[f64],
-        kinds: &[&str],
-    ) -> Result<super::Metrics> {
-        let (durations, memory) = (duration_bounds_ms.to_vec(), memory_bounds_mb.to_vec());
+    async fn metrics(&self, kinds: &[&str]) -> Result<super::Metrics> {
         let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
         self.call("reading metrics", move |conn| {
             let mut by_class = conn.prepare_cached(
@@ -1300,43 +1324,6 @@ impl Store for SqliteStore {
                     Ok((state_from(r, 0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            // Both histograms in one pass over the ended tasks: a cumulative count per bound,
-            // then the count and sum of each.
-            let bucket = |column: &str, bounds: &[f64]| {
-                bounds
-                    .iter()
-                    .map(|b| format!("coalesce(sum({column} <= {b}), 0)"))
-                    .chain([
-                        format!("count({column})"),
-                        format!("coalesce(sum({column}), 0)"),
-                    ])
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let sql = format!(
-                "SELECT {}, {} FROM tasks WHERE state IN ('succeeded', 'failed', 'dead')",
-                bucket("duration_ms", &durations),
-                bucket("memory_peak_mb", &memory)
-            );
-            let (duration, memory_peak) = conn.row(&sql, [], |r| {
-                let histogram =
-                    |from: usize, bounds: &[f64]| -> rusqlite::Result<super::Histogram> {
-                        let mut counts = Vec::with_capacity(bounds.len());
-                        for i in 0..bounds.len() {
-                            counts.push(r.get::<_, i64>(from + i)? as u64);
-                        }
-                        Ok(super::Histogram {
-                            bounds: bounds.to_vec(),
-                            counts,
-                            count: r.get::<_, i64>(from + bounds.len())? as u64,
-                            sum: r.get::<_, f64>(from + bounds.len() + 1)?,
-                        })
-                    };
-                Ok((
-                    histogram(0, &durations)?,
-                    histogram(durations.len() + 2, &memory)?,
-                ))
-            })?;
             let marks = vec!["?"; kinds.len()].join(", ");
             let mut by_kind = conn.prepare_cached(&format!(
                 "SELECT kind, worker, count(*) FROM events WHERE kind IN ({marks}) \
@@ -1349,21 +1336,18 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut metrics = super::Metrics {
                 tasks,
-                duration_ms: duration,
-                memory_peak_mb: memory_peak,
+                counters: read_counters(conn)?,
                 events,
             };
             // What removed tasks counted.
-            let rows = |sql: &str| -> rusqlite::Result<Vec<(String, String, f64, f64)>> {
+            let rows = |sql: &str| -> rusqlite::Result<Vec<(String, String, i64)>> {
                 conn.prepare_cached(sql)?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect()
             };
             let kept = common::PrunedRows {
-                counts: rows("SELECT state, class, n, 0.0 FROM pruned_counts")?,
-                buckets: rows("SELECT metric, '', bound, n FROM pruned_buckets")?,
-                sums: rows("SELECT metric, '', count, total FROM pruned_sums")?,
-                events: rows("SELECT kind, worker, n, 0.0 FROM pruned_events")?,
+                counts: rows("SELECT state, class, n FROM pruned_counts")?,
+                events: rows("SELECT kind, worker, n FROM pruned_events")?,
             };
             common::add_pruned(&mut metrics, &kept, &kinds);
             Ok(metrics)
@@ -1371,13 +1355,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn counters(&self) -> Result<counters::Counters> {
+        self.call("reading counters", |conn| Ok(read_counters(conn)?))
+            .await
+    }
+
     async fn prune(&self, rule: &super::Prune, now: Millis) -> Result<Vec<super::Pruned>> {
         let rule = rule.clone();
         let select = move |tx: &Connection| -> Op<(Vec<super::Pruned>, Vec<common::Gone>)> {
             let states = common::prunable_states(&rule.states);
             let sql = format!(
-                "SELECT id, worker, pool, state, class, duration_ms, memory_peak_mb, \
-                        coalesce(finished_at, updated_at) FROM ( \
+                "SELECT id, worker, pool, state, class, coalesce(finished_at, updated_at) FROM ( \
                    SELECT *, row_number() OVER ( \
                        PARTITION BY CASE WHEN pool = 1 THEN 'pool' ELSE worker END \
                        ORDER BY id DESC) AS newest \
@@ -1404,13 +1392,11 @@ impl Store for SqliteStore {
                                 worker: r.get(1)?,
                                 pool: r.get(2)?,
                                 state,
-                                finished_at: r.get(7)?,
+                                finished_at: r.get(5)?,
                             },
                             common::Gone {
                                 state,
                                 class: r.get(4)?,
-                                duration_ms: r.get::<_, Option<i64>>(5)?.map(|d| d as f64),
-                                memory_peak_mb: r.get(6)?,
                             },
                         ))
                     },
@@ -1426,33 +1412,14 @@ impl Store for SqliteStore {
                 .await;
         }
         let (limit, finished_before) = (rule.limit, rule.finished_before);
-        let bounds = (
-            rule.duration_bounds_ms.clone(),
-            rule.memory_bounds_mb.clone(),
-        );
         self.write("removing finished tasks", move |tx| {
             let (pruned, gone) = select(tx)?;
-            let fold = common::fold(&gone, &bounds.0, &bounds.1);
+            let fold = common::fold(&gone);
             for ((state, class), n) in &fold.counts {
                 tx.exec(
                     "INSERT INTO pruned_counts (state, class, n) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (state, class) DO UPDATE SET n = n + excluded.n",
                     params![state, class, n],
-                )?;
-            }
-            for (metric, bound, n) in &fold.buckets {
-                tx.exec(
-                    "INSERT INTO pruned_buckets (metric, bound, n) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (metric, bound) DO UPDATE SET n = n + excluded.n",
-                    params![metric, bound, n],
-                )?;
-            }
-            for (metric, count, total) in &fold.sums {
-                tx.exec(
-                    "INSERT INTO pruned_sums (metric, count, total) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (metric) DO UPDATE SET count = count + excluded.count, \
-                     total = total + excluded.total",
-                    params![metric, count, total],
                 )?;
             }
             let ids = format!(
@@ -1842,6 +1809,22 @@ mod tests {
         let activity = s.activity_since(0, "h:7:").await.unwrap();
         assert_eq!(activity[0].memory_peak_mb, Some(50.0));
         assert_eq!(s.pool_counts().await.unwrap().queued, 1);
+    }
+
+    #[tokio::test]
+    async fn version_10_counts_the_history_a_version_9_database_already_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..9] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 9).unwrap();
+            conn.execute_batch(suite::HISTORY_BEFORE_COUNTERS).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        suite::check_counters_seeded_from_history(&s).await;
     }
 
     /// SQLITE_FULL, as a full disk gives it (here a page limit does): the write is refused whole,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::counters::Counters;
 use super::{
     Activity, EndHook, Event, EventFilter, Finish, Millis, NewEvent, NewTask, Store, Submitted,
     Task, TaskFilter, Usage,
@@ -78,6 +79,9 @@ macro_rules! store_suite {
         $crate::suite::store_suite!(@each $open; kept_counts_follow_every_change_of_state,
             activity_counts_restarts_and_peaks_since_a_start_by_where_tasks_ran,
             metrics_count_ended_tasks_into_buckets_and_events_by_kind,
+            counters_count_each_end_by_worker_state_and_cause,
+            a_scheduled_retry_counts_its_cause_and_each_attempts_usage,
+            pruning_leaves_the_counters_as_they_were,
             pruning_removes_finished_tasks_only_and_metrics_never_go_down,
             highest_priority_first_then_fifo,
             a_worker_runs_one_task_at_a_time_and_workers_are_independent,
@@ -334,11 +338,7 @@ pub async fn metrics_count_ended_tasks_into_buckets_and_events_by_kind(f: &Fixtu
     }
 
     let m = s
-        .metrics(
-            &[100.0, 1000.0],
-            &[64.0],
-            &["file_rejected", "agent_restarting"],
-        )
+        .metrics(&["file_rejected", "agent_restarting"])
         .await
         .unwrap();
     assert_eq!(
@@ -348,16 +348,18 @@ pub async fn metrics_count_ended_tasks_into_buckets_and_events_by_kind(f: &Fixtu
             (TaskState::Succeeded, None, 3)
         ]
     );
-    let d = &m.duration_ms;
+    // Cumulative, at the bounds 100 ms, 500 ms, 1 s, 5 s, 10 s; 16 MiB, 64, 256.
+    let d = &m.counters.duration_ms["w"];
     assert_eq!(
-        (d.counts.as_slice(), d.count, d.sum),
-        (&[1, 2][..], 3, 9750.0)
+        (&d.counts[..5], d.count, d.sum),
+        (&[1, 1, 2, 2, 3][..], 3, 9750.0)
     );
-    let mem = &m.memory_peak_mb;
+    let mem = &m.counters.memory_peak_mb["w"];
     assert_eq!(
-        (mem.counts.as_slice(), mem.count, mem.sum),
-        (&[1][..], 2, 110.0)
+        (&mem.counts[..3], mem.count, mem.sum),
+        (&[1, 1, 2][..], 2, 110.0)
     );
+    assert_eq!(m.counters, s.counters().await.unwrap());
     assert_eq!(
         m.events,
         [
@@ -365,6 +367,204 @@ pub async fn metrics_count_ended_tasks_into_buckets_and_events_by_kind(f: &Fixtu
             ("file_rejected".to_string(), Some("w".to_string()), 1)
         ]
     );
+}
+
+/// The counters as a list of `((worker, state, cause), n)`, for comparing.
+fn ended(c: &Counters) -> Vec<((&str, &str, &str), u64)> {
+    c.finished
+        .iter()
+        .map(|((w, s, k), n)| ((w.as_str(), s.as_str(), k.as_str()), *n))
+        .collect()
+}
+
+pub async fn counters_count_each_end_by_worker_state_and_cause(f: &Fixture) {
+    let s = f.store();
+    assert_eq!(s.counters().await.unwrap(), Counters::default());
+    // w: a success that waited 1 s, with its usage; a failure for good.
+    s.submit(&task("w", "a", 0, 0)).await.unwrap();
+    let a = s.claim("w", "me", 1_000, LEASE).await.unwrap().unwrap();
+    let mut success = Finish {
+        duration_ms: 700,
+        memory_peak_mb: Some(20.0),
+        ..done(TaskState::Succeeded, 1_700)
+    };
+    success.usage.input_tokens = Some(100);
+    success.usage.output_tokens = Some(7);
+    success.usage.cost_usd = Some(0.25);
+    assert!(s.finish(&a.fence(), &success, None).await.unwrap());
+    s.submit(&task("w", "b", 0, 2_000)).await.unwrap();
+    let b = s.claim("w", "me", 2_001, LEASE).await.unwrap().unwrap();
+    let config = Finish {
+        cause: Some("config".into()),
+        duration_ms: 20_000,
+        ..done(TaskState::Failed, 2_050)
+    };
+    assert!(s.finish(&b.fence(), &config, None).await.unwrap());
+    // v: dead of timeouts; cancelled queued; one whose daemon kept dying.
+    s.submit(&task("v", "c", 0, 3_000)).await.unwrap();
+    let c = s.claim("v", "me", 3_001, LEASE).await.unwrap().unwrap();
+    let timeout = Finish {
+        cause: Some("timeout".into()),
+        ..done(TaskState::Dead, 3_002)
+    };
+    assert!(s.finish(&c.fence(), &timeout, None).await.unwrap());
+    let d = s.submit(&task("v", "d", 0, 4_000)).await.unwrap().id();
+    s.cancel(d, 4_001).await.unwrap();
+    let mut poison = task("v", "poison", 0, 5_000);
+    poison.max_attempts = 1;
+    let poison = s.submit(&poison).await.unwrap().id();
+    for round in 1..=2 {
+        s.claim("v", "doomed", 5_000 + round, LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        s.recover_all_but("next", 5_000 + round).await.unwrap();
+    }
+    assert_eq!(s.get(poison).await.unwrap().unwrap().state, TaskState::Dead);
+    // w: cancelled while it ran.
+    let e = s.submit(&task("w", "e", 0, 6_000)).await.unwrap().id();
+    s.claim("w", "me", 6_001, LEASE).await.unwrap().unwrap();
+    s.cancel(e, 6_002).await.unwrap();
+
+    let c = s.counters().await.unwrap();
+    assert_eq!(
+        ended(&c),
+        [
+            (("v", "cancelled", "cancelled"), 1),
+            (("v", "dead", "interrupted"), 1),
+            (("v", "dead", "timeout"), 1),
+            (("w", "cancelled", "cancelled"), 1),
+            (("w", "failed", "config"), 1),
+            (("w", "succeeded", "none"), 1),
+        ]
+    );
+    assert!(c.retries.is_empty());
+    assert_eq!(
+        (
+            c.tokens_of("w", "input"),
+            c.tokens_of("w", "output"),
+            c.cost_of("w")
+        ),
+        (100, 7, 0.25)
+    );
+    assert_eq!(c.tokens_of("v", "input"), 0);
+    // Only what ended through a result is observed: no cancelled task, no dead one without one.
+    let d = &c.duration_ms["w"];
+    assert_eq!(
+        (&d.counts[..3], d.count, d.sum),
+        (&[0, 0, 1][..], 2, 20_700.0)
+    );
+    assert_eq!((c.duration_ms["v"].count, c.duration_ms["v"].sum), (1, 5.0));
+    let waited = &c.queue_wait_ms["w"];
+    assert_eq!(
+        (&waited.counts[..2], waited.count, waited.sum),
+        (&[1, 2][..], 2, 1_001.0)
+    );
+    assert_eq!(
+        (c.memory_peak_mb["w"].count, c.memory_peak_mb["w"].sum),
+        (1, 20.0)
+    );
+    assert!(!c.memory_peak_mb.contains_key("v"));
+    assert_eq!(c.finished_in(TaskState::Cancelled), 2);
+}
+
+pub async fn a_scheduled_retry_counts_its_cause_and_each_attempts_usage(f: &Fixture) {
+    let s = f.store();
+    let id = s.submit(&task("w", "a", 0, 0)).await.unwrap().id();
+    let first = s.claim("w", "me", 10, LEASE).await.unwrap().unwrap();
+    let mut retry = Finish {
+        not_before: Some(40),
+        cause: Some("idle_timeout".into()),
+        ..done(TaskState::Queued, 20)
+    };
+    retry.usage.input_tokens = Some(30);
+    retry.usage.output_tokens = Some(3);
+    assert!(s.finish(&first.fence(), &retry, None).await.unwrap());
+    let c = s.counters().await.unwrap();
+    assert_eq!(c.retries[&("w".to_string(), "idle_timeout".to_string())], 1);
+    assert_eq!(c.tokens_of("w", "input"), 30);
+    assert!(c.finished.is_empty(), "a retry is no end");
+    assert!(c.duration_ms.is_empty() && c.queue_wait_ms.is_empty());
+
+    // The second attempt ends it; its wait is the first attempt's (queued at 0, started at 10).
+    let second = s.claim("w", "me", 50, LEASE).await.unwrap().unwrap();
+    let mut failed = Finish {
+        cause: Some("crashed".into()),
+        ..done(TaskState::Dead, 60)
+    };
+    failed.usage.input_tokens = Some(12);
+    assert!(s.finish(&second.fence(), &failed, None).await.unwrap());
+    let c = s.counters().await.unwrap();
+    assert_eq!(ended(&c), [(("w", "dead", "crashed"), 1)]);
+    assert_eq!(c.tokens_of("w", "input"), 42);
+    assert_eq!(c.queue_wait_ms["w"].sum, 10.0);
+    assert_eq!(c.retries.values().sum::<u64>(), 1);
+
+    // Queued again by hand: nothing goes down, and its next end counts again.
+    s.retry(id, 70).await.unwrap();
+    assert_eq!(s.counters().await.unwrap(), c);
+    let third = s.claim("w", "me", 80, LEASE).await.unwrap().unwrap();
+    assert!(
+        s.finish(&third.fence(), &done(TaskState::Succeeded, 90), None)
+            .await
+            .unwrap()
+    );
+    let c = s.counters().await.unwrap();
+    assert_eq!(
+        ended(&c),
+        [
+            (("w", "dead", "crashed"), 1),
+            (("w", "succeeded", "none"), 1)
+        ]
+    );
+    assert_eq!(c.duration_ms["w"].count, 2);
+}
+
+pub async fn pruning_leaves_the_counters_as_they_were(f: &Fixture) {
+    let s = f.store();
+    for (i, state) in [
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Succeeded,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let now = i as Millis * 100;
+        s.submit(&task("w", "t", 0, now)).await.unwrap();
+        let claim = s.claim("w", "me", now + 5, LEASE).await.unwrap().unwrap();
+        let mut result = Finish {
+            cause: (state == TaskState::Failed).then(|| "bad_input".to_string()),
+            memory_peak_mb: Some(100.0),
+            ..done(state, now + 10)
+        };
+        result.usage.cost_usd = Some(1.5);
+        assert!(s.finish(&claim.fence(), &result, None).await.unwrap());
+    }
+    let cancelled = s.submit(&task("v", "t", 0, 400)).await.unwrap().id();
+    s.cancel(cancelled, 401).await.unwrap();
+    let before = s.counters().await.unwrap();
+    assert_eq!(before.finished_in(TaskState::Succeeded), 2);
+    assert_eq!(before.cost_of("w"), 4.5);
+
+    let rule = super::Prune {
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(s.prune(&rule, 1_000).await.unwrap().len(), 2);
+    assert_eq!(s.prune(&rule, 1_000).await.unwrap().len(), 2);
+    assert!(s.list(&TaskFilter::default()).await.unwrap().is_empty());
+    // The usage ledger goes too, with anything older than two days.
+    let later = 10 * 24 * 3600 * 1000;
+    let aged = super::Prune {
+        finished_before: Some(later),
+        limit: 100,
+        ..rule
+    };
+    s.prune(&aged, later).await.unwrap();
+    assert!(s.spend_since(0).await.unwrap().is_empty());
+    assert_eq!(s.counters().await.unwrap(), before);
+    assert_eq!(s.metrics(&[]).await.unwrap().counters, before);
 }
 
 pub async fn highest_priority_first_then_fifo(f: &Fixture) {
@@ -1418,16 +1618,13 @@ pub async fn pruning_removes_finished_tasks_only_and_metrics_never_go_down(f: &F
     })
     .await
     .unwrap();
-    let bounds = ([100.0, 1000.0], [25.0]);
     let kinds = ["file_rejected", "task_finished"];
-    let metrics = || s.metrics(&bounds.0, &bounds.1, &kinds);
+    let metrics = || s.metrics(&kinds);
     let before = metrics().await.unwrap();
     let rule = |finished_before, keep_newest| super::Prune {
         finished_before,
         keep_newest,
         limit: 100,
-        duration_bounds_ms: bounds.0.to_vec(),
-        memory_bounds_mb: bounds.1.to_vec(),
         ..Default::default()
     };
     let ids_of = |p: &[super::Pruned]| p.iter().map(|p| p.id).collect::<Vec<_>>();
@@ -1469,8 +1666,7 @@ pub async fn pruning_removes_finished_tasks_only_and_metrics_never_go_down(f: &F
     assert!(s.known_tasks(&[]).await.unwrap().is_empty());
     let after = metrics().await.unwrap();
     assert_eq!(after.tasks, before.tasks, "tasks by state stay counted");
-    assert_eq!(after.duration_ms, before.duration_ms);
-    assert_eq!(after.memory_peak_mb, before.memory_peak_mb);
+    assert_eq!(after.counters, before.counters);
     assert_eq!(after.events, before.events, "events by kind stay counted");
     let left = s
         .events(&EventFilter {
@@ -1521,10 +1717,117 @@ pub async fn pruning_removes_finished_tasks_only_and_metrics_never_go_down(f: &F
     );
     let last = metrics().await.unwrap();
     assert_eq!(last.tasks, before.tasks);
-    assert_eq!(last.duration_ms, before.duration_ms);
+    assert_eq!(last.counters, before.counters);
     assert_eq!(last.events, before.events);
     s.reclaim().await.unwrap();
     // Counts kept as tasks change still agree with the tasks that are left.
     let (kept, counted) = s.kept_and_counted().await;
     assert_eq!(kept, counted);
+}
+
+/// History as a database of the schema before the counters (SQLite's 9, PostgreSQL's 4) held
+/// it, in SQL both take: tasks that ended (1 succeeded after a retry, 2 failed, 3 dead of its
+/// daemon's deaths, 4 cancelled) and one waiting to be retried (5); their attempts, events and
+/// usage; and what retention had folded of the tasks it removed.
+pub const HISTORY_BEFORE_COUNTERS: &str = "
+INSERT INTO tasks (worker, prompt, state, attempts, max_attempts, interruptions, not_before,
+                   created_at, updated_at, started_at, finished_at, source, pool, class, cause,
+                   duration_ms, memory_peak_mb) VALUES
+    ('w', 'a', 'succeeded', 2, 3, 0, 0, 1000, 2700, 2000, 2700, 'cli', false, 'short', NULL, 700, 20.0),
+    ('w', 'b', 'failed', 1, 3, 0, 0, 0, 100, 50, 100, 'cli', false, NULL, 'config', 20000, NULL),
+    ('v', 'c', 'dead', 0, 1, 2, 0, 0, 100, NULL, 100, 'cli', false, NULL, NULL, NULL, NULL),
+    ('v', 'd', 'cancelled', 0, 3, 0, 0, 0, 100, NULL, 100, 'cli', false, NULL, NULL, NULL, NULL),
+    ('w', 'e', 'queued', 1, 3, 0, 0, 0, 90, 10, NULL, 'cli', false, NULL, 'timeout', 80, NULL);
+INSERT INTO attempts (task_id, attempt, worker, owner, started_at, ended_at, outcome, cause,
+                      duration_ms) VALUES
+    (1, 1, 'w', 'h:1:a', 1500, 1600, 'failed', 'timeout', 100),
+    (1, 2, 'w', 'h:1:a', 2000, 2700, 'succeeded', NULL, 700),
+    (2, 1, 'w', 'h:1:a', 50, 100, 'failed', 'config', 50),
+    (5, 1, 'w', 'h:1:a', 10, 90, 'failed', 'timeout', 80);
+INSERT INTO events (ts, task_id, worker, kind, message, data) VALUES
+    (1600, 1, 'w', 'task_retrying', 'attempt 1 failed', '{\"cause\": \"timeout\"}'),
+    (90, 5, 'w', 'task_retrying', 'attempt 1 failed', '{\"cause\": \"timeout\"}'),
+    (2700, 1, 'w', 'task_finished', 'succeeded', '{\"state\": \"succeeded\"}');
+INSERT INTO usage_log (ts, worker, task_id, cost_usd, input_tokens, output_tokens) VALUES
+    (1600, 'w', 1, 0.5, 100, 10),
+    (2700, 'w', 1, 0.25, 50, 5);
+INSERT INTO pruned_counts (state, class, n) VALUES ('succeeded', 'short', 3), ('failed', '', 1);
+INSERT INTO pruned_buckets (metric, bound, n) VALUES
+    ('duration_ms', 100, 1), ('duration_ms', 500, 3), ('duration_ms', 1000, 4),
+    ('duration_ms', 3600000, 4), ('memory_peak_mb', 16, 0), ('memory_peak_mb', 64, 1);
+INSERT INTO pruned_sums (metric, count, total) VALUES
+    ('duration_ms', 4, 1234.0), ('memory_peak_mb', 2, 90.0);
+INSERT INTO pruned_events (kind, worker, n) VALUES ('task_retrying', 'w', 2), ('task_finished', 'w', 4);
+";
+
+/// Checks that `s`, upgraded from [`HISTORY_BEFORE_COUNTERS`], counted that history once, and
+/// goes on counting into the same rows.
+pub async fn check_counters_seeded_from_history(s: &dyn Store) {
+    let c = s.counters().await.unwrap();
+    assert_eq!(
+        ended(&c),
+        [
+            (("", "failed", ""), 1),
+            (("", "succeeded", "none"), 3),
+            (("v", "cancelled", "cancelled"), 1),
+            (("v", "dead", "interrupted"), 1),
+            (("w", "failed", "config"), 1),
+            (("w", "succeeded", "none"), 1),
+        ]
+    );
+    let retries: Vec<_> = c
+        .retries
+        .iter()
+        .map(|((w, k), n)| (w.as_str(), k.as_str(), *n))
+        .collect();
+    assert_eq!(retries, [("w", "", 2), ("w", "timeout", 2)]);
+    assert_eq!(
+        (
+            c.tokens_of("w", "input"),
+            c.tokens_of("w", "output"),
+            c.cost_of("w")
+        ),
+        (150, 15, 0.75)
+    );
+    // Cumulative, at the bounds 100 ms, 500 ms, 1 s, 5 s, 10 s, 30 s.
+    let d = &c.duration_ms["w"];
+    assert_eq!(
+        (&d.counts[..6], d.count, d.sum),
+        (&[0, 0, 1, 1, 1, 2][..], 2, 20_700.0)
+    );
+    let d = &c.duration_ms[""];
+    assert_eq!(
+        (&d.counts[..4], d.count, d.sum),
+        (&[1, 3, 4, 4][..], 4, 1234.0)
+    );
+    assert!(
+        !c.duration_ms.contains_key("v"),
+        "no figure, no observation"
+    );
+    // Queued at 1000 and first started at 1500; queued at 0, started at 50.
+    let waited = &c.queue_wait_ms["w"];
+    assert_eq!(
+        (&waited.counts[..2], waited.count, waited.sum),
+        (&[1, 2][..], 2, 550.0)
+    );
+    let m = &c.memory_peak_mb["w"];
+    assert_eq!((m.count, m.sum), (1, 20.0));
+    let m = &c.memory_peak_mb[""];
+    assert_eq!((&m.counts[..3], m.count, m.sum), (&[0, 1, 1][..], 2, 90.0));
+    assert_eq!(s.metrics(&[]).await.unwrap().counters, c);
+
+    // Task 5 runs again and succeeds in 700 ms: into the same rows as task 1.
+    let claim = s.claim("w", "me", 3_000, LEASE).await.unwrap().unwrap();
+    let result = Finish {
+        duration_ms: 700,
+        ..done(TaskState::Succeeded, 3_700)
+    };
+    assert!(s.finish(&claim.fence(), &result, None).await.unwrap());
+    let after = s.counters().await.unwrap();
+    assert_eq!(
+        after.finished[&("w".into(), "succeeded".into(), "none".into())],
+        2
+    );
+    let d = &after.duration_ms["w"];
+    assert_eq!((&d.counts[..3], d.count), (&[0, 0, 2][..], 3));
 }
