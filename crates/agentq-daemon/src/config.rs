@@ -808,6 +808,32 @@ fn no_null(schema: &mut Schema) {
 
 /// The limit fields of `[defaults]` and of a `[[worker]]` are the same; serde cannot flatten them
 /// into both while also denying unknown keys, so they are gathered here.
+impl RawLimits {
+    /// Whether one of these settings is written at `offset` of the file.
+    fn holds(&self, offset: usize) -> bool {
+        let spans = [
+            self.timeout.as_ref().map(Spanned::span),
+            self.max_attempts.as_ref().map(Spanned::span),
+            self.backoff.as_ref().map(Spanned::span),
+            self.max_backoff.as_ref().map(Spanned::span),
+            self.kill_timeout.as_ref().map(Spanned::span),
+            self.idle_timeout.as_ref().map(Spanned::span),
+            self.linger_timeout.as_ref().map(Spanned::span),
+            self.max_memory.as_ref().map(Spanned::span),
+            self.max_processes.as_ref().map(Spanned::span),
+            self.memory_report_interval.as_ref().map(Spanned::span),
+            self.autorestart.as_ref().map(Spanned::span),
+            self.max_restarts.as_ref().map(Spanned::span),
+            self.min_uptime.as_ref().map(Spanned::span),
+            self.restart_delay.as_ref().map(Spanned::span),
+        ];
+        spans
+            .into_iter()
+            .flatten()
+            .any(|s| s.contains(&offset) || s.start == offset)
+    }
+}
+
 macro_rules! limits_of {
     ($raw:expr) => {
         RawLimits {
@@ -1558,7 +1584,21 @@ fn parse_workers(
             &raw.defaults,
             base,
             root,
-        )?;
+        )
+        .map_err(|(place, message)| {
+            // Said of the worker where the mistake is in its table; one it inherits from
+            // [defaults] is said where that is written.
+            let inside = match &place {
+                Some(Place::Value(at) | Place::Key(at)) => !base.holds(at.start),
+                None => true,
+            };
+            let message = if inside {
+                of_worker(name.get_ref(), message)
+            } else {
+                message
+            };
+            (place, message)
+        })?;
         workers.push(WorkerConfig {
             route,
             host,
@@ -1566,6 +1606,16 @@ fn parse_workers(
         });
     }
     Ok(workers)
+}
+
+/// An error about a worker's setting, saying which worker (unless it already does).
+fn of_worker(name: &str, message: String) -> String {
+    let named = format!("worker {name:?}");
+    if message.contains(&named) {
+        message
+    } else {
+        format!("{named}: {message}")
+    }
 }
 
 /// `[pool]`, or the pool with its defaults when the file has none (a worker's tasks may still
@@ -2819,12 +2869,12 @@ mod tests {
         };
         let e = err_text(&two("\"1m\"", "\"0s\""));
         assert!(
-            e.starts_with("/p/agentq.toml:9:1: timeout must be above 0"),
+            e.starts_with("/p/agentq.toml:9:1: worker \"b\": timeout must be above 0"),
             "{e}"
         );
         let e = err_text(&two("\"0s\"", "\"1m\""));
         assert!(
-            e.starts_with("/p/agentq.toml:4:1: timeout must be above 0"),
+            e.starts_with("/p/agentq.toml:4:1: worker \"a\": timeout must be above 0"),
             "{e}"
         );
         // [defaults]' own, though a worker below sets the same key.
