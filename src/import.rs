@@ -674,6 +674,15 @@ fn uptime(value: &Value) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A path of these tests as the platform writes it (`\\srv\\eco\\...` on Windows).
+    fn native(path: &str) -> String {
+        Path::new(path)
+            .components()
+            .collect::<PathBuf>()
+            .to_string_lossy()
+            .into_owned()
+    }
     use serde_json::json;
 
     fn import(apps: Value) -> Imported {
@@ -712,12 +721,12 @@ mod tests {
             [
                 "node",
                 "--max-old-space-size=512",
-                "/srv/eco/work/bin/index.js",
+                native("/srv/eco/work/bin/index.js").as_str(),
                 "--fast",
                 "two words"
             ]
         );
-        assert_eq!(w.cwd.as_deref(), Some("/srv/eco/work"));
+        assert_eq!(w.cwd.as_deref(), Some(native("/srv/eco/work").as_str()));
         assert_eq!(w.max_memory.as_deref(), Some("300MiB"));
         assert_eq!(w.kill_timeout.as_deref(), Some("5s"));
         assert_eq!(w.min_uptime.as_deref(), Some("10s"));
@@ -756,7 +765,10 @@ mod tests {
         assert_eq!(c.model.as_deref(), Some("opus"));
         assert_eq!(c.dangerously_skip_permissions, Some(true));
         assert_eq!(c.allowed_tools.as_deref().unwrap(), ["Read", "Edit"]);
-        assert_eq!(c.add_dirs.as_deref().unwrap(), ["/srv/eco/../shared"]);
+        assert_eq!(
+            c.add_dirs.as_deref().unwrap(),
+            [native("/srv/eco/../shared")]
+        );
         let notes = got.notes.join("\n");
         for part in [
             "app coder: claude's --output-format: agentq chooses",
