@@ -779,7 +779,10 @@ mod tests {
             assert!(notes.contains(part), "{part} not in:\n{notes}");
         }
         let d = &got.workers[1];
-        assert_eq!(d.claude_bin.as_deref(), Some("/opt/bin/claude"));
+        assert_eq!(
+            d.claude_bin.as_deref(),
+            Some(native("/opt/bin/claude").as_str())
+        );
         assert_eq!(d.max_turns, Some(5));
     }
 
