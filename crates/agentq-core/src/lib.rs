@@ -8,7 +8,8 @@
 //! and the daemon all share: the private state folder and its lock ([`state`]), files replaced
 //! whole ([`files`], from `agentq-platform`), size-rotated logs and the JSON-lines event log ([`logfile`]), tasks' transcripts
 //! ([`transcript`]), and the
-//! doorbell a client rings after changing the queue ([`wake`]).
+//! doorbell a client rings after changing the queue ([`wake`]), and the record of a task's git
+//! worktree ([`worktree`]).
 
 pub mod classify;
 pub mod domain;
@@ -20,3 +21,4 @@ pub mod state;
 pub mod transcript;
 pub mod units;
 pub mod wake;
+pub mod worktree;
