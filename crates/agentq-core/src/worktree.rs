@@ -131,10 +131,11 @@ impl Stage {
         }
     }
 
-    /// Whether the task must stay in the store for it: its change is not merged or discarded
-    /// yet (retention and `clean` pass it by).
+    /// Whether the task must stay in the store for it: a worktree or branch exists whose change
+    /// is not merged or discarded yet (retention and `clean` pass it by). A planned one holds
+    /// nothing yet: a task cancelled before it started made none.
     pub fn holds_the_task(self) -> bool {
-        matches!(self, Stage::Planned | Stage::Active | Stage::Ready)
+        matches!(self, Stage::Active | Stage::Ready)
     }
 
     /// Whether `merge` or `discard` apply.
@@ -335,7 +336,7 @@ mod tests {
         .into_iter()
         .filter(|s| s.holds_the_task())
         .collect();
-        assert_eq!(held, [Stage::Planned, Stage::Active, Stage::Ready]);
+        assert_eq!(held, [Stage::Active, Stage::Ready]);
     }
 
     #[test]

@@ -591,6 +591,35 @@ struct RawWorker {
     approval_mode: Option<Spanned<String>>,
     /// Gemini: --skip-trust, to run in a folder gemini has not been told to trust.
     trust_workspace: Option<bool>,
+    // Isolation: each task in a git worktree of its own.
+    /// "worktree": each task runs in a git worktree of its own, on a branch of its own, and its
+    /// change is kept for review (`agentq diff`, `merge`, `discard`); "none" (default): in cwd.
+    #[schemars(extend("enum" = agentq_core::worktree::Isolation::NAMES))]
+    isolation: Option<Spanned<String>>,
+    /// isolation = "worktree": the git repository, relative to agentq.toml's folder (default:
+    /// the cwd's repository).
+    repo: Option<Spanned<PathBuf>>,
+    /// isolation = "worktree": the commit or branch a task's branch starts from (default "HEAD",
+    /// resolved when the task is submitted).
+    base: Option<Spanned<String>>,
+    /// isolation = "worktree", a `[[worker]]`: "shared" (default; one worktree for the worker's
+    /// conversation, each task's change measured from where it started) or "per-task".
+    #[schemars(extend("enum" = ["shared", "per-task"]))]
+    worktree: Option<Spanned<String>>,
+    /// isolation = "worktree": "auto" (default) commits what the agent left uncommitted on the
+    /// task's branch, "never" leaves it in the worktree.
+    #[schemars(extend("enum" = agentq_core::worktree::CommitMode::NAMES))]
+    commit: Option<Spanned<String>>,
+    /// isolation = "worktree": when a task's worktree folder goes: "until-merged" (default),
+    /// "on-failure" (kept only when the task failed) or "never" (at once; the branch stays).
+    #[schemars(extend("enum" = agentq_core::worktree::Keep::NAMES))]
+    keep: Option<Spanned<String>>,
+    /// isolation = "worktree": refuse a task when the repository has uncommitted changes
+    /// (default false).
+    require_clean_base: Option<bool>,
+    /// isolation = "worktree": branches are named <branch_prefix>/<worker>/<task id> (default
+    /// "agentq").
+    branch_prefix: Option<Spanned<String>>,
 }
 
 /// The agent settings of a worker: each key, whether a worker sets it, and the agents that take it.
@@ -930,6 +959,39 @@ pub struct WorkerConfig {
     pub route: Route,
     /// Pinned to the daemon whose host id this is; `None`: any daemon's (one at a time).
     pub host: Option<String>,
+    /// `isolation = "worktree"`: how its tasks get worktrees; `None`: they run in `cwd`.
+    pub worktree: Option<WorktreeSettings>,
+}
+
+/// How a worker's (or the pool's) tasks run in git worktrees of their own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorktreeSettings {
+    /// The repository (absolute), `None`: the one `cwd` is in.
+    pub repo: Option<PathBuf>,
+    /// What a task's branch starts from, resolved at submit time.
+    pub base: String,
+    /// One worktree per task, rather than one for the worker's conversation.
+    pub per_task: bool,
+    pub commit: agentq_core::worktree::CommitMode,
+    pub keep: agentq_core::worktree::Keep,
+    /// Refuse a task while the repository has uncommitted changes.
+    pub require_clean_base: bool,
+    pub branch_prefix: String,
+}
+
+impl WorktreeSettings {
+    /// What a task asking for a worktree on a worker without settings gets.
+    pub fn default_for(per_task: bool) -> WorktreeSettings {
+        WorktreeSettings {
+            repo: None,
+            base: "HEAD".into(),
+            per_task,
+            commit: agentq_core::worktree::CommitMode::Auto,
+            keep: agentq_core::worktree::Keep::UntilMerged,
+            require_clean_base: false,
+            branch_prefix: "agentq".into(),
+        }
+    }
 }
 
 /// Where a worker's tasks run: on its own long-lived agent, in the pool (a fresh process and
@@ -1954,6 +2016,7 @@ fn build_worker(
     } else {
         root.join(cwd)
     };
+    let worktree = build_worktree(w, name == POOL, root)?;
     Ok(WorkerConfig {
         name,
         agent,
@@ -1962,7 +2025,91 @@ fn build_worker(
         limits: resolve_limits(&limits_of!(w), base)?,
         route: Route::Worker,
         host: None,
+        worktree,
     })
+}
+
+/// The worktree settings of a `[[worker]]` or `[pool]`: `None` unless `isolation = "worktree"`;
+/// the other keys without it are refused, as they would do nothing.
+fn build_worktree(
+    w: &RawWorker,
+    pool: bool,
+    root: &Path,
+) -> std::result::Result<Option<WorktreeSettings>, SpanError> {
+    use agentq_core::worktree::{CommitMode, Isolation, Keep};
+    let isolation = match &w.isolation {
+        Some(i) => Isolation::parse(i.get_ref()).map_err(|m| (Some(i.span().into()), m))?,
+        None => Isolation::None,
+    };
+    let spans = [
+        ("repo", w.repo.as_ref().map(|s| s.span())),
+        ("base", w.base.as_ref().map(|s| s.span())),
+        ("worktree", w.worktree.as_ref().map(|s| s.span())),
+        ("commit", w.commit.as_ref().map(|s| s.span())),
+        ("keep", w.keep.as_ref().map(|s| s.span())),
+        ("branch_prefix", w.branch_prefix.as_ref().map(|s| s.span())),
+    ];
+    if isolation == Isolation::None {
+        if let Some((key, span)) = spans.iter().find(|(_, s)| s.is_some()) {
+            return Err((
+                span.clone().map(Into::into),
+                format!("{key} applies only with isolation = \"worktree\""),
+            ));
+        }
+        return Ok(None);
+    }
+    let mut settings = WorktreeSettings::default_for(pool);
+    if let Some(repo) = &w.repo {
+        let path = repo.get_ref();
+        settings.repo = Some(if path.is_absolute() {
+            path.clone()
+        } else {
+            root.join(path)
+        });
+    }
+    if let Some(base) = &w.base {
+        if base.get_ref().trim().is_empty() {
+            return Err((Some(base.span().into()), "base must name a commit or branch".into()));
+        }
+        settings.base = base.get_ref().clone();
+    }
+    if let Some(sharing) = &w.worktree {
+        settings.per_task = match sharing.get_ref().as_str() {
+            "per-task" => true,
+            "shared" if pool => {
+                return Err((
+                    Some(sharing.span().into()),
+                    "worktree = \"shared\" is for a [[worker]]: every pool task has its own".into(),
+                ));
+            }
+            "shared" => false,
+            other => {
+                return Err((
+                    Some(sharing.span().into()),
+                    format!("unknown worktree {other:?}: expected \"shared\" or \"per-task\""),
+                ));
+            }
+        };
+    }
+    if let Some(commit) = &w.commit {
+        settings.commit =
+            CommitMode::parse(commit.get_ref()).map_err(|m| (Some(commit.span().into()), m))?;
+    }
+    if let Some(keep) = &w.keep {
+        settings.keep = Keep::parse(keep.get_ref()).map_err(|m| (Some(keep.span().into()), m))?;
+    }
+    settings.require_clean_base = w.require_clean_base.unwrap_or(false);
+    if let Some(prefix) = &w.branch_prefix {
+        let p = prefix.get_ref().trim_matches('/');
+        if p.is_empty() || p.contains("..") || p.contains(char::is_whitespace) {
+            return Err((
+                Some(prefix.span().into()),
+                format!("branch_prefix {:?} cannot start a git branch name", prefix.get_ref()),
+            ));
+        }
+        settings.branch_prefix = p.to_string();
+    }
+    Ok(Some(settings))
 }
 
 /// The agent of a `[[worker]]` table or `[pool]` (`table` names it in errors), with the settings
