@@ -147,6 +147,11 @@ pub enum Error {
         fix: String,
     },
 
+    /// A git command agentq ran for a task's worktree failed; the message names the repository
+    /// and says what to do (the daemon's `git::GitError`, whose variants it decides on).
+    #[error("{0}")]
+    Git(String),
+
     /// A service manager's command (`systemctl`, `launchctl`, `schtasks`) could not do its part.
     #[error("`{command}` failed: {message}")]
     ServiceManager { command: String, message: String },
