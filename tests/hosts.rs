@@ -72,6 +72,7 @@ fn queue(s: &PgStore, n: usize, workers: &[&str], pool_every: usize) -> Vec<i64>
                 source: "test".into(),
                 dedup_key: None,
                 routing: Default::default(),
+                worktree: None,
                 now,
             };
             t.routing.pool = i % pool_every == 0;

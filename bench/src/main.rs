@@ -112,6 +112,7 @@ fn task(prompt: String) -> NewTask {
         source: "bench".into(),
         dedup_key: None,
         routing: Default::default(),
+        worktree: None,
         now,
     }
 }

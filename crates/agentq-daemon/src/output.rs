@@ -92,6 +92,7 @@ mod tests {
             memory_peak_mb: None,
             usage: Default::default(),
             routing: Default::default(),
+            worktree: None,
         }
     }
 

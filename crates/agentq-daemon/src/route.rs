@@ -60,6 +60,7 @@ impl Plan {
             source: source.to_string(),
             dedup_key,
             routing: self.routing.clone(),
+            worktree: None,
             now,
         }
     }

@@ -11,12 +11,14 @@ use serde_json::{Value, json};
 use super::{Activity, Finish, Millis, NewEvent, NewTask, Task, WorkerCounts};
 use agentq_core::domain::TaskState;
 use agentq_core::error::Error;
+use agentq_core::worktree::Worktree;
 
 /// A task's columns, in the order both backends read them.
 pub const TASK_COLUMNS: &str = "id, worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
      not_before, created_at, updated_at, started_at, finished_at, owner, lease_expires, exit_code, \
      output, error, stderr_tail, duration_ms, source, interruptions, session_id, cost_usd, input_tokens, \
-     output_tokens, num_turns, cause, memory_peak_mb, pool, class, complexity, route_reason, max_memory";
+     output_tokens, num_turns, cause, memory_peak_mb, pool, class, complexity, route_reason, max_memory, \
+     worktree";
 
 /// A fresh claim token: 128 random bits, in hex.
 pub fn new_token() -> String {
@@ -56,6 +58,42 @@ fn event(
         data,
         now: ts,
     }
+}
+
+/// A worktree record as the `worktree` column holds it.
+pub fn worktree_json(worktree: &Worktree) -> String {
+    serde_json::to_string(worktree).expect("a worktree record serialises")
+}
+
+/// Task `id`'s worktree record, from its `worktree` column. One that does not read (written by
+/// a newer agentq, or damaged) is `None`, so that the task itself can still be read, shown and
+/// removed; it is warned of once per task in this process, as `top` reads tasks every second.
+pub fn read_worktree(id: i64, text: Option<&str>) -> Option<Worktree> {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<i64>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    match serde_json::from_str(text?) {
+        Ok(worktree) => Some(worktree),
+        Err(e) => {
+            let first = WARNED.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+            if first {
+                tracing::warn!("task {id}: its worktree record does not read ({e}); shown as none");
+            }
+            None
+        }
+    }
+}
+
+/// An event of task `id` and its `worker` about its worktree, now at `worktree`'s stage
+/// ([`super::Store::set_worktree`]).
+pub fn worktree_event(
+    id: i64,
+    worker: &str,
+    (kind, message): (&str, &str),
+    worktree: &Worktree,
+    now: Millis,
+) -> NewEvent {
+    let data = json!({ "stage": worktree.stage.as_str(), "branch": worktree.branch });
+    event(now, Some(id), worker, kind, message.to_string(), Some(data))
 }
 
 /// `task_queued`: task `id` was added as `t` says.

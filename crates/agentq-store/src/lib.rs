@@ -36,6 +36,7 @@ use agentq_core::domain::TaskState;
 use agentq_core::error::Result;
 use agentq_core::logfile::EventLog;
 use agentq_core::wake::Ring;
+use agentq_core::worktree::Worktree;
 
 /// Where the queue lives: `[store] url`, or `AGENTQ_DATABASE_URL`, which wins.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -117,6 +118,8 @@ pub struct NewTask {
     pub dedup_key: Option<String>,
     /// Where it runs and why.
     pub routing: Routing,
+    /// Its own git worktree, as planned at submit time (`isolation = "worktree"`).
+    pub worktree: Option<Worktree>,
     pub now: Millis,
 }
 
@@ -192,6 +195,10 @@ pub struct Task {
     pub usage: Usage,
     #[serde(flatten)]
     pub routing: Routing,
+    /// Its own git worktree, if it runs in one. A record the store holds but this agentq cannot
+    /// read (written by a newer one, or damaged) reads as `None`, with a warning, rather than
+    /// keeping the task from being read.
+    pub worktree: Option<Worktree>,
 }
 
 impl Task {
@@ -453,6 +460,8 @@ pub struct Metrics {
 /// four when empty), of `worker` if given (the pool's under `pool`), that are either finished
 /// before `finished_before` or beyond the newest `keep_newest` of their worker (the pool's under
 /// `pool`). With neither of the two, every such task. At most `limit` of them, oldest first.
+/// Never a task its worktree record holds ([`Worktree::holds_the_task`]), though it counts
+/// among its worker's newest.
 #[derive(Clone, Debug, Default)]
 pub struct Prune {
     pub finished_before: Option<Millis>,
@@ -484,6 +493,19 @@ impl Pruned {
             &self.worker
         }
     }
+}
+
+/// A task that has a worktree record, as [`Store::worktrees`] lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorktreeRow {
+    pub id: i64,
+    pub worker: String,
+    pub state: TaskState,
+    /// Runs (or ran) in the pool.
+    pub pool: bool,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub worktree: Worktree,
 }
 
 /// What [`Store::take_worker_lease`] found.
@@ -745,8 +767,26 @@ pub trait Store: Send + Sync {
     /// rows however long the history.
     async fn counters(&self) -> Result<counters::Counters>;
 
+    /// Records task `id`'s worktree as `worktree` says now (and whether it holds the task in the
+    /// store: [`Worktree::holds_the_task`]), in one transaction with `event`, if given: an event
+    /// `(kind, message)` of the task and its worker, appended to the event log once committed.
+    /// `false`: there is no such task, and nothing was written.
+    async fn set_worktree(
+        &self,
+        id: i64,
+        worktree: &Worktree,
+        event: Option<(&str, &str)>,
+        now: Millis,
+    ) -> Result<bool>;
+
+    /// Every task that has a worktree record, by id. A record this agentq cannot read is left
+    /// out, with a warning (see [`Task::worktree`]).
+    async fn worktrees(&self) -> Result<Vec<WorktreeRow>>;
+
     /// Removes finished tasks as `rule` says, with their attempts and events, in one transaction;
-    /// queued and running tasks are never touched. The [`counters`] are not touched either, and
+    /// queued and running tasks are never touched, nor a task whose worktree record holds it
+    /// ([`Worktree::holds_the_task`]: its change is not merged or discarded yet), checked in the
+    /// statement that removes. The [`counters`] are not touched either, and
     /// what goes is first folded into the counts that `metrics` adds to what is left (tasks by
     /// state and class, events by kind), so `/metrics` counters only grow. Returns what went,
     /// oldest first. Task-less events finished before `rule.finished_before` go too, and the

@@ -59,12 +59,13 @@ use super::tls::MakeRustlsConnect;
 use super::url::DatabaseUrl;
 use super::{
     Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
-    Task, TaskFilter, TaskSummary, WorkerCounts, common, counters,
+    Task, TaskFilter, TaskSummary, WorkerCounts, WorktreeRow, common, counters,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
 use agentq_core::logfile::EventLog;
 use agentq_core::wake::Ring;
+use agentq_core::worktree::Worktree;
 use common::{AttemptEnding, TASK_COLUMNS};
 use counters::Bump;
 
@@ -74,6 +75,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0003_agents.sql"),
     include_str!("../migrations/postgres/0004_retention.sql"),
     include_str!("../migrations/postgres/0005_counters.sql"),
+    include_str!("../migrations/postgres/0006_worktrees.sql"),
 ];
 
 /// The schema version this binary writes (the highest row of `schema_version`).
@@ -1057,8 +1059,9 @@ fn state_from(r: &Row, idx: usize) -> Op<TaskState> {
 
 fn task_from_row(r: &Row) -> Op<Task> {
     let u32_at = |i: usize| -> Op<u32> { Ok(r.try_get::<_, i64>(i)? as u32) };
+    let id = r.try_get(0)?;
     Ok(Task {
-        id: r.try_get(0)?,
+        id,
         worker: r.try_get(1)?,
         prompt: r.try_get(2)?,
         priority: r.try_get(3)?,
@@ -1096,6 +1099,7 @@ fn task_from_row(r: &Row) -> Op<Task> {
             route_reason: r.try_get(32)?,
             max_memory: r.try_get::<_, Option<i64>>(33)?.map(|m| m as u64),
         },
+        worktree: common::read_worktree(id, r.try_get(34)?),
     })
 }
 
@@ -1234,13 +1238,14 @@ async fn listen_once(
 fn prune_query(rule: &super::Prune) -> String {
     format!(
         "SELECT id, worker, pool, state, class, coalesce(finished_at, updated_at) FROM ( \
-           SELECT id, worker, pool, state, class, finished_at, updated_at, row_number() OVER ( \
+           SELECT id, worker, pool, state, class, finished_at, updated_at, worktree_held, \
+                  row_number() OVER ( \
                       PARTITION BY CASE WHEN pool THEN 'pool' ELSE worker END \
                       ORDER BY id DESC) AS newest \
              FROM tasks WHERE state IN ({}) \
               AND ($1::text IS NULL OR CASE WHEN pool THEN 'pool' ELSE worker END = $1::text)) t \
-          WHERE ($2::bigint IS NULL AND $3::bigint IS NULL) \
-             OR coalesce(finished_at, updated_at) < $2::bigint OR newest > $3::bigint \
+          WHERE NOT worktree_held AND (($2::bigint IS NULL AND $3::bigint IS NULL) \
+             OR coalesce(finished_at, updated_at) < $2::bigint OR newest > $3::bigint) \
           ORDER BY id LIMIT $4",
         common::prunable_states(&rule.states)
     )
@@ -1281,8 +1286,9 @@ impl Store for PgStore {
                 .query_opt(
                     "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, \
                      timeout_ms, not_before, created_at, updated_at, source, dedup_key, pool, class, \
-                     complexity, route_reason, max_memory) \
-                     VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     complexity, route_reason, max_memory, worktree, worktree_held) \
+                     VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, \
+                     $15, $16) \
                      ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
                     &[
                         &t.worker,
@@ -1299,6 +1305,8 @@ impl Store for PgStore {
                         &t.routing.complexity,
                         &t.routing.route_reason,
                         &t.routing.max_memory.map(|m| m as i64),
+                        &t.worktree.as_ref().map(common::worktree_json),
+                        &t.worktree.as_ref().is_some_and(Worktree::holds_the_task),
                     ],
                 )
                 .await?;
@@ -2072,6 +2080,63 @@ impl Store for PgStore {
         })
     }
 
+    async fn set_worktree(
+        &self,
+        id: i64,
+        worktree: &Worktree,
+        event: Option<(&str, &str)>,
+        now: Millis,
+    ) -> Result<bool> {
+        let json = common::worktree_json(worktree);
+        let held = worktree.holds_the_task();
+        write!(self, "recording a task's worktree", |tx| {
+            let row = tx
+                .query_opt(
+                    "UPDATE tasks SET worktree = $2, worktree_held = $3, updated_at = $4 \
+                     WHERE id = $1 RETURNING worker",
+                    &[&id, &json, &held, &now],
+                )
+                .await?;
+            let Some(row) = row else { return Ok(false) };
+            if let Some(event) = event {
+                let worker: String = row.try_get(0)?;
+                tx.record(common::worktree_event(id, &worker, event, worktree, now))
+                    .await?;
+            }
+            Ok(true)
+        })
+    }
+
+    async fn worktrees(&self) -> Result<Vec<WorktreeRow>> {
+        read!(self, "listing worktrees", |c| {
+            let rows = query(
+                c,
+                "SELECT id, worker, state, pool, created_at, finished_at, worktree FROM tasks \
+                 WHERE worktree IS NOT NULL ORDER BY id",
+                &[],
+            )
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id = r.try_get(0)?;
+                // Records that do not read are left out (warned of).
+                let Some(worktree) = common::read_worktree(id, r.try_get(6)?) else {
+                    continue;
+                };
+                out.push(WorktreeRow {
+                    id,
+                    worker: r.try_get(1)?,
+                    state: state_from(r, 2)?,
+                    pool: r.try_get(3)?,
+                    created_at: r.try_get(4)?,
+                    finished_at: r.try_get(5)?,
+                    worktree,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     async fn prune(&self, rule: &super::Prune, now: Millis) -> Result<Vec<super::Pruned>> {
         let sql = prune_query(rule);
         let worker = rule.worker.clone();
@@ -2095,12 +2160,13 @@ impl Store for PgStore {
                 .map(pruned_row)
                 .collect::<Op<Vec<_>>>()?;
             let ids: Vec<i64> = rows.iter().map(|(p, _)| p.id).collect();
-            // Only what is still finished goes (a retry may have come between), and only its
-            // rows are folded and removed.
+            // Only what is still finished and not held by its worktree goes (a retry, or a new
+            // worktree record, may have come between), and only its rows are folded and removed.
             let gone: Vec<i64> = tx
                 .query(
                     &format!(
-                        "DELETE FROM tasks WHERE id = ANY($1) AND state IN ({terminal}) RETURNING id"
+                        "DELETE FROM tasks WHERE id = ANY($1) AND state IN ({terminal}) \
+                         AND NOT worktree_held RETURNING id"
                     ),
                     &[&ids],
                 )
@@ -2618,6 +2684,17 @@ pub mod tests {
                 )
                 .await,
             )
+        }
+
+        async fn write_worktree_text(&self, id: i64, text: &str) {
+            let client = self.client("spoiling a record").await.unwrap();
+            client
+                .execute(
+                    "UPDATE tasks SET worktree = $2 WHERE id = $1",
+                    &[&id, &text],
+                )
+                .await
+                .unwrap();
         }
     }
 

@@ -27,11 +27,12 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     Claim, EndHook, Event, EventFilter, Fence, Finish, Millis, NewEvent, NewTask, Store, Submitted,
-    Task, TaskFilter, TaskSummary, WorkerCounts, common, counters,
+    Task, TaskFilter, TaskSummary, WorkerCounts, WorktreeRow, common, counters,
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::{Error, Result};
 use agentq_core::logfile::EventLog;
+use agentq_core::worktree::Worktree;
 use common::{AttemptEnding, TASK_COLUMNS};
 use counters::Bump;
 
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0008_agents.sql"),
     include_str!("../migrations/sqlite/0009_retention.sql"),
     include_str!("../migrations/sqlite/0010_counters.sql"),
+    include_str!("../migrations/sqlite/0011_worktrees.sql"),
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version` after every migration).
@@ -389,8 +391,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
 }
 
 fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
+    let id = r.get(0)?;
     Ok(Task {
-        id: r.get(0)?,
+        id,
         worker: r.get(1)?,
         prompt: r.get(2)?,
         priority: r.get(3)?,
@@ -428,6 +431,7 @@ fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
             route_reason: r.get(32)?,
             max_memory: r.get::<_, Option<i64>>(33)?.map(|m| m as u64),
         },
+        worktree: common::read_worktree(id, r.get::<_, Option<String>>(34)?.as_deref()),
     })
 }
 
@@ -638,8 +642,8 @@ fn insert_task(tx: &rusqlite::Transaction, t: &NewTask) -> Op<Submitted> {
     tx.exec(
         "INSERT INTO tasks (worker, prompt, priority, state, attempts, max_attempts, timeout_ms, \
          not_before, created_at, updated_at, source, dedup_key, pool, class, complexity, \
-         route_reason, max_memory) \
-         VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         route_reason, max_memory, worktree, worktree_held) \
+         VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             t.worker,
             t.prompt,
@@ -654,7 +658,9 @@ fn insert_task(tx: &rusqlite::Transaction, t: &NewTask) -> Op<Submitted> {
             t.routing.class,
             t.routing.complexity,
             t.routing.route_reason,
-            t.routing.max_memory.map(|m| m as i64)
+            t.routing.max_memory.map(|m| m as i64),
+            t.worktree.as_ref().map(common::worktree_json),
+            t.worktree.as_ref().is_some_and(Worktree::holds_the_task)
         ],
     )?;
     let id = tx.last_insert_rowid();
@@ -1371,8 +1377,8 @@ impl Store for SqliteStore {
                        ORDER BY id DESC) AS newest \
                      FROM tasks WHERE state IN ({states}) \
                       AND (?1 IS NULL OR CASE WHEN pool = 1 THEN 'pool' ELSE worker END = ?1)) \
-                  WHERE (?2 IS NULL AND ?3 IS NULL) \
-                     OR coalesce(finished_at, updated_at) < ?2 OR newest > ?3 \
+                  WHERE worktree_held = 0 AND ((?2 IS NULL AND ?3 IS NULL) \
+                     OR coalesce(finished_at, updated_at) < ?2 OR newest > ?3) \
                   ORDER BY id LIMIT ?4"
             );
             let mut stmt = tx.prepare(&sql)?;
@@ -1444,7 +1450,7 @@ impl Store for SqliteStore {
             tx.exec(
                 &format!(
                     "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) \
-                     AND state IN ({})",
+                     AND state IN ({}) AND worktree_held = 0",
                     common::prunable_states(&[])
                 ),
                 [&ids],
@@ -1464,6 +1470,68 @@ impl Store for SqliteStore {
                 )?;
             }
             Ok(pruned)
+        })
+        .await
+    }
+
+    async fn set_worktree(
+        &self,
+        id: i64,
+        worktree: &Worktree,
+        event: Option<(&str, &str)>,
+        now: Millis,
+    ) -> Result<bool> {
+        let wt = worktree.clone();
+        let event = event.map(|(k, m)| (k.to_string(), m.to_string()));
+        self.write("recording a task's worktree", move |tx| {
+            let worker: Option<String> = tx
+                .row(
+                    "UPDATE tasks SET worktree = ?2, worktree_held = ?3, updated_at = ?4 \
+                     WHERE id = ?1 RETURNING worker",
+                    params![id, common::worktree_json(&wt), wt.holds_the_task(), now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(worker) = worker else {
+                return Ok(false);
+            };
+            if let Some((kind, message)) = &event {
+                record(
+                    tx,
+                    common::worktree_event(id, &worker, (kind, message), &wt, now),
+                )?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn worktrees(&self) -> Result<Vec<WorktreeRow>> {
+        self.call("listing worktrees", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, worker, state, pool, created_at, finished_at, worktree FROM tasks \
+                 WHERE worktree IS NOT NULL ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let id = r.get(0)?;
+                    let text: Option<String> = r.get(6)?;
+                    let Some(worktree) = common::read_worktree(id, text.as_deref()) else {
+                        return Ok(None);
+                    };
+                    Ok(Some(WorktreeRow {
+                        id,
+                        worker: r.get(1)?,
+                        state: state_from(r, 2)?,
+                        pool: r.get(3)?,
+                        created_at: r.get(4)?,
+                        finished_at: r.get(5)?,
+                        worktree,
+                    }))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            // Records that do not read are left out (warned of).
+            Ok(rows.into_iter().flatten().collect())
         })
         .await
     }
@@ -1741,6 +1809,19 @@ mod tests {
             .await
             .unwrap()
         }
+
+        async fn write_worktree_text(&self, id: i64, text: &str) {
+            let text = text.to_string();
+            self.call("spoiling a record", move |conn| {
+                conn.execute(
+                    "UPDATE tasks SET worktree = ?2 WHERE id = ?1",
+                    params![id, text],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap()
+        }
     }
 
     /// A fresh database file in a folder of its own, with an event log beside it.
@@ -1825,6 +1906,33 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         suite::check_counters_seeded_from_history(&s).await;
+    }
+
+    #[tokio::test]
+    async fn version_11_leaves_a_version_10_databases_tasks_without_worktrees_and_prunable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentq.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..10] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 10).unwrap();
+            conn.execute_batch(
+                "INSERT INTO tasks (worker, prompt, state, max_attempts, not_before, created_at, \
+                   updated_at, finished_at, source) \
+                   VALUES ('w', 'a', 'succeeded', 3, 0, 0, 5, 5, 'cli');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get(1).await.unwrap().unwrap().worktree, None);
+        assert!(s.worktrees().await.unwrap().is_empty());
+        let rule = crate::Prune {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.prune(&rule, 10).await.unwrap().len(), 1);
     }
 
     /// SQLITE_FULL, as a full disk gives it (here a page limit does): the write is refused whole,

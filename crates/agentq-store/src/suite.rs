@@ -21,6 +21,7 @@ use super::{
 };
 use agentq_core::domain::TaskState;
 use agentq_core::error::Error;
+use agentq_core::worktree::{CommitMode, FileChange, Keep, Stage, Worktree};
 
 pub const LEASE: Duration = Duration::from_secs(30);
 
@@ -56,6 +57,9 @@ pub trait Inspect: Store {
     /// The `task_counts` rows that are not zero, and what counting the tasks gives (class `''`
     /// for none), both sorted.
     async fn kept_and_counted(&self) -> (Vec<CountRow>, Vec<CountRow>);
+    /// Writes `text` as task `id`'s worktree record, as it is, past the interface (a record
+    /// this agentq cannot read).
+    async fn write_worktree_text(&self, id: i64, text: &str);
 }
 
 /// A fresh store under test, with its event log, and whatever keeps it alive (a folder, a
@@ -112,7 +116,12 @@ macro_rules! store_suite {
             a_worker_lease_is_one_owners_until_released_or_expired,
             a_hosts_previous_run_is_recovered_and_its_leases_taken_over,
             a_daemon_whose_worker_lease_was_taken_claims_only_after_taking_it_again,
-            pool_room_is_counted_per_daemon);
+            pool_room_is_counted_per_daemon,
+            a_worktree_record_reads_back_through_get_and_claim,
+            set_worktree_changes_the_record_and_appends_its_event,
+            worktrees_lists_only_the_tasks_with_a_record,
+            a_task_its_worktree_holds_survives_pruning_until_its_change_is_settled,
+            a_record_that_does_not_read_leaves_the_task_readable);
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
         $(
@@ -137,6 +146,7 @@ pub fn task(worker: &str, prompt: &str, priority: i64, now: Millis) -> NewTask {
         not_before: now,
         source: "test".into(),
         dedup_key: None,
+        worktree: None,
         now,
     }
 }
@@ -1830,4 +1840,275 @@ pub async fn check_counters_seeded_from_history(s: &dyn Store) {
     );
     let d = &after.duration_ms["w"];
     assert_eq!((&d.counts[..3], d.count), (&[0, 0, 2][..], 3));
+}
+
+/// A task's worktree record at `stage`, as `isolation = "worktree"` plans it for task `n` of `w`.
+pub fn worktree(n: i64, stage: Stage) -> Worktree {
+    Worktree {
+        repo: "/r".into(),
+        base_ref: "HEAD".into(),
+        base: "abc123".into(),
+        branch: agentq_core::worktree::branch_name("agentq", "w", Some(n)),
+        path: format!("/s/.agentq/worktrees/{n}"),
+        shared: false,
+        commit: CommitMode::Auto,
+        keep: Keep::UntilMerged,
+        stage,
+        removed: false,
+        head: None,
+        commits: vec![],
+        auto_commit: None,
+        uncommitted: vec![],
+        files: vec![],
+        insertions: 0,
+        deletions: 0,
+        merged: None,
+        error: None,
+    }
+}
+
+/// A task of `w` submitted at `now` with `wt` as its record.
+fn isolated(wt: Worktree, now: Millis) -> NewTask {
+    NewTask {
+        worktree: Some(wt),
+        ..task("w", "t", 0, now)
+    }
+}
+
+/// Submits a task of `w` with a record at `stage`, runs it and ends it `state` at `now`.
+async fn ended_with(s: &dyn Store, stage: Stage, state: TaskState, now: Millis) -> i64 {
+    let id = s
+        .submit(&isolated(worktree(0, Stage::Planned), now - 3))
+        .await
+        .unwrap()
+        .id();
+    let claim = s.claim("w", "me", now - 2, LEASE).await.unwrap().unwrap();
+    assert!(
+        s.finish(&claim.fence(), &done(state, now), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_worktree(id, &worktree(id, stage), None, now)
+            .await
+            .unwrap()
+    );
+    id
+}
+
+pub async fn a_worktree_record_reads_back_through_get_and_claim(f: &Fixture) {
+    let s = f.store();
+    let planned = worktree(1, Stage::Planned);
+    let id = s.submit(&isolated(planned.clone(), 1)).await.unwrap().id();
+    let plain = s.submit(&task("w", "plain", 0, 2)).await.unwrap().id();
+    assert_eq!(
+        s.get(id).await.unwrap().unwrap().worktree,
+        Some(planned.clone())
+    );
+    let got = s.get(plain).await.unwrap().unwrap();
+    assert_eq!(got.worktree, None);
+    let json = serde_json::to_value(&got).unwrap();
+    assert!(json["worktree"].is_null(), "{json}");
+    let claim = s.claim("w", "me", 3, LEASE).await.unwrap().unwrap();
+    assert_eq!((claim.task.id, claim.task.worktree), (id, Some(planned)));
+    // Many at once, and in the pool, read back as well.
+    let mut pool = isolated(worktree(3, Stage::Planned), 4);
+    pool.routing.pool = true;
+    let many = s
+        .submit_many(vec![task("v", "plain", 0, 4), pool.clone()])
+        .await
+        .unwrap();
+    let claim = s
+        .claim_pool("me", 5, LEASE, 1, &["w".to_string()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.task.id, many[1].id());
+    assert_eq!(claim.task.worktree, pool.worktree);
+    assert_eq!(s.get(many[0].id()).await.unwrap().unwrap().worktree, None);
+    let json = serde_json::to_value(&claim.task).unwrap();
+    assert_eq!(json["worktree"]["stage"], "planned", "{json}");
+}
+
+pub async fn set_worktree_changes_the_record_and_appends_its_event(f: &Fixture) {
+    let s = f.store();
+    let id = s
+        .submit(&isolated(worktree(1, Stage::Planned), 1))
+        .await
+        .unwrap()
+        .id();
+    let mut ready = worktree(id, Stage::Ready);
+    ready.head = Some("def456".into());
+    ready.files.push(FileChange {
+        path: "src/a.rs".into(),
+        status: "M".into(),
+        insertions: Some(3),
+        deletions: None,
+    });
+    ready.insertions = 3;
+    let said = ("worktree_ready", "1 file changed, 3 insertions(+)");
+    assert!(s.set_worktree(id, &ready, Some(said), 7).await.unwrap());
+    assert_eq!(
+        s.get(id).await.unwrap().unwrap().worktree,
+        Some(ready.clone())
+    );
+    let last = s.events_of(id).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.kind.as_str(), last.message.as_str(), last.ts),
+        (said.0, said.1, 7)
+    );
+    assert_eq!(
+        (last.task_id, last.worker.as_deref()),
+        (Some(id), Some("w"))
+    );
+    assert_eq!(last.data.unwrap()["stage"], "ready");
+    // It reaches the event log once committed, as every event does.
+    let lines = agentq_core::logfile::read_events(&f.log_path, &Default::default()).unwrap();
+    let logged = lines.last().unwrap();
+    assert_eq!(
+        (logged.kind.as_str(), logged.task, logged.worker.as_deref()),
+        (said.0, Some(id), Some("w"))
+    );
+    // Without an event, none; a task that is not there: false, and nothing written.
+    let before = s.events_of(id).await.unwrap().len();
+    let merged = worktree(id, Stage::Merged);
+    assert!(s.set_worktree(id, &merged, None, 8).await.unwrap());
+    assert_eq!(s.events_of(id).await.unwrap().len(), before);
+    assert_eq!(s.get(id).await.unwrap().unwrap().worktree, Some(merged));
+    assert!(!s.set_worktree(id + 1, &ready, Some(said), 9).await.unwrap());
+    assert!(s.events_of(id + 1).await.unwrap().is_empty());
+    assert!(s.get(id + 1).await.unwrap().is_none());
+}
+
+pub async fn worktrees_lists_only_the_tasks_with_a_record(f: &Fixture) {
+    let s = f.store();
+    assert!(s.worktrees().await.unwrap().is_empty());
+    let a = s
+        .submit(&isolated(worktree(1, Stage::Planned), 1))
+        .await
+        .unwrap()
+        .id();
+    s.submit(&task("w", "plain", 0, 2)).await.unwrap();
+    let mut pool = isolated(worktree(3, Stage::Planned), 3);
+    pool.routing.pool = true;
+    let b = s.submit(&pool).await.unwrap().id();
+    // A task given a record after its submission is listed too.
+    let c = s.submit(&task("v", "later", 0, 4)).await.unwrap().id();
+    let claim = s.claim("w", "me", 5, LEASE).await.unwrap().unwrap();
+    assert_eq!(claim.task.id, a);
+    assert!(
+        s.finish(&claim.fence(), &done(TaskState::Succeeded, 6), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_worktree(c, &worktree(c, Stage::Failed), None, 7)
+            .await
+            .unwrap()
+    );
+    let rows = s.worktrees().await.unwrap();
+    let seen: Vec<_> = rows
+        .iter()
+        .map(|r| (r.id, r.worker.as_str(), r.state, r.pool, r.worktree.stage))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (a, "w", TaskState::Succeeded, false, Stage::Planned),
+            (b, "w", TaskState::Queued, true, Stage::Planned),
+            (c, "v", TaskState::Queued, false, Stage::Failed),
+        ]
+    );
+    assert_eq!((rows[0].created_at, rows[0].finished_at), (1, Some(6)));
+    assert_eq!(rows[1].finished_at, None);
+    assert_eq!(rows[0].worktree, worktree(1, Stage::Planned));
+}
+
+pub async fn a_task_its_worktree_holds_survives_pruning_until_its_change_is_settled(f: &Fixture) {
+    let s = f.store();
+    // Three finished tasks whose change waits to be merged or discarded, and the newest finished
+    // task of w, without a worktree.
+    let mut held = Vec::new();
+    for (i, state) in [
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Succeeded,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        held.push(ended_with(s, Stage::Ready, state, 10 * (i as Millis + 1)).await);
+    }
+    let plain = s.submit(&task("w", "plain", 0, 40)).await.unwrap().id();
+    let claim = s.claim("w", "me", 41, LEASE).await.unwrap().unwrap();
+    assert!(
+        s.finish(&claim.fence(), &done(TaskState::Succeeded, 42), None)
+            .await
+            .unwrap()
+    );
+    let rule = |finished_before, keep_newest| super::Prune {
+        finished_before,
+        keep_newest,
+        limit: 100,
+        ..Default::default()
+    };
+    let ids_of = |p: &[super::Pruned]| p.iter().map(|p| p.id).collect::<Vec<_>>();
+    let dry = super::Prune {
+        dry_run: true,
+        ..rule(Some(1_000), None)
+    };
+    assert_eq!(ids_of(&s.prune(&dry, 1_000).await.unwrap()), [plain]);
+    // By count: the held tasks count among the newest, and are kept beyond them.
+    assert!(
+        s.prune(&rule(None, Some(1)), 1_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the newest is kept, and the three older are held"
+    );
+    // By age, and everything: only the task without a worktree goes.
+    assert_eq!(
+        ids_of(&s.prune(&rule(Some(1_000), None), 1_000).await.unwrap()),
+        [plain]
+    );
+    assert!(s.prune(&rule(None, None), 1_000).await.unwrap().is_empty());
+    for id in &held {
+        assert!(s.get(*id).await.unwrap().is_some(), "task {id} was held");
+    }
+    // Settled, each goes: merged, discarded, or nothing to merge.
+    for (id, stage) in held
+        .iter()
+        .zip([Stage::Merged, Stage::Discarded, Stage::Empty])
+    {
+        assert!(
+            s.set_worktree(*id, &worktree(*id, stage), None, 50)
+                .await
+                .unwrap()
+        );
+    }
+    let by_count = s.prune(&rule(None, Some(1)), 1_000).await.unwrap();
+    assert_eq!(ids_of(&by_count), held[..2]);
+    let by_age = s.prune(&rule(Some(1_000), None), 1_000).await.unwrap();
+    assert_eq!(ids_of(&by_age), held[2..]);
+    assert!(s.worktrees().await.unwrap().is_empty());
+    // A dead task whose worktree is still active is held too.
+    let again = ended_with(s, Stage::Active, TaskState::Dead, 60).await;
+    assert!(s.prune(&rule(None, None), 1_000).await.unwrap().is_empty());
+    assert!(s.get(again).await.unwrap().is_some());
+    counts_agree(s).await;
+}
+
+pub async fn a_record_that_does_not_read_leaves_the_task_readable(f: &Fixture) {
+    let s = f.store();
+    let id = s
+        .submit(&isolated(worktree(1, Stage::Planned), 1))
+        .await
+        .unwrap()
+        .id();
+    s.write_worktree_text(id, r#"{"stage": "sideways"}"#).await;
+    let got = s.get(id).await.unwrap().unwrap();
+    assert_eq!((got.id, got.worktree), (id, None));
+    let claim = s.claim("w", "me", 2, LEASE).await.unwrap().unwrap();
+    assert_eq!((claim.task.id, claim.task.worktree), (id, None));
+    assert!(s.worktrees().await.unwrap().is_empty());
 }
