@@ -96,6 +96,16 @@ pub enum Command {
     /// Remove finished tasks with their events, agent logs and output files (never queued or
     /// running ones); the database's space is given back
     Clean(CleanArgs),
+    /// Print the change a task made in its worktree (from its base to its branch)
+    Diff(DiffArgs),
+    /// Merge a task's change into a branch (refused, with the conflicting files, when it does not
+    /// apply cleanly: the repository is left as it was)
+    Merge(MergeArgs),
+    /// Throw away a task's change: remove its worktree and branch
+    Discard(IdArgs),
+    /// List the tasks' worktrees with their size and state; `prune` removes what is no longer
+    /// needed
+    Worktrees(WorktreesArgs),
     /// Act on a worker
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -312,6 +322,22 @@ pub struct SubmitArgs {
     /// worker's max_memory]
     #[arg(long, value_parser = parse_positive_size)]
     pub max_memory: Option<u64>,
+    /// Where its agent works: "worktree" (a git worktree and branch of its own; its change is
+    /// kept for `agentq diff`, `merge` and `discard`) or "none" (the worker's cwd) [default: the
+    /// worker's isolation]
+    #[arg(long, value_parser = parse_isolation)]
+    pub isolation: Option<agentq_core::worktree::Isolation>,
+    /// In a worktree: the git repository [default: the worker's repo, or its cwd's]
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// In a worktree: the commit or branch its branch starts from, resolved now [default: the
+    /// worker's base, or HEAD]
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
+    /// In a worktree: its branch's name, which must not exist yet [default:
+    /// <prefix>/<worker>/<task id>]
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
     /// Wait for the task to end, print its result, and exit 1 if it did not succeed; what
     /// happens to it on the way (queued, started, retrying and why) is told on stderr
     #[arg(long, conflicts_with = "lines")]
@@ -325,6 +351,52 @@ pub struct SubmitArgs {
     pub lines: bool,
     #[command(flatten)]
     pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The task's id
+    pub id: i64,
+    /// Only which files changed and how much (`git diff --stat`)
+    #[arg(long)]
+    pub stat: bool,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The task's id
+    pub id: i64,
+    /// The branch to merge into [default: the branch the repository has checked out]
+    #[arg(long, value_name = "REF")]
+    pub into: Option<String>,
+    /// One commit with the whole change, instead of a merge commit
+    #[arg(long)]
+    pub squash: bool,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WorktreesArgs {
+    #[command(subcommand)]
+    pub action: Option<WorktreesAction>,
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorktreesAction {
+    /// Record the change of tasks that ended while the daemon was down, and remove worktrees
+    /// whose change is merged, discarded or empty, or whose task is gone (never an open change)
+    Prune {
+        /// Say what would be done, and do nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        out: JsonArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -500,4 +572,8 @@ fn parse_finished_state(s: &str) -> Result<TaskState, String> {
         ));
     }
     Ok(state)
+}
+
+fn parse_isolation(s: &str) -> Result<agentq_core::worktree::Isolation, String> {
+    agentq_core::worktree::Isolation::parse(s)
 }

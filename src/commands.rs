@@ -53,6 +53,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(args) => crate::logs::run(explicit, args).await,
         Command::Classify(args) => classify(explicit, args),
         Command::Clean(args) => clean(explicit, args).await,
+        Command::Diff(args) => crate::worktrees::diff(explicit, args).await,
+        Command::Merge(args) => crate::worktrees::merge(explicit, args).await,
+        Command::Discard(args) => crate::worktrees::discard(explicit, args).await,
+        Command::Worktrees(args) => crate::worktrees::worktrees(explicit, args).await,
         Command::Result(args) => result(explicit, args).await,
         Command::Wait(args) => wait_cmd(explicit, args).await,
         Command::Cancel(args) => cancel(explicit, args).await,
@@ -507,7 +511,16 @@ async fn submit(explicit: Option<&Path>, args: SubmitArgs) -> Result<()> {
         max_attempts: args.max_attempts,
         priority: args.priority,
         max_memory: args.max_memory,
+        isolation: args.isolation,
+        repo: args.repo.as_deref(),
+        base: args.base.as_deref(),
+        branch: args.branch.as_deref(),
     };
+    if args.lines && args.branch.is_some() {
+        return Err(Error::Usage(
+            "--branch names one task's branch: it cannot go with --lines, whose tasks each get their own".into(),
+        ));
+    }
     // Checked before reading stdin, so a wrong --worker does not swallow a piped prompt.
     agentq_daemon::route::settings(&config, &ask)?;
     if args.lines {
@@ -606,7 +619,7 @@ async fn submit_lines(
             other => other,
         })?;
         let plan = agentq_daemon::route::plan(config, line, ask)?;
-        tasks.push(plan.new_task(line.to_string(), "cli", None, now));
+        tasks.push(plan.task(line.to_string(), "cli", None, now).await?);
         plans.push(plan);
     }
     if tasks.is_empty() {
@@ -833,6 +846,9 @@ async fn show(explicit: Option<&Path>, args: IdArgs) -> Result<()> {
     }
     if let Some(owner) = &task.owner {
         println!("held by:     {owner}");
+    }
+    if let Some(wt) = &task.worktree {
+        crate::worktrees::print_summary(task.id, wt);
     }
     println!("duration:    {}", opt(task.duration_ms.map(fmt_ms)));
     println!(

@@ -189,6 +189,12 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
     for w in &workers {
         checks.extend(check_worker(w, cx).await);
     }
+    if let (Some(config), Some(root)) = (&config, &root) {
+        let db = store_url(Some(config), explicit, cx)
+            .is_none()
+            .then(|| root.join(STATE_DIR).join(DB_FILE));
+        checks.extend(check_worktrees(config, &root.join(STATE_DIR), db.as_deref()).await);
+    }
     checks.push(check_markers(&cx.env, &workers));
     checks.extend(check_gemini_sessions(&cx.env, &workers));
     checks.push(check_git_bash(&cx.env));
@@ -203,6 +209,171 @@ pub async fn run(explicit: Option<&Path>, cx: &Context) -> Vec<Check> {
     }
     checks.push(listen);
     checks
+}
+
+/// `git` and `worktrees`, where a worker (or the pool) runs its tasks in worktrees or worktrees
+/// are left: git there and new enough, each such worker's repository a repository, and what
+/// `agentq worktrees prune` would act on (read from a SQLite store without writing it; on
+/// PostgreSQL `agentq worktrees` says it).
+pub async fn check_worktrees(config: &Config, state_dir: &Path, db: Option<&Path>) -> Vec<Check> {
+    use agentq_daemon::git;
+    let isolated: Vec<&WorkerConfig> = config
+        .workers
+        .iter()
+        .chain(std::iter::once(&config.pool.worker))
+        .filter(|w| w.worktree.is_some())
+        .collect();
+    let root = state_dir.join(agentq_core::worktree::DIR);
+    let folders: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if isolated.is_empty() && folders.is_empty() {
+        return vec![Check::skip(
+            "worktrees",
+            "no worker runs its tasks in worktrees (isolation = \"worktree\")",
+        )];
+    }
+    let mut checks = Vec::new();
+    let fix = "install git 2.38 or newer (Debian: apt-get install git; Windows: Git for Windows)";
+    match git::version().await {
+        Ok(v) if v >= git::MIN_VERSION => {
+            checks.push(Check::ok("git", format!("{}.{}.{}", v.0, v.1, v.2)))
+        }
+        Ok(v) => checks.push(Check::fail(
+            "git",
+            format!(
+                "{}.{}.{} is older than {}.{}.{}, which merging a task's change needs (git merge-tree --write-tree)",
+                v.0, v.1, v.2, git::MIN_VERSION.0, git::MIN_VERSION.1, git::MIN_VERSION.2
+            ),
+            fix,
+        )),
+        Err(e) => checks.push(Check::fail("git", e.to_string(), fix)),
+    }
+    for w in &isolated {
+        let settings = w.worktree.as_ref().expect("filtered");
+        let look = settings.repo.as_deref().unwrap_or(&w.cwd);
+        let name = format!("worktrees {}", w.name);
+        checks.push(match git::top_level(look).await {
+            Ok(repo) => Check::ok(&name, format!("repository {}", repo.display())),
+            Err(e) => Check::fail(
+                &name,
+                e.to_string(),
+                format!(
+                    "make {} a git repository (git init), or set repo = \"...\" on {}",
+                    look.display(),
+                    if w.name == agentq_daemon::config::POOL {
+                        "[pool]".to_string()
+                    } else {
+                        format!("worker {:?}", w.name)
+                    }
+                ),
+            ),
+        });
+    }
+    let Some(db) = db.filter(|d| d.exists()) else {
+        checks.push(Check::skip(
+            "worktrees",
+            format!(
+                "{} folder(s) in {}; `agentq worktrees` lists them with their tasks",
+                folders.len(),
+                root.display()
+            ),
+        ));
+        return checks;
+    };
+    let records = match read_worktrees(db) {
+        Ok(r) => r,
+        Err(e) => {
+            checks.push(Check::skip(
+                "worktrees",
+                format!("cannot read the tasks' worktrees: {e}"),
+            ));
+            return checks;
+        }
+    };
+    let mut to_prune = Vec::new();
+    for name in &folders {
+        let named = records.iter().any(|(_, _, wt)| {
+            Path::new(&wt.path)
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy() == *name)
+        }) || name
+            .strip_prefix("worker-")
+            .is_some_and(|w| config.workers.iter().any(|c| c.name == w));
+        if !named {
+            to_prune.push(format!("{name} (no task names it)"));
+        }
+    }
+    for (id, state, wt) in &records {
+        if state.is_terminal() && wt.stage == agentq_core::worktree::Stage::Active {
+            to_prune.push(format!("task {id} (ended without its change recorded)"));
+        }
+    }
+    let open = records
+        .iter()
+        .filter(|(_, _, wt)| wt.stage == agentq_core::worktree::Stage::Ready)
+        .count();
+    checks.push(if to_prune.is_empty() {
+        Check::ok(
+            "worktrees",
+            format!(
+                "{} folder(s), {open} change(s) waiting for review (agentq worktrees)",
+                folders.len()
+            ),
+        )
+    } else {
+        Check::warn(
+            "worktrees",
+            format!("{} to prune: {}", to_prune.len(), to_prune.join(", ")),
+            "agentq worktrees prune (--dry-run first to see what it does)",
+        )
+    });
+    checks
+}
+
+/// The tasks' worktree records in a SQLite store, read-only; none before the schema had them.
+fn read_worktrees(
+    db: &Path,
+) -> rusqlite::Result<
+    Vec<(
+        i64,
+        agentq_core::domain::TaskState,
+        agentq_core::worktree::Worktree,
+    )>,
+> {
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let _ = conn.busy_timeout(Duration::from_secs(2));
+    let has_column: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'worktree'")?
+        .exists([])?;
+    if !has_column {
+        return Ok(Vec::new());
+    }
+    let mut st =
+        conn.prepare("SELECT id, state, worktree FROM tasks WHERE worktree IS NOT NULL")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, state, json) = row?;
+        if let (Ok(state), Ok(wt)) = (state.parse(), serde_json::from_str(&json)) {
+            out.push((id, state, wt));
+        }
+    }
+    Ok(out)
 }
 
 /// The report as text: one line per check with its mark, and the fix indented below it.

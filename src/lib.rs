@@ -47,3 +47,4 @@ pub mod manual;
 pub mod service;
 pub mod top;
 pub mod tui;
+pub mod worktrees;

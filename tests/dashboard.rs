@@ -464,3 +464,107 @@ fn the_task_panel_follows_the_transcript_across_attempts_and_fits_a_phone() {
     drop(b);
     assert!(daemon.stop().success());
 }
+
+/// A task in a worktree of its own: the panel shows its branch, the files it changed and the
+/// patch coloured, and merges it on a second click of merge (the repository's checkout follows);
+/// another's change is thrown away by discard; at phone width nothing scrolls sideways.
+#[test]
+fn the_task_panel_shows_a_change_and_merges_or_discards_it() {
+    let agent = r#"["sh", "-c", "p=$(cat); echo \"$p\" > \"$p.txt\"; echo done"]"#;
+    let p = Project::new(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = {agent}\nisolation = \"worktree\"\nworktree = \"per-task\"\nrepo = \"repo\"\n"
+    ));
+    let repo = p.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&[
+        "-c",
+        "user.name=T",
+        "-c",
+        "user.email=t@e",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "first",
+    ]);
+    let daemon = p.start();
+    let base = format!("http://{}/", api_address(&daemon.log()));
+    let token = p.ok(&["token"]).trim().to_string();
+    let kept = p.submit("w", "kept");
+    let thrown = p.submit("w", "thrown");
+    p.wait_all(&[kept, thrown]);
+    let mut b = Browser::launch(&chromium(), &artifacts());
+    viewport(&mut b, 390, 844, true);
+    b.goto(&format!("{base}#token={token}"));
+    wait_row(&mut b, kept, &["succeeded"]);
+    b.click(&format!(r#"#tasks tr[data-id="{kept}"]"#));
+    b.wait_for(
+        WAIT,
+        "the patch, its added line coloured",
+        "[...document.querySelectorAll('#detail-diff .add')].some(e => e.innerText.trim() === '+kept') || null",
+    );
+    let files =
+        b.evaluate("[...document.querySelectorAll('#change-files td.path')].map(e => e.innerText)");
+    assert_eq!(files, json!(["kept.txt"]));
+    let change = b.evaluate("document.querySelector('#change').innerText");
+    assert!(
+        change
+            .as_str()
+            .unwrap()
+            .contains(&format!("agentq/w/{kept}")),
+        "{change}"
+    );
+    assert_eq!(
+        b.evaluate(SIDEWAYS),
+        false,
+        "the change scrolls sideways at 390 px"
+    );
+    b.screenshot("change-phone.png");
+    // Mobile emulation's click coordinates drift after a long scroll: the buttons are clicked
+    // at a desktop's width.
+    viewport(&mut b, 1280, 900, false);
+    b.click(r#"#change-actions button[data-action="merge"]"#);
+    b.wait_for(
+        WAIT,
+        "merge to ask for confirmation",
+        r#"document.querySelector('#change-actions button[data-action="confirm-merge"]') !== null || null"#,
+    );
+    assert_eq!(
+        p.task(kept)["worktree"]["stage"],
+        "ready",
+        "one click merges nothing"
+    );
+    b.click(r#"#change-actions button[data-action="confirm-merge"]"#);
+    wait_until(WAIT, "the merge", || {
+        p.task(kept)["worktree"]["stage"] == "merged"
+    });
+    assert_eq!(
+        read(&repo.join("kept.txt")),
+        "kept\n",
+        "the checkout follows"
+    );
+
+    b.click(&format!(r#"#tasks tr[data-id="{thrown}"]"#));
+    b.wait_for(
+        WAIT,
+        "the other task's change",
+        &format!("document.querySelector('#detail').dataset.id === '{thrown}' && document.querySelector('#change-actions button[data-action=\"discard\"]') !== null || null"),
+    );
+    b.click(r#"#change-actions button[data-action="discard"]"#);
+    b.click(r#"#change-actions button[data-action="confirm-discard"]"#);
+    wait_until(WAIT, "the discard", || {
+        p.task(thrown)["worktree"]["stage"] == "discarded"
+    });
+    assert!(!repo.join("thrown.txt").exists());
+    assert!(daemon.stop().success());
+}

@@ -156,6 +156,15 @@ pub enum Error {
     #[error("`{command}` failed: {message}")]
     ServiceManager { command: String, message: String },
 
+    /// `agentq merge` found that a task's change does not apply cleanly; nothing was changed.
+    #[error("task {id}'s change does not merge cleanly into {into}: {} conflict{} ({}); the repository is as it was: merge it by hand (`git merge {branch}`), or discard it", files.len(), if files.len() == 1 { "" } else { "s" }, files.join(", "))]
+    MergeConflict {
+        id: i64,
+        into: String,
+        branch: String,
+        files: Vec<String>,
+    },
+
     #[error("background work failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -195,7 +204,9 @@ impl Error {
     /// 3 for an environment problem (I/O, database, another daemon), 124 for a wait that timed out.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::TaskNotSucceeded { .. } | Error::DoctorFailed { .. } => 1,
+            Error::TaskNotSucceeded { .. }
+            | Error::DoctorFailed { .. }
+            | Error::MergeConflict { .. } => 1,
             // As timeout(1) does: a script can tell "gave up waiting" from "the task failed".
             Error::WaitTimeout { .. } => 124,
             Error::Config { .. }

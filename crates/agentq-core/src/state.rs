@@ -18,8 +18,20 @@ const LOCK_FILE: &str = "daemon.lock";
 
 /// Creates the state folder, private to its owner (see `agentq_platform::fs`), if it is
 /// missing; an existing folder is left as it is.
+///
+/// It holds a `.gitignore` of `*`: in a project that is a git repository, nothing of agentq's
+/// state (the tasks' worktrees included) shows as a change of the repository.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    pfs::create_private_dir(dir).map_err(|e| Error::io("creating state folder", dir, e))
+    pfs::create_private_dir(dir).map_err(|e| Error::io("creating state folder", dir, e))?;
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        // Best effort: a folder it cannot be written in fails at the next write anyway.
+        let _ = std::fs::write(
+            &ignore,
+            "# agentq's state folder: never part of the repository\n*\n",
+        );
+    }
+    Ok(())
 }
 
 /// Held by the running daemon; dropping it releases the folder.

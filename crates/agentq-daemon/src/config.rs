@@ -2069,7 +2069,10 @@ fn build_worktree(
     }
     if let Some(base) = &w.base {
         if base.get_ref().trim().is_empty() {
-            return Err((Some(base.span().into()), "base must name a commit or branch".into()));
+            return Err((
+                Some(base.span().into()),
+                "base must name a commit or branch".into(),
+            ));
         }
         settings.base = base.get_ref().clone();
     }
@@ -2104,7 +2107,10 @@ fn build_worktree(
         if p.is_empty() || p.contains("..") || p.contains(char::is_whitespace) {
             return Err((
                 Some(prefix.span().into()),
-                format!("branch_prefix {:?} cannot start a git branch name", prefix.get_ref()),
+                format!(
+                    "branch_prefix {:?} cannot start a git branch name",
+                    prefix.get_ref()
+                ),
             ));
         }
         settings.branch_prefix = p.to_string();

@@ -59,14 +59,20 @@ const MISSING_MAX_WAIT: Duration = Duration::from_secs(600);
 
 impl Runner {
     /// One task in a process of its own.
-    pub(crate) async fn run_exec(&self, driver: &dyn Driver, task: &Task, stop: &Stop) -> Ran {
-        let cwd = self.worker.cwd.to_string_lossy().into_owned();
+    pub(crate) async fn run_exec(
+        &self,
+        driver: &dyn Driver,
+        task: &Task,
+        dir: &std::path::Path,
+        stop: &Stop,
+    ) -> Ran {
+        let cwd = dir.to_string_lossy().into_owned();
         let program = driver.program();
         let mut reset_once = false;
         loop {
             let joined = self.join_for(driver, &cwd).await;
             let argv = driver.command(&program, joined.join.as_ref(), joined.spent_usd());
-            let mut spec = self.spec(driver, task, argv);
+            let mut spec = self.spec(driver, task, argv, dir);
             spec.final_line = driver.final_line();
             spec.keep_tail = driver.output_is_a_stream();
             if !driver.prints_while_working() {
@@ -336,9 +342,10 @@ impl Runner {
         driver: &dyn Driver,
         protocol: &dyn LongLived,
         task: &Task,
+        dir: &std::path::Path,
         stop: &Stop,
     ) -> Ran {
-        let mut spec = self.spec(driver, task, Vec::new());
+        let mut spec = self.spec(driver, task, Vec::new(), dir);
         // The process outlives this task: per-task variables would be stale for the next ones.
         spec.env.remove("AGENTQ_TASK_ID");
         spec.env.remove("AGENTQ_ATTEMPT");
@@ -347,7 +354,7 @@ impl Runner {
             protocol,
             task,
             spec,
-            cwd: self.worker.cwd.to_string_lossy().into_owned(),
+            cwd: dir.to_string_lossy().into_owned(),
             program: driver.program(),
             started: Instant::now(),
             peak: None,

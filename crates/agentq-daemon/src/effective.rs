@@ -174,8 +174,25 @@ struct Worker {
     agent_settings: AgentSettings,
     #[serde(flatten)]
     limits: Limited,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    isolation: Option<Isolated>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<String, String>,
+}
+
+/// A worker's `isolation = "worktree"` settings, with their defaults.
+#[derive(Debug, Serialize)]
+struct Isolated {
+    isolation: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repo: Option<String>,
+    base: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worktree: Option<&'static str>,
+    commit: agentq_core::worktree::CommitMode,
+    keep: agentq_core::worktree::Keep,
+    require_clean_base: bool,
+    branch_prefix: String,
 }
 
 /// The keys of one agent's settings; the others' are left out.
@@ -371,6 +388,16 @@ fn worker(w: &WorkerConfig) -> Worker {
             .to_string(),
         agent_settings: agent_settings(&w.agent, pool),
         limits: limited(&w.limits, !pool),
+        isolation: w.worktree.as_ref().map(|t| Isolated {
+            isolation: "worktree",
+            repo: t.repo.as_ref().map(|r| r.display().to_string()),
+            base: t.base.clone(),
+            worktree: (!pool).then_some(if t.per_task { "per-task" } else { "shared" }),
+            commit: t.commit,
+            keep: t.keep,
+            require_clean_base: t.require_clean_base,
+            branch_prefix: t.branch_prefix.clone(),
+        }),
         env: w
             .env
             .iter()

@@ -642,6 +642,24 @@ pub async fn current_branch(repo: &Path) -> Result<Option<String>> {
     }
 }
 
+/// The main repository a worktree belongs to (its common git folder's parent): where `git
+/// worktree remove` of it must run. An error when `worktree` is not a worktree git can read.
+pub async fn common_repo(worktree: &Path) -> Result<PathBuf> {
+    let cmd = Git::new(worktree).args(["rev-parse", "--path-format=absolute", "--git-common-dir"]);
+    let out = cmd.output().await?;
+    if !out.ok() {
+        return Err(cmd.failed(&out));
+    }
+    let common = native_path(&out.text());
+    match common.parent() {
+        Some(repo) if common.file_name().is_some_and(|n| n == ".git") => Ok(repo.to_path_buf()),
+        _ => Err(GitError::NotARepo {
+            path: worktree.to_path_buf(),
+            bare: true,
+        }),
+    }
+}
+
 /// The commit checked out in `worktree`.
 pub async fn head(worktree: &Path) -> Result<String> {
     resolve(worktree, "HEAD").await

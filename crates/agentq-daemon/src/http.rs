@@ -186,6 +186,10 @@ fn router(state: Shared) -> axum::Router {
         .route("/api/tasks/{id}/cancel", post(cancel))
         .route("/api/tasks/{id}/retry", post(retry))
         .route("/api/tasks/{id}/transcript", get(transcript))
+        .route("/api/tasks/{id}/diff", get(diff))
+        .route("/api/tasks/{id}/merge", post(merge))
+        .route("/api/tasks/{id}/discard", post(discard))
+        .route("/api/worktrees", get(worktrees))
         .route("/api/workers/{name}/pause", post(pause))
         .route("/api/workers/{name}/resume", post(resume))
         .route("/api/workers/{name}/reset-session", post(reset_session))
@@ -309,7 +313,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::NoSuchTask { .. } => StatusCode::NOT_FOUND,
-            Error::WrongState { .. } => StatusCode::CONFLICT,
+            Error::WrongState { .. } | Error::MergeConflict { .. } => StatusCode::CONFLICT,
             Error::Usage(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -660,6 +664,10 @@ struct SubmitBody {
     timeout: Option<String>,
     max_attempts: Option<u32>,
     max_memory: Option<String>,
+    isolation: Option<String>,
+    repo: Option<std::path::PathBuf>,
+    base: Option<String>,
+    branch: Option<String>,
 }
 
 async fn submit(State(s): State<Shared>, raw: Result<Bytes, BytesRejection>) -> Answer {
@@ -694,6 +702,14 @@ async fn submit(State(s): State<Shared>, raw: Result<Bytes, BytesRejection>) -> 
     if b.max_attempts == Some(0) {
         return Err(ApiError::field("max_attempts", "must be at least 1"));
     }
+    let isolation = b
+        .isolation
+        .as_deref()
+        .map(agentq_core::worktree::Isolation::parse)
+        .transpose()
+        .map_err(|e| ApiError::field("isolation", e))?;
+    // A relative repository is taken from agentq.toml's folder, as the config's own are.
+    let repo = b.repo.as_ref().map(|r| config.root.join(r));
     let ask = Ask {
         worker: b.worker.as_deref(),
         pool: b.pool,
@@ -703,6 +719,10 @@ async fn submit(State(s): State<Shared>, raw: Result<Bytes, BytesRejection>) -> 
         max_attempts: b.max_attempts,
         priority: b.priority,
         max_memory,
+        isolation,
+        repo: repo.as_deref(),
+        base: b.base.as_deref(),
+        branch: b.branch.as_deref(),
     };
     crate::ops::check_prompt(&b.prompt, config.max_prompt_size)
         .map_err(|e| ApiError::field("prompt", e))?;
@@ -755,6 +775,56 @@ async fn cancel(State(s): State<Shared>, Path(id): Path<String>) -> Answer {
 async fn retry(State(s): State<Shared>, Path(id): Path<String>) -> Answer {
     let done = crate::ops::retry(s.api.store.as_ref(), s.api.bell.as_ref(), task_id(&id)?).await?;
     ok(StatusCode::OK, done)
+}
+
+async fn diff(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let id = task_id(&id)?;
+    let p = params(query, &["stat"])?;
+    let stat = flag(&p, "stat")?;
+    let store = s.api.store.as_ref();
+    let text = crate::worktree::diff(store, id, stat).await?;
+    let worktree = store.get(id).await?.and_then(|t| t.worktree);
+    ok(
+        StatusCode::OK,
+        json!({"id": id, "worktree": worktree, if stat { "stat" } else { "diff" }: text}),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    into: Option<String>,
+    #[serde(default)]
+    squash: bool,
+}
+
+async fn merge(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let id = task_id(&id)?;
+    let b: MergeBody = body(raw, s.api.config.http.max_body, Some(MergeBody::default()))?;
+    let done =
+        crate::worktree::merge(s.api.store.as_ref(), id, b.into.as_deref(), b.squash).await?;
+    ok(StatusCode::OK, done)
+}
+
+async fn discard(State(s): State<Shared>, Path(id): Path<String>) -> Answer {
+    let done = crate::worktree::discard(s.api.store.as_ref(), task_id(&id)?).await?;
+    ok(StatusCode::OK, done)
+}
+
+async fn worktrees(State(s): State<Shared>) -> Answer {
+    let listed = crate::worktree::list(&s.api.config, s.api.store.as_ref()).await?;
+    ok(
+        StatusCode::OK,
+        serde_json::to_value(listed).expect("worktrees serialise"),
+    )
 }
 
 /// The worker (or `pool`) named in the path; 404 when there is none.
@@ -1528,6 +1598,34 @@ fn openapi_document() -> Value {
                     "responses": { "200": object("{id, state}"), "401": error, "404": error, "409": error }
                 }
             },
+            "/api/tasks/{id}/diff": {
+                "get": {
+                    "summary": "The change a task made in its worktree, from its base to its branch (agentq diff): {id, worktree, diff} or with stat=1 {id, worktree, stat}",
+                    "parameters": [id, query("stat", "integer", "1: only the files changed and how much (git diff --stat)")],
+                    "responses": { "200": object("{id, worktree, diff | stat}"), "400": error, "401": error, "404": error, "409": error }
+                }
+            },
+            "/api/tasks/{id}/merge": {
+                "post": {
+                    "summary": "Merge a task's change (agentq merge): body {into?: branch (default: the checked-out one), squash?: bool}; 409 with the conflicting files when it does not apply cleanly, the repository left as it was",
+                    "parameters": [id],
+                    "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "into": { "type": "string" }, "squash": { "type": "boolean" } }, "additionalProperties": false } } } },
+                    "responses": { "200": object("{id, merged, into, commit, squash, branch, message, worktree}"), "400": error, "401": error, "404": error, "409": error }
+                }
+            },
+            "/api/tasks/{id}/discard": {
+                "post": {
+                    "summary": "Throw away a task's change: its worktree and branch are removed (agentq discard)",
+                    "parameters": [id],
+                    "responses": { "200": object("{id, discarded, message, worktree}"), "400": error, "401": error, "404": error, "409": error }
+                }
+            },
+            "/api/worktrees": {
+                "get": {
+                    "summary": "The tasks' worktrees with their size and state, and folders no task names (agentq worktrees --json)",
+                    "responses": { "200": { "description": "worktrees", "content": { "application/json": { "schema": { "type": "array", "items": { "type": "object" } } } } }, "401": error }
+                }
+            },
             "/api/tasks/{id}/transcript": {
                 "get": {
                     "summary": "What the task's agent did, as typed entries (text, thinking, tool_call, tool_result, status, stdout, stderr, result; each with seq, ts, attempt): all after `after` as JSON, or with follow=1 a text/event-stream of `entry` events (id: the entry's seq, so Last-Event-ID resumes), then `end` when the task has ended; `missed` says entries rotated away before the stream began, `lagged` ends a stream whose reader fell behind the rotation",
@@ -1630,7 +1728,11 @@ fn openapi_document() -> Value {
                         "priority": { "type": "integer" },
                         "timeout": { "type": "string", "example": "30s" },
                         "max_attempts": { "type": "integer", "minimum": 1 },
-                        "max_memory": { "type": "string", "example": "2GiB" }
+                        "max_memory": { "type": "string", "example": "2GiB" },
+                        "isolation": { "type": "string", "enum": ["none", "worktree"], "description": "worktree: a git worktree and branch of its own (default: the worker's isolation)" },
+                        "repo": { "type": "string", "description": "with a worktree: the git repository, relative to agentq.toml's folder (default: the worker's)" },
+                        "base": { "type": "string", "description": "with a worktree: the commit or branch its branch starts from (default: the worker's base, or HEAD)" },
+                        "branch": { "type": "string", "description": "with a worktree: its branch's name, which must not exist yet" }
                     }
                 }
             }

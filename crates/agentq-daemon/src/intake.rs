@@ -41,6 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::text;
+use agentq_core::error::Error;
 use agentq_store::{NewEvent, Store, Submitted, now_ms};
 
 pub const REJECTED_DIR: &str = "rejected";
@@ -576,12 +577,27 @@ impl Scanner {
             }
         };
         let now = now_ms();
-        let task = plan.new_task(
-            prompt,
-            &format!("file:{name}"),
-            Some(format!("file:{worker}:{token}")),
-            now,
-        );
+        let task = plan
+            .task(
+                prompt,
+                &format!("file:{name}"),
+                Some(format!("file:{worker}:{token}")),
+                now,
+            )
+            .await;
+        let task = match task {
+            Ok(task) => task,
+            // Its worktree cannot be made as asked (no repository, no such base, a dirty one
+            // where a clean one is required): set aside with the reason, not lost.
+            Err(Error::Usage(why)) => {
+                self.reject(worker, dir, taken, name, &why).await;
+                return Finished::Done;
+            }
+            Err(e) => {
+                warn!(worker, "cannot queue {name}: {e}; trying again");
+                return Finished::Again;
+            }
+        };
         let submitted = self.store.submit(&task).await;
         match submitted {
             Ok(Submitted::New(id)) => {

@@ -29,3 +29,4 @@ pub mod text;
 pub mod token;
 pub mod watch;
 pub mod worker;
+pub mod worktree;

@@ -255,7 +255,7 @@ pub async fn submit(
     check_prompt(&prompt, config.max_prompt_size)?;
     let plan = crate::route::plan(config, &prompt, ask)?;
     let id = store
-        .submit(&plan.new_task(prompt, source, None, now_ms()))
+        .submit(&plan.task(prompt, source, None, now_ms()).await?)
         .await?
         .id();
     bell(Ring::Worker(plan.runs_on().to_string()));

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::config::{Config, POOL, Route, WorkerConfig};
 use agentq_core::classify::{self, Class, Verdict};
 use agentq_core::error::Result;
+use agentq_core::worktree::Isolation;
 use agentq_store::{Millis, NewTask, Routing};
 
 /// What the submitter asked for; `None` leaves it to the rules.
@@ -28,6 +29,12 @@ pub struct Ask<'a> {
     pub max_attempts: Option<u32>,
     pub priority: Option<i64>,
     pub max_memory: Option<u64>,
+    /// `--isolation`: overrides the worker's `isolation`.
+    pub isolation: Option<Isolation>,
+    /// `--repo`, `--base`, `--branch`: override the worker's worktree settings.
+    pub repo: Option<&'a std::path::Path>,
+    pub base: Option<&'a str>,
+    pub branch: Option<&'a str>,
 }
 
 /// The decision: which worker's queue (and settings), where it runs, its limits.
@@ -39,6 +46,9 @@ pub struct Plan {
     pub max_attempts: u32,
     pub priority: i64,
     pub verdict: Verdict,
+    /// The git worktree it runs in, when its worker (or the submitter) asks for one: resolved
+    /// against the repository by [`crate::worktree::planned`] before it is queued.
+    pub worktree: Option<crate::worktree::Wanted>,
 }
 
 impl Plan {
@@ -63,6 +73,22 @@ impl Plan {
             worktree: None,
             now,
         }
+    }
+
+    /// The task to queue, with its worktree resolved against the repository: a repository,
+    /// base or branch that will not do is the submitter's error, before anything is queued.
+    pub async fn task(
+        &self,
+        prompt: String,
+        source: &str,
+        dedup_key: Option<String>,
+        now: Millis,
+    ) -> Result<NewTask> {
+        let mut task = self.new_task(prompt, source, dedup_key, now);
+        if let Some(wanted) = &self.worktree {
+            task.worktree = Some(crate::worktree::planned(wanted).await?);
+        }
+        Ok(task)
     }
 
     /// Whose doorbell to ring: the pool's, or the worker's.
@@ -103,6 +129,7 @@ pub fn plan(config: &Config, prompt: &str, ask: &Ask) -> Result<Plan> {
         }
     };
     let limits = config.classes.of(verdict.class);
+    let worktree = crate::worktree::wanted(worker, pool, ask)?;
     Ok(Plan {
         worker: worker.name.clone(),
         routing: Routing {
@@ -119,6 +146,7 @@ pub fn plan(config: &Config, prompt: &str, ask: &Ask) -> Result<Plan> {
             .unwrap_or(worker.limits.max_attempts),
         priority: ask.priority.or(limits.priority).unwrap_or(0),
         verdict,
+        worktree,
     })
 }
 

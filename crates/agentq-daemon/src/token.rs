@@ -99,7 +99,7 @@ mod tests {
         let others: Vec<_> = std::fs::read_dir(&state)
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .filter(|n| n != "token")
+            .filter(|n| n != "token" && n != ".gitignore")
             .collect();
         assert!(others.is_empty(), "no temporary file left: {others:?}");
 

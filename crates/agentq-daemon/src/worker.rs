@@ -320,17 +320,34 @@ impl Runner {
             hurry: self.hurry.clone(),
         };
         let driver = self.worker.agent.driver();
-        let ran = match driver.long_lived() {
-            // The pool runs every task in a process of its own.
-            Some(protocol) if !self.pool => {
-                self.run_long_lived(driver, protocol, task, &stop).await
-            }
-            _ => self.run_exec(driver, task, &stop).await,
-        };
+        // A task in a worktree of its own runs there (made now, or found again for a retry).
+        let mut worktree = None;
+        let ran =
+            match crate::worktree::prepare(&self.config, &*self.store, &self.worker, task).await {
+                Err(end) => Ran::not_run(Ended::Attempt(end)),
+                Ok(made) => {
+                    let cwd = match made {
+                        Some((dir, rec)) => {
+                            worktree = Some(rec);
+                            dir
+                        }
+                        None => self.worker.cwd.clone(),
+                    };
+                    match driver.long_lived() {
+                        // The pool runs every task in a process of its own.
+                        Some(protocol) if !self.pool => {
+                            self.run_long_lived(driver, protocol, task, &cwd, &stop)
+                                .await
+                        }
+                        _ => self.run_exec(driver, task, &cwd, &stop).await,
+                    }
+                }
+            };
 
         let end = match ran.end {
             Ended::Interrupted if lost.is_cancelled() => {
                 info!(worker = %name, task = task.id, "stopped: the task was cancelled or taken over");
+                self.conclude_if_cancelled(task).await;
                 self.note(
                     task.id,
                     "task_stopped",
@@ -382,6 +399,14 @@ impl Runner {
             backoff,
             rand::rng().random::<f64>(),
         );
+        // The change of a task that ends now is recorded on it before its end is, so that
+        // whoever sees it ended (its output files included) sees its change.
+        if next.state().is_terminal()
+            && let Some(rec) = &worktree
+        {
+            let succeeded = next.state() == agentq_core::domain::TaskState::Succeeded;
+            crate::worktree::conclude(&*self.store, task, rec, succeeded).await;
+        }
         let now = now_ms();
         let finish = Finish {
             state: next.state(),
@@ -469,6 +494,23 @@ impl Runner {
                 warn!(worker = %name, task = task.id, "dead after {} attempts: {reason}", task.attempts)
             }
             Next::Failed => warn!(worker = %name, task = task.id, "failed: {reason}"),
+        }
+    }
+
+    /// A task stopped because it was cancelled (not taken over by another daemon, whose runner
+    /// goes on in its worktree) has its change recorded as it stands.
+    async fn conclude_if_cancelled(&self, task: &Task) {
+        if task.worktree.is_none() {
+            return;
+        }
+        match self.store.get(task.id).await {
+            Ok(Some(now)) if now.state == agentq_core::domain::TaskState::Cancelled => {
+                if let Some(rec) = &now.worktree {
+                    crate::worktree::conclude(&*self.store, &now, rec, false).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(task = task.id, "cannot read it to record its change: {e}"),
         }
     }
 
@@ -572,6 +614,7 @@ impl Runner {
         driver: &dyn agentq_agents::Driver,
         task: &Task,
         argv: Vec<String>,
+        cwd: &std::path::Path,
     ) -> agent::Spec {
         let agentq_agents::Environment {
             set: mut env,
@@ -588,7 +631,7 @@ impl Runner {
         }
         agent::Spec {
             argv,
-            cwd: self.worker.cwd.clone(),
+            cwd: cwd.to_path_buf(),
             env,
             env_remove,
             prompt: task.prompt.clone(),
@@ -778,6 +821,34 @@ pub(crate) struct Ran {
     pub(crate) output: String,
     pub(crate) usage: Usage,
     pub(crate) attempt: agent::Attempt,
+}
+
+impl Ran {
+    /// An attempt that ended before any agent started (its worktree could not be made).
+    pub(crate) fn not_run(end: Ended) -> Ran {
+        let error = match &end {
+            Ended::Attempt(AttemptEnd::Failed { reason, .. }) => reason.clone(),
+            _ => String::new(),
+        };
+        Ran {
+            end,
+            output: String::new(),
+            usage: Usage::default(),
+            attempt: agent::Attempt {
+                outcome: Outcome::SpawnFailed {
+                    error,
+                    retryable: false,
+                    missing: false,
+                },
+                stdout: String::new(),
+                stdout_truncated: false,
+                stderr_tail: String::new(),
+                duration: Duration::ZERO,
+                pid: None,
+                memory_peak: None,
+            },
+        }
+    }
 }
 
 pub(crate) enum Ended {
