@@ -1414,6 +1414,63 @@ pub fn check_listen(addr: Option<SocketAddr>) -> Check {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn worktrees_need_git_a_repository_and_say_what_to_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let text = "[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = [\"cat\"]\nisolation = \"worktree\"\nrepo = \"repo\"\n";
+        let config = Config::parse(&root.join("agentq.toml"), text).unwrap();
+        let state = root.join(STATE_DIR);
+        std::fs::create_dir_all(root.join("repo")).unwrap();
+        let checks = check_worktrees(&config, &state, None).await;
+        let repo_check = checks.iter().find(|c| c.check == "worktrees w").unwrap();
+        assert_eq!(repo_check.status, Status::Fail, "{checks:?}");
+        assert!(
+            repo_check.fix.as_deref().unwrap().contains("git init"),
+            "{checks:?}"
+        );
+        assert_eq!(checks[0].check, "git");
+        assert_eq!(checks[0].status, Status::Ok, "{checks:?}");
+
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(root.join("repo"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        git(&["init", "-q"]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ]);
+        // A folder no task names, in a store that knows no task.
+        std::fs::create_dir_all(state.join("worktrees/77")).unwrap();
+        let store = agentq_store::sqlite::SqliteStore::open(&state.join(DB_FILE)).unwrap();
+        drop(store);
+        let checks = check_worktrees(&config, &state, Some(&state.join(DB_FILE))).await;
+        let repo_check = checks.iter().find(|c| c.check == "worktrees w").unwrap();
+        assert_eq!(repo_check.status, Status::Ok, "{checks:?}");
+        let prune = checks.iter().find(|c| c.check == "worktrees").unwrap();
+        assert_eq!(prune.status, Status::Warn, "{checks:?}");
+        assert!(prune.detail.contains("77 (no task names it)"), "{prune:?}");
+        assert!(
+            prune
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("agentq worktrees prune")
+        );
+    }
     use agentq_store::Store;
     use std::os::unix::fs::PermissionsExt;
 

@@ -91,6 +91,7 @@ fn parallel_pool_tasks_each_end_on_their_own_branch_with_only_their_own_change()
         assert_eq!(wt["branch"], format!("agentq/pool/{id}"));
         let own = format!("t{id}.txt");
         assert_eq!(files(&wt), std::slice::from_ref(&own), "task {id}: {wt}");
+        assert_eq!(wt["diffstat"], "1 file changed, 1 insertion(+)", "{wt}");
         // What the agent saw: the repository's file and its own, nobody else's.
         let seen = p.output(*id);
         assert_eq!(

@@ -218,6 +218,10 @@ pub struct Worktree {
     pub insertions: u64,
     #[serde(default)]
     pub deletions: u64,
+    /// The change in `git diff --stat`'s words ("2 files changed, 5 insertions(+)"), set with
+    /// the files (empty until then).
+    #[serde(default)]
+    pub diffstat: String,
     #[serde(default)]
     pub merged: Option<Merged>,
     /// Why it could not be made, or what went wrong recording its change.
@@ -298,6 +302,7 @@ mod tests {
             files: vec![],
             insertions: 0,
             deletions: 0,
+            diffstat: String::new(),
             merged: None,
             error: None,
         }

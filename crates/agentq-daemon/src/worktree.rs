@@ -138,6 +138,7 @@ pub async fn planned(wanted: &Wanted) -> Result<Worktree> {
         files: Vec::new(),
         insertions: 0,
         deletions: 0,
+        diffstat: String::new(),
         merged: None,
         error: None,
     })
@@ -380,6 +381,7 @@ async fn settle_change(
     rec.files = change.files;
     rec.insertions = change.insertions;
     rec.deletions = change.deletions;
+    rec.diffstat = rec.diffstat();
     rec.stage = if rec.commits.is_empty() && rec.uncommitted.is_empty() {
         Stage::Empty
     } else {

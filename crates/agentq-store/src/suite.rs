@@ -1862,6 +1862,7 @@ pub fn worktree(n: i64, stage: Stage) -> Worktree {
         files: vec![],
         insertions: 0,
         deletions: 0,
+        diffstat: String::new(),
         merged: None,
         error: None,
     }
