@@ -439,7 +439,7 @@ pub async fn diff(store: &dyn Store, id: i64, stat: bool) -> Result<String> {
 /// go (a worker's shared worktree stays).
 pub async fn merge(store: &dyn Store, id: i64, into: Option<&str>, squash: bool) -> Result<Value> {
     let (task, mut rec) = task_with_worktree(store, id).await?;
-    open_change(&task, &rec, "merge")?;
+    open_change(&task, &rec)?;
     let repo = PathBuf::from(&rec.repo);
     let head = rec.head.clone().unwrap_or_default();
     let first: String = task
@@ -501,7 +501,7 @@ pub async fn merge(store: &dyn Store, id: i64, into: Option<&str>, squash: bool)
 }
 
 /// Whether a task's change may be merged now; why not, in words.
-fn open_change(task: &Task, rec: &Worktree, verb: &'static str) -> Result<()> {
+fn open_change(task: &Task, rec: &Worktree) -> Result<()> {
     if !task.state.is_terminal() {
         return Err(Error::WrongState {
             id: task.id,
@@ -520,7 +520,6 @@ fn open_change(task: &Task, rec: &Worktree, verb: &'static str) -> Result<()> {
             "its change was not recorded when it ended (the daemon stopped): `agentq worktrees prune` records it"
         }
     };
-    let _ = verb;
     Err(Error::WrongState {
         id: task.id,
         state: format!("{} (worktree {})", task.state, rec.stage),
