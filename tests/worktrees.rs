@@ -494,3 +494,37 @@ fn a_persistent_claude_worker_keeps_one_worktree_and_its_conversation() {
     assert_eq!(read(&repo.join("hello.txt")), "hello\n");
     assert!(daemon.stop().success());
 }
+
+/// `commit = "never"`: what the agent left stays uncommitted in its worktree, listed on the task;
+/// a merge is refused (it would leave that work behind) and the worktree kept; discard removes it.
+#[test]
+fn commit_never_keeps_the_work_uncommitted_and_merge_refuses_to_leave_it_behind() {
+    let agent = r#"["sh", "-c", "p=$(cat); echo \"$p\" > new.txt; echo ok"]"#;
+    let p = Project::new(&format!(
+        "[[worker]]\nname = \"w\"\nagent = \"command\"\ncommand = {agent}\nisolation = \"worktree\"\nworktree = \"per-task\"\ncommit = \"never\"\nkeep = \"never\"\nrepo = \"repo\"\n"
+    ));
+    let repo = repo(&p);
+    let daemon = p.start();
+    let id = p.submit("w", "left");
+    p.wait_all(&[id]);
+    let wt = worktree(&p, id);
+    assert_eq!(wt["stage"], "ready", "{wt}");
+    assert_eq!(wt["uncommitted"], serde_json::json!(["new.txt"]), "{wt}");
+    assert_eq!(
+        wt["removed"], false,
+        "keep = never does not remove uncommitted work: {wt}"
+    );
+    let path = wt["path"].as_str().unwrap().to_string();
+    let out = p.run(&["merge", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not committed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(read(&Path::new(&path).join("new.txt")), "left\n");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    p.ok(&["discard", &id.to_string()]);
+    assert!(!Path::new(&path).exists());
+    assert!(daemon.stop().success());
+}

@@ -269,6 +269,13 @@ pub async fn cancel(store: &dyn Store, bell: Bell<'_>, id: i64) -> Result<Value>
         && let Some(task) = store.get(id).await?
     {
         bell(Ring::Check(task.runs_on().to_string()));
+    } else if let Some(task) = store.get(id).await?
+        && let Some(rec) = &task.worktree
+        && rec.stage == agentq_core::worktree::Stage::Active
+    {
+        // Waiting for a retry in its worktree: no runner will end it, so its change is recorded
+        // now (a running one's runner does it when its agent has stopped).
+        crate::worktree::conclude(store, &task, rec, false).await;
     }
     Ok(json!({ "id": id, "was": was, "state": TaskState::Cancelled }))
 }

@@ -324,7 +324,15 @@ impl Runner {
         let mut worktree = None;
         let ran =
             match crate::worktree::prepare(&self.config, &*self.store, &self.worker, task).await {
-                Err(end) => Ran::not_run(Ended::Attempt(end)),
+                Err(end) => {
+                    // A worktree an earlier attempt made still holds its work: recorded if the
+                    // task ends now.
+                    worktree = task
+                        .worktree
+                        .clone()
+                        .filter(|w| w.stage == agentq_core::worktree::Stage::Active);
+                    Ran::not_run(Ended::Attempt(end))
+                }
                 Ok(made) => {
                     let cwd = match made {
                         Some((dir, rec)) => {

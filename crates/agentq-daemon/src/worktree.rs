@@ -205,7 +205,8 @@ pub async fn prepare(
     if rec.shared || rec.stage != Stage::Active {
         // A shared worktree's task is measured from where the worktree stands now.
         match git::head(&path).await {
-            Ok(head) if rec.shared => rec.base = head,
+            // (A retry keeps the base its first attempt started from.)
+            Ok(head) if rec.shared && rec.stage != Stage::Active => rec.base = head,
             Ok(_) => {}
             Err(e) => {
                 let why = fail(&mut rec, format!("could not read its worktree's HEAD: {e}"));
@@ -484,7 +485,7 @@ pub async fn merge(store: &dyn Store, id: i64, into: Option<&str>, squash: bool)
         squash,
         at: now_ms(),
     });
-    let removed = tidy_after(&repo, &mut rec).await;
+    let removed = tidy_after(&repo, &mut rec, true).await;
     let message = format!(
         "merged {} into {into}{} as {}{removed}",
         rec.branch,
@@ -509,6 +510,17 @@ fn open_change(task: &Task, rec: &Worktree) -> Result<()> {
             what: "its change is not settled until it ends: wait for it (`agentq wait`), or cancel it",
         });
     }
+    if rec.stage == Stage::Ready && !rec.uncommitted.is_empty() {
+        return Err(Error::WrongState {
+            id: task.id,
+            state: format!(
+                "{} (worktree ready, {} file(s) uncommitted)",
+                task.state,
+                rec.uncommitted.len()
+            ),
+            what: "part of its change is not committed (commit = \"never\"): commit it in its worktree, then merge; a merge now would leave it behind",
+        });
+    }
     let what = match rec.stage {
         Stage::Ready => return Ok(()),
         Stage::Merged => "its change is already merged",
@@ -529,8 +541,8 @@ fn open_change(task: &Task, rec: &Worktree) -> Result<()> {
 
 /// After a merge or discard: a task's own worktree folder and branch go; a worker's shared one
 /// stays. Returns words to add to the event.
-async fn tidy_after(repo: &Path, rec: &mut Worktree) -> String {
-    if rec.shared {
+async fn tidy_after(repo: &Path, rec: &mut Worktree, ours: bool) -> String {
+    if rec.shared || !ours {
         return String::new();
     }
     let mut said = String::new();
@@ -569,11 +581,20 @@ pub async fn discard(store: &dyn Store, id: i64) -> Result<Value> {
         Stage::Discarded => {
             return Ok(json!({"id": id, "discarded": true, "already": true, "worktree": rec}));
         }
+        Stage::Active => {
+            return Err(Error::WrongState {
+                id,
+                state: format!("{} (worktree active)", task.state),
+                what: "its change is not recorded yet (it ended while no daemon ran, or its runner is still stopping it): `agentq worktrees prune` records it; then discard it",
+            });
+        }
         _ => {}
     }
     let repo = PathBuf::from(&rec.repo);
+    // Only a branch agentq made is deleted: a planned or failed task's may be somebody's.
+    let made = matches!(rec.stage, Stage::Ready | Stage::Empty);
     rec.stage = Stage::Discarded;
-    let said = tidy_after(&repo, &mut rec).await;
+    let said = tidy_after(&repo, &mut rec, made).await;
     let message = if rec.shared {
         format!(
             "discarded; the worker's worktree stays, with its commits on {} (merging a later task of this worker brings them along)",
@@ -615,6 +636,13 @@ pub async fn list(config: &Config, store: &dyn Store) -> Result<Vec<Listed>> {
     let rows = store.worktrees().await?;
     let mut out = Vec::new();
     let mut named = std::collections::BTreeSet::new();
+    for row in &rows {
+        // A task's folder is its own from its submission: `prepare` makes it before it records
+        // the path, and a prune in between must not take it for a stranger's.
+        if !row.worktree.shared {
+            named.insert(Some(std::ffi::OsString::from(row.id.to_string())));
+        }
+    }
     for row in rows {
         let rec = &row.worktree;
         if rec.path.is_empty() {
